@@ -1,0 +1,344 @@
+//! Accounts and devices: phone registration with a one-time code, bearer tokens, linked
+//! devices and revocation. Transport-free: the HTTP layer calls these functions, the
+//! connection calls [`Accounts::authenticate`].
+//!
+//! Secrets are never stored: codes and tokens are kept as SHA-256 hashes. A token is 32
+//! random bytes, so a hash without a salt is enough (there is nothing to brute-force).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::store::{DeviceId, DeviceRecord, PendingCode, Store, StoreError, UserId, UserRecord, now_ms};
+
+/// Delivers one-time codes to phones (an SMS gateway in production).
+#[async_trait::async_trait]
+pub trait CodeSender: Send + Sync + 'static {
+    /// Sends `code` to `phone`.
+    async fn send_code(&self, phone: &str, code: &str) -> Result<(), String>;
+}
+
+/// Development sender: writes the code to the log.
+#[derive(Debug, Default)]
+pub struct LogCodeSender;
+
+#[async_trait::async_trait]
+impl CodeSender for LogCodeSender {
+    async fn send_code(&self, phone: &str, code: &str) -> Result<(), String> {
+        tracing::info!(phone, code, "one-time code (development sender)");
+        Ok(())
+    }
+}
+
+/// Production-style sender: POSTs `{"phone": …, "code": …}` as JSON to an SMS gateway.
+#[derive(Debug)]
+pub struct WebhookCodeSender {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl WebhookCodeSender {
+    /// A sender posting to `url`.
+    pub fn new(url: String) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        Self { url, http }
+    }
+}
+
+#[async_trait::async_trait]
+impl CodeSender for WebhookCodeSender {
+    async fn send_code(&self, phone: &str, code: &str) -> Result<(), String> {
+        let response = self
+            .http
+            .post(&self.url)
+            .json(&serde_json::json!({ "phone": phone, "code": code }))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() { Ok(()) } else { Err(format!("gateway answered {}", response.status())) }
+    }
+}
+
+/// Account rules.
+#[derive(Debug, Clone)]
+pub struct AccountsConfig {
+    /// How long a code is valid.
+    pub code_ttl: Duration,
+    /// Wrong guesses before a code is discarded.
+    pub max_code_attempts: u32,
+    /// Live devices per user: the primary plus linked ones.
+    pub max_devices: usize,
+    /// Development mode: the code is also returned in the registration response.
+    pub expose_codes: bool,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        Self { code_ttl: Duration::from_secs(600), max_code_attempts: 5, max_devices: 5, expose_codes: false }
+    }
+}
+
+/// Why authentication failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No device has this token.
+    #[error("invalid token")]
+    InvalidToken,
+    /// The device was revoked.
+    #[error("device revoked")]
+    Revoked,
+    /// The store could not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why an account operation failed; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The phone number is not in E.164 form.
+    #[error("phone must be in E.164 form, e.g. +14155550123")]
+    InvalidPhone,
+    /// A device name was empty or too long.
+    #[error("device name must be 1 to 64 characters")]
+    InvalidName,
+    /// No code is pending, or it expired, or it was wrong.
+    #[error("invalid or expired code")]
+    InvalidCode,
+    /// The code sender failed.
+    #[error("could not send the code: {0}")]
+    SendFailed(String),
+    /// The user has the maximum number of devices.
+    #[error("device limit reached ({0} devices)")]
+    TooManyDevices(usize),
+    /// Only the primary device may link or revoke other devices.
+    #[error("only the primary device may do this")]
+    NotPrimary,
+    /// No such device for this user.
+    #[error("no such device")]
+    UnknownDevice,
+    /// Authentication failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The store failed.
+    #[error("store unavailable")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for AccountError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TooManyDevices { max } => AccountError::TooManyDevices(max),
+            other => AccountError::Store(other),
+        }
+    }
+}
+
+/// Result of a registration request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CodeIssued {
+    /// Seconds until the code expires.
+    pub expires_in_s: u64,
+    /// The code itself, only in development mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_code: Option<String>,
+}
+
+/// Credentials of a new device. The token is shown once and never stored.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeviceCredentials {
+    /// Owner.
+    pub user_id: UserId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// Bearer token for HTTP and Hello.
+    pub token: String,
+}
+
+/// A device as listed to its owner.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeviceInfo {
+    /// Id.
+    pub device_id: DeviceId,
+    /// Name.
+    pub name: String,
+    /// The registering phone.
+    pub primary: bool,
+    /// ms since the epoch.
+    pub created_ms: u64,
+    /// ms since the epoch, if revoked.
+    pub revoked_ms: Option<u64>,
+}
+
+impl From<DeviceRecord> for DeviceInfo {
+    fn from(d: DeviceRecord) -> Self {
+        Self { device_id: d.device_id, name: d.name, primary: d.primary, created_ms: d.created_ms, revoked_ms: d.revoked_ms }
+    }
+}
+
+/// The accounts service (cheap to clone).
+#[derive(Clone)]
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    sender: Arc<dyn CodeSender>,
+    config: Arc<AccountsConfig>,
+}
+
+/// SHA-256 of a secret.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn valid_phone(phone: &str) -> bool {
+    let digits = phone.strip_prefix('+').unwrap_or("");
+    (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.chars().count() <= 64
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+impl Accounts {
+    /// The service over a store and a code sender.
+    pub fn new(store: Arc<dyn Store>, sender: Arc<dyn CodeSender>, config: AccountsConfig) -> Self {
+        Self { store, sender, config: Arc::new(config) }
+    }
+
+    /// Issues a one-time code for a phone number and sends it.
+    pub async fn register(&self, phone: &str) -> Result<CodeIssued, AccountError> {
+        if !valid_phone(phone) {
+            return Err(AccountError::InvalidPhone);
+        }
+        let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
+        let pending = PendingCode {
+            code_hash: hash_secret(&code),
+            expires_ms: now_ms() + self.config.code_ttl.as_millis() as u64,
+            attempts: 0,
+        };
+        self.store.put_pending_code(phone, pending).await?;
+        self.sender.send_code(phone, &code).await.map_err(AccountError::SendFailed)?;
+        Ok(CodeIssued {
+            expires_in_s: self.config.code_ttl.as_secs(),
+            dev_code: self.config.expose_codes.then_some(code),
+        })
+    }
+
+    /// Checks a code and creates the account (or takes it over on a new phone) with a new
+    /// primary device. Earlier primaries of the account are revoked; their live
+    /// connections are the caller's to close (returned ids).
+    pub async fn verify(&self, phone: &str, code: &str, device_name: &str) -> Result<(DeviceCredentials, Vec<DeviceId>), AccountError> {
+        if !valid_phone(phone) {
+            return Err(AccountError::InvalidPhone);
+        }
+        if !valid_name(device_name) {
+            return Err(AccountError::InvalidName);
+        }
+        let Some(mut pending) = self.store.pending_code(phone).await? else {
+            return Err(AccountError::InvalidCode);
+        };
+        if pending.expires_ms < now_ms() {
+            self.store.delete_pending_code(phone).await?;
+            return Err(AccountError::InvalidCode);
+        }
+        if pending.code_hash != hash_secret(code) {
+            pending.attempts += 1;
+            if pending.attempts >= self.config.max_code_attempts {
+                self.store.delete_pending_code(phone).await?;
+            } else {
+                self.store.put_pending_code(phone, pending).await?;
+            }
+            return Err(AccountError::InvalidCode);
+        }
+        self.store.delete_pending_code(phone).await?;
+        let now = now_ms();
+        let fresh = UserRecord { user_id: Uuid::new_v4(), phone: phone.to_owned(), created_ms: now };
+        let (user, _created) = self.store.get_or_create_user(phone, fresh).await?;
+        let mut revoked = Vec::new();
+        for old in self.store.devices_of(user.user_id).await? {
+            if old.primary && old.revoked_ms.is_none() {
+                self.store.revoke_device(user.user_id, old.device_id, now).await?;
+                revoked.push(old.device_id);
+            }
+        }
+        let credentials = self.add_device(user.user_id, device_name, true).await?;
+        Ok((credentials, revoked))
+    }
+
+    async fn add_device(&self, user: UserId, name: &str, primary: bool) -> Result<DeviceCredentials, AccountError> {
+        let token = new_token();
+        let device = DeviceRecord {
+            device_id: Uuid::new_v4(),
+            user_id: user,
+            name: name.trim().to_owned(),
+            primary,
+            token_hash: hash_secret(&token),
+            created_ms: now_ms(),
+            revoked_ms: None,
+        };
+        let device_id = device.device_id;
+        self.store.add_device(device, self.config.max_devices).await?;
+        Ok(DeviceCredentials { user_id: user, device_id, token })
+    }
+
+    /// The live device a token belongs to.
+    pub async fn authenticate(&self, token: &str) -> Result<DeviceRecord, AuthError> {
+        if token.is_empty() || token.len() > 256 {
+            return Err(AuthError::InvalidToken);
+        }
+        let device = self.store.device_by_token(hash_secret(token)).await?.ok_or(AuthError::InvalidToken)?;
+        if device.revoked_ms.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        Ok(device)
+    }
+
+    /// Links a new device to the caller's account (the caller must be the primary).
+    pub async fn link_device(&self, caller: &DeviceRecord, name: &str) -> Result<DeviceCredentials, AccountError> {
+        if !caller.primary {
+            return Err(AccountError::NotPrimary);
+        }
+        if !valid_name(name) {
+            return Err(AccountError::InvalidName);
+        }
+        self.add_device(caller.user_id, name, false).await
+    }
+
+    /// Every device of the caller's account.
+    pub async fn list_devices(&self, caller: &DeviceRecord) -> Result<Vec<DeviceInfo>, AccountError> {
+        Ok(self.store.devices_of(caller.user_id).await?.into_iter().map(DeviceInfo::from).collect())
+    }
+
+    /// Revokes a device: the primary may revoke any device of the account, any device may
+    /// revoke itself (log out).
+    pub async fn revoke_device(&self, caller: &DeviceRecord, device: DeviceId) -> Result<(), AccountError> {
+        if device != caller.device_id && !caller.primary {
+            return Err(AccountError::NotPrimary);
+        }
+        if self.store.revoke_device(caller.user_id, device, now_ms()).await? {
+            Ok(())
+        } else {
+            Err(AccountError::UnknownDevice)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_must_be_e164() {
+        assert!(valid_phone("+14155550123"));
+        assert!(!valid_phone("14155550123"));
+        assert!(!valid_phone("+1415555"));
+        assert!(!valid_phone("+0123456789"));
+        assert!(!valid_phone("+1415555012a"));
+    }
+}

@@ -1,0 +1,361 @@
+//! The conversation actor: the single sequencer of one conversation's log, and its fan-out.
+//!
+//! A send is given the next seq, handed to the store writer, and only when the store has
+//! committed it is the sender acknowledged and the message delivered to every other
+//! connected device of every member. Sends are pipelined: the actor keeps sequencing
+//! while earlier messages are being committed, and the store refuses an append whose
+//! predecessor is missing, so a failed write can never leave a gap behind a later one:
+//! on any failed or unexpected outcome the actor answers every pending sender with
+//! UNAVAILABLE (nothing was acknowledged) and fails; its supervisor restarts it from the
+//! store. Receipts and typing indicators are relayed, never sequenced.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::NodeContext;
+use super::mailbox::MailboxGauge;
+use super::session::{Delivery, SessionMsg};
+use crate::protocol::{self, ErrorCode, id_bytes, pb, server_frame};
+use crate::store::{ConversationId, ConversationRecord, DeviceId, StoreError, StoredMessage, UserId, WriteOp, WriteOutcome, now_ms};
+
+/// Messages of a conversation actor. Large variants are boxed so the channel slots (one
+/// per queued message) stay small.
+pub enum ConversationMsg {
+    /// A device sends a message.
+    Send(Box<SendRequest>),
+    /// A device's delivered or read cursor moved: relay a receipt.
+    CursorMoved {
+        /// Whose cursor.
+        user: UserId,
+        /// Which device.
+        device: DeviceId,
+        /// Delivered or read.
+        kind: pb::ReceiptKind,
+        /// New position.
+        seq: u64,
+    },
+    /// Fault injection for SREs and tests: the actor panics (and is restarted).
+    Crash,
+    /// Internal: the store answered for one of our appends.
+    Persisted(u64, Result<WriteOutcome, StoreError>),
+    /// Internal: idle check.
+    Tick,
+}
+
+/// One send, as received from a session.
+pub struct SendRequest {
+    /// Sending user.
+    pub user: UserId,
+    /// Sending device.
+    pub device: DeviceId,
+    /// Idempotency key.
+    pub client_msg_id: String,
+    /// Opaque content.
+    pub payload: Bytes,
+}
+
+/// The sequencer actor.
+pub struct Conversation;
+
+/// Activation arguments.
+pub struct ConversationArgs {
+    /// Which conversation.
+    pub id: ConversationId,
+    /// Node services.
+    pub ctx: NodeContext,
+}
+
+struct Pending {
+    message: StoredMessage,
+    /// Devices that sent the same client_msg_id while the first copy was being committed.
+    extra_waiters: Vec<(UserId, DeviceId)>,
+}
+
+/// A bounded memory of recent idempotency keys, so a retry rarely needs a store read.
+struct RecentIds {
+    map: HashMap<(UserId, String), (u64, u64)>,
+    order: VecDeque<(UserId, String)>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    fn insert(&mut self, key: (UserId, String), value: (u64, u64)) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > self.capacity
+                && let Some(old) = self.order.pop_front()
+            {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
+/// State of one activation.
+pub struct ConversationState {
+    ctx: NodeContext,
+    record: ConversationRecord,
+    next_seq: u64,
+    last_time_ms: u64,
+    pending: HashMap<u64, Pending>,
+    pending_ids: HashMap<(UserId, String), u64>,
+    recent: RecentIds,
+    last_activity: Instant,
+    gauge: Arc<MailboxGauge>,
+}
+
+impl ConversationState {
+    /// The mailbox others use to reach this activation.
+    pub fn gauge(&self) -> &Arc<MailboxGauge> {
+        &self.gauge
+    }
+}
+
+/// Error returned by `pre_start` when the conversation does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown conversation {0}")]
+pub struct UnknownConversation(pub ConversationId);
+
+impl Actor for Conversation {
+    type Msg = ConversationMsg;
+    type State = ConversationState;
+    type Arguments = ConversationArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        let ConversationArgs { id, ctx } = args;
+        // Writes of an earlier activation may still be queued in the writer: wait for them
+        // so the seq we resume from is the real last one.
+        ctx.writer.barrier().await;
+        let record = ctx.store.conversation(id).await?.ok_or(UnknownConversation(id))?;
+        let last_seq = ctx.store.last_seq(id).await?;
+        let last_time_ms = if last_seq > 0 {
+            ctx.store.messages_after(id, last_seq - 1, 1).await?.first().map(|m| m.server_time_ms).unwrap_or(0)
+        } else {
+            0
+        };
+        let gauge = ctx.stats.register(myself.get_id(), format!("conversation {id}"), ctx.limits.conversation_mailbox);
+        let idle = ctx.limits.conversation_idle;
+        schedule_tick(&myself, idle);
+        tracing::debug!(conversation = %id, last_seq, "conversation activated");
+        metrics::gauge!("switchboard_conversations_active").increment(1.0);
+        Ok(ConversationState {
+            ctx,
+            record,
+            next_seq: last_seq + 1,
+            last_time_ms,
+            pending: HashMap::new(),
+            pending_ids: HashMap::new(),
+            recent: RecentIds { map: HashMap::new(), order: VecDeque::new(), capacity: 1024 },
+            last_activity: Instant::now(),
+            gauge,
+        })
+    }
+
+    async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.gauge.close();
+        state.ctx.stats.deregister(myself.get_id());
+        state.ctx.router.forget_conversation(state.record.conversation_id, myself.get_id());
+        metrics::gauge!("switchboard_conversations_active").decrement(1.0);
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConversationMsg::Send(request) => {
+                state.gauge.taken();
+                state.last_activity = Instant::now();
+                handle_send(&myself, state, *request).await?;
+            }
+            ConversationMsg::CursorMoved { user, device, kind, seq } => {
+                state.gauge.taken();
+                relay_receipt(state, user, device, kind, seq);
+            }
+            ConversationMsg::Crash => {
+                // Sent uncounted by the admin API, so no `taken()` here.
+                panic!("crash requested for conversation {}", state.record.conversation_id);
+            }
+            ConversationMsg::Persisted(seq, outcome) => handle_persisted(state, seq, outcome)?,
+            ConversationMsg::Tick => {
+                let idle = state.ctx.limits.conversation_idle;
+                if state.pending.is_empty() && state.last_activity.elapsed() >= idle && state.gauge.try_close_idle() {
+                    tracing::debug!(conversation = %state.record.conversation_id, "conversation passivated");
+                    myself.stop(Some("idle".into()));
+                } else {
+                    schedule_tick(&myself, idle);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn schedule_tick(myself: &ActorRef<ConversationMsg>, idle: Duration) {
+    // Tick at a fraction of the idle time so passivation happens within 1.5 × idle.
+    myself.send_after(idle / 2, || ConversationMsg::Tick);
+}
+
+async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState, request: SendRequest) -> Result<(), ActorProcessingErr> {
+    let SendRequest { user, device, client_msg_id, payload } = request;
+    if !state.record.members.contains(&user) {
+        reply_error(state, user, device, ErrorCode::NotAMember, "not a member of this conversation", &client_msg_id);
+        return Ok(());
+    }
+    let key = (user, client_msg_id);
+    if let Some(&(seq, time)) = state.recent.map.get(&key) {
+        send_ack(state, user, device, &key.1, seq, time, true);
+        return Ok(());
+    }
+    if let Some(seq) = state.pending_ids.get(&key) {
+        if let Some(p) = state.pending.get_mut(seq) {
+            p.extra_waiters.push((user, device));
+        }
+        return Ok(());
+    }
+    let id = state.record.conversation_id;
+    if let Some((seq, time)) = state.ctx.store.find_by_client_id(id, user, &key.1).await? {
+        send_ack(state, user, device, &key.1, seq, time, true);
+        state.recent.insert(key, (seq, time));
+        return Ok(());
+    }
+    let seq = state.next_seq;
+    state.next_seq += 1;
+    // Times never go backwards within a conversation, even if the wall clock does.
+    let time = now_ms().max(state.last_time_ms);
+    state.last_time_ms = time;
+    let message = StoredMessage {
+        conversation_id: id,
+        seq,
+        sender_user_id: user,
+        sender_device_id: device,
+        client_msg_id: key.1.clone(),
+        server_time_ms: time,
+        payload,
+    };
+    state.pending_ids.insert(key, seq);
+    state.pending.insert(seq, Pending { message: message.clone(), extra_waiters: Vec::new() });
+    let me = myself.clone();
+    state.ctx.writer.write(
+        WriteOp::Append(message),
+        Box::new(move |outcome| {
+            // If we are gone (restarted), the sender gets no ack and retries; the store's
+            // dedup key then answers with the original seq.
+            let _ = me.cast(ConversationMsg::Persisted(seq, outcome));
+        }),
+    );
+    Ok(())
+}
+
+fn handle_persisted(state: &mut ConversationState, seq: u64, outcome: Result<WriteOutcome, StoreError>) -> Result<(), ActorProcessingErr> {
+    let Some(pending) = state.pending.remove(&seq) else { return Ok(()) };
+    let m = pending.message;
+    state.pending_ids.remove(&(m.sender_user_id, m.client_msg_id.clone()));
+    match outcome {
+        Ok(WriteOutcome::Appended) => {
+            metrics::counter!("switchboard_messages_stored_total").increment(1);
+            send_ack(state, m.sender_user_id, m.sender_device_id, &m.client_msg_id, m.seq, m.server_time_ms, false);
+            for (u, d) in &pending.extra_waiters {
+                send_ack(state, *u, *d, &m.client_msg_id, m.seq, m.server_time_ms, true);
+            }
+            state.recent.insert((m.sender_user_id, m.client_msg_id.clone()), (m.seq, m.server_time_ms));
+            fan_out(state, &m);
+            Ok(())
+        }
+        Ok(WriteOutcome::Duplicate { seq: original, server_time_ms }) => {
+            // Stored by an earlier activation whose ack was lost: answer with the original,
+            // then resynchronise, since our seq is now unused.
+            send_ack(state, m.sender_user_id, m.sender_device_id, &m.client_msg_id, original, server_time_ms, true);
+            fail_pending(state);
+            Err(format!("sequence desync at seq {seq}: duplicate of {original}").into())
+        }
+        Ok(other) => {
+            reply_error(state, m.sender_user_id, m.sender_device_id, ErrorCode::Unavailable, "message not stored; retry", &m.client_msg_id);
+            fail_pending(state);
+            Err(format!("sequence desync at seq {seq}: {other:?}").into())
+        }
+        Err(e) => {
+            reply_error(state, m.sender_user_id, m.sender_device_id, ErrorCode::Unavailable, "message not stored; retry", &m.client_msg_id);
+            for (u, d) in &pending.extra_waiters {
+                reply_error(state, *u, *d, ErrorCode::Unavailable, "message not stored; retry", &m.client_msg_id);
+            }
+            fail_pending(state);
+            Err(format!("store write failed at seq {seq}: {e}").into())
+        }
+    }
+}
+
+/// Answers every send still waiting with UNAVAILABLE: none of them was acknowledged, and the
+/// store will refuse them (their predecessor is missing), so the client's retry is safe.
+fn fail_pending(state: &mut ConversationState) {
+    let pending: Vec<Pending> = state.pending.drain().map(|(_, p)| p).collect();
+    state.pending_ids.clear();
+    for p in pending {
+        let m = &p.message;
+        reply_error(state, m.sender_user_id, m.sender_device_id, ErrorCode::Unavailable, "message not stored; retry", &m.client_msg_id);
+        for (u, d) in &p.extra_waiters {
+            reply_error(state, *u, *d, ErrorCode::Unavailable, "message not stored; retry", &m.client_msg_id);
+        }
+    }
+}
+
+fn fan_out(state: &ConversationState, m: &StoredMessage) {
+    // Encoded once; every device gets the same bytes.
+    let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Message(message_frame(m))));
+    let delivery = Arc::new(Delivery { conversation_id: m.conversation_id, seq: m.seq, sender_device: m.sender_device_id, frame });
+    for member in &state.record.members {
+        state.ctx.router.deliver_to_user(*member, Some(m.sender_device_id), || SessionMsg::Deliver(delivery.clone()));
+    }
+    metrics::counter!("switchboard_messages_out_total").increment(state.record.members.len() as u64);
+}
+
+/// The wire form of a stored message.
+pub fn message_frame(m: &StoredMessage) -> pb::Message {
+    pb::Message {
+        conversation_id: id_bytes(m.conversation_id),
+        seq: m.seq,
+        sender_user_id: id_bytes(m.sender_user_id),
+        sender_device_id: id_bytes(m.sender_device_id),
+        client_msg_id: m.client_msg_id.clone(),
+        server_time_ms: m.server_time_ms,
+        payload: m.payload.clone(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_ack(state: &ConversationState, user: UserId, device: DeviceId, client_msg_id: &str, seq: u64, time: u64, duplicate: bool) {
+    let frame = protocol::encode_server(&protocol::server(server_frame::Kind::SendAck(pb::SendAck {
+        client_msg_id: client_msg_id.to_owned(),
+        conversation_id: id_bytes(state.record.conversation_id),
+        seq,
+        server_time_ms: time,
+        duplicate,
+    })));
+    state.ctx.router.deliver_to_device(
+        user,
+        device,
+        SessionMsg::Acked { conversation_id: state.record.conversation_id, seq, frame },
+    );
+}
+
+fn reply_error(state: &ConversationState, user: UserId, device: DeviceId, code: ErrorCode, message: &str, request_ref: &str) {
+    let frame = protocol::encode_server(&protocol::error_frame(code, message, request_ref, false));
+    state.ctx.router.deliver_to_device(user, device, SessionMsg::Push(frame));
+}
+
+fn relay_receipt(state: &ConversationState, user: UserId, device: DeviceId, kind: pb::ReceiptKind, seq: u64) {
+    let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Receipt(pb::Receipt {
+        conversation_id: id_bytes(state.record.conversation_id),
+        user_id: id_bytes(user),
+        device_id: id_bytes(device),
+        kind: kind as i32,
+        up_to_seq: seq,
+        server_time_ms: now_ms(),
+    })));
+    for member in &state.record.members {
+        state.ctx.router.deliver_to_user(*member, Some(device), || SessionMsg::Push(frame.clone()));
+    }
+}
+

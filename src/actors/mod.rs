@@ -1,0 +1,91 @@
+//! The actor tree of one node (ractor).
+//!
+//! ```text
+//! node supervisor (NodeSupervisor)
+//! ├── store-writer ─────────── group commit of every durable write
+//! ├── session-supervisor ───── one DeviceSession per connected device (never restarted:
+//! │                            a session lives and dies with its connection)
+//! └── conversation-supervisor ─ one Conversation per active conversation, the single
+//!                               sequencer of its log; activated on demand, passivated
+//!                               when idle, restarted (reloaded from the store) on a panic
+//! ```
+//!
+//! Actors never address each other directly across kinds: deliveries go through the
+//! [`router::Router`] (user → devices → session, conversation id → activation), which is
+//! the seam where the cluster will route to other nodes.
+
+pub mod conversation;
+pub mod conversation_supervisor;
+pub mod mailbox;
+pub mod node;
+pub mod router;
+pub mod session;
+pub mod session_supervisor;
+pub mod store_writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::Store;
+
+pub use mailbox::{ActorStats, Mailbox, MailboxError};
+pub use router::Router;
+pub use store_writer::StoreWriterHandle;
+
+/// Limits and timings of the actors, from the server configuration.
+#[derive(Debug, Clone)]
+pub struct ActorLimits {
+    /// Frames a connection may have queued towards the device before it counts as slow.
+    pub outbound_queue: usize,
+    /// Messages a session's mailbox may hold before its device counts as slow.
+    pub session_mailbox: usize,
+    /// Messages a conversation's mailbox may hold before senders get UNAVAILABLE.
+    pub conversation_mailbox: usize,
+    /// A conversation with no traffic for this long is passivated.
+    pub conversation_idle: Duration,
+    /// Largest accepted message payload, in bytes.
+    pub max_payload: usize,
+    /// Messages per store read during catch-up.
+    pub catch_up_page: usize,
+    /// How long catch-up waits for a device to make room in its queue before giving up.
+    pub slow_consumer_timeout: Duration,
+    /// Largest batch the store writer commits at once.
+    pub max_write_batch: usize,
+    /// Conversation restarts allowed within `restart_window` before a failing conversation
+    /// is left passive (reactivated by the next request) instead of restarted at once.
+    pub max_restarts: u32,
+    /// See `max_restarts`.
+    pub restart_window: Duration,
+}
+
+impl Default for ActorLimits {
+    fn default() -> Self {
+        Self {
+            outbound_queue: 1024,
+            session_mailbox: 4096,
+            conversation_mailbox: 8192,
+            conversation_idle: Duration::from_secs(300),
+            max_payload: 64 * 1024,
+            catch_up_page: 256,
+            slow_consumer_timeout: Duration::from_secs(10),
+            max_write_batch: 2048,
+            max_restarts: 5,
+            restart_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every actor of a node shares: the store, the writer, the router, the stats.
+#[derive(Clone)]
+pub struct NodeContext {
+    /// Durable state (reads; writes go through `writer`).
+    pub store: Arc<dyn Store>,
+    /// Group-commit writer.
+    pub writer: StoreWriterHandle,
+    /// Directory and delivery.
+    pub router: Router,
+    /// Mailbox gauges and restart counters.
+    pub stats: Arc<ActorStats>,
+    /// Limits.
+    pub limits: Arc<ActorLimits>,
+}

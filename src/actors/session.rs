@@ -1,0 +1,670 @@
+//! The device session: one actor per connected device, the channel half of a connection.
+//!
+//! The connection (in `transport`) does the socket I/O and the handshake; once the device
+//! is authenticated it spawns this actor and forwards decoded frames to it. The session
+//! answers requests, forwards sends to conversations through the router, and writes
+//! everything meant for the device into the connection's bounded [`Outbox`].
+//!
+//! Ordering: for each conversation the session keeps a watermark, the highest seq it has
+//! put in the outbox. Catch-up after connecting sends everything after the device's
+//! delivered cursor; a live delivery at or below the watermark is a duplicate and is
+//! dropped; one above watermark + 1 means something was missed in between, which is read
+//! from the store first. So a device sees each conversation in seq order, without gaps or
+//! duplicates, however catch-up and live traffic interleave.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::NodeContext;
+use super::conversation::{ConversationMsg, SendRequest, message_frame};
+use super::mailbox::{Mailbox, MailboxGauge};
+use super::router::RouteError;
+use crate::protocol::{self, ErrorCode, MAX_CLIENT_MSG_ID_BYTES, client_frame, id_bytes, parse_id, pb, server_frame};
+use crate::store::{ConversationId, ConversationKind, ConversationRecord, DeviceId, UserId, WriteOp, direct_conversation_id, now_ms};
+
+/// One message fanned out to many devices: the frame is encoded once and shared.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Conversation.
+    pub conversation_id: ConversationId,
+    /// Its seq.
+    pub seq: u64,
+    /// The device that sent it (never delivered back to it).
+    pub sender_device: DeviceId,
+    /// The encoded `ServerFrame::Message`.
+    pub frame: Bytes,
+}
+
+/// Messages of a session actor. Kept small: large payloads travel as `Bytes` or boxed.
+pub enum SessionMsg {
+    /// A decoded frame from the device.
+    Frame(Box<client_frame::Kind>),
+    /// A conversation message for the device.
+    Deliver(Arc<Delivery>),
+    /// The SendAck of a message this device sent.
+    Acked {
+        /// Conversation.
+        conversation_id: ConversationId,
+        /// Seq given to the message.
+        seq: u64,
+        /// The encoded SendAck.
+        frame: Bytes,
+    },
+    /// An encoded frame to pass through (receipts, typing, presence, errors).
+    Push(Bytes),
+    /// Close the connection with a reason (revoked, replaced, slow, shutdown).
+    Close {
+        /// Why.
+        code: ErrorCode,
+        /// Human text.
+        reason: String,
+        /// Suggested reconnect delay; 0 = do not reconnect automatically.
+        reconnect_after_ms: u32,
+    },
+    /// The socket is gone.
+    ConnectionClosed,
+}
+
+/// The session's end of a connection: a bounded queue of encoded frames towards the
+/// device, and a way to close the connection with a final frame that skips the queue.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Bytes>,
+    close: Arc<CloseSignal>,
+}
+
+/// Shared close state of one connection.
+#[derive(Default)]
+pub struct CloseSignal {
+    token: CancellationToken,
+    frame: Mutex<Option<Bytes>>,
+}
+
+impl CloseSignal {
+    /// Asks the connection to send `frame` (if not already closing) and close.
+    pub fn close(&self, frame: Bytes) {
+        let mut slot = self.frame.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() && !self.token.is_cancelled() {
+            *slot = Some(frame);
+        }
+        drop(slot);
+        self.token.cancel();
+    }
+
+    /// Resolves once the connection must close.
+    pub async fn closed(&self) {
+        self.token.cancelled().await
+    }
+
+    /// True once closing.
+    pub fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// The final frame to send, once.
+    pub fn take_frame(&self) -> Option<Bytes> {
+        self.frame.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+enum PushError {
+    /// The device is not reading fast enough.
+    Slow,
+    /// The connection is gone.
+    Gone,
+}
+
+impl Outbox {
+    /// A queue of `capacity` frames; the receiver goes to the connection's writer.
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Bytes>, Arc<CloseSignal>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let close = Arc::new(CloseSignal::default());
+        (Self { tx, close: close.clone() }, rx, close)
+    }
+
+    /// Queues a frame without waiting (live traffic).
+    fn try_push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PushError::Slow,
+            mpsc::error::TrySendError::Closed(_) => PushError::Gone,
+        })
+    }
+
+    /// Queues a frame, waiting up to `timeout` for room (catch-up, which may be large).
+    async fn push_wait(&self, frame: Bytes, timeout: std::time::Duration) -> Result<(), PushError> {
+        match self.tx.send_timeout(frame, timeout).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(PushError::Slow),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(PushError::Gone),
+        }
+    }
+
+    /// Queues a frame for the device now; used by the connection before the session runs.
+    pub fn push_now(&self, frame: Bytes) -> bool {
+        self.tx.try_send(frame).is_ok()
+    }
+
+    /// Closes the connection with a final frame.
+    pub fn close(&self, frame: Bytes) {
+        self.close.close(frame);
+    }
+}
+
+/// The session actor.
+pub struct DeviceSession;
+
+/// Spawn arguments.
+pub struct SessionArgs {
+    /// The authenticated user.
+    pub user: UserId,
+    /// The authenticated device.
+    pub device: DeviceId,
+    /// Towards the device.
+    pub outbox: Outbox,
+    /// Node services.
+    pub ctx: NodeContext,
+}
+
+/// What the session knows of one conversation.
+struct ConvView {
+    record: ConversationRecord,
+    /// Highest seq put in the outbox (or covered by the delivered cursor).
+    pushed: u64,
+    delivered: u64,
+    read: u64,
+}
+
+/// Session state.
+pub struct SessionState {
+    user: UserId,
+    device: DeviceId,
+    outbox: Outbox,
+    ctx: NodeContext,
+    gauge: Arc<MailboxGauge>,
+    convs: HashMap<ConversationId, ConvView>,
+    stopping: bool,
+}
+
+/// Fault of a request that the device is told about in an Error frame.
+struct Reject {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Reject {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl From<protocol::IdError> for Reject {
+    fn from(e: protocol::IdError) -> Self {
+        Reject::new(ErrorCode::InvalidArgument, e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for Reject {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::warn!(error = %e, "store read failed for a request");
+        Reject::new(ErrorCode::Internal, "store unavailable; retry")
+    }
+}
+
+impl Actor for DeviceSession {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        let SessionArgs { user, device, outbox, ctx } = args;
+        let gauge = ctx.stats.register(myself.get_id(), format!("session user={user} device={device}"), ctx.limits.session_mailbox);
+        metrics::gauge!("switchboard_sessions").increment(1.0);
+        Ok(SessionState { user, device, outbox, ctx, gauge, convs: HashMap::new(), stopping: false })
+    }
+
+    async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        let mailbox = Mailbox::new(myself.clone(), state.gauge.clone());
+        let registration = state.ctx.router.register_session(state.user, state.device, mailbox);
+        if let Some(old) = registration.replaced {
+            // The same device connected again: close the old connection, and let its
+            // session finish what it had queued (acks) before we read cursors.
+            let _ = old.actor().cast(SessionMsg::Close {
+                code: ErrorCode::Replaced,
+                reason: "this device connected again".into(),
+                reconnect_after_ms: 0,
+            });
+            let _ = old.actor().get_cell().wait(Some(std::time::Duration::from_secs(5))).await;
+        }
+        // Cursor writes of an earlier connection may still be in the writer's queue.
+        state.ctx.writer.barrier().await;
+        let started = Instant::now();
+        if let Err(e) = catch_up(&myself, state).await {
+            return stop_for(&myself, state, e);
+        }
+        metrics::histogram!("switchboard_catch_up_seconds").record(started.elapsed().as_secs_f64());
+        if registration.first_device {
+            broadcast_presence(state, true, 0);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.gauge.close();
+        state.ctx.stats.deregister(myself.get_id());
+        metrics::gauge!("switchboard_sessions").decrement(1.0);
+        if state.ctx.router.unregister_session(state.user, state.device, myself.get_id()) {
+            let at = now_ms();
+            state.ctx.writer.write(WriteOp::LastSeen { user_id: state.user, at_ms: at }, Box::new(|_| {}));
+            broadcast_presence(state, false, at);
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if state.stopping {
+            return Ok(());
+        }
+        let result = match msg {
+            SessionMsg::Frame(kind) => {
+                state.gauge.taken();
+                metrics::counter!("switchboard_frames_in_total").increment(1);
+                handle_frame(&myself, state, *kind).await
+            }
+            SessionMsg::Deliver(delivery) => {
+                state.gauge.taken();
+                deliver(state, &delivery).await
+            }
+            SessionMsg::Acked { conversation_id, seq, frame } => {
+                state.gauge.taken();
+                if let Some(view) = state.convs.get_mut(&conversation_id)
+                    && view.pushed + 1 == seq
+                {
+                    view.pushed = seq;
+                }
+                push(state, frame)
+            }
+            SessionMsg::Push(frame) => {
+                state.gauge.taken();
+                push(state, frame)
+            }
+            SessionMsg::Close { code, reason, reconnect_after_ms } => {
+                state.outbox.close(protocol::encode_server(&protocol::closing_frame(code, reason.clone(), reconnect_after_ms)));
+                state.stopping = true;
+                myself.stop(Some(reason));
+                Ok(())
+            }
+            SessionMsg::ConnectionClosed => {
+                state.stopping = true;
+                myself.stop(Some("connection closed".into()));
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => stop_for(&myself, state, e),
+        }
+    }
+}
+
+fn stop_for(myself: &ActorRef<SessionMsg>, state: &mut SessionState, e: PushError) -> Result<(), ActorProcessingErr> {
+    state.stopping = true;
+    match e {
+        PushError::Slow => {
+            metrics::counter!("switchboard_slow_consumers_total").increment(1);
+            tracing::info!(user = %state.user, device = %state.device, "slow consumer disconnected");
+            state.outbox.close(protocol::encode_server(&protocol::closing_frame(
+                ErrorCode::SlowConsumer,
+                "device did not read its frames fast enough",
+                1000,
+            )));
+            myself.stop(Some("slow consumer".into()));
+        }
+        PushError::Gone => myself.stop(Some("connection gone".into())),
+    }
+    Ok(())
+}
+
+fn push(state: &SessionState, frame: Bytes) -> Result<(), PushError> {
+    state.outbox.try_push(frame)?;
+    metrics::counter!("switchboard_frames_out_total").increment(1);
+    Ok(())
+}
+
+/// Sends everything after the device's delivered cursor, conversation by conversation.
+async fn catch_up(_myself: &ActorRef<SessionMsg>, state: &mut SessionState) -> Result<(), PushError> {
+    let store = state.ctx.store.clone();
+    let load = async {
+        let ids = store.conversations_of(state.user).await?;
+        let cursors: HashMap<_, _> = store.cursors_of(state.device).await?.into_iter().collect();
+        let mut views = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(record) = store.conversation(id).await? {
+                let c = cursors.get(&id).copied().unwrap_or_default();
+                views.push(ConvView { record, pushed: c.delivered, delivered: c.delivered, read: c.read });
+            }
+        }
+        Ok::<_, crate::store::StoreError>(views)
+    };
+    let views = match load.await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "catch-up could not read the store");
+            state.outbox.close(protocol::encode_server(&protocol::closing_frame(ErrorCode::Internal, "store unavailable", 2000)));
+            return Err(PushError::Gone);
+        }
+    };
+    let page = state.ctx.limits.catch_up_page;
+    let wait = state.ctx.limits.slow_consumer_timeout;
+    let mut total = 0u64;
+    let conversations = views.len() as u32;
+    for mut view in views {
+        let id = view.record.conversation_id;
+        loop {
+            let batch = match store.messages_after(id, view.pushed, page).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up read failed");
+                    state.outbox.close(protocol::encode_server(&protocol::closing_frame(ErrorCode::Internal, "store unavailable", 2000)));
+                    return Err(PushError::Gone);
+                }
+            };
+            let n = batch.len();
+            for m in batch {
+                view.pushed = m.seq;
+                if m.sender_device_id == state.device {
+                    continue;
+                }
+                let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Message(message_frame(&m))));
+                state.outbox.push_wait(frame, wait).await?;
+                total += 1;
+            }
+            if n < page {
+                break;
+            }
+        }
+        state.convs.insert(id, view);
+    }
+    let done = protocol::server(server_frame::Kind::CatchUpComplete(pb::CatchUpComplete { conversations, messages: total }));
+    state.outbox.push_wait(protocol::encode_server(&done), wait).await?;
+    metrics::counter!("switchboard_frames_out_total").increment(total + 1);
+    Ok(())
+}
+
+/// Live delivery with the watermark rules in the module doc.
+async fn deliver(state: &mut SessionState, delivery: &Delivery) -> Result<(), PushError> {
+    let id = delivery.conversation_id;
+    if !state.convs.contains_key(&id) {
+        // A conversation that began after this session caught up.
+        match state.ctx.store.conversation(id).await {
+            Ok(Some(record)) => {
+                state.convs.insert(id, ConvView { record, pushed: 0, delivered: 0, read: 0 });
+            }
+            _ => return Ok(()),
+        }
+    }
+    let pushed = state.convs.get(&id).map(|v| v.pushed).unwrap_or(0);
+    if delivery.seq <= pushed {
+        return Ok(());
+    }
+    if delivery.seq > pushed + 1 {
+        fill_gap(state, id, pushed, delivery.seq - 1).await?;
+    }
+    push(state, delivery.frame.clone())?;
+    if let Some(view) = state.convs.get_mut(&id) {
+        view.pushed = delivery.seq;
+    }
+    Ok(())
+}
+
+/// Sends the stored messages in (after, up_to] that this connection has not seen.
+async fn fill_gap(state: &mut SessionState, id: ConversationId, after: u64, up_to: u64) -> Result<(), PushError> {
+    let mut cursor = after;
+    while cursor < up_to {
+        let want = ((up_to - cursor) as usize).min(state.ctx.limits.catch_up_page);
+        let batch = match state.ctx.store.messages_after(id, cursor, want).await {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "gap fill read failed");
+                return Err(PushError::Gone);
+            }
+        };
+        for m in batch {
+            if m.seq > up_to {
+                break;
+            }
+            cursor = m.seq;
+            if m.sender_device_id != state.device {
+                push(state, protocol::encode_server(&protocol::server(server_frame::Kind::Message(message_frame(&m)))))?;
+            }
+        }
+    }
+    if let Some(view) = state.convs.get_mut(&id) {
+        view.pushed = view.pushed.max(cursor);
+    }
+    Ok(())
+}
+
+async fn handle_frame(myself: &ActorRef<SessionMsg>, state: &mut SessionState, kind: client_frame::Kind) -> Result<(), PushError> {
+    let (request_ref, outcome) = match kind {
+        client_frame::Kind::Hello(_) => (String::new(), Err(Reject::new(ErrorCode::AlreadyAuthenticated, "already authenticated"))),
+        client_frame::Kind::Ping(p) => {
+            let pong = protocol::server(server_frame::Kind::Pong(pb::Pong { nonce: p.nonce }));
+            return push(state, protocol::encode_server(&pong));
+        }
+        client_frame::Kind::Bye(_) => {
+            state.stopping = true;
+            state.outbox.close(protocol::encode_server(&protocol::closing_frame(ErrorCode::Unspecified, "bye", 0)));
+            myself.stop(Some("bye".into()));
+            return Ok(());
+        }
+        client_frame::Kind::OpenDirect(req) => (req.request_id.to_string(), open_direct(state, req).await),
+        client_frame::Kind::Send(req) => {
+            let r = req.client_msg_id.clone();
+            (r, send(state, req).await)
+        }
+        client_frame::Kind::Ack(req) => (String::new(), move_cursor(state, &req.conversation_id, req.seq, false).await),
+        client_frame::Kind::Read(req) => (String::new(), move_cursor(state, &req.conversation_id, req.seq, true).await),
+        client_frame::Kind::Typing(req) => (String::new(), typing(state, req).await),
+        client_frame::Kind::History(req) => (req.request_id.to_string(), history(state, req).await),
+        client_frame::Kind::PresenceQuery(req) => (req.request_id.to_string(), presence_query(state, req).await),
+    };
+    match outcome {
+        Ok(Some(frame)) => push(state, protocol::encode_server(&frame)),
+        Ok(None) => Ok(()),
+        Err(reject) => {
+            metrics::counter!("switchboard_request_errors_total").increment(1);
+            push(state, protocol::encode_server(&protocol::error_frame(reject.code, reject.message, request_ref, false)))
+        }
+    }
+}
+
+type Answer = Result<Option<pb::ServerFrame>, Reject>;
+
+/// The view of a conversation this user is a member of, loading it if needed.
+async fn member_view<'a>(state: &'a mut SessionState, raw_id: &[u8]) -> Result<&'a mut ConvView, Reject> {
+    let id = parse_id("conversation_id", raw_id)?;
+    if !state.convs.contains_key(&id) {
+        let record = state
+            .ctx
+            .store
+            .conversation(id)
+            .await?
+            .ok_or_else(|| Reject::new(ErrorCode::UnknownConversation, "no conversation has this id"))?;
+        if !record.members.contains(&state.user) {
+            return Err(Reject::new(ErrorCode::NotAMember, "not a member of this conversation"));
+        }
+        state.convs.insert(id, ConvView { record, pushed: 0, delivered: 0, read: 0 });
+    }
+    let view = state.convs.get_mut(&id).ok_or_else(|| Reject::new(ErrorCode::Internal, "conversation view lost"))?;
+    Ok(view)
+}
+
+async fn open_direct(state: &mut SessionState, req: pb::OpenDirect) -> Answer {
+    let peer = parse_id("peer_user_id", &req.peer_user_id)?;
+    if state.ctx.store.user(peer).await?.is_none() {
+        return Err(Reject::new(ErrorCode::UnknownUser, "no user has this id"));
+    }
+    let id = direct_conversation_id(state.user, peer);
+    if !state.convs.contains_key(&id) {
+        let mut members = vec![state.user, peer];
+        members.sort();
+        members.dedup();
+        let record = ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms() };
+        let record = state.ctx.store.create_conversation(record).await?;
+        state.convs.insert(id, ConvView { record, pushed: 0, delivered: 0, read: 0 });
+    }
+    Ok(Some(protocol::server(server_frame::Kind::DirectOpened(pb::DirectOpened {
+        request_id: req.request_id,
+        conversation_id: id_bytes(id),
+    }))))
+}
+
+async fn send(state: &mut SessionState, req: pb::Send) -> Answer {
+    if req.client_msg_id.is_empty() || req.client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
+        return Err(Reject::new(ErrorCode::InvalidArgument, "client_msg_id must be 1 to 64 bytes"));
+    }
+    if req.payload.len() > state.ctx.limits.max_payload {
+        return Err(Reject::new(
+            ErrorCode::PayloadTooLarge,
+            format!("payload of {} bytes exceeds {}", req.payload.len(), state.ctx.limits.max_payload),
+        ));
+    }
+    let id = member_view(state, &req.conversation_id).await?.record.conversation_id;
+    metrics::counter!("switchboard_messages_in_total").increment(1);
+    let request = SendRequest { user: state.user, device: state.device, client_msg_id: req.client_msg_id, payload: req.payload };
+    match state.ctx.router.send_to_conversation(id, ConversationMsg::Send(Box::new(request))).await {
+        Ok(()) => Ok(None),
+        Err(RouteError::UnknownConversation) => Err(Reject::new(ErrorCode::UnknownConversation, "no conversation has this id")),
+        Err(RouteError::Overloaded) => Err(Reject::new(ErrorCode::Unavailable, "conversation overloaded; retry")),
+        Err(RouteError::Unavailable(e)) => {
+            tracing::warn!(conversation = %id, error = %e, "conversation unavailable");
+            Err(Reject::new(ErrorCode::Unavailable, "conversation unavailable; retry"))
+        }
+    }
+}
+
+async fn move_cursor(state: &mut SessionState, raw_id: &[u8], seq: u64, read: bool) -> Answer {
+    let device = state.device;
+    let user = state.user;
+    let view = member_view(state, raw_id).await?;
+    let id = view.record.conversation_id;
+    // A device cannot acknowledge what it was never sent.
+    let seq = seq.min(view.pushed);
+    let moved_delivered = seq > view.delivered;
+    let moved_read = read && seq > view.read;
+    if !moved_delivered && !moved_read {
+        return Ok(None);
+    }
+    view.delivered = view.delivered.max(seq);
+    if read {
+        view.read = view.read.max(seq);
+    }
+    let op = WriteOp::AdvanceCursor { device_id: device, conversation_id: id, delivered: seq, read: if read { seq } else { 0 } };
+    state.ctx.writer.write(
+        op,
+        Box::new(|r| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cursor write failed");
+            }
+        }),
+    );
+    let kind = if read { pb::ReceiptKind::Read } else { pb::ReceiptKind::Delivered };
+    if let Err(e) = state.ctx.router.send_to_conversation(id, ConversationMsg::CursorMoved { user, device, kind, seq }).await {
+        // The cursor is stored; only the live receipt is lost, and it is not part of the
+        // durable contract (the next cursor move carries the newer position).
+        tracing::debug!(conversation = %id, error = %e, "receipt not relayed");
+    }
+    Ok(None)
+}
+
+async fn typing(state: &mut SessionState, req: pb::Typing) -> Answer {
+    let (user, device) = (state.user, state.device);
+    let view = member_view(state, &req.conversation_id).await?;
+    let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Typing(pb::TypingEvent {
+        conversation_id: req.conversation_id,
+        user_id: id_bytes(user),
+        device_id: id_bytes(device),
+        active: req.active,
+    })));
+    // Ephemeral: relayed straight to the other members' devices, never stored, and it does
+    // not wake a passivated conversation.
+    let members = view.record.members.clone();
+    for member in members.into_iter().filter(|m| *m != user) {
+        state.ctx.router.deliver_to_user(member, None, || SessionMsg::Push(frame.clone()));
+    }
+    Ok(None)
+}
+
+/// Largest history page.
+pub const MAX_HISTORY_PAGE: usize = 200;
+/// History page size when the client asks for 0.
+pub const DEFAULT_HISTORY_PAGE: usize = 50;
+
+async fn history(state: &mut SessionState, req: pb::HistoryRequest) -> Answer {
+    let id = member_view(state, &req.conversation_id).await?.record.conversation_id;
+    let limit = match req.limit as usize {
+        0 => DEFAULT_HISTORY_PAGE,
+        n => n.min(MAX_HISTORY_PAGE),
+    };
+    let mut messages = state.ctx.store.messages_before(id, req.before_seq, limit + 1).await?;
+    let has_more = messages.len() > limit;
+    messages.truncate(limit);
+    Ok(Some(protocol::server(server_frame::Kind::History(pb::HistoryPage {
+        request_id: req.request_id,
+        conversation_id: id_bytes(id),
+        messages: messages.iter().map(message_frame).collect(),
+        has_more,
+    }))))
+}
+
+async fn presence_query(state: &mut SessionState, req: pb::PresenceQuery) -> Answer {
+    if req.user_ids.len() > 256 {
+        return Err(Reject::new(ErrorCode::InvalidArgument, "at most 256 users per presence query"));
+    }
+    for raw in &req.user_ids {
+        let user = parse_id("user_ids", raw)?;
+        let online = state.ctx.router.is_online(user);
+        let last_seen_ms = if online { now_ms() } else { state.ctx.store.last_seen(user).await?.unwrap_or(0) };
+        let frame = protocol::server(server_frame::Kind::Presence(pb::Presence {
+            user_id: id_bytes(user),
+            online,
+            last_seen_ms,
+            request_id: req.request_id,
+        }));
+        if push(state, protocol::encode_server(&frame)).is_err() {
+            return Err(Reject::new(ErrorCode::SlowConsumer, "outbox full"));
+        }
+    }
+    Ok(None)
+}
+
+/// Tells the online devices of every 1:1 peer that this user came online or went offline.
+fn broadcast_presence(state: &SessionState, online: bool, last_seen_ms: u64) {
+    let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Presence(pb::Presence {
+        user_id: id_bytes(state.user),
+        online,
+        last_seen_ms: if online { now_ms() } else { last_seen_ms },
+        request_id: 0,
+    })));
+    let mut peers: Vec<UserId> = state
+        .convs
+        .values()
+        .filter(|v| v.record.kind == ConversationKind::Direct)
+        .flat_map(|v| v.record.members.iter().copied())
+        .filter(|m| *m != state.user)
+        .collect();
+    peers.sort();
+    peers.dedup();
+    for peer in peers {
+        state.ctx.router.deliver_to_user(peer, None, || SessionMsg::Push(frame.clone()));
+    }
+}

@@ -1,0 +1,112 @@
+//! The admin API, on its own listener and behind its own bearer token: the live
+//! supervision tree (like Erlang's observer) and fault injection for drills.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use ractor::ActorCell;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::bearer;
+use crate::actors::conversation::ConversationMsg;
+use crate::actors::node::Node;
+use crate::actors::{ActorStats, conversation_supervisor, session_supervisor};
+
+/// Shared state of the admin handlers.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The tree.
+    pub node: Node,
+    /// Required bearer token.
+    pub token: String,
+}
+
+/// Children listed per actor at most; the rest are counted, not listed.
+const SAMPLE: usize = 20;
+/// Depth of the walk.
+const MAX_DEPTH: usize = 4;
+
+/// One actor in the tree.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct TreeNode {
+    /// ractor id.
+    pub id: String,
+    /// Registered name, or the mailbox label.
+    pub name: String,
+    /// ractor status.
+    pub status: String,
+    /// Messages waiting (for actors with a counted mailbox).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<usize>,
+    /// Restarts (supervisors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u64>,
+    /// Number of children.
+    pub children_count: usize,
+    /// Up to `SAMPLE` children, busiest mailboxes first.
+    pub children: Vec<TreeNode>,
+}
+
+fn walk(cell: &ActorCell, stats: &ActorStats, depth: usize) -> TreeNode {
+    let gauge = stats.gauge(cell.get_id());
+    let name = cell.get_name().or_else(|| gauge.as_ref().map(|g| g.label.clone())).unwrap_or_else(|| "actor".into());
+    let restarts = match name.as_str() {
+        session_supervisor::NAME | conversation_supervisor::NAME => Some(stats.restarts(&name).load(Ordering::Relaxed)),
+        _ => None,
+    };
+    let mut children = cell.get_children();
+    let children_count = children.len();
+    let mut listed = Vec::new();
+    if depth < MAX_DEPTH {
+        // Busiest first: that is what an SRE opens the tree to find.
+        children.sort_by_key(|c| std::cmp::Reverse(stats.gauge(c.get_id()).map(|g| g.depth()).unwrap_or(0)));
+        listed = children.iter().take(SAMPLE).map(|c| walk(c, stats, depth + 1)).collect();
+    }
+    TreeNode {
+        id: cell.get_id().to_string(),
+        name,
+        status: format!("{:?}", cell.get_status()),
+        mailbox: gauge.map(|g| g.depth()),
+        restarts,
+        children_count,
+        children: listed,
+    }
+}
+
+fn authorized(req: &HttpRequest, state: &AdminState) -> bool {
+    bearer(req).is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn tree(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
+    }
+    HttpResponse::Ok().json(walk(&state.node.root.get_cell(), &state.node.ctx.stats, 0))
+}
+
+async fn crash_conversation(req: HttpRequest, state: web::Data<AdminState>, path: web::Path<String>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
+    }
+    let Ok(id) = Uuid::parse_str(&path) else {
+        return HttpResponse::BadRequest().json(serde_json::json!({ "error": "bad_request" }));
+    };
+    match state.node.ctx.router.active_conversation(id) {
+        Some(mailbox) => {
+            let _ = mailbox.actor().cast(ConversationMsg::Crash);
+            HttpResponse::Accepted().json(serde_json::json!({ "crashed": mailbox.actor().get_id().to_string() }))
+        }
+        None => HttpResponse::NotFound().json(serde_json::json!({ "error": "not_active" })),
+    }
+}
+
+/// Registers the admin routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/admin/tree", web::get().to(tree))
+        .route("/admin/conversations/{id}/crash", web::post().to(crash_conversation));
+}

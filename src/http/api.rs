@@ -1,0 +1,235 @@
+//! The public HTTP API (JSON). Errors are `{"error": code, "message": text}` with a
+//! status that says whose fault it was.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::bearer;
+use crate::accounts::{AccountError, Accounts, AuthError};
+use crate::actors::node::Node;
+use crate::actors::session::{DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE};
+use crate::protocol::ErrorCode;
+use crate::store::{DeviceRecord, Store};
+use crate::transport::{ConnectionDeps, ws};
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Accounts service.
+    pub accounts: Accounts,
+    /// The actor tree.
+    pub node: Node,
+    /// Reads for history and health.
+    pub store: Arc<dyn Store>,
+    /// Prometheus text renderer.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// An HTTP-facing error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// From the accounts service.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// Missing or bad bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// Bad request parameter.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Conversation does not exist.
+    #[error("unknown conversation")]
+    UnknownConversation,
+    /// Caller is not a member.
+    #[error("not a member of this conversation")]
+    NotAMember,
+    /// Store failure.
+    #[error("store unavailable")]
+    Unavailable,
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Account(AccountError::InvalidPhone) => "invalid_phone",
+            ApiError::Account(AccountError::InvalidName) => "invalid_name",
+            ApiError::Account(AccountError::InvalidCode) => "invalid_code",
+            ApiError::Account(AccountError::SendFailed(_)) => "code_not_sent",
+            ApiError::Account(AccountError::TooManyDevices(_)) => "too_many_devices",
+            ApiError::Account(AccountError::NotPrimary) => "not_primary",
+            ApiError::Account(AccountError::UnknownDevice) => "unknown_device",
+            ApiError::Account(AccountError::Auth(AuthError::Revoked)) => "device_revoked",
+            ApiError::Account(AccountError::Auth(AuthError::InvalidToken)) | ApiError::Unauthorized => "unauthorized",
+            ApiError::Account(AccountError::Auth(AuthError::Store(_))) | ApiError::Account(AccountError::Store(_)) | ApiError::Unavailable => {
+                "unavailable"
+            }
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::UnknownConversation => "unknown_conversation",
+            ApiError::NotAMember => "not_a_member",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Account(AccountError::InvalidPhone | AccountError::InvalidName) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Account(AccountError::InvalidCode) | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Account(AccountError::Auth(AuthError::InvalidToken | AuthError::Revoked)) => StatusCode::UNAUTHORIZED,
+            ApiError::Account(AccountError::NotPrimary) | ApiError::NotAMember => StatusCode::FORBIDDEN,
+            ApiError::Account(AccountError::UnknownDevice) | ApiError::UnknownConversation => StatusCode::NOT_FOUND,
+            ApiError::Account(AccountError::TooManyDevices(_)) => StatusCode::CONFLICT,
+            ApiError::Account(AccountError::SendFailed(_)) => StatusCode::BAD_GATEWAY,
+            ApiError::Account(AccountError::Store(_) | AccountError::Auth(AuthError::Store(_))) | ApiError::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))
+    }
+}
+
+/// Registers every public route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics_text))
+        .route("/v1/ws", web::get().to(ws::upgrade))
+        .route("/v1/accounts/register", web::post().to(register))
+        .route("/v1/accounts/verify", web::post().to(verify))
+        .route("/v1/devices", web::get().to(list_devices))
+        .route("/v1/devices", web::post().to(link_device))
+        .route("/v1/devices/{device_id}", web::delete().to(revoke_device))
+        .route("/v1/conversations/{conversation_id}/messages", web::get().to(history));
+}
+
+async fn caller(req: &HttpRequest, state: &ApiState) -> Result<DeviceRecord, ApiError> {
+    let token = bearer(req).ok_or(ApiError::Unauthorized)?;
+    Ok(state.accounts.authenticate(token).await.map_err(AccountError::from)?)
+}
+
+async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
+    let started = Instant::now();
+    let store = state.store.last_seen(Uuid::nil()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let body = serde_json::json!({
+        "status": if store.is_ok() { "ok" } else { "degraded" },
+        "store": { "ok": store.is_ok(), "latency_ms": latency_ms },
+        "sessions": state.node.ctx.router.session_count(),
+        "conversations": state.node.ctx.router.conversation_count(),
+    });
+    if store.is_ok() { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+async fn metrics_text(state: web::Data<ApiState>) -> HttpResponse {
+    let (sum, max) = state.node.ctx.stats.depth_summary();
+    metrics::gauge!("switchboard_mailbox_depth_total").set(sum as f64);
+    metrics::gauge!("switchboard_mailbox_depth_max").set(max as f64);
+    let text = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    phone: String,
+}
+
+async fn register(state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
+    let issued = state.accounts.register(&body.phone).await?;
+    Ok(HttpResponse::Accepted().json(issued))
+}
+
+#[derive(Deserialize)]
+struct VerifyBody {
+    phone: String,
+    code: String,
+    #[serde(default = "default_device_name")]
+    device_name: String,
+}
+
+fn default_device_name() -> String {
+    "phone".into()
+}
+
+async fn verify(state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> Result<HttpResponse, ApiError> {
+    let (credentials, revoked) = state.accounts.verify(&body.phone, &body.code, &body.device_name).await?;
+    for device in revoked {
+        state.node.ctx.router.close_device(credentials.user_id, device, ErrorCode::DeviceRevoked, "account registered on a new phone");
+    }
+    Ok(HttpResponse::Ok().json(credentials))
+}
+
+#[derive(Deserialize)]
+struct LinkBody {
+    name: String,
+}
+
+async fn link_device(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<LinkBody>) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    let credentials = state.accounts.link_device(&me, &body.name).await?;
+    Ok(HttpResponse::Created().json(credentials))
+}
+
+async fn list_devices(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    Ok(HttpResponse::Ok().json(state.accounts.list_devices(&me).await?))
+}
+
+async fn revoke_device(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    let device = Uuid::parse_str(&path).map_err(|_| ApiError::BadRequest("device_id must be a UUID".into()))?;
+    state.accounts.revoke_device(&me, device).await?;
+    state.node.ctx.router.close_device(me.user_id, device, ErrorCode::DeviceRevoked, "this device was revoked");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    #[serde(default)]
+    before: u64,
+    #[serde(default)]
+    limit: usize,
+}
+
+async fn history(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    let id = Uuid::parse_str(&path).map_err(|_| ApiError::BadRequest("conversation_id must be a UUID".into()))?;
+    let record = state.store.conversation(id).await.map_err(|_| ApiError::Unavailable)?.ok_or(ApiError::UnknownConversation)?;
+    if !record.members.contains(&me.user_id) {
+        return Err(ApiError::NotAMember);
+    }
+    let limit = if query.limit == 0 { DEFAULT_HISTORY_PAGE } else { query.limit.min(MAX_HISTORY_PAGE) };
+    let mut messages = state.store.messages_before(id, query.before, limit + 1).await.map_err(|_| ApiError::Unavailable)?;
+    let has_more = messages.len() > limit;
+    messages.truncate(limit);
+    let items: Vec<_> = messages
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "seq": m.seq,
+                "sender_user_id": m.sender_user_id,
+                "sender_device_id": m.sender_device_id,
+                "client_msg_id": m.client_msg_id,
+                "server_time_ms": m.server_time_ms,
+                "payload_hex": hex::encode(&m.payload),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "conversation_id": id, "messages": items, "has_more": has_more })))
+}
+
+/// The WebSocket route needs the connection dependencies as app data.
+pub fn ws_data(deps: ConnectionDeps) -> web::Data<ConnectionDeps> {
+    web::Data::new(deps)
+}

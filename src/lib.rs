@@ -1,0 +1,21 @@
+//! Switchboard: a WhatsApp-class messaging server built the Erlang way.
+//!
+//! Layout (see ARCHITECTURE.md for the invariants between these):
+//! - [`protocol`]: frames and their encoding; no I/O.
+//! - [`store`]: durable state behind one contract; knows nothing of sockets or actors.
+//! - [`actors`]: the supervision tree: sessions, conversations, the store writer, the router.
+//! - [`transport`]: WebSocket and TCP connections, ending in the same session logic.
+//! - [`accounts`]: registration, tokens, devices.
+//! - [`http`]: the public JSON API and the admin API.
+//! - [`config`], [`server`]: configuration and the node's lifecycle.
+//! - [`client`]: the Rust client used by tests, benchmarks and `switchboard client`.
+
+pub mod accounts;
+pub mod actors;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod transport;

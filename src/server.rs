@@ -1,0 +1,204 @@
+//! Wiring and lifecycle of one node: open the store, start the actor tree, bind the
+//! listeners, and shut everything down in order (stop accepting, tell clients, drain
+//! conversations, flush the store).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpServer, web};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::accounts::{Accounts, CodeSender, LogCodeSender, WebhookCodeSender};
+use crate::actors::node::{self, Node};
+use crate::actors::session::SessionMsg;
+use crate::config::{CodeSenderSpec, ServerConfig, StoreSpec};
+use crate::http::admin::{self, AdminState};
+use crate::http::api::{self, ApiState};
+use crate::protocol::ErrorCode;
+use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::transport::{ConnectionDeps, tcp};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store did not open.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A listener did not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The actor tree did not start.
+    #[error("actors: {0}")]
+    Actors(String),
+    /// Anything else at start-up (ready file, admin token file).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running node.
+pub struct RunningServer {
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// Bound TCP address.
+    pub tcp_addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    /// The admin token in force.
+    pub admin_token: String,
+    /// The actor tree.
+    pub node: Node,
+    accepting: CancellationToken,
+    http: actix_web::dev::ServerHandle,
+    admin: actix_web::dev::ServerHandle,
+    grace: Duration,
+}
+
+/// The process-wide Prometheus recorder (installed once; later servers in the same
+/// process, as in tests, share it).
+fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|_| handle)
+        })
+        .clone()
+}
+
+fn open_store(spec: &StoreSpec) -> Result<(Arc<dyn Store>, std::path::PathBuf), ServerError> {
+    match spec {
+        StoreSpec::Embedded(dir) => Ok((Arc::new(EmbeddedStore::open(dir)?), dir.clone())),
+    }
+}
+
+fn admin_token(config: &ServerConfig, data_dir: &std::path::Path) -> Result<String, ServerError> {
+    if let Some(t) = &config.admin_token {
+        return Ok(t.clone());
+    }
+    let path = data_dir.join("admin-token");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().to_owned());
+    }
+    let token = hex::encode(rand::rng().random::<[u8; 24]>());
+    std::fs::write(&path, &token)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tracing::info!(path = %path.display(), "generated admin token");
+    Ok(token)
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Starts a node on the current (multi-thread) tokio runtime.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    let (store, data_dir) = open_store(&config.store)?;
+    let admin_token = admin_token(&config, &data_dir)?;
+    let metrics = prometheus();
+    let node = node::start(store.clone(), config.actors.clone()).await.map_err(|e| ServerError::Actors(e.to_string()))?;
+    let sender: Arc<dyn CodeSender> = match &config.code_sender {
+        CodeSenderSpec::Log => Arc::new(LogCodeSender),
+        CodeSenderSpec::Webhook(url) => Arc::new(WebhookCodeSender::new(url.clone())),
+    };
+    let accounts = Accounts::new(store.clone(), sender, config.accounts.clone());
+    let accepting = CancellationToken::new();
+    let deps = ConnectionDeps { node: node.clone(), accounts: accounts.clone(), config: Arc::new(config.connection.clone()), shutdown: accepting.clone() };
+
+    let http_listener = bind(config.http_listen)?;
+    let tcp_listener = bind(config.tcp_listen)?;
+    let admin_listener = bind(config.admin_listen)?;
+    let http_addr = http_listener.local_addr()?;
+    let tcp_addr = tcp_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let api_state = ApiState { accounts, node: node.clone(), store: store.clone(), metrics };
+    let ws_deps = api::ws_data(deps.clone());
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4);
+    let http = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(api_state.clone()))
+            .app_data(ws_deps.clone())
+            .app_data(web::JsonConfig::default().limit(64 * 1024))
+            .configure(api::routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_grace.as_secs())
+    .listen(http_listener)?
+    .run();
+    let http_handle = http.handle();
+    tokio::spawn(http);
+
+    let admin_state = AdminState { node: node.clone(), token: admin_token.clone() };
+    let admin = HttpServer::new(move || App::new().app_data(web::Data::new(admin_state.clone())).configure(admin::routes))
+        .workers(1)
+        .disable_signals()
+        .listen(admin_listener)?
+        .run();
+    let admin_handle = admin.handle();
+    tokio::spawn(admin);
+
+    let tcp_listener = tokio::net::TcpListener::from_std(tcp_listener)?;
+    tokio::spawn(tcp::serve(tcp_listener, deps, accepting.clone()));
+
+    if let Some(path) = &config.ready_file {
+        let ready = serde_json::json!({
+            "http": http_addr.to_string(),
+            "tcp": tcp_addr.to_string(),
+            "admin": admin_addr.to_string(),
+            "pid": std::process::id(),
+        });
+        // Written to a temporary name and renamed, so a reader never sees half a file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, ready.to_string())?;
+        std::fs::rename(&tmp, path)?;
+    }
+    tracing::info!(%http_addr, %tcp_addr, %admin_addr, "switchboard listening");
+    Ok(RunningServer { http_addr, tcp_addr, admin_addr, admin_token, node, accepting, http: http_handle, admin: admin_handle, grace: config.shutdown_grace })
+}
+
+impl RunningServer {
+    /// Graceful shutdown: refuse new connections, tell every device to reconnect later,
+    /// wait (up to the grace period) for sessions to finish what they hold, stop the HTTP
+    /// servers, drain conversations and flush the store.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.accepting.cancel();
+        for session in self.node.ctx.router.all_sessions() {
+            let _ = session.actor().cast(SessionMsg::Close {
+                code: ErrorCode::ServerShuttingDown,
+                reason: "server is shutting down".into(),
+                reconnect_after_ms: 1000,
+            });
+        }
+        let deadline = Instant::now() + self.grace;
+        while self.node.ctx.router.session_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.http.stop(true).await;
+        self.admin.stop(true).await;
+        self.node.shutdown().await;
+        tracing::info!("shutdown complete");
+    }
+
+    /// Resolves if an infrastructure actor failed (the process should exit non-zero).
+    pub async fn failed(&self) {
+        let mut failed = self.node.failed.clone();
+        let _ = failed.wait_for(|f| *f).await;
+    }
+}

@@ -1,0 +1,472 @@
+//! The embedded default store, on redb: one file in the data directory, ACID transactions,
+//! copy-on-write B-trees, and an fsync on every commit (`Durability::Immediate`), so a
+//! committed batch survives `kill -9` and power loss.
+//!
+//! Tables mirror the Scylla model (partition key first in every composite key), so each
+//! backend is a translation of the same layout. redb is synchronous; every call runs on
+//! tokio's blocking pool so that actors never block a runtime worker on disk.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, PendingCode, Store, StoreError, StoredMessage,
+    UserId, UserRecord, WriteOp, WriteOutcome,
+};
+
+const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
+const PHONES: TableDefinition<&str, u128> = TableDefinition::new("phones");
+const DEVICES: TableDefinition<u128, &[u8]> = TableDefinition::new("devices");
+const TOKENS: TableDefinition<&[u8], u128> = TableDefinition::new("tokens");
+const USER_DEVICES: TableDefinition<(u128, u128), u64> = TableDefinition::new("user_devices");
+const CODES: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_codes");
+const CONVERSATIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("conversations");
+const USER_CONVERSATIONS: TableDefinition<(u128, u128), ()> = TableDefinition::new("user_conversations");
+/// The message log: `(conversation, seq) → message`.
+const MESSAGES: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("messages");
+/// Idempotency: `(conversation, sender user, client_msg_id) → (seq, server_time_ms)`.
+const DEDUP: TableDefinition<(u128, u128, &str), (u64, u64)> = TableDefinition::new("dedup");
+/// `(device, conversation) → (delivered, read)`.
+const CURSORS: TableDefinition<(u128, u128), (u64, u64)> = TableDefinition::new("cursors");
+const LAST_SEEN: TableDefinition<u128, u64> = TableDefinition::new("last_seen");
+
+/// The redb-backed store. Cloning shares the database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmbeddedStore")
+    }
+}
+
+fn be<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(be)
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { table, detail: e.to_string() })
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database in `dir/switchboard.redb` and makes sure every table
+    /// exists, so readers never meet a missing table.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(be)?;
+        let db = Database::create(dir.join("switchboard.redb")).map_err(be)?;
+        let txn = db.begin_write().map_err(be)?;
+        {
+            txn.open_table(USERS).map_err(be)?;
+            txn.open_table(PHONES).map_err(be)?;
+            txn.open_table(DEVICES).map_err(be)?;
+            txn.open_table(TOKENS).map_err(be)?;
+            txn.open_table(USER_DEVICES).map_err(be)?;
+            txn.open_table(CODES).map_err(be)?;
+            txn.open_table(CONVERSATIONS).map_err(be)?;
+            txn.open_table(USER_CONVERSATIONS).map_err(be)?;
+            txn.open_table(MESSAGES).map_err(be)?;
+            txn.open_table(DEDUP).map_err(be)?;
+            txn.open_table(CURSORS).map_err(be)?;
+            txn.open_table(LAST_SEEN).map_err(be)?;
+        }
+        txn.commit().map_err(be)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(be)?
+    }
+
+    fn apply_sync(db: &Database, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
+        let txn = db.begin_write().map_err(be)?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        {
+            let mut messages = txn.open_table(MESSAGES).map_err(be)?;
+            let mut dedup = txn.open_table(DEDUP).map_err(be)?;
+            let mut cursors = txn.open_table(CURSORS).map_err(be)?;
+            let mut last_seen = txn.open_table(LAST_SEEN).map_err(be)?;
+            for op in ops {
+                let outcome = match op {
+                    WriteOp::Append(msg) => {
+                        let conv = msg.conversation_id.as_u128();
+                        let sender = msg.sender_user_id.as_u128();
+                        let key = (conv, sender, msg.client_msg_id.as_str());
+                        if let Some(found) = dedup.get(key).map_err(be)? {
+                            let (seq, server_time_ms) = found.value();
+                            WriteOutcome::Duplicate { seq, server_time_ms }
+                        } else if msg.seq == 0
+                            || messages.get((conv, msg.seq)).map_err(be)?.is_some()
+                            || (msg.seq > 1 && messages.get((conv, msg.seq - 1)).map_err(be)?.is_none())
+                        {
+                            // Taken, or its predecessor is missing: either way a second
+                            // sequencer or a failed earlier write; storing it would break
+                            // the gap-free log.
+                            WriteOutcome::SeqConflict
+                        } else {
+                            messages.insert((conv, msg.seq), encode(&msg)?.as_slice()).map_err(be)?;
+                            dedup.insert(key, (msg.seq, msg.server_time_ms)).map_err(be)?;
+                            WriteOutcome::Appended
+                        }
+                    }
+                    WriteOp::AdvanceCursor { device_id, conversation_id, delivered, read } => {
+                        let key = (device_id.as_u128(), conversation_id.as_u128());
+                        let (old_d, old_r) = cursors.get(key).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
+                        let next = (old_d.max(delivered), old_r.max(read));
+                        if next != (old_d, old_r) {
+                            cursors.insert(key, next).map_err(be)?;
+                        }
+                        WriteOutcome::CursorAdvanced(Cursor { delivered: next.0, read: next.1 })
+                    }
+                    WriteOp::LastSeen { user_id, at_ms } => {
+                        last_seen.insert(user_id.as_u128(), at_ms).map_err(be)?;
+                        WriteOutcome::Recorded
+                    }
+                };
+                outcomes.push(outcome);
+            }
+        }
+        txn.commit().map_err(be)?;
+        Ok(outcomes)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    async fn put_pending_code(&self, phone: &str, code: PendingCode) -> Result<(), StoreError> {
+        let phone = phone.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            txn.open_table(CODES).map_err(be)?.insert(phone.as_str(), encode(&code)?.as_slice()).map_err(be)?;
+            txn.commit().map_err(be)
+        })
+        .await
+    }
+
+    async fn pending_code(&self, phone: &str) -> Result<Option<PendingCode>, StoreError> {
+        let phone = phone.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(CODES).map_err(be)?;
+            table.get(phone.as_str()).map_err(be)?.map(|g| decode("pending_codes", g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn delete_pending_code(&self, phone: &str) -> Result<(), StoreError> {
+        let phone = phone.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            txn.open_table(CODES).map_err(be)?.remove(phone.as_str()).map_err(be)?;
+            txn.commit().map_err(be)
+        })
+        .await
+    }
+
+    async fn get_or_create_user(&self, phone: &str, new_user: UserRecord) -> Result<(UserRecord, bool), StoreError> {
+        let phone = phone.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let result = {
+                let mut phones = txn.open_table(PHONES).map_err(be)?;
+                let mut users = txn.open_table(USERS).map_err(be)?;
+                let existing = phones.get(phone.as_str()).map_err(be)?.map(|g| g.value());
+                match existing {
+                    Some(id) => {
+                        let record = users.get(id).map_err(be)?.ok_or(StoreError::NotFound("user"))?;
+                        (decode("users", record.value())?, false)
+                    }
+                    None => {
+                        let id = new_user.user_id.as_u128();
+                        phones.insert(phone.as_str(), id).map_err(be)?;
+                        users.insert(id, encode(&new_user)?.as_slice()).map_err(be)?;
+                        (new_user, true)
+                    }
+                }
+            };
+            txn.commit().map_err(be)?;
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(USERS).map_err(be)?;
+            table.get(user_id.as_u128()).map_err(be)?.map(|g| decode("users", g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn add_device(&self, device: DeviceRecord, max_devices: usize) -> Result<(), StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            {
+                let mut user_devices = txn.open_table(USER_DEVICES).map_err(be)?;
+                let mut devices = txn.open_table(DEVICES).map_err(be)?;
+                let user = device.user_id.as_u128();
+                let mut live = 0;
+                for entry in user_devices.range((user, 0)..=(user, u128::MAX)).map_err(be)? {
+                    let (key, _) = entry.map_err(be)?;
+                    let id = key.value().1;
+                    if let Some(rec) = devices.get(id).map_err(be)? {
+                        let rec: DeviceRecord = decode("devices", rec.value())?;
+                        if rec.revoked_ms.is_none() {
+                            live += 1;
+                        }
+                    }
+                }
+                if live >= max_devices {
+                    return Err(StoreError::TooManyDevices { max: max_devices });
+                }
+                let id = device.device_id.as_u128();
+                devices.insert(id, encode(&device)?.as_slice()).map_err(be)?;
+                user_devices.insert((user, id), device.created_ms).map_err(be)?;
+                txn.open_table(TOKENS).map_err(be)?.insert(&device.token_hash[..], id).map_err(be)?;
+            }
+            txn.commit().map_err(be)
+        })
+        .await
+    }
+
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let tokens = txn.open_table(TOKENS).map_err(be)?;
+            let Some(id) = tokens.get(&token_hash[..]).map_err(be)?.map(|g| g.value()) else {
+                return Ok(None);
+            };
+            let devices = txn.open_table(DEVICES).map_err(be)?;
+            devices.get(id).map_err(be)?.map(|g| decode("devices", g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn device(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let devices = txn.open_table(DEVICES).map_err(be)?;
+            devices.get(device_id.as_u128()).map_err(be)?.map(|g| decode("devices", g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn devices_of(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let user_devices = txn.open_table(USER_DEVICES).map_err(be)?;
+            let devices = txn.open_table(DEVICES).map_err(be)?;
+            let user = user_id.as_u128();
+            let mut out = Vec::new();
+            for entry in user_devices.range((user, 0)..=(user, u128::MAX)).map_err(be)? {
+                let (key, _) = entry.map_err(be)?;
+                if let Some(rec) = devices.get(key.value().1).map_err(be)? {
+                    out.push(decode::<DeviceRecord>("devices", rec.value())?);
+                }
+            }
+            out.sort_by_key(|d| d.created_ms);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, user_id: UserId, device_id: DeviceId, at_ms: u64) -> Result<bool, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let revoked = {
+                let mut devices = txn.open_table(DEVICES).map_err(be)?;
+                let current = devices
+                    .get(device_id.as_u128())
+                    .map_err(be)?
+                    .map(|g| decode::<DeviceRecord>("devices", g.value()))
+                    .transpose()?;
+                match current {
+                    Some(mut rec) if rec.user_id == user_id => {
+                        if rec.revoked_ms.is_none() {
+                            rec.revoked_ms = Some(at_ms);
+                            devices.insert(device_id.as_u128(), encode(&rec)?.as_slice()).map_err(be)?;
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            txn.commit().map_err(be)?;
+            Ok(revoked)
+        })
+        .await
+    }
+
+    async fn create_conversation(&self, conversation: ConversationRecord) -> Result<ConversationRecord, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let stored = {
+                let mut conversations = txn.open_table(CONVERSATIONS).map_err(be)?;
+                let id = conversation.conversation_id.as_u128();
+                let existing = conversations
+                    .get(id)
+                    .map_err(be)?
+                    .map(|g| decode::<ConversationRecord>("conversations", g.value()))
+                    .transpose()?;
+                match existing {
+                    Some(found) => found,
+                    None => {
+                        conversations.insert(id, encode(&conversation)?.as_slice()).map_err(be)?;
+                        let mut by_user = txn.open_table(USER_CONVERSATIONS).map_err(be)?;
+                        for member in &conversation.members {
+                            by_user.insert((member.as_u128(), id), ()).map_err(be)?;
+                        }
+                        conversation
+                    }
+                }
+            };
+            txn.commit().map_err(be)?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(CONVERSATIONS).map_err(be)?;
+            table.get(id.as_u128()).map_err(be)?.map(|g| decode("conversations", g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn conversations_of(&self, user_id: UserId) -> Result<Vec<ConversationId>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(USER_CONVERSATIONS).map_err(be)?;
+            let user = user_id.as_u128();
+            let mut out = Vec::new();
+            for entry in table.range((user, 0)..=(user, u128::MAX)).map_err(be)? {
+                let (key, _) = entry.map_err(be)?;
+                out.push(ConversationId::from_u128(key.value().1));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.blocking(move |db| Self::apply_sync(db, ops)).await
+    }
+
+    async fn last_seq(&self, id: ConversationId) -> Result<u64, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(MESSAGES).map_err(be)?;
+            let conv = id.as_u128();
+            let last = table.range((conv, 0)..=(conv, u64::MAX)).map_err(be)?.next_back();
+            match last {
+                Some(entry) => Ok(entry.map_err(be)?.0.value().1),
+                None => Ok(0),
+            }
+        })
+        .await
+    }
+
+    async fn find_by_client_id(
+        &self,
+        id: ConversationId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let client_msg_id = client_msg_id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(DEDUP).map_err(be)?;
+            Ok(table.get((id.as_u128(), sender.as_u128(), client_msg_id.as_str())).map_err(be)?.map(|g| g.value()))
+        })
+        .await
+    }
+
+    async fn messages_after(&self, id: ConversationId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(MESSAGES).map_err(be)?;
+            let conv = id.as_u128();
+            let mut out = Vec::with_capacity(limit.min(256));
+            if after == u64::MAX {
+                return Ok(out);
+            }
+            for entry in table.range((conv, after + 1)..=(conv, u64::MAX)).map_err(be)?.take(limit) {
+                let (_, value) = entry.map_err(be)?;
+                out.push(decode("messages", value.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn messages_before(&self, id: ConversationId, before: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(MESSAGES).map_err(be)?;
+            let conv = id.as_u128();
+            let mut out = Vec::with_capacity(limit.min(256));
+            let upper = if before == 0 { u64::MAX } else { before - 1 };
+            if before == 1 {
+                return Ok(out);
+            }
+            for entry in table.range((conv, 0)..=(conv, upper)).map_err(be)?.rev().take(limit) {
+                let (_, value) = entry.map_err(be)?;
+                out.push(decode("messages", value.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(CURSORS).map_err(be)?;
+            let dev = device_id.as_u128();
+            let mut out = Vec::new();
+            for entry in table.range((dev, 0)..=(dev, u128::MAX)).map_err(be)? {
+                let (key, value) = entry.map_err(be)?;
+                let (delivered, read) = value.value();
+                out.push((ConversationId::from_u128(key.value().1), Cursor { delivered, read }));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn last_seen(&self, user_id: UserId) -> Result<Option<u64>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(LAST_SEEN).map_err(be)?;
+            Ok(table.get(user_id.as_u128()).map_err(be)?.map(|g| g.value()))
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every commit is already fsynced (Durability::Immediate); an empty durable commit
+        // makes sure nothing is pending before the process exits.
+        self.blocking(|db| {
+            let txn = db.begin_write().map_err(be)?;
+            txn.commit().map_err(be)
+        })
+        .await
+    }
+}

@@ -1,0 +1,276 @@
+//! Durable state: accounts, devices, conversations, the per-conversation message log and
+//! per-device cursors, behind one contract ([`Store`]) that every backend implements.
+//!
+//! The model is Scylla-first (see ARCHITECTURE.md, "Store contract"): a message is stored
+//! once in its conversation's log under `(conversation_id, seq)`; a device tracks each
+//! conversation by a delivered and a read cursor; idempotency is a dedup key
+//! `(conversation_id, sender_user_id, client_msg_id) → seq` written in the same
+//! transaction as the message. The store knows nothing of sockets, frames or actors.
+
+pub mod embedded;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use embedded::EmbeddedStore;
+
+/// A user account.
+pub type UserId = Uuid;
+/// One device (phone, desktop, web) of a user.
+pub type DeviceId = Uuid;
+/// A 1:1 or group conversation.
+pub type ConversationId = Uuid;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption, timeout): the operation may or may not have
+    /// taken effect; callers must not report success.
+    #[error("store backend: {0}")]
+    Backend(String),
+    /// A stored record did not decode: the data is corrupt or from an unknown version.
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt {
+        /// Table holding the record.
+        table: &'static str,
+        /// Decoder message.
+        detail: String,
+    },
+    /// The user already has the maximum number of devices.
+    #[error("user already has {max} devices")]
+    TooManyDevices {
+        /// The limit.
+        max: usize,
+    },
+    /// No such record.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+}
+
+impl StoreError {
+    fn backend(e: impl std::fmt::Display) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// A registered user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Stable id.
+    pub user_id: UserId,
+    /// E.164 phone number the account was registered with.
+    pub phone: String,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// A device of a user. The bearer token itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Stable id.
+    pub device_id: DeviceId,
+    /// Owner.
+    pub user_id: UserId,
+    /// Human-readable name chosen at registration or linking.
+    pub name: String,
+    /// True for the device that registered the phone number (the primary).
+    pub primary: bool,
+    /// SHA-256 of the bearer token.
+    pub token_hash: [u8; 32],
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Set when the device was revoked; a revoked device can never authenticate again.
+    pub revoked_ms: Option<u64>,
+}
+
+/// A pending one-time registration code, stored hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCode {
+    /// SHA-256 of the code.
+    pub code_hash: [u8; 32],
+    /// When it stops being valid, ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// Failed verification attempts so far.
+    pub attempts: u32,
+}
+
+/// Whether a conversation is 1:1 or a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConversationKind {
+    /// Exactly two members; the id is derived from the pair (see [`direct_conversation_id`]).
+    Direct,
+}
+
+/// A conversation and its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    /// Stable id.
+    pub conversation_id: ConversationId,
+    /// 1:1 or group.
+    pub kind: ConversationKind,
+    /// Member users, sorted.
+    pub members: Vec<UserId>,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// One message of a conversation log. The payload is opaque ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Conversation.
+    pub conversation_id: ConversationId,
+    /// Position in the conversation log, from 1, without gaps.
+    pub seq: u64,
+    /// Sending user.
+    pub sender_user_id: UserId,
+    /// Sending device.
+    pub sender_device_id: DeviceId,
+    /// Client-chosen idempotency key.
+    pub client_msg_id: String,
+    /// When the server sequenced it, ms since the Unix epoch.
+    pub server_time_ms: u64,
+    /// Opaque content.
+    pub payload: Bytes,
+}
+
+/// A device's position in one conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Highest seq the device acknowledged as received.
+    pub delivered: u64,
+    /// Highest seq the user read on the device.
+    pub read: u64,
+}
+
+/// One write in a group-committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Append a message to its conversation log, unless its dedup key exists, its seq is
+    /// taken, or seq − 1 is not stored yet (seq 1 excepted).
+    Append(StoredMessage),
+    /// Move a device's cursors forward (each field only ever grows).
+    AdvanceCursor {
+        /// Device.
+        device_id: DeviceId,
+        /// Conversation.
+        conversation_id: ConversationId,
+        /// New delivered cursor (ignored if lower than the stored one).
+        delivered: u64,
+        /// New read cursor (ignored if lower than the stored one).
+        read: u64,
+    },
+    /// Record when a user was last connected.
+    LastSeen {
+        /// User.
+        user_id: UserId,
+        /// ms since the Unix epoch.
+        at_ms: u64,
+    },
+}
+
+/// What one [`WriteOp`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The message is now durable at its seq.
+    Appended,
+    /// The dedup key existed: nothing was stored; the original seq and time are returned.
+    Duplicate {
+        /// Original seq.
+        seq: u64,
+        /// Original time.
+        server_time_ms: u64,
+    },
+    /// The seq is taken or its predecessor is missing (a second sequencer, or an earlier
+    /// write of the same sequencer failed): nothing was stored. Logs never have gaps.
+    SeqConflict,
+    /// The cursor is now at least what was asked.
+    CursorAdvanced(Cursor),
+    /// Last-seen recorded.
+    Recorded,
+}
+
+/// The durable-state contract. Every method is atomic. Writes that return `Ok` are
+/// durable (on disk, fsynced, or replicated per the backend's consistency level) before
+/// they return. A write that returns `Err` may or may not have taken effect, and may be
+/// retried: every write is idempotent (appends by dedup key, cursors by max, creations
+/// by natural key).
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores the hash of a one-time code for a phone number, replacing any earlier one.
+    async fn put_pending_code(&self, phone: &str, code: PendingCode) -> Result<(), StoreError>;
+    /// Reads the pending code of a phone number.
+    async fn pending_code(&self, phone: &str) -> Result<Option<PendingCode>, StoreError>;
+    /// Deletes the pending code of a phone number (used, expired or too many attempts).
+    async fn delete_pending_code(&self, phone: &str) -> Result<(), StoreError>;
+
+    /// Returns the user registered with this phone, creating it if there is none.
+    /// `new_user` is the id and time used if it is created. Returns (user, created).
+    async fn get_or_create_user(&self, phone: &str, new_user: UserRecord) -> Result<(UserRecord, bool), StoreError>;
+    /// Reads a user.
+    async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Adds a device to its user unless the user already has `max_devices` live ones.
+    async fn add_device(&self, device: DeviceRecord, max_devices: usize) -> Result<(), StoreError>;
+    /// Finds the device whose token hashes to `token_hash` (revoked ones included).
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Reads a device.
+    async fn device(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Every device of a user, revoked ones included, oldest first.
+    async fn devices_of(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// Marks a device revoked. Returns false if it does not belong to the user.
+    async fn revoke_device(&self, user_id: UserId, device_id: DeviceId, at_ms: u64) -> Result<bool, StoreError>;
+
+    /// Creates a conversation unless one with the same id exists; returns the stored one.
+    async fn create_conversation(&self, conversation: ConversationRecord) -> Result<ConversationRecord, StoreError>;
+    /// Reads a conversation.
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError>;
+    /// Ids of every conversation a user is a member of.
+    async fn conversations_of(&self, user_id: UserId) -> Result<Vec<ConversationId>, StoreError>;
+
+    /// Applies a batch of writes in one transaction (group commit): all or nothing.
+    /// Outcomes are in the order of `ops`.
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError>;
+    /// Highest seq stored for a conversation (0 if empty).
+    async fn last_seq(&self, id: ConversationId) -> Result<u64, StoreError>;
+    /// The seq and time stored under a dedup key, if any.
+    async fn find_by_client_id(
+        &self,
+        id: ConversationId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<(u64, u64)>, StoreError>;
+    /// Up to `limit` messages with seq > `after`, oldest first (catch-up).
+    async fn messages_after(&self, id: ConversationId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
+    /// Up to `limit` messages with seq < `before` (0 = no bound), newest first (history).
+    async fn messages_before(&self, id: ConversationId, before: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Every cursor of a device.
+    async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError>;
+    /// When a user was last connected (ms), if ever.
+    async fn last_seen(&self, user_id: UserId) -> Result<Option<u64>, StoreError>;
+
+    /// Makes every committed write durable and releases resources; used at shutdown.
+    async fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The id of the 1:1 conversation between two users: a UUIDv5 of the sorted pair, so both
+/// sides (and every node) derive the same id without a lookup.
+pub fn direct_conversation_id(a: UserId, b: UserId) -> ConversationId {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut name = [0u8; 32];
+    name[..16].copy_from_slice(lo.as_bytes());
+    name[16..].copy_from_slice(hi.as_bytes());
+    Uuid::new_v5(&DIRECT_NAMESPACE, &name)
+}
+
+/// Namespace of direct conversation ids (fixed forever: changing it orphans every 1:1).
+const DIRECT_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_7a57_0b2e_4e8e_9a41_5357_4243_4844);
+
+/// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

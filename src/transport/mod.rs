@@ -1,0 +1,10 @@
+//! Transports: WebSocket (binary messages at `/v1/ws`) and raw TCP (length-prefixed
+//! frames). Each only moves frames; both end in [`connection::serve`], which runs the
+//! handshake and hands authenticated devices to a session actor. Nothing here interprets
+//! a request beyond Hello and Ping.
+
+pub mod connection;
+pub mod tcp;
+pub mod ws;
+
+pub use connection::{ConnectionConfig, ConnectionDeps, FrameSink};
