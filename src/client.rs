@@ -1,0 +1,404 @@
+//! A Rust client for Switchboard: the HTTP account API and a framed connection over TCP
+//! or WebSocket. Used by the integration tests, the benchmarks and `switchboard client`.
+//! It is deliberately thin: it speaks the protocol, it does not hide it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::codec::Framed;
+use uuid::Uuid;
+
+use crate::accounts::{DeviceCredentials, DeviceInfo};
+use crate::protocol::{self, FrameCodec, PROTOCOL_VERSION, client_frame, id_bytes, pb, server_frame};
+
+/// Client-side failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// HTTP transport failure.
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The server answered an HTTP error.
+    #[error("server answered {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Response body.
+        body: String,
+    },
+    /// Socket failure.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// WebSocket failure.
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    /// A frame did not decode.
+    #[error("frame: {0}")]
+    Frame(#[from] protocol::FrameError),
+    /// The server sent an Error frame instead of the expected answer.
+    #[error("server error {code:?}: {message}")]
+    Rejected {
+        /// Error code.
+        code: protocol::ErrorCode,
+        /// Text.
+        message: String,
+    },
+    /// The connection closed.
+    #[error("connection closed")]
+    Closed,
+    /// Nothing arrived in time.
+    #[error("timed out waiting for the server")]
+    Timeout,
+    /// The server did not send a one-time code back (not in development mode).
+    #[error("the server did not expose the one-time code (start it with --dev-expose-codes)")]
+    NoDevCode,
+}
+
+/// The HTTP account API.
+#[derive(Debug, Clone)]
+pub struct HttpApi {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Issued {
+    dev_code: Option<String>,
+}
+
+impl HttpApi {
+    /// A client for `http://host:port`.
+    pub fn new(base: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
+        Self { base: base.into().trim_end_matches('/').to_owned(), http }
+    }
+
+    async fn check(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            let status = response.status().as_u16();
+            Err(ClientError::Status { status, body: response.text().await.unwrap_or_default() })
+        }
+    }
+
+    /// Asks for a one-time code; returns it when the server runs in development mode.
+    pub async fn register(&self, phone: &str) -> Result<Option<String>, ClientError> {
+        let r = self.http.post(format!("{}/v1/accounts/register", self.base)).json(&serde_json::json!({ "phone": phone })).send().await?;
+        Ok(Self::check(r).await?.json::<Issued>().await?.dev_code)
+    }
+
+    /// Verifies a code and creates the primary device.
+    pub async fn verify(&self, phone: &str, code: &str, device_name: &str) -> Result<DeviceCredentials, ClientError> {
+        let body = serde_json::json!({ "phone": phone, "code": code, "device_name": device_name });
+        let r = self.http.post(format!("{}/v1/accounts/verify", self.base)).json(&body).send().await?;
+        Ok(Self::check(r).await?.json().await?)
+    }
+
+    /// Register + verify in one go (development servers only).
+    pub async fn sign_up(&self, phone: &str, device_name: &str) -> Result<DeviceCredentials, ClientError> {
+        let code = self.register(phone).await?.ok_or(ClientError::NoDevCode)?;
+        self.verify(phone, &code, device_name).await
+    }
+
+    /// Links a new device (the caller must be the primary).
+    pub async fn link_device(&self, token: &str, name: &str) -> Result<DeviceCredentials, ClientError> {
+        let r = self.http.post(format!("{}/v1/devices", self.base)).bearer_auth(token).json(&serde_json::json!({ "name": name })).send().await?;
+        Ok(Self::check(r).await?.json().await?)
+    }
+
+    /// Lists the caller's devices.
+    pub async fn devices(&self, token: &str) -> Result<Vec<DeviceInfo>, ClientError> {
+        let r = self.http.get(format!("{}/v1/devices", self.base)).bearer_auth(token).send().await?;
+        Ok(Self::check(r).await?.json().await?)
+    }
+
+    /// Revokes a device.
+    pub async fn revoke(&self, token: &str, device: Uuid) -> Result<(), ClientError> {
+        let r = self.http.delete(format!("{}/v1/devices/{device}", self.base)).bearer_auth(token).send().await?;
+        Self::check(r).await?;
+        Ok(())
+    }
+
+    /// One page of history as JSON (newest first).
+    pub async fn history(&self, token: &str, conversation: Uuid, before: u64, limit: usize) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/conversations/{conversation}/messages?before={before}&limit={limit}", self.base);
+        let r = self.http.get(url).bearer_auth(token).send().await?;
+        Ok(Self::check(r).await?.json().await?)
+    }
+
+    /// Raw GET, for tests of status codes.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Result<reqwest::Response, ClientError> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Ok(req.send().await?)
+    }
+}
+
+/// Where to connect.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Raw TCP, length-prefixed frames.
+    Tcp(SocketAddr),
+    /// WebSocket URL, e.g. `ws://127.0.0.1:8080/v1/ws`.
+    Ws(String),
+}
+
+impl Transport {
+    /// WebSocket on the HTTP address.
+    pub fn ws(http: SocketAddr) -> Self {
+        Transport::Ws(format!("ws://{http}/v1/ws"))
+    }
+}
+
+enum Wire {
+    Tcp(Box<Framed<TcpStream, FrameCodec>>),
+    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
+}
+
+/// One protocol connection.
+pub struct Connection {
+    wire: Wire,
+    /// Frames received while waiting for something else, in arrival order.
+    buffered: VecDeque<server_frame::Kind>,
+}
+
+/// Default wait for an expected frame.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+impl Connection {
+    /// Opens the transport (no Hello yet).
+    pub async fn connect(transport: &Transport) -> Result<Self, ClientError> {
+        let wire = match transport {
+            Transport::Tcp(addr) => {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                Wire::Tcp(Box::new(Framed::new(stream, FrameCodec::new(16 * 1024 * 1024))))
+            }
+            Transport::Ws(url) => {
+                let (stream, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+                Wire::Ws(Box::new(stream))
+            }
+        };
+        Ok(Self { wire, buffered: VecDeque::new() })
+    }
+
+    /// Connects and authenticates; returns the connection and the Welcome.
+    pub async fn open(transport: &Transport, token: &str) -> Result<(Self, pb::Welcome), ClientError> {
+        let mut conn = Self::connect(transport).await?;
+        let welcome = conn.hello(token).await?;
+        Ok((conn, welcome))
+    }
+
+    /// Sends raw bytes as one frame (tests of malformed input).
+    pub async fn send_raw(&mut self, bytes: Bytes) -> Result<(), ClientError> {
+        match &mut self.wire {
+            Wire::Tcp(framed) => framed.send(bytes).await?,
+            Wire::Ws(ws) => ws.send(WsMessage::Binary(bytes)).await?,
+        }
+        Ok(())
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, kind: client_frame::Kind) -> Result<(), ClientError> {
+        self.send_raw(protocol::encode_client(&protocol::client(kind))).await
+    }
+
+    /// Sends several frames with one flush (TCP) — for load generation.
+    pub async fn send_many(&mut self, kinds: Vec<client_frame::Kind>) -> Result<(), ClientError> {
+        match &mut self.wire {
+            Wire::Tcp(framed) => {
+                for kind in kinds {
+                    framed.feed(protocol::encode_client(&protocol::client(kind))).await?;
+                }
+                SinkExt::<Bytes>::flush(framed.as_mut()).await?;
+            }
+            Wire::Ws(ws) => {
+                for kind in kinds {
+                    ws.feed(WsMessage::Binary(protocol::encode_client(&protocol::client(kind)))).await?;
+                }
+                ws.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Next frame from the socket or the buffer; `None` once the server closed.
+    pub async fn recv(&mut self) -> Result<Option<server_frame::Kind>, ClientError> {
+        if let Some(kind) = self.buffered.pop_front() {
+            return Ok(Some(kind));
+        }
+        self.recv_wire().await
+    }
+
+    async fn recv_wire(&mut self) -> Result<Option<server_frame::Kind>, ClientError> {
+        loop {
+            let bytes = match &mut self.wire {
+                Wire::Tcp(framed) => match framed.next().await {
+                    Some(Ok(b)) => b,
+                    Some(Err(protocol::FrameError::Io(e))) if is_reset(&e) => return Ok(None),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Ok(None),
+                },
+                Wire::Ws(ws) => match ws.next().await {
+                    Some(Ok(WsMessage::Binary(b))) => b,
+                    Some(Ok(WsMessage::Close(_))) | None => return Ok(None),
+                    Some(Ok(_)) => continue,
+                    Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed | tokio_tungstenite::tungstenite::Error::AlreadyClosed)) => {
+                        return Ok(None);
+                    }
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Io(e))) if is_reset(&e) => return Ok(None),
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Protocol(_))) => return Ok(None),
+                    Some(Err(e)) => return Err(e.into()),
+                },
+            };
+            return Ok(Some(protocol::decode_server(&bytes)?));
+        }
+    }
+
+    /// Next frame within `wait`.
+    pub async fn recv_timeout(&mut self, wait: Duration) -> Result<server_frame::Kind, ClientError> {
+        match tokio::time::timeout(wait, self.recv()).await {
+            Ok(Ok(Some(kind))) => Ok(kind),
+            Ok(Ok(None)) => Err(ClientError::Closed),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Waits for the first frame `pick` accepts; other frames are kept for later `recv`s.
+    /// An Error frame that `pick` does not accept ends the wait as `Rejected` if `fail_on_error`.
+    pub async fn wait_for<T>(
+        &mut self,
+        wait: Duration,
+        fail_on_error: bool,
+        mut pick: impl FnMut(&server_frame::Kind) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        if let Some(pos) = self.buffered.iter().position(|k| pick(k).is_some()) {
+            let kind = self.buffered.remove(pos).ok_or(ClientError::Closed)?;
+            return pick(&kind).ok_or(ClientError::Closed);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let kind = match tokio::time::timeout_at(deadline, self.recv_wire()).await {
+                Ok(Ok(Some(kind))) => kind,
+                Ok(Ok(None)) => return Err(ClientError::Closed),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(ClientError::Timeout),
+            };
+            if let Some(found) = pick(&kind) {
+                return Ok(found);
+            }
+            if fail_on_error && let server_frame::Kind::Error(e) = &kind {
+                return Err(ClientError::Rejected { code: e.code(), message: e.message.clone() });
+            }
+            self.buffered.push_back(kind);
+        }
+    }
+
+    /// Sends Hello and waits for Welcome.
+    pub async fn hello(&mut self, token: &str) -> Result<pb::Welcome, ClientError> {
+        self.send(client_frame::Kind::Hello(pb::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: token.to_owned(),
+            client_name: "switchboard-rs".into(),
+        }))
+        .await?;
+        self.wait_for(DEFAULT_WAIT, true, |k| match k {
+            server_frame::Kind::Welcome(w) => Some(w.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Opens (or finds) the 1:1 conversation with `peer`.
+    pub async fn open_direct(&mut self, peer: Uuid) -> Result<Uuid, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::OpenDirect(pb::OpenDirect { request_id, peer_user_id: id_bytes(peer) })).await?;
+        let raw = self
+            .wait_for(DEFAULT_WAIT, true, |k| match k {
+                server_frame::Kind::DirectOpened(d) if d.request_id == request_id => Some(d.conversation_id.clone()),
+                _ => None,
+            })
+            .await?;
+        Uuid::from_slice(&raw).map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends a message (does not wait for the ack).
+    pub async fn send_message(&mut self, conversation: Uuid, client_msg_id: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+        self.send(client_frame::Kind::Send(pb::Send {
+            client_msg_id: client_msg_id.to_owned(),
+            conversation_id: id_bytes(conversation),
+            payload: payload.into(),
+        }))
+        .await
+    }
+
+    /// Sends a message and waits for its SendAck.
+    pub async fn send_and_ack(&mut self, conversation: Uuid, client_msg_id: &str, payload: impl Into<Bytes>) -> Result<pb::SendAck, ClientError> {
+        self.send_message(conversation, client_msg_id, payload).await?;
+        let id = client_msg_id.to_owned();
+        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
+            server_frame::Kind::SendAck(a) if a.client_msg_id == id => Some(Ok(a.clone())),
+            server_frame::Kind::Error(e) if e.request_ref == id => {
+                Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() }))
+            }
+            _ => None,
+        })
+        .await?
+    }
+
+    /// Acknowledges delivery up to `seq`.
+    pub async fn ack(&mut self, conversation: Uuid, seq: u64) -> Result<(), ClientError> {
+        self.send(client_frame::Kind::Ack(pb::Ack { conversation_id: id_bytes(conversation), seq })).await
+    }
+
+    /// Marks read up to `seq`.
+    pub async fn read(&mut self, conversation: Uuid, seq: u64) -> Result<(), ClientError> {
+        self.send(client_frame::Kind::Read(pb::Read { conversation_id: id_bytes(conversation), seq })).await
+    }
+
+    /// Waits for the next conversation message.
+    pub async fn next_message(&mut self, wait: Duration) -> Result<pb::Message, ClientError> {
+        self.wait_for(wait, false, |k| match k {
+            server_frame::Kind::Message(m) => Some(m.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// One page of history over the socket.
+    pub async fn history(&mut self, conversation: Uuid, before_seq: u64, limit: u32) -> Result<pb::HistoryPage, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::History(pb::HistoryRequest { request_id, conversation_id: id_bytes(conversation), before_seq, limit }))
+            .await?;
+        let rid = request_id.to_string();
+        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
+            server_frame::Kind::History(h) if h.request_id == request_id => Some(Ok(h.clone())),
+            server_frame::Kind::Error(e) if e.request_ref == rid => Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() })),
+            _ => None,
+        })
+        .await?
+    }
+
+    /// Closes politely.
+    pub async fn bye(mut self) -> Result<(), ClientError> {
+        self.send(client_frame::Kind::Bye(pb::Bye {})).await?;
+        while let Ok(Some(_)) = self.recv_timeout(Duration::from_secs(2)).await.map(Some) {}
+        Ok(())
+    }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionAborted
+    )
+}

@@ -1,1 +1,366 @@
-fn main(){}
+//! The `switchboard` binary: `serve` runs a node; `admin` inspects one; `client` lets a
+//! person register, send and watch messages from a terminal.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use switchboard::accounts::DeviceCredentials;
+use switchboard::client::{Connection, HttpApi, Transport};
+use switchboard::config::{ServeArgs, ServerConfig};
+use switchboard::http::admin::TreeNode;
+use switchboard::protocol::{parse_id, pb, server_frame};
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "A WhatsApp-class messaging server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Inspect a running node.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// A terminal client.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Print the live supervision tree.
+    Tree {
+        /// Admin listener URL.
+        #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
+        admin: String,
+        /// Admin token (see `<data>/admin-token`).
+        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
+        token: String,
+        /// Print the raw JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct ProfileArg {
+    /// File holding this device's credentials (written by `verify` and `link`).
+    #[arg(long, env = "SWITCHBOARD_PROFILE", default_value = "switchboard-profile.json")]
+    profile: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Ask for a one-time code for a phone number.
+    Register {
+        /// Server HTTP URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Phone number in E.164 form.
+        #[arg(long)]
+        phone: String,
+    },
+    /// Verify the code; saves the new device's credentials to the profile.
+    Verify {
+        /// Server HTTP URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Phone number in E.164 form.
+        #[arg(long)]
+        phone: String,
+        /// The one-time code.
+        #[arg(long)]
+        code: String,
+        /// Name of this device.
+        #[arg(long, default_value = "terminal")]
+        name: String,
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Show the profile's user and device ids.
+    Whoami {
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Send a text message to another user (1:1).
+    Send {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// Recipient user id.
+        #[arg(long)]
+        to: Uuid,
+        /// The text (sent as opaque bytes; encryption belongs to real apps).
+        text: String,
+        /// Use raw TCP at this address instead of WebSocket.
+        #[arg(long)]
+        tcp: Option<std::net::SocketAddr>,
+    },
+    /// Print messages, receipts, typing and presence as they arrive; acknowledges and marks
+    /// messages read.
+    Watch {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// Acknowledge delivery but do not mark messages read.
+        #[arg(long)]
+        no_read: bool,
+        /// Use raw TCP at this address instead of WebSocket.
+        #[arg(long)]
+        tcp: Option<std::net::SocketAddr>,
+    },
+    /// Print the last messages with another user.
+    History {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// The other user.
+        #[arg(long)]
+        with: Uuid,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// List this account's devices.
+    Devices {
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Link a new device (primary only); writes its profile to `--out`.
+    Link {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// Name of the new device.
+        #[arg(long)]
+        name: String,
+        /// Where to write the new device's profile.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke a device (its live connection is closed).
+    Revoke {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// Device id.
+        device: Uuid,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Profile {
+    server: String,
+    #[serde(flatten)]
+    credentials: DeviceCredentials,
+}
+
+impl Profile {
+    fn load(arg: &ProfileArg) -> Result<Self> {
+        let text = std::fs::read_to_string(&arg.profile).with_context(|| format!("reading profile {}", arg.profile.display()))?;
+        serde_json::from_str(&text).context("profile is not valid JSON")
+    }
+
+    fn save(&self, path: &PathBuf) -> Result<()> {
+        std::fs::write(path, serde_json::to_string_pretty(self)?).with_context(|| format!("writing profile {}", path.display()))
+    }
+
+    fn transport(&self, tcp: Option<std::net::SocketAddr>) -> Transport {
+        match tcp {
+            Some(addr) => Transport::Tcp(addr),
+            None => Transport::Ws(format!("{}/v1/ws", self.server.replacen("http", "ws", 1))),
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("SWITCHBOARD_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            serve(args).await
+        }
+        Command::Admin { command } => admin(command).await,
+        Command::Client { command } => client(command).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let config = ServerConfig::resolve(args)?;
+    let server = switchboard::server::start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let failed = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => false,
+        _ = server.failed() => true,
+    };
+    server.shutdown().await;
+    if failed {
+        bail!("an infrastructure actor failed; exiting so the service manager restarts the node");
+    }
+    Ok(())
+}
+
+async fn admin(command: AdminCommand) -> Result<()> {
+    match command {
+        AdminCommand::Tree { admin, token, json } => {
+            let response = reqwest::Client::new()
+                .get(format!("{}/admin/tree", admin.trim_end_matches('/')))
+                .bearer_auth(token)
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                bail!("admin API answered {}", response.status());
+            }
+            let tree: TreeNode = response.json().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tree)?);
+            } else {
+                print_tree(&tree, 0);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_tree(node: &TreeNode, depth: usize) {
+    let mut line = format!("{}{} [{}] {}", "  ".repeat(depth), node.name, node.id, node.status);
+    if let Some(m) = node.mailbox {
+        line.push_str(&format!(" mailbox={m}"));
+    }
+    if let Some(r) = node.restarts {
+        line.push_str(&format!(" restarts={r}"));
+    }
+    if node.children_count > 0 {
+        line.push_str(&format!(" children={}", node.children_count));
+    }
+    println!("{line}");
+    for child in &node.children {
+        print_tree(child, depth + 1);
+    }
+    if node.children_count > node.children.len() {
+        println!("{}… {} more", "  ".repeat(depth + 1), node.children_count - node.children.len());
+    }
+}
+
+async fn client(command: ClientCommand) -> Result<()> {
+    match command {
+        ClientCommand::Register { server, phone } => {
+            match HttpApi::new(&server).register(&phone).await? {
+                Some(code) => println!("code sent (development server): {code}"),
+                None => println!("code sent"),
+            }
+        }
+        ClientCommand::Verify { server, phone, code, name, profile } => {
+            let credentials = HttpApi::new(&server).verify(&phone, &code, &name).await?;
+            println!("user {} device {}", credentials.user_id, credentials.device_id);
+            Profile { server, credentials }.save(&profile.profile)?;
+            println!("saved {}", profile.profile.display());
+        }
+        ClientCommand::Whoami { profile } => {
+            let p = Profile::load(&profile)?;
+            println!("user {} device {} on {}", p.credentials.user_id, p.credentials.device_id, p.server);
+        }
+        ClientCommand::Send { profile, to, text, tcp } => {
+            let p = Profile::load(&profile)?;
+            let (mut conn, _) = Connection::open(&p.transport(tcp), &p.credentials.token).await?;
+            let conversation = conn.open_direct(to).await?;
+            let ack = conn.send_and_ack(conversation, &Uuid::new_v4().to_string(), text.into_bytes()).await?;
+            println!("✓ sent: conversation {conversation} seq {} at {}", ack.seq, ack.server_time_ms);
+            conn.bye().await?;
+        }
+        ClientCommand::Watch { profile, no_read, tcp } => {
+            let p = Profile::load(&profile)?;
+            let (mut conn, welcome) = Connection::open(&p.transport(tcp), &p.credentials.token).await?;
+            println!("connected as user {}", Uuid::from_slice(&welcome.user_id)?);
+            let mut ping = tokio::time::interval(Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000))));
+            loop {
+                tokio::select! {
+                    _ = ping.tick() => conn.send(switchboard::protocol::client_frame::Kind::Ping(pb::Ping { nonce: 0 })).await?,
+                    frame = conn.recv() => match frame? {
+                        None => { println!("connection closed"); return Ok(()); }
+                        Some(kind) => watch_frame(&mut conn, kind, no_read).await?,
+                    },
+                }
+            }
+        }
+        ClientCommand::History { profile, with, limit } => {
+            let p = Profile::load(&profile)?;
+            let (mut conn, _) = Connection::open(&p.transport(None), &p.credentials.token).await?;
+            let conversation = conn.open_direct(with).await?;
+            let page = conn.history(conversation, 0, limit).await?;
+            for m in page.messages.iter().rev() {
+                let sender = parse_id("sender", &m.sender_user_id)?;
+                println!("#{} {} {}: {}", m.seq, m.server_time_ms, sender, String::from_utf8_lossy(&m.payload));
+            }
+            conn.bye().await?;
+        }
+        ClientCommand::Devices { profile } => {
+            let p = Profile::load(&profile)?;
+            for d in HttpApi::new(&p.server).devices(&p.credentials.token).await? {
+                let state = if d.revoked_ms.is_some() { "revoked" } else { "active" };
+                println!("{} {:<20} primary={} {}", d.device_id, d.name, d.primary, state);
+            }
+        }
+        ClientCommand::Link { profile, name, out } => {
+            let p = Profile::load(&profile)?;
+            let credentials = HttpApi::new(&p.server).link_device(&p.credentials.token, &name).await?;
+            println!("linked device {}", credentials.device_id);
+            Profile { server: p.server, credentials }.save(&out)?;
+        }
+        ClientCommand::Revoke { profile, device } => {
+            let p = Profile::load(&profile)?;
+            HttpApi::new(&p.server).revoke(&p.credentials.token, device).await?;
+            println!("revoked {device}");
+        }
+    }
+    Ok(())
+}
+
+async fn watch_frame(conn: &mut Connection, kind: server_frame::Kind, no_read: bool) -> Result<()> {
+    match kind {
+        server_frame::Kind::Message(m) => {
+            let conversation = parse_id("conversation", &m.conversation_id)?;
+            let sender = parse_id("sender", &m.sender_user_id)?;
+            println!("message #{} from {}: {}", m.seq, sender, String::from_utf8_lossy(&m.payload));
+            conn.ack(conversation, m.seq).await?;
+            if !no_read {
+                conn.read(conversation, m.seq).await?;
+            }
+        }
+        server_frame::Kind::Receipt(r) => {
+            let what = if r.kind() == pb::ReceiptKind::Read { "read (blue ✓✓)" } else { "delivered (✓✓)" };
+            println!("{what} up to #{} by user {}", r.up_to_seq, parse_id("user", &r.user_id)?);
+        }
+        server_frame::Kind::Typing(t) => {
+            println!("user {} {}", parse_id("user", &t.user_id)?, if t.active { "is typing…" } else { "stopped typing" });
+        }
+        server_frame::Kind::Presence(p) => {
+            let state = if p.online { "online".to_string() } else { format!("last seen {}", p.last_seen_ms) };
+            println!("user {} {state}", parse_id("user", &p.user_id)?);
+        }
+        server_frame::Kind::CatchUpComplete(c) => println!("caught up: {} messages", c.messages),
+        server_frame::Kind::Error(e) => println!("error {:?}: {}", e.code(), e.message),
+        server_frame::Kind::Closing(c) => println!("server closing: {}", c.reason),
+        _ => {}
+    }
+    Ok(())
+}
