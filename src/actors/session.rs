@@ -630,8 +630,12 @@ async fn presence_query(state: &mut SessionState, req: pb::PresenceQuery) -> Ans
     if req.user_ids.len() > 256 {
         return Err(Reject::new(ErrorCode::InvalidArgument, "at most 256 users per presence query"));
     }
-    for raw in &req.user_ids {
-        let user = parse_id("user_ids", raw)?;
+    let users = req.user_ids.iter().map(|raw| parse_id("user_ids", raw)).collect::<Result<Vec<_>, _>>()?;
+    if users.iter().any(|u| !state.ctx.router.is_online(*u)) {
+        // A last-seen time may still be in the writer's queue (the user just left).
+        state.ctx.writer.barrier().await;
+    }
+    for user in users {
         let online = state.ctx.router.is_online(user);
         let last_seen_ms = if online { now_ms() } else { state.ctx.store.last_seen(user).await?.unwrap_or(0) };
         let frame = protocol::server(server_frame::Kind::Presence(pb::Presence {

@@ -1,0 +1,178 @@
+//! Test harness: starts a private `switchboard serve` process (temp data dir, ports
+//! chosen by the kernel, development codes on) and helpers to sign up users.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use switchboard::accounts::DeviceCredentials;
+use switchboard::client::{Connection, HttpApi, Transport};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A server process owned by one test.
+pub struct TestServer {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub tcp: SocketAddr,
+    pub admin: SocketAddr,
+    extra: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Ready {
+    http: SocketAddr,
+    tcp: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn spawn(dir: &Path, extra: &[String]) -> (Child, Ready) {
+    let ready = dir.join("ready.json");
+    let _ = std::fs::remove_file(&ready);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .arg("--store")
+        .arg(format!("embedded:{}", dir.join("data").display()))
+        .args(["--http-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--dev-expose-codes", "true", "--admin-token", ADMIN_TOKEN])
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(extra)
+        .env("SWITCHBOARD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn switchboard");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && let Ok(r) = serde_json::from_str::<Ready>(&text)
+        {
+            return (child, r);
+        }
+        assert!(Instant::now() < deadline, "server did not become ready; log:\n{}", std::fs::read_to_string(dir.join("server.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, r) = spawn(dir.path(), &extra);
+        Self { child: Some(child), dir, http: r.http, tcp: r.tcp, admin: r.admin, extra }
+    }
+
+    pub fn api(&self) -> HttpApi {
+        HttpApi::new(format!("http://{}", self.http))
+    }
+
+    pub fn transport(&self, kind: Kind) -> Transport {
+        match kind {
+            Kind::Tcp => Transport::Tcp(self.tcp),
+            Kind::Ws => Transport::ws(self.http),
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts again on the same data directory (new ports).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        let (child, r) = spawn(self.dir.path(), &self.extra);
+        self.child = Some(child);
+        self.http = r.http;
+        self.tcp = r.tcp;
+        self.admin = r.admin;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub async fn admin_tree(&self) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("http://{}/admin/tree", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin tree")
+            .json()
+            .await
+            .expect("tree json")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tcp,
+    Ws,
+}
+
+/// A phone number no other test uses.
+pub fn phone() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("+1555{:04}{:04}", std::process::id() % 10_000, n)
+}
+
+/// A user with a primary device.
+pub async fn user(api: &HttpApi) -> DeviceCredentials {
+    api.sign_up(&phone(), "phone").await.expect("sign up")
+}
+
+/// Connects and authenticates, then waits for catch-up to finish.
+pub async fn online(server: &TestServer, kind: Kind, creds: &DeviceCredentials) -> Connection {
+    let (mut conn, _) = Connection::open(&server.transport(kind), &creds.token).await.expect("connect");
+    caught_up(&mut conn).await;
+    conn
+}
+
+/// Waits for CatchUpComplete.
+pub async fn caught_up(conn: &mut Connection) -> u64 {
+    conn.wait_for(Duration::from_secs(10), true, |k| match k {
+        switchboard::protocol::server_frame::Kind::CatchUpComplete(c) => Some(c.messages),
+        _ => None,
+    })
+    .await
+    .expect("catch-up complete")
+}
