@@ -388,6 +388,13 @@ impl Connection {
         .await?
     }
 
+    /// Drops frames kept by earlier `wait_for`s; returns how many there were.
+    pub fn discard_buffered(&mut self) -> usize {
+        let n = self.buffered.len();
+        self.buffered.clear();
+        n
+    }
+
     /// Closes politely.
     pub async fn bye(mut self) -> Result<(), ClientError> {
         self.send(client_frame::Kind::Bye(pb::Bye {})).await?;
