@@ -190,6 +190,16 @@ impl Connection {
         Ok(Self { wire, buffered: VecDeque::new() })
     }
 
+    /// Opens a TCP connection whose kernel receive buffer is capped at `recv_buffer` bytes,
+    /// to play a device on a slow network (tests of slow-consumer handling).
+    pub async fn connect_tcp_with_recv_buffer(addr: SocketAddr, recv_buffer: u32) -> Result<Self, ClientError> {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_recv_buffer_size(recv_buffer)?;
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self { wire: Wire::Tcp(Box::new(Framed::new(stream, FrameCodec::new(16 * 1024 * 1024)))), buffered: VecDeque::new() })
+    }
+
     /// Connects and authenticates; returns the connection and the Welcome.
     pub async fn open(transport: &Transport, token: &str) -> Result<(Self, pb::Welcome), ClientError> {
         let mut conn = Self::connect(transport).await?;

@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Frames queued towards one device before it is disconnected as slow.
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
+    /// Seconds a device's full outbound queue may stay full before it is disconnected as slow.
+    #[arg(long, env = "SWITCHBOARD_SLOW_CONSUMER_SECS")]
+    pub slow_consumer_secs: Option<u64>,
     /// Frames per second one connection may send (sustained).
     #[arg(long, env = "SWITCHBOARD_RATE_PER_SEC")]
     pub rate_per_sec: Option<u32>,
@@ -109,6 +112,7 @@ pub struct FileConfig {
     max_payload_bytes: Option<usize>,
     heartbeat_secs: Option<u64>,
     outbound_queue: Option<usize>,
+    slow_consumer_secs: Option<u64>,
     rate_per_sec: Option<u32>,
     rate_burst: Option<u32>,
     conversation_idle_secs: Option<u64>,
@@ -206,6 +210,9 @@ impl ServerConfig {
         if let Some(v) = args.outbound_queue.or(file.outbound_queue) {
             connection.outbound_queue = v.max(16);
             actors.outbound_queue = connection.outbound_queue;
+        }
+        if let Some(v) = args.slow_consumer_secs.or(file.slow_consumer_secs) {
+            actors.slow_consumer_timeout = Duration::from_secs(v.max(1));
         }
         if let Some(v) = args.rate_per_sec.or(file.rate_per_sec) {
             connection.rate_per_sec = v.max(1);

@@ -47,7 +47,7 @@ pub struct ActorLimits {
     pub max_payload: usize,
     /// Messages per store read during catch-up.
     pub catch_up_page: usize,
-    /// How long catch-up waits for a device to make room in its queue before giving up.
+    /// How long a full outbound queue may stay full before the device counts as slow.
     pub slow_consumer_timeout: Duration,
     /// Largest batch the store writer commits at once.
     pub max_write_batch: usize,
@@ -67,7 +67,7 @@ impl Default for ActorLimits {
             conversation_idle: Duration::from_secs(300),
             max_payload: 64 * 1024,
             catch_up_page: 256,
-            slow_consumer_timeout: Duration::from_secs(10),
+            slow_consumer_timeout: Duration::from_secs(5),
             max_write_batch: 2048,
             max_restarts: 5,
             restart_window: Duration::from_secs(10),

@@ -130,11 +130,11 @@ impl Outbox {
         (Self { tx, close: close.clone() }, rx, close)
     }
 
-    /// Queues a frame without waiting (live traffic).
-    fn try_push(&self, frame: Bytes) -> Result<(), PushError> {
+    /// Queues a frame without waiting.
+    fn try_push(&self, frame: Bytes) -> Result<(), (PushError, Bytes)> {
         self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PushError::Slow,
-            mpsc::error::TrySendError::Closed(_) => PushError::Gone,
+            mpsc::error::TrySendError::Full(f) => (PushError::Slow, f),
+            mpsc::error::TrySendError::Closed(f) => (PushError::Gone, f),
         })
     }
 
@@ -289,11 +289,11 @@ impl Actor for DeviceSession {
                 {
                     view.pushed = seq;
                 }
-                push(state, frame)
+                push(state, frame).await
             }
             SessionMsg::Push(frame) => {
                 state.gauge.taken();
-                push(state, frame)
+                push(state, frame).await
             }
             SessionMsg::Close { code, reason, reconnect_after_ms } => {
                 state.outbox.close(protocol::encode_server(&protocol::closing_frame(code, reason.clone(), reconnect_after_ms)));
@@ -332,8 +332,18 @@ fn stop_for(myself: &ActorRef<SessionMsg>, state: &mut SessionState, e: PushErro
     Ok(())
 }
 
-fn push(state: &SessionState, frame: Bytes) -> Result<(), PushError> {
-    state.outbox.try_push(frame)?;
+/// Queues a frame for the device. A full queue is given `slow_consumer_timeout` to drain:
+/// bursts (a batch of acks, a big fan-out) pass, a device that stopped reading does not.
+/// Meanwhile new work waits in this session's bounded mailbox, never anywhere else.
+async fn push(state: &SessionState, frame: Bytes) -> Result<(), PushError> {
+    match state.outbox.try_push(frame) {
+        Ok(()) => {}
+        Err((PushError::Slow, frame)) => {
+            tracing::debug!(user = %state.user, device = %state.device, "outbox full; waiting for the device to read");
+            state.outbox.push_wait(frame, state.ctx.limits.slow_consumer_timeout).await?
+        }
+        Err((e, _)) => return Err(e),
+    }
     metrics::counter!("switchboard_frames_out_total").increment(1);
     Ok(())
 }
@@ -417,7 +427,7 @@ async fn deliver(state: &mut SessionState, delivery: &Delivery) -> Result<(), Pu
     if delivery.seq > pushed + 1 {
         fill_gap(state, id, pushed, delivery.seq - 1).await?;
     }
-    push(state, delivery.frame.clone())?;
+    push(state, delivery.frame.clone()).await?;
     if let Some(view) = state.convs.get_mut(&id) {
         view.pushed = delivery.seq;
     }
@@ -443,7 +453,7 @@ async fn fill_gap(state: &mut SessionState, id: ConversationId, after: u64, up_t
             }
             cursor = m.seq;
             if m.sender_device_id != state.device {
-                push(state, protocol::encode_server(&protocol::server(server_frame::Kind::Message(message_frame(&m)))))?;
+                push(state, protocol::encode_server(&protocol::server(server_frame::Kind::Message(message_frame(&m))))).await?;
             }
         }
     }
@@ -458,7 +468,7 @@ async fn handle_frame(myself: &ActorRef<SessionMsg>, state: &mut SessionState, k
         client_frame::Kind::Hello(_) => (String::new(), Err(Reject::new(ErrorCode::AlreadyAuthenticated, "already authenticated"))),
         client_frame::Kind::Ping(p) => {
             let pong = protocol::server(server_frame::Kind::Pong(pb::Pong { nonce: p.nonce }));
-            return push(state, protocol::encode_server(&pong));
+            return push(state, protocol::encode_server(&pong)).await;
         }
         client_frame::Kind::Bye(_) => {
             state.stopping = true;
@@ -478,11 +488,11 @@ async fn handle_frame(myself: &ActorRef<SessionMsg>, state: &mut SessionState, k
         client_frame::Kind::PresenceQuery(req) => (req.request_id.to_string(), presence_query(state, req).await),
     };
     match outcome {
-        Ok(Some(frame)) => push(state, protocol::encode_server(&frame)),
+        Ok(Some(frame)) => push(state, protocol::encode_server(&frame)).await,
         Ok(None) => Ok(()),
         Err(reject) => {
             metrics::counter!("switchboard_request_errors_total").increment(1);
-            push(state, protocol::encode_server(&protocol::error_frame(reject.code, reject.message, request_ref, false)))
+            push(state, protocol::encode_server(&protocol::error_frame(reject.code, reject.message, request_ref, false))).await
         }
     }
 }
@@ -644,7 +654,7 @@ async fn presence_query(state: &mut SessionState, req: pb::PresenceQuery) -> Ans
             last_seen_ms,
             request_id: req.request_id,
         }));
-        if push(state, protocol::encode_server(&frame)).is_err() {
+        if push(state, protocol::encode_server(&frame)).await.is_err() {
             return Err(Reject::new(ErrorCode::SlowConsumer, "outbox full"));
         }
     }

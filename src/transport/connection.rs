@@ -114,6 +114,9 @@ fn fail(outbox: &Outbox, code: ErrorCode, message: &str, reconnect_after_ms: u32
     metrics::counter!("switchboard_connections_rejected_total", "code" => code.as_str_name()).increment(1);
 }
 
+/// How long a closing connection may spend writing its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs one connection to its end. `inbound` yields whole frames (or framing errors).
 pub async fn serve<S, W>(mut inbound: S, sink: W, deps: ConnectionDeps)
 where
@@ -315,18 +318,22 @@ async fn write_loop<W: FrameSink>(mut sink: W, mut rx: mpsc::Receiver<Bytes>, cl
         }
     }
     // Closing: what was queued before the close (e.g. the error that explains it) goes
-    // first, then the final frame.
-    while let Ok(more) = rx.try_recv() {
-        if sink.send(more).await.is_err() {
-            break;
+    // first, then the final frame, within a bounded time: a device that stopped reading
+    // (the slow consumer being closed) cannot hold the connection open.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Ok(more) = rx.try_recv() {
+            if sink.send(more).await.is_err() {
+                return;
+            }
         }
-    }
-    if let Some(last) = close.take_frame()
-        && !last.is_empty()
-    {
-        let _ = sink.send(last).await;
-    }
-    let _ = sink.flush().await;
+        if let Some(last) = close.take_frame()
+            && !last.is_empty()
+        {
+            let _ = sink.send(last).await;
+        }
+        let _ = sink.flush().await;
+    })
+    .await;
     close.close(Bytes::new());
-    sink.close().await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
 }

@@ -43,7 +43,7 @@ fn spawn(dir: &Path, extra: &[String]) -> (Child, Ready) {
         .arg("--ready-file")
         .arg(&ready)
         .args(extra)
-        .env("SWITCHBOARD_LOG", "info")
+        .env("SWITCHBOARD_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
