@@ -245,7 +245,7 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` messages with seq < `before` (0 = no bound), newest first (history).
     async fn messages_before(&self, id: ConversationId, before: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
 
-    /// Every cursor of a device.
+    /// Every cursor of a device (a cursor still at zero may be absent).
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError>;
     /// When a user was last connected (ms), if ever.
     async fn last_seen(&self, user_id: UserId) -> Result<Option<u64>, StoreError>;
