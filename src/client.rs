@@ -170,6 +170,11 @@ pub struct Connection {
     buffered: VecDeque<server_frame::Kind>,
 }
 
+/// Reading half of a split TCP connection.
+pub type TcpFrameReader = tokio_util::codec::FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>;
+/// Writing half of a split TCP connection.
+pub type TcpFrameWriter = tokio_util::codec::FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>;
+
 /// Default wait for an expected frame.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
@@ -396,6 +401,18 @@ impl Connection {
             _ => None,
         })
         .await?
+    }
+
+    /// Splits a TCP connection into a frame reader and a frame writer, for load generators
+    /// that read and write concurrently. Frames already buffered are returned too.
+    pub fn into_tcp_split(self) -> Option<(TcpFrameReader, TcpFrameWriter, Vec<server_frame::Kind>)> {
+        let Wire::Tcp(framed) = self.wire else { return None };
+        let parts = framed.into_parts();
+        let (read, write) = parts.io.into_split();
+        let mut reader = tokio_util::codec::FramedRead::new(read, parts.codec.clone());
+        reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        let writer = tokio_util::codec::FramedWrite::new(write, parts.codec);
+        Some((reader, writer, self.buffered.into_iter().collect()))
     }
 
     /// Drops frames kept by earlier `wait_for`s; returns how many there were.

@@ -9,12 +9,14 @@
 //! - [`http`]: the public JSON API and the admin API.
 //! - [`config`], [`server`]: configuration and the node's lifecycle.
 //! - [`client`]: the Rust client used by tests, benchmarks and `switchboard client`.
+//! - [`loadgen`]: the load generator behind `switchboard bench`.
 
 pub mod accounts;
 pub mod actors;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod loadgen;
 pub mod protocol;
 pub mod server;
 pub mod store;

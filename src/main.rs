@@ -29,6 +29,12 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Benchmarks against a private server process started for the run; prints progress on
+    /// stderr and one JSON result line on stdout.
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchScenario,
+    },
     /// A terminal client.
     Client {
         #[command(subcommand)]
@@ -49,6 +55,34 @@ enum AdminCommand {
         /// Print the raw JSON instead.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchScenario {
+    /// Connect and authenticate N devices; report server memory per idle device and login rate.
+    Idle {
+        /// Devices to connect (stay below ~19,000: one process may hold 20,000 files).
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Concurrent logins.
+        #[arg(long, default_value_t = 256)]
+        parallel: usize,
+    },
+    /// N online users send 1:1 messages at an open-loop aggregate rate.
+    Direct {
+        /// Online users.
+        #[arg(long, default_value_t = 2_000)]
+        users: usize,
+        /// Aggregate messages per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Payload size in bytes (the first 8 carry the send time).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
     },
 }
 
@@ -200,7 +234,52 @@ async fn main() -> Result<()> {
         }
         Command::Admin { command } => admin(command).await,
         Command::Client { command } => client(command).await,
+        Command::Bench { scenario } => bench(scenario).await,
     }
+}
+
+fn spinner(message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+async fn bench(scenario: BenchScenario) -> Result<()> {
+    use switchboard::loadgen::{self, ServerProcess};
+    let binary = std::env::current_exe()?;
+    // Raise per-device limits so the generator, not the rate limiter, sets the pace.
+    let extra: Vec<String> = ["--rate-per-sec", "100000", "--rate-burst", "100000"].iter().map(|s| s.to_string()).collect();
+    let server = ServerProcess::start(&binary, &extra)?;
+    let api = HttpApi::new(format!("http://{}", server.http));
+    let users = match &scenario {
+        BenchScenario::Idle { devices, .. } => *devices,
+        BenchScenario::Direct { users, .. } => *users,
+    };
+    let bar = spinner("provisioning users");
+    let credentials = loadgen::provision(&api, users, 64, |n| bar.set_message(format!("provisioned {n}/{users} users"))).await?;
+    bar.finish_and_clear();
+    let line = match scenario {
+        BenchScenario::Idle { parallel, .. } => {
+            let bar = spinner("connecting devices");
+            let (report, conns) = loadgen::idle(&server, &credentials, parallel).await?;
+            bar.finish_and_clear();
+            drop(conns);
+            serde_json::to_string(&report)?
+        }
+        BenchScenario::Direct { rate, duration, payload, .. } => {
+            let bar = spinner("sending");
+            let progress_bar = bar.clone();
+            let report = loadgen::direct(&server, &credentials, rate, Duration::from_secs(duration), payload, move |sent, delivered| {
+                progress_bar.set_message(format!("sent {sent}, delivered {delivered}"));
+            })
+            .await?;
+            bar.finish_and_clear();
+            serde_json::to_string(&report)?
+        }
+    };
+    println!("{line}");
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

@@ -1,30 +1,53 @@
 //! Raw TCP transport: 4-byte big-endian length, then the protobuf frame.
 
-use bytes::Bytes;
-use futures_util::SinkExt;
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, ConnectionDeps, FrameSink};
 use crate::protocol::FrameCodec;
 
-struct TcpSink(FramedWrite<OwnedWriteHalf, FrameCodec>);
+/// Frames are gathered in a buffer that starts empty and is written out on flush. Unlike
+/// tokio-util's `FramedWrite` (8 KiB reserved per connection up front) an idle connection
+/// holds no write buffer: memory per idle device is a headline figure.
+struct TcpSink {
+    socket: OwnedWriteHalf,
+    buffer: BytesMut,
+}
+
+/// Above this, `send` writes out instead of buffering more.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
 
 impl FrameSink for TcpSink {
     async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
-        self.0.feed(frame).await.map_err(std::io::Error::other)
+        self.buffer.reserve(4 + frame.len());
+        self.buffer.put_u32(frame.len() as u32);
+        self.buffer.extend_from_slice(&frame);
+        if self.buffer.len() >= WRITE_HIGH_WATER {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        SinkExt::<Bytes>::flush(&mut self.0).await.map_err(std::io::Error::other)
+        self.socket.write_all_buf(&mut self.buffer).await?;
+        if self.buffer.capacity() > WRITE_HIGH_WATER {
+            // Give back what a burst grew.
+            self.buffer = BytesMut::new();
+        }
+        Ok(())
     }
 
     async fn close(mut self) {
-        let _ = SinkExt::<Bytes>::close(&mut self.0).await;
+        let _ = self.socket.shutdown().await;
     }
 }
+
+/// Initial read buffer; it grows for larger frames.
+const READ_BUFFER: usize = 512;
 
 /// Accepts TCP connections until `stop` is cancelled. Each connection runs on its own task.
 pub async fn serve(listener: TcpListener, deps: ConnectionDeps, stop: CancellationToken) {
@@ -47,8 +70,8 @@ pub async fn serve(listener: TcpListener, deps: ConnectionDeps, stop: Cancellati
         tokio::spawn(async move {
             let (read, write) = socket.into_split();
             let max = deps.config.max_frame;
-            let inbound = FramedRead::new(read, FrameCodec::new(max));
-            let sink = TcpSink(FramedWrite::new(write, FrameCodec::new(max)));
+            let inbound = FramedRead::with_capacity(read, FrameCodec::new(max), READ_BUFFER);
+            let sink = TcpSink { socket: write, buffer: BytesMut::new() };
             tracing::trace!(%peer, "tcp connection");
             connection::serve(inbound, sink, deps).await;
         });

@@ -1,0 +1,391 @@
+//! Load generation for `switchboard bench`: starts a private server process, provisions
+//! users through the HTTP API, drives real TCP connections through the client module, and
+//! measures what the benchmarks report (server RSS and CPU from /proc, send→deliver
+//! latency on the receiving device).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::accounts::DeviceCredentials;
+use crate::client::{ClientError, Connection, HttpApi, Transport};
+use crate::protocol::{self, client_frame, id_bytes, pb, server_frame};
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The server process could not be started or did not become ready.
+    #[error("server: {0}")]
+    Server(String),
+    /// A client operation failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Reading /proc or a file failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A `switchboard serve` child process on a temporary data directory.
+pub struct ServerProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// HTTP address.
+    pub http: std::net::SocketAddr,
+    /// TCP address.
+    pub tcp: std::net::SocketAddr,
+}
+
+#[derive(serde::Deserialize)]
+struct Ready {
+    http: std::net::SocketAddr,
+    tcp: std::net::SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `binary serve` on loopback with development codes and generous rate limits.
+    pub fn start(binary: &std::path::Path, extra: &[String]) -> Result<Self, LoadError> {
+        let dir = tempfile::tempdir()?;
+        let ready: PathBuf = dir.path().join("ready.json");
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg("--store")
+            .arg(format!("embedded:{}", dir.path().join("data").display()))
+            .args(["--http-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--dev-expose-codes", "true", "--admin-token", "bench"])
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(extra)
+            .env("SWITCHBOARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready)
+                && let Ok(r) = serde_json::from_str::<Ready>(&text)
+            {
+                return Ok(Self { child, _dir: dir, http: r.http, tcp: r.tcp });
+            }
+            if Instant::now() > deadline {
+                return Err(LoadError::Server("not ready after 30 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in bytes.
+    pub fn rss_bytes(&self) -> Result<u64, LoadError> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| LoadError::Server("no VmRSS".into()))?;
+        Ok(kb * 1024)
+    }
+
+    /// User + system CPU time consumed so far.
+    pub fn cpu_time(&self) -> Result<Duration, LoadError> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let total = ticks(11) + ticks(12);
+        Ok(Duration::from_millis(total * 1000 / clock_ticks_per_second()))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // USER_HZ is 100 on every Linux architecture we run on; `getconf CLK_TCK` confirms it.
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Signs up `n` users (primary devices), `parallel` at a time.
+pub async fn provision(api: &HttpApi, n: usize, parallel: usize, progress: impl Fn(usize)) -> Result<Vec<DeviceCredentials>, LoadError> {
+    let done = Arc::new(AtomicU64::new(0));
+    let results = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let done = done.clone();
+            async move {
+                let phone = format!("+1999{:08}", i);
+                let creds = api.sign_up(&phone, "bench").await;
+                done.fetch_add(1, Ordering::Relaxed);
+                creds
+            }
+        })
+        .buffer_unordered(parallel);
+    let mut out = Vec::with_capacity(n);
+    futures_util::pin_mut!(results);
+    while let Some(r) = results.next().await {
+        out.push(r?);
+        if out.len() % 100 == 0 {
+            progress(out.len());
+        }
+    }
+    Ok(out)
+}
+
+/// Result of the `idle` scenario.
+#[derive(Debug, Serialize)]
+pub struct IdleReport {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Connected, authenticated devices.
+    pub devices: usize,
+    /// Server RSS before connecting, bytes.
+    pub rss_before: u64,
+    /// Server RSS with every device connected, bytes.
+    pub rss_after: u64,
+    /// (after − before) / devices.
+    pub bytes_per_device: u64,
+    /// Connections + Hello + catch-up per second.
+    pub logins_per_sec: f64,
+}
+
+/// Connects `credentials` (TCP) and measures server memory per connected idle device.
+pub async fn idle(server: &ServerProcess, credentials: &[DeviceCredentials], parallel: usize) -> Result<(IdleReport, Vec<Connection>), LoadError> {
+    let rss_before = server.rss_bytes()?;
+    let transport = Transport::Tcp(server.tcp);
+    let started = Instant::now();
+    let conns: Vec<Result<Connection, ClientError>> = futures_util::stream::iter(credentials.iter().cloned())
+        .map(|c| {
+            let transport = transport.clone();
+            async move {
+                let (mut conn, _) = Connection::open(&transport, &c.token).await?;
+                conn.wait_for(Duration::from_secs(30), true, |k| matches!(k, server_frame::Kind::CatchUpComplete(_)).then_some(())).await?;
+                Ok(conn)
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let conns = conns.into_iter().collect::<Result<Vec<_>, _>>()?;
+    // Let allocator caches settle before reading RSS.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = server.rss_bytes()?;
+    let devices = conns.len();
+    Ok((
+        IdleReport {
+            scenario: "idle",
+            devices,
+            rss_before,
+            rss_after,
+            bytes_per_device: rss_after.saturating_sub(rss_before) / devices.max(1) as u64,
+            logins_per_sec: devices as f64 / elapsed.as_secs_f64(),
+        },
+        conns,
+    ))
+}
+
+/// Result of the `direct` scenario.
+#[derive(Debug, Serialize)]
+pub struct DirectReport {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Online users.
+    pub users: usize,
+    /// Open-loop target, messages per second.
+    pub target_rate: u64,
+    /// Sending time, seconds.
+    pub duration_s: f64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages received by their recipient.
+    pub delivered: u64,
+    /// Messages acknowledged (durable) to their sender.
+    pub acked: u64,
+    /// delivered / sending time.
+    pub throughput_per_sec: f64,
+    /// Send→deliver latency percentiles, milliseconds.
+    pub latency_ms_p50: f64,
+    /// 90th percentile.
+    pub latency_ms_p90: f64,
+    /// 99th percentile.
+    pub latency_ms_p99: f64,
+    /// Maximum.
+    pub latency_ms_max: f64,
+    /// Server CPU time per 1,000 delivered messages, milliseconds.
+    pub server_cpu_ms_per_1000: f64,
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// N online users send 1:1 messages to peers at an open-loop aggregate rate; recipients
+/// acknowledge what they receive (in batches, as apps do) and measure latency.
+pub async fn direct(
+    server: &ServerProcess,
+    credentials: &[DeviceCredentials],
+    rate: u64,
+    duration: Duration,
+    payload_bytes: usize,
+    progress: impl Fn(u64, u64) + Send + 'static,
+) -> Result<DirectReport, LoadError> {
+    let n = credentials.len();
+    let transport = Transport::Tcp(server.tcp);
+    // Each user talks to the next one in a ring: n conversations, each with traffic both ways.
+    let mut conns = Vec::with_capacity(n);
+    for c in credentials {
+        let (mut conn, _) = Connection::open(&transport, &c.token).await?;
+        conn.wait_for(Duration::from_secs(30), true, |k| matches!(k, server_frame::Kind::CatchUpComplete(_)).then_some(())).await?;
+        conns.push(conn);
+    }
+    let mut conversations = Vec::with_capacity(n);
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conversations.push(conn.open_direct(credentials[(i + 1) % n].user_id).await?);
+    }
+    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| LoadError::Server(e.to_string()))?));
+    let sent = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let cpu_before = server.cpu_time()?;
+    let started = Instant::now();
+    let stop_at = started + duration;
+    let interval = Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
+    let mut tasks = Vec::new();
+    for (i, conn) in conns.into_iter().enumerate() {
+        let (mut reader, mut writer, _) = conn.into_tcp_split().ok_or_else(|| LoadError::Server("not a TCP connection".into()))?;
+        let conversation = conversations[i];
+        let (histogram, sent, delivered, acked) = (histogram.clone(), sent.clone(), delivered.clone(), acked.clone());
+        // Writer: open loop, one message per tick (missed ticks are sent late, not skipped),
+        // plus the batched acks the reader asks for.
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(Uuid, u64)>();
+        tasks.push(tokio::spawn(async move {
+            let offset = interval.mul_f64((i as f64 / n as f64).fract());
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::from_std(started + offset), interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut seq = 0u64;
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        if Instant::now() >= stop_at { break; }
+                        seq += 1;
+                        let mut payload = BytesMut::with_capacity(payload_bytes.max(8));
+                        payload.put_u64(now_nanos());
+                        payload.resize(payload_bytes.max(8), 0);
+                        let frame = protocol::client(client_frame::Kind::Send(pb::Send {
+                            client_msg_id: format!("{i}-{seq}"),
+                            conversation_id: id_bytes(conversation),
+                            payload: payload.freeze(),
+                        }));
+                        if writer.send(protocol::encode_client(&frame)).await.is_err() { break; }
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some((conv, up_to)) = ack_rx.recv() => {
+                        let frame = protocol::client(client_frame::Kind::Ack(pb::Ack { conversation_id: id_bytes(conv), seq: up_to }));
+                        if writer.send(protocol::encode_client(&frame)).await.is_err() { break; }
+                    }
+                }
+            }
+            // Keep the connection open (and acking) until the reader is done.
+            while let Some((conv, up_to)) = ack_rx.recv().await {
+                let frame = protocol::client(client_frame::Kind::Ack(pb::Ack { conversation_id: id_bytes(conv), seq: up_to }));
+                if writer.send(protocol::encode_client(&frame)).await.is_err() { break; }
+            }
+        }));
+        let drain_until = stop_at + Duration::from_secs(5);
+        tasks.push(tokio::spawn(async move {
+            let mut pending_ack: Option<(Uuid, u64)> = None;
+            let mut last_ack = Instant::now();
+            loop {
+                let next = tokio::time::timeout_at(tokio::time::Instant::from_std(drain_until), reader.next()).await;
+                let Ok(Some(Ok(bytes))) = next else { break };
+                match protocol::decode_server(&bytes) {
+                    Ok(server_frame::Kind::Message(m)) => {
+                        let sent_at = if m.payload.len() >= 8 { u64::from_be_bytes(m.payload[..8].try_into().unwrap_or([0; 8])) } else { 0 };
+                        let latency = now_nanos().saturating_sub(sent_at).max(1);
+                        if let Ok(mut h) = histogram.lock() {
+                            let _ = h.record(latency);
+                        }
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(conv) = Uuid::from_slice(&m.conversation_id) {
+                            pending_ack = Some((conv, m.seq));
+                        }
+                    }
+                    Ok(server_frame::Kind::SendAck(_)) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                if last_ack.elapsed() > Duration::from_millis(100)
+                    && let Some(ack) = pending_ack.take()
+                {
+                    let _ = ack_tx.send(ack);
+                    last_ack = Instant::now();
+                }
+            }
+        }));
+    }
+    let reporter = {
+        let (sent, delivered) = (sent.clone(), delivered.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                progress(sent.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed));
+            }
+        })
+    };
+    // Wait until everything sent has arrived (or the drain deadline passes).
+    let drain_until = stop_at + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = Instant::now();
+        if now >= drain_until || (now >= stop_at && delivered.load(Ordering::Relaxed) >= sent.load(Ordering::Relaxed)) {
+            break;
+        }
+    }
+    let cpu = server.cpu_time()?.saturating_sub(cpu_before);
+    reporter.abort();
+    for t in tasks {
+        t.abort();
+    }
+    let (sent, delivered, acked) = (sent.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed), acked.load(Ordering::Relaxed));
+    let h = histogram.lock().map_err(|_| LoadError::Server("histogram poisoned".into()))?;
+    let ms = |v: u64| v as f64 / 1e6;
+    Ok(DirectReport {
+        scenario: "direct",
+        users: n,
+        target_rate: rate,
+        duration_s: duration.as_secs_f64(),
+        sent,
+        delivered,
+        acked,
+        throughput_per_sec: delivered as f64 / duration.as_secs_f64(),
+        latency_ms_p50: ms(h.value_at_quantile(0.50)),
+        latency_ms_p90: ms(h.value_at_quantile(0.90)),
+        latency_ms_p99: ms(h.value_at_quantile(0.99)),
+        latency_ms_max: ms(h.max()),
+        server_cpu_ms_per_1000: cpu.as_secs_f64() * 1000.0 * 1000.0 / delivered.max(1) as f64,
+    })
+}
