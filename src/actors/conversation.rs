@@ -67,6 +67,8 @@ pub struct ConversationArgs {
     pub id: ConversationId,
     /// Node services.
     pub ctx: NodeContext,
+    /// An earlier activation failed: its appends may still be queued at the writer.
+    pub after_failure: bool,
 }
 
 struct Pending {
@@ -126,10 +128,13 @@ impl Actor for Conversation {
     type Arguments = ConversationArgs;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        let ConversationArgs { id, ctx } = args;
-        // Writes of an earlier activation may still be queued in the writer: wait for them
-        // so the seq we resume from is the real last one.
-        ctx.writer.barrier().await;
+        let ConversationArgs { id, ctx, after_failure } = args;
+        if after_failure {
+            // Appends of the failed activation may still be queued at the writer: wait for
+            // them so the seq we resume from is the real last one. (A passivated activation
+            // stops only with nothing pending, so a plain reactivation needs no barrier.)
+            ctx.writer.barrier().await;
+        }
         let record = ctx.store.conversation(id).await?.ok_or(UnknownConversation(id))?;
         let last_seq = ctx.store.last_seq(id).await?;
         let last_time_ms = if last_seq > 0 {

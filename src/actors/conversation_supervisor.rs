@@ -82,6 +82,7 @@ impl Actor for ConversationSupervisor {
                 state.ctx.router.forget_conversation(id, cell.get_id());
                 tracing::warn!(conversation = %id, error = %error, "conversation failed");
                 let window = state.ctx.limits.restart_window;
+                state.failures.retain(|_, times| times.iter().any(|t| t.elapsed() < window));
                 let recent = state.failures.entry(id).or_default();
                 recent.retain(|t| t.elapsed() < window);
                 recent.push(Instant::now());
@@ -111,7 +112,8 @@ async fn activate(
             return Ok(mb.clone());
         }
     }
-    let args = ConversationArgs { id, ctx: state.ctx.clone() };
+    let after_failure = state.failures.contains_key(&id);
+    let args = ConversationArgs { id, ctx: state.ctx.clone(), after_failure };
     let (actor, _) = Actor::spawn_linked(None, Conversation, args, myself.get_cell()).await.map_err(|e| {
         let text = e.to_string();
         if text.contains("unknown conversation") { ActivateError::Unknown } else { ActivateError::Failed(text) }
