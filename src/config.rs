@@ -209,7 +209,6 @@ impl ServerConfig {
         }
         if let Some(v) = args.outbound_queue.or(file.outbound_queue) {
             connection.outbound_queue = v.max(16);
-            actors.outbound_queue = connection.outbound_queue;
         }
         if let Some(v) = args.slow_consumer_secs.or(file.slow_consumer_secs) {
             actors.slow_consumer_timeout = Duration::from_secs(v.max(1));

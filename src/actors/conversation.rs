@@ -77,6 +77,9 @@ struct Pending {
     extra_waiters: Vec<(UserId, DeviceId)>,
 }
 
+/// Idempotency keys remembered per active conversation (older retries ask the store).
+const RECENT_IDS: usize = 256;
+
 /// A bounded memory of recent idempotency keys, so a retry rarely needs a store read.
 struct RecentIds {
     map: HashMap<(UserId, String), (u64, u64)>,
@@ -154,7 +157,7 @@ impl Actor for Conversation {
             last_time_ms,
             pending: HashMap::new(),
             pending_ids: HashMap::new(),
-            recent: RecentIds { map: HashMap::new(), order: VecDeque::new(), capacity: 1024 },
+            recent: RecentIds { map: HashMap::new(), order: VecDeque::new(), capacity: RECENT_IDS },
             last_activity: Instant::now(),
             gauge,
         })
@@ -221,10 +224,19 @@ async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut Conversatio
         return Ok(());
     }
     let id = state.record.conversation_id;
-    if let Some((seq, time)) = state.ctx.store.find_by_client_id(id, user, &key.1).await? {
-        send_ack(state, user, device, &key.1, seq, time, true);
-        state.recent.insert(key, (seq, time));
-        return Ok(());
+    match state.ctx.store.find_by_client_id(id, user, &key.1).await {
+        Ok(Some((seq, time))) => {
+            send_ack(state, user, device, &key.1, seq, time, true);
+            state.recent.insert(key, (seq, time));
+            return Ok(());
+        }
+        Ok(None) => {}
+        Err(e) => {
+            // Nothing was sequenced: refuse this one send, keep the conversation running.
+            tracing::warn!(conversation = %id, error = %e, "dedup lookup failed");
+            reply_error(state, user, device, ErrorCode::Unavailable, "message not stored; retry", &key.1);
+            return Ok(());
+        }
     }
     let seq = state.next_seq;
     state.next_seq += 1;

@@ -35,8 +35,6 @@ pub use store_writer::StoreWriterHandle;
 /// Limits and timings of the actors, from the server configuration.
 #[derive(Debug, Clone)]
 pub struct ActorLimits {
-    /// Frames a connection may have queued towards the device before it counts as slow.
-    pub outbound_queue: usize,
     /// Messages a session's mailbox may hold before its device counts as slow.
     pub session_mailbox: usize,
     /// Messages a conversation's mailbox may hold before senders get UNAVAILABLE.
@@ -61,7 +59,6 @@ pub struct ActorLimits {
 impl Default for ActorLimits {
     fn default() -> Self {
         Self {
-            outbound_queue: 1024,
             session_mailbox: 4096,
             conversation_mailbox: 8192,
             conversation_idle: Duration::from_secs(300),

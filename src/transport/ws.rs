@@ -31,7 +31,7 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, deps: web::Data<Conne
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let deps = deps.get_ref().clone();
     let max = deps.config.max_frame;
-    let mut pong_session = session.clone();
+    let control = session.clone();
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
     // WebSocket control frames (ping/close) are handled here; binary messages become
     // protocol frames; text messages are a protocol violation.
@@ -40,7 +40,7 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, deps: web::Data<Conne
             Ok(AggregatedMessage::Binary(bytes)) => Some(Ok(bytes)),
             Ok(AggregatedMessage::Text(_)) => Some(Err(FrameError::Malformed("text messages are not frames; send binary".into()))),
             Ok(AggregatedMessage::Ping(p)) => {
-                let mut s = pong_session.clone();
+                let mut s = control.clone();
                 actix_web::rt::spawn(async move {
                     let _ = s.pong(&p).await;
                 });
@@ -51,7 +51,6 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, deps: web::Data<Conne
             Err(actix_ws::ProtocolError::Overflow) => Some(Err(FrameError::TooLarge { len: max + 1, max })),
             Err(e) => Some(Err(FrameError::Io(std::io::Error::other(e.to_string())))),
         };
-        let _ = &mut pong_session;
         std::future::ready(out)
     });
     actix_web::rt::spawn(async move {
