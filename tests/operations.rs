@@ -1,0 +1,118 @@
+//! Operations: configuration from a file, idle conversations passivated and reactivated,
+//! and the `switchboard` CLI (admin tree, terminal client) against a live server.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{ADMIN_TOKEN, Kind, TestServer, online, user};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn conversation_children(tree: &serde_json::Value) -> u64 {
+    tree["children"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "conversation-supervisor"))
+        .and_then(|s| s["children_count"].as_u64())
+        .unwrap_or(u64::MAX)
+}
+
+/// An idle conversation is passivated (its actor stops) and the next message reactivates
+/// it from the store at the next seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_conversation_is_passivated_and_reactivated_from_the_store() {
+    let server = TestServer::start_with(&["--conversation-idle-secs", "1"]);
+    let api = server.api();
+    let alice = user(&api).await;
+    let bob = user(&api).await;
+    let mut a = online(&server, Kind::Tcp, &alice).await;
+    let mut b = online(&server, Kind::Ws, &bob).await;
+    let conversation = a.open_direct(bob.user_id).await.unwrap();
+    for i in 1..=3 {
+        a.send_and_ack(conversation, &format!("p-{i}"), &b"x"[..]).await.unwrap();
+    }
+    assert_eq!(conversation_children(&server.admin_tree().await), 1);
+    let deadline = Instant::now() + WAIT;
+    while conversation_children(&server.admin_tree().await) != 0 {
+        assert!(Instant::now() < deadline, "conversation was never passivated");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ack = a.send_and_ack(conversation, "p-4", &b"x"[..]).await.unwrap();
+    assert_eq!(ack.seq, 4);
+    for expected in 1..=4 {
+        assert_eq!(b.next_message(WAIT).await.unwrap().seq, expected);
+    }
+    assert_eq!(conversation_children(&server.admin_tree().await), 1);
+}
+
+/// Settings come from a TOML file; flags win over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_is_read_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "max_payload_bytes = 2048\nheartbeat_secs = 7\nrate_per_sec = 1000\n").unwrap();
+    let server = TestServer::start_with(&["--config", file.to_str().unwrap(), "--heartbeat-secs", "9"]);
+    let api = server.api();
+    let alice = user(&api).await;
+    let bob = user(&api).await;
+    let (mut a, welcome) = switchboard::client::Connection::open(&server.transport(Kind::Tcp), &alice.token).await.unwrap();
+    assert_eq!(welcome.heartbeat_interval_ms, 9_000, "the flag wins over the file");
+    common::caught_up(&mut a).await;
+    let conversation = a.open_direct(bob.user_id).await.unwrap();
+    let err = a.send_and_ack(conversation, "big", vec![0u8; 3000]).await.unwrap_err();
+    assert!(err.to_string().contains("PayloadTooLarge"), "the file's payload limit applies: {err}");
+
+    // A file with an unknown key is refused with a clear message.
+    std::fs::write(&file, "no_such_setting = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--config", file.to_str().unwrap(), "--http-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid config file") && stderr.contains("no_such_setting"), "{stderr}");
+}
+
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard")).args(args).output().unwrap();
+    assert!(out.status.success(), "switchboard {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The terminal client and `admin tree`, as a person would use them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_client_and_admin_tree_work_end_to_end() {
+    let server = TestServer::start();
+    let http = format!("http://{}", server.http);
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice.json");
+    let bob = dir.path().join("bob.json");
+    for (phone, profile) in [("+15550001001", &alice), ("+15550001002", &bob)] {
+        let out = cli(&["client", "register", "--server", &http, "--phone", phone]);
+        let code = out.split_whitespace().last().unwrap().to_owned();
+        cli(&["client", "verify", "--server", &http, "--phone", phone, "--code", &code, "--profile", profile.to_str().unwrap()]);
+    }
+    let bob_profile: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&bob).unwrap()).unwrap();
+    let bob_id = bob_profile["user_id"].as_str().unwrap().to_owned();
+    let sent = cli(&["client", "send", "--profile", alice.to_str().unwrap(), "--to", &bob_id, "hello from the terminal"]);
+    assert!(sent.contains("✓ sent") && sent.contains("seq 1"), "{sent}");
+    let history = cli(&["client", "history", "--profile", bob.to_str().unwrap(), "--with", &alice_id(&alice)]);
+    assert!(history.contains("#1") && history.contains("hello from the terminal"), "{history}");
+    let devices = cli(&["client", "devices", "--profile", alice.to_str().unwrap()]);
+    assert!(devices.contains("primary=true"), "{devices}");
+
+    let tree = cli(&["admin", "tree", "--admin", &format!("http://{}", server.admin), "--token", ADMIN_TOKEN]);
+    assert!(tree.contains("session-supervisor") && tree.contains("conversation-supervisor") && tree.contains("store-writer"), "{tree}");
+    assert!(tree.contains("restarts=0"), "{tree}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["admin", "tree", "--admin", &format!("http://{}", server.admin), "--token", "wrong"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+}
+
+fn alice_id(profile: &std::path::Path) -> String {
+    let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(profile).unwrap()).unwrap();
+    p["user_id"].as_str().unwrap().to_owned()
+}
