@@ -1,30 +1,17 @@
 //! Bad input never crashes the node or disturbs other sessions: each case gets a clear
 //! error frame or HTTP status, and a broken protocol gets a close with a reason.
 
+#[macro_use]
 mod common;
 
-use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Kind, TestServer, online, user};
+use common::{WAIT, next_closing, next_error, Kind, TestServer, online, user};
 use switchboard::client::{ClientError, Connection};
 use switchboard::protocol::{ErrorCode, PROTOCOL_VERSION, client_frame, id_bytes, pb, server_frame};
 use uuid::Uuid;
 
-const WAIT: Duration = Duration::from_secs(10);
 
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod tcp {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Kind::Tcp).await })*
-        }
-        mod ws {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Kind::Ws).await })*
-        }
-    };
-}
 
 both_transports!(
     malformed_frame_gets_an_error_and_the_connection_survives,
@@ -48,13 +35,7 @@ async fn expect_refusal(conn: &mut Connection, code: ErrorCode) {
         .expect("fatal error frame");
     assert_eq!(err.code(), code, "{err:?}");
     assert!(err.fatal);
-    let closing = conn
-        .wait_for(WAIT, false, |k| match k {
-            server_frame::Kind::Closing(c) => Some(c.clone()),
-            _ => None,
-        })
-        .await
-        .expect("closing frame");
+    let closing = next_closing(conn).await;
     assert_eq!(closing.code(), code);
     assert!(!closing.reason.is_empty());
     // Nothing follows Closing: the server closes the connection. (Frames before it, kept
@@ -80,22 +61,12 @@ async fn malformed_frame_gets_an_error_and_the_connection_survives(kind: Kind) {
     let alice = user(&server.api()).await;
     let mut a = online(&server, kind, &alice).await;
     a.send_raw(Bytes::from_static(&[0xff, 0xff, 0xff, 0x0f, 0x01])).await.unwrap();
-    let e = a.wait_for(WAIT, false, |k| match k {
-        server_frame::Kind::Error(e) => Some(e.clone()),
-        _ => None,
-    })
-    .await
-    .unwrap();
+    let e = next_error(&mut a).await;
     assert_eq!(e.code(), ErrorCode::BadFrame);
     assert!(!e.fatal);
     // An empty frame (no kind) is also refused, non-fatally.
     a.send_raw(Bytes::new()).await.unwrap();
-    let e = a.wait_for(WAIT, false, |k| match k {
-        server_frame::Kind::Error(e) => Some(e.clone()),
-        _ => None,
-    })
-    .await
-    .unwrap();
+    let e = next_error(&mut a).await;
     assert_eq!(e.code(), ErrorCode::BadFrame);
     ping_works(&mut a).await;
 
@@ -142,12 +113,7 @@ async fn wrong_token_and_wrong_version_are_refused(kind: Kind) {
     a.send(client_frame::Kind::Hello(pb::Hello { protocol_version: PROTOCOL_VERSION, token: alice.token.clone(), client_name: String::new() }))
         .await
         .unwrap();
-    let e = a.wait_for(WAIT, false, |k| match k {
-        server_frame::Kind::Error(e) => Some(e.clone()),
-        _ => None,
-    })
-    .await
-    .unwrap();
+    let e = next_error(&mut a).await;
     assert_eq!(e.code(), ErrorCode::AlreadyAuthenticated);
     ping_works(&mut a).await;
 }
@@ -165,13 +131,7 @@ async fn revoking_a_device_closes_its_connection_and_its_token(kind: Kind) {
     assert!(err.to_string().contains("403"), "{err}");
 
     api.revoke(&alice.token, laptop.device_id).await.unwrap();
-    let closing = l
-        .wait_for(WAIT, false, |k| match k {
-            server_frame::Kind::Closing(c) => Some(c.clone()),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let closing = next_closing(&mut l).await;
     assert_eq!(closing.code(), ErrorCode::DeviceRevoked);
     assert_eq!(closing.reconnect_after_ms, 0);
 
@@ -281,12 +241,7 @@ async fn invalid_fields_get_invalid_argument(kind: Kind) {
     a.send(client_frame::Kind::Send(pb::Send { client_msg_id: "x".into(), conversation_id: Bytes::from_static(b"short"), payload: Bytes::new() }))
         .await
         .unwrap();
-    let e = a.wait_for(WAIT, false, |k| match k {
-        server_frame::Kind::Error(e) => Some(e.clone()),
-        _ => None,
-    })
-    .await
-    .unwrap();
+    let e = next_error(&mut a).await;
     assert_eq!(e.code(), ErrorCode::InvalidArgument);
     assert_eq!(e.request_ref, "x");
     let long_id = "x".repeat(65);

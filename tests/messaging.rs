@@ -1,29 +1,17 @@
 //! 1:1 messaging through real sockets, on both transports: receipts, multi-device
 //! fan-out, offline catch-up, idempotent resend, history, typing and presence.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
-use common::{Kind, TestServer, caught_up, online, user};
+use common::{Pair, WAIT, pair, send_all, Kind, TestServer, caught_up, online, user};
 use switchboard::client::Connection;
 use switchboard::protocol::{id_bytes, parse_id, pb, server_frame};
 use uuid::Uuid;
 
-const WAIT: Duration = Duration::from_secs(10);
 
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod tcp {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Kind::Tcp).await })*
-        }
-        mod ws {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Kind::Ws).await })*
-        }
-    };
-}
 
 both_transports!(
     two_users_two_devices_get_all_three_receipts,
@@ -96,15 +84,8 @@ async fn two_users_two_devices_get_all_three_receipts(kind: Kind) {
 
 async fn offline_device_catches_up_in_order_without_gaps_or_duplicates(kind: Kind) {
     let server = TestServer::start();
-    let api = server.api();
-    let alice = user(&api).await;
-    let bob = user(&api).await;
-    let mut a = online(&server, kind, &alice).await;
-    let conversation = a.open_direct(bob.user_id).await.unwrap();
-    for i in 1..=300u64 {
-        a.send_message(conversation, &format!("c-{i}"), format!("payload {i}").into_bytes()).await.unwrap();
-    }
-    a.wait_for(WAIT, true, |k| matches!(k, server_frame::Kind::SendAck(s) if s.seq == 300).then_some(())).await.unwrap();
+    let Pair { bob, mut a, conversation, .. } = pair(&server, kind).await;
+    send_all(&mut a, conversation, 1..=300, "c").await;
 
     // Bob was offline for all 300 (more than one catch-up page).
     let (mut b, _) = Connection::open(&server.transport(kind), &bob.token).await.unwrap();
@@ -118,10 +99,7 @@ async fn offline_device_catches_up_in_order_without_gaps_or_duplicates(kind: Kin
     b.ack(conversation, 300).await.unwrap();
     b.bye().await.unwrap();
 
-    for i in 301..=310u64 {
-        a.send_message(conversation, &format!("c-{i}"), format!("payload {i}").into_bytes()).await.unwrap();
-    }
-    a.wait_for(WAIT, true, |k| matches!(k, server_frame::Kind::SendAck(s) if s.seq == 310).then_some(())).await.unwrap();
+    send_all(&mut a, conversation, 301..=310, "c").await;
 
     // Reconnecting gets exactly what was missed: 301..=310, nothing acknowledged before.
     let (mut b, _) = Connection::open(&server.transport(kind), &bob.token).await.unwrap();
@@ -166,14 +144,8 @@ async fn resend_with_same_client_id_returns_same_seq_and_stores_once(kind: Kind)
 async fn history_pages_newest_first_over_socket_and_http(kind: Kind) {
     let server = TestServer::start();
     let api = server.api();
-    let alice = user(&api).await;
-    let bob = user(&api).await;
-    let mut a = online(&server, kind, &alice).await;
-    let conversation = a.open_direct(bob.user_id).await.unwrap();
-    for i in 1..=120u64 {
-        a.send_message(conversation, &format!("h-{i}"), format!("{i}").into_bytes()).await.unwrap();
-    }
-    a.wait_for(WAIT, true, |k| matches!(k, server_frame::Kind::SendAck(s) if s.seq == 120).then_some(())).await.unwrap();
+    let Pair { bob, mut a, conversation, .. } = pair(&server, kind).await;
+    send_all(&mut a, conversation, 1..=120, "h").await;
 
     let mut seen: Vec<u64> = Vec::new();
     let mut before = 0;
@@ -193,7 +165,7 @@ async fn history_pages_newest_first_over_socket_and_http(kind: Kind) {
     let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (11..=20).rev().collect::<Vec<u64>>());
     assert_eq!(page["has_more"], true);
-    assert_eq!(page["messages"][0]["payload_hex"], hex::encode(b"20"));
+    assert_eq!(page["messages"][0]["payload_hex"], hex::encode(b"payload 20"));
 
     // Someone outside the conversation gets nothing.
     let carol = user(&api).await;

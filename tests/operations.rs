@@ -6,9 +6,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, Kind, TestServer, online, user};
+use common::{Pair, WAIT, pair, send_all, ADMIN_TOKEN, Kind, TestServer, online, user};
 
-const WAIT: Duration = Duration::from_secs(10);
 
 fn conversation_children(tree: &serde_json::Value) -> u64 {
     tree["children"]
@@ -23,15 +22,9 @@ fn conversation_children(tree: &serde_json::Value) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_conversation_is_passivated_and_reactivated_from_the_store() {
     let server = TestServer::start_with(&["--conversation-idle-secs", "1"]);
-    let api = server.api();
-    let alice = user(&api).await;
-    let bob = user(&api).await;
-    let mut a = online(&server, Kind::Tcp, &alice).await;
+    let Pair { bob, mut a, conversation, .. } = pair(&server, Kind::Tcp).await;
     let mut b = online(&server, Kind::Ws, &bob).await;
-    let conversation = a.open_direct(bob.user_id).await.unwrap();
-    for i in 1..=3 {
-        a.send_and_ack(conversation, &format!("p-{i}"), &b"x"[..]).await.unwrap();
-    }
+    send_all(&mut a, conversation, 1..=3, "p").await;
     assert_eq!(conversation_children(&server.admin_tree().await), 1);
     let deadline = Instant::now() + WAIT;
     while conversation_children(&server.admin_tree().await) != 0 {

@@ -10,6 +10,26 @@ use std::time::{Duration, Instant};
 
 use switchboard::accounts::DeviceCredentials;
 use switchboard::client::{Connection, HttpApi, Transport};
+use switchboard::protocol::{pb, server_frame};
+use uuid::Uuid;
+
+/// How long a test waits for an expected frame.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Runs each listed `async fn name(kind: Kind)` as two tests, `tcp::name` and `ws::name`.
+#[macro_export]
+macro_rules! both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod tcp {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Kind::Tcp).await })*
+        }
+        mod ws {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Kind::Ws).await })*
+        }
+    };
+}
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -175,4 +195,53 @@ pub async fn caught_up(conn: &mut Connection) -> u64 {
     })
     .await
     .expect("catch-up complete")
+}
+
+/// Alice (connected) and Bob (registered) with their 1:1 conversation open.
+pub struct Pair {
+    pub alice: DeviceCredentials,
+    pub bob: DeviceCredentials,
+    pub a: Connection,
+    pub conversation: Uuid,
+}
+
+/// Signs up Alice and Bob, connects Alice and opens their conversation.
+pub async fn pair(server: &TestServer, kind: Kind) -> Pair {
+    let api = server.api();
+    let alice = user(&api).await;
+    let bob = user(&api).await;
+    let mut a = online(server, kind, &alice).await;
+    let conversation = a.open_direct(bob.user_id).await.expect("open direct");
+    Pair { alice, bob, a, conversation }
+}
+
+/// Sends `prefix-i` for every i in `seqs` without waiting, then waits for the last ack.
+pub async fn send_all(conn: &mut Connection, conversation: Uuid, seqs: std::ops::RangeInclusive<u64>, prefix: &str) {
+    let last = *seqs.end();
+    for i in seqs {
+        conn.send_message(conversation, &format!("{prefix}-{i}"), format!("payload {i}").into_bytes()).await.expect("send");
+    }
+    conn.wait_for(WAIT, true, |k| matches!(k, server_frame::Kind::SendAck(s) if s.seq == last).then_some(()))
+        .await
+        .expect("ack of the last send");
+}
+
+/// The next Error frame.
+pub async fn next_error(conn: &mut Connection) -> pb::Error {
+    conn.wait_for(WAIT, false, |k| match k {
+        server_frame::Kind::Error(e) => Some(e.clone()),
+        _ => None,
+    })
+    .await
+    .expect("an error frame")
+}
+
+/// The next Closing frame.
+pub async fn next_closing(conn: &mut Connection) -> pb::Closing {
+    conn.wait_for(WAIT, false, |k| match k {
+        server_frame::Kind::Closing(c) => Some(c.clone()),
+        _ => None,
+    })
+    .await
+    .expect("a closing frame")
 }
