@@ -16,6 +16,7 @@ fn message_frame(payload: usize) -> pb::ServerFrame {
         client_msg_id: "0b9e1c6a-6a4e-4a55-9f27-2f8e1c3b2a10".into(),
         server_time_ms: 1_795_000_000_000,
         payload: Bytes::from(vec![7u8; payload]),
+        event: None,
     }))
 }
 

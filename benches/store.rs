@@ -15,6 +15,7 @@ fn message(conversation: Uuid, seq: u64) -> StoredMessage {
         client_msg_id: format!("c-{seq}"),
         server_time_ms: 1_795_000_000_000 + seq,
         payload: Bytes::from(vec![9u8; 100]),
+        event: None,
     }
 }
 

@@ -42,6 +42,7 @@ fn message() -> impl Strategy<Value = pb::Message> {
             client_msg_id: id,
             server_time_ms: t,
             payload: p,
+            event: None,
         },
     )
 }

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::NodeContext;
+use super::group::{self, GroupError, GroupOp};
 use super::mailbox::MailboxGauge;
 use super::session::{Delivery, SessionMsg};
 use crate::protocol::{self, ErrorCode, id_bytes, pb, server_frame};
@@ -38,6 +39,8 @@ pub enum ConversationMsg {
         /// New position.
         seq: u64,
     },
+    /// A group change (or the creation event of a new group).
+    Group(Box<GroupRequest>),
     /// Fault injection for SREs and tests: the actor panics (and is restarted).
     Crash,
     /// Internal: the store answered for one of our appends.
@@ -58,6 +61,18 @@ pub struct SendRequest {
     pub payload: Bytes,
 }
 
+/// One group change, as received from a session.
+pub struct GroupRequest {
+    /// Who asks.
+    pub user: UserId,
+    /// From which device.
+    pub device: DeviceId,
+    /// Echoed in the answer.
+    pub request_id: u64,
+    /// What to change.
+    pub op: GroupOp,
+}
+
 /// The sequencer actor.
 pub struct Conversation;
 
@@ -75,6 +90,16 @@ struct Pending {
     message: StoredMessage,
     /// Devices that sent the same client_msg_id while the first copy was being committed.
     extra_waiters: Vec<(UserId, DeviceId)>,
+    /// Members when it was sequenced: they, and only they, get it live.
+    recipients: Arc<Vec<UserId>>,
+    /// Set for group events.
+    event: Option<EventInfo>,
+}
+
+/// What a group event's commit must answer.
+struct EventInfo {
+    request_id: u64,
+    invite_token: Option<String>,
 }
 
 /// Idempotency keys remembered per active conversation (older retries ask the store).
@@ -109,6 +134,8 @@ pub struct ConversationState {
     pending: HashMap<u64, Pending>,
     pending_ids: HashMap<(UserId, String), u64>,
     recent: RecentIds,
+    /// Current members, shared with pending messages as their recipient snapshot.
+    members: Arc<Vec<UserId>>,
     last_activity: Instant,
     gauge: Arc<MailboxGauge>,
 }
@@ -145,13 +172,18 @@ impl Actor for Conversation {
         } else {
             0
         };
-        let gauge = ctx.stats.register(myself.get_id(), format!("conversation {id}"), ctx.limits.conversation_mailbox);
+        let label = match &record.group {
+            Some(_) => format!("group {id} members={}", record.members.len()),
+            None => format!("conversation {id}"),
+        };
+        let gauge = ctx.stats.register(myself.get_id(), label, ctx.limits.conversation_mailbox);
         let idle = ctx.limits.conversation_idle;
         schedule_tick(&myself, idle);
         tracing::debug!(conversation = %id, last_seq, "conversation activated");
         metrics::gauge!("switchboard_conversations_active").increment(1.0);
         Ok(ConversationState {
             ctx,
+            members: Arc::new(record.members.clone()),
             record,
             next_seq: last_seq + 1,
             last_time_ms,
@@ -177,6 +209,11 @@ impl Actor for Conversation {
                 state.gauge.taken();
                 state.last_activity = Instant::now();
                 handle_send(&myself, state, *request).await?;
+            }
+            ConversationMsg::Group(request) => {
+                state.gauge.taken();
+                state.last_activity = Instant::now();
+                handle_group(&myself, state, *request);
             }
             ConversationMsg::CursorMoved { user, device, kind, seq } => {
                 state.gauge.taken();
@@ -208,8 +245,12 @@ fn schedule_tick(myself: &ActorRef<ConversationMsg>, idle: Duration) {
 
 async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState, request: SendRequest) -> Result<(), ActorProcessingErr> {
     let SendRequest { user, device, client_msg_id, payload } = request;
-    if !state.record.members.contains(&user) {
+    if !state.record.is_member(user) {
         reply_error(state, user, device, ErrorCode::NotAMember, "not a member of this conversation", &client_msg_id);
+        return Ok(());
+    }
+    if state.record.group.as_ref().is_some_and(|g| g.admins_only_send) && !state.record.is_admin(user) {
+        reply_error(state, user, device, ErrorCode::SendRestricted, "only admins may send in this group", &client_msg_id);
         return Ok(());
     }
     let key = (user, client_msg_id);
@@ -238,11 +279,7 @@ async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut Conversatio
             return Ok(());
         }
     }
-    let seq = state.next_seq;
-    state.next_seq += 1;
-    // Times never go backwards within a conversation, even if the wall clock does.
-    let time = now_ms().max(state.last_time_ms);
-    state.last_time_ms = time;
+    let (seq, time) = next_position(state);
     let message = StoredMessage {
         conversation_id: id,
         seq,
@@ -251,25 +288,108 @@ async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut Conversatio
         client_msg_id: key.1.clone(),
         server_time_ms: time,
         payload,
+        event: None,
     };
     state.pending_ids.insert(key, seq);
-    state.pending.insert(seq, Pending { message: message.clone(), extra_waiters: Vec::new() });
+    let recipients = state.members.clone();
+    state.pending.insert(seq, Pending { message: message.clone(), extra_waiters: Vec::new(), recipients, event: None });
+    persist(myself, state, seq, WriteOp::Append(message));
+    Ok(())
+}
+
+/// The next seq and its time. Times never go backwards within a conversation, even if
+/// the wall clock does.
+fn next_position(state: &mut ConversationState) -> (u64, u64) {
+    let seq = state.next_seq;
+    state.next_seq += 1;
+    let time = now_ms().max(state.last_time_ms);
+    state.last_time_ms = time;
+    (seq, time)
+}
+
+fn persist(myself: &ActorRef<ConversationMsg>, state: &ConversationState, seq: u64, op: WriteOp) {
     let me = myself.clone();
     state.ctx.writer.write(
-        WriteOp::Append(message),
+        op,
         Box::new(move |outcome| {
             // If we are gone (restarted), the sender gets no ack and retries; the store's
             // dedup key then answers with the original seq.
             let _ = me.cast(ConversationMsg::Persisted(seq, outcome));
         }),
     );
-    Ok(())
+}
+
+/// Sequences a group change: the rules decide, the record changes at once (later sends are
+/// judged against it, in log order), and the event is appended with the new record.
+fn handle_group(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState, request: GroupRequest) {
+    let GroupRequest { user, device, request_id, op } = request;
+    let applied = match group::apply(&state.record, user, op, state.next_seq, state.ctx.limits.max_group_members) {
+        Ok(applied) => applied,
+        Err(e) => {
+            let code = match e {
+                GroupError::NotAGroup | GroupError::Invalid(_) => ErrorCode::InvalidArgument,
+                GroupError::NotAMember(_) => ErrorCode::NotAMember,
+                GroupError::NotAdmin => ErrorCode::NotAdmin,
+                GroupError::Full(_) => ErrorCode::GroupFull,
+                GroupError::InvalidInvite => ErrorCode::InvalidInvite,
+            };
+            reply_error(state, user, device, code, &e.to_string(), &request_id.to_string());
+            return;
+        }
+    };
+    let (seq, time) = next_position(state);
+    let message = StoredMessage {
+        conversation_id: state.record.conversation_id,
+        seq,
+        sender_user_id: user,
+        sender_device_id: device,
+        client_msg_id: format!("event-{seq}"),
+        server_time_ms: time,
+        payload: Bytes::new(),
+        event: Some(group::encode_event(&applied.event)),
+    };
+    // Members after the change, plus whoever it removed: they get this event, and nothing after.
+    let mut recipients: Vec<UserId> = applied.record.members.clone();
+    recipients.extend(applied.removed.iter().copied());
+    state.record = applied.record.clone();
+    state.members = Arc::new(applied.record.members.clone());
+    state.pending.insert(
+        seq,
+        Pending {
+            message: message.clone(),
+            extra_waiters: Vec::new(),
+            recipients: Arc::new(recipients),
+            event: Some(EventInfo { request_id, invite_token: applied.invite_token }),
+        },
+    );
+    let op = WriteOp::AppendEvent { message, record: Box::new(applied.record), joined: applied.joined };
+    persist(myself, state, seq, op);
 }
 
 fn handle_persisted(state: &mut ConversationState, seq: u64, outcome: Result<WriteOutcome, StoreError>) -> Result<(), ActorProcessingErr> {
     let Some(pending) = state.pending.remove(&seq) else { return Ok(()) };
     let m = pending.message;
     state.pending_ids.remove(&(m.sender_user_id, m.client_msg_id.clone()));
+    if let Some(event) = &pending.event {
+        return match outcome {
+            Ok(WriteOutcome::Appended) => {
+                let answer = protocol::server(server_frame::Kind::GroupAnswer(pb::GroupAnswer {
+                    request_id: event.request_id,
+                    conversation_id: id_bytes(m.conversation_id),
+                    seq: m.seq,
+                    invite_token: event.invite_token.clone().unwrap_or_default(),
+                }));
+                state.ctx.router.deliver_to_device(m.sender_user_id, m.sender_device_id, SessionMsg::Push(protocol::encode_server(&answer)));
+                fan_out(state, &m, &pending.recipients, None);
+                Ok(())
+            }
+            other => {
+                reply_error(state, m.sender_user_id, m.sender_device_id, ErrorCode::Unavailable, "change not stored; retry", &event.request_id.to_string());
+                fail_pending(state);
+                Err(format!("group event at seq {seq} not stored: {other:?}").into())
+            }
+        };
+    }
     match outcome {
         Ok(WriteOutcome::Appended) => {
             metrics::counter!("switchboard_messages_stored_total").increment(1);
@@ -278,7 +398,7 @@ fn handle_persisted(state: &mut ConversationState, seq: u64, outcome: Result<Wri
                 send_ack(state, *u, *d, &m.client_msg_id, m.seq, m.server_time_ms, true);
             }
             state.recent.insert((m.sender_user_id, m.client_msg_id.clone()), (m.seq, m.server_time_ms));
-            fan_out(state, &m);
+            fan_out(state, &m, &pending.recipients, Some(m.sender_device_id));
             Ok(())
         }
         Ok(WriteOutcome::Duplicate { seq: original, server_time_ms }) => {
@@ -318,14 +438,22 @@ fn fail_pending(state: &mut ConversationState) {
     }
 }
 
-fn fan_out(state: &ConversationState, m: &StoredMessage) {
+/// Delivers to every connected device of `recipients` except `except` (the sending device
+/// has its ack; events go to every device, the acting one included).
+fn fan_out(state: &ConversationState, m: &StoredMessage, recipients: &[UserId], except: Option<DeviceId>) {
     // Encoded once; every device gets the same bytes.
     let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Message(message_frame(m))));
-    let delivery = Arc::new(Delivery { conversation_id: m.conversation_id, seq: m.seq, sender_device: m.sender_device_id, frame });
-    for member in &state.record.members {
-        state.ctx.router.deliver_to_user(*member, Some(m.sender_device_id), || SessionMsg::Deliver(delivery.clone()));
+    let delivery = Arc::new(Delivery {
+        conversation_id: m.conversation_id,
+        seq: m.seq,
+        sender_device: m.sender_device_id,
+        is_event: m.event.is_some(),
+        frame,
+    });
+    for member in recipients {
+        state.ctx.router.deliver_to_user(*member, except, || SessionMsg::Deliver(delivery.clone()));
     }
-    metrics::counter!("switchboard_messages_out_total").increment(state.record.members.len() as u64);
+    metrics::counter!("switchboard_messages_out_total").increment(recipients.len() as u64);
 }
 
 /// The wire form of a stored message.
@@ -338,6 +466,10 @@ pub fn message_frame(m: &StoredMessage) -> pb::Message {
         client_msg_id: m.client_msg_id.clone(),
         server_time_ms: m.server_time_ms,
         payload: m.payload.clone(),
+        event: m.event.as_ref().and_then(|bytes| {
+            use prost::Message as _;
+            pb::GroupEvent::decode(bytes.as_ref()).ok()
+        }),
     }
 }
 
@@ -371,7 +503,7 @@ fn relay_receipt(state: &ConversationState, user: UserId, device: DeviceId, kind
         up_to_seq: seq,
         server_time_ms: now_ms(),
     })));
-    for member in &state.record.members {
+    for member in state.members.iter() {
         state.ctx.router.deliver_to_user(*member, Some(device), || SessionMsg::Push(frame.clone()));
     }
 }

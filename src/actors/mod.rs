@@ -16,6 +16,7 @@
 
 pub mod conversation;
 pub mod conversation_supervisor;
+pub mod group;
 pub mod mailbox;
 pub mod node;
 pub mod router;
@@ -47,6 +48,8 @@ pub struct ActorLimits {
     pub catch_up_page: usize,
     /// How long a full outbound queue may stay full before the device counts as slow.
     pub slow_consumer_timeout: Duration,
+    /// Largest group, in members.
+    pub max_group_members: usize,
     /// Largest batch the store writer commits at once.
     pub max_write_batch: usize,
     /// Conversation restarts allowed within `restart_window` before a failing conversation
@@ -65,6 +68,7 @@ impl Default for ActorLimits {
             max_payload: 64 * 1024,
             catch_up_page: 256,
             slow_consumer_timeout: Duration::from_secs(5),
+            max_group_members: 1024,
             max_write_batch: 2048,
             max_restarts: 5,
             restart_window: Duration::from_secs(10),

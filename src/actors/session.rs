@@ -22,11 +22,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeContext;
-use super::conversation::{ConversationMsg, SendRequest, message_frame};
+use super::conversation::{ConversationMsg, GroupRequest, SendRequest, message_frame};
+use super::group::GroupOp;
 use super::mailbox::{Mailbox, MailboxGauge};
 use super::router::RouteError;
 use crate::protocol::{self, ErrorCode, MAX_CLIENT_MSG_ID_BYTES, client_frame, id_bytes, parse_id, pb, server_frame};
-use crate::store::{ConversationId, ConversationKind, ConversationRecord, DeviceId, UserId, WriteOp, direct_conversation_id, now_ms};
+use crate::store::{
+    ConversationId, ConversationKind, ConversationRecord, GroupState, UserId, DeviceId, WriteOp, direct_conversation_id, now_ms,
+};
 
 /// One message fanned out to many devices: the frame is encoded once and shared.
 #[derive(Debug)]
@@ -37,6 +40,8 @@ pub struct Delivery {
     pub seq: u64,
     /// The device that sent it (never delivered back to it).
     pub sender_device: DeviceId,
+    /// A group event: the conversation's record changed with it.
+    pub is_event: bool,
     /// The encoded `ServerFrame::Message`.
     pub frame: Bytes,
 }
@@ -176,10 +181,27 @@ pub struct SessionArgs {
 /// What the session knows of one conversation.
 struct ConvView {
     record: ConversationRecord,
+    /// The seqs this user may see (from joining a group to leaving it).
+    range: (u64, u64),
     /// Highest seq put in the outbox (or covered by the delivered cursor).
     pushed: u64,
     delivered: u64,
     read: u64,
+}
+
+impl ConvView {
+    /// A view of `record` for `user`, resuming after `delivered` (None if the user may see
+    /// nothing of it).
+    fn new(record: ConversationRecord, user: UserId, delivered: u64, read: u64) -> Option<Self> {
+        let range = record.visible_range(user)?;
+        // Nothing before joining: start at the joining event at the earliest.
+        let pushed = delivered.max(range.0.saturating_sub(1));
+        Some(Self { record, range, pushed, delivered, read })
+    }
+
+    fn visible(&self, seq: u64) -> bool {
+        seq >= self.range.0 && seq <= self.range.1
+    }
 }
 
 /// Session state.
@@ -358,7 +380,9 @@ async fn catch_up(_myself: &ActorRef<SessionMsg>, state: &mut SessionState) -> R
         for id in ids {
             if let Some(record) = store.conversation(id).await? {
                 let c = cursors.get(&id).copied().unwrap_or_default();
-                views.push(ConvView { record, pushed: c.delivered, delivered: c.delivered, read: c.read });
+                if let Some(view) = ConvView::new(record, state.user, c.delivered, c.read) {
+                    views.push(view);
+                }
             }
         }
         Ok::<_, crate::store::StoreError>(views)
@@ -387,16 +411,21 @@ async fn catch_up(_myself: &ActorRef<SessionMsg>, state: &mut SessionState) -> R
                 }
             };
             let n = batch.len();
+            let mut past_range = false;
             for m in batch {
+                if m.seq > view.range.1 {
+                    past_range = true;
+                    break;
+                }
                 view.pushed = m.seq;
-                if m.sender_device_id == state.device {
+                if m.sender_device_id == state.device && m.event.is_none() {
                     continue;
                 }
                 let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Message(message_frame(&m))));
                 state.outbox.push_wait(frame, wait).await?;
                 total += 1;
             }
-            if n < page {
+            if n < page || past_range {
                 break;
             }
         }
@@ -412,16 +441,20 @@ async fn catch_up(_myself: &ActorRef<SessionMsg>, state: &mut SessionState) -> R
 async fn deliver(state: &mut SessionState, delivery: &Delivery) -> Result<(), PushError> {
     let id = delivery.conversation_id;
     if !state.convs.contains_key(&id) {
-        // A conversation that began after this session caught up.
+        // A conversation that began (or that this user joined) after catch-up.
         match state.ctx.store.conversation(id).await {
-            Ok(Some(record)) => {
-                state.convs.insert(id, ConvView { record, pushed: 0, delivered: 0, read: 0 });
-            }
+            Ok(Some(record)) => match ConvView::new(record, state.user, 0, 0) {
+                Some(view) => {
+                    state.convs.insert(id, view);
+                }
+                None => return Ok(()),
+            },
             _ => return Ok(()),
         }
     }
-    let pushed = state.convs.get(&id).map(|v| v.pushed).unwrap_or(0);
-    if delivery.seq <= pushed {
+    let Some(view) = state.convs.get(&id) else { return Ok(()) };
+    let pushed = view.pushed;
+    if delivery.seq <= pushed || !view.visible(delivery.seq) {
         return Ok(());
     }
     if delivery.seq > pushed + 1 {
@@ -430,6 +463,15 @@ async fn deliver(state: &mut SessionState, delivery: &Delivery) -> Result<(), Pu
     push(state, delivery.frame.clone()).await?;
     if let Some(view) = state.convs.get_mut(&id) {
         view.pushed = delivery.seq;
+    }
+    if delivery.is_event {
+        // Membership or settings changed with this event; the store has the new record.
+        if let Ok(Some(record)) = state.ctx.store.conversation(id).await
+            && let Some(view) = state.convs.get_mut(&id)
+        {
+            view.range = record.visible_range(state.user).unwrap_or((1, delivery.seq));
+            view.record = record;
+        }
     }
     Ok(())
 }
@@ -452,7 +494,7 @@ async fn fill_gap(state: &mut SessionState, id: ConversationId, after: u64, up_t
                 break;
             }
             cursor = m.seq;
-            if m.sender_device_id != state.device {
+            if (m.sender_device_id != state.device || m.event.is_some()) && state.convs.get(&id).is_some_and(|v| v.visible(m.seq)) {
                 push(state, protocol::encode_server(&protocol::server(server_frame::Kind::Message(message_frame(&m))))).await?;
             }
         }
@@ -486,6 +528,9 @@ async fn handle_frame(myself: &ActorRef<SessionMsg>, state: &mut SessionState, k
         client_frame::Kind::Typing(req) => (String::new(), typing(state, req).await),
         client_frame::Kind::History(req) => (req.request_id.to_string(), history(state, req).await),
         client_frame::Kind::PresenceQuery(req) => (req.request_id.to_string(), presence_query(state, req).await),
+        client_frame::Kind::CreateGroup(req) => (req.request_id.to_string(), create_group(state, req).await),
+        client_frame::Kind::GroupChange(req) => (req.request_id.to_string(), group_change(state, req).await),
+        client_frame::Kind::JoinGroup(req) => (req.request_id.to_string(), join_group(state, req).await),
     };
     match outcome {
         Ok(Some(frame)) => push(state, protocol::encode_server(&frame)).await,
@@ -499,8 +544,8 @@ async fn handle_frame(myself: &ActorRef<SessionMsg>, state: &mut SessionState, k
 
 type Answer = Result<Option<pb::ServerFrame>, Reject>;
 
-/// The view of a conversation this user is a member of, loading it if needed.
-async fn member_view<'a>(state: &'a mut SessionState, raw_id: &[u8]) -> Result<&'a mut ConvView, Reject> {
+/// The view of a conversation this user is or was a member of, loading it if needed.
+async fn view<'a>(state: &'a mut SessionState, raw_id: &[u8]) -> Result<&'a mut ConvView, Reject> {
     let id = parse_id("conversation_id", raw_id)?;
     if !state.convs.contains_key(&id) {
         let record = state
@@ -509,12 +554,20 @@ async fn member_view<'a>(state: &'a mut SessionState, raw_id: &[u8]) -> Result<&
             .conversation(id)
             .await?
             .ok_or_else(|| Reject::new(ErrorCode::UnknownConversation, "no conversation has this id"))?;
-        if !record.members.contains(&state.user) {
-            return Err(Reject::new(ErrorCode::NotAMember, "not a member of this conversation"));
-        }
-        state.convs.insert(id, ConvView { record, pushed: 0, delivered: 0, read: 0 });
+        let view = ConvView::new(record, state.user, 0, 0).ok_or_else(|| Reject::new(ErrorCode::NotAMember, "not a member of this conversation"))?;
+        state.convs.insert(id, view);
     }
     let view = state.convs.get_mut(&id).ok_or_else(|| Reject::new(ErrorCode::Internal, "conversation view lost"))?;
+    Ok(view)
+}
+
+/// The view of a conversation this user is a current member of.
+async fn member_view<'a>(state: &'a mut SessionState, raw_id: &[u8]) -> Result<&'a mut ConvView, Reject> {
+    let user = state.user;
+    let view = view(state, raw_id).await?;
+    if !view.record.is_member(user) {
+        return Err(Reject::new(ErrorCode::NotAMember, "not a member of this conversation"));
+    }
     Ok(view)
 }
 
@@ -528,9 +581,11 @@ async fn open_direct(state: &mut SessionState, req: pb::OpenDirect) -> Answer {
         let mut members = vec![state.user, peer];
         members.sort();
         members.dedup();
-        let record = ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms() };
+        let record = ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms(), group: None };
         let record = state.ctx.store.create_conversation(record).await?;
-        state.convs.insert(id, ConvView { record, pushed: 0, delivered: 0, read: 0 });
+        if let Some(view) = ConvView::new(record, state.user, 0, 0) {
+            state.convs.insert(id, view);
+        }
     }
     Ok(Some(protocol::server(server_frame::Kind::DirectOpened(pb::DirectOpened {
         request_id: req.request_id,
@@ -565,7 +620,7 @@ async fn send(state: &mut SessionState, req: pb::Send) -> Answer {
 async fn move_cursor(state: &mut SessionState, raw_id: &[u8], seq: u64, read: bool) -> Answer {
     let device = state.device;
     let user = state.user;
-    let view = member_view(state, raw_id).await?;
+    let view = view(state, raw_id).await?;
     let id = view.record.conversation_id;
     // A device cannot acknowledge what it was never sent.
     let seq = seq.min(view.pushed);
@@ -620,12 +675,17 @@ pub const MAX_HISTORY_PAGE: usize = 200;
 pub const DEFAULT_HISTORY_PAGE: usize = 50;
 
 async fn history(state: &mut SessionState, req: pb::HistoryRequest) -> Answer {
-    let id = member_view(state, &req.conversation_id).await?.record.conversation_id;
+    let v = view(state, &req.conversation_id).await?;
+    let (id, (first, last)) = (v.record.conversation_id, v.range);
     let limit = match req.limit as usize {
         0 => DEFAULT_HISTORY_PAGE,
         n => n.min(MAX_HISTORY_PAGE),
     };
-    let mut messages = state.ctx.store.messages_before(id, req.before_seq, limit + 1).await?;
+    // Members see history from the event that made them members, former members up to
+    // the event that removed them.
+    let before = if last == u64::MAX { req.before_seq } else if req.before_seq == 0 { last + 1 } else { req.before_seq.min(last + 1) };
+    let mut messages = state.ctx.store.messages_before(id, before, limit + 1).await?;
+    messages.retain(|m| m.seq >= first);
     let has_more = messages.len() > limit;
     messages.truncate(limit);
     Ok(Some(protocol::server(server_frame::Kind::History(pb::HistoryPage {
@@ -680,5 +740,92 @@ fn broadcast_presence(state: &SessionState, online: bool, last_seen_ms: u64) {
     peers.dedup();
     for peer in peers {
         state.ctx.router.deliver_to_user(peer, None, || SessionMsg::Push(frame.clone()));
+    }
+}
+
+async fn create_group(state: &mut SessionState, req: pb::CreateGroup) -> Answer {
+    let subject = req.subject.trim().to_owned();
+    if subject.is_empty() || subject.chars().count() > super::group::MAX_SUBJECT {
+        return Err(Reject::new(ErrorCode::InvalidArgument, "subject must be 1 to 100 characters"));
+    }
+    let mut members = vec![state.user];
+    for raw in &req.member_user_ids {
+        members.push(parse_id("member_user_ids", raw)?);
+    }
+    members.sort();
+    members.dedup();
+    if members.len() > state.ctx.limits.max_group_members {
+        return Err(Reject::new(ErrorCode::GroupFull, format!("the group is limited to {} members", state.ctx.limits.max_group_members)));
+    }
+    for member in &members {
+        if state.ctx.store.user(*member).await?.is_none() {
+            return Err(Reject::new(ErrorCode::UnknownUser, format!("no user {member}")));
+        }
+    }
+    let id = uuid::Uuid::new_v4();
+    let record = ConversationRecord {
+        conversation_id: id,
+        kind: ConversationKind::Group,
+        members: members.clone(),
+        created_ms: now_ms(),
+        group: Some(GroupState { subject, admins: vec![state.user], joined: members.iter().map(|m| (*m, 1)).collect(), ..Default::default() }),
+    };
+    state.ctx.store.create_conversation(record).await?;
+    // The creation event (seq 1) is sequenced like every other change; its commit answers.
+    route_group(state, id, req.request_id, GroupOp::Created).await
+}
+
+async fn group_change(state: &mut SessionState, req: pb::GroupChange) -> Answer {
+    use pb::group_change::Change;
+    let id = parse_id("conversation_id", &req.conversation_id)?;
+    let user = |raw: &[u8]| parse_id("user_id", raw);
+    let op = match req.change.ok_or_else(|| Reject::new(ErrorCode::InvalidArgument, "no change given"))? {
+        Change::AddMembers(list) => {
+            let mut users = Vec::with_capacity(list.user_ids.len());
+            for raw in &list.user_ids {
+                let u = user(raw)?;
+                if state.ctx.store.user(u).await?.is_none() {
+                    return Err(Reject::new(ErrorCode::UnknownUser, format!("no user {u}")));
+                }
+                users.push(u);
+            }
+            GroupOp::Add(users)
+        }
+        Change::RemoveMember(raw) => GroupOp::Remove(user(&raw)?),
+        Change::Leave(_) => GroupOp::Leave,
+        Change::Promote(raw) => GroupOp::Promote(user(&raw)?),
+        Change::Demote(raw) => GroupOp::Demote(user(&raw)?),
+        Change::SetSubject(s) => GroupOp::Subject(s),
+        Change::SetDescription(d) => GroupOp::Description(d),
+        Change::SetAdminsOnlySend(on) => GroupOp::AdminsOnlySend(on),
+        Change::SetAdminsOnlyInfo(on) => GroupOp::AdminsOnlyInfo(on),
+        Change::CreateInvite(_) => GroupOp::CreateInvite,
+        Change::RevokeInvite(_) => GroupOp::RevokeInvite,
+    };
+    route_group(state, id, req.request_id, op).await
+}
+
+async fn join_group(state: &mut SessionState, req: pb::JoinGroup) -> Answer {
+    let hash = crate::accounts::hash_secret(&req.invite_token);
+    let id = state
+        .ctx
+        .store
+        .conversation_by_invite(hash)
+        .await?
+        .ok_or_else(|| Reject::new(ErrorCode::InvalidInvite, "invalid or revoked invite"))?;
+    route_group(state, id, req.request_id, GroupOp::JoinByInvite(hash)).await
+}
+
+/// Hands a change to the group's sequencer; its answer (GroupAnswer or Error) comes from
+/// there once the event is stored.
+async fn route_group(state: &mut SessionState, id: ConversationId, request_id: u64, op: GroupOp) -> Answer {
+    let request = GroupRequest { user: state.user, device: state.device, request_id, op };
+    match state.ctx.router.send_to_conversation(id, ConversationMsg::Group(Box::new(request))).await {
+        Ok(()) => Ok(None),
+        Err(RouteError::UnknownConversation) => Err(Reject::new(ErrorCode::UnknownConversation, "no conversation has this id")),
+        Err(e) => {
+            tracing::warn!(conversation = %id, error = %e, "group unavailable");
+            Err(Reject::new(ErrorCode::Unavailable, "group unavailable; retry"))
+        }
     }
 }

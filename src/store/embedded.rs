@@ -33,6 +33,8 @@ const DEDUP: TableDefinition<(u128, u128, &str), (u64, u64)> = TableDefinition::
 /// `(device, conversation) → (delivered, read)`.
 const CURSORS: TableDefinition<(u128, u128), (u64, u64)> = TableDefinition::new("cursors");
 const LAST_SEEN: TableDefinition<u128, u64> = TableDefinition::new("last_seen");
+/// `sha256(invite token) → group`.
+const INVITES: TableDefinition<&[u8], u128> = TableDefinition::new("invites");
 
 /// The redb-backed store. Cloning shares the database.
 #[derive(Clone)]
@@ -78,6 +80,7 @@ impl EmbeddedStore {
             txn.open_table(DEDUP).map_err(be)?;
             txn.open_table(CURSORS).map_err(be)?;
             txn.open_table(LAST_SEEN).map_err(be)?;
+            txn.open_table(INVITES).map_err(be)?;
         }
         txn.commit().map_err(be)?;
         Ok(Self { db: Arc::new(db) })
@@ -108,29 +111,42 @@ impl EmbeddedStore {
             let mut dedup = txn.open_table(DEDUP).map_err(be)?;
             let mut cursors = txn.open_table(CURSORS).map_err(be)?;
             let mut last_seen = txn.open_table(LAST_SEEN).map_err(be)?;
+            let mut conversations = txn.open_table(CONVERSATIONS).map_err(be)?;
+            let mut by_user = txn.open_table(USER_CONVERSATIONS).map_err(be)?;
+            let mut invites = txn.open_table(INVITES).map_err(be)?;
             for op in ops {
                 let outcome = match op {
-                    WriteOp::Append(msg) => {
-                        let conv = msg.conversation_id.as_u128();
-                        let sender = msg.sender_user_id.as_u128();
-                        let key = (conv, sender, msg.client_msg_id.as_str());
-                        if let Some(found) = dedup.get(key).map_err(be)? {
-                            let (seq, server_time_ms) = found.value();
-                            WriteOutcome::Duplicate { seq, server_time_ms }
-                        } else if msg.seq == 0
-                            || messages.get((conv, msg.seq)).map_err(be)?.is_some()
-                            || (msg.seq > 1 && messages.get((conv, msg.seq - 1)).map_err(be)?.is_none())
-                        {
-                            // Taken, or its predecessor is missing: either way a second
-                            // sequencer or a failed earlier write; storing it would break
-                            // the gap-free log.
-                            WriteOutcome::SeqConflict
-                        } else {
-                            messages.insert((conv, msg.seq), encode(&msg)?.as_slice()).map_err(be)?;
-                            dedup.insert(key, (msg.seq, msg.server_time_ms)).map_err(be)?;
+                    WriteOp::Append(msg) => match append_check(&messages, &dedup, &msg)? {
+                        Some(refused) => refused,
+                        None => {
+                            store_message(&mut messages, &mut dedup, &msg)?;
                             WriteOutcome::Appended
                         }
-                    }
+                    },
+                    WriteOp::AppendEvent { message, record, joined } => match append_check(&messages, &dedup, &message)? {
+                        Some(refused) => refused,
+                        None => {
+                            store_message(&mut messages, &mut dedup, &message)?;
+                            let id = record.conversation_id.as_u128();
+                            let old: Option<ConversationRecord> =
+                                conversations.get(id).map_err(be)?.map(|g| decode("conversations", g.value())).transpose()?;
+                            let old_hash = old.as_ref().and_then(|r| r.group.as_ref()).and_then(|g| g.invite_hash);
+                            let new_hash = record.group.as_ref().and_then(|g| g.invite_hash);
+                            if old_hash != new_hash {
+                                if let Some(h) = old_hash {
+                                    invites.remove(&h[..]).map_err(be)?;
+                                }
+                                if let Some(h) = new_hash {
+                                    invites.insert(&h[..], id).map_err(be)?;
+                                }
+                            }
+                            conversations.insert(id, encode(&*record)?.as_slice()).map_err(be)?;
+                            for user in joined {
+                                by_user.insert((user.as_u128(), id), ()).map_err(be)?;
+                            }
+                            WriteOutcome::Appended
+                        }
+                    },
                     WriteOp::AdvanceCursor { device_id, conversation_id, delivered, read } => {
                         let key = (device_id.as_u128(), conversation_id.as_u128());
                         let (old_d, old_r) = cursors.get(key).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
@@ -151,6 +167,33 @@ impl EmbeddedStore {
         txn.commit().map_err(be)?;
         Ok(outcomes)
     }
+}
+
+type MessagesTable<'t> = redb::Table<'t, (u128, u64), &'static [u8]>;
+type DedupTable<'t> = redb::Table<'t, (u128, u128, &'static str), (u64, u64)>;
+
+/// Why an append must be refused, if it must: its dedup key exists (the original seq is
+/// returned), or its seq is taken or not the successor of the stored last one.
+fn append_check(messages: &MessagesTable<'_>, dedup: &DedupTable<'_>, msg: &StoredMessage) -> Result<Option<WriteOutcome>, StoreError> {
+    let conv = msg.conversation_id.as_u128();
+    if let Some(found) = dedup.get((conv, msg.sender_user_id.as_u128(), msg.client_msg_id.as_str())).map_err(be)? {
+        let (seq, server_time_ms) = found.value();
+        return Ok(Some(WriteOutcome::Duplicate { seq, server_time_ms }));
+    }
+    let taken = messages.get((conv, msg.seq)).map_err(be)?.is_some();
+    // Taken, or its predecessor is missing: either way a second sequencer or a failed
+    // earlier write; storing it would break the gap-free log.
+    if msg.seq == 0 || taken || (msg.seq > 1 && messages.get((conv, msg.seq - 1)).map_err(be)?.is_none()) {
+        return Ok(Some(WriteOutcome::SeqConflict));
+    }
+    Ok(None)
+}
+
+fn store_message(messages: &mut MessagesTable<'_>, dedup: &mut DedupTable<'_>, msg: &StoredMessage) -> Result<(), StoreError> {
+    let conv = msg.conversation_id.as_u128();
+    messages.insert((conv, msg.seq), encode(msg)?.as_slice()).map_err(be)?;
+    dedup.insert((conv, msg.sender_user_id.as_u128(), msg.client_msg_id.as_str()), (msg.seq, msg.server_time_ms)).map_err(be)?;
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -349,6 +392,14 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().map_err(be)?;
             let table = txn.open_table(CONVERSATIONS).map_err(be)?;
             table.get(id.as_u128()).map_err(be)?.map(|g| decode("conversations", g.value())).transpose()
+        })
+    }
+
+    async fn conversation_by_invite(&self, hash: [u8; 32]) -> Result<Option<ConversationId>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(INVITES).map_err(be)?;
+            Ok(table.get(&hash[..]).map_err(be)?.map(|g| ConversationId::from_u128(g.value())))
         })
     }
 

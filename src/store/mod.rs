@@ -100,6 +100,8 @@ pub struct PendingCode {
 pub enum ConversationKind {
     /// Exactly two members; the id is derived from the pair (see [`direct_conversation_id`]).
     Direct,
+    /// A group with roles and settings ([`GroupState`]).
+    Group,
 }
 
 /// A conversation and its members.
@@ -109,10 +111,60 @@ pub struct ConversationRecord {
     pub conversation_id: ConversationId,
     /// 1:1 or group.
     pub kind: ConversationKind,
-    /// Member users, sorted.
+    /// Current member users, sorted.
     pub members: Vec<UserId>,
     /// Creation time, ms since the Unix epoch.
     pub created_ms: u64,
+    /// Roles, settings and membership history of a group (None for 1:1).
+    pub group: Option<GroupState>,
+}
+
+/// The state of a group as of its latest event. It changes only together with the event
+/// that describes the change (same transaction), so the record and the log never disagree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// Subject (title).
+    pub subject: String,
+    /// Description.
+    pub description: String,
+    /// Admins (a subset of the members), sorted.
+    pub admins: Vec<UserId>,
+    /// For each current member, the seq of the event that made them a member.
+    pub joined: Vec<(UserId, u64)>,
+    /// Past stints of members who left or were removed: (user, joined seq, left seq).
+    pub former: Vec<(UserId, u64, u64)>,
+    /// Only admins may send messages.
+    pub admins_only_send: bool,
+    /// Only admins may change subject and description.
+    pub admins_only_info: bool,
+    /// SHA-256 of the current invite link token, if one is active.
+    pub invite_hash: Option<[u8; 32]>,
+}
+
+impl ConversationRecord {
+    /// True if `user` is a current member.
+    pub fn is_member(&self, user: UserId) -> bool {
+        self.members.binary_search(&user).is_ok()
+    }
+
+    /// The seqs `user` may see: from the event that made them a member (groups) to the
+    /// event that removed them, if they are a former member. None if they never were one.
+    pub fn visible_range(&self, user: UserId) -> Option<(u64, u64)> {
+        match &self.group {
+            None => self.is_member(user).then_some((1, u64::MAX)),
+            Some(g) => {
+                if let Some((_, joined)) = g.joined.iter().find(|(u, _)| *u == user) {
+                    return Some((*joined, u64::MAX));
+                }
+                g.former.iter().rev().find(|(u, _, _)| *u == user).map(|(_, j, l)| (*j, *l))
+            }
+        }
+    }
+
+    /// True if `user` is an admin of this group.
+    pub fn is_admin(&self, user: UserId) -> bool {
+        self.group.as_ref().is_some_and(|g| g.admins.binary_search(&user).is_ok())
+    }
 }
 
 /// One message of a conversation log. The payload is opaque ciphertext.
@@ -130,8 +182,10 @@ pub struct StoredMessage {
     pub client_msg_id: String,
     /// When the server sequenced it, ms since the Unix epoch.
     pub server_time_ms: u64,
-    /// Opaque content.
+    /// Opaque content (empty for events).
     pub payload: Bytes,
+    /// A server-generated group event, encoded by the protocol layer (opaque here).
+    pub event: Option<Bytes>,
 }
 
 /// A device's position in one conversation.
@@ -149,6 +203,16 @@ pub enum WriteOp {
     /// Append a message to its conversation log, unless its dedup key exists, its seq is
     /// taken, or seq − 1 is not stored yet (seq 1 excepted).
     Append(StoredMessage),
+    /// Append a group event and store the group's new record in the same transaction
+    /// (same checks as `Append`); `joined` users get the conversation in their list.
+    AppendEvent {
+        /// The event, as a log entry.
+        message: StoredMessage,
+        /// The conversation as of this event.
+        record: Box<ConversationRecord>,
+        /// Users who became members with this event.
+        joined: Vec<UserId>,
+    },
     /// Move a device's cursors forward (each field only ever grows).
     AdvanceCursor {
         /// Device.
@@ -225,7 +289,9 @@ pub trait Store: Send + Sync + 'static {
     async fn create_conversation(&self, conversation: ConversationRecord) -> Result<ConversationRecord, StoreError>;
     /// Reads a conversation.
     async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError>;
-    /// Ids of every conversation a user is a member of.
+    /// The group whose invite token hashes to `hash`, if the invite is active.
+    async fn conversation_by_invite(&self, hash: [u8; 32]) -> Result<Option<ConversationId>, StoreError>;
+    /// Ids of every conversation a user is or was a member of.
     async fn conversations_of(&self, user_id: UserId) -> Result<Vec<ConversationId>, StoreError>;
 
     /// Applies a batch of writes in one transaction (group commit): all or nothing.
