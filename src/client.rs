@@ -346,6 +346,44 @@ impl Connection {
         Uuid::from_slice(&raw).map_err(|_| ClientError::Closed)
     }
 
+    /// Creates a group; returns its id once the creation event is stored.
+    pub async fn create_group(&mut self, subject: &str, members: &[Uuid]) -> Result<Uuid, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::CreateGroup(pb::CreateGroup {
+            request_id,
+            subject: subject.to_owned(),
+            member_user_ids: members.iter().map(|m| id_bytes(*m)).collect(),
+        }))
+        .await?;
+        let answer = self.group_answer(request_id).await?;
+        Uuid::from_slice(&answer.conversation_id).map_err(|_| ClientError::Closed)
+    }
+
+    /// Applies a group change and waits for its answer.
+    pub async fn group_change(&mut self, conversation: Uuid, change: pb::group_change::Change) -> Result<pb::GroupAnswer, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::GroupChange(pb::GroupChange { request_id, conversation_id: id_bytes(conversation), change: Some(change) }))
+            .await?;
+        self.group_answer(request_id).await
+    }
+
+    /// Joins a group by invite token.
+    pub async fn join_group(&mut self, invite_token: &str) -> Result<pb::GroupAnswer, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::JoinGroup(pb::JoinGroup { request_id, invite_token: invite_token.to_owned() })).await?;
+        self.group_answer(request_id).await
+    }
+
+    async fn group_answer(&mut self, request_id: u64) -> Result<pb::GroupAnswer, ClientError> {
+        let rid = request_id.to_string();
+        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
+            server_frame::Kind::GroupAnswer(a) if a.request_id == request_id => Some(Ok(a.clone())),
+            server_frame::Kind::Error(e) if e.request_ref == rid => Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() })),
+            _ => None,
+        })
+        .await?
+    }
+
     /// Sends a message (does not wait for the ack).
     pub async fn send_message(&mut self, conversation: Uuid, client_msg_id: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
         self.send(client_frame::Kind::Send(pb::Send {

@@ -88,6 +88,9 @@ pub struct ServeArgs {
     /// Burst above the sustained rate.
     #[arg(long, env = "SWITCHBOARD_RATE_BURST")]
     pub rate_burst: Option<u32>,
+    /// Largest group, in members.
+    #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS")]
+    pub max_group_members: Option<usize>,
     /// Seconds without traffic before a conversation actor is passivated.
     #[arg(long, env = "SWITCHBOARD_CONVERSATION_IDLE_SECS")]
     pub conversation_idle_secs: Option<u64>,
@@ -116,6 +119,7 @@ pub struct FileConfig {
     rate_per_sec: Option<u32>,
     rate_burst: Option<u32>,
     conversation_idle_secs: Option<u64>,
+    max_group_members: Option<usize>,
     shutdown_grace_secs: Option<u64>,
 }
 
@@ -221,6 +225,12 @@ impl ServerConfig {
         }
         if let Some(v) = args.conversation_idle_secs.or(file.conversation_idle_secs) {
             actors.conversation_idle = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = args.max_group_members.or(file.max_group_members) {
+            if !(2..=100_000).contains(&v) {
+                return Err(ConfigError::Invalid("max_group_members must be 2 to 100000".into()));
+            }
+            actors.max_group_members = v;
         }
         let accounts = AccountsConfig { expose_codes: args.dev_expose_codes.or(file.dev_expose_codes).unwrap_or(false), ..Default::default() };
         Ok(Self {
