@@ -17,6 +17,9 @@ fn message_frame(payload: usize) -> pb::ServerFrame {
         server_time_ms: 1_795_000_000_000,
         payload: Bytes::from(vec![7u8; payload]),
         event: None,
+        kind: 0,
+        reference_seq: 0,
+        deleted: false,
     }))
 }
 
@@ -33,6 +36,8 @@ fn bench(c: &mut Criterion) {
         client_msg_id: "c-1".into(),
         conversation_id: id_bytes(Uuid::new_v4()),
         payload: Bytes::from(vec![1u8; 100]),
+        kind: 0,
+        reference_seq: 0,
     })));
     group.bench_function("decode_send_100b", |b| b.iter(|| protocol::decode_client(black_box(&send)).unwrap()));
     group.bench_function("tcp_frame_and_unframe_100_sends", |b| {

@@ -16,6 +16,9 @@ fn message(conversation: Uuid, seq: u64) -> StoredMessage {
         server_time_ms: 1_795_000_000_000 + seq,
         payload: Bytes::from(vec![9u8; 100]),
         event: None,
+        kind: Default::default(),
+        reference_seq: 0,
+        deleted: false,
     }
 }
 

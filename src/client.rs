@@ -390,8 +390,50 @@ impl Connection {
             client_msg_id: client_msg_id.to_owned(),
             conversation_id: id_bytes(conversation),
             payload: payload.into(),
+            kind: pb::MessageKind::Normal as i32,
+            reference_seq: 0,
         }))
         .await
+    }
+
+    /// Sends an edit of, or a reaction to, the message at `reference_seq`; waits for the ack.
+    pub async fn send_reference(
+        &mut self,
+        conversation: Uuid,
+        client_msg_id: &str,
+        kind: pb::MessageKind,
+        reference_seq: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<pb::SendAck, ClientError> {
+        self.send(client_frame::Kind::Send(pb::Send {
+            client_msg_id: client_msg_id.to_owned(),
+            conversation_id: id_bytes(conversation),
+            payload: payload.into(),
+            kind: kind as i32,
+            reference_seq,
+        }))
+        .await?;
+        let id = client_msg_id.to_owned();
+        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
+            server_frame::Kind::SendAck(a) if a.client_msg_id == id => Some(Ok(a.clone())),
+            server_frame::Kind::Error(e) if e.request_ref == id => Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() })),
+            _ => None,
+        })
+        .await?
+    }
+
+    /// Deletes a message for everyone; returns the answer once the event is stored.
+    pub async fn delete_message(&mut self, conversation: Uuid, seq: u64) -> Result<pb::GroupAnswer, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::DeleteMessage(pb::DeleteMessage { request_id, conversation_id: id_bytes(conversation), seq })).await?;
+        self.group_answer(request_id).await
+    }
+
+    /// Sets disappearing messages (0 = off).
+    pub async fn set_retention(&mut self, conversation: Uuid, seconds: u32) -> Result<pb::GroupAnswer, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::SetRetention(pb::SetRetention { request_id, conversation_id: id_bytes(conversation), seconds })).await?;
+        self.group_answer(request_id).await
     }
 
     /// Sends a message and waits for its SendAck.

@@ -88,6 +88,9 @@ pub struct ServeArgs {
     /// Burst above the sustained rate.
     #[arg(long, env = "SWITCHBOARD_RATE_BURST")]
     pub rate_burst: Option<u32>,
+    /// Seconds between sweeps that delete expired disappearing messages.
+    #[arg(long, env = "SWITCHBOARD_PURGE_INTERVAL_SECS")]
+    pub purge_interval_secs: Option<u64>,
     /// Largest group, in members.
     #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
@@ -120,6 +123,7 @@ pub struct FileConfig {
     rate_burst: Option<u32>,
     conversation_idle_secs: Option<u64>,
     max_group_members: Option<usize>,
+    purge_interval_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
 }
 
@@ -174,6 +178,8 @@ pub struct ServerConfig {
     pub ready_file: Option<PathBuf>,
     /// Graceful shutdown budget.
     pub shutdown_grace: Duration,
+    /// Interval of the expired-message sweep.
+    pub purge_interval: Duration,
 }
 
 impl ServerConfig {
@@ -245,6 +251,7 @@ impl ServerConfig {
             actors,
             ready_file: args.ready_file.or(file.ready_file),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(10)),
+            purge_interval: Duration::from_secs(args.purge_interval_secs.or(file.purge_interval_secs).unwrap_or(30).max(1)),
         })
     }
 }

@@ -298,6 +298,8 @@ pub async fn direct(
                             client_msg_id: format!("{i}-{seq}"),
                             conversation_id: id_bytes(conversation),
                             payload: payload.freeze(),
+                            kind: pb::MessageKind::Normal as i32,
+                            reference_seq: 0,
                         }));
                         if writer.send(protocol::encode_client(&frame)).await.is_err() { break; }
                         sent.fetch_add(1, Ordering::Relaxed);

@@ -153,6 +153,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let admin_handle = admin.handle();
     tokio::spawn(admin);
 
+    tokio::spawn(purge_expired(store.clone(), config.purge_interval, accepting.clone()));
+
     let tcp_listener = tokio::net::TcpListener::from_std(tcp_listener)?;
     tokio::spawn(tcp::serve(tcp_listener, deps, accepting.clone()));
 
@@ -170,6 +172,33 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     }
     tracing::info!(%http_addr, %tcp_addr, %admin_addr, "switchboard listening");
     Ok(RunningServer { http_addr, tcp_addr, admin_addr, admin_token, node, accepting, http: http_handle, admin: admin_handle, grace: config.shutdown_grace })
+}
+
+/// Deletes expired disappearing messages every `interval`, in bounded batches.
+async fn purge_expired(store: Arc<dyn Store>, interval: Duration, stop: CancellationToken) {
+    const BATCH: usize = 10_000;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            match store.purge_expired(crate::store::now_ms(), BATCH).await {
+                Ok(n) => {
+                    metrics::counter!("switchboard_messages_expired_total").increment(n);
+                    if (n as usize) < BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purge of expired messages failed");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl RunningServer {

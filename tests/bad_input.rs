@@ -87,6 +87,8 @@ async fn frame_before_hello_is_refused_and_closed(kind: Kind) {
         client_msg_id: "x".into(),
         conversation_id: id_bytes(Uuid::new_v4()),
         payload: Bytes::from_static(b"sneaky"),
+        kind: 0,
+        reference_seq: 0,
     }))
     .await
     .unwrap();
@@ -238,7 +240,7 @@ async fn invalid_fields_get_invalid_argument(kind: Kind) {
     let api = server.api();
     let alice = user(&api).await;
     let mut a = online(&server, kind, &alice).await;
-    a.send(client_frame::Kind::Send(pb::Send { client_msg_id: "x".into(), conversation_id: Bytes::from_static(b"short"), payload: Bytes::new() }))
+    a.send(client_frame::Kind::Send(pb::Send { client_msg_id: "x".into(), conversation_id: Bytes::from_static(b"short"), payload: Bytes::new(), kind: 0, reference_seq: 0 }))
         .await
         .unwrap();
     let e = next_error(&mut a).await;

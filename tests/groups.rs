@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 both_transports!(membership_decides_who_gets_each_seq, offline_member_catches_up_in_order);
 
-fn event_of(m: &pb::Message) -> Option<pb::group_event::Kind> {
+fn event_of(m: &pb::Message) -> Option<pb::conversation_event::Kind> {
     m.event.as_ref().and_then(|e| e.kind.clone())
 }
 
@@ -52,7 +52,7 @@ async fn membership_decides_who_gets_each_seq(kind: Kind) {
         let m = conn.next_message(WAIT).await.unwrap();
         assert_eq!(m.seq, 1);
         match event_of(&m) {
-            Some(pb::group_event::Kind::Created(created)) => {
+            Some(pb::conversation_event::Kind::Created(created)) => {
                 assert_eq!(created.subject, "trip");
                 assert_eq!(created.member_user_ids.len(), 3);
                 assert_eq!(created.admin_user_ids, vec![id_bytes(alice.user_id)]);
@@ -78,7 +78,7 @@ async fn membership_decides_who_gets_each_seq(kind: Kind) {
     assert_eq!(added.seq, 3);
     let joined = d.next_message(WAIT).await.unwrap();
     assert_eq!(joined.seq, 3);
-    assert!(matches!(event_of(&joined), Some(pb::group_event::Kind::MembersAdded(_))));
+    assert!(matches!(event_of(&joined), Some(pb::conversation_event::Kind::MembersAdded(_))));
     let page = d.history(group, 0, 50).await.unwrap();
     assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3], "history starts at the join");
 

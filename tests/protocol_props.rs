@@ -16,7 +16,7 @@ fn client_kind() -> impl Strategy<Value = client_frame::Kind> {
         any::<u64>().prop_map(|n| client_frame::Kind::Ping(pb::Ping { nonce: n })),
         (any::<u64>(), bytes_up_to(20)).prop_map(|(r, p)| client_frame::Kind::OpenDirect(pb::OpenDirect { request_id: r, peer_user_id: p })),
         (".{0,64}", bytes_up_to(20), bytes_up_to(2048))
-            .prop_map(|(c, id, p)| client_frame::Kind::Send(pb::Send { client_msg_id: c, conversation_id: id, payload: p })),
+            .prop_map(|(c, id, p)| client_frame::Kind::Send(pb::Send { client_msg_id: c, conversation_id: id, payload: p, kind: 0, reference_seq: 0 })),
         (bytes_up_to(20), any::<u64>()).prop_map(|(c, s)| client_frame::Kind::Ack(pb::Ack { conversation_id: c, seq: s })),
         (bytes_up_to(20), any::<u64>()).prop_map(|(c, s)| client_frame::Kind::Read(pb::Read { conversation_id: c, seq: s })),
         (bytes_up_to(20), any::<bool>()).prop_map(|(c, a)| client_frame::Kind::Typing(pb::Typing { conversation_id: c, active: a })),
@@ -43,6 +43,9 @@ fn message() -> impl Strategy<Value = pb::Message> {
             server_time_ms: t,
             payload: p,
             event: None,
+            kind: 0,
+            reference_seq: 0,
+            deleted: false,
         },
     )
 }

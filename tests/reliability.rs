@@ -36,6 +36,8 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message_and_leaves_no_gap() {
                     client_msg_id: format!("k-{i}"),
                     conversation_id: switchboard::protocol::id_bytes(conversation),
                     payload: format!("payload {i}").into_bytes().into(),
+                    kind: 0,
+                    reference_seq: 0,
                 })
             })
             .collect();

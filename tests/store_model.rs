@@ -100,6 +100,9 @@ async fn run(ops: Vec<Op>) {
                     server_time_ms: clock,
                     payload: Bytes::from(format!("p{clock}")),
                     event: None,
+                    kind: Default::default(),
+                    reference_seq: 0,
+                    deleted: false,
                 };
                 // Batches of two, so outcomes within one transaction are compared too.
                 let ops = vec![WriteOp::Append(m.clone()), WriteOp::AdvanceCursor { device_id: id(3, sender), conversation_id, delivered: seq, read: 0 }];
@@ -115,7 +118,7 @@ async fn run(ops: Vec<Op>) {
                 let mut members = vec![id(2, a), id(2, b)];
                 members.sort();
                 members.dedup();
-                let record = ConversationRecord { conversation_id: id(1, conv), kind: ConversationKind::Direct, members, created_ms: clock, group: None };
+                let record = ConversationRecord { conversation_id: id(1, conv), kind: ConversationKind::Direct, members, created_ms: clock, group: None, retention_secs: 0 };
                 let expected = model.conversations.entry(record.conversation_id).or_insert_with(|| record.clone()).clone();
                 if expected == record {
                     for m in &record.members {

@@ -21,7 +21,9 @@ use super::group::{self, GroupError, GroupOp};
 use super::mailbox::MailboxGauge;
 use super::session::{Delivery, SessionMsg};
 use crate::protocol::{self, ErrorCode, id_bytes, pb, server_frame};
-use crate::store::{ConversationId, ConversationRecord, DeviceId, StoreError, StoredMessage, UserId, WriteOp, WriteOutcome, now_ms};
+use crate::store::{
+    ContentKind, ConversationId, ConversationRecord, DeviceId, StoreError, StoredMessage, UserId, WriteOp, WriteOutcome, now_ms,
+};
 
 /// Messages of a conversation actor. Large variants are boxed so the channel slots (one
 /// per queued message) stay small.
@@ -41,6 +43,8 @@ pub enum ConversationMsg {
     },
     /// A group change (or the creation event of a new group).
     Group(Box<GroupRequest>),
+    /// Delete for everyone, or a retention change (1:1 and groups).
+    Edit(Box<EditRequest>),
     /// Fault injection for SREs and tests: the actor panics (and is restarted).
     Crash,
     /// Internal: the store answered for one of our appends.
@@ -59,7 +63,35 @@ pub struct SendRequest {
     pub client_msg_id: String,
     /// Opaque content.
     pub payload: Bytes,
+    /// Ordinary, edit or reaction.
+    pub kind: ContentKind,
+    /// Target of an edit or reaction.
+    pub reference_seq: u64,
 }
+
+/// A conversation-level change that is not about membership.
+#[derive(Debug, Clone, Copy)]
+pub enum ConversationOp {
+    /// Delete the message at this seq for everyone.
+    Delete(u64),
+    /// Disappearing messages after this many seconds (0 = off).
+    Retention(u32),
+}
+
+/// One conversation-level change, as received from a session.
+pub struct EditRequest {
+    /// Who asks.
+    pub user: UserId,
+    /// From which device.
+    pub device: DeviceId,
+    /// Echoed in the answer.
+    pub request_id: u64,
+    /// What to change.
+    pub op: ConversationOp,
+}
+
+/// Longest retention: one year.
+pub const MAX_RETENTION_SECS: u32 = 365 * 24 * 3600;
 
 /// One group change, as received from a session.
 pub struct GroupRequest {
@@ -215,6 +247,11 @@ impl Actor for Conversation {
                 state.last_activity = Instant::now();
                 handle_group(&myself, state, *request);
             }
+            ConversationMsg::Edit(request) => {
+                state.gauge.taken();
+                state.last_activity = Instant::now();
+                handle_edit(&myself, state, *request).await;
+            }
             ConversationMsg::CursorMoved { user, device, kind, seq } => {
                 state.gauge.taken();
                 relay_receipt(state, user, device, kind, seq);
@@ -244,7 +281,11 @@ fn schedule_tick(myself: &ActorRef<ConversationMsg>, idle: Duration) {
 }
 
 async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState, request: SendRequest) -> Result<(), ActorProcessingErr> {
-    let SendRequest { user, device, client_msg_id, payload } = request;
+    let SendRequest { user, device, client_msg_id, payload, kind, reference_seq } = request;
+    if kind != ContentKind::Normal && (reference_seq == 0 || reference_seq >= state.next_seq) {
+        reply_error(state, user, device, ErrorCode::InvalidArgument, "reference_seq must name an earlier message", &client_msg_id);
+        return Ok(());
+    }
     if !state.record.is_member(user) {
         reply_error(state, user, device, ErrorCode::NotAMember, "not a member of this conversation", &client_msg_id);
         return Ok(());
@@ -289,6 +330,9 @@ async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut Conversatio
         server_time_ms: time,
         payload,
         event: None,
+        kind,
+        reference_seq,
+        deleted: false,
     };
     state.pending_ids.insert(key, seq);
     let recipients = state.members.clone();
@@ -337,6 +381,33 @@ fn handle_group(myself: &ActorRef<ConversationMsg>, state: &mut ConversationStat
             return;
         }
     };
+    let mut recipients: Vec<UserId> = applied.record.members.clone();
+    recipients.extend(applied.removed.iter().copied());
+    let event = Event { request_id, invite_token: applied.invite_token, joined: applied.joined, tombstone: None };
+    sequence_event(myself, state, user, device, applied.event, applied.record, recipients, event);
+}
+
+/// What an event's sequencing needs besides the event itself.
+struct Event {
+    request_id: u64,
+    invite_token: Option<String>,
+    joined: Vec<UserId>,
+    tombstone: Option<u64>,
+}
+
+/// Appends a server event with the conversation's new record. The record changes at once
+/// (later requests are judged against it, in log order); `recipients` get the event live.
+#[allow(clippy::too_many_arguments)]
+fn sequence_event(
+    myself: &ActorRef<ConversationMsg>,
+    state: &mut ConversationState,
+    user: UserId,
+    device: DeviceId,
+    event: pb::ConversationEvent,
+    record: ConversationRecord,
+    recipients: Vec<UserId>,
+    info: Event,
+) {
     let (seq, time) = next_position(state);
     let message = StoredMessage {
         conversation_id: state.record.conversation_id,
@@ -346,24 +417,76 @@ fn handle_group(myself: &ActorRef<ConversationMsg>, state: &mut ConversationStat
         client_msg_id: format!("event-{seq}"),
         server_time_ms: time,
         payload: Bytes::new(),
-        event: Some(group::encode_event(&applied.event)),
+        event: Some(group::encode_event(&event)),
+        kind: ContentKind::Normal,
+        reference_seq: 0,
+        deleted: false,
     };
-    // Members after the change, plus whoever it removed: they get this event, and nothing after.
-    let mut recipients: Vec<UserId> = applied.record.members.clone();
-    recipients.extend(applied.removed.iter().copied());
-    state.record = applied.record.clone();
-    state.members = Arc::new(applied.record.members.clone());
+    state.members = Arc::new(record.members.clone());
+    state.record = record.clone();
     state.pending.insert(
         seq,
         Pending {
             message: message.clone(),
             extra_waiters: Vec::new(),
             recipients: Arc::new(recipients),
-            event: Some(EventInfo { request_id, invite_token: applied.invite_token }),
+            event: Some(EventInfo { request_id: info.request_id, invite_token: info.invite_token }),
         },
     );
-    let op = WriteOp::AppendEvent { message, record: Box::new(applied.record), joined: applied.joined };
+    let op = WriteOp::AppendEvent { message, record: Box::new(record), joined: info.joined, tombstone: info.tombstone };
     persist(myself, state, seq, op);
+}
+
+/// Delete for everyone and retention changes.
+async fn handle_edit(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState, request: EditRequest) {
+    let EditRequest { user, device, request_id, op } = request;
+    let rid = request_id.to_string();
+    if !state.record.is_member(user) {
+        return reply_error(state, user, device, ErrorCode::NotAMember, "not a member of this conversation", &rid);
+    }
+    let is_admin = state.record.is_admin(user);
+    match op {
+        ConversationOp::Delete(target) => {
+            if target == 0 || target >= state.next_seq || state.pending.contains_key(&target) {
+                return reply_error(state, user, device, ErrorCode::InvalidArgument, "no such message (yet)", &rid);
+            }
+            let found = match state.ctx.store.messages_after(state.record.conversation_id, target - 1, 1).await {
+                Ok(found) => found.into_iter().next().filter(|m| m.seq == target),
+                Err(e) => {
+                    tracing::warn!(error = %e, "delete lookup failed");
+                    return reply_error(state, user, device, ErrorCode::Unavailable, "store unavailable; retry", &rid);
+                }
+            };
+            let Some(target_message) = found else {
+                return reply_error(state, user, device, ErrorCode::InvalidArgument, "no such message (expired?)", &rid);
+            };
+            if target_message.event.is_some() || target_message.deleted {
+                return reply_error(state, user, device, ErrorCode::InvalidArgument, "that message cannot be deleted", &rid);
+            }
+            if target_message.sender_user_id != user && !is_admin {
+                return reply_error(state, user, device, ErrorCode::NotAdmin, "only the sender or a group admin may delete it", &rid);
+            }
+            let event = pb::ConversationEvent { kind: Some(pb::conversation_event::Kind::MessageDeleted(target)) };
+            let record = state.record.clone();
+            let recipients = record.members.clone();
+            let info = Event { request_id, invite_token: None, joined: Vec::new(), tombstone: Some(target) };
+            sequence_event(myself, state, user, device, event, record, recipients, info);
+        }
+        ConversationOp::Retention(seconds) => {
+            if seconds > MAX_RETENTION_SECS {
+                return reply_error(state, user, device, ErrorCode::InvalidArgument, "retention is at most one year", &rid);
+            }
+            if state.record.group.as_ref().is_some_and(|g| g.admins_only_info) && !is_admin {
+                return reply_error(state, user, device, ErrorCode::NotAdmin, "only group admins may change this", &rid);
+            }
+            let mut record = state.record.clone();
+            record.retention_secs = seconds;
+            let event = pb::ConversationEvent { kind: Some(pb::conversation_event::Kind::RetentionChanged(seconds)) };
+            let recipients = record.members.clone();
+            let info = Event { request_id, invite_token: None, joined: Vec::new(), tombstone: None };
+            sequence_event(myself, state, user, device, event, record, recipients, info);
+        }
+    }
 }
 
 fn handle_persisted(state: &mut ConversationState, seq: u64, outcome: Result<WriteOutcome, StoreError>) -> Result<(), ActorProcessingErr> {
@@ -468,8 +591,15 @@ pub fn message_frame(m: &StoredMessage) -> pb::Message {
         payload: m.payload.clone(),
         event: m.event.as_ref().and_then(|bytes| {
             use prost::Message as _;
-            pb::GroupEvent::decode(bytes.as_ref()).ok()
+            pb::ConversationEvent::decode(bytes.as_ref()).ok()
         }),
+        kind: match m.kind {
+            ContentKind::Normal => pb::MessageKind::Normal,
+            ContentKind::Edit => pb::MessageKind::Edit,
+            ContentKind::Reaction => pb::MessageKind::Reaction,
+        } as i32,
+        reference_seq: m.reference_seq,
+        deleted: m.deleted,
     }
 }
 

@@ -70,7 +70,7 @@ pub struct Applied {
     /// The record as of the event.
     pub record: ConversationRecord,
     /// The event to append.
-    pub event: pb::GroupEvent,
+    pub event: pb::ConversationEvent,
     /// Users who became members.
     pub joined: Vec<UserId>,
     /// Users who stopped being members (they still receive this event).
@@ -115,8 +115,8 @@ fn drop_member(record: &mut ConversationRecord, user: UserId, seq: u64) {
     }
 }
 
-fn kind(kind: pb::group_event::Kind) -> pb::GroupEvent {
-    pb::GroupEvent { kind: Some(kind) }
+fn kind(kind: pb::conversation_event::Kind) -> pb::ConversationEvent {
+    pb::ConversationEvent { kind: Some(kind) }
 }
 
 /// Applies `op` by `actor` as the event at `seq`.
@@ -136,7 +136,7 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
                 return Err(GroupError::Invalid("the group already exists"));
             }
             admin_only(is_admin)?;
-            kind(pb::group_event::Kind::Created(pb::GroupCreated {
+            kind(pb::conversation_event::Kind::Created(pb::GroupCreated {
                 subject: group.subject.clone(),
                 member_user_ids: record.members.iter().map(|u| id_bytes(*u)).collect(),
                 admin_user_ids: group.admins.iter().map(|u| id_bytes(*u)).collect(),
@@ -158,7 +158,7 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
                 }
             }
             joined = fresh.clone();
-            kind(pb::group_event::Kind::MembersAdded(pb::UserList { user_ids: fresh.iter().map(|u| id_bytes(*u)).collect() }))
+            kind(pb::conversation_event::Kind::MembersAdded(pb::UserList { user_ids: fresh.iter().map(|u| id_bytes(*u)).collect() }))
         }
         GroupOp::Remove(user) if user == actor => return apply(record, actor, GroupOp::Leave, seq, max_members),
         GroupOp::Remove(user) => {
@@ -168,7 +168,7 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
             }
             drop_member(&mut next, user, seq);
             removed.push(user);
-            kind(pb::group_event::Kind::MemberRemoved(id_bytes(user)))
+            kind(pb::conversation_event::Kind::MemberRemoved(id_bytes(user)))
         }
         GroupOp::Leave => {
             if !is_member {
@@ -176,7 +176,7 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
             }
             drop_member(&mut next, actor, seq);
             removed.push(actor);
-            kind(pb::group_event::Kind::MemberLeft(id_bytes(actor)))
+            kind(pb::conversation_event::Kind::MemberLeft(id_bytes(actor)))
         }
         GroupOp::Promote(user) => {
             admin_only(is_admin)?;
@@ -184,7 +184,7 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
                 return Err(GroupError::NotAMember("that user is not a member"));
             }
             insert_sorted(&mut g.admins, user);
-            kind(pb::group_event::Kind::Promoted(id_bytes(user)))
+            kind(pb::conversation_event::Kind::Promoted(id_bytes(user)))
         }
         GroupOp::Demote(user) => {
             admin_only(is_admin)?;
@@ -195,7 +195,7 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
                 return Err(GroupError::Invalid("a group keeps at least one admin"));
             }
             remove_sorted(&mut g.admins, user);
-            kind(pb::group_event::Kind::Demoted(id_bytes(user)))
+            kind(pb::conversation_event::Kind::Demoted(id_bytes(user)))
         }
         GroupOp::Subject(subject) => {
             admin_only(is_admin || (is_member && !group.admins_only_info))?;
@@ -203,7 +203,7 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
                 return Err(GroupError::Invalid("subject must be 1 to 100 characters"));
             }
             g.subject = subject.clone();
-            kind(pb::group_event::Kind::SubjectChanged(subject))
+            kind(pb::conversation_event::Kind::SubjectChanged(subject))
         }
         GroupOp::Description(description) => {
             admin_only(is_admin || (is_member && !group.admins_only_info))?;
@@ -211,29 +211,29 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
                 return Err(GroupError::Invalid("description must be at most 2048 characters"));
             }
             g.description = description.clone();
-            kind(pb::group_event::Kind::DescriptionChanged(description))
+            kind(pb::conversation_event::Kind::DescriptionChanged(description))
         }
         GroupOp::AdminsOnlySend(on) => {
             admin_only(is_admin)?;
             g.admins_only_send = on;
-            kind(pb::group_event::Kind::AdminsOnlySendChanged(on))
+            kind(pb::conversation_event::Kind::AdminsOnlySendChanged(on))
         }
         GroupOp::AdminsOnlyInfo(on) => {
             admin_only(is_admin)?;
             g.admins_only_info = on;
-            kind(pb::group_event::Kind::AdminsOnlyInfoChanged(on))
+            kind(pb::conversation_event::Kind::AdminsOnlyInfoChanged(on))
         }
         GroupOp::CreateInvite => {
             admin_only(is_admin)?;
             let token = hex::encode(rand::rng().random::<[u8; 16]>());
             g.invite_hash = Some(hash_secret(&token));
             invite_token = Some(token);
-            kind(pb::group_event::Kind::InviteChanged(true))
+            kind(pb::conversation_event::Kind::InviteChanged(true))
         }
         GroupOp::RevokeInvite => {
             admin_only(is_admin)?;
             g.invite_hash = None;
-            kind(pb::group_event::Kind::InviteChanged(false))
+            kind(pb::conversation_event::Kind::InviteChanged(false))
         }
         GroupOp::JoinByInvite(hash) => {
             if group.invite_hash != Some(hash) {
@@ -250,14 +250,14 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
                 g.joined.push((actor, seq));
             }
             joined.push(actor);
-            kind(pb::group_event::Kind::JoinedByInvite(id_bytes(actor)))
+            kind(pb::conversation_event::Kind::JoinedByInvite(id_bytes(actor)))
         }
     };
     Ok(Applied { record: next, event, joined, removed, invite_token })
 }
 
 /// The encoded event, as stored in the log.
-pub fn encode_event(event: &pb::GroupEvent) -> Bytes {
+pub fn encode_event(event: &pb::ConversationEvent) -> Bytes {
     use prost::Message as _;
     Bytes::from(event.encode_to_vec())
 }
@@ -283,6 +283,7 @@ mod tests {
                 joined: all.iter().map(|u| (*u, 1)).collect(),
                 ..Default::default()
             }),
+            retention_secs: 0,
         }
     }
 

@@ -22,13 +22,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeContext;
-use super::conversation::{ConversationMsg, GroupRequest, SendRequest, message_frame};
+use super::conversation::{ConversationMsg, ConversationOp, EditRequest, GroupRequest, SendRequest, message_frame};
 use super::group::GroupOp;
 use super::mailbox::{Mailbox, MailboxGauge};
 use super::router::RouteError;
 use crate::protocol::{self, ErrorCode, MAX_CLIENT_MSG_ID_BYTES, client_frame, id_bytes, parse_id, pb, server_frame};
 use crate::store::{
-    ConversationId, ConversationKind, ConversationRecord, GroupState, UserId, DeviceId, WriteOp, direct_conversation_id, now_ms,
+    ContentKind, ConversationId, ConversationKind, ConversationRecord, DeviceId, GroupState, UserId, WriteOp, direct_conversation_id,
+    now_ms,
 };
 
 /// One message fanned out to many devices: the frame is encoded once and shared.
@@ -531,6 +532,12 @@ async fn handle_frame(myself: &ActorRef<SessionMsg>, state: &mut SessionState, k
         client_frame::Kind::CreateGroup(req) => (req.request_id.to_string(), create_group(state, req).await),
         client_frame::Kind::GroupChange(req) => (req.request_id.to_string(), group_change(state, req).await),
         client_frame::Kind::JoinGroup(req) => (req.request_id.to_string(), join_group(state, req).await),
+        client_frame::Kind::DeleteMessage(req) => {
+            (req.request_id.to_string(), edit(state, &req.conversation_id, req.request_id, ConversationOp::Delete(req.seq)).await)
+        }
+        client_frame::Kind::SetRetention(req) => {
+            (req.request_id.to_string(), edit(state, &req.conversation_id, req.request_id, ConversationOp::Retention(req.seconds)).await)
+        }
     };
     match outcome {
         Ok(Some(frame)) => push(state, protocol::encode_server(&frame)).await,
@@ -581,7 +588,7 @@ async fn open_direct(state: &mut SessionState, req: pb::OpenDirect) -> Answer {
         let mut members = vec![state.user, peer];
         members.sort();
         members.dedup();
-        let record = ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms(), group: None };
+        let record = ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms(), group: None, retention_secs: 0 };
         let record = state.ctx.store.create_conversation(record).await?;
         if let Some(view) = ConvView::new(record, state.user, 0, 0) {
             state.convs.insert(id, view);
@@ -605,7 +612,20 @@ async fn send(state: &mut SessionState, req: pb::Send) -> Answer {
     }
     let id = member_view(state, &req.conversation_id).await?.record.conversation_id;
     metrics::counter!("switchboard_messages_in_total").increment(1);
-    let request = SendRequest { user: state.user, device: state.device, client_msg_id: req.client_msg_id, payload: req.payload };
+    let kind = match pb::MessageKind::try_from(req.kind) {
+        Ok(pb::MessageKind::Normal) => ContentKind::Normal,
+        Ok(pb::MessageKind::Edit) => ContentKind::Edit,
+        Ok(pb::MessageKind::Reaction) => ContentKind::Reaction,
+        Err(_) => return Err(Reject::new(ErrorCode::InvalidArgument, "unknown message kind")),
+    };
+    let request = SendRequest {
+        user: state.user,
+        device: state.device,
+        client_msg_id: req.client_msg_id,
+        payload: req.payload,
+        kind,
+        reference_seq: req.reference_seq,
+    };
     match state.ctx.router.send_to_conversation(id, ConversationMsg::Send(Box::new(request))).await {
         Ok(()) => Ok(None),
         Err(RouteError::UnknownConversation) => Err(Reject::new(ErrorCode::UnknownConversation, "no conversation has this id")),
@@ -769,6 +789,7 @@ async fn create_group(state: &mut SessionState, req: pb::CreateGroup) -> Answer 
         members: members.clone(),
         created_ms: now_ms(),
         group: Some(GroupState { subject, admins: vec![state.user], joined: members.iter().map(|m| (*m, 1)).collect(), ..Default::default() }),
+        retention_secs: 0,
     };
     state.ctx.store.create_conversation(record).await?;
     // The creation event (seq 1) is sequenced like every other change; its commit answers.
@@ -814,6 +835,20 @@ async fn join_group(state: &mut SessionState, req: pb::JoinGroup) -> Answer {
         .await?
         .ok_or_else(|| Reject::new(ErrorCode::InvalidInvite, "invalid or revoked invite"))?;
     route_group(state, id, req.request_id, GroupOp::JoinByInvite(hash)).await
+}
+
+/// Delete for everyone or a retention change, sequenced by the conversation.
+async fn edit(state: &mut SessionState, raw_id: &[u8], request_id: u64, op: ConversationOp) -> Answer {
+    let id = member_view(state, raw_id).await?.record.conversation_id;
+    let request = EditRequest { user: state.user, device: state.device, request_id, op };
+    match state.ctx.router.send_to_conversation(id, ConversationMsg::Edit(Box::new(request))).await {
+        Ok(()) => Ok(None),
+        Err(RouteError::UnknownConversation) => Err(Reject::new(ErrorCode::UnknownConversation, "no conversation has this id")),
+        Err(e) => {
+            tracing::warn!(conversation = %id, error = %e, "conversation unavailable");
+            Err(Reject::new(ErrorCode::Unavailable, "conversation unavailable; retry"))
+        }
+    }
 }
 
 /// Hands a change to the group's sequencer; its answer (GroupAnswer or Error) comes from

@@ -33,6 +33,11 @@ const DEDUP: TableDefinition<(u128, u128, &str), (u64, u64)> = TableDefinition::
 /// `(device, conversation) → (delivered, read)`.
 const CURSORS: TableDefinition<(u128, u128), (u64, u64)> = TableDefinition::new("cursors");
 const LAST_SEEN: TableDefinition<u128, u64> = TableDefinition::new("last_seen");
+/// `conversation → last seq`: the sequencer's fence (an append must be last + 1), kept
+/// apart from the log so that purging old messages never loosens it.
+const LAST_SEQS: TableDefinition<u128, u64> = TableDefinition::new("last_seqs");
+/// `conversation → retention seconds`, for conversations with disappearing messages.
+const RETENTION: TableDefinition<u128, u32> = TableDefinition::new("retention");
 /// `sha256(invite token) → group`.
 const INVITES: TableDefinition<&[u8], u128> = TableDefinition::new("invites");
 
@@ -81,6 +86,8 @@ impl EmbeddedStore {
             txn.open_table(CURSORS).map_err(be)?;
             txn.open_table(LAST_SEEN).map_err(be)?;
             txn.open_table(INVITES).map_err(be)?;
+            txn.open_table(LAST_SEQS).map_err(be)?;
+            txn.open_table(RETENTION).map_err(be)?;
         }
         txn.commit().map_err(be)?;
         Ok(Self { db: Arc::new(db) })
@@ -114,19 +121,36 @@ impl EmbeddedStore {
             let mut conversations = txn.open_table(CONVERSATIONS).map_err(be)?;
             let mut by_user = txn.open_table(USER_CONVERSATIONS).map_err(be)?;
             let mut invites = txn.open_table(INVITES).map_err(be)?;
+            let mut last_seqs = txn.open_table(LAST_SEQS).map_err(be)?;
+            let mut retention = txn.open_table(RETENTION).map_err(be)?;
             for op in ops {
                 let outcome = match op {
-                    WriteOp::Append(msg) => match append_check(&messages, &dedup, &msg)? {
+                    WriteOp::Append(msg) => match append_check(&last_seqs, &dedup, &msg)? {
                         Some(refused) => refused,
                         None => {
-                            store_message(&mut messages, &mut dedup, &msg)?;
+                            store_message(&mut messages, &mut dedup, &mut last_seqs, &msg)?;
                             WriteOutcome::Appended
                         }
                     },
-                    WriteOp::AppendEvent { message, record, joined } => match append_check(&messages, &dedup, &message)? {
+                    WriteOp::AppendEvent { message, record, joined, tombstone } => match append_check(&last_seqs, &dedup, &message)? {
                         Some(refused) => refused,
                         None => {
-                            store_message(&mut messages, &mut dedup, &message)?;
+                            store_message(&mut messages, &mut dedup, &mut last_seqs, &message)?;
+                            if let Some(target) = tombstone {
+                                let key = (message.conversation_id.as_u128(), target);
+                                let found: Option<StoredMessage> =
+                                    messages.get(key).map_err(be)?.map(|g| decode("messages", g.value())).transpose()?;
+                                if let Some(mut erased) = found {
+                                    erased.payload = bytes::Bytes::new();
+                                    erased.deleted = true;
+                                    messages.insert(key, encode(&erased)?.as_slice()).map_err(be)?;
+                                }
+                            }
+                            if record.retention_secs > 0 {
+                                retention.insert(record.conversation_id.as_u128(), record.retention_secs).map_err(be)?;
+                            } else {
+                                retention.remove(record.conversation_id.as_u128()).map_err(be)?;
+                            }
                             let id = record.conversation_id.as_u128();
                             let old: Option<ConversationRecord> =
                                 conversations.get(id).map_err(be)?.map(|g| decode("conversations", g.value())).transpose()?;
@@ -172,27 +196,34 @@ impl EmbeddedStore {
 type MessagesTable<'t> = redb::Table<'t, (u128, u64), &'static [u8]>;
 type DedupTable<'t> = redb::Table<'t, (u128, u128, &'static str), (u64, u64)>;
 
+type LastSeqTable<'t> = redb::Table<'t, u128, u64>;
+
 /// Why an append must be refused, if it must: its dedup key exists (the original seq is
-/// returned), or its seq is taken or not the successor of the stored last one.
-fn append_check(messages: &MessagesTable<'_>, dedup: &DedupTable<'_>, msg: &StoredMessage) -> Result<Option<WriteOutcome>, StoreError> {
+/// returned), or its seq is not the successor of the conversation's last one (a second
+/// sequencer, or a failed earlier write; storing it would break the gap-free log).
+fn append_check(last_seqs: &LastSeqTable<'_>, dedup: &DedupTable<'_>, msg: &StoredMessage) -> Result<Option<WriteOutcome>, StoreError> {
     let conv = msg.conversation_id.as_u128();
     if let Some(found) = dedup.get((conv, msg.sender_user_id.as_u128(), msg.client_msg_id.as_str())).map_err(be)? {
         let (seq, server_time_ms) = found.value();
         return Ok(Some(WriteOutcome::Duplicate { seq, server_time_ms }));
     }
-    let taken = messages.get((conv, msg.seq)).map_err(be)?.is_some();
-    // Taken, or its predecessor is missing: either way a second sequencer or a failed
-    // earlier write; storing it would break the gap-free log.
-    if msg.seq == 0 || taken || (msg.seq > 1 && messages.get((conv, msg.seq - 1)).map_err(be)?.is_none()) {
+    let last = last_seqs.get(conv).map_err(be)?.map(|g| g.value()).unwrap_or(0);
+    if msg.seq != last + 1 {
         return Ok(Some(WriteOutcome::SeqConflict));
     }
     Ok(None)
 }
 
-fn store_message(messages: &mut MessagesTable<'_>, dedup: &mut DedupTable<'_>, msg: &StoredMessage) -> Result<(), StoreError> {
+fn store_message(
+    messages: &mut MessagesTable<'_>,
+    dedup: &mut DedupTable<'_>,
+    last_seqs: &mut LastSeqTable<'_>,
+    msg: &StoredMessage,
+) -> Result<(), StoreError> {
     let conv = msg.conversation_id.as_u128();
     messages.insert((conv, msg.seq), encode(msg)?.as_slice()).map_err(be)?;
     dedup.insert((conv, msg.sender_user_id.as_u128(), msg.client_msg_id.as_str()), (msg.seq, msg.server_time_ms)).map_err(be)?;
+    last_seqs.insert(conv, msg.seq).map_err(be)?;
     Ok(())
 }
 
@@ -424,14 +455,46 @@ impl Store for EmbeddedStore {
     async fn last_seq(&self, id: ConversationId) -> Result<u64, StoreError> {
         self.read(move |db| {
             let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(MESSAGES).map_err(be)?;
-            let conv = id.as_u128();
-            let last = table.range((conv, 0)..=(conv, u64::MAX)).map_err(be)?.next_back();
-            match last {
-                Some(entry) => Ok(entry.map_err(be)?.0.value().1),
-                None => Ok(0),
-            }
+            let table = txn.open_table(LAST_SEQS).map_err(be)?;
+            Ok(table.get(id.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or(0))
         })
+    }
+
+    async fn purge_expired(&self, now_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let mut purged = 0u64;
+            {
+                let retention = txn.open_table(RETENTION).map_err(be)?;
+                let mut messages = txn.open_table(MESSAGES).map_err(be)?;
+                let mut dedup = txn.open_table(DEDUP).map_err(be)?;
+                let policies: Vec<(u128, u32)> =
+                    retention.iter().map_err(be)?.map(|e| e.map(|(k, v)| (k.value(), v.value()))).collect::<Result<_, _>>().map_err(be)?;
+                for (conv, secs) in policies {
+                    let cutoff = now_ms.saturating_sub(u64::from(secs) * 1000);
+                    // Times grow with seq within a conversation: stop at the first young one.
+                    let mut expired = Vec::new();
+                    for entry in messages.range((conv, 0)..=(conv, u64::MAX)).map_err(be)? {
+                        let (key, value) = entry.map_err(be)?;
+                        let m: StoredMessage = decode("messages", value.value())?;
+                        if m.server_time_ms >= cutoff || expired.len() + purged as usize >= limit {
+                            break;
+                        }
+                        if m.event.is_none() {
+                            expired.push((key.value().1, m.sender_user_id.as_u128(), m.client_msg_id));
+                        }
+                    }
+                    for (seq, sender, client_id) in expired {
+                        messages.remove((conv, seq)).map_err(be)?;
+                        dedup.remove((conv, sender, client_id.as_str())).map_err(be)?;
+                        purged += 1;
+                    }
+                }
+            }
+            txn.commit().map_err(be)?;
+            Ok(purged)
+        })
+        .await
     }
 
     async fn find_by_client_id(

@@ -117,6 +117,8 @@ pub struct ConversationRecord {
     pub created_ms: u64,
     /// Roles, settings and membership history of a group (None for 1:1).
     pub group: Option<GroupState>,
+    /// Disappearing messages: messages older than this are deleted (0 = kept).
+    pub retention_secs: u32,
 }
 
 /// The state of a group as of its latest event. It changes only together with the event
@@ -182,10 +184,28 @@ pub struct StoredMessage {
     pub client_msg_id: String,
     /// When the server sequenced it, ms since the Unix epoch.
     pub server_time_ms: u64,
-    /// Opaque content (empty for events).
+    /// Opaque content (empty for events and deleted messages).
     pub payload: Bytes,
-    /// A server-generated group event, encoded by the protocol layer (opaque here).
+    /// A server-generated event, encoded by the protocol layer (opaque here).
     pub event: Option<Bytes>,
+    /// Ordinary, edit or reaction.
+    pub kind: ContentKind,
+    /// For edits and reactions: the seq of their target.
+    pub reference_seq: u64,
+    /// Deleted for everyone: the payload was erased.
+    pub deleted: bool,
+}
+
+/// What a stored message is to clients (the content itself stays opaque).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContentKind {
+    /// An ordinary message.
+    #[default]
+    Normal,
+    /// A new version of the message at `reference_seq`.
+    Edit,
+    /// A reaction to the message at `reference_seq`.
+    Reaction,
 }
 
 /// A device's position in one conversation.
@@ -200,8 +220,8 @@ pub struct Cursor {
 /// One write in a group-committed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
-    /// Append a message to its conversation log, unless its dedup key exists, its seq is
-    /// taken, or seq − 1 is not stored yet (seq 1 excepted).
+    /// Append a message to its conversation log, unless its dedup key exists or its seq is
+    /// not exactly one more than the conversation's last seq.
     Append(StoredMessage),
     /// Append a group event and store the group's new record in the same transaction
     /// (same checks as `Append`); `joined` users get the conversation in their list.
@@ -212,6 +232,8 @@ pub enum WriteOp {
         record: Box<ConversationRecord>,
         /// Users who became members with this event.
         joined: Vec<UserId>,
+        /// A message of the same conversation to erase (delete for everyone).
+        tombstone: Option<u64>,
     },
     /// Move a device's cursors forward (each field only ever grows).
     AdvanceCursor {
@@ -245,8 +267,8 @@ pub enum WriteOutcome {
         /// Original time.
         server_time_ms: u64,
     },
-    /// The seq is taken or its predecessor is missing (a second sequencer, or an earlier
-    /// write of the same sequencer failed): nothing was stored. Logs never have gaps.
+    /// The seq is not the successor of the last stored one (a second sequencer, or an
+    /// earlier write of the same sequencer failed): nothing was stored. Logs never have gaps.
     SeqConflict,
     /// The cursor is now at least what was asked.
     CursorAdvanced(Cursor),
@@ -310,6 +332,10 @@ pub trait Store: Send + Sync + 'static {
     async fn messages_after(&self, id: ConversationId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
     /// Up to `limit` messages with seq < `before` (0 = no bound), newest first (history).
     async fn messages_before(&self, id: ConversationId, before: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Deletes messages older than their conversation's retention (events are kept), at
+    /// most `limit` of them; returns how many were deleted.
+    async fn purge_expired(&self, now_ms: u64, limit: usize) -> Result<u64, StoreError>;
 
     /// Every cursor of a device (a cursor still at zero may be absent).
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError>;

@@ -1,0 +1,119 @@
+//! Delete for everyone, edits and reactions, and disappearing messages, in 1:1 and groups.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Kind, Pair, TestServer, WAIT, online, pair, user};
+use switchboard::client::{ClientError, Connection};
+use switchboard::protocol::{ErrorCode, pb};
+
+async fn event(conn: &mut Connection) -> (u64, pb::conversation_event::Kind) {
+    loop {
+        let m = conn.next_message(WAIT).await.expect("message");
+        if let Some(kind) = m.event.and_then(|e| e.kind) {
+            return (m.seq, kind);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_for_everyone_reaches_every_device_and_erases_the_payload() {
+    let server = TestServer::start();
+    let api = server.api();
+    let Pair { alice, bob, mut a, conversation } = pair(&server, Kind::Tcp).await;
+    let alice_laptop = api.link_device(&alice.token, "laptop").await.unwrap();
+    let mut a2 = online(&server, Kind::Ws, &alice_laptop).await;
+    let mut b = online(&server, Kind::Ws, &bob).await;
+    a.send_and_ack(conversation, "secret", &b"oops, wrong chat"[..]).await.unwrap();
+    assert_eq!(b.next_message(WAIT).await.unwrap().seq, 1);
+    assert_eq!(a2.next_message(WAIT).await.unwrap().seq, 1);
+
+    // Only the sender may delete in a 1:1.
+    let refused = b.delete_message(conversation, 1).await.unwrap_err();
+    assert!(matches!(refused, ClientError::Rejected { code: ErrorCode::NotAdmin, .. }), "{refused}");
+
+    let answer = a.delete_message(conversation, 1).await.unwrap();
+    assert_eq!(answer.seq, 2);
+    for conn in [&mut a, &mut a2, &mut b] {
+        let (seq, kind) = event(conn).await;
+        assert_eq!(seq, 2);
+        assert_eq!(kind, pb::conversation_event::Kind::MessageDeleted(1));
+    }
+    let page = b.history(conversation, 0, 10).await.unwrap();
+    let original = page.messages.iter().find(|m| m.seq == 1).unwrap();
+    assert!(original.deleted);
+    assert!(original.payload.is_empty(), "the stored payload must be erased");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_admins_delete_any_message_members_only_their_own() {
+    let server = TestServer::start();
+    let api = server.api();
+    let (alice, bob, carol) = (user(&api).await, user(&api).await, user(&api).await);
+    let mut a = online(&server, Kind::Tcp, &alice).await;
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    let mut c = online(&server, Kind::Tcp, &carol).await;
+    let group = a.create_group("g", &[bob.user_id, carol.user_id]).await.unwrap();
+    let bobs = b.send_and_ack(group, "b1", &b"from bob"[..]).await.unwrap();
+    let refused = c.delete_message(group, bobs.seq).await.unwrap_err();
+    assert!(matches!(refused, ClientError::Rejected { code: ErrorCode::NotAdmin, .. }), "{refused}");
+    a.delete_message(group, bobs.seq).await.unwrap();
+    let (_, kind) = event(&mut c).await; // creation event
+    assert!(matches!(kind, pb::conversation_event::Kind::Created(_)));
+    let (_, kind) = event(&mut c).await;
+    assert_eq!(kind, pb::conversation_event::Kind::MessageDeleted(bobs.seq));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_reactions_reference_their_target() {
+    let server = TestServer::start();
+    let Pair { bob, mut a, conversation, .. } = pair(&server, Kind::Tcp).await;
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    a.send_and_ack(conversation, "m1", &b"hello"[..]).await.unwrap();
+    assert_eq!(b.next_message(WAIT).await.unwrap().seq, 1);
+    let reaction = b.send_reference(conversation, "r1", pb::MessageKind::Reaction, 1, &b"thumbs-up"[..]).await.unwrap();
+    let got = a.next_message(WAIT).await.unwrap();
+    assert_eq!(got.seq, reaction.seq);
+    assert_eq!(got.kind(), pb::MessageKind::Reaction);
+    assert_eq!(got.reference_seq, 1);
+    a.send_reference(conversation, "e1", pb::MessageKind::Edit, 1, &b"hello, edited"[..]).await.unwrap();
+    let got = b.next_message(WAIT).await.unwrap();
+    assert_eq!(got.kind(), pb::MessageKind::Edit);
+    assert_eq!(got.reference_seq, 1);
+    let bad = a.send_reference(conversation, "e2", pb::MessageKind::Edit, 99, &b"x"[..]).await.unwrap_err();
+    assert!(matches!(bad, ClientError::Rejected { code: ErrorCode::InvalidArgument, .. }), "{bad}");
+    // The original is untouched: an edit is a new message, the content stays opaque.
+    let page = a.history(conversation, 0, 10).await.unwrap();
+    assert_eq!(page.messages.iter().find(|m| m.seq == 1).unwrap().payload.as_ref(), b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disappearing_messages_drop_out_of_history() {
+    let server = TestServer::start_with(&["--purge-interval-secs", "1"]);
+    let Pair { bob, mut a, conversation, .. } = pair(&server, Kind::Tcp).await;
+    let mut b = online(&server, Kind::Ws, &bob).await;
+    let set = a.set_retention(conversation, 1).await.unwrap();
+    let (seq, kind) = event(&mut b).await;
+    assert_eq!((seq, kind), (set.seq, pb::conversation_event::Kind::RetentionChanged(1)));
+    for i in 0..3 {
+        a.send_and_ack(conversation, &format!("d-{i}"), &b"vanishing"[..]).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let page = b.history(conversation, 0, 50).await.unwrap();
+        let ordinary = page.messages.iter().filter(|m| m.event.is_none()).count();
+        if ordinary == 0 {
+            // The retention event itself stays, so everyone knows why messages vanish.
+            assert!(page.messages.iter().any(|m| m.seq == set.seq));
+            break;
+        }
+        assert!(Instant::now() < deadline, "expired messages are still in history");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The log goes on without a gap in seq.
+    let next = a.send_and_ack(conversation, "after", &b"x"[..]).await.unwrap();
+    assert_eq!(next.seq, set.seq + 4);
+    // Turning it off keeps new messages.
+    a.set_retention(conversation, 0).await.unwrap();
+}
