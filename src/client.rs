@@ -125,6 +125,21 @@ impl HttpApi {
         Ok(())
     }
 
+    /// Registers this device's push token.
+    pub async fn set_push_token(&self, token: &str, platform: &str, push_token: &str) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "platform": platform, "token": push_token });
+        let r = self.http.put(format!("{}/v1/devices/push-token", self.base)).bearer_auth(token).json(&body).send().await?;
+        Self::check(r).await?;
+        Ok(())
+    }
+
+    /// Removes this device's push token.
+    pub async fn delete_push_token(&self, token: &str) -> Result<(), ClientError> {
+        let r = self.http.delete(format!("{}/v1/devices/push-token", self.base)).bearer_auth(token).send().await?;
+        Self::check(r).await?;
+        Ok(())
+    }
+
     /// One page of history as JSON (newest first).
     pub async fn history(&self, token: &str, conversation: Uuid, before: u64, limit: usize) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}/v1/conversations/{conversation}/messages?before={before}&limit={limit}", self.base);

@@ -91,6 +91,13 @@ pub struct ServeArgs {
     /// Seconds between sweeps that delete expired disappearing messages.
     #[arg(long, env = "SWITCHBOARD_PURGE_INTERVAL_SECS")]
     pub purge_interval_secs: Option<u64>,
+    /// Where push notifications go: `log` (development) or `webhook:<url>` (POST JSON to a
+    /// gateway in front of FCM/APNs).
+    #[arg(long, env = "SWITCHBOARD_PUSH_SINK")]
+    pub push_sink: Option<String>,
+    /// Window in milliseconds over which pushes to one device and conversation coalesce.
+    #[arg(long, env = "SWITCHBOARD_PUSH_COALESCE_MS")]
+    pub push_coalesce_ms: Option<u64>,
     /// Largest group, in members.
     #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
@@ -124,6 +131,8 @@ pub struct FileConfig {
     conversation_idle_secs: Option<u64>,
     max_group_members: Option<usize>,
     purge_interval_secs: Option<u64>,
+    push_sink: Option<String>,
+    push_coalesce_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
 }
 
@@ -142,6 +151,15 @@ impl StoreSpec {
             _ => Err(ConfigError::Invalid(format!("store {s:?}: expected embedded:<dir>"))),
         }
     }
+}
+
+/// Where push notifications go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushSinkSpec {
+    /// Log them (development).
+    Log,
+    /// POST them to a gateway.
+    Webhook(String),
 }
 
 /// Where one-time codes go.
@@ -180,6 +198,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Interval of the expired-message sweep.
     pub purge_interval: Duration,
+    /// Push sink.
+    pub push_sink: PushSinkSpec,
+    /// Push timing.
+    pub push: crate::actors::push::PushConfig,
 }
 
 impl ServerConfig {
@@ -200,6 +222,17 @@ impl ServerConfig {
                 _ => return Err(ConfigError::Invalid(format!("code_sender {s:?}: expected log or webhook:<url>"))),
             },
         };
+        let push_sink = match args.push_sink.or(file.push_sink).as_deref() {
+            None | Some("log") => PushSinkSpec::Log,
+            Some(s) => match s.strip_prefix("webhook:") {
+                Some(url) if url.starts_with("http") => PushSinkSpec::Webhook(url.to_owned()),
+                _ => return Err(ConfigError::Invalid(format!("push_sink {s:?}: expected log or webhook:<url>"))),
+            },
+        };
+        let mut push = crate::actors::push::PushConfig::default();
+        if let Some(ms) = args.push_coalesce_ms.or(file.push_coalesce_ms) {
+            push.coalesce = Duration::from_millis(ms.max(10));
+        }
         let mut connection = ConnectionConfig::default();
         let mut actors = ActorLimits::default();
         if let Some(v) = args.max_frame_bytes.or(file.max_frame_bytes) {
@@ -252,6 +285,8 @@ impl ServerConfig {
             ready_file: args.ready_file.or(file.ready_file),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(10)),
             purge_interval: Duration::from_secs(args.purge_interval_secs.or(file.purge_interval_secs).unwrap_or(30).max(1)),
+            push_sink,
+            push,
         })
     }
 }

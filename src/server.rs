@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::{Accounts, CodeSender, LogCodeSender, WebhookCodeSender};
 use crate::actors::node::{self, Node};
 use crate::actors::session::SessionMsg;
-use crate::config::{CodeSenderSpec, ServerConfig, StoreSpec};
+use crate::actors::push::{LogSink, PushSink, WebhookSink};
+use crate::config::{CodeSenderSpec, PushSinkSpec, ServerConfig, StoreSpec};
 use crate::http::admin::{self, AdminState};
 use crate::http::api::{self, ApiState};
 use crate::protocol::ErrorCode;
@@ -110,7 +111,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (store, data_dir) = open_store(&config.store)?;
     let admin_token = admin_token(&config, &data_dir)?;
     let metrics = prometheus();
-    let node = node::start(store.clone(), config.actors.clone()).await.map_err(|e| ServerError::Actors(e.to_string()))?;
+    let push_sink: Arc<dyn PushSink> = match &config.push_sink {
+        PushSinkSpec::Log => Arc::new(LogSink),
+        PushSinkSpec::Webhook(url) => Arc::new(WebhookSink::new(url.clone())),
+    };
+    let node = node::start(store.clone(), config.actors.clone(), push_sink, config.push.clone())
+        .await
+        .map_err(|e| ServerError::Actors(e.to_string()))?;
     let sender: Arc<dyn CodeSender> = match &config.code_sender {
         CodeSenderSpec::Log => Arc::new(LogCodeSender),
         CodeSenderSpec::Webhook(url) => Arc::new(WebhookCodeSender::new(url.clone())),

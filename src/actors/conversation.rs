@@ -522,6 +522,14 @@ fn handle_persisted(state: &mut ConversationState, seq: u64, outcome: Result<Wri
             }
             state.recent.insert((m.sender_user_id, m.client_msg_id.clone()), (m.seq, m.server_time_ms));
             fan_out(state, &m, &pending.recipients, Some(m.sender_device_id));
+            let stored = super::push::PushMsg::Stored {
+                conversation_id: m.conversation_id,
+                sender: m.sender_user_id,
+                members: pending.recipients.clone(),
+            };
+            if state.ctx.push.send(stored).is_err() {
+                metrics::counter!("switchboard_push_dropped_total").increment(1);
+            }
             Ok(())
         }
         Ok(WriteOutcome::Duplicate { seq: original, server_time_ms }) => {

@@ -3,6 +3,7 @@
 //! ```text
 //! node supervisor (NodeSupervisor)
 //! ├── store-writer ─────────── group commit of every durable write
+//! ├── push-dispatcher ──────── notifications for devices without a connection
 //! ├── session-supervisor ───── one DeviceSession per connected device (never restarted:
 //! │                            a session lives and dies with its connection)
 //! └── conversation-supervisor ─ one Conversation per active conversation, the single
@@ -19,6 +20,7 @@ pub mod conversation_supervisor;
 pub mod group;
 pub mod mailbox;
 pub mod node;
+pub mod push;
 pub mod router;
 pub mod session;
 pub mod session_supervisor;
@@ -89,4 +91,6 @@ pub struct NodeContext {
     pub stats: Arc<ActorStats>,
     /// Limits.
     pub limits: Arc<ActorLimits>,
+    /// Push notifications for devices without a live connection.
+    pub push: Mailbox<push::PushMsg>,
 }

@@ -9,7 +9,8 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 
 use super::conversation_supervisor::{ConversationSupervisor, ConversationSupervisorMsg};
-use super::mailbox::ActorStats;
+use super::mailbox::{ActorStats, Mailbox};
+use super::push::{PushArgs, PushConfig, PushDispatcher, PushSink};
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorMsg};
 use super::store_writer::{StoreWriter, StoreWriterConfig, StoreWriterHandle};
 use super::{ActorLimits, NodeContext, Router};
@@ -76,19 +77,25 @@ fn describe(cell: &ActorCell) -> String {
 }
 
 /// Starts the tree on the current tokio runtime.
-pub async fn start(store: Arc<dyn Store>, limits: ActorLimits) -> Result<Node, ractor::SpawnErr> {
+pub async fn start(store: Arc<dyn Store>, limits: ActorLimits, push_sink: Arc<dyn PushSink>, push: PushConfig) -> Result<Node, ractor::SpawnErr> {
     let (failed_tx, failed_rx) = watch::channel(false);
     let (root, _) = Actor::spawn(None, NodeSupervisor, NodeArgs { failed: failed_tx }).await?;
     let stats = Arc::new(ActorStats::default());
     let writer_config = StoreWriterConfig { max_batch: limits.max_write_batch };
     let (writer, _) = Actor::spawn_linked(Some("store-writer".into()), StoreWriter, (store.clone(), writer_config), root.get_cell()).await?;
     let router = Router::new();
+    let push_args = PushArgs { store: store.clone(), router: router.clone(), sink: push_sink, config: push, stats: stats.clone() };
+    let (push_actor, _) = Actor::spawn_linked(Some("push-dispatcher".into()), PushDispatcher, push_args, root.get_cell()).await?;
+    let push_gauge = stats
+        .gauge(push_actor.get_id())
+        .ok_or_else(|| ractor::SpawnErr::StartupFailed("push dispatcher registered no mailbox".into()))?;
     let ctx = NodeContext {
         store,
         writer: StoreWriterHandle::new(writer),
         router: router.clone(),
         stats: stats.clone(),
         limits: Arc::new(limits),
+        push: Mailbox::new(push_actor, push_gauge),
     };
     let (sessions, _) = Actor::spawn_linked(Some(super::session_supervisor::NAME.into()), SessionSupervisor, stats, root.get_cell()).await?;
     let (conversations, _) =

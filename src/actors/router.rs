@@ -123,6 +123,11 @@ impl Router {
         read(&self.inner.sessions).get(&user).is_some_and(|e| !e.is_empty())
     }
 
+    /// True if this device of the user is connected to this node.
+    pub fn is_device_online(&self, user: UserId, device: DeviceId) -> bool {
+        read(&self.inner.sessions).get(&user).is_some_and(|e| e.iter().any(|(d, _)| *d == device))
+    }
+
     /// Number of connected devices on this node.
     pub fn session_count(&self) -> usize {
         read(&self.inner.sessions).values().map(Vec::len).sum()

@@ -14,7 +14,8 @@ use crate::accounts::{AccountError, Accounts, AuthError};
 use crate::actors::node::Node;
 use crate::actors::session::{DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE};
 use crate::protocol::ErrorCode;
-use crate::store::{DeviceRecord, Store};
+use crate::actors::push::PushMsg;
+use crate::store::{DeviceRecord, PushToken, Store};
 use crate::transport::{ConnectionDeps, ws};
 
 /// Shared state of the HTTP handlers.
@@ -105,6 +106,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/accounts/verify", web::post().to(verify))
         .route("/v1/devices", web::get().to(list_devices))
         .route("/v1/devices", web::post().to(link_device))
+        .route("/v1/devices/push-token", web::put().to(set_push_token))
+        .route("/v1/devices/push-token", web::delete().to(delete_push_token))
         .route("/v1/devices/{device_id}", web::delete().to(revoke_device))
         .route("/v1/conversations/{conversation_id}/messages", web::get().to(history));
 }
@@ -185,7 +188,34 @@ async fn revoke_device(req: HttpRequest, state: web::Data<ApiState>, path: web::
     let me = caller(&req, &state).await?;
     let device = Uuid::parse_str(&path).map_err(|_| ApiError::BadRequest("device_id must be a UUID".into()))?;
     state.accounts.revoke_device(&me, device).await?;
+    // A revoked device gets no more pushes.
+    state.store.set_push_token(me.user_id, device, None).await.map_err(|_| ApiError::Unavailable)?;
+    let _ = state.node.ctx.push.send(PushMsg::TokensChanged(me.user_id));
     state.node.ctx.router.close_device(me.user_id, device, ErrorCode::DeviceRevoked, "this device was revoked");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct PushTokenBody {
+    platform: String,
+    token: String,
+}
+
+async fn set_push_token(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<PushTokenBody>) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    if body.platform.is_empty() || body.platform.len() > 32 || body.token.is_empty() || body.token.len() > 4096 {
+        return Err(ApiError::BadRequest("platform (1-32 chars) and token (1-4096 chars) are required".into()));
+    }
+    let token = PushToken { platform: body.platform.clone(), token: body.token.clone() };
+    state.store.set_push_token(me.user_id, me.device_id, Some(token)).await.map_err(|_| ApiError::Unavailable)?;
+    let _ = state.node.ctx.push.send(PushMsg::TokensChanged(me.user_id));
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn delete_push_token(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    state.store.set_push_token(me.user_id, me.device_id, None).await.map_err(|_| ApiError::Unavailable)?;
+    let _ = state.node.ctx.push.send(PushMsg::TokensChanged(me.user_id));
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, PendingCode, Store, StoreError, StoredMessage,
+    PushToken, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, PendingCode, Store, StoreError, StoredMessage,
     UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
@@ -38,6 +38,8 @@ const LAST_SEEN: TableDefinition<u128, u64> = TableDefinition::new("last_seen");
 const LAST_SEQS: TableDefinition<u128, u64> = TableDefinition::new("last_seqs");
 /// `conversation → retention seconds`, for conversations with disappearing messages.
 const RETENTION: TableDefinition<u128, u32> = TableDefinition::new("retention");
+/// `(user, device) → push token`.
+const PUSH_TOKENS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("push_tokens");
 /// `sha256(invite token) → group`.
 const INVITES: TableDefinition<&[u8], u128> = TableDefinition::new("invites");
 
@@ -88,6 +90,7 @@ impl EmbeddedStore {
             txn.open_table(INVITES).map_err(be)?;
             txn.open_table(LAST_SEQS).map_err(be)?;
             txn.open_table(RETENTION).map_err(be)?;
+            txn.open_table(PUSH_TOKENS).map_err(be)?;
         }
         txn.commit().map_err(be)?;
         Ok(Self { db: Arc::new(db) })
@@ -457,6 +460,40 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().map_err(be)?;
             let table = txn.open_table(LAST_SEQS).map_err(be)?;
             Ok(table.get(id.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or(0))
+        })
+    }
+
+    async fn set_push_token(&self, user_id: UserId, device_id: DeviceId, token: Option<PushToken>) -> Result<(), StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            {
+                let mut table = txn.open_table(PUSH_TOKENS).map_err(be)?;
+                let key = (user_id.as_u128(), device_id.as_u128());
+                match token {
+                    Some(t) => {
+                        table.insert(key, encode(&t)?.as_slice()).map_err(be)?;
+                    }
+                    None => {
+                        table.remove(key).map_err(be)?;
+                    }
+                }
+            }
+            txn.commit().map_err(be)
+        })
+        .await
+    }
+
+    async fn push_tokens_of(&self, user_id: UserId) -> Result<Vec<(DeviceId, PushToken)>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(PUSH_TOKENS).map_err(be)?;
+            let user = user_id.as_u128();
+            let mut out = Vec::new();
+            for entry in table.range((user, 0)..=(user, u128::MAX)).map_err(be)? {
+                let (key, value) = entry.map_err(be)?;
+                out.push((DeviceId::from_u128(key.value().1), decode("push_tokens", value.value())?));
+            }
+            Ok(out)
         })
     }
 

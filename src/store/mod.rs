@@ -208,6 +208,15 @@ pub enum ContentKind {
     Reaction,
 }
 
+/// Where to reach a device that is not connected (an FCM/APNs token, opaque here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushToken {
+    /// Which push service the token belongs to ("fcm", "apns", "webpush", ...).
+    pub platform: String,
+    /// The token itself.
+    pub token: String,
+}
+
 /// A device's position in one conversation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
@@ -332,6 +341,11 @@ pub trait Store: Send + Sync + 'static {
     async fn messages_after(&self, id: ConversationId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
     /// Up to `limit` messages with seq < `before` (0 = no bound), newest first (history).
     async fn messages_before(&self, id: ConversationId, before: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Sets (or with `None` removes) a device's push token.
+    async fn set_push_token(&self, user_id: UserId, device_id: DeviceId, token: Option<PushToken>) -> Result<(), StoreError>;
+    /// Every device of a user that has a push token.
+    async fn push_tokens_of(&self, user_id: UserId) -> Result<Vec<(DeviceId, PushToken)>, StoreError>;
 
     /// Deletes messages older than their conversation's retention (events are kept), at
     /// most `limit` of them; returns how many were deleted.

@@ -1,0 +1,268 @@
+//! The push dispatcher: tells devices that have no live connection that a conversation
+//! they are in got messages, through a pluggable sink (a webhook in front of FCM/APNs, or
+//! the log).
+//!
+//! Notifications carry no content (conversation id, last sender, count): the server never
+//! has plaintext, and a push service should not get ciphertext either. They are coalesced
+//! per device and conversation over a short window (one push for a burst, not one per
+//! message), and a failed delivery is retried with exponential backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Serialize;
+
+use super::Router;
+use super::mailbox::{ActorStats, MailboxGauge};
+use crate::store::{ConversationId, DeviceId, PushToken, Store, UserId};
+
+/// One notification for one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PushNotification {
+    /// Owner of the device.
+    pub user_id: UserId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// Push service of the token.
+    pub platform: String,
+    /// The device's push token.
+    pub token: String,
+    /// Where the messages are.
+    pub conversation_id: ConversationId,
+    /// Who sent the latest of them.
+    pub sender_user_id: UserId,
+    /// How many messages this notification stands for.
+    pub count: u32,
+}
+
+/// Where notifications go.
+#[async_trait::async_trait]
+pub trait PushSink: Send + Sync + 'static {
+    /// Delivers one notification; an error means "retry later".
+    async fn deliver(&self, notification: &PushNotification) -> Result<(), String>;
+}
+
+/// Writes notifications to the log (development).
+#[derive(Debug, Default)]
+pub struct LogSink;
+
+#[async_trait::async_trait]
+impl PushSink for LogSink {
+    async fn deliver(&self, n: &PushNotification) -> Result<(), String> {
+        tracing::info!(device = %n.device_id, conversation = %n.conversation_id, count = n.count, "push notification (log sink)");
+        Ok(())
+    }
+}
+
+/// POSTs each notification as JSON to a URL (the gateway to FCM/APNs sits behind it).
+#[derive(Debug)]
+pub struct WebhookSink {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl WebhookSink {
+    /// A sink posting to `url`.
+    pub fn new(url: String) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        Self { url, http }
+    }
+}
+
+#[async_trait::async_trait]
+impl PushSink for WebhookSink {
+    async fn deliver(&self, n: &PushNotification) -> Result<(), String> {
+        let response = self.http.post(&self.url).json(n).send().await.map_err(|e| e.to_string())?;
+        if response.status().is_success() { Ok(()) } else { Err(format!("webhook answered {}", response.status())) }
+    }
+}
+
+/// Timing of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// Messages within this window become one notification per device and conversation.
+    pub coalesce: Duration,
+    /// Attempts per notification before it is dropped.
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt.
+    pub backoff: Duration,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self { coalesce: Duration::from_millis(500), max_attempts: 6, backoff: Duration::from_millis(500) }
+    }
+}
+
+/// Messages of the dispatcher.
+pub enum PushMsg {
+    /// A message was stored: notify the members' offline devices.
+    Stored {
+        /// Conversation.
+        conversation_id: ConversationId,
+        /// Sender (not notified).
+        sender: UserId,
+        /// Members when it was sequenced.
+        members: Arc<Vec<UserId>>,
+    },
+    /// A user's push tokens changed: forget the cached ones.
+    TokensChanged(UserId),
+    /// Internal: send what is due.
+    Flush,
+    /// Internal: a delivery finished.
+    Delivered(Box<PushNotification>, u32, Result<(), String>),
+}
+
+/// The dispatcher actor.
+pub struct PushDispatcher;
+
+/// Arguments.
+pub struct PushArgs {
+    /// Token lookups.
+    pub store: Arc<dyn Store>,
+    /// Online check.
+    pub router: Router,
+    /// Where notifications go.
+    pub sink: Arc<dyn PushSink>,
+    /// Timing.
+    pub config: PushConfig,
+    /// Where the mailbox gauge is registered.
+    pub stats: Arc<ActorStats>,
+}
+
+/// Messages the dispatcher's mailbox may hold; beyond it notifications are shed (counted).
+pub const PUSH_MAILBOX: usize = 100_000;
+
+struct Due {
+    notification: PushNotification,
+    attempt: u32,
+    at: Instant,
+}
+
+/// State: token cache, coalescing buffer, retries.
+pub struct PushState {
+    args: PushArgs,
+    gauge: Arc<MailboxGauge>,
+    tokens: HashMap<UserId, Arc<Vec<(DeviceId, PushToken)>>>,
+    /// (device, conversation) → notification being coalesced.
+    pending: HashMap<(DeviceId, ConversationId), Due>,
+    retries: Vec<Due>,
+}
+
+/// Bound of the token cache (users); cleared when exceeded.
+const TOKEN_CACHE: usize = 100_000;
+/// Bound of coalesced notifications waiting to be sent.
+const MAX_PENDING: usize = 200_000;
+
+impl Actor for PushDispatcher {
+    type Msg = PushMsg;
+    type State = PushState;
+    type Arguments = PushArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: PushArgs) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(args.config.coalesce, || PushMsg::Flush);
+        let gauge = args.stats.register(myself.get_id(), "push-dispatcher".into(), PUSH_MAILBOX);
+        Ok(PushState { args, gauge, tokens: HashMap::new(), pending: HashMap::new(), retries: Vec::new() })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PushMsg::Stored { conversation_id, sender, members } => {
+                state.gauge.taken();
+                for member in members.iter().filter(|m| **m != sender) {
+                    let tokens = match tokens_of(state, *member).await {
+                        Some(t) => t,
+                        None => continue,
+                    };
+                    for (device, token) in tokens.iter() {
+                        if state.args.router.is_device_online(*member, *device) {
+                            continue;
+                        }
+                        if state.pending.len() >= MAX_PENDING {
+                            metrics::counter!("switchboard_push_dropped_total").increment(1);
+                            continue;
+                        }
+                        let at = Instant::now() + state.args.config.coalesce;
+                        let due = state.pending.entry((*device, conversation_id)).or_insert_with(|| Due {
+                            notification: PushNotification {
+                                user_id: *member,
+                                device_id: *device,
+                                platform: token.platform.clone(),
+                                token: token.token.clone(),
+                                conversation_id,
+                                sender_user_id: sender,
+                                count: 0,
+                            },
+                            attempt: 0,
+                            at,
+                        });
+                        due.notification.count += 1;
+                        due.notification.sender_user_id = sender;
+                    }
+                }
+            }
+            PushMsg::TokensChanged(user) => {
+                state.gauge.taken();
+                state.tokens.remove(&user);
+            }
+            PushMsg::Flush => flush(&myself, state),
+            PushMsg::Delivered(notification, attempt, result) => match result {
+                Ok(()) => metrics::counter!("switchboard_push_sent_total").increment(1),
+                Err(e) if attempt + 1 < state.args.config.max_attempts => {
+                    let delay = state.args.config.backoff * 2u32.saturating_pow(attempt);
+                    tracing::debug!(device = %notification.device_id, attempt, error = %e, "push failed; retrying");
+                    metrics::counter!("switchboard_push_retries_total").increment(1);
+                    state.retries.push(Due { notification: *notification, attempt: attempt + 1, at: Instant::now() + delay });
+                }
+                Err(e) => {
+                    tracing::warn!(device = %notification.device_id, error = %e, "push dropped after retries");
+                    metrics::counter!("switchboard_push_dropped_total").increment(1);
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+async fn tokens_of(state: &mut PushState, user: UserId) -> Option<Arc<Vec<(DeviceId, PushToken)>>> {
+    if let Some(t) = state.tokens.get(&user) {
+        return (!t.is_empty()).then(|| t.clone());
+    }
+    match state.args.store.push_tokens_of(user).await {
+        Ok(list) => {
+            if state.tokens.len() >= TOKEN_CACHE {
+                state.tokens.clear();
+            }
+            let list = Arc::new(list);
+            state.tokens.insert(user, list.clone());
+            (!list.is_empty()).then_some(list)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "push token lookup failed");
+            None
+        }
+    }
+}
+
+fn flush(myself: &ActorRef<PushMsg>, state: &mut PushState) {
+    let now = Instant::now();
+    let due_keys: Vec<_> = state.pending.iter().filter(|(_, d)| d.at <= now).map(|(k, _)| *k).collect();
+    let mut due: Vec<Due> = due_keys.into_iter().filter_map(|k| state.pending.remove(&k)).collect();
+    let (ready, later): (Vec<Due>, Vec<Due>) = std::mem::take(&mut state.retries).into_iter().partition(|d| d.at <= now);
+    state.retries = later;
+    due.extend(ready);
+    for d in due {
+        // A device that came back online in the meantime gets its messages live instead.
+        if state.args.router.is_device_online(d.notification.user_id, d.notification.device_id) {
+            continue;
+        }
+        let sink = state.args.sink.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = sink.deliver(&d.notification).await;
+            let _ = me.cast(PushMsg::Delivered(Box::new(d.notification), d.attempt, result));
+        });
+    }
+}
