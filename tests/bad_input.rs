@@ -72,7 +72,10 @@ async fn malformed_frame_gets_an_error_and_the_connection_survives(kind: Kind) {
 
     // A stream of garbage ends with a close that says why.
     for _ in 0..20 {
-        a.send_raw(Bytes::from_static(&[0x0a, 0xff])).await.unwrap();
+        // The server may close before the last ones are written: that is the point.
+        if a.send_raw(Bytes::from_static(&[0x0a, 0xff])).await.is_err() {
+            break;
+        }
     }
     expect_refusal(&mut a, ErrorCode::BadFrame).await;
     // The node is fine.
