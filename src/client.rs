@@ -444,6 +444,19 @@ impl Connection {
         self.group_answer(request_id).await
     }
 
+    /// Per-member delivered/read times of one of our group messages.
+    pub async fn message_info(&mut self, conversation: Uuid, seq: u64) -> Result<pb::MessageInfoAnswer, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::MessageInfo(pb::MessageInfo { request_id, conversation_id: id_bytes(conversation), seq })).await?;
+        let rid = request_id.to_string();
+        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
+            server_frame::Kind::MessageInfo(a) if a.request_id == request_id => Some(Ok(a.clone())),
+            server_frame::Kind::Error(e) if e.request_ref == rid => Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() })),
+            _ => None,
+        })
+        .await?
+    }
+
     /// Sets disappearing messages (0 = off).
     pub async fn set_retention(&mut self, conversation: Uuid, seconds: u32) -> Result<pb::GroupAnswer, ClientError> {
         let request_id = rand::random::<u64>();

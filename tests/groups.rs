@@ -204,3 +204,46 @@ async fn a_1024_member_group_reaches_every_device() {
     }
     assert_eq!(received, 1023);
 }
+
+/// Group receipts: the sender sees coalesced "delivered to N of M" / "read by N of M"
+/// counts, never one receipt per member; message info gives per-member times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_receipts_are_counted_and_coalesced() {
+    let server = TestServer::start();
+    let api = server.api();
+    let (alice, bob, carol, dave) = (user(&api).await, user(&api).await, user(&api).await, user(&api).await);
+    let mut a = online(&server, Kind::Tcp, &alice).await;
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    let mut c = online(&server, Kind::Ws, &carol).await;
+    let mut d = online(&server, Kind::Tcp, &dave).await;
+    let group = a.create_group("receipts", &[bob.user_id, carol.user_id, dave.user_id]).await.unwrap();
+    let sent = a.send_and_ack(group, "r-1", &b"count me"[..]).await.unwrap();
+    for conn in [&mut b, &mut c, &mut d] {
+        assert_eq!(next_text(conn).await.seq, sent.seq);
+    }
+    b.ack(group, sent.seq).await.unwrap();
+    c.read(group, sent.seq).await.unwrap();
+    d.ack(group, sent.seq).await.unwrap();
+    let summary = a
+        .wait_for(WAIT, false, |k| match k {
+            server_frame::Kind::ReceiptSummary(s) if s.delivered == 3 && s.read == 1 => Some(s.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!((summary.seq, summary.members), (sent.seq, 3));
+    a.discard_buffered();
+    // No per-member receipts reached the sender.
+    while let Ok(frame) = a.recv_timeout(Duration::from_millis(400)).await {
+        assert!(!matches!(frame, server_frame::Kind::Receipt(_)), "group receipts must be coalesced: {frame:?}");
+    }
+    let info = a.message_info(group, sent.seq).await.unwrap();
+    assert_eq!(info.members.len(), 3);
+    let of = |u: Uuid| info.members.iter().find(|m| m.user_id == id_bytes(u)).unwrap().clone();
+    assert!(of(bob.user_id).delivered_at_ms > 0 && of(bob.user_id).read_at_ms == 0);
+    assert!(of(carol.user_id).delivered_at_ms > 0 && of(carol.user_id).read_at_ms > 0);
+    assert!(of(dave.user_id).delivered_at_ms > 0);
+    // Only the sender may ask.
+    let refused = b.message_info(group, sent.seq).await.unwrap_err();
+    assert!(matches!(refused, ClientError::Rejected { code: ErrorCode::NotAdmin, .. }), "{refused}");
+}

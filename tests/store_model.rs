@@ -68,7 +68,7 @@ impl Model {
                 self.dedup.insert(key, (m.seq, m.server_time_ms));
                 WriteOutcome::Appended
             }
-            WriteOp::AdvanceCursor { device_id, conversation_id, delivered, read } => {
+            WriteOp::AdvanceCursor { device_id, conversation_id, delivered, read, .. } => {
                 let c = self.cursors.entry((*device_id, *conversation_id)).or_default();
                 c.delivered = c.delivered.max(*delivered);
                 c.read = c.read.max(*read);
@@ -105,12 +105,12 @@ async fn run(ops: Vec<Op>) {
                     deleted: false,
                 };
                 // Batches of two, so outcomes within one transaction are compared too.
-                let ops = vec![WriteOp::Append(m.clone()), WriteOp::AdvanceCursor { device_id: id(3, sender), conversation_id, delivered: seq, read: 0 }];
+                let ops = vec![WriteOp::Append(m.clone()), WriteOp::AdvanceCursor { user_id: id(2, sender), device_id: id(3, sender), conversation_id, delivered: seq, read: 0, at_ms: clock }];
                 let expected: Vec<WriteOutcome> = ops.iter().map(|o| model.apply(o)).collect();
                 assert_eq!(store.apply(ops).await.unwrap(), expected);
             }
             Op::Cursor { device, conv, delivered, read } => {
-                let op = WriteOp::AdvanceCursor { device_id: id(3, device), conversation_id: id(1, conv), delivered: delivered as u64, read: read as u64 };
+                let op = WriteOp::AdvanceCursor { user_id: id(2, device), device_id: id(3, device), conversation_id: id(1, conv), delivered: delivered as u64, read: read as u64, at_ms: 0 };
                 let expected = model.apply(&op);
                 assert_eq!(store.apply(vec![op]).await.unwrap(), vec![expected]);
             }

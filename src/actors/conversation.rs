@@ -22,7 +22,7 @@ use super::mailbox::MailboxGauge;
 use super::session::{Delivery, SessionMsg};
 use crate::protocol::{self, ErrorCode, id_bytes, pb, server_frame};
 use crate::store::{
-    ContentKind, ConversationId, ConversationRecord, DeviceId, StoreError, StoredMessage, UserId, WriteOp, WriteOutcome, now_ms,
+    MemberCursor, ContentKind, ConversationId, ConversationRecord, DeviceId, StoreError, StoredMessage, UserId, WriteOp, WriteOutcome, now_ms,
 };
 
 /// Messages of a conversation actor. Large variants are boxed so the channel slots (one
@@ -51,6 +51,8 @@ pub enum ConversationMsg {
     Persisted(u64, Result<WriteOutcome, StoreError>),
     /// Internal: idle check.
     Tick,
+    /// Internal: send the coalesced group receipt counts that changed.
+    FlushReceipts,
 }
 
 /// One send, as received from a session.
@@ -168,6 +170,12 @@ pub struct ConversationState {
     recent: RecentIds,
     /// Current members, shared with pending messages as their recipient snapshot.
     members: Arc<Vec<UserId>>,
+    /// Groups: each member's furthest delivered/read position (any device).
+    member_cursors: HashMap<UserId, MemberCursor>,
+    /// Groups: each sender's latest message, and the counts last reported for it.
+    latest_by_sender: HashMap<UserId, (u64, u32, u32)>,
+    /// A receipt flush is scheduled.
+    receipts_dirty: bool,
     last_activity: Instant,
     gauge: Arc<MailboxGauge>,
 }
@@ -208,6 +216,7 @@ impl Actor for Conversation {
             Some(_) => format!("group {id} members={}", record.members.len()),
             None => format!("conversation {id}"),
         };
+        let member_cursors = if record.group.is_some() { ctx.store.member_cursors(id).await?.into_iter().collect() } else { HashMap::new() };
         let gauge = ctx.stats.register(myself.get_id(), label, ctx.limits.conversation_mailbox);
         let idle = ctx.limits.conversation_idle;
         schedule_tick(&myself, idle);
@@ -216,6 +225,9 @@ impl Actor for Conversation {
         Ok(ConversationState {
             ctx,
             members: Arc::new(record.members.clone()),
+            member_cursors,
+            latest_by_sender: HashMap::new(),
+            receipts_dirty: false,
             record,
             next_seq: last_seq + 1,
             last_time_ms,
@@ -254,8 +266,13 @@ impl Actor for Conversation {
             }
             ConversationMsg::CursorMoved { user, device, kind, seq } => {
                 state.gauge.taken();
-                relay_receipt(state, user, device, kind, seq);
+                if state.record.group.is_some() {
+                    group_cursor_moved(&myself, state, user, device, kind, seq);
+                } else {
+                    relay_receipt(state, user, device, kind, seq, None);
+                }
             }
+            ConversationMsg::FlushReceipts => flush_receipts(state),
             ConversationMsg::Crash => {
                 // Sent uncounted by the admin API, so no `taken()` here.
                 panic!("crash requested for conversation {}", state.record.conversation_id);
@@ -522,6 +539,9 @@ fn handle_persisted(state: &mut ConversationState, seq: u64, outcome: Result<Wri
             }
             state.recent.insert((m.sender_user_id, m.client_msg_id.clone()), (m.seq, m.server_time_ms));
             fan_out(state, &m, &pending.recipients, Some(m.sender_device_id));
+            if state.record.group.is_some() {
+                state.latest_by_sender.insert(m.sender_user_id, (m.seq, 0, 0));
+            }
             let stored = super::push::PushMsg::Stored {
                 conversation_id: m.conversation_id,
                 sender: m.sender_user_id,
@@ -632,7 +652,61 @@ fn reply_error(state: &ConversationState, user: UserId, device: DeviceId, code: 
     state.ctx.router.deliver_to_device(user, device, SessionMsg::Push(frame));
 }
 
-fn relay_receipt(state: &ConversationState, user: UserId, device: DeviceId, kind: pb::ReceiptKind, seq: u64) {
+/// How often, at most, a group's changed receipt counts are sent to senders.
+const RECEIPT_FLUSH: Duration = Duration::from_millis(250);
+
+/// A group member's device moved its cursor: the member's own other devices get the
+/// receipt (read state syncs across devices); senders get coalesced counts instead of one
+/// frame per member and device, which in a 1024-member group would be a storm.
+fn group_cursor_moved(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState, user: UserId, device: DeviceId, kind: pb::ReceiptKind, seq: u64) {
+    relay_receipt(state, user, device, kind, seq, Some(user));
+    let cursor = state.member_cursors.entry(user).or_default();
+    match kind {
+        pb::ReceiptKind::Read => {
+            cursor.read = cursor.read.max(seq);
+            cursor.delivered = cursor.delivered.max(seq);
+        }
+        _ => cursor.delivered = cursor.delivered.max(seq),
+    }
+    if !state.receipts_dirty {
+        state.receipts_dirty = true;
+        myself.send_after(RECEIPT_FLUSH, || ConversationMsg::FlushReceipts);
+    }
+}
+
+fn flush_receipts(state: &mut ConversationState) {
+    state.receipts_dirty = false;
+    let members = state.members.clone();
+    let mut updates = Vec::new();
+    for (sender, (seq, last_delivered, last_read)) in state.latest_by_sender.iter_mut() {
+        let (mut delivered, mut read) = (0u32, 0u32);
+        for member in members.iter().filter(|m| *m != sender) {
+            if let Some(c) = state.member_cursors.get(member) {
+                delivered += u32::from(c.delivered >= *seq);
+                read += u32::from(c.read >= *seq);
+            }
+        }
+        if (delivered, read) != (*last_delivered, *last_read) {
+            *last_delivered = delivered;
+            *last_read = read;
+            updates.push((*sender, *seq, delivered, read));
+        }
+    }
+    let others = members.len().saturating_sub(1) as u32;
+    for (sender, seq, delivered, read) in updates {
+        let frame = protocol::encode_server(&protocol::server(server_frame::Kind::ReceiptSummary(pb::ReceiptSummary {
+            conversation_id: id_bytes(state.record.conversation_id),
+            seq,
+            delivered,
+            read,
+            members: others,
+        })));
+        state.ctx.router.deliver_to_user(sender, None, || SessionMsg::Push(frame.clone()));
+    }
+}
+
+/// Relays a device's receipt to every member's devices (1:1), or only to `only`'s (groups).
+fn relay_receipt(state: &ConversationState, user: UserId, device: DeviceId, kind: pb::ReceiptKind, seq: u64, only: Option<UserId>) {
     let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Receipt(pb::Receipt {
         conversation_id: id_bytes(state.record.conversation_id),
         user_id: id_bytes(user),
@@ -641,7 +715,7 @@ fn relay_receipt(state: &ConversationState, user: UserId, device: DeviceId, kind
         up_to_seq: seq,
         server_time_ms: now_ms(),
     })));
-    for member in state.members.iter() {
+    for member in state.members.iter().filter(|m| only.is_none_or(|o| o == **m)) {
         state.ctx.router.deliver_to_user(*member, Some(device), || SessionMsg::Push(frame.clone()));
     }
 }

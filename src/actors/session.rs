@@ -535,6 +535,7 @@ async fn handle_frame(myself: &ActorRef<SessionMsg>, state: &mut SessionState, k
         client_frame::Kind::DeleteMessage(req) => {
             (req.request_id.to_string(), edit(state, &req.conversation_id, req.request_id, ConversationOp::Delete(req.seq)).await)
         }
+        client_frame::Kind::MessageInfo(req) => (req.request_id.to_string(), message_info(state, req).await),
         client_frame::Kind::SetRetention(req) => {
             (req.request_id.to_string(), edit(state, &req.conversation_id, req.request_id, ConversationOp::Retention(req.seconds)).await)
         }
@@ -653,7 +654,14 @@ async fn move_cursor(state: &mut SessionState, raw_id: &[u8], seq: u64, read: bo
     if read {
         view.read = view.read.max(seq);
     }
-    let op = WriteOp::AdvanceCursor { device_id: device, conversation_id: id, delivered: seq, read: if read { seq } else { 0 } };
+    let op = WriteOp::AdvanceCursor {
+        user_id: user,
+        device_id: device,
+        conversation_id: id,
+        delivered: seq,
+        read: if read { seq } else { 0 },
+        at_ms: now_ms(),
+    };
     state.ctx.writer.write(
         op,
         Box::new(|r| {
@@ -863,4 +871,31 @@ async fn route_group(state: &mut SessionState, id: ConversationId, request_id: u
             Err(Reject::new(ErrorCode::Unavailable, "group unavailable; retry"))
         }
     }
+}
+
+/// Per-member delivered/read times of one of the caller's own group messages.
+async fn message_info(state: &mut SessionState, req: pb::MessageInfo) -> Answer {
+    let user = state.user;
+    let v = member_view(state, &req.conversation_id).await?;
+    let (id, members) = (v.record.conversation_id, v.record.members.clone());
+    if req.seq == 0 || !v.visible(req.seq) {
+        return Err(Reject::new(ErrorCode::InvalidArgument, "no such message"));
+    }
+    let message = state.ctx.store.messages_after(id, req.seq - 1, 1).await?.into_iter().find(|m| m.seq == req.seq);
+    match message {
+        Some(m) if m.sender_user_id == user => {}
+        Some(_) => return Err(Reject::new(ErrorCode::NotAdmin, "message info is for the sender only")),
+        None => return Err(Reject::new(ErrorCode::InvalidArgument, "no such message")),
+    }
+    let mut entries = Vec::with_capacity(members.len());
+    for member in members.into_iter().filter(|m| *m != user) {
+        let (delivered, read) = state.ctx.store.receipt_times(id, member, req.seq).await?;
+        entries.push(pb::MemberReceipt { user_id: id_bytes(member), delivered_at_ms: delivered.unwrap_or(0), read_at_ms: read.unwrap_or(0) });
+    }
+    Ok(Some(protocol::server(server_frame::Kind::MessageInfo(pb::MessageInfoAnswer {
+        request_id: req.request_id,
+        conversation_id: id_bytes(id),
+        seq: req.seq,
+        members: entries,
+    }))))
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    PushToken, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, PendingCode, Store, StoreError, StoredMessage,
+    MemberCursor, PushToken, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, PendingCode, Store, StoreError, StoredMessage,
     UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
@@ -38,6 +38,11 @@ const LAST_SEEN: TableDefinition<u128, u64> = TableDefinition::new("last_seen");
 const LAST_SEQS: TableDefinition<u128, u64> = TableDefinition::new("last_seqs");
 /// `conversation → retention seconds`, for conversations with disappearing messages.
 const RETENTION: TableDefinition<u128, u32> = TableDefinition::new("retention");
+/// `(conversation, user) → (delivered, read)`: the furthest any of the user's devices got.
+const MEMBER_CURSORS: TableDefinition<(u128, u128), (u64, u64)> = TableDefinition::new("member_cursors");
+/// `(conversation, user, kind, seq) → ms`: when a member's cursor reached `seq`
+/// (kind 0 delivered, 1 read); the first entry at or above a seq answers "message info".
+const RECEIPT_LOG: TableDefinition<(u128, u128, u8, u64), u64> = TableDefinition::new("receipt_log");
 /// `(user, device) → push token`.
 const PUSH_TOKENS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("push_tokens");
 /// `sha256(invite token) → group`.
@@ -91,6 +96,8 @@ impl EmbeddedStore {
             txn.open_table(LAST_SEQS).map_err(be)?;
             txn.open_table(RETENTION).map_err(be)?;
             txn.open_table(PUSH_TOKENS).map_err(be)?;
+            txn.open_table(MEMBER_CURSORS).map_err(be)?;
+            txn.open_table(RECEIPT_LOG).map_err(be)?;
         }
         txn.commit().map_err(be)?;
         Ok(Self { db: Arc::new(db) })
@@ -126,6 +133,8 @@ impl EmbeddedStore {
             let mut invites = txn.open_table(INVITES).map_err(be)?;
             let mut last_seqs = txn.open_table(LAST_SEQS).map_err(be)?;
             let mut retention = txn.open_table(RETENTION).map_err(be)?;
+            let mut member_cursors = txn.open_table(MEMBER_CURSORS).map_err(be)?;
+            let mut receipt_log = txn.open_table(RECEIPT_LOG).map_err(be)?;
             for op in ops {
                 let outcome = match op {
                     WriteOp::Append(msg) => match append_check(&last_seqs, &dedup, &msg)? {
@@ -174,12 +183,25 @@ impl EmbeddedStore {
                             WriteOutcome::Appended
                         }
                     },
-                    WriteOp::AdvanceCursor { device_id, conversation_id, delivered, read } => {
+                    WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms } => {
                         let key = (device_id.as_u128(), conversation_id.as_u128());
                         let (old_d, old_r) = cursors.get(key).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
                         let next = (old_d.max(delivered), old_r.max(read));
                         if next != (old_d, old_r) {
                             cursors.insert(key, next).map_err(be)?;
+                        }
+                        let conv = conversation_id.as_u128();
+                        let member_key = (conv, user_id.as_u128());
+                        let (m_d, m_r) = member_cursors.get(member_key).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
+                        let member_next = (m_d.max(delivered), m_r.max(read));
+                        if member_next != (m_d, m_r) {
+                            member_cursors.insert(member_key, member_next).map_err(be)?;
+                            if member_next.0 > m_d {
+                                receipt_log.insert((conv, user_id.as_u128(), 0, member_next.0), at_ms).map_err(be)?;
+                            }
+                            if member_next.1 > m_r {
+                                receipt_log.insert((conv, user_id.as_u128(), 1, member_next.1), at_ms).map_err(be)?;
+                            }
                         }
                         WriteOutcome::CursorAdvanced(Cursor { delivered: next.0, read: next.1 })
                     }
@@ -460,6 +482,36 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().map_err(be)?;
             let table = txn.open_table(LAST_SEQS).map_err(be)?;
             Ok(table.get(id.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or(0))
+        })
+    }
+
+    async fn member_cursors(&self, id: ConversationId) -> Result<Vec<(UserId, MemberCursor)>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(MEMBER_CURSORS).map_err(be)?;
+            let conv = id.as_u128();
+            let mut out = Vec::new();
+            for entry in table.range((conv, 0)..=(conv, u128::MAX)).map_err(be)? {
+                let (key, value) = entry.map_err(be)?;
+                let (delivered, read) = value.value();
+                out.push((UserId::from_u128(key.value().1), MemberCursor { delivered, read }));
+            }
+            Ok(out)
+        })
+    }
+
+    async fn receipt_times(&self, id: ConversationId, user: UserId, seq: u64) -> Result<(Option<u64>, Option<u64>), StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(RECEIPT_LOG).map_err(be)?;
+            let (conv, u) = (id.as_u128(), user.as_u128());
+            let first = |kind: u8| -> Result<Option<u64>, StoreError> {
+                match table.range((conv, u, kind, seq)..=(conv, u, kind, u64::MAX)).map_err(be)?.next() {
+                    Some(entry) => Ok(Some(entry.map_err(be)?.1.value())),
+                    None => Ok(None),
+                }
+            };
+            Ok((first(0)?, first(1)?))
         })
     }
 

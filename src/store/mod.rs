@@ -226,6 +226,15 @@ pub struct Cursor {
     pub read: u64,
 }
 
+/// A member's position in a conversation: the furthest any of their devices got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCursor {
+    /// Highest seq delivered to any of the member's devices.
+    pub delivered: u64,
+    /// Highest seq read on any of the member's devices.
+    pub read: u64,
+}
+
 /// One write in a group-committed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
@@ -246,6 +255,8 @@ pub enum WriteOp {
     },
     /// Move a device's cursors forward (each field only ever grows).
     AdvanceCursor {
+        /// Owner of the device (member-level cursors and receipt times are kept per user).
+        user_id: UserId,
         /// Device.
         device_id: DeviceId,
         /// Conversation.
@@ -254,6 +265,8 @@ pub enum WriteOp {
         delivered: u64,
         /// New read cursor (ignored if lower than the stored one).
         read: u64,
+        /// When, ms since the epoch (receipt times for "message info").
+        at_ms: u64,
     },
     /// Record when a user was last connected.
     LastSeen {
@@ -341,6 +354,11 @@ pub trait Store: Send + Sync + 'static {
     async fn messages_after(&self, id: ConversationId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
     /// Up to `limit` messages with seq < `before` (0 = no bound), newest first (history).
     async fn messages_before(&self, id: ConversationId, before: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Every member-level cursor of a conversation.
+    async fn member_cursors(&self, id: ConversationId) -> Result<Vec<(UserId, MemberCursor)>, StoreError>;
+    /// When `user` first had the message at `seq` delivered and read (ms), if they have.
+    async fn receipt_times(&self, id: ConversationId, user: UserId, seq: u64) -> Result<(Option<u64>, Option<u64>), StoreError>;
 
     /// Sets (or with `None` removes) a device's push token.
     async fn set_push_token(&self, user_id: UserId, device_id: DeviceId, token: Option<PushToken>) -> Result<(), StoreError>;
