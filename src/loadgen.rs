@@ -207,25 +207,29 @@ pub async fn idle(server: &ServerProcess, credentials: &[DeviceCredentials], par
     ))
 }
 
-/// Result of the `direct` scenario.
+/// Result of the `direct` and `group` scenarios.
 #[derive(Debug, Serialize)]
-pub struct DirectReport {
+pub struct TrafficReport {
     /// Scenario name.
     pub scenario: &'static str,
     /// Online users.
     pub users: usize,
-    /// Open-loop target, messages per second.
+    /// Members per conversation (2 for 1:1).
+    pub members: usize,
+    /// Open-loop target, messages sent per second.
     pub target_rate: u64,
     /// Sending time, seconds.
     pub duration_s: f64,
     /// Messages sent.
     pub sent: u64,
-    /// Messages received by their recipient.
-    pub delivered: u64,
     /// Messages acknowledged (durable) to their sender.
     pub acked: u64,
+    /// Deliveries expected: sent × (members − 1).
+    pub expected_deliveries: u64,
+    /// Messages received by recipient devices.
+    pub delivered: u64,
     /// delivered / sending time.
-    pub throughput_per_sec: f64,
+    pub deliveries_per_sec: f64,
     /// Send→deliver latency percentiles, milliseconds.
     pub latency_ms_p50: f64,
     /// 90th percentile.
@@ -234,12 +238,23 @@ pub struct DirectReport {
     pub latency_ms_p99: f64,
     /// Maximum.
     pub latency_ms_max: f64,
-    /// Server CPU time per 1,000 delivered messages, milliseconds.
+    /// Server CPU time per 1,000 deliveries, milliseconds.
     pub server_cpu_ms_per_1000: f64,
 }
 
 fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+async fn connect_all(server: &ServerProcess, credentials: &[DeviceCredentials]) -> Result<Vec<Connection>, LoadError> {
+    let transport = Transport::Tcp(server.tcp);
+    let mut conns = Vec::with_capacity(credentials.len());
+    for c in credentials {
+        let (mut conn, _) = Connection::open(&transport, &c.token).await?;
+        conn.wait_for(Duration::from_secs(30), true, |k| matches!(k, server_frame::Kind::CatchUpComplete(_)).then_some(())).await?;
+        conns.push(conn);
+    }
+    Ok(conns)
 }
 
 /// N online users send 1:1 messages to peers at an open-loop aggregate rate; recipients
@@ -251,20 +266,62 @@ pub async fn direct(
     duration: Duration,
     payload_bytes: usize,
     progress: impl Fn(u64, u64) + Send + 'static,
-) -> Result<DirectReport, LoadError> {
+) -> Result<TrafficReport, LoadError> {
     let n = credentials.len();
-    let transport = Transport::Tcp(server.tcp);
+    let mut conns = connect_all(server, credentials).await?;
     // Each user talks to the next one in a ring: n conversations, each with traffic both ways.
-    let mut conns = Vec::with_capacity(n);
-    for c in credentials {
-        let (mut conn, _) = Connection::open(&transport, &c.token).await?;
-        conn.wait_for(Duration::from_secs(30), true, |k| matches!(k, server_frame::Kind::CatchUpComplete(_)).then_some(())).await?;
-        conns.push(conn);
-    }
     let mut conversations = Vec::with_capacity(n);
     for (i, conn) in conns.iter_mut().enumerate() {
         conversations.push(conn.open_direct(credentials[(i + 1) % n].user_id).await?);
     }
+    traffic(server, "direct", conns, conversations, 2, rate, duration, payload_bytes, progress).await
+}
+
+/// `groups` groups of `credentials.len() / groups` members, all online; every member sends
+/// to its group at an open-loop aggregate rate; every other member's device receives.
+pub async fn group(
+    server: &ServerProcess,
+    credentials: &[DeviceCredentials],
+    groups: usize,
+    rate: u64,
+    duration: Duration,
+    payload_bytes: usize,
+    progress: impl Fn(u64, u64) + Send + 'static,
+) -> Result<TrafficReport, LoadError> {
+    let per_group = credentials.len() / groups.max(1);
+    let used = groups.max(1) * per_group;
+    let mut conns = connect_all(server, &credentials[..used]).await?;
+    let mut conversations = vec![Uuid::nil(); used];
+    for g in 0..groups.max(1) {
+        let range = g * per_group..(g + 1) * per_group;
+        let others: Vec<Uuid> = credentials[range.clone()].iter().skip(1).map(|c| c.user_id).collect();
+        let id = conns[range.start].create_group(&format!("bench {g}"), &others).await?;
+        for slot in &mut conversations[range] {
+            *slot = id;
+        }
+    }
+    // Every member takes the creation event off its socket before timing starts.
+    for conn in conns.iter_mut() {
+        conn.next_message(Duration::from_secs(30)).await?;
+    }
+    traffic(server, "group", conns, conversations, per_group, rate, duration, payload_bytes, progress).await
+}
+
+/// Drives `conns[i]` sending into `conversations[i]` at an aggregate open-loop `rate`
+/// (messages per second), every recipient measuring latency and acking in batches.
+#[allow(clippy::too_many_arguments)]
+async fn traffic(
+    server: &ServerProcess,
+    scenario: &'static str,
+    conns: Vec<Connection>,
+    conversations: Vec<Uuid>,
+    members: usize,
+    rate: u64,
+    duration: Duration,
+    payload_bytes: usize,
+    progress: impl Fn(u64, u64) + Send + 'static,
+) -> Result<TrafficReport, LoadError> {
+    let n = conns.len();
     let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| LoadError::Server(e.to_string()))?));
     let sent = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
@@ -363,11 +420,13 @@ pub async fn direct(
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = Instant::now();
-        if now >= drain_until || (now >= stop_at && delivered.load(Ordering::Relaxed) >= sent.load(Ordering::Relaxed)) {
+        let expected = sent.load(Ordering::Relaxed) * members.saturating_sub(1).max(1) as u64;
+        if now >= drain_until || (now >= stop_at && delivered.load(Ordering::Relaxed) >= expected) {
             break;
         }
     }
     let cpu = server.cpu_time()?.saturating_sub(cpu_before);
+    let fanout = members.saturating_sub(1).max(1) as u64;
     reporter.abort();
     for t in tasks {
         t.abort();
@@ -375,15 +434,17 @@ pub async fn direct(
     let (sent, delivered, acked) = (sent.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed), acked.load(Ordering::Relaxed));
     let h = histogram.lock().map_err(|_| LoadError::Server("histogram poisoned".into()))?;
     let ms = |v: u64| v as f64 / 1e6;
-    Ok(DirectReport {
-        scenario: "direct",
+    Ok(TrafficReport {
+        scenario,
         users: n,
+        members,
         target_rate: rate,
         duration_s: duration.as_secs_f64(),
         sent,
-        delivered,
         acked,
-        throughput_per_sec: delivered as f64 / duration.as_secs_f64(),
+        expected_deliveries: sent * fanout,
+        delivered,
+        deliveries_per_sec: delivered as f64 / duration.as_secs_f64(),
         latency_ms_p50: ms(h.value_at_quantile(0.50)),
         latency_ms_p90: ms(h.value_at_quantile(0.90)),
         latency_ms_p99: ms(h.value_at_quantile(0.99)),

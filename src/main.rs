@@ -84,6 +84,24 @@ enum BenchScenario {
         #[arg(long, default_value_t = 100)]
         payload: usize,
     },
+    /// G groups of M members, all online, every member sending to its group.
+    Group {
+        /// Number of groups.
+        #[arg(long, default_value_t = 1)]
+        groups: usize,
+        /// Members per group.
+        #[arg(long, default_value_t = 1024)]
+        members: usize,
+        /// Aggregate messages sent per second (each is delivered to members − 1 devices).
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Payload size in bytes (the first 8 carry the send time).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -255,6 +273,7 @@ async fn bench(scenario: BenchScenario) -> Result<()> {
     let users = match &scenario {
         BenchScenario::Idle { devices, .. } => *devices,
         BenchScenario::Direct { users, .. } => *users,
+        BenchScenario::Group { groups, members, .. } => groups * members,
     };
     let bar = spinner("provisioning users");
     let credentials = loadgen::provision(&api, users, 64, |n| bar.set_message(format!("provisioned {n}/{users} users"))).await?;
@@ -271,6 +290,16 @@ async fn bench(scenario: BenchScenario) -> Result<()> {
             let bar = spinner("sending");
             let progress_bar = bar.clone();
             let report = loadgen::direct(&server, &credentials, rate, Duration::from_secs(duration), payload, move |sent, delivered| {
+                progress_bar.set_message(format!("sent {sent}, delivered {delivered}"));
+            })
+            .await?;
+            bar.finish_and_clear();
+            serde_json::to_string(&report)?
+        }
+        BenchScenario::Group { groups, rate, duration, payload, .. } => {
+            let bar = spinner("sending");
+            let progress_bar = bar.clone();
+            let report = loadgen::group(&server, &credentials, groups, rate, Duration::from_secs(duration), payload, move |sent, delivered| {
                 progress_bar.set_message(format!("sent {sent}, delivered {delivered}"));
             })
             .await?;
