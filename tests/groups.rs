@@ -247,3 +247,45 @@ async fn group_receipts_are_counted_and_coalesced() {
     let refused = b.message_info(group, sent.seq).await.unwrap_err();
     assert!(matches!(refused, ClientError::Rejected { code: ErrorCode::NotAdmin, .. }), "{refused}");
 }
+
+/// A group actor that panics is restarted by its supervisor and loses nothing
+/// acknowledged; the admin tree shows it with its member count and mailbox depth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_group_actor_restarts_and_the_tree_shows_it() {
+    let server = TestServer::start();
+    let api = server.api();
+    let (alice, bob) = (user(&api).await, user(&api).await);
+    let mut a = online(&server, Kind::Tcp, &alice).await;
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    let group = a.create_group("sturdy", &[bob.user_id]).await.unwrap();
+    a.send_and_ack(group, "s-1", &b"one"[..]).await.unwrap();
+    let label = |tree: &serde_json::Value| -> Option<(String, u64, u64)> {
+        let sup = tree["children"].as_array()?.iter().find(|c| c["name"] == "conversation-supervisor")?.clone();
+        let child = sup["children"].as_array()?.first()?.clone();
+        Some((child["name"].as_str()?.to_owned(), sup["restarts"].as_u64()?, child["mailbox"].as_u64()?))
+    };
+    let (name, restarts, _) = label(&server.admin_tree().await).unwrap();
+    assert_eq!(name, format!("group {group} members=2"));
+    assert_eq!(restarts, 0);
+    let crash = reqwest::Client::new()
+        .post(format!("http://{}/admin/conversations/{group}/crash", server.admin))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(crash.status().as_u16(), 202);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some((name, 1, _)) = label(&server.admin_tree().await)
+            && name.starts_with("group ")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "group actor not restarted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ack = a.send_and_ack(group, "s-2", &b"two"[..]).await.unwrap();
+    assert_eq!(ack.seq, 3);
+    let seqs: Vec<u64> = [next_text(&mut b).await.seq, next_text(&mut b).await.seq].to_vec();
+    assert_eq!(seqs, vec![2, 3]);
+}

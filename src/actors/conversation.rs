@@ -212,10 +212,7 @@ impl Actor for Conversation {
         } else {
             0
         };
-        let label = match &record.group {
-            Some(_) => format!("group {id} members={}", record.members.len()),
-            None => format!("conversation {id}"),
-        };
+        let label = tree_label(&record);
         let member_cursors = if record.group.is_some() { ctx.store.member_cursors(id).await?.into_iter().collect() } else { HashMap::new() };
         let gauge = ctx.stats.register(myself.get_id(), label, ctx.limits.conversation_mailbox);
         let idle = ctx.limits.conversation_idle;
@@ -289,6 +286,14 @@ impl Actor for Conversation {
             }
         }
         Ok(())
+    }
+}
+
+/// How the admin tree names a conversation actor: groups with their member count.
+fn tree_label(record: &ConversationRecord) -> String {
+    match &record.group {
+        Some(_) => format!("group {} members={}", record.conversation_id, record.members.len()),
+        None => format!("conversation {}", record.conversation_id),
     }
 }
 
@@ -440,6 +445,7 @@ fn sequence_event(
         deleted: false,
     };
     state.members = Arc::new(record.members.clone());
+    state.gauge.set_label(tree_label(&record));
     state.record = record.clone();
     state.pending.insert(
         seq,

@@ -31,13 +31,23 @@ pub struct MailboxGauge {
     closed: AtomicBool,
     limit: usize,
     /// Human label for the admin tree (e.g. `session user=… device=…`).
-    pub label: String,
+    label: Mutex<String>,
 }
 
 impl MailboxGauge {
     /// Messages sent and not yet taken by the actor.
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
+    }
+
+    /// The label shown in the admin tree.
+    pub fn label(&self) -> String {
+        self.label.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes the label (e.g. a group's member count).
+    pub fn set_label(&self, label: String) {
+        *self.label.lock().unwrap_or_else(|p| p.into_inner()) = label;
     }
 
     /// Called by the actor once per counted message it takes from its mailbox.
@@ -83,7 +93,7 @@ impl<M: Message> Clone for Mailbox<M> {
 
 impl<M: Message> std::fmt::Debug for Mailbox<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Mailbox({}, depth={})", self.gauge.label, self.gauge.depth())
+        write!(f, "Mailbox({}, depth={})", self.gauge.label(), self.gauge.depth())
     }
 }
 
@@ -146,7 +156,7 @@ impl ActorStats {
             depth: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             limit,
-            label,
+            label: Mutex::new(label),
         });
         self.lock_gauges().insert(id, gauge.clone());
         gauge

@@ -50,7 +50,7 @@ pub struct TreeNode {
 
 fn walk(cell: &ActorCell, stats: &ActorStats, depth: usize) -> TreeNode {
     let gauge = stats.gauge(cell.get_id());
-    let name = cell.get_name().or_else(|| gauge.as_ref().map(|g| g.label.clone())).unwrap_or_else(|| "actor".into());
+    let name = cell.get_name().or_else(|| gauge.as_ref().map(|g| g.label())).unwrap_or_else(|| "actor".into());
     let restarts = match name.as_str() {
         session_supervisor::NAME | conversation_supervisor::NAME => Some(stats.restarts(&name).load(Ordering::Relaxed)),
         _ => None,
