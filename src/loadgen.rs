@@ -452,3 +452,210 @@ async fn traffic(
         server_cpu_ms_per_1000: cpu.as_secs_f64() * 1000.0 * 1000.0 / delivered.max(1) as f64,
     })
 }
+
+/// An actor tree in this process with no sockets: sessions get an in-memory outbox whose
+/// receiving end the caller holds. Used to measure what sockets would hide (memory per
+/// session actor, spawn rate, routing) and by the sequencing micro-benchmark.
+pub struct InProcessNode {
+    /// The tree.
+    pub node: crate::actors::node::Node,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcessNode {
+    /// Starts a node on an embedded store in a temporary directory.
+    pub async fn start() -> Result<Self, LoadError> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::EmbeddedStore::open(dir.path()).map_err(|e| LoadError::Server(e.to_string()))?);
+        let node = crate::actors::node::start(
+            store,
+            crate::actors::ActorLimits::default(),
+            Arc::new(crate::actors::push::LogSink),
+            crate::actors::push::PushConfig::default(),
+        )
+        .await
+        .map_err(|e| LoadError::Server(e.to_string()))?;
+        Ok(Self { node, _dir: dir })
+    }
+
+    /// Spawns a device session with an in-memory outbox of `queue` frames; returns its
+    /// mailbox and the receiving end of the outbox.
+    pub async fn session(
+        &self,
+        user: Uuid,
+        device: Uuid,
+        queue: usize,
+    ) -> Result<(crate::actors::Mailbox<crate::actors::session::SessionMsg>, tokio::sync::mpsc::Receiver<bytes::Bytes>), LoadError> {
+        let (outbox, rx, _close) = crate::actors::session::Outbox::new(queue);
+        let args = crate::actors::session::SessionArgs { user, device, outbox, ctx: self.node.ctx.clone() };
+        let mailbox = crate::actors::session_supervisor::start_session(&self.node.sessions.get_cell(), args)
+            .await
+            .map_err(|e| LoadError::Server(e.to_string()))?;
+        Ok((mailbox, rx))
+    }
+}
+
+/// Result of the in-process `sessions` scenario.
+#[derive(Debug, Serialize)]
+pub struct SessionsReport {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Session actors alive at the end.
+    pub sessions: usize,
+    /// Process RSS before spawning, bytes.
+    pub rss_before: u64,
+    /// Process RSS with every session alive, bytes.
+    pub rss_after: u64,
+    /// (after − before) / sessions.
+    pub bytes_per_session: u64,
+    /// Sessions spawned (and caught up) per second.
+    pub spawns_per_sec: f64,
+    /// Frames routed user → session → outbox per second, over `routed` frames.
+    pub routed_per_sec: f64,
+    /// Frames routed.
+    pub routed: u64,
+}
+
+fn own_rss() -> Result<u64, LoadError> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| LoadError::Server("no VmRSS".into()))
+}
+
+/// Holds `count` idle device session actors in this process (no sockets) and routes one
+/// frame to each of them through the router.
+pub async fn sessions(count: usize, progress: impl Fn(usize)) -> Result<SessionsReport, LoadError> {
+    let node = InProcessNode::start().await?;
+    let rss_before = own_rss()?;
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(count);
+    let mut users = Vec::with_capacity(count);
+    for i in 0..count {
+        let user = Uuid::new_v4();
+        // A small outbox: an idle device has nothing queued.
+        held.push(node.session(user, Uuid::new_v4(), 4).await?);
+        users.push(user);
+        if i % 10_000 == 9_999 {
+            progress(i + 1);
+        }
+    }
+    let spawn_time = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = own_rss()?;
+    // Routing: one frame to every user through the router's directory.
+    let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Pong(pb::Pong { nonce: 1 })));
+    let routed_started = Instant::now();
+    for user in &users {
+        node.node.ctx.router.deliver_to_user(*user, None, || crate::actors::session::SessionMsg::Push(frame.clone()));
+    }
+    for (_, rx) in held.iter_mut() {
+        rx.recv().await.ok_or_else(|| LoadError::Server("session closed".into()))?;
+    }
+    let routed_time = routed_started.elapsed();
+    Ok(SessionsReport {
+        scenario: "sessions",
+        sessions: held.len(),
+        rss_before,
+        rss_after,
+        bytes_per_session: rss_after.saturating_sub(rss_before) / count.max(1) as u64,
+        spawns_per_sec: count as f64 / spawn_time.as_secs_f64(),
+        routed_per_sec: count as f64 / routed_time.as_secs_f64(),
+        routed: count as u64,
+    })
+}
+
+/// Result of the `reconnect` scenario.
+#[derive(Debug, Serialize)]
+pub struct ReconnectReport {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Devices that dropped and reconnected at once.
+    pub devices: usize,
+    /// Messages each of them missed.
+    pub missed_per_device: u64,
+    /// Devices whose catch-up delivered exactly what they missed.
+    pub caught_up: usize,
+    /// From the first reconnect to the last device caught up, seconds.
+    pub seconds_until_all_caught_up: f64,
+    /// Per-device time from the start of the storm to its CatchUpComplete, percentiles (ms).
+    pub catch_up_ms_p50: f64,
+    /// 99th percentile.
+    pub catch_up_ms_p99: f64,
+}
+
+/// Every device (all but the first user, who sends) drops, misses `missed` messages in
+/// its group, and reconnects at the same moment; measures until all have caught up.
+pub async fn reconnect(server: &ServerProcess, credentials: &[DeviceCredentials], missed: u64, parallel: usize) -> Result<ReconnectReport, LoadError> {
+    const GROUP: usize = 1000;
+    let transport = Transport::Tcp(server.tcp);
+    let (sender, members) = credentials.split_first().ok_or_else(|| LoadError::Server("no users".into()))?;
+    let (mut s, _) = Connection::open(&transport, &sender.token).await?;
+    let mut groups = Vec::new();
+    for chunk in members.chunks(GROUP) {
+        let ids: Vec<Uuid> = chunk.iter().map(|c| c.user_id).collect();
+        groups.push(s.create_group("storm", &ids).await?);
+    }
+    // Every member connects once and acknowledges the creation event, so what it misses
+    // later is exactly the `missed` messages.
+    let settle: Vec<Result<(), ClientError>> = futures_util::stream::iter(members.iter().cloned())
+        .map(|c| {
+            let transport = transport.clone();
+            async move {
+                let (mut conn, _) = Connection::open(&transport, &c.token).await?;
+                let m = conn.next_message(Duration::from_secs(30)).await?;
+                conn.ack(Uuid::from_slice(&m.conversation_id).unwrap_or_default(), m.seq).await?;
+                conn.bye().await
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    settle.into_iter().collect::<Result<Vec<_>, _>>()?;
+    for group in &groups {
+        for k in 0..missed {
+            s.send_and_ack(*group, &format!("missed-{k}"), &b"you were away"[..]).await?;
+        }
+    }
+    let started = Instant::now();
+    let results: Vec<Result<(bool, Duration), ClientError>> = futures_util::stream::iter(members.iter().cloned())
+        .map(|c| {
+            let transport = transport.clone();
+            async move {
+                let (mut conn, _) = Connection::open(&transport, &c.token).await?;
+                let got = conn
+                    .wait_for(Duration::from_secs(60), true, |k| match k {
+                        server_frame::Kind::CatchUpComplete(done) => Some(done.messages),
+                        _ => None,
+                    })
+                    .await?;
+                let at = started.elapsed();
+                Ok((got == missed, at))
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let total = started.elapsed();
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| LoadError::Server(e.to_string()))?;
+    let mut caught_up = 0;
+    for r in results {
+        let (exact, at) = r?;
+        caught_up += usize::from(exact);
+        let _ = histogram.record((at.as_micros() as u64).max(1));
+    }
+    Ok(ReconnectReport {
+        scenario: "reconnect",
+        devices: members.len(),
+        missed_per_device: missed,
+        caught_up,
+        seconds_until_all_caught_up: total.as_secs_f64(),
+        catch_up_ms_p50: histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        catch_up_ms_p99: histogram.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}

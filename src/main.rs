@@ -84,6 +84,25 @@ enum BenchScenario {
         #[arg(long, default_value_t = 100)]
         payload: usize,
     },
+    /// N devices drop and reconnect at once, each having missed K messages.
+    Reconnect {
+        /// Devices.
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Messages each device missed.
+        #[arg(long, default_value_t = 10)]
+        missed: u64,
+        /// Concurrent connection attempts.
+        #[arg(long, default_value_t = 1_000)]
+        parallel: usize,
+    },
+    /// In-process: hold N idle device session actors (no sockets); report memory per session,
+    /// spawn rate and routing throughput.
+    Sessions {
+        /// Session actors.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: usize,
+    },
     /// G groups of M members, all online, every member sending to its group.
     Group {
         /// Number of groups.
@@ -265,6 +284,13 @@ fn spinner(message: &str) -> indicatif::ProgressBar {
 
 async fn bench(scenario: BenchScenario) -> Result<()> {
     use switchboard::loadgen::{self, ServerProcess};
+    if let BenchScenario::Sessions { count } = scenario {
+        let bar = spinner("spawning sessions");
+        let report = loadgen::sessions(count, |n| bar.set_message(format!("{n}/{count} sessions"))).await?;
+        bar.finish_and_clear();
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let binary = std::env::current_exe()?;
     // Raise per-device limits so the generator, not the rate limiter, sets the pace.
     let extra: Vec<String> = ["--rate-per-sec", "100000", "--rate-burst", "100000"].iter().map(|s| s.to_string()).collect();
@@ -274,6 +300,8 @@ async fn bench(scenario: BenchScenario) -> Result<()> {
         BenchScenario::Idle { devices, .. } => *devices,
         BenchScenario::Direct { users, .. } => *users,
         BenchScenario::Group { groups, members, .. } => groups * members,
+        BenchScenario::Sessions { .. } => 0,
+        BenchScenario::Reconnect { devices, .. } => devices + 1,
     };
     let bar = spinner("provisioning users");
     let credentials = loadgen::provision(&api, users, 64, |n| bar.set_message(format!("provisioned {n}/{users} users"))).await?;
@@ -303,6 +331,13 @@ async fn bench(scenario: BenchScenario) -> Result<()> {
                 progress_bar.set_message(format!("sent {sent}, delivered {delivered}"));
             })
             .await?;
+            bar.finish_and_clear();
+            serde_json::to_string(&report)?
+        }
+        BenchScenario::Sessions { .. } => String::new(),
+        BenchScenario::Reconnect { missed, parallel, .. } => {
+            let bar = spinner("reconnect storm");
+            let report = loadgen::reconnect(&server, &credentials, missed, parallel).await?;
             bar.finish_and_clear();
             serde_json::to_string(&report)?
         }

@@ -269,7 +269,7 @@ impl Actor for DeviceSession {
         // Cursor writes of an earlier connection may still be in the writer's queue.
         state.ctx.writer.barrier().await;
         let started = Instant::now();
-        if let Err(e) = catch_up(&myself, state).await {
+        if let Err(e) = Box::pin(catch_up(&myself, state)).await {
             return stop_for(&myself, state, e);
         }
         metrics::histogram!("switchboard_catch_up_seconds").record(started.elapsed().as_secs_f64());
@@ -299,11 +299,13 @@ impl Actor for DeviceSession {
             SessionMsg::Frame(kind) => {
                 state.gauge.taken();
                 metrics::counter!("switchboard_frames_in_total").increment(1);
-                handle_frame(&myself, state, *kind).await
+                // Boxed: the request handlers' state machines are large and would otherwise
+                // be part of every idle session's resident future (memory per session).
+                Box::pin(handle_frame(&myself, state, *kind)).await
             }
             SessionMsg::Deliver(delivery) => {
                 state.gauge.taken();
-                deliver(state, &delivery).await
+                Box::pin(deliver(state, &delivery)).await
             }
             SessionMsg::Acked { conversation_id, seq, frame } => {
                 state.gauge.taken();
@@ -312,11 +314,11 @@ impl Actor for DeviceSession {
                 {
                     view.pushed = seq;
                 }
-                push(state, frame).await
+                Box::pin(push(state, frame)).await
             }
             SessionMsg::Push(frame) => {
                 state.gauge.taken();
-                push(state, frame).await
+                Box::pin(push(state, frame)).await
             }
             SessionMsg::Close { code, reason, reconnect_after_ms } => {
                 state.outbox.close(protocol::encode_server(&protocol::closing_frame(code, reason.clone(), reconnect_after_ms)));
