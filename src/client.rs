@@ -444,6 +444,19 @@ impl Connection {
         self.group_answer(request_id).await
     }
 
+    /// The current state of a group.
+    pub async fn group_info(&mut self, conversation: Uuid) -> Result<pb::GroupInfo, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::GroupInfo(pb::GroupInfoRequest { request_id, conversation_id: id_bytes(conversation) })).await?;
+        let rid = request_id.to_string();
+        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
+            server_frame::Kind::GroupInfo(g) if g.request_id == request_id => Some(Ok(g.clone())),
+            server_frame::Kind::Error(e) if e.request_ref == rid => Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() })),
+            _ => None,
+        })
+        .await?
+    }
+
     /// Per-member delivered/read times of one of our group messages.
     pub async fn message_info(&mut self, conversation: Uuid, seq: u64) -> Result<pb::MessageInfoAnswer, ClientError> {
         let request_id = rand::random::<u64>();

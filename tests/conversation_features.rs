@@ -81,6 +81,9 @@ async fn edits_and_reactions_reference_their_target() {
     let got = b.next_message(WAIT).await.unwrap();
     assert_eq!(got.kind(), pb::MessageKind::Edit);
     assert_eq!(got.reference_seq, 1);
+    // Only the sender edits; anyone in the conversation may react.
+    let not_yours = b.send_reference(conversation, "e-bob", pb::MessageKind::Edit, 1, &b"hijack"[..]).await.unwrap_err();
+    assert!(matches!(not_yours, ClientError::Rejected { code: ErrorCode::InvalidArgument, .. }), "{not_yours}");
     let bad = a.send_reference(conversation, "e2", pb::MessageKind::Edit, 99, &b"x"[..]).await.unwrap_err();
     assert!(matches!(bad, ClientError::Rejected { code: ErrorCode::InvalidArgument, .. }), "{bad}");
     // The original is untouched: an edit is a new message, the content stays opaque.

@@ -81,6 +81,12 @@ async fn membership_decides_who_gets_each_seq(kind: Kind) {
     assert!(matches!(event_of(&joined), Some(pb::conversation_event::Kind::MembersAdded(_))));
     let page = d.history(group, 0, 50).await.unwrap();
     assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3], "history starts at the join");
+    // A late joiner learns the group's state by asking for it.
+    let info = d.group_info(group).await.unwrap();
+    assert_eq!(info.subject, "trip");
+    assert_eq!(info.member_user_ids.len(), 4);
+    assert_eq!(info.admin_user_ids, vec![id_bytes(alice.user_id)]);
+    assert_eq!(info.last_seq, 3);
 
     // Carol is removed at seq 5: she gets seq 4 and her removal, and nothing after.
     c.ack(group, 2).await.unwrap();
@@ -114,6 +120,13 @@ async fn membership_decides_who_gets_each_seq(kind: Kind) {
     assert!(seen.iter().all(|s| *s <= 5), "catch-up after removal leaked {seen:?}");
     let page = c.history(group, 0, 50).await.unwrap();
     assert_eq!(page.messages.first().map(|m| m.seq), Some(5), "former members keep history up to their removal");
+    // HTTP history applies the same range.
+    let http = api.history(&carol.token, group, 0, 50).await.unwrap();
+    assert_eq!(http["messages"][0]["seq"], 5);
+    let dave_http = api.history(&dave.token, group, 0, 50).await.unwrap();
+    let seqs: Vec<u64> = dave_http["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.iter().all(|s| *s >= 3), "{seqs:?}");
+    assert!(dave_http["messages"].as_array().unwrap().iter().any(|m| m["event_hex"].is_string()));
 }
 
 async fn offline_member_catches_up_in_order(kind: Kind) {

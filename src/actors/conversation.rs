@@ -308,6 +308,10 @@ async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut Conversatio
         reply_error(state, user, device, ErrorCode::InvalidArgument, "reference_seq must name an earlier message", &client_msg_id);
         return Ok(());
     }
+    if kind == ContentKind::Edit && !edits_own_message(state, user, reference_seq).await {
+        reply_error(state, user, device, ErrorCode::InvalidArgument, "only the sender of a message may edit it", &client_msg_id);
+        return Ok(());
+    }
     if !state.record.is_member(user) {
         reply_error(state, user, device, ErrorCode::NotAMember, "not a member of this conversation", &client_msg_id);
         return Ok(());
@@ -361,6 +365,20 @@ async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut Conversatio
     state.pending.insert(seq, Pending { message: message.clone(), extra_waiters: Vec::new(), recipients, event: None });
     persist(myself, state, seq, WriteOp::Append(message));
     Ok(())
+}
+
+/// True if the message at `target` exists, is an ordinary message and was sent by `user`.
+async fn edits_own_message(state: &ConversationState, user: UserId, target: u64) -> bool {
+    if let Some(p) = state.pending.get(&target) {
+        return p.message.sender_user_id == user && p.event.is_none();
+    }
+    match state.ctx.store.messages_after(state.record.conversation_id, target - 1, 1).await {
+        Ok(found) => found.first().is_some_and(|m| m.seq == target && m.sender_user_id == user && m.event.is_none() && !m.deleted),
+        Err(e) => {
+            tracing::warn!(error = %e, "edit target lookup failed");
+            false
+        }
+    }
 }
 
 /// The next seq and its time. Times never go backwards within a conversation, even if

@@ -97,8 +97,8 @@ fn remove_sorted(list: &mut Vec<UserId>, user: UserId) {
 }
 
 /// Removes a member, recording their stint; hands admin to the longest-standing member if
-/// the last admin left a non-empty group.
-fn drop_member(record: &mut ConversationRecord, user: UserId, seq: u64) {
+/// the last admin left a non-empty group, and returns who that is.
+fn drop_member(record: &mut ConversationRecord, user: UserId, seq: u64) -> Option<UserId> {
     remove_sorted(&mut record.members, user);
     if let Some(g) = record.group.as_mut() {
         if let Some(pos) = g.joined.iter().position(|(u, _)| *u == user) {
@@ -111,8 +111,14 @@ fn drop_member(record: &mut ConversationRecord, user: UserId, seq: u64) {
         {
             let oldest = *oldest;
             insert_sorted(&mut g.admins, oldest);
+            return Some(oldest);
         }
     }
+    None
+}
+
+fn member_change(user: UserId, promoted: Option<UserId>) -> pb::MemberChange {
+    pb::MemberChange { user_id: id_bytes(user), promoted_user_id: promoted.map(id_bytes).unwrap_or_default() }
 }
 
 fn kind(kind: pb::conversation_event::Kind) -> pb::ConversationEvent {
@@ -166,17 +172,17 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
             if !record.is_member(user) {
                 return Err(GroupError::NotAMember("that user is not a member"));
             }
-            drop_member(&mut next, user, seq);
+            let promoted = drop_member(&mut next, user, seq);
             removed.push(user);
-            kind(pb::conversation_event::Kind::MemberRemoved(id_bytes(user)))
+            kind(pb::conversation_event::Kind::MemberRemoved(member_change(user, promoted)))
         }
         GroupOp::Leave => {
             if !is_member {
                 return Err(GroupError::NotAMember("not a member of this group"));
             }
-            drop_member(&mut next, actor, seq);
+            let promoted = drop_member(&mut next, actor, seq);
             removed.push(actor);
-            kind(pb::conversation_event::Kind::MemberLeft(id_bytes(actor)))
+            kind(pb::conversation_event::Kind::MemberLeft(member_change(actor, promoted)))
         }
         GroupOp::Promote(user) => {
             admin_only(is_admin)?;
@@ -308,6 +314,10 @@ mod tests {
         let g = group(admin, &[bob]);
         let left = apply(&g, admin, GroupOp::Leave, 2, 10).unwrap();
         assert!(left.record.is_admin(bob));
+        match left.event.kind {
+            Some(pb::conversation_event::Kind::MemberLeft(change)) => assert_eq!(change.promoted_user_id, id_bytes(bob)),
+            other => panic!("expected MemberLeft, got {other:?}"),
+        }
         let locked = apply(&left.record, bob, GroupOp::AdminsOnlyInfo(true), 3, 10).unwrap().record;
         let carol = Uuid::new_v4();
         let with_carol = apply(&locked, bob, GroupOp::Add(vec![carol]), 4, 10).unwrap().record;

@@ -538,6 +538,7 @@ async fn handle_frame(myself: &ActorRef<SessionMsg>, state: &mut SessionState, k
             (req.request_id.to_string(), edit(state, &req.conversation_id, req.request_id, ConversationOp::Delete(req.seq)).await)
         }
         client_frame::Kind::MessageInfo(req) => (req.request_id.to_string(), message_info(state, req).await),
+        client_frame::Kind::GroupInfo(req) => (req.request_id.to_string(), group_info(state, req).await),
         client_frame::Kind::SetRetention(req) => {
             (req.request_id.to_string(), edit(state, &req.conversation_id, req.request_id, ConversationOp::Retention(req.seconds)).await)
         }
@@ -899,5 +900,31 @@ async fn message_info(state: &mut SessionState, req: pb::MessageInfo) -> Answer 
         conversation_id: id_bytes(id),
         seq: req.seq,
         members: entries,
+    }))))
+}
+
+/// The current state of a group the caller is a member of, read from the store.
+async fn group_info(state: &mut SessionState, req: pb::GroupInfoRequest) -> Answer {
+    let id = member_view(state, &req.conversation_id).await?.record.conversation_id;
+    let record = state
+        .ctx
+        .store
+        .conversation(id)
+        .await?
+        .ok_or_else(|| Reject::new(ErrorCode::UnknownConversation, "no conversation has this id"))?;
+    let group = record.group.as_ref().ok_or_else(|| Reject::new(ErrorCode::InvalidArgument, "not a group"))?;
+    let last_seq = state.ctx.store.last_seq(id).await?;
+    Ok(Some(protocol::server(server_frame::Kind::GroupInfo(pb::GroupInfo {
+        request_id: req.request_id,
+        conversation_id: id_bytes(id),
+        subject: group.subject.clone(),
+        description: group.description.clone(),
+        member_user_ids: record.members.iter().map(|u| id_bytes(*u)).collect(),
+        admin_user_ids: group.admins.iter().map(|u| id_bytes(*u)).collect(),
+        admins_only_send: group.admins_only_send,
+        admins_only_info: group.admins_only_info,
+        retention_secs: record.retention_secs,
+        invite_active: group.invite_hash.is_some(),
+        last_seq,
     }))))
 }

@@ -236,11 +236,12 @@ async fn history(
     let me = caller(&req, &state).await?;
     let id = Uuid::parse_str(&path).map_err(|_| ApiError::BadRequest("conversation_id must be a UUID".into()))?;
     let record = state.store.conversation(id).await.map_err(|_| ApiError::Unavailable)?.ok_or(ApiError::UnknownConversation)?;
-    if !record.members.contains(&me.user_id) {
-        return Err(ApiError::NotAMember);
-    }
+    // The same membership range as over the socket: from joining to leaving.
+    let (first, last) = record.visible_range(me.user_id).ok_or(ApiError::NotAMember)?;
     let limit = if query.limit == 0 { DEFAULT_HISTORY_PAGE } else { query.limit.min(MAX_HISTORY_PAGE) };
-    let mut messages = state.store.messages_before(id, query.before, limit + 1).await.map_err(|_| ApiError::Unavailable)?;
+    let before = if last == u64::MAX { query.before } else if query.before == 0 { last + 1 } else { query.before.min(last + 1) };
+    let mut messages = state.store.messages_before(id, before, limit + 1).await.map_err(|_| ApiError::Unavailable)?;
+    messages.retain(|m| m.seq >= first);
     let has_more = messages.len() > limit;
     messages.truncate(limit);
     let items: Vec<_> = messages
@@ -253,6 +254,15 @@ async fn history(
                 "client_msg_id": m.client_msg_id,
                 "server_time_ms": m.server_time_ms,
                 "payload_hex": hex::encode(&m.payload),
+                "kind": match m.kind {
+                    crate::store::ContentKind::Normal => "normal",
+                    crate::store::ContentKind::Edit => "edit",
+                    crate::store::ContentKind::Reaction => "reaction",
+                },
+                "reference_seq": m.reference_seq,
+                "deleted": m.deleted,
+                // A server event, as the protobuf bytes of ConversationEvent.
+                "event_hex": m.event.as_ref().map(hex::encode),
             })
         })
         .collect();
