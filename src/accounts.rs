@@ -287,6 +287,47 @@ impl Accounts {
         Ok(DeviceCredentials { user_id: user, device_id, token })
     }
 
+    /// Creates `count` accounts with phones `<prefix><n>` (n from `first`, zero-padded to
+    /// the E.164 length) without one-time codes: an operator path (admin API) for load
+    /// tests and migrations. Phones already registered are skipped.
+    pub async fn provision(&self, prefix: &str, first: u64, count: usize) -> Result<Vec<DeviceCredentials>, AccountError> {
+        let width = 15usize.saturating_sub(prefix.trim_start_matches('+').len()).clamp(1, 14);
+        let now = now_ms();
+        let mut accounts = Vec::with_capacity(count);
+        let mut credentials = Vec::with_capacity(count);
+        for n in first..first + count as u64 {
+            let phone = format!("{prefix}{n:0width$}");
+            if !valid_phone(&phone) {
+                return Err(AccountError::InvalidPhone);
+            }
+            let user = UserRecord { user_id: Uuid::new_v4(), phone, created_ms: now };
+            let token = new_token();
+            let device = DeviceRecord {
+                device_id: Uuid::new_v4(),
+                user_id: user.user_id,
+                name: "provisioned".into(),
+                primary: true,
+                token_hash: hash_secret(&token),
+                created_ms: now,
+                revoked_ms: None,
+            };
+            credentials.push(DeviceCredentials { user_id: user.user_id, device_id: device.device_id, token });
+            accounts.push((user, device));
+        }
+        let created = self.store.create_accounts(accounts).await?;
+        if created != credentials.len() {
+            // Some phones existed: their new credentials were not stored; report none of them.
+            let mut kept = Vec::with_capacity(created);
+            for c in credentials {
+                if self.store.device(c.device_id).await?.is_some() {
+                    kept.push(c);
+                }
+            }
+            return Ok(kept);
+        }
+        Ok(credentials)
+    }
+
     /// The live device a token belongs to.
     pub async fn authenticate(&self, token: &str) -> Result<DeviceRecord, AuthError> {
         if token.is_empty() || token.len() > 256 {

@@ -185,10 +185,10 @@ pub struct Connection {
     buffered: VecDeque<server_frame::Kind>,
 }
 
-/// Reading half of a split TCP connection.
-pub type TcpFrameReader = tokio_util::codec::FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>;
-/// Writing half of a split TCP connection.
-pub type TcpFrameWriter = tokio_util::codec::FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>;
+/// Frames received on a split connection (protobuf bytes, one `ServerFrame` each).
+pub type FrameStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, ClientError>> + Send>>;
+/// Frames to send on a split connection (protobuf bytes, one `ClientFrame` each).
+pub type FrameSink = std::pin::Pin<Box<dyn futures_util::Sink<Bytes, Error = ClientError> + Send>>;
 
 /// Default wait for an expected frame.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
@@ -524,16 +524,33 @@ impl Connection {
         .await?
     }
 
-    /// Splits a TCP connection into a frame reader and a frame writer, for load generators
-    /// that read and write concurrently. Frames already buffered are returned too.
-    pub fn into_tcp_split(self) -> Option<(TcpFrameReader, TcpFrameWriter, Vec<server_frame::Kind>)> {
-        let Wire::Tcp(framed) = self.wire else { return None };
-        let parts = framed.into_parts();
-        let (read, write) = parts.io.into_split();
-        let mut reader = tokio_util::codec::FramedRead::new(read, parts.codec.clone());
-        reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
-        let writer = tokio_util::codec::FramedWrite::new(write, parts.codec);
-        Some((reader, writer, self.buffered.into_iter().collect()))
+    /// Splits the connection into a stream of received frames and a sink of frames to
+    /// send, for load generators that read and write concurrently. Frames already
+    /// buffered are returned too.
+    pub fn into_split(self) -> (FrameStream, FrameSink, Vec<server_frame::Kind>) {
+        let buffered = self.buffered.into_iter().collect();
+        match self.wire {
+            Wire::Tcp(framed) => {
+                let parts = framed.into_parts();
+                let (read, write) = parts.io.into_split();
+                let mut reader = tokio_util::codec::FramedRead::new(read, parts.codec.clone());
+                reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+                let writer = tokio_util::codec::FramedWrite::new(write, parts.codec);
+                (Box::pin(reader.map(|r| r.map_err(ClientError::from))), Box::pin(writer.sink_map_err(ClientError::from)), buffered)
+            }
+            Wire::Ws(ws) => {
+                let (sink, stream) = ws.split();
+                let stream = stream.filter_map(|m| {
+                    std::future::ready(match m {
+                        Ok(WsMessage::Binary(b)) => Some(Ok(b)),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(ClientError::from(e))),
+                    })
+                });
+                let sink = sink.sink_map_err(ClientError::from).with(|b: Bytes| std::future::ready(Ok::<_, ClientError>(WsMessage::Binary(b))));
+                (Box::pin(stream), Box::pin(sink), buffered)
+            }
+        }
     }
 
     /// Drops frames kept by earlier `wait_for`s; returns how many there were.

@@ -41,12 +41,20 @@ pub struct ServerProcess {
     pub http: std::net::SocketAddr,
     /// TCP address.
     pub tcp: std::net::SocketAddr,
+    /// Admin address (bulk provisioning).
+    pub admin: std::net::SocketAddr,
+    /// Which transport the load uses.
+    pub use_websocket: bool,
 }
+
+/// The admin token of benchmark servers.
+pub const BENCH_ADMIN_TOKEN: &str = "bench";
 
 #[derive(serde::Deserialize)]
 struct Ready {
     http: std::net::SocketAddr,
     tcp: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
 }
 
 impl ServerProcess {
@@ -59,7 +67,7 @@ impl ServerProcess {
             .arg("--store")
             .arg(format!("embedded:{}", dir.path().join("data").display()))
             .args(["--http-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--dev-expose-codes", "true", "--admin-token", "bench"])
+            .args(["--dev-expose-codes", "true", "--admin-token", BENCH_ADMIN_TOKEN])
             .arg("--ready-file")
             .arg(&ready)
             .args(extra)
@@ -72,13 +80,18 @@ impl ServerProcess {
             if let Ok(text) = std::fs::read_to_string(&ready)
                 && let Ok(r) = serde_json::from_str::<Ready>(&text)
             {
-                return Ok(Self { child, _dir: dir, http: r.http, tcp: r.tcp });
+                return Ok(Self { child, _dir: dir, http: r.http, tcp: r.tcp, admin: r.admin, use_websocket: false });
             }
             if Instant::now() > deadline {
                 return Err(LoadError::Server("not ready after 30 s".into()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Where load connections go.
+    pub fn transport(&self) -> Transport {
+        if self.use_websocket { Transport::ws(self.http) } else { Transport::Tcp(self.tcp) }
     }
 
     /// The process id.
@@ -128,7 +141,35 @@ fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
-/// Signs up `n` users (primary devices), `parallel` at a time.
+/// Creates `n` users with a primary device each through the admin API's bulk path (one
+/// store transaction per 10,000, no one-time codes): seconds for 10,000 users instead of
+/// 20,000 HTTP round trips.
+pub async fn provision_bulk(server: &ServerProcess, n: usize, progress: impl Fn(usize)) -> Result<Vec<DeviceCredentials>, LoadError> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let count = (n - out.len()).min(10_000);
+        let response = http
+            .post(format!("http://{}/admin/provision", server.admin))
+            .bearer_auth(BENCH_ADMIN_TOKEN)
+            .json(&serde_json::json!({ "count": count, "first": out.len() }))
+            .send()
+            .await
+            .map_err(ClientError::from)?;
+        if !response.status().is_success() {
+            return Err(LoadError::Server(format!("provisioning answered {}", response.status())));
+        }
+        let batch: Vec<DeviceCredentials> = response.json().await.map_err(ClientError::from)?;
+        if batch.len() != count {
+            return Err(LoadError::Server(format!("provisioned {} of {count}", batch.len())));
+        }
+        out.extend(batch);
+        progress(out.len());
+    }
+    Ok(out)
+}
+
+/// Signs up `n` users (primary devices) through the public HTTP flow, `parallel` at a time.
 pub async fn provision(api: &HttpApi, n: usize, parallel: usize, progress: impl Fn(usize)) -> Result<Vec<DeviceCredentials>, LoadError> {
     let done = Arc::new(AtomicU64::new(0));
     let results = futures_util::stream::iter(0..n)
@@ -174,7 +215,7 @@ pub struct IdleReport {
 /// Connects `credentials` (TCP) and measures server memory per connected idle device.
 pub async fn idle(server: &ServerProcess, credentials: &[DeviceCredentials], parallel: usize) -> Result<(IdleReport, Vec<Connection>), LoadError> {
     let rss_before = server.rss_bytes()?;
-    let transport = Transport::Tcp(server.tcp);
+    let transport = server.transport();
     let started = Instant::now();
     let conns: Vec<Result<Connection, ClientError>> = futures_util::stream::iter(credentials.iter().cloned())
         .map(|c| {
@@ -247,7 +288,7 @@ fn now_nanos() -> u64 {
 }
 
 async fn connect_all(server: &ServerProcess, credentials: &[DeviceCredentials]) -> Result<Vec<Connection>, LoadError> {
-    let transport = Transport::Tcp(server.tcp);
+    let transport = server.transport();
     let mut conns = Vec::with_capacity(credentials.len());
     for c in credentials {
         let (mut conn, _) = Connection::open(&transport, &c.token).await?;
@@ -332,7 +373,7 @@ async fn traffic(
     let interval = Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
     let mut tasks = Vec::new();
     for (i, conn) in conns.into_iter().enumerate() {
-        let (mut reader, mut writer, _) = conn.into_tcp_split().ok_or_else(|| LoadError::Server("not a TCP connection".into()))?;
+        let (mut reader, mut writer, _) = conn.into_split();
         let conversation = conversations[i];
         let (histogram, sent, delivered, acked) = (histogram.clone(), sent.clone(), delivered.clone(), acked.clone());
         // Writer: open loop, one message per tick (missed ticks are sent late, not skipped),
@@ -593,7 +634,7 @@ pub struct ReconnectReport {
 /// its group, and reconnects at the same moment; measures until all have caught up.
 pub async fn reconnect(server: &ServerProcess, credentials: &[DeviceCredentials], missed: u64, parallel: usize) -> Result<ReconnectReport, LoadError> {
     const GROUP: usize = 1000;
-    let transport = Transport::Tcp(server.tcp);
+    let transport = server.transport();
     let (sender, members) = credentials.split_first().ok_or_else(|| LoadError::Server("no users".into()))?;
     let (mut s, _) = Connection::open(&transport, &sender.token).await?;
     let mut groups = Vec::new();

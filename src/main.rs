@@ -32,6 +32,9 @@ enum Command {
     /// Benchmarks against a private server process started for the run; prints progress on
     /// stderr and one JSON result line on stdout.
     Bench {
+        /// Drive the load over WebSocket instead of raw TCP.
+        #[arg(long, global = true)]
+        websocket: bool,
         #[command(subcommand)]
         scenario: BenchScenario,
     },
@@ -83,6 +86,10 @@ enum BenchScenario {
         /// Payload size in bytes (the first 8 carry the send time).
         #[arg(long, default_value_t = 100)]
         payload: usize,
+        /// Step the rate up from `--rate` (×1.25 per step) and report the highest rate with
+        /// every message delivered and p99 ≤ 100 ms.
+        #[arg(long)]
+        max: bool,
     },
     /// N devices drop and reconnect at once, each having missed K messages.
     Reconnect {
@@ -271,7 +278,7 @@ async fn main() -> Result<()> {
         }
         Command::Admin { command } => admin(command).await,
         Command::Client { command } => client(command).await,
-        Command::Bench { scenario } => bench(scenario).await,
+        Command::Bench { scenario, websocket } => bench(scenario, websocket).await,
     }
 }
 
@@ -282,7 +289,7 @@ fn spinner(message: &str) -> indicatif::ProgressBar {
     bar
 }
 
-async fn bench(scenario: BenchScenario) -> Result<()> {
+async fn bench(scenario: BenchScenario, websocket: bool) -> Result<()> {
     use switchboard::loadgen::{self, ServerProcess};
     if let BenchScenario::Sessions { count } = scenario {
         let bar = spinner("spawning sessions");
@@ -294,8 +301,8 @@ async fn bench(scenario: BenchScenario) -> Result<()> {
     let binary = std::env::current_exe()?;
     // Raise per-device limits so the generator, not the rate limiter, sets the pace.
     let extra: Vec<String> = ["--rate-per-sec", "100000", "--rate-burst", "100000"].iter().map(|s| s.to_string()).collect();
-    let server = ServerProcess::start(&binary, &extra)?;
-    let api = HttpApi::new(format!("http://{}", server.http));
+    let mut server = ServerProcess::start(&binary, &extra)?;
+    server.use_websocket = websocket;
     let users = match &scenario {
         BenchScenario::Idle { devices, .. } => *devices,
         BenchScenario::Direct { users, .. } => *users,
@@ -304,7 +311,7 @@ async fn bench(scenario: BenchScenario) -> Result<()> {
         BenchScenario::Reconnect { devices, .. } => devices + 1,
     };
     let bar = spinner("provisioning users");
-    let credentials = loadgen::provision(&api, users, 64, |n| bar.set_message(format!("provisioned {n}/{users} users"))).await?;
+    let credentials = loadgen::provision_bulk(&server, users, |n| bar.set_message(format!("provisioned {n}/{users} users"))).await?;
     bar.finish_and_clear();
     let line = match scenario {
         BenchScenario::Idle { parallel, .. } => {
@@ -313,6 +320,31 @@ async fn bench(scenario: BenchScenario) -> Result<()> {
             bar.finish_and_clear();
             drop(conns);
             serde_json::to_string(&report)?
+        }
+        BenchScenario::Direct { rate, duration, payload, max: true, .. } => {
+            let bar = spinner("stepping the rate");
+            let mut steps = Vec::new();
+            let mut best = None;
+            let mut step_rate = rate;
+            loop {
+                bar.set_message(format!("rate {step_rate} msg/s"));
+                // Each step on a fresh server, so no step inherits another's backlog.
+                let mut step_server = ServerProcess::start(&binary, &extra)?;
+                step_server.use_websocket = websocket;
+                let step_users = loadgen::provision_bulk(&step_server, credentials.len(), |_| {}).await?;
+                let report = loadgen::direct(&step_server, &step_users, step_rate, Duration::from_secs(duration), payload, |_, _| {}).await?;
+                let passed = report.delivered >= report.expected_deliveries && report.latency_ms_p99 <= 100.0;
+                if passed {
+                    best = Some(step_rate);
+                }
+                steps.push(report);
+                if !passed || steps.len() >= 12 {
+                    break;
+                }
+                step_rate = step_rate * 5 / 4;
+            }
+            bar.finish_and_clear();
+            serde_json::to_string(&serde_json::json!({ "scenario": "direct-max", "max_rate_passing": best, "steps": steps }))?
         }
         BenchScenario::Direct { rate, duration, payload, .. } => {
             let bar = spinner("sending");

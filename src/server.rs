@@ -133,7 +133,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let tcp_addr = tcp_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let api_state = ApiState { accounts, node: node.clone(), store: store.clone(), metrics };
+    let api_state = ApiState { accounts: accounts.clone(), node: node.clone(), store: store.clone(), metrics };
     let ws_deps = api::ws_data(deps.clone());
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4);
     let http = HttpServer::new(move || {
@@ -151,7 +151,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let http_handle = http.handle();
     tokio::spawn(http);
 
-    let admin_state = AdminState { node: node.clone(), token: admin_token.clone() };
+    let admin_state = AdminState { node: node.clone(), accounts: accounts.clone(), token: admin_token.clone() };
     let admin = HttpServer::new(move || App::new().app_data(web::Data::new(admin_state.clone())).configure(admin::routes))
         .workers(1)
         .disable_signals()

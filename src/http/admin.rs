@@ -18,6 +18,8 @@ use crate::actors::{ActorStats, conversation_supervisor, session_supervisor};
 pub struct AdminState {
     /// The tree.
     pub node: Node,
+    /// Bulk provisioning.
+    pub accounts: crate::accounts::Accounts,
     /// Required bearer token.
     pub token: String,
 }
@@ -105,8 +107,37 @@ async fn crash_conversation(req: HttpRequest, state: web::Data<AdminState>, path
     }
 }
 
+#[derive(serde::Deserialize)]
+struct ProvisionBody {
+    count: usize,
+    #[serde(default = "default_prefix")]
+    phone_prefix: String,
+    #[serde(default)]
+    first: u64,
+}
+
+fn default_prefix() -> String {
+    "+1999".into()
+}
+
+/// Bulk provisioning (load tests, migrations): accounts with a primary device each,
+/// without one-time codes. Returns their credentials.
+async fn provision(req: HttpRequest, state: web::Data<AdminState>, body: web::Json<ProvisionBody>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
+    }
+    if body.count == 0 || body.count > 50_000 {
+        return HttpResponse::BadRequest().json(serde_json::json!({ "error": "bad_request", "message": "count must be 1 to 50000" }));
+    }
+    match state.accounts.provision(&body.phone_prefix, body.first, body.count).await {
+        Ok(credentials) => HttpResponse::Ok().json(credentials),
+        Err(e) => HttpResponse::BadRequest().json(serde_json::json!({ "error": "provision_failed", "message": e.to_string() })),
+    }
+}
+
 /// Registers the admin routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/tree", web::get().to(tree))
+        .route("/admin/provision", web::post().to(provision))
         .route("/admin/conversations/{id}/crash", web::post().to(crash_conversation));
 }

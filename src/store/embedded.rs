@@ -310,6 +310,35 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn create_accounts(&self, accounts: Vec<(UserRecord, DeviceRecord)>) -> Result<usize, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let mut created = 0;
+            {
+                let mut phones = txn.open_table(PHONES).map_err(be)?;
+                let mut users = txn.open_table(USERS).map_err(be)?;
+                let mut devices = txn.open_table(DEVICES).map_err(be)?;
+                let mut user_devices = txn.open_table(USER_DEVICES).map_err(be)?;
+                let mut tokens = txn.open_table(TOKENS).map_err(be)?;
+                for (user, device) in accounts {
+                    if phones.get(user.phone.as_str()).map_err(be)?.is_some() {
+                        continue;
+                    }
+                    let (u, d) = (user.user_id.as_u128(), device.device_id.as_u128());
+                    phones.insert(user.phone.as_str(), u).map_err(be)?;
+                    users.insert(u, encode(&user)?.as_slice()).map_err(be)?;
+                    devices.insert(d, encode(&device)?.as_slice()).map_err(be)?;
+                    user_devices.insert((u, d), device.created_ms).map_err(be)?;
+                    tokens.insert(&device.token_hash[..], d).map_err(be)?;
+                    created += 1;
+                }
+            }
+            txn.commit().map_err(be)?;
+            Ok(created)
+        })
+        .await
+    }
+
     async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError> {
         self.read(move |db| {
             let txn = db.begin_read().map_err(be)?;

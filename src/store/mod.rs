@@ -315,6 +315,10 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the user registered with this phone, creating it if there is none.
     /// `new_user` is the id and time used if it is created. Returns (user, created).
     async fn get_or_create_user(&self, phone: &str, new_user: UserRecord) -> Result<(UserRecord, bool), StoreError>;
+    /// Creates many accounts, each with its primary device, in one transaction (bulk
+    /// provisioning for benchmarks and migrations). Phones that already exist are skipped;
+    /// returns how many were created.
+    async fn create_accounts(&self, accounts: Vec<(UserRecord, DeviceRecord)>) -> Result<usize, StoreError>;
     /// Reads a user.
     async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError>;
 
