@@ -109,3 +109,25 @@ fn alice_id(profile: &std::path::Path) -> String {
     let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(profile).unwrap()).unwrap();
     p["user_id"].as_str().unwrap().to_owned()
 }
+
+/// Bulk provisioning (operators, load tests) is admin-only and yields working devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_bulk_provisioning_creates_working_accounts() {
+    let server = TestServer::start();
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/admin/provision", server.admin);
+    let refused = http.post(&url).json(&serde_json::json!({ "count": 3 })).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let too_many = http.post(&url).bearer_auth(ADMIN_TOKEN).json(&serde_json::json!({ "count": 100_000 })).send().await.unwrap();
+    assert_eq!(too_many.status().as_u16(), 400);
+    let created: Vec<switchboard::accounts::DeviceCredentials> =
+        http.post(&url).bearer_auth(ADMIN_TOKEN).json(&serde_json::json!({ "count": 3, "phone_prefix": "+1777" })).send().await.unwrap().json().await.unwrap();
+    assert_eq!(created.len(), 3);
+    let mut a = online(&server, Kind::Tcp, &created[0]).await;
+    let conversation = a.open_direct(created[1].user_id).await.unwrap();
+    a.send_and_ack(conversation, "bulk", &b"hi"[..]).await.unwrap();
+    // The same phones again: nothing new is created.
+    let again: Vec<switchboard::accounts::DeviceCredentials> =
+        http.post(&url).bearer_auth(ADMIN_TOKEN).json(&serde_json::json!({ "count": 3, "phone_prefix": "+1777" })).send().await.unwrap().json().await.unwrap();
+    assert!(again.is_empty());
+}
