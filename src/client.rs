@@ -333,6 +333,18 @@ impl Connection {
         }
     }
 
+    /// Waits for the answer `pick` recognises, or the Error whose `request_ref` is
+    /// `request_ref` (the request's id or client_msg_id).
+    async fn answer<T>(&mut self, request_ref: String, pick: impl Fn(&server_frame::Kind) -> Option<T>) -> Result<T, ClientError> {
+        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
+            server_frame::Kind::Error(e) if e.request_ref == request_ref => {
+                Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() }))
+            }
+            other => pick(other).map(Ok),
+        })
+        .await?
+    }
+
     /// Sends Hello and waits for Welcome.
     pub async fn hello(&mut self, token: &str) -> Result<pb::Welcome, ClientError> {
         self.send(client_frame::Kind::Hello(pb::Hello {
@@ -390,13 +402,11 @@ impl Connection {
     }
 
     async fn group_answer(&mut self, request_id: u64) -> Result<pb::GroupAnswer, ClientError> {
-        let rid = request_id.to_string();
-        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
-            server_frame::Kind::GroupAnswer(a) if a.request_id == request_id => Some(Ok(a.clone())),
-            server_frame::Kind::Error(e) if e.request_ref == rid => Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() })),
+        self.answer(request_id.to_string(), move |k| match k {
+            server_frame::Kind::GroupAnswer(a) if a.request_id == request_id => Some(a.clone()),
             _ => None,
         })
-        .await?
+        .await
     }
 
     /// Sends a message (does not wait for the ack).
@@ -428,13 +438,17 @@ impl Connection {
             reference_seq,
         }))
         .await?;
+        self.ack_of(client_msg_id).await
+    }
+
+    /// Waits for the SendAck (or Error) of `client_msg_id`.
+    async fn ack_of(&mut self, client_msg_id: &str) -> Result<pb::SendAck, ClientError> {
         let id = client_msg_id.to_owned();
-        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
-            server_frame::Kind::SendAck(a) if a.client_msg_id == id => Some(Ok(a.clone())),
-            server_frame::Kind::Error(e) if e.request_ref == id => Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() })),
+        self.answer(id.clone(), move |k| match k {
+            server_frame::Kind::SendAck(a) if a.client_msg_id == id => Some(a.clone()),
             _ => None,
         })
-        .await?
+        .await
     }
 
     /// Deletes a message for everyone; returns the answer once the event is stored.
@@ -448,26 +462,22 @@ impl Connection {
     pub async fn group_info(&mut self, conversation: Uuid) -> Result<pb::GroupInfo, ClientError> {
         let request_id = rand::random::<u64>();
         self.send(client_frame::Kind::GroupInfo(pb::GroupInfoRequest { request_id, conversation_id: id_bytes(conversation) })).await?;
-        let rid = request_id.to_string();
-        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
-            server_frame::Kind::GroupInfo(g) if g.request_id == request_id => Some(Ok(g.clone())),
-            server_frame::Kind::Error(e) if e.request_ref == rid => Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() })),
+        self.answer(request_id.to_string(), move |k| match k {
+            server_frame::Kind::GroupInfo(g) if g.request_id == request_id => Some(g.clone()),
             _ => None,
         })
-        .await?
+        .await
     }
 
     /// Per-member delivered/read times of one of our group messages.
     pub async fn message_info(&mut self, conversation: Uuid, seq: u64) -> Result<pb::MessageInfoAnswer, ClientError> {
         let request_id = rand::random::<u64>();
         self.send(client_frame::Kind::MessageInfo(pb::MessageInfo { request_id, conversation_id: id_bytes(conversation), seq })).await?;
-        let rid = request_id.to_string();
-        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
-            server_frame::Kind::MessageInfo(a) if a.request_id == request_id => Some(Ok(a.clone())),
-            server_frame::Kind::Error(e) if e.request_ref == rid => Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() })),
+        self.answer(request_id.to_string(), move |k| match k {
+            server_frame::Kind::MessageInfo(a) if a.request_id == request_id => Some(a.clone()),
             _ => None,
         })
-        .await?
+        .await
     }
 
     /// Sets disappearing messages (0 = off).
@@ -480,15 +490,7 @@ impl Connection {
     /// Sends a message and waits for its SendAck.
     pub async fn send_and_ack(&mut self, conversation: Uuid, client_msg_id: &str, payload: impl Into<Bytes>) -> Result<pb::SendAck, ClientError> {
         self.send_message(conversation, client_msg_id, payload).await?;
-        let id = client_msg_id.to_owned();
-        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
-            server_frame::Kind::SendAck(a) if a.client_msg_id == id => Some(Ok(a.clone())),
-            server_frame::Kind::Error(e) if e.request_ref == id => {
-                Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() }))
-            }
-            _ => None,
-        })
-        .await?
+        self.ack_of(client_msg_id).await
     }
 
     /// Acknowledges delivery up to `seq`.
@@ -515,13 +517,11 @@ impl Connection {
         let request_id = rand::random::<u64>();
         self.send(client_frame::Kind::History(pb::HistoryRequest { request_id, conversation_id: id_bytes(conversation), before_seq, limit }))
             .await?;
-        let rid = request_id.to_string();
-        self.wait_for(DEFAULT_WAIT, false, move |k| match k {
-            server_frame::Kind::History(h) if h.request_id == request_id => Some(Ok(h.clone())),
-            server_frame::Kind::Error(e) if e.request_ref == rid => Some(Err(ClientError::Rejected { code: e.code(), message: e.message.clone() })),
+        self.answer(request_id.to_string(), move |k| match k {
+            server_frame::Kind::History(h) if h.request_id == request_id => Some(h.clone()),
             _ => None,
         })
-        .await?
+        .await
     }
 
     /// Splits the connection into a stream of received frames and a sink of frames to

@@ -637,15 +637,7 @@ async fn send(state: &mut SessionState, req: pb::Send) -> Answer {
         kind,
         reference_seq: req.reference_seq,
     };
-    match state.ctx.router.send_to_conversation(id, ConversationMsg::Send(Box::new(request))).await {
-        Ok(()) => Ok(None),
-        Err(RouteError::UnknownConversation) => Err(Reject::new(ErrorCode::UnknownConversation, "no conversation has this id")),
-        Err(RouteError::Overloaded) => Err(Reject::new(ErrorCode::Unavailable, "conversation overloaded; retry")),
-        Err(RouteError::Unavailable(e)) => {
-            tracing::warn!(conversation = %id, error = %e, "conversation unavailable");
-            Err(Reject::new(ErrorCode::Unavailable, "conversation unavailable; retry"))
-        }
-    }
+    route(state, id, ConversationMsg::Send(Box::new(request))).await
 }
 
 async fn move_cursor(state: &mut SessionState, raw_id: &[u8], seq: u64, read: bool) -> Answer {
@@ -859,10 +851,17 @@ async fn join_group(state: &mut SessionState, req: pb::JoinGroup) -> Answer {
 async fn edit(state: &mut SessionState, raw_id: &[u8], request_id: u64, op: ConversationOp) -> Answer {
     let id = member_view(state, raw_id).await?.record.conversation_id;
     let request = EditRequest { user: state.user, device: state.device, request_id, op };
-    match state.ctx.router.send_to_conversation(id, ConversationMsg::Edit(Box::new(request))).await {
+    route(state, id, ConversationMsg::Edit(Box::new(request))).await
+}
+
+/// Hands a request to a conversation's sequencer, which answers the device itself; only a
+/// routing failure is answered here.
+async fn route(state: &SessionState, id: ConversationId, message: ConversationMsg) -> Answer {
+    match state.ctx.router.send_to_conversation(id, message).await {
         Ok(()) => Ok(None),
         Err(RouteError::UnknownConversation) => Err(Reject::new(ErrorCode::UnknownConversation, "no conversation has this id")),
-        Err(e) => {
+        Err(RouteError::Overloaded) => Err(Reject::new(ErrorCode::Unavailable, "conversation overloaded; retry")),
+        Err(RouteError::Unavailable(e)) => {
             tracing::warn!(conversation = %id, error = %e, "conversation unavailable");
             Err(Reject::new(ErrorCode::Unavailable, "conversation unavailable; retry"))
         }
@@ -873,14 +872,7 @@ async fn edit(state: &mut SessionState, raw_id: &[u8], request_id: u64, op: Conv
 /// there once the event is stored.
 async fn route_group(state: &mut SessionState, id: ConversationId, request_id: u64, op: GroupOp) -> Answer {
     let request = GroupRequest { user: state.user, device: state.device, request_id, op };
-    match state.ctx.router.send_to_conversation(id, ConversationMsg::Group(Box::new(request))).await {
-        Ok(()) => Ok(None),
-        Err(RouteError::UnknownConversation) => Err(Reject::new(ErrorCode::UnknownConversation, "no conversation has this id")),
-        Err(e) => {
-            tracing::warn!(conversation = %id, error = %e, "group unavailable");
-            Err(Reject::new(ErrorCode::Unavailable, "group unavailable; retry"))
-        }
-    }
+    route(state, id, ConversationMsg::Group(Box::new(request))).await
 }
 
 /// Per-member delivered/read times of one of the caller's own group messages.
