@@ -310,10 +310,17 @@ pub async fn direct(
 ) -> Result<TrafficReport, LoadError> {
     let n = credentials.len();
     let mut conns = connect_all(server, credentials).await?;
-    // Each user talks to the next one in a ring: n conversations, each with traffic both ways.
+    // Each user sends to a random peer: a ring over a random permutation, so every user
+    // sends and receives at the same rate and no two runs pair the same users.
+    let mut order: Vec<usize> = (0..n).collect();
+    rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
+    let mut peer = vec![0usize; n];
+    for (k, &i) in order.iter().enumerate() {
+        peer[i] = order[(k + 1) % n];
+    }
     let mut conversations = Vec::with_capacity(n);
     for (i, conn) in conns.iter_mut().enumerate() {
-        conversations.push(conn.open_direct(credentials[(i + 1) % n].user_id).await?);
+        conversations.push(conn.open_direct(credentials[peer[i]].user_id).await?);
     }
     traffic(server, "direct", conns, conversations, 2, rate, duration, payload_bytes, progress).await
 }
