@@ -245,3 +245,48 @@ async fn reconnecting_device_replaces_its_old_connection() {
     assert_eq!(common::caught_up(&mut new).await, 1);
     assert_eq!(new.next_message(WAIT).await.unwrap().seq, 2);
 }
+
+/// A receiver that drops and reconnects again and again while a sender streams: within
+/// each connection its seqs arrive in order without gaps, and across connections (acking
+/// what it saw) it misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_reconnecting_during_a_stream_sees_every_seq() {
+    let server = TestServer::start_with(&["--rate-per-sec", "100000", "--rate-burst", "100000"]);
+    let Pair { bob, mut a, conversation, .. } = pair(&server, Kind::Tcp).await;
+    let total = 1500u64;
+    let sender = tokio::spawn(async move {
+        for i in 1..=total {
+            a.send_message(conversation, &format!("s-{i}"), &b"x"[..]).await.unwrap();
+            if i % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        a.wait_for(Duration::from_secs(30), true, |k| matches!(k, server_frame::Kind::SendAck(s) if s.seq == total).then_some(())).await.unwrap();
+        a
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    let mut round = 0;
+    while seen.len() < total as usize {
+        round += 1;
+        assert!(round < 200, "never caught up: {} of {total}", seen.len());
+        let (mut b, _) = Connection::open(&server.transport(Kind::Tcp), &bob.token).await.unwrap();
+        let mut last = None;
+        // Read for a while, then drop the connection abruptly (no Bye).
+        let until = tokio::time::Instant::now() + Duration::from_millis(40);
+        while let Ok(Ok(frame)) = tokio::time::timeout_at(until, b.recv_timeout(WAIT)).await {
+            if let server_frame::Kind::Message(m) = frame {
+                if let Some(prev) = last {
+                    assert_eq!(m.seq, prev + 1, "gap within one connection (round {round})");
+                }
+                last = Some(m.seq);
+                seen.insert(m.seq);
+                b.ack(conversation, m.seq).await.unwrap();
+            }
+        }
+        if sender.is_finished() && last.is_none() && seen.len() < total as usize {
+            let missing: Vec<u64> = (1..=total).filter(|s| !seen.contains(s)).take(10).collect();
+            panic!("stream over, nothing more delivered, missing {missing:?}");
+        }
+    }
+    sender.await.unwrap();
+}
