@@ -3,6 +3,7 @@
 //! measures what the benchmarks report (server RSS and CPU from /proc, send→deliver
 //! latency on the receiving device).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -267,8 +268,10 @@ pub struct TrafficReport {
     pub acked: u64,
     /// Deliveries expected: sent × (members − 1).
     pub expected_deliveries: u64,
-    /// Messages received by recipient devices.
+    /// Messages of this run received by recipient devices.
     pub delivered: u64,
+    /// Times a device saw a conversation's seq jump on one connection (must be 0).
+    pub gaps: u64,
     /// delivered / sending time.
     pub deliveries_per_sec: f64,
     /// Send→deliver latency percentiles, milliseconds.
@@ -374,6 +377,9 @@ async fn traffic(
     let sent = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
+    let gaps = Arc::new(AtomicU64::new(0));
+    let run_started_ns = now_nanos();
+    let run: u32 = rand::random();
     let cpu_before = server.cpu_time()?;
     let started = Instant::now();
     let stop_at = started + duration;
@@ -382,7 +388,7 @@ async fn traffic(
     for (i, conn) in conns.into_iter().enumerate() {
         let (mut reader, mut writer, _) = conn.into_split();
         let conversation = conversations[i];
-        let (histogram, sent, delivered, acked) = (histogram.clone(), sent.clone(), delivered.clone(), acked.clone());
+        let (histogram, sent, delivered, acked, gaps) = (histogram.clone(), sent.clone(), delivered.clone(), acked.clone(), gaps.clone());
         // Writer: open loop, one message per tick (missed ticks are sent late, not skipped),
         // plus the batched acks the reader asks for.
         let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(Uuid, u64)>();
@@ -400,7 +406,9 @@ async fn traffic(
                         payload.put_u64(now_nanos());
                         payload.resize(payload_bytes.max(8), 0);
                         let frame = protocol::client(client_frame::Kind::Send(pb::Send {
-                            client_msg_id: format!("{i}-{seq}"),
+                            // Unique across runs: a repeated id would be answered as a
+                            // duplicate (idempotency) and, rightly, not delivered again.
+                            client_msg_id: format!("{run:08x}-{i}-{seq}"),
                             conversation_id: id_bytes(conversation),
                             payload: payload.freeze(),
                             kind: pb::MessageKind::Normal as i32,
@@ -424,20 +432,29 @@ async fn traffic(
         let drain_until = stop_at + Duration::from_secs(5);
         tasks.push(tokio::spawn(async move {
             let mut pending_ack: Option<(Uuid, u64)> = None;
+            let mut last_seq: HashMap<Uuid, u64> = HashMap::new();
             let mut last_ack = Instant::now();
             loop {
                 let next = tokio::time::timeout_at(tokio::time::Instant::from_std(drain_until), reader.next()).await;
                 let Ok(Some(Ok(bytes))) = next else { break };
                 match protocol::decode_server(&bytes) {
                     Ok(server_frame::Kind::Message(m)) => {
-                        let sent_at = if m.payload.len() >= 8 { u64::from_be_bytes(m.payload[..8].try_into().unwrap_or([0; 8])) } else { 0 };
-                        let latency = now_nanos().saturating_sub(sent_at).max(1);
-                        if let Ok(mut h) = histogram.lock() {
-                            let _ = h.record(latency);
+                        let conv = Uuid::from_slice(&m.conversation_id).unwrap_or_default();
+                        // Within one connection a conversation's seqs must be contiguous.
+                        if let Some(prev) = last_seq.insert(conv, m.seq)
+                            && m.seq != prev + 1
+                        {
+                            gaps.fetch_add(1, Ordering::Relaxed);
                         }
-                        delivered.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(conv) = Uuid::from_slice(&m.conversation_id) {
-                            pending_ack = Some((conv, m.seq));
+                        pending_ack = Some((conv, m.seq));
+                        let sent_at = if m.payload.len() >= 8 { u64::from_be_bytes(m.payload[..8].try_into().unwrap_or([0; 8])) } else { 0 };
+                        // Redeliveries of an earlier run's unacknowledged messages are not this run's.
+                        if sent_at >= run_started_ns {
+                            let latency = now_nanos().saturating_sub(sent_at).max(1);
+                            if let Ok(mut h) = histogram.lock() {
+                                let _ = h.record(latency);
+                            }
+                            delivered.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Ok(server_frame::Kind::SendAck(_)) => {
@@ -480,6 +497,7 @@ async fn traffic(
         t.abort();
     }
     let (sent, delivered, acked) = (sent.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed), acked.load(Ordering::Relaxed));
+    let gaps = gaps.load(Ordering::Relaxed);
     let h = histogram.lock().map_err(|_| LoadError::Server("histogram poisoned".into()))?;
     let ms = |v: u64| v as f64 / 1e6;
     Ok(TrafficReport {
@@ -492,6 +510,7 @@ async fn traffic(
         acked,
         expected_deliveries: sent * fanout,
         delivered,
+        gaps,
         deliveries_per_sec: delivered as f64 / duration.as_secs_f64(),
         latency_ms_p50: ms(h.value_at_quantile(0.50)),
         latency_ms_p90: ms(h.value_at_quantile(0.90)),
