@@ -215,6 +215,14 @@ impl RunningServer {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.accepting.cancel();
+        // Connections stop reading (the token above). Then, in order: sessions hand every
+        // request they hold to conversations, conversations sequence them, the writer
+        // commits them, conversations turn the commits into acks — and only then are
+        // sessions closed. A client whose message was stored hears so before Closing.
+        self.sync_sessions().await;
+        self.sync_conversations().await;
+        self.node.ctx.writer.barrier().await;
+        self.sync_conversations().await;
         for session in self.node.ctx.router.all_sessions() {
             let _ = session.actor().cast(SessionMsg::Close {
                 code: ErrorCode::ServerShuttingDown,
@@ -230,6 +238,22 @@ impl RunningServer {
         self.admin.stop(true).await;
         self.node.shutdown().await;
         tracing::info!("shutdown complete");
+    }
+
+    async fn sync_sessions(&self) {
+        for session in self.node.ctx.router.all_sessions() {
+            if let Err(e) = ractor::call_t!(session.actor(), SessionMsg::Sync, 2000) {
+                tracing::debug!(error = %e, "session did not sync before shutdown");
+            }
+        }
+    }
+
+    async fn sync_conversations(&self) {
+        for conversation in self.node.ctx.router.all_conversations() {
+            if let Err(e) = ractor::call_t!(conversation.actor(), crate::actors::conversation::ConversationMsg::Sync, 2000) {
+                tracing::debug!(error = %e, "conversation did not sync before shutdown");
+            }
+        }
     }
 
     /// Resolves if an infrastructure actor failed (the process should exit non-zero).

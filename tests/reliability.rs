@@ -290,3 +290,59 @@ async fn receiver_reconnecting_during_a_stream_sees_every_seq() {
     }
     sender.await.unwrap();
 }
+
+/// SIGTERM in the middle of a burst of sends: every message that is stored was
+/// acknowledged to the sender before the Closing frame (the server stops taking requests,
+/// commits what it sequenced, delivers those acks, and only then closes sessions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_acknowledges_everything_it_stored() {
+    let mut server = TestServer::start_with(&["--rate-per-sec", "100000", "--rate-burst", "100000"]);
+    let Pair { alice, mut a, conversation, .. } = pair(&server, Kind::Tcp).await;
+    let burst: Vec<_> = (0..400)
+        .map(|i| {
+            switchboard::protocol::client_frame::Kind::Send(switchboard::protocol::pb::Send {
+                client_msg_id: format!("t-{i}"),
+                conversation_id: switchboard::protocol::id_bytes(conversation),
+                payload: bytes::Bytes::from_static(b"x"),
+                kind: 0,
+                reference_seq: 0,
+            })
+        })
+        .collect();
+    a.send_many(burst).await.unwrap();
+    let terminated = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (server, status)
+    });
+    let mut acked = std::collections::HashSet::new();
+    loop {
+        match a.recv_timeout(WAIT).await {
+            Ok(server_frame::Kind::SendAck(ack)) => {
+                acked.insert(ack.client_msg_id);
+            }
+            Ok(server_frame::Kind::Closing(c)) => {
+                assert_eq!(c.code(), ErrorCode::ServerShuttingDown);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("no Closing frame: {e}"),
+        }
+    }
+    let (mut server, status) = terminated.await.unwrap();
+    assert!(status.success());
+    server.restart();
+    let mut a = online(&server, Kind::Tcp, &alice).await;
+    let mut stored = Vec::new();
+    let mut before = 0;
+    loop {
+        let page = a.history(conversation, before, 200).await.unwrap();
+        stored.extend(page.messages.iter().map(|m| m.client_msg_id.clone()));
+        if !page.has_more {
+            break;
+        }
+        before = page.messages.last().unwrap().seq;
+    }
+    for id in &stored {
+        assert!(acked.contains(id), "{id} was stored but its ack never reached the sender ({} stored, {} acked)", stored.len(), acked.len());
+    }
+}

@@ -47,6 +47,9 @@ pub enum ConversationMsg {
     Edit(Box<EditRequest>),
     /// Fault injection for SREs and tests: the actor panics (and is restarted).
     Crash,
+    /// Answers once everything queued before it has been handled (shutdown uses it so that
+    /// committed sends are acknowledged before sessions close).
+    Sync(ractor::RpcReplyPort<()>),
     /// Internal: the store answered for one of our appends.
     Persisted(u64, Result<WriteOutcome, StoreError>),
     /// Internal: idle check.
@@ -275,6 +278,9 @@ impl Actor for Conversation {
                 panic!("crash requested for conversation {}", state.record.conversation_id);
             }
             ConversationMsg::Persisted(seq, outcome) => handle_persisted(state, seq, outcome)?,
+            ConversationMsg::Sync(reply) => {
+                let _ = reply.send(());
+            }
             ConversationMsg::Tick => {
                 let idle = state.ctx.limits.conversation_idle;
                 if state.pending.is_empty() && state.last_activity.elapsed() >= idle && state.gauge.try_close_idle() {

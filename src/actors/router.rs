@@ -247,6 +247,11 @@ impl Router {
         read(&self.inner.conversations).get(&id).cloned()
     }
 
+    /// Every active conversation, for shutdown.
+    pub fn all_conversations(&self) -> Vec<Mailbox<ConversationMsg>> {
+        read(&self.inner.conversations).values().cloned().collect()
+    }
+
     /// Number of active conversations.
     pub fn conversation_count(&self) -> usize {
         read(&self.inner.conversations).len()

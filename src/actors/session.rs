@@ -75,6 +75,8 @@ pub enum SessionMsg {
     },
     /// The socket is gone.
     ConnectionClosed,
+    /// Answers once every message queued before it has been handled (shutdown).
+    Sync(ractor::RpcReplyPort<()>),
 }
 
 /// The session's end of a connection: a bounded queue of encoded frames towards the
@@ -329,6 +331,10 @@ impl Actor for DeviceSession {
             SessionMsg::ConnectionClosed => {
                 state.stopping = true;
                 myself.stop(Some("connection closed".into()));
+                Ok(())
+            }
+            SessionMsg::Sync(reply) => {
+                let _ = reply.send(());
                 Ok(())
             }
         };

@@ -129,7 +129,7 @@ where
     metrics::gauge!("switchboard_connections").increment(1.0);
 
     if let Some(session) = handshake(&mut inbound, &outbox, &deps).await {
-        read_loop(&mut inbound, &outbox, &close, &session, &config).await;
+        read_loop(&mut inbound, &outbox, &close, &session, &config, &deps.shutdown).await;
         // Ordered after every frame the reader forwarded: the session handles them all
         // (acks included) before it stops.
         let _ = session.actor().cast(SessionMsg::ConnectionClosed);
@@ -225,6 +225,7 @@ async fn read_loop<S>(
     close: &Arc<CloseSignal>,
     session: &crate::actors::Mailbox<SessionMsg>,
     config: &ConnectionConfig,
+    shutdown: &CancellationToken,
 ) where
     S: Stream<Item = Result<Bytes, FrameError>> + Unpin,
 {
@@ -234,6 +235,12 @@ async fn read_loop<S>(
     loop {
         let next = tokio::select! {
             _ = close.closed() => return,
+            _ = shutdown.cancelled() => {
+                // Shutting down: take no new requests, but keep the session (and so the
+                // acks of what it already sent) alive until the server closes it.
+                close.closed().await;
+                return;
+            }
             next = tokio::time::timeout(idle, inbound.next()) => next,
         };
         let bytes = match next {
