@@ -411,12 +411,16 @@ impl Connection {
 
     /// Sends a message (does not wait for the ack).
     pub async fn send_message(&mut self, conversation: Uuid, client_msg_id: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+        self.send_kind(conversation, client_msg_id, pb::MessageKind::Normal, 0, payload.into()).await
+    }
+
+    async fn send_kind(&mut self, conversation: Uuid, client_msg_id: &str, kind: pb::MessageKind, reference_seq: u64, payload: Bytes) -> Result<(), ClientError> {
         self.send(client_frame::Kind::Send(pb::Send {
             client_msg_id: client_msg_id.to_owned(),
             conversation_id: id_bytes(conversation),
-            payload: payload.into(),
-            kind: pb::MessageKind::Normal as i32,
-            reference_seq: 0,
+            payload,
+            kind: kind as i32,
+            reference_seq,
         }))
         .await
     }
@@ -430,14 +434,7 @@ impl Connection {
         reference_seq: u64,
         payload: impl Into<Bytes>,
     ) -> Result<pb::SendAck, ClientError> {
-        self.send(client_frame::Kind::Send(pb::Send {
-            client_msg_id: client_msg_id.to_owned(),
-            conversation_id: id_bytes(conversation),
-            payload: payload.into(),
-            kind: kind as i32,
-            reference_seq,
-        }))
-        .await?;
+        self.send_kind(conversation, client_msg_id, kind, reference_seq, payload.into()).await?;
         self.ack_of(client_msg_id).await
     }
 

@@ -125,7 +125,7 @@ impl Router {
 
     /// True if this device of the user is connected to this node.
     pub fn is_device_online(&self, user: UserId, device: DeviceId) -> bool {
-        read(&self.inner.sessions).get(&user).is_some_and(|e| e.iter().any(|(d, _)| *d == device))
+        self.device_mailbox(user, device).is_some()
     }
 
     /// Number of connected devices on this node.
@@ -149,20 +149,20 @@ impl Router {
 
     /// Delivers to one device if it is connected here.
     pub fn deliver_to_device(&self, user: UserId, device: DeviceId, message: SessionMsg) {
-        let target = read(&self.inner.sessions)
-            .get(&user)
-            .and_then(|entries| entries.iter().find(|(d, _)| *d == device).map(|(_, mb)| mb.clone()));
-        if let Some(mailbox) = target {
+        if let Some(mailbox) = self.device_mailbox(user, device) {
             Self::deliver(&mailbox, message);
         }
     }
 
+    fn device_mailbox(&self, user: UserId, device: DeviceId) -> Option<Mailbox<SessionMsg>> {
+        read(&self.inner.sessions)
+            .get(&user)
+            .and_then(|entries| entries.iter().find(|(d, _)| *d == device).map(|(_, mb)| mb.clone()))
+    }
+
     /// Closes a device's live connection (revocation), if it has one here.
     pub fn close_device(&self, user: UserId, device: DeviceId, code: ErrorCode, reason: &str) {
-        let target = read(&self.inner.sessions)
-            .get(&user)
-            .and_then(|entries| entries.iter().find(|(d, _)| *d == device).map(|(_, mb)| mb.clone()));
-        if let Some(mailbox) = target {
+        if let Some(mailbox) = self.device_mailbox(user, device) {
             let _ = mailbox.actor().cast(SessionMsg::Close { code, reason: reason.to_owned(), reconnect_after_ms: 0 });
         }
     }

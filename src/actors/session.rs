@@ -28,8 +28,8 @@ use super::mailbox::{Mailbox, MailboxGauge};
 use super::router::RouteError;
 use crate::protocol::{self, ErrorCode, MAX_CLIENT_MSG_ID_BYTES, client_frame, id_bytes, parse_id, pb, server_frame};
 use crate::store::{
-    ContentKind, ConversationId, ConversationKind, ConversationRecord, DeviceId, GroupState, UserId, WriteOp, direct_conversation_id,
-    now_ms,
+    ContentKind, ConversationId, ConversationKind, ConversationRecord, DeviceId, GroupState, Store, StoreError, StoredMessage, UserId,
+    WriteOp, direct_conversation_id, now_ms,
 };
 
 /// One message fanned out to many devices: the frame is encoded once and shared.
@@ -710,20 +710,30 @@ pub const MAX_HISTORY_PAGE: usize = 200;
 /// History page size when the client asks for 0.
 pub const DEFAULT_HISTORY_PAGE: usize = 50;
 
-async fn history(state: &mut SessionState, req: pb::HistoryRequest) -> Answer {
-    let v = view(state, &req.conversation_id).await?;
-    let (id, (first, last)) = (v.record.conversation_id, v.range);
-    let limit = match req.limit as usize {
-        0 => DEFAULT_HISTORY_PAGE,
-        n => n.min(MAX_HISTORY_PAGE),
-    };
-    // Members see history from the event that made them members, former members up to
-    // the event that removed them.
-    let before = if last == u64::MAX { req.before_seq } else if req.before_seq == 0 { last + 1 } else { req.before_seq.min(last + 1) };
-    let mut messages = state.ctx.store.messages_before(id, before, limit + 1).await?;
+/// One page of history, newest first, seqs below `before` (0 = newest), limited to the
+/// caller's visible `range` (from joining a group to leaving it). Shared by the socket
+/// and the HTTP API so both apply the same rules. Returns the page and whether older
+/// messages exist.
+pub async fn history_page(
+    store: &dyn Store,
+    id: ConversationId,
+    (first, last): (u64, u64),
+    before: u64,
+    limit: usize,
+) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+    let limit = if limit == 0 { DEFAULT_HISTORY_PAGE } else { limit.min(MAX_HISTORY_PAGE) };
+    let before = if last == u64::MAX { before } else if before == 0 { last + 1 } else { before.min(last + 1) };
+    let mut messages = store.messages_before(id, before, limit + 1).await?;
     messages.retain(|m| m.seq >= first);
     let has_more = messages.len() > limit;
     messages.truncate(limit);
+    Ok((messages, has_more))
+}
+
+async fn history(state: &mut SessionState, req: pb::HistoryRequest) -> Answer {
+    let v = view(state, &req.conversation_id).await?;
+    let (id, range) = (v.record.conversation_id, v.range);
+    let (messages, has_more) = history_page(state.ctx.store.as_ref(), id, range, req.before_seq, req.limit as usize).await?;
     Ok(Some(protocol::server(server_frame::Kind::History(pb::HistoryPage {
         request_id: req.request_id,
         conversation_id: id_bytes(id),

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::bearer;
 use crate::accounts::{AccountError, Accounts, AuthError};
 use crate::actors::node::Node;
-use crate::actors::session::{DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE};
+use crate::actors::session::history_page;
 use crate::protocol::ErrorCode;
 use crate::actors::push::PushMsg;
 use crate::store::{DeviceRecord, PushToken, Store};
@@ -237,13 +237,9 @@ async fn history(
     let id = Uuid::parse_str(&path).map_err(|_| ApiError::BadRequest("conversation_id must be a UUID".into()))?;
     let record = state.store.conversation(id).await.map_err(|_| ApiError::Unavailable)?.ok_or(ApiError::UnknownConversation)?;
     // The same membership range as over the socket: from joining to leaving.
-    let (first, last) = record.visible_range(me.user_id).ok_or(ApiError::NotAMember)?;
-    let limit = if query.limit == 0 { DEFAULT_HISTORY_PAGE } else { query.limit.min(MAX_HISTORY_PAGE) };
-    let before = if last == u64::MAX { query.before } else if query.before == 0 { last + 1 } else { query.before.min(last + 1) };
-    let mut messages = state.store.messages_before(id, before, limit + 1).await.map_err(|_| ApiError::Unavailable)?;
-    messages.retain(|m| m.seq >= first);
-    let has_more = messages.len() > limit;
-    messages.truncate(limit);
+    let range = record.visible_range(me.user_id).ok_or(ApiError::NotAMember)?;
+    let (messages, has_more) =
+        history_page(state.store.as_ref(), id, range, query.before, query.limit).await.map_err(|_| ApiError::Unavailable)?;
     let items: Vec<_> = messages
         .iter()
         .map(|m| {
