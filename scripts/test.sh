@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Tests start their own private servers (temp dirs,
-# kernel-chosen ports on 127.0.0.1) and need nothing installed beyond the Rust toolchain.
+# kernel-chosen ports on 127.0.0.1): switchboard itself, and PostgreSQL, whose binaries
+# scripts/install-deps.sh installs when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-deps.sh
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
   echo "cargo-nextest not found: installing it (one time)"
   cargo install cargo-nextest --locked
 fi
 cargo build --all-targets --locked
+# Everything, on the embedded store; the store conformance suite runs on every backend.
 cargo nextest run --locked --no-fail-fast "$@"
+# The single-node integration suite once more, with every test server on a private PostgreSQL.
+echo "== integration suite against PostgreSQL =="
+SWITCHBOARD_TEST_STORE=postgres cargo nextest run --locked --no-fail-fast \
+  -E 'kind(test) and not binary(store_conformance) and not binary(protocol_props)' "$@"
 # Benches are built (not run) so they cannot rot.
 cargo bench --no-run --locked

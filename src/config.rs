@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below (flags and environment win over it).
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Store: `embedded:<dir>` (the default is `embedded:./switchboard-data`).
+    /// Store: `embedded:<dir>` (the default is `embedded:./switchboard-data`) or
+    /// `postgres://user:pass@host:port/db[?pool_size=N]` (shared by every node).
     #[arg(long, env = "SWITCHBOARD_STORE")]
     pub store: Option<String>,
     /// HTTP address: accounts API, WebSocket at /v1/ws, /healthz, /metrics.
@@ -136,22 +137,7 @@ pub struct FileConfig {
     shutdown_grace_secs: Option<u64>,
 }
 
-/// Where durable state lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreSpec {
-    /// redb file in a directory.
-    Embedded(PathBuf),
-}
-
-impl StoreSpec {
-    /// Parses `embedded:<dir>`.
-    pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        match s.split_once(':') {
-            Some(("embedded", dir)) if !dir.is_empty() => Ok(StoreSpec::Embedded(PathBuf::from(dir))),
-            _ => Err(ConfigError::Invalid(format!("store {s:?}: expected embedded:<dir>"))),
-        }
-    }
-}
+pub use crate::store::StoreSpec;
 
 /// Where push notifications go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +200,7 @@ impl ServerConfig {
             }
             None => FileConfig::default(),
         };
-        let store = StoreSpec::parse(&args.store.or(file.store).unwrap_or_else(|| "embedded:./switchboard-data".into()))?;
+        let store = StoreSpec::parse(&args.store.or(file.store).unwrap_or_else(|| "embedded:./switchboard-data".into())).map_err(ConfigError::Invalid)?;
         let code_sender = match args.code_sender.or(file.code_sender).as_deref() {
             None | Some("log") => CodeSenderSpec::Log,
             Some(s) => match s.strip_prefix("webhook:") {

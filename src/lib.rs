@@ -10,6 +10,7 @@
 //! - [`config`], [`server`]: configuration and the node's lifecycle.
 //! - [`client`]: the Rust client used by tests, benchmarks and `switchboard client`.
 //! - [`loadgen`]: the load generator behind `switchboard bench`.
+//! - [`testkit`]: private PostgreSQL (and later Redis) instances for tests and trials.
 
 pub mod accounts;
 pub mod actors;
@@ -20,4 +21,5 @@ pub mod loadgen;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod testkit;
 pub mod transport;

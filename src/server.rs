@@ -15,11 +15,11 @@ use crate::accounts::{Accounts, CodeSender, LogCodeSender, WebhookCodeSender};
 use crate::actors::node::{self, Node};
 use crate::actors::session::SessionMsg;
 use crate::actors::push::{LogSink, PushSink, WebhookSink};
-use crate::config::{CodeSenderSpec, PushSinkSpec, ServerConfig, StoreSpec};
+use crate::config::{CodeSenderSpec, PushSinkSpec, ServerConfig};
 use crate::http::admin::{self, AdminState};
 use crate::http::api::{self, ApiState};
 use crate::protocol::ErrorCode;
-use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::transport::{ConnectionDeps, tcp};
 
 /// Why the server could not start.
@@ -75,12 +75,6 @@ fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
-fn open_store(spec: &StoreSpec) -> Result<(Arc<dyn Store>, std::path::PathBuf), ServerError> {
-    match spec {
-        StoreSpec::Embedded(dir) => Ok((Arc::new(EmbeddedStore::open(dir)?), dir.clone())),
-    }
-}
-
 fn admin_token(config: &ServerConfig, data_dir: &std::path::Path) -> Result<String, ServerError> {
     if let Some(t) = &config.admin_token {
         return Ok(t.clone());
@@ -108,7 +102,10 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
 
 /// Starts a node on the current (multi-thread) tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
-    let (store, data_dir) = open_store(&config.store)?;
+    let store = config.store.open().await?;
+    let data_dir = config.store.local_dir();
+    std::fs::create_dir_all(&data_dir)?;
+    tracing::info!(store = %config.store, backend = store.backend(), "store open");
     let admin_token = admin_token(&config, &data_dir)?;
     let metrics = prometheus();
     let push_sink: Arc<dyn PushSink> = match &config.push_sink {
@@ -161,6 +158,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tokio::spawn(admin);
 
     tokio::spawn(purge_expired(store.clone(), config.purge_interval, accepting.clone()));
+    tokio::spawn(probe_store(store.clone(), Duration::from_secs(5), accepting.clone()));
 
     let tcp_listener = tokio::net::TcpListener::from_std(tcp_listener)?;
     tokio::spawn(tcp::serve(tcp_listener, deps, accepting.clone()));
@@ -171,6 +169,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             "tcp": tcp_addr.to_string(),
             "admin": admin_addr.to_string(),
             "pid": std::process::id(),
+            "store": store.backend(),
         });
         // Written to a temporary name and renamed, so a reader never sees half a file.
         let tmp = path.with_extension("tmp");
@@ -179,6 +178,35 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     }
     tracing::info!(%http_addr, %tcp_addr, %admin_addr, "switchboard listening");
     Ok(RunningServer { http_addr, tcp_addr, admin_addr, admin_token, node, accepting, http: http_handle, admin: admin_handle, grace: config.shutdown_grace })
+}
+
+/// Probes the store every `interval` so that its state and latency are in the metrics even
+/// when nobody polls /healthz: `switchboard_store_up{backend}` (1 or 0) and
+/// `switchboard_store_ping_seconds{backend}`.
+async fn probe_store(store: Arc<dyn Store>, interval: Duration, stop: CancellationToken) {
+    let backend = store.backend();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_up = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await;
+        metrics::histogram!("switchboard_store_ping_seconds", "backend" => backend).record(started.elapsed().as_secs_f64());
+        let up = matches!(result, Ok(Ok(())));
+        metrics::gauge!("switchboard_store_up", "backend" => backend).set(if up { 1.0 } else { 0.0 });
+        if up != was_up {
+            match &result {
+                Ok(Ok(())) => tracing::info!(backend, "store reachable again"),
+                Ok(Err(e)) => tracing::error!(backend, error = %e, "store unreachable"),
+                Err(_) => tracing::error!(backend, "store ping timed out"),
+            }
+            was_up = up;
+        }
+    }
 }
 
 /// Deletes expired disappearing messages every `interval`, in bounded batches.

@@ -113,11 +113,12 @@ fn start_batch(myself: &ActorRef<StoreWriterMsg>, state: &mut StoreWriterState) 
         let started = Instant::now();
         let n = ops.len();
         let result = store.apply(ops).await;
-        metrics::histogram!("switchboard_store_batch_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("switchboard_store_batch_ops").record(n as f64);
+        let backend = store.backend();
+        metrics::histogram!("switchboard_store_batch_seconds", "backend" => backend).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("switchboard_store_batch_ops", "backend" => backend).record(n as f64);
         if let Err(e) = &result {
             tracing::error!(error = %e, ops = n, "store batch failed");
-            metrics::counter!("switchboard_store_errors_total").increment(1);
+            metrics::counter!("switchboard_store_errors_total", "backend" => backend).increment(1);
         }
         let batch = CommittedBatch { result, callbacks, barriers };
         if let Err(unsent) = me.cast(StoreWriterMsg::Committed(Box::new(batch))) {

@@ -119,11 +119,16 @@ async fn caller(req: &HttpRequest, state: &ApiState) -> Result<DeviceRecord, Api
 
 async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
     let started = Instant::now();
-    let store = state.store.last_seen(Uuid::nil()).await;
+    let store = state.store.ping().await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let body = serde_json::json!({
         "status": if store.is_ok() { "ok" } else { "degraded" },
-        "store": { "ok": store.is_ok(), "latency_ms": latency_ms },
+        "store": {
+            "backend": state.store.backend(),
+            "ok": store.is_ok(),
+            "latency_ms": latency_ms,
+            "error": store.as_ref().err().map(|e| e.to_string()),
+        },
         "sessions": state.node.ctx.router.session_count(),
         "conversations": state.node.ctx.router.conversation_count(),
     });

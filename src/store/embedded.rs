@@ -254,6 +254,14 @@ fn store_message(
 
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|db| db.begin_read().map(drop).map_err(be))
+    }
+
     async fn put_pending_code(&self, phone: &str, code: PendingCode) -> Result<(), StoreError> {
         let phone = phone.to_owned();
         self.blocking(move |db| {
@@ -461,6 +469,9 @@ impl Store for EmbeddedStore {
                         let mut by_user = txn.open_table(USER_CONVERSATIONS).map_err(be)?;
                         for member in &conversation.members {
                             by_user.insert((member.as_u128(), id), ()).map_err(be)?;
+                        }
+                        if conversation.retention_secs > 0 {
+                            txn.open_table(RETENTION).map_err(be)?.insert(id, conversation.retention_secs).map_err(be)?;
                         }
                         conversation
                     }

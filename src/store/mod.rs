@@ -8,12 +8,16 @@
 //! transaction as the message. The store knows nothing of sockets, frames or actors.
 
 pub mod embedded;
+pub mod postgres;
+pub mod spec;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use embedded::EmbeddedStore;
+pub use postgres::{PostgresOptions, PostgresStore};
+pub use spec::StoreSpec;
 
 /// A user account.
 pub type UserId = Uuid;
@@ -305,6 +309,11 @@ pub enum WriteOutcome {
 /// by natural key).
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Which backend this is ("embedded", "postgres", "scylla"), for health and metrics.
+    fn backend(&self) -> &'static str;
+    /// A cheap round trip to the backend: Ok if it answers now.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Stores the hash of a one-time code for a phone number, replacing any earlier one.
     async fn put_pending_code(&self, phone: &str, code: PendingCode) -> Result<(), StoreError>;
     /// Reads the pending code of a phone number.

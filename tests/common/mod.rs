@@ -1,5 +1,9 @@
 //! Test harness: starts a private `switchboard serve` process (temp data dir, ports
 //! chosen by the kernel, development codes on) and helpers to sign up users.
+//!
+//! The server stores on the embedded store unless `SWITCHBOARD_TEST_STORE=postgres`: then
+//! each test server gets its own private PostgreSQL (see `switchboard::testkit`), which
+//! outlives restarts and `kill -9` of the switchboard process, as a shared store does.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -36,6 +40,10 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// A server process owned by one test.
 pub struct TestServer {
     child: Option<Child>,
+    /// The private PostgreSQL of this server, when the suite runs against PostgreSQL.
+    /// Declared before `dir` so it stops before the directory is deleted.
+    postgres: Option<switchboard::testkit::PrivatePostgres>,
+    store: String,
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
     pub tcp: SocketAddr,
@@ -48,16 +56,37 @@ struct Ready {
     http: SocketAddr,
     tcp: SocketAddr,
     admin: SocketAddr,
+    /// The backend the server reports, checked against the one this run asked for.
+    store: String,
 }
 
-fn spawn(dir: &Path, extra: &[String]) -> (Child, Ready) {
+/// The store every test server of this run uses: "embedded" (default) or "postgres".
+pub fn store_kind() -> String {
+    std::env::var("SWITCHBOARD_TEST_STORE").unwrap_or_else(|_| "embedded".into())
+}
+
+/// The store for a new test server: a directory of its own, or a private PostgreSQL.
+fn new_store(dir: &Path) -> (Option<switchboard::testkit::PrivatePostgres>, String) {
+    match store_kind().as_str() {
+        "embedded" => (None, format!("embedded:{}", dir.join("data").display())),
+        "postgres" => {
+            let pg = switchboard::testkit::PrivatePostgres::start().expect("private postgres");
+            let url = pg.url("postgres");
+            (Some(pg), url)
+        }
+        other => panic!("SWITCHBOARD_TEST_STORE={other}: expected embedded or postgres"),
+    }
+}
+
+fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
     let ready = dir.join("ready.json");
     let _ = std::fs::remove_file(&ready);
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .arg("serve")
         .arg("--store")
-        .arg(format!("embedded:{}", dir.join("data").display()))
+        .arg(store)
+        .current_dir(dir)
         .args(["--http-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--dev-expose-codes", "true", "--admin-token", ADMIN_TOKEN])
         .arg("--ready-file")
@@ -73,6 +102,7 @@ fn spawn(dir: &Path, extra: &[String]) -> (Child, Ready) {
         if let Ok(text) = std::fs::read_to_string(&ready)
             && let Ok(r) = serde_json::from_str::<Ready>(&text)
         {
+            assert_eq!(r.store, store_kind(), "the server runs on another store than the test run asked for");
             return (child, r);
         }
         assert!(Instant::now() < deadline, "server did not become ready; log:\n{}", std::fs::read_to_string(dir.join("server.log")).unwrap_or_default());
@@ -88,8 +118,9 @@ impl TestServer {
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, r) = spawn(dir.path(), &extra);
-        Self { child: Some(child), dir, http: r.http, tcp: r.tcp, admin: r.admin, extra }
+        let (postgres, store) = new_store(dir.path());
+        let (child, r) = spawn(dir.path(), &store, &extra);
+        Self { child: Some(child), postgres, store, dir, http: r.http, tcp: r.tcp, admin: r.admin, extra }
     }
 
     pub fn api(&self) -> HttpApi {
@@ -128,7 +159,7 @@ impl TestServer {
     /// Starts again on the same data directory (new ports).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
-        let (child, r) = spawn(self.dir.path(), &self.extra);
+        let (child, r) = spawn(self.dir.path(), &self.store, &self.extra);
         self.child = Some(child);
         self.http = r.http;
         self.tcp = r.tcp;

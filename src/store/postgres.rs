@@ -1,0 +1,798 @@
+//! The PostgreSQL backend: the shared store operators already run, and the one every
+//! machine here can start in tests.
+//!
+//! The schema (`migrations/postgres/*.sql`) is the embedded store's layout as tables; the
+//! store contract's guarantees come from constraints and transactions:
+//! - the sequencer's fence is a `last_seqs` row moved from `seq - 1` to `seq` by a
+//!   conditional `UPDATE` in the same transaction as the append, so two sequencers of one
+//!   conversation can never both store a seq (the loser's update matches no row);
+//! - idempotency is the unique `(conversation, sender, client_msg_id)` of `messages`;
+//! - cursors only grow (`GREATEST` in an upsert).
+//!
+//! Every write runs in one transaction at READ COMMITTED (row locks taken by the
+//! conditional updates are what serialises racing writers) and is durable when its
+//! COMMIT returns (`synchronous_commit` as configured on the server; the default, `on`,
+//! waits for the WAL flush). Statements are prepared once per pooled connection.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MemberCursor,
+    PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+};
+use std::time::Duration;
+
+/// Schema migrations, applied in order; the version of each is recorded in
+/// `schema_migrations` so each runs once.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+/// Key of the advisory lock that serialises migrations when several nodes start at once.
+const MIGRATION_LOCK: i64 = 0x5357_4243_4844_0001;
+
+/// A PostgreSQL-backed store over a connection pool. Cloning shares the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgresStore")
+    }
+}
+
+/// Connection settings beyond the URL.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Most connections the pool opens.
+    pub pool_size: usize,
+    /// Longest wait for a free connection, and for a new one to be established.
+    pub connect_timeout: Duration,
+    /// Server-side limit on one statement; a statement that hits it fails (and its
+    /// transaction rolls back) instead of holding a writer forever.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self { pool_size: 16, connect_timeout: Duration::from_secs(5), statement_timeout: Duration::from_secs(10) }
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Backend(format!("postgres: {} ({})", db.message(), db.code().code())),
+        None => StoreError::Backend(format!("postgres: {e}")),
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e),
+        other => StoreError::Backend(format!("postgres pool: {other}")),
+    }
+}
+
+/// Seqs, cursors and times are u64 in the contract and bigint in SQL; every real value
+/// fits, and an absurd one (a client's cursor claim) saturates instead of wrapping.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { table, detail: detail.to_string() }
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, table: &'static str, column: &str) -> Result<T, StoreError> {
+    row.try_get(column).map_err(|e| corrupt(table, format!("{column}: {e}")))
+}
+
+fn hash32(table: &'static str, bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| corrupt(table, "hash is not 32 bytes"))
+}
+
+fn user_from(row: &Row) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        user_id: get(row, "users", "user_id")?,
+        phone: get(row, "users", "phone")?,
+        created_ms: uint(get(row, "users", "created_ms")?),
+    })
+}
+
+fn device_from(row: &Row) -> Result<DeviceRecord, StoreError> {
+    Ok(DeviceRecord {
+        device_id: get(row, "devices", "device_id")?,
+        user_id: get(row, "devices", "user_id")?,
+        name: get(row, "devices", "name")?,
+        primary: get(row, "devices", "is_primary")?,
+        token_hash: hash32("devices", get(row, "devices", "token_hash")?)?,
+        created_ms: uint(get(row, "devices", "created_ms")?),
+        revoked_ms: get::<Option<i64>>(row, "devices", "revoked_ms")?.map(uint),
+    })
+}
+
+fn conversation_from(row: &Row) -> Result<ConversationRecord, StoreError> {
+    let kind = match get::<i16>(row, "conversations", "kind")? {
+        0 => ConversationKind::Direct,
+        1 => ConversationKind::Group,
+        other => return Err(corrupt("conversations", format!("unknown kind {other}"))),
+    };
+    let group: Option<Json<GroupState>> = get(row, "conversations", "group_state")?;
+    Ok(ConversationRecord {
+        conversation_id: get(row, "conversations", "conversation_id")?,
+        kind,
+        members: get(row, "conversations", "members")?,
+        created_ms: uint(get(row, "conversations", "created_ms")?),
+        group: group.map(|Json(g)| g),
+        retention_secs: get::<i32>(row, "conversations", "retention_secs")?.max(0) as u32,
+    })
+}
+
+fn message_from(row: &Row) -> Result<StoredMessage, StoreError> {
+    let kind = match get::<i16>(row, "messages", "content_kind")? {
+        0 => ContentKind::Normal,
+        1 => ContentKind::Edit,
+        2 => ContentKind::Reaction,
+        other => return Err(corrupt("messages", format!("unknown content kind {other}"))),
+    };
+    Ok(StoredMessage {
+        conversation_id: get(row, "messages", "conversation_id")?,
+        seq: uint(get(row, "messages", "seq")?),
+        sender_user_id: get(row, "messages", "sender_user_id")?,
+        sender_device_id: get(row, "messages", "sender_device_id")?,
+        client_msg_id: get(row, "messages", "client_msg_id")?,
+        server_time_ms: uint(get(row, "messages", "server_time_ms")?),
+        payload: get::<Vec<u8>>(row, "messages", "payload")?.into(),
+        event: get::<Option<Vec<u8>>>(row, "messages", "event")?.map(Into::into),
+        kind,
+        reference_seq: uint(get(row, "messages", "reference_seq")?),
+        deleted: get(row, "messages", "deleted")?,
+    })
+}
+
+fn kind_code(kind: ConversationKind) -> i16 {
+    match kind {
+        ConversationKind::Direct => 0,
+        ConversationKind::Group => 1,
+    }
+}
+
+fn content_code(kind: ContentKind) -> i16 {
+    match kind {
+        ContentKind::Normal => 0,
+        ContentKind::Edit => 1,
+        ContentKind::Reaction => 2,
+    }
+}
+
+const MESSAGE_COLUMNS: &str = "conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted";
+const CONVERSATION_COLUMNS: &str = "conversation_id, kind, members, created_ms, group_state, retention_secs";
+const DEVICE_COLUMNS: &str = "device_id, user_id, name, is_primary, token_hash, created_ms, revoked_ms";
+
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:pass@host:port/db`), applies pending
+    /// migrations, and returns the store. Fails if the server cannot be reached within the
+    /// connect timeout.
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Backend(format!("postgres url: {e}")))?;
+        config.connect_timeout(options.connect_timeout);
+        if config.get_options().is_none() {
+            config.options(format!("-c statement_timeout={}", options.statement_timeout.as_millis()));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("switchboard");
+        }
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies every migration not yet recorded, under an advisory lock so that nodes
+    /// starting together apply each once. Returns the versions it applied.
+    pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_ms bigint NOT NULL)")
+            .await
+            .map_err(pg)?;
+        let done: Vec<i32> = tx.query("SELECT version FROM schema_migrations", &[]).await.map_err(pg)?.iter().map(|r| r.get(0)).collect();
+        let mut applied = Vec::new();
+        for (version, sql) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql).await.map_err(pg)?;
+            tx.execute("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", &[version, &int(super::now_ms())])
+                .await
+                .map_err(pg)?;
+            applied.push(*version);
+        }
+        tx.commit().await.map_err(pg)?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "postgres schema migrated");
+        }
+        Ok(applied)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs one read statement on a pooled connection.
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg)?;
+        client.query(&statement, params).await.map_err(pg)
+    }
+
+    async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    /// Runs one write statement in its own (implicit) transaction.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg)?;
+        client.execute(&statement, params).await.map_err(pg)
+    }
+
+    async fn run(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let statement = tx.prepare_cached(sql).await.map_err(pg)?;
+        tx.execute(&statement, params).await.map_err(pg)
+    }
+
+    async fn rows(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let statement = tx.prepare_cached(sql).await.map_err(pg)?;
+        tx.query(&statement, params).await.map_err(pg)
+    }
+
+    /// The contract's append: refused as a duplicate if the dedup key exists, refused as a
+    /// conflict unless the fence moves from `seq - 1` to `seq`, else stored.
+    async fn append(tx: &Tx<'_>, m: &StoredMessage) -> Result<Option<WriteOutcome>, StoreError> {
+        let found = Self::rows(
+            tx,
+            "SELECT seq, server_time_ms FROM messages WHERE conversation_id = $1 AND sender_user_id = $2 AND client_msg_id = $3",
+            &[&m.conversation_id, &m.sender_user_id, &m.client_msg_id],
+        )
+        .await?;
+        if let Some(row) = found.first() {
+            return Ok(Some(WriteOutcome::Duplicate {
+                seq: uint(get(row, "messages", "seq")?),
+                server_time_ms: uint(get(row, "messages", "server_time_ms")?),
+            }));
+        }
+        let seq = int(m.seq);
+        let fenced = match m.seq {
+            0 => 0,
+            1 => Self::run(tx, "INSERT INTO last_seqs (conversation_id, last_seq) VALUES ($1, 1) ON CONFLICT DO NOTHING", &[&m.conversation_id]).await?,
+            _ => {
+                Self::run(tx, "UPDATE last_seqs SET last_seq = $2::bigint WHERE conversation_id = $1 AND last_seq = $2::bigint - 1", &[&m.conversation_id, &seq])
+                    .await?
+            }
+        };
+        if fenced == 0 {
+            return Ok(Some(WriteOutcome::SeqConflict));
+        }
+        let payload: &[u8] = &m.payload;
+        let event: Option<&[u8]> = m.event.as_deref();
+        Self::run(
+            tx,
+            "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &m.conversation_id,
+                &seq,
+                &m.sender_user_id,
+                &m.sender_device_id,
+                &m.client_msg_id,
+                &int(m.server_time_ms),
+                &payload,
+                &event,
+                &content_code(m.kind),
+                &int(m.reference_seq),
+                &m.deleted,
+            ],
+        )
+        .await?;
+        Ok(None)
+    }
+
+    async fn put_conversation_record(tx: &Tx<'_>, record: &ConversationRecord) -> Result<(), StoreError> {
+        let group = record.group.as_ref().map(Json);
+        let invite: Option<Vec<u8>> = record.group.as_ref().and_then(|g| g.invite_hash).map(|h| h.to_vec());
+        let retention = i32::try_from(record.retention_secs).unwrap_or(i32::MAX);
+        Self::run(
+            tx,
+            "INSERT INTO conversations (conversation_id, kind, members, created_ms, group_state, retention_secs, invite_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (conversation_id) DO UPDATE SET kind = EXCLUDED.kind, members = EXCLUDED.members, \
+             group_state = EXCLUDED.group_state, retention_secs = EXCLUDED.retention_secs, invite_hash = EXCLUDED.invite_hash",
+            &[&record.conversation_id, &kind_code(record.kind), &record.members, &int(record.created_ms), &group, &retention, &invite],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn advance_cursor(
+        tx: &Tx<'_>,
+        user_id: UserId,
+        device_id: DeviceId,
+        conversation_id: ConversationId,
+        delivered: u64,
+        read: u64,
+        at_ms: u64,
+    ) -> Result<Cursor, StoreError> {
+        let (delivered, read) = (int(delivered), int(read));
+        // A cursor still at zero is not written (the contract lets it be absent).
+        let device_row = Self::rows(
+            tx,
+            "INSERT INTO cursors (device_id, conversation_id, delivered, read) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (device_id, conversation_id) DO UPDATE SET delivered = GREATEST(cursors.delivered, EXCLUDED.delivered), \
+             read = GREATEST(cursors.read, EXCLUDED.read) RETURNING delivered, read",
+            &[&device_id, &conversation_id, &delivered, &read],
+        )
+        .await?;
+        let cursor = device_row
+            .first()
+            .map(|r| Ok::<_, StoreError>(Cursor { delivered: uint(get(r, "cursors", "delivered")?), read: uint(get(r, "cursors", "read")?) }))
+            .transpose()?
+            .unwrap_or_default();
+        let old = Self::rows(
+            tx,
+            "SELECT delivered, read FROM member_cursors WHERE conversation_id = $1 AND user_id = $2 FOR UPDATE",
+            &[&conversation_id, &user_id],
+        )
+        .await?;
+        let (old_d, old_r) = match old.first() {
+            Some(r) => (get::<i64>(r, "member_cursors", "delivered")?, get::<i64>(r, "member_cursors", "read")?),
+            None => (0, 0),
+        };
+        let (new_d, new_r) = (old_d.max(delivered), old_r.max(read));
+        if (new_d, new_r) != (old_d, old_r) {
+            Self::run(
+                tx,
+                "INSERT INTO member_cursors (conversation_id, user_id, delivered, read) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (conversation_id, user_id) DO UPDATE SET delivered = GREATEST(member_cursors.delivered, EXCLUDED.delivered), \
+                 read = GREATEST(member_cursors.read, EXCLUDED.read)",
+                &[&conversation_id, &user_id, &new_d, &new_r],
+            )
+            .await?;
+            let at = int(at_ms);
+            for (kind, moved, seq) in [(0i16, new_d > old_d, new_d), (1i16, new_r > old_r, new_r)] {
+                if moved {
+                    Self::run(
+                        tx,
+                        "INSERT INTO receipt_log (conversation_id, user_id, kind, seq, at_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        &[&conversation_id, &user_id, &kind, &seq, &at],
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(cursor)
+    }
+
+    async fn apply_in(tx: &Tx<'_>, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        Ok(match op {
+            WriteOp::Append(m) => Self::append(tx, &m).await?.unwrap_or(WriteOutcome::Appended),
+            WriteOp::AppendEvent { message, record, joined, tombstone } => {
+                if let Some(refused) = Self::append(tx, &message).await? {
+                    return Ok(refused);
+                }
+                if let Some(target) = tombstone {
+                    Self::run(
+                        tx,
+                        "UPDATE messages SET payload = ''::bytea, deleted = true WHERE conversation_id = $1 AND seq = $2",
+                        &[&message.conversation_id, &int(target)],
+                    )
+                    .await?;
+                }
+                Self::put_conversation_record(tx, &record).await?;
+                if !joined.is_empty() {
+                    Self::run(
+                        tx,
+                        "INSERT INTO user_conversations (user_id, conversation_id) SELECT u, $2 FROM unnest($1::uuid[]) AS u ON CONFLICT DO NOTHING",
+                        &[&joined, &record.conversation_id],
+                    )
+                    .await?;
+                }
+                WriteOutcome::Appended
+            }
+            WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms } => {
+                WriteOutcome::CursorAdvanced(Self::advance_cursor(tx, user_id, device_id, conversation_id, delivered, read, at_ms).await?)
+            }
+            WriteOp::LastSeen { user_id, at_ms } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO last_seen (user_id, at_ms) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET at_ms = EXCLUDED.at_ms",
+                    &[&user_id, &int(at_ms)],
+                )
+                .await?;
+                WriteOutcome::Recorded
+            }
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.query("SELECT 1", &[]).await.map(drop)
+    }
+
+    async fn put_pending_code(&self, phone: &str, code: PendingCode) -> Result<(), StoreError> {
+        let hash: &[u8] = &code.code_hash;
+        self.execute(
+            "INSERT INTO pending_codes (phone, code_hash, expires_ms, attempts) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (phone) DO UPDATE SET code_hash = EXCLUDED.code_hash, expires_ms = EXCLUDED.expires_ms, attempts = EXCLUDED.attempts",
+            &[&phone, &hash, &int(code.expires_ms), &i32::try_from(code.attempts).unwrap_or(i32::MAX)],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn pending_code(&self, phone: &str) -> Result<Option<PendingCode>, StoreError> {
+        let Some(row) = self.query_opt("SELECT code_hash, expires_ms, attempts FROM pending_codes WHERE phone = $1", &[&phone]).await? else {
+            return Ok(None);
+        };
+        Ok(Some(PendingCode {
+            code_hash: hash32("pending_codes", get(&row, "pending_codes", "code_hash")?)?,
+            expires_ms: uint(get(&row, "pending_codes", "expires_ms")?),
+            attempts: get::<i32>(&row, "pending_codes", "attempts")?.max(0) as u32,
+        }))
+    }
+
+    async fn delete_pending_code(&self, phone: &str) -> Result<(), StoreError> {
+        self.execute("DELETE FROM pending_codes WHERE phone = $1", &[&phone]).await.map(drop)
+    }
+
+    async fn get_or_create_user(&self, phone: &str, new_user: UserRecord) -> Result<(UserRecord, bool), StoreError> {
+        // Insert-or-nothing, then read: racing registrations of one phone both end with the
+        // same user (the unique phone decides which insert wins).
+        let inserted = self
+            .execute(
+                "INSERT INTO users (user_id, phone, created_ms) VALUES ($1, $2, $3) ON CONFLICT (phone) DO NOTHING",
+                &[&new_user.user_id, &phone, &int(new_user.created_ms)],
+            )
+            .await?;
+        if inserted == 1 {
+            return Ok((UserRecord { phone: phone.to_owned(), ..new_user }, true));
+        }
+        let row = self.query_opt("SELECT user_id, phone, created_ms FROM users WHERE phone = $1", &[&phone]).await?.ok_or(StoreError::NotFound("user"))?;
+        Ok((user_from(&row)?, false))
+    }
+
+    async fn create_accounts(&self, accounts: Vec<(UserRecord, DeviceRecord)>) -> Result<usize, StoreError> {
+        // One statement for the whole batch: users whose phone is new, then the devices of
+        // exactly those users.
+        let mut user_ids = Vec::with_capacity(accounts.len());
+        let mut phones = Vec::with_capacity(accounts.len());
+        let mut user_created = Vec::with_capacity(accounts.len());
+        let mut device_ids = Vec::with_capacity(accounts.len());
+        let mut names = Vec::with_capacity(accounts.len());
+        let mut primaries = Vec::with_capacity(accounts.len());
+        let mut hashes = Vec::with_capacity(accounts.len());
+        let mut device_created = Vec::with_capacity(accounts.len());
+        for (user, device) in &accounts {
+            user_ids.push(user.user_id);
+            phones.push(user.phone.as_str());
+            user_created.push(int(user.created_ms));
+            device_ids.push(device.device_id);
+            names.push(device.name.as_str());
+            primaries.push(device.primary);
+            hashes.push(device.token_hash.to_vec());
+            device_created.push(int(device.created_ms));
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let created = Self::run(
+            &tx,
+            "WITH new_users AS ( \
+                INSERT INTO users (user_id, phone, created_ms) SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[]) \
+                ON CONFLICT (phone) DO NOTHING RETURNING user_id) \
+             INSERT INTO devices (device_id, user_id, name, is_primary, token_hash, created_ms) \
+             SELECT d.device_id, d.user_id, d.name, d.is_primary, d.token_hash, d.created_ms \
+             FROM unnest($4::uuid[], $1::uuid[], $5::text[], $6::bool[], $7::bytea[], $8::bigint[]) \
+                  AS d(device_id, user_id, name, is_primary, token_hash, created_ms) \
+             JOIN new_users USING (user_id)",
+            &[&user_ids, &phones, &user_created, &device_ids, &names, &primaries, &hashes, &device_created],
+        )
+        .await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(created as usize)
+    }
+
+    async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.query_opt("SELECT user_id, phone, created_ms FROM users WHERE user_id = $1", &[&user_id]).await?.as_ref().map(user_from).transpose()
+    }
+
+    async fn add_device(&self, device: DeviceRecord, max_devices: usize) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // The user's row lock serialises concurrent links of one user, so the limit holds.
+        Self::run(&tx, "SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", &[&device.user_id]).await?;
+        let live = Self::rows(&tx, "SELECT count(*) FROM devices WHERE user_id = $1 AND revoked_ms IS NULL", &[&device.user_id]).await?;
+        let live: i64 = live.first().map(|r| get(r, "devices", "count")).transpose()?.unwrap_or(0);
+        if live >= int(max_devices as u64) {
+            return Err(StoreError::TooManyDevices { max: max_devices });
+        }
+        let hash: &[u8] = &device.token_hash;
+        Self::run(
+            &tx,
+            "INSERT INTO devices (device_id, user_id, name, is_primary, token_hash, created_ms, revoked_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &device.device_id,
+                &device.user_id,
+                &device.name,
+                &device.primary,
+                &hash,
+                &int(device.created_ms),
+                &device.revoked_ms.map(int),
+            ],
+        )
+        .await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
+        let hash: &[u8] = &token_hash;
+        self.query_opt(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = $1"), &[&hash]).await?.as_ref().map(device_from).transpose()
+    }
+
+    async fn device(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.query_opt(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1"), &[&device_id]).await?.as_ref().map(device_from).transpose()
+    }
+
+    async fn devices_of(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.query(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1 ORDER BY created_ms, device_id"), &[&user_id])
+            .await?
+            .iter()
+            .map(device_from)
+            .collect()
+    }
+
+    async fn revoke_device(&self, user_id: UserId, device_id: DeviceId, at_ms: u64) -> Result<bool, StoreError> {
+        // COALESCE keeps the first revocation time when a revoke is retried.
+        let changed = self
+            .execute(
+                "UPDATE devices SET revoked_ms = COALESCE(revoked_ms, $3) WHERE device_id = $1 AND user_id = $2",
+                &[&device_id, &user_id, &int(at_ms)],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn create_conversation(&self, conversation: ConversationRecord) -> Result<ConversationRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let group = conversation.group.as_ref().map(Json);
+        let invite: Option<Vec<u8>> = conversation.group.as_ref().and_then(|g| g.invite_hash).map(|h| h.to_vec());
+        let retention = i32::try_from(conversation.retention_secs).unwrap_or(i32::MAX);
+        let inserted = Self::run(
+            &tx,
+            "INSERT INTO conversations (conversation_id, kind, members, created_ms, group_state, retention_secs, invite_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (conversation_id) DO NOTHING",
+            &[
+                &conversation.conversation_id,
+                &kind_code(conversation.kind),
+                &conversation.members,
+                &int(conversation.created_ms),
+                &group,
+                &retention,
+                &invite,
+            ],
+        )
+        .await?;
+        let stored = if inserted == 1 {
+            Self::run(
+                &tx,
+                "INSERT INTO user_conversations (user_id, conversation_id) SELECT u, $2 FROM unnest($1::uuid[]) AS u ON CONFLICT DO NOTHING",
+                &[&conversation.members, &conversation.conversation_id],
+            )
+            .await?;
+            conversation
+        } else {
+            let rows = Self::rows(&tx, &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id = $1"), &[&conversation.conversation_id])
+                .await?;
+            conversation_from(rows.first().ok_or(StoreError::NotFound("conversation"))?)?
+        };
+        tx.commit().await.map_err(pg)?;
+        Ok(stored)
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
+        self.query_opt(&format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id = $1"), &[&id])
+            .await?
+            .as_ref()
+            .map(conversation_from)
+            .transpose()
+    }
+
+    async fn conversation_by_invite(&self, hash: [u8; 32]) -> Result<Option<ConversationId>, StoreError> {
+        let hash: &[u8] = &hash;
+        self.query_opt("SELECT conversation_id FROM conversations WHERE invite_hash = $1", &[&hash])
+            .await?
+            .map(|r| get(&r, "conversations", "conversation_id"))
+            .transpose()
+    }
+
+    async fn conversations_of(&self, user_id: UserId) -> Result<Vec<ConversationId>, StoreError> {
+        self.query("SELECT conversation_id FROM user_conversations WHERE user_id = $1 ORDER BY conversation_id", &[&user_id])
+            .await?
+            .iter()
+            .map(|r| get(r, "user_conversations", "conversation_id"))
+            .collect()
+    }
+
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            outcomes.push(Self::apply_in(&tx, op).await?);
+        }
+        // Dropping the transaction on an error above rolls it back: all or nothing.
+        tx.commit().await.map_err(pg)?;
+        Ok(outcomes)
+    }
+
+    async fn last_seq(&self, id: ConversationId) -> Result<u64, StoreError> {
+        Ok(self
+            .query_opt("SELECT last_seq FROM last_seqs WHERE conversation_id = $1", &[&id])
+            .await?
+            .map(|r| get::<i64>(&r, "last_seqs", "last_seq"))
+            .transpose()?
+            .map(uint)
+            .unwrap_or(0))
+    }
+
+    async fn find_by_client_id(&self, id: ConversationId, sender: UserId, client_msg_id: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        self.query_opt(
+            "SELECT seq, server_time_ms FROM messages WHERE conversation_id = $1 AND sender_user_id = $2 AND client_msg_id = $3",
+            &[&id, &sender, &client_msg_id],
+        )
+        .await?
+        .map(|r| Ok((uint(get(&r, "messages", "seq")?), uint(get(&r, "messages", "server_time_ms")?))))
+        .transpose()
+    }
+
+    async fn messages_after(&self, id: ConversationId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        self.query(
+            &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
+            &[&id, &int(after), &int(limit as u64)],
+        )
+        .await?
+        .iter()
+        .map(message_from)
+        .collect()
+    }
+
+    async fn messages_before(&self, id: ConversationId, before: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        let before = if before == 0 { i64::MAX } else { int(before) };
+        self.query(
+            &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"),
+            &[&id, &before, &int(limit as u64)],
+        )
+        .await?
+        .iter()
+        .map(message_from)
+        .collect()
+    }
+
+    async fn member_cursors(&self, id: ConversationId) -> Result<Vec<(UserId, MemberCursor)>, StoreError> {
+        self.query("SELECT user_id, delivered, read FROM member_cursors WHERE conversation_id = $1 ORDER BY user_id", &[&id])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    get(r, "member_cursors", "user_id")?,
+                    MemberCursor { delivered: uint(get(r, "member_cursors", "delivered")?), read: uint(get(r, "member_cursors", "read")?) },
+                ))
+            })
+            .collect()
+    }
+
+    async fn receipt_times(&self, id: ConversationId, user: UserId, seq: u64) -> Result<(Option<u64>, Option<u64>), StoreError> {
+        let mut times = [None, None];
+        for (kind, slot) in times.iter_mut().enumerate() {
+            *slot = self
+                .query_opt(
+                    "SELECT at_ms FROM receipt_log WHERE conversation_id = $1 AND user_id = $2 AND kind = $3 AND seq >= $4 ORDER BY seq LIMIT 1",
+                    &[&id, &user, &(kind as i16), &int(seq)],
+                )
+                .await?
+                .map(|r| get::<i64>(&r, "receipt_log", "at_ms"))
+                .transpose()?
+                .map(uint);
+        }
+        Ok((times[0], times[1]))
+    }
+
+    async fn set_push_token(&self, user_id: UserId, device_id: DeviceId, token: Option<PushToken>) -> Result<(), StoreError> {
+        match token {
+            Some(t) => self
+                .execute(
+                    "INSERT INTO push_tokens (user_id, device_id, platform, token) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (user_id, device_id) DO UPDATE SET platform = EXCLUDED.platform, token = EXCLUDED.token",
+                    &[&user_id, &device_id, &t.platform, &t.token],
+                )
+                .await
+                .map(drop),
+            None => self.execute("DELETE FROM push_tokens WHERE user_id = $1 AND device_id = $2", &[&user_id, &device_id]).await.map(drop),
+        }
+    }
+
+    async fn push_tokens_of(&self, user_id: UserId) -> Result<Vec<(DeviceId, PushToken)>, StoreError> {
+        self.query("SELECT device_id, platform, token FROM push_tokens WHERE user_id = $1 ORDER BY device_id", &[&user_id])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    get(r, "push_tokens", "device_id")?,
+                    PushToken { platform: get(r, "push_tokens", "platform")?, token: get(r, "push_tokens", "token")? },
+                ))
+            })
+            .collect()
+    }
+
+    async fn purge_expired(&self, now_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        // Events are kept (they carry the group's history); the dedup key goes with the
+        // message, as in the embedded store.
+        self.execute(
+            "WITH doomed AS ( \
+                SELECT m.conversation_id, m.seq FROM messages m JOIN conversations c USING (conversation_id) \
+                WHERE c.retention_secs > 0 AND m.event IS NULL AND m.server_time_ms < $1 - c.retention_secs::bigint * 1000 \
+                LIMIT $2) \
+             DELETE FROM messages m USING doomed d WHERE m.conversation_id = d.conversation_id AND m.seq = d.seq",
+            &[&int(now_ms), &int(limit as u64)],
+        )
+        .await
+    }
+
+    async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {
+        self.query(
+            "SELECT conversation_id, delivered, read FROM cursors WHERE device_id = $1 AND (delivered > 0 OR read > 0) ORDER BY conversation_id",
+            &[&device_id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((get(r, "cursors", "conversation_id")?, Cursor { delivered: uint(get(r, "cursors", "delivered")?), read: uint(get(r, "cursors", "read")?) }))
+        })
+        .collect()
+    }
+
+    async fn last_seen(&self, user_id: UserId) -> Result<Option<u64>, StoreError> {
+        self.query_opt("SELECT at_ms FROM last_seen WHERE user_id = $1", &[&user_id])
+            .await?
+            .map(|r| get::<i64>(&r, "last_seen", "at_ms"))
+            .transpose()
+            .map(|v| v.map(uint))
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every COMMIT above was durable when it returned: nothing is pending.
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! Choosing a store from one string, as operators write it on the command line, in the
+//! environment or in the config file:
+//! - `embedded:<dir>`: the redb file in `<dir>` (single node);
+//! - `postgres://user:pass@host:port/db[?pool_size=N&...]`: a shared PostgreSQL database.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{EmbeddedStore, PostgresOptions, PostgresStore, Store, StoreError};
+
+/// Where durable state lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// redb file in a directory.
+    Embedded(PathBuf),
+    /// A PostgreSQL database.
+    Postgres {
+        /// Connection URL as tokio-postgres understands it (our own parameters removed).
+        url: String,
+        /// Most pooled connections.
+        pool_size: usize,
+    },
+}
+
+impl std::fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// Shows a spec without its password, for logs and errors.
+impl std::fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSpec::Embedded(dir) => write!(f, "embedded:{}", dir.display()),
+            StoreSpec::Postgres { url, .. } => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+            let masked = if credentials.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            if tail.is_empty() && !rest.contains('/') { format!("{scheme}://{masked}@{host}") } else { format!("{scheme}://{masked}@{host}/{tail}") }
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl StoreSpec {
+    /// Parses `embedded:<dir>` or a `postgres://` / `postgresql://` URL.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(dir) = s.strip_prefix("embedded:") {
+            if dir.is_empty() {
+                return Err("embedded:<dir> needs a directory".into());
+            }
+            return Ok(StoreSpec::Embedded(PathBuf::from(dir)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            let (base, query) = s.split_once('?').map_or((s, None), |(b, q)| (b, Some(q)));
+            let mut pool_size = PostgresOptions::default().pool_size;
+            let mut kept = Vec::new();
+            for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("pool_size", n)) => {
+                        pool_size = n.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| format!("pool_size {n:?}: expected 1 to 1000"))?;
+                    }
+                    _ => kept.push(pair),
+                }
+            }
+            let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+            url.parse::<tokio_postgres::Config>().map_err(|e| format!("{}: {e}", redact(&url)))?;
+            return Ok(StoreSpec::Postgres { url, pool_size });
+        }
+        Err(format!("store {:?}: expected embedded:<dir> or postgres://user@host:port/db", redact(s)))
+    }
+
+    /// A directory for this node's local files (the generated admin token): the embedded
+    /// store's directory, else `./switchboard-data`.
+    pub fn local_dir(&self) -> PathBuf {
+        match self {
+            StoreSpec::Embedded(dir) => dir.clone(),
+            StoreSpec::Postgres { .. } => PathBuf::from("./switchboard-data"),
+        }
+    }
+
+    /// Opens the store (for PostgreSQL: connects and applies pending migrations).
+    pub async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreSpec::Embedded(dir) => Arc::new(EmbeddedStore::open(dir)?),
+            StoreSpec::Postgres { url, pool_size } => {
+                Arc::new(PostgresStore::connect(url, PostgresOptions { pool_size: *pool_size, ..Default::default() }).await?)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_kind_and_keeps_secrets_out_of_messages() {
+        assert_eq!(StoreSpec::parse("embedded:/tmp/x").unwrap(), StoreSpec::Embedded("/tmp/x".into()));
+        let spec = StoreSpec::parse("postgres://sb:hunter2@db:5432/switchboard?pool_size=4&sslmode=disable").unwrap();
+        assert_eq!(spec, StoreSpec::Postgres { url: "postgres://sb:hunter2@db:5432/switchboard?sslmode=disable".into(), pool_size: 4 });
+        assert_eq!(spec.to_string(), "postgres://sb:***@db:5432/switchboard?sslmode=disable");
+        assert!(StoreSpec::parse("embedded:").is_err());
+        assert!(StoreSpec::parse("postgres://h/db?pool_size=0").is_err());
+        let err = StoreSpec::parse("mysql://u:hunter2@h/db").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

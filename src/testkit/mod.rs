@@ -1,0 +1,7 @@
+//! Private instances of the services Switchboard can use, for tests, benchmarks and local
+//! trials: each one lives in a temporary directory on a kernel-chosen port of 127.0.0.1
+//! and is stopped when dropped. Nothing here is used by a running server.
+
+pub mod postgres;
+
+pub use postgres::PrivatePostgres;

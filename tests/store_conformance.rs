@@ -1,0 +1,710 @@
+//! The store contract's conformance suite: every scenario below is written once and run
+//! against every backend (embedded always; PostgreSQL always, on a private server started
+//! by the test). A backend passes when it gives the same answers as the contract in
+//! `src/store/mod.rs` and ARCHITECTURE.md ("Store contract"), including across restarts.
+//!
+//! The last part is model-based: random sequences of operations, restarts included, run
+//! against the backend and a plain in-memory model of the contract; every result must match.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use switchboard::store::{
+    ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceRecord, GroupState, MemberCursor, PendingCode, PushToken, Store, StoreError,
+    StoreSpec, StoredMessage, UserRecord, WriteOp, WriteOutcome,
+};
+use switchboard::testkit::PrivatePostgres;
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------
+// Backends
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Embedded,
+    Postgres,
+}
+
+/// One backend instance for one test: a temp dir for the embedded store, or a private
+/// PostgreSQL server.
+struct Fixture {
+    backend: Backend,
+    dir: tempfile::TempDir,
+    pg: Option<PrivatePostgres>,
+    url: String,
+}
+
+impl Fixture {
+    async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pg, url) = match backend {
+            Backend::Embedded => (None, format!("embedded:{}", dir.path().join("data").display())),
+            Backend::Postgres => {
+                let pg = tokio::task::spawn_blocking(PrivatePostgres::start).await.unwrap().expect("private postgres");
+                let url = pg.create_database("conformance").await.expect("create database");
+                (Some(pg), url)
+            }
+        };
+        Self { backend, dir, pg, url }
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        StoreSpec::parse(&self.url).expect("spec").open().await.expect("open store")
+    }
+
+    /// Closes `store` and opens the backend again; PostgreSQL is also crashed and restarted
+    /// (immediate shutdown), so only what was committed can come back.
+    async fn reopen(&mut self, store: Arc<dyn Store>) -> Arc<dyn Store> {
+        store.flush().await.expect("flush");
+        drop(store);
+        if let Some(pg) = self.pg.as_mut() {
+            pg.restart().expect("postgres restart");
+        }
+        let _ = &self.dir;
+        self.open().await
+    }
+}
+
+/// Runs each listed `async fn name(f: Fixture)` once per backend, as `embedded::name` and
+/// `postgres::name`.
+macro_rules! every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Fixture::new(super::Backend::Embedded).await).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Fixture::new(super::Backend::Postgres).await).await })*
+        }
+    };
+}
+
+every_backend!(
+    codes_users_and_devices,
+    conversations_and_group_events,
+    appends_are_fenced_and_idempotent,
+    cursors_receipts_and_presence,
+    push_tokens,
+    expired_messages_are_purged_but_the_fence_holds,
+    racing_sequencers_store_each_seq_once,
+    writes_survive_a_restart,
+    model_based_sequences_with_restarts,
+);
+
+// ---------------------------------------------------------------------------------------
+// Builders
+
+fn uid() -> Uuid {
+    Uuid::new_v4()
+}
+
+fn user(phone: &str) -> UserRecord {
+    UserRecord { user_id: uid(), phone: phone.to_owned(), created_ms: 1_000 }
+}
+
+fn device(user_id: Uuid, created_ms: u64) -> DeviceRecord {
+    DeviceRecord {
+        device_id: uid(),
+        user_id,
+        name: format!("device {created_ms}"),
+        primary: false,
+        token_hash: *uid().as_bytes().repeat(2).first_chunk::<32>().unwrap(),
+        created_ms,
+        revoked_ms: None,
+    }
+}
+
+fn message(conversation_id: Uuid, seq: u64, sender: Uuid, client: &str, time: u64) -> StoredMessage {
+    StoredMessage {
+        conversation_id,
+        seq,
+        sender_user_id: sender,
+        sender_device_id: Uuid::from_u128(sender.as_u128() ^ 1),
+        client_msg_id: client.to_owned(),
+        server_time_ms: time,
+        payload: Bytes::from(format!("payload of {client}")),
+        event: None,
+        kind: ContentKind::Normal,
+        reference_seq: 0,
+        deleted: false,
+    }
+}
+
+fn direct(a: Uuid, b: Uuid) -> ConversationRecord {
+    let mut members = vec![a, b];
+    members.sort();
+    ConversationRecord {
+        conversation_id: switchboard::store::direct_conversation_id(a, b),
+        kind: ConversationKind::Direct,
+        members,
+        created_ms: 5,
+        group: None,
+        retention_secs: 0,
+    }
+}
+
+fn cursor(user_id: Uuid, device_id: Uuid, conversation_id: Uuid, delivered: u64, read: u64, at_ms: u64) -> WriteOp {
+    WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+
+async fn codes_users_and_devices(f: Fixture) {
+    let store = f.open().await;
+    let phone = format!("+1555{}", rand_digits());
+    assert_eq!(store.pending_code(&phone).await.unwrap(), None);
+    let code = PendingCode { code_hash: [7; 32], expires_ms: 99, attempts: 0 };
+    store.put_pending_code(&phone, code.clone()).await.unwrap();
+    assert_eq!(store.pending_code(&phone).await.unwrap(), Some(code));
+    let replaced = PendingCode { code_hash: [8; 32], expires_ms: 100, attempts: 2 };
+    store.put_pending_code(&phone, replaced.clone()).await.unwrap();
+    assert_eq!(store.pending_code(&phone).await.unwrap(), Some(replaced));
+    store.delete_pending_code(&phone).await.unwrap();
+    store.delete_pending_code(&phone).await.unwrap();
+    assert_eq!(store.pending_code(&phone).await.unwrap(), None);
+
+    // One user per phone, whoever asks first.
+    let first = user(&phone);
+    let (got, created) = store.get_or_create_user(&phone, first.clone()).await.unwrap();
+    assert!(created);
+    assert_eq!(got, first);
+    let (again, created) = store.get_or_create_user(&phone, user(&phone)).await.unwrap();
+    assert!(!created);
+    assert_eq!(again, first);
+    assert_eq!(store.user(first.user_id).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.user(uid()).await.unwrap(), None);
+
+    // Bulk creation skips phones that exist, and creates each account's device.
+    let fresh: Vec<(UserRecord, DeviceRecord)> = (0..3)
+        .map(|i| {
+            let u = user(&format!("{phone}{i}"));
+            let mut d = device(u.user_id, 10);
+            d.primary = true;
+            (u, d)
+        })
+        .collect();
+    let mut batch = fresh.clone();
+    batch.push((user(&phone), device(uid(), 10)));
+    assert_eq!(store.create_accounts(batch).await.unwrap(), 3);
+    assert_eq!(store.create_accounts(fresh.clone()).await.unwrap(), 0, "creating again is a no-op");
+    for (u, d) in &fresh {
+        assert_eq!(store.user(u.user_id).await.unwrap().as_ref(), Some(u));
+        assert_eq!(store.devices_of(u.user_id).await.unwrap(), vec![d.clone()]);
+        assert_eq!(store.device_by_token(d.token_hash).await.unwrap().as_ref(), Some(d));
+    }
+
+    // Devices: the live-device limit, lookup by token, revocation.
+    let owner = first.user_id;
+    let d1 = device(owner, 30);
+    let d2 = device(owner, 20);
+    store.add_device(d1.clone(), 2).await.unwrap();
+    store.add_device(d2.clone(), 2).await.unwrap();
+    assert!(matches!(store.add_device(device(owner, 40), 2).await, Err(StoreError::TooManyDevices { max: 2 })));
+    assert_eq!(store.devices_of(owner).await.unwrap(), vec![d2.clone(), d1.clone()], "oldest first");
+    assert_eq!(store.device(d1.device_id).await.unwrap(), Some(d1.clone()));
+    assert_eq!(store.device_by_token(d1.token_hash).await.unwrap(), Some(d1.clone()));
+    assert_eq!(store.device_by_token([0; 32]).await.unwrap(), None);
+    assert!(!store.revoke_device(uid(), d1.device_id, 50).await.unwrap(), "not the owner");
+    assert!(store.revoke_device(owner, d1.device_id, 50).await.unwrap());
+    assert!(store.revoke_device(owner, d1.device_id, 60).await.unwrap(), "revoking again is fine");
+    let revoked = store.device_by_token(d1.token_hash).await.unwrap().expect("revoked devices are still found");
+    assert_eq!(revoked.revoked_ms, Some(50), "the first revocation time is kept");
+    // A revoked device frees its slot.
+    let d3 = device(owner, 70);
+    store.add_device(d3.clone(), 2).await.unwrap();
+    assert_eq!(store.devices_of(owner).await.unwrap().len(), 3);
+}
+
+async fn conversations_and_group_events(f: Fixture) {
+    let store = f.open().await;
+    let (a, b, c) = (uid(), uid(), uid());
+    let one = direct(a, b);
+    assert_eq!(store.create_conversation(one.clone()).await.unwrap(), one);
+    let mut other = one.clone();
+    other.created_ms = 999;
+    assert_eq!(store.create_conversation(other).await.unwrap(), one, "the first creation wins");
+    assert_eq!(store.conversation(one.conversation_id).await.unwrap(), Some(one.clone()));
+    assert_eq!(store.conversation(uid()).await.unwrap(), None);
+    assert_eq!(store.conversations_of(a).await.unwrap(), vec![one.conversation_id]);
+
+    // A group: created with one member, then an event adds two and sets an invite.
+    let group_id = uid();
+    let mut group = ConversationRecord {
+        conversation_id: group_id,
+        kind: ConversationKind::Group,
+        members: vec![a],
+        created_ms: 6,
+        group: Some(GroupState { subject: "team".into(), admins: vec![a], joined: vec![(a, 1)], ..Default::default() }),
+        retention_secs: 0,
+    };
+    store.create_conversation(group.clone()).await.unwrap();
+    let mut created = message(group_id, 1, a, "e1", 10);
+    created.event = Some(Bytes::from_static(b"created"));
+    created.payload = Bytes::new();
+    assert_eq!(
+        store.apply(vec![WriteOp::AppendEvent { message: created.clone(), record: Box::new(group.clone()), joined: vec![], tombstone: None }]).await.unwrap(),
+        vec![WriteOutcome::Appended]
+    );
+    let mut members = vec![a, b, c];
+    members.sort();
+    group.members = members;
+    let state = group.group.as_mut().unwrap();
+    state.joined = vec![(a, 1), (b, 2), (c, 2)];
+    state.invite_hash = Some([42; 32]);
+    let mut added = message(group_id, 2, a, "e2", 11);
+    added.event = Some(Bytes::from_static(b"added"));
+    added.payload = Bytes::new();
+    let outcome = store
+        .apply(vec![WriteOp::AppendEvent { message: added.clone(), record: Box::new(group.clone()), joined: vec![b, c], tombstone: None }])
+        .await
+        .unwrap();
+    assert_eq!(outcome, vec![WriteOutcome::Appended]);
+    assert_eq!(store.conversation(group_id).await.unwrap(), Some(group.clone()), "record changes with its event");
+    assert_eq!(store.conversation_by_invite([42; 32]).await.unwrap(), Some(group_id));
+    let mut of_b = store.conversations_of(b).await.unwrap();
+    of_b.sort();
+    let mut expected = vec![one.conversation_id, group_id];
+    expected.sort();
+    assert_eq!(of_b, expected);
+    assert_eq!(store.conversations_of(c).await.unwrap(), vec![group_id]);
+
+    // A message, then "delete for everyone": its payload is erased in the same transaction
+    // as the event; the invite is replaced by a new one.
+    let hello = message(group_id, 3, b, "m3", 12);
+    assert_eq!(store.apply(vec![WriteOp::Append(hello.clone())]).await.unwrap(), vec![WriteOutcome::Appended]);
+    group.group.as_mut().unwrap().invite_hash = Some([43; 32]);
+    let mut deletion = message(group_id, 4, b, "e4", 13);
+    deletion.event = Some(Bytes::from_static(b"deleted 3"));
+    let outcome = store
+        .apply(vec![WriteOp::AppendEvent { message: deletion.clone(), record: Box::new(group.clone()), joined: vec![], tombstone: Some(3) }])
+        .await
+        .unwrap();
+    assert_eq!(outcome, vec![WriteOutcome::Appended]);
+    let log = store.messages_after(group_id, 0, 10).await.unwrap();
+    assert_eq!(log.len(), 4);
+    assert!(log[2].deleted && log[2].payload.is_empty(), "tombstoned: {:?}", log[2]);
+    assert_eq!(log[3], deletion);
+    assert_eq!(store.conversation_by_invite([42; 32]).await.unwrap(), None, "the old invite is gone");
+    assert_eq!(store.conversation_by_invite([43; 32]).await.unwrap(), Some(group_id));
+
+    // An event refused by the fence changes nothing: not the log, not the record.
+    let mut stale = group.clone();
+    stale.group.as_mut().unwrap().subject = "hijacked".into();
+    let outcome = store
+        .apply(vec![WriteOp::AppendEvent { message: message(group_id, 9, a, "e9", 14), record: Box::new(stale), joined: vec![uid()], tombstone: Some(1) }])
+        .await
+        .unwrap();
+    assert_eq!(outcome, vec![WriteOutcome::SeqConflict]);
+    assert_eq!(store.conversation(group_id).await.unwrap(), Some(group));
+    assert_eq!(store.messages_after(group_id, 0, 10).await.unwrap(), log);
+}
+
+async fn appends_are_fenced_and_idempotent(f: Fixture) {
+    let store = f.open().await;
+    let conv = uid();
+    let (a, b) = (uid(), uid());
+    assert_eq!(store.last_seq(conv).await.unwrap(), 0);
+    // A batch is applied in order, each op seeing the ones before it.
+    let outcomes = store
+        .apply(vec![
+            WriteOp::Append(message(conv, 1, a, "x", 10)),
+            WriteOp::Append(message(conv, 2, b, "x", 11)),
+            WriteOp::Append(message(conv, 2, a, "y", 12)),
+            WriteOp::Append(message(conv, 4, a, "z", 13)),
+            WriteOp::Append(message(conv, 0, a, "w", 13)),
+            WriteOp::Append(message(conv, 3, a, "x", 14)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::Appended,
+            WriteOutcome::Appended,
+            WriteOutcome::SeqConflict,
+            WriteOutcome::SeqConflict,
+            WriteOutcome::SeqConflict,
+            WriteOutcome::Duplicate { seq: 1, server_time_ms: 10 },
+        ]
+    );
+    assert_eq!(store.last_seq(conv).await.unwrap(), 2);
+    assert_eq!(store.find_by_client_id(conv, a, "x").await.unwrap(), Some((1, 10)));
+    assert_eq!(store.find_by_client_id(conv, b, "x").await.unwrap(), Some((2, 11)));
+    assert_eq!(store.find_by_client_id(conv, a, "y").await.unwrap(), None);
+    // A retried send (same dedup key, new seq) gets the original back, even when the
+    // retry's seq would have been valid.
+    assert_eq!(
+        store.apply(vec![WriteOp::Append(message(conv, 3, b, "x", 20))]).await.unwrap(),
+        vec![WriteOutcome::Duplicate { seq: 2, server_time_ms: 11 }]
+    );
+    // Edits and reactions keep their kind and target.
+    let mut edit = message(conv, 3, a, "edit", 21);
+    edit.kind = ContentKind::Edit;
+    edit.reference_seq = 1;
+    let mut reaction = message(conv, 4, b, "react", 22);
+    reaction.kind = ContentKind::Reaction;
+    reaction.reference_seq = 1;
+    store.apply(vec![WriteOp::Append(edit.clone()), WriteOp::Append(reaction.clone())]).await.unwrap();
+    for seq in 5..=40 {
+        store.apply(vec![WriteOp::Append(message(conv, seq, a, &format!("m{seq}"), 100 + seq))]).await.unwrap();
+    }
+    // Paging both ways, with the bounds of the contract.
+    let after = store.messages_after(conv, 2, 2).await.unwrap();
+    assert_eq!(after, vec![edit.clone(), reaction.clone()]);
+    let tail: Vec<u64> = store.messages_after(conv, 35, 100).await.unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(tail, vec![36, 37, 38, 39, 40]);
+    assert!(store.messages_after(conv, 40, 10).await.unwrap().is_empty());
+    assert!(store.messages_after(conv, u64::MAX, 10).await.unwrap().is_empty());
+    let newest: Vec<u64> = store.messages_before(conv, 0, 3).await.unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(newest, vec![40, 39, 38]);
+    let page: Vec<u64> = store.messages_before(conv, 4, 10).await.unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(page, vec![3, 2, 1]);
+    assert!(store.messages_before(conv, 1, 10).await.unwrap().is_empty());
+    assert!(store.messages_after(uid(), 0, 10).await.unwrap().is_empty());
+}
+
+async fn cursors_receipts_and_presence(f: Fixture) {
+    let store = f.open().await;
+    let conv = uid();
+    let (alice, bob) = (uid(), uid());
+    let (phone, laptop, bob_phone) = (uid(), uid(), uid());
+    let outcomes = store
+        .apply(vec![
+            cursor(alice, phone, conv, 5, 2, 100),
+            cursor(alice, phone, conv, 3, 4, 110),
+            cursor(alice, laptop, conv, 7, 0, 120),
+            cursor(bob, bob_phone, conv, 0, 0, 130),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::CursorAdvanced(Cursor { delivered: 5, read: 2 }),
+            WriteOutcome::CursorAdvanced(Cursor { delivered: 5, read: 4 }),
+            WriteOutcome::CursorAdvanced(Cursor { delivered: 7, read: 0 }),
+            WriteOutcome::CursorAdvanced(Cursor { delivered: 0, read: 0 }),
+        ]
+    );
+    assert_eq!(store.cursors_of(phone).await.unwrap(), vec![(conv, Cursor { delivered: 5, read: 4 })]);
+    assert_eq!(store.cursors_of(laptop).await.unwrap(), vec![(conv, Cursor { delivered: 7, read: 0 })]);
+    assert!(store.cursors_of(bob_phone).await.unwrap().is_empty(), "a cursor at zero may be absent");
+    // Member cursors: the furthest any device of the user got.
+    assert_eq!(store.member_cursors(conv).await.unwrap(), vec![(alice, MemberCursor { delivered: 7, read: 4 })]);
+    // Receipt times: when the member first reached a seq (first entry at or above it).
+    assert_eq!(store.receipt_times(conv, alice, 1).await.unwrap(), (Some(100), Some(100)));
+    assert_eq!(store.receipt_times(conv, alice, 3).await.unwrap(), (Some(100), Some(110)));
+    assert_eq!(store.receipt_times(conv, alice, 6).await.unwrap(), (Some(120), None));
+    assert_eq!(store.receipt_times(conv, alice, 8).await.unwrap(), (None, None));
+    assert_eq!(store.receipt_times(conv, bob, 1).await.unwrap(), (None, None));
+    // Presence.
+    assert_eq!(store.last_seen(alice).await.unwrap(), None);
+    let outcomes = store.apply(vec![WriteOp::LastSeen { user_id: alice, at_ms: 500 }, WriteOp::LastSeen { user_id: alice, at_ms: 600 }]).await.unwrap();
+    assert_eq!(outcomes, vec![WriteOutcome::Recorded, WriteOutcome::Recorded]);
+    assert_eq!(store.last_seen(alice).await.unwrap(), Some(600));
+}
+
+async fn push_tokens(f: Fixture) {
+    let store = f.open().await;
+    let user = uid();
+    let (mut d1, mut d2) = (uid(), uid());
+    if d2 < d1 {
+        std::mem::swap(&mut d1, &mut d2);
+    }
+    assert!(store.push_tokens_of(user).await.unwrap().is_empty());
+    let fcm = PushToken { platform: "fcm".into(), token: "t1".into() };
+    let apns = PushToken { platform: "apns".into(), token: "t2".into() };
+    store.set_push_token(user, d1, Some(fcm.clone())).await.unwrap();
+    store.set_push_token(user, d2, Some(fcm.clone())).await.unwrap();
+    store.set_push_token(user, d2, Some(apns.clone())).await.unwrap();
+    assert_eq!(store.push_tokens_of(user).await.unwrap(), vec![(d1, fcm.clone()), (d2, apns)]);
+    store.set_push_token(user, d2, None).await.unwrap();
+    store.set_push_token(user, d2, None).await.unwrap();
+    assert_eq!(store.push_tokens_of(user).await.unwrap(), vec![(d1, fcm)]);
+    assert!(store.push_tokens_of(uid()).await.unwrap().is_empty());
+}
+
+async fn expired_messages_are_purged_but_the_fence_holds(f: Fixture) {
+    let store = f.open().await;
+    let (a, b) = (uid(), uid());
+    let mut record = direct(a, b);
+    let conv = record.conversation_id;
+    let kept_forever = direct(a, uid());
+    store.create_conversation(record.clone()).await.unwrap();
+    store.create_conversation(kept_forever.clone()).await.unwrap();
+    // Turning on disappearing messages is an event that stores the new record.
+    record.retention_secs = 60;
+    let mut setting = message(conv, 1, a, "retention", 1_000);
+    setting.event = Some(Bytes::from_static(b"retention 60"));
+    store.apply(vec![WriteOp::AppendEvent { message: setting, record: Box::new(record), joined: vec![], tombstone: None }]).await.unwrap();
+    for seq in 2..=11 {
+        store.apply(vec![WriteOp::Append(message(conv, seq, b, &format!("m{seq}"), seq * 1_000))]).await.unwrap();
+    }
+    store.apply(vec![WriteOp::Append(message(kept_forever.conversation_id, 1, a, "old", 1))]).await.unwrap();
+    // At 70 s, messages older than 10 s (times 2..=9 s) have expired: 8 of them.
+    let now = 70_000;
+    assert_eq!(store.purge_expired(now, 5).await.unwrap(), 5, "at most `limit` per call");
+    assert_eq!(store.purge_expired(now, 100).await.unwrap(), 3);
+    assert_eq!(store.purge_expired(now, 100).await.unwrap(), 0);
+    let left: Vec<u64> = store.messages_after(conv, 0, 100).await.unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(left, vec![1, 10, 11], "the event is kept");
+    assert_eq!(store.messages_after(kept_forever.conversation_id, 0, 10).await.unwrap().len(), 1);
+    assert_eq!(store.find_by_client_id(conv, b, "m2").await.unwrap(), None, "the dedup key goes with the message");
+    // Purging never loosens the fence: the next append must still be last + 1.
+    assert_eq!(store.last_seq(conv).await.unwrap(), 11);
+    assert_eq!(store.apply(vec![WriteOp::Append(message(conv, 3, b, "late", 90_000))]).await.unwrap(), vec![WriteOutcome::SeqConflict]);
+    assert_eq!(store.apply(vec![WriteOp::Append(message(conv, 12, b, "next", 90_000))]).await.unwrap(), vec![WriteOutcome::Appended]);
+}
+
+/// Two sequencers of one conversation (two nodes that disagree about who owns it, or a
+/// restarted actor racing its predecessor) append the same seqs at the same time, through
+/// separate store handles where the backend allows: each seq is stored exactly once, and
+/// the log has no gap.
+async fn racing_sequencers_store_each_seq_once(f: Fixture) {
+    let first = f.open().await;
+    let second = if f.backend == Backend::Embedded { first.clone() } else { f.open().await };
+    let conv = uid();
+    let (a, b) = (uid(), uid());
+    let mut wins = [0u32; 2];
+    for seq in 1..=60u64 {
+        let (x, y) = tokio::join!(
+            first.apply(vec![WriteOp::Append(message(conv, seq, a, &format!("a{seq}"), seq))]),
+            second.apply(vec![WriteOp::Append(message(conv, seq, b, &format!("b{seq}"), seq))]),
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        let appended = [x[0] == WriteOutcome::Appended, y[0] == WriteOutcome::Appended];
+        assert_eq!(appended.iter().filter(|w| **w).count(), 1, "seq {seq}: {x:?} {y:?}");
+        for (i, won) in appended.iter().enumerate() {
+            wins[i] += u32::from(*won);
+        }
+    }
+    let log = first.messages_after(conv, 0, 1000).await.unwrap();
+    assert_eq!(log.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=60).collect::<Vec<_>>());
+    assert_eq!(first.last_seq(conv).await.unwrap(), 60);
+    eprintln!("{:?}: wins per sequencer {wins:?}", f.backend);
+}
+
+async fn writes_survive_a_restart(mut f: Fixture) {
+    let store = f.open().await;
+    let (a, b) = (uid(), uid());
+    let record = direct(a, b);
+    let conv = record.conversation_id;
+    store.create_conversation(record.clone()).await.unwrap();
+    let u = user(&format!("+1555{}", rand_digits()));
+    let d = device(u.user_id, 1);
+    store.create_accounts(vec![(u.clone(), d.clone())]).await.unwrap();
+    let mut ops: Vec<WriteOp> = (1..=50).map(|seq| WriteOp::Append(message(conv, seq, a, &format!("m{seq}"), seq))).collect();
+    ops.push(cursor(b, d.device_id, conv, 50, 49, 77));
+    ops.push(WriteOp::LastSeen { user_id: b, at_ms: 88 });
+    store.apply(ops).await.unwrap();
+    let store = f.reopen(store).await;
+    assert_eq!(store.last_seq(conv).await.unwrap(), 50);
+    assert_eq!(store.messages_after(conv, 0, 100).await.unwrap().len(), 50);
+    assert_eq!(store.conversation(conv).await.unwrap(), Some(record));
+    assert_eq!(store.user(u.user_id).await.unwrap(), Some(u));
+    assert_eq!(store.device_by_token(d.token_hash).await.unwrap(), Some(d.clone()));
+    assert_eq!(store.cursors_of(d.device_id).await.unwrap(), vec![(conv, Cursor { delivered: 50, read: 49 })]);
+    assert_eq!(store.last_seen(b).await.unwrap(), Some(88));
+    assert!(store.ping().await.is_ok());
+}
+
+fn rand_digits() -> String {
+    format!("{:08}", uid().as_u128() % 100_000_000)
+}
+
+// ---------------------------------------------------------------------------------------
+// Model-based: random operation sequences against a plain model of the contract.
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Append with seq = model's last + delta (delta 0 = taken, 1 = next, 2 = gap).
+    Append { conv: u8, sender: u8, client: u8, delta: u8 },
+    Cursor { device: u8, conv: u8, delivered: u8, read: u8 },
+    CreateConversation { conv: u8, a: u8, b: u8 },
+    After { conv: u8, after: u8, limit: u8 },
+    Before { conv: u8, before: u8, limit: u8 },
+    Find { conv: u8, sender: u8, client: u8 },
+    LastSeen { user: u8, at: u8 },
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..3, 0u8..3, 0u8..6, prop_oneof![1 => Just(0u8), 8 => Just(1u8), 1 => Just(2u8)])
+            .prop_map(|(conv, sender, client, delta)| Op::Append { conv, sender, client, delta }),
+        2 => (0u8..3, 0u8..3, 0u8..20, 0u8..20).prop_map(|(device, conv, delivered, read)| Op::Cursor { device, conv, delivered, read }),
+        1 => (0u8..3, 0u8..4, 0u8..4).prop_map(|(conv, a, b)| Op::CreateConversation { conv, a, b }),
+        2 => (0u8..3, 0u8..20, 0u8..8).prop_map(|(conv, after, limit)| Op::After { conv, after, limit }),
+        2 => (0u8..3, 0u8..20, 0u8..8).prop_map(|(conv, before, limit)| Op::Before { conv, before, limit }),
+        2 => (0u8..3, 0u8..3, 0u8..6).prop_map(|(conv, sender, client)| Op::Find { conv, sender, client }),
+        1 => (0u8..3, 0u8..250).prop_map(|(user, at)| Op::LastSeen { user, at }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// The contract as plain maps.
+#[derive(Default)]
+struct Model {
+    messages: BTreeMap<(Uuid, u64), StoredMessage>,
+    dedup: BTreeMap<(Uuid, Uuid, String), (u64, u64)>,
+    cursors: BTreeMap<(Uuid, Uuid), Cursor>,
+    member_cursors: BTreeMap<(Uuid, Uuid), MemberCursor>,
+    conversations: BTreeMap<Uuid, ConversationRecord>,
+    by_user: BTreeSet<(Uuid, Uuid)>,
+    last_seen: BTreeMap<Uuid, u64>,
+}
+
+impl Model {
+    fn last_seq(&self, conv: Uuid) -> u64 {
+        self.messages.range((conv, 0)..=(conv, u64::MAX)).next_back().map(|(k, _)| k.1).unwrap_or(0)
+    }
+
+    fn apply(&mut self, op: &WriteOp) -> WriteOutcome {
+        match op {
+            WriteOp::Append(m) => {
+                let key = (m.conversation_id, m.sender_user_id, m.client_msg_id.clone());
+                if let Some(&(seq, server_time_ms)) = self.dedup.get(&key) {
+                    return WriteOutcome::Duplicate { seq, server_time_ms };
+                }
+                if m.seq != self.last_seq(m.conversation_id) + 1 {
+                    return WriteOutcome::SeqConflict;
+                }
+                self.messages.insert((m.conversation_id, m.seq), m.clone());
+                self.dedup.insert(key, (m.seq, m.server_time_ms));
+                WriteOutcome::Appended
+            }
+            WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, .. } => {
+                let c = self.cursors.entry((*device_id, *conversation_id)).or_default();
+                c.delivered = c.delivered.max(*delivered);
+                c.read = c.read.max(*read);
+                let result = *c;
+                if *delivered > 0 || *read > 0 {
+                    let m = self.member_cursors.entry((*conversation_id, *user_id)).or_default();
+                    m.delivered = m.delivered.max(*delivered);
+                    m.read = m.read.max(*read);
+                }
+                WriteOutcome::CursorAdvanced(result)
+            }
+            WriteOp::LastSeen { user_id, at_ms } => {
+                self.last_seen.insert(*user_id, *at_ms);
+                WriteOutcome::Recorded
+            }
+            WriteOp::AppendEvent { .. } => unreachable!("the model test does not generate group events"),
+        }
+    }
+}
+
+async fn model_based_sequences_with_restarts(f: Fixture) {
+    // PostgreSQL restarts take a few hundred ms each: fewer, longer cases there.
+    let cases = match f.backend {
+        Backend::Embedded => 48,
+        Backend::Postgres => 12,
+    };
+    // A failing case panics inside the runner, which catches it and shrinks: the fixture
+    // is shared through a mutex whose poisoning is ignored, so shrinking keeps working.
+    let fixture = std::sync::Mutex::new(f);
+    let handle = tokio::runtime::Handle::current();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases, ..ProptestConfig::default() });
+    let result = tokio::task::block_in_place(|| {
+        runner.run(&proptest::collection::vec(op(), 1..80), |ops| {
+            let mut f = fixture.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            handle.block_on(run_model(&mut f, ops));
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// One random sequence. Every id carries a per-case namespace, so cases share a database
+/// without seeing each other.
+async fn run_model(f: &mut Fixture, ops: Vec<Op>) {
+    let namespace = uid().as_u128() & !0xffff_ffff;
+    let id = |kind: u8, n: u8| Uuid::from_u128(namespace | ((kind as u128) << 16) | (n as u128 + 1));
+    let mut store = f.open().await;
+    let mut model = Model::default();
+    let mut clock = 1_000u64;
+    for op in ops {
+        match op {
+            Op::Append { conv, sender, client, delta } => {
+                let conversation_id = id(1, conv);
+                clock += 1;
+                let seq = (model.last_seq(conversation_id) + delta as u64).max(if delta == 0 { 0 } else { 1 });
+                let mut m = message(conversation_id, seq, id(2, sender), &format!("c{client}"), clock);
+                m.sender_device_id = id(3, sender);
+                // Batches of two, so outcomes within one transaction are compared too.
+                let ops = vec![WriteOp::Append(m), cursor(id(2, sender), id(3, sender), conversation_id, seq, 0, clock)];
+                let expected: Vec<WriteOutcome> = ops.iter().map(|o| model.apply(o)).collect();
+                assert_eq!(store.apply(ops).await.unwrap(), expected);
+            }
+            Op::Cursor { device, conv, delivered, read } => {
+                let op = cursor(id(2, device), id(3, device), id(1, conv), delivered as u64, read as u64, clock);
+                let expected = model.apply(&op);
+                assert_eq!(store.apply(vec![op]).await.unwrap(), vec![expected]);
+                let c = id(1, conv);
+                let members: Vec<(Uuid, MemberCursor)> =
+                    model.member_cursors.range((c, Uuid::nil())..=(c, Uuid::max())).map(|((_, u), m)| (*u, *m)).collect();
+                assert_eq!(store.member_cursors(c).await.unwrap(), members);
+            }
+            Op::CreateConversation { conv, a, b } => {
+                let mut members = vec![id(2, a), id(2, b)];
+                members.sort();
+                members.dedup();
+                let record = ConversationRecord { conversation_id: id(1, conv), kind: ConversationKind::Direct, members, created_ms: clock, group: None, retention_secs: 0 };
+                let expected = model.conversations.entry(record.conversation_id).or_insert_with(|| record.clone()).clone();
+                if expected == record {
+                    for m in &record.members {
+                        model.by_user.insert((*m, record.conversation_id));
+                    }
+                }
+                assert_eq!(store.create_conversation(record).await.unwrap(), expected);
+                for user in 0..4 {
+                    let u = id(2, user);
+                    let expected: Vec<Uuid> = model.by_user.range((u, Uuid::nil())..=(u, Uuid::max())).map(|(_, c)| *c).collect();
+                    assert_eq!(store.conversations_of(u).await.unwrap(), expected);
+                }
+            }
+            Op::After { conv, after, limit } => {
+                let c = id(1, conv);
+                let expected: Vec<StoredMessage> =
+                    model.messages.range((c, after as u64 + 1)..=(c, u64::MAX)).take(limit as usize).map(|(_, m)| m.clone()).collect();
+                assert_eq!(store.messages_after(c, after as u64, limit as usize).await.unwrap(), expected);
+            }
+            Op::Before { conv, before, limit } => {
+                let c = id(1, conv);
+                let upper = if before == 0 { u64::MAX } else { before as u64 };
+                let expected: Vec<StoredMessage> =
+                    model.messages.range((c, 0)..(c, upper)).rev().take(limit as usize).map(|(_, m)| m.clone()).collect();
+                assert_eq!(store.messages_before(c, before as u64, limit as usize).await.unwrap(), expected);
+                assert_eq!(store.last_seq(c).await.unwrap(), model.last_seq(c));
+            }
+            Op::Find { conv, sender, client } => {
+                let key = (id(1, conv), id(2, sender), format!("c{client}"));
+                assert_eq!(store.find_by_client_id(key.0, key.1, &key.2).await.unwrap(), model.dedup.get(&key).copied());
+            }
+            Op::LastSeen { user, at } => {
+                let op = WriteOp::LastSeen { user_id: id(2, user), at_ms: at as u64 };
+                let expected = model.apply(&op);
+                assert_eq!(store.apply(vec![op]).await.unwrap(), vec![expected]);
+                for u in 0..3 {
+                    assert_eq!(store.last_seen(id(2, u)).await.unwrap(), model.last_seen.get(&id(2, u)).copied());
+                }
+            }
+            Op::Reopen => {
+                store = f.reopen(store).await;
+                for device in 0..3 {
+                    let d = id(3, device);
+                    let expected: Vec<(Uuid, Cursor)> =
+                        model.cursors.iter().filter(|((dev, _), cur)| *dev == d && **cur != Cursor::default()).map(|((_, c), cur)| (*c, *cur)).collect();
+                    assert_eq!(store.cursors_of(d).await.unwrap(), expected);
+                }
+            }
+        }
+    }
+    drop(store);
+}
