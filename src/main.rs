@@ -38,10 +38,42 @@ enum Command {
         #[command(subcommand)]
         scenario: BenchScenario,
     },
+    /// Manage a store: apply its schema, or copy a single node's data to a shared store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// A terminal client.
     Client {
         #[command(subcommand)]
         command: ClientCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Create or upgrade the schema of a store (`serve` also does this at start).
+    Migrate {
+        /// `embedded:<dir>` or `postgres://user:pass@host:port/db`.
+        #[arg(long, env = "SWITCHBOARD_STORE")]
+        store: String,
+    },
+    /// Copy everything in a single node's embedded store to another store, with progress;
+    /// resumable (run it again after an interruption) and verified by counts at the end.
+    /// Stop the node first: its store can only be opened by one process.
+    Copy {
+        /// The embedded store to read: `embedded:<dir>`.
+        #[arg(long)]
+        from: String,
+        /// The store to write: `postgres://…` (must be empty, unless resuming).
+        #[arg(long)]
+        to: String,
+        /// Records per transaction on the target.
+        #[arg(long, default_value_t = 1000)]
+        chunk: usize,
+        /// Progress file (default `<from dir>/copy-checkpoint.json`).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
 }
 
@@ -278,7 +310,84 @@ async fn main() -> Result<()> {
         }
         Command::Admin { command } => admin(command).await,
         Command::Client { command } => client(command).await,
+        Command::Store { command } => store_command(command).await,
         Command::Bench { scenario, websocket } => bench(scenario, websocket).await,
+    }
+}
+
+async fn store_command(command: StoreCommand) -> Result<()> {
+    use switchboard::store::{EmbeddedStore, PostgresOptions, PostgresStore, StoreSpec, transfer};
+    let parse = |s: &str| StoreSpec::parse(s).map_err(anyhow::Error::msg);
+    match command {
+        StoreCommand::Migrate { store } => match parse(&store)? {
+            spec @ StoreSpec::Embedded(_) => {
+                spec.open().await.with_context(|| format!("opening {spec}"))?;
+                println!("{spec}: every table exists");
+            }
+            StoreSpec::Postgres { url, .. } => {
+                let store = PostgresStore::connect(&url, PostgresOptions { pool_size: 1, ..Default::default() })
+                    .await
+                    .with_context(|| format!("connecting to {}", parse(&url).map(|s| s.to_string()).unwrap_or_default()))?;
+                let applied = store.migrate().await?;
+                if applied.is_empty() {
+                    println!("schema already up to date");
+                } else {
+                    println!("applied migrations {applied:?}");
+                }
+            }
+        },
+        StoreCommand::Copy { from, to, chunk, checkpoint } => {
+            let StoreSpec::Embedded(dir) = parse(&from)? else { bail!("--from must be embedded:<dir> (the copy moves a single node's data)") };
+            let target_spec = parse(&to)?;
+            let source = EmbeddedStore::open(&dir).with_context(|| format!("opening {from} (is a node still running on it?)"))?;
+            let target = target_spec.open().await.with_context(|| format!("opening {target_spec}"))?;
+            let checkpoint = checkpoint.unwrap_or_else(|| dir.join("copy-checkpoint.json"));
+            let progress = CopyBar::default();
+            let report = transfer::copy(&source, target.as_ref(), &target_spec.to_string(), &checkpoint, chunk, &progress).await;
+            progress.finish();
+            let report = report?;
+            if report.resumed {
+                println!("resumed from {}", checkpoint.display());
+            }
+            for (section, n) in &report.counts {
+                println!("{:>15}: {n} (source = target)", section.name());
+            }
+            println!("copy verified: {from} -> {target_spec}");
+        }
+    }
+    Ok(())
+}
+
+/// One progress bar per section of a copy, on stderr.
+#[derive(Default)]
+struct CopyBar {
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl CopyBar {
+    fn finish(&self) {
+        if let Some(bar) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            bar.finish();
+        }
+    }
+}
+
+impl switchboard::store::transfer::CopyProgress for CopyBar {
+    fn section(&self, section: switchboard::store::Section, total: u64, done: u64) {
+        self.finish();
+        let bar = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>15} [{bar:30}] {pos}/{len} {per_sec} eta {eta}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(section.name());
+        bar.set_position(done);
+        *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar);
+    }
+
+    fn advance(&self, n: u64) {
+        if let Some(bar) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            bar.inc(n);
+        }
     }
 }
 

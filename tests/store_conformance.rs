@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use switchboard::store::{
-    ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceRecord, GroupState, MemberCursor, PendingCode, PushToken, Store, StoreError,
-    StoreSpec, StoredMessage, UserRecord, WriteOp, WriteOutcome,
+    ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceRecord, GroupState, MemberCursor, PendingCode, PushToken, Record, Section,
+    Store, StoreError, StoreSpec, StoredMessage, UserRecord, WriteOp, WriteOutcome,
 };
 use switchboard::testkit::PrivatePostgres;
 use uuid::Uuid;
@@ -91,6 +91,7 @@ every_backend!(
     expired_messages_are_purged_but_the_fence_holds,
     racing_sequencers_store_each_seq_once,
     writes_survive_a_restart,
+    imports_are_idempotent_and_counted,
     model_based_sequences_with_restarts,
 );
 
@@ -510,6 +511,81 @@ async fn writes_survive_a_restart(mut f: Fixture) {
     assert_eq!(store.cursors_of(d.device_id).await.unwrap(), vec![(conv, Cursor { delivered: 50, read: 49 })]);
     assert_eq!(store.last_seen(b).await.unwrap(), Some(88));
     assert!(store.ping().await.is_ok());
+}
+
+/// The target side of `store copy`: records imported as they are, twice (a resumed copy),
+/// are stored once, counted per section, and read back through the ordinary operations.
+async fn imports_are_idempotent_and_counted(f: Fixture) {
+    let store = f.open().await;
+    let u = user(&format!("+1555{}", rand_digits()));
+    let peer = user(&format!("+1555{}", rand_digits()));
+    let d = device(u.user_id, 3);
+    let mut conversation = direct(u.user_id, peer.user_id);
+    conversation.retention_secs = 3600;
+    let conv = conversation.conversation_id;
+    let mut log: Vec<StoredMessage> = (1..=5).map(|seq| message(conv, seq, u.user_id, &format!("m{seq}"), 10 + seq)).collect();
+    log[1].deleted = true;
+    log[1].payload = Bytes::new();
+    log[2].kind = ContentKind::Reaction;
+    log[2].reference_seq = 1;
+    let token = PushToken { platform: "fcm".into(), token: "tok".into() };
+    let mut records = vec![
+        Record::User(u.clone()),
+        Record::User(peer.clone()),
+        Record::Device(d.clone()),
+        Record::Conversation(conversation.clone()),
+        Record::Membership { user_id: u.user_id, conversation_id: conv },
+        Record::Membership { user_id: peer.user_id, conversation_id: conv },
+    ];
+    records.extend(log.iter().cloned().map(Record::Message));
+    records.extend([
+        // The fence is ahead of the log when old messages were purged.
+        Record::LastSeq { conversation_id: conv, last_seq: 7 },
+        Record::Cursor { device_id: d.device_id, conversation_id: conv, cursor: Cursor { delivered: 5, read: 4 } },
+        Record::MemberCursor { conversation_id: conv, user_id: u.user_id, cursor: MemberCursor { delivered: 5, read: 4 } },
+        Record::Receipt { conversation_id: conv, user_id: u.user_id, kind: 0, seq: 5, at_ms: 70 },
+        Record::Receipt { conversation_id: conv, user_id: u.user_id, kind: 1, seq: 4, at_ms: 80 },
+        Record::LastSeen { user_id: u.user_id, at_ms: 90 },
+        Record::PushToken { user_id: u.user_id, device_id: d.device_id, token: token.clone() },
+    ]);
+    store.import(records.clone()).await.unwrap();
+    store.import(records).await.unwrap();
+    let expected = [
+        (Section::Users, 2),
+        (Section::Devices, 1),
+        (Section::Conversations, 1),
+        (Section::Memberships, 2),
+        (Section::Messages, 5),
+        (Section::LastSeqs, 1),
+        (Section::Cursors, 1),
+        (Section::MemberCursors, 1),
+        (Section::Receipts, 2),
+        (Section::LastSeen, 1),
+        (Section::PushTokens, 1),
+    ];
+    for (section, n) in expected {
+        assert_eq!(store.count(section).await.unwrap(), n, "{}", section.name());
+    }
+    assert_eq!(store.user(u.user_id).await.unwrap(), Some(u.clone()));
+    let (again, created) = store.get_or_create_user(&u.phone, user(&u.phone)).await.unwrap();
+    assert!(!created, "the phone index came with the user");
+    assert_eq!(again, u);
+    assert_eq!(store.device_by_token(d.token_hash).await.unwrap(), Some(d.clone()));
+    assert_eq!(store.devices_of(u.user_id).await.unwrap(), vec![d.clone()]);
+    assert_eq!(store.conversation(conv).await.unwrap(), Some(conversation));
+    assert_eq!(store.conversations_of(peer.user_id).await.unwrap(), vec![conv]);
+    assert_eq!(store.messages_after(conv, 0, 10).await.unwrap(), log);
+    assert_eq!(store.find_by_client_id(conv, u.user_id, "m3").await.unwrap(), Some((3, 13)), "dedup keys came with the messages");
+    assert_eq!(store.last_seq(conv).await.unwrap(), 7);
+    assert_eq!(store.apply(vec![WriteOp::Append(message(conv, 6, u.user_id, "m6", 99))]).await.unwrap(), vec![WriteOutcome::SeqConflict]);
+    assert_eq!(store.apply(vec![WriteOp::Append(message(conv, 8, u.user_id, "m8", 99))]).await.unwrap(), vec![WriteOutcome::Appended]);
+    assert_eq!(store.cursors_of(d.device_id).await.unwrap(), vec![(conv, Cursor { delivered: 5, read: 4 })]);
+    assert_eq!(store.member_cursors(conv).await.unwrap(), vec![(u.user_id, MemberCursor { delivered: 5, read: 4 })]);
+    assert_eq!(store.receipt_times(conv, u.user_id, 3).await.unwrap(), (Some(70), Some(80)));
+    assert_eq!(store.last_seen(u.user_id).await.unwrap(), Some(90));
+    assert_eq!(store.push_tokens_of(u.user_id).await.unwrap(), vec![(d.device_id, token)]);
+    // Expired imported messages are purged like any others (the retention came along).
+    assert_eq!(store.purge_expired(10_000_000, 100).await.unwrap(), 6);
 }
 
 fn rand_digits() -> String {

@@ -6,13 +6,15 @@
 //! backend is a translation of the same layout. redb is synchronous; every call runs on
 //! tokio's blocking pool so that actors never block a runtime worker on disk.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::transfer::{Position, Record, Section};
 use super::{
     MemberCursor, PushToken, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, PendingCode, Store, StoreError, StoredMessage,
     UserId, UserRecord, WriteOp, WriteOutcome,
@@ -698,6 +700,14 @@ impl Store for EmbeddedStore {
         })
     }
 
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.blocking(move |db| Self::import_sync(db, records)).await
+    }
+
+    async fn count(&self, section: Section) -> Result<u64, StoreError> {
+        self.blocking(move |db| Self::count_sync(db, section)).await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         // Every commit is already fsynced (Durability::Immediate); an empty durable commit
         // makes sure nothing is pending before the process exits.
@@ -706,5 +716,240 @@ impl Store for EmbeddedStore {
             txn.commit().map_err(be)
         })
         .await
+    }
+}
+
+/// Range bounds strictly after `after` (or everything), for resumable exports.
+fn after_bounds<K>(after: Option<K>) -> (Bound<K>, Bound<K>) {
+    (after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded)
+}
+
+impl EmbeddedStore {
+    /// Up to `limit` records of `section` strictly after `after`, in key order, and the
+    /// position of the last one returned (None when there are no more): the source side of
+    /// `switchboard store copy`.
+    pub async fn export(&self, section: Section, after: Option<Position>, limit: usize) -> Result<(Vec<Record>, Option<Position>), StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let mut out = Vec::with_capacity(limit.min(4096));
+            let mut last = None;
+            match section {
+                Section::Users => {
+                    let t = txn.open_table(USERS).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| p.0))).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        out.push(Record::User(decode("users", v.value())?));
+                        last = Some(Position(k.value(), 0, 0, 0));
+                    }
+                }
+                Section::Devices => {
+                    let t = txn.open_table(DEVICES).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| p.0))).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        out.push(Record::Device(decode("devices", v.value())?));
+                        last = Some(Position(k.value(), 0, 0, 0));
+                    }
+                }
+                Section::Conversations => {
+                    let t = txn.open_table(CONVERSATIONS).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| p.0))).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        out.push(Record::Conversation(decode("conversations", v.value())?));
+                        last = Some(Position(k.value(), 0, 0, 0));
+                    }
+                }
+                Section::Memberships => {
+                    let t = txn.open_table(USER_CONVERSATIONS).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| (p.0, p.1)))).map_err(be)?.take(limit) {
+                        let (k, _) = e.map_err(be)?;
+                        let (user, conv) = k.value();
+                        out.push(Record::Membership { user_id: UserId::from_u128(user), conversation_id: ConversationId::from_u128(conv) });
+                        last = Some(Position(user, conv, 0, 0));
+                    }
+                }
+                Section::Messages => {
+                    let t = txn.open_table(MESSAGES).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| (p.0, p.2)))).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        out.push(Record::Message(decode("messages", v.value())?));
+                        let (conv, seq) = k.value();
+                        last = Some(Position(conv, 0, seq, 0));
+                    }
+                }
+                Section::LastSeqs => {
+                    let t = txn.open_table(LAST_SEQS).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| p.0))).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        out.push(Record::LastSeq { conversation_id: ConversationId::from_u128(k.value()), last_seq: v.value() });
+                        last = Some(Position(k.value(), 0, 0, 0));
+                    }
+                }
+                Section::Cursors => {
+                    let t = txn.open_table(CURSORS).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| (p.0, p.1)))).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        let ((device, conv), (delivered, read)) = (k.value(), v.value());
+                        out.push(Record::Cursor {
+                            device_id: DeviceId::from_u128(device),
+                            conversation_id: ConversationId::from_u128(conv),
+                            cursor: Cursor { delivered, read },
+                        });
+                        last = Some(Position(device, conv, 0, 0));
+                    }
+                }
+                Section::MemberCursors => {
+                    let t = txn.open_table(MEMBER_CURSORS).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| (p.0, p.1)))).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        let ((conv, user), (delivered, read)) = (k.value(), v.value());
+                        out.push(Record::MemberCursor {
+                            conversation_id: ConversationId::from_u128(conv),
+                            user_id: UserId::from_u128(user),
+                            cursor: MemberCursor { delivered, read },
+                        });
+                        last = Some(Position(conv, user, 0, 0));
+                    }
+                }
+                Section::Receipts => {
+                    let t = txn.open_table(RECEIPT_LOG).map_err(be)?;
+                    let start = after.map(|p| (p.0, p.1, u8::try_from(p.2).unwrap_or(u8::MAX), p.3));
+                    for e in t.range(after_bounds(start)).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        let (conv, user, kind, seq) = k.value();
+                        out.push(Record::Receipt {
+                            conversation_id: ConversationId::from_u128(conv),
+                            user_id: UserId::from_u128(user),
+                            kind,
+                            seq,
+                            at_ms: v.value(),
+                        });
+                        last = Some(Position(conv, user, u64::from(kind), seq));
+                    }
+                }
+                Section::LastSeen => {
+                    let t = txn.open_table(LAST_SEEN).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| p.0))).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        out.push(Record::LastSeen { user_id: UserId::from_u128(k.value()), at_ms: v.value() });
+                        last = Some(Position(k.value(), 0, 0, 0));
+                    }
+                }
+                Section::PushTokens => {
+                    let t = txn.open_table(PUSH_TOKENS).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| (p.0, p.1)))).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        let (user, device) = k.value();
+                        out.push(Record::PushToken {
+                            user_id: UserId::from_u128(user),
+                            device_id: DeviceId::from_u128(device),
+                            token: decode("push_tokens", v.value())?,
+                        });
+                        last = Some(Position(user, device, 0, 0));
+                    }
+                }
+            }
+            Ok((out, last))
+        })
+        .await
+    }
+
+    fn import_sync(db: &Database, records: Vec<Record>) -> Result<(), StoreError> {
+        let txn = db.begin_write().map_err(be)?;
+        {
+            let mut users = txn.open_table(USERS).map_err(be)?;
+            let mut phones = txn.open_table(PHONES).map_err(be)?;
+            let mut devices = txn.open_table(DEVICES).map_err(be)?;
+            let mut user_devices = txn.open_table(USER_DEVICES).map_err(be)?;
+            let mut tokens = txn.open_table(TOKENS).map_err(be)?;
+            let mut conversations = txn.open_table(CONVERSATIONS).map_err(be)?;
+            let mut retention = txn.open_table(RETENTION).map_err(be)?;
+            let mut invites = txn.open_table(INVITES).map_err(be)?;
+            let mut by_user = txn.open_table(USER_CONVERSATIONS).map_err(be)?;
+            let mut messages = txn.open_table(MESSAGES).map_err(be)?;
+            let mut dedup = txn.open_table(DEDUP).map_err(be)?;
+            let mut last_seqs = txn.open_table(LAST_SEQS).map_err(be)?;
+            let mut cursors = txn.open_table(CURSORS).map_err(be)?;
+            let mut member_cursors = txn.open_table(MEMBER_CURSORS).map_err(be)?;
+            let mut receipt_log = txn.open_table(RECEIPT_LOG).map_err(be)?;
+            let mut last_seen = txn.open_table(LAST_SEEN).map_err(be)?;
+            let mut push_tokens = txn.open_table(PUSH_TOKENS).map_err(be)?;
+            for record in records {
+                match record {
+                    Record::User(user) => {
+                        let id = user.user_id.as_u128();
+                        phones.insert(user.phone.as_str(), id).map_err(be)?;
+                        users.insert(id, encode(&user)?.as_slice()).map_err(be)?;
+                    }
+                    Record::Device(device) => {
+                        let id = device.device_id.as_u128();
+                        devices.insert(id, encode(&device)?.as_slice()).map_err(be)?;
+                        user_devices.insert((device.user_id.as_u128(), id), device.created_ms).map_err(be)?;
+                        tokens.insert(&device.token_hash[..], id).map_err(be)?;
+                    }
+                    Record::Conversation(record) => {
+                        let id = record.conversation_id.as_u128();
+                        if record.retention_secs > 0 {
+                            retention.insert(id, record.retention_secs).map_err(be)?;
+                        }
+                        if let Some(hash) = record.group.as_ref().and_then(|g| g.invite_hash) {
+                            invites.insert(&hash[..], id).map_err(be)?;
+                        }
+                        conversations.insert(id, encode(&record)?.as_slice()).map_err(be)?;
+                    }
+                    Record::Membership { user_id, conversation_id } => {
+                        by_user.insert((user_id.as_u128(), conversation_id.as_u128()), ()).map_err(be)?;
+                    }
+                    Record::Message(m) => {
+                        let conv = m.conversation_id.as_u128();
+                        messages.insert((conv, m.seq), encode(&m)?.as_slice()).map_err(be)?;
+                        dedup.insert((conv, m.sender_user_id.as_u128(), m.client_msg_id.as_str()), (m.seq, m.server_time_ms)).map_err(be)?;
+                    }
+                    Record::LastSeq { conversation_id, last_seq } => {
+                        let id = conversation_id.as_u128();
+                        let current = last_seqs.get(id).map_err(be)?.map(|g| g.value()).unwrap_or(0);
+                        last_seqs.insert(id, current.max(last_seq)).map_err(be)?;
+                    }
+                    Record::Cursor { device_id, conversation_id, cursor } => {
+                        let key = (device_id.as_u128(), conversation_id.as_u128());
+                        let (d, r) = cursors.get(key).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
+                        cursors.insert(key, (d.max(cursor.delivered), r.max(cursor.read))).map_err(be)?;
+                    }
+                    Record::MemberCursor { conversation_id, user_id, cursor } => {
+                        let key = (conversation_id.as_u128(), user_id.as_u128());
+                        let (d, r) = member_cursors.get(key).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
+                        member_cursors.insert(key, (d.max(cursor.delivered), r.max(cursor.read))).map_err(be)?;
+                    }
+                    Record::Receipt { conversation_id, user_id, kind, seq, at_ms } => {
+                        receipt_log.insert((conversation_id.as_u128(), user_id.as_u128(), kind, seq), at_ms).map_err(be)?;
+                    }
+                    Record::LastSeen { user_id, at_ms } => {
+                        let current = last_seen.get(user_id.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or(0);
+                        last_seen.insert(user_id.as_u128(), current.max(at_ms)).map_err(be)?;
+                    }
+                    Record::PushToken { user_id, device_id, token } => {
+                        push_tokens.insert((user_id.as_u128(), device_id.as_u128()), encode(&token)?.as_slice()).map_err(be)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(be)
+    }
+
+    fn count_sync(db: &Database, section: Section) -> Result<u64, StoreError> {
+        let txn = db.begin_read().map_err(be)?;
+        let n = match section {
+            Section::Users => txn.open_table(USERS).map_err(be)?.len(),
+            Section::Devices => txn.open_table(DEVICES).map_err(be)?.len(),
+            Section::Conversations => txn.open_table(CONVERSATIONS).map_err(be)?.len(),
+            Section::Memberships => txn.open_table(USER_CONVERSATIONS).map_err(be)?.len(),
+            Section::Messages => txn.open_table(MESSAGES).map_err(be)?.len(),
+            Section::LastSeqs => txn.open_table(LAST_SEQS).map_err(be)?.len(),
+            Section::Cursors => txn.open_table(CURSORS).map_err(be)?.len(),
+            Section::MemberCursors => txn.open_table(MEMBER_CURSORS).map_err(be)?.len(),
+            Section::Receipts => txn.open_table(RECEIPT_LOG).map_err(be)?.len(),
+            Section::LastSeen => txn.open_table(LAST_SEEN).map_err(be)?.len(),
+            Section::PushTokens => txn.open_table(PUSH_TOKENS).map_err(be)?.len(),
+        };
+        n.map_err(be)
     }
 }

@@ -10,6 +10,7 @@
 pub mod embedded;
 pub mod postgres;
 pub mod spec;
+pub mod transfer;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use uuid::Uuid;
 pub use embedded::EmbeddedStore;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use spec::StoreSpec;
+pub use transfer::{Record, Section};
 
 /// A user account.
 pub type UserId = Uuid;
@@ -386,6 +388,14 @@ pub trait Store: Send + Sync + 'static {
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError>;
     /// When a user was last connected (ms), if ever.
     async fn last_seen(&self, user_id: UserId) -> Result<Option<u64>, StoreError>;
+
+    /// Writes records exported from another store (see [`transfer`]), as they are: no
+    /// fence or dedup checks. Idempotent: a record imported twice is stored once, and
+    /// cursors and fences keep the larger value. All or nothing.
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError>;
+    /// How many records a section holds (a full scan on some backends: for verification,
+    /// not for serving).
+    async fn count(&self, section: Section) -> Result<u64, StoreError>;
 
     /// Makes every committed write durable and releases resources; used at shutdown.
     async fn flush(&self) -> Result<(), StoreError>;

@@ -18,6 +18,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{NoTls, Row};
 
+use super::transfer::{Record, Section};
 use super::{
     ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MemberCursor,
     PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
@@ -178,9 +179,8 @@ const DEVICE_COLUMNS: &str = "device_id, user_id, name, is_primary, token_hash, 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user:pass@host:port/db`), applies pending
-    /// migrations, and returns the store. Fails if the server cannot be reached within the
-    /// connect timeout.
+    /// Connects to `url` (`postgres://user:pass@host:port/db`) and checks that the server
+    /// answers within the connect timeout. The schema is not touched: see [`Self::migrate`].
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Backend(format!("postgres url: {e}")))?;
         config.connect_timeout(options.connect_timeout);
@@ -199,7 +199,7 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
         let store = Self { pool };
-        store.migrate().await?;
+        store.ping().await?;
         Ok(store)
     }
 
@@ -428,6 +428,114 @@ impl PostgresStore {
                 WriteOutcome::Recorded
             }
         })
+    }
+}
+
+impl PostgresStore {
+    /// Writes one exported record as it is; a record already there is left alone, cursors
+    /// and fences keep the larger value (so a resumed copy is harmless).
+    async fn import_one(tx: &Tx<'_>, record: Record) -> Result<(), StoreError> {
+        match record {
+            Record::User(u) => {
+                Self::run(
+                    tx,
+                    "INSERT INTO users (user_id, phone, created_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&u.user_id, &u.phone, &int(u.created_ms)],
+                )
+                .await?;
+            }
+            Record::Device(d) => {
+                let hash: &[u8] = &d.token_hash;
+                Self::run(
+                    tx,
+                    "INSERT INTO devices (device_id, user_id, name, is_primary, token_hash, created_ms, revoked_ms)                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    &[&d.device_id, &d.user_id, &d.name, &d.primary, &hash, &int(d.created_ms), &d.revoked_ms.map(int)],
+                )
+                .await?;
+            }
+            Record::Conversation(c) => Self::put_conversation_record(tx, &c).await?,
+            Record::Membership { user_id, conversation_id } => {
+                Self::run(tx, "INSERT INTO user_conversations (user_id, conversation_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&user_id, &conversation_id])
+                    .await?;
+            }
+            Record::Message(m) => {
+                let payload: &[u8] = &m.payload;
+                let event: Option<&[u8]> = m.event.as_deref();
+                Self::run(
+                    tx,
+                    "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+                    &[
+                        &m.conversation_id,
+                        &int(m.seq),
+                        &m.sender_user_id,
+                        &m.sender_device_id,
+                        &m.client_msg_id,
+                        &int(m.server_time_ms),
+                        &payload,
+                        &event,
+                        &content_code(m.kind),
+                        &int(m.reference_seq),
+                        &m.deleted,
+                    ],
+                )
+                .await?;
+            }
+            Record::LastSeq { conversation_id, last_seq } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO last_seqs (conversation_id, last_seq) VALUES ($1, $2) \
+                     ON CONFLICT (conversation_id) DO UPDATE SET last_seq = GREATEST(last_seqs.last_seq, EXCLUDED.last_seq)",
+                    &[&conversation_id, &int(last_seq)],
+                )
+                .await?;
+            }
+            Record::Cursor { device_id, conversation_id, cursor } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO cursors (device_id, conversation_id, delivered, read) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (device_id, conversation_id) DO UPDATE SET delivered = GREATEST(cursors.delivered, EXCLUDED.delivered), \
+                     read = GREATEST(cursors.read, EXCLUDED.read)",
+                    &[&device_id, &conversation_id, &int(cursor.delivered), &int(cursor.read)],
+                )
+                .await?;
+            }
+            Record::MemberCursor { conversation_id, user_id, cursor } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO member_cursors (conversation_id, user_id, delivered, read) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (conversation_id, user_id) DO UPDATE SET delivered = GREATEST(member_cursors.delivered, EXCLUDED.delivered), \
+                     read = GREATEST(member_cursors.read, EXCLUDED.read)",
+                    &[&conversation_id, &user_id, &int(cursor.delivered), &int(cursor.read)],
+                )
+                .await?;
+            }
+            Record::Receipt { conversation_id, user_id, kind, seq, at_ms } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO receipt_log (conversation_id, user_id, kind, seq, at_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[&conversation_id, &user_id, &i16::from(kind), &int(seq), &int(at_ms)],
+                )
+                .await?;
+            }
+            Record::LastSeen { user_id, at_ms } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO last_seen (user_id, at_ms) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET at_ms = GREATEST(last_seen.at_ms, EXCLUDED.at_ms)",
+                    &[&user_id, &int(at_ms)],
+                )
+                .await?;
+            }
+            Record::PushToken { user_id, device_id, token } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO push_tokens (user_id, device_id, platform, token) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&user_id, &device_id, &token.platform, &token.token],
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -789,6 +897,33 @@ impl Store for PostgresStore {
             .map(|r| get::<i64>(&r, "last_seen", "at_ms"))
             .transpose()
             .map(|v| v.map(uint))
+    }
+
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        for record in records {
+            Self::import_one(&tx, record).await?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn count(&self, section: Section) -> Result<u64, StoreError> {
+        let table = match section {
+            Section::Users => "users",
+            Section::Devices => "devices",
+            Section::Conversations => "conversations",
+            Section::Memberships => "user_conversations",
+            Section::Messages => "messages",
+            Section::LastSeqs => "last_seqs",
+            Section::Cursors => "cursors",
+            Section::MemberCursors => "member_cursors",
+            Section::Receipts => "receipt_log",
+            Section::LastSeen => "last_seen",
+            Section::PushTokens => "push_tokens",
+        };
+        let row = self.query_opt(&format!("SELECT count(*) FROM {table}"), &[]).await?;
+        Ok(row.map(|r| get::<i64>(&r, table, "count")).transpose()?.map(uint).unwrap_or(0))
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -89,12 +89,15 @@ impl StoreSpec {
         }
     }
 
-    /// Opens the store (for PostgreSQL: connects and applies pending migrations).
+    /// Opens the store, creating or upgrading its schema (for PostgreSQL: connects and
+    /// applies pending migrations).
     pub async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
             StoreSpec::Embedded(dir) => Arc::new(EmbeddedStore::open(dir)?),
             StoreSpec::Postgres { url, pool_size } => {
-                Arc::new(PostgresStore::connect(url, PostgresOptions { pool_size: *pool_size, ..Default::default() }).await?)
+                let store = PostgresStore::connect(url, PostgresOptions { pool_size: *pool_size, ..Default::default() }).await?;
+                store.migrate().await?;
+                Arc::new(store)
             }
         })
     }

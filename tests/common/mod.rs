@@ -102,7 +102,8 @@ fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
         if let Ok(text) = std::fs::read_to_string(&ready)
             && let Ok(r) = serde_json::from_str::<Ready>(&text)
         {
-            assert_eq!(r.store, store_kind(), "the server runs on another store than the test run asked for");
+            let expected = if store.starts_with("postgres") { "postgres" } else { "embedded" };
+            assert_eq!(r.store, expected, "the server runs on another store than the test asked for");
             return (child, r);
         }
         assert!(Instant::now() < deadline, "server did not become ready; log:\n{}", std::fs::read_to_string(dir.join("server.log")).unwrap_or_default());
@@ -117,8 +118,18 @@ impl TestServer {
 
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (postgres, store) = new_store(dir.path());
+        Self::launch(dir, postgres, store, extra)
+    }
+
+    /// A server on a store the test chose (`embedded:<dir>`, `postgres://…`), whatever
+    /// store the run uses for the others.
+    pub fn start_on(store: &str, extra: &[&str]) -> Self {
+        Self::launch(tempfile::tempdir().expect("tempdir"), None, store.to_owned(), extra)
+    }
+
+    fn launch(dir: tempfile::TempDir, postgres: Option<switchboard::testkit::PrivatePostgres>, store: String, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, r) = spawn(dir.path(), &store, &extra);
         Self { child: Some(child), postgres, store, dir, http: r.http, tcp: r.tcp, admin: r.admin, extra }
     }

@@ -1,0 +1,231 @@
+//! Outgrowing one node: `switchboard store copy` moves a populated embedded store to
+//! PostgreSQL, resumes after an interruption, verifies by counts, and a server started on
+//! the copy serves the same accounts and history.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::*;
+use switchboard::store::transfer::{self, CopyError, CopyProgress};
+use switchboard::store::{EmbeddedStore, Record, Section, Store, StoreError, StoreSpec};
+use switchboard::testkit::PrivatePostgres;
+
+/// Signs up users, sends 1:1 and group messages with receipts, then stops the node
+/// gracefully. Returns the data directory's store spec, the users, and each
+/// conversation's history as the server served it.
+async fn populated_node(server: &mut TestServer) -> (Vec<switchboard::accounts::DeviceCredentials>, Vec<(uuid::Uuid, serde_json::Value)>) {
+    let api = server.api();
+    let mut users = Vec::new();
+    for _ in 0..4 {
+        users.push(user(&api).await);
+    }
+    let mut a = online(server, Kind::Tcp, &users[0]).await;
+    let direct = a.open_direct(users[1].user_id).await.expect("open direct");
+    send_all(&mut a, direct, 1..=120, "direct").await;
+    let group = a.create_group("copy", &[users[1].user_id, users[2].user_id, users[3].user_id]).await.expect("group");
+    let first_group_seq = a.history(group, 0, 1).await.expect("history").messages.first().map(|m| m.seq).unwrap_or(0);
+    send_all(&mut a, group, first_group_seq + 1..=first_group_seq + 30, "group").await;
+    let mut b = online(server, Kind::Tcp, &users[1]).await;
+    b.read(direct, 120).await.expect("read receipt");
+    api.set_push_token(&users[2].token, "fcm", "push-token-2").await.expect("push token");
+    let mut history = Vec::new();
+    for (conversation, at_least) in [(direct, 120), (group, 30)] {
+        let page = api.history(&users[1].token, conversation, 0, 200).await.expect("history");
+        let n = page["messages"].as_array().map_or(0, Vec::len);
+        assert!(n >= at_least, "{conversation}: {n} messages in history");
+        history.push((conversation, page));
+    }
+    drop((a, b));
+    assert!(server.terminate().success());
+    (users, history)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_postgres_then_serve_the_same_history_from_it() {
+    let data = tempfile::tempdir().unwrap();
+    let embedded = format!("embedded:{}", data.path().display());
+    let mut node = TestServer::start_on(&embedded, &[]);
+    let (users, history) = populated_node(&mut node).await;
+
+    let pg = tokio::task::spawn_blocking(PrivatePostgres::start).await.unwrap().expect("private postgres");
+    let url = pg.create_database("copied").await.expect("database");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["store", "copy", "--from", &embedded, "--to", &url, "--chunk", "25"])
+        .output()
+        .expect("run store copy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "store copy failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("copy verified"), "{stdout}");
+    assert!(stdout.contains("messages: "), "{stdout}");
+
+    // Copying again into the now non-empty target is refused rather than merged.
+    let again = Command::new(env!("CARGO_BIN_EXE_switchboard")).args(["store", "copy", "--from", &embedded, "--to", &url]).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&again.stderr));
+
+    // A node on the copy: same tokens log in, same history, and the log goes on from the
+    // copied fence.
+    let server = TestServer::start_on(&url, &[]);
+    let api = server.api();
+    for (conversation, before) in &history {
+        let after = api.history(&users[1].token, *conversation, 0, 200).await.expect("history from postgres");
+        assert_eq!(&after, before, "history of {conversation} changed in the copy");
+    }
+    let (direct, _) = history[0];
+    let mut b = online(&server, Kind::Ws, &users[1]).await;
+    let ack = b.send_and_ack(direct, "after-copy", b"still here".to_vec()).await.expect("send after copy");
+    assert_eq!(ack.seq, 121, "the fence was copied: the next seq follows the copied log");
+}
+
+/// A target that fails after a number of successful imports, as a network or database
+/// failure in the middle of a copy would.
+struct FailingAfter {
+    inner: Arc<dyn Store>,
+    imports_left: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for FailingAfter {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        if self.imports_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            return Err(StoreError::Backend("connection reset (injected)".into()));
+        }
+        self.inner.import(records).await
+    }
+    async fn count(&self, section: Section) -> Result<u64, StoreError> {
+        self.inner.count(section).await
+    }
+    // The copy uses nothing else.
+    async fn put_pending_code(&self, _: &str, _: switchboard::store::PendingCode) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn pending_code(&self, _: &str) -> Result<Option<switchboard::store::PendingCode>, StoreError> {
+        unimplemented!()
+    }
+    async fn delete_pending_code(&self, _: &str) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn get_or_create_user(&self, _: &str, _: switchboard::store::UserRecord) -> Result<(switchboard::store::UserRecord, bool), StoreError> {
+        unimplemented!()
+    }
+    async fn create_accounts(&self, _: Vec<(switchboard::store::UserRecord, switchboard::store::DeviceRecord)>) -> Result<usize, StoreError> {
+        unimplemented!()
+    }
+    async fn user(&self, _: uuid::Uuid) -> Result<Option<switchboard::store::UserRecord>, StoreError> {
+        unimplemented!()
+    }
+    async fn add_device(&self, _: switchboard::store::DeviceRecord, _: usize) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn device_by_token(&self, _: [u8; 32]) -> Result<Option<switchboard::store::DeviceRecord>, StoreError> {
+        unimplemented!()
+    }
+    async fn device(&self, _: uuid::Uuid) -> Result<Option<switchboard::store::DeviceRecord>, StoreError> {
+        unimplemented!()
+    }
+    async fn devices_of(&self, _: uuid::Uuid) -> Result<Vec<switchboard::store::DeviceRecord>, StoreError> {
+        unimplemented!()
+    }
+    async fn revoke_device(&self, _: uuid::Uuid, _: uuid::Uuid, _: u64) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
+    async fn create_conversation(&self, _: switchboard::store::ConversationRecord) -> Result<switchboard::store::ConversationRecord, StoreError> {
+        unimplemented!()
+    }
+    async fn conversation(&self, _: uuid::Uuid) -> Result<Option<switchboard::store::ConversationRecord>, StoreError> {
+        unimplemented!()
+    }
+    async fn conversation_by_invite(&self, _: [u8; 32]) -> Result<Option<uuid::Uuid>, StoreError> {
+        unimplemented!()
+    }
+    async fn conversations_of(&self, _: uuid::Uuid) -> Result<Vec<uuid::Uuid>, StoreError> {
+        unimplemented!()
+    }
+    async fn apply(&self, _: Vec<switchboard::store::WriteOp>) -> Result<Vec<switchboard::store::WriteOutcome>, StoreError> {
+        unimplemented!()
+    }
+    async fn last_seq(&self, _: uuid::Uuid) -> Result<u64, StoreError> {
+        unimplemented!()
+    }
+    async fn find_by_client_id(&self, _: uuid::Uuid, _: uuid::Uuid, _: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        unimplemented!()
+    }
+    async fn messages_after(&self, _: uuid::Uuid, _: u64, _: usize) -> Result<Vec<switchboard::store::StoredMessage>, StoreError> {
+        unimplemented!()
+    }
+    async fn messages_before(&self, _: uuid::Uuid, _: u64, _: usize) -> Result<Vec<switchboard::store::StoredMessage>, StoreError> {
+        unimplemented!()
+    }
+    async fn member_cursors(&self, _: uuid::Uuid) -> Result<Vec<(uuid::Uuid, switchboard::store::MemberCursor)>, StoreError> {
+        unimplemented!()
+    }
+    async fn receipt_times(&self, _: uuid::Uuid, _: uuid::Uuid, _: u64) -> Result<(Option<u64>, Option<u64>), StoreError> {
+        unimplemented!()
+    }
+    async fn set_push_token(&self, _: uuid::Uuid, _: uuid::Uuid, _: Option<switchboard::store::PushToken>) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn push_tokens_of(&self, _: uuid::Uuid) -> Result<Vec<(uuid::Uuid, switchboard::store::PushToken)>, StoreError> {
+        unimplemented!()
+    }
+    async fn purge_expired(&self, _: u64, _: usize) -> Result<u64, StoreError> {
+        unimplemented!()
+    }
+    async fn cursors_of(&self, _: uuid::Uuid) -> Result<Vec<(uuid::Uuid, switchboard::store::Cursor)>, StoreError> {
+        unimplemented!()
+    }
+    async fn last_seen(&self, _: uuid::Uuid) -> Result<Option<u64>, StoreError> {
+        unimplemented!()
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush().await
+    }
+}
+
+struct Quiet;
+
+impl CopyProgress for Quiet {
+    fn section(&self, _: Section, _: u64, _: u64) {}
+    fn advance(&self, _: u64) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_copy_resumes_from_its_checkpoint() {
+    let data = tempfile::tempdir().unwrap();
+    let embedded = format!("embedded:{}", data.path().display());
+    let mut node = TestServer::start_on(&embedded, &[]);
+    populated_node(&mut node).await;
+
+    let pg = tokio::task::spawn_blocking(PrivatePostgres::start).await.unwrap().expect("private postgres");
+    let url = pg.create_database("resumed").await.expect("database");
+    let target = StoreSpec::parse(&url).unwrap().open().await.expect("open postgres");
+    let source = EmbeddedStore::open(data.path()).expect("open embedded");
+    let checkpoint = data.path().join("copy-checkpoint.json");
+
+    // The target fails in the middle of the message log.
+    let failing = FailingAfter { inner: target.clone(), imports_left: AtomicUsize::new(8) };
+    let err = transfer::copy(&source, &failing, "pg", &checkpoint, 10, &Quiet).await.unwrap_err();
+    assert!(matches!(err, CopyError::Store(_)), "{err}");
+    assert!(checkpoint.exists(), "progress was saved");
+    let partial = target.count(Section::Messages).await.unwrap();
+    assert!(partial > 0 && partial < source.count(Section::Messages).await.unwrap(), "stopped half-way: {partial}");
+
+    // Run again: it resumes (the records written before the failure are not written
+    // again, and would be harmless if they were) and verifies every count.
+    let report = transfer::copy(&source, target.as_ref(), "pg", &checkpoint, 10, &Quiet).await.expect("resumed copy");
+    assert!(report.resumed);
+    for (section, n) in &report.counts {
+        assert_eq!(target.count(*section).await.unwrap(), *n, "{}", section.name());
+    }
+    assert!(!checkpoint.exists(), "a finished copy removes its checkpoint");
+    assert!(report.counts.iter().any(|(s, n)| *s == Section::Messages && *n >= 150));
+}
