@@ -1,9 +1,14 @@
-//! Embedded store: durable batch append (one fsync per batch, as the store writer does)
-//! and history pages.
+//! The store backends side by side in one run: durable batch append (one transaction per
+//! batch, as the store writer commits them) and history / catch-up pages, on the embedded
+//! store (redb, fsync per commit) and on a private PostgreSQL server (default settings:
+//! `synchronous_commit = on`, fsync on) started for the run.
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use switchboard::store::{EmbeddedStore, Store, StoredMessage, WriteOp};
+use std::sync::Arc;
+
+use switchboard::store::{EmbeddedStore, Store, StoreSpec, StoredMessage, WriteOp};
+use switchboard::testkit::PrivatePostgres;
 use uuid::Uuid;
 
 fn message(conversation: Uuid, seq: u64) -> StoredMessage {
@@ -22,11 +27,8 @@ fn message(conversation: Uuid, seq: u64) -> StoredMessage {
     }
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let mut group = c.benchmark_group("embedded_store");
+fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, store: Arc<dyn Store>) {
+    let mut group = c.benchmark_group(format!("{name}_store"));
     group.sample_size(20);
     for batch in [1u64, 64, 512] {
         let conversation = Uuid::new_v4();
@@ -45,12 +47,29 @@ fn bench(c: &mut Criterion) {
         });
     }
     let conversation = Uuid::new_v4();
-    let ops: Vec<WriteOp> = (1..=10_000).map(|s| WriteOp::Append(message(conversation, s))).collect();
-    rt.block_on(store.apply(ops)).unwrap();
+    for chunk in (1..=10_000u64).collect::<Vec<_>>().chunks(1000) {
+        let ops: Vec<WriteOp> = chunk.iter().map(|s| WriteOp::Append(message(conversation, *s))).collect();
+        rt.block_on(store.apply(ops)).unwrap();
+    }
     group.throughput(Throughput::Elements(50));
     group.bench_function("history_page_50", |b| b.iter(|| rt.block_on(store.messages_before(conversation, 5_000, 50)).unwrap()));
+    group.throughput(Throughput::Elements(256));
     group.bench_function("catch_up_page_256", |b| b.iter(|| rt.block_on(store.messages_after(conversation, 2_000, 256)).unwrap()));
     group.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    bench_backend(c, &rt, "embedded", Arc::new(EmbeddedStore::open(dir.path()).unwrap()));
+    match PrivatePostgres::start() {
+        Ok(pg) => {
+            let url = rt.block_on(pg.create_database("bench")).unwrap();
+            let store = rt.block_on(StoreSpec::parse(&url).unwrap().open()).unwrap();
+            bench_backend(c, &rt, "postgres", store);
+        }
+        Err(e) => eprintln!("postgres store benchmarks skipped: {e}"),
+    }
 }
 
 criterion_group!(benches, bench);

@@ -131,3 +131,36 @@ async fn admin_bulk_provisioning_creates_working_accounts() {
         http.post(&url).bearer_auth(ADMIN_TOKEN).json(&serde_json::json!({ "count": 3, "phone_prefix": "+1777" })).send().await.unwrap().json().await.unwrap();
     assert!(again.is_empty());
 }
+
+/// /healthz names the store in use and its latency; /metrics carries the store probe's
+/// reachability gauge. A store that stops answering turns both to "down" (PostgreSQL
+/// runs only: the embedded store cannot be taken away from a running process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_report_the_store() {
+    let mut server = TestServer::start();
+    let http = reqwest::Client::new();
+    let health: serde_json::Value = http.get(format!("http://{}/healthz", server.http)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["store"]["backend"], common::store_kind(), "{health}");
+    assert_eq!(health["store"]["ok"], true);
+    assert!(health["store"]["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{health}");
+    let up_line = format!("switchboard_store_up{{backend=\"{}\"}} 1", common::store_kind());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics = http.get(format!("http://{}/metrics", server.http)).send().await.unwrap().text().await.unwrap();
+        if metrics.contains(&up_line) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {up_line:?} in metrics:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(pg) = server.postgres_mut() {
+        pg.stop();
+        let response = http.get(format!("http://{}/healthz", server.http)).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        let health: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(health["status"], "degraded", "{health}");
+        assert_eq!(health["store"]["ok"], false);
+        assert!(health["store"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{health}");
+    }
+}

@@ -177,6 +177,11 @@ impl TestServer {
         self.admin = r.admin;
     }
 
+    /// The private PostgreSQL of this server, when the run is on PostgreSQL.
+    pub fn postgres_mut(&mut self) -> Option<&mut switchboard::testkit::PrivatePostgres> {
+        self.postgres.as_mut()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
