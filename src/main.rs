@@ -54,9 +54,12 @@ enum Command {
 enum StoreCommand {
     /// Create or upgrade the schema of a store (`serve` also does this at start).
     Migrate {
-        /// `embedded:<dir>` or `postgres://user:pass@host:port/db`.
+        /// `embedded:<dir>`, `postgres://user:pass@host:port/db` or `scylla://host1,host2/keyspace`.
         #[arg(long, env = "SWITCHBOARD_STORE")]
         store: String,
+        /// ScyllaDB only: the keyspace's replication, as a CQL map.
+        #[arg(long, default_value = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}")]
+        replication: String,
     },
     /// Copy everything in a single node's embedded store to another store, with progress;
     /// resumable (run it again after an interruption) and verified by counts at the end.
@@ -319,10 +322,13 @@ async fn store_command(command: StoreCommand) -> Result<()> {
     use switchboard::store::{EmbeddedStore, PostgresOptions, PostgresStore, StoreSpec, transfer};
     let parse = |s: &str| StoreSpec::parse(s).map_err(anyhow::Error::msg);
     match command {
-        StoreCommand::Migrate { store } => match parse(&store)? {
+        StoreCommand::Migrate { store, replication } => {
+            let spec = parse(&store)?;
+            let shown = spec.to_string();
+            match spec {
             spec @ StoreSpec::Embedded(_) => {
-                spec.open().await.with_context(|| format!("opening {spec}"))?;
-                println!("{spec}: every table exists");
+                spec.open().await.with_context(|| format!("opening {shown}"))?;
+                println!("{shown}: every table exists");
             }
             StoreSpec::Postgres { url, .. } => {
                 let store = PostgresStore::connect(&url, PostgresOptions { pool_size: 1, ..Default::default() })
@@ -335,7 +341,16 @@ async fn store_command(command: StoreCommand) -> Result<()> {
                     println!("applied migrations {applied:?}");
                 }
             }
-        },
+            StoreSpec::Scylla { options } => {
+                let applied = switchboard::store::ScyllaStore::migrate(&options, &replication).await.with_context(|| format!("migrating {shown}"))?;
+                if applied.is_empty() {
+                    println!("{shown}: schema already up to date");
+                } else {
+                    println!("{shown}: applied migrations {applied:?} (replication {replication})");
+                }
+            }
+            }
+        }
         StoreCommand::Copy { from, to, chunk, checkpoint } => {
             let StoreSpec::Embedded(dir) = parse(&from)? else { bail!("--from must be embedded:<dir> (the copy moves a single node's data)") };
             let target_spec = parse(&to)?;

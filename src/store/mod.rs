@@ -9,6 +9,7 @@
 
 pub mod embedded;
 pub mod postgres;
+pub mod scylla;
 pub mod spec;
 pub mod transfer;
 
@@ -18,6 +19,7 @@ use uuid::Uuid;
 
 pub use embedded::EmbeddedStore;
 pub use postgres::{PostgresOptions, PostgresStore};
+pub use scylla::{ScyllaOptions, ScyllaStore};
 pub use spec::StoreSpec;
 pub use transfer::{Record, Section};
 

@@ -1,12 +1,13 @@
 //! Choosing a store from one string, as operators write it on the command line, in the
 //! environment or in the config file:
 //! - `embedded:<dir>`: the redb file in `<dir>` (single node);
-//! - `postgres://user:pass@host:port/db[?pool_size=N&...]`: a shared PostgreSQL database.
+//! - `postgres://user:pass@host:port/db[?pool_size=N&...]`: a shared PostgreSQL database;
+//! - `scylla://[user:pass@]host1[:port],host2/keyspace`: a ScyllaDB (or Cassandra) cluster.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{EmbeddedStore, PostgresOptions, PostgresStore, Store, StoreError};
+use super::{EmbeddedStore, PostgresOptions, PostgresStore, ScyllaOptions, ScyllaStore, Store, StoreError};
 
 /// Where durable state lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -20,7 +21,20 @@ pub enum StoreSpec {
         /// Most pooled connections.
         pool_size: usize,
     },
+    /// A ScyllaDB cluster.
+    Scylla {
+        /// Contact points and keyspace.
+        options: ScyllaOptions,
+    },
 }
+
+impl PartialEq for ScyllaOptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.hosts == other.hosts && self.keyspace == other.keyspace && self.credentials == other.credentials
+    }
+}
+
+impl Eq for ScyllaOptions {}
 
 impl std::fmt::Debug for StoreSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,6 +48,10 @@ impl std::fmt::Display for StoreSpec {
         match self {
             StoreSpec::Embedded(dir) => write!(f, "embedded:{}", dir.display()),
             StoreSpec::Postgres { url, .. } => f.write_str(&redact(url)),
+            StoreSpec::Scylla { options } => {
+                let user = options.credentials.as_ref().map(|(u, _)| format!("{u}:***@")).unwrap_or_default();
+                write!(f, "scylla://{user}{}/{}", options.hosts.join(","), options.keyspace)
+            }
         }
     }
 }
@@ -77,7 +95,24 @@ impl StoreSpec {
             url.parse::<tokio_postgres::Config>().map_err(|e| format!("{}: {e}", redact(&url)))?;
             return Ok(StoreSpec::Postgres { url, pool_size });
         }
-        Err(format!("store {:?}: expected embedded:<dir> or postgres://user@host:port/db", redact(s)))
+        if let Some(rest) = s.strip_prefix("scylla://") {
+            let (credentials, rest) = match rest.rsplit_once('@') {
+                Some((c, r)) => {
+                    let (user, password) = c.split_once(':').ok_or("scylla://user:password@…: the password is missing")?;
+                    (Some((user.to_owned(), password.to_owned())), r)
+                }
+                None => (None, rest),
+            };
+            let (hosts, keyspace) = rest.split_once('/').ok_or_else(|| format!("{}: expected scylla://host1,host2/keyspace", redact(s)))?;
+            let hosts: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect();
+            if hosts.is_empty() || keyspace.is_empty() || !keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("{}: expected scylla://host1,host2/keyspace (keyspace: letters, digits, _)", redact(s)));
+            }
+            let mut options = ScyllaOptions::new(hosts, keyspace.to_owned());
+            options.credentials = credentials;
+            return Ok(StoreSpec::Scylla { options });
+        }
+        Err(format!("store {:?}: expected embedded:<dir>, postgres://user@host:port/db or scylla://host1,host2/keyspace", redact(s)))
     }
 
     /// A directory for this node's local files (the generated admin token): the embedded
@@ -85,12 +120,14 @@ impl StoreSpec {
     pub fn local_dir(&self) -> PathBuf {
         match self {
             StoreSpec::Embedded(dir) => dir.clone(),
-            StoreSpec::Postgres { .. } => PathBuf::from("./switchboard-data"),
+            StoreSpec::Postgres { .. } | StoreSpec::Scylla { .. } => PathBuf::from("./switchboard-data"),
         }
     }
 
     /// Opens the store, creating or upgrading its schema (for PostgreSQL: connects and
-    /// applies pending migrations).
+    /// applies pending migrations). A ScyllaDB schema is applied only by
+    /// `switchboard store migrate` (keyspace replication is an operator's decision); here
+    /// the store connects and prepares its statements, which fails if the schema is missing.
     pub async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
             StoreSpec::Embedded(dir) => Arc::new(EmbeddedStore::open(dir)?),
@@ -99,6 +136,9 @@ impl StoreSpec {
                 store.migrate().await?;
                 Arc::new(store)
             }
+            StoreSpec::Scylla { options } => Arc::new(ScyllaStore::connect(options).await.map_err(|e| {
+                StoreError::Backend(format!("{e} (has the schema been applied with `switchboard store migrate --store {self}`?)"))
+            })?),
         })
     }
 }
@@ -115,6 +155,10 @@ mod tests {
         assert_eq!(spec.to_string(), "postgres://sb:***@db:5432/switchboard?sslmode=disable");
         assert!(StoreSpec::parse("embedded:").is_err());
         assert!(StoreSpec::parse("postgres://h/db?pool_size=0").is_err());
+        let scylla = StoreSpec::parse("scylla://sb:hunter2@10.0.0.1,10.0.0.2:9042/switchboard").unwrap();
+        assert_eq!(scylla.to_string(), "scylla://sb:***@10.0.0.1,10.0.0.2:9042/switchboard");
+        assert!(StoreSpec::parse("scylla://h1/bad-keyspace").is_err());
+        assert!(StoreSpec::parse("scylla://h1").is_err());
         let err = StoreSpec::parse("mysql://u:hunter2@h/db").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
     }

@@ -1,0 +1,1492 @@
+//! The ScyllaDB backend (also Cassandra 4+): the production store, on the `scylla` driver.
+//!
+//! ScyllaDB has no multi-partition transactions, so the contract's guarantees are built
+//! from single-partition lightweight transactions (Paxos, serial consistency LOCAL_SERIAL)
+//! and idempotent plain writes (LOCAL_QUORUM), in an order chosen so that a crash or a
+//! timeout between any two steps leaves a state the next attempt repairs:
+//!
+//! 1. **Idempotency key first.** An append claims `(conversation, sender, client_msg_id)`
+//!    in `message_dedup` with `INSERT … IF NOT EXISTS`, pointing at the seq it is about to
+//!    take. If the key is already claimed, the log decides: the claimed seq holds this
+//!    very message → `Duplicate`; it holds another message, or the fence never reached it
+//!    → the claim is stale (an earlier attempt lost its race or died before the log) and is
+//!    moved, with `UPDATE … IF seq = <old>`, to the new seq.
+//! 2. **Fence and row together.** The log partition `(conversation, bucket = seq / 1024)`
+//!    carries the bucket's fence as a static column; the append is one conditional batch on
+//!    that partition: `IF last_seq = seq - 1` (or `IF last_seq = null` for a bucket's first
+//!    seq, after checking that the previous bucket ends at `seq - 1`) sets the fence and
+//!    writes the row, atomically. A lost race → `SeqConflict` and the claim is released.
+//! 3. **Events carry the record.** An event's batch also stores the conversation record as
+//!    the bucket's static `record`, and a new bucket inherits it. The `conversations` table
+//!    is a projection written after the batch; a reader that finds it behind the log's
+//!    record repairs it (and the member lists and invite index with it).
+//!
+//! `apply` is therefore not one transaction here: each op is atomic and idempotent on its
+//! own, and an `Err` means "some ops may have happened" — which callers already treat as
+//! "not acknowledged, retry": the retry finds what did happen through the dedup key.
+//!
+//! Cursors and last-seen times only grow: they are written with `USING TIMESTAMP` equal to
+//! the value, so the largest value wins whatever order replicas see writes in. Receipt-log
+//! entries use `i64::MAX - at_ms`, so the earliest time wins.
+//!
+//! Disappearing messages expire by TTL (set on each row from the conversation's retention
+//! when it is written), so `purge_expired` has nothing to do; as in WhatsApp, turning
+//! retention on applies to messages sent from then on.
+//!
+//! Every multi-row read is paged (`execute_single_page` with a paging state, never
+//! unpaged). Statements are prepared once at connect; each names its whole partition key,
+//! so the driver routes it token- and shard-aware. Timeouts and retries: see
+//! [`ScyllaOptions`] and ARCHITECTURE.md.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::retry::DefaultRetryPolicy;
+use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
+use scylla::response::PagingState;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
+use uuid::Uuid;
+
+use super::transfer::{Record, Section};
+use super::{
+    ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MemberCursor, PendingCode, PushToken, Store, StoreError,
+    StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+};
+
+/// Messages per log partition: a reader finds a seq's partition as `seq / BUCKET`, and no
+/// partition holds more than this many rows (≈1 MB at 1 KB per message).
+pub const BUCKET: u64 = 1024;
+
+/// How long after its time an unfinished append may still land (request timeouts are
+/// seconds; this is a wide margin for clock differences between nodes).
+const CLAIM_IN_FLIGHT_MS: u64 = 60_000;
+
+/// Rows per page of every multi-row read.
+const PAGE: i32 = 500;
+
+/// How long a cached retention setting is trusted before it is read again (another node
+/// may have changed it since; a newer setting reaches this node at the latest after this).
+const RETENTION_CACHE: Duration = Duration::from_secs(10);
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ScyllaOptions {
+    /// Contact points (`host` or `host:port`).
+    pub hosts: Vec<String>,
+    /// Keyspace holding the schema.
+    pub keyspace: String,
+    /// Username and password, if the cluster requires authentication.
+    pub credentials: Option<(String, String)>,
+    /// Per-request timeout on the client. A write that times out may or may not have been
+    /// applied: the caller sees an error, never an acknowledgement, and the dedup key makes
+    /// its retry safe.
+    pub request_timeout: Duration,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+}
+
+impl ScyllaOptions {
+    /// Options for these hosts and keyspace, with the default timeouts (5 s per request,
+    /// 5 s to connect).
+    pub fn new(hosts: Vec<String>, keyspace: String) -> Self {
+        Self { hosts, keyspace, credentials: None, request_timeout: Duration::from_secs(5), connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+fn driver<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(format!("scylla: {e}"))
+}
+
+fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { table, detail: detail.to_string() }
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn bucket_of(seq: u64) -> i64 {
+    int(seq / BUCKET)
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(driver)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt(table, e))
+}
+
+fn content_code(kind: ContentKind) -> i8 {
+    match kind {
+        ContentKind::Normal => 0,
+        ContentKind::Edit => 1,
+        ContentKind::Reaction => 2,
+    }
+}
+
+/// TTL in seconds for a row written now with `server_time_ms` under `retention_secs`
+/// (0 = keep forever). A row already past its retention gets 1 s, not "forever".
+fn ttl_for(retention_secs: u32, server_time_ms: u64) -> i32 {
+    if retention_secs == 0 {
+        return 0;
+    }
+    let expires_ms = server_time_ms.saturating_add(u64::from(retention_secs) * 1000);
+    let left = expires_ms.saturating_sub(super::now_ms()) / 1000;
+    i32::try_from(left.max(1)).unwrap_or(i32::MAX)
+}
+
+/// The result of a conditional statement: applied or not, and the current values the
+/// server returned (ScyllaDB returns them in both cases, Cassandra only when not applied).
+struct LwtResult {
+    applied: bool,
+    values: HashMap<String, CqlValue>,
+}
+
+impl LwtResult {
+    fn bigint(&self, column: &str) -> Option<i64> {
+        match self.values.get(column) {
+            Some(CqlValue::BigInt(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    fn uuid(&self, column: &str) -> Option<Uuid> {
+        match self.values.get(column) {
+            Some(CqlValue::Uuid(v)) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+fn lwt(result: QueryResult) -> Result<LwtResult, StoreError> {
+    let rows = result.into_rows_result().map_err(driver)?;
+    let names: Vec<String> = rows.column_specs().iter().map(|c| c.name().to_owned()).collect();
+    let Some(row) = rows.maybe_first_row::<Row>().map_err(driver)? else {
+        return Err(StoreError::Backend("scylla: conditional statement returned no row".into()));
+    };
+    let mut values = HashMap::new();
+    let mut applied = None;
+    for (name, value) in names.into_iter().zip(row.columns) {
+        if name == "[applied]" {
+            applied = match value {
+                Some(CqlValue::Boolean(b)) => Some(b),
+                _ => None,
+            };
+        } else if let Some(v) = value {
+            values.insert(name, v);
+        }
+    }
+    let applied = applied.ok_or_else(|| StoreError::Backend("scylla: conditional result without [applied]".into()))?;
+    Ok(LwtResult { applied, values })
+}
+
+/// Every statement, prepared once at connect.
+struct Statements {
+    put_code: PreparedStatement,
+    get_code: PreparedStatement,
+    delete_code: PreparedStatement,
+    claim_phone: PreparedStatement,
+    get_phone: PreparedStatement,
+    put_user: PreparedStatement,
+    get_user: PreparedStatement,
+    get_live_devices: PreparedStatement,
+    cas_live_devices: PreparedStatement,
+    cas_live_devices_from_null: PreparedStatement,
+    put_device: PreparedStatement,
+    put_device_by_user: PreparedStatement,
+    put_token: PreparedStatement,
+    get_device: PreparedStatement,
+    get_token: PreparedStatement,
+    devices_by_user: PreparedStatement,
+    revoke_device: PreparedStatement,
+    create_conversation: PreparedStatement,
+    get_conversation: PreparedStatement,
+    update_conversation: PreparedStatement,
+    put_user_conversation: PreparedStatement,
+    user_conversations: PreparedStatement,
+    put_invite: PreparedStatement,
+    delete_invite: PreparedStatement,
+    get_invite: PreparedStatement,
+    fence_next: PreparedStatement,
+    fence_first: PreparedStatement,
+    put_message: PreparedStatement,
+    put_record: PreparedStatement,
+    erase_message: PreparedStatement,
+    erase_message_if_exists: PreparedStatement,
+    bucket_head: PreparedStatement,
+    message_at: PreparedStatement,
+    messages_up: PreparedStatement,
+    messages_down: PreparedStatement,
+    get_head: PreparedStatement,
+    put_head: PreparedStatement,
+    claim_dedup: PreparedStatement,
+    move_dedup: PreparedStatement,
+    release_dedup: PreparedStatement,
+    get_dedup: PreparedStatement,
+    put_dedup: PreparedStatement,
+    put_delivered: PreparedStatement,
+    put_read: PreparedStatement,
+    get_cursor: PreparedStatement,
+    device_cursors: PreparedStatement,
+    put_member_delivered: PreparedStatement,
+    put_member_read: PreparedStatement,
+    get_member_cursor: PreparedStatement,
+    member_cursors: PreparedStatement,
+    put_receipt: PreparedStatement,
+    first_receipt: PreparedStatement,
+    put_last_seen: PreparedStatement,
+    get_last_seen: PreparedStatement,
+    put_push_token: PreparedStatement,
+    delete_push_token: PreparedStatement,
+    push_tokens: PreparedStatement,
+    import_fence: PreparedStatement,
+}
+
+/// What kind of statement, which decides consistency and whether the driver may retry or
+/// speculate it on its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A read: LOCAL_QUORUM, idempotent (retried and speculated by the driver).
+    Read,
+    /// A read that must see in-flight Paxos rounds: LOCAL_SERIAL.
+    SerialRead,
+    /// A plain write whose effect is the same however often it runs: LOCAL_QUORUM,
+    /// idempotent.
+    Write,
+    /// A conditional write (LWT): never retried by the driver (a retry of an applied
+    /// round would report "not applied"); our own code retries it through the dedup key.
+    Conditional,
+}
+
+async fn prepare(session: &Session, cql: &str, kind: Kind) -> Result<PreparedStatement, StoreError> {
+    let mut statement = session.prepare(cql).await.map_err(|e| StoreError::Backend(format!("scylla: preparing {cql:?}: {e}")))?;
+    statement.set_page_size(PAGE);
+    match kind {
+        Kind::Read => {
+            statement.set_consistency(Consistency::LocalQuorum);
+            statement.set_is_idempotent(true);
+        }
+        Kind::SerialRead => {
+            statement.set_consistency(Consistency::LocalSerial);
+            statement.set_is_idempotent(true);
+        }
+        Kind::Write => {
+            statement.set_consistency(Consistency::LocalQuorum);
+            statement.set_is_idempotent(true);
+        }
+        Kind::Conditional => {
+            statement.set_consistency(Consistency::LocalQuorum);
+            statement.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+            statement.set_is_idempotent(false);
+        }
+    }
+    Ok(statement)
+}
+
+impl Statements {
+    async fn prepare_all(s: &Session) -> Result<Self, StoreError> {
+        use Kind::*;
+        const MESSAGE_COLUMNS: &str =
+            "seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted";
+        Ok(Self {
+            put_code: prepare(s, "INSERT INTO pending_codes (phone, code_hash, expires_ms, attempts) VALUES (?, ?, ?, ?) USING TTL ?", Write).await?,
+            get_code: prepare(s, "SELECT code_hash, expires_ms, attempts FROM pending_codes WHERE phone = ?", Read).await?,
+            delete_code: prepare(s, "DELETE FROM pending_codes WHERE phone = ?", Write).await?,
+            claim_phone: prepare(s, "INSERT INTO phones (phone, user_id) VALUES (?, ?) IF NOT EXISTS", Conditional).await?,
+            get_phone: prepare(s, "SELECT user_id FROM phones WHERE phone = ?", SerialRead).await?,
+            put_user: prepare(s, "INSERT INTO users (user_id, phone, created_ms) VALUES (?, ?, ?)", Write).await?,
+            get_user: prepare(s, "SELECT user_id, phone, created_ms FROM users WHERE user_id = ?", Read).await?,
+            get_live_devices: prepare(s, "SELECT live_devices FROM users WHERE user_id = ?", SerialRead).await?,
+            cas_live_devices: prepare(s, "UPDATE users SET live_devices = ? WHERE user_id = ? IF live_devices = ?", Conditional).await?,
+            cas_live_devices_from_null: prepare(s, "UPDATE users SET live_devices = ? WHERE user_id = ? IF live_devices = null", Conditional).await?,
+            put_device: prepare(
+                s,
+                "INSERT INTO devices (device_id, user_id, name, is_primary, token_hash, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                Write,
+            )
+            .await?,
+            put_device_by_user: prepare(s, "INSERT INTO devices_by_user (user_id, device_id) VALUES (?, ?)", Write).await?,
+            put_token: prepare(s, "INSERT INTO device_tokens (token_hash, device_id) VALUES (?, ?)", Write).await?,
+            get_device: prepare(
+                s,
+                "SELECT device_id, user_id, name, is_primary, token_hash, created_ms, revoked_ms FROM devices WHERE device_id = ?",
+                Read,
+            )
+            .await?,
+            get_token: prepare(s, "SELECT device_id FROM device_tokens WHERE token_hash = ?", Read).await?,
+            devices_by_user: prepare(s, "SELECT device_id FROM devices_by_user WHERE user_id = ?", Read).await?,
+            revoke_device: prepare(s, "UPDATE devices SET revoked_ms = ? WHERE device_id = ? IF revoked_ms = null", Conditional).await?,
+            create_conversation: prepare(
+                s,
+                "INSERT INTO conversations (conversation_id, record, record_seq) VALUES (?, ?, ?) IF NOT EXISTS",
+                Conditional,
+            )
+            .await?,
+            get_conversation: prepare(s, "SELECT record, record_seq FROM conversations WHERE conversation_id = ?", Read).await?,
+            update_conversation: prepare(
+                s,
+                "UPDATE conversations SET record = ?, record_seq = ? WHERE conversation_id = ? IF record_seq < ?",
+                Conditional,
+            )
+            .await?,
+            put_user_conversation: prepare(s, "INSERT INTO user_conversations (user_id, conversation_id) VALUES (?, ?)", Write).await?,
+            user_conversations: prepare(s, "SELECT conversation_id FROM user_conversations WHERE user_id = ?", Read).await?,
+            put_invite: prepare(s, "INSERT INTO invites (invite_hash, conversation_id) VALUES (?, ?)", Write).await?,
+            delete_invite: prepare(s, "DELETE FROM invites WHERE invite_hash = ?", Write).await?,
+            get_invite: prepare(s, "SELECT conversation_id FROM invites WHERE invite_hash = ?", Read).await?,
+            fence_next: prepare(
+                s,
+                "UPDATE messages SET last_seq = ? WHERE conversation_id = ? AND bucket = ? IF last_seq = ?",
+                Conditional,
+            )
+            .await?,
+            fence_first: prepare(
+                s,
+                "UPDATE messages SET last_seq = ?, record = ?, record_seq = ? WHERE conversation_id = ? AND bucket = ? IF last_seq = null",
+                Conditional,
+            )
+            .await?,
+            put_message: prepare(
+                s,
+                "INSERT INTO messages (conversation_id, bucket, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, \
+                 payload, event, content_kind, reference_seq, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+                Write,
+            )
+            .await?,
+            put_record: prepare(s, "UPDATE messages SET record = ?, record_seq = ? WHERE conversation_id = ? AND bucket = ?", Write).await?,
+            erase_message: prepare(
+                s,
+                "UPDATE messages SET payload = 0x, deleted = true WHERE conversation_id = ? AND bucket = ? AND seq = ?",
+                Write,
+            )
+            .await?,
+            erase_message_if_exists: prepare(
+                s,
+                "UPDATE messages SET payload = 0x, deleted = true WHERE conversation_id = ? AND bucket = ? AND seq = ? IF EXISTS",
+                Conditional,
+            )
+            .await?,
+            bucket_head: prepare(s, "SELECT last_seq, record, record_seq FROM messages WHERE conversation_id = ? AND bucket = ? LIMIT 1", SerialRead)
+                .await?,
+            message_at: prepare(
+                s,
+                "SELECT sender_user_id, client_msg_id, server_time_ms FROM messages WHERE conversation_id = ? AND bucket = ? AND seq = ?",
+                SerialRead,
+            )
+            .await?,
+            messages_up: prepare(
+                s,
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND bucket = ? AND seq > ? AND seq < ? LIMIT ?"),
+                Read,
+            )
+            .await?,
+            messages_down: prepare(
+                s,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND bucket = ? AND seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+                ),
+                Read,
+            )
+            .await?,
+            get_head: prepare(s, "SELECT bucket FROM conversation_heads WHERE conversation_id = ?", Read).await?,
+            put_head: prepare(s, "INSERT INTO conversation_heads (conversation_id, bucket) VALUES (?, ?) USING TIMESTAMP ?", Write).await?,
+            claim_dedup: prepare(
+                s,
+                "INSERT INTO message_dedup (conversation_id, sender_user_id, client_msg_id, seq, server_time_ms) VALUES (?, ?, ?, ?, ?) \
+                 IF NOT EXISTS USING TTL ?",
+                Conditional,
+            )
+            .await?,
+            move_dedup: prepare(
+                s,
+                "UPDATE message_dedup USING TTL ? SET seq = ?, server_time_ms = ? \
+                 WHERE conversation_id = ? AND sender_user_id = ? AND client_msg_id = ? IF seq = ?",
+                Conditional,
+            )
+            .await?,
+            release_dedup: prepare(
+                s,
+                "DELETE FROM message_dedup WHERE conversation_id = ? AND sender_user_id = ? AND client_msg_id = ? IF seq = ?",
+                Conditional,
+            )
+            .await?,
+            get_dedup: prepare(
+                s,
+                "SELECT seq, server_time_ms FROM message_dedup WHERE conversation_id = ? AND sender_user_id = ? AND client_msg_id = ?",
+                Read,
+            )
+            .await?,
+            put_dedup: prepare(
+                s,
+                "INSERT INTO message_dedup (conversation_id, sender_user_id, client_msg_id, seq, server_time_ms) VALUES (?, ?, ?, ?, ?) USING TTL ?",
+                Write,
+            )
+            .await?,
+            put_delivered: prepare(
+                s,
+                "UPDATE cursors USING TIMESTAMP ? SET delivered = ? WHERE device_id = ? AND conversation_id = ?",
+                Write,
+            )
+            .await?,
+            put_read: prepare(s, "UPDATE cursors USING TIMESTAMP ? SET read = ? WHERE device_id = ? AND conversation_id = ?", Write).await?,
+            get_cursor: prepare(s, "SELECT delivered, read FROM cursors WHERE device_id = ? AND conversation_id = ?", Read).await?,
+            device_cursors: prepare(s, "SELECT conversation_id, delivered, read FROM cursors WHERE device_id = ?", Read).await?,
+            put_member_delivered: prepare(
+                s,
+                "UPDATE member_cursors USING TIMESTAMP ? SET delivered = ? WHERE conversation_id = ? AND user_id = ?",
+                Write,
+            )
+            .await?,
+            put_member_read: prepare(
+                s,
+                "UPDATE member_cursors USING TIMESTAMP ? SET read = ? WHERE conversation_id = ? AND user_id = ?",
+                Write,
+            )
+            .await?,
+            get_member_cursor: prepare(s, "SELECT delivered, read FROM member_cursors WHERE conversation_id = ? AND user_id = ?", Read).await?,
+            member_cursors: prepare(s, "SELECT user_id, delivered, read FROM member_cursors WHERE conversation_id = ?", Read).await?,
+            put_receipt: prepare(
+                s,
+                "INSERT INTO receipt_log (conversation_id, user_id, kind, seq, at_ms) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                Write,
+            )
+            .await?,
+            first_receipt: prepare(
+                s,
+                "SELECT at_ms FROM receipt_log WHERE conversation_id = ? AND user_id = ? AND kind = ? AND seq >= ? LIMIT 1",
+                Read,
+            )
+            .await?,
+            put_last_seen: prepare(s, "INSERT INTO last_seen (user_id, at_ms) VALUES (?, ?) USING TIMESTAMP ?", Write).await?,
+            get_last_seen: prepare(s, "SELECT at_ms FROM last_seen WHERE user_id = ?", Read).await?,
+            put_push_token: prepare(s, "INSERT INTO push_tokens (user_id, device_id, platform, token) VALUES (?, ?, ?, ?)", Write).await?,
+            delete_push_token: prepare(s, "DELETE FROM push_tokens WHERE user_id = ? AND device_id = ?", Write).await?,
+            push_tokens: prepare(s, "SELECT device_id, platform, token FROM push_tokens WHERE user_id = ?", Read).await?,
+            import_fence: prepare(
+                s,
+                "UPDATE messages SET last_seq = ?, record = ?, record_seq = ? WHERE conversation_id = ? AND bucket = ? IF last_seq = null",
+                Conditional,
+            )
+            .await?,
+        })
+    }
+}
+
+/// The ScyllaDB-backed store. Cloning shares the session.
+#[derive(Clone)]
+pub struct ScyllaStore {
+    session: Arc<Session>,
+    st: Arc<Statements>,
+    /// Conversation → (retention, when read): the TTL of new rows.
+    retention: Arc<Mutex<HashMap<ConversationId, (u32, Instant)>>>,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScyllaStore")
+    }
+}
+
+/// The state of a conversation's log: its newest bucket's fence and the record as of the
+/// latest event.
+#[derive(Debug, Clone, Default)]
+struct LogHead {
+    last_seq: u64,
+    record: Option<Vec<u8>>,
+    record_seq: u64,
+}
+
+impl ScyllaStore {
+    /// Connects to the cluster, uses the keyspace and prepares every statement (which
+    /// fails if the schema is missing: run `switchboard store migrate` first).
+    pub async fn connect(options: &ScyllaOptions) -> Result<Self, StoreError> {
+        let session = Self::session(options, true).await?;
+        let st = Statements::prepare_all(&session).await?;
+        Ok(Self { session: Arc::new(session), st: Arc::new(st), retention: Arc::new(Mutex::new(HashMap::new())) })
+    }
+
+    async fn session(options: &ScyllaOptions, use_keyspace: bool) -> Result<Session, StoreError> {
+        // Reads may be retried and, after 100 ms without an answer, sent to a second
+        // replica (speculative execution); the policy only applies to statements marked
+        // idempotent, so LWTs are never duplicated by the driver.
+        let profile = ExecutionProfile::builder()
+            .consistency(Consistency::LocalQuorum)
+            .serial_consistency(Some(SerialConsistency::LocalSerial))
+            .request_timeout(Some(options.request_timeout))
+            .retry_policy(Arc::new(DefaultRetryPolicy::new()))
+            .speculative_execution_policy(Some(Arc::new(SimpleSpeculativeExecutionPolicy {
+                max_retry_count: 1,
+                retry_interval: Duration::from_millis(100),
+            })))
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&options.hosts)
+            .connection_timeout(options.connect_timeout)
+            .default_execution_profile_handle(profile.into_handle());
+        if let Some((user, password)) = &options.credentials {
+            builder = builder.user(user, password);
+        }
+        if use_keyspace {
+            builder = builder.use_keyspace(&options.keyspace, false);
+        }
+        builder.build().await.map_err(driver)
+    }
+
+    /// Creates the keyspace (with `replication`, a CQL map such as
+    /// `{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}`) and every table of
+    /// `migrations/scylla/*.cql` not applied yet, waiting for schema agreement after each
+    /// statement. Returns the versions applied.
+    pub async fn migrate(options: &ScyllaOptions, replication: &str) -> Result<Vec<i32>, StoreError> {
+        const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/scylla/0001_init.cql"))];
+        if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
+            return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
+        }
+        let session = Self::session(options, false).await?;
+        let ks = &options.keyspace;
+        let mut applied = Vec::new();
+        for (version, text) in MIGRATIONS {
+            let mut statements = split_cql(text).into_iter().map(|s| s.replace("{keyspace}", ks).replace("{replication}", replication));
+            // The keyspace and the migrations table come first; then we know what ran.
+            let keyspace = statements.next().ok_or_else(|| StoreError::Backend("empty migration".into()))?;
+            session.query_unpaged(keyspace, ()).await.map_err(driver)?;
+            let table = statements.next().ok_or_else(|| StoreError::Backend("migration without schema_migrations".into()))?;
+            session.query_unpaged(table, ()).await.map_err(driver)?;
+            session.await_schema_agreement().await.map_err(driver)?;
+            let done = session
+                .query_unpaged(format!("SELECT version FROM {ks}.schema_migrations WHERE version = ?"), (version,))
+                .await
+                .map_err(driver)?
+                .into_rows_result()
+                .map_err(driver)?
+                .rows_num()
+                > 0;
+            if done {
+                continue;
+            }
+            for statement in statements {
+                session.query_unpaged(statement, ()).await.map_err(driver)?;
+                session.await_schema_agreement().await.map_err(driver)?;
+            }
+            session
+                .query_unpaged(format!("INSERT INTO {ks}.schema_migrations (version, applied_ms) VALUES (?, ?)"), (version, int(super::now_ms())))
+                .await
+                .map_err(driver)?;
+            applied.push(*version);
+        }
+        Ok(applied)
+    }
+
+    async fn exec(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<QueryResult, StoreError> {
+        self.session.execute_unpaged(statement, values).await.map_err(driver)
+    }
+
+    /// Every row of a (paged) query, page by page.
+    async fn all_rows<R>(&self, statement: &PreparedStatement, values: impl SerializeRow + Clone, mut f: impl FnMut(R) -> Result<(), StoreError>) -> Result<(), StoreError>
+    where
+        R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+    {
+        let mut paging = PagingState::start();
+        loop {
+            let (result, next) = self.session.execute_single_page(statement, values.clone(), paging).await.map_err(driver)?;
+            let rows = result.into_rows_result().map_err(driver)?;
+            for row in rows.rows::<R>().map_err(driver)? {
+                f(row.map_err(driver)?)?;
+            }
+            match next.into_paging_control_flow() {
+                ControlFlow::Break(()) => return Ok(()),
+                ControlFlow::Continue(state) => paging = state,
+            }
+        }
+    }
+
+    async fn first_row<R>(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<Option<R>, StoreError>
+    where
+        R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+    {
+        let rows = self.exec(statement, values).await?.into_rows_result().map_err(driver)?;
+        rows.maybe_first_row::<R>().map_err(driver)
+    }
+
+    async fn conditional(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<LwtResult, StoreError> {
+        lwt(self.exec(statement, values).await?)
+    }
+
+    // ---- the log -------------------------------------------------------------------
+
+    /// The static columns of one bucket (None if the bucket was never written).
+    async fn bucket_head(&self, conversation: ConversationId, bucket: i64) -> Result<Option<LogHead>, StoreError> {
+        let row: Option<(Option<i64>, Option<Vec<u8>>, Option<i64>)> = self.first_row(&self.st.bucket_head, (conversation, bucket)).await?;
+        Ok(row.and_then(|(last, record, record_seq)| {
+            last.map(|l| LogHead { last_seq: uint(l), record, record_seq: record_seq.map(uint).unwrap_or(0) })
+        }))
+    }
+
+    /// The newest bucket and its head: from the hint in `conversation_heads`, probing
+    /// forward (the hint is written after a bucket starts, so it may be one behind).
+    async fn log_head(&self, conversation: ConversationId) -> Result<(i64, LogHead), StoreError> {
+        let hint: Option<(Option<i64>,)> = self.first_row(&self.st.get_head, (conversation,)).await?;
+        let mut bucket = hint.and_then(|(b,)| b).unwrap_or(0);
+        let mut head = self.bucket_head(conversation, bucket).await?;
+        if head.is_none() && bucket > 0 {
+            // A hint can only be ahead of the log if its bucket is empty, which an append
+            // never leaves behind; treat it as corrupt rather than guess.
+            return Err(corrupt("conversation_heads", format!("hint {bucket} points at an empty bucket")));
+        }
+        let start = bucket;
+        loop {
+            match self.bucket_head(conversation, bucket + 1).await? {
+                Some(next) => {
+                    bucket += 1;
+                    head = Some(next);
+                }
+                None => break,
+            }
+        }
+        if bucket > start {
+            self.exec(&self.st.put_head, (conversation, bucket, bucket)).await?;
+        }
+        Ok((bucket, head.unwrap_or_default()))
+    }
+
+    async fn retention_of(&self, conversation: ConversationId) -> Result<u32, StoreError> {
+        if let Some((secs, at)) = self.retention.lock().unwrap_or_else(|p| p.into_inner()).get(&conversation).copied()
+            && at.elapsed() < RETENTION_CACHE
+        {
+            return Ok(secs);
+        }
+        let secs = self.conversation(conversation).await?.map(|r| r.retention_secs).unwrap_or(0);
+        self.retention.lock().unwrap_or_else(|p| p.into_inner()).insert(conversation, (secs, Instant::now()));
+        Ok(secs)
+    }
+
+    fn remember_retention(&self, conversation: ConversationId, secs: u32) {
+        self.retention.lock().unwrap_or_else(|p| p.into_inner()).insert(conversation, (secs, Instant::now()));
+    }
+
+    /// Who holds `seq` in the log, if anyone (serial read: sees in-flight rounds).
+    async fn holder_of(&self, conversation: ConversationId, seq: u64) -> Result<Option<(Uuid, String, u64)>, StoreError> {
+        let row: Option<(Option<Uuid>, Option<String>, Option<i64>)> =
+            self.first_row(&self.st.message_at, (conversation, bucket_of(seq), int(seq))).await?;
+        Ok(row.and_then(|(sender, client, time)| Some((sender?, client?, uint(time?)))))
+    }
+
+    /// Step 1 of an append: own the dedup key for `m.seq`, or learn that the message is
+    /// already stored. Returns Some(outcome) if the append must stop here.
+    async fn claim_dedup(&self, m: &StoredMessage, ttl: i32) -> Result<Option<WriteOutcome>, StoreError> {
+        let key = (m.conversation_id, m.sender_user_id, m.client_msg_id.as_str());
+        let claim = self
+            .conditional(&self.st.claim_dedup, (key.0, key.1, key.2, int(m.seq), int(m.server_time_ms), ttl))
+            .await?;
+        if claim.applied {
+            return Ok(None);
+        }
+        let (old_seq, old_time) = match (claim.bigint("seq"), claim.bigint("server_time_ms")) {
+            (Some(s), Some(t)) => (uint(s), uint(t)),
+            // Cassandra-style answer without values: read them.
+            _ => match self.first_row::<(Option<i64>, Option<i64>)>(&self.st.get_dedup, key).await? {
+                Some((Some(s), Some(t))) => (uint(s), uint(t)),
+                _ => return Err(StoreError::Backend("scylla: dedup key vanished during the claim; retry".into())),
+            },
+        };
+        let holder = self.holder_of(m.conversation_id, old_seq).await?;
+        if let Some((sender, client, time)) = &holder
+            && *sender == m.sender_user_id
+            && *client == m.client_msg_id
+        {
+            return Ok(Some(WriteOutcome::Duplicate { seq: old_seq, server_time_ms: *time }));
+        }
+        if old_seq == m.seq && old_time == m.server_time_ms {
+            // Our own claim from an earlier attempt of this very op, which did not reach
+            // the log: carry on with it.
+            return Ok(None);
+        }
+        if holder.is_none() {
+            let (_, head) = self.log_head(m.conversation_id).await?;
+            // Not passed by the fence: the earlier attempt could still land at old_seq as
+            // long as its request may be in flight (client and server timeouts are seconds).
+            // Moving the claim away from it then could store the message twice.
+            let in_flight = super::now_ms().saturating_sub(old_time) < CLAIM_IN_FLIGHT_MS;
+            if head.last_seq < old_seq && old_seq != m.seq && in_flight {
+                return Err(StoreError::Backend("scylla: an earlier attempt of this message may still be in flight; retry".into()));
+            }
+        }
+        // Stale: the claimed seq holds another message, was passed by the fence without
+        // ours, or (the same seq) is being retried; point the key at this attempt.
+        let key = (m.conversation_id, m.sender_user_id, m.client_msg_id.as_str());
+        let moved = self
+            .conditional(&self.st.move_dedup, (ttl, int(m.seq), int(m.server_time_ms), key.0, key.1, key.2, int(old_seq)))
+            .await?;
+        if moved.applied { Ok(None) } else { Err(StoreError::Backend("scylla: dedup key changed concurrently; retry".into())) }
+    }
+
+    /// Step 2: the conditional batch on the log partition. Returns whether it applied.
+    async fn append_to_log(&self, m: &StoredMessage, ttl: i32, record: Option<(&[u8], u64)>, tombstone_here: Option<u64>) -> Result<bool, StoreError> {
+        let conv = m.conversation_id;
+        let bucket = bucket_of(m.seq);
+        let seq = int(m.seq);
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+        batch.set_is_idempotent(false);
+        let row = (
+            conv,
+            bucket,
+            seq,
+            m.sender_user_id,
+            m.sender_device_id,
+            m.client_msg_id.as_str(),
+            int(m.server_time_ms),
+            m.payload.as_ref(),
+            m.event.as_deref(),
+            content_code(m.kind),
+            int(m.reference_seq),
+            m.deleted,
+            ttl,
+        );
+        let first_of_bucket = m.seq % BUCKET == 0 || m.seq == 1;
+        let result = if first_of_bucket {
+            // A new bucket: the previous one must end at seq - 1 (it can no longer change
+            // once it does), and the record carries over unless this event brings one.
+            let (carried, carried_seq) = if m.seq > 1 {
+                match self.bucket_head(conv, bucket - 1).await? {
+                    Some(prev) if prev.last_seq + 1 == m.seq => (prev.record, prev.record_seq),
+                    _ => return Ok(false),
+                }
+            } else {
+                (None, 0)
+            };
+            let (record, record_seq) = match record {
+                Some((bytes, at)) => (Some(bytes.to_vec()), at),
+                None => (carried, carried_seq),
+            };
+            batch.append_statement(self.st.fence_first.clone());
+            batch.append_statement(self.st.put_message.clone());
+            self.session
+                .batch(&batch, ((seq, record, int(record_seq), conv, bucket), row))
+                .await
+                .map_err(driver)?
+        } else {
+            batch.append_statement(self.st.fence_next.clone());
+            batch.append_statement(self.st.put_message.clone());
+            match (record, tombstone_here) {
+                (Some((bytes, at)), Some(target)) => {
+                    batch.append_statement(self.st.put_record.clone());
+                    batch.append_statement(self.st.erase_message.clone());
+                    self.session
+                        .batch(&batch, ((seq, conv, bucket, seq - 1), row, (bytes, int(at), conv, bucket), (conv, bucket, int(target))))
+                        .await
+                }
+                (Some((bytes, at)), None) => {
+                    batch.append_statement(self.st.put_record.clone());
+                    self.session.batch(&batch, ((seq, conv, bucket, seq - 1), row, (bytes, int(at), conv, bucket))).await
+                }
+                (None, _) => self.session.batch(&batch, ((seq, conv, bucket, seq - 1), row)).await,
+            }
+            .map_err(driver)?
+        };
+        let applied = lwt(result)?.applied;
+        if applied && first_of_bucket {
+            // Also for bucket 0: a head row per conversation with messages (what `count`
+            // reports for the fences).
+            self.exec(&self.st.put_head, (conv, bucket, bucket)).await?;
+        }
+        Ok(applied)
+    }
+
+    async fn append(&self, m: &StoredMessage, record: Option<&ConversationRecord>, tombstone: Option<u64>) -> Result<WriteOutcome, StoreError> {
+        if m.seq == 0 {
+            return Ok(WriteOutcome::SeqConflict);
+        }
+        let retention = match record {
+            Some(r) => r.retention_secs,
+            None => self.retention_of(m.conversation_id).await?,
+        };
+        // Events are kept forever (they carry the group's history), as in every backend.
+        let ttl = if m.event.is_some() { 0 } else { ttl_for(retention, m.server_time_ms) };
+        if let Some(outcome) = self.claim_dedup(m, ttl).await? {
+            if let (WriteOutcome::Duplicate { seq, .. }, Some(r)) = (&outcome, record) {
+                // A retried event: make sure its side effects happened.
+                self.project_record(r, *seq, tombstone).await?;
+            }
+            return Ok(outcome);
+        }
+        let encoded = record.map(encode).transpose()?;
+        let tombstone_here = tombstone.filter(|t| bucket_of(*t) == bucket_of(m.seq) && *t < m.seq);
+        let applied = self.append_to_log(m, ttl, encoded.as_deref().map(|b| (b, m.seq)), tombstone_here).await?;
+        if !applied {
+            // An earlier attempt of this same message may have taken the seq meanwhile.
+            if let Some((sender, client, time)) = self.holder_of(m.conversation_id, m.seq).await?
+                && sender == m.sender_user_id
+                && client == m.client_msg_id
+            {
+                return Ok(WriteOutcome::Duplicate { seq: m.seq, server_time_ms: time });
+            }
+            // Lost the race for this seq: give the key back so a retry can take another.
+            let key = (m.conversation_id, m.sender_user_id, m.client_msg_id.as_str());
+            self.conditional(&self.st.release_dedup, (key.0, key.1, key.2, int(m.seq))).await?;
+            return Ok(WriteOutcome::SeqConflict);
+        }
+        if let Some(r) = record {
+            self.remember_retention(r.conversation_id, r.retention_secs);
+            self.project_record(r, m.seq, tombstone.filter(|t| Some(*t) != tombstone_here)).await?;
+        }
+        Ok(WriteOutcome::Appended)
+    }
+
+    /// Writes what an event implies outside its log partition: the `conversations`
+    /// projection (unless a newer one is there), members' conversation lists, the invite
+    /// index, and the erase of a message in an older bucket. Idempotent.
+    async fn project_record(&self, record: &ConversationRecord, record_seq: u64, tombstone: Option<u64>) -> Result<(), StoreError> {
+        let id = record.conversation_id;
+        let old = self.projection(id).await?;
+        let encoded = encode(record)?;
+        match &old {
+            Some((_, old_seq)) if *old_seq >= record_seq => {}
+            Some(_) => {
+                self.conditional(&self.st.update_conversation, (encoded.as_slice(), int(record_seq), id, int(record_seq))).await?;
+            }
+            None => {
+                self.conditional(&self.st.create_conversation, (id, encoded.as_slice(), int(record_seq))).await?;
+            }
+        }
+        let mut users: BTreeSet<UserId> = record.members.iter().copied().collect();
+        if let Some(g) = &record.group {
+            users.extend(g.former.iter().map(|(u, _, _)| *u));
+        }
+        for user in users {
+            self.exec(&self.st.put_user_conversation, (user, id)).await?;
+        }
+        let old_hash = old.as_ref().and_then(|(r, _)| r.group.as_ref()).and_then(|g| g.invite_hash);
+        let new_hash = record.group.as_ref().and_then(|g| g.invite_hash);
+        if old_hash != new_hash
+            && let Some(h) = old_hash
+        {
+            self.exec(&self.st.delete_invite, (h.to_vec(),)).await?;
+        }
+        if let Some(h) = new_hash {
+            self.exec(&self.st.put_invite, (h.to_vec(), id)).await?;
+        }
+        if let Some(target) = tombstone {
+            self.conditional(&self.st.erase_message_if_exists, (id, bucket_of(target), int(target))).await?;
+        }
+        Ok(())
+    }
+
+    async fn projection(&self, id: ConversationId) -> Result<Option<(ConversationRecord, u64)>, StoreError> {
+        let row: Option<(Option<Vec<u8>>, Option<i64>)> = self.first_row(&self.st.get_conversation, (id,)).await?;
+        match row {
+            Some((Some(bytes), seq)) => Ok(Some((decode("conversations", &bytes)?, seq.map(uint).unwrap_or(0)))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn page(&self, conversation: ConversationId, after: u64, before: u64, limit: usize, descending: bool) -> Result<Vec<StoredMessage>, StoreError> {
+        type MessageRow = (i64, Option<Uuid>, Option<Uuid>, Option<String>, Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>, Option<i8>, Option<i64>, Option<bool>);
+        let mut out = Vec::new();
+        if limit == 0 || before <= after.saturating_add(1) {
+            return Ok(out);
+        }
+        let (last_bucket, _) = self.log_head(conversation).await?;
+        let lowest = bucket_of(after.saturating_add(1));
+        let highest = bucket_of(before - 1).min(last_bucket);
+        let buckets: Vec<i64> = if descending { (lowest..=highest).rev().collect() } else { (lowest..=highest).collect() };
+        let statement = if descending { &self.st.messages_down } else { &self.st.messages_up };
+        for bucket in buckets {
+            let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX);
+            let mut rows: Vec<MessageRow> = Vec::new();
+            self.all_rows(statement, (conversation, bucket, int(after), int(before), want), |r: MessageRow| {
+                rows.push(r);
+                Ok(())
+            })
+            .await?;
+            for (seq, sender, device, client, time, payload, event, kind, reference, deleted) in rows {
+                // A row without a sender is a stray erase of a message that had expired.
+                let (Some(sender_user_id), Some(sender_device_id)) = (sender, device) else { continue };
+                out.push(StoredMessage {
+                    conversation_id: conversation,
+                    seq: uint(seq),
+                    sender_user_id,
+                    sender_device_id,
+                    client_msg_id: client.unwrap_or_default(),
+                    server_time_ms: time.map(uint).unwrap_or(0),
+                    payload: payload.unwrap_or_default().into(),
+                    event: event.map(Into::into),
+                    kind: match kind.unwrap_or(0) {
+                        1 => ContentKind::Edit,
+                        2 => ContentKind::Reaction,
+                        _ => ContentKind::Normal,
+                    },
+                    reference_seq: reference.map(uint).unwrap_or(0),
+                    deleted: deleted.unwrap_or(false),
+                });
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_live_devices(&self, user_id: UserId, change: impl Fn(&mut BTreeSet<Uuid>) -> Result<bool, StoreError>) -> Result<(), StoreError> {
+        // Compare-and-set on the whole set; contention (two links of one user at once) is
+        // rare, so a few rounds always suffice.
+        for _ in 0..16 {
+            let current: Option<(Option<Vec<Uuid>>,)> = self.first_row(&self.st.get_live_devices, (user_id,)).await?;
+            let current: Option<BTreeSet<Uuid>> = current.and_then(|(s,)| s).map(|v| v.into_iter().collect());
+            let mut next = current.clone().unwrap_or_default();
+            if !change(&mut next)? {
+                return Ok(());
+            }
+            let next: Vec<Uuid> = next.into_iter().collect();
+            let result = match current {
+                Some(old) if !old.is_empty() => {
+                    let old: Vec<Uuid> = old.into_iter().collect();
+                    self.conditional(&self.st.cas_live_devices, (next, user_id, old)).await?
+                }
+                _ => self.conditional(&self.st.cas_live_devices_from_null, (next, user_id)).await?,
+            };
+            if result.applied {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Backend("scylla: live-device set under constant contention; retry".into()))
+    }
+
+    async fn write_cursor(&self, device_id: DeviceId, conversation_id: ConversationId, delivered: u64, read: u64) -> Result<(), StoreError> {
+        if delivered > 0 {
+            self.exec(&self.st.put_delivered, (int(delivered), int(delivered), device_id, conversation_id)).await?;
+        }
+        if read > 0 {
+            self.exec(&self.st.put_read, (int(read), int(read), device_id, conversation_id)).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_member_cursor(&self, conversation_id: ConversationId, user_id: UserId, delivered: u64, read: u64) -> Result<(), StoreError> {
+        if delivered > 0 {
+            self.exec(&self.st.put_member_delivered, (int(delivered), int(delivered), conversation_id, user_id)).await?;
+        }
+        if read > 0 {
+            self.exec(&self.st.put_member_read, (int(read), int(read), conversation_id, user_id)).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_receipt(&self, conversation_id: ConversationId, user_id: UserId, kind: u8, seq: u64, at_ms: u64) -> Result<(), StoreError> {
+        // The earliest time wins: a smaller at_ms is a larger write timestamp.
+        let ts = i64::MAX - int(at_ms);
+        self.exec(&self.st.put_receipt, (conversation_id, user_id, kind as i8, int(seq), int(at_ms), ts)).await.map(drop)
+    }
+
+    async fn read_cursor(&self, device_id: DeviceId, conversation_id: ConversationId) -> Result<Cursor, StoreError> {
+        let row: Option<(Option<i64>, Option<i64>)> = self.first_row(&self.st.get_cursor, (device_id, conversation_id)).await?;
+        Ok(row.map(|(d, r)| Cursor { delivered: d.map(uint).unwrap_or(0), read: r.map(uint).unwrap_or(0) }).unwrap_or_default())
+    }
+
+    async fn advance_cursor(&self, user_id: UserId, device_id: DeviceId, conversation_id: ConversationId, delivered: u64, read: u64, at_ms: u64) -> Result<Cursor, StoreError> {
+        let member: Option<(Option<i64>, Option<i64>)> = self.first_row(&self.st.get_member_cursor, (conversation_id, user_id)).await?;
+        let (old_d, old_r) = member.map(|(d, r)| (d.map(uint).unwrap_or(0), r.map(uint).unwrap_or(0))).unwrap_or((0, 0));
+        self.write_cursor(device_id, conversation_id, delivered, read).await?;
+        if delivered > old_d || read > old_r {
+            self.write_member_cursor(conversation_id, user_id, delivered.max(old_d), read.max(old_r)).await?;
+            if delivered > old_d {
+                self.write_receipt(conversation_id, user_id, 0, delivered, at_ms).await?;
+            }
+            if read > old_r {
+                self.write_receipt(conversation_id, user_id, 1, read, at_ms).await?;
+            }
+        }
+        if delivered == 0 && read == 0 {
+            return self.read_cursor(device_id, conversation_id).await;
+        }
+        let now = self.read_cursor(device_id, conversation_id).await?;
+        Ok(Cursor { delivered: now.delivered.max(delivered), read: now.read.max(read) })
+    }
+
+    async fn count_rows(&self, cql: &str) -> Result<u64, StoreError> {
+        let mut statement = self.session.prepare(cql).await.map_err(driver)?;
+        statement.set_page_size(5000);
+        statement.set_is_idempotent(true);
+        let mut n = 0u64;
+        self.all_rows(&statement, (), |_: Row| {
+            n += 1;
+            Ok(())
+        })
+        .await?;
+        Ok(n)
+    }
+
+    async fn import_one(&self, record: Record) -> Result<(), StoreError> {
+        match record {
+            Record::User(u) => {
+                self.conditional(&self.st.claim_phone, (u.phone.as_str(), u.user_id)).await?;
+                self.exec(&self.st.put_user, (u.user_id, u.phone.as_str(), int(u.created_ms))).await?;
+            }
+            Record::Device(d) => {
+                self.put_device_rows(&d).await?;
+                if let Some(at) = d.revoked_ms {
+                    self.conditional(&self.st.revoke_device, (int(at), d.device_id)).await?;
+                } else {
+                    self.set_live_devices(d.user_id, |set| Ok(set.insert(d.device_id))).await?;
+                }
+            }
+            Record::Conversation(c) => {
+                self.remember_retention(c.conversation_id, c.retention_secs);
+                let encoded = encode(&c)?;
+                self.conditional(&self.st.create_conversation, (c.conversation_id, encoded.as_slice(), 0i64)).await?;
+                if let Some(h) = c.group.as_ref().and_then(|g| g.invite_hash) {
+                    self.exec(&self.st.put_invite, (h.to_vec(), c.conversation_id)).await?;
+                }
+            }
+            Record::Membership { user_id, conversation_id } => {
+                self.exec(&self.st.put_user_conversation, (user_id, conversation_id)).await?;
+            }
+            Record::Message(m) => {
+                let retention = self.retention_of(m.conversation_id).await?;
+                let ttl = if m.event.is_some() { 0 } else { ttl_for(retention, m.server_time_ms) };
+                let row = (
+                    m.conversation_id,
+                    bucket_of(m.seq),
+                    int(m.seq),
+                    m.sender_user_id,
+                    m.sender_device_id,
+                    m.client_msg_id.as_str(),
+                    int(m.server_time_ms),
+                    m.payload.as_ref(),
+                    m.event.as_deref(),
+                    content_code(m.kind),
+                    int(m.reference_seq),
+                    m.deleted,
+                    ttl,
+                );
+                self.exec(&self.st.put_message, row).await?;
+                self.exec(
+                    &self.st.put_dedup,
+                    (m.conversation_id, m.sender_user_id, m.client_msg_id.as_str(), int(m.seq), int(m.server_time_ms), ttl),
+                )
+                .await?;
+            }
+            Record::LastSeq { conversation_id, last_seq } => {
+                // Every bucket up to the last gets its fence (full buckets end at their last
+                // seq); the newest one carries the record.
+                let record = self.projection(conversation_id).await?.map(|(r, _)| encode(&r)).transpose()?;
+                let last_bucket = bucket_of(last_seq);
+                for bucket in 0..=last_bucket {
+                    let end = (uint(bucket) + 1) * BUCKET - 1;
+                    let fence = int(end.min(last_seq));
+                    let carried = if bucket == last_bucket { record.clone() } else { None };
+                    self.conditional(&self.st.import_fence, (fence, carried, 0i64, conversation_id, bucket)).await?;
+                }
+                self.exec(&self.st.put_head, (conversation_id, last_bucket, last_bucket)).await?;
+            }
+            Record::Cursor { device_id, conversation_id, cursor } => {
+                self.write_cursor(device_id, conversation_id, cursor.delivered, cursor.read).await?;
+            }
+            Record::MemberCursor { conversation_id, user_id, cursor } => {
+                self.write_member_cursor(conversation_id, user_id, cursor.delivered, cursor.read).await?;
+            }
+            Record::Receipt { conversation_id, user_id, kind, seq, at_ms } => {
+                self.write_receipt(conversation_id, user_id, kind, seq, at_ms).await?;
+            }
+            Record::LastSeen { user_id, at_ms } => {
+                self.exec(&self.st.put_last_seen, (user_id, int(at_ms), int(at_ms))).await?;
+            }
+            Record::PushToken { user_id, device_id, token } => {
+                self.exec(&self.st.put_push_token, (user_id, device_id, token.platform.as_str(), token.token.as_str())).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn put_device_rows(&self, d: &DeviceRecord) -> Result<(), StoreError> {
+        self.exec(&self.st.put_device, (d.device_id, d.user_id, d.name.as_str(), d.primary, d.token_hash.to_vec(), int(d.created_ms))).await?;
+        self.exec(&self.st.put_device_by_user, (d.user_id, d.device_id)).await?;
+        self.exec(&self.st.put_token, (d.token_hash.to_vec(), d.device_id)).await?;
+        Ok(())
+    }
+
+    async fn user_by_phone(&self, phone: &str) -> Result<Option<UserId>, StoreError> {
+        let row: Option<(Option<Uuid>,)> = self.first_row(&self.st.get_phone, (phone,)).await?;
+        Ok(row.and_then(|(u,)| u))
+    }
+}
+
+/// Splits a .cql file into statements: `--` comments dropped, split on `;`.
+pub fn split_cql(text: &str) -> Vec<String> {
+    let without_comments: String = text.lines().map(|l| l.split("--").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    without_comments.split(';').map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|s| !s.is_empty()).collect()
+}
+
+#[async_trait::async_trait]
+impl Store for ScyllaStore {
+    fn backend(&self) -> &'static str {
+        "scylla"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.session.query_unpaged("SELECT now() FROM system.local", ()).await.map(drop).map_err(driver)
+    }
+
+    async fn put_pending_code(&self, phone: &str, code: PendingCode) -> Result<(), StoreError> {
+        let ttl = i32::try_from(code.expires_ms.saturating_sub(super::now_ms()) / 1000 + 60).unwrap_or(i32::MAX);
+        self.exec(&self.st.put_code, (phone, code.code_hash.to_vec(), int(code.expires_ms), i32::try_from(code.attempts).unwrap_or(i32::MAX), ttl))
+            .await
+            .map(drop)
+    }
+
+    async fn pending_code(&self, phone: &str) -> Result<Option<PendingCode>, StoreError> {
+        let row: Option<(Option<Vec<u8>>, Option<i64>, Option<i32>)> = self.first_row(&self.st.get_code, (phone,)).await?;
+        match row {
+            Some((Some(hash), Some(expires), attempts)) => Ok(Some(PendingCode {
+                code_hash: hash.try_into().map_err(|_| corrupt("pending_codes", "hash is not 32 bytes"))?,
+                expires_ms: uint(expires),
+                attempts: attempts.unwrap_or(0).max(0) as u32,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    async fn delete_pending_code(&self, phone: &str) -> Result<(), StoreError> {
+        self.exec(&self.st.delete_code, (phone,)).await.map(drop)
+    }
+
+    async fn get_or_create_user(&self, phone: &str, new_user: UserRecord) -> Result<(UserRecord, bool), StoreError> {
+        let claim = self.conditional(&self.st.claim_phone, (phone, new_user.user_id)).await?;
+        let owner = if claim.applied {
+            new_user.user_id
+        } else {
+            match claim.uuid("user_id") {
+                Some(u) => u,
+                None => self.user_by_phone(phone).await?.ok_or(StoreError::NotFound("user"))?,
+            }
+        };
+        if owner == new_user.user_id {
+            // Written after the claim; a retry after a crash in between writes it again.
+            let record = UserRecord { phone: phone.to_owned(), ..new_user };
+            self.exec(&self.st.put_user, (record.user_id, record.phone.as_str(), int(record.created_ms))).await?;
+            return Ok((record, claim.applied));
+        }
+        match self.user(owner).await? {
+            Some(found) => Ok((found, false)),
+            None => {
+                // The creator died between claiming the phone and writing the user.
+                let record = UserRecord { user_id: owner, phone: phone.to_owned(), created_ms: new_user.created_ms };
+                self.exec(&self.st.put_user, (owner, phone, int(record.created_ms))).await?;
+                Ok((record, false))
+            }
+        }
+    }
+
+    async fn create_accounts(&self, accounts: Vec<(UserRecord, DeviceRecord)>) -> Result<usize, StoreError> {
+        let mut created = 0;
+        for (user, device) in accounts {
+            let claim = self.conditional(&self.st.claim_phone, (user.phone.as_str(), user.user_id)).await?;
+            let ours = claim.applied || claim.uuid("user_id") == Some(user.user_id);
+            if !ours {
+                continue;
+            }
+            self.exec(&self.st.put_user, (user.user_id, user.phone.as_str(), int(user.created_ms))).await?;
+            self.put_device_rows(&device).await?;
+            self.set_live_devices(user.user_id, |set| Ok(set.insert(device.device_id))).await?;
+            if claim.applied {
+                created += 1;
+            }
+        }
+        Ok(created)
+    }
+
+    async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let row: Option<(Uuid, Option<String>, Option<i64>)> = self.first_row(&self.st.get_user, (user_id,)).await?;
+        Ok(row.and_then(|(user_id, phone, created)| Some(UserRecord { user_id, phone: phone?, created_ms: created.map(uint).unwrap_or(0) })))
+    }
+
+    async fn add_device(&self, device: DeviceRecord, max_devices: usize) -> Result<(), StoreError> {
+        let id = device.device_id;
+        self.set_live_devices(device.user_id, |set| {
+            if set.contains(&id) {
+                return Ok(false);
+            }
+            if set.len() >= max_devices {
+                return Err(StoreError::TooManyDevices { max: max_devices });
+            }
+            set.insert(id);
+            Ok(true)
+        })
+        .await?;
+        self.put_device_rows(&device).await
+    }
+
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
+        let row: Option<(Option<Uuid>,)> = self.first_row(&self.st.get_token, (token_hash.to_vec(),)).await?;
+        match row.and_then(|(d,)| d) {
+            Some(device) => self.device(device).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn device(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        type DeviceRow = (Uuid, Option<Uuid>, Option<String>, Option<bool>, Option<Vec<u8>>, Option<i64>, Option<i64>);
+        let row: Option<DeviceRow> = self.first_row(&self.st.get_device, (device_id,)).await?;
+        let Some((device_id, Some(user_id), name, primary, Some(hash), created, revoked)) = row else { return Ok(None) };
+        Ok(Some(DeviceRecord {
+            device_id,
+            user_id,
+            name: name.unwrap_or_default(),
+            primary: primary.unwrap_or(false),
+            token_hash: hash.try_into().map_err(|_| corrupt("devices", "hash is not 32 bytes"))?,
+            created_ms: created.map(uint).unwrap_or(0),
+            revoked_ms: revoked.map(uint),
+        }))
+    }
+
+    async fn devices_of(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut ids = Vec::new();
+        self.all_rows(&self.st.devices_by_user, (user_id,), |(d,): (Uuid,)| {
+            ids.push(d);
+            Ok(())
+        })
+        .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(d) = self.device(id).await? {
+                out.push(d);
+            }
+        }
+        out.sort_by_key(|d| (d.created_ms, d.device_id));
+        Ok(out)
+    }
+
+    async fn revoke_device(&self, user_id: UserId, device_id: DeviceId, at_ms: u64) -> Result<bool, StoreError> {
+        match self.device(device_id).await? {
+            Some(d) if d.user_id == user_id => {
+                self.conditional(&self.st.revoke_device, (int(at_ms), device_id)).await?;
+                self.set_live_devices(user_id, |set| Ok(set.remove(&device_id))).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn create_conversation(&self, conversation: ConversationRecord) -> Result<ConversationRecord, StoreError> {
+        let encoded = encode(&conversation)?;
+        let created = self.conditional(&self.st.create_conversation, (conversation.conversation_id, encoded.as_slice(), 0i64)).await?;
+        let stored = if created.applied {
+            conversation
+        } else {
+            self.conversation(conversation.conversation_id).await?.ok_or(StoreError::NotFound("conversation"))?
+        };
+        // Written after the creation, and again by any retry: idempotent.
+        for member in &stored.members {
+            self.exec(&self.st.put_user_conversation, (*member, stored.conversation_id)).await?;
+        }
+        self.remember_retention(stored.conversation_id, stored.retention_secs);
+        Ok(stored)
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
+        let projected = self.projection(id).await?;
+        let (_, head) = self.log_head(id).await?;
+        match (&projected, head.record) {
+            (Some((_, seq)), Some(bytes)) if head.record_seq > *seq => {
+                // The log has a newer event than the projection: the writer died in between.
+                let record: ConversationRecord = decode("messages", &bytes)?;
+                self.project_record(&record, head.record_seq, None).await?;
+                Ok(Some(record))
+            }
+            (None, Some(bytes)) => {
+                let record: ConversationRecord = decode("messages", &bytes)?;
+                self.project_record(&record, head.record_seq, None).await?;
+                Ok(Some(record))
+            }
+            _ => Ok(projected.map(|(r, _)| r)),
+        }
+    }
+
+    async fn conversation_by_invite(&self, hash: [u8; 32]) -> Result<Option<ConversationId>, StoreError> {
+        let row: Option<(Option<Uuid>,)> = self.first_row(&self.st.get_invite, (hash.to_vec(),)).await?;
+        let Some(id) = row.and_then(|(c,)| c) else { return Ok(None) };
+        // The index may lag a replaced invite by one crash: confirm against the record.
+        let current = self.conversation(id).await?.and_then(|r| r.group).and_then(|g| g.invite_hash);
+        Ok((current == Some(hash)).then_some(id))
+    }
+
+    async fn conversations_of(&self, user_id: UserId) -> Result<Vec<ConversationId>, StoreError> {
+        let mut out = Vec::new();
+        self.all_rows(&self.st.user_conversations, (user_id,), |(c,): (Uuid,)| {
+            out.push(c);
+            Ok(())
+        })
+        .await?;
+        out.sort();
+        Ok(out)
+    }
+
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            outcomes.push(match op {
+                WriteOp::Append(m) => self.append(&m, None, None).await?,
+                WriteOp::AppendEvent { message, record, joined, tombstone } => {
+                    let outcome = self.append(&message, Some(&record), tombstone).await?;
+                    if outcome == WriteOutcome::Appended {
+                        for user in joined {
+                            self.exec(&self.st.put_user_conversation, (user, record.conversation_id)).await?;
+                        }
+                    }
+                    outcome
+                }
+                WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms } => {
+                    WriteOutcome::CursorAdvanced(self.advance_cursor(user_id, device_id, conversation_id, delivered, read, at_ms).await?)
+                }
+                WriteOp::LastSeen { user_id, at_ms } => {
+                    self.exec(&self.st.put_last_seen, (user_id, int(at_ms), int(at_ms))).await?;
+                    WriteOutcome::Recorded
+                }
+            });
+        }
+        Ok(outcomes)
+    }
+
+    async fn last_seq(&self, id: ConversationId) -> Result<u64, StoreError> {
+        Ok(self.log_head(id).await?.1.last_seq)
+    }
+
+    async fn find_by_client_id(&self, id: ConversationId, sender: UserId, client_msg_id: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        let row: Option<(Option<i64>, Option<i64>)> = self.first_row(&self.st.get_dedup, (id, sender, client_msg_id)).await?;
+        let Some((Some(seq), Some(time))) = row else { return Ok(None) };
+        // A claim is only an answer once its message is in the log.
+        match self.holder_of(id, uint(seq)).await? {
+            Some((s, c, _)) if s == sender && c == client_msg_id => Ok(Some((uint(seq), uint(time)))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn messages_after(&self, id: ConversationId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        if after == u64::MAX {
+            return Ok(Vec::new());
+        }
+        self.page(id, after, int(u64::MAX) as u64, limit, false).await
+    }
+
+    async fn messages_before(&self, id: ConversationId, before: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        let before = if before == 0 { int(u64::MAX) as u64 } else { before };
+        self.page(id, 0, before, limit, true).await
+    }
+
+    async fn member_cursors(&self, id: ConversationId) -> Result<Vec<(UserId, MemberCursor)>, StoreError> {
+        let mut out = Vec::new();
+        self.all_rows(&self.st.member_cursors, (id,), |(u, d, r): (Uuid, Option<i64>, Option<i64>)| {
+            out.push((u, MemberCursor { delivered: d.map(uint).unwrap_or(0), read: r.map(uint).unwrap_or(0) }));
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn receipt_times(&self, id: ConversationId, user: UserId, seq: u64) -> Result<(Option<u64>, Option<u64>), StoreError> {
+        let mut times = [None, None];
+        for (kind, slot) in times.iter_mut().enumerate() {
+            let row: Option<(Option<i64>,)> = self.first_row(&self.st.first_receipt, (id, user, kind as i8, int(seq))).await?;
+            *slot = row.and_then(|(t,)| t).map(uint);
+        }
+        Ok((times[0], times[1]))
+    }
+
+    async fn set_push_token(&self, user_id: UserId, device_id: DeviceId, token: Option<PushToken>) -> Result<(), StoreError> {
+        match token {
+            Some(t) => self.exec(&self.st.put_push_token, (user_id, device_id, t.platform.as_str(), t.token.as_str())).await.map(drop),
+            None => self.exec(&self.st.delete_push_token, (user_id, device_id)).await.map(drop),
+        }
+    }
+
+    async fn push_tokens_of(&self, user_id: UserId) -> Result<Vec<(DeviceId, PushToken)>, StoreError> {
+        let mut out = Vec::new();
+        self.all_rows(&self.st.push_tokens, (user_id,), |(d, p, t): (Uuid, Option<String>, Option<String>)| {
+            out.push((d, PushToken { platform: p.unwrap_or_default(), token: t.unwrap_or_default() }));
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn purge_expired(&self, _now_ms: u64, _limit: usize) -> Result<u64, StoreError> {
+        // Rows expire by TTL, set when they are written (see the module docs).
+        Ok(0)
+    }
+
+    async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {
+        let mut out = Vec::new();
+        self.all_rows(&self.st.device_cursors, (device_id,), |(c, d, r): (Uuid, Option<i64>, Option<i64>)| {
+            let cursor = Cursor { delivered: d.map(uint).unwrap_or(0), read: r.map(uint).unwrap_or(0) };
+            if cursor != Cursor::default() {
+                out.push((c, cursor));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn last_seen(&self, user_id: UserId) -> Result<Option<u64>, StoreError> {
+        let row: Option<(Option<i64>,)> = self.first_row(&self.st.get_last_seen, (user_id,)).await?;
+        Ok(row.and_then(|(t,)| t).map(uint))
+    }
+
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        for record in records {
+            self.import_one(record).await?;
+        }
+        Ok(())
+    }
+
+    async fn count(&self, section: Section) -> Result<u64, StoreError> {
+        let cql = match section {
+            Section::Users => "SELECT user_id FROM users",
+            Section::Devices => "SELECT device_id FROM devices",
+            Section::Conversations => "SELECT conversation_id FROM conversations",
+            Section::Memberships => "SELECT user_id FROM user_conversations",
+            Section::Messages => "SELECT seq FROM messages",
+            Section::LastSeqs => "SELECT conversation_id FROM conversation_heads",
+            Section::Cursors => "SELECT device_id FROM cursors",
+            Section::MemberCursors => "SELECT user_id FROM member_cursors",
+            Section::Receipts => "SELECT seq FROM receipt_log",
+            Section::LastSeen => "SELECT user_id FROM last_seen",
+            Section::PushTokens => "SELECT device_id FROM push_tokens",
+        };
+        if section == Section::Messages {
+            // Static-only partitions (a bucket whose rows all expired) come back as one row
+            // with a null seq: not a message.
+            let mut statement = self.session.prepare(cql).await.map_err(driver)?;
+            statement.set_page_size(5000);
+            statement.set_is_idempotent(true);
+            let mut n = 0u64;
+            self.all_rows(&statement, (), |(seq,): (Option<i64>,)| {
+                n += u64::from(seq.is_some());
+                Ok(())
+            })
+            .await?;
+            return Ok(n);
+        }
+        self.count_rows(cql).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every write was acknowledged by a quorum of replicas before it returned.
+        Ok(())
+    }
+}
