@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use scylla_proxy::{Condition, Node, Proxy, Reaction, RequestFrame, RequestOpcode, RequestReaction, RequestRule, ResponseFrame, ResponseOpcode, example_db_errors};
+use scylla_proxy::{
+    Condition, Node, Proxy, Reaction, RequestFrame, RequestOpcode, RequestReaction, RequestRule, ResponseFrame, ResponseOpcode, example_db_errors,
+};
 use sha2::Digest;
 use switchboard::store::{ScyllaOptions, ScyllaStore, Store, StoreError, StoredMessage, WriteOp, WriteOutcome};
 use uuid::Uuid;
@@ -279,7 +281,9 @@ async fn fake_node(scenario: Arc<Scenario>) -> FakeNode {
                         let len = u16::from_be_bytes(frame.body[..2].try_into().unwrap()) as usize;
                         let id = &frame.body[2..2 + len];
                         let found = by_id.lock().unwrap().get(id).cloned();
-                        found.unwrap_or_else(|| panic!("EXECUTE of an unknown statement id {id:02x?}; body {:02x?}", &frame.body[..frame.body.len().min(40)]))
+                        found.unwrap_or_else(|| {
+                            panic!("EXECUTE of an unknown statement id {id:02x?}; body {:02x?}", &frame.body[..frame.body.len().min(40)])
+                        })
                     };
                     seen.lock().unwrap().push(cql.clone());
                     if let Some(response) = scenario(&cql, frame.opcode, &frame) {
@@ -366,7 +370,11 @@ async fn a_write_timeout_is_not_acknowledged_and_its_retry_is_not_stored_twice()
                     .iter()
                     .map(|(n, t)| (n.to_string(), t.to_string()))
                     .collect();
-                return result(rows_body("message_dedup", &columns, &[vec![Value::Bool(false), Value::BigInt(1), Value::BigInt(m.server_time_ms as i64)]]));
+                return result(rows_body(
+                    "message_dedup",
+                    &columns,
+                    &[vec![Value::Bool(false), Value::BigInt(1), Value::BigInt(m.server_time_ms as i64)]],
+                ));
             }
             if cql.starts_with("SELECT sender_user_id, client_msg_id, server_time_ms FROM messages") && landed.load(Ordering::SeqCst) > 0 {
                 let columns: Vec<(String, String)> = [("sender_user_id", "uuid"), ("client_msg_id", "text"), ("server_time_ms", "bigint")]
@@ -417,7 +425,11 @@ async fn a_lost_race_for_a_seq_is_a_conflict_and_releases_the_key() {
     let scenario: Arc<Scenario> = Arc::new(|cql: &str, _, frame: &RequestFrame| {
         (cql == "BATCH").then(|| {
             let columns = vec![("[applied]".to_owned(), "boolean".to_owned()), ("last_seq".to_owned(), "bigint".to_owned())];
-            ResponseFrame::new(frame.params.for_response(), ResponseOpcode::Result, rows_body("messages", &columns, &[vec![Value::Bool(false), Value::BigInt(1)]]))
+            ResponseFrame::new(
+                frame.params.for_response(),
+                ResponseOpcode::Result,
+                rows_body("messages", &columns, &[vec![Value::Bool(false), Value::BigInt(1)]]),
+            )
         })
     });
     let node = fake_node(scenario).await;

@@ -1,6 +1,9 @@
 //! The store contract's conformance suite: every scenario below is written once and run
 //! against every backend (embedded always; PostgreSQL always, on a private server started
-//! by the test). A backend passes when it gives the same answers as the contract in
+//! by the test; ScyllaDB when `SCYLLA_URI=scylla://host1,host2/<keyspace prefix>` is set:
+//! each test then migrates a keyspace of its own, `<prefix>_<random>`, with replication
+//! `SCYLLA_REPLICATION` (default SimpleStrategy, 1 replica), and otherwise returns at once
+//! after printing that it was skipped). A backend passes when it gives the same answers as the contract in
 //! `src/store/mod.rs` and ARCHITECTURE.md ("Store contract"), including across restarts.
 //!
 //! The last part is model-based: random sequences of operations, restarts included, run
@@ -25,6 +28,7 @@ use uuid::Uuid;
 enum Backend {
     Embedded,
     Postgres,
+    Scylla,
 }
 
 /// One backend instance for one test: a temp dir for the embedded store, or a private
@@ -37,9 +41,24 @@ struct Fixture {
 }
 
 impl Fixture {
-    async fn new(backend: Backend) -> Self {
+    /// None when the backend cannot run here (ScyllaDB without `SCYLLA_URI`).
+    async fn new(backend: Backend) -> Option<Self> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (pg, url) = match backend {
+            Backend::Scylla => {
+                let Ok(base) = std::env::var("SCYLLA_URI") else {
+                    eprintln!("SKIPPED: ScyllaDB conformance needs SCYLLA_URI=scylla://host/keyspace_prefix");
+                    return None;
+                };
+                let url = format!("{base}_{}", uid().simple());
+                let Ok(switchboard::store::StoreSpec::Scylla { options }) = StoreSpec::parse(&url) else {
+                    panic!("SCYLLA_URI {base:?} is not scylla://host/keyspace_prefix")
+                };
+                let replication =
+                    std::env::var("SCYLLA_REPLICATION").unwrap_or_else(|_| "{'class': 'SimpleStrategy', 'replication_factor': 1}".into());
+                switchboard::store::ScyllaStore::migrate(&options, &replication).await.expect("migrate scylla keyspace");
+                (None, url)
+            }
             Backend::Embedded => (None, format!("embedded:{}", dir.path().join("data").display())),
             Backend::Postgres => {
                 let pg = tokio::task::spawn_blocking(PrivatePostgres::start).await.unwrap().expect("private postgres");
@@ -47,7 +66,7 @@ impl Fixture {
                 (Some(pg), url)
             }
         };
-        Self { backend, dir, pg, url }
+        Some(Self { backend, dir, pg, url })
     }
 
     async fn open(&self) -> Arc<dyn Store> {
@@ -67,17 +86,25 @@ impl Fixture {
     }
 }
 
-/// Runs each listed `async fn name(f: Fixture)` once per backend, as `embedded::name` and
-/// `postgres::name`.
+/// Runs each listed `async fn name(f: Fixture)` once per backend, as `embedded::name`,
+/// `postgres::name` and `scylla::name`.
 macro_rules! every_backend {
     ($($name:ident),* $(,)?) => {
         mod embedded {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Fixture::new(super::Backend::Embedded).await).await })*
+            async fn $name() { super::$name(super::Fixture::new(super::Backend::Embedded).await.unwrap()).await })*
         }
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Fixture::new(super::Backend::Postgres).await).await })*
+            async fn $name() { super::$name(super::Fixture::new(super::Backend::Postgres).await.unwrap()).await })*
+        }
+        mod scylla {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(f) = super::Fixture::new(super::Backend::Scylla).await {
+                    super::$name(f).await
+                }
+            })*
         }
     };
 }
@@ -247,7 +274,10 @@ async fn conversations_and_group_events(f: Fixture) {
     created.event = Some(Bytes::from_static(b"created"));
     created.payload = Bytes::new();
     assert_eq!(
-        store.apply(vec![WriteOp::AppendEvent { message: created.clone(), record: Box::new(group.clone()), joined: vec![], tombstone: None }]).await.unwrap(),
+        store
+            .apply(vec![WriteOp::AppendEvent { message: created.clone(), record: Box::new(group.clone()), joined: vec![], tombstone: None }])
+            .await
+            .unwrap(),
         vec![WriteOutcome::Appended]
     );
     let mut members = vec![a, b, c];
@@ -296,7 +326,12 @@ async fn conversations_and_group_events(f: Fixture) {
     let mut stale = group.clone();
     stale.group.as_mut().unwrap().subject = "hijacked".into();
     let outcome = store
-        .apply(vec![WriteOp::AppendEvent { message: message(group_id, 9, a, "e9", 14), record: Box::new(stale), joined: vec![uid()], tombstone: Some(1) }])
+        .apply(vec![WriteOp::AppendEvent {
+            message: message(group_id, 9, a, "e9", 14),
+            record: Box::new(stale),
+            joined: vec![uid()],
+            tombstone: Some(1),
+        }])
         .await
         .unwrap();
     assert_eq!(outcome, vec![WriteOutcome::SeqConflict]);
@@ -404,7 +439,8 @@ async fn cursors_receipts_and_presence(f: Fixture) {
     assert_eq!(store.receipt_times(conv, bob, 1).await.unwrap(), (None, None));
     // Presence.
     assert_eq!(store.last_seen(alice).await.unwrap(), None);
-    let outcomes = store.apply(vec![WriteOp::LastSeen { user_id: alice, at_ms: 500 }, WriteOp::LastSeen { user_id: alice, at_ms: 600 }]).await.unwrap();
+    let outcomes =
+        store.apply(vec![WriteOp::LastSeen { user_id: alice, at_ms: 500 }, WriteOp::LastSeen { user_id: alice, at_ms: 600 }]).await.unwrap();
     assert_eq!(outcomes, vec![WriteOutcome::Recorded, WriteOutcome::Recorded]);
     assert_eq!(store.last_seen(alice).await.unwrap(), Some(600));
 }
@@ -446,6 +482,16 @@ async fn expired_messages_are_purged_but_the_fence_holds(f: Fixture) {
         store.apply(vec![WriteOp::Append(message(conv, seq, b, &format!("m{seq}"), seq * 1_000))]).await.unwrap();
     }
     store.apply(vec![WriteOp::Append(message(kept_forever.conversation_id, 1, a, "old", 1))]).await.unwrap();
+    if f.backend == Backend::Scylla {
+        // ScyllaDB expires rows by TTL from their time: these (timestamped in 1970) got
+        // the minimum TTL of 1 s. The event stays, and the fence still holds.
+        tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+        let left: Vec<u64> = store.messages_after(conv, 0, 100).await.unwrap().iter().map(|m| m.seq).collect();
+        assert_eq!(left, vec![1], "only the event is left");
+        assert_eq!(store.last_seq(conv).await.unwrap(), 11);
+        assert_eq!(store.apply(vec![WriteOp::Append(message(conv, 3, b, "late", 90_000))]).await.unwrap(), vec![WriteOutcome::SeqConflict]);
+        return;
+    }
     // At 70 s, messages older than 10 s (times 2..=9 s) have expired: 8 of them.
     let now = 70_000;
     assert_eq!(store.purge_expired(now, 5).await.unwrap(), 5, "at most `limit` per call");
@@ -523,7 +569,9 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
     let mut conversation = direct(u.user_id, peer.user_id);
     conversation.retention_secs = 3600;
     let conv = conversation.conversation_id;
-    let mut log: Vec<StoredMessage> = (1..=5).map(|seq| message(conv, seq, u.user_id, &format!("m{seq}"), 10 + seq)).collect();
+    // Recent times: on ScyllaDB the retention becomes a TTL counted from now.
+    let base = switchboard::store::now_ms();
+    let mut log: Vec<StoredMessage> = (1..=5).map(|seq| message(conv, seq, u.user_id, &format!("m{seq}"), base + seq)).collect();
     log[1].deleted = true;
     log[1].payload = Bytes::new();
     log[2].kind = ContentKind::Reaction;
@@ -575,17 +623,20 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
     assert_eq!(store.conversation(conv).await.unwrap(), Some(conversation));
     assert_eq!(store.conversations_of(peer.user_id).await.unwrap(), vec![conv]);
     assert_eq!(store.messages_after(conv, 0, 10).await.unwrap(), log);
-    assert_eq!(store.find_by_client_id(conv, u.user_id, "m3").await.unwrap(), Some((3, 13)), "dedup keys came with the messages");
+    assert_eq!(store.find_by_client_id(conv, u.user_id, "m3").await.unwrap(), Some((3, base + 3)), "dedup keys came with the messages");
     assert_eq!(store.last_seq(conv).await.unwrap(), 7);
-    assert_eq!(store.apply(vec![WriteOp::Append(message(conv, 6, u.user_id, "m6", 99))]).await.unwrap(), vec![WriteOutcome::SeqConflict]);
-    assert_eq!(store.apply(vec![WriteOp::Append(message(conv, 8, u.user_id, "m8", 99))]).await.unwrap(), vec![WriteOutcome::Appended]);
+    assert_eq!(store.apply(vec![WriteOp::Append(message(conv, 6, u.user_id, "m6", base + 6))]).await.unwrap(), vec![WriteOutcome::SeqConflict]);
+    assert_eq!(store.apply(vec![WriteOp::Append(message(conv, 8, u.user_id, "m8", base + 8))]).await.unwrap(), vec![WriteOutcome::Appended]);
     assert_eq!(store.cursors_of(d.device_id).await.unwrap(), vec![(conv, Cursor { delivered: 5, read: 4 })]);
     assert_eq!(store.member_cursors(conv).await.unwrap(), vec![(u.user_id, MemberCursor { delivered: 5, read: 4 })]);
     assert_eq!(store.receipt_times(conv, u.user_id, 3).await.unwrap(), (Some(70), Some(80)));
     assert_eq!(store.last_seen(u.user_id).await.unwrap(), Some(90));
     assert_eq!(store.push_tokens_of(u.user_id).await.unwrap(), vec![(d.device_id, token)]);
-    // Expired imported messages are purged like any others (the retention came along).
-    assert_eq!(store.purge_expired(10_000_000, 100).await.unwrap(), 6);
+    // Expired imported messages are purged like any others (the retention came along);
+    // ScyllaDB expires them by TTL instead.
+    if f.backend != Backend::Scylla {
+        assert_eq!(store.purge_expired(base + 3_700_000, 100).await.unwrap(), 6);
+    }
 }
 
 fn rand_digits() -> String {
@@ -598,13 +649,42 @@ fn rand_digits() -> String {
 #[derive(Debug, Clone)]
 enum Op {
     /// Append with seq = model's last + delta (delta 0 = taken, 1 = next, 2 = gap).
-    Append { conv: u8, sender: u8, client: u8, delta: u8 },
-    Cursor { device: u8, conv: u8, delivered: u8, read: u8 },
-    CreateConversation { conv: u8, a: u8, b: u8 },
-    After { conv: u8, after: u8, limit: u8 },
-    Before { conv: u8, before: u8, limit: u8 },
-    Find { conv: u8, sender: u8, client: u8 },
-    LastSeen { user: u8, at: u8 },
+    Append {
+        conv: u8,
+        sender: u8,
+        client: u8,
+        delta: u8,
+    },
+    Cursor {
+        device: u8,
+        conv: u8,
+        delivered: u8,
+        read: u8,
+    },
+    CreateConversation {
+        conv: u8,
+        a: u8,
+        b: u8,
+    },
+    After {
+        conv: u8,
+        after: u8,
+        limit: u8,
+    },
+    Before {
+        conv: u8,
+        before: u8,
+        limit: u8,
+    },
+    Find {
+        conv: u8,
+        sender: u8,
+        client: u8,
+    },
+    LastSeen {
+        user: u8,
+        at: u8,
+    },
     Reopen,
 }
 
@@ -678,7 +758,7 @@ async fn model_based_sequences_with_restarts(f: Fixture) {
     // PostgreSQL restarts take a few hundred ms each: fewer, longer cases there.
     let cases = match f.backend {
         Backend::Embedded => 48,
-        Backend::Postgres => 12,
+        Backend::Postgres | Backend::Scylla => 12,
     };
     // A failing case panics inside the runner, which catches it and shrinks: the fixture
     // is shared through a mutex whose poisoning is ignored, so shrinking keeps working.
@@ -731,7 +811,14 @@ async fn run_model(f: &mut Fixture, ops: Vec<Op>) {
                 let mut members = vec![id(2, a), id(2, b)];
                 members.sort();
                 members.dedup();
-                let record = ConversationRecord { conversation_id: id(1, conv), kind: ConversationKind::Direct, members, created_ms: clock, group: None, retention_secs: 0 };
+                let record = ConversationRecord {
+                    conversation_id: id(1, conv),
+                    kind: ConversationKind::Direct,
+                    members,
+                    created_ms: clock,
+                    group: None,
+                    retention_secs: 0,
+                };
                 let expected = model.conversations.entry(record.conversation_id).or_insert_with(|| record.clone()).clone();
                 if expected == record {
                     for m in &record.members {
@@ -775,8 +862,12 @@ async fn run_model(f: &mut Fixture, ops: Vec<Op>) {
                 store = f.reopen(store).await;
                 for device in 0..3 {
                     let d = id(3, device);
-                    let expected: Vec<(Uuid, Cursor)> =
-                        model.cursors.iter().filter(|((dev, _), cur)| *dev == d && **cur != Cursor::default()).map(|((_, c), cur)| (*c, *cur)).collect();
+                    let expected: Vec<(Uuid, Cursor)> = model
+                        .cursors
+                        .iter()
+                        .filter(|((dev, _), cur)| *dev == d && **cur != Cursor::default())
+                        .map(|((_, c), cur)| (*c, *cur))
+                        .collect();
                     assert_eq!(store.cursors_of(d).await.unwrap(), expected);
                 }
             }

@@ -55,9 +55,10 @@ CREATE TABLE user_conversations (
 
 -- The sequencer's fence: an append must carry last_seq + 1 and moves it in the same
 -- transaction. Kept apart from the log so that purging old messages never loosens it.
+-- A row at 0 is a fence created (and locked) before a conversation's first append.
 CREATE TABLE last_seqs (
     conversation_id uuid PRIMARY KEY,
-    last_seq        bigint NOT NULL CHECK (last_seq > 0)
+    last_seq        bigint NOT NULL CHECK (last_seq >= 0)
 );
 
 -- The message log. The unique (conversation, sender, client id) is the idempotency key:

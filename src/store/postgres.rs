@@ -20,10 +20,12 @@ use tokio_postgres::{NoTls, Row};
 
 use super::transfer::{Record, Section};
 use super::{
-    ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MemberCursor,
-    PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MemberCursor, PendingCode,
+    PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use std::time::Duration;
+
+use uuid::Uuid;
 
 /// Schema migrations, applied in order; the version of each is recorded in
 /// `schema_migrations` so each runs once.
@@ -99,11 +101,7 @@ fn hash32(table: &'static str, bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
 }
 
 fn user_from(row: &Row) -> Result<UserRecord, StoreError> {
-    Ok(UserRecord {
-        user_id: get(row, "users", "user_id")?,
-        phone: get(row, "users", "phone")?,
-        created_ms: uint(get(row, "users", "created_ms")?),
-    })
+    Ok(UserRecord { user_id: get(row, "users", "user_id")?, phone: get(row, "users", "phone")?, created_ms: uint(get(row, "users", "created_ms")?) })
 }
 
 fn device_from(row: &Row) -> Result<DeviceRecord, StoreError> {
@@ -172,7 +170,8 @@ fn content_code(kind: ContentKind) -> i16 {
     }
 }
 
-const MESSAGE_COLUMNS: &str = "conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted";
+const MESSAGE_COLUMNS: &str =
+    "conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted";
 const CONVERSATION_COLUMNS: &str = "conversation_id, kind, members, created_ms, group_state, retention_secs";
 const DEVICE_COLUMNS: &str = "device_id, user_id, name, is_primary, token_hash, created_ms, revoked_ms";
 
@@ -219,9 +218,7 @@ impl PostgresStore {
                 continue;
             }
             tx.batch_execute(sql).await.map_err(pg)?;
-            tx.execute("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", &[version, &int(super::now_ms())])
-                .await
-                .map_err(pg)?;
+            tx.execute("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", &[version, &int(super::now_ms())]).await.map_err(pg)?;
             applied.push(*version);
         }
         tx.commit().await.map_err(pg)?;
@@ -281,10 +278,22 @@ impl PostgresStore {
         let seq = int(m.seq);
         let fenced = match m.seq {
             0 => 0,
-            1 => Self::run(tx, "INSERT INTO last_seqs (conversation_id, last_seq) VALUES ($1, 1) ON CONFLICT DO NOTHING", &[&m.conversation_id]).await?,
+            1 => {
+                Self::run(
+                    tx,
+                    "INSERT INTO last_seqs (conversation_id, last_seq) VALUES ($1, 1) \
+                     ON CONFLICT (conversation_id) DO UPDATE SET last_seq = 1 WHERE last_seqs.last_seq = 0",
+                    &[&m.conversation_id],
+                )
+                .await?
+            }
             _ => {
-                Self::run(tx, "UPDATE last_seqs SET last_seq = $2::bigint WHERE conversation_id = $1 AND last_seq = $2::bigint - 1", &[&m.conversation_id, &seq])
-                    .await?
+                Self::run(
+                    tx,
+                    "UPDATE last_seqs SET last_seq = $2::bigint WHERE conversation_id = $1 AND last_seq = $2::bigint - 1",
+                    &[&m.conversation_id, &seq],
+                )
+                .await?
             }
         };
         if fenced == 0 {
@@ -312,6 +321,112 @@ impl PostgresStore {
         )
         .await?;
         Ok(None)
+    }
+
+    /// Applies consecutive plain appends with the same outcomes as one by one, in six
+    /// statements: create missing fences (at 0), lock every fence involved (in id order, so
+    /// concurrent batches cannot deadlock), look up every dedup key, decide each append in
+    /// order in memory, insert the accepted messages, move the fences.
+    async fn append_run(tx: &Tx<'_>, run: Vec<(usize, StoredMessage)>, outcomes: &mut [Option<WriteOutcome>]) -> Result<(), StoreError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut conversations: Vec<ConversationId> = run.iter().map(|(_, m)| m.conversation_id).collect();
+        conversations.sort();
+        conversations.dedup();
+        let (keys_c, keys_s, keys_id): (Vec<Uuid>, Vec<Uuid>, Vec<&str>) = run
+            .iter()
+            .map(|(_, m)| (m.conversation_id, m.sender_user_id, m.client_msg_id.as_str()))
+            .fold((Vec::new(), Vec::new(), Vec::new()), |(mut c, mut s, mut k), (a, b, d)| {
+                c.push(a);
+                s.push(b);
+                k.push(d);
+                (c, s, k)
+            });
+        // Pipelined: sent together, executed in this order, one round trip. The dedup
+        // lookup is a nested loop over the unique index (LATERAL), whatever the table size.
+        let fence_params: [&(dyn ToSql + Sync); 1] = [&conversations];
+        let key_params: [&(dyn ToSql + Sync); 3] = [&keys_c, &keys_s, &keys_id];
+        let (_, locked, found) = tokio::try_join!(
+            Self::run(
+                tx,
+                "INSERT INTO last_seqs (conversation_id, last_seq) SELECT c, 0 FROM unnest($1::uuid[]) AS c ON CONFLICT DO NOTHING",
+                &fence_params,
+            ),
+            Self::rows(
+                tx,
+                "SELECT conversation_id, last_seq FROM last_seqs WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE",
+                &fence_params,
+            ),
+            Self::rows(
+                tx,
+                "SELECT k.c AS conversation_id, k.s AS sender_user_id, k.id AS client_msg_id, m.seq, m.server_time_ms \
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(c, s, id) \
+             CROSS JOIN LATERAL (SELECT seq, server_time_ms FROM messages \
+                 WHERE conversation_id = k.c AND sender_user_id = k.s AND client_msg_id = k.id) AS m",
+                &key_params,
+            )
+        )?;
+        let mut fences: std::collections::HashMap<ConversationId, i64> = std::collections::HashMap::new();
+        for row in locked {
+            fences.insert(get(&row, "last_seqs", "conversation_id")?, get(&row, "last_seqs", "last_seq")?);
+        }
+        let mut dedup: std::collections::HashMap<(Uuid, Uuid, String), (u64, u64)> = std::collections::HashMap::new();
+        for row in found {
+            dedup.insert(
+                (get(&row, "messages", "conversation_id")?, get(&row, "messages", "sender_user_id")?, get(&row, "messages", "client_msg_id")?),
+                (uint(get(&row, "messages", "seq")?), uint(get(&row, "messages", "server_time_ms")?)),
+            );
+        }
+        let mut accepted: Vec<&StoredMessage> = Vec::new();
+        let mut moved: std::collections::BTreeMap<ConversationId, i64> = std::collections::BTreeMap::new();
+        for (i, m) in &run {
+            let key = (m.conversation_id, m.sender_user_id, m.client_msg_id.clone());
+            let last = fences.get(&m.conversation_id).copied().unwrap_or(0);
+            outcomes[*i] = Some(if let Some(&(seq, server_time_ms)) = dedup.get(&key) {
+                WriteOutcome::Duplicate { seq, server_time_ms }
+            } else if m.seq == 0 || int(m.seq) != last + 1 {
+                WriteOutcome::SeqConflict
+            } else {
+                fences.insert(m.conversation_id, int(m.seq));
+                moved.insert(m.conversation_id, int(m.seq));
+                dedup.insert(key, (m.seq, m.server_time_ms));
+                accepted.push(m);
+                WriteOutcome::Appended
+            });
+        }
+        if !accepted.is_empty() {
+            let payloads: Vec<&[u8]> = accepted.iter().map(|m| m.payload.as_ref()).collect();
+            let events: Vec<Option<&[u8]>> = accepted.iter().map(|m| m.event.as_deref()).collect();
+            let ids_of_messages: Vec<ConversationId> = accepted.iter().map(|m| m.conversation_id).collect();
+            let seqs_of_messages: Vec<i64> = accepted.iter().map(|m| int(m.seq)).collect();
+            let senders: Vec<Uuid> = accepted.iter().map(|m| m.sender_user_id).collect();
+            let devices: Vec<Uuid> = accepted.iter().map(|m| m.sender_device_id).collect();
+            let client_ids: Vec<&str> = accepted.iter().map(|m| m.client_msg_id.as_str()).collect();
+            let times: Vec<i64> = accepted.iter().map(|m| int(m.server_time_ms)).collect();
+            let kinds: Vec<i16> = accepted.iter().map(|m| content_code(m.kind)).collect();
+            let references: Vec<i64> = accepted.iter().map(|m| int(m.reference_seq)).collect();
+            let deleted: Vec<bool> = accepted.iter().map(|m| m.deleted).collect();
+            let (ids, seqs): (Vec<ConversationId>, Vec<i64>) = moved.into_iter().unzip();
+            // Pipelined as well: one round trip for both.
+            let message_params: [&(dyn ToSql + Sync); 11] =
+                [&ids_of_messages, &seqs_of_messages, &senders, &devices, &client_ids, &times, &payloads, &events, &kinds, &references, &deleted];
+            let fence_params: [&(dyn ToSql + Sync); 2] = [&ids, &seqs];
+            tokio::try_join!(
+                Self::run(
+                    tx,
+                    "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::bytea[], $8::bytea[], $9::smallint[], $10::bigint[], $11::bool[])",
+                    &message_params,
+                ),
+                Self::run(
+                    tx,
+                    "UPDATE last_seqs SET last_seq = v.l FROM unnest($1::uuid[], $2::bigint[]) AS v(c, l) WHERE last_seqs.conversation_id = v.c",
+                    &fence_params,
+                )
+            )?;
+        }
+        Ok(())
     }
 
     async fn put_conversation_record(tx: &Tx<'_>, record: &ConversationRecord) -> Result<(), StoreError> {
@@ -455,8 +570,12 @@ impl PostgresStore {
             }
             Record::Conversation(c) => Self::put_conversation_record(tx, &c).await?,
             Record::Membership { user_id, conversation_id } => {
-                Self::run(tx, "INSERT INTO user_conversations (user_id, conversation_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&user_id, &conversation_id])
-                    .await?;
+                Self::run(
+                    tx,
+                    "INSERT INTO user_conversations (user_id, conversation_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&user_id, &conversation_id],
+                )
+                .await?;
             }
             Record::Message(m) => {
                 let payload: &[u8] = &m.payload;
@@ -587,7 +706,8 @@ impl Store for PostgresStore {
         if inserted == 1 {
             return Ok((UserRecord { phone: phone.to_owned(), ..new_user }, true));
         }
-        let row = self.query_opt("SELECT user_id, phone, created_ms FROM users WHERE phone = $1", &[&phone]).await?.ok_or(StoreError::NotFound("user"))?;
+        let row =
+            self.query_opt("SELECT user_id, phone, created_ms FROM users WHERE phone = $1", &[&phone]).await?.ok_or(StoreError::NotFound("user"))?;
         Ok((user_from(&row)?, false))
     }
 
@@ -649,15 +769,7 @@ impl Store for PostgresStore {
         Self::run(
             &tx,
             "INSERT INTO devices (device_id, user_id, name, is_primary, token_hash, created_ms, revoked_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &device.device_id,
-                &device.user_id,
-                &device.name,
-                &device.primary,
-                &hash,
-                &int(device.created_ms),
-                &device.revoked_ms.map(int),
-            ],
+            &[&device.device_id, &device.user_id, &device.name, &device.primary, &hash, &int(device.created_ms), &device.revoked_ms.map(int)],
         )
         .await?;
         tx.commit().await.map_err(pg)
@@ -669,7 +781,11 @@ impl Store for PostgresStore {
     }
 
     async fn device(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        self.query_opt(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1"), &[&device_id]).await?.as_ref().map(device_from).transpose()
+        self.query_opt(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1"), &[&device_id])
+            .await?
+            .as_ref()
+            .map(device_from)
+            .transpose()
     }
 
     async fn devices_of(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -721,8 +837,12 @@ impl Store for PostgresStore {
             .await?;
             conversation
         } else {
-            let rows = Self::rows(&tx, &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id = $1"), &[&conversation.conversation_id])
-                .await?;
+            let rows = Self::rows(
+                &tx,
+                &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id = $1"),
+                &[&conversation.conversation_id],
+            )
+            .await?;
             conversation_from(rows.first().ok_or(StoreError::NotFound("conversation"))?)?
         };
         tx.commit().await.map_err(pg)?;
@@ -756,13 +876,25 @@ impl Store for PostgresStore {
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
-            outcomes.push(Self::apply_in(&tx, op).await?);
+        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; ops.len()];
+        // Plain appends are applied together, a handful of statements per run instead of
+        // three per message; cursors and last-seen times do not touch what appends read,
+        // so they do not end a run. A group event does (it moves the same fence).
+        let mut run: Vec<(usize, StoredMessage)> = Vec::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            match op {
+                WriteOp::Append(m) => run.push((i, m)),
+                op @ WriteOp::AppendEvent { .. } => {
+                    Self::append_run(&tx, std::mem::take(&mut run), &mut outcomes).await?;
+                    outcomes[i] = Some(Self::apply_in(&tx, op).await?);
+                }
+                op => outcomes[i] = Some(Self::apply_in(&tx, op).await?),
+            }
         }
+        Self::append_run(&tx, run, &mut outcomes).await?;
         // Dropping the transaction on an error above rolls it back: all or nothing.
         tx.commit().await.map_err(pg)?;
-        Ok(outcomes)
+        outcomes.into_iter().map(|o| o.ok_or_else(|| StoreError::Backend("an op of the batch was not applied".into()))).collect()
     }
 
     async fn last_seq(&self, id: ConversationId) -> Result<u64, StoreError> {
@@ -886,7 +1018,10 @@ impl Store for PostgresStore {
         .await?
         .iter()
         .map(|r| {
-            Ok((get(r, "cursors", "conversation_id")?, Cursor { delivered: uint(get(r, "cursors", "delivered")?), read: uint(get(r, "cursors", "read")?) }))
+            Ok((
+                get(r, "cursors", "conversation_id")?,
+                Cursor { delivered: uint(get(r, "cursors", "delivered")?), read: uint(get(r, "cursors", "read")?) },
+            ))
         })
         .collect()
     }
@@ -915,7 +1050,7 @@ impl Store for PostgresStore {
             Section::Conversations => "conversations",
             Section::Memberships => "user_conversations",
             Section::Messages => "messages",
-            Section::LastSeqs => "last_seqs",
+            Section::LastSeqs => "last_seqs WHERE last_seq > 0",
             Section::Cursors => "cursors",
             Section::MemberCursors => "member_cursors",
             Section::Receipts => "receipt_log",
@@ -923,7 +1058,7 @@ impl Store for PostgresStore {
             Section::PushTokens => "push_tokens",
         };
         let row = self.query_opt(&format!("SELECT count(*) FROM {table}"), &[]).await?;
-        Ok(row.map(|r| get::<i64>(&r, table, "count")).transpose()?.map(uint).unwrap_or(0))
+        Ok(row.map(|r| get::<i64>(&r, "count", "count")).transpose()?.map(uint).unwrap_or(0))
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

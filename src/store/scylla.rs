@@ -596,7 +596,12 @@ impl ScyllaStore {
     }
 
     /// Every row of a (paged) query, page by page.
-    async fn all_rows<R>(&self, statement: &PreparedStatement, values: impl SerializeRow + Clone, mut f: impl FnMut(R) -> Result<(), StoreError>) -> Result<(), StoreError>
+    async fn all_rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow + Clone,
+        mut f: impl FnMut(R) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>
     where
         R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
     {
@@ -689,9 +694,7 @@ impl ScyllaStore {
     /// already stored. Returns Some(outcome) if the append must stop here.
     async fn claim_dedup(&self, m: &StoredMessage, ttl: i32) -> Result<Option<WriteOutcome>, StoreError> {
         let key = (m.conversation_id, m.sender_user_id, m.client_msg_id.as_str());
-        let claim = self
-            .conditional(&self.st.claim_dedup, (key.0, key.1, key.2, int(m.seq), int(m.server_time_ms), ttl))
-            .await?;
+        let claim = self.conditional(&self.st.claim_dedup, (key.0, key.1, key.2, int(m.seq), int(m.server_time_ms), ttl)).await?;
         if claim.applied {
             return Ok(None);
         }
@@ -728,14 +731,18 @@ impl ScyllaStore {
         // Stale: the claimed seq holds another message, was passed by the fence without
         // ours, or (the same seq) is being retried; point the key at this attempt.
         let key = (m.conversation_id, m.sender_user_id, m.client_msg_id.as_str());
-        let moved = self
-            .conditional(&self.st.move_dedup, (ttl, int(m.seq), int(m.server_time_ms), key.0, key.1, key.2, int(old_seq)))
-            .await?;
+        let moved = self.conditional(&self.st.move_dedup, (ttl, int(m.seq), int(m.server_time_ms), key.0, key.1, key.2, int(old_seq))).await?;
         if moved.applied { Ok(None) } else { Err(StoreError::Backend("scylla: dedup key changed concurrently; retry".into())) }
     }
 
     /// Step 2: the conditional batch on the log partition. Returns whether it applied.
-    async fn append_to_log(&self, m: &StoredMessage, ttl: i32, record: Option<(&[u8], u64)>, tombstone_here: Option<u64>) -> Result<bool, StoreError> {
+    async fn append_to_log(
+        &self,
+        m: &StoredMessage,
+        ttl: i32,
+        record: Option<(&[u8], u64)>,
+        tombstone_here: Option<u64>,
+    ) -> Result<bool, StoreError> {
         let conv = m.conversation_id;
         let bucket = bucket_of(m.seq);
         let seq = int(m.seq);
@@ -776,10 +783,7 @@ impl ScyllaStore {
             };
             batch.append_statement(self.st.fence_first.clone());
             batch.append_statement(self.st.put_message.clone());
-            self.session
-                .batch(&batch, ((seq, record, int(record_seq), conv, bucket), row))
-                .await
-                .map_err(driver)?
+            self.session.batch(&batch, ((seq, record, int(record_seq), conv, bucket), row)).await.map_err(driver)?
         } else {
             batch.append_statement(self.st.fence_next.clone());
             batch.append_statement(self.st.put_message.clone());
@@ -787,9 +791,7 @@ impl ScyllaStore {
                 (Some((bytes, at)), Some(target)) => {
                     batch.append_statement(self.st.put_record.clone());
                     batch.append_statement(self.st.erase_message.clone());
-                    self.session
-                        .batch(&batch, ((seq, conv, bucket, seq - 1), row, (bytes, int(at), conv, bucket), (conv, bucket, int(target))))
-                        .await
+                    self.session.batch(&batch, ((seq, conv, bucket, seq - 1), row, (bytes, int(at), conv, bucket), (conv, bucket, int(target)))).await
                 }
                 (Some((bytes, at)), None) => {
                     batch.append_statement(self.st.put_record.clone());
@@ -895,8 +897,16 @@ impl ScyllaStore {
         }
     }
 
-    async fn page(&self, conversation: ConversationId, after: u64, before: u64, limit: usize, descending: bool) -> Result<Vec<StoredMessage>, StoreError> {
-        type MessageRow = (i64, Option<Uuid>, Option<Uuid>, Option<String>, Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>, Option<i8>, Option<i64>, Option<bool>);
+    async fn page(
+        &self,
+        conversation: ConversationId,
+        after: u64,
+        before: u64,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        type MessageRow =
+            (i64, Option<Uuid>, Option<Uuid>, Option<String>, Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>, Option<i8>, Option<i64>, Option<bool>);
         let mut out = Vec::new();
         if limit == 0 || before <= after.saturating_add(1) {
             return Ok(out);
@@ -998,7 +1008,15 @@ impl ScyllaStore {
         Ok(row.map(|(d, r)| Cursor { delivered: d.map(uint).unwrap_or(0), read: r.map(uint).unwrap_or(0) }).unwrap_or_default())
     }
 
-    async fn advance_cursor(&self, user_id: UserId, device_id: DeviceId, conversation_id: ConversationId, delivered: u64, read: u64, at_ms: u64) -> Result<Cursor, StoreError> {
+    async fn advance_cursor(
+        &self,
+        user_id: UserId,
+        device_id: DeviceId,
+        conversation_id: ConversationId,
+        delivered: u64,
+        read: u64,
+        at_ms: u64,
+    ) -> Result<Cursor, StoreError> {
         let member: Option<(Option<i64>, Option<i64>)> = self.first_row(&self.st.get_member_cursor, (conversation_id, user_id)).await?;
         let (old_d, old_r) = member.map(|(d, r)| (d.map(uint).unwrap_or(0), r.map(uint).unwrap_or(0))).unwrap_or((0, 0));
         self.write_cursor(device_id, conversation_id, delivered, read).await?;

@@ -86,7 +86,8 @@ impl StoreSpec {
             for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
                 match pair.split_once('=') {
                     Some(("pool_size", n)) => {
-                        pool_size = n.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| format!("pool_size {n:?}: expected 1 to 1000"))?;
+                        pool_size =
+                            n.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| format!("pool_size {n:?}: expected 1 to 1000"))?;
                     }
                     _ => kept.push(pair),
                 }
@@ -136,9 +137,11 @@ impl StoreSpec {
                 store.migrate().await?;
                 Arc::new(store)
             }
-            StoreSpec::Scylla { options } => Arc::new(ScyllaStore::connect(options).await.map_err(|e| {
-                StoreError::Backend(format!("{e} (has the schema been applied with `switchboard store migrate --store {self}`?)"))
-            })?),
+            StoreSpec::Scylla { options } => {
+                Arc::new(ScyllaStore::connect(options).await.map_err(|e| {
+                    StoreError::Backend(format!("{e} (has the schema been applied with `switchboard store migrate --store {self}`?)"))
+                })?)
+            }
         })
     }
 }

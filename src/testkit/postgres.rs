@@ -129,11 +129,14 @@ impl PrivatePostgres {
             std::os::unix::fs::chown(&log_path, Some(uid), Some(gid))?;
         }
         let mut cmd = Command::new(bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(dir.join("data"))
-            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
-            .arg(dir)
-            .args(["-c", "max_connections=200", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"]);
+        cmd.arg("-D").arg(dir.join("data")).args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"]).arg(dir).args([
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=64MB",
+            "-c",
+            "log_min_messages=warning",
+        ]);
         // The server must not outlive the test process even when it is killed (a timed-out
         // test): the kernel sends SIGQUIT (immediate shutdown) when the parent dies.
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.

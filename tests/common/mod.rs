@@ -106,7 +106,11 @@ fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
             assert_eq!(r.store, expected, "the server runs on another store than the test asked for");
             return (child, r);
         }
-        assert!(Instant::now() < deadline, "server did not become ready; log:\n{}", std::fs::read_to_string(dir.join("server.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "server did not become ready; log:\n{}",
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -262,15 +266,20 @@ pub async fn pair(server: &TestServer, kind: Kind) -> Pair {
     Pair { alice, bob, a, conversation }
 }
 
-/// Sends `prefix-i` for every i in `seqs` without waiting, then waits for the last ack.
+/// Sends `prefix-i` for every i in `seqs` without waiting, then waits for the ack of the
+/// last one (whose seq must be the range's end).
 pub async fn send_all(conn: &mut Connection, conversation: Uuid, seqs: std::ops::RangeInclusive<u64>, prefix: &str) {
     let last = *seqs.end();
     for i in seqs {
         conn.send_message(conversation, &format!("{prefix}-{i}"), format!("payload {i}").into_bytes()).await.expect("send");
     }
-    conn.wait_for(WAIT, true, |k| matches!(k, server_frame::Kind::SendAck(s) if s.seq == last).then_some(()))
-        .await
-        .expect("ack of the last send");
+    // Matched by conversation too: acks of another conversation on this connection wait
+    // in the buffer, and one of them may carry the same seq.
+    conn.wait_for(WAIT, true, |k| {
+        matches!(k, server_frame::Kind::SendAck(s) if s.seq == last && s.conversation_id[..] == conversation.as_bytes()[..]).then_some(())
+    })
+    .await
+    .expect("ack of the last send");
 }
 
 /// The next Error frame.
