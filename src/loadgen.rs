@@ -34,9 +34,21 @@ pub enum LoadError {
     Io(#[from] std::io::Error),
 }
 
+/// The store a benchmark server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BenchStore {
+    /// The embedded store in the server's temporary directory.
+    #[default]
+    Embedded,
+    /// A private PostgreSQL server started for the run (default settings, fsync on).
+    Postgres,
+}
+
 /// A `switchboard serve` child process on a temporary data directory.
 pub struct ServerProcess {
     child: Child,
+    /// The private PostgreSQL of a `--store postgres` run (stopped after the server).
+    _postgres: Option<crate::testkit::PrivatePostgres>,
     _dir: tempfile::TempDir,
     /// HTTP address.
     pub http: std::net::SocketAddr,
@@ -59,14 +71,29 @@ struct Ready {
 }
 
 impl ServerProcess {
-    /// Starts `binary serve` on loopback with development codes and generous rate limits.
+    /// Starts `binary serve` on loopback with development codes and generous rate limits,
+    /// on the embedded store.
     pub fn start(binary: &std::path::Path, extra: &[String]) -> Result<Self, LoadError> {
+        Self::start_on(binary, extra, BenchStore::Embedded)
+    }
+
+    /// Starts `binary serve` on the given store.
+    pub fn start_on(binary: &std::path::Path, extra: &[String], store: BenchStore) -> Result<Self, LoadError> {
         let dir = tempfile::tempdir()?;
         let ready: PathBuf = dir.path().join("ready.json");
+        let (postgres, store) = match store {
+            BenchStore::Embedded => (None, format!("embedded:{}", dir.path().join("data").display())),
+            BenchStore::Postgres => {
+                let pg = crate::testkit::PrivatePostgres::start().map_err(|e| LoadError::Server(e.to_string()))?;
+                let url = format!("{}?pool_size=8", pg.url("postgres"));
+                (Some(pg), url)
+            }
+        };
         let child = Command::new(binary)
             .arg("serve")
             .arg("--store")
-            .arg(format!("embedded:{}", dir.path().join("data").display()))
+            .arg(store)
+            .current_dir(dir.path())
             .args(["--http-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--dev-expose-codes", "true", "--admin-token", BENCH_ADMIN_TOKEN])
             .arg("--ready-file")
@@ -81,7 +108,7 @@ impl ServerProcess {
             if let Ok(text) = std::fs::read_to_string(&ready)
                 && let Ok(r) = serde_json::from_str::<Ready>(&text)
             {
-                return Ok(Self { child, _dir: dir, http: r.http, tcp: r.tcp, admin: r.admin, use_websocket: false });
+                return Ok(Self { child, _postgres: postgres, _dir: dir, http: r.http, tcp: r.tcp, admin: r.admin, use_websocket: false });
             }
             if Instant::now() > deadline {
                 return Err(LoadError::Server("not ready after 30 s".into()));

@@ -35,6 +35,9 @@ enum Command {
         /// Drive the load over WebSocket instead of raw TCP.
         #[arg(long, global = true)]
         websocket: bool,
+        /// The store of the benchmarked server.
+        #[arg(long, global = true, value_enum, default_value_t = switchboard::loadgen::BenchStore::Embedded)]
+        store: switchboard::loadgen::BenchStore,
         #[command(subcommand)]
         scenario: BenchScenario,
     },
@@ -314,7 +317,7 @@ async fn main() -> Result<()> {
         Command::Admin { command } => admin(command).await,
         Command::Client { command } => client(command).await,
         Command::Store { command } => store_command(command).await,
-        Command::Bench { scenario, websocket } => bench(scenario, websocket).await,
+        Command::Bench { scenario, websocket, store } => bench(scenario, websocket, store).await,
     }
 }
 
@@ -413,7 +416,7 @@ fn spinner(message: &str) -> indicatif::ProgressBar {
     bar
 }
 
-async fn bench(scenario: BenchScenario, websocket: bool) -> Result<()> {
+async fn bench(scenario: BenchScenario, websocket: bool, store: switchboard::loadgen::BenchStore) -> Result<()> {
     use switchboard::loadgen::{self, ServerProcess};
     if let BenchScenario::Sessions { count } = scenario {
         let bar = spinner("spawning sessions");
@@ -425,7 +428,7 @@ async fn bench(scenario: BenchScenario, websocket: bool) -> Result<()> {
     let binary = std::env::current_exe()?;
     // Raise per-device limits so the generator, not the rate limiter, sets the pace.
     let extra: Vec<String> = ["--rate-per-sec", "100000", "--rate-burst", "100000"].iter().map(|s| s.to_string()).collect();
-    let mut server = ServerProcess::start(&binary, &extra)?;
+    let mut server = ServerProcess::start_on(&binary, &extra, store)?;
     server.use_websocket = websocket;
     let users = match &scenario {
         BenchScenario::Idle { devices, .. } => *devices,
@@ -453,7 +456,7 @@ async fn bench(scenario: BenchScenario, websocket: bool) -> Result<()> {
             loop {
                 bar.set_message(format!("rate {step_rate} msg/s"));
                 // Each step on a fresh server, so no step inherits another's backlog.
-                let mut step_server = ServerProcess::start(&binary, &extra)?;
+                let mut step_server = ServerProcess::start_on(&binary, &extra, store)?;
                 step_server.use_websocket = websocket;
                 let step_users = loadgen::provision_bulk(&step_server, credentials.len(), |_| {}).await?;
                 let report = loadgen::direct(&step_server, &step_users, step_rate, Duration::from_secs(duration), payload, |_, _| {}).await?;

@@ -59,7 +59,7 @@ CREATE TABLE user_conversations (
 CREATE TABLE last_seqs (
     conversation_id uuid PRIMARY KEY,
     last_seq        bigint NOT NULL CHECK (last_seq >= 0)
-);
+) WITH (fillfactor = 50);  -- updated on every batch: room on the page for HOT updates
 
 -- The message log. The unique (conversation, sender, client id) is the idempotency key:
 -- a retried send can never be stored twice.
@@ -87,7 +87,7 @@ CREATE TABLE cursors (
     delivered       bigint NOT NULL,
     read            bigint NOT NULL,
     PRIMARY KEY (device_id, conversation_id)
-);
+) WITH (fillfactor = 70);
 
 -- A member's position: the furthest any of the user's devices got.
 CREATE TABLE member_cursors (
@@ -96,7 +96,7 @@ CREATE TABLE member_cursors (
     delivered       bigint NOT NULL,
     read            bigint NOT NULL,
     PRIMARY KEY (conversation_id, user_id)
-);
+) WITH (fillfactor = 70);
 
 -- When a member's cursor reached a seq (kind 0 delivered, 1 read): the first entry at or
 -- above a seq answers "message info".

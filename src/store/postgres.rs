@@ -170,6 +170,16 @@ fn content_code(kind: ContentKind) -> i16 {
     }
 }
 
+/// One `WriteOp::AdvanceCursor`, as SQL values.
+struct CursorMove {
+    user_id: UserId,
+    device_id: DeviceId,
+    conversation_id: ConversationId,
+    delivered: i64,
+    read: i64,
+    at_ms: i64,
+}
+
 const MESSAGE_COLUMNS: &str =
     "conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted";
 const CONVERSATION_COLUMNS: &str = "conversation_id, kind, members, created_ms, group_state, retention_secs";
@@ -429,6 +439,127 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Applies cursor moves with the same outcomes as one by one, in two round trips: read
+    /// the device cursors and lock the member cursors involved, decide every move in order
+    /// in memory (each field only grows; a member's receipt-log entry when it grows), then
+    /// write the final values and the receipt entries.
+    async fn cursor_run(tx: &Tx<'_>, moves: Vec<(usize, CursorMove)>, outcomes: &mut [Option<WriteOutcome>]) -> Result<(), StoreError> {
+        use std::collections::BTreeMap;
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let device_keys: std::collections::BTreeSet<(DeviceId, ConversationId)> = moves.iter().map(|(_, m)| (m.device_id, m.conversation_id)).collect();
+        let member_keys: std::collections::BTreeSet<(ConversationId, UserId)> = moves.iter().map(|(_, m)| (m.conversation_id, m.user_id)).collect();
+        let (d_dev, d_conv): (Vec<DeviceId>, Vec<ConversationId>) = device_keys.iter().copied().unzip();
+        let (m_conv, m_user): (Vec<ConversationId>, Vec<UserId>) = member_keys.iter().copied().unzip();
+        let device_params: [&(dyn ToSql + Sync); 2] = [&d_dev, &d_conv];
+        let member_params: [&(dyn ToSql + Sync); 2] = [&m_conv, &m_user];
+        let (device_rows, member_rows) = tokio::try_join!(
+            Self::rows(
+                tx,
+                "SELECT c.device_id, c.conversation_id, c.delivered, c.read FROM cursors c \
+                 JOIN unnest($1::uuid[], $2::uuid[]) AS k(d, v) ON c.device_id = k.d AND c.conversation_id = k.v",
+                &device_params,
+            ),
+            // Locked in key order, so concurrent batches cannot deadlock on them.
+            Self::rows(
+                tx,
+                "SELECT m.conversation_id, m.user_id, m.delivered, m.read FROM member_cursors m \
+                 JOIN unnest($1::uuid[], $2::uuid[]) AS k(v, u) ON m.conversation_id = k.v AND m.user_id = k.u \
+                 ORDER BY m.conversation_id, m.user_id FOR UPDATE OF m",
+                &member_params,
+            ),
+        )?;
+        let mut devices: BTreeMap<(DeviceId, ConversationId), (i64, i64)> = BTreeMap::new();
+        for r in device_rows {
+            devices.insert((get(&r, "cursors", "device_id")?, get(&r, "cursors", "conversation_id")?), (get(&r, "cursors", "delivered")?, get(&r, "cursors", "read")?));
+        }
+        let mut members: BTreeMap<(ConversationId, UserId), (i64, i64)> = BTreeMap::new();
+        for r in member_rows {
+            members.insert(
+                (get(&r, "member_cursors", "conversation_id")?, get(&r, "member_cursors", "user_id")?),
+                (get(&r, "member_cursors", "delivered")?, get(&r, "member_cursors", "read")?),
+            );
+        }
+        let mut changed_devices = std::collections::BTreeSet::new();
+        let mut changed_members = std::collections::BTreeSet::new();
+        let mut receipts: Vec<(ConversationId, UserId, i16, i64, i64)> = Vec::new();
+        for (i, m) in &moves {
+            let device = devices.entry((m.device_id, m.conversation_id)).or_insert((0, 0));
+            let next = (device.0.max(m.delivered), device.1.max(m.read));
+            if next != *device {
+                *device = next;
+                changed_devices.insert((m.device_id, m.conversation_id));
+            }
+            outcomes[*i] = Some(WriteOutcome::CursorAdvanced(Cursor { delivered: uint(next.0), read: uint(next.1) }));
+            let member = members.entry((m.conversation_id, m.user_id)).or_insert((0, 0));
+            let grown = (m.delivered > member.0, m.read > member.1);
+            if grown.0 {
+                member.0 = m.delivered;
+                receipts.push((m.conversation_id, m.user_id, 0, m.delivered, m.at_ms));
+            }
+            if grown.1 {
+                member.1 = m.read;
+                receipts.push((m.conversation_id, m.user_id, 1, m.read, m.at_ms));
+            }
+            if grown.0 || grown.1 {
+                changed_members.insert((m.conversation_id, m.user_id));
+            }
+        }
+        type Columns = (Vec<Uuid>, Vec<Uuid>, Vec<i64>, Vec<i64>);
+        let split = |rows: Vec<(Uuid, Uuid, i64, i64)>| -> Columns {
+            let mut out: Columns = Default::default();
+            for (a, b, c, d) in rows {
+                out.0.push(a);
+                out.1.push(b);
+                out.2.push(c);
+                out.3.push(d);
+            }
+            out
+        };
+        let dev = split(changed_devices.iter().map(|k| (k.0, k.1, devices[k].0, devices[k].1)).collect());
+        let mem = split(changed_members.iter().map(|k| (k.0, k.1, members[k].0, members[k].1)).collect());
+        let (r_conv, r_user, r_kind, r_seq, r_at) = receipts.into_iter().fold(
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(mut a, mut b, mut c, mut d, mut e), (v, u, k, s, t)| {
+                a.push(v);
+                b.push(u);
+                c.push(k);
+                d.push(s);
+                e.push(t);
+                (a, b, c, d, e)
+            },
+        );
+        let dev_params: [&(dyn ToSql + Sync); 4] = [&dev.0, &dev.1, &dev.2, &dev.3];
+        let mem_params: [&(dyn ToSql + Sync); 4] = [&mem.0, &mem.1, &mem.2, &mem.3];
+        let receipt_params: [&(dyn ToSql + Sync); 5] = [&r_conv, &r_user, &r_kind, &r_seq, &r_at];
+        // GREATEST again on write: a concurrent batch may have moved a device cursor since
+        // the read above (device cursors are not locked; they only need to grow).
+        tokio::try_join!(
+            Self::run(
+                tx,
+                "INSERT INTO cursors (device_id, conversation_id, delivered, read) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[]) \
+                 ON CONFLICT (device_id, conversation_id) DO UPDATE SET delivered = GREATEST(cursors.delivered, EXCLUDED.delivered), \
+                 read = GREATEST(cursors.read, EXCLUDED.read)",
+                &dev_params,
+            ),
+            Self::run(
+                tx,
+                "INSERT INTO member_cursors (conversation_id, user_id, delivered, read) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[]) \
+                 ON CONFLICT (conversation_id, user_id) DO UPDATE SET delivered = GREATEST(member_cursors.delivered, EXCLUDED.delivered), \
+                 read = GREATEST(member_cursors.read, EXCLUDED.read)",
+                &mem_params,
+            ),
+            Self::run(
+                tx,
+                "INSERT INTO receipt_log (conversation_id, user_id, kind, seq, at_ms) \
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::smallint[], $4::bigint[], $5::bigint[]) ON CONFLICT DO NOTHING",
+                &receipt_params,
+            ),
+        )?;
+        Ok(())
+    }
+
     async fn put_conversation_record(tx: &Tx<'_>, record: &ConversationRecord) -> Result<(), StoreError> {
         let group = record.group.as_ref().map(Json);
         let invite: Option<Vec<u8>> = record.group.as_ref().and_then(|g| g.invite_hash).map(|h| h.to_vec());
@@ -443,65 +574,6 @@ impl PostgresStore {
         )
         .await?;
         Ok(())
-    }
-
-    async fn advance_cursor(
-        tx: &Tx<'_>,
-        user_id: UserId,
-        device_id: DeviceId,
-        conversation_id: ConversationId,
-        delivered: u64,
-        read: u64,
-        at_ms: u64,
-    ) -> Result<Cursor, StoreError> {
-        let (delivered, read) = (int(delivered), int(read));
-        // A cursor still at zero is not written (the contract lets it be absent).
-        let device_row = Self::rows(
-            tx,
-            "INSERT INTO cursors (device_id, conversation_id, delivered, read) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (device_id, conversation_id) DO UPDATE SET delivered = GREATEST(cursors.delivered, EXCLUDED.delivered), \
-             read = GREATEST(cursors.read, EXCLUDED.read) RETURNING delivered, read",
-            &[&device_id, &conversation_id, &delivered, &read],
-        )
-        .await?;
-        let cursor = device_row
-            .first()
-            .map(|r| Ok::<_, StoreError>(Cursor { delivered: uint(get(r, "cursors", "delivered")?), read: uint(get(r, "cursors", "read")?) }))
-            .transpose()?
-            .unwrap_or_default();
-        let old = Self::rows(
-            tx,
-            "SELECT delivered, read FROM member_cursors WHERE conversation_id = $1 AND user_id = $2 FOR UPDATE",
-            &[&conversation_id, &user_id],
-        )
-        .await?;
-        let (old_d, old_r) = match old.first() {
-            Some(r) => (get::<i64>(r, "member_cursors", "delivered")?, get::<i64>(r, "member_cursors", "read")?),
-            None => (0, 0),
-        };
-        let (new_d, new_r) = (old_d.max(delivered), old_r.max(read));
-        if (new_d, new_r) != (old_d, old_r) {
-            Self::run(
-                tx,
-                "INSERT INTO member_cursors (conversation_id, user_id, delivered, read) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (conversation_id, user_id) DO UPDATE SET delivered = GREATEST(member_cursors.delivered, EXCLUDED.delivered), \
-                 read = GREATEST(member_cursors.read, EXCLUDED.read)",
-                &[&conversation_id, &user_id, &new_d, &new_r],
-            )
-            .await?;
-            let at = int(at_ms);
-            for (kind, moved, seq) in [(0i16, new_d > old_d, new_d), (1i16, new_r > old_r, new_r)] {
-                if moved {
-                    Self::run(
-                        tx,
-                        "INSERT INTO receipt_log (conversation_id, user_id, kind, seq, at_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                        &[&conversation_id, &user_id, &kind, &seq, &at],
-                    )
-                    .await?;
-                }
-            }
-        }
-        Ok(cursor)
     }
 
     async fn apply_in(tx: &Tx<'_>, op: WriteOp) -> Result<WriteOutcome, StoreError> {
@@ -531,7 +603,10 @@ impl PostgresStore {
                 WriteOutcome::Appended
             }
             WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms } => {
-                WriteOutcome::CursorAdvanced(Self::advance_cursor(tx, user_id, device_id, conversation_id, delivered, read, at_ms).await?)
+                let mut outcome = [None];
+                let one = CursorMove { user_id, device_id, conversation_id, delivered: int(delivered), read: int(read), at_ms: int(at_ms) };
+                Self::cursor_run(tx, vec![(0, one)], &mut outcome).await?;
+                outcome[0].take().ok_or_else(|| StoreError::Backend("cursor move not applied".into()))?
             }
             WriteOp::LastSeen { user_id, at_ms } => {
                 Self::run(
@@ -881,6 +956,8 @@ impl Store for PostgresStore {
         // three per message; cursors and last-seen times do not touch what appends read,
         // so they do not end a run. A group event does (it moves the same fence).
         let mut run: Vec<(usize, StoredMessage)> = Vec::new();
+        // Cursor moves touch only cursor tables: all of them are applied together too.
+        let mut cursors: Vec<(usize, CursorMove)> = Vec::new();
         for (i, op) in ops.into_iter().enumerate() {
             match op {
                 WriteOp::Append(m) => run.push((i, m)),
@@ -888,10 +965,14 @@ impl Store for PostgresStore {
                     Self::append_run(&tx, std::mem::take(&mut run), &mut outcomes).await?;
                     outcomes[i] = Some(Self::apply_in(&tx, op).await?);
                 }
+                WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms } => {
+                    cursors.push((i, CursorMove { user_id, device_id, conversation_id, delivered: int(delivered), read: int(read), at_ms: int(at_ms) }))
+                }
                 op => outcomes[i] = Some(Self::apply_in(&tx, op).await?),
             }
         }
         Self::append_run(&tx, run, &mut outcomes).await?;
+        Self::cursor_run(&tx, cursors, &mut outcomes).await?;
         // Dropping the transaction on an error above rolls it back: all or nothing.
         tx.commit().await.map_err(pg)?;
         outcomes.into_iter().map(|o| o.ok_or_else(|| StoreError::Backend("an op of the batch was not applied".into()))).collect()
