@@ -12,7 +12,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::store::{DeviceId, DeviceRecord, PendingCode, Store, StoreError, UserId, UserRecord, now_ms};
+use crate::store::{CodeCheck, DeviceId, DeviceRecord, PendingCode, Store, StoreError, UserId, UserRecord, now_ms};
 
 /// Delivers one-time codes to phones (an SMS gateway in production).
 #[async_trait::async_trait]
@@ -240,23 +240,12 @@ impl Accounts {
         if !valid_name(device_name) {
             return Err(AccountError::InvalidName);
         }
-        let Some(mut pending) = self.store.pending_code(phone).await? else {
-            return Err(AccountError::InvalidCode);
-        };
-        if pending.expires_ms < now_ms() {
-            self.store.delete_pending_code(phone).await?;
-            return Err(AccountError::InvalidCode);
+        // One atomic check in the store: a code is accepted once even when two
+        // verifications race, and parallel wrong guesses each count an attempt.
+        match self.store.use_pending_code(phone, hash_secret(code), now_ms(), self.config.max_code_attempts).await? {
+            CodeCheck::Accepted => {}
+            CodeCheck::Wrong | CodeCheck::Missing => return Err(AccountError::InvalidCode),
         }
-        if pending.code_hash != hash_secret(code) {
-            pending.attempts += 1;
-            if pending.attempts >= self.config.max_code_attempts {
-                self.store.delete_pending_code(phone).await?;
-            } else {
-                self.store.put_pending_code(phone, pending).await?;
-            }
-            return Err(AccountError::InvalidCode);
-        }
-        self.store.delete_pending_code(phone).await?;
         let now = now_ms();
         let fresh = UserRecord { user_id: Uuid::new_v4(), phone: phone.to_owned(), created_ms: now };
         let (user, _created) = self.store.get_or_create_user(phone, fresh).await?;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use switchboard::store::{
-    ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceRecord, GroupState, MemberCursor, PendingCode, PushToken, Record, Section,
+    CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceRecord, GroupState, MemberCursor, PendingCode, PushToken, Record, Section,
     Store, StoreError, StoreSpec, StoredMessage, UserRecord, WriteOp, WriteOutcome,
 };
 use switchboard::testkit::PrivatePostgres;
@@ -111,6 +111,7 @@ macro_rules! every_backend {
 
 every_backend!(
     codes_users_and_devices,
+    one_time_codes_are_used_once,
     conversations_and_group_events,
     appends_are_fenced_and_idempotent,
     cursors_receipts_and_presence,
@@ -245,6 +246,36 @@ async fn codes_users_and_devices(f: Fixture) {
     let d3 = device(owner, 70);
     store.add_device(d3.clone(), 2).await.unwrap();
     assert_eq!(store.devices_of(owner).await.unwrap().len(), 3);
+}
+
+/// A one-time code is accepted once even when verifications race; wrong guesses each count
+/// (also in parallel), and the code is gone after too many or once expired.
+async fn one_time_codes_are_used_once(f: Fixture) {
+    let store = f.open().await;
+    let now = switchboard::store::now_ms();
+    let phone = format!("+1555{}", rand_digits());
+    let code = PendingCode { code_hash: [1; 32], expires_ms: now + 600_000, attempts: 0 };
+    store.put_pending_code(&phone, code.clone()).await.unwrap();
+    let racers: Vec<_> = (0..8).map(|_| store.use_pending_code(&phone, [1; 32], now, 5)).collect();
+    let results: Vec<CodeCheck> = futures_util::future::join_all(racers).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(results.iter().filter(|r| **r == CodeCheck::Accepted).count(), 1, "{results:?}");
+    assert!(results.iter().all(|r| *r != CodeCheck::Wrong), "{results:?}");
+    assert_eq!(store.pending_code(&phone).await.unwrap(), None, "used up");
+
+    // Five wrong guesses at once: every one counts, and the fifth deletes the code.
+    store.put_pending_code(&phone, code.clone()).await.unwrap();
+    let guesses: Vec<_> = (0..4).map(|i| store.use_pending_code(&phone, [10 + i; 32], now, 5)).collect();
+    let results: Vec<CodeCheck> = futures_util::future::join_all(guesses).await.into_iter().map(Result::unwrap).collect();
+    assert!(results.iter().all(|r| *r == CodeCheck::Wrong), "{results:?}");
+    assert_eq!(store.pending_code(&phone).await.unwrap().map(|c| c.attempts), Some(4));
+    assert_eq!(store.use_pending_code(&phone, [99; 32], now, 5).await.unwrap(), CodeCheck::Wrong);
+    assert_eq!(store.use_pending_code(&phone, [1; 32], now, 5).await.unwrap(), CodeCheck::Missing, "too many guesses: gone");
+
+    // Expired: missing, and deleted.
+    store.put_pending_code(&phone, PendingCode { expires_ms: now - 1, ..code }).await.unwrap();
+    assert_eq!(store.use_pending_code(&phone, [1; 32], now, 5).await.unwrap(), CodeCheck::Missing);
+    assert_eq!(store.pending_code(&phone).await.unwrap(), None);
+    assert_eq!(store.use_pending_code(&format!("{phone}9"), [1; 32], now, 5).await.unwrap(), CodeCheck::Missing);
 }
 
 async fn conversations_and_group_events(f: Fixture) {

@@ -114,6 +114,9 @@ impl Store for FailingAfter {
     async fn delete_pending_code(&self, _: &str) -> Result<(), StoreError> {
         unimplemented!()
     }
+    async fn use_pending_code(&self, _: &str, _: [u8; 32], _: u64, _: u32) -> Result<switchboard::store::CodeCheck, StoreError> {
+        unimplemented!()
+    }
     async fn get_or_create_user(&self, _: &str, _: switchboard::store::UserRecord) -> Result<(switchboard::store::UserRecord, bool), StoreError> {
         unimplemented!()
     }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::transfer::{Position, Record, Section};
 use super::{
-    MemberCursor, PushToken, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, PendingCode, Store, StoreError, StoredMessage,
+    CodeCheck, MemberCursor, PushToken, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, PendingCode, Store, StoreError, StoredMessage,
     UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
@@ -289,6 +289,40 @@ impl Store for EmbeddedStore {
             let txn = db.begin_write().map_err(be)?;
             txn.open_table(CODES).map_err(be)?.remove(phone.as_str()).map_err(be)?;
             txn.commit().map_err(be)
+        })
+        .await
+    }
+
+    async fn use_pending_code(&self, phone: &str, guess_hash: [u8; 32], now_ms: u64, max_attempts: u32) -> Result<CodeCheck, StoreError> {
+        let phone = phone.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let check = {
+                let mut codes = txn.open_table(CODES).map_err(be)?;
+                let found: Option<PendingCode> = codes.get(phone.as_str()).map_err(be)?.map(|g| decode("pending_codes", g.value())).transpose()?;
+                match found {
+                    None => CodeCheck::Missing,
+                    Some(code) if code.expires_ms < now_ms => {
+                        codes.remove(phone.as_str()).map_err(be)?;
+                        CodeCheck::Missing
+                    }
+                    Some(code) if code.code_hash == guess_hash => {
+                        codes.remove(phone.as_str()).map_err(be)?;
+                        CodeCheck::Accepted
+                    }
+                    Some(mut code) => {
+                        code.attempts += 1;
+                        if code.attempts >= max_attempts {
+                            codes.remove(phone.as_str()).map_err(be)?;
+                        } else {
+                            codes.insert(phone.as_str(), encode(&code)?.as_slice()).map_err(be)?;
+                        }
+                        CodeCheck::Wrong
+                    }
+                }
+            };
+            txn.commit().map_err(be)?;
+            Ok(check)
         })
         .await
     }

@@ -103,6 +103,17 @@ pub struct PendingCode {
     pub attempts: u32,
 }
 
+/// What checking a one-time code found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    /// The code was right and is now used up.
+    Accepted,
+    /// The code was wrong; one attempt was counted.
+    Wrong,
+    /// No usable code: none was issued, it expired, it was used, or too many guesses.
+    Missing,
+}
+
 /// Whether a conversation is 1:1 or a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConversationKind {
@@ -324,6 +335,11 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_code(&self, phone: &str) -> Result<Option<PendingCode>, StoreError>;
     /// Deletes the pending code of a phone number (used, expired or too many attempts).
     async fn delete_pending_code(&self, phone: &str) -> Result<(), StoreError>;
+    /// Checks a guess against the phone's pending code, atomically: the right code is
+    /// consumed (deleted) and accepted once, even when verifications race; a wrong guess
+    /// counts one attempt and the code is deleted at `max_attempts`; an expired code is
+    /// deleted and reported missing.
+    async fn use_pending_code(&self, phone: &str, guess_hash: [u8; 32], now_ms: u64, max_attempts: u32) -> Result<CodeCheck, StoreError>;
 
     /// Returns the user registered with this phone, creating it if there is none.
     /// `new_user` is the id and time used if it is created. Returns (user, created).

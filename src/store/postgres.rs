@@ -20,7 +20,7 @@ use tokio_postgres::{NoTls, Row};
 
 use super::transfer::{Record, Section};
 use super::{
-    ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MemberCursor, PendingCode,
+    CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MemberCursor, PendingCode,
     PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use std::time::Duration;
@@ -767,6 +767,35 @@ impl Store for PostgresStore {
 
     async fn delete_pending_code(&self, phone: &str) -> Result<(), StoreError> {
         self.execute("DELETE FROM pending_codes WHERE phone = $1", &[&phone]).await.map(drop)
+    }
+
+    async fn use_pending_code(&self, phone: &str, guess_hash: [u8; 32], now_ms: u64, max_attempts: u32) -> Result<CodeCheck, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // The row lock makes racing verifications of one phone take turns.
+        let rows = Self::rows(&tx, "SELECT code_hash, expires_ms, attempts FROM pending_codes WHERE phone = $1 FOR UPDATE", &[&phone]).await?;
+        let check = match rows.first() {
+            None => CodeCheck::Missing,
+            Some(row) => {
+                let hash = hash32("pending_codes", get(row, "pending_codes", "code_hash")?)?;
+                let expires = uint(get(row, "pending_codes", "expires_ms")?);
+                let attempts = get::<i32>(row, "pending_codes", "attempts")?.max(0) as u32 + 1;
+                if expires < now_ms || hash == guess_hash {
+                    Self::run(&tx, "DELETE FROM pending_codes WHERE phone = $1", &[&phone]).await?;
+                    if hash == guess_hash && expires >= now_ms { CodeCheck::Accepted } else { CodeCheck::Missing }
+                } else {
+                    if attempts >= max_attempts {
+                        Self::run(&tx, "DELETE FROM pending_codes WHERE phone = $1", &[&phone]).await?;
+                    } else {
+                        Self::run(&tx, "UPDATE pending_codes SET attempts = $2 WHERE phone = $1", &[&phone, &i32::try_from(attempts).unwrap_or(i32::MAX)])
+                            .await?;
+                    }
+                    CodeCheck::Wrong
+                }
+            }
+        };
+        tx.commit().await.map_err(pg)?;
+        Ok(check)
     }
 
     async fn get_or_create_user(&self, phone: &str, new_user: UserRecord) -> Result<(UserRecord, bool), StoreError> {

@@ -59,7 +59,7 @@ use uuid::Uuid;
 
 use super::transfer::{Record, Section};
 use super::{
-    ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MemberCursor, PendingCode, PushToken, Store, StoreError,
+    CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MemberCursor, PendingCode, PushToken, Store, StoreError,
     StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
@@ -200,6 +200,10 @@ struct Statements {
     put_code: PreparedStatement,
     get_code: PreparedStatement,
     delete_code: PreparedStatement,
+    get_code_serial: PreparedStatement,
+    consume_code: PreparedStatement,
+    count_attempt: PreparedStatement,
+    drop_code_at: PreparedStatement,
     claim_phone: PreparedStatement,
     get_phone: PreparedStatement,
     put_user: PreparedStatement,
@@ -307,6 +311,10 @@ impl Statements {
             put_code: prepare(s, "INSERT INTO pending_codes (phone, code_hash, expires_ms, attempts) VALUES (?, ?, ?, ?) USING TTL ?", Write).await?,
             get_code: prepare(s, "SELECT code_hash, expires_ms, attempts FROM pending_codes WHERE phone = ?", Read).await?,
             delete_code: prepare(s, "DELETE FROM pending_codes WHERE phone = ?", Write).await?,
+            get_code_serial: prepare(s, "SELECT code_hash, expires_ms, attempts FROM pending_codes WHERE phone = ?", SerialRead).await?,
+            consume_code: prepare(s, "DELETE FROM pending_codes WHERE phone = ? IF code_hash = ?", Conditional).await?,
+            count_attempt: prepare(s, "UPDATE pending_codes SET attempts = ? WHERE phone = ? IF code_hash = ? AND attempts = ?", Conditional).await?,
+            drop_code_at: prepare(s, "DELETE FROM pending_codes WHERE phone = ? IF code_hash = ? AND attempts = ?", Conditional).await?,
             claim_phone: prepare(s, "INSERT INTO phones (phone, user_id) VALUES (?, ?) IF NOT EXISTS", Conditional).await?,
             get_phone: prepare(s, "SELECT user_id FROM phones WHERE phone = ?", SerialRead).await?,
             put_user: prepare(s, "INSERT INTO users (user_id, phone, created_ms) VALUES (?, ?, ?)", Write).await?,
@@ -1181,6 +1189,35 @@ impl Store for ScyllaStore {
 
     async fn delete_pending_code(&self, phone: &str) -> Result<(), StoreError> {
         self.exec(&self.st.delete_code, (phone,)).await.map(drop)
+    }
+
+    async fn use_pending_code(&self, phone: &str, guess_hash: [u8; 32], now_ms: u64, max_attempts: u32) -> Result<CodeCheck, StoreError> {
+        // Compare-and-set rounds: the right code is consumed by a conditional delete (only
+        // one racing verification sees it applied); a wrong guess moves the attempt count
+        // from the value it read, so parallel guesses cannot share one attempt.
+        for _ in 0..16 {
+            let row: Option<(Option<Vec<u8>>, Option<i64>, Option<i32>)> = self.first_row(&self.st.get_code_serial, (phone,)).await?;
+            let Some((Some(hash), Some(expires), attempts)) = row else { return Ok(CodeCheck::Missing) };
+            let attempts = attempts.unwrap_or(0);
+            if uint(expires) < now_ms {
+                self.exec(&self.st.delete_code, (phone,)).await?;
+                return Ok(CodeCheck::Missing);
+            }
+            if hash == guess_hash {
+                let consumed = self.conditional(&self.st.consume_code, (phone, hash)).await?;
+                return Ok(if consumed.applied { CodeCheck::Accepted } else { CodeCheck::Missing });
+            }
+            let next = attempts.saturating_add(1);
+            let counted = if next.max(0) as u32 >= max_attempts {
+                self.conditional(&self.st.drop_code_at, (phone, hash, attempts)).await?
+            } else {
+                self.conditional(&self.st.count_attempt, (next, phone, hash, attempts)).await?
+            };
+            if counted.applied {
+                return Ok(CodeCheck::Wrong);
+            }
+        }
+        Err(StoreError::Backend("scylla: pending code under constant contention; retry".into()))
     }
 
     async fn get_or_create_user(&self, phone: &str, new_user: UserRecord) -> Result<(UserRecord, bool), StoreError> {
