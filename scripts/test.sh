@@ -18,6 +18,6 @@ cargo nextest run --locked --no-fail-fast "$@"
 # The single-node integration suite once more, with every test server on a private PostgreSQL.
 echo "== integration suite against PostgreSQL =="
 SWITCHBOARD_TEST_STORE=postgres cargo nextest run --locked --no-fail-fast \
-  -E 'kind(test) and not binary(store_conformance) and not binary(protocol_props)' "$@"
+  -E 'kind(test) and not binary(store_conformance) and not binary(protocol_props) and not binary(scylla_errors)' "$@"
 # Benches are built (not run) so they cannot rot.
 cargo bench --no-run --locked
