@@ -43,8 +43,9 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below (flags and environment win over it).
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Store: `embedded:<dir>` (the default is `embedded:./switchboard-data`) or
-    /// `postgres://user:pass@host:port/db[?pool_size=N]` (shared by every node).
+    /// Store: `embedded:<dir>` (the default is `embedded:./switchboard-data`),
+    /// `postgres://user:pass@host:port/db[?pool_size=N]` or
+    /// `scylla://[user:pass@]host1,host2/keyspace` (shared by every node).
     #[arg(long, env = "SWITCHBOARD_STORE")]
     pub store: Option<String>,
     /// HTTP address: accounts API, WebSocket at /v1/ws, /healthz, /metrics.

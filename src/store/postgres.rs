@@ -309,27 +309,7 @@ impl PostgresStore {
         if fenced == 0 {
             return Ok(Some(WriteOutcome::SeqConflict));
         }
-        let payload: &[u8] = &m.payload;
-        let event: Option<&[u8]> = m.event.as_deref();
-        Self::run(
-            tx,
-            "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &m.conversation_id,
-                &seq,
-                &m.sender_user_id,
-                &m.sender_device_id,
-                &m.client_msg_id,
-                &int(m.server_time_ms),
-                &payload,
-                &event,
-                &content_code(m.kind),
-                &int(m.reference_seq),
-                &m.deleted,
-            ],
-        )
-        .await?;
+        Self::insert_message(tx, m, false).await?;
         Ok(None)
     }
 
@@ -560,6 +540,38 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Inserts one message row; `if_absent` leaves an existing row alone (imports).
+    async fn insert_message(tx: &Tx<'_>, m: &StoredMessage, if_absent: bool) -> Result<(), StoreError> {
+        let payload: &[u8] = &m.payload;
+        let event: Option<&[u8]> = m.event.as_deref();
+        let sql = if if_absent {
+            "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING"
+        } else {
+            "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        };
+        Self::run(
+            tx,
+            sql,
+            &[
+                &m.conversation_id,
+                &int(m.seq),
+                &m.sender_user_id,
+                &m.sender_device_id,
+                &m.client_msg_id,
+                &int(m.server_time_ms),
+                &payload,
+                &event,
+                &content_code(m.kind),
+                &int(m.reference_seq),
+                &m.deleted,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
     async fn put_conversation_record(tx: &Tx<'_>, record: &ConversationRecord) -> Result<(), StoreError> {
         let group = record.group.as_ref().map(Json);
         let invite: Option<Vec<u8>> = record.group.as_ref().and_then(|g| g.invite_hash).map(|h| h.to_vec());
@@ -652,29 +664,7 @@ impl PostgresStore {
                 )
                 .await?;
             }
-            Record::Message(m) => {
-                let payload: &[u8] = &m.payload;
-                let event: Option<&[u8]> = m.event.as_deref();
-                Self::run(
-                    tx,
-                    "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
-                    &[
-                        &m.conversation_id,
-                        &int(m.seq),
-                        &m.sender_user_id,
-                        &m.sender_device_id,
-                        &m.client_msg_id,
-                        &int(m.server_time_ms),
-                        &payload,
-                        &event,
-                        &content_code(m.kind),
-                        &int(m.reference_seq),
-                        &m.deleted,
-                    ],
-                )
-                .await?;
-            }
+            Record::Message(m) => Self::insert_message(tx, &m, true).await?,
             Record::LastSeq { conversation_id, last_seq } => {
                 Self::run(
                     tx,

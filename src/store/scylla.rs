@@ -150,6 +150,27 @@ fn ttl_for(retention_secs: u32, server_time_ms: u64) -> i32 {
     i32::try_from(left.max(1)).unwrap_or(i32::MAX)
 }
 
+/// The bind values of `put_message` (one log row) for `m`.
+type LogRowValues<'a> = (Uuid, i64, i64, Uuid, Uuid, &'a str, i64, &'a [u8], Option<&'a [u8]>, i8, i64, bool, i32);
+
+fn message_row(m: &StoredMessage, ttl: i32) -> LogRowValues<'_> {
+    (
+        m.conversation_id,
+        bucket_of(m.seq),
+        int(m.seq),
+        m.sender_user_id,
+        m.sender_device_id,
+        m.client_msg_id.as_str(),
+        int(m.server_time_ms),
+        m.payload.as_ref(),
+        m.event.as_deref(),
+        content_code(m.kind),
+        int(m.reference_seq),
+        m.deleted,
+        ttl,
+    )
+}
+
 /// The result of a conditional statement: applied or not, and the current values the
 /// server returned (ScyllaDB returns them in both cases, Cassandra only when not applied).
 struct LwtResult {
@@ -758,21 +779,7 @@ impl ScyllaStore {
         batch.set_consistency(Consistency::LocalQuorum);
         batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
         batch.set_is_idempotent(false);
-        let row = (
-            conv,
-            bucket,
-            seq,
-            m.sender_user_id,
-            m.sender_device_id,
-            m.client_msg_id.as_str(),
-            int(m.server_time_ms),
-            m.payload.as_ref(),
-            m.event.as_deref(),
-            content_code(m.kind),
-            int(m.reference_seq),
-            m.deleted,
-            ttl,
-        );
+        let row = message_row(m, ttl);
         let first_of_bucket = m.seq % BUCKET == 0 || m.seq == 1;
         let result = if first_of_bucket {
             // A new bucket: the previous one must end at seq - 1 (it can no longer change
@@ -1085,21 +1092,7 @@ impl ScyllaStore {
             Record::Message(m) => {
                 let retention = self.retention_of(m.conversation_id).await?;
                 let ttl = if m.event.is_some() { 0 } else { ttl_for(retention, m.server_time_ms) };
-                let row = (
-                    m.conversation_id,
-                    bucket_of(m.seq),
-                    int(m.seq),
-                    m.sender_user_id,
-                    m.sender_device_id,
-                    m.client_msg_id.as_str(),
-                    int(m.server_time_ms),
-                    m.payload.as_ref(),
-                    m.event.as_deref(),
-                    content_code(m.kind),
-                    int(m.reference_seq),
-                    m.deleted,
-                    ttl,
-                );
+                let row = message_row(&m, ttl);
                 self.exec(&self.st.put_message, row).await?;
                 self.exec(
                     &self.st.put_dedup,
