@@ -398,6 +398,10 @@ impl Store for EmbeddedStore {
                 let mut user_devices = txn.open_table(USER_DEVICES).map_err(be)?;
                 let mut devices = txn.open_table(DEVICES).map_err(be)?;
                 let user = device.user_id.as_u128();
+                // A retry of a link that did commit (its answer was lost) succeeds again.
+                if user_devices.get((user, device.device_id.as_u128())).map_err(be)?.is_some() {
+                    return Ok(());
+                }
                 let mut live = 0;
                 for entry in user_devices.range((user, 0)..=(user, u128::MAX)).map_err(be)? {
                     let (key, _) = entry.map_err(be)?;

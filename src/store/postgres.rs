@@ -20,9 +20,10 @@ use tokio_postgres::{NoTls, Row};
 
 use super::transfer::{Record, Section};
 use super::{
-    CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MemberCursor, PendingCode,
-    PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MemberCursor,
+    PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
+use std::collections::HashMap;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -270,6 +271,16 @@ impl PostgresStore {
         tx.query(&statement, params).await.map_err(pg)
     }
 
+    /// Prepares statements (or finds them in the connection's cache) before they are sent
+    /// together: a `biased` join of already-prepared statements sends them in the order
+    /// written, and PostgreSQL runs them in that order.
+    async fn prepare_first(tx: &Tx<'_>, statements: &[&str]) -> Result<(), StoreError> {
+        for sql in statements {
+            tx.prepare_cached(sql).await.map_err(pg)?;
+        }
+        Ok(())
+    }
+
     /// The contract's append: refused as a duplicate if the dedup key exists, refused as a
     /// conflict unless the fence moves from `seq - 1` to `seq`, else stored.
     async fn append(tx: &Tx<'_>, m: &StoredMessage) -> Result<Option<WriteOutcome>, StoreError> {
@@ -313,17 +324,55 @@ impl PostgresStore {
         Ok(None)
     }
 
-    /// Applies consecutive plain appends with the same outcomes as one by one, in six
-    /// statements: create missing fences (at 0), lock every fence involved (in id order, so
-    /// concurrent batches cannot deadlock), look up every dedup key, decide each append in
-    /// order in memory, insert the accepted messages, move the fences.
-    async fn append_run(tx: &Tx<'_>, run: Vec<(usize, StoredMessage)>, outcomes: &mut [Option<WriteOutcome>]) -> Result<(), StoreError> {
+    /// Creates (at 0) and locks the fence of every conversation the batch appends to, in id
+    /// order, before any op runs: two batches touching the same conversations then take
+    /// their locks in the same order and cannot deadlock, and every fence is read once.
+    async fn lock_fences(tx: &Tx<'_>, ops: &[WriteOp]) -> Result<HashMap<ConversationId, i64>, StoreError> {
+        let mut conversations: Vec<ConversationId> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Append(m) => Some(m.conversation_id),
+                WriteOp::AppendEvent { message, .. } => Some(message.conversation_id),
+                _ => None,
+            })
+            .collect();
+        if conversations.is_empty() {
+            return Ok(HashMap::new());
+        }
+        conversations.sort();
+        conversations.dedup();
+        Self::run(
+            tx,
+            "INSERT INTO last_seqs (conversation_id, last_seq) SELECT c, 0 FROM unnest($1::uuid[]) AS c ORDER BY c ON CONFLICT DO NOTHING",
+            &[&conversations],
+        )
+        .await?;
+        let mut fences = HashMap::new();
+        for row in Self::rows(
+            tx,
+            "SELECT conversation_id, last_seq FROM last_seqs WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE",
+            &[&conversations],
+        )
+        .await?
+        {
+            fences.insert(get(&row, "last_seqs", "conversation_id")?, get(&row, "last_seqs", "last_seq")?);
+        }
+        Ok(fences)
+    }
+
+    /// Applies consecutive plain appends with the same outcomes as one by one, in two round
+    /// trips (the fences are already locked and known): look up every dedup key, decide
+    /// each append in order in memory, then insert the accepted messages and move the
+    /// fences together.
+    async fn append_run(
+        tx: &Tx<'_>,
+        run: Vec<(usize, StoredMessage)>,
+        fences: &mut HashMap<ConversationId, i64>,
+        outcomes: &mut [Option<WriteOutcome>],
+    ) -> Result<(), StoreError> {
         if run.is_empty() {
             return Ok(());
         }
-        let mut conversations: Vec<ConversationId> = run.iter().map(|(_, m)| m.conversation_id).collect();
-        conversations.sort();
-        conversations.dedup();
         let (keys_c, keys_s, keys_id): (Vec<Uuid>, Vec<Uuid>, Vec<&str>) = run
             .iter()
             .map(|(_, m)| (m.conversation_id, m.sender_user_id, m.client_msg_id.as_str()))
@@ -333,35 +382,17 @@ impl PostgresStore {
                 k.push(d);
                 (c, s, k)
             });
-        // Pipelined: sent together, executed in this order, one round trip. The dedup
-        // lookup is a nested loop over the unique index (LATERAL), whatever the table size.
-        let fence_params: [&(dyn ToSql + Sync); 1] = [&conversations];
-        let key_params: [&(dyn ToSql + Sync); 3] = [&keys_c, &keys_s, &keys_id];
-        let (_, locked, found) = tokio::try_join!(
-            Self::run(
-                tx,
-                "INSERT INTO last_seqs (conversation_id, last_seq) SELECT c, 0 FROM unnest($1::uuid[]) AS c ON CONFLICT DO NOTHING",
-                &fence_params,
-            ),
-            Self::rows(
-                tx,
-                "SELECT conversation_id, last_seq FROM last_seqs WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE",
-                &fence_params,
-            ),
-            Self::rows(
-                tx,
-                "SELECT k.c AS conversation_id, k.s AS sender_user_id, k.id AS client_msg_id, m.seq, m.server_time_ms \
+        // A nested loop over the unique index (LATERAL), whatever the table size.
+        let found = Self::rows(
+            tx,
+            "SELECT k.c AS conversation_id, k.s AS sender_user_id, k.id AS client_msg_id, m.seq, m.server_time_ms \
              FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(c, s, id) \
              CROSS JOIN LATERAL (SELECT seq, server_time_ms FROM messages \
                  WHERE conversation_id = k.c AND sender_user_id = k.s AND client_msg_id = k.id) AS m",
-                &key_params,
-            )
-        )?;
-        let mut fences: std::collections::HashMap<ConversationId, i64> = std::collections::HashMap::new();
-        for row in locked {
-            fences.insert(get(&row, "last_seqs", "conversation_id")?, get(&row, "last_seqs", "last_seq")?);
-        }
-        let mut dedup: std::collections::HashMap<(Uuid, Uuid, String), (u64, u64)> = std::collections::HashMap::new();
+            &[&keys_c, &keys_s, &keys_id],
+        )
+        .await?;
+        let mut dedup: HashMap<(Uuid, Uuid, String), (u64, u64)> = HashMap::new();
         for row in found {
             dedup.insert(
                 (get(&row, "messages", "conversation_id")?, get(&row, "messages", "sender_user_id")?, get(&row, "messages", "client_msg_id")?),
@@ -402,18 +433,15 @@ impl PostgresStore {
             let message_params: [&(dyn ToSql + Sync); 11] =
                 [&ids_of_messages, &seqs_of_messages, &senders, &devices, &client_ids, &times, &payloads, &events, &kinds, &references, &deleted];
             let fence_params: [&(dyn ToSql + Sync); 2] = [&ids, &seqs];
+            const INSERT_MESSAGES: &str = "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::bytea[], $8::bytea[], $9::smallint[], $10::bigint[], $11::bool[])";
+            const MOVE_FENCES: &str =
+                "UPDATE last_seqs SET last_seq = v.l FROM unnest($1::uuid[], $2::bigint[]) AS v(c, l) WHERE last_seqs.conversation_id = v.c";
+            Self::prepare_first(tx, &[INSERT_MESSAGES, MOVE_FENCES]).await?;
             tokio::try_join!(
-                Self::run(
-                    tx,
-                    "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::bytea[], $8::bytea[], $9::smallint[], $10::bigint[], $11::bool[])",
-                    &message_params,
-                ),
-                Self::run(
-                    tx,
-                    "UPDATE last_seqs SET last_seq = v.l FROM unnest($1::uuid[], $2::bigint[]) AS v(c, l) WHERE last_seqs.conversation_id = v.c",
-                    &fence_params,
-                )
+                biased;
+                Self::run(tx, INSERT_MESSAGES, &message_params),
+                Self::run(tx, MOVE_FENCES, &fence_params)
             )?;
         }
         Ok(())
@@ -428,31 +456,31 @@ impl PostgresStore {
         if moves.is_empty() {
             return Ok(());
         }
-        let device_keys: std::collections::BTreeSet<(DeviceId, ConversationId)> = moves.iter().map(|(_, m)| (m.device_id, m.conversation_id)).collect();
+        let device_keys: std::collections::BTreeSet<(DeviceId, ConversationId)> =
+            moves.iter().map(|(_, m)| (m.device_id, m.conversation_id)).collect();
         let member_keys: std::collections::BTreeSet<(ConversationId, UserId)> = moves.iter().map(|(_, m)| (m.conversation_id, m.user_id)).collect();
         let (d_dev, d_conv): (Vec<DeviceId>, Vec<ConversationId>) = device_keys.iter().copied().unzip();
         let (m_conv, m_user): (Vec<ConversationId>, Vec<UserId>) = member_keys.iter().copied().unzip();
         let device_params: [&(dyn ToSql + Sync); 2] = [&d_dev, &d_conv];
         let member_params: [&(dyn ToSql + Sync); 2] = [&m_conv, &m_user];
+        const READ_CURSORS: &str = "SELECT c.device_id, c.conversation_id, c.delivered, c.read FROM cursors c \
+             JOIN unnest($1::uuid[], $2::uuid[]) AS k(d, v) ON c.device_id = k.d AND c.conversation_id = k.v";
+        const LOCK_MEMBER_CURSORS: &str = "SELECT m.conversation_id, m.user_id, m.delivered, m.read FROM member_cursors m \
+             JOIN unnest($1::uuid[], $2::uuid[]) AS k(v, u) ON m.conversation_id = k.v AND m.user_id = k.u \
+             ORDER BY m.conversation_id, m.user_id FOR UPDATE OF m";
+        Self::prepare_first(tx, &[READ_CURSORS, LOCK_MEMBER_CURSORS]).await?;
         let (device_rows, member_rows) = tokio::try_join!(
-            Self::rows(
-                tx,
-                "SELECT c.device_id, c.conversation_id, c.delivered, c.read FROM cursors c \
-                 JOIN unnest($1::uuid[], $2::uuid[]) AS k(d, v) ON c.device_id = k.d AND c.conversation_id = k.v",
-                &device_params,
-            ),
+            biased;
+            Self::rows(tx, READ_CURSORS, &device_params),
             // Locked in key order, so concurrent batches cannot deadlock on them.
-            Self::rows(
-                tx,
-                "SELECT m.conversation_id, m.user_id, m.delivered, m.read FROM member_cursors m \
-                 JOIN unnest($1::uuid[], $2::uuid[]) AS k(v, u) ON m.conversation_id = k.v AND m.user_id = k.u \
-                 ORDER BY m.conversation_id, m.user_id FOR UPDATE OF m",
-                &member_params,
-            ),
+            Self::rows(tx, LOCK_MEMBER_CURSORS, &member_params),
         )?;
         let mut devices: BTreeMap<(DeviceId, ConversationId), (i64, i64)> = BTreeMap::new();
         for r in device_rows {
-            devices.insert((get(&r, "cursors", "device_id")?, get(&r, "cursors", "conversation_id")?), (get(&r, "cursors", "delivered")?, get(&r, "cursors", "read")?));
+            devices.insert(
+                (get(&r, "cursors", "device_id")?, get(&r, "cursors", "conversation_id")?),
+                (get(&r, "cursors", "delivered")?, get(&r, "cursors", "read")?),
+            );
         }
         let mut members: BTreeMap<(ConversationId, UserId), (i64, i64)> = BTreeMap::new();
         for r in member_rows {
@@ -499,6 +527,10 @@ impl PostgresStore {
         };
         let dev = split(changed_devices.iter().map(|k| (k.0, k.1, devices[k].0, devices[k].1)).collect());
         let mem = split(changed_members.iter().map(|k| (k.0, k.1, members[k].0, members[k].1)).collect());
+        // Every write in key order (as the locks above; the device and member sets are
+        // ordered already), so two batches writing the same keys cannot wait on each other
+        // in opposite orders.
+        receipts.sort_by_key(|r| (r.0, r.1, r.2, r.3));
         let (r_conv, r_user, r_kind, r_seq, r_at) = receipts.into_iter().fold(
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
             |(mut a, mut b, mut c, mut d, mut e), (v, u, k, s, t)| {
@@ -513,29 +545,24 @@ impl PostgresStore {
         let dev_params: [&(dyn ToSql + Sync); 4] = [&dev.0, &dev.1, &dev.2, &dev.3];
         let mem_params: [&(dyn ToSql + Sync); 4] = [&mem.0, &mem.1, &mem.2, &mem.3];
         let receipt_params: [&(dyn ToSql + Sync); 5] = [&r_conv, &r_user, &r_kind, &r_seq, &r_at];
+        const UPSERT_CURSORS: &str = "INSERT INTO cursors (device_id, conversation_id, delivered, read) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[]) \
+             ON CONFLICT (device_id, conversation_id) DO UPDATE SET delivered = GREATEST(cursors.delivered, EXCLUDED.delivered), \
+             read = GREATEST(cursors.read, EXCLUDED.read)";
+        const UPSERT_MEMBER_CURSORS: &str = "INSERT INTO member_cursors (conversation_id, user_id, delivered, read) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[]) \
+             ON CONFLICT (conversation_id, user_id) DO UPDATE SET delivered = GREATEST(member_cursors.delivered, EXCLUDED.delivered), \
+             read = GREATEST(member_cursors.read, EXCLUDED.read)";
+        const INSERT_RECEIPTS: &str = "INSERT INTO receipt_log (conversation_id, user_id, kind, seq, at_ms) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::smallint[], $4::bigint[], $5::bigint[]) ON CONFLICT DO NOTHING";
         // GREATEST again on write: a concurrent batch may have moved a device cursor since
         // the read above (device cursors are not locked; they only need to grow).
+        Self::prepare_first(tx, &[UPSERT_CURSORS, UPSERT_MEMBER_CURSORS, INSERT_RECEIPTS]).await?;
         tokio::try_join!(
-            Self::run(
-                tx,
-                "INSERT INTO cursors (device_id, conversation_id, delivered, read) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[]) \
-                 ON CONFLICT (device_id, conversation_id) DO UPDATE SET delivered = GREATEST(cursors.delivered, EXCLUDED.delivered), \
-                 read = GREATEST(cursors.read, EXCLUDED.read)",
-                &dev_params,
-            ),
-            Self::run(
-                tx,
-                "INSERT INTO member_cursors (conversation_id, user_id, delivered, read) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[]) \
-                 ON CONFLICT (conversation_id, user_id) DO UPDATE SET delivered = GREATEST(member_cursors.delivered, EXCLUDED.delivered), \
-                 read = GREATEST(member_cursors.read, EXCLUDED.read)",
-                &mem_params,
-            ),
-            Self::run(
-                tx,
-                "INSERT INTO receipt_log (conversation_id, user_id, kind, seq, at_ms) \
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::smallint[], $4::bigint[], $5::bigint[]) ON CONFLICT DO NOTHING",
-                &receipt_params,
-            ),
+            biased;
+            Self::run(tx, UPSERT_CURSORS, &dev_params),
+            Self::run(tx, UPSERT_MEMBER_CURSORS, &mem_params),
+            Self::run(tx, INSERT_RECEIPTS, &receipt_params),
         )?;
         Ok(())
     }
@@ -777,8 +804,12 @@ impl Store for PostgresStore {
                     if attempts >= max_attempts {
                         Self::run(&tx, "DELETE FROM pending_codes WHERE phone = $1", &[&phone]).await?;
                     } else {
-                        Self::run(&tx, "UPDATE pending_codes SET attempts = $2 WHERE phone = $1", &[&phone, &i32::try_from(attempts).unwrap_or(i32::MAX)])
-                            .await?;
+                        Self::run(
+                            &tx,
+                            "UPDATE pending_codes SET attempts = $2 WHERE phone = $1",
+                            &[&phone, &i32::try_from(attempts).unwrap_or(i32::MAX)],
+                        )
+                        .await?;
                     }
                     CodeCheck::Wrong
                 }
@@ -854,6 +885,11 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg)?;
         // The user's row lock serialises concurrent links of one user, so the limit holds.
         Self::run(&tx, "SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", &[&device.user_id]).await?;
+        // A retry of a link that did commit (its answer was lost) succeeds again.
+        let existing = Self::rows(&tx, "SELECT 1 FROM devices WHERE device_id = $1 AND user_id = $2", &[&device.device_id, &device.user_id]).await?;
+        if !existing.is_empty() {
+            return tx.commit().await.map_err(pg);
+        }
         let live = Self::rows(&tx, "SELECT count(*) FROM devices WHERE user_id = $1 AND revoked_ms IS NULL", &[&device.user_id]).await?;
         let live: i64 = live.first().map(|r| get(r, "devices", "count")).transpose()?.unwrap_or(0);
         if live >= int(max_devices as u64) {
@@ -970,6 +1006,7 @@ impl Store for PostgresStore {
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        let mut fences = Self::lock_fences(&tx, &ops).await?;
         let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; ops.len()];
         // Plain appends are applied together, a handful of statements per run instead of
         // three per message; cursors and last-seen times do not touch what appends read,
@@ -980,17 +1017,21 @@ impl Store for PostgresStore {
         for (i, op) in ops.into_iter().enumerate() {
             match op {
                 WriteOp::Append(m) => run.push((i, m)),
-                op @ WriteOp::AppendEvent { .. } => {
-                    Self::append_run(&tx, std::mem::take(&mut run), &mut outcomes).await?;
-                    outcomes[i] = Some(Self::apply_in(&tx, op).await?);
+                WriteOp::AppendEvent { message, record, joined, tombstone } => {
+                    Self::append_run(&tx, std::mem::take(&mut run), &mut fences, &mut outcomes).await?;
+                    let (conversation, seq) = (message.conversation_id, int(message.seq));
+                    let outcome = Self::apply_in(&tx, WriteOp::AppendEvent { message, record, joined, tombstone }).await?;
+                    if outcome == WriteOutcome::Appended {
+                        fences.insert(conversation, seq);
+                    }
+                    outcomes[i] = Some(outcome);
                 }
-                WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms } => {
-                    cursors.push((i, CursorMove { user_id, device_id, conversation_id, delivered: int(delivered), read: int(read), at_ms: int(at_ms) }))
-                }
+                WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms } => cursors
+                    .push((i, CursorMove { user_id, device_id, conversation_id, delivered: int(delivered), read: int(read), at_ms: int(at_ms) })),
                 op => outcomes[i] = Some(Self::apply_in(&tx, op).await?),
             }
         }
-        Self::append_run(&tx, run, &mut outcomes).await?;
+        Self::append_run(&tx, run, &mut fences, &mut outcomes).await?;
         Self::cursor_run(&tx, cursors, &mut outcomes).await?;
         // Dropping the transaction on an error above rolls it back: all or nothing.
         tx.commit().await.map_err(pg)?;
@@ -1103,7 +1144,7 @@ impl Store for PostgresStore {
             "WITH doomed AS ( \
                 SELECT m.conversation_id, m.seq FROM messages m JOIN conversations c USING (conversation_id) \
                 WHERE c.retention_secs > 0 AND m.event IS NULL AND m.server_time_ms < $1 - c.retention_secs::bigint * 1000 \
-                LIMIT $2) \
+                ORDER BY m.conversation_id, m.seq LIMIT $2) \
              DELETE FROM messages m USING doomed d WHERE m.conversation_id = d.conversation_id AND m.seq = d.seq",
             &[&int(now_ms), &int(limit as u64)],
         )

@@ -25,9 +25,9 @@
 //! own, and an `Err` means "some ops may have happened" — which callers already treat as
 //! "not acknowledged, retry": the retry finds what did happen through the dedup key.
 //!
-//! Cursors and last-seen times only grow: they are written with `USING TIMESTAMP` equal to
-//! the value, so the largest value wins whatever order replicas see writes in. Receipt-log
-//! entries use `i64::MAX - at_ms`, so the earliest time wins.
+//! Cursors only grow: they are written with `USING TIMESTAMP` equal to the value, so the
+//! largest value wins whatever order replicas see writes in. Receipt-log entries use
+//! `i64::MAX - at_ms`, so the earliest time wins. Last-seen times are plain overwrites.
 //!
 //! Disappearing messages expire by TTL (set on each row from the conversation's retention
 //! when it is written), so `purge_expired` has nothing to do; as in WhatsApp, turning
@@ -59,8 +59,8 @@ use uuid::Uuid;
 
 use super::transfer::{Record, Section};
 use super::{
-    CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MemberCursor, PendingCode, PushToken, Store, StoreError,
-    StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MemberCursor, PendingCode, PushToken, Store,
+    StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
 /// Messages per log partition: a reader finds a seq's partition as `seq / BUCKET`, and no
@@ -280,6 +280,7 @@ struct Statements {
     delete_push_token: PreparedStatement,
     push_tokens: PreparedStatement,
     import_fence: PreparedStatement,
+    raise_fence: PreparedStatement,
 }
 
 /// What kind of statement, which decides consistency and whether the driver may retry or
@@ -501,7 +502,7 @@ impl Statements {
                 Read,
             )
             .await?,
-            put_last_seen: prepare(s, "INSERT INTO last_seen (user_id, at_ms) VALUES (?, ?) USING TIMESTAMP ?", Write).await?,
+            put_last_seen: prepare(s, "INSERT INTO last_seen (user_id, at_ms) VALUES (?, ?)", Write).await?,
             get_last_seen: prepare(s, "SELECT at_ms FROM last_seen WHERE user_id = ?", Read).await?,
             put_push_token: prepare(s, "INSERT INTO push_tokens (user_id, device_id, platform, token) VALUES (?, ?, ?, ?)", Write).await?,
             delete_push_token: prepare(s, "DELETE FROM push_tokens WHERE user_id = ? AND device_id = ?", Write).await?,
@@ -512,6 +513,7 @@ impl Statements {
                 Conditional,
             )
             .await?,
+            raise_fence: prepare(s, "UPDATE messages SET last_seq = ? WHERE conversation_id = ? AND bucket = ? IF last_seq < ?", Conditional).await?,
         })
     }
 }
@@ -1109,7 +1111,11 @@ impl ScyllaStore {
                     let end = (uint(bucket) + 1) * BUCKET - 1;
                     let fence = int(end.min(last_seq));
                     let carried = if bucket == last_bucket { record.clone() } else { None };
-                    self.conditional(&self.st.import_fence, (fence, carried, 0i64, conversation_id, bucket)).await?;
+                    let set = self.conditional(&self.st.import_fence, (fence, carried, 0i64, conversation_id, bucket)).await?;
+                    if !set.applied {
+                        // A fence already there keeps the larger value.
+                        self.conditional(&self.st.raise_fence, (fence, conversation_id, bucket, fence)).await?;
+                    }
                 }
                 self.exec(&self.st.put_head, (conversation_id, last_bucket, last_bucket)).await?;
             }
@@ -1123,7 +1129,11 @@ impl ScyllaStore {
                 self.write_receipt(conversation_id, user_id, kind, seq, at_ms).await?;
             }
             Record::LastSeen { user_id, at_ms } => {
-                self.exec(&self.st.put_last_seen, (user_id, int(at_ms), int(at_ms))).await?;
+                // Imports keep the later time (the contract's import rule).
+                let current: Option<(Option<i64>,)> = self.first_row(&self.st.get_last_seen, (user_id,)).await?;
+                if current.and_then(|(t,)| t).is_none_or(|t| t < int(at_ms)) {
+                    self.exec(&self.st.put_last_seen, (user_id, int(at_ms))).await?;
+                }
             }
             Record::PushToken { user_id, device_id, token } => {
                 self.exec(&self.st.put_push_token, (user_id, device_id, token.platform.as_str(), token.token.as_str())).await?;
@@ -1402,7 +1412,7 @@ impl Store for ScyllaStore {
                     WriteOutcome::CursorAdvanced(self.advance_cursor(user_id, device_id, conversation_id, delivered, read, at_ms).await?)
                 }
                 WriteOp::LastSeen { user_id, at_ms } => {
-                    self.exec(&self.st.put_last_seen, (user_id, int(at_ms), int(at_ms))).await?;
+                    self.exec(&self.st.put_last_seen, (user_id, int(at_ms))).await?;
                     WriteOutcome::Recorded
                 }
             });
@@ -1416,10 +1426,11 @@ impl Store for ScyllaStore {
 
     async fn find_by_client_id(&self, id: ConversationId, sender: UserId, client_msg_id: &str) -> Result<Option<(u64, u64)>, StoreError> {
         let row: Option<(Option<i64>, Option<i64>)> = self.first_row(&self.st.get_dedup, (id, sender, client_msg_id)).await?;
-        let Some((Some(seq), Some(time))) = row else { return Ok(None) };
-        // A claim is only an answer once its message is in the log.
+        let Some((Some(seq), Some(_))) = row else { return Ok(None) };
+        // A claim is only an answer once its message is in the log, and the log's time is
+        // the one that was acknowledged (a retry may have moved the claim's).
         match self.holder_of(id, uint(seq)).await? {
-            Some((s, c, _)) if s == sender && c == client_msg_id => Ok(Some((uint(seq), uint(time)))),
+            Some((s, c, time)) if s == sender && c == client_msg_id => Ok(Some((uint(seq), time))),
             _ => Ok(None),
         }
     }
@@ -1443,6 +1454,7 @@ impl Store for ScyllaStore {
             Ok(())
         })
         .await?;
+        out.sort_by_key(|(u, _)| *u);
         Ok(out)
     }
 
@@ -1469,6 +1481,7 @@ impl Store for ScyllaStore {
             Ok(())
         })
         .await?;
+        out.sort_by_key(|(d, _)| *d);
         Ok(out)
     }
 
@@ -1487,6 +1500,8 @@ impl Store for ScyllaStore {
             Ok(())
         })
         .await?;
+        // CQL orders uuid clustering keys by version first; the contract orders by bytes.
+        out.sort_by_key(|(c, _)| *c);
         Ok(out)
     }
 
