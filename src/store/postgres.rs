@@ -341,20 +341,14 @@ impl PostgresStore {
         }
         conversations.sort();
         conversations.dedup();
-        Self::run(
-            tx,
-            "INSERT INTO last_seqs (conversation_id, last_seq) SELECT c, 0 FROM unnest($1::uuid[]) AS c ORDER BY c ON CONFLICT DO NOTHING",
-            &[&conversations],
-        )
-        .await?;
+        const CREATE: &str = "INSERT INTO last_seqs (conversation_id, last_seq) SELECT c, 0 FROM unnest($1::uuid[]) AS c ORDER BY c ON CONFLICT DO NOTHING";
+        const LOCK: &str = "SELECT conversation_id, last_seq FROM last_seqs WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE";
+        let params: [&(dyn ToSql + Sync); 1] = [&conversations];
+        // One round trip: created, then locked (sent and run in this order).
+        Self::prepare_first(tx, &[CREATE, LOCK]).await?;
+        let (_, locked) = tokio::try_join!(biased; Self::run(tx, CREATE, &params), Self::rows(tx, LOCK, &params))?;
         let mut fences = HashMap::new();
-        for row in Self::rows(
-            tx,
-            "SELECT conversation_id, last_seq FROM last_seqs WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE",
-            &[&conversations],
-        )
-        .await?
-        {
+        for row in locked {
             fences.insert(get(&row, "last_seqs", "conversation_id")?, get(&row, "last_seqs", "last_seq")?);
         }
         Ok(fences)
