@@ -19,7 +19,10 @@
 //! 3. **Events carry the record.** An event's batch also stores the conversation record as
 //!    the bucket's static `record`, and a new bucket inherits it. The `conversations` table
 //!    is a projection written after the batch; a reader that finds it behind the log's
-//!    record repairs it (and the member lists and invite index with it).
+//!    record repairs it (and the member lists and invite index with it). A "delete for
+//!    everyone" of a message in the same bucket is erased in the event's batch; one in an
+//!    older bucket by a second conditional write after it, so a node dying in between
+//!    leaves that payload until the delete is retried.
 //!
 //! `apply` is therefore not one transaction here: each op is atomic and idempotent on its
 //! own, and an `Err` means "some ops may have happened" — which callers already treat as
