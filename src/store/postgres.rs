@@ -3,14 +3,16 @@
 //!
 //! The schema (`migrations/postgres/*.sql`) is the embedded store's layout as tables; the
 //! store contract's guarantees come from constraints and transactions:
-//! - the sequencer's fence is a `last_seqs` row moved from `seq - 1` to `seq` by a
-//!   conditional `UPDATE` in the same transaction as the append, so two sequencers of one
-//!   conversation can never both store a seq (the loser's update matches no row);
+//! - the sequencer's fence is a `last_seqs` row per conversation, created (at 0) and
+//!   locked (`FOR UPDATE`, in id order) at the start of every batch that appends to the
+//!   conversation, checked in memory (seq must be last + 1) and moved in the same
+//!   transaction, so two sequencers of one conversation take turns and the second sees
+//!   the first's seq;
 //! - idempotency is the unique `(conversation, sender, client_msg_id)` of `messages`;
 //! - cursors only grow (`GREATEST` in an upsert).
 //!
-//! Every write runs in one transaction at READ COMMITTED (row locks taken by the
-//! conditional updates are what serialises racing writers) and is durable when its
+//! Every write runs in one transaction at READ COMMITTED (the fence and member-cursor row
+//! locks are what serialises racing writers) and is durable when its
 //! COMMIT returns (`synchronous_commit` as configured on the server; the default, `on`,
 //! waits for the WAL flush). Statements are prepared once per pooled connection.
 
@@ -281,49 +283,6 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// The contract's append: refused as a duplicate if the dedup key exists, refused as a
-    /// conflict unless the fence moves from `seq - 1` to `seq`, else stored.
-    async fn append(tx: &Tx<'_>, m: &StoredMessage) -> Result<Option<WriteOutcome>, StoreError> {
-        let found = Self::rows(
-            tx,
-            "SELECT seq, server_time_ms FROM messages WHERE conversation_id = $1 AND sender_user_id = $2 AND client_msg_id = $3",
-            &[&m.conversation_id, &m.sender_user_id, &m.client_msg_id],
-        )
-        .await?;
-        if let Some(row) = found.first() {
-            return Ok(Some(WriteOutcome::Duplicate {
-                seq: uint(get(row, "messages", "seq")?),
-                server_time_ms: uint(get(row, "messages", "server_time_ms")?),
-            }));
-        }
-        let seq = int(m.seq);
-        let fenced = match m.seq {
-            0 => 0,
-            1 => {
-                Self::run(
-                    tx,
-                    "INSERT INTO last_seqs (conversation_id, last_seq) VALUES ($1, 1) \
-                     ON CONFLICT (conversation_id) DO UPDATE SET last_seq = 1 WHERE last_seqs.last_seq = 0",
-                    &[&m.conversation_id],
-                )
-                .await?
-            }
-            _ => {
-                Self::run(
-                    tx,
-                    "UPDATE last_seqs SET last_seq = $2::bigint WHERE conversation_id = $1 AND last_seq = $2::bigint - 1",
-                    &[&m.conversation_id, &seq],
-                )
-                .await?
-            }
-        };
-        if fenced == 0 {
-            return Ok(Some(WriteOutcome::SeqConflict));
-        }
-        Self::insert_message(tx, m, false).await?;
-        Ok(None)
-    }
-
     /// Creates (at 0) and locks the fence of every conversation the batch appends to, in id
     /// order, before any op runs: two batches touching the same conversations then take
     /// their locks in the same order and cannot deadlock, and every fence is read once.
@@ -341,7 +300,8 @@ impl PostgresStore {
         }
         conversations.sort();
         conversations.dedup();
-        const CREATE: &str = "INSERT INTO last_seqs (conversation_id, last_seq) SELECT c, 0 FROM unnest($1::uuid[]) AS c ORDER BY c ON CONFLICT DO NOTHING";
+        const CREATE: &str =
+            "INSERT INTO last_seqs (conversation_id, last_seq) SELECT c, 0 FROM unnest($1::uuid[]) AS c ORDER BY c ON CONFLICT DO NOTHING";
         const LOCK: &str = "SELECT conversation_id, last_seq FROM last_seqs WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE";
         let params: [&(dyn ToSql + Sync); 1] = [&conversations];
         // One round trip: created, then locked (sent and run in this order).
@@ -561,17 +521,12 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Inserts one message row; `if_absent` leaves an existing row alone (imports).
-    async fn insert_message(tx: &Tx<'_>, m: &StoredMessage, if_absent: bool) -> Result<(), StoreError> {
+    /// Inserts one imported message row, leaving an existing one alone.
+    async fn import_message(tx: &Tx<'_>, m: &StoredMessage) -> Result<(), StoreError> {
         let payload: &[u8] = &m.payload;
         let event: Option<&[u8]> = m.event.as_deref();
-        let sql = if if_absent {
-            "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING"
-        } else {
-            "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        };
+        let sql = "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING";
         Self::run(
             tx,
             sql,
@@ -609,48 +564,27 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn apply_in(tx: &Tx<'_>, op: WriteOp) -> Result<WriteOutcome, StoreError> {
-        Ok(match op {
-            WriteOp::Append(m) => Self::append(tx, &m).await?.unwrap_or(WriteOutcome::Appended),
-            WriteOp::AppendEvent { message, record, joined, tombstone } => {
-                if let Some(refused) = Self::append(tx, &message).await? {
-                    return Ok(refused);
-                }
-                if let Some(target) = tombstone {
-                    Self::run(
-                        tx,
-                        "UPDATE messages SET payload = ''::bytea, deleted = true WHERE conversation_id = $1 AND seq = $2",
-                        &[&message.conversation_id, &int(target)],
-                    )
-                    .await?;
-                }
-                Self::put_conversation_record(tx, &record).await?;
-                if !joined.is_empty() {
-                    Self::run(
-                        tx,
-                        "INSERT INTO user_conversations (user_id, conversation_id) SELECT u, $2 FROM unnest($1::uuid[]) AS u ON CONFLICT DO NOTHING",
-                        &[&joined, &record.conversation_id],
-                    )
-                    .await?;
-                }
-                WriteOutcome::Appended
-            }
-            WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms } => {
-                let mut outcome = [None];
-                let one = CursorMove { user_id, device_id, conversation_id, delivered: int(delivered), read: int(read), at_ms: int(at_ms) };
-                Self::cursor_run(tx, vec![(0, one)], &mut outcome).await?;
-                outcome[0].take().ok_or_else(|| StoreError::Backend("cursor move not applied".into()))?
-            }
-            WriteOp::LastSeen { user_id, at_ms } => {
-                Self::run(
-                    tx,
-                    "INSERT INTO last_seen (user_id, at_ms) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET at_ms = EXCLUDED.at_ms",
-                    &[&user_id, &int(at_ms)],
-                )
-                .await?;
-                WriteOutcome::Recorded
-            }
-        })
+    /// What a stored group event changes besides the log: the erased message, the
+    /// conversation's record, the new members' conversation lists.
+    async fn apply_event(tx: &Tx<'_>, record: &ConversationRecord, joined: &[UserId], tombstone: Option<u64>) -> Result<(), StoreError> {
+        if let Some(target) = tombstone {
+            Self::run(
+                tx,
+                "UPDATE messages SET payload = ''::bytea, deleted = true WHERE conversation_id = $1 AND seq = $2",
+                &[&record.conversation_id, &int(target)],
+            )
+            .await?;
+        }
+        Self::put_conversation_record(tx, record).await?;
+        if !joined.is_empty() {
+            Self::run(
+                tx,
+                "INSERT INTO user_conversations (user_id, conversation_id) SELECT u, $2 FROM unnest($1::uuid[]) AS u ON CONFLICT DO NOTHING",
+                &[&joined, &record.conversation_id],
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -685,7 +619,7 @@ impl PostgresStore {
                 )
                 .await?;
             }
-            Record::Message(m) => Self::insert_message(tx, &m, true).await?,
+            Record::Message(m) => Self::import_message(tx, &m).await?,
             Record::LastSeq { conversation_id, last_seq } => {
                 Self::run(
                     tx,
@@ -1012,17 +946,25 @@ impl Store for PostgresStore {
             match op {
                 WriteOp::Append(m) => run.push((i, m)),
                 WriteOp::AppendEvent { message, record, joined, tombstone } => {
+                    // The event is appended by the same rules as a message (after the
+                    // messages before it), then its side effects follow if it was stored.
                     Self::append_run(&tx, std::mem::take(&mut run), &mut fences, &mut outcomes).await?;
-                    let (conversation, seq) = (message.conversation_id, int(message.seq));
-                    let outcome = Self::apply_in(&tx, WriteOp::AppendEvent { message, record, joined, tombstone }).await?;
-                    if outcome == WriteOutcome::Appended {
-                        fences.insert(conversation, seq);
+                    Self::append_run(&tx, vec![(i, message)], &mut fences, &mut outcomes).await?;
+                    if outcomes[i] == Some(WriteOutcome::Appended) {
+                        Self::apply_event(&tx, &record, &joined, tombstone).await?;
                     }
-                    outcomes[i] = Some(outcome);
                 }
                 WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms } => cursors
                     .push((i, CursorMove { user_id, device_id, conversation_id, delivered: int(delivered), read: int(read), at_ms: int(at_ms) })),
-                op => outcomes[i] = Some(Self::apply_in(&tx, op).await?),
+                WriteOp::LastSeen { user_id, at_ms } => {
+                    Self::run(
+                        &tx,
+                        "INSERT INTO last_seen (user_id, at_ms) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET at_ms = EXCLUDED.at_ms",
+                        &[&user_id, &int(at_ms)],
+                    )
+                    .await?;
+                    outcomes[i] = Some(WriteOutcome::Recorded);
+                }
             }
         }
         Self::append_run(&tx, run, &mut fences, &mut outcomes).await?;
