@@ -336,7 +336,7 @@ async fn store_command(command: StoreCommand) -> Result<()> {
             StoreSpec::Postgres { url, .. } => {
                 let store = PostgresStore::connect(&url, PostgresOptions { pool_size: 1, ..Default::default() })
                     .await
-                    .with_context(|| format!("connecting to {}", parse(&url).map(|s| s.to_string()).unwrap_or_default()))?;
+                    .with_context(|| format!("connecting to {shown}"))?;
                 let applied = store.migrate().await?;
                 if applied.is_empty() {
                     println!("schema already up to date");
