@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain: the PostgreSQL server binaries
-# (initdb, postgres, pg_isready), which the tests use to start private servers. Does
-# nothing when they are already there. On Debian/Ubuntu as root it installs the distribution's
-# package; elsewhere it says what to install.
+# (initdb, postgres, pg_isready) and redis-server, which the tests use to start private
+# servers. Does nothing when they are already there. On Debian/Ubuntu as root it installs
+# the distribution's packages; elsewhere it says what to install.
 set -euo pipefail
 
 have_postgres() {
@@ -19,20 +19,33 @@ have_postgres() {
   command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1 && command -v pg_isready >/dev/null 2>&1
 }
 
-if have_postgres; then
+have_redis() {
+  if [ -n "${SWITCHBOARD_REDIS_SERVER:-}" ]; then
+    [ -x "$SWITCHBOARD_REDIS_SERVER" ]
+    return
+  fi
+  command -v redis-server >/dev/null 2>&1
+}
+
+missing=()
+have_postgres || missing+=(postgresql)
+have_redis || missing+=(redis-server)
+if [ "${#missing[@]}" = 0 ]; then
   exit 0
 fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "PostgreSQL server binaries not found: installing the distribution's postgresql package (one time)"
+  echo "installing the distribution's ${missing[*]} package(s) (one time)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q --no-install-recommends postgresql
-  # The package may start a system-wide server; the tests never use it (each starts its own).
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # The packages may start system-wide servers; the tests never use them (each starts its own).
   have_postgres || { echo "postgresql installed but its binaries were not found" >&2; exit 1; }
+  have_redis || { echo "redis-server installed but not found" >&2; exit 1; }
 else
-  echo "PostgreSQL server binaries (initdb, postgres, pg_isready) are needed by the tests." >&2
-  echo "Install them (Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql)" >&2
-  echo "or point SWITCHBOARD_PG_BIN at their directory." >&2
+  echo "The tests need: ${missing[*]}." >&2
+  echo "PostgreSQL server binaries (initdb, postgres, pg_isready): apt-get install postgresql, brew install postgresql," >&2
+  echo "  or point SWITCHBOARD_PG_BIN at their directory." >&2
+  echo "redis-server: apt-get install redis-server, brew install redis, or set SWITCHBOARD_REDIS_SERVER." >&2
   exit 1
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Tests start their own private servers (temp dirs,
-# kernel-chosen ports on 127.0.0.1): switchboard itself, and PostgreSQL, whose binaries
-# scripts/install-deps.sh installs when they are missing.
+# kernel-chosen ports on 127.0.0.1): switchboard itself, PostgreSQL and Redis, whose
+# binaries scripts/install-deps.sh installs when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -15,9 +15,10 @@ if [ -z "${SCYLLA_URI:-}" ]; then
   echo "== ScyllaDB conformance run SKIPPED: SCYLLA_URI is not set (set SCYLLA_URI=scylla://host1,host2/keyspace_prefix to run it against a cluster; the dry-mode error-path tests in tests/scylla_errors.rs run regardless) =="
 fi
 cargo nextest run --locked --no-fail-fast "$@"
-# The single-node integration suite once more, with every test server on a private PostgreSQL.
+# The single-node integration suite once more, with every test server on a private PostgreSQL
+# (the cluster tests always run on PostgreSQL: a cluster needs a shared store).
 echo "== integration suite against PostgreSQL =="
 SWITCHBOARD_TEST_STORE=postgres cargo nextest run --locked --no-fail-fast \
-  -E 'kind(test) and not binary(store_conformance) and not binary(protocol_props) and not binary(scylla_errors)' "$@"
+  -E 'kind(test) and not binary(store_conformance) and not binary(protocol_props) and not binary(scylla_errors) and not binary(cluster)' "$@"
 # Benches are built (not run) so they cannot rot.
 cargo bench --no-run --locked

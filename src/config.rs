@@ -109,6 +109,35 @@ pub struct ServeArgs {
     /// Seconds allowed for graceful shutdown.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// This node's name in the cluster (unique, stable across restarts). Setting it, or
+    /// `--cluster-listen`, turns clustering on; a shared store is then required.
+    #[arg(long, env = "SWITCHBOARD_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Address of the node-to-node listener (ractor_cluster).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Address peers should connect to, if not `cluster_listen` (NAT, containers).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+    /// Peers to join through, `host:port,host:port` (any live member will do; the rest of
+    /// the cluster is learned from it).
+    #[arg(long, env = "SWITCHBOARD_SEEDS", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Shared secret every node of the cluster must present.
+    #[arg(long, env = "SWITCHBOARD_COOKIE")]
+    pub cookie: Option<String>,
+    /// Milliseconds between node heartbeats.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_HEARTBEAT_MS")]
+    pub cluster_heartbeat_ms: Option<u64>,
+    /// Milliseconds of silence after which a peer is declared dead.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_DEAD_AFTER_MS")]
+    pub cluster_dead_after_ms: Option<u64>,
+    /// Seconds over which a draining node spreads its devices' reconnects.
+    #[arg(long, env = "SWITCHBOARD_DRAIN_SPREAD_SECS")]
+    pub drain_spread_secs: Option<u64>,
+    /// Redis for the cluster-wide directory and presence: `redis://host:port[/db]`.
+    #[arg(long, env = "SWITCHBOARD_REDIS")]
+    pub redis: Option<String>,
 }
 
 /// The same settings in a TOML file (snake_case keys, all optional).
@@ -136,6 +165,38 @@ pub struct FileConfig {
     push_sink: Option<String>,
     push_coalesce_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
+    node_name: Option<String>,
+    cluster_listen: Option<SocketAddr>,
+    cluster_advertise: Option<String>,
+    seeds: Option<Vec<String>>,
+    cookie: Option<String>,
+    cluster_heartbeat_ms: Option<u64>,
+    cluster_dead_after_ms: Option<u64>,
+    drain_spread_secs: Option<u64>,
+    redis: Option<String>,
+}
+
+/// Cluster settings (present when clustering is on).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// Node-to-node listener.
+    pub listen: SocketAddr,
+    /// Address peers connect to.
+    pub advertise: String,
+    /// Peers to join through.
+    pub seeds: Vec<String>,
+    /// Shared secret.
+    pub cookie: String,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Silence after which a peer is dead.
+    pub dead_after: Duration,
+    /// Period over which a drain spreads reconnects.
+    pub drain_spread: Duration,
+    /// Redis URL, if any.
+    pub redis: Option<String>,
 }
 
 pub use crate::store::StoreSpec;
@@ -189,6 +250,8 @@ pub struct ServerConfig {
     pub push_sink: PushSinkSpec,
     /// Push timing.
     pub push: crate::actors::push::PushConfig,
+    /// Cluster membership, if this node is part of one.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl ServerConfig {
@@ -201,7 +264,8 @@ impl ServerConfig {
             }
             None => FileConfig::default(),
         };
-        let store = StoreSpec::parse(&args.store.or(file.store).unwrap_or_else(|| "embedded:./switchboard-data".into())).map_err(ConfigError::Invalid)?;
+        let store = StoreSpec::parse(&args.store.clone().or(file.store.clone()).unwrap_or_else(|| "embedded:./switchboard-data".into())).map_err(ConfigError::Invalid)?;
+        let cluster = Self::resolve_cluster(&args, &file, &store)?;
         let code_sender = match args.code_sender.or(file.code_sender).as_deref() {
             None | Some("log") => CodeSenderSpec::Log,
             Some(s) => match s.strip_prefix("webhook:") {
@@ -274,6 +338,51 @@ impl ServerConfig {
             purge_interval: Duration::from_secs(args.purge_interval_secs.or(file.purge_interval_secs).unwrap_or(30).max(1)),
             push_sink,
             push,
+            cluster,
         })
+    }
+
+    fn resolve_cluster(args: &ServeArgs, file: &FileConfig, store: &StoreSpec) -> Result<Option<ClusterConfig>, ConfigError> {
+        let node_name = args.node_name.clone().or(file.node_name.clone());
+        let listen = args.cluster_listen.or(file.cluster_listen);
+        if node_name.is_none() && listen.is_none() {
+            return Ok(None);
+        }
+        let node_name = node_name.ok_or_else(|| ConfigError::Invalid("cluster_listen needs node_name".into()))?;
+        if node_name.is_empty() || node_name.len() > 64 || !node_name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(ConfigError::Invalid("node_name must be 1 to 64 characters of [A-Za-z0-9-_.]".into()));
+        }
+        let listen = listen.ok_or_else(|| ConfigError::Invalid("node_name needs cluster_listen".into()))?;
+        if matches!(store, StoreSpec::Embedded(_)) {
+            return Err(ConfigError::Invalid("a cluster needs a shared store (postgres:// or scylla://), not embedded".into()));
+        }
+        let cookie = args
+            .cookie
+            .clone()
+            .or(file.cookie.clone())
+            .ok_or_else(|| ConfigError::Invalid("a cluster needs a cookie (the shared secret of its nodes)".into()))?;
+        let advertise = match args.cluster_advertise.clone().or(file.cluster_advertise.clone()) {
+            Some(a) => a,
+            None if listen.ip().is_unspecified() => {
+                return Err(ConfigError::Invalid("cluster_listen binds every interface: set cluster_advertise to the address peers use".into()));
+            }
+            None => listen.to_string(),
+        };
+        let heartbeat = Duration::from_millis(args.cluster_heartbeat_ms.or(file.cluster_heartbeat_ms).unwrap_or(500).max(50));
+        let dead_after = Duration::from_millis(args.cluster_dead_after_ms.or(file.cluster_dead_after_ms).unwrap_or(5000));
+        if dead_after < heartbeat * 3 {
+            return Err(ConfigError::Invalid("cluster_dead_after_ms must be at least three heartbeats".into()));
+        }
+        Ok(Some(ClusterConfig {
+            node_name,
+            listen,
+            advertise,
+            seeds: args.seeds.clone().or(file.seeds.clone()).unwrap_or_default().into_iter().filter(|s| !s.trim().is_empty()).collect(),
+            cookie,
+            heartbeat,
+            dead_after,
+            drain_spread: Duration::from_secs(args.drain_spread_secs.or(file.drain_spread_secs).unwrap_or(10)),
+            redis: args.redis.clone().or(file.redis.clone()),
+        }))
     }
 }

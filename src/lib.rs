@@ -15,6 +15,7 @@
 pub mod accounts;
 pub mod actors;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod loadgen;

@@ -93,9 +93,39 @@ enum AdminCommand {
         /// Admin token (see `<data>/admin-token`).
         #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
         token: String,
+        /// Another node of the cluster (by name), reached through this one.
+        #[arg(long)]
+        node: Option<String>,
         /// Print the raw JSON instead.
         #[arg(long)]
         json: bool,
+    },
+    /// Show the cluster: members, health, sessions and conversations per node.
+    Cluster {
+        /// Admin listener URL of any node.
+        #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
+        admin: String,
+        /// Admin token (the same on every node of a cluster).
+        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
+        token: String,
+        /// Print the raw JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a node: its conversations move to the others, its devices are asked to
+    /// reconnect elsewhere (spread over the drain period), then it exits cleanly.
+    Drain {
+        /// The node to drain, by name.
+        node: String,
+        /// Admin listener URL of any node.
+        #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
+        admin: String,
+        /// Admin token (the same on every node of a cluster).
+        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
+        token: String,
+        /// Wait until the node has left the cluster.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -513,6 +543,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         _ = tokio::signal::ctrl_c() => false,
         _ = term.recv() => false,
         _ = server.failed() => true,
+        _ = server.exit_requested() => false,
     };
     server.shutdown().await;
     if failed {
@@ -523,12 +554,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn admin(command: AdminCommand) -> Result<()> {
     match command {
-        AdminCommand::Tree { admin, token, json } => {
-            let response = reqwest::Client::new()
-                .get(format!("{}/admin/tree", admin.trim_end_matches('/')))
-                .bearer_auth(token)
-                .send()
-                .await?;
+        AdminCommand::Tree { admin, token, node, json } => {
+            // Node names are [A-Za-z0-9-_.]: nothing to escape.
+            let query = node.map(|n| format!("?node={n}")).unwrap_or_default();
+            let response = reqwest::Client::new().get(format!("{}/admin/tree{query}", admin.trim_end_matches('/'))).bearer_auth(token).send().await?;
             if !response.status().is_success() {
                 bail!("admin API answered {}", response.status());
             }
@@ -540,7 +569,58 @@ async fn admin(command: AdminCommand) -> Result<()> {
             }
             Ok(())
         }
+        AdminCommand::Cluster { admin, token, json } => {
+            let report = cluster_report(&admin, &token).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            println!("seen from {}; members owning conversations: {}", report.node, report.members.join(", "));
+            if let Some(redis) = &report.redis {
+                println!("redis: {}", if redis.ok { format!("ok ({:.1} ms)", redis.latency_ms) } else { format!("DOWN ({})", redis.error.clone().unwrap_or_default()) });
+            }
+            println!("{:<16} {:<8} {:<7} {:<9} {:>9} {:>13} {:>10}  admin", "node", "status", "member", "draining", "sessions", "conversations", "heard_ms");
+            for n in &report.nodes {
+                println!(
+                    "{:<16} {:<8} {:<7} {:<9} {:>9} {:>13} {:>10}  {}",
+                    n.name, n.status, n.member, n.draining, n.sessions, n.conversations, n.last_heard_ms, n.admin_addr
+                );
+            }
+            Ok(())
+        }
+        AdminCommand::Drain { node, admin, token, wait } => {
+            let report = cluster_report(&admin, &token).await?;
+            let target = report.nodes.iter().find(|n| n.name == node).ok_or_else(|| anyhow::anyhow!("no node named {node} in the cluster"))?;
+            let response = reqwest::Client::new().post(format!("http://{}/admin/drain", target.admin_addr)).bearer_auth(&token).send().await?;
+            if !response.status().is_success() {
+                bail!("{} answered {}: {}", node, response.status(), response.text().await.unwrap_or_default());
+            }
+            println!("{node} is draining");
+            if wait {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.enable_steady_tick(Duration::from_millis(200));
+                loop {
+                    let report = cluster_report(&admin, &token).await?;
+                    match report.nodes.iter().find(|n| n.name == node) {
+                        Some(n) if n.status != "dead" => bar.set_message(format!("{node}: {} sessions, {} conversations left", n.sessions, n.conversations)),
+                        _ => break,
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                bar.finish_and_clear();
+                println!("{node} has left the cluster");
+            }
+            Ok(())
+        }
     }
+}
+
+async fn cluster_report(admin: &str, token: &str) -> Result<switchboard::cluster::ClusterReport> {
+    let response = reqwest::Client::new().get(format!("{}/admin/cluster", admin.trim_end_matches('/'))).bearer_auth(token).send().await?;
+    if !response.status().is_success() {
+        bail!("admin API answered {}", response.status());
+    }
+    Ok(response.json().await?)
 }
 
 fn print_tree(node: &TreeNode, depth: usize) {

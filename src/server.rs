@@ -15,6 +15,7 @@ use crate::accounts::{Accounts, CodeSender, LogCodeSender, WebhookCodeSender};
 use crate::actors::node::{self, Node};
 use crate::actors::session::SessionMsg;
 use crate::actors::push::{LogSink, PushSink, WebhookSink};
+use crate::cluster::{Cluster, LocalAddrs};
 use crate::config::{CodeSenderSpec, PushSinkSpec, ServerConfig};
 use crate::http::admin::{self, AdminState};
 use crate::http::api::{self, ApiState};
@@ -39,6 +40,9 @@ pub enum ServerError {
     /// The actor tree did not start.
     #[error("actors: {0}")]
     Actors(String),
+    /// The cluster did not start.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// Anything else at start-up (ready file, admin token file).
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -56,6 +60,10 @@ pub struct RunningServer {
     pub admin_token: String,
     /// The actor tree.
     pub node: Node,
+    /// The cluster, if this node is part of one.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Cancelled when the node should exit on its own (a drain finished).
+    exit: CancellationToken,
     accepting: CancellationToken,
     http: actix_web::dev::ServerHandle,
     admin: actix_web::dev::ServerHandle,
@@ -130,7 +138,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let tcp_addr = tcp_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let api_state = ApiState { accounts: accounts.clone(), node: node.clone(), store: store.clone(), metrics };
+    let cluster = match config.cluster.clone() {
+        Some(cluster_config) => {
+            let addrs = LocalAddrs { admin: admin_addr.to_string(), tcp: tcp_addr.to_string(), http: http_addr.to_string() };
+            let cluster = crate::cluster::start(cluster_config, &node, addrs, accepting.clone()).await?;
+            cluster.wait_for_peers().await;
+            Some(cluster)
+        }
+        None => None,
+    };
+    let exit = CancellationToken::new();
+
+    let api_state = ApiState { accounts: accounts.clone(), node: node.clone(), store: store.clone(), metrics, cluster: cluster.clone() };
     let ws_deps = api::ws_data(deps.clone());
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4);
     let http = HttpServer::new(move || {
@@ -148,7 +167,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let http_handle = http.handle();
     tokio::spawn(http);
 
-    let admin_state = AdminState { node: node.clone(), accounts: accounts.clone(), token: admin_token.clone() };
+    let admin_state = AdminState {
+        node: node.clone(),
+        accounts: accounts.clone(),
+        token: admin_token.clone(),
+        cluster: cluster.clone(),
+        drain: DrainHandle { exit: exit.clone(), spread: config.cluster.as_ref().map(|c| c.drain_spread).unwrap_or_default() },
+    };
     let admin = HttpServer::new(move || App::new().app_data(web::Data::new(admin_state.clone())).configure(admin::routes))
         .workers(1)
         .disable_signals()
@@ -170,6 +195,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             "admin": admin_addr.to_string(),
             "pid": std::process::id(),
             "store": store.backend(),
+            "node": config.cluster.as_ref().map(|c| c.node_name.clone()),
+            "cluster": config.cluster.as_ref().map(|c| c.advertise.clone()),
         });
         // Written to a temporary name and renamed, so a reader never sees half a file.
         let tmp = path.with_extension("tmp");
@@ -177,7 +204,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         std::fs::rename(&tmp, path)?;
     }
     tracing::info!(%http_addr, %tcp_addr, %admin_addr, "switchboard listening");
-    Ok(RunningServer { http_addr, tcp_addr, admin_addr, admin_token, node, accepting, http: http_handle, admin: admin_handle, grace: config.shutdown_grace })
+    Ok(RunningServer {
+        http_addr,
+        tcp_addr,
+        admin_addr,
+        admin_token,
+        node,
+        cluster,
+        exit,
+        accepting,
+        http: http_handle,
+        admin: admin_handle,
+        grace: config.shutdown_grace,
+    })
 }
 
 /// Probes the store every `interval` so that its state and latency are in the metrics even
@@ -242,6 +281,16 @@ impl RunningServer {
     /// servers, drain conversations and flush the store.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        if let Some(cluster) = &self.cluster {
+            // Leave the placement first, so that peers route to the conversations' new
+            // owners at once instead of waiting for this node to be declared dead.
+            cluster.start_drain();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.node.ctx.router.conversation_count() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            cluster.flush_now();
+        }
         self.accepting.cancel();
         // Connections stop reading (the token above). Then, in order: sessions hand every
         // request they hold to conversations, conversations sequence them, the writer
@@ -284,9 +333,69 @@ impl RunningServer {
         }
     }
 
+    /// Resolves when the node should exit on its own (after a drain).
+    pub async fn exit_requested(&self) {
+        self.exit.cancelled().await
+    }
+
     /// Resolves if an infrastructure actor failed (the process should exit non-zero).
     pub async fn failed(&self) {
         let mut failed = self.node.failed.clone();
         let _ = failed.wait_for(|f| *f).await;
+    }
+}
+
+/// Starts and finishes a drain (`POST /admin/drain`).
+#[derive(Clone)]
+pub struct DrainHandle {
+    exit: CancellationToken,
+    spread: Duration,
+}
+
+impl DrainHandle {
+    /// Drains `cluster`'s node: it leaves the placement (its conversations move to their
+    /// new owners), then its devices are asked to reconnect elsewhere in waves spread over
+    /// the drain period, each with a jittered delay, so that the other nodes are not
+    /// stampeded. Once no device and no conversation is left, the node exits cleanly.
+    pub fn start(&self, cluster: Arc<Cluster>, node: Node) {
+        if cluster.draining() {
+            return;
+        }
+        cluster.start_drain();
+        let (exit, spread) = (self.exit.clone(), self.spread);
+        tokio::spawn(async move {
+            const WAVE: Duration = Duration::from_millis(100);
+            let waves = (spread.as_millis() / WAVE.as_millis()).max(1) as usize;
+            let started = Instant::now();
+            for wave in 0..waves {
+                let sessions = node.ctx.router.all_sessions();
+                // Close an equal share of what is left in each remaining wave.
+                let share = sessions.len().div_ceil(waves - wave);
+                for session in sessions.into_iter().take(share) {
+                    let delay = rand::rng().random_range(0..=WAVE.as_millis() as u32 * 2);
+                    let _ = session.actor().cast(SessionMsg::Close {
+                        code: ErrorCode::NodeDraining,
+                        reason: "node draining; reconnect to another node".into(),
+                        reconnect_after_ms: delay.max(1),
+                    });
+                }
+                tokio::time::sleep(WAVE).await;
+            }
+            // Stragglers (devices that connected during the drain) and handoffs still
+            // committing: give them a bounded time.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while (node.ctx.router.session_count() > 0 || node.ctx.router.conversation_count() > 0) && Instant::now() < deadline {
+                for session in node.ctx.router.all_sessions() {
+                    let _ = session.actor().cast(SessionMsg::Close {
+                        code: ErrorCode::NodeDraining,
+                        reason: "node draining; reconnect to another node".into(),
+                        reconnect_after_ms: 100,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tracing::info!(took_ms = started.elapsed().as_millis() as u64, "drain complete; exiting");
+            exit.cancel();
+        });
     }
 }

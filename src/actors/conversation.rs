@@ -56,6 +56,11 @@ pub enum ConversationMsg {
     Tick,
     /// Internal: send the coalesced group receipt counts that changed.
     FlushReceipts,
+    /// The conversation's owner is now another node (membership changed, or this node is
+    /// draining). Sent by the router after it closed the mailbox, so it queues behind every
+    /// request already accepted: those are sequenced here, their commits acknowledged, and
+    /// then the actor stops. The new owner reactivates from the store.
+    Handoff,
 }
 
 /// One send, as received from a session.
@@ -181,6 +186,8 @@ pub struct ConversationState {
     receipts_dirty: bool,
     last_activity: Instant,
     gauge: Arc<MailboxGauge>,
+    /// A handoff was asked: stop as soon as nothing is pending.
+    handing_off: bool,
 }
 
 impl ConversationState {
@@ -236,6 +243,7 @@ impl Actor for Conversation {
             recent: RecentIds { map: HashMap::new(), order: VecDeque::new(), capacity: RECENT_IDS },
             last_activity: Instant::now(),
             gauge,
+            handing_off: false,
         })
     }
 
@@ -277,7 +285,20 @@ impl Actor for Conversation {
                 // Sent uncounted by the admin API, so no `taken()` here.
                 panic!("crash requested for conversation {}", state.record.conversation_id);
             }
-            ConversationMsg::Persisted(seq, outcome) => handle_persisted(state, seq, outcome)?,
+            ConversationMsg::Persisted(seq, outcome) => {
+                handle_persisted(state, seq, outcome)?;
+                if state.handing_off && state.pending.is_empty() {
+                    myself.stop(Some("handoff".into()));
+                }
+            }
+            ConversationMsg::Handoff => {
+                state.gauge.close();
+                state.handing_off = true;
+                tracing::debug!(conversation = %state.record.conversation_id, pending = state.pending.len(), "conversation handing off");
+                if state.pending.is_empty() {
+                    myself.stop(Some("handoff".into()));
+                }
+            }
             ConversationMsg::Sync(reply) => {
                 let _ = reply.send(());
             }
@@ -631,9 +652,7 @@ fn fan_out(state: &ConversationState, m: &StoredMessage, recipients: &[UserId], 
         is_event: m.event.is_some(),
         frame,
     });
-    for member in recipients {
-        state.ctx.router.deliver_to_user(*member, except, || SessionMsg::Deliver(delivery.clone()));
-    }
+    state.ctx.router.deliver_to_users(recipients, except, || SessionMsg::Deliver(delivery.clone()));
     metrics::counter!("switchboard_messages_out_total").increment(recipients.len() as u64);
 }
 
@@ -750,3 +769,6 @@ fn relay_receipt(state: &ConversationState, user: UserId, device: DeviceId, kind
     }
 }
 
+
+// Local only: never sent to another node (the cluster feature asks every message type to say so).
+impl ractor::Message for ConversationMsg {}

@@ -137,3 +137,6 @@ fn remove_if_same(state: &mut ConversationSupervisorState, id: ConversationId, c
         state.live.remove(&id);
     }
 }
+
+// Local only: never sent to another node (the cluster feature asks every message type to say so).
+impl ractor::Message for ConversationSupervisorMsg {}

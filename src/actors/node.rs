@@ -119,3 +119,6 @@ impl Node {
         }
     }
 }
+
+// Local only: never sent to another node (the cluster feature asks every message type to say so).
+impl ractor::Message for NodeMsg {}

@@ -266,3 +266,6 @@ fn flush(myself: &ActorRef<PushMsg>, state: &mut PushState) {
         });
     }
 }
+
+// Local only: never sent to another node (the cluster feature asks every message type to say so).
+impl ractor::Message for PushMsg {}

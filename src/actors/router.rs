@@ -2,8 +2,12 @@
 //!
 //! It holds the node's directory (user → connected devices → session mailbox) and the
 //! cache of active conversations (conversation id → mailbox, activated through the
-//! conversation supervisor). Sessions and conversations only ever deliver through it, so
-//! routing to another node later changes this module, not theirs.
+//! conversation supervisor). Sessions and conversations only ever deliver through it.
+//!
+//! In a cluster it also consults [`RemoteRoutes`] (implemented by `crate::cluster`): a
+//! conversation owned by another node gets its requests forwarded there, and devices
+//! connected to other nodes get their deliveries through their node. The router knows
+//! that other nodes exist, not how they are reached: no sockets, peers or wire formats.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -31,12 +35,34 @@ pub enum RouteError {
     Unavailable(String),
 }
 
+/// Node-to-node routing, supplied by the cluster; a single node has none. Every method is
+/// non-blocking: remote traffic is queued and sent in batches.
+pub trait RemoteRoutes: Send + Sync + 'static {
+    /// The node that should run this conversation's sequencer, or None if it is this node.
+    fn owner(&self, id: ConversationId) -> Option<Arc<str>>;
+    /// Queues a request for a conversation owned by `node`. Fails if `node` cannot be
+    /// reached now (the device gets UNAVAILABLE and retries).
+    fn to_conversation(&self, node: &str, id: ConversationId, message: ConversationMsg) -> Result<(), RouteError>;
+    /// Queues `make()` for the devices of `users` connected to other nodes, except device
+    /// `except`: one envelope per node that has any of them, however many they are.
+    fn to_users(&self, users: &[UserId], except: Option<DeviceId>, make: &dyn Fn() -> SessionMsg);
+    /// Queues a message for one device if it is connected to another node.
+    fn to_device(&self, user: UserId, device: DeviceId, message: SessionMsg);
+    /// A device connected to (`online`) or left this node.
+    fn session_changed(&self, user: UserId, device: DeviceId, online: bool);
+    /// True if a device of `user` is connected to another node.
+    fn user_elsewhere(&self, user: UserId) -> bool;
+    /// True if this device is connected to another node.
+    fn device_elsewhere(&self, user: UserId, device: DeviceId) -> bool;
+}
+
 type SessionEntry = (DeviceId, Mailbox<SessionMsg>);
 
 struct Inner {
     sessions: RwLock<HashMap<UserId, Vec<SessionEntry>>>,
     conversations: RwLock<HashMap<ConversationId, Mailbox<ConversationMsg>>>,
     supervisor: OnceLock<ActorRef<ConversationSupervisorMsg>>,
+    remote: OnceLock<Arc<dyn RemoteRoutes>>,
 }
 
 /// Cheaply cloneable handle to the node's router.
@@ -76,6 +102,7 @@ impl Router {
                 sessions: RwLock::new(HashMap::new()),
                 conversations: RwLock::new(HashMap::new()),
                 supervisor: OnceLock::new(),
+                remote: OnceLock::new(),
             }),
         }
     }
@@ -83,6 +110,15 @@ impl Router {
     /// Connects the router to the supervisor that activates conversations.
     pub fn set_conversation_supervisor(&self, supervisor: ActorRef<ConversationSupervisorMsg>) {
         let _ = self.inner.supervisor.set(supervisor);
+    }
+
+    /// Connects the router to the cluster (once, at start-up, before any device connects).
+    pub fn set_remote(&self, remote: Arc<dyn RemoteRoutes>) {
+        let _ = self.inner.remote.set(remote);
+    }
+
+    fn remote(&self) -> Option<&Arc<dyn RemoteRoutes>> {
+        self.inner.remote.get()
     }
 
     // ---- directory -------------------------------------------------------------------
@@ -99,33 +135,59 @@ impl Router {
                 None
             }
         };
-        let first_device = first_device && replaced.is_none();
+        let mut first_device = first_device && replaced.is_none();
+        drop(sessions);
+        if let Some(remote) = self.remote() {
+            if replaced.is_none() && remote.device_elsewhere(user, device) {
+                // The device moved here (its node is draining or was lost, or the client
+                // simply reconnected through another node): its old connection must go.
+                remote.to_device(user, device, SessionMsg::Close { code: ErrorCode::Replaced, reason: "this device connected again".into(), reconnect_after_ms: 0 });
+            }
+            first_device = first_device && !remote.user_elsewhere(user);
+            remote.session_changed(user, device, true);
+        }
         Registration { replaced, first_device }
     }
 
     /// Removes a session if it is still the registered one for its device. Returns true if
-    /// the user has no device online any more.
+    /// the user has no device online any more (on any node).
     pub fn unregister_session(&self, user: UserId, device: DeviceId, session: ActorId) -> bool {
         let mut sessions = write(&self.inner.sessions);
         let Some(entries) = sessions.get_mut(&user) else { return false };
         let before = entries.len();
         entries.retain(|(d, mb)| !(*d == device && mb.actor().get_id() == session));
         let removed = entries.len() != before;
-        if entries.is_empty() {
+        let last = entries.is_empty();
+        if last {
             sessions.remove(&user);
-            return removed;
         }
-        false
+        drop(sessions);
+        let mut elsewhere = false;
+        if removed && let Some(remote) = self.remote() {
+            remote.session_changed(user, device, false);
+            elsewhere = remote.user_elsewhere(user);
+        }
+        last && removed && !elsewhere
     }
 
     /// True if any device of the user is connected to this node.
-    pub fn is_online(&self, user: UserId) -> bool {
+    pub fn is_online_here(&self, user: UserId) -> bool {
         read(&self.inner.sessions).get(&user).is_some_and(|e| !e.is_empty())
     }
 
-    /// True if this device of the user is connected to this node.
+    /// True if any device of the user is connected, to this node or another.
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.is_online_here(user) || self.remote().is_some_and(|r| r.user_elsewhere(user))
+    }
+
+    /// True if this device of the user is connected, to this node or another.
     pub fn is_device_online(&self, user: UserId, device: DeviceId) -> bool {
-        self.device_mailbox(user, device).is_some()
+        self.device_mailbox(user, device).is_some() || self.remote().is_some_and(|r| r.device_elsewhere(user, device))
+    }
+
+    /// Every (user, device) connected to this node, for the cluster's directory snapshot.
+    pub fn local_devices(&self) -> Vec<(UserId, DeviceId)> {
+        read(&self.inner.sessions).iter().flat_map(|(u, entries)| entries.iter().map(|(d, _)| (*u, *d))).collect()
     }
 
     /// Number of connected devices on this node.
@@ -133,22 +195,52 @@ impl Router {
         read(&self.inner.sessions).values().map(Vec::len).sum()
     }
 
-    /// Delivers to every connected device of `user` except `except`. `make` builds one
-    /// message per device. A device whose mailbox is full is disconnected as slow.
+    /// Delivers to every connected device of `user` except `except`, on this node and
+    /// others. `make` builds one message per local device (and one per other node). A
+    /// device whose mailbox is full is disconnected as slow.
     pub fn deliver_to_user(&self, user: UserId, except: Option<DeviceId>, make: impl Fn() -> SessionMsg) {
-        // Sent under the read lock: `deliver` never blocks, and collecting the targets
-        // first cost an allocation per member per message in group fan-out profiles.
-        let sessions = read(&self.inner.sessions);
-        let Some(entries) = sessions.get(&user) else { return };
-        for (device, mailbox) in entries {
-            if Some(*device) != except {
-                Self::deliver(mailbox, make());
+        self.deliver_to_users(std::slice::from_ref(&user), except, make);
+    }
+
+    /// [`Router::deliver_to_user`] for many users at once (fan-out): each other node gets
+    /// one envelope for all of its recipients.
+    pub fn deliver_to_users(&self, users: &[UserId], except: Option<DeviceId>, make: impl Fn() -> SessionMsg) {
+        self.deliver_here(users, except, &make);
+        if let Some(remote) = self.remote() {
+            remote.to_users(users, except, &make);
+        }
+    }
+
+    /// Delivers to one device, wherever it is connected.
+    pub fn deliver_to_device(&self, user: UserId, device: DeviceId, message: SessionMsg) {
+        match self.device_mailbox(user, device) {
+            Some(mailbox) => Self::deliver(&mailbox, message),
+            None => {
+                if let Some(remote) = self.remote() {
+                    remote.to_device(user, device, message);
+                }
             }
         }
     }
 
-    /// Delivers to one device if it is connected here.
-    pub fn deliver_to_device(&self, user: UserId, device: DeviceId, message: SessionMsg) {
+    /// Delivers to the devices of `users` connected to this node only (also what another
+    /// node's envelope asks: it already chose this node).
+    pub fn deliver_here(&self, users: &[UserId], except: Option<DeviceId>, make: impl Fn() -> SessionMsg) {
+        // Sent under the read lock: `deliver` never blocks, and collecting the targets
+        // first cost an allocation per member per message in group fan-out profiles.
+        let sessions = read(&self.inner.sessions);
+        for user in users {
+            let Some(entries) = sessions.get(user) else { continue };
+            for (device, mailbox) in entries {
+                if Some(*device) != except {
+                    Self::deliver(mailbox, make());
+                }
+            }
+        }
+    }
+
+    /// Delivers to one device only if it is connected to this node.
+    pub fn deliver_to_device_here(&self, user: UserId, device: DeviceId, message: SessionMsg) {
         if let Some(mailbox) = self.device_mailbox(user, device) {
             Self::deliver(&mailbox, message);
         }
@@ -160,10 +252,18 @@ impl Router {
             .and_then(|entries| entries.iter().find(|(d, _)| *d == device).map(|(_, mb)| mb.clone()))
     }
 
-    /// Closes a device's live connection (revocation), if it has one here.
+    /// Closes a device's live connection (revocation), wherever it is connected.
     pub fn close_device(&self, user: UserId, device: DeviceId, code: ErrorCode, reason: &str) {
-        if let Some(mailbox) = self.device_mailbox(user, device) {
-            let _ = mailbox.actor().cast(SessionMsg::Close { code, reason: reason.to_owned(), reconnect_after_ms: 0 });
+        let close = SessionMsg::Close { code, reason: reason.to_owned(), reconnect_after_ms: 0 };
+        match self.device_mailbox(user, device) {
+            Some(mailbox) => {
+                let _ = mailbox.actor().cast(close);
+            }
+            None => {
+                if let Some(remote) = self.remote() {
+                    remote.to_device(user, device, close);
+                }
+            }
         }
     }
 
@@ -188,11 +288,30 @@ impl Router {
 
     // ---- conversations ---------------------------------------------------------------
 
-    /// Sends to a conversation's actor, activating it if needed. A message that meets a
-    /// passivating activation is handed to a fresh one.
+    /// Sends to a conversation's actor: forwarded to its owner if that is another node,
+    /// otherwise activated here if needed. A message that meets a passivating (or handing
+    /// off) activation is routed again.
     pub async fn send_to_conversation(&self, id: ConversationId, message: ConversationMsg) -> Result<(), RouteError> {
+        self.route_conversation(id, message, true).await
+    }
+
+    /// Sends to a conversation's actor on this node, whoever its owner: for requests another
+    /// node forwarded here. Forwarding again could bounce a request between two nodes whose
+    /// views of the membership differ for a moment; running it here is safe because the
+    /// store fences every append.
+    pub async fn send_to_local_conversation(&self, id: ConversationId, message: ConversationMsg) -> Result<(), RouteError> {
+        self.route_conversation(id, message, false).await
+    }
+
+    async fn route_conversation(&self, id: ConversationId, message: ConversationMsg, may_forward: bool) -> Result<(), RouteError> {
         let mut message = message;
         for _ in 0..3 {
+            if may_forward
+                && let Some(remote) = self.remote()
+                && let Some(owner) = remote.owner(id)
+            {
+                return remote.to_conversation(&owner, id, message);
+            }
             let mailbox = self.conversation(id).await?;
             match mailbox.send(message) {
                 Ok(()) => return Ok(()),
@@ -245,6 +364,21 @@ impl Router {
     /// The active conversation's mailbox, if there is one (fault injection, admin).
     pub fn active_conversation(&self, id: ConversationId) -> Option<Mailbox<ConversationMsg>> {
         read(&self.inner.conversations).get(&id).cloned()
+    }
+
+    /// Hands off every active conversation that another node now owns (after a membership
+    /// change, or all of them when draining). Returns how many were asked to move.
+    pub fn hand_off_moved(&self, all: bool) -> usize {
+        let Some(remote) = self.remote() else { return 0 };
+        let moved: Vec<Mailbox<ConversationMsg>> =
+            read(&self.inner.conversations).iter().filter(|(id, _)| all || remote.owner(**id).is_some()).map(|(_, mb)| mb.clone()).collect();
+        for mailbox in &moved {
+            // Closed first, so that new requests are routed to the new owner; the Handoff
+            // then queues behind the requests already accepted.
+            mailbox.gauge().close();
+            let _ = mailbox.actor().cast(ConversationMsg::Handoff);
+        }
+        moved.len()
     }
 
     /// Every active conversation, for shutdown.

@@ -943,3 +943,6 @@ async fn group_info(state: &mut SessionState, req: pb::GroupInfoRequest) -> Answ
         last_seq,
     }))))
 }
+
+// Local only: never sent to another node (the cluster feature asks every message type to say so).
+impl ractor::Message for SessionMsg {}

@@ -56,3 +56,6 @@ pub async fn start_session(supervisor: &ActorCell, args: SessionArgs) -> Result<
         .ok_or_else(|| ractor::SpawnErr::StartupFailed("session registered no mailbox".into()))?;
     Ok(Mailbox::new(actor, gauge))
 }
+
+// Local only: never sent to another node (the cluster feature asks every message type to say so).
+impl ractor::Message for SessionSupervisorMsg {}

@@ -194,3 +194,6 @@ impl StoreWriterHandle {
         &self.actor
     }
 }
+
+// Local only: never sent to another node (the cluster feature asks every message type to say so).
+impl ractor::Message for StoreWriterMsg {}

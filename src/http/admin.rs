@@ -22,6 +22,10 @@ pub struct AdminState {
     pub accounts: crate::accounts::Accounts,
     /// Required bearer token.
     pub token: String,
+    /// The cluster, if any.
+    pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    /// Starts a drain of this node.
+    pub drain: crate::server::DrainHandle,
 }
 
 /// Children listed per actor at most; the rest are counted, not listed.
@@ -84,11 +88,68 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn tree(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+#[derive(serde::Deserialize)]
+struct TreeQuery {
+    /// Another node of the cluster, by name.
+    node: Option<String>,
+}
+
+async fn tree(req: HttpRequest, state: web::Data<AdminState>, query: web::Query<TreeQuery>) -> HttpResponse {
     if !authorized(&req, &state) {
         return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
     }
+    if let (Some(node), Some(cluster)) = (&query.node, &state.cluster)
+        && node.as_str() != cluster.name().as_ref()
+    {
+        return proxy_tree(&req, cluster, node).await;
+    }
     HttpResponse::Ok().json(walk(&state.node.root.get_cell(), &state.node.ctx.stats, 0))
+}
+
+/// `/admin/tree?node=X` asked of another node: fetched from X's admin listener (as its
+/// heartbeats announce it) with the caller's own token.
+async fn proxy_tree(req: &HttpRequest, cluster: &crate::cluster::Cluster, node: &str) -> HttpResponse {
+    let Some(addr) = cluster.admin_addr_of(node) else {
+        return HttpResponse::NotFound().json(serde_json::json!({ "error": "unknown_node", "node": node }));
+    };
+    let token = bearer(req).unwrap_or_default().to_owned();
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build();
+    let result = match client {
+        Ok(c) => c.get(format!("http://{addr}/admin/tree")).bearer_auth(token).send().await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(r) if r.status().is_success() => match r.json::<TreeNode>().await {
+            Ok(tree) => HttpResponse::Ok().json(tree),
+            Err(e) => HttpResponse::BadGateway().json(serde_json::json!({ "error": "bad_answer", "message": e.to_string() })),
+        },
+        Ok(r) => HttpResponse::BadGateway().json(serde_json::json!({ "error": "node_answered", "status": r.status().as_u16() })),
+        Err(e) => HttpResponse::BadGateway().json(serde_json::json!({ "error": "unreachable", "message": e.to_string() })),
+    }
+}
+
+async fn cluster(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
+    }
+    match &state.cluster {
+        Some(cluster) => HttpResponse::Ok().json(cluster.report().await),
+        None => HttpResponse::NotFound().json(serde_json::json!({ "error": "not_clustered" })),
+    }
+}
+
+/// Starts draining this node; answers at once (the node exits when the drain is done).
+async fn drain(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
+    }
+    match &state.cluster {
+        Some(cluster) => {
+            state.drain.start(cluster.clone(), state.node.clone());
+            HttpResponse::Accepted().json(serde_json::json!({ "draining": cluster.name().as_ref() }))
+        }
+        None => HttpResponse::Conflict().json(serde_json::json!({ "error": "not_clustered", "message": "a single node cannot hand its work to anyone" })),
+    }
 }
 
 async fn crash_conversation(req: HttpRequest, state: web::Data<AdminState>, path: web::Path<String>) -> HttpResponse {
@@ -138,6 +199,8 @@ async fn provision(req: HttpRequest, state: web::Data<AdminState>, body: web::Js
 /// Registers the admin routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/tree", web::get().to(tree))
+        .route("/admin/cluster", web::get().to(cluster))
+        .route("/admin/drain", web::post().to(drain))
         .route("/admin/provision", web::post().to(provision))
         .route("/admin/conversations/{id}/crash", web::post().to(crash_conversation));
 }

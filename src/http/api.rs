@@ -29,6 +29,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// Prometheus text renderer.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The cluster, if any (health reports membership, drain and Redis).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// An HTTP-facing error.
@@ -121,8 +123,28 @@ async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
     let started = Instant::now();
     let store = state.store.ping().await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (cluster, draining) = match &state.cluster {
+        Some(c) => {
+            let redis = match c.presence() {
+                Some(p) => Some(p.health().await),
+                None => None,
+            };
+            let body = serde_json::json!({
+                "node": c.name().as_ref(),
+                "members": c.members().names().iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
+                "draining": c.draining(),
+                // Redis down degrades presence only; messages are unaffected, so it does
+                // not fail the health check.
+                "redis": redis,
+            });
+            (Some(body), c.draining())
+        }
+        None => (None, false),
+    };
+    let healthy = store.is_ok() && !draining;
     let body = serde_json::json!({
-        "status": if store.is_ok() { "ok" } else { "degraded" },
+        "status": if draining { "draining" } else if store.is_ok() { "ok" } else { "degraded" },
+        "cluster": cluster,
         "store": {
             "backend": state.store.backend(),
             "ok": store.is_ok(),
@@ -132,7 +154,8 @@ async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
         "sessions": state.node.ctx.router.session_count(),
         "conversations": state.node.ctx.router.conversation_count(),
     });
-    if store.is_ok() { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+    // A draining node answers 503 so that load balancers stop sending it devices.
+    if healthy { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 
 async fn metrics_text(state: web::Data<ApiState>) -> HttpResponse {

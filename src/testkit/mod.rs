@@ -3,5 +3,7 @@
 //! and is stopped when dropped. Nothing here is used by a running server.
 
 pub mod postgres;
+pub mod redis;
 
 pub use postgres::PrivatePostgres;
+pub use redis::PrivateRedis;

@@ -1,0 +1,486 @@
+//! The cluster: membership, placement, node-to-node routing, and the Redis directory.
+//!
+//! ```text
+//! node supervisor
+//! ├── … (sessions, conversations, writer, push: see `actors`)
+//! ├── cluster-node-server ── ractor_cluster NodeServer: the TCP listener and one
+//! │                          NodeSession per connected peer (cookie handshake)
+//! └── cluster-router ──────── the one actor other nodes address (process group
+//!                             `switchboard.routers`); carries batched envelopes,
+//!                             runs heartbeats, failure detection and reconnection
+//! ```
+//!
+//! - [`membership`] decides who is alive (the documented dead rule), [`placement`] who
+//!   owns each conversation (rendezvous hashing over the live members).
+//! - [`Cluster`] implements [`RemoteRoutes`] for the node's router: forwarding requests to
+//!   owners, deliveries to the nodes where devices are connected (per the replicated
+//!   [`directory`]), each through a per-peer outbox flushed as one batch.
+//! - [`link`] is the router actor: it flushes outboxes, dispatches incoming batches to
+//!   the local router, and maps ractor_cluster's remote actors to node names.
+//! - [`presence`] keeps the cluster-wide directory and presence in Redis.
+//!
+//! Invariant: nothing here knows sessions' or conversations' internals; it moves
+//! [`wire`] envelopes between routers. Safety under disagreement does not depend on this
+//! module at all: the store fences every append (ARCHITECTURE.md, "Fencing").
+
+pub mod directory;
+pub mod link;
+pub mod membership;
+pub mod placement;
+pub mod presence;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+use ractor::ActorRef;
+
+use crate::actors::Router;
+use crate::actors::conversation::ConversationMsg;
+use crate::actors::router::{RemoteRoutes, RouteError};
+use crate::actors::session::SessionMsg;
+use crate::config::ClusterConfig;
+use crate::protocol::id_bytes;
+use crate::store::{ConversationId, DeviceId, UserId};
+use directory::RemoteDirectory;
+use link::LinkMsg;
+use membership::{Change, Membership, PeerStatus};
+use placement::Members;
+use presence::{DeviceChange, RedisPresence};
+use wire::pb;
+
+/// Envelopes queued towards one peer before new ones are dropped (counted in
+/// `switchboard_cluster_dropped_total`): a peer that cannot keep up must not grow our memory.
+const MAX_OUTBOX: usize = 200_000;
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// An actor did not start.
+    #[error("cluster actors: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    /// Redis settings are wrong.
+    #[error(transparent)]
+    Presence(#[from] presence::PresenceError),
+}
+
+/// What this node tells its peers about itself (its listeners).
+#[derive(Debug, Clone, Default)]
+pub struct LocalAddrs {
+    /// Admin listener.
+    pub admin: String,
+    /// TCP listener for devices.
+    pub tcp: String,
+    /// HTTP/WebSocket listener for devices.
+    pub http: String,
+}
+
+/// One peer as the link sees it.
+#[derive(Default)]
+struct Peer {
+    /// Its router actor (a ractor_cluster remote actor), while connected.
+    router: Option<ActorRef<LinkMsg>>,
+    /// Envelopes waiting for the next flush.
+    outbox: Vec<pb::Envelope>,
+    /// A flush is already queued at the link actor.
+    flush_queued: bool,
+    /// Its last heartbeat.
+    heartbeat: Option<pb::Heartbeat>,
+}
+
+/// The cluster state of one node, shared by the router (through [`RemoteRoutes`]), the
+/// link actor and the admin API.
+pub struct Cluster {
+    name: Arc<str>,
+    incarnation: u64,
+    config: ClusterConfig,
+    router: Router,
+    membership: Mutex<Membership>,
+    members: RwLock<Members>,
+    peers: Mutex<HashMap<Arc<str>, Peer>>,
+    directory: RemoteDirectory,
+    presence: OnceLock<RedisPresence>,
+    link: OnceLock<ActorRef<LinkMsg>>,
+    addrs: OnceLock<LocalAddrs>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves the state consistent; a panic elsewhere must not
+    // take routing down with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A member of `switchboard admin cluster`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MemberReport {
+    /// Node name.
+    pub name: String,
+    /// alive / suspect / dead (this node's view), "self" for the answering node.
+    pub status: String,
+    /// Owns conversations in this node's view.
+    pub member: bool,
+    /// Draining.
+    pub draining: bool,
+    /// Connected devices.
+    pub sessions: u64,
+    /// Active conversations.
+    pub conversations: u64,
+    /// Admin listener.
+    pub admin_addr: String,
+    /// TCP listener.
+    pub tcp_addr: String,
+    /// HTTP listener.
+    pub http_addr: String,
+    /// Milliseconds since last heard (0 for self).
+    pub last_heard_ms: u64,
+}
+
+/// `GET /admin/cluster`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClusterReport {
+    /// The answering node.
+    pub node: String,
+    /// Its view of the owners of conversations.
+    pub members: Vec<String>,
+    /// Every node it knows, itself first.
+    pub nodes: Vec<MemberReport>,
+    /// Redis, if configured.
+    pub redis: Option<presence::RedisHealth>,
+}
+
+impl Cluster {
+    fn new(config: ClusterConfig, router: Router) -> Arc<Self> {
+        let name: Arc<str> = Arc::from(config.node_name.as_str());
+        let membership = Membership::new(name.clone(), config.heartbeat, config.dead_after);
+        let members = membership.members();
+        Arc::new(Self {
+            name,
+            incarnation: crate::store::now_ms(),
+            config,
+            router,
+            membership: Mutex::new(membership),
+            members: RwLock::new(members),
+            peers: Mutex::new(HashMap::new()),
+            directory: RemoteDirectory::default(),
+            presence: OnceLock::new(),
+            link: OnceLock::new(),
+            addrs: OnceLock::new(),
+        })
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The current owners of conversations.
+    pub fn members(&self) -> Members {
+        self.members.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Redis presence, if configured.
+    pub fn presence(&self) -> Option<&RedisPresence> {
+        self.presence.get()
+    }
+
+    /// True once this node started draining.
+    pub fn draining(&self) -> bool {
+        lock(&self.membership).draining()
+    }
+
+    /// Starts draining: this node leaves the member view (its conversations move to their
+    /// new owners) and says so in its heartbeats. Devices are closed by the caller.
+    pub fn start_drain(&self) {
+        let changed = lock(&self.membership).drain_me();
+        if changed {
+            tracing::info!(node = %self.name, "draining");
+            self.apply(Change { members_changed: true, ..Change::default() });
+            self.send_heartbeats();
+        }
+    }
+
+    /// At start-up: waits (at most `dead_after`) until every seed is connected, so that a
+    /// joining node knows the members before it places any conversation. (Placing one
+    /// early would be safe, the store fences appends, but would move it twice.)
+    pub async fn wait_for_peers(&self) {
+        if self.config.seeds.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + self.config.dead_after;
+        while Instant::now() < deadline {
+            let connected: Vec<String> = lock(&self.peers)
+                .values()
+                .filter(|p| p.router.is_some())
+                .filter_map(|p| p.heartbeat.as_ref().map(|h| h.cluster_addr.clone()))
+                .collect();
+            if self.config.seeds.iter().all(|s| *s == self.config.advertise || connected.contains(s)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // One more round so that transitive connections (peers of peers) complete.
+        tokio::time::sleep(self.config.heartbeat).await;
+        tracing::info!(members = ?self.members().names(), "joined the cluster");
+    }
+
+    /// Sends every queued envelope now (shutdown).
+    pub fn flush_now(&self) {
+        let names: Vec<Arc<str>> = lock(&self.peers).keys().cloned().collect();
+        for name in names {
+            link::flush(self, &name);
+        }
+    }
+
+    /// Queues an envelope for `node`. False if the node is not connected now or its
+    /// outbox is full.
+    fn queue(&self, node: &str, envelope: pb::envelope::Kind) -> bool {
+        let mut peers = lock(&self.peers);
+        let Some(peer) = peers.get_mut(node) else { return false };
+        if peer.router.is_none() {
+            return false;
+        }
+        if peer.outbox.len() >= MAX_OUTBOX {
+            metrics::counter!("switchboard_cluster_dropped_total").increment(1);
+            return false;
+        }
+        peer.outbox.push(pb::Envelope { kind: Some(envelope) });
+        if !peer.flush_queued {
+            peer.flush_queued = true;
+            if let Some(link) = self.link.get() {
+                let _ = link.cast(LinkMsg::Flush(Arc::from(node)));
+            }
+        }
+        true
+    }
+
+    /// Queues an envelope for every connected peer.
+    fn broadcast(&self, envelope: pb::envelope::Kind) {
+        let names: Vec<Arc<str>> = lock(&self.peers).iter().filter(|(_, p)| p.router.is_some()).map(|(n, _)| n.clone()).collect();
+        for name in names {
+            self.queue(&name, envelope.clone());
+        }
+    }
+
+    fn heartbeat(&self) -> pb::Heartbeat {
+        let addrs = self.addrs.get().cloned().unwrap_or_default();
+        pb::Heartbeat {
+            cluster_addr: self.config.advertise.clone(),
+            admin_addr: addrs.admin,
+            tcp_addr: addrs.tcp,
+            http_addr: addrs.http,
+            draining: self.draining(),
+            sessions: self.router.session_count() as u64,
+            conversations: self.router.conversation_count() as u64,
+            members: self.members().names().iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    fn send_heartbeats(&self) {
+        self.broadcast(pb::envelope::Kind::Heartbeat(self.heartbeat()));
+    }
+
+    /// A connection to `node` is up: say hello and send our directory.
+    fn peer_connected(&self, node: Arc<str>, router: ActorRef<LinkMsg>) {
+        {
+            let mut peers = lock(&self.peers);
+            let peer = peers.entry(node.clone()).or_default();
+            peer.router = Some(router);
+        }
+        tracing::info!(peer = %node, "cluster peer connected");
+        self.queue(&node, pb::envelope::Kind::Heartbeat(self.heartbeat()));
+        let devices = self
+            .router
+            .local_devices()
+            .into_iter()
+            .map(|(u, d)| pb::DirectoryUpdate { user_id: id_bytes(u), device_id: id_bytes(d), online: true })
+            .collect();
+        self.queue(&node, pb::envelope::Kind::Snapshot(pb::DirectorySnapshot { devices }));
+    }
+
+    /// The connection to `node` is gone (its actor left the process group). The peer is
+    /// not dead until the membership says so.
+    fn peer_disconnected(&self, node: &str) {
+        let mut peers = lock(&self.peers);
+        if let Some(peer) = peers.get_mut(node) {
+            peer.router = None;
+            peer.outbox.clear();
+            peer.flush_queued = false;
+            tracing::warn!(peer = %node, "cluster peer disconnected");
+        }
+    }
+
+    /// Applies a membership change: new placement, handoffs, dropped directories.
+    fn apply(&self, change: Change) {
+        for dead in &change.died {
+            tracing::warn!(peer = %dead, "cluster peer declared dead");
+            metrics::counter!("switchboard_cluster_peers_died_total").increment(1);
+            self.directory.drop_node(dead);
+        }
+        for back in &change.rejoined {
+            tracing::info!(peer = %back, "cluster peer rejoined");
+            self.directory.drop_node(back);
+        }
+        if change.members_changed {
+            let (members, draining) = {
+                let m = lock(&self.membership);
+                (m.members(), m.draining())
+            };
+            tracing::info!(members = ?members.names(), "cluster members changed");
+            metrics::gauge!("switchboard_cluster_members").set(members.names().len() as f64);
+            *self.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+            let moved = self.router.hand_off_moved(draining);
+            if moved > 0 {
+                tracing::info!(conversations = moved, "handing off conversations to their new owners");
+                metrics::counter!("switchboard_conversations_handed_off_total").increment(moved as u64);
+            }
+        }
+    }
+
+    /// `GET /admin/cluster`.
+    pub async fn report(&self) -> ClusterReport {
+        let now = Instant::now();
+        let addrs = self.addrs.get().cloned().unwrap_or_default();
+        let members = self.members();
+        let mut nodes = vec![MemberReport {
+            name: self.name.to_string(),
+            status: "self".into(),
+            member: members.contains(&self.name),
+            draining: self.draining(),
+            sessions: self.router.session_count() as u64,
+            conversations: self.router.conversation_count() as u64,
+            admin_addr: addrs.admin,
+            tcp_addr: addrs.tcp,
+            http_addr: addrs.http,
+            last_heard_ms: 0,
+        }];
+        {
+            let membership = lock(&self.membership);
+            let peers = lock(&self.peers);
+            for (name, view) in membership.peers() {
+                let hb = peers.get(name).and_then(|p| p.heartbeat.clone()).unwrap_or_default();
+                nodes.push(MemberReport {
+                    name: name.to_string(),
+                    status: match view.status {
+                        PeerStatus::Alive => "alive",
+                        PeerStatus::Suspect => "suspect",
+                        PeerStatus::Dead => "dead",
+                    }
+                    .into(),
+                    member: members.contains(name),
+                    draining: view.draining,
+                    sessions: hb.sessions,
+                    conversations: hb.conversations,
+                    admin_addr: hb.admin_addr,
+                    tcp_addr: hb.tcp_addr,
+                    http_addr: hb.http_addr,
+                    last_heard_ms: now.saturating_duration_since(view.last_heard).as_millis() as u64,
+                });
+            }
+        }
+        let redis = match self.presence.get() {
+            Some(p) => Some(p.health().await),
+            None => None,
+        };
+        ClusterReport { node: self.name.to_string(), members: members.names().iter().map(|n| n.to_string()).collect(), nodes, redis }
+    }
+
+    /// The admin address of `node` as its heartbeats announce it (self included).
+    pub fn admin_addr_of(&self, node: &str) -> Option<String> {
+        if node == self.name.as_ref() {
+            return self.addrs.get().map(|a| a.admin.clone());
+        }
+        lock(&self.peers).get(node).and_then(|p| p.heartbeat.as_ref().map(|h| h.admin_addr.clone()))
+    }
+}
+
+impl RemoteRoutes for Cluster {
+    fn owner(&self, id: ConversationId) -> Option<Arc<str>> {
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        match members.owner(id) {
+            Some(owner) if *owner != self.name => Some(owner.clone()),
+            _ => None,
+        }
+    }
+
+    fn to_conversation(&self, node: &str, id: ConversationId, message: ConversationMsg) -> Result<(), RouteError> {
+        let Some(wire) = wire::to_conversation(id, &message) else {
+            return Err(RouteError::Unavailable("request cannot cross nodes".into()));
+        };
+        if self.queue(node, pb::envelope::Kind::ToConversation(wire)) {
+            metrics::counter!("switchboard_cluster_forwarded_total").increment(1);
+            Ok(())
+        } else {
+            Err(RouteError::Unavailable(format!("owner node {node} unreachable")))
+        }
+    }
+
+    fn to_users(&self, users: &[UserId], except: Option<DeviceId>, make: &dyn Fn() -> SessionMsg) {
+        let targets = self.directory.nodes_for(users, except);
+        if targets.is_empty() {
+            return;
+        }
+        let Some(payload) = wire::session_payload(&make()) else { return };
+        for (node, users) in targets {
+            let envelope = pb::ToUsers {
+                user_ids: users.into_iter().map(id_bytes).collect(),
+                except_device_id: except.map(id_bytes).unwrap_or_default(),
+                payload: Some(payload.clone()),
+            };
+            self.queue(&node, pb::envelope::Kind::ToUsers(envelope));
+        }
+    }
+
+    fn to_device(&self, user: UserId, device: DeviceId, message: SessionMsg) {
+        let nodes = self.directory.nodes_of_device(user, device);
+        if nodes.is_empty() {
+            return;
+        }
+        let Some(payload) = wire::session_payload(&message) else { return };
+        for node in nodes {
+            let envelope = pb::ToDevice { user_id: id_bytes(user), device_id: id_bytes(device), payload: Some(payload.clone()) };
+            self.queue(&node, pb::envelope::Kind::ToDevice(envelope));
+        }
+    }
+
+    fn session_changed(&self, user: UserId, device: DeviceId, online: bool) {
+        self.broadcast(pb::envelope::Kind::Directory(pb::DirectoryUpdate { user_id: id_bytes(user), device_id: id_bytes(device), online }));
+        if let Some(presence) = self.presence.get() {
+            let gone = !online && !self.router.is_online_here(user) && !self.directory.has_user(user);
+            presence.changed(DeviceChange { user, device, online, last_seen_ms: gone.then(crate::store::now_ms) });
+        }
+    }
+
+    fn user_elsewhere(&self, user: UserId) -> bool {
+        self.directory.has_user(user)
+    }
+
+    fn device_elsewhere(&self, user: UserId, device: DeviceId) -> bool {
+        !self.directory.nodes_of_device(user, device).is_empty()
+    }
+}
+
+/// Starts the cluster for a node whose actor tree is running: the NodeServer, the router
+/// actor, Redis presence, and the hook into the node's router.
+pub async fn start(
+    config: ClusterConfig,
+    node: &crate::actors::node::Node,
+    addrs: LocalAddrs,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<Arc<Cluster>, ClusterError> {
+    let cluster = Cluster::new(config, node.ctx.router.clone());
+    let _ = cluster.addrs.set(addrs);
+    if let Some(url) = cluster.config.redis.clone() {
+        let router = node.ctx.router.clone();
+        let presence = RedisPresence::start(&url, cluster.name.clone(), Arc::new(move || router.local_devices()), stop.clone())?;
+        let _ = cluster.presence.set(presence);
+    }
+    node.ctx.router.set_remote(cluster.clone());
+    link::start(cluster.clone(), node.root.get_cell(), stop).await?;
+    Ok(cluster)
+}

@@ -1,0 +1,269 @@
+//! The cluster-wide directory and presence in Redis.
+//!
+//! Keys (all under the `sb:` prefix):
+//!
+//! - `sb:node:{name}`: this node is alive; a value with a TTL of three refresh periods,
+//!   refreshed every second. The TTL heartbeat is per node, not per device: a node that
+//!   dies takes all its devices offline when its key expires, and refreshing costs one
+//!   command per node per second whatever the number of devices.
+//! - `sb:devices:{user}`: hash device id → node name of every connected device. An entry
+//!   whose node key has expired is stale and read as offline.
+//! - `sb:seen:{user}`: last-seen time in ms, written when the user's last device leaves.
+//!
+//! Nothing on the message path waits for Redis: updates go through a bounded queue to one
+//! writer task, and reads (presence queries) fall back to the node's own view when Redis
+//! does not answer. If Redis is unreachable the writer reports it (`switchboard_redis_up`,
+//! /healthz), drops what it cannot write, and rewrites this node's whole directory once
+//! Redis answers again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{DeviceId, UserId};
+
+/// Redis could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    /// The URL is not a Redis URL.
+    #[error("invalid redis url: {0}")]
+    Url(String),
+    /// Redis did not answer or refused.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis did not answer in time.
+    #[error("redis did not answer in time")]
+    Timeout,
+}
+
+/// One directory change of this node.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceChange {
+    /// Whose device.
+    pub user: UserId,
+    /// Which device.
+    pub device: DeviceId,
+    /// Connected (true) or gone.
+    pub online: bool,
+    /// The user has no device left anywhere: record last seen.
+    pub last_seen_ms: Option<u64>,
+}
+
+/// What Redis says of one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    /// A device is connected to a live node.
+    pub online: bool,
+    /// Last seen (ms), if recorded.
+    pub last_seen_ms: Option<u64>,
+}
+
+/// The state of the Redis connection, for /healthz.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RedisHealth {
+    /// Answered the last probe.
+    pub ok: bool,
+    /// Round trip of the last probe.
+    pub latency_ms: f64,
+    /// Last error, if the last probe failed.
+    pub error: Option<String>,
+}
+
+const QUEUE: usize = 65_536;
+const REFRESH: Duration = Duration::from_secs(1);
+const OP_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Handle to the Redis directory of this node.
+#[derive(Clone)]
+pub struct RedisPresence {
+    node: Arc<str>,
+    conn: ConnectionManager,
+    tx: mpsc::Sender<DeviceChange>,
+    up: Arc<AtomicBool>,
+    /// Set when changes were dropped (queue full, Redis down): rewrite everything.
+    dirty: Arc<AtomicBool>,
+    health: Arc<Mutex<RedisHealth>>,
+}
+
+// Deletes a device's entry only if it still names this node: the device may have moved
+// to another node, whose entry must stay.
+const HDEL_IF_MINE: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"#;
+
+fn devices_key(user: UserId) -> String {
+    format!("sb:devices:{user}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("sb:node:{node}")
+}
+
+fn seen_key(user: UserId) -> String {
+    format!("sb:seen:{user}")
+}
+
+impl RedisPresence {
+    /// Connects lazily (a Redis that is down at start-up only makes presence degraded)
+    /// and starts the writer and the refresher. `local_devices` lists this node's devices
+    /// for a full rewrite after an outage.
+    pub fn start(
+        url: &str,
+        node: Arc<str>,
+        local_devices: Arc<dyn Fn() -> Vec<(UserId, DeviceId)> + Send + Sync>,
+        stop: CancellationToken,
+    ) -> Result<Self, PresenceError> {
+        let client = redis::Client::open(url).map_err(|e| PresenceError::Url(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let presence = Self {
+            node,
+            conn,
+            tx,
+            up: Arc::new(AtomicBool::new(false)),
+            dirty: Arc::new(AtomicBool::new(true)),
+            health: Arc::new(Mutex::new(RedisHealth { ok: false, latency_ms: 0.0, error: Some("not probed yet".into()) })),
+        };
+        tokio::spawn(presence.clone().write_loop(rx, stop.clone()));
+        tokio::spawn(presence.clone().refresh_loop(local_devices, stop));
+        Ok(presence)
+    }
+
+    /// Queues a change; never waits. A full queue marks the directory for a rewrite.
+    pub fn changed(&self, change: DeviceChange) {
+        if self.tx.try_send(change).is_err() {
+            metrics::counter!("switchboard_redis_dropped_total").increment(1);
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The last probe's result.
+    pub async fn health(&self) -> RedisHealth {
+        self.health.lock().await.clone()
+    }
+
+    /// True if the last probe succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    /// Presence of `users` as Redis sees it (cluster-wide).
+    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>, PresenceError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.hvals(devices_key(*user)).get(seen_key(*user));
+        }
+        let answers: Vec<(Vec<String>, Option<u64>)> = tokio::time::timeout(OP_TIMEOUT, pipe.query_async(&mut conn)).await.map_err(|_| PresenceError::Timeout)??;
+        let mut nodes: Vec<String> = answers.iter().flat_map(|(n, _)| n.iter().cloned()).collect();
+        nodes.sort();
+        nodes.dedup();
+        let alive: HashMap<String, bool> = if nodes.is_empty() {
+            HashMap::new()
+        } else {
+            let keys: Vec<String> = nodes.iter().map(|n| node_key(n)).collect();
+            let values: Vec<Option<String>> = tokio::time::timeout(OP_TIMEOUT, conn.mget(keys)).await.map_err(|_| PresenceError::Timeout)??;
+            nodes.into_iter().zip(values).map(|(n, v)| (n, v.is_some())).collect()
+        };
+        Ok(answers
+            .into_iter()
+            .map(|(devices_on, last_seen_ms)| Presence { online: devices_on.iter().any(|n| alive.get(n).copied().unwrap_or(false)), last_seen_ms })
+            .collect())
+    }
+
+    async fn write_loop(self, mut rx: mpsc::Receiver<DeviceChange>, stop: CancellationToken) {
+        let script = redis::Script::new(HDEL_IF_MINE);
+        let mut batch = Vec::with_capacity(1024);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                n = rx.recv_many(&mut batch, 1024) => if n == 0 { return },
+            }
+            let mut pipe = redis::pipe();
+            for change in batch.drain(..) {
+                let key = devices_key(change.user);
+                if change.online {
+                    pipe.hset(&key, change.device.to_string(), self.node.as_ref()).ignore();
+                } else {
+                    pipe.invoke_script(script.key(&key).arg(change.device.to_string()).arg(self.node.as_ref())).ignore();
+                }
+                if let Some(at) = change.last_seen_ms {
+                    pipe.set(seen_key(change.user), at).ignore();
+                }
+            }
+            let mut conn = self.conn.clone();
+            let result: Result<Result<(), redis::RedisError>, _> = tokio::time::timeout(OP_TIMEOUT, pipe.query_async(&mut conn)).await;
+            if !matches!(result, Ok(Ok(()))) {
+                // Dropped: the full rewrite after the outage restores this node's entries.
+                metrics::counter!("switchboard_redis_dropped_total").increment(1);
+                self.dirty.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    async fn refresh_loop(self, local_devices: Arc<dyn Fn() -> Vec<(UserId, DeviceId)> + Send + Sync>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let started = Instant::now();
+            let mut conn = self.conn.clone();
+            let ttl_ms = (REFRESH * 3).as_millis() as u64;
+            let result: Result<Result<(), redis::RedisError>, _> =
+                tokio::time::timeout(OP_TIMEOUT, redis::cmd("SET").arg(node_key(&self.node)).arg(1).arg("PX").arg(ttl_ms).query_async(&mut conn)).await;
+            let ok = matches!(result, Ok(Ok(())));
+            let error = match &result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("timed out".to_owned()),
+            };
+            let was_up = self.up.swap(ok, Ordering::SeqCst);
+            if ok != was_up {
+                match &error {
+                    None => tracing::info!("redis reachable"),
+                    Some(e) => tracing::error!(error = %e, "redis unreachable; presence degraded, messages unaffected"),
+                }
+            }
+            metrics::gauge!("switchboard_redis_up").set(if ok { 1.0 } else { 0.0 });
+            metrics::histogram!("switchboard_redis_ping_seconds").record(started.elapsed().as_secs_f64());
+            *self.health.lock().await = RedisHealth { ok, latency_ms: started.elapsed().as_secs_f64() * 1000.0, error };
+            if ok && self.dirty.swap(false, Ordering::SeqCst) && self.rewrite(&local_devices()).await.is_err() {
+                self.dirty.store(true, Ordering::SeqCst);
+            }
+        }
+        // Leaving: this node's devices go offline at once rather than after the TTL.
+        let mut conn = self.conn.clone();
+        let _: Result<Result<(), redis::RedisError>, _> = tokio::time::timeout(OP_TIMEOUT, conn.del(node_key(&self.node))).await;
+    }
+
+    /// Writes every local device (after an outage or dropped updates).
+    async fn rewrite(&self, devices: &[(UserId, DeviceId)]) -> Result<(), PresenceError> {
+        for chunk in devices.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (user, device) in chunk {
+                pipe.hset(devices_key(*user), device.to_string(), self.node.as_ref()).ignore();
+            }
+            let mut conn = self.conn.clone();
+            tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut conn)).await.map_err(|_| PresenceError::Timeout)??;
+        }
+        tracing::info!(devices = devices.len(), "redis directory rewritten");
+        Ok(())
+    }
+}
