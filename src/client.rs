@@ -551,6 +551,14 @@ impl Connection {
     }
 
     /// Drops frames kept by earlier `wait_for`s; returns how many there were.
+    /// The Closing frame among the buffered frames, if the server sent one.
+    pub fn closing(&self) -> Option<pb::Closing> {
+        self.buffered.iter().find_map(|k| match k {
+            server_frame::Kind::Closing(c) => Some(c.clone()),
+            _ => None,
+        })
+    }
+
     pub fn discard_buffered(&mut self) -> usize {
         let n = self.buffered.len();
         self.buffered.clear();
@@ -562,6 +570,121 @@ impl Connection {
         self.send(client_frame::Kind::Bye(pb::Bye {})).await?;
         while let Ok(Some(_)) = self.recv_timeout(Duration::from_secs(2)).await.map(Some) {}
         Ok(())
+    }
+}
+
+/// A device connection that survives the loss of its node, as a mobile app's does: when
+/// the connection ends it reconnects, after the delay the server asked for (Closing's
+/// `reconnect_after_ms`, as a draining node sends) or an exponential backoff with jitter,
+/// to the next node of its list (in production: the same load-balancer address). The
+/// server then resumes from the device's cursors (catch-up). Sends are retried with the
+/// same `client_msg_id` until acknowledged, so a message is stored once whatever fails.
+pub struct Roaming {
+    transports: Vec<Transport>,
+    token: String,
+    at: usize,
+    conn: Connection,
+    /// Connections made after the first.
+    pub reconnects: u64,
+}
+
+/// How long one send waits for its ack before the connection is considered lost.
+const ROAMING_ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long a reconnection keeps trying before giving up.
+const ROAMING_GIVE_UP: Duration = Duration::from_secs(30);
+
+impl Roaming {
+    /// Connects to the first node of `transports` that answers, starting at `start`.
+    pub async fn connect(transports: Vec<Transport>, token: &str, start: usize) -> Result<Self, ClientError> {
+        let n = transports.len().max(1);
+        let (conn, at) = Self::dial(&transports, token, start % n, Duration::ZERO).await?;
+        Ok(Self { transports, token: token.to_owned(), at, conn, reconnects: 0 })
+    }
+
+    /// The current connection.
+    pub fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Which node (index in the list) the device is connected to.
+    pub fn node(&self) -> usize {
+        self.at
+    }
+
+    /// Replaces the node list (nodes added or restarted on new addresses).
+    pub fn set_transports(&mut self, transports: Vec<Transport>) {
+        self.transports = transports;
+    }
+
+    /// Drops the connection and connects again, to the next node first.
+    pub async fn reconnect(&mut self) -> Result<(), ClientError> {
+        let asked = self.conn.closing().map(|c| Duration::from_millis(c.reconnect_after_ms.into())).unwrap_or(Duration::ZERO);
+        let (conn, at) = Self::dial(&self.transports, &self.token, self.at + 1, asked).await?;
+        self.conn = conn;
+        self.at = at;
+        self.reconnects += 1;
+        Ok(())
+    }
+
+    async fn dial(transports: &[Transport], token: &str, start: usize, first_delay: Duration) -> Result<(Connection, usize), ClientError> {
+        let n = transports.len();
+        if n == 0 {
+            return Err(ClientError::Closed);
+        }
+        let give_up = tokio::time::Instant::now() + ROAMING_GIVE_UP;
+        let mut delay = first_delay;
+        let mut backoff = Duration::from_millis(50);
+        let mut attempt = 0usize;
+        loop {
+            tokio::time::sleep(delay).await;
+            let at = (start + attempt) % n;
+            let opened = tokio::time::timeout(Duration::from_secs(3), Connection::open(&transports[at], token)).await;
+            match opened {
+                Ok(Ok((conn, _))) => return Ok((conn, at)),
+                Ok(Err(ClientError::Rejected { code, message })) if matches!(code, protocol::ErrorCode::InvalidToken | protocol::ErrorCode::DeviceRevoked) => {
+                    return Err(ClientError::Rejected { code, message });
+                }
+                _ if tokio::time::Instant::now() >= give_up => return Err(ClientError::Timeout),
+                _ => {}
+            }
+            attempt += 1;
+            // Full jitter, capped: a node's devices do not come back in lockstep.
+            delay = backoff.mul_f64(rand::random::<f64>());
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Sends until the message is acknowledged, reconnecting as needed. UNAVAILABLE (the
+    /// conversation is moving between nodes) is retried on the same connection.
+    pub async fn send_until_acked(&mut self, conversation: Uuid, client_msg_id: &str, payload: Bytes) -> Result<pb::SendAck, ClientError> {
+        loop {
+            let attempt = tokio::time::timeout(ROAMING_ACK_WAIT, self.conn.send_and_ack(conversation, client_msg_id, payload.clone())).await;
+            match attempt {
+                Ok(Ok(ack)) => return Ok(ack),
+                Ok(Err(ClientError::Rejected { code, .. })) if code == protocol::ErrorCode::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(ClientError::Rejected { code, message })) => return Err(ClientError::Rejected { code, message }),
+                _ => self.reconnect().await?,
+            }
+        }
+    }
+
+    /// The next frame, reconnecting when the connection ends (`None` only on timeout).
+    pub async fn next_frame(&mut self, wait: Duration) -> Result<Option<server_frame::Kind>, ClientError> {
+        match self.conn.recv_timeout(wait).await {
+            Ok(server_frame::Kind::Closing(c)) => {
+                self.conn.buffered.push_back(server_frame::Kind::Closing(c));
+                self.reconnect().await?;
+                Ok(None)
+            }
+            Ok(kind) => Ok(Some(kind)),
+            Err(ClientError::Timeout) => Ok(None),
+            Err(_) => {
+                self.reconnect().await?;
+                Ok(None)
+            }
+        }
     }
 }
 

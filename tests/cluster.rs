@@ -9,15 +9,14 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{ADMIN_TOKEN, TestServer, WAIT, caught_up, phone};
 use switchboard::accounts::DeviceCredentials;
-use switchboard::client::{ClientError, Connection, HttpApi, Transport};
-use switchboard::protocol::{ErrorCode, pb, server_frame};
+use switchboard::client::{Connection, HttpApi, Roaming, Transport};
+use switchboard::protocol::{pb, server_frame};
 use switchboard::testkit::{PrivatePostgres, PrivateRedis};
 use uuid::Uuid;
 
@@ -26,10 +25,16 @@ const COOKIE: &str = "cluster-test-cookie";
 /// A private cluster: its store, its Redis and its nodes.
 struct TestCluster {
     nodes: Vec<Option<TestServer>>,
-    ports: Vec<u16>,
+    /// Per node: cluster, TCP, HTTP and admin ports, fixed so that a restarted node comes
+    /// back on the same addresses (as behind a load balancer).
+    ports: Vec<[u16; 4]>,
     store: String,
     redis: PrivateRedis,
     _pg: PrivatePostgres,
+}
+
+fn node_ports() -> [u16; 4] {
+    [free_port(), free_port(), free_port(), free_port()]
 }
 
 fn free_port() -> u16 {
@@ -42,7 +47,7 @@ impl TestCluster {
         let pg = PrivatePostgres::start().expect("private postgres");
         let store = pg.create_database("cluster").await.expect("database");
         let redis = PrivateRedis::start().expect("private redis");
-        let mut cluster = Self { nodes: Vec::new(), ports: (0..n).map(|_| free_port()).collect(), store, redis, _pg: pg };
+        let mut cluster = Self { nodes: Vec::new(), ports: (0..n).map(|_| node_ports()).collect(), store, redis, _pg: pg };
         // The first node migrates the schema; the others start alongside it.
         for i in 0..n {
             let node = cluster.launch(i);
@@ -53,12 +58,19 @@ impl TestCluster {
     }
 
     fn args(&self, i: usize) -> Vec<String> {
-        let seeds: Vec<String> = self.ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| format!("127.0.0.1:{p}")).collect();
+        let seeds: Vec<String> = self.ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| format!("127.0.0.1:{}", p[0])).collect();
+        let [cluster, tcp, http, admin] = self.ports[i];
         vec![
             "--node-name".into(),
             format!("n{i}"),
             "--cluster-listen".into(),
-            format!("127.0.0.1:{}", self.ports[i]),
+            format!("127.0.0.1:{cluster}"),
+            "--tcp-listen".into(),
+            format!("127.0.0.1:{tcp}"),
+            "--http-listen".into(),
+            format!("127.0.0.1:{http}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin}"),
             "--seeds".into(),
             seeds.join(","),
             "--cookie".into(),
@@ -82,7 +94,7 @@ impl TestCluster {
 
     /// Adds one more node (it seeds from all the others).
     async fn add_node(&mut self) -> usize {
-        self.ports.push(free_port());
+        self.ports.push(node_ports());
         let i = self.ports.len() - 1;
         let node = self.launch(i);
         self.nodes.push(Some(node));
@@ -97,10 +109,10 @@ impl TestCluster {
         (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect()
     }
 
-    /// Every node's TCP address, in node order (stopped nodes keep their last address, so
-    /// a reconnecting client tries it and moves on).
+    /// Every node's TCP address, in node order (a stopped node's too: a reconnecting
+    /// client tries it and moves on, and finds it again once it is back).
     fn transports(&self) -> Vec<Transport> {
-        self.nodes.iter().flatten().map(|n| Transport::Tcp(n.tcp)).collect()
+        self.ports.iter().map(|p| Transport::Tcp(([127, 0, 0, 1], p[1]).into())).collect()
     }
 
     fn api(&self) -> HttpApi {
@@ -243,4 +255,387 @@ async fn messages_receipts_and_presence_cross_nodes() {
         .await
         .expect("json");
     assert!(tree.to_string().contains("cluster-router"), "n2's tree: {tree}");
+}
+
+// ---- traffic with roaming devices ------------------------------------------------------
+
+/// client_msg_id → the seq its ack carried.
+type Acked = BTreeMap<String, u64>;
+
+/// Sends `count` messages `prefix-k`, round-robin over `conversations`, each until it is
+/// acknowledged (reconnecting to another node whenever its node goes away).
+async fn send_traffic(
+    mut device: Roaming,
+    conversations: Vec<Uuid>,
+    prefix: String,
+    count: usize,
+    pace: Duration,
+    progress: Arc<AtomicUsize>,
+) -> (HashMap<Uuid, Acked>, u64) {
+    let mut acked: HashMap<Uuid, Acked> = HashMap::new();
+    for k in 0..count {
+        let conversation = conversations[k % conversations.len()];
+        let id = format!("{prefix}-{k}");
+        let ack = device.send_until_acked(conversation, &id, format!("payload {id}").into_bytes().into()).await.expect("acknowledged eventually");
+        assert!(is_conversation(&ack.conversation_id, conversation));
+        acked.entry(conversation).or_default().insert(id, ack.seq);
+        progress.fetch_add(1, Ordering::SeqCst);
+        // Receipts and echoes pile up on a sender that never reads them.
+        device.conn().discard_buffered();
+        tokio::time::sleep(pace).await;
+    }
+    (acked, device.reconnects)
+}
+
+/// Receives `conversations` (acknowledging each message, so a reconnection resumes from
+/// the cursor) until it holds every seq up to the target `done` announces. Returns, per
+/// conversation, the distinct seqs received and how many arrived more than once.
+async fn receive_traffic(mut device: Roaming, conversations: Vec<Uuid>, done: tokio::sync::watch::Receiver<Option<HashMap<Uuid, u64>>>) -> HashMap<Uuid, (std::collections::BTreeSet<u64>, usize)> {
+    let mut got: HashMap<Uuid, (std::collections::BTreeSet<u64>, usize)> = conversations.iter().map(|c| (*c, Default::default())).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(targets) = done.borrow().clone()
+            && conversations.iter().all(|c| got[c].0.len() as u64 >= targets[c])
+        {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "receiver did not get everything: {:?}", got.iter().map(|(c, (s, _))| (c, s.len())).collect::<Vec<_>>());
+        if let Some(server_frame::Kind::Message(m)) = device.next_frame(Duration::from_millis(300)).await.expect("reconnects") {
+            let Ok(conversation) = Uuid::from_slice(&m.conversation_id) else { continue };
+            if let Some((seqs, duplicates)) = got.get_mut(&conversation) {
+                if !seqs.insert(m.seq) {
+                    *duplicates += 1;
+                }
+                let _ = device.conn().ack(conversation, m.seq).await;
+            }
+        }
+    }
+}
+
+/// Reads a conversation's whole log (newest first, in pages) through `conn`.
+async fn read_log(conn: &mut Connection, conversation: Uuid) -> BTreeMap<u64, pb::Message> {
+    let mut log = BTreeMap::new();
+    let mut before = 0;
+    loop {
+        let page = conn.history(conversation, before, 200).await.expect("history page");
+        for m in &page.messages {
+            assert!(log.insert(m.seq, m.clone()).is_none(), "seq {} listed twice", m.seq);
+        }
+        match page.messages.last() {
+            Some(oldest) if page.has_more => before = oldest.seq,
+            _ => return log,
+        }
+    }
+}
+
+/// The log holds every acknowledged message at the seq its ack named, seqs run from 1
+/// without a gap, and no client_msg_id is stored twice. Returns the last seq.
+fn check_log(log: &BTreeMap<u64, pb::Message>, acked: &[&Acked]) -> u64 {
+    let last = log.keys().next_back().copied().unwrap_or(0);
+    assert_eq!(log.keys().copied().collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>(), "the log has a gap");
+    let mut ids = std::collections::HashSet::new();
+    for m in log.values().filter(|m| !m.client_msg_id.is_empty()) {
+        assert!(ids.insert((m.sender_device_id.clone(), m.client_msg_id.clone())), "{} stored twice", m.client_msg_id);
+    }
+    for (id, seq) in acked.iter().flat_map(|a| a.iter()) {
+        let stored = log.get(seq).unwrap_or_else(|| panic!("acknowledged {id} at seq {seq} is not in the log"));
+        assert_eq!(&stored.client_msg_id, id, "seq {seq} holds another message than the one acknowledged");
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_traffic_loses_no_acknowledged_message() {
+    let mut cluster = TestCluster::start(3).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    // Three senders and three receivers, one of each on every node; each pair has a 1:1
+    // conversation whose two ends are on different nodes, and all six share a group.
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..3 {
+        senders.push(sign_up(&api).await);
+        receivers.push(sign_up(&api).await);
+    }
+    let mut setup = online_at(&t[0], &senders[0]).await;
+    let members: Vec<Uuid> = senders.iter().chain(&receivers).map(|c| c.user_id).filter(|u| *u != senders[0].user_id).collect();
+    let group = setup.create_group("all", &members).await.expect("group");
+    let mut directs = Vec::new();
+    for i in 0..3 {
+        let mut conn = online_at(&t[i], &senders[i]).await;
+        directs.push(conn.open_direct(receivers[i].user_id).await.expect("direct"));
+    }
+    drop(setup);
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = tokio::sync::watch::channel(None);
+    let mut receiving = Vec::new();
+    for i in 0..3 {
+        let device = Roaming::connect(t.clone(), &receivers[i].token, (i + 1) % 3).await.expect("receiver online");
+        receiving.push(tokio::spawn(receive_traffic(device, vec![directs[i], group], done_rx.clone())));
+    }
+    let mut sending = Vec::new();
+    for i in 0..3 {
+        let device = Roaming::connect(t.clone(), &senders[i].token, i).await.expect("sender online");
+        let conversations = vec![directs[i], directs[i], group];
+        sending.push(tokio::spawn(send_traffic(device, conversations, format!("s{i}"), 240, Duration::from_millis(5), progress.clone())));
+    }
+
+    // SIGKILL node 2 in the middle of the traffic.
+    while progress.load(Ordering::SeqCst) < 240 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.nodes[2].as_mut().expect("n2").kill9();
+    cluster.nodes[2] = None;
+
+    let mut acked: Vec<HashMap<Uuid, Acked>> = Vec::new();
+    let mut reconnects = Vec::new();
+    for s in sending {
+        let (a, r) = s.await.expect("sender");
+        acked.push(a);
+        reconnects.push(r);
+    }
+    assert!(reconnects[2] >= 1, "the sender on the killed node never moved: {reconnects:?}");
+    cluster.wait_members(2).await;
+
+    // Every acknowledged message is in the log at its seq, without gaps or doubles.
+    let mut targets = HashMap::new();
+    for (i, direct) in directs.iter().enumerate() {
+        let mut conn = online_at(&Transport::Tcp(cluster.node(0).tcp), &senders[i]).await;
+        let log = read_log(&mut conn, *direct).await;
+        targets.insert(*direct, check_log(&log, &[&acked[i][direct]]));
+    }
+    let mut reader = online_at(&Transport::Tcp(cluster.node(0).tcp), &senders[0]).await;
+    let group_log = read_log(&mut reader, group).await;
+    let group_acked: Vec<&Acked> = acked.iter().map(|a| &a[&group]).collect();
+    targets.insert(group, check_log(&group_log, &group_acked));
+    assert_eq!(targets[&group], 1 + 3 * 80, "creation event and every group message");
+
+    // Every receiver ends up with every seq (after dedup by seq), whichever node it was on.
+    done_tx.send(Some(targets.clone())).expect("receivers listening");
+    for r in receiving {
+        for (conversation, (seqs, _duplicates)) in r.await.expect("receiver") {
+            assert_eq!(seqs, (1..=targets[&conversation]).collect(), "a receiver misses messages");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sequencers_forced_to_coexist_never_share_a_seq() {
+    // Two nodes on one store that cannot see each other (no seeds, as in a partition):
+    // each believes it is alone and owns every conversation, so both run a sequencer for
+    // the same group at the same time. The store's fence must keep the log sound.
+    let pg = PrivatePostgres::start().expect("private postgres");
+    let store = pg.create_database("split").await.expect("database");
+    let node = |name: &str| {
+        let port = free_port().to_string();
+        let listen = format!("127.0.0.1:{port}");
+        TestServer::start_on(&store, &["--node-name", name, "--cluster-listen", &listen, "--cookie", COOKIE])
+    };
+    let (a, b) = (node("left"), node("right"));
+    let x = sign_up(&a.api()).await;
+    let y = sign_up(&a.api()).await;
+    let mut setup = online_at(&Transport::Tcp(a.tcp), &x).await;
+    let group = setup.create_group("split brain", &[y.user_id]).await.expect("group");
+    drop(setup);
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    let left = Roaming::connect(vec![Transport::Tcp(a.tcp)], &x.token, 0).await.expect("x on left");
+    let right = Roaming::connect(vec![Transport::Tcp(b.tcp)], &y.token, 0).await.expect("y on right");
+    let xs = tokio::spawn(send_traffic(left, vec![group], "x".into(), 150, Duration::ZERO, progress.clone()));
+    let ys = tokio::spawn(send_traffic(right, vec![group], "y".into(), 150, Duration::ZERO, progress.clone()));
+    let ((xs, _), (ys, _)) = (xs.await.expect("x"), ys.await.expect("y"));
+
+    let mut reader = online_at(&Transport::Tcp(a.tcp), &x).await;
+    let log = read_log(&mut reader, group).await;
+    let last = check_log(&log, &[&xs[&group], &ys[&group]]);
+    assert_eq!(last, 1 + 300, "creation event and every message, each once");
+    let seqs: std::collections::HashSet<u64> = xs[&group].values().chain(ys[&group].values()).copied().collect();
+    assert_eq!(seqs.len(), 300, "two acknowledged messages share a seq");
+    // Both sequencers really ran: the fence turned some appends away (and the devices
+    // retried them), on one node or both.
+    let fenced = [&a, &b].iter().map(|n| n.log().matches("SeqConflict").count()).sum::<usize>();
+    assert!(fenced > 0, "no append was fenced: the test did not run two sequencers");
+}
+
+/// Active conversations on each live node, as each reports itself.
+async fn conversations_per_node(cluster: &TestCluster) -> BTreeMap<usize, u64> {
+    let mut counts = BTreeMap::new();
+    for i in cluster.live() {
+        let report = cluster.report(i).await.expect("report");
+        counts.insert(i, report.nodes[0].conversations);
+    }
+    counts
+}
+
+/// Sends one more message to each conversation and checks its seq.
+async fn touch_all(device: &mut Roaming, conversations: &[Uuid], round: &str, seq: u64) {
+    for (k, conversation) in conversations.iter().enumerate() {
+        let ack = device.send_until_acked(*conversation, &format!("{round}-{k}"), b"x".to_vec().into()).await.expect("ack");
+        assert_eq!(ack.seq, seq, "conversation {conversation} lost or repeated a message");
+    }
+    device.conn().discard_buffered();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_node_takes_its_share_and_a_drained_node_hands_everything_over() {
+    let mut cluster = TestCluster::start(2).await;
+    let api = cluster.api();
+    let me = sign_up(&api).await;
+    let mut conversations = Vec::new();
+    let mut setup = online_at(&cluster.transports()[0], &me).await;
+    for _ in 0..24 {
+        let peer = sign_up(&api).await;
+        conversations.push(setup.open_direct(peer.user_id).await.expect("direct"));
+    }
+    drop(setup);
+    let mut device = Roaming::connect(cluster.transports(), &me.token, 0).await.expect("online");
+    touch_all(&mut device, &conversations, "r1", 1).await;
+    let before = conversations_per_node(&cluster).await;
+    assert_eq!(before.values().sum::<u64>(), 24, "{before:?}");
+
+    // A third node joins: the conversations it now owns move to it (passivated where they
+    // were, reactivated from the store on the next message), the others stay put.
+    let added = cluster.add_node().await;
+    cluster.wait_members(3).await;
+    touch_all(&mut device, &conversations, "r2", 2).await;
+    let after = conversations_per_node(&cluster).await;
+    assert_eq!(after.values().sum::<u64>(), 24, "a conversation is active on two nodes: {after:?}");
+    assert!(after[&added] >= 3, "the new node took no share: {after:?}");
+
+    // Drain n1 through the CLI: its devices are told to go elsewhere, its conversations
+    // move, and it exits cleanly.
+    let watcher = sign_up(&api).await;
+    let mut on_n1 = online_at(&cluster.transports()[1], &watcher).await;
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["admin", "drain", "n1", "--admin", &format!("http://{}", cluster.node(0).admin), "--token", ADMIN_TOKEN])
+        .status()
+        .expect("run switchboard admin drain");
+    assert!(status.success());
+    let closing = on_n1
+        .wait_for(WAIT, false, |k| match k {
+            server_frame::Kind::Closing(c) => Some(c.clone()),
+            _ => None,
+        })
+        .await
+        .expect("devices of the drained node are told to leave");
+    assert_eq!(closing.code, pb::ErrorCode::NodeDraining as i32);
+    assert!(closing.reconnect_after_ms > 0, "reconnects are spread");
+    let exit = cluster.nodes[1].as_mut().expect("n1").wait_exit(Duration::from_secs(40));
+    assert!(exit.success(), "a drained node exits cleanly: {exit:?}");
+    cluster.nodes[1] = None;
+    cluster.wait_members(2).await;
+    touch_all(&mut device, &conversations, "r3", 3).await;
+    let drained = conversations_per_node(&cluster).await;
+    assert_eq!(drained.values().sum::<u64>(), 24, "{drained:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_traffic_loses_nothing() {
+    let mut cluster = TestCluster::start(3).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    let mut pairs = Vec::new();
+    for i in 0..3 {
+        let (s, r) = (sign_up(&api).await, sign_up(&api).await);
+        let mut conn = online_at(&t[i], &s).await;
+        let direct = conn.open_direct(r.user_id).await.expect("direct");
+        pairs.push((s, r, direct));
+    }
+    let progress = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = tokio::sync::watch::channel(None);
+    let mut sending = Vec::new();
+    let mut receiving = Vec::new();
+    for (i, (s, r, direct)) in pairs.iter().enumerate() {
+        let receiver = Roaming::connect(t.clone(), &r.token, (i + 1) % 3).await.expect("receiver");
+        receiving.push(tokio::spawn(receive_traffic(receiver, vec![*direct], done_rx.clone())));
+        let sender = Roaming::connect(t.clone(), &s.token, i).await.expect("sender");
+        sending.push(tokio::spawn(send_traffic(sender, vec![*direct], format!("s{i}"), 400, Duration::from_millis(10), progress.clone())));
+    }
+    // Each node in turn: SIGTERM (graceful: it leaves the placement first), back up on
+    // the same addresses, rejoined, then the next.
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let node = cluster.nodes[i].as_mut().expect("running");
+        assert!(node.terminate().success(), "n{i} shut down cleanly");
+        node.restart();
+        cluster.wait_members(3).await;
+    }
+    let mut targets = HashMap::new();
+    for (i, s) in sending.into_iter().enumerate() {
+        let (acked, _) = s.await.expect("sender");
+        let (sender, _, direct) = &pairs[i];
+        let mut conn = online_at(&t[0], sender).await;
+        let log = read_log(&mut conn, *direct).await;
+        targets.insert(*direct, check_log(&log, &[&acked[direct]]));
+        assert_eq!(targets[direct], 400);
+    }
+    done_tx.send(Some(targets.clone())).expect("receivers listening");
+    for r in receiving {
+        for (conversation, (seqs, _)) in r.await.expect("receiver") {
+            assert_eq!(seqs, (1..=targets[&conversation]).collect(), "a receiver misses messages");
+        }
+    }
+}
+
+/// Redis's own view of a user's devices: device id → node name.
+async fn redis_devices(url: &str, user: Uuid) -> HashMap<String, String> {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    redis::AsyncCommands::hgetall(&mut conn, format!("sb:devices:{user}")).await.expect("hgetall")
+}
+
+async fn redis_ok(cluster: &TestCluster, i: usize) -> bool {
+    cluster.report(i).await.and_then(|r| r.redis).is_some_and(|r| r.ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_in_the_middle_of_traffic_degrades_presence_only() {
+    let mut cluster = TestCluster::start(3).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    let (alice, bob) = (sign_up(&api).await, sign_up(&api).await);
+    let mut a = Roaming::connect(t.clone(), &alice.token, 0).await.expect("alice");
+    let mut b = online_at(&t[1], &bob).await;
+    let direct = a.conn().open_direct(bob.user_id).await.expect("direct");
+    let deadline = Instant::now() + WAIT;
+    while redis_devices(&cluster.redis.url(), alice.user_id).await.get(&alice.device_id.to_string()).map(String::as_str) != Some("n0") {
+        assert!(Instant::now() < deadline, "alice's device never reached the redis directory");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    cluster.redis.stop();
+    let deadline = Instant::now() + WAIT;
+    while redis_ok(&cluster, 0).await {
+        assert!(Instant::now() < deadline, "redis down but health says ok");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Messages flow and are acknowledged (only once stored) while Redis is down, and a
+    // device that connects meanwhile is routed to.
+    let carol = sign_up(&api).await;
+    let mut c = online_at(&t[2], &carol).await;
+    let to_carol = a.conn().open_direct(carol.user_id).await.expect("direct to carol");
+    for i in 1..=30u64 {
+        assert_eq!(a.send_until_acked(direct, &format!("down-{i}"), b"m".to_vec().into()).await.expect("ack").seq, i);
+        assert_eq!(b.next_message(WAIT).await.expect("delivered").seq, i);
+    }
+    assert_eq!(a.send_until_acked(to_carol, "to-carol", b"m".to_vec().into()).await.expect("ack").seq, 1);
+    assert_eq!(c.next_message(WAIT).await.expect("carol").seq, 1);
+    assert!(presence(&mut b, alice.user_id).await, "presence still answers from the cluster's own view");
+
+    // Redis comes back empty: every node rewrites its devices, carol's included.
+    cluster.redis.restart().expect("redis back");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let alice_entry = redis_devices(&cluster.redis.url(), alice.user_id).await;
+        let carol_entry = redis_devices(&cluster.redis.url(), carol.user_id).await;
+        if alice_entry.get(&alice.device_id.to_string()).map(String::as_str) == Some("n0")
+            && carol_entry.get(&carol.device_id.to_string()).map(String::as_str) == Some("n2")
+            && redis_ok(&cluster, 0).await
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the directory was not rewritten after the restart: {alice_entry:?} {carol_entry:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -235,6 +235,11 @@ impl RedisPresence {
                 Err(_) => Some("timed out".to_owned()),
             };
             let was_up = self.up.swap(ok, Ordering::SeqCst);
+            if ok && !was_up {
+                // Back (or up for the first time): Redis may have lost everything (a
+                // restart without persistence, a failover), so this node rewrites its part.
+                self.dirty.store(true, Ordering::SeqCst);
+            }
             if ok != was_up {
                 match &error {
                     None => tracing::info!("redis reachable"),

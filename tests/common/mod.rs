@@ -82,12 +82,20 @@ fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
     let ready = dir.join("ready.json");
     let _ = std::fs::remove_file(&ready);
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("log file");
+    // Listeners on kernel-chosen ports, unless the test fixed them (nodes of a cluster
+    // that restart on the same addresses).
+    let mut listeners = Vec::new();
+    for flag in ["--http-listen", "--tcp-listen", "--admin-listen"] {
+        if !extra.iter().any(|a| a == flag) {
+            listeners.extend([flag, "127.0.0.1:0"]);
+        }
+    }
     let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .arg("serve")
         .arg("--store")
         .arg(store)
         .current_dir(dir)
-        .args(["--http-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(listeners)
         .args(["--dev-expose-codes", "true", "--admin-token", ADMIN_TOKEN])
         .arg("--ready-file")
         .arg(&ready)
@@ -171,7 +179,20 @@ impl TestServer {
         }
     }
 
-    /// Starts again on the same data directory (new ports).
+    /// Waits for the process to exit on its own (a drained node).
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts again on the same data directory (new ports, unless the test fixed them).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
         let (child, r) = spawn(self.dir.path(), &self.store, &self.extra);
