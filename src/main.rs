@@ -51,6 +51,28 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// Try a cluster on this machine.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start N nodes on 127.0.0.1 with a private PostgreSQL and a private Redis; Ctrl-C
+    /// stops everything.
+    Local {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Node i listens on base+10i (TCP), +1 (HTTP/WebSocket), +2 (admin), +3 (cluster).
+        #[arg(long, default_value_t = 9000)]
+        base_port: u16,
+        /// Where node directories and logs go.
+        #[arg(long, default_value = "./switchboard-local-cluster")]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -345,6 +367,7 @@ async fn main() -> Result<()> {
             serve(args).await
         }
         Command::Admin { command } => admin(command).await,
+        Command::Cluster { command: ClusterCommand::Local { nodes, base_port, dir } } => local_cluster(nodes, base_port, &dir).await,
         Command::Client { command } => client(command).await,
         Command::Store { command } => store_command(command).await,
         Command::Bench { scenario, websocket, store } => bench(scenario, websocket, store).await,
@@ -613,6 +636,32 @@ async fn admin(command: AdminCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn local_cluster(nodes: usize, base_port: u16, dir: &std::path::Path) -> Result<()> {
+    if !(1..=9).contains(&nodes) {
+        bail!("--nodes must be 1 to 9");
+    }
+    let binary = std::env::current_exe()?;
+    eprintln!("starting PostgreSQL, Redis and {nodes} nodes…");
+    let mut cluster = switchboard::testkit::cluster::LocalCluster::start(&binary, dir, nodes, base_port).await?;
+    println!("store  {}\nredis  {}\nadmin token  {}\n", cluster.store_url, cluster.redis_url, cluster.admin_token);
+    println!("{:<8} {:<18} {:<18} {:<18} {:<18} log", "node", "tcp", "http/ws", "admin", "cluster");
+    for n in &cluster.nodes {
+        println!("{:<8} {:<18} {:<18} {:<18} {:<18} {}", n.name, n.tcp, n.http, n.admin, n.cluster, n.log.display());
+    }
+    if let Some(first) = cluster.nodes.first() {
+        println!("\ntry:\n  switchboard admin cluster --admin http://{} --token {}", first.admin, cluster.admin_token);
+        println!("  switchboard client register --server http://{} --phone +14155550001", first.http);
+        if let Some(last) = cluster.nodes.last() {
+            println!("  switchboard admin drain {} --admin http://{} --token {} --wait", last.name, first.admin, cluster.admin_token);
+        }
+        println!("\nCtrl-C stops the cluster.");
+    }
+    tokio::signal::ctrl_c().await?;
+    eprintln!("stopping…");
+    cluster.stop();
+    Ok(())
 }
 
 async fn cluster_report(admin: &str, token: &str) -> Result<switchboard::cluster::ClusterReport> {
