@@ -138,6 +138,17 @@ pub struct ServeArgs {
     /// Redis for the cluster-wide directory and presence: `redis://host:port[/db]`.
     #[arg(long, env = "SWITCHBOARD_REDIS")]
     pub redis: Option<String>,
+    /// This node's certificate chain (PEM) for node-to-node TLS. With the key and the CA,
+    /// every cluster connection is mutual TLS: peers must present a certificate signed by
+    /// the CA and valid for the address they are reached at.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_TLS_CERT")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_TLS_KEY")]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that sign every node's certificate.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
 }
 
 /// The same settings in a TOML file (snake_case keys, all optional).
@@ -174,6 +185,20 @@ pub struct FileConfig {
     cluster_dead_after_ms: Option<u64>,
     drain_spread_secs: Option<u64>,
     redis: Option<String>,
+    cluster_tls_cert: Option<PathBuf>,
+    cluster_tls_key: Option<PathBuf>,
+    cluster_tls_ca: Option<PathBuf>,
+}
+
+/// The files of node-to-node TLS.
+#[derive(Debug, Clone)]
+pub struct ClusterTlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates (PEM).
+    pub ca: PathBuf,
 }
 
 /// Cluster settings (present when clustering is on).
@@ -197,6 +222,8 @@ pub struct ClusterConfig {
     pub drain_spread: Duration,
     /// Redis URL, if any.
     pub redis: Option<String>,
+    /// Node-to-node TLS, if configured.
+    pub tls: Option<ClusterTlsFiles>,
 }
 
 pub use crate::store::StoreSpec;
@@ -373,6 +400,15 @@ impl ServerConfig {
         if dead_after < heartbeat * 3 {
             return Err(ConfigError::Invalid("cluster_dead_after_ms must be at least three heartbeats".into()));
         }
+        let tls = match (
+            args.cluster_tls_cert.clone().or(file.cluster_tls_cert.clone()),
+            args.cluster_tls_key.clone().or(file.cluster_tls_key.clone()),
+            args.cluster_tls_ca.clone().or(file.cluster_tls_ca.clone()),
+        ) {
+            (Some(cert), Some(key), Some(ca)) => Some(ClusterTlsFiles { cert, key, ca }),
+            (None, None, None) => None,
+            _ => return Err(ConfigError::Invalid("cluster TLS needs all of cluster_tls_cert, cluster_tls_key and cluster_tls_ca".into())),
+        };
         Ok(Some(ClusterConfig {
             node_name,
             listen,
@@ -383,6 +419,7 @@ impl ServerConfig {
             dead_after,
             drain_spread: Duration::from_secs(args.drain_spread_secs.or(file.drain_spread_secs).unwrap_or(10)),
             redis: args.redis.clone().or(file.redis.clone()),
+            tls,
         }))
     }
 }

@@ -9,6 +9,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -638,4 +639,74 @@ async fn a_redis_restart_in_the_middle_of_traffic_degrades_presence_only() {
         assert!(Instant::now() < deadline, "the directory was not rewritten after the restart: {alice_entry:?} {carol_entry:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A CA and, for each name, a certificate it signs for 127.0.0.1, written as PEM files:
+/// returns the CA path and (cert, key) paths per name.
+fn certificates(dir: &std::path::Path, ca_name: &str, names: &[&str]) -> (std::path::PathBuf, Vec<(std::path::PathBuf, std::path::PathBuf)>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
+    let ca_path = dir.join(format!("{ca_name}.pem"));
+    std::fs::write(&ca_path, ca.pem()).expect("write ca");
+    let mut out = Vec::new();
+    for name in names {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params").signed_by(&key, &ca).expect("sign");
+        let (cert_path, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        out.push((cert_path, key_path));
+    }
+    (ca_path, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_nodes_need_a_certificate_from_the_cluster_ca_not_only_the_cookie() {
+    let pg = PrivatePostgres::start().expect("private postgres");
+    let store = pg.create_database("tls").await.expect("database");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, signed) = certificates(certs.path(), "ca", &["left", "right"]);
+    let (rogue_ca, rogue) = certificates(certs.path(), "rogue-ca", &["rogue"]);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let seeds = |me: usize| ports.iter().enumerate().filter(|(i, _)| *i != me).map(|(_, p)| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let node = |i: usize, name: &str, (cert, key): &(std::path::PathBuf, std::path::PathBuf), ca: &std::path::Path| {
+        let listen = format!("127.0.0.1:{}", ports[i]);
+        let seeds = seeds(i);
+        let (cert, key, ca) = (cert.display().to_string(), key.display().to_string(), ca.display().to_string());
+        let args = [
+            "--node-name", name, "--cluster-listen", &listen, "--seeds", &seeds, "--cookie", COOKIE, "--cluster-heartbeat-ms", "200",
+            "--cluster-dead-after-ms", "1500", "--cluster-tls-cert", &cert, "--cluster-tls-key", &key, "--cluster-tls-ca", &ca,
+        ];
+        TestServer::start_on(&store, &args)
+    };
+    let left = node(0, "left", &signed[0], &ca);
+    let right = node(1, "right", &signed[1], &ca);
+    // Knows the cookie, but its certificate comes from another CA.
+    let stranger = node(2, "rogue", &rogue[0], &rogue_ca);
+
+    let members = |admin: SocketAddr| async move {
+        let r: Option<switchboard::cluster::ClusterReport> =
+            async { reqwest::Client::new().get(format!("http://{admin}/admin/cluster")).bearer_auth(ADMIN_TOKEN).send().await.ok()?.json().await.ok() }.await;
+        r.map(|r| r.members).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while members(left.admin).await != ["left", "right"] || members(right.admin).await != ["left", "right"] {
+        assert!(Instant::now() < deadline, "the two nodes with certificates from the CA did not form a cluster");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Traffic crosses over TLS.
+    let (x, y) = (sign_up(&left.api()).await, sign_up(&left.api()).await);
+    let mut a = online_at(&Transport::Tcp(left.tcp), &x).await;
+    let mut b = online_at(&Transport::Tcp(right.tcp), &y).await;
+    let direct = a.open_direct(y.user_id).await.expect("direct");
+    for i in 1..=5 {
+        assert_eq!(a.send_and_ack(direct, &format!("tls-{i}"), b"secret".to_vec()).await.expect("ack").seq, i);
+        assert_eq!(b.next_message(WAIT).await.expect("over tls").seq, i);
+    }
+    // A few heartbeats later, the stranger is still alone and nobody counts it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(members(left.admin).await, ["left", "right"]);
+    assert_eq!(members(stranger.admin).await, ["rogue"]);
 }

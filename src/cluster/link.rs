@@ -8,8 +8,9 @@
 //! Every heartbeat interval it: sends a heartbeat to each connected peer, applies the
 //! failure detector's timeouts (`membership`), maps newly connected remote routers to
 //! node names, and reconnects, with exponential backoff, to every known peer address
-//! that has no connection (seeds, and the addresses peers announced). ractor_cluster
-//! has no failure detector and no reconnection of its own; these are ours.
+//! that has no connection (seeds, the addresses peers announced and the peers they
+//! know), over TLS when configured. ractor_cluster has no failure detector and no
+//! reconnection of its own; these are ours.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use super::tls;
 use super::wire::{self, pb};
 use super::{Cluster, ClusterError};
 use crate::actors::session::SessionMsg;
@@ -99,14 +101,16 @@ pub struct LinkState {
 pub(super) async fn start(cluster: Arc<Cluster>, root: ActorCell, stop: CancellationToken) -> Result<(), ClusterError> {
     let config = cluster.config();
     let host = config.advertise.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_else(|| config.advertise.clone());
+    let encryption = cluster.tls.as_ref().map(|tls| ractor_cluster::IncomingEncryptionMode::Tls(tls.acceptor.clone()));
     let server = NodeServer::new(
         config.listen.port(),
         config.cookie.clone(),
         config.node_name.clone(),
         host,
-        None,
-        // Joining one member connects to all of them (full mesh).
-        Some(ractor_cluster::node::NodeConnectionMode::Transitive),
+        encryption,
+        // The full mesh is built by our reconnection from the addresses heartbeats carry:
+        // ractor_cluster's transitive mode would dial peers-of-peers without TLS.
+        Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )
     .with_listen_addr(config.listen.ip());
     let (node_server, _) = Actor::spawn_linked(Some("cluster-node-server".into()), server, (), root.clone()).await?;
@@ -349,13 +353,14 @@ async fn dispatch(cluster: &Cluster, from: &Arc<str>, kind: pb::envelope::Kind) 
 fn reconnect(state: &mut LinkState) {
     let cluster = &state.args.cluster;
     let me = cluster.config().advertise.clone();
-    let (known, connected) = {
+    let (mut known, connected) = {
         let peers = super::lock(&cluster.peers);
         let mut known: Vec<String> = cluster.config().seeds.clone();
         let mut connected = Vec::new();
         for peer in peers.values() {
             if let Some(hb) = &peer.heartbeat {
                 known.push(hb.cluster_addr.clone());
+                known.extend(hb.peer_addrs.iter().cloned());
                 if peer.router.is_some() {
                     connected.push(hb.cluster_addr.clone());
                 }
@@ -364,6 +369,8 @@ fn reconnect(state: &mut LinkState) {
         (known, connected)
     };
     let now = Instant::now();
+    known.sort();
+    known.dedup();
     state.reconnect.retain(|addr, _| !connected.contains(addr));
     for addr in known {
         if addr == me || addr.is_empty() || connected.contains(&addr) {
@@ -378,8 +385,18 @@ fn reconnect(state: &mut LinkState) {
         backoff.next = now + backoff.delay + Duration::from_millis(jitter);
         backoff.delay = (backoff.delay * 2).min(BACKOFF_MAX);
         let server = state.args.node_server.clone();
+        let tls = cluster.tls.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(2), ractor_cluster::client_connect(&server, addr.as_str())).await {
+            let connect = async {
+                match &tls {
+                    Some(tls) => {
+                        let name = tls::server_name(&addr).map_err(|e| ractor_cluster::ClientConnectErr::Encryption(std::io::Error::other(e.to_string())))?;
+                        ractor_cluster::client_connect_enc(&server, addr.as_str(), tls.connector.clone(), name).await
+                    }
+                    None => ractor_cluster::client_connect(&server, addr.as_str()).await,
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(2), connect).await {
                 Ok(Ok(())) => tracing::debug!(%addr, "cluster connection opened"),
                 Ok(Err(e)) => tracing::debug!(%addr, error = %e, "cluster connection failed"),
                 Err(_) => tracing::debug!(%addr, "cluster connection timed out"),

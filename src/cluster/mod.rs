@@ -28,6 +28,7 @@ pub mod link;
 pub mod membership;
 pub mod placement;
 pub mod presence;
+pub mod tls;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -63,6 +64,9 @@ pub enum ClusterError {
     /// Redis settings are wrong.
     #[error(transparent)]
     Presence(#[from] presence::PresenceError),
+    /// The TLS files are missing or wrong.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// What this node tells its peers about itself (its listeners).
@@ -103,6 +107,7 @@ pub struct Cluster {
     presence: OnceLock<RedisPresence>,
     link: OnceLock<ActorRef<LinkMsg>>,
     addrs: OnceLock<LocalAddrs>,
+    tls: Option<Arc<tls::ClusterTls>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,7 +155,7 @@ pub struct ClusterReport {
 }
 
 impl Cluster {
-    fn new(config: ClusterConfig, router: Router) -> Arc<Self> {
+    fn new(config: ClusterConfig, router: Router, tls: Option<Arc<tls::ClusterTls>>) -> Arc<Self> {
         let name: Arc<str> = Arc::from(config.node_name.as_str());
         let membership = Membership::new(name.clone(), config.heartbeat, config.dead_after);
         let members = membership.members();
@@ -166,6 +171,7 @@ impl Cluster {
             presence: OnceLock::new(),
             link: OnceLock::new(),
             addrs: OnceLock::new(),
+            tls,
         })
     }
 
@@ -278,7 +284,19 @@ impl Cluster {
             sessions: self.router.session_count() as u64,
             conversations: self.router.conversation_count() as u64,
             members: self.members().names().iter().map(|n| n.to_string()).collect(),
+            peer_addrs: self.peer_addrs(),
         }
+    }
+
+    /// Cluster addresses of the peers not declared dead.
+    fn peer_addrs(&self) -> Vec<String> {
+        let membership = lock(&self.membership);
+        let peers = lock(&self.peers);
+        peers
+            .iter()
+            .filter(|(name, _)| membership.peer(name).is_some_and(|v| v.status != PeerStatus::Dead))
+            .filter_map(|(_, p)| p.heartbeat.as_ref().map(|h| h.cluster_addr.clone()))
+            .collect()
     }
 
     fn send_heartbeats(&self) {
@@ -473,7 +491,11 @@ pub async fn start(
     addrs: LocalAddrs,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<Arc<Cluster>, ClusterError> {
-    let cluster = Cluster::new(config, node.ctx.router.clone());
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(tls::ClusterTls::load(files)?)),
+        None => None,
+    };
+    let cluster = Cluster::new(config, node.ctx.router.clone(), tls);
     let _ = cluster.addrs.set(addrs);
     if let Some(url) = cluster.config.redis.clone() {
         let router = node.ctx.router.clone();
