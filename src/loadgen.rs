@@ -80,7 +80,6 @@ impl ServerProcess {
     /// Starts `binary serve` on the given store.
     pub fn start_on(binary: &std::path::Path, extra: &[String], store: BenchStore) -> Result<Self, LoadError> {
         let dir = tempfile::tempdir()?;
-        let ready: PathBuf = dir.path().join("ready.json");
         let (postgres, store) = match store {
             BenchStore::Embedded => (None, format!("embedded:{}", dir.path().join("data").display())),
             BenchStore::Postgres => {
@@ -89,6 +88,15 @@ impl ServerProcess {
                 (Some(pg), url)
             }
         };
+        let mut server = Self::start_with_store(binary, extra, &store, dir)?;
+        server._postgres = postgres;
+        Ok(server)
+    }
+
+    /// Starts `binary serve` on a store somebody else runs (the nodes of a benchmark
+    /// cluster share one).
+    pub fn start_with_store(binary: &std::path::Path, extra: &[String], store: &str, dir: tempfile::TempDir) -> Result<Self, LoadError> {
+        let ready: PathBuf = dir.path().join("ready.json");
         let child = Command::new(binary)
             .arg("serve")
             .arg("--store")
@@ -108,7 +116,7 @@ impl ServerProcess {
             if let Ok(text) = std::fs::read_to_string(&ready)
                 && let Ok(r) = serde_json::from_str::<Ready>(&text)
             {
-                return Ok(Self { child, _postgres: postgres, _dir: dir, http: r.http, tcp: r.tcp, admin: r.admin, use_websocket: false });
+                return Ok(Self { child, _postgres: None, _dir: dir, http: r.http, tcp: r.tcp, admin: r.admin, use_websocket: false });
             }
             if Instant::now() > deadline {
                 return Err(LoadError::Server("not ready after 30 s".into()));
@@ -318,10 +326,15 @@ fn now_nanos() -> u64 {
 }
 
 async fn connect_all(server: &ServerProcess, credentials: &[DeviceCredentials]) -> Result<Vec<Connection>, LoadError> {
-    let transport = server.transport();
+    connect_spread(&[server], credentials).await
+}
+
+/// Connects device `i` to `servers[i % servers.len()]`.
+async fn connect_spread(servers: &[&ServerProcess], credentials: &[DeviceCredentials]) -> Result<Vec<Connection>, LoadError> {
+    let transports: Vec<Transport> = servers.iter().map(|s| s.transport()).collect();
     let mut conns = Vec::with_capacity(credentials.len());
-    for c in credentials {
-        let (mut conn, _) = Connection::open(&transport, &c.token).await?;
+    for (i, c) in credentials.iter().enumerate() {
+        let (mut conn, _) = Connection::open(&transports[i % transports.len()], &c.token).await?;
         conn.wait_for(Duration::from_secs(30), true, |k| matches!(k, server_frame::Kind::CatchUpComplete(_)).then_some(())).await?;
         conns.push(conn);
     }
@@ -352,7 +365,30 @@ pub async fn direct(
     for (i, conn) in conns.iter_mut().enumerate() {
         conversations.push(conn.open_direct(credentials[peer[i]].user_id).await?);
     }
-    traffic(server, "direct", conns, conversations, 2, rate, duration, payload_bytes, progress).await
+    traffic(&[server], "direct", conns, conversations, 2, rate, duration, payload_bytes, progress).await
+}
+
+/// [`direct`] across the nodes of a cluster: device `i` is connected to node
+/// `i % nodes`, and sends to device `i + 1` (an even count makes every pair cross nodes
+/// with two nodes). Each conversation's sequencer is wherever placement puts it, so a
+/// message crosses zero, one or two node boundaries (sender → owner → recipient), as in
+/// production.
+pub async fn direct_across(
+    servers: &[&ServerProcess],
+    credentials: &[DeviceCredentials],
+    rate: u64,
+    duration: Duration,
+    payload_bytes: usize,
+    progress: impl Fn(u64, u64) + Send + 'static,
+) -> Result<TrafficReport, LoadError> {
+    let n = credentials.len();
+    let mut conns = connect_spread(servers, credentials).await?;
+    let mut conversations = Vec::with_capacity(n);
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conversations.push(conn.open_direct(credentials[(i + 1) % n].user_id).await?);
+    }
+    let scenario = if servers.len() > 1 { "direct_across_nodes" } else { "direct_one_node" };
+    traffic(servers, scenario, conns, conversations, 2, rate, duration, payload_bytes, progress).await
 }
 
 /// `groups` groups of `credentials.len() / groups` members, all online; every member sends
@@ -382,14 +418,14 @@ pub async fn group(
     for conn in conns.iter_mut() {
         conn.next_message(Duration::from_secs(30)).await?;
     }
-    traffic(server, "group", conns, conversations, per_group, rate, duration, payload_bytes, progress).await
+    traffic(&[server], "group", conns, conversations, per_group, rate, duration, payload_bytes, progress).await
 }
 
 /// Drives `conns[i]` sending into `conversations[i]` at an aggregate open-loop `rate`
 /// (messages per second), every recipient measuring latency and acking in batches.
 #[allow(clippy::too_many_arguments)]
 async fn traffic(
-    server: &ServerProcess,
+    servers: &[&ServerProcess],
     scenario: &'static str,
     conns: Vec<Connection>,
     conversations: Vec<Uuid>,
@@ -407,7 +443,8 @@ async fn traffic(
     let gaps = Arc::new(AtomicU64::new(0));
     let run_started_ns = now_nanos();
     let run: u32 = rand::random();
-    let cpu_before = server.cpu_time()?;
+    let cpu_time = || -> Result<Duration, LoadError> { servers.iter().map(|s| s.cpu_time()).sum() };
+    let cpu_before = cpu_time()?;
     let started = Instant::now();
     let stop_at = started + duration;
     let interval = Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
@@ -517,7 +554,7 @@ async fn traffic(
             break;
         }
     }
-    let cpu = server.cpu_time()?.saturating_sub(cpu_before);
+    let cpu = cpu_time()?.saturating_sub(cpu_before);
     let fanout = members.saturating_sub(1).max(1) as u64;
     reporter.abort();
     for t in tasks {
@@ -752,4 +789,95 @@ pub async fn reconnect(server: &ServerProcess, credentials: &[DeviceCredentials]
         catch_up_ms_p50: histogram.value_at_quantile(0.5) as f64 / 1000.0,
         catch_up_ms_p99: histogram.value_at_quantile(0.99) as f64 / 1000.0,
     })
+}
+
+/// `bench cross-node`: the same 1:1 traffic on one node and on a two-node cluster, in one
+/// run, each on a fresh database of one private PostgreSQL (the cluster also gets a
+/// private Redis).
+#[derive(Debug, serde::Serialize)]
+pub struct CrossNodeReport {
+    /// One node; device i sends to device i+1.
+    pub single_node: TrafficReport,
+    /// Two nodes; device i on node i % 2 sends to device i+1, on the other node.
+    pub two_nodes: TrafficReport,
+}
+
+/// Runs [`CrossNodeReport`].
+pub async fn cross_node(
+    binary: &std::path::Path,
+    extra: &[String],
+    users: usize,
+    rate: u64,
+    duration: Duration,
+    payload_bytes: usize,
+    progress: impl Fn(&str) + Send + Sync + 'static,
+) -> Result<CrossNodeReport, LoadError> {
+    let users = users.max(2) & !1;
+    let pg = crate::testkit::PrivatePostgres::start().map_err(|e| LoadError::Server(e.to_string()))?;
+    let redis = crate::testkit::PrivateRedis::start().map_err(|e| LoadError::Server(e.to_string()))?;
+    let database = |name: &'static str| {
+        let pg = &pg;
+        async move { pg.create_database(name).await.map(|url| format!("{url}?pool_size=8")).map_err(|e| LoadError::Server(e.to_string())) }
+    };
+
+    progress("single node");
+    let single_store = database("single").await?;
+    let single = ServerProcess::start_with_store(binary, extra, &single_store, tempfile::tempdir()?)?;
+    let credentials = provision_bulk(&single, users, |_| {}).await?;
+    let single_node = direct_across(&[&single], &credentials, rate, duration, payload_bytes, |_, _| {}).await?;
+    drop(single);
+
+    progress("two nodes");
+    let cluster_store = database("cluster").await?;
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
+        .collect::<Result<_, _>>()?;
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let mut args = extra.to_vec();
+        args.extend(
+            [
+                "--node-name".to_owned(),
+                format!("bench{i}"),
+                "--cluster-listen".to_owned(),
+                format!("127.0.0.1:{}", ports[i]),
+                "--seeds".to_owned(),
+                format!("127.0.0.1:{}", ports[1 - i]),
+                "--cookie".to_owned(),
+                "bench".to_owned(),
+                "--redis".to_owned(),
+                redis.url(),
+            ]
+            .into_iter(),
+        );
+        nodes.push(ServerProcess::start_with_store(binary, &args, &cluster_store, tempfile::tempdir()?)?);
+    }
+    wait_for_members(&nodes, 2).await?;
+    let credentials = provision_bulk(&nodes[0], users, |_| {}).await?;
+    let refs: Vec<&ServerProcess> = nodes.iter().collect();
+    let two_nodes = direct_across(&refs, &credentials, rate, duration, payload_bytes, |_, _| {}).await?;
+    Ok(CrossNodeReport { single_node, two_nodes })
+}
+
+/// Waits until every node sees `n` members.
+async fn wait_for_members(nodes: &[ServerProcess], n: usize) -> Result<(), LoadError> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut agreed = true;
+        for node in nodes {
+            let report: Option<crate::cluster::ClusterReport> = async {
+                client.get(format!("http://{}/admin/cluster", node.admin)).bearer_auth(BENCH_ADMIN_TOKEN).send().await.ok()?.json().await.ok()
+            }
+            .await;
+            agreed &= report.is_some_and(|r| r.members.len() == n);
+        }
+        if agreed {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LoadError::Server("cluster did not form within 30 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

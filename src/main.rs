@@ -153,6 +153,22 @@ enum AdminCommand {
 
 #[derive(Subcommand)]
 enum BenchScenario {
+    /// The same 1:1 traffic on one node and on a two-node cluster (PostgreSQL, Redis), in
+    /// one run: every pair's ends on different nodes.
+    CrossNode {
+        /// Online users (even).
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        /// Aggregate messages per second.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Payload size in bytes (the first 8 carry the send time).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+    },
     /// Connect and authenticate N devices; report server memory per idle device and login rate.
     Idle {
         /// Devices to connect (stay below ~19,000: one process may hold 20,000 files).
@@ -481,13 +497,24 @@ async fn bench(scenario: BenchScenario, websocket: bool, store: switchboard::loa
     let binary = std::env::current_exe()?;
     // Raise per-device limits so the generator, not the rate limiter, sets the pace.
     let extra: Vec<String> = ["--rate-per-sec", "100000", "--rate-burst", "100000"].iter().map(|s| s.to_string()).collect();
+    if let BenchScenario::CrossNode { users, rate, duration, payload } = scenario {
+        let bar = spinner("cross-node comparison");
+        let progress = {
+            let bar = bar.clone();
+            move |phase: &str| bar.set_message(phase.to_owned())
+        };
+        let report = loadgen::cross_node(&binary, &extra, users, rate, Duration::from_secs(duration), payload, progress).await?;
+        bar.finish_and_clear();
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let mut server = ServerProcess::start_on(&binary, &extra, store)?;
     server.use_websocket = websocket;
     let users = match &scenario {
         BenchScenario::Idle { devices, .. } => *devices,
         BenchScenario::Direct { users, .. } => *users,
         BenchScenario::Group { groups, members, .. } => groups * members,
-        BenchScenario::Sessions { .. } => 0,
+        BenchScenario::Sessions { .. } | BenchScenario::CrossNode { .. } => 0,
         BenchScenario::Reconnect { devices, .. } => devices + 1,
     };
     let bar = spinner("provisioning users");
@@ -546,7 +573,7 @@ async fn bench(scenario: BenchScenario, websocket: bool, store: switchboard::loa
             bar.finish_and_clear();
             serde_json::to_string(&report)?
         }
-        BenchScenario::Sessions { .. } => String::new(),
+        BenchScenario::Sessions { .. } | BenchScenario::CrossNode { .. } => String::new(),
         BenchScenario::Reconnect { missed, parallel, .. } => {
             let bar = spinner("reconnect storm");
             let report = loadgen::reconnect(&server, &credentials, missed, parallel).await?;
