@@ -661,7 +661,7 @@ impl Roaming {
             let attempt = tokio::time::timeout(ROAMING_ACK_WAIT, self.conn.send_and_ack(conversation, client_msg_id, payload.clone())).await;
             match attempt {
                 Ok(Ok(ack)) => return Ok(ack),
-                Ok(Err(ClientError::Rejected { code, .. })) if code == protocol::ErrorCode::Unavailable => {
+                Ok(Err(ClientError::Rejected { code: protocol::ErrorCode::Unavailable, .. })) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Ok(Err(ClientError::Rejected { code, message })) => return Err(ClientError::Rejected { code, message }),

@@ -835,21 +835,18 @@ pub async fn cross_node(
     let mut nodes = Vec::new();
     for i in 0..2 {
         let mut args = extra.to_vec();
-        args.extend(
-            [
-                "--node-name".to_owned(),
-                format!("bench{i}"),
-                "--cluster-listen".to_owned(),
-                format!("127.0.0.1:{}", ports[i]),
-                "--seeds".to_owned(),
-                format!("127.0.0.1:{}", ports[1 - i]),
-                "--cookie".to_owned(),
-                "bench".to_owned(),
-                "--redis".to_owned(),
-                redis.url(),
-            ]
-            .into_iter(),
-        );
+        args.extend([
+            "--node-name".to_owned(),
+            format!("bench{i}"),
+            "--cluster-listen".to_owned(),
+            format!("127.0.0.1:{}", ports[i]),
+            "--seeds".to_owned(),
+            format!("127.0.0.1:{}", ports[1 - i]),
+            "--cookie".to_owned(),
+            "bench".to_owned(),
+            "--redis".to_owned(),
+            redis.url(),
+        ]);
         nodes.push(ServerProcess::start_with_store(binary, &args, &cluster_store, tempfile::tempdir()?)?);
     }
     wait_for_members(&nodes, 2).await?;

@@ -329,10 +329,10 @@ impl Router {
     }
 
     async fn conversation(&self, id: ConversationId) -> Result<Mailbox<ConversationMsg>, RouteError> {
-        if let Some(mb) = read(&self.inner.conversations).get(&id) {
-            if !mb.gauge().is_closed() {
-                return Ok(mb.clone());
-            }
+        if let Some(mb) = read(&self.inner.conversations).get(&id)
+            && !mb.gauge().is_closed()
+        {
+            return Ok(mb.clone());
         }
         let supervisor = self
             .inner

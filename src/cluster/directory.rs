@@ -15,10 +15,13 @@ use std::sync::{Arc, RwLock};
 
 use crate::store::{DeviceId, UserId};
 
+/// A user's devices on other nodes: (device, node).
+type RemoteDevices = Vec<(DeviceId, Arc<str>)>;
+
 /// Devices connected to other nodes.
 #[derive(Default)]
 pub struct RemoteDirectory {
-    by_user: RwLock<HashMap<UserId, Vec<(DeviceId, Arc<str>)>>>,
+    by_user: RwLock<HashMap<UserId, RemoteDevices>>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -144,7 +144,7 @@ impl Actor for Link {
 
     async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match message {
-            LinkMsg::Batch(bytes) => receive(state, &bytes).await,
+            LinkMsg::Batch(bytes) => receive(state, &bytes),
             LinkMsg::Flush(node) => flush(&state.args.cluster, &node),
             LinkMsg::Tick => {
                 if state.args.stop.is_cancelled() {
@@ -262,7 +262,7 @@ fn send(router: &ActorRef<LinkMsg>, batch: &mut pb::Batch) -> bool {
 }
 
 /// Handles a batch from a peer: the peer is alive, then each envelope in order.
-async fn receive(state: &mut LinkState, bytes: &[u8]) {
+fn receive(state: &mut LinkState, bytes: &[u8]) {
     let cluster = state.args.cluster.clone();
     metrics::counter!("switchboard_cluster_bytes_in_total").increment(bytes.len() as u64);
     let batch = match pb::Batch::decode(bytes) {
@@ -282,14 +282,14 @@ async fn receive(state: &mut LinkState, bytes: &[u8]) {
     cluster.apply(change);
     for envelope in batch.envelopes {
         let Some(kind) = envelope.kind else { continue };
-        if let Err(e) = dispatch(&cluster, &from, kind).await {
+        if let Err(e) = dispatch(&cluster, &from, kind) {
             metrics::counter!("switchboard_cluster_bad_envelopes_total").increment(1);
             tracing::warn!(peer = %from, error = %e, "bad cluster envelope dropped");
         }
     }
 }
 
-async fn dispatch(cluster: &Cluster, from: &Arc<str>, kind: pb::envelope::Kind) -> Result<(), wire::WireError> {
+fn dispatch(cluster: &Arc<Cluster>, from: &Arc<str>, kind: pb::envelope::Kind) -> Result<(), wire::WireError> {
     use pb::envelope::Kind;
     match kind {
         Kind::Heartbeat(hb) => {
@@ -306,19 +306,7 @@ async fn dispatch(cluster: &Cluster, from: &Arc<str>, kind: pb::envelope::Kind) 
         }
         Kind::ToConversation(request) => {
             let (id, message) = wire::from_to_conversation(request)?;
-            let requester = wire::requester(&message);
-            if let Err(e) = cluster.router.send_to_local_conversation(id, message).await {
-                // Answered as the device's own node would have: the device retries.
-                if let Some((user, device, request_ref)) = requester {
-                    let (code, text) = match e {
-                        crate::actors::router::RouteError::UnknownConversation => (ErrorCode::UnknownConversation, "no conversation has this id"),
-                        crate::actors::router::RouteError::Overloaded => (ErrorCode::Unavailable, "conversation overloaded; retry"),
-                        crate::actors::router::RouteError::Unavailable(_) => (ErrorCode::Unavailable, "conversation unavailable; retry"),
-                    };
-                    let frame = protocol::encode_server(&protocol::error_frame(code, text, request_ref, false));
-                    cluster.router.deliver_to_device(user, device, SessionMsg::Push(frame));
-                }
-            }
+            hand_to_conversation(cluster, id, message);
         }
         Kind::ToUsers(to) => {
             let users = to.user_ids.iter().map(|u| parse_id("user_ids", u)).collect::<Result<Vec<_>, _>>()?;
@@ -347,6 +335,51 @@ async fn dispatch(cluster: &Cluster, from: &Arc<str>, kind: pb::envelope::Kind) 
         }
     }
     Ok(())
+}
+
+/// Queues a forwarded request for its local conversation. Activating a conversation
+/// takes store reads; done here in the router actor it would hold up every other
+/// envelope, heartbeats included, and an activation storm after a node loss could then
+/// make this node declare healthy peers dead. So each conversation gets a FIFO of
+/// forwarded requests, drained by one task at a time: order per conversation is kept
+/// (as it arrived on the wire) and the router actor never waits.
+fn hand_to_conversation(cluster: &Arc<Cluster>, id: crate::store::ConversationId, message: crate::actors::conversation::ConversationMsg) {
+    {
+        let mut waiting = super::lock(&cluster.forwarded);
+        if let Some(queue) = waiting.get_mut(&id) {
+            queue.push_back(message);
+            return;
+        }
+        waiting.insert(id, std::collections::VecDeque::from([message]));
+    }
+    let cluster = cluster.clone();
+    tokio::spawn(async move {
+        loop {
+            let next = {
+                let mut waiting = super::lock(&cluster.forwarded);
+                match waiting.get_mut(&id).and_then(|q| q.pop_front()) {
+                    Some(message) => message,
+                    None => {
+                        waiting.remove(&id);
+                        return;
+                    }
+                }
+            };
+            let requester = wire::requester(&next);
+            if let Err(e) = cluster.router.send_to_local_conversation(id, next).await {
+                // Answered as the device's own node would have: the device retries.
+                if let Some((user, device, request_ref)) = requester {
+                    let (code, text) = match e {
+                        crate::actors::router::RouteError::UnknownConversation => (ErrorCode::UnknownConversation, "no conversation has this id"),
+                        crate::actors::router::RouteError::Overloaded => (ErrorCode::Unavailable, "conversation overloaded; retry"),
+                        crate::actors::router::RouteError::Unavailable(_) => (ErrorCode::Unavailable, "conversation unavailable; retry"),
+                    };
+                    let frame = protocol::encode_server(&protocol::error_frame(code, text, request_ref, false));
+                    cluster.router.deliver_to_device(user, device, SessionMsg::Push(frame));
+                }
+            }
+        }
+    });
 }
 
 /// Connects to every known peer address without a connection, each on its own backoff.

@@ -108,6 +108,9 @@ pub struct Cluster {
     link: OnceLock<ActorRef<LinkMsg>>,
     addrs: OnceLock<LocalAddrs>,
     tls: Option<Arc<tls::ClusterTls>>,
+    /// Requests forwarded here, per conversation, waiting for its activation (see
+    /// `link::hand_to_conversation`).
+    forwarded: Mutex<HashMap<ConversationId, std::collections::VecDeque<ConversationMsg>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,6 +175,7 @@ impl Cluster {
             link: OnceLock::new(),
             addrs: OnceLock::new(),
             tls,
+            forwarded: Mutex::new(HashMap::new()),
         })
     }
 
