@@ -605,6 +605,30 @@ async fn a_redis_restart_in_the_middle_of_traffic_degrades_presence_only() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Redis hangs (SIGSTOP: data kept, commands time out) while a device leaves: its
+    // removal cannot be written then, and must be once Redis answers again.
+    let dave = sign_up(&api).await;
+    let d = online_at(&t[1], &dave).await;
+    let deadline = Instant::now() + WAIT;
+    while redis_devices(&cluster.redis.url(), dave.user_id).await.is_empty() {
+        assert!(Instant::now() < deadline, "dave's device never reached the redis directory");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.redis.pause();
+    let deadline = Instant::now() + WAIT;
+    while redis_ok(&cluster, 1).await {
+        assert!(Instant::now() < deadline, "redis hung but health says ok");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.bye().await.expect("dave leaves");
+    cluster.redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !redis_devices(&cluster.redis.url(), dave.user_id).await.is_empty() {
+        assert!(Instant::now() < deadline, "a device that left during the outage is still in redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!presence(&mut b, dave.user_id).await, "dave is offline");
+
     cluster.redis.stop();
     let deadline = Instant::now() + WAIT;
     while redis_ok(&cluster, 0).await {

@@ -35,8 +35,9 @@ pub enum RouteError {
     Unavailable(String),
 }
 
-/// Node-to-node routing, supplied by the cluster; a single node has none. Every method is
-/// non-blocking: remote traffic is queued and sent in batches.
+/// Node-to-node routing, supplied by the cluster; a single node has none. Every method but
+/// `presence` is non-blocking: remote traffic is queued and sent in batches.
+#[async_trait::async_trait]
 pub trait RemoteRoutes: Send + Sync + 'static {
     /// The node that should run this conversation's sequencer, or None if it is this node.
     fn owner(&self, id: ConversationId) -> Option<Arc<str>>;
@@ -54,6 +55,9 @@ pub trait RemoteRoutes: Send + Sync + 'static {
     fn user_elsewhere(&self, user: UserId) -> bool;
     /// True if this device is connected to another node.
     fn device_elsewhere(&self, user: UserId, device: DeviceId) -> bool;
+    /// The cluster-wide view of presence (online, last seen in ms), if one is available
+    /// and answers now.
+    async fn presence(&self, users: &[UserId]) -> Option<Vec<(bool, Option<u64>)>>;
 }
 
 type SessionEntry = (DeviceId, Mailbox<SessionMsg>);
@@ -183,6 +187,15 @@ impl Router {
     /// True if this device of the user is connected, to this node or another.
     pub fn is_device_online(&self, user: UserId, device: DeviceId) -> bool {
         self.device_mailbox(user, device).is_some() || self.remote().is_some_and(|r| r.device_elsewhere(user, device))
+    }
+
+    /// The cluster-wide presence of `users` (online, last seen in ms), when the cluster has
+    /// a shared view that answers now; None on a single node or when it does not.
+    pub async fn cluster_presence(&self, users: &[UserId]) -> Option<Vec<(bool, Option<u64>)>> {
+        match self.remote() {
+            Some(remote) => remote.presence(users).await,
+            None => None,
+        }
     }
 
     /// Every (user, device) connected to this node, for the cluster's directory snapshot.

@@ -747,13 +747,24 @@ async fn presence_query(state: &mut SessionState, req: pb::PresenceQuery) -> Ans
         return Err(Reject::new(ErrorCode::InvalidArgument, "at most 256 users per presence query"));
     }
     let users = req.user_ids.iter().map(|raw| parse_id("user_ids", raw)).collect::<Result<Vec<_>, _>>()?;
-    if users.iter().any(|u| !state.ctx.router.is_online(*u)) {
+    // In a cluster with Redis, its view covers devices on nodes this one may not have
+    // heard of yet; this node's own view (local and replicated directory) is always fresh
+    // for what it knows. Either saying online is enough.
+    let shared = state.ctx.router.cluster_presence(&users).await;
+    let shared_at = |i: usize| shared.as_ref().and_then(|s| s.get(i)).copied().unwrap_or((false, None));
+    if users.iter().enumerate().any(|(i, u)| !state.ctx.router.is_online(*u) && !shared_at(i).0) {
         // A last-seen time may still be in the writer's queue (the user just left).
         state.ctx.writer.barrier().await;
     }
-    for user in users {
-        let online = state.ctx.router.is_online(user);
-        let last_seen_ms = if online { now_ms() } else { state.ctx.store.last_seen(user).await?.unwrap_or(0) };
+    for (i, user) in users.into_iter().enumerate() {
+        let (shared_online, shared_seen) = shared_at(i);
+        let online = state.ctx.router.is_online(user) || shared_online;
+        let last_seen_ms = if online {
+            now_ms()
+        } else {
+            let stored = state.ctx.store.last_seen(user).await?.unwrap_or(0);
+            stored.max(shared_seen.unwrap_or(0))
+        };
         let frame = protocol::server(server_frame::Kind::Presence(pb::Presence {
             user_id: id_bytes(user),
             online,

@@ -421,6 +421,7 @@ impl Cluster {
     }
 }
 
+#[async_trait::async_trait]
 impl RemoteRoutes for Cluster {
     fn owner(&self, id: ConversationId) -> Option<Arc<str>> {
         let members = self.members.read().unwrap_or_else(|p| p.into_inner());
@@ -484,6 +485,20 @@ impl RemoteRoutes for Cluster {
 
     fn device_elsewhere(&self, user: UserId, device: DeviceId) -> bool {
         !self.directory.nodes_of_device(user, device).is_empty()
+    }
+
+    async fn presence(&self, users: &[UserId]) -> Option<Vec<(bool, Option<u64>)>> {
+        let presence = self.presence.get()?;
+        if !presence.is_up() {
+            return None;
+        }
+        match presence.presence(users).await {
+            Ok(answers) => Some(answers.into_iter().map(|p| (p.online, p.last_seen_ms)).collect()),
+            Err(e) => {
+                tracing::debug!(error = %e, "redis presence unavailable; answering from this node's view");
+                None
+            }
+        }
     }
 }
 

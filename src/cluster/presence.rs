@@ -9,6 +9,8 @@
 //! - `sb:devices:{user}`: hash device id → node name of every connected device. An entry
 //!   whose node key has expired is stale and read as offline.
 //! - `sb:seen:{user}`: last-seen time in ms, written when the user's last device leaves.
+//! - `sb:nodedevices:{name}`: set of `user/device` entries this node wrote, so that after
+//!   an outage (or a restart) it can remove the entries of devices that left meanwhile.
 //!
 //! Nothing on the message path waits for Redis: updates go through a bounded queue to one
 //! writer task, and reads (presence queries) fall back to the node's own view when Redis
@@ -92,8 +94,10 @@ pub struct RedisPresence {
 }
 
 // Deletes a device's entry only if it still names this node: the device may have moved
-// to another node, whose entry must stay.
+// to another node, whose entry must stay. KEYS: devices hash, node set; ARGV: device,
+// node, set member.
 const HDEL_IF_MINE: &str = r#"
+redis.call('SREM', KEYS[2], ARGV[3])
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   return redis.call('HDEL', KEYS[1], ARGV[1])
 end
@@ -110,6 +114,22 @@ fn node_key(node: &str) -> String {
 
 fn seen_key(user: UserId) -> String {
     format!("sb:seen:{user}")
+}
+
+/// The HDEL_IF_MINE script as a plain EVAL: small enough to send each time, and it needs
+/// no SCRIPT LOAD (which a pipeline would not redo after a Redis restart).
+fn hdel_if_mine(devices: &str, node_set: &str, device: &str, node: &str, member: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(HDEL_IF_MINE).arg(2).arg(devices).arg(node_set).arg(device).arg(node).arg(member);
+    cmd
+}
+
+fn node_devices_key(node: &str) -> String {
+    format!("sb:nodedevices:{node}")
+}
+
+fn member(user: UserId, device: DeviceId) -> String {
+    format!("{user}/{device}")
 }
 
 impl RedisPresence {
@@ -186,7 +206,6 @@ impl RedisPresence {
     }
 
     async fn write_loop(self, mut rx: mpsc::Receiver<DeviceChange>, stop: CancellationToken) {
-        let script = redis::Script::new(HDEL_IF_MINE);
         let mut batch = Vec::with_capacity(1024);
         loop {
             tokio::select! {
@@ -194,12 +213,14 @@ impl RedisPresence {
                 n = rx.recv_many(&mut batch, 1024) => if n == 0 { return },
             }
             let mut pipe = redis::pipe();
+            let mine = node_devices_key(&self.node);
             for change in batch.drain(..) {
                 let key = devices_key(change.user);
                 if change.online {
                     pipe.hset(&key, change.device.to_string(), self.node.as_ref()).ignore();
+                    pipe.sadd(&mine, member(change.user, change.device)).ignore();
                 } else {
-                    pipe.invoke_script(script.key(&key).arg(change.device.to_string()).arg(self.node.as_ref())).ignore();
+                    pipe.add_command(hdel_if_mine(&key, &mine, &change.device.to_string(), &self.node, &member(change.user, change.device))).ignore();
                 }
                 if let Some(at) = change.last_seen_ms {
                     pipe.set(seen_key(change.user), at).ignore();
@@ -249,7 +270,11 @@ impl RedisPresence {
             metrics::gauge!("switchboard_redis_up").set(if ok { 1.0 } else { 0.0 });
             metrics::histogram!("switchboard_redis_ping_seconds").record(started.elapsed().as_secs_f64());
             *self.health.lock().await = RedisHealth { ok, latency_ms: started.elapsed().as_secs_f64() * 1000.0, error };
-            if ok && self.dirty.swap(false, Ordering::SeqCst) && self.rewrite(&local_devices()).await.is_err() {
+            if ok
+                && self.dirty.swap(false, Ordering::SeqCst)
+                && let Err(e) = self.rewrite(&local_devices()).await
+            {
+                tracing::warn!(error = %e, "redis directory rewrite failed; retrying");
                 self.dirty.store(true, Ordering::SeqCst);
             }
         }
@@ -258,17 +283,32 @@ impl RedisPresence {
         let _: Result<Result<(), redis::RedisError>, _> = tokio::time::timeout(OP_TIMEOUT, conn.del(node_key(&self.node))).await;
     }
 
-    /// Writes every local device (after an outage or dropped updates).
+    /// Makes Redis hold exactly this node's devices (after an outage, dropped updates or a
+    /// restart): entries this node wrote for devices that have left are removed, current
+    /// ones written.
     async fn rewrite(&self, devices: &[(UserId, DeviceId)]) -> Result<(), PresenceError> {
+        let mine = node_devices_key(&self.node);
+        let mut conn = self.conn.clone();
+        let written: Vec<String> = tokio::time::timeout(OP_TIMEOUT, conn.smembers(&mine)).await.map_err(|_| PresenceError::Timeout)??;
+        let current: std::collections::HashSet<String> = devices.iter().map(|(u, d)| member(*u, *d)).collect();
+        let stale: Vec<&String> = written.iter().filter(|m| !current.contains(*m)).collect();
+        for chunk in stale.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for entry in chunk {
+                let Some((user, device)) = entry.split_once('/') else { continue };
+                pipe.add_command(hdel_if_mine(&format!("sb:devices:{user}"), &mine, device, &self.node, entry)).ignore();
+            }
+            tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut conn)).await.map_err(|_| PresenceError::Timeout)??;
+        }
         for chunk in devices.chunks(1000) {
             let mut pipe = redis::pipe();
             for (user, device) in chunk {
                 pipe.hset(devices_key(*user), device.to_string(), self.node.as_ref()).ignore();
+                pipe.sadd(&mine, member(*user, *device)).ignore();
             }
-            let mut conn = self.conn.clone();
             tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut conn)).await.map_err(|_| PresenceError::Timeout)??;
         }
-        tracing::info!(devices = devices.len(), "redis directory rewritten");
+        tracing::info!(devices = devices.len(), stale = stale.len(), "redis directory rewritten");
         Ok(())
     }
 }

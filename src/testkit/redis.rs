@@ -110,9 +110,30 @@ impl PrivateRedis {
 
     /// Kills the server (its data is gone: no persistence, as a cache node that died).
     pub fn stop(&mut self) {
+        self.resume();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and every command hangs, as
+    /// with a Redis that is overloaded or partitioned away. Its data is kept.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill with a pid we own and a valid signal number.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
         }
     }
 
