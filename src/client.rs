@@ -616,9 +616,17 @@ impl Roaming {
         self.transports = transports;
     }
 
-    /// Drops the connection and connects again, to the next node first.
+    /// Drops the connection and connects again, to the next node first. A `Closing` that
+    /// says not to reconnect (`reconnect_after_ms` = 0: revoked, replaced, bad token) is
+    /// returned as an error instead.
     pub async fn reconnect(&mut self) -> Result<(), ClientError> {
-        let asked = self.conn.closing().map(|c| Duration::from_millis(c.reconnect_after_ms.into())).unwrap_or(Duration::ZERO);
+        let closing = self.conn.closing();
+        if let Some(c) = &closing
+            && c.reconnect_after_ms == 0
+        {
+            return Err(ClientError::Rejected { code: c.code(), message: c.reason.clone() });
+        }
+        let asked = closing.map(|c| Duration::from_millis(c.reconnect_after_ms.into())).unwrap_or(Duration::ZERO);
         let (conn, at) = Self::dial(&self.transports, &self.token, self.at + 1, asked).await?;
         self.conn = conn;
         self.at = at;

@@ -649,11 +649,21 @@ async fn admin(command: AdminCommand) -> Result<()> {
             if wait {
                 let bar = indicatif::ProgressBar::new_spinner();
                 bar.enable_steady_tick(Duration::from_millis(200));
+                let mut seen_draining = false;
                 loop {
                     let report = cluster_report(&admin, &token).await?;
+                    // Done once it is gone, or (restarted at once by its service manager
+                    // under the same name) once its last word was "draining, nothing left".
                     match report.nodes.iter().find(|n| n.name == node) {
-                        Some(n) if n.status != "dead" => bar.set_message(format!("{node}: {} sessions, {} conversations left", n.sessions, n.conversations)),
-                        _ => break,
+                        Some(n) if n.status == "dead" => break,
+                        Some(n) if n.draining && n.sessions == 0 && n.conversations == 0 => break,
+                        // A new incarnation that is not draining: the old one is gone.
+                        Some(n) if seen_draining && !n.draining => break,
+                        Some(n) => {
+                            seen_draining |= n.draining;
+                            bar.set_message(format!("{node}: {} sessions, {} conversations left", n.sessions, n.conversations));
+                        }
+                        None => break,
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }

@@ -140,7 +140,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
 
     let cluster = match config.cluster.clone() {
         Some(cluster_config) => {
-            let addrs = LocalAddrs { admin: admin_addr.to_string(), tcp: tcp_addr.to_string(), http: http_addr.to_string() };
+            let addrs = LocalAddrs::announced(admin_addr, tcp_addr, http_addr, &cluster_config.advertise);
             let cluster = crate::cluster::start(cluster_config, &node, addrs, accepting.clone()).await?;
             cluster.wait_for_peers().await;
             Some(cluster)

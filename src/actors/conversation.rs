@@ -287,16 +287,20 @@ impl Actor for Conversation {
             }
             ConversationMsg::Persisted(seq, outcome) => {
                 handle_persisted(state, seq, outcome)?;
-                if state.handing_off && state.pending.is_empty() {
-                    myself.stop(Some("handoff".into()));
-                }
+                finish_handoff(&myself, state);
             }
             ConversationMsg::Handoff => {
                 state.gauge.close();
+                if !state.handing_off {
+                    tracing::debug!(conversation = %state.record.conversation_id, pending = state.pending.len(), "conversation handing off");
+                }
                 state.handing_off = true;
-                tracing::debug!(conversation = %state.record.conversation_id, pending = state.pending.len(), "conversation handing off");
-                if state.pending.is_empty() {
-                    myself.stop(Some("handoff".into()));
+                if state.gauge.depth() > 0 {
+                    // A sender passed the mailbox's closed check just before the close
+                    // and its request is queued behind this Handoff: look again after it.
+                    let _ = myself.cast(ConversationMsg::Handoff);
+                } else {
+                    finish_handoff(&myself, state);
                 }
             }
             ConversationMsg::Sync(reply) => {
@@ -313,6 +317,14 @@ impl Actor for Conversation {
             }
         }
         Ok(())
+    }
+}
+
+/// Stops a handing-off conversation once nothing it accepted is left: no append waiting
+/// for the store, no request in its mailbox.
+fn finish_handoff(myself: &ActorRef<ConversationMsg>, state: &ConversationState) {
+    if state.handing_off && state.pending.is_empty() && state.gauge.depth() == 0 {
+        myself.stop(Some("handoff".into()));
     }
 }
 

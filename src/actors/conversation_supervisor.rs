@@ -86,6 +86,13 @@ impl Actor for ConversationSupervisor {
                 let recent = state.failures.entry(id).or_default();
                 recent.retain(|t| t.elapsed() < window);
                 recent.push(Instant::now());
+                if state.ctx.router.owned_elsewhere(id) {
+                    // Another node owns it now (typically: it was handing off and the new
+                    // owner appended first). Restarting it here would run a second
+                    // sequencer for nothing; the next request goes to the owner.
+                    tracing::info!(conversation = %id, "failed conversation is owned by another node; not restarted here");
+                    return Ok(());
+                }
                 if recent.len() as u32 > state.ctx.limits.max_restarts {
                     tracing::error!(conversation = %id, failures = recent.len(), "restart intensity exceeded; left passive");
                     return Ok(());

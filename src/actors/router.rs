@@ -49,8 +49,11 @@ pub trait RemoteRoutes: Send + Sync + 'static {
     fn to_users(&self, users: &[UserId], except: Option<DeviceId>, make: &dyn Fn() -> SessionMsg);
     /// Queues a message for one device if it is connected to another node.
     fn to_device(&self, user: UserId, device: DeviceId, message: SessionMsg);
-    /// A device connected to (`online`) or left this node.
-    fn session_changed(&self, user: UserId, device: DeviceId, online: bool);
+    /// A device connected to (`online`) or left this node; `last_here` says the user has no
+    /// other device on this node. Called with the router's directory lock held, so that
+    /// peers hear a device's arrivals and departures in the order they happened: it must
+    /// only queue, and never call back into the router.
+    fn session_changed(&self, user: UserId, device: DeviceId, online: bool, last_here: bool);
     /// True if a device of `user` is connected to another node.
     fn user_elsewhere(&self, user: UserId) -> bool;
     /// True if this device is connected to another node.
@@ -140,6 +143,10 @@ impl Router {
             }
         };
         let mut first_device = first_device && replaced.is_none();
+        if let Some(remote) = self.remote() {
+            // Announced under the lock: see `RemoteRoutes::session_changed`.
+            remote.session_changed(user, device, true, false);
+        }
         drop(sessions);
         if let Some(remote) = self.remote() {
             if replaced.is_none() && remote.device_elsewhere(user, device) {
@@ -148,7 +155,6 @@ impl Router {
                 remote.to_device(user, device, SessionMsg::Close { code: ErrorCode::Replaced, reason: "this device connected again".into(), reconnect_after_ms: 0 });
             }
             first_device = first_device && !remote.user_elsewhere(user);
-            remote.session_changed(user, device, true);
         }
         Registration { replaced, first_device }
     }
@@ -165,12 +171,12 @@ impl Router {
         if last {
             sessions.remove(&user);
         }
-        drop(sessions);
-        let mut elsewhere = false;
         if removed && let Some(remote) = self.remote() {
-            remote.session_changed(user, device, false);
-            elsewhere = remote.user_elsewhere(user);
+            // Announced under the lock: see `RemoteRoutes::session_changed`.
+            remote.session_changed(user, device, false, last);
         }
+        drop(sessions);
+        let elsewhere = self.remote().is_some_and(|r| r.user_elsewhere(user));
         last && removed && !elsewhere
     }
 
@@ -198,9 +204,17 @@ impl Router {
         }
     }
 
-    /// Every (user, device) connected to this node, for the cluster's directory snapshot.
+    /// Every (user, device) connected to this node.
     pub fn local_devices(&self) -> Vec<(UserId, DeviceId)> {
-        read(&self.inner.sessions).iter().flat_map(|(u, entries)| entries.iter().map(|(d, _)| (*u, *d))).collect()
+        self.with_local_devices(|devices| devices)
+    }
+
+    /// Calls `f` with every (user, device) connected to this node while holding the
+    /// directory lock: arrivals and departures are announced under the same lock, so a
+    /// snapshot queued by `f` is ordered exactly among them.
+    pub fn with_local_devices<T>(&self, f: impl FnOnce(Vec<(UserId, DeviceId)>) -> T) -> T {
+        let sessions = read(&self.inner.sessions);
+        f(sessions.iter().flat_map(|(u, entries)| entries.iter().map(|(d, _)| (*u, *d))).collect())
     }
 
     /// Number of connected devices on this node.
@@ -377,6 +391,11 @@ impl Router {
     /// The active conversation's mailbox, if there is one (fault injection, admin).
     pub fn active_conversation(&self, id: ConversationId) -> Option<Mailbox<ConversationMsg>> {
         read(&self.inner.conversations).get(&id).cloned()
+    }
+
+    /// True if another node of the cluster owns this conversation now.
+    pub fn owned_elsewhere(&self, id: ConversationId) -> bool {
+        self.remote().is_some_and(|r| r.owner(id).is_some())
     }
 
     /// Hands off every active conversation that another node now owns (after a membership

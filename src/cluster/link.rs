@@ -333,6 +333,7 @@ fn dispatch(cluster: &Arc<Cluster>, from: &Arc<str>, kind: pb::envelope::Kind) -
                 .collect::<Result<Vec<_>, wire::WireError>>()?;
             cluster.directory.replace_node(from, devices);
         }
+        Kind::SnapshotRequest(_) => cluster.send_snapshot(from),
     }
     Ok(())
 }
@@ -347,6 +348,14 @@ fn hand_to_conversation(cluster: &Arc<Cluster>, id: crate::store::ConversationId
     {
         let mut waiting = super::lock(&cluster.forwarded);
         if let Some(queue) = waiting.get_mut(&id) {
+            if queue.len() >= MAX_FORWARDED_WAITING {
+                // Bounded like a conversation mailbox: the device hears UNAVAILABLE and
+                // retries, instead of this node's memory growing.
+                drop(waiting);
+                metrics::counter!("switchboard_cluster_dropped_total").increment(1);
+                refuse(cluster, wire::requester(&message), crate::actors::router::RouteError::Overloaded);
+                return;
+            }
             queue.push_back(message);
             return;
         }
@@ -367,19 +376,26 @@ fn hand_to_conversation(cluster: &Arc<Cluster>, id: crate::store::ConversationId
             };
             let requester = wire::requester(&next);
             if let Err(e) = cluster.router.send_to_local_conversation(id, next).await {
-                // Answered as the device's own node would have: the device retries.
-                if let Some((user, device, request_ref)) = requester {
-                    let (code, text) = match e {
-                        crate::actors::router::RouteError::UnknownConversation => (ErrorCode::UnknownConversation, "no conversation has this id"),
-                        crate::actors::router::RouteError::Overloaded => (ErrorCode::Unavailable, "conversation overloaded; retry"),
-                        crate::actors::router::RouteError::Unavailable(_) => (ErrorCode::Unavailable, "conversation unavailable; retry"),
-                    };
-                    let frame = protocol::encode_server(&protocol::error_frame(code, text, request_ref, false));
-                    cluster.router.deliver_to_device(user, device, SessionMsg::Push(frame));
-                }
+                refuse(&cluster, requester, e);
             }
         }
     });
+}
+
+/// Requests forwarded for one conversation that may wait for it here.
+const MAX_FORWARDED_WAITING: usize = 8192;
+
+/// Answers a forwarded request that could not be handed over, as the device's own node
+/// would have: the device retries. (Receipts have no requester: nobody waits for them.)
+fn refuse(cluster: &Cluster, requester: Option<(crate::store::UserId, crate::store::DeviceId, String)>, error: crate::actors::router::RouteError) {
+    let Some((user, device, request_ref)) = requester else { return };
+    let (code, text) = match error {
+        crate::actors::router::RouteError::UnknownConversation => (ErrorCode::UnknownConversation, "no conversation has this id"),
+        crate::actors::router::RouteError::Overloaded => (ErrorCode::Unavailable, "conversation overloaded; retry"),
+        crate::actors::router::RouteError::Unavailable(_) => (ErrorCode::Unavailable, "conversation unavailable; retry"),
+    };
+    let frame = protocol::encode_server(&protocol::error_frame(code, text, request_ref, false));
+    cluster.router.deliver_to_device(user, device, SessionMsg::Push(frame));
 }
 
 /// Connects to every known peer address without a connection, each on its own backoff.
@@ -404,7 +420,7 @@ fn reconnect(state: &mut LinkState) {
     let now = Instant::now();
     known.sort();
     known.dedup();
-    state.reconnect.retain(|addr, _| !connected.contains(addr));
+    state.reconnect.retain(|addr, _| known.contains(addr) && !connected.contains(addr));
     for addr in known {
         if addr == me || addr.is_empty() || connected.contains(&addr) {
             continue;

@@ -16,6 +16,8 @@
 //!   conversations) but stays reachable, so its devices still get their deliveries.
 //! - A dead peer heard from again (a healed partition, or a restart under the same name)
 //!   is alive again and rejoins the view.
+//! - A peer dead for twelve times `dead_after` (at least a minute) is forgotten: it no
+//!   longer shows in `admin cluster` and is no longer redialled (unless it is a seed).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -67,6 +69,8 @@ pub struct Change {
     pub died: Vec<Arc<str>>,
     /// These peers restarted (new incarnation) or came back from the dead.
     pub rejoined: Vec<Arc<str>>,
+    /// These peers had been dead long enough to be forgotten.
+    pub forgotten: Vec<Arc<str>>,
 }
 
 impl Membership {
@@ -134,6 +138,7 @@ impl Membership {
     pub fn tick(&mut self, now: Instant) -> Change {
         let mut change = Change::default();
         let suspect_after = self.heartbeat * 2;
+        let forget_after = self.forget_after();
         for (name, view) in &mut self.peers {
             let silent = now.saturating_duration_since(view.last_heard);
             let status = if silent >= self.dead_after {
@@ -148,8 +153,18 @@ impl Membership {
                 change.members_changed |= !view.draining;
             }
             view.status = status;
+            if silent >= forget_after {
+                change.forgotten.push(name.clone());
+            }
+        }
+        for name in &change.forgotten {
+            self.peers.remove(name);
         }
         change
+    }
+
+    fn forget_after(&self) -> Duration {
+        (self.dead_after * 12).max(Duration::from_secs(60))
     }
 
     /// The members that own conversations: this node and every peer not dead, minus the
@@ -202,6 +217,10 @@ mod tests {
         assert_eq!(names(&m.members()), ["a"]);
         // Dying is reported once.
         assert_eq!(m.tick(t0 + DEAD * 2), Change::default());
+        // Long dead: forgotten.
+        let change = m.tick(t0 + Duration::from_secs(61));
+        assert_eq!(change.forgotten, vec![Arc::<str>::from("b")]);
+        assert!(m.peer("b").is_none());
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub enum ClusterError {
     Tls(#[from] tls::TlsError),
 }
 
-/// What this node tells its peers about itself (its listeners).
+/// What this node tells its peers about itself (its listeners, as others reach them).
 #[derive(Debug, Clone, Default)]
 pub struct LocalAddrs {
     /// Admin listener.
@@ -78,6 +78,19 @@ pub struct LocalAddrs {
     pub tcp: String,
     /// HTTP/WebSocket listener for devices.
     pub http: String,
+}
+
+impl LocalAddrs {
+    /// The bound addresses as peers and operators reach them: a listener bound to every
+    /// interface (`0.0.0.0`, `[::]`) is announced with the host of `cluster_advertise`.
+    pub fn announced(admin: std::net::SocketAddr, tcp: std::net::SocketAddr, http: std::net::SocketAddr, cluster_advertise: &str) -> Self {
+        let host = match cluster_advertise.rsplit_once(':') {
+            Some((host, _)) => host,
+            None => cluster_advertise,
+        };
+        let announce = |bound: std::net::SocketAddr| if bound.ip().is_unspecified() { format!("{host}:{}", bound.port()) } else { bound.to_string() };
+        Self { admin: announce(admin), tcp: announce(tcp), http: announce(http) }
+    }
 }
 
 /// One peer as the link sees it.
@@ -316,13 +329,18 @@ impl Cluster {
         }
         tracing::info!(peer = %node, "cluster peer connected");
         self.queue(&node, pb::envelope::Kind::Heartbeat(self.heartbeat()));
-        let devices = self
-            .router
-            .local_devices()
-            .into_iter()
-            .map(|(u, d)| pb::DirectoryUpdate { user_id: id_bytes(u), device_id: id_bytes(d), online: true })
-            .collect();
-        self.queue(&node, pb::envelope::Kind::Snapshot(pb::DirectorySnapshot { devices }));
+        self.send_snapshot(&node);
+        // Theirs may have been dropped here (a death we declared while the connection
+        // stayed up): ask for it again.
+        self.queue(&node, pb::envelope::Kind::SnapshotRequest(pb::SnapshotRequest {}));
+    }
+
+    /// Queues our directory for `node`, ordered among our arrival/departure announcements.
+    fn send_snapshot(&self, node: &str) {
+        self.router.with_local_devices(|devices| {
+            let devices = devices.into_iter().map(|(u, d)| pb::DirectoryUpdate { user_id: id_bytes(u), device_id: id_bytes(d), online: true }).collect();
+            self.queue(node, pb::envelope::Kind::Snapshot(pb::DirectorySnapshot { devices }));
+        });
     }
 
     /// The connection to `node` is gone (its actor left the process group). The peer is
@@ -344,18 +362,33 @@ impl Cluster {
             metrics::counter!("switchboard_cluster_peers_died_total").increment(1);
             self.directory.drop_node(dead);
         }
+        if !change.forgotten.is_empty() {
+            let mut peers = lock(&self.peers);
+            for gone in &change.forgotten {
+                tracing::info!(peer = %gone, "dead cluster peer forgotten");
+                peers.remove(gone);
+            }
+        }
         for back in &change.rejoined {
             tracing::info!(peer = %back, "cluster peer rejoined");
+            // What we knew of its devices is stale (a restart) or was dropped (we declared
+            // it dead): ask for a fresh snapshot, and send ours, which it may have dropped.
             self.directory.drop_node(back);
+            self.queue(back, pb::envelope::Kind::SnapshotRequest(pb::SnapshotRequest {}));
+            self.send_snapshot(back);
         }
         if change.members_changed {
             let (members, draining) = {
+                // Published while the membership is locked: two concurrent changes (a
+                // drain asked through the admin API, a peer's heartbeat) cannot leave the
+                // older view in place.
                 let m = lock(&self.membership);
-                (m.members(), m.draining())
+                let members = m.members();
+                *self.members.write().unwrap_or_else(|p| p.into_inner()) = members.clone();
+                (members, m.draining())
             };
             tracing::info!(members = ?members.names(), "cluster members changed");
             metrics::gauge!("switchboard_cluster_members").set(members.names().len() as f64);
-            *self.members.write().unwrap_or_else(|p| p.into_inner()) = members;
             let moved = self.router.hand_off_moved(draining);
             if moved > 0 {
                 tracing::info!(conversations = moved, "handing off conversations to their new owners");
@@ -471,10 +504,10 @@ impl RemoteRoutes for Cluster {
         }
     }
 
-    fn session_changed(&self, user: UserId, device: DeviceId, online: bool) {
+    fn session_changed(&self, user: UserId, device: DeviceId, online: bool, last_here: bool) {
         self.broadcast(pb::envelope::Kind::Directory(pb::DirectoryUpdate { user_id: id_bytes(user), device_id: id_bytes(device), online }));
         if let Some(presence) = self.presence.get() {
-            let gone = !online && !self.router.is_online_here(user) && !self.directory.has_user(user);
+            let gone = !online && last_here && !self.directory.has_user(user);
             presence.changed(DeviceChange { user, device, online, last_seen_ms: gone.then(crate::store::now_ms) });
         }
     }
@@ -524,4 +557,20 @@ pub async fn start(
     node.ctx.router.set_remote(cluster.clone());
     link::start(cluster.clone(), node.root.get_cell(), stop).await?;
     Ok(cluster)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_on_every_interface_are_announced_with_the_advertised_host() {
+        let addrs = LocalAddrs::announced(
+            "0.0.0.0:8082".parse().expect("addr"),
+            "[::]:8081".parse().expect("addr"),
+            "10.0.0.5:8080".parse().expect("addr"),
+            "node-1.peers.svc:4369",
+        );
+        assert_eq!((addrs.admin.as_str(), addrs.tcp.as_str(), addrs.http.as_str()), ("node-1.peers.svc:8082", "node-1.peers.svc:8081", "10.0.0.5:8080"));
+    }
 }
