@@ -423,3 +423,56 @@ impl ServerConfig {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(path: &str) -> ServeArgs {
+        ServeArgs { config: Some(PathBuf::from(path)), ..Default::default() }
+    }
+
+    #[test]
+    fn the_example_node_configs_are_valid_cluster_configs() {
+        for (i, name) in [(1, "node1"), (2, "node2"), (3, "node3")] {
+            let path = format!("{}/cluster/config/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+            let config = ServerConfig::resolve(with_file(&path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let cluster = config.cluster.expect("cluster settings");
+            assert_eq!(cluster.node_name, name);
+            assert_eq!(cluster.seeds.len(), 2, "seeds are the other two nodes");
+            assert_eq!(cluster.advertise, format!("10.0.0.{}:4369", 10 + i));
+            assert!(cluster.tls.is_some() && cluster.redis.is_some());
+        }
+    }
+
+    #[test]
+    fn a_cluster_refuses_the_embedded_store_and_half_a_tls_setup() {
+        let cluster = |store: &str, tls_cert: Option<&str>| ServeArgs {
+            store: Some(store.into()),
+            node_name: Some("n1".into()),
+            cluster_listen: Some("127.0.0.1:4369".parse().expect("addr")),
+            cookie: Some("c".into()),
+            cluster_tls_cert: tls_cert.map(PathBuf::from),
+            ..Default::default()
+        };
+        let embedded = ServerConfig::resolve(cluster("embedded:/tmp/x", None)).expect_err("embedded refused");
+        assert!(embedded.to_string().contains("shared store"), "{embedded}");
+        let half_tls = ServerConfig::resolve(cluster("postgres://u@h/db", Some("/c.pem"))).expect_err("half tls refused");
+        assert!(half_tls.to_string().contains("cluster TLS needs all"), "{half_tls}");
+        let fine = ServerConfig::resolve(cluster("postgres://u@h/db", None)).expect("valid");
+        assert_eq!(fine.cluster.map(|c| c.advertise), Some("127.0.0.1:4369".to_owned()));
+    }
+
+    #[test]
+    fn a_node_bound_to_every_interface_must_say_how_peers_reach_it() {
+        let args = ServeArgs {
+            store: Some("postgres://u@h/db".into()),
+            node_name: Some("n1".into()),
+            cluster_listen: Some("0.0.0.0:4369".parse().expect("addr")),
+            cookie: Some("c".into()),
+            ..Default::default()
+        };
+        let e = ServerConfig::resolve(args).expect_err("advertise required");
+        assert!(e.to_string().contains("cluster_advertise"), "{e}");
+    }
+}
