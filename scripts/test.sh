@@ -20,5 +20,6 @@ cargo nextest run --locked --no-fail-fast "$@"
 echo "== integration suite against PostgreSQL =="
 SWITCHBOARD_TEST_STORE=postgres cargo nextest run --locked --no-fail-fast \
   -E 'kind(test) and not binary(store_conformance) and not binary(protocol_props) and not binary(scylla_errors) and not binary(cluster)' "$@"
-# Benches are built (not run) so they cannot rot.
-cargo bench --no-run --locked
+# Benches are built (not run) so they cannot rot: in the dev profile, reusing the build
+# above (an optimised build of everything would double CI time for the same check).
+cargo build --benches --profile dev --locked
