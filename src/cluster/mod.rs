@@ -247,7 +247,7 @@ impl Cluster {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        // One more round so that transitive connections (peers of peers) complete.
+        // One more heartbeat: peers of peers (learned from heartbeats) are dialled too.
         tokio::time::sleep(self.config.heartbeat).await;
         tracing::info!(members = ?self.members().names(), "joined the cluster");
     }
