@@ -158,6 +158,10 @@ impl Actor for Link {
                     let cells = std::mem::take(&mut state.unmapped);
                     map_routers(state, cells).await;
                 }
+                let silent = cluster.silent_connections(Instant::now());
+                if !silent.is_empty() {
+                    reset_connections(state, &silent).await;
+                }
                 reconnect(state);
                 report_peers(&cluster);
             }
@@ -217,6 +221,25 @@ async fn map_routers(state: &mut LinkState, cells: Vec<ActorCell>) {
                 state.args.cluster.peer_connected(name, ActorRef::from(cell));
             }
             None => state.unmapped.push(cell),
+        }
+    }
+}
+
+/// Closes the ractor_cluster sessions to these peers; the reconnection loop dials again.
+async fn reset_connections(state: &mut LinkState, peers: &[Arc<str>]) {
+    let sessions = match ractor::call_t!(state.args.node_server, NodeServerMessage::GetSessions, 2000) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster sessions unavailable; silent connections not reset");
+            return;
+        }
+    };
+    for session in sessions.values() {
+        let Some(peer) = session.peer_name.as_ref().map(|n| n.name.split_once('@').map(|(name, _)| name).unwrap_or(&n.name)) else { continue };
+        if peers.iter().any(|p| p.as_ref() == peer) {
+            tracing::warn!(peer, "cluster connection carries nothing from the peer; resetting it");
+            metrics::counter!("switchboard_cluster_connection_resets_total").increment(1);
+            session.actor.stop(Some("silent connection".into()));
         }
     }
 }

@@ -104,6 +104,9 @@ struct Peer {
     flush_queued: bool,
     /// Its last heartbeat.
     heartbeat: Option<pb::Heartbeat>,
+    /// When its router was mapped (the connection became usable), for the silent
+    /// connection check.
+    connected_at: Option<Instant>,
 }
 
 /// The cluster state of one node, shared by the router (through [`RemoteRoutes`]), the
@@ -326,6 +329,7 @@ impl Cluster {
             let mut peers = lock(&self.peers);
             let peer = peers.entry(node.clone()).or_default();
             peer.router = Some(router);
+            peer.connected_at = Some(Instant::now());
         }
         tracing::info!(peer = %node, "cluster peer connected");
         self.queue(&node, pb::envelope::Kind::Heartbeat(self.heartbeat()));
@@ -349,10 +353,33 @@ impl Cluster {
         let mut peers = lock(&self.peers);
         if let Some(peer) = peers.get_mut(node) {
             peer.router = None;
+            peer.connected_at = None;
             peer.outbox.clear();
             peer.flush_queued = false;
             tracing::warn!(peer = %node, "cluster peer disconnected");
         }
+    }
+
+    /// Peers we hold a connection to but have heard nothing from for `dead_after` since it
+    /// was opened (or since they were last heard): such a connection carries our traffic
+    /// one way only (seen with ractor_cluster when two nodes dial each other at once), so
+    /// the link resets it and redials. Each is reported once per `dead_after`.
+    fn silent_connections(&self, now: Instant) -> Vec<Arc<str>> {
+        let membership = lock(&self.membership);
+        let mut peers = lock(&self.peers);
+        let mut silent = Vec::new();
+        for (name, peer) in peers.iter_mut() {
+            let Some(connected_at) = peer.connected_at else { continue };
+            if peer.router.is_none() {
+                continue;
+            }
+            let heard = membership.peer(name).map(|v| v.last_heard).unwrap_or(connected_at).max(connected_at);
+            if now.saturating_duration_since(heard) >= self.config.dead_after {
+                peer.connected_at = Some(now);
+                silent.push(name.clone());
+            }
+        }
+        silent
     }
 
     /// Applies a membership change: new placement, handoffs, dropped directories.

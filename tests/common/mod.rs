@@ -105,7 +105,8 @@ fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
         .stderr(log)
         .spawn()
         .expect("spawn switchboard");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: a cluster test starts several servers and databases at once on 2 cores.
+    let deadline = Instant::now() + Duration::from_secs(45);
     loop {
         if let Ok(text) = std::fs::read_to_string(&ready)
             && let Ok(r) = serde_json::from_str::<Ready>(&text)
