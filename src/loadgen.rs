@@ -352,7 +352,6 @@ pub async fn direct(
     progress: impl Fn(u64, u64) + Send + 'static,
 ) -> Result<TrafficReport, LoadError> {
     let n = credentials.len();
-    let mut conns = connect_all(server, credentials).await?;
     // Each user sends to a random peer: a ring over a random permutation, so every user
     // sends and receives at the same rate and no two runs pair the same users.
     let mut order: Vec<usize> = (0..n).collect();
@@ -361,18 +360,15 @@ pub async fn direct(
     for (k, &i) in order.iter().enumerate() {
         peer[i] = order[(k + 1) % n];
     }
-    let mut conversations = Vec::with_capacity(n);
-    for (i, conn) in conns.iter_mut().enumerate() {
-        conversations.push(conn.open_direct(credentials[peer[i]].user_id).await?);
-    }
-    traffic(&[server], "direct", conns, conversations, 2, rate, duration, payload_bytes, progress).await
+    pairs(&[server], "direct", credentials, &peer, rate, duration, payload_bytes, progress).await
 }
 
 /// [`direct`] across the nodes of a cluster: device `i` is connected to node
-/// `i % nodes`, and sends to device `i + 1` (an even count makes every pair cross nodes
-/// with two nodes). Each conversation's sequencer is wherever placement puts it, so a
-/// message crosses zero, one or two node boundaries (sender → owner → recipient), as in
-/// production.
+/// `i % nodes`, and sends to device `i + 1` (with two nodes and an even count, every
+/// pair's ends are on different nodes). Each conversation's sequencer is wherever
+/// placement puts it, so with two nodes every message crosses exactly one node boundary
+/// on its way (sender → owner, or owner → recipient) and its ack or receipts cross back,
+/// as in production.
 pub async fn direct_across(
     servers: &[&ServerProcess],
     credentials: &[DeviceCredentials],
@@ -382,12 +378,29 @@ pub async fn direct_across(
     progress: impl Fn(u64, u64) + Send + 'static,
 ) -> Result<TrafficReport, LoadError> {
     let n = credentials.len();
-    let mut conns = connect_spread(servers, credentials).await?;
-    let mut conversations = Vec::with_capacity(n);
-    for (i, conn) in conns.iter_mut().enumerate() {
-        conversations.push(conn.open_direct(credentials[(i + 1) % n].user_id).await?);
-    }
+    let peer: Vec<usize> = (0..n).map(|i| (i + 1) % n).collect();
     let scenario = if servers.len() > 1 { "direct_across_nodes" } else { "direct_one_node" };
+    pairs(servers, scenario, credentials, &peer, rate, duration, payload_bytes, progress).await
+}
+
+/// Connects device `i` to `servers[i % servers.len()]`, opens its 1:1 conversation with
+/// device `peer[i]`, and drives the traffic.
+#[allow(clippy::too_many_arguments)]
+async fn pairs(
+    servers: &[&ServerProcess],
+    scenario: &'static str,
+    credentials: &[DeviceCredentials],
+    peer: &[usize],
+    rate: u64,
+    duration: Duration,
+    payload_bytes: usize,
+    progress: impl Fn(u64, u64) + Send + 'static,
+) -> Result<TrafficReport, LoadError> {
+    let mut conns = connect_spread(servers, credentials).await?;
+    let mut conversations = Vec::with_capacity(conns.len());
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conversations.push(conn.open_direct(credentials[peer[i]].user_id).await?);
+    }
     traffic(servers, scenario, conns, conversations, 2, rate, duration, payload_bytes, progress).await
 }
 
