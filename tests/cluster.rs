@@ -574,9 +574,9 @@ async fn a_rolling_restart_under_traffic_loses_nothing() {
     let t = cluster.transports();
     let api = cluster.api();
     let mut pairs = Vec::new();
-    for i in 0..3 {
+    for transport in &t {
         let (s, r) = (sign_up(&api).await, sign_up(&api).await);
-        let mut conn = online_at(&t[i], &s).await;
+        let mut conn = online_at(transport, &s).await;
         let direct = conn.open_direct(r.user_id).await.expect("direct");
         pairs.push((s, r, direct));
     }
