@@ -5,19 +5,20 @@
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use switchboard::actors::conversation::{ConversationMsg, SendRequest};
+use switchboard::ids::{DeviceId, UserId};
 use switchboard::loadgen::InProcessNode;
 use switchboard::store::{ContentKind, ConversationKind, ConversationRecord, direct_conversation_id, now_ms};
-use uuid::Uuid;
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (node, conversation, user, device, mut outbox) = rt.block_on(async {
         let node = InProcessNode::start().await.unwrap();
-        let (user, peer, device) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (user, peer, device) = (UserId::random(), UserId::random(), DeviceId::random());
         let id = direct_conversation_id(user, peer);
         let mut members = vec![user, peer];
         members.sort();
-        let record = ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms(), group: None, retention_secs: 0 };
+        let record =
+            ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms(), group: None, retention_secs: 0 };
         node.node.ctx.store.create_conversation(record).await.unwrap();
         let (_session, mut rx) = node.session(user, device, 4096).await.unwrap();
         rx.recv().await.unwrap(); // CatchUpComplete

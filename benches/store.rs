@@ -7,16 +7,16 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::sync::Arc;
 
+use switchboard::ids::{ConversationId, DeviceId, UserId};
 use switchboard::store::{EmbeddedStore, Store, StoreSpec, StoredMessage, WriteOp};
 use switchboard::testkit::PrivatePostgres;
-use uuid::Uuid;
 
-fn message(conversation: Uuid, seq: u64) -> StoredMessage {
+fn message(conversation: ConversationId, seq: u64) -> StoredMessage {
     StoredMessage {
         conversation_id: conversation,
         seq,
-        sender_user_id: Uuid::from_u128(1),
-        sender_device_id: Uuid::from_u128(2),
+        sender_user_id: UserId::from_u128(1),
+        sender_device_id: DeviceId::from_u128(2),
         client_msg_id: format!("c-{seq}"),
         server_time_ms: 1_795_000_000_000 + seq,
         payload: Bytes::from(vec![9u8; 100]),
@@ -31,7 +31,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, st
     let mut group = c.benchmark_group(format!("{name}_store"));
     group.sample_size(20);
     for batch in [1u64, 64, 512] {
-        let conversation = Uuid::new_v4();
+        let conversation = ConversationId::random();
         let mut next = 1u64;
         group.throughput(Throughput::Elements(batch));
         group.bench_function(format!("append_batch_{batch}"), |b| {
@@ -46,7 +46,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, st
             )
         });
     }
-    let conversation = Uuid::new_v4();
+    let conversation = ConversationId::random();
     for chunk in (1..=10_000u64).collect::<Vec<_>>().chunks(1000) {
         let ops: Vec<WriteOp> = chunk.iter().map(|s| WriteOp::Append(message(conversation, *s))).collect();
         rt.block_on(store.apply(ops)).unwrap();

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use crate::store::{CodeCheck, DeviceId, DeviceRecord, PendingCode, Store, StoreError, UserId, UserRecord, now_ms};
 
@@ -51,13 +50,8 @@ impl WebhookCodeSender {
 #[async_trait::async_trait]
 impl CodeSender for WebhookCodeSender {
     async fn send_code(&self, phone: &str, code: &str) -> Result<(), String> {
-        let response = self
-            .http
-            .post(&self.url)
-            .json(&serde_json::json!({ "phone": phone, "code": code }))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let response =
+            self.http.post(&self.url).json(&serde_json::json!({ "phone": phone, "code": code })).send().await.map_err(|e| e.to_string())?;
         if response.status().is_success() { Ok(()) } else { Err(format!("gateway answered {}", response.status())) }
     }
 }
@@ -217,17 +211,10 @@ impl Accounts {
             return Err(AccountError::InvalidPhone);
         }
         let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
-        let pending = PendingCode {
-            code_hash: hash_secret(&code),
-            expires_ms: now_ms() + self.config.code_ttl.as_millis() as u64,
-            attempts: 0,
-        };
+        let pending = PendingCode { code_hash: hash_secret(&code), expires_ms: now_ms() + self.config.code_ttl.as_millis() as u64, attempts: 0 };
         self.store.put_pending_code(phone, pending).await?;
         self.sender.send_code(phone, &code).await.map_err(AccountError::SendFailed)?;
-        Ok(CodeIssued {
-            expires_in_s: self.config.code_ttl.as_secs(),
-            dev_code: self.config.expose_codes.then_some(code),
-        })
+        Ok(CodeIssued { expires_in_s: self.config.code_ttl.as_secs(), dev_code: self.config.expose_codes.then_some(code) })
     }
 
     /// Checks a code and creates the account (or takes it over on a new phone) with a new
@@ -247,7 +234,7 @@ impl Accounts {
             CodeCheck::Wrong | CodeCheck::Missing => return Err(AccountError::InvalidCode),
         }
         let now = now_ms();
-        let fresh = UserRecord { user_id: Uuid::new_v4(), phone: phone.to_owned(), created_ms: now };
+        let fresh = UserRecord { user_id: UserId::random(), phone: phone.to_owned(), created_ms: now };
         let (user, _created) = self.store.get_or_create_user(phone, fresh).await?;
         let mut revoked = Vec::new();
         for old in self.store.devices_of(user.user_id).await? {
@@ -263,7 +250,7 @@ impl Accounts {
     async fn add_device(&self, user: UserId, name: &str, primary: bool) -> Result<DeviceCredentials, AccountError> {
         let token = new_token();
         let device = DeviceRecord {
-            device_id: Uuid::new_v4(),
+            device_id: DeviceId::random(),
             user_id: user,
             name: name.trim().to_owned(),
             primary,
@@ -289,10 +276,10 @@ impl Accounts {
             if !valid_phone(&phone) {
                 return Err(AccountError::InvalidPhone);
             }
-            let user = UserRecord { user_id: Uuid::new_v4(), phone, created_ms: now };
+            let user = UserRecord { user_id: UserId::random(), phone, created_ms: now };
             let token = new_token();
             let device = DeviceRecord {
-                device_id: Uuid::new_v4(),
+                device_id: DeviceId::random(),
                 user_id: user.user_id,
                 name: "provisioned".into(),
                 primary: true,
@@ -351,11 +338,7 @@ impl Accounts {
         if device != caller.device_id && !caller.primary {
             return Err(AccountError::NotPrimary);
         }
-        if self.store.revoke_device(caller.user_id, device, now_ms()).await? {
-            Ok(())
-        } else {
-            Err(AccountError::UnknownDevice)
-        }
+        if self.store.revoke_device(caller.user_id, device, now_ms()).await? { Ok(()) } else { Err(AccountError::UnknownDevice) }
     }
 }
 

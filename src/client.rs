@@ -6,13 +6,13 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::ids::{ConversationId, DeviceId, UserId};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::codec::Framed;
-use uuid::Uuid;
 
 use crate::accounts::{DeviceCredentials, DeviceInfo};
 use crate::protocol::{self, FrameCodec, PROTOCOL_VERSION, client_frame, id_bytes, pb, server_frame};
@@ -119,7 +119,7 @@ impl HttpApi {
     }
 
     /// Revokes a device.
-    pub async fn revoke(&self, token: &str, device: Uuid) -> Result<(), ClientError> {
+    pub async fn revoke(&self, token: &str, device: DeviceId) -> Result<(), ClientError> {
         let r = self.http.delete(format!("{}/v1/devices/{device}", self.base)).bearer_auth(token).send().await?;
         Self::check(r).await?;
         Ok(())
@@ -141,7 +141,7 @@ impl HttpApi {
     }
 
     /// One page of history as JSON (newest first).
-    pub async fn history(&self, token: &str, conversation: Uuid, before: u64, limit: usize) -> Result<serde_json::Value, ClientError> {
+    pub async fn history(&self, token: &str, conversation: ConversationId, before: u64, limit: usize) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}/v1/conversations/{conversation}/messages?before={before}&limit={limit}", self.base);
         let r = self.http.get(url).bearer_auth(token).send().await?;
         Ok(Self::check(r).await?.json().await?)
@@ -361,7 +361,7 @@ impl Connection {
     }
 
     /// Opens (or finds) the 1:1 conversation with `peer`.
-    pub async fn open_direct(&mut self, peer: Uuid) -> Result<Uuid, ClientError> {
+    pub async fn open_direct(&mut self, peer: UserId) -> Result<ConversationId, ClientError> {
         let request_id = rand::random::<u64>();
         self.send(client_frame::Kind::OpenDirect(pb::OpenDirect { request_id, peer_user_id: id_bytes(peer) })).await?;
         let raw = self
@@ -370,11 +370,11 @@ impl Connection {
                 _ => None,
             })
             .await?;
-        Uuid::from_slice(&raw).map_err(|_| ClientError::Closed)
+        protocol::parse_id("conversation_id", &raw).map_err(|_| ClientError::Closed)
     }
 
     /// Creates a group; returns its id once the creation event is stored.
-    pub async fn create_group(&mut self, subject: &str, members: &[Uuid]) -> Result<Uuid, ClientError> {
+    pub async fn create_group(&mut self, subject: &str, members: &[UserId]) -> Result<ConversationId, ClientError> {
         let request_id = rand::random::<u64>();
         self.send(client_frame::Kind::CreateGroup(pb::CreateGroup {
             request_id,
@@ -383,11 +383,11 @@ impl Connection {
         }))
         .await?;
         let answer = self.group_answer(request_id).await?;
-        Uuid::from_slice(&answer.conversation_id).map_err(|_| ClientError::Closed)
+        protocol::parse_id("conversation_id", &answer.conversation_id).map_err(|_| ClientError::Closed)
     }
 
     /// Applies a group change and waits for its answer.
-    pub async fn group_change(&mut self, conversation: Uuid, change: pb::group_change::Change) -> Result<pb::GroupAnswer, ClientError> {
+    pub async fn group_change(&mut self, conversation: ConversationId, change: pb::group_change::Change) -> Result<pb::GroupAnswer, ClientError> {
         let request_id = rand::random::<u64>();
         self.send(client_frame::Kind::GroupChange(pb::GroupChange { request_id, conversation_id: id_bytes(conversation), change: Some(change) }))
             .await?;
@@ -410,11 +410,18 @@ impl Connection {
     }
 
     /// Sends a message (does not wait for the ack).
-    pub async fn send_message(&mut self, conversation: Uuid, client_msg_id: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+    pub async fn send_message(&mut self, conversation: ConversationId, client_msg_id: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
         self.send_kind(conversation, client_msg_id, pb::MessageKind::Normal, 0, payload.into()).await
     }
 
-    async fn send_kind(&mut self, conversation: Uuid, client_msg_id: &str, kind: pb::MessageKind, reference_seq: u64, payload: Bytes) -> Result<(), ClientError> {
+    async fn send_kind(
+        &mut self,
+        conversation: ConversationId,
+        client_msg_id: &str,
+        kind: pb::MessageKind,
+        reference_seq: u64,
+        payload: Bytes,
+    ) -> Result<(), ClientError> {
         self.send(client_frame::Kind::Send(pb::Send {
             client_msg_id: client_msg_id.to_owned(),
             conversation_id: id_bytes(conversation),
@@ -428,7 +435,7 @@ impl Connection {
     /// Sends an edit of, or a reaction to, the message at `reference_seq`; waits for the ack.
     pub async fn send_reference(
         &mut self,
-        conversation: Uuid,
+        conversation: ConversationId,
         client_msg_id: &str,
         kind: pb::MessageKind,
         reference_seq: u64,
@@ -449,14 +456,14 @@ impl Connection {
     }
 
     /// Deletes a message for everyone; returns the answer once the event is stored.
-    pub async fn delete_message(&mut self, conversation: Uuid, seq: u64) -> Result<pb::GroupAnswer, ClientError> {
+    pub async fn delete_message(&mut self, conversation: ConversationId, seq: u64) -> Result<pb::GroupAnswer, ClientError> {
         let request_id = rand::random::<u64>();
         self.send(client_frame::Kind::DeleteMessage(pb::DeleteMessage { request_id, conversation_id: id_bytes(conversation), seq })).await?;
         self.group_answer(request_id).await
     }
 
     /// The current state of a group.
-    pub async fn group_info(&mut self, conversation: Uuid) -> Result<pb::GroupInfo, ClientError> {
+    pub async fn group_info(&mut self, conversation: ConversationId) -> Result<pb::GroupInfo, ClientError> {
         let request_id = rand::random::<u64>();
         self.send(client_frame::Kind::GroupInfo(pb::GroupInfoRequest { request_id, conversation_id: id_bytes(conversation) })).await?;
         self.answer(request_id.to_string(), move |k| match k {
@@ -467,7 +474,7 @@ impl Connection {
     }
 
     /// Per-member delivered/read times of one of our group messages.
-    pub async fn message_info(&mut self, conversation: Uuid, seq: u64) -> Result<pb::MessageInfoAnswer, ClientError> {
+    pub async fn message_info(&mut self, conversation: ConversationId, seq: u64) -> Result<pb::MessageInfoAnswer, ClientError> {
         let request_id = rand::random::<u64>();
         self.send(client_frame::Kind::MessageInfo(pb::MessageInfo { request_id, conversation_id: id_bytes(conversation), seq })).await?;
         self.answer(request_id.to_string(), move |k| match k {
@@ -478,25 +485,30 @@ impl Connection {
     }
 
     /// Sets disappearing messages (0 = off).
-    pub async fn set_retention(&mut self, conversation: Uuid, seconds: u32) -> Result<pb::GroupAnswer, ClientError> {
+    pub async fn set_retention(&mut self, conversation: ConversationId, seconds: u32) -> Result<pb::GroupAnswer, ClientError> {
         let request_id = rand::random::<u64>();
         self.send(client_frame::Kind::SetRetention(pb::SetRetention { request_id, conversation_id: id_bytes(conversation), seconds })).await?;
         self.group_answer(request_id).await
     }
 
     /// Sends a message and waits for its SendAck.
-    pub async fn send_and_ack(&mut self, conversation: Uuid, client_msg_id: &str, payload: impl Into<Bytes>) -> Result<pb::SendAck, ClientError> {
+    pub async fn send_and_ack(
+        &mut self,
+        conversation: ConversationId,
+        client_msg_id: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<pb::SendAck, ClientError> {
         self.send_message(conversation, client_msg_id, payload).await?;
         self.ack_of(client_msg_id).await
     }
 
     /// Acknowledges delivery up to `seq`.
-    pub async fn ack(&mut self, conversation: Uuid, seq: u64) -> Result<(), ClientError> {
+    pub async fn ack(&mut self, conversation: ConversationId, seq: u64) -> Result<(), ClientError> {
         self.send(client_frame::Kind::Ack(pb::Ack { conversation_id: id_bytes(conversation), seq })).await
     }
 
     /// Marks read up to `seq`.
-    pub async fn read(&mut self, conversation: Uuid, seq: u64) -> Result<(), ClientError> {
+    pub async fn read(&mut self, conversation: ConversationId, seq: u64) -> Result<(), ClientError> {
         self.send(client_frame::Kind::Read(pb::Read { conversation_id: id_bytes(conversation), seq })).await
     }
 
@@ -510,10 +522,9 @@ impl Connection {
     }
 
     /// One page of history over the socket.
-    pub async fn history(&mut self, conversation: Uuid, before_seq: u64, limit: u32) -> Result<pb::HistoryPage, ClientError> {
+    pub async fn history(&mut self, conversation: ConversationId, before_seq: u64, limit: u32) -> Result<pb::HistoryPage, ClientError> {
         let request_id = rand::random::<u64>();
-        self.send(client_frame::Kind::History(pb::HistoryRequest { request_id, conversation_id: id_bytes(conversation), before_seq, limit }))
-            .await?;
+        self.send(client_frame::Kind::History(pb::HistoryRequest { request_id, conversation_id: id_bytes(conversation), before_seq, limit })).await?;
         self.answer(request_id.to_string(), move |k| match k {
             server_frame::Kind::History(h) if h.request_id == request_id => Some(h.clone()),
             _ => None,
@@ -649,7 +660,9 @@ impl Roaming {
             let opened = tokio::time::timeout(Duration::from_secs(3), Connection::open(&transports[at], token)).await;
             match opened {
                 Ok(Ok((conn, _))) => return Ok((conn, at)),
-                Ok(Err(ClientError::Rejected { code, message })) if matches!(code, protocol::ErrorCode::InvalidToken | protocol::ErrorCode::DeviceRevoked) => {
+                Ok(Err(ClientError::Rejected { code, message }))
+                    if matches!(code, protocol::ErrorCode::InvalidToken | protocol::ErrorCode::DeviceRevoked) =>
+                {
                     return Err(ClientError::Rejected { code, message });
                 }
                 _ if tokio::time::Instant::now() >= give_up => return Err(ClientError::Timeout),
@@ -664,7 +677,7 @@ impl Roaming {
 
     /// Sends until the message is acknowledged, reconnecting as needed. UNAVAILABLE (the
     /// conversation is moving between nodes) is retried on the same connection.
-    pub async fn send_until_acked(&mut self, conversation: Uuid, client_msg_id: &str, payload: Bytes) -> Result<pb::SendAck, ClientError> {
+    pub async fn send_until_acked(&mut self, conversation: ConversationId, client_msg_id: &str, payload: Bytes) -> Result<pb::SendAck, ClientError> {
         loop {
             let attempt = tokio::time::timeout(ROAMING_ACK_WAIT, self.conn.send_and_ack(conversation, client_msg_id, payload.clone())).await;
             match attempt {
@@ -699,6 +712,9 @@ impl Roaming {
 fn is_reset(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionAborted
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionAborted
     )
 }

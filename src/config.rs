@@ -291,7 +291,8 @@ impl ServerConfig {
             }
             None => FileConfig::default(),
         };
-        let store = StoreSpec::parse(&args.store.clone().or(file.store.clone()).unwrap_or_else(|| "embedded:./switchboard-data".into())).map_err(ConfigError::Invalid)?;
+        let store = StoreSpec::parse(&args.store.clone().or(file.store.clone()).unwrap_or_else(|| "embedded:./switchboard-data".into()))
+            .map_err(ConfigError::Invalid)?;
         let cluster = Self::resolve_cluster(&args, &file, &store)?;
         let code_sender = match args.code_sender.or(file.code_sender).as_deref() {
             None | Some("log") => CodeSenderSpec::Log,

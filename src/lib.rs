@@ -1,6 +1,7 @@
 //! Switchboard: a WhatsApp-class messaging server built the Erlang way.
 //!
 //! Layout (see ARCHITECTURE.md for the invariants between these):
+//! - [`ids`]: the opaque id types (user, device, conversation).
 //! - [`protocol`]: frames and their encoding; no I/O.
 //! - [`store`]: durable state behind one contract; knows nothing of sockets or actors.
 //! - [`actors`]: the supervision tree: sessions, conversations, the store writer, the router.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod ids;
 pub mod loadgen;
 pub mod protocol;
 pub mod server;

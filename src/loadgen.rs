@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::ids::{ConversationId, DeviceId, UserId};
 use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::accounts::DeviceCredentials;
 use crate::client::{ClientError, Connection, HttpApi, Transport};
@@ -418,10 +418,10 @@ pub async fn group(
     let per_group = credentials.len() / groups.max(1);
     let used = groups.max(1) * per_group;
     let mut conns = connect_all(server, &credentials[..used]).await?;
-    let mut conversations = vec![Uuid::nil(); used];
+    let mut conversations = vec![ConversationId::nil(); used];
     for g in 0..groups.max(1) {
         let range = g * per_group..(g + 1) * per_group;
-        let others: Vec<Uuid> = credentials[range.clone()].iter().skip(1).map(|c| c.user_id).collect();
+        let others: Vec<UserId> = credentials[range.clone()].iter().skip(1).map(|c| c.user_id).collect();
         let id = conns[range.start].create_group(&format!("bench {g}"), &others).await?;
         for slot in &mut conversations[range] {
             *slot = id;
@@ -441,7 +441,7 @@ async fn traffic(
     servers: &[&ServerProcess],
     scenario: &'static str,
     conns: Vec<Connection>,
-    conversations: Vec<Uuid>,
+    conversations: Vec<ConversationId>,
     members: usize,
     rate: u64,
     duration: Duration,
@@ -449,7 +449,8 @@ async fn traffic(
     progress: impl Fn(u64, u64) + Send + 'static,
 ) -> Result<TrafficReport, LoadError> {
     let n = conns.len();
-    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| LoadError::Server(e.to_string()))?));
+    let histogram =
+        Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| LoadError::Server(e.to_string()))?));
     let sent = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
@@ -468,7 +469,7 @@ async fn traffic(
         let (histogram, sent, delivered, acked, gaps) = (histogram.clone(), sent.clone(), delivered.clone(), acked.clone(), gaps.clone());
         // Writer: open loop, one message per tick (missed ticks are sent late, not skipped),
         // plus the batched acks the reader asks for.
-        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(Uuid, u64)>();
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(ConversationId, u64)>();
         tasks.push(tokio::spawn(async move {
             let offset = interval.mul_f64((i as f64 / n as f64).fract());
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::from_std(started + offset), interval);
@@ -503,20 +504,22 @@ async fn traffic(
             // Keep the connection open (and acking) until the reader is done.
             while let Some((conv, up_to)) = ack_rx.recv().await {
                 let frame = protocol::client(client_frame::Kind::Ack(pb::Ack { conversation_id: id_bytes(conv), seq: up_to }));
-                if writer.send(protocol::encode_client(&frame)).await.is_err() { break; }
+                if writer.send(protocol::encode_client(&frame)).await.is_err() {
+                    break;
+                }
             }
         }));
         let drain_until = stop_at + Duration::from_secs(5);
         tasks.push(tokio::spawn(async move {
-            let mut pending_ack: Option<(Uuid, u64)> = None;
-            let mut last_seq: HashMap<Uuid, u64> = HashMap::new();
+            let mut pending_ack: Option<(ConversationId, u64)> = None;
+            let mut last_seq: HashMap<ConversationId, u64> = HashMap::new();
             let mut last_ack = Instant::now();
             loop {
                 let next = tokio::time::timeout_at(tokio::time::Instant::from_std(drain_until), reader.next()).await;
                 let Ok(Some(Ok(bytes))) = next else { break };
                 match protocol::decode_server(&bytes) {
                     Ok(server_frame::Kind::Message(m)) => {
-                        let conv = Uuid::from_slice(&m.conversation_id).unwrap_or_default();
+                        let conv: ConversationId = protocol::parse_id("conversation_id", &m.conversation_id).unwrap_or_default();
                         // Within one connection a conversation's seqs must be contiguous.
                         if let Some(prev) = last_seq.insert(conv, m.seq)
                             && m.seq != prev + 1
@@ -627,8 +630,8 @@ impl InProcessNode {
     /// mailbox and the receiving end of the outbox.
     pub async fn session(
         &self,
-        user: Uuid,
-        device: Uuid,
+        user: UserId,
+        device: DeviceId,
         queue: usize,
     ) -> Result<(crate::actors::Mailbox<crate::actors::session::SessionMsg>, tokio::sync::mpsc::Receiver<bytes::Bytes>), LoadError> {
         let (outbox, rx, _close) = crate::actors::session::Outbox::new(queue);
@@ -681,9 +684,9 @@ pub async fn sessions(count: usize, progress: impl Fn(usize)) -> Result<Sessions
     let mut held = Vec::with_capacity(count);
     let mut users = Vec::with_capacity(count);
     for i in 0..count {
-        let user = Uuid::new_v4();
+        let user = UserId::random();
         // A small outbox: an idle device has nothing queued.
-        held.push(node.session(user, Uuid::new_v4(), 4).await?);
+        held.push(node.session(user, DeviceId::random(), 4).await?);
         users.push(user);
         if i % 10_000 == 9_999 {
             progress(i + 1);
@@ -735,14 +738,19 @@ pub struct ReconnectReport {
 
 /// Every device (all but the first user, who sends) drops, misses `missed` messages in
 /// its group, and reconnects at the same moment; measures until all have caught up.
-pub async fn reconnect(server: &ServerProcess, credentials: &[DeviceCredentials], missed: u64, parallel: usize) -> Result<ReconnectReport, LoadError> {
+pub async fn reconnect(
+    server: &ServerProcess,
+    credentials: &[DeviceCredentials],
+    missed: u64,
+    parallel: usize,
+) -> Result<ReconnectReport, LoadError> {
     const GROUP: usize = 1000;
     let transport = server.transport();
     let (sender, members) = credentials.split_first().ok_or_else(|| LoadError::Server("no users".into()))?;
     let (mut s, _) = Connection::open(&transport, &sender.token).await?;
     let mut groups = Vec::new();
     for chunk in members.chunks(GROUP) {
-        let ids: Vec<Uuid> = chunk.iter().map(|c| c.user_id).collect();
+        let ids: Vec<UserId> = chunk.iter().map(|c| c.user_id).collect();
         groups.push(s.create_group("storm", &ids).await?);
     }
     // Every member connects once and acknowledges the creation event, so what it misses
@@ -753,7 +761,7 @@ pub async fn reconnect(server: &ServerProcess, credentials: &[DeviceCredentials]
             async move {
                 let (mut conn, _) = Connection::open(&transport, &c.token).await?;
                 let m = conn.next_message(Duration::from_secs(30)).await?;
-                conn.ack(Uuid::from_slice(&m.conversation_id).unwrap_or_default(), m.seq).await?;
+                conn.ack(protocol::parse_id("conversation_id", &m.conversation_id).unwrap_or_default(), m.seq).await?;
                 conn.bye().await
             }
         })
@@ -842,9 +850,8 @@ pub async fn cross_node(
 
     progress("two nodes");
     let cluster_store = database("cluster").await?;
-    let ports: Vec<u16> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
-        .collect::<Result<_, _>>()?;
+    let ports: Vec<u16> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port())).collect::<Result<_, _>>()?;
     let mut nodes = Vec::new();
     for i in 0..2 {
         let mut args = extra.to_vec();

@@ -10,6 +10,7 @@ use switchboard::accounts::DeviceCredentials;
 use switchboard::client::{Connection, HttpApi, Transport};
 use switchboard::config::{ServeArgs, ServerConfig};
 use switchboard::http::admin::TreeNode;
+use switchboard::ids::{ConversationId, DeviceId, UserId};
 use switchboard::protocol::{parse_id, pb, server_frame};
 use uuid::Uuid;
 
@@ -282,7 +283,7 @@ enum ClientCommand {
         profile: ProfileArg,
         /// Recipient user id.
         #[arg(long)]
-        to: Uuid,
+        to: UserId,
         /// The text (sent as opaque bytes; encryption belongs to real apps).
         text: String,
         /// Use raw TCP at this address instead of WebSocket.
@@ -307,7 +308,7 @@ enum ClientCommand {
         profile: ProfileArg,
         /// The other user.
         #[arg(long)]
-        with: Uuid,
+        with: UserId,
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -333,7 +334,7 @@ enum ClientCommand {
         #[command(flatten)]
         profile: ProfileArg,
         /// Device id.
-        device: Uuid,
+        device: DeviceId,
     },
 }
 
@@ -398,29 +399,30 @@ async fn store_command(command: StoreCommand) -> Result<()> {
             let spec = parse(&store)?;
             let shown = spec.to_string();
             match spec {
-            spec @ StoreSpec::Embedded(_) => {
-                spec.open().await.with_context(|| format!("opening {shown}"))?;
-                println!("{shown}: every table exists");
-            }
-            StoreSpec::Postgres { url, .. } => {
-                let store = PostgresStore::connect(&url, PostgresOptions { pool_size: 1, ..Default::default() })
-                    .await
-                    .with_context(|| format!("connecting to {shown}"))?;
-                let applied = store.migrate().await?;
-                if applied.is_empty() {
-                    println!("schema already up to date");
-                } else {
-                    println!("applied migrations {applied:?}");
+                spec @ StoreSpec::Embedded(_) => {
+                    spec.open().await.with_context(|| format!("opening {shown}"))?;
+                    println!("{shown}: every table exists");
                 }
-            }
-            StoreSpec::Scylla { options } => {
-                let applied = switchboard::store::ScyllaStore::migrate(&options, &replication).await.with_context(|| format!("migrating {shown}"))?;
-                if applied.is_empty() {
-                    println!("{shown}: schema already up to date");
-                } else {
-                    println!("{shown}: applied migrations {applied:?} (replication {replication})");
+                StoreSpec::Postgres { url, .. } => {
+                    let store = PostgresStore::connect(&url, PostgresOptions { pool_size: 1, ..Default::default() })
+                        .await
+                        .with_context(|| format!("connecting to {shown}"))?;
+                    let applied = store.migrate().await?;
+                    if applied.is_empty() {
+                        println!("schema already up to date");
+                    } else {
+                        println!("applied migrations {applied:?}");
+                    }
                 }
-            }
+                StoreSpec::Scylla { options } => {
+                    let applied =
+                        switchboard::store::ScyllaStore::migrate(&options, &replication).await.with_context(|| format!("migrating {shown}"))?;
+                    if applied.is_empty() {
+                        println!("{shown}: schema already up to date");
+                    } else {
+                        println!("{shown}: applied migrations {applied:?} (replication {replication})");
+                    }
+                }
             }
         }
         StoreCommand::Copy { from, to, chunk, checkpoint } => {
@@ -627,9 +629,15 @@ async fn admin(command: AdminCommand) -> Result<()> {
             }
             println!("seen from {}; members owning conversations: {}", report.node, report.members.join(", "));
             if let Some(redis) = &report.redis {
-                println!("redis: {}", if redis.ok { format!("ok ({:.1} ms)", redis.latency_ms) } else { format!("DOWN ({})", redis.error.clone().unwrap_or_default()) });
+                println!(
+                    "redis: {}",
+                    if redis.ok { format!("ok ({:.1} ms)", redis.latency_ms) } else { format!("DOWN ({})", redis.error.clone().unwrap_or_default()) }
+                );
             }
-            println!("{:<16} {:<8} {:<7} {:<9} {:>9} {:>13} {:>10}  admin", "node", "status", "member", "draining", "sessions", "conversations", "heard_ms");
+            println!(
+                "{:<16} {:<8} {:<7} {:<9} {:>9} {:>13} {:>10}  admin",
+                "node", "status", "member", "draining", "sessions", "conversations", "heard_ms"
+            );
             for n in &report.nodes {
                 println!(
                     "{:<16} {:<8} {:<7} {:<9} {:>9} {:>13} {:>10}  {}",
@@ -731,12 +739,10 @@ fn print_tree(node: &TreeNode, depth: usize) {
 
 async fn client(command: ClientCommand) -> Result<()> {
     match command {
-        ClientCommand::Register { server, phone } => {
-            match HttpApi::new(&server).register(&phone).await? {
-                Some(code) => println!("code sent (development server): {code}"),
-                None => println!("code sent"),
-            }
-        }
+        ClientCommand::Register { server, phone } => match HttpApi::new(&server).register(&phone).await? {
+            Some(code) => println!("code sent (development server): {code}"),
+            None => println!("code sent"),
+        },
         ClientCommand::Verify { server, phone, code, name, profile } => {
             let credentials = HttpApi::new(&server).verify(&phone, &code, &name).await?;
             println!("user {} device {}", credentials.user_id, credentials.device_id);
@@ -758,7 +764,7 @@ async fn client(command: ClientCommand) -> Result<()> {
         ClientCommand::Watch { profile, no_read, tcp } => {
             let p = Profile::load(&profile)?;
             let (mut conn, welcome) = Connection::open(&p.transport(tcp), &p.credentials.token).await?;
-            println!("connected as user {}", Uuid::from_slice(&welcome.user_id)?);
+            println!("connected as user {}", parse_id::<UserId>("user_id", &welcome.user_id)?);
             let mut ping = tokio::time::interval(Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000))));
             loop {
                 tokio::select! {
@@ -776,7 +782,7 @@ async fn client(command: ClientCommand) -> Result<()> {
             let conversation = conn.open_direct(with).await?;
             let page = conn.history(conversation, 0, limit).await?;
             for m in page.messages.iter().rev() {
-                let sender = parse_id("sender", &m.sender_user_id)?;
+                let sender: UserId = parse_id("sender", &m.sender_user_id)?;
                 println!("#{} {} {}: {}", m.seq, m.server_time_ms, sender, String::from_utf8_lossy(&m.payload));
             }
             conn.bye().await?;
@@ -806,8 +812,8 @@ async fn client(command: ClientCommand) -> Result<()> {
 async fn watch_frame(conn: &mut Connection, kind: server_frame::Kind, no_read: bool) -> Result<()> {
     match kind {
         server_frame::Kind::Message(m) => {
-            let conversation = parse_id("conversation", &m.conversation_id)?;
-            let sender = parse_id("sender", &m.sender_user_id)?;
+            let conversation: ConversationId = parse_id("conversation", &m.conversation_id)?;
+            let sender: UserId = parse_id("sender", &m.sender_user_id)?;
             println!("message #{} from {}: {}", m.seq, sender, String::from_utf8_lossy(&m.payload));
             conn.ack(conversation, m.seq).await?;
             if !no_read {
@@ -816,14 +822,14 @@ async fn watch_frame(conn: &mut Connection, kind: server_frame::Kind, no_read: b
         }
         server_frame::Kind::Receipt(r) => {
             let what = if r.kind() == pb::ReceiptKind::Read { "read (blue ✓✓)" } else { "delivered (✓✓)" };
-            println!("{what} up to #{} by user {}", r.up_to_seq, parse_id("user", &r.user_id)?);
+            println!("{what} up to #{} by user {}", r.up_to_seq, parse_id::<UserId>("user", &r.user_id)?);
         }
         server_frame::Kind::Typing(t) => {
-            println!("user {} {}", parse_id("user", &t.user_id)?, if t.active { "is typing…" } else { "stopped typing" });
+            println!("user {} {}", parse_id::<UserId>("user", &t.user_id)?, if t.active { "is typing…" } else { "stopped typing" });
         }
         server_frame::Kind::Presence(p) => {
             let state = if p.online { "online".to_string() } else { format!("last seen {}", p.last_seen_ms) };
-            println!("user {} {state}", parse_id("user", &p.user_id)?);
+            println!("user {} {state}", parse_id::<UserId>("user", &p.user_id)?);
         }
         server_frame::Kind::CatchUpComplete(c) => println!("caught up: {} messages", c.messages),
         server_frame::Kind::Error(e) => println!("error {:?}: {}", e.code(), e.message),

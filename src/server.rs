@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{Accounts, CodeSender, LogCodeSender, WebhookCodeSender};
 use crate::actors::node::{self, Node};
-use crate::actors::session::SessionMsg;
 use crate::actors::push::{LogSink, PushSink, WebhookSink};
+use crate::actors::session::SessionMsg;
 use crate::cluster::{Cluster, LocalAddrs};
 use crate::config::{CodeSenderSpec, PushSinkSpec, ServerConfig};
 use crate::http::admin::{self, AdminState};
@@ -120,16 +120,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         PushSinkSpec::Log => Arc::new(LogSink),
         PushSinkSpec::Webhook(url) => Arc::new(WebhookSink::new(url.clone())),
     };
-    let node = node::start(store.clone(), config.actors.clone(), push_sink, config.push.clone())
-        .await
-        .map_err(|e| ServerError::Actors(e.to_string()))?;
+    let node =
+        node::start(store.clone(), config.actors.clone(), push_sink, config.push.clone()).await.map_err(|e| ServerError::Actors(e.to_string()))?;
     let sender: Arc<dyn CodeSender> = match &config.code_sender {
         CodeSenderSpec::Log => Arc::new(LogCodeSender),
         CodeSenderSpec::Webhook(url) => Arc::new(WebhookCodeSender::new(url.clone())),
     };
     let accounts = Accounts::new(store.clone(), sender, config.accounts.clone());
     let accepting = CancellationToken::new();
-    let deps = ConnectionDeps { node: node.clone(), accounts: accounts.clone(), config: Arc::new(config.connection.clone()), shutdown: accepting.clone() };
+    let deps =
+        ConnectionDeps { node: node.clone(), accounts: accounts.clone(), config: Arc::new(config.connection.clone()), shutdown: accepting.clone() };
 
     let http_listener = bind(config.http_listen)?;
     let tcp_listener = bind(config.tcp_listen)?;

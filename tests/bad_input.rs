@@ -4,14 +4,11 @@
 #[macro_use]
 mod common;
 
-
 use bytes::Bytes;
-use common::{WAIT, next_closing, next_error, Kind, TestServer, online, user};
+use common::{Kind, TestServer, WAIT, next_closing, next_error, online, user};
 use switchboard::client::{ClientError, Connection};
+use switchboard::ids::{ConversationId, UserId};
 use switchboard::protocol::{ErrorCode, PROTOCOL_VERSION, client_frame, id_bytes, pb, server_frame};
-use uuid::Uuid;
-
-
 
 both_transports!(
     malformed_frame_gets_an_error_and_the_connection_survives,
@@ -88,7 +85,7 @@ async fn frame_before_hello_is_refused_and_closed(kind: Kind) {
     let mut conn = Connection::connect(&server.transport(kind)).await.unwrap();
     conn.send(client_frame::Kind::Send(pb::Send {
         client_msg_id: "x".into(),
-        conversation_id: id_bytes(Uuid::new_v4()),
+        conversation_id: id_bytes(ConversationId::random()),
         payload: Bytes::from_static(b"sneaky"),
         kind: 0,
         reference_seq: 0,
@@ -108,9 +105,7 @@ async fn wrong_token_and_wrong_version_are_refused(kind: Kind) {
 
     let alice = user(&server.api()).await;
     let mut conn = Connection::connect(&server.transport(kind)).await.unwrap();
-    conn.send(client_frame::Kind::Hello(pb::Hello { protocol_version: 99, token: alice.token.clone(), client_name: String::new() }))
-        .await
-        .unwrap();
+    conn.send(client_frame::Kind::Hello(pb::Hello { protocol_version: 99, token: alice.token.clone(), client_name: String::new() })).await.unwrap();
     expect_refusal(&mut conn, ErrorCode::UnsupportedVersion).await;
 
     // A second Hello on a live connection is refused without closing it.
@@ -164,7 +159,7 @@ async fn unknown_conversation_and_non_member_get_errors(kind: Kind) {
     let conversation = a.open_direct(bob.user_id).await.unwrap();
     a.send_and_ack(conversation, "1", &b"hi"[..]).await.unwrap();
 
-    let unknown = a.send_and_ack(Uuid::new_v4(), "2", &b"x"[..]).await.unwrap_err();
+    let unknown = a.send_and_ack(ConversationId::random(), "2", &b"x"[..]).await.unwrap_err();
     assert!(matches!(unknown, ClientError::Rejected { code: ErrorCode::UnknownConversation, .. }), "{unknown}");
 
     let mut c = online(&server, kind, &carol).await;
@@ -172,7 +167,7 @@ async fn unknown_conversation_and_non_member_get_errors(kind: Kind) {
     assert!(matches!(not_member, ClientError::Rejected { code: ErrorCode::NotAMember, .. }), "{not_member}");
     let history = c.history(conversation, 0, 10).await.unwrap_err();
     assert!(matches!(history, ClientError::Rejected { code: ErrorCode::NotAMember, .. }), "{history}");
-    let unknown_user = c.open_direct(Uuid::new_v4()).await.unwrap_err();
+    let unknown_user = c.open_direct(UserId::random()).await.unwrap_err();
     assert!(matches!(unknown_user, ClientError::Rejected { code: ErrorCode::UnknownUser, .. }), "{unknown_user}");
     ping_works(&mut c).await;
     // Nothing was stored by the refused sends.
@@ -207,9 +202,7 @@ async fn flood_is_rate_limited_without_hurting_others(kind: Kind) {
     let conversation = b.open_direct(alice.user_id).await.unwrap();
     let flood: Vec<_> = (0..400).map(|n| client_frame::Kind::Ping(pb::Ping { nonce: n })).collect();
     a.send_many(flood).await.unwrap();
-    a.wait_for(WAIT, false, |k| matches!(k, server_frame::Kind::Error(e) if e.code() == ErrorCode::RateLimited).then_some(()))
-        .await
-        .unwrap();
+    a.wait_for(WAIT, false, |k| matches!(k, server_frame::Kind::Error(e) if e.code() == ErrorCode::RateLimited).then_some(())).await.unwrap();
     // Bob is unaffected while Alice floods.
     let ack = b.send_and_ack(conversation, "during-flood", &b"hello"[..]).await.unwrap();
     assert_eq!(ack.seq, 1);
@@ -243,9 +236,15 @@ async fn invalid_fields_get_invalid_argument(kind: Kind) {
     let api = server.api();
     let alice = user(&api).await;
     let mut a = online(&server, kind, &alice).await;
-    a.send(client_frame::Kind::Send(pb::Send { client_msg_id: "x".into(), conversation_id: Bytes::from_static(b"short"), payload: Bytes::new(), kind: 0, reference_seq: 0 }))
-        .await
-        .unwrap();
+    a.send(client_frame::Kind::Send(pb::Send {
+        client_msg_id: "x".into(),
+        conversation_id: Bytes::from_static(b"short"),
+        payload: Bytes::new(),
+        kind: 0,
+        reference_seq: 0,
+    }))
+    .await
+    .unwrap();
     let e = next_error(&mut a).await;
     assert_eq!(e.code(), ErrorCode::InvalidArgument);
     assert_eq!(e.request_ref, "x");

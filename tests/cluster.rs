@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use common::{ADMIN_TOKEN, TestServer, WAIT, caught_up, phone};
 use switchboard::accounts::DeviceCredentials;
 use switchboard::client::{Connection, HttpApi, Roaming, Transport};
+use switchboard::ids::{ConversationId, UserId};
 use switchboard::protocol::{pb, server_frame};
 use switchboard::testkit::{PrivatePostgres, PrivateRedis};
-use uuid::Uuid;
 
 const COOKIE: &str = "cluster-test-cookie";
 
@@ -169,9 +169,16 @@ impl TestCluster {
             if Instant::now() > deadline {
                 let mut views = Vec::new();
                 for i in self.live() {
-                    views.push(format!("n{i}: {:?}", self.report(i).await.map(|r| (r.members, r.nodes.into_iter().map(|n| (n.name, n.status, n.draining)).collect::<Vec<_>>()))));
+                    views.push(format!(
+                        "n{i}: {:?}",
+                        self.report(i).await.map(|r| (r.members, r.nodes.into_iter().map(|n| (n.name, n.status, n.draining)).collect::<Vec<_>>()))
+                    ));
                 }
-                let logs: Vec<String> = self.live().iter().map(|i| format!("== n{i}\n{}", self.node(*i).log().lines().filter(|l| l.contains("cluster")).collect::<Vec<_>>().join("\n"))).collect();
+                let logs: Vec<String> = self
+                    .live()
+                    .iter()
+                    .map(|i| format!("== n{i}\n{}", self.node(*i).log().lines().filter(|l| l.contains("cluster")).collect::<Vec<_>>().join("\n")))
+                    .collect();
                 panic!("nodes did not agree on members {expected:?}:\n{}\n{}", views.join("\n"), logs.join("\n"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -190,7 +197,7 @@ async fn online_at(transport: &Transport, creds: &DeviceCredentials) -> Connecti
 }
 
 /// Asks the server whether `user` is online.
-async fn presence(conn: &mut Connection, user: Uuid) -> bool {
+async fn presence(conn: &mut Connection, user: UserId) -> bool {
     let request_id = rand::random::<u64>();
     let frame = pb::PresenceQuery { request_id, user_ids: vec![switchboard::protocol::id_bytes(user)] };
     conn.send(switchboard::protocol::client_frame::Kind::PresenceQuery(frame)).await.expect("query");
@@ -202,7 +209,7 @@ async fn presence(conn: &mut Connection, user: Uuid) -> bool {
     .expect("presence answer")
 }
 
-fn is_conversation(id: &[u8], conversation: Uuid) -> bool {
+fn is_conversation(id: &[u8], conversation: ConversationId) -> bool {
     id == conversation.as_bytes()
 }
 
@@ -295,13 +302,13 @@ type Acked = BTreeMap<String, u64>;
 /// acknowledged (reconnecting to another node whenever its node goes away).
 async fn send_traffic(
     mut device: Roaming,
-    conversations: Vec<Uuid>,
+    conversations: Vec<ConversationId>,
     prefix: String,
     count: usize,
     pace: Duration,
     progress: Arc<AtomicUsize>,
-) -> (HashMap<Uuid, Acked>, u64) {
-    let mut acked: HashMap<Uuid, Acked> = HashMap::new();
+) -> (HashMap<ConversationId, Acked>, u64) {
+    let mut acked: HashMap<ConversationId, Acked> = HashMap::new();
     for k in 0..count {
         let conversation = conversations[k % conversations.len()];
         let id = format!("{prefix}-{k}");
@@ -319,8 +326,12 @@ async fn send_traffic(
 /// Receives `conversations` (acknowledging each message, so a reconnection resumes from
 /// the cursor) until it holds every seq up to the target `done` announces. Returns, per
 /// conversation, the distinct seqs received and how many arrived more than once.
-async fn receive_traffic(mut device: Roaming, conversations: Vec<Uuid>, done: tokio::sync::watch::Receiver<Option<HashMap<Uuid, u64>>>) -> HashMap<Uuid, (std::collections::BTreeSet<u64>, usize)> {
-    let mut got: HashMap<Uuid, (std::collections::BTreeSet<u64>, usize)> = conversations.iter().map(|c| (*c, Default::default())).collect();
+async fn receive_traffic(
+    mut device: Roaming,
+    conversations: Vec<ConversationId>,
+    done: tokio::sync::watch::Receiver<Option<HashMap<ConversationId, u64>>>,
+) -> HashMap<ConversationId, (std::collections::BTreeSet<u64>, usize)> {
+    let mut got: HashMap<ConversationId, (std::collections::BTreeSet<u64>, usize)> = conversations.iter().map(|c| (*c, Default::default())).collect();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if let Some(targets) = done.borrow().clone()
@@ -330,7 +341,7 @@ async fn receive_traffic(mut device: Roaming, conversations: Vec<Uuid>, done: to
         }
         assert!(Instant::now() < deadline, "receiver did not get everything: {:?}", got.iter().map(|(c, (s, _))| (c, s.len())).collect::<Vec<_>>());
         if let Some(server_frame::Kind::Message(m)) = device.next_frame(Duration::from_millis(300)).await.expect("reconnects") {
-            let Ok(conversation) = Uuid::from_slice(&m.conversation_id) else { continue };
+            let Ok(conversation) = switchboard::protocol::parse_id::<ConversationId>("conversation_id", &m.conversation_id) else { continue };
             if let Some((seqs, duplicates)) = got.get_mut(&conversation) {
                 if !seqs.insert(m.seq) {
                     *duplicates += 1;
@@ -342,7 +353,7 @@ async fn receive_traffic(mut device: Roaming, conversations: Vec<Uuid>, done: to
 }
 
 /// Reads a conversation's whole log (newest first, in pages) through `conn`.
-async fn read_log(conn: &mut Connection, conversation: Uuid) -> BTreeMap<u64, pb::Message> {
+async fn read_log(conn: &mut Connection, conversation: ConversationId) -> BTreeMap<u64, pb::Message> {
     let mut log = BTreeMap::new();
     let mut before = 0;
     loop {
@@ -387,7 +398,7 @@ async fn a_node_killed_under_traffic_loses_no_acknowledged_message() {
         receivers.push(sign_up(&api).await);
     }
     let mut setup = online_at(&t[0], &senders[0]).await;
-    let members: Vec<Uuid> = senders.iter().chain(&receivers).map(|c| c.user_id).filter(|u| *u != senders[0].user_id).collect();
+    let members: Vec<UserId> = senders.iter().chain(&receivers).map(|c| c.user_id).filter(|u| *u != senders[0].user_id).collect();
     let group = setup.create_group("all", &members).await.expect("group");
     let mut directs = Vec::new();
     for i in 0..3 {
@@ -417,7 +428,7 @@ async fn a_node_killed_under_traffic_loses_no_acknowledged_message() {
     cluster.nodes[2].as_mut().expect("n2").kill9();
     cluster.nodes[2] = None;
 
-    let mut acked: Vec<HashMap<Uuid, Acked>> = Vec::new();
+    let mut acked: Vec<HashMap<ConversationId, Acked>> = Vec::new();
     let mut reconnects = Vec::new();
     for s in sending {
         let (a, r) = s.await.expect("sender");
@@ -498,7 +509,7 @@ async fn conversations_per_node(cluster: &TestCluster) -> BTreeMap<usize, u64> {
 }
 
 /// Sends one more message to each conversation and checks its seq.
-async fn touch_all(device: &mut Roaming, conversations: &[Uuid], round: &str, seq: u64) {
+async fn touch_all(device: &mut Roaming, conversations: &[ConversationId], round: &str, seq: u64) {
     for (k, conversation) in conversations.iter().enumerate() {
         let ack = device.send_until_acked(*conversation, &format!("{round}-{k}"), b"x".to_vec().into()).await.expect("ack");
         assert_eq!(ack.seq, seq, "conversation {conversation} lost or repeated a message");
@@ -617,7 +628,7 @@ async fn a_rolling_restart_under_traffic_loses_nothing() {
 }
 
 /// Redis's own view of a user's devices: device id → node name.
-async fn redis_devices(url: &str, user: Uuid) -> HashMap<String, String> {
+async fn redis_devices(url: &str, user: UserId) -> HashMap<String, String> {
     let client = redis::Client::open(url).expect("redis url");
     let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
     redis::AsyncCommands::hgetall(&mut conn, format!("sb:devices:{user}")).await.expect("hgetall")
@@ -755,8 +766,24 @@ async fn with_tls_nodes_need_a_certificate_from_the_cluster_ca_not_only_the_cook
         let seeds = seeds(i);
         let (cert, key, ca) = (cert.display().to_string(), key.display().to_string(), ca.display().to_string());
         let args = [
-            "--node-name", name, "--cluster-listen", &listen, "--seeds", &seeds, "--cookie", COOKIE, "--cluster-heartbeat-ms", "200",
-            "--cluster-dead-after-ms", "1500", "--cluster-tls-cert", &cert, "--cluster-tls-key", &key, "--cluster-tls-ca", &ca,
+            "--node-name",
+            name,
+            "--cluster-listen",
+            &listen,
+            "--seeds",
+            &seeds,
+            "--cookie",
+            COOKIE,
+            "--cluster-heartbeat-ms",
+            "200",
+            "--cluster-dead-after-ms",
+            "1500",
+            "--cluster-tls-cert",
+            &cert,
+            "--cluster-tls-key",
+            &key,
+            "--cluster-tls-ca",
+            &ca,
         ];
         TestServer::start_on(&store, &args)
     };
@@ -766,8 +793,10 @@ async fn with_tls_nodes_need_a_certificate_from_the_cluster_ca_not_only_the_cook
     let stranger = node(2, "rogue", &rogue[0], &rogue_ca);
 
     let members = |admin: SocketAddr| async move {
-        let r: Option<switchboard::cluster::ClusterReport> =
-            async { reqwest::Client::new().get(format!("http://{admin}/admin/cluster")).bearer_auth(ADMIN_TOKEN).send().await.ok()?.json().await.ok() }.await;
+        let r: Option<switchboard::cluster::ClusterReport> = async {
+            reqwest::Client::new().get(format!("http://{admin}/admin/cluster")).bearer_auth(ADMIN_TOKEN).send().await.ok()?.json().await.ok()
+        }
+        .await;
         r.map(|r| r.members).unwrap_or_default()
     };
     let deadline = Instant::now() + Duration::from_secs(15);

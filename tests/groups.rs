@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{Kind, TestServer, WAIT, caught_up, online, user};
 use switchboard::client::{ClientError, Connection};
+use switchboard::ids::{ConversationId, UserId};
 use switchboard::protocol::{ErrorCode, id_bytes, pb, server_frame};
-use uuid::Uuid;
 
 both_transports!(membership_decides_who_gets_each_seq, offline_member_catches_up_in_order);
 
@@ -68,7 +68,8 @@ async fn membership_decides_who_gets_each_seq(kind: Kind) {
     nothing_more(&mut d).await;
 
     // Non-admins cannot change membership.
-    let refused = b.group_change(group, pb::group_change::Change::AddMembers(pb::UserList { user_ids: vec![id_bytes(dave.user_id)] })).await.unwrap_err();
+    let refused =
+        b.group_change(group, pb::group_change::Change::AddMembers(pb::UserList { user_ids: vec![id_bytes(dave.user_id)] })).await.unwrap_err();
     assert!(matches!(refused, ClientError::Rejected { code: ErrorCode::NotAdmin, .. }), "{refused}");
     let refused = b.group_change(group, pb::group_change::Change::RemoveMember(id_bytes(carol.user_id))).await.unwrap_err();
     assert!(matches!(refused, ClientError::Rejected { code: ErrorCode::NotAdmin, .. }), "{refused}");
@@ -179,9 +180,10 @@ async fn admins_only_settings_invites_and_the_size_limit() {
     let invite = a.group_change(group, pb::group_change::Change::CreateInvite(pb::CreateInvite {})).await.unwrap();
     assert!(!invite.invite_token.is_empty());
     let joined = e.join_group(&invite.invite_token).await.unwrap();
-    assert_eq!(Uuid::from_slice(&joined.conversation_id).unwrap(), group);
+    assert_eq!(switchboard::protocol::parse_id::<ConversationId>("conversation_id", &joined.conversation_id).unwrap(), group);
     // The group is now full (limit 3).
-    let full = a.group_change(group, pb::group_change::Change::AddMembers(pb::UserList { user_ids: vec![id_bytes(carol.user_id)] })).await.unwrap_err();
+    let full =
+        a.group_change(group, pb::group_change::Change::AddMembers(pb::UserList { user_ids: vec![id_bytes(carol.user_id)] })).await.unwrap_err();
     assert!(matches!(full, ClientError::Rejected { code: ErrorCode::GroupFull, .. }), "{full}");
     e.group_change(group, pb::group_change::Change::Leave(pb::Leave {})).await.unwrap();
     a.group_change(group, pb::group_change::Change::RevokeInvite(pb::RevokeInvite {})).await.unwrap();
@@ -204,7 +206,7 @@ async fn a_1024_member_group_reaches_every_device() {
         caught_up(&mut conn).await;
         conns.push(conn);
     }
-    let others: Vec<Uuid> = users[1..].iter().map(|u| u.user_id).collect();
+    let others: Vec<UserId> = users[1..].iter().map(|u| u.user_id).collect();
     let group = conns[0].create_group("everyone", &others).await.unwrap();
     let ack = conns[0].send_and_ack(group, "hello-all", &b"hello, 1023 people"[..]).await.unwrap();
     assert_eq!(ack.seq, 2);
@@ -252,7 +254,7 @@ async fn group_receipts_are_counted_and_coalesced() {
     }
     let info = a.message_info(group, sent.seq).await.unwrap();
     assert_eq!(info.members.len(), 3);
-    let of = |u: Uuid| info.members.iter().find(|m| m.user_id == id_bytes(u)).unwrap().clone();
+    let of = |u: UserId| info.members.iter().find(|m| m.user_id == id_bytes(u)).unwrap().clone();
     assert!(of(bob.user_id).delivered_at_ms > 0 && of(bob.user_id).read_at_ms == 0);
     assert!(of(carol.user_id).delivered_at_ms > 0 && of(carol.user_id).read_at_ms > 0);
     assert!(of(dave.user_id).delivered_at_ms > 0);

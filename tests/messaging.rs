@@ -6,12 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pair, WAIT, pair, send_all, Kind, TestServer, caught_up, online, user};
+use common::{Kind, Pair, TestServer, WAIT, caught_up, online, pair, send_all, user};
 use switchboard::client::Connection;
+use switchboard::ids::{DeviceId, UserId};
 use switchboard::protocol::{id_bytes, parse_id, pb, server_frame};
-use uuid::Uuid;
-
-
 
 both_transports!(
     two_users_two_devices_get_all_three_receipts,
@@ -21,7 +19,7 @@ both_transports!(
     typing_and_presence_reach_the_peer,
 );
 
-async fn receipt(conn: &mut Connection, kind: pb::ReceiptKind, by_device: Uuid, seq: u64) -> pb::Receipt {
+async fn receipt(conn: &mut Connection, kind: pb::ReceiptKind, by_device: DeviceId, seq: u64) -> pb::Receipt {
     conn.wait_for(WAIT, false, |k| match k {
         server_frame::Kind::Receipt(r) if r.kind() == kind && r.device_id == id_bytes(by_device) && r.up_to_seq >= seq => Some(r.clone()),
         _ => None,
@@ -55,8 +53,8 @@ async fn two_users_two_devices_get_all_three_receipts(kind: Kind) {
         let m = conn.next_message(WAIT).await.unwrap();
         assert_eq!(m.seq, 1);
         assert_eq!(&m.payload[..], b"ciphertext-1");
-        assert_eq!(parse_id("s", &m.sender_user_id).unwrap(), alice.user_id);
-        assert_eq!(parse_id("d", &m.sender_device_id).unwrap(), alice.device_id);
+        assert_eq!(parse_id::<UserId>("s", &m.sender_user_id).unwrap(), alice.user_id);
+        assert_eq!(parse_id::<DeviceId>("d", &m.sender_device_id).unwrap(), alice.device_id);
         assert_eq!(m.client_msg_id, "m-1");
     }
 
@@ -64,7 +62,7 @@ async fn two_users_two_devices_get_all_three_receipts(kind: Kind) {
     b1.ack(conversation, 1).await.unwrap();
     for conn in [&mut a1, &mut a2] {
         let r = receipt(conn, pb::ReceiptKind::Delivered, bob.device_id, 1).await;
-        assert_eq!(parse_id("u", &r.user_id).unwrap(), bob.user_id);
+        assert_eq!(parse_id::<UserId>("u", &r.user_id).unwrap(), bob.user_id);
     }
     // Blue ✓✓ read.
     b1.read(conversation, 1).await.unwrap();
@@ -190,9 +188,7 @@ async fn typing_and_presence_reach_the_peer(kind: Kind) {
     .await
     .unwrap();
 
-    a.send(switchboard::protocol::client_frame::Kind::Typing(pb::Typing { conversation_id: id_bytes(conversation), active: true }))
-        .await
-        .unwrap();
+    a.send(switchboard::protocol::client_frame::Kind::Typing(pb::Typing { conversation_id: id_bytes(conversation), active: true })).await.unwrap();
     let t = b
         .wait_for(WAIT, false, |k| match k {
             server_frame::Kind::Typing(t) => Some(t.clone()),
@@ -201,7 +197,7 @@ async fn typing_and_presence_reach_the_peer(kind: Kind) {
         .await
         .unwrap();
     assert!(t.active);
-    assert_eq!(parse_id("u", &t.user_id).unwrap(), alice.user_id);
+    assert_eq!(parse_id::<UserId>("u", &t.user_id).unwrap(), alice.user_id);
 
     // Typing is never stored.
     assert!(a.history(conversation, 0, 10).await.unwrap().messages.is_empty());

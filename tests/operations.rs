@@ -6,8 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Pair, WAIT, pair, send_all, ADMIN_TOKEN, Kind, TestServer, online, user};
-
+use common::{ADMIN_TOKEN, Kind, Pair, TestServer, WAIT, online, pair, send_all, user};
 
 fn conversation_children(tree: &serde_json::Value) -> u64 {
     tree["children"]
@@ -120,15 +119,31 @@ async fn admin_bulk_provisioning_creates_working_accounts() {
     assert_eq!(refused.status().as_u16(), 401);
     let too_many = http.post(&url).bearer_auth(ADMIN_TOKEN).json(&serde_json::json!({ "count": 100_000 })).send().await.unwrap();
     assert_eq!(too_many.status().as_u16(), 400);
-    let created: Vec<switchboard::accounts::DeviceCredentials> =
-        http.post(&url).bearer_auth(ADMIN_TOKEN).json(&serde_json::json!({ "count": 3, "phone_prefix": "+1777" })).send().await.unwrap().json().await.unwrap();
+    let created: Vec<switchboard::accounts::DeviceCredentials> = http
+        .post(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "count": 3, "phone_prefix": "+1777" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(created.len(), 3);
     let mut a = online(&server, Kind::Tcp, &created[0]).await;
     let conversation = a.open_direct(created[1].user_id).await.unwrap();
     a.send_and_ack(conversation, "bulk", &b"hi"[..]).await.unwrap();
     // The same phones again: nothing new is created.
-    let again: Vec<switchboard::accounts::DeviceCredentials> =
-        http.post(&url).bearer_auth(ADMIN_TOKEN).json(&serde_json::json!({ "count": 3, "phone_prefix": "+1777" })).send().await.unwrap().json().await.unwrap();
+    let again: Vec<switchboard::accounts::DeviceCredentials> = http
+        .post(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "count": 3, "phone_prefix": "+1777" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(again.is_empty());
 }
 

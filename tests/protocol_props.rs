@@ -12,11 +12,20 @@ fn bytes_up_to(n: usize) -> impl Strategy<Value = Bytes> {
 
 fn client_kind() -> impl Strategy<Value = client_frame::Kind> {
     prop_oneof![
-        (any::<u32>(), ".{0,40}", ".{0,20}").prop_map(|(v, t, n)| client_frame::Kind::Hello(pb::Hello { protocol_version: v, token: t, client_name: n })),
+        (any::<u32>(), ".{0,40}", ".{0,20}").prop_map(|(v, t, n)| client_frame::Kind::Hello(pb::Hello {
+            protocol_version: v,
+            token: t,
+            client_name: n
+        })),
         any::<u64>().prop_map(|n| client_frame::Kind::Ping(pb::Ping { nonce: n })),
         (any::<u64>(), bytes_up_to(20)).prop_map(|(r, p)| client_frame::Kind::OpenDirect(pb::OpenDirect { request_id: r, peer_user_id: p })),
-        (".{0,64}", bytes_up_to(20), bytes_up_to(2048))
-            .prop_map(|(c, id, p)| client_frame::Kind::Send(pb::Send { client_msg_id: c, conversation_id: id, payload: p, kind: 0, reference_seq: 0 })),
+        (".{0,64}", bytes_up_to(20), bytes_up_to(2048)).prop_map(|(c, id, p)| client_frame::Kind::Send(pb::Send {
+            client_msg_id: c,
+            conversation_id: id,
+            payload: p,
+            kind: 0,
+            reference_seq: 0
+        })),
         (bytes_up_to(20), any::<u64>()).prop_map(|(c, s)| client_frame::Kind::Ack(pb::Ack { conversation_id: c, seq: s })),
         (bytes_up_to(20), any::<u64>()).prop_map(|(c, s)| client_frame::Kind::Read(pb::Read { conversation_id: c, seq: s })),
         (bytes_up_to(20), any::<bool>()).prop_map(|(c, a)| client_frame::Kind::Typing(pb::Typing { conversation_id: c, active: a })),
@@ -62,10 +71,17 @@ fn server_kind() -> impl Strategy<Value = server_frame::Kind> {
         (any::<u64>(), bytes_up_to(17), proptest::collection::vec(message(), 0..4), any::<bool>()).prop_map(|(r, c, m, h)| {
             server_frame::Kind::History(pb::HistoryPage { request_id: r, conversation_id: c, messages: m, has_more: h })
         }),
-        (0i32..20, ".{0,40}", ".{0,20}", any::<bool>())
-            .prop_map(|(c, m, r, f)| server_frame::Kind::Error(pb::Error { code: c, message: m, request_ref: r, fatal: f })),
-        (0i32..20, ".{0,40}", any::<u32>())
-            .prop_map(|(c, r, ms)| server_frame::Kind::Closing(pb::Closing { code: c, reason: r, reconnect_after_ms: ms })),
+        (0i32..20, ".{0,40}", ".{0,20}", any::<bool>()).prop_map(|(c, m, r, f)| server_frame::Kind::Error(pb::Error {
+            code: c,
+            message: m,
+            request_ref: r,
+            fatal: f
+        })),
+        (0i32..20, ".{0,40}", any::<u32>()).prop_map(|(c, r, ms)| server_frame::Kind::Closing(pb::Closing {
+            code: c,
+            reason: r,
+            reconnect_after_ms: ms
+        })),
     ]
 }
 

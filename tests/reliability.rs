@@ -6,10 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Pair, WAIT, pair, send_all, next_closing, ADMIN_TOKEN, Kind, TestServer, online, user};
+use common::{ADMIN_TOKEN, Kind, Pair, TestServer, WAIT, next_closing, online, pair, send_all, user};
 use switchboard::client::{ClientError, Connection};
 use switchboard::protocol::{ErrorCode, server_frame};
-
 
 /// Sends continuously, recording every SendAck, and SIGKILLs the server mid-stream. After
 /// a restart every acknowledged message must be in history at its acknowledged seq, with
@@ -112,12 +111,7 @@ async fn crashed_conversation_is_restarted_and_loses_nothing() {
     let mut b = online(&server, Kind::Ws, &bob).await;
     send_all(&mut a, conversation, 1..=5, "before").await;
     let http = reqwest::Client::new();
-    let crash = http
-        .post(format!("http://{}/admin/conversations/{conversation}/crash", server.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let crash = http.post(format!("http://{}/admin/conversations/{conversation}/crash", server.admin)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(crash.status().as_u16(), 202);
     let unauthorized = http.get(format!("http://{}/admin/tree", server.admin)).send().await.unwrap();
     assert_eq!(unauthorized.status().as_u16(), 401);

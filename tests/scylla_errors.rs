@@ -327,10 +327,10 @@ async fn store_on(node: &FakeNode) -> ScyllaStore {
 
 fn message(seq: u64) -> StoredMessage {
     StoredMessage {
-        conversation_id: Uuid::from_u128(7),
+        conversation_id: switchboard::ids::ConversationId::from_u128(7),
         seq,
-        sender_user_id: Uuid::from_u128(8),
-        sender_device_id: Uuid::from_u128(9),
+        sender_user_id: switchboard::ids::UserId::from_u128(8),
+        sender_device_id: switchboard::ids::DeviceId::from_u128(9),
         client_msg_id: "retried-send".into(),
         server_time_ms: switchboard::store::now_ms(),
         payload: Bytes::from_static(b"hello"),
@@ -384,7 +384,7 @@ async fn a_write_timeout_is_not_acknowledged_and_its_retry_is_not_stored_twice()
                 return result(rows_body(
                     "messages",
                     &columns,
-                    &[vec![Value::Uuid(m.sender_user_id), Value::Text(m.client_msg_id.clone()), Value::BigInt(m.server_time_ms as i64)]],
+                    &[vec![Value::Uuid(m.sender_user_id.uuid()), Value::Text(m.client_msg_id.clone()), Value::BigInt(m.server_time_ms as i64)]],
                 ));
             }
             None

@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use switchboard::ids::{ConversationId, DeviceId, Id, UserId};
 use switchboard::store::{
-    CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceRecord, GroupState, MemberCursor, PendingCode, PushToken, Record, Section,
-    Store, StoreError, StoreSpec, StoredMessage, UserRecord, WriteOp, WriteOutcome,
+    CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceRecord, GroupState, MemberCursor, PendingCode, PushToken, Record,
+    Section, Store, StoreError, StoreSpec, StoredMessage, UserRecord, WriteOp, WriteOutcome,
 };
 use switchboard::testkit::PrivatePostgres;
 use uuid::Uuid;
@@ -50,7 +51,7 @@ impl Fixture {
                     eprintln!("SKIPPED: ScyllaDB conformance needs SCYLLA_URI=scylla://host/keyspace_prefix");
                     return None;
                 };
-                let url = format!("{base}_{}", uid().simple());
+                let url = format!("{base}_{}", uid::<Uuid>().simple());
                 let Ok(switchboard::store::StoreSpec::Scylla { options }) = StoreSpec::parse(&url) else {
                     panic!("SCYLLA_URI {base:?} is not scylla://host/keyspace_prefix")
                 };
@@ -126,32 +127,32 @@ every_backend!(
 // ---------------------------------------------------------------------------------------
 // Builders
 
-fn uid() -> Uuid {
-    Uuid::new_v4()
+fn uid<T: Id>() -> T {
+    T::from_uuid(Uuid::new_v4())
 }
 
 fn user(phone: &str) -> UserRecord {
     UserRecord { user_id: uid(), phone: phone.to_owned(), created_ms: 1_000 }
 }
 
-fn device(user_id: Uuid, created_ms: u64) -> DeviceRecord {
+fn device(user_id: UserId, created_ms: u64) -> DeviceRecord {
     DeviceRecord {
         device_id: uid(),
         user_id,
         name: format!("device {created_ms}"),
         primary: false,
-        token_hash: *uid().as_bytes().repeat(2).first_chunk::<32>().unwrap(),
+        token_hash: *uid::<Uuid>().as_bytes().repeat(2).first_chunk::<32>().unwrap(),
         created_ms,
         revoked_ms: None,
     }
 }
 
-fn message(conversation_id: Uuid, seq: u64, sender: Uuid, client: &str, time: u64) -> StoredMessage {
+fn message(conversation_id: ConversationId, seq: u64, sender: UserId, client: &str, time: u64) -> StoredMessage {
     StoredMessage {
         conversation_id,
         seq,
         sender_user_id: sender,
-        sender_device_id: Uuid::from_u128(sender.as_u128() ^ 1),
+        sender_device_id: DeviceId::from_u128(sender.as_u128() ^ 1),
         client_msg_id: client.to_owned(),
         server_time_ms: time,
         payload: Bytes::from(format!("payload of {client}")),
@@ -162,7 +163,7 @@ fn message(conversation_id: Uuid, seq: u64, sender: Uuid, client: &str, time: u6
     }
 }
 
-fn direct(a: Uuid, b: Uuid) -> ConversationRecord {
+fn direct(a: UserId, b: UserId) -> ConversationRecord {
     let mut members = vec![a, b];
     members.sort();
     ConversationRecord {
@@ -175,7 +176,7 @@ fn direct(a: Uuid, b: Uuid) -> ConversationRecord {
     }
 }
 
-fn cursor(user_id: Uuid, device_id: Uuid, conversation_id: Uuid, delivered: u64, read: u64, at_ms: u64) -> WriteOp {
+fn cursor(user_id: UserId, device_id: DeviceId, conversation_id: ConversationId, delivered: u64, read: u64, at_ms: u64) -> WriteOp {
     WriteOp::AdvanceCursor { user_id, device_id, conversation_id, delivered, read, at_ms }
 }
 
@@ -672,7 +673,7 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
 }
 
 fn rand_digits() -> String {
-    format!("{:08}", uid().as_u128() % 100_000_000)
+    format!("{:08}", uid::<Uuid>().as_u128() % 100_000_000)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -737,17 +738,17 @@ fn op() -> impl Strategy<Value = Op> {
 /// The contract as plain maps.
 #[derive(Default)]
 struct Model {
-    messages: BTreeMap<(Uuid, u64), StoredMessage>,
-    dedup: BTreeMap<(Uuid, Uuid, String), (u64, u64)>,
-    cursors: BTreeMap<(Uuid, Uuid), Cursor>,
-    member_cursors: BTreeMap<(Uuid, Uuid), MemberCursor>,
-    conversations: BTreeMap<Uuid, ConversationRecord>,
-    by_user: BTreeSet<(Uuid, Uuid)>,
-    last_seen: BTreeMap<Uuid, u64>,
+    messages: BTreeMap<(ConversationId, u64), StoredMessage>,
+    dedup: BTreeMap<(ConversationId, UserId, String), (u64, u64)>,
+    cursors: BTreeMap<(DeviceId, ConversationId), Cursor>,
+    member_cursors: BTreeMap<(ConversationId, UserId), MemberCursor>,
+    conversations: BTreeMap<ConversationId, ConversationRecord>,
+    by_user: BTreeSet<(UserId, ConversationId)>,
+    last_seen: BTreeMap<UserId, u64>,
 }
 
 impl Model {
-    fn last_seq(&self, conv: Uuid) -> u64 {
+    fn last_seq(&self, conv: ConversationId) -> u64 {
         self.messages.range((conv, 0)..=(conv, u64::MAX)).next_back().map(|(k, _)| k.1).unwrap_or(0)
     }
 
@@ -812,39 +813,42 @@ async fn model_based_sequences_with_restarts(f: Fixture) {
 /// One random sequence. Every id carries a per-case namespace, so cases share a database
 /// without seeing each other.
 async fn run_model(f: &mut Fixture, ops: Vec<Op>) {
-    let namespace = uid().as_u128() & !0xffff_ffff;
-    let id = |kind: u8, n: u8| Uuid::from_u128(namespace | ((kind as u128) << 16) | (n as u128 + 1));
+    let namespace = uid::<Uuid>().as_u128() & !0xffff_ffff;
+    let raw = |kind: u8, n: u8| namespace | ((kind as u128) << 16) | (n as u128 + 1);
+    let cid = |n: u8| ConversationId::from_u128(raw(1, n));
+    let uidn = |n: u8| UserId::from_u128(raw(2, n));
+    let did = |n: u8| DeviceId::from_u128(raw(3, n));
     let mut store = f.open().await;
     let mut model = Model::default();
     let mut clock = 1_000u64;
     for op in ops {
         match op {
             Op::Append { conv, sender, client, delta } => {
-                let conversation_id = id(1, conv);
+                let conversation_id = cid(conv);
                 clock += 1;
                 let seq = (model.last_seq(conversation_id) + delta as u64).max(if delta == 0 { 0 } else { 1 });
-                let mut m = message(conversation_id, seq, id(2, sender), &format!("c{client}"), clock);
-                m.sender_device_id = id(3, sender);
+                let mut m = message(conversation_id, seq, uidn(sender), &format!("c{client}"), clock);
+                m.sender_device_id = did(sender);
                 // Batches of two, so outcomes within one transaction are compared too.
-                let ops = vec![WriteOp::Append(m), cursor(id(2, sender), id(3, sender), conversation_id, seq, 0, clock)];
+                let ops = vec![WriteOp::Append(m), cursor(uidn(sender), did(sender), conversation_id, seq, 0, clock)];
                 let expected: Vec<WriteOutcome> = ops.iter().map(|o| model.apply(o)).collect();
                 assert_eq!(store.apply(ops).await.unwrap(), expected);
             }
             Op::Cursor { device, conv, delivered, read } => {
-                let op = cursor(id(2, device), id(3, device), id(1, conv), delivered as u64, read as u64, clock);
+                let op = cursor(uidn(device), did(device), cid(conv), delivered as u64, read as u64, clock);
                 let expected = model.apply(&op);
                 assert_eq!(store.apply(vec![op]).await.unwrap(), vec![expected]);
-                let c = id(1, conv);
-                let members: Vec<(Uuid, MemberCursor)> =
-                    model.member_cursors.range((c, Uuid::nil())..=(c, Uuid::max())).map(|((_, u), m)| (*u, *m)).collect();
+                let c = cid(conv);
+                let members: Vec<(UserId, MemberCursor)> =
+                    model.member_cursors.range((c, UserId::nil())..=(c, UserId::from_u128(u128::MAX))).map(|((_, u), m)| (*u, *m)).collect();
                 assert_eq!(store.member_cursors(c).await.unwrap(), members);
             }
             Op::CreateConversation { conv, a, b } => {
-                let mut members = vec![id(2, a), id(2, b)];
+                let mut members = vec![uidn(a), uidn(b)];
                 members.sort();
                 members.dedup();
                 let record = ConversationRecord {
-                    conversation_id: id(1, conv),
+                    conversation_id: cid(conv),
                     kind: ConversationKind::Direct,
                     members,
                     created_ms: clock,
@@ -859,19 +863,20 @@ async fn run_model(f: &mut Fixture, ops: Vec<Op>) {
                 }
                 assert_eq!(store.create_conversation(record).await.unwrap(), expected);
                 for user in 0..4 {
-                    let u = id(2, user);
-                    let expected: Vec<Uuid> = model.by_user.range((u, Uuid::nil())..=(u, Uuid::max())).map(|(_, c)| *c).collect();
+                    let u = uidn(user);
+                    let expected: Vec<ConversationId> =
+                        model.by_user.range((u, ConversationId::nil())..=(u, ConversationId::from_u128(u128::MAX))).map(|(_, c)| *c).collect();
                     assert_eq!(store.conversations_of(u).await.unwrap(), expected);
                 }
             }
             Op::After { conv, after, limit } => {
-                let c = id(1, conv);
+                let c = cid(conv);
                 let expected: Vec<StoredMessage> =
                     model.messages.range((c, after as u64 + 1)..=(c, u64::MAX)).take(limit as usize).map(|(_, m)| m.clone()).collect();
                 assert_eq!(store.messages_after(c, after as u64, limit as usize).await.unwrap(), expected);
             }
             Op::Before { conv, before, limit } => {
-                let c = id(1, conv);
+                let c = cid(conv);
                 let upper = if before == 0 { u64::MAX } else { before as u64 };
                 let expected: Vec<StoredMessage> =
                     model.messages.range((c, 0)..(c, upper)).rev().take(limit as usize).map(|(_, m)| m.clone()).collect();
@@ -879,22 +884,22 @@ async fn run_model(f: &mut Fixture, ops: Vec<Op>) {
                 assert_eq!(store.last_seq(c).await.unwrap(), model.last_seq(c));
             }
             Op::Find { conv, sender, client } => {
-                let key = (id(1, conv), id(2, sender), format!("c{client}"));
+                let key = (cid(conv), uidn(sender), format!("c{client}"));
                 assert_eq!(store.find_by_client_id(key.0, key.1, &key.2).await.unwrap(), model.dedup.get(&key).copied());
             }
             Op::LastSeen { user, at } => {
-                let op = WriteOp::LastSeen { user_id: id(2, user), at_ms: at as u64 };
+                let op = WriteOp::LastSeen { user_id: uidn(user), at_ms: at as u64 };
                 let expected = model.apply(&op);
                 assert_eq!(store.apply(vec![op]).await.unwrap(), vec![expected]);
                 for u in 0..3 {
-                    assert_eq!(store.last_seen(id(2, u)).await.unwrap(), model.last_seen.get(&id(2, u)).copied());
+                    assert_eq!(store.last_seen(uidn(u)).await.unwrap(), model.last_seen.get(&uidn(u)).copied());
                 }
             }
             Op::Reopen => {
                 store = f.reopen(store).await;
                 for device in 0..3 {
-                    let d = id(3, device);
-                    let expected: Vec<(Uuid, Cursor)> = model
+                    let d = did(device);
+                    let expected: Vec<(ConversationId, Cursor)> = model
                         .cursors
                         .iter()
                         .filter(|((dev, _), cur)| *dev == d && **cur != Cursor::default())

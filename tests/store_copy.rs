@@ -16,7 +16,9 @@ use switchboard::testkit::PrivatePostgres;
 /// Signs up users, sends 1:1 and group messages with receipts, then stops the node
 /// gracefully. Returns the data directory's store spec, the users, and each
 /// conversation's history as the server served it.
-async fn populated_node(server: &mut TestServer) -> (Vec<switchboard::accounts::DeviceCredentials>, Vec<(uuid::Uuid, serde_json::Value)>) {
+async fn populated_node(
+    server: &mut TestServer,
+) -> (Vec<switchboard::accounts::DeviceCredentials>, Vec<(switchboard::ids::ConversationId, serde_json::Value)>) {
     let api = server.api();
     let mut users = Vec::new();
     for _ in 0..4 {
@@ -123,7 +125,7 @@ impl Store for FailingAfter {
     async fn create_accounts(&self, _: Vec<(switchboard::store::UserRecord, switchboard::store::DeviceRecord)>) -> Result<usize, StoreError> {
         unimplemented!()
     }
-    async fn user(&self, _: uuid::Uuid) -> Result<Option<switchboard::store::UserRecord>, StoreError> {
+    async fn user(&self, _: switchboard::ids::UserId) -> Result<Option<switchboard::store::UserRecord>, StoreError> {
         unimplemented!()
     }
     async fn add_device(&self, _: switchboard::store::DeviceRecord, _: usize) -> Result<(), StoreError> {
@@ -132,61 +134,95 @@ impl Store for FailingAfter {
     async fn device_by_token(&self, _: [u8; 32]) -> Result<Option<switchboard::store::DeviceRecord>, StoreError> {
         unimplemented!()
     }
-    async fn device(&self, _: uuid::Uuid) -> Result<Option<switchboard::store::DeviceRecord>, StoreError> {
+    async fn device(&self, _: switchboard::ids::DeviceId) -> Result<Option<switchboard::store::DeviceRecord>, StoreError> {
         unimplemented!()
     }
-    async fn devices_of(&self, _: uuid::Uuid) -> Result<Vec<switchboard::store::DeviceRecord>, StoreError> {
+    async fn devices_of(&self, _: switchboard::ids::UserId) -> Result<Vec<switchboard::store::DeviceRecord>, StoreError> {
         unimplemented!()
     }
-    async fn revoke_device(&self, _: uuid::Uuid, _: uuid::Uuid, _: u64) -> Result<bool, StoreError> {
+    async fn revoke_device(&self, _: switchboard::ids::UserId, _: switchboard::ids::DeviceId, _: u64) -> Result<bool, StoreError> {
         unimplemented!()
     }
     async fn create_conversation(&self, _: switchboard::store::ConversationRecord) -> Result<switchboard::store::ConversationRecord, StoreError> {
         unimplemented!()
     }
-    async fn conversation(&self, _: uuid::Uuid) -> Result<Option<switchboard::store::ConversationRecord>, StoreError> {
+    async fn conversation(&self, _: switchboard::ids::ConversationId) -> Result<Option<switchboard::store::ConversationRecord>, StoreError> {
         unimplemented!()
     }
-    async fn conversation_by_invite(&self, _: [u8; 32]) -> Result<Option<uuid::Uuid>, StoreError> {
+    async fn conversation_by_invite(&self, _: [u8; 32]) -> Result<Option<switchboard::ids::ConversationId>, StoreError> {
         unimplemented!()
     }
-    async fn conversations_of(&self, _: uuid::Uuid) -> Result<Vec<uuid::Uuid>, StoreError> {
+    async fn conversations_of(&self, _: switchboard::ids::UserId) -> Result<Vec<switchboard::ids::ConversationId>, StoreError> {
         unimplemented!()
     }
     async fn apply(&self, _: Vec<switchboard::store::WriteOp>) -> Result<Vec<switchboard::store::WriteOutcome>, StoreError> {
         unimplemented!()
     }
-    async fn last_seq(&self, _: uuid::Uuid) -> Result<u64, StoreError> {
+    async fn last_seq(&self, _: switchboard::ids::ConversationId) -> Result<u64, StoreError> {
         unimplemented!()
     }
-    async fn find_by_client_id(&self, _: uuid::Uuid, _: uuid::Uuid, _: &str) -> Result<Option<(u64, u64)>, StoreError> {
+    async fn find_by_client_id(
+        &self,
+        _: switchboard::ids::ConversationId,
+        _: switchboard::ids::UserId,
+        _: &str,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
         unimplemented!()
     }
-    async fn messages_after(&self, _: uuid::Uuid, _: u64, _: usize) -> Result<Vec<switchboard::store::StoredMessage>, StoreError> {
+    async fn messages_after(
+        &self,
+        _: switchboard::ids::ConversationId,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<switchboard::store::StoredMessage>, StoreError> {
         unimplemented!()
     }
-    async fn messages_before(&self, _: uuid::Uuid, _: u64, _: usize) -> Result<Vec<switchboard::store::StoredMessage>, StoreError> {
+    async fn messages_before(
+        &self,
+        _: switchboard::ids::ConversationId,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<switchboard::store::StoredMessage>, StoreError> {
         unimplemented!()
     }
-    async fn member_cursors(&self, _: uuid::Uuid) -> Result<Vec<(uuid::Uuid, switchboard::store::MemberCursor)>, StoreError> {
+    async fn member_cursors(
+        &self,
+        _: switchboard::ids::ConversationId,
+    ) -> Result<Vec<(switchboard::ids::UserId, switchboard::store::MemberCursor)>, StoreError> {
         unimplemented!()
     }
-    async fn receipt_times(&self, _: uuid::Uuid, _: uuid::Uuid, _: u64) -> Result<(Option<u64>, Option<u64>), StoreError> {
+    async fn receipt_times(
+        &self,
+        _: switchboard::ids::ConversationId,
+        _: switchboard::ids::UserId,
+        _: u64,
+    ) -> Result<(Option<u64>, Option<u64>), StoreError> {
         unimplemented!()
     }
-    async fn set_push_token(&self, _: uuid::Uuid, _: uuid::Uuid, _: Option<switchboard::store::PushToken>) -> Result<(), StoreError> {
+    async fn set_push_token(
+        &self,
+        _: switchboard::ids::UserId,
+        _: switchboard::ids::DeviceId,
+        _: Option<switchboard::store::PushToken>,
+    ) -> Result<(), StoreError> {
         unimplemented!()
     }
-    async fn push_tokens_of(&self, _: uuid::Uuid) -> Result<Vec<(uuid::Uuid, switchboard::store::PushToken)>, StoreError> {
+    async fn push_tokens_of(
+        &self,
+        _: switchboard::ids::UserId,
+    ) -> Result<Vec<(switchboard::ids::DeviceId, switchboard::store::PushToken)>, StoreError> {
         unimplemented!()
     }
     async fn purge_expired(&self, _: u64, _: usize) -> Result<u64, StoreError> {
         unimplemented!()
     }
-    async fn cursors_of(&self, _: uuid::Uuid) -> Result<Vec<(uuid::Uuid, switchboard::store::Cursor)>, StoreError> {
+    async fn cursors_of(
+        &self,
+        _: switchboard::ids::DeviceId,
+    ) -> Result<Vec<(switchboard::ids::ConversationId, switchboard::store::Cursor)>, StoreError> {
         unimplemented!()
     }
-    async fn last_seen(&self, _: uuid::Uuid) -> Result<Option<u64>, StoreError> {
+    async fn last_seen(&self, _: switchboard::ids::UserId) -> Result<Option<u64>, StoreError> {
         unimplemented!()
     }
     async fn flush(&self) -> Result<(), StoreError> {

@@ -22,7 +22,7 @@ use super::mailbox::MailboxGauge;
 use super::session::{Delivery, SessionMsg};
 use crate::protocol::{self, ErrorCode, id_bytes, pb, server_frame};
 use crate::store::{
-    MemberCursor, ContentKind, ConversationId, ConversationRecord, DeviceId, StoreError, StoredMessage, UserId, WriteOp, WriteOutcome, now_ms,
+    ContentKind, ConversationId, ConversationRecord, DeviceId, MemberCursor, StoreError, StoredMessage, UserId, WriteOp, WriteOutcome, now_ms,
 };
 
 /// Messages of a conversation actor. Large variants are boxed so the channel slots (one
@@ -217,11 +217,8 @@ impl Actor for Conversation {
         }
         let record = ctx.store.conversation(id).await?.ok_or(UnknownConversation(id))?;
         let last_seq = ctx.store.last_seq(id).await?;
-        let last_time_ms = if last_seq > 0 {
-            ctx.store.messages_after(id, last_seq - 1, 1).await?.first().map(|m| m.server_time_ms).unwrap_or(0)
-        } else {
-            0
-        };
+        let last_time_ms =
+            if last_seq > 0 { ctx.store.messages_after(id, last_seq - 1, 1).await?.first().map(|m| m.server_time_ms).unwrap_or(0) } else { 0 };
         let label = tree_label(&record);
         let member_cursors = if record.group.is_some() { ctx.store.member_cursors(id).await?.into_iter().collect() } else { HashMap::new() };
         let gauge = ctx.stats.register(myself.get_id(), label, ctx.limits.conversation_mailbox);
@@ -587,7 +584,14 @@ fn handle_persisted(state: &mut ConversationState, seq: u64, outcome: Result<Wri
                 Ok(())
             }
             other => {
-                reply_error(state, m.sender_user_id, m.sender_device_id, ErrorCode::Unavailable, "change not stored; retry", &event.request_id.to_string());
+                reply_error(
+                    state,
+                    m.sender_user_id,
+                    m.sender_device_id,
+                    ErrorCode::Unavailable,
+                    "change not stored; retry",
+                    &event.request_id.to_string(),
+                );
                 fail_pending(state);
                 Err(format!("group event at seq {seq} not stored: {other:?}").into())
             }
@@ -605,11 +609,8 @@ fn handle_persisted(state: &mut ConversationState, seq: u64, outcome: Result<Wri
             if state.record.group.is_some() {
                 state.latest_by_sender.insert(m.sender_user_id, (m.seq, 0, 0));
             }
-            let stored = super::push::PushMsg::Stored {
-                conversation_id: m.conversation_id,
-                sender: m.sender_user_id,
-                members: pending.recipients.clone(),
-            };
+            let stored =
+                super::push::PushMsg::Stored { conversation_id: m.conversation_id, sender: m.sender_user_id, members: pending.recipients.clone() };
             if state.ctx.push.send(stored).is_err() {
                 metrics::counter!("switchboard_push_dropped_total").increment(1);
             }
@@ -657,13 +658,8 @@ fn fail_pending(state: &mut ConversationState) {
 fn fan_out(state: &ConversationState, m: &StoredMessage, recipients: &[UserId], except: Option<DeviceId>) {
     // Encoded once; every device gets the same bytes.
     let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Message(message_frame(m))));
-    let delivery = Arc::new(Delivery {
-        conversation_id: m.conversation_id,
-        seq: m.seq,
-        sender_device: m.sender_device_id,
-        is_event: m.event.is_some(),
-        frame,
-    });
+    let delivery =
+        Arc::new(Delivery { conversation_id: m.conversation_id, seq: m.seq, sender_device: m.sender_device_id, is_event: m.event.is_some(), frame });
     state.ctx.router.deliver_to_users(recipients, except, || SessionMsg::Deliver(delivery.clone()));
     metrics::counter!("switchboard_messages_out_total").increment(recipients.len() as u64);
 }
@@ -701,11 +697,7 @@ fn send_ack(state: &ConversationState, user: UserId, device: DeviceId, client_ms
         server_time_ms: time,
         duplicate,
     })));
-    state.ctx.router.deliver_to_device(
-        user,
-        device,
-        SessionMsg::Acked { conversation_id: state.record.conversation_id, seq, frame },
-    );
+    state.ctx.router.deliver_to_device(user, device, SessionMsg::Acked { conversation_id: state.record.conversation_id, seq, frame });
 }
 
 fn reply_error(state: &ConversationState, user: UserId, device: DeviceId, code: ErrorCode, message: &str, request_ref: &str) {
@@ -719,7 +711,14 @@ const RECEIPT_FLUSH: Duration = Duration::from_millis(250);
 /// A group member's device moved its cursor: the member's own other devices get the
 /// receipt (read state syncs across devices); senders get coalesced counts instead of one
 /// frame per member and device, which in a 1024-member group would be a storm.
-fn group_cursor_moved(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState, user: UserId, device: DeviceId, kind: pb::ReceiptKind, seq: u64) {
+fn group_cursor_moved(
+    myself: &ActorRef<ConversationMsg>,
+    state: &mut ConversationState,
+    user: UserId,
+    device: DeviceId,
+    kind: pb::ReceiptKind,
+    seq: u64,
+) {
     relay_receipt(state, user, device, kind, seq, Some(user));
     let cursor = state.member_cursors.entry(user).or_default();
     match kind {
@@ -780,7 +779,6 @@ fn relay_receipt(state: &ConversationState, user: UserId, device: DeviceId, kind
         state.ctx.router.deliver_to_user(*member, Some(device), || SessionMsg::Push(frame.clone()));
     }
 }
-
 
 // Local only: never sent to another node (the cluster feature asks every message type to say so).
 impl ractor::Message for ConversationMsg {}

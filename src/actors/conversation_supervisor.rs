@@ -68,7 +68,12 @@ impl Actor for ConversationSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(id) = state.by_actor.remove(&cell.get_id()) {
@@ -125,11 +130,7 @@ async fn activate(
         let text = e.to_string();
         if text.contains("unknown conversation") { ActivateError::Unknown } else { ActivateError::Failed(text) }
     })?;
-    let gauge = state
-        .ctx
-        .stats
-        .gauge(actor.get_id())
-        .ok_or_else(|| ActivateError::Failed("conversation registered no mailbox".into()))?;
+    let gauge = state.ctx.stats.gauge(actor.get_id()).ok_or_else(|| ActivateError::Failed("conversation registered no mailbox".into()))?;
     let mailbox = Mailbox::new(actor.clone(), gauge);
     state.live.insert(id, mailbox.clone());
     state.by_actor.insert(actor.get_id(), id);

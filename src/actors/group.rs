@@ -130,7 +130,15 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
     let group = record.group.as_ref().ok_or(GroupError::NotAGroup)?;
     let is_member = record.is_member(actor);
     let is_admin = record.is_admin(actor);
-    let admin_only = |ok: bool| if ok { Ok(()) } else if is_member { Err(GroupError::NotAdmin) } else { Err(GroupError::NotAMember("not a member of this group")) };
+    let admin_only = |ok: bool| {
+        if ok {
+            Ok(())
+        } else if is_member {
+            Err(GroupError::NotAdmin)
+        } else {
+            Err(GroupError::NotAMember("not a member of this group"))
+        }
+    };
     let mut next = record.clone();
     let g: &mut GroupState = next.group.as_mut().ok_or(GroupError::NotAGroup)?;
     let mut joined = Vec::new();
@@ -271,31 +279,26 @@ pub fn encode_event(event: &pb::ConversationEvent) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::ConversationId;
     use crate::store::{ConversationKind, GroupState};
-    use uuid::Uuid;
 
     fn group(admin: UserId, members: &[UserId]) -> ConversationRecord {
         let mut all: Vec<UserId> = members.to_vec();
         all.push(admin);
         all.sort();
         ConversationRecord {
-            conversation_id: Uuid::new_v4(),
+            conversation_id: ConversationId::random(),
             kind: ConversationKind::Group,
             members: all.clone(),
             created_ms: 0,
-            group: Some(GroupState {
-                subject: "s".into(),
-                admins: vec![admin],
-                joined: all.iter().map(|u| (*u, 1)).collect(),
-                ..Default::default()
-            }),
+            group: Some(GroupState { subject: "s".into(), admins: vec![admin], joined: all.iter().map(|u| (*u, 1)).collect(), ..Default::default() }),
             retention_secs: 0,
         }
     }
 
     #[test]
     fn only_admins_change_membership_and_removal_is_recorded() {
-        let (admin, bob, carol, dave) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (admin, bob, carol, dave) = (UserId::random(), UserId::random(), UserId::random(), UserId::random());
         let g = group(admin, &[bob, carol]);
         assert_eq!(apply(&g, bob, GroupOp::Add(vec![dave]), 2, 10).unwrap_err(), GroupError::NotAdmin);
         assert_eq!(apply(&g, dave, GroupOp::Remove(bob), 2, 10).unwrap_err(), GroupError::NotAMember("not a member of this group"));
@@ -310,7 +313,7 @@ mod tests {
 
     #[test]
     fn last_admin_leaving_hands_over_and_info_policy_applies() {
-        let (admin, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let (admin, bob) = (UserId::random(), UserId::random());
         let g = group(admin, &[bob]);
         let left = apply(&g, admin, GroupOp::Leave, 2, 10).unwrap();
         assert!(left.record.is_admin(bob));
@@ -319,7 +322,7 @@ mod tests {
             other => panic!("expected MemberLeft, got {other:?}"),
         }
         let locked = apply(&left.record, bob, GroupOp::AdminsOnlyInfo(true), 3, 10).unwrap().record;
-        let carol = Uuid::new_v4();
+        let carol = UserId::random();
         let with_carol = apply(&locked, bob, GroupOp::Add(vec![carol]), 4, 10).unwrap().record;
         assert_eq!(apply(&with_carol, carol, GroupOp::Subject("x".into()), 5, 10).unwrap_err(), GroupError::NotAdmin);
         assert!(apply(&with_carol, bob, GroupOp::Subject("x".into()), 5, 10).is_ok());
@@ -327,7 +330,7 @@ mod tests {
 
     #[test]
     fn invites_join_once_and_revocation_stops_them() {
-        let (admin, eve) = (Uuid::new_v4(), Uuid::new_v4());
+        let (admin, eve) = (UserId::random(), UserId::random());
         let g = group(admin, &[]);
         let created = apply(&g, admin, GroupOp::CreateInvite, 2, 10).unwrap();
         let hash = hash_secret(created.invite_token.as_deref().unwrap());

@@ -152,12 +152,7 @@ pub struct ActorStats {
 impl ActorStats {
     /// Creates and registers the gauge of a new actor.
     pub fn register(&self, id: ActorId, label: String, limit: usize) -> Arc<MailboxGauge> {
-        let gauge = Arc::new(MailboxGauge {
-            depth: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-            limit,
-            label: Mutex::new(label),
-        });
+        let gauge = Arc::new(MailboxGauge { depth: AtomicUsize::new(0), closed: AtomicBool::new(false), limit, label: Mutex::new(label) });
         self.lock_gauges().insert(id, gauge.clone());
         gauge
     }
@@ -193,4 +188,3 @@ impl ActorStats {
         self.gauges.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
-

@@ -56,7 +56,12 @@ impl Actor for NodeSupervisor {
         Ok(NodeState { failed: args.failed })
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
                 tracing::error!(actor = %describe(&cell), error = %error, "infrastructure actor failed; node stopping");
@@ -86,9 +91,8 @@ pub async fn start(store: Arc<dyn Store>, limits: ActorLimits, push_sink: Arc<dy
     let router = Router::new();
     let push_args = PushArgs { store: store.clone(), router: router.clone(), sink: push_sink, config: push, stats: stats.clone() };
     let (push_actor, _) = Actor::spawn_linked(Some("push-dispatcher".into()), PushDispatcher, push_args, root.get_cell()).await?;
-    let push_gauge = stats
-        .gauge(push_actor.get_id())
-        .ok_or_else(|| ractor::SpawnErr::StartupFailed("push dispatcher registered no mailbox".into()))?;
+    let push_gauge =
+        stats.gauge(push_actor.get_id()).ok_or_else(|| ractor::SpawnErr::StartupFailed("push dispatcher registered no mailbox".into()))?;
     let ctx = NodeContext {
         store,
         writer: StoreWriterHandle::new(writer),

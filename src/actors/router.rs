@@ -152,7 +152,11 @@ impl Router {
             if replaced.is_none() && remote.device_elsewhere(user, device) {
                 // The device moved here (its node is draining or was lost, or the client
                 // simply reconnected through another node): its old connection must go.
-                remote.to_device(user, device, SessionMsg::Close { code: ErrorCode::Replaced, reason: "this device connected again".into(), reconnect_after_ms: 0 });
+                remote.to_device(
+                    user,
+                    device,
+                    SessionMsg::Close { code: ErrorCode::Replaced, reason: "this device connected again".into(), reconnect_after_ms: 0 },
+                );
             }
             first_device = first_device && !remote.user_elsewhere(user);
         }
@@ -274,9 +278,7 @@ impl Router {
     }
 
     fn device_mailbox(&self, user: UserId, device: DeviceId) -> Option<Mailbox<SessionMsg>> {
-        read(&self.inner.sessions)
-            .get(&user)
-            .and_then(|entries| entries.iter().find(|(d, _)| *d == device).map(|(_, mb)| mb.clone()))
+        read(&self.inner.sessions).get(&user).and_then(|entries| entries.iter().find(|(d, _)| *d == device).map(|(_, mb)| mb.clone()))
     }
 
     /// Closes a device's live connection (revocation), wherever it is connected.
@@ -361,13 +363,8 @@ impl Router {
         {
             return Ok(mb.clone());
         }
-        let supervisor = self
-            .inner
-            .supervisor
-            .get()
-            .ok_or_else(|| RouteError::Unavailable("conversation supervisor not started".into()))?;
-        let reply = ractor::call!(supervisor, ConversationSupervisorMsg::Activate, id)
-            .map_err(|e| RouteError::Unavailable(e.to_string()))?;
+        let supervisor = self.inner.supervisor.get().ok_or_else(|| RouteError::Unavailable("conversation supervisor not started".into()))?;
+        let reply = ractor::call!(supervisor, ConversationSupervisorMsg::Activate, id).map_err(|e| RouteError::Unavailable(e.to_string()))?;
         match reply {
             Ok(mb) => Ok(mb),
             Err(ActivateError::Unknown) => Err(RouteError::UnknownConversation),

@@ -28,8 +28,8 @@ use super::mailbox::{Mailbox, MailboxGauge};
 use super::router::RouteError;
 use crate::protocol::{self, ErrorCode, MAX_CLIENT_MSG_ID_BYTES, client_frame, id_bytes, parse_id, pb, server_frame};
 use crate::store::{
-    ContentKind, ConversationId, ConversationKind, ConversationRecord, DeviceId, GroupState, Store, StoreError, StoredMessage, UserId,
-    WriteOp, direct_conversation_id, now_ms,
+    ContentKind, ConversationId, ConversationKind, ConversationRecord, DeviceId, GroupState, Store, StoreError, StoredMessage, UserId, WriteOp,
+    direct_conversation_id, now_ms,
 };
 
 /// One message fanned out to many devices: the frame is encoded once and shared.
@@ -572,12 +572,8 @@ type Answer = Result<Option<pb::ServerFrame>, Reject>;
 async fn view<'a>(state: &'a mut SessionState, raw_id: &[u8]) -> Result<&'a mut ConvView, Reject> {
     let id = parse_id("conversation_id", raw_id)?;
     if !state.convs.contains_key(&id) {
-        let record = state
-            .ctx
-            .store
-            .conversation(id)
-            .await?
-            .ok_or_else(|| Reject::new(ErrorCode::UnknownConversation, "no conversation has this id"))?;
+        let record =
+            state.ctx.store.conversation(id).await?.ok_or_else(|| Reject::new(ErrorCode::UnknownConversation, "no conversation has this id"))?;
         let view = ConvView::new(record, state.user, 0, 0).ok_or_else(|| Reject::new(ErrorCode::NotAMember, "not a member of this conversation"))?;
         state.convs.insert(id, view);
     }
@@ -605,16 +601,14 @@ async fn open_direct(state: &mut SessionState, req: pb::OpenDirect) -> Answer {
         let mut members = vec![state.user, peer];
         members.sort();
         members.dedup();
-        let record = ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms(), group: None, retention_secs: 0 };
+        let record =
+            ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms(), group: None, retention_secs: 0 };
         let record = state.ctx.store.create_conversation(record).await?;
         if let Some(view) = ConvView::new(record, state.user, 0, 0) {
             state.convs.insert(id, view);
         }
     }
-    Ok(Some(protocol::server(server_frame::Kind::DirectOpened(pb::DirectOpened {
-        request_id: req.request_id,
-        conversation_id: id_bytes(id),
-    }))))
+    Ok(Some(protocol::server(server_frame::Kind::DirectOpened(pb::DirectOpened { request_id: req.request_id, conversation_id: id_bytes(id) }))))
 }
 
 async fn send(state: &mut SessionState, req: pb::Send) -> Answer {
@@ -722,7 +716,13 @@ pub async fn history_page(
     limit: usize,
 ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
     let limit = if limit == 0 { DEFAULT_HISTORY_PAGE } else { limit.min(MAX_HISTORY_PAGE) };
-    let before = if last == u64::MAX { before } else if before == 0 { last + 1 } else { before.min(last + 1) };
+    let before = if last == u64::MAX {
+        before
+    } else if before == 0 {
+        last + 1
+    } else {
+        before.min(last + 1)
+    };
     let mut messages = store.messages_before(id, before, limit + 1).await?;
     messages.retain(|m| m.seq >= first);
     let has_more = messages.len() > limit;
@@ -819,7 +819,7 @@ async fn create_group(state: &mut SessionState, req: pb::CreateGroup) -> Answer 
             return Err(Reject::new(ErrorCode::UnknownUser, format!("no user {member}")));
         }
     }
-    let id = uuid::Uuid::new_v4();
+    let id = ConversationId::random();
     let record = ConversationRecord {
         conversation_id: id,
         kind: ConversationKind::Group,
@@ -865,12 +865,7 @@ async fn group_change(state: &mut SessionState, req: pb::GroupChange) -> Answer 
 
 async fn join_group(state: &mut SessionState, req: pb::JoinGroup) -> Answer {
     let hash = crate::accounts::hash_secret(&req.invite_token);
-    let id = state
-        .ctx
-        .store
-        .conversation_by_invite(hash)
-        .await?
-        .ok_or_else(|| Reject::new(ErrorCode::InvalidInvite, "invalid or revoked invite"))?;
+    let id = state.ctx.store.conversation_by_invite(hash).await?.ok_or_else(|| Reject::new(ErrorCode::InvalidInvite, "invalid or revoked invite"))?;
     route_group(state, id, req.request_id, GroupOp::JoinByInvite(hash)).await
 }
 
@@ -932,12 +927,7 @@ async fn message_info(state: &mut SessionState, req: pb::MessageInfo) -> Answer 
 /// The current state of a group the caller is a member of, read from the store.
 async fn group_info(state: &mut SessionState, req: pb::GroupInfoRequest) -> Answer {
     let id = member_view(state, &req.conversation_id).await?.record.conversation_id;
-    let record = state
-        .ctx
-        .store
-        .conversation(id)
-        .await?
-        .ok_or_else(|| Reject::new(ErrorCode::UnknownConversation, "no conversation has this id"))?;
+    let record = state.ctx.store.conversation(id).await?.ok_or_else(|| Reject::new(ErrorCode::UnknownConversation, "no conversation has this id"))?;
     let group = record.group.as_ref().ok_or_else(|| Reject::new(ErrorCode::InvalidArgument, "not a group"))?;
     let last_seq = state.ctx.store.last_seq(id).await?;
     Ok(Some(protocol::server(server_frame::Kind::GroupInfo(pb::GroupInfo {

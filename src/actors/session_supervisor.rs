@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::session::{DeviceSession, SessionArgs, SessionMsg};
 use super::mailbox::{ActorStats, Mailbox};
+use super::session::{DeviceSession, SessionArgs, SessionMsg};
 
 /// Name of this supervisor in the tree and the restart metrics.
 pub const NAME: &str = "session-supervisor";
@@ -37,7 +37,12 @@ impl Actor for SessionSupervisor {
         Ok(SessionSupervisorState { failures: stats.restarts(NAME) })
     }
 
-    async fn handle_supervisor_evt(&self, _myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(cell, error) = event {
             state.failures.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("switchboard_session_failures_total").increment(1);
@@ -51,9 +56,7 @@ impl Actor for SessionSupervisor {
 pub async fn start_session(supervisor: &ActorCell, args: SessionArgs) -> Result<Mailbox<SessionMsg>, ractor::SpawnErr> {
     let stats = args.ctx.stats.clone();
     let (actor, _) = Actor::spawn_linked(None, DeviceSession, args, supervisor.clone()).await?;
-    let gauge = stats
-        .gauge(actor.get_id())
-        .ok_or_else(|| ractor::SpawnErr::StartupFailed("session registered no mailbox".into()))?;
+    let gauge = stats.gauge(actor.get_id()).ok_or_else(|| ractor::SpawnErr::StartupFailed("session registered no mailbox".into()))?;
     Ok(Mailbox::new(actor, gauge))
 }
 

@@ -60,14 +60,7 @@ impl Actor for StoreWriter {
     type Arguments = (Arc<dyn Store>, StoreWriterConfig);
 
     async fn pre_start(&self, _myself: ActorRef<Self::Msg>, (store, config): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        Ok(StoreWriterState {
-            store,
-            config,
-            pending_ops: Vec::new(),
-            pending_callbacks: Vec::new(),
-            pending_barriers: Vec::new(),
-            in_flight: false,
-        })
+        Ok(StoreWriterState { store, config, pending_ops: Vec::new(), pending_callbacks: Vec::new(), pending_barriers: Vec::new(), in_flight: false })
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
@@ -162,9 +155,7 @@ impl StoreWriterHandle {
 
     /// Queues an op; `callback` runs once it is durable or failed.
     pub fn write(&self, op: WriteOp, callback: WriteCallback) {
-        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::Write(_, callback))) =
-            self.actor.cast(StoreWriterMsg::Write(op, callback))
-        {
+        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::Write(_, callback))) = self.actor.cast(StoreWriterMsg::Write(op, callback)) {
             callback(Err(StoreError::Backend("store writer stopped".into())));
         }
     }
@@ -172,9 +163,12 @@ impl StoreWriterHandle {
     /// Queues an op and waits for its outcome.
     pub async fn write_and_wait(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.write(op, Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
+        self.write(
+            op,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
         rx.await.map_err(|_| StoreError::Backend("store writer dropped the write".into()))?
     }
 

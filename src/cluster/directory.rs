@@ -114,13 +114,13 @@ impl RemoteDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
+    use crate::ids::{DeviceId, UserId};
 
     #[test]
     fn a_late_offline_from_the_old_node_keeps_the_device_on_its_new_node() {
         let dir = RemoteDirectory::default();
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        let (user, device) = (Uuid::new_v4(), Uuid::new_v4());
+        let (user, device) = (UserId::random(), DeviceId::random());
         dir.update(&a, user, device, true);
         dir.update(&b, user, device, true);
         dir.update(&a, user, device, false);
@@ -132,12 +132,12 @@ mod tests {
     fn fan_out_groups_users_by_node_and_skips_the_sending_device() {
         let dir = RemoteDirectory::default();
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        let users: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
-        let sender_device = Uuid::new_v4();
+        let users: Vec<UserId> = (0..4).map(|_| UserId::random()).collect();
+        let sender_device = DeviceId::random();
         dir.update(&a, users[0], sender_device, true);
-        dir.update(&a, users[1], Uuid::new_v4(), true);
-        dir.update(&b, users[2], Uuid::new_v4(), true);
-        dir.update(&b, users[2], Uuid::new_v4(), true);
+        dir.update(&a, users[1], DeviceId::random(), true);
+        dir.update(&b, users[2], DeviceId::random(), true);
+        dir.update(&b, users[2], DeviceId::random(), true);
         let mut nodes = dir.nodes_for(&users, Some(sender_device));
         nodes.sort();
         assert_eq!(nodes, vec![(a.clone(), vec![users[1]]), (b.clone(), vec![users[2]])]);
@@ -147,10 +147,10 @@ mod tests {
     fn snapshots_replace_and_deaths_drop_a_node() {
         let dir = RemoteDirectory::default();
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        let (u1, u2) = (Uuid::new_v4(), Uuid::new_v4());
-        dir.update(&a, u1, Uuid::new_v4(), true);
-        dir.update(&b, u2, Uuid::new_v4(), true);
-        dir.replace_node(&a, [(u2, Uuid::new_v4())]);
+        let (u1, u2) = (UserId::random(), UserId::random());
+        dir.update(&a, u1, DeviceId::random(), true);
+        dir.update(&b, u2, DeviceId::random(), true);
+        dir.replace_node(&a, [(u2, DeviceId::random())]);
         assert!(!dir.has_user(u1));
         assert_eq!(dir.count_by_node().get(&a), Some(&1));
         dir.drop_node(&b);

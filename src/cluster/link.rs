@@ -169,7 +169,12 @@ impl Actor for Link {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, _myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ProcessGroupChanged(change) = event {
             match change {
                 ractor::pg::GroupChangeMessage::Join(_, group, cells) if group == GROUP => {
@@ -462,7 +467,8 @@ fn reconnect(state: &mut LinkState) {
             let connect = async {
                 match &tls {
                     Some(tls) => {
-                        let name = tls::server_name(&addr).map_err(|e| ractor_cluster::ClientConnectErr::Encryption(std::io::Error::other(e.to_string())))?;
+                        let name = tls::server_name(&addr)
+                            .map_err(|e| ractor_cluster::ClientConnectErr::Encryption(std::io::Error::other(e.to_string())))?;
                         ractor_cluster::client_connect_enc(&server, addr.as_str(), tls.connector.clone(), name).await
                     }
                     None => ractor_cluster::client_connect(&server, addr.as_str()).await,

@@ -342,7 +342,8 @@ impl Cluster {
     /// Queues our directory for `node`, ordered among our arrival/departure announcements.
     fn send_snapshot(&self, node: &str) {
         self.router.with_local_devices(|devices| {
-            let devices = devices.into_iter().map(|(u, d)| pb::DirectoryUpdate { user_id: id_bytes(u), device_id: id_bytes(d), online: true }).collect();
+            let devices =
+                devices.into_iter().map(|(u, d)| pb::DirectoryUpdate { user_id: id_bytes(u), device_id: id_bytes(d), online: true }).collect();
             self.queue(node, pb::envelope::Kind::Snapshot(pb::DirectorySnapshot { devices }));
         });
     }
@@ -598,6 +599,9 @@ mod tests {
             "10.0.0.5:8080".parse().expect("addr"),
             "node-1.peers.svc:4369",
         );
-        assert_eq!((addrs.admin.as_str(), addrs.tcp.as_str(), addrs.http.as_str()), ("node-1.peers.svc:8082", "node-1.peers.svc:8081", "10.0.0.5:8080"));
+        assert_eq!(
+            (addrs.admin.as_str(), addrs.tcp.as_str(), addrs.http.as_str()),
+            ("node-1.peers.svc:8082", "node-1.peers.svc:8081", "10.0.0.5:8080")
+        );
     }
 }

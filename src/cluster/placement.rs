@@ -64,14 +64,14 @@ fn score(member: &str, conversation: ConversationId) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
+    use crate::ids::ConversationId;
 
     fn members(names: &[&str]) -> Members {
         Members::new(names.iter().map(|n| Arc::<str>::from(*n)))
     }
 
     fn ids(n: usize) -> Vec<ConversationId> {
-        (0..n as u128).map(|i| Uuid::from_u128(i * 0x9e37_79b9_7f4a_7c15 + 1)).collect()
+        (0..n as u128).map(|i| ConversationId::from_u128(i * 0x9e37_79b9_7f4a_7c15 + 1)).collect()
     }
 
     #[test]
@@ -125,6 +125,6 @@ mod tests {
 
     #[test]
     fn no_members_means_no_owner() {
-        assert_eq!(Members::default().owner(Uuid::nil()), None);
+        assert_eq!(Members::default().owner(ConversationId::nil()), None);
     }
 }

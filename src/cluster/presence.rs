@@ -188,7 +188,8 @@ impl RedisPresence {
         for user in users {
             pipe.hvals(devices_key(*user)).get(seen_key(*user));
         }
-        let answers: Vec<(Vec<String>, Option<u64>)> = tokio::time::timeout(OP_TIMEOUT, pipe.query_async(&mut conn)).await.map_err(|_| PresenceError::Timeout)??;
+        let answers: Vec<(Vec<String>, Option<u64>)> =
+            tokio::time::timeout(OP_TIMEOUT, pipe.query_async(&mut conn)).await.map_err(|_| PresenceError::Timeout)??;
         let mut nodes: Vec<String> = answers.iter().flat_map(|(n, _)| n.iter().cloned()).collect();
         nodes.sort();
         nodes.dedup();
@@ -248,7 +249,8 @@ impl RedisPresence {
             let mut conn = self.conn.clone();
             let ttl_ms = (REFRESH * 3).as_millis() as u64;
             let result: Result<Result<(), redis::RedisError>, _> =
-                tokio::time::timeout(OP_TIMEOUT, redis::cmd("SET").arg(node_key(&self.node)).arg(1).arg("PX").arg(ttl_ms).query_async(&mut conn)).await;
+                tokio::time::timeout(OP_TIMEOUT, redis::cmd("SET").arg(node_key(&self.node)).arg(1).arg("PX").arg(ttl_ms).query_async(&mut conn))
+                    .await;
             let ok = matches!(result, Ok(Ok(())));
             let error = match &result {
                 Ok(Ok(())) => None,

@@ -53,8 +53,10 @@ fn pem_error(path: &Path, e: impl std::fmt::Display) -> TlsError {
 impl ClusterTls {
     /// Loads the certificate, key and CA.
     pub fn load(files: &ClusterTlsFiles) -> Result<Self, TlsError> {
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(&files.cert).map_err(|e| pem_error(&files.cert, e))?.collect::<Result<_, _>>().map_err(|e| pem_error(&files.cert, e))?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+            .map_err(|e| pem_error(&files.cert, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| pem_error(&files.cert, e))?;
         if certs.is_empty() {
             return Err(pem_error(&files.cert, "no certificate"));
         }

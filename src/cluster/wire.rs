@@ -244,11 +244,11 @@ pub fn duplicate(message: &SessionMsg) -> Option<SessionMsg> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{ConversationId, DeviceId, UserId};
     use bytes::Bytes;
-    use uuid::Uuid;
 
     fn roundtrip(message: ConversationMsg) -> ConversationMsg {
-        let id = Uuid::new_v4();
+        let id = ConversationId::random();
         let wire = to_conversation(id, &message).expect("remotable");
         let bytes = prost::Message::encode_to_vec(&wire);
         let decoded: pb::ToConversation = prost::Message::decode(bytes.as_slice()).expect("decodes");
@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn sends_cross_nodes_unchanged() {
-        let (user, device) = (Uuid::new_v4(), Uuid::new_v4());
+        let (user, device) = (UserId::random(), DeviceId::random());
         let message = ConversationMsg::Send(Box::new(SendRequest {
             user,
             device,
@@ -275,10 +275,10 @@ mod tests {
 
     #[test]
     fn every_group_op_crosses_nodes_unchanged() {
-        let u = Uuid::new_v4();
+        let u = UserId::random();
         let ops = vec![
             GroupOp::Created,
-            GroupOp::Add(vec![u, Uuid::new_v4()]),
+            GroupOp::Add(vec![u, UserId::random()]),
             GroupOp::Remove(u),
             GroupOp::Leave,
             GroupOp::Promote(u),
@@ -293,7 +293,7 @@ mod tests {
         ];
         for op in ops {
             let expected = format!("{op:?}");
-            let message = ConversationMsg::Group(Box::new(GroupRequest { user: u, device: u, request_id: 9, op }));
+            let message = ConversationMsg::Group(Box::new(GroupRequest { user: u, device: DeviceId::random(), request_id: 9, op }));
             let ConversationMsg::Group(back) = roundtrip(message) else { panic!("not a group change") };
             assert_eq!(format!("{:?}", back.op), expected);
             assert_eq!(back.request_id, 9);
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn local_only_messages_have_no_wire_form() {
-        assert!(to_conversation(Uuid::nil(), &ConversationMsg::Crash).is_none());
+        assert!(to_conversation(ConversationId::nil(), &ConversationMsg::Crash).is_none());
         assert!(session_payload(&SessionMsg::ConnectionClosed).is_none());
     }
 
@@ -311,9 +311,9 @@ mod tests {
         let bad = pb::ToConversation { conversation_id: Bytes::from_static(b"short"), ..Default::default() };
         assert!(from_to_conversation(bad).is_err());
         let no_op = pb::ToConversation {
-            conversation_id: id_bytes(Uuid::nil()),
-            user_id: id_bytes(Uuid::nil()),
-            device_id: id_bytes(Uuid::nil()),
+            conversation_id: id_bytes(ConversationId::nil()),
+            user_id: id_bytes(UserId::nil()),
+            device_id: id_bytes(DeviceId::nil()),
             op: None,
         };
         assert!(matches!(from_to_conversation(no_op), Err(WireError::Missing(_))));
@@ -322,7 +322,13 @@ mod tests {
 
     #[test]
     fn deliveries_cross_nodes_unchanged() {
-        let d = Arc::new(Delivery { conversation_id: Uuid::new_v4(), seq: 3, sender_device: Uuid::new_v4(), is_event: true, frame: Bytes::from_static(b"f") });
+        let d = Arc::new(Delivery {
+            conversation_id: ConversationId::random(),
+            seq: 3,
+            sender_device: DeviceId::random(),
+            is_event: true,
+            frame: Bytes::from_static(b"f"),
+        });
         let wire = session_payload(&SessionMsg::Deliver(d.clone())).expect("remotable");
         let SessionMsg::Deliver(back) = from_session_payload(wire).expect("valid") else { panic!("not a delivery") };
         assert_eq!((back.conversation_id, back.seq, back.sender_device, back.is_event), (d.conversation_id, 3, d.sender_device, true));

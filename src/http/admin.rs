@@ -3,10 +3,10 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::store::ConversationId;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ractor::ActorCell;
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::bearer;
 use crate::actors::conversation::ConversationMsg;
@@ -148,7 +148,9 @@ async fn drain(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
             state.drain.start(cluster.clone(), state.node.clone());
             HttpResponse::Accepted().json(serde_json::json!({ "draining": cluster.name().as_ref() }))
         }
-        None => HttpResponse::Conflict().json(serde_json::json!({ "error": "not_clustered", "message": "a single node cannot hand its work to anyone" })),
+        None => {
+            HttpResponse::Conflict().json(serde_json::json!({ "error": "not_clustered", "message": "a single node cannot hand its work to anyone" }))
+        }
     }
 }
 
@@ -156,7 +158,7 @@ async fn crash_conversation(req: HttpRequest, state: web::Data<AdminState>, path
     if !authorized(&req, &state) {
         return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
     }
-    let Ok(id) = Uuid::parse_str(&path) else {
+    let Ok(id) = path.parse::<ConversationId>() else {
         return HttpResponse::BadRequest().json(serde_json::json!({ "error": "bad_request" }));
     };
     match state.node.ctx.router.active_conversation(id) {

@@ -7,15 +7,14 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
-use uuid::Uuid;
 
 use super::bearer;
 use crate::accounts::{AccountError, Accounts, AuthError};
 use crate::actors::node::Node;
+use crate::actors::push::PushMsg;
 use crate::actors::session::history_page;
 use crate::protocol::ErrorCode;
-use crate::actors::push::PushMsg;
-use crate::store::{DeviceRecord, PushToken, Store};
+use crate::store::{ConversationId, DeviceId, DeviceRecord, PushToken, Store};
 use crate::transport::{ConnectionDeps, ws};
 
 /// Shared state of the HTTP handlers.
@@ -214,7 +213,7 @@ async fn list_devices(req: HttpRequest, state: web::Data<ApiState>) -> Result<Ht
 
 async fn revoke_device(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
-    let device = Uuid::parse_str(&path).map_err(|_| ApiError::BadRequest("device_id must be a UUID".into()))?;
+    let device: DeviceId = path.parse().map_err(|_| ApiError::BadRequest("device_id must be a UUID".into()))?;
     state.accounts.revoke_device(&me, device).await?;
     // A revoked device gets no more pushes.
     state.store.set_push_token(me.user_id, device, None).await.map_err(|_| ApiError::Unavailable)?;
@@ -262,12 +261,11 @@ async fn history(
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
-    let id = Uuid::parse_str(&path).map_err(|_| ApiError::BadRequest("conversation_id must be a UUID".into()))?;
+    let id: ConversationId = path.parse().map_err(|_| ApiError::BadRequest("conversation_id must be a UUID".into()))?;
     let record = state.store.conversation(id).await.map_err(|_| ApiError::Unavailable)?.ok_or(ApiError::UnknownConversation)?;
     // The same membership range as over the socket: from joining to leaving.
     let range = record.visible_range(me.user_id).ok_or(ApiError::NotAMember)?;
-    let (messages, has_more) =
-        history_page(state.store.as_ref(), id, range, query.before, query.limit).await.map_err(|_| ApiError::Unavailable)?;
+    let (messages, has_more) = history_page(state.store.as_ref(), id, range, query.before, query.limit).await.map_err(|_| ApiError::Unavailable)?;
     let items: Vec<_> = messages
         .iter()
         .map(|m| {

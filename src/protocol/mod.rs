@@ -40,18 +40,12 @@ pub fn encode_client(frame: &ClientFrame) -> Bytes {
 
 /// Decodes one client frame. A frame without a `kind` is rejected: it carries no request.
 pub fn decode_client(bytes: &[u8]) -> Result<client_frame::Kind, FrameError> {
-    ClientFrame::decode(bytes)
-        .map_err(|e| FrameError::Malformed(e.to_string()))?
-        .kind
-        .ok_or(FrameError::Empty)
+    ClientFrame::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?.kind.ok_or(FrameError::Empty)
 }
 
 /// Decodes one server frame. A frame without a `kind` is rejected.
 pub fn decode_server(bytes: &[u8]) -> Result<server_frame::Kind, FrameError> {
-    ServerFrame::decode(bytes)
-        .map_err(|e| FrameError::Malformed(e.to_string()))?
-        .kind
-        .ok_or(FrameError::Empty)
+    ServerFrame::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?.kind.ok_or(FrameError::Empty)
 }
 
 /// Wraps a server frame kind into a frame.
@@ -66,19 +60,10 @@ pub fn client(kind: client_frame::Kind) -> ClientFrame {
 
 /// Builds an error frame.
 pub fn error_frame(code: ErrorCode, message: impl Into<String>, request_ref: impl Into<String>, fatal: bool) -> ServerFrame {
-    server(server_frame::Kind::Error(pb::Error {
-        code: code as i32,
-        message: message.into(),
-        request_ref: request_ref.into(),
-        fatal,
-    }))
+    server(server_frame::Kind::Error(pb::Error { code: code as i32, message: message.into(), request_ref: request_ref.into(), fatal }))
 }
 
 /// Builds a closing frame.
 pub fn closing_frame(code: ErrorCode, reason: impl Into<String>, reconnect_after_ms: u32) -> ServerFrame {
-    server(server_frame::Kind::Closing(pb::Closing {
-        code: code as i32,
-        reason: reason.into(),
-        reconnect_after_ms,
-    }))
+    server(server_frame::Kind::Closing(pb::Closing { code: code as i32, reason: reason.into(), reconnect_after_ms }))
 }

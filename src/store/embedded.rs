@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 
 use super::transfer::{Position, Record, Section};
 use super::{
-    CodeCheck, MemberCursor, PushToken, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, PendingCode, Store, StoreError, StoredMessage,
-    UserId, UserRecord, WriteOp, WriteOutcome,
+    CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MemberCursor, PendingCode, PushToken, Store, StoreError,
+    StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
 const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
@@ -469,11 +469,7 @@ impl Store for EmbeddedStore {
             let txn = db.begin_write().map_err(be)?;
             let revoked = {
                 let mut devices = txn.open_table(DEVICES).map_err(be)?;
-                let current = devices
-                    .get(device_id.as_u128())
-                    .map_err(be)?
-                    .map(|g| decode::<DeviceRecord>("devices", g.value()))
-                    .transpose()?;
+                let current = devices.get(device_id.as_u128()).map_err(be)?.map(|g| decode::<DeviceRecord>("devices", g.value())).transpose()?;
                 match current {
                     Some(mut rec) if rec.user_id == user_id => {
                         if rec.revoked_ms.is_none() {
@@ -497,11 +493,7 @@ impl Store for EmbeddedStore {
             let stored = {
                 let mut conversations = txn.open_table(CONVERSATIONS).map_err(be)?;
                 let id = conversation.conversation_id.as_u128();
-                let existing = conversations
-                    .get(id)
-                    .map_err(be)?
-                    .map(|g| decode::<ConversationRecord>("conversations", g.value()))
-                    .transpose()?;
+                let existing = conversations.get(id).map_err(be)?.map(|g| decode::<ConversationRecord>("conversations", g.value())).transpose()?;
                 match existing {
                     Some(found) => found,
                     None => {
@@ -666,12 +658,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn find_by_client_id(
-        &self,
-        id: ConversationId,
-        sender: UserId,
-        client_msg_id: &str,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
+    async fn find_by_client_id(&self, id: ConversationId, sender: UserId, client_msg_id: &str) -> Result<Option<(u64, u64)>, StoreError> {
         let client_msg_id = client_msg_id.to_owned();
         self.read(move |db| {
             let txn = db.begin_read().map_err(be)?;

@@ -7,6 +7,7 @@
 //! `(conversation_id, sender_user_id, client_msg_id) → seq` written in the same
 //! transaction as the message. The store knows nothing of sockets, frames or actors.
 
+mod columns;
 pub mod embedded;
 pub mod postgres;
 pub mod scylla;
@@ -23,12 +24,7 @@ pub use scylla::{ScyllaOptions, ScyllaStore};
 pub use spec::StoreSpec;
 pub use transfer::{Record, Section};
 
-/// A user account.
-pub type UserId = Uuid;
-/// One device (phone, desktop, web) of a user.
-pub type DeviceId = Uuid;
-/// A 1:1 or group conversation.
-pub type ConversationId = Uuid;
+pub use crate::ids::{ConversationId, DeviceId, UserId};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -377,12 +373,7 @@ pub trait Store: Send + Sync + 'static {
     /// Highest seq stored for a conversation (0 if empty).
     async fn last_seq(&self, id: ConversationId) -> Result<u64, StoreError>;
     /// The seq and time stored under a dedup key, if any.
-    async fn find_by_client_id(
-        &self,
-        id: ConversationId,
-        sender: UserId,
-        client_msg_id: &str,
-    ) -> Result<Option<(u64, u64)>, StoreError>;
+    async fn find_by_client_id(&self, id: ConversationId, sender: UserId, client_msg_id: &str) -> Result<Option<(u64, u64)>, StoreError>;
     /// Up to `limit` messages with seq > `after`, oldest first (catch-up).
     async fn messages_after(&self, id: ConversationId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
     /// Up to `limit` messages with seq < `before` (0 = no bound), newest first (history).
@@ -426,7 +417,7 @@ pub fn direct_conversation_id(a: UserId, b: UserId) -> ConversationId {
     let mut name = [0u8; 32];
     name[..16].copy_from_slice(lo.as_bytes());
     name[16..].copy_from_slice(hi.as_bytes());
-    Uuid::new_v5(&DIRECT_NAMESPACE, &name)
+    ConversationId::from_uuid(Uuid::new_v5(&DIRECT_NAMESPACE, &name))
 }
 
 /// Namespace of direct conversation ids (fixed forever: changing it orphans every 1:1).
@@ -434,8 +425,5 @@ const DIRECT_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_7a57_0b2e_4e8e_9a41_5357_4
 
 /// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

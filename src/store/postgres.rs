@@ -329,7 +329,7 @@ impl PostgresStore {
         }
         let (keys_c, keys_s, keys_id): (Vec<Uuid>, Vec<Uuid>, Vec<&str>) = run
             .iter()
-            .map(|(_, m)| (m.conversation_id, m.sender_user_id, m.client_msg_id.as_str()))
+            .map(|(_, m)| (m.conversation_id.uuid(), m.sender_user_id.uuid(), m.client_msg_id.as_str()))
             .fold((Vec::new(), Vec::new(), Vec::new()), |(mut c, mut s, mut k), (a, b, d)| {
                 c.push(a);
                 s.push(b);
@@ -346,7 +346,7 @@ impl PostgresStore {
             &[&keys_c, &keys_s, &keys_id],
         )
         .await?;
-        let mut dedup: HashMap<(Uuid, Uuid, String), (u64, u64)> = HashMap::new();
+        let mut dedup: HashMap<(ConversationId, UserId, String), (u64, u64)> = HashMap::new();
         for row in found {
             dedup.insert(
                 (get(&row, "messages", "conversation_id")?, get(&row, "messages", "sender_user_id")?, get(&row, "messages", "client_msg_id")?),
@@ -375,8 +375,8 @@ impl PostgresStore {
             let events: Vec<Option<&[u8]>> = accepted.iter().map(|m| m.event.as_deref()).collect();
             let ids_of_messages: Vec<ConversationId> = accepted.iter().map(|m| m.conversation_id).collect();
             let seqs_of_messages: Vec<i64> = accepted.iter().map(|m| int(m.seq)).collect();
-            let senders: Vec<Uuid> = accepted.iter().map(|m| m.sender_user_id).collect();
-            let devices: Vec<Uuid> = accepted.iter().map(|m| m.sender_device_id).collect();
+            let senders: Vec<UserId> = accepted.iter().map(|m| m.sender_user_id).collect();
+            let devices: Vec<DeviceId> = accepted.iter().map(|m| m.sender_device_id).collect();
             let client_ids: Vec<&str> = accepted.iter().map(|m| m.client_msg_id.as_str()).collect();
             let times: Vec<i64> = accepted.iter().map(|m| int(m.server_time_ms)).collect();
             let kinds: Vec<i16> = accepted.iter().map(|m| content_code(m.kind)).collect();
@@ -479,8 +479,8 @@ impl PostgresStore {
             }
             out
         };
-        let dev = split(changed_devices.iter().map(|k| (k.0, k.1, devices[k].0, devices[k].1)).collect());
-        let mem = split(changed_members.iter().map(|k| (k.0, k.1, members[k].0, members[k].1)).collect());
+        let dev = split(changed_devices.iter().map(|k| (k.0.uuid(), k.1.uuid(), devices[k].0, devices[k].1)).collect());
+        let mem = split(changed_members.iter().map(|k| (k.0.uuid(), k.1.uuid(), members[k].0, members[k].1)).collect());
         // Every write in key order (as the locks above; the device and member sets are
         // ordered already), so two batches writing the same keys cannot wait on each other
         // in opposite orders.

@@ -154,7 +154,7 @@ fn ttl_for(retention_secs: u32, server_time_ms: u64) -> i32 {
 }
 
 /// The bind values of `put_message` (one log row) for `m`.
-type LogRowValues<'a> = (Uuid, i64, i64, Uuid, Uuid, &'a str, i64, &'a [u8], Option<&'a [u8]>, i8, i64, bool, i32);
+type LogRowValues<'a> = (ConversationId, i64, i64, UserId, DeviceId, &'a str, i64, &'a [u8], Option<&'a [u8]>, i8, i64, bool, i32);
 
 fn message_row(m: &StoredMessage, ttl: i32) -> LogRowValues<'_> {
     (
@@ -718,8 +718,8 @@ impl ScyllaStore {
     }
 
     /// Who holds `seq` in the log, if anyone (serial read: sees in-flight rounds).
-    async fn holder_of(&self, conversation: ConversationId, seq: u64) -> Result<Option<(Uuid, String, u64)>, StoreError> {
-        let row: Option<(Option<Uuid>, Option<String>, Option<i64>)> =
+    async fn holder_of(&self, conversation: ConversationId, seq: u64) -> Result<Option<(UserId, String, u64)>, StoreError> {
+        let row: Option<(Option<UserId>, Option<String>, Option<i64>)> =
             self.first_row(&self.st.message_at, (conversation, bucket_of(seq), int(seq))).await?;
         Ok(row.and_then(|(sender, client, time)| Some((sender?, client?, uint(time?)))))
     }
@@ -925,8 +925,18 @@ impl ScyllaStore {
         limit: usize,
         descending: bool,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        type MessageRow =
-            (i64, Option<Uuid>, Option<Uuid>, Option<String>, Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>, Option<i8>, Option<i64>, Option<bool>);
+        type MessageRow = (
+            i64,
+            Option<UserId>,
+            Option<DeviceId>,
+            Option<String>,
+            Option<i64>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<i8>,
+            Option<i64>,
+            Option<bool>,
+        );
         let mut out = Vec::new();
         if limit == 0 || before <= after.saturating_add(1) {
             return Ok(out);
@@ -972,20 +982,24 @@ impl ScyllaStore {
         Ok(out)
     }
 
-    async fn set_live_devices(&self, user_id: UserId, change: impl Fn(&mut BTreeSet<Uuid>) -> Result<bool, StoreError>) -> Result<(), StoreError> {
+    async fn set_live_devices(
+        &self,
+        user_id: UserId,
+        change: impl Fn(&mut BTreeSet<DeviceId>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         // Compare-and-set on the whole set; contention (two links of one user at once) is
         // rare, so a few rounds always suffice.
         for _ in 0..16 {
-            let current: Option<(Option<Vec<Uuid>>,)> = self.first_row(&self.st.get_live_devices, (user_id,)).await?;
-            let current: Option<BTreeSet<Uuid>> = current.and_then(|(s,)| s).map(|v| v.into_iter().collect());
+            let current: Option<(Option<Vec<DeviceId>>,)> = self.first_row(&self.st.get_live_devices, (user_id,)).await?;
+            let current: Option<BTreeSet<DeviceId>> = current.and_then(|(s,)| s).map(|v| v.into_iter().collect());
             let mut next = current.clone().unwrap_or_default();
             if !change(&mut next)? {
                 return Ok(());
             }
-            let next: Vec<Uuid> = next.into_iter().collect();
+            let next: Vec<DeviceId> = next.into_iter().collect();
             let result = match current {
                 Some(old) if !old.is_empty() => {
-                    let old: Vec<Uuid> = old.into_iter().collect();
+                    let old: Vec<DeviceId> = old.into_iter().collect();
                     self.conditional(&self.st.cas_live_devices, (next, user_id, old)).await?
                 }
                 _ => self.conditional(&self.st.cas_live_devices_from_null, (next, user_id)).await?,
@@ -1155,7 +1169,7 @@ impl ScyllaStore {
     }
 
     async fn user_by_phone(&self, phone: &str) -> Result<Option<UserId>, StoreError> {
-        let row: Option<(Option<Uuid>,)> = self.first_row(&self.st.get_phone, (phone,)).await?;
+        let row: Option<(Option<UserId>,)> = self.first_row(&self.st.get_phone, (phone,)).await?;
         Ok(row.and_then(|(u,)| u))
     }
 }
@@ -1234,7 +1248,7 @@ impl Store for ScyllaStore {
             new_user.user_id
         } else {
             match claim.uuid("user_id") {
-                Some(u) => u,
+                Some(u) => UserId::from_uuid(u),
                 None => self.user_by_phone(phone).await?.ok_or(StoreError::NotFound("user"))?,
             }
         };
@@ -1259,7 +1273,7 @@ impl Store for ScyllaStore {
         let mut created = 0;
         for (user, device) in accounts {
             let claim = self.conditional(&self.st.claim_phone, (user.phone.as_str(), user.user_id)).await?;
-            let ours = claim.applied || claim.uuid("user_id") == Some(user.user_id);
+            let ours = claim.applied || claim.uuid("user_id") == Some(user.user_id.uuid());
             if !ours {
                 continue;
             }
@@ -1274,7 +1288,7 @@ impl Store for ScyllaStore {
     }
 
     async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        let row: Option<(Uuid, Option<String>, Option<i64>)> = self.first_row(&self.st.get_user, (user_id,)).await?;
+        let row: Option<(UserId, Option<String>, Option<i64>)> = self.first_row(&self.st.get_user, (user_id,)).await?;
         Ok(row.and_then(|(user_id, phone, created)| Some(UserRecord { user_id, phone: phone?, created_ms: created.map(uint).unwrap_or(0) })))
     }
 
@@ -1295,7 +1309,7 @@ impl Store for ScyllaStore {
     }
 
     async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
-        let row: Option<(Option<Uuid>,)> = self.first_row(&self.st.get_token, (token_hash.to_vec(),)).await?;
+        let row: Option<(Option<DeviceId>,)> = self.first_row(&self.st.get_token, (token_hash.to_vec(),)).await?;
         match row.and_then(|(d,)| d) {
             Some(device) => self.device(device).await,
             None => Ok(None),
@@ -1303,7 +1317,7 @@ impl Store for ScyllaStore {
     }
 
     async fn device(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        type DeviceRow = (Uuid, Option<Uuid>, Option<String>, Option<bool>, Option<Vec<u8>>, Option<i64>, Option<i64>);
+        type DeviceRow = (DeviceId, Option<UserId>, Option<String>, Option<bool>, Option<Vec<u8>>, Option<i64>, Option<i64>);
         let row: Option<DeviceRow> = self.first_row(&self.st.get_device, (device_id,)).await?;
         let Some((device_id, Some(user_id), name, primary, Some(hash), created, revoked)) = row else { return Ok(None) };
         Ok(Some(DeviceRecord {
@@ -1319,7 +1333,7 @@ impl Store for ScyllaStore {
 
     async fn devices_of(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
         let mut ids = Vec::new();
-        self.all_rows(&self.st.devices_by_user, (user_id,), |(d,): (Uuid,)| {
+        self.all_rows(&self.st.devices_by_user, (user_id,), |(d,): (DeviceId,)| {
             ids.push(d);
             Ok(())
         })
@@ -1381,7 +1395,7 @@ impl Store for ScyllaStore {
     }
 
     async fn conversation_by_invite(&self, hash: [u8; 32]) -> Result<Option<ConversationId>, StoreError> {
-        let row: Option<(Option<Uuid>,)> = self.first_row(&self.st.get_invite, (hash.to_vec(),)).await?;
+        let row: Option<(Option<ConversationId>,)> = self.first_row(&self.st.get_invite, (hash.to_vec(),)).await?;
         let Some(id) = row.and_then(|(c,)| c) else { return Ok(None) };
         // The index may lag a replaced invite by one crash: confirm against the record.
         let current = self.conversation(id).await?.and_then(|r| r.group).and_then(|g| g.invite_hash);
@@ -1390,7 +1404,7 @@ impl Store for ScyllaStore {
 
     async fn conversations_of(&self, user_id: UserId) -> Result<Vec<ConversationId>, StoreError> {
         let mut out = Vec::new();
-        self.all_rows(&self.st.user_conversations, (user_id,), |(c,): (Uuid,)| {
+        self.all_rows(&self.st.user_conversations, (user_id,), |(c,): (ConversationId,)| {
             out.push(c);
             Ok(())
         })
@@ -1454,7 +1468,7 @@ impl Store for ScyllaStore {
 
     async fn member_cursors(&self, id: ConversationId) -> Result<Vec<(UserId, MemberCursor)>, StoreError> {
         let mut out = Vec::new();
-        self.all_rows(&self.st.member_cursors, (id,), |(u, d, r): (Uuid, Option<i64>, Option<i64>)| {
+        self.all_rows(&self.st.member_cursors, (id,), |(u, d, r): (UserId, Option<i64>, Option<i64>)| {
             out.push((u, MemberCursor { delivered: d.map(uint).unwrap_or(0), read: r.map(uint).unwrap_or(0) }));
             Ok(())
         })
@@ -1481,7 +1495,7 @@ impl Store for ScyllaStore {
 
     async fn push_tokens_of(&self, user_id: UserId) -> Result<Vec<(DeviceId, PushToken)>, StoreError> {
         let mut out = Vec::new();
-        self.all_rows(&self.st.push_tokens, (user_id,), |(d, p, t): (Uuid, Option<String>, Option<String>)| {
+        self.all_rows(&self.st.push_tokens, (user_id,), |(d, p, t): (DeviceId, Option<String>, Option<String>)| {
             out.push((d, PushToken { platform: p.unwrap_or_default(), token: t.unwrap_or_default() }));
             Ok(())
         })
@@ -1497,7 +1511,7 @@ impl Store for ScyllaStore {
 
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {
         let mut out = Vec::new();
-        self.all_rows(&self.st.device_cursors, (device_id,), |(c, d, r): (Uuid, Option<i64>, Option<i64>)| {
+        self.all_rows(&self.st.device_cursors, (device_id,), |(c, d, r): (ConversationId, Option<i64>, Option<i64>)| {
             let cursor = Cursor { delivered: d.map(uint).unwrap_or(0), read: r.map(uint).unwrap_or(0) };
             if cursor != Cursor::default() {
                 out.push((c, cursor));

@@ -68,15 +68,13 @@ impl LocalCluster {
     pub async fn start(binary: &Path, dir: &Path, n: usize, base_port: u16) -> Result<Self, LocalClusterError> {
         std::fs::create_dir_all(dir)?;
         let postgres = PrivatePostgres::start()?;
-        let store_url = postgres
-            .create_database("switchboard")
-            .await
-            .map_err(|e| LocalClusterError::Io(std::io::Error::other(e.to_string())))?;
+        let store_url = postgres.create_database("switchboard").await.map_err(|e| LocalClusterError::Io(std::io::Error::other(e.to_string())))?;
         let redis = PrivateRedis::start()?;
         let admin_token = hex::encode(rand::random::<[u8; 16]>());
         let port = |i: usize, k: u16| base_port + (i as u16) * 10 + k;
         let seeds: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", port(i, 3))).collect();
-        let mut cluster = Self { children: Vec::new(), nodes: Vec::new(), admin_token, store_url, redis_url: redis.url(), _redis: redis, _postgres: postgres };
+        let mut cluster =
+            Self { children: Vec::new(), nodes: Vec::new(), admin_token, store_url, redis_url: redis.url(), _redis: redis, _postgres: postgres };
         for i in 0..n {
             let name = format!("node{}", i + 1);
             let node_dir = dir.join(&name);

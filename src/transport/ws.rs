@@ -54,9 +54,7 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, deps: web::Data<Conne
         std::future::ready(out)
     });
     actix_web::rt::spawn(async move {
-        let inbound = Box::pin(inbound.take_while(|item| {
-            std::future::ready(!matches!(item, Err(FrameError::Io(_))))
-        }));
+        let inbound = Box::pin(inbound.take_while(|item| std::future::ready(!matches!(item, Err(FrameError::Io(_))))));
         connection::serve(inbound, WsSink(session), deps).await;
     });
     Ok(response)

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use switchboard::accounts::DeviceCredentials;
 use switchboard::client::{Connection, HttpApi, Transport};
+use switchboard::ids::ConversationId;
 use switchboard::protocol::{pb, server_frame};
-use uuid::Uuid;
 
 /// How long a test waits for an expected frame.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -275,7 +275,7 @@ pub struct Pair {
     pub alice: DeviceCredentials,
     pub bob: DeviceCredentials,
     pub a: Connection,
-    pub conversation: Uuid,
+    pub conversation: ConversationId,
 }
 
 /// Signs up Alice and Bob, connects Alice and opens their conversation.
@@ -290,7 +290,7 @@ pub async fn pair(server: &TestServer, kind: Kind) -> Pair {
 
 /// Sends `prefix-i` for every i in `seqs` without waiting, then waits for the ack of the
 /// last one (whose seq must be the range's end).
-pub async fn send_all(conn: &mut Connection, conversation: Uuid, seqs: std::ops::RangeInclusive<u64>, prefix: &str) {
+pub async fn send_all(conn: &mut Connection, conversation: ConversationId, seqs: std::ops::RangeInclusive<u64>, prefix: &str) {
     let last = *seqs.end();
     for i in seqs {
         conn.send_message(conversation, &format!("{prefix}-{i}"), format!("payload {i}").into_bytes()).await.expect("send");
