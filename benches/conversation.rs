@@ -4,14 +4,16 @@
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use switchboard::actors::conversation::{ConversationMsg, SendRequest};
+use switchboard::actors::messages::ConversationRequest;
+use switchboard::actors::outbox::Taken;
+use switchboard::cores::requests::SendRequest;
 use switchboard::ids::{DeviceId, UserId};
 use switchboard::loadgen::InProcessNode;
 use switchboard::store::{ContentKind, ConversationKind, ConversationRecord, direct_conversation_id, now_ms};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (node, conversation, user, device, mut outbox) = rt.block_on(async {
+    let (node, conversation, user, device, outbox) = rt.block_on(async {
         let node = InProcessNode::start().await.unwrap();
         let (user, peer, device) = (UserId::random(), UserId::random(), DeviceId::random());
         let id = direct_conversation_id(user, peer);
@@ -20,9 +22,10 @@ fn bench(c: &mut Criterion) {
         let record =
             ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms(), group: None, retention_secs: 0 };
         node.node.ctx.store.create_conversation(record).await.unwrap();
-        let (_session, mut rx) = node.session(user, device, 4096).await.unwrap();
-        rx.recv().await.unwrap(); // CatchUpComplete
-        (node, id, user, device, rx)
+        let (_session, outbox) = node.session(user, device, 4096).await.unwrap();
+        let mut first = Vec::new();
+        assert_eq!(outbox.take(&mut first).await, Taken::Frames); // CatchUpComplete
+        (node, id, user, device, outbox)
     });
     let mut next = 0u64;
     let mut group = c.benchmark_group("conversation");
@@ -42,10 +45,11 @@ fn bench(c: &mut Criterion) {
                             kind: ContentKind::Normal,
                             reference_seq: 0,
                         };
-                        node.node.ctx.router.send_to_conversation(conversation, ConversationMsg::Send(Box::new(request))).await.unwrap();
+                        node.node.ctx.router.send_to_conversation(conversation, ConversationRequest::Sends(vec![request])).await.unwrap();
                     }
-                    for _ in 0..in_flight {
-                        outbox.recv().await.unwrap();
+                    let mut acks = Vec::new();
+                    while (acks.len() as u64) < in_flight {
+                        assert_eq!(outbox.take(&mut acks).await, Taken::Frames);
                     }
                 })
             })

@@ -4,6 +4,8 @@
 //! - [`ids`]: the opaque id types (user, device, conversation).
 //! - [`protocol`]: frames and their encoding; no I/O.
 //! - [`store`]: durable state behind one contract; knows nothing of sockets or actors.
+//! - [`cores`]: the pure decision cores of the message path (sequencer, delivery, group
+//!   rules); no I/O.
 //! - [`actors`]: the supervision tree: sessions, conversations, the store writer, the router.
 //! - [`transport`]: WebSocket and TCP connections, ending in the same session logic.
 //! - [`accounts`]: registration, tokens, devices.
@@ -18,6 +20,8 @@ pub mod actors;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod cores;
+pub mod history;
 pub mod http;
 pub mod ids;
 pub mod loadgen;

@@ -633,13 +633,13 @@ impl InProcessNode {
         user: UserId,
         device: DeviceId,
         queue: usize,
-    ) -> Result<(crate::actors::Mailbox<crate::actors::session::SessionMsg>, tokio::sync::mpsc::Receiver<bytes::Bytes>), LoadError> {
-        let (outbox, rx, _close) = crate::actors::session::Outbox::new(queue);
-        let args = crate::actors::session::SessionArgs { user, device, outbox, ctx: self.node.ctx.clone() };
+    ) -> Result<(crate::actors::Mailbox<crate::actors::messages::SessionMsg>, crate::actors::outbox::Outbox), LoadError> {
+        let outbox = crate::actors::outbox::Outbox::new(queue);
+        let args = crate::actors::session::SessionArgs { user, device, outbox: outbox.clone(), ctx: self.node.ctx.clone() };
         let mailbox = crate::actors::session_supervisor::start_session(&self.node.sessions.get_cell(), args)
             .await
             .map_err(|e| LoadError::Server(e.to_string()))?;
-        Ok((mailbox, rx))
+        Ok((mailbox, outbox))
     }
 }
 
@@ -699,10 +699,17 @@ pub async fn sessions(count: usize, progress: impl Fn(usize)) -> Result<Sessions
     let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Pong(pb::Pong { nonce: 1 })));
     let routed_started = Instant::now();
     for user in &users {
-        node.node.ctx.router.deliver_to_user(*user, None, || crate::actors::session::SessionMsg::Push(frame.clone()));
+        node.node.ctx.router.deliver_to_user(*user, None, || crate::actors::messages::SessionRequest::Push(frame.clone()));
     }
-    for (_, rx) in held.iter_mut() {
-        rx.recv().await.ok_or_else(|| LoadError::Server("session closed".into()))?;
+    let mut taken = Vec::new();
+    for (_, outbox) in held.iter_mut() {
+        // Catch-up's CatchUpComplete, then the routed frame.
+        while taken.len() < 2 {
+            if let crate::actors::outbox::Taken::Closing(_) = outbox.take(&mut taken).await {
+                return Err(LoadError::Server("session closed".into()));
+            }
+        }
+        taken.clear();
     }
     let routed_time = routed_started.elapsed();
     Ok(SessionsReport {

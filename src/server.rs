@@ -12,9 +12,9 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{Accounts, CodeSender, LogCodeSender, WebhookCodeSender};
+use crate::actors::messages::{ConversationControl, ConversationMsg, SessionControl, SessionMsg};
 use crate::actors::node::{self, Node};
 use crate::actors::push::{LogSink, PushSink, WebhookSink};
-use crate::actors::session::SessionMsg;
 use crate::cluster::{Cluster, LocalAddrs};
 use crate::config::{CodeSenderSpec, PushSinkSpec, ServerConfig};
 use crate::http::admin::{self, AdminState};
@@ -300,13 +300,10 @@ impl RunningServer {
         self.sync_conversations().await;
         self.node.ctx.writer.barrier().await;
         self.sync_conversations().await;
-        for session in self.node.ctx.router.all_sessions() {
-            let _ = session.actor().cast(SessionMsg::Close {
-                code: ErrorCode::ServerShuttingDown,
-                reason: "server is shutting down".into(),
-                reconnect_after_ms: 1000,
-            });
-        }
+        // The acks are in the sessions' mailboxes: let the sessions put them in their
+        // outboxes, then close (a close takes effect at once; what is queued is written).
+        self.sync_sessions().await;
+        self.node.ctx.router.close_all_here(ErrorCode::ServerShuttingDown, "server is shutting down", || 1000);
         let deadline = Instant::now() + self.grace;
         while self.node.ctx.router.session_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -319,7 +316,7 @@ impl RunningServer {
 
     async fn sync_sessions(&self) {
         for session in self.node.ctx.router.all_sessions() {
-            if let Err(e) = ractor::call_t!(session.actor(), SessionMsg::Sync, 2000) {
+            if let Err(e) = ractor::call_t!(session.actor(), |reply| SessionMsg::Control(SessionControl::Sync(reply)), 2000) {
                 tracing::debug!(error = %e, "session did not sync before shutdown");
             }
         }
@@ -327,7 +324,7 @@ impl RunningServer {
 
     async fn sync_conversations(&self) {
         for conversation in self.node.ctx.router.all_conversations() {
-            if let Err(e) = ractor::call_t!(conversation.actor(), crate::actors::conversation::ConversationMsg::Sync, 2000) {
+            if let Err(e) = ractor::call_t!(conversation.actor(), |reply| ConversationMsg::Control(ConversationControl::Sync(reply)), 2000) {
                 tracing::debug!(error = %e, "conversation did not sync before shutdown");
             }
         }
@@ -368,16 +365,18 @@ impl DrainHandle {
             let waves = (spread.as_millis() / WAVE.as_millis()).max(1) as usize;
             let started = Instant::now();
             for wave in 0..waves {
-                let sessions = node.ctx.router.all_sessions();
+                let devices = node.ctx.router.local_devices();
                 // Close an equal share of what is left in each remaining wave.
-                let share = sessions.len().div_ceil(waves - wave);
-                for session in sessions.into_iter().take(share) {
+                let share = devices.len().div_ceil(waves - wave);
+                for (user, device) in devices.into_iter().take(share) {
                     let delay = rand::rng().random_range(0..=WAVE.as_millis() as u32 * 2);
-                    let _ = session.actor().cast(SessionMsg::Close {
-                        code: ErrorCode::NodeDraining,
-                        reason: "node draining; reconnect to another node".into(),
-                        reconnect_after_ms: delay.max(1),
-                    });
+                    node.ctx.router.close_device_after(
+                        user,
+                        device,
+                        ErrorCode::NodeDraining,
+                        "node draining; reconnect to another node",
+                        delay.max(1),
+                    );
                 }
                 tokio::time::sleep(WAVE).await;
             }
@@ -385,13 +384,7 @@ impl DrainHandle {
             // committing: give them a bounded time.
             let deadline = Instant::now() + Duration::from_secs(30);
             while (node.ctx.router.session_count() > 0 || node.ctx.router.conversation_count() > 0) && Instant::now() < deadline {
-                for session in node.ctx.router.all_sessions() {
-                    let _ = session.actor().cast(SessionMsg::Close {
-                        code: ErrorCode::NodeDraining,
-                        reason: "node draining; reconnect to another node".into(),
-                        reconnect_after_ms: 100,
-                    });
-                }
+                node.ctx.router.close_all_here(ErrorCode::NodeDraining, "node draining; reconnect to another node", || 100);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             tracing::info!(took_ms = started.elapsed().as_millis() as u64, "drain complete; exiting");

@@ -494,7 +494,7 @@ async fn two_sequencers_forced_to_coexist_never_share_a_seq() {
     assert_eq!(seqs.len(), 300, "two acknowledged messages share a seq");
     // Both sequencers really ran: the fence turned some appends away (and the devices
     // retried them), on one node or both.
-    let fenced = [&a, &b].iter().map(|n| n.log().matches("SeqConflict").count()).sum::<usize>();
+    let fenced = [&a, &b].iter().map(|n| n.log().matches("sequence conflict").count()).sum::<usize>();
     assert!(fenced > 0, "no append was fenced: the test did not run two sequencers");
 }
 

@@ -2,45 +2,39 @@
 //!
 //! It overrides ractor's default (stop the parent when a child stops): a passivated
 //! conversation just leaves the registry; a failed one (panic, store failure, sequence
-//! desync) is restarted from the store at once, unless it failed more than
+//! conflict) is restarted from the store at once, unless it failed more than
 //! `max_restarts` times within `restart_window`, in which case it stays passive until the
 //! next request reactivates it (so a poisoned conversation cannot spin the node).
+//!
+//! Activations run concurrently: each is spawned in a task of its own (its `pre_start`
+//! reads the store), and the supervisor only records the result. Requests for a
+//! conversation being activated wait for that one activation; an activation storm is not
+//! serialised through this actor.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SpawnErr, SupervisionEvent};
 
 use super::NodeContext;
-use super::conversation::{Conversation, ConversationArgs, ConversationMsg};
+use super::conversation::{ActivationError, Conversation, ConversationArgs};
 use super::mailbox::Mailbox;
-use crate::store::ConversationId;
-
-/// Why an activation failed.
-#[derive(Debug, Clone)]
-pub enum ActivateError {
-    /// No conversation has that id.
-    Unknown,
-    /// The actor could not start (store unreachable...).
-    Failed(String),
-}
-
-/// Messages of the conversation supervisor.
-pub enum ConversationSupervisorMsg {
-    /// Returns the live activation of a conversation, starting one if needed.
-    Activate(ConversationId, RpcReplyPort<Result<Mailbox<ConversationMsg>, ActivateError>>),
-}
+use super::messages::{ActivateError, ConversationMsg, ConversationSupervisorMsg};
+use crate::ids::ConversationId;
 
 /// The supervisor actor.
 pub struct ConversationSupervisor;
 
-/// Its state: live activations and recent failures.
+type Waiter = RpcReplyPort<Result<Mailbox<ConversationMsg>, ActivateError>>;
+
+/// Its state: live activations, activations under way, recent failures.
 pub struct ConversationSupervisorState {
     ctx: NodeContext,
     live: HashMap<ConversationId, Mailbox<ConversationMsg>>,
     by_actor: HashMap<ractor::ActorId, ConversationId>,
+    activating: HashMap<ConversationId, Vec<Waiter>>,
     failures: HashMap<ConversationId, Vec<Instant>>,
     restarts: Arc<AtomicU64>,
 }
@@ -55,15 +49,34 @@ impl Actor for ConversationSupervisor {
 
     async fn pre_start(&self, _myself: ActorRef<Self::Msg>, ctx: NodeContext) -> Result<Self::State, ActorProcessingErr> {
         let restarts = ctx.stats.restarts(NAME);
-        Ok(ConversationSupervisorState { ctx, live: HashMap::new(), by_actor: HashMap::new(), failures: HashMap::new(), restarts })
+        Ok(ConversationSupervisorState {
+            ctx,
+            live: HashMap::new(),
+            by_actor: HashMap::new(),
+            activating: HashMap::new(),
+            failures: HashMap::new(),
+            restarts,
+        })
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match msg {
             ConversationSupervisorMsg::Activate(id, reply) => {
-                let result = activate(&myself, state, id).await;
-                let _ = reply.send(result);
+                if let Some(mb) = state.live.get(&id)
+                    && !mb.gauge().is_closed()
+                {
+                    let _ = reply.send(Ok(mb.clone()));
+                    return Ok(());
+                }
+                match state.activating.get_mut(&id) {
+                    Some(waiters) => waiters.push(reply),
+                    None => {
+                        state.activating.insert(id, vec![reply]);
+                        start_activation(&myself, state, id);
+                    }
+                }
             }
+            ConversationSupervisorMsg::Activated(id, result) => activated(state, id, result),
         }
         Ok(())
     }
@@ -104,8 +117,9 @@ impl Actor for ConversationSupervisor {
                 }
                 state.restarts.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("switchboard_actor_restarts_total", "supervisor" => NAME).increment(1);
-                if let Err(e) = activate(&myself, state, id).await {
-                    tracing::warn!(conversation = %id, error = ?e, "restart failed; next request reactivates");
+                if let std::collections::hash_map::Entry::Vacant(slot) = state.activating.entry(id) {
+                    slot.insert(Vec::new());
+                    start_activation(&myself, state, id);
                 }
             }
             _ => {}
@@ -114,28 +128,53 @@ impl Actor for ConversationSupervisor {
     }
 }
 
-async fn activate(
-    myself: &ActorRef<ConversationSupervisorMsg>,
-    state: &mut ConversationSupervisorState,
-    id: ConversationId,
-) -> Result<Mailbox<ConversationMsg>, ActivateError> {
-    if let Some(mb) = state.live.get(&id) {
-        if !mb.gauge().is_closed() {
-            return Ok(mb.clone());
-        }
-    }
+/// Spawns an activation in a task of its own; its result comes back as `Activated`.
+fn start_activation(myself: &ActorRef<ConversationSupervisorMsg>, state: &ConversationSupervisorState, id: ConversationId) {
     let after_failure = state.failures.contains_key(&id);
     let args = ConversationArgs { id, ctx: state.ctx.clone(), after_failure };
-    let (actor, _) = Actor::spawn_linked(None, Conversation, args, myself.get_cell()).await.map_err(|e| {
-        let text = e.to_string();
-        if text.contains("unknown conversation") { ActivateError::Unknown } else { ActivateError::Failed(text) }
-    })?;
-    let gauge = state.ctx.stats.gauge(actor.get_id()).ok_or_else(|| ActivateError::Failed("conversation registered no mailbox".into()))?;
-    let mailbox = Mailbox::new(actor.clone(), gauge);
-    state.live.insert(id, mailbox.clone());
-    state.by_actor.insert(actor.get_id(), id);
-    state.ctx.router.cache_conversation(id, mailbox.clone());
-    Ok(mailbox)
+    let (me, parent) = (myself.clone(), myself.get_cell());
+    tokio::spawn(async move {
+        let result = Actor::spawn_linked(None, Conversation, args, parent).await.map(|(actor, _)| actor).map_err(classify);
+        // The supervisor is gone (shutdown): stop what we started.
+        if let Err(ractor::MessagingErr::SendErr(ConversationSupervisorMsg::Activated(_, Ok(actor)))) =
+            me.cast(ConversationSupervisorMsg::Activated(id, result))
+        {
+            actor.stop(Some("supervisor stopped".into()));
+        }
+    });
+}
+
+/// Tells an unknown conversation from a failed start by the error's type.
+fn classify(e: SpawnErr) -> ActivateError {
+    match &e {
+        SpawnErr::StartupFailed(inner) => match inner.downcast_ref::<ActivationError>() {
+            Some(ActivationError::Unknown(_)) => ActivateError::Unknown,
+            Some(ActivationError::Store(store)) => ActivateError::Failed(store.to_string()),
+            None => ActivateError::Failed(e.to_string()),
+        },
+        _ => ActivateError::Failed(e.to_string()),
+    }
+}
+
+fn activated(state: &mut ConversationSupervisorState, id: ConversationId, result: Result<ActorRef<ConversationMsg>, ActivateError>) {
+    let waiters = state.activating.remove(&id).unwrap_or_default();
+    let result = result.and_then(|actor| {
+        if matches!(actor.get_status(), ActorStatus::Stopping | ActorStatus::Stopped) {
+            return Err(ActivateError::Failed("conversation stopped while starting".into()));
+        }
+        let gauge = state.ctx.stats.gauge(actor.get_id()).ok_or_else(|| ActivateError::Failed("conversation registered no mailbox".into()))?;
+        let mailbox = Mailbox::new(actor.clone(), gauge);
+        state.live.insert(id, mailbox.clone());
+        state.by_actor.insert(actor.get_id(), id);
+        state.ctx.router.cache_conversation(id, mailbox.clone());
+        Ok(mailbox)
+    });
+    if let Err(e) = &result {
+        tracing::debug!(conversation = %id, error = %e, "activation did not start");
+    }
+    for waiter in waiters {
+        let _ = waiter.send(result.clone());
+    }
 }
 
 /// Forgets an activation only if it is still the registered one: a passivating actor may
@@ -145,6 +184,3 @@ fn remove_if_same(state: &mut ConversationSupervisorState, id: ConversationId, c
         state.live.remove(&id);
     }
 }
-
-// Local only: never sent to another node (the cluster feature asks every message type to say so).
-impl ractor::Message for ConversationSupervisorMsg {}

@@ -13,6 +13,32 @@ use std::sync::{Arc, Mutex};
 
 use ractor::{ActorId, ActorRef, Message};
 
+use crate::ids::{ConversationId, DeviceId, UserId};
+
+/// What an actor is, for the admin tree.
+#[derive(Debug, Clone)]
+pub enum Label {
+    /// A device session.
+    Session(UserId, DeviceId),
+    /// A 1:1 conversation.
+    Conversation(ConversationId),
+    /// A group, with its member count.
+    Group(ConversationId, usize),
+    /// An infrastructure actor.
+    Named(&'static str),
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Label::Session(user, device) => write!(f, "session user={user} device={device}"),
+            Label::Conversation(id) => write!(f, "conversation {id}"),
+            Label::Group(id, members) => write!(f, "group {id} members={members}"),
+            Label::Named(name) => f.write_str(name),
+        }
+    }
+}
+
 /// Why a message was not enqueued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MailboxError {
@@ -30,8 +56,9 @@ pub struct MailboxGauge {
     depth: AtomicUsize,
     closed: AtomicBool,
     limit: usize,
-    /// Human label for the admin tree (e.g. `session user=… device=…`).
-    label: Mutex<String>,
+    /// What the admin tree calls the actor (formatted only when asked: a string per
+    /// session would cost more than the rest of its gauge).
+    label: Mutex<Label>,
 }
 
 impl MailboxGauge {
@@ -42,17 +69,20 @@ impl MailboxGauge {
 
     /// The label shown in the admin tree.
     pub fn label(&self) -> String {
-        self.label.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.label.lock().unwrap_or_else(|p| p.into_inner()).to_string()
     }
 
     /// Changes the label (e.g. a group's member count).
-    pub fn set_label(&self, label: String) {
+    pub fn set_label(&self, label: Label) {
         *self.label.lock().unwrap_or_else(|p| p.into_inner()) = label;
     }
 
-    /// Called by the actor once per counted message it takes from its mailbox.
-    pub fn taken(&self) {
-        self.depth.fetch_sub(1, Ordering::SeqCst);
+    /// Called by the actor with every message it takes from its mailbox: requests (the
+    /// counted part) leave the count. The one place where the count goes down.
+    pub fn received<M: Addressed>(&self, message: &M) {
+        if message.is_request() {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Refuses further messages; returns true if nothing was in flight (the actor may stop
@@ -79,55 +109,74 @@ impl MailboxGauge {
     }
 }
 
+/// An actor message type whose requests go through a [`Mailbox`]: requests are counted
+/// and bounded, everything else (control, internal follow-ups) is not.
+pub trait Addressed: Message + Sized {
+    /// The counted part.
+    type Request: Send + 'static;
+    /// Wraps a request.
+    fn request(request: Self::Request) -> Self;
+    /// Unwraps a request (a refused one goes back to its sender).
+    fn into_request(self) -> Option<Self::Request>;
+    /// True for the counted part.
+    fn is_request(&self) -> bool;
+}
+
 /// A counted, bounded, closable handle to an actor.
-pub struct Mailbox<M: Message> {
+pub struct Mailbox<M: Addressed> {
     actor: ActorRef<M>,
     gauge: Arc<MailboxGauge>,
 }
 
-impl<M: Message> Clone for Mailbox<M> {
+impl<M: Addressed> Clone for Mailbox<M> {
     fn clone(&self) -> Self {
         Self { actor: self.actor.clone(), gauge: self.gauge.clone() }
     }
 }
 
-impl<M: Message> std::fmt::Debug for Mailbox<M> {
+impl<M: Addressed> std::fmt::Debug for Mailbox<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Mailbox({}, depth={})", self.gauge.label(), self.gauge.depth())
     }
 }
 
-impl<M: Message> Mailbox<M> {
-    /// Wraps an actor with a gauge created by [`MailboxGauge`] via [`ActorStats::register`].
+impl<M: Addressed> Mailbox<M> {
+    /// Wraps an actor with a gauge created by [`ActorStats::register`].
     pub fn new(actor: ActorRef<M>, gauge: Arc<MailboxGauge>) -> Self {
         Self { actor, gauge }
     }
 
-    /// Enqueues a message unless the mailbox is full or closed; on refusal the message
+    /// Enqueues a request unless the mailbox is full or closed; on refusal the request
     /// comes back so the caller can route it elsewhere (e.g. to a fresh activation).
-    pub fn send(&self, message: M) -> Result<(), (MailboxError, Option<M>)> {
+    pub fn send(&self, request: M::Request) -> Result<(), (MailboxError, Option<M::Request>)> {
         // Increment before checking `closed`: paired with `try_close_idle`, which sets
         // `closed` before reading the depth, one of the two always sees the other.
         let before = self.gauge.depth.fetch_add(1, Ordering::SeqCst);
         if self.gauge.closed.load(Ordering::SeqCst) {
             self.gauge.depth.fetch_sub(1, Ordering::SeqCst);
-            return Err((MailboxError::Closed, Some(message)));
+            return Err((MailboxError::Closed, Some(request)));
         }
         if before >= self.gauge.limit {
             self.gauge.depth.fetch_sub(1, Ordering::SeqCst);
-            return Err((MailboxError::Full, Some(message)));
+            return Err((MailboxError::Full, Some(request)));
         }
-        match self.actor.cast(message) {
+        match self.actor.cast(M::request(request)) {
             Ok(()) => Ok(()),
             Err(err) => {
                 self.gauge.depth.fetch_sub(1, Ordering::SeqCst);
                 match err {
-                    ractor::MessagingErr::SendErr(m) => Err((MailboxError::Closed, Some(m))),
+                    ractor::MessagingErr::SendErr(m) => Err((MailboxError::Closed, m.into_request())),
                     // The channel is gone with the message inside: the actor is stopped.
                     _ => Err((MailboxError::Closed, None)),
                 }
             }
         }
+    }
+
+    /// Sends a control message: never counted, never refused by the bound (it is one
+    /// message, and it stops, closes or syncs). False if the actor is gone.
+    pub fn control(&self, message: impl Into<M>) -> bool {
+        self.actor.cast(message.into()).is_ok()
     }
 
     /// The underlying actor.
@@ -151,7 +200,7 @@ pub struct ActorStats {
 
 impl ActorStats {
     /// Creates and registers the gauge of a new actor.
-    pub fn register(&self, id: ActorId, label: String, limit: usize) -> Arc<MailboxGauge> {
+    pub fn register(&self, id: ActorId, label: Label, limit: usize) -> Arc<MailboxGauge> {
         let gauge = Arc::new(MailboxGauge { depth: AtomicUsize::new(0), closed: AtomicBool::new(false), limit, label: Mutex::new(label) });
         self.lock_gauges().insert(id, gauge.clone());
         gauge

@@ -17,9 +17,10 @@
 
 pub mod conversation;
 pub mod conversation_supervisor;
-pub mod group;
 pub mod mailbox;
+pub mod messages;
 pub mod node;
+pub mod outbox;
 pub mod push;
 pub mod router;
 pub mod session;
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use crate::store::Store;
 
-pub use mailbox::{ActorStats, Mailbox, MailboxError};
+pub use mailbox::{ActorStats, Label, Mailbox, MailboxError};
 pub use router::Router;
 pub use store_writer::StoreWriterHandle;
 

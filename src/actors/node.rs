@@ -8,8 +8,9 @@ use std::sync::Arc;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 
-use super::conversation_supervisor::{ConversationSupervisor, ConversationSupervisorMsg};
+use super::conversation_supervisor::ConversationSupervisor;
 use super::mailbox::{ActorStats, Mailbox};
+use super::messages::ConversationSupervisorMsg;
 use super::push::{PushArgs, PushConfig, PushDispatcher, PushSink};
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorMsg};
 use super::store_writer::{StoreWriter, StoreWriterConfig, StoreWriterHandle};

@@ -15,7 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 
 use super::Router;
-use super::mailbox::{ActorStats, MailboxGauge};
+use super::mailbox::{ActorStats, Addressed, Label, MailboxGauge};
 use crate::store::{ConversationId, DeviceId, PushToken, Store, UserId};
 
 /// One notification for one device.
@@ -98,21 +98,54 @@ impl Default for PushConfig {
 
 /// Messages of the dispatcher.
 pub enum PushMsg {
-    /// A message was stored: notify the members' offline devices.
+    /// Counted by the dispatcher's mailbox.
+    Request(PushRequest),
+    /// The dispatcher's own follow-ups.
+    Internal(PushInternal),
+}
+
+/// What conversations and the API ask of the dispatcher.
+pub enum PushRequest {
+    /// Messages were stored: notify the members' offline devices.
     Stored {
         /// Conversation.
         conversation_id: ConversationId,
-        /// Sender (not notified).
+        /// Sender of the latest (not notified).
         sender: UserId,
-        /// Members when it was sequenced.
+        /// Members when they were sequenced.
         members: Arc<Vec<UserId>>,
+        /// How many messages.
+        count: u32,
     },
     /// A user's push tokens changed: forget the cached ones.
     TokensChanged(UserId),
-    /// Internal: send what is due.
+}
+
+/// The dispatcher's own follow-ups.
+pub enum PushInternal {
+    /// Send what is due.
     Flush,
-    /// Internal: a delivery finished.
+    /// A delivery finished.
     Delivered(Box<PushNotification>, u32, Result<(), String>),
+}
+
+impl Addressed for PushMsg {
+    type Request = PushRequest;
+
+    fn request(request: PushRequest) -> Self {
+        PushMsg::Request(request)
+    }
+
+    fn into_request(self) -> Option<PushRequest> {
+        match self {
+            PushMsg::Request(r) => Some(r),
+            PushMsg::Internal(_) => None,
+        }
+    }
+
+    fn is_request(&self) -> bool {
+        matches!(self, PushMsg::Request(_))
+    }
 }
 
 /// The dispatcher actor.
@@ -162,15 +195,15 @@ impl Actor for PushDispatcher {
     type Arguments = PushArgs;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: PushArgs) -> Result<Self::State, ActorProcessingErr> {
-        myself.send_interval(args.config.coalesce, || PushMsg::Flush);
-        let gauge = args.stats.register(myself.get_id(), "push-dispatcher".into(), PUSH_MAILBOX);
+        myself.send_interval(args.config.coalesce, || PushMsg::Internal(PushInternal::Flush));
+        let gauge = args.stats.register(myself.get_id(), Label::Named("push-dispatcher"), PUSH_MAILBOX);
         Ok(PushState { args, gauge, tokens: HashMap::new(), pending: HashMap::new(), retries: Vec::new() })
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.gauge.received(&msg);
         match msg {
-            PushMsg::Stored { conversation_id, sender, members } => {
-                state.gauge.taken();
+            PushMsg::Request(PushRequest::Stored { conversation_id, sender, members, count }) => {
                 for member in members.iter().filter(|m| **m != sender) {
                     let tokens = match tokens_of(state, *member).await {
                         Some(t) => t,
@@ -198,17 +231,16 @@ impl Actor for PushDispatcher {
                             attempt: 0,
                             at,
                         });
-                        due.notification.count += 1;
+                        due.notification.count += count;
                         due.notification.sender_user_id = sender;
                     }
                 }
             }
-            PushMsg::TokensChanged(user) => {
-                state.gauge.taken();
+            PushMsg::Request(PushRequest::TokensChanged(user)) => {
                 state.tokens.remove(&user);
             }
-            PushMsg::Flush => flush(&myself, state),
-            PushMsg::Delivered(notification, attempt, result) => match result {
+            PushMsg::Internal(PushInternal::Flush) => flush(&myself, state),
+            PushMsg::Internal(PushInternal::Delivered(notification, attempt, result)) => match result {
                 Ok(()) => metrics::counter!("switchboard_push_sent_total").increment(1),
                 Err(e) if attempt + 1 < state.args.config.max_attempts => {
                     let delay = state.args.config.backoff * 2u32.saturating_pow(attempt);
@@ -262,7 +294,7 @@ fn flush(myself: &ActorRef<PushMsg>, state: &mut PushState) {
         let me = myself.clone();
         tokio::spawn(async move {
             let result = sink.deliver(&d.notification).await;
-            let _ = me.cast(PushMsg::Delivered(Box::new(d.notification), d.attempt, result));
+            let _ = me.cast(PushMsg::Internal(PushInternal::Delivered(Box::new(d.notification), d.attempt, result)));
         });
     }
 }

@@ -10,19 +10,21 @@
 //! that other nodes exist, not how they are reached: no sockets, peers or wire formats.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use ractor::{ActorId, ActorRef};
 
-use super::conversation::ConversationMsg;
-use super::conversation_supervisor::{ActivateError, ConversationSupervisorMsg};
 use super::mailbox::{Mailbox, MailboxError};
-use super::session::SessionMsg;
-use crate::protocol::ErrorCode;
-use crate::store::{ConversationId, DeviceId, UserId};
+use super::messages::{
+    ActivateError, ConversationControl, ConversationMsg, ConversationRequest, ConversationSupervisorMsg, SessionControl, SessionMsg, SessionRequest,
+};
+use super::outbox::Outbox;
+use crate::ids::{ConversationId, DeviceId, UserId};
+use crate::protocol::{self, ErrorCode, RequestError};
 
 /// Why a conversation could not be reached.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     /// No conversation has that id.
     #[error("unknown conversation")]
@@ -43,11 +45,12 @@ pub trait RemoteRoutes: Send + Sync + 'static {
     fn owner(&self, id: ConversationId) -> Option<Arc<str>>;
     /// Queues a request for a conversation owned by `node`. Fails if `node` cannot be
     /// reached now (the device gets UNAVAILABLE and retries).
-    fn to_conversation(&self, node: &str, id: ConversationId, message: ConversationMsg) -> Result<(), RouteError>;
+    fn to_conversation(&self, node: &str, id: ConversationId, request: ConversationRequest) -> Result<(), RouteError>;
     /// Queues `make()` for the devices of `users` connected to other nodes, except device
     /// `except`: one envelope per node that has any of them, however many they are.
-    fn to_users(&self, users: &[UserId], except: Option<DeviceId>, make: &dyn Fn() -> SessionMsg);
-    /// Queues a message for one device if it is connected to another node.
+    fn to_users(&self, users: &[UserId], except: Option<DeviceId>, make: &dyn Fn() -> SessionRequest);
+    /// Queues a message (a request, or a close) for one device if it is connected to
+    /// another node.
     fn to_device(&self, user: UserId, device: DeviceId, message: SessionMsg);
     /// A device connected to (`online`) or left this node; `last_here` says the user has no
     /// other device on this node. Called with the router's directory lock held, so that
@@ -63,10 +66,34 @@ pub trait RemoteRoutes: Send + Sync + 'static {
     async fn presence(&self, users: &[UserId]) -> Option<Vec<(bool, Option<u64>)>>;
 }
 
-type SessionEntry = (DeviceId, Mailbox<SessionMsg>);
+impl From<RouteError> for RequestError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::UnknownConversation => RequestError::UnknownConversation,
+            RouteError::Overloaded => RequestError::Unavailable("conversation overloaded".into()),
+            RouteError::Unavailable(_) => RequestError::Unavailable("conversation unavailable".into()),
+        }
+    }
+}
+
+/// A connected device: its session's mailbox, and its connection's outbox (so that a
+/// close takes effect at once, ahead of the session's queued work).
+struct SessionEntry {
+    device: DeviceId,
+    mailbox: Mailbox<SessionMsg>,
+    outbox: Outbox,
+}
+
+/// How long after a session of a device ended its cursor writes may still be queued at
+/// the writer (a new session of the device waits for them only within this time).
+const RECENT_WRITES: Duration = Duration::from_secs(30);
+/// Bound of the recently ended devices remembered for that purpose.
+const RECENT_ENDS: usize = 100_000;
 
 struct Inner {
     sessions: RwLock<HashMap<UserId, Vec<SessionEntry>>>,
+    /// Devices whose session ended recently, and when.
+    ended: Mutex<HashMap<DeviceId, Instant>>,
     conversations: RwLock<HashMap<ConversationId, Mailbox<ConversationMsg>>>,
     supervisor: OnceLock<ActorRef<ConversationSupervisorMsg>>,
     remote: OnceLock<Arc<dyn RemoteRoutes>>,
@@ -90,6 +117,9 @@ pub struct Registration {
     pub replaced: Option<Mailbox<SessionMsg>>,
     /// True if no other device of the user was online (the user just came online).
     pub first_device: bool,
+    /// A session of this device ended moments ago (or is being replaced): its writes may
+    /// still be queued at the writer.
+    pub recent_writes: bool,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -101,12 +131,17 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Router {
     /// An empty router; [`Router::set_conversation_supervisor`] must follow before use.
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
                 sessions: RwLock::new(HashMap::new()),
+                ended: Mutex::new(HashMap::new()),
                 conversations: RwLock::new(HashMap::new()),
                 supervisor: OnceLock::new(),
                 remote: OnceLock::new(),
@@ -131,17 +166,20 @@ impl Router {
     // ---- directory -------------------------------------------------------------------
 
     /// Adds a device's session, replacing an older session of the same device.
-    pub fn register_session(&self, user: UserId, device: DeviceId, session: Mailbox<SessionMsg>) -> Registration {
+    pub fn register_session(&self, user: UserId, device: DeviceId, session: Mailbox<SessionMsg>, outbox: Outbox) -> Registration {
+        let ended_recently = lock(&self.inner.ended).remove(&device).is_some_and(|at| at.elapsed() < RECENT_WRITES);
         let mut sessions = write(&self.inner.sessions);
         let entries = sessions.entry(user).or_default();
-        let first_device = entries.iter().all(|(d, _)| *d == device);
-        let replaced = match entries.iter().position(|(d, _)| *d == device) {
-            Some(i) => Some(std::mem::replace(&mut entries[i].1, session)),
+        let first_device = entries.iter().all(|e| e.device == device);
+        let entry = SessionEntry { device, mailbox: session, outbox };
+        let replaced = match entries.iter().position(|e| e.device == device) {
+            Some(i) => Some(std::mem::replace(&mut entries[i], entry).mailbox),
             None => {
-                entries.push((device, session));
+                entries.push(entry);
                 None
             }
         };
+        let recent_writes = ended_recently || replaced.is_some();
         let mut first_device = first_device && replaced.is_none();
         if let Some(remote) = self.remote() {
             // Announced under the lock: see `RemoteRoutes::session_changed`.
@@ -152,15 +190,12 @@ impl Router {
             if replaced.is_none() && remote.device_elsewhere(user, device) {
                 // The device moved here (its node is draining or was lost, or the client
                 // simply reconnected through another node): its old connection must go.
-                remote.to_device(
-                    user,
-                    device,
-                    SessionMsg::Close { code: ErrorCode::Replaced, reason: "this device connected again".into(), reconnect_after_ms: 0 },
-                );
+                let close = SessionControl::Close { code: ErrorCode::Replaced, reason: "this device connected again".into(), reconnect_after_ms: 0 };
+                remote.to_device(user, device, SessionMsg::Control(close));
             }
             first_device = first_device && !remote.user_elsewhere(user);
         }
-        Registration { replaced, first_device }
+        Registration { replaced, first_device, recent_writes }
     }
 
     /// Removes a session if it is still the registered one for its device. Returns true if
@@ -169,7 +204,7 @@ impl Router {
         let mut sessions = write(&self.inner.sessions);
         let Some(entries) = sessions.get_mut(&user) else { return false };
         let before = entries.len();
-        entries.retain(|(d, mb)| !(*d == device && mb.actor().get_id() == session));
+        entries.retain(|e| !(e.device == device && e.mailbox.actor().get_id() == session));
         let removed = entries.len() != before;
         let last = entries.is_empty();
         if last {
@@ -180,6 +215,17 @@ impl Router {
             remote.session_changed(user, device, false, last);
         }
         drop(sessions);
+        if removed {
+            let mut ended = lock(&self.inner.ended);
+            if ended.len() >= RECENT_ENDS {
+                ended.retain(|_, at| at.elapsed() < RECENT_WRITES);
+                if ended.len() >= RECENT_ENDS {
+                    // Still full: forget them all; the cost is one needless barrier each.
+                    ended.clear();
+                }
+            }
+            ended.insert(device, Instant::now());
+        }
         let elsewhere = self.remote().is_some_and(|r| r.user_elsewhere(user));
         last && removed && !elsewhere
     }
@@ -218,7 +264,7 @@ impl Router {
     /// snapshot queued by `f` is ordered exactly among them.
     pub fn with_local_devices<T>(&self, f: impl FnOnce(Vec<(UserId, DeviceId)>) -> T) -> T {
         let sessions = read(&self.inner.sessions);
-        f(sessions.iter().flat_map(|(u, entries)| entries.iter().map(|(d, _)| (*u, *d))).collect())
+        f(sessions.iter().flat_map(|(u, entries)| entries.iter().map(|e| (*u, e.device))).collect())
     }
 
     /// Number of connected devices on this node.
@@ -229,13 +275,13 @@ impl Router {
     /// Delivers to every connected device of `user` except `except`, on this node and
     /// others. `make` builds one message per local device (and one per other node). A
     /// device whose mailbox is full is disconnected as slow.
-    pub fn deliver_to_user(&self, user: UserId, except: Option<DeviceId>, make: impl Fn() -> SessionMsg) {
+    pub fn deliver_to_user(&self, user: UserId, except: Option<DeviceId>, make: impl Fn() -> SessionRequest) {
         self.deliver_to_users(std::slice::from_ref(&user), except, make);
     }
 
     /// [`Router::deliver_to_user`] for many users at once (fan-out): each other node gets
     /// one envelope for all of its recipients.
-    pub fn deliver_to_users(&self, users: &[UserId], except: Option<DeviceId>, make: impl Fn() -> SessionMsg) {
+    pub fn deliver_to_users(&self, users: &[UserId], except: Option<DeviceId>, make: impl Fn() -> SessionRequest) {
         self.deliver_here(users, except, &make);
         if let Some(remote) = self.remote() {
             remote.to_users(users, except, &make);
@@ -243,12 +289,12 @@ impl Router {
     }
 
     /// Delivers to one device, wherever it is connected.
-    pub fn deliver_to_device(&self, user: UserId, device: DeviceId, message: SessionMsg) {
+    pub fn deliver_to_device(&self, user: UserId, device: DeviceId, request: SessionRequest) {
         match self.device_mailbox(user, device) {
-            Some(mailbox) => Self::deliver(&mailbox, message),
+            Some(mailbox) => Self::deliver(&mailbox, request),
             None => {
                 if let Some(remote) = self.remote() {
-                    remote.to_device(user, device, message);
+                    remote.to_device(user, device, SessionMsg::Request(request));
                 }
             }
         }
@@ -256,15 +302,15 @@ impl Router {
 
     /// Delivers to the devices of `users` connected to this node only (also what another
     /// node's envelope asks: it already chose this node).
-    pub fn deliver_here(&self, users: &[UserId], except: Option<DeviceId>, make: impl Fn() -> SessionMsg) {
+    pub fn deliver_here(&self, users: &[UserId], except: Option<DeviceId>, make: impl Fn() -> SessionRequest) {
         // Sent under the read lock: `deliver` never blocks, and collecting the targets
         // first cost an allocation per member per message in group fan-out profiles.
         let sessions = read(&self.inner.sessions);
         for user in users {
             let Some(entries) = sessions.get(user) else { continue };
-            for (device, mailbox) in entries {
-                if Some(*device) != except {
-                    Self::deliver(mailbox, make());
+            for e in entries {
+                if Some(e.device) != except {
+                    Self::deliver(&e.mailbox, make());
                 }
             }
         }
@@ -272,46 +318,76 @@ impl Router {
 
     /// Delivers to one device only if it is connected to this node.
     pub fn deliver_to_device_here(&self, user: UserId, device: DeviceId, message: SessionMsg) {
-        if let Some(mailbox) = self.device_mailbox(user, device) {
-            Self::deliver(&mailbox, message);
+        let Some((mailbox, outbox)) = self.device_entry(user, device) else { return };
+        match message {
+            SessionMsg::Request(request) => Self::deliver(&mailbox, request),
+            SessionMsg::Control(control) => Self::control(&mailbox, &outbox, control),
         }
     }
 
-    fn device_mailbox(&self, user: UserId, device: DeviceId) -> Option<Mailbox<SessionMsg>> {
-        read(&self.inner.sessions).get(&user).and_then(|entries| entries.iter().find(|(d, _)| *d == device).map(|(_, mb)| mb.clone()))
+    fn device_entry(&self, user: UserId, device: DeviceId) -> Option<(Mailbox<SessionMsg>, Outbox)> {
+        read(&self.inner.sessions)
+            .get(&user)
+            .and_then(|entries| entries.iter().find(|e| e.device == device).map(|e| (e.mailbox.clone(), e.outbox.clone())))
     }
 
-    /// Closes a device's live connection (revocation), wherever it is connected.
+    fn device_mailbox(&self, user: UserId, device: DeviceId) -> Option<Mailbox<SessionMsg>> {
+        self.device_entry(user, device).map(|(mailbox, _)| mailbox)
+    }
+
+    /// A control message for a session. A close takes effect on the connection at once
+    /// (its final frame is written after what is already queued, within the writer's
+    /// grace), ahead of whatever the session is busy with; the session stops when it
+    /// reaches the message, abandoning the work queued before it.
+    fn control(mailbox: &Mailbox<SessionMsg>, outbox: &Outbox, control: SessionControl) {
+        if let SessionControl::Close { code, reason, reconnect_after_ms } = &control {
+            outbox.close(protocol::encode_server(&protocol::closing_frame(*code, reason.clone(), *reconnect_after_ms)));
+            mailbox.gauge().close();
+        }
+        mailbox.control(control);
+    }
+
+    /// Closes a device's live connection (revocation, replacement, drain, shutdown),
+    /// wherever it is connected.
     pub fn close_device(&self, user: UserId, device: DeviceId, code: ErrorCode, reason: &str) {
-        let close = SessionMsg::Close { code, reason: reason.to_owned(), reconnect_after_ms: 0 };
-        match self.device_mailbox(user, device) {
-            Some(mailbox) => {
-                let _ = mailbox.actor().cast(close);
-            }
+        self.close_device_after(user, device, code, reason, 0);
+    }
+
+    /// [`Router::close_device`] with a suggested reconnect delay (ms).
+    pub fn close_device_after(&self, user: UserId, device: DeviceId, code: ErrorCode, reason: &str, reconnect_after_ms: u32) {
+        let close = SessionControl::Close { code, reason: reason.to_owned(), reconnect_after_ms };
+        match self.device_entry(user, device) {
+            Some((mailbox, outbox)) => Self::control(&mailbox, &outbox, close),
             None => {
                 if let Some(remote) = self.remote() {
-                    remote.to_device(user, device, close);
+                    remote.to_device(user, device, SessionMsg::Control(close));
                 }
+            }
+        }
+    }
+
+    /// Closes every device connected to this node (shutdown, drain), each at once.
+    pub fn close_all_here(&self, code: ErrorCode, reason: &str, reconnect_after_ms: impl Fn() -> u32) {
+        for (user, device) in self.local_devices() {
+            if let Some((mailbox, outbox)) = self.device_entry(user, device) {
+                let close = SessionControl::Close { code, reason: reason.to_owned(), reconnect_after_ms: reconnect_after_ms() };
+                Self::control(&mailbox, &outbox, close);
             }
         }
     }
 
     /// Every registered session, for shutdown.
     pub fn all_sessions(&self) -> Vec<Mailbox<SessionMsg>> {
-        read(&self.inner.sessions).values().flat_map(|e| e.iter().map(|(_, mb)| mb.clone())).collect()
+        read(&self.inner.sessions).values().flat_map(|e| e.iter().map(|e| e.mailbox.clone())).collect()
     }
 
-    fn deliver(mailbox: &Mailbox<SessionMsg>, message: SessionMsg) {
-        if let Err((MailboxError::Full, _)) = mailbox.send(message) {
+    fn deliver(mailbox: &Mailbox<SessionMsg>, request: SessionRequest) {
+        if let Err((MailboxError::Full, _)) = mailbox.send(request) {
             // The session cannot keep up: shed it rather than grow its mailbox. The Close
             // bypasses the bound (it is one message, and it ends the session).
             metrics::counter!("switchboard_slow_consumers_total").increment(1);
             mailbox.gauge().close();
-            let _ = mailbox.actor().cast(SessionMsg::Close {
-                code: ErrorCode::SlowConsumer,
-                reason: "session mailbox full".into(),
-                reconnect_after_ms: 1000,
-            });
+            mailbox.control(SessionControl::Close { code: ErrorCode::SlowConsumer, reason: "session mailbox full".into(), reconnect_after_ms: 1000 });
         }
     }
 
@@ -320,20 +396,20 @@ impl Router {
     /// Sends to a conversation's actor: forwarded to its owner if that is another node,
     /// otherwise activated here if needed. A message that meets a passivating (or handing
     /// off) activation is routed again.
-    pub async fn send_to_conversation(&self, id: ConversationId, message: ConversationMsg) -> Result<(), RouteError> {
-        self.route_conversation(id, message, true).await
+    pub async fn send_to_conversation(&self, id: ConversationId, request: ConversationRequest) -> Result<(), RouteError> {
+        self.route_conversation(id, request, true).await
     }
 
     /// Sends to a conversation's actor on this node, whoever its owner: for requests another
     /// node forwarded here. Forwarding again could bounce a request between two nodes whose
     /// views of the membership differ for a moment; running it here is safe because the
     /// store fences every append.
-    pub async fn send_to_local_conversation(&self, id: ConversationId, message: ConversationMsg) -> Result<(), RouteError> {
-        self.route_conversation(id, message, false).await
+    pub async fn send_to_local_conversation(&self, id: ConversationId, request: ConversationRequest) -> Result<(), RouteError> {
+        self.route_conversation(id, request, false).await
     }
 
-    async fn route_conversation(&self, id: ConversationId, message: ConversationMsg, may_forward: bool) -> Result<(), RouteError> {
-        let mut message = message;
+    async fn route_conversation(&self, id: ConversationId, request: ConversationRequest, may_forward: bool) -> Result<(), RouteError> {
+        let mut message = request;
         for _ in 0..3 {
             if may_forward
                 && let Some(remote) = self.remote()
@@ -405,7 +481,7 @@ impl Router {
             // Closed first, so that new requests are routed to the new owner; the Handoff
             // then queues behind the requests already accepted.
             mailbox.gauge().close();
-            let _ = mailbox.actor().cast(ConversationMsg::Handoff);
+            mailbox.control(ConversationControl::Handoff);
         }
         moved.len()
     }

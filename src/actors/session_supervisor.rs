@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::mailbox::{ActorStats, Mailbox};
-use super::session::{DeviceSession, SessionArgs, SessionMsg};
+use super::messages::SessionMsg;
+use super::session::{DeviceSession, SessionArgs};
 
 /// Name of this supervisor in the tree and the restart metrics.
 pub const NAME: &str = "session-supervisor";

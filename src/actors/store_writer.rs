@@ -1,11 +1,17 @@
 //! The store writer: the one actor that commits writes, in batches (group commit).
 //!
-//! Writers from every conversation and session send their ops here. While one batch is
-//! being committed (an fsync on the embedded store), new ops pile up; when the commit
-//! returns, everything that piled up goes out as the next batch. Under load one fsync
-//! carries hundreds of messages; when idle a lone write is committed at once. Every op's
-//! callback runs only after its batch is durable (or failed): nothing is acknowledged
-//! before then.
+//! Conversations, sessions and the node send it *units*: a few ops (a conversation's
+//! whole wake-up of sends, a session's cursor moves) with one callback. While one batch is
+//! being committed (an fsync on the embedded store), new units pile up; when the commit
+//! returns, everything that piled up goes out as the next batch, units whole. Under load
+//! one fsync carries hundreds of messages; when idle a lone write is committed at once.
+//! Every unit's callback runs only after its batch is durable (or failed): nothing is
+//! acknowledged before then.
+//!
+//! A backend that answers a batch with a number of outcomes other than its number of ops
+//! breaks the store contract: the outcomes cannot be matched to their units, so every
+//! unit of the batch fails (`WriteError::OutcomeMismatch`), loudly, instead of leaving
+//! some callers without an answer.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,14 +20,39 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::store::{Store, StoreError, WriteOp, WriteOutcome};
 
-/// Called with the outcome of one op, after its batch committed or failed.
-pub type WriteCallback = Box<dyn FnOnce(Result<WriteOutcome, StoreError>) + Send>;
+/// Why a unit was not committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The backend failed the batch: its ops may or may not be stored.
+    #[error("store: {0}")]
+    Store(String),
+    /// The backend answered a different number of outcomes than ops (a contract breach).
+    #[error("store answered {got} outcomes for {expected} ops")]
+    OutcomeMismatch {
+        /// Ops in the batch.
+        expected: usize,
+        /// Outcomes answered.
+        got: usize,
+    },
+    /// The writer stopped before the unit could be committed.
+    #[error("store writer stopped")]
+    Stopped,
+}
+
+impl From<WriteError> for StoreError {
+    fn from(e: WriteError) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// Called with the outcomes of one unit, in op order, after its batch committed or failed.
+pub type UnitCallback = Box<dyn FnOnce(Result<Vec<WriteOutcome>, WriteError>) + Send>;
 
 /// Messages of the store writer.
 pub enum StoreWriterMsg {
-    /// Commit this op in the next batch and then call back.
-    Write(WriteOp, WriteCallback),
-    /// Call back once every op sent before this one is committed (a barrier).
+    /// Commit these ops (one unit: never split across batches) and then call back.
+    Write(Vec<WriteOp>, UnitCallback),
+    /// Call back once every unit sent before this one is committed (a barrier).
     Barrier(Box<dyn FnOnce() + Send>),
     /// A batch finished (sent by the writer to itself).
     Committed(Box<CommittedBatch>),
@@ -30,7 +61,7 @@ pub enum StoreWriterMsg {
 /// The result of one batch, with the callbacks to run.
 pub struct CommittedBatch {
     result: Result<Vec<WriteOutcome>, StoreError>,
-    callbacks: Vec<WriteCallback>,
+    units: Vec<(usize, UnitCallback)>,
     barriers: Vec<Box<dyn FnOnce() + Send>>,
 }
 
@@ -40,16 +71,16 @@ pub struct StoreWriter;
 /// Limits of the writer.
 #[derive(Debug, Clone)]
 pub struct StoreWriterConfig {
-    /// Largest number of ops in one transaction.
+    /// Ops in one transaction, at most (a larger unit is committed alone).
     pub max_batch: usize,
 }
 
-/// State: ops waiting for the next batch, and whether a batch is in flight.
+/// State: units waiting for the next batch, and whether a batch is in flight.
 pub struct StoreWriterState {
     store: Arc<dyn Store>,
     config: StoreWriterConfig,
     pending_ops: Vec<WriteOp>,
-    pending_callbacks: Vec<WriteCallback>,
+    pending_units: Vec<(usize, UnitCallback)>,
     pending_barriers: Vec<Box<dyn FnOnce() + Send>>,
     in_flight: bool,
 }
@@ -60,17 +91,17 @@ impl Actor for StoreWriter {
     type Arguments = (Arc<dyn Store>, StoreWriterConfig);
 
     async fn pre_start(&self, _myself: ActorRef<Self::Msg>, (store, config): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        Ok(StoreWriterState { store, config, pending_ops: Vec::new(), pending_callbacks: Vec::new(), pending_barriers: Vec::new(), in_flight: false })
+        Ok(StoreWriterState { store, config, pending_ops: Vec::new(), pending_units: Vec::new(), pending_barriers: Vec::new(), in_flight: false })
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match msg {
-            StoreWriterMsg::Write(op, callback) => {
-                state.pending_ops.push(op);
-                state.pending_callbacks.push(callback);
+            StoreWriterMsg::Write(ops, callback) => {
+                state.pending_units.push((ops.len(), callback));
+                state.pending_ops.extend(ops);
             }
             StoreWriterMsg::Barrier(callback) => {
-                if state.in_flight || !state.pending_ops.is_empty() {
+                if state.in_flight || !state.pending_units.is_empty() {
                     state.pending_barriers.push(callback);
                 } else {
                     callback();
@@ -81,7 +112,7 @@ impl Actor for StoreWriter {
                 finish_batch(*batch);
             }
         }
-        if !state.in_flight && !state.pending_ops.is_empty() {
+        if !state.in_flight && !state.pending_units.is_empty() {
             start_batch(&myself, state);
         } else if !state.in_flight {
             for barrier in state.pending_barriers.drain(..) {
@@ -93,12 +124,21 @@ impl Actor for StoreWriter {
 }
 
 fn start_batch(myself: &ActorRef<StoreWriterMsg>, state: &mut StoreWriterState) {
-    let take = state.pending_ops.len().min(state.config.max_batch);
-    let ops: Vec<WriteOp> = state.pending_ops.drain(..take).collect();
-    let callbacks: Vec<WriteCallback> = state.pending_callbacks.drain(..take).collect();
+    // Whole units, up to max_batch ops (at least one unit).
+    let mut take_units = 0;
+    let mut take_ops = 0;
+    for (n, _) in &state.pending_units {
+        if take_units > 0 && take_ops + n > state.config.max_batch {
+            break;
+        }
+        take_units += 1;
+        take_ops += n;
+    }
+    let ops: Vec<WriteOp> = state.pending_ops.drain(..take_ops).collect();
+    let units: Vec<(usize, UnitCallback)> = state.pending_units.drain(..take_units).collect();
     // Barriers wait for everything sent before them; if the batch is cut by max_batch they
     // ride on a later batch, which is conservative and still correct.
-    let barriers = if state.pending_ops.is_empty() { std::mem::take(&mut state.pending_barriers) } else { Vec::new() };
+    let barriers = if state.pending_units.is_empty() { std::mem::take(&mut state.pending_barriers) } else { Vec::new() };
     state.in_flight = true;
     let store = state.store.clone();
     let me = myself.clone();
@@ -113,30 +153,41 @@ fn start_batch(myself: &ActorRef<StoreWriterMsg>, state: &mut StoreWriterState) 
             tracing::error!(error = %e, ops = n, "store batch failed");
             metrics::counter!("switchboard_store_errors_total", "backend" => backend).increment(1);
         }
-        let batch = CommittedBatch { result, callbacks, barriers };
-        if let Err(unsent) = me.cast(StoreWriterMsg::Committed(Box::new(batch))) {
-            // The writer is stopping: still answer every caller, so none waits forever.
-            if let ractor::MessagingErr::SendErr(StoreWriterMsg::Committed(batch)) = unsent {
-                finish_batch(*batch);
-            }
+        let batch = CommittedBatch { result, units, barriers };
+        // The writer is stopping: still answer every caller, so none waits forever.
+        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::Committed(batch))) = me.cast(StoreWriterMsg::Committed(Box::new(batch))) {
+            finish_batch(*batch);
         }
     });
 }
 
+/// Splits a batch's outcomes back into its units and answers each.
 fn finish_batch(batch: CommittedBatch) {
-    match batch.result {
+    let CommittedBatch { result, units, barriers } = batch;
+    let expected: usize = units.iter().map(|(n, _)| n).sum();
+    match result {
+        Ok(outcomes) if outcomes.len() == expected => {
+            let mut outcomes = outcomes.into_iter();
+            for (n, callback) in units {
+                callback(Ok(outcomes.by_ref().take(n).collect()));
+            }
+        }
         Ok(outcomes) => {
-            for (callback, outcome) in batch.callbacks.into_iter().zip(outcomes) {
-                callback(Ok(outcome));
+            let error = WriteError::OutcomeMismatch { expected, got: outcomes.len() };
+            tracing::error!(error = %error, "store broke its contract; failing every op of the batch");
+            metrics::counter!("switchboard_store_errors_total", "backend" => "contract").increment(1);
+            for (_, callback) in units {
+                callback(Err(error.clone()));
             }
         }
         Err(e) => {
-            for callback in batch.callbacks {
-                callback(Err(StoreError::Backend(e.to_string())));
+            let error = WriteError::Store(e.to_string());
+            for (_, callback) in units {
+                callback(Err(error.clone()));
             }
         }
     }
-    for barrier in batch.barriers {
+    for barrier in barriers {
         barrier();
     }
 }
@@ -153,23 +204,38 @@ impl StoreWriterHandle {
         Self { actor }
     }
 
-    /// Queues an op; `callback` runs once it is durable or failed.
-    pub fn write(&self, op: WriteOp, callback: WriteCallback) {
-        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::Write(_, callback))) = self.actor.cast(StoreWriterMsg::Write(op, callback)) {
-            callback(Err(StoreError::Backend("store writer stopped".into())));
+    /// Queues a unit of ops; `callback` runs once they are durable or failed, with one
+    /// outcome per op in order.
+    pub fn write(&self, ops: Vec<WriteOp>, callback: UnitCallback) {
+        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::Write(_, callback))) = self.actor.cast(StoreWriterMsg::Write(ops, callback)) {
+            callback(Err(WriteError::Stopped));
         }
     }
 
-    /// Queues an op and waits for its outcome.
-    pub async fn write_and_wait(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+    /// Queues ops whose outcome nobody waits for (cursor moves, last seen): a failure is
+    /// logged and counted.
+    pub fn write_detached(&self, ops: Vec<WriteOp>, what: &'static str) {
+        self.write(
+            ops,
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, what, "detached write failed");
+                }
+            }),
+        );
+    }
+
+    /// Queues one op and waits for its outcome.
+    pub async fn write_and_wait(&self, op: WriteOp) -> Result<WriteOutcome, WriteError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.write(
-            op,
+            vec![op],
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
         );
-        rx.await.map_err(|_| StoreError::Backend("store writer dropped the write".into()))?
+        let mut outcomes = rx.await.map_err(|_| WriteError::Stopped)??;
+        outcomes.pop().ok_or(WriteError::OutcomeMismatch { expected: 1, got: 0 })
     }
 
     /// Waits until everything queued before now is committed.
@@ -191,3 +257,41 @@ impl StoreWriterHandle {
 
 // Local only: never sent to another node (the cluster feature asks every message type to say so).
 impl ractor::Message for StoreWriterMsg {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    type Results = Arc<Mutex<Vec<Result<Vec<WriteOutcome>, WriteError>>>>;
+
+    fn unit(results: Results) -> UnitCallback {
+        Box::new(move |r| results.lock().expect("lock").push(r))
+    }
+
+    #[test]
+    fn outcomes_go_back_to_their_units_in_order() {
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let batch = CommittedBatch {
+            result: Ok(vec![WriteOutcome::Appended, WriteOutcome::SeqConflict, WriteOutcome::Recorded]),
+            units: vec![(2, unit(results.clone())), (1, unit(results.clone()))],
+            barriers: Vec::new(),
+        };
+        finish_batch(batch);
+        let got = results.lock().expect("lock").clone();
+        assert_eq!(got, vec![Ok(vec![WriteOutcome::Appended, WriteOutcome::SeqConflict]), Ok(vec![WriteOutcome::Recorded])]);
+    }
+
+    #[test]
+    fn a_batch_answered_with_too_few_outcomes_fails_every_unit() {
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let batch = CommittedBatch {
+            result: Ok(vec![WriteOutcome::Appended]),
+            units: vec![(1, unit(results.clone())), (1, unit(results.clone()))],
+            barriers: Vec::new(),
+        };
+        finish_batch(batch);
+        let got = results.lock().expect("lock").clone();
+        assert_eq!(got, vec![Err(WriteError::OutcomeMismatch { expected: 2, got: 1 }); 2]);
+    }
+}

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::tls;
 use super::wire::{self, pb};
 use super::{Cluster, ClusterError};
-use crate::actors::session::SessionMsg;
-use crate::protocol::{self, ErrorCode, parse_id};
+use crate::actors::messages::{ConversationRequest, SessionMsg, SessionRequest};
+use crate::protocol::{self, parse_id};
 
 /// The process group of router actors.
 pub const GROUP: &str = "switchboard.routers";
@@ -339,13 +339,27 @@ fn dispatch(cluster: &Arc<Cluster>, from: &Arc<str>, kind: pb::envelope::Kind) -
         Kind::ToUsers(to) => {
             let users = to.user_ids.iter().map(|u| parse_id("user_ids", u)).collect::<Result<Vec<_>, _>>()?;
             let except = if to.except_device_id.is_empty() { None } else { Some(parse_id("except_device_id", &to.except_device_id)?) };
-            let message = wire::from_session_payload(to.payload.ok_or(wire::WireError::Missing("payload"))?)?;
-            cluster.router.deliver_here(&users, except, || wire::duplicate(&message).unwrap_or(SessionMsg::ConnectionClosed));
+            match wire::from_session_payload(to.payload.ok_or(wire::WireError::Missing("payload"))?)? {
+                SessionMsg::Request(request) => {
+                    cluster.router.deliver_here(&users, except, || wire::duplicate(&request).unwrap_or(SessionRequest::Frames(Vec::new())))
+                }
+                SessionMsg::Control(_) => return Err(wire::WireError::Missing("a request for many users")),
+            }
         }
         Kind::ToDevice(to) => {
             let user = parse_id("user_id", &to.user_id)?;
             let device = parse_id("device_id", &to.device_id)?;
-            let message = wire::from_session_payload(to.payload.ok_or(wire::WireError::Missing("payload"))?)?;
+            let message = match wire::from_session_payload(to.payload.ok_or(wire::WireError::Missing("payload"))?)? {
+                // The older single-ack form names no device: it is this one.
+                SessionMsg::Request(SessionRequest::Conversation(batch)) if batch.frames.iter().any(|f| f.device == crate::ids::DeviceId::nil()) => {
+                    let mut batch = batch.as_ref().clone();
+                    for f in batch.frames.iter_mut().filter(|f| f.device == crate::ids::DeviceId::nil()) {
+                        (f.user, f.device) = (user, device);
+                    }
+                    SessionMsg::Request(SessionRequest::Conversation(Arc::new(batch)))
+                }
+                other => other,
+            };
             cluster.router.deliver_to_device_here(user, device, message);
         }
         Kind::Directory(update) => {
@@ -372,7 +386,7 @@ fn dispatch(cluster: &Arc<Cluster>, from: &Arc<str>, kind: pb::envelope::Kind) -
 /// make this node declare healthy peers dead. So each conversation gets a FIFO of
 /// forwarded requests, drained by one task at a time: order per conversation is kept
 /// (as it arrived on the wire) and the router actor never waits.
-fn hand_to_conversation(cluster: &Arc<Cluster>, id: crate::store::ConversationId, message: crate::actors::conversation::ConversationMsg) {
+fn hand_to_conversation(cluster: &Arc<Cluster>, id: crate::ids::ConversationId, message: ConversationRequest) {
     {
         let mut waiting = super::lock(&cluster.forwarded);
         if let Some(queue) = waiting.get_mut(&id) {
@@ -381,7 +395,7 @@ fn hand_to_conversation(cluster: &Arc<Cluster>, id: crate::store::ConversationId
                 // retries, instead of this node's memory growing.
                 drop(waiting);
                 metrics::counter!("switchboard_cluster_dropped_total").increment(1);
-                refuse(cluster, wire::requester(&message), crate::actors::router::RouteError::Overloaded);
+                refuse(cluster, wire::requesters(&message), crate::actors::router::RouteError::Overloaded);
                 return;
             }
             queue.push_back(message);
@@ -402,9 +416,9 @@ fn hand_to_conversation(cluster: &Arc<Cluster>, id: crate::store::ConversationId
                     }
                 }
             };
-            let requester = wire::requester(&next);
+            let requesters = wire::requesters(&next);
             if let Err(e) = cluster.router.send_to_local_conversation(id, next).await {
-                refuse(&cluster, requester, e);
+                refuse(&cluster, requesters, e);
             }
         }
     });
@@ -415,15 +429,12 @@ const MAX_FORWARDED_WAITING: usize = 8192;
 
 /// Answers a forwarded request that could not be handed over, as the device's own node
 /// would have: the device retries. (Receipts have no requester: nobody waits for them.)
-fn refuse(cluster: &Cluster, requester: Option<(crate::store::UserId, crate::store::DeviceId, String)>, error: crate::actors::router::RouteError) {
-    let Some((user, device, request_ref)) = requester else { return };
-    let (code, text) = match error {
-        crate::actors::router::RouteError::UnknownConversation => (ErrorCode::UnknownConversation, "no conversation has this id"),
-        crate::actors::router::RouteError::Overloaded => (ErrorCode::Unavailable, "conversation overloaded; retry"),
-        crate::actors::router::RouteError::Unavailable(_) => (ErrorCode::Unavailable, "conversation unavailable; retry"),
-    };
-    let frame = protocol::encode_server(&protocol::error_frame(code, text, request_ref, false));
-    cluster.router.deliver_to_device(user, device, SessionMsg::Push(frame));
+fn refuse(cluster: &Cluster, requesters: Vec<(crate::ids::UserId, crate::ids::DeviceId, String)>, error: crate::actors::router::RouteError) {
+    let error = crate::protocol::RequestError::from(error);
+    for (user, device, request_ref) in requesters {
+        let frame = protocol::encode_server(&error.frame(request_ref));
+        cluster.router.deliver_to_device(user, device, SessionRequest::Push(frame));
+    }
 }
 
 /// Connects to every known peer address without a connection, each on its own backoff.

@@ -38,12 +38,11 @@ use std::time::Instant;
 use ractor::ActorRef;
 
 use crate::actors::Router;
-use crate::actors::conversation::ConversationMsg;
+use crate::actors::messages::{ConversationRequest, SessionMsg, SessionRequest};
 use crate::actors::router::{RemoteRoutes, RouteError};
-use crate::actors::session::SessionMsg;
 use crate::config::ClusterConfig;
+use crate::ids::{ConversationId, DeviceId, UserId};
 use crate::protocol::id_bytes;
-use crate::store::{ConversationId, DeviceId, UserId};
 use directory::RemoteDirectory;
 use link::LinkMsg;
 use membership::{Change, Membership, PeerStatus};
@@ -126,7 +125,7 @@ pub struct Cluster {
     tls: Option<Arc<tls::ClusterTls>>,
     /// Requests forwarded here, per conversation, waiting for its activation (see
     /// `link::hand_to_conversation`).
-    forwarded: Mutex<HashMap<ConversationId, std::collections::VecDeque<ConversationMsg>>>,
+    forwarded: Mutex<HashMap<ConversationId, std::collections::VecDeque<ConversationRequest>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -492,24 +491,24 @@ impl RemoteRoutes for Cluster {
         }
     }
 
-    fn to_conversation(&self, node: &str, id: ConversationId, message: ConversationMsg) -> Result<(), RouteError> {
-        let Some(wire) = wire::to_conversation(id, &message) else {
-            return Err(RouteError::Unavailable("request cannot cross nodes".into()));
-        };
-        if self.queue(node, pb::envelope::Kind::ToConversation(wire)) {
-            metrics::counter!("switchboard_cluster_forwarded_total").increment(1);
-            Ok(())
-        } else {
-            Err(RouteError::Unavailable(format!("owner node {node} unreachable")))
+    fn to_conversation(&self, node: &str, id: ConversationId, request: ConversationRequest) -> Result<(), RouteError> {
+        let envelopes = wire::to_conversation(id, &request);
+        let n = envelopes.len() as u64;
+        for envelope in envelopes {
+            if !self.queue(node, pb::envelope::Kind::ToConversation(envelope)) {
+                return Err(RouteError::Unavailable(format!("owner node {node} unreachable")));
+            }
         }
+        metrics::counter!("switchboard_cluster_forwarded_total").increment(n);
+        Ok(())
     }
 
-    fn to_users(&self, users: &[UserId], except: Option<DeviceId>, make: &dyn Fn() -> SessionMsg) {
+    fn to_users(&self, users: &[UserId], except: Option<DeviceId>, make: &dyn Fn() -> SessionRequest) {
         let targets = self.directory.nodes_for(users, except);
         if targets.is_empty() {
             return;
         }
-        let Some(payload) = wire::session_payload(&make()) else { return };
+        let Some(payload) = wire::session_payload(&SessionMsg::Request(make())) else { return };
         for (node, users) in targets {
             let envelope = pb::ToUsers {
                 user_ids: users.into_iter().map(id_bytes).collect(),

@@ -9,7 +9,7 @@ use ractor::ActorCell;
 use serde::Serialize;
 
 use super::bearer;
-use crate::actors::conversation::ConversationMsg;
+use crate::actors::messages::ConversationControl;
 use crate::actors::node::Node;
 use crate::actors::{ActorStats, conversation_supervisor, session_supervisor};
 
@@ -163,7 +163,7 @@ async fn crash_conversation(req: HttpRequest, state: web::Data<AdminState>, path
     };
     match state.node.ctx.router.active_conversation(id) {
         Some(mailbox) => {
-            let _ = mailbox.actor().cast(ConversationMsg::Crash);
+            mailbox.control(ConversationControl::Crash);
             HttpResponse::Accepted().json(serde_json::json!({ "crashed": mailbox.actor().get_id().to_string() }))
         }
         None => HttpResponse::NotFound().json(serde_json::json!({ "error": "not_active" })),

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use super::bearer;
 use crate::accounts::{AccountError, Accounts, AuthError};
 use crate::actors::node::Node;
-use crate::actors::push::PushMsg;
-use crate::actors::session::history_page;
+use crate::actors::push::PushRequest;
+use crate::history::history_page;
 use crate::protocol::ErrorCode;
 use crate::store::{ConversationId, DeviceId, DeviceRecord, PushToken, Store};
 use crate::transport::{ConnectionDeps, ws};
@@ -217,7 +217,7 @@ async fn revoke_device(req: HttpRequest, state: web::Data<ApiState>, path: web::
     state.accounts.revoke_device(&me, device).await?;
     // A revoked device gets no more pushes.
     state.store.set_push_token(me.user_id, device, None).await.map_err(|_| ApiError::Unavailable)?;
-    let _ = state.node.ctx.push.send(PushMsg::TokensChanged(me.user_id));
+    let _ = state.node.ctx.push.send(PushRequest::TokensChanged(me.user_id));
     state.node.ctx.router.close_device(me.user_id, device, ErrorCode::DeviceRevoked, "this device was revoked");
     Ok(HttpResponse::NoContent().finish())
 }
@@ -235,14 +235,14 @@ async fn set_push_token(req: HttpRequest, state: web::Data<ApiState>, body: web:
     }
     let token = PushToken { platform: body.platform.clone(), token: body.token.clone() };
     state.store.set_push_token(me.user_id, me.device_id, Some(token)).await.map_err(|_| ApiError::Unavailable)?;
-    let _ = state.node.ctx.push.send(PushMsg::TokensChanged(me.user_id));
+    let _ = state.node.ctx.push.send(PushRequest::TokensChanged(me.user_id));
     Ok(HttpResponse::NoContent().finish())
 }
 
 async fn delete_push_token(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     state.store.set_push_token(me.user_id, me.device_id, None).await.map_err(|_| ApiError::Unavailable)?;
-    let _ = state.node.ctx.push.send(PushMsg::TokensChanged(me.user_id));
+    let _ = state.node.ctx.push.send(PushRequest::TokensChanged(me.user_id));
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -1,21 +1,26 @@
 //! One device connection, whatever the transport: the handshake, the reader loop with
 //! its limits (idle timeout, frame rate, malformed frames), and the writer task that
 //! drains the session's bounded outbox into the socket.
+//!
+//! Both directions are batched: the reader hands the session everything one socket read
+//! brought, as one mailbox message; the writer takes everything queued in the outbox and
+//! writes it with one flush.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{Accounts, AuthError};
-use crate::actors::mailbox::MailboxError;
+use crate::actors::mailbox::{Mailbox, MailboxError};
+use crate::actors::messages::{SessionControl, SessionMsg, SessionRequest};
 use crate::actors::node::Node;
-use crate::actors::session::{CloseSignal, Outbox, SessionArgs, SessionMsg};
+use crate::actors::outbox::{Outbox, Taken};
+use crate::actors::session::SessionArgs;
 use crate::actors::session_supervisor::start_session;
-use crate::protocol::{self, ErrorCode, FrameError, PROTOCOL_VERSION, client_frame, id_bytes, pb, server_frame};
+use crate::protocol::{self, ErrorCode, FrameError, PROTOCOL_VERSION, RequestError, client_frame, id_bytes, pb, server_frame};
 use crate::store::now_ms;
 
 /// Limits of a connection.
@@ -117,6 +122,9 @@ fn fail(outbox: &Outbox, code: ErrorCode, message: &str, reconnect_after_ms: u32
 /// How long a closing connection may spend writing its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Most frames handed to the session in one message.
+const MAX_READ_BATCH: usize = 256;
+
 /// Runs one connection to its end. `inbound` yields whole frames (or framing errors).
 pub async fn serve<S, W>(mut inbound: S, sink: W, deps: ConnectionDeps)
 where
@@ -124,22 +132,21 @@ where
     W: FrameSink,
 {
     let config = deps.config.clone();
-    let (outbox, rx, close) = Outbox::new(config.outbound_queue);
-    let writer = tokio::spawn(write_loop(sink, rx, close.clone()));
+    let outbox = Outbox::new(config.outbound_queue);
+    let writer = tokio::spawn(write_loop(sink, outbox.clone()));
     metrics::gauge!("switchboard_connections").increment(1.0);
 
     if let Some(session) = handshake(&mut inbound, &outbox, &deps).await {
-        read_loop(&mut inbound, &outbox, &close, &session, &config, &deps.shutdown).await;
+        read_loop(&mut inbound, &outbox, &session, &config, &deps.shutdown).await;
         // Ordered after every frame the reader forwarded: the session handles them all
         // (acks included) before it stops.
-        let _ = session.actor().cast(SessionMsg::ConnectionClosed);
+        session.control(SessionControl::ConnectionClosed);
     }
-    drop(outbox);
     let _ = writer.await;
     metrics::gauge!("switchboard_connections").decrement(1.0);
 }
 
-async fn handshake<S>(inbound: &mut S, outbox: &Outbox, deps: &ConnectionDeps) -> Option<crate::actors::Mailbox<SessionMsg>>
+async fn handshake<S>(inbound: &mut S, outbox: &Outbox, deps: &ConnectionDeps) -> Option<Mailbox<SessionMsg>>
 where
     S: Stream<Item = Result<Bytes, FrameError>> + Unpin,
 {
@@ -208,7 +215,7 @@ where
     match start_session(&deps.node.sessions.get_cell(), args).await {
         Ok(mailbox) => {
             tracing::debug!(user = %device.user_id, device = %device.device_id, client = %hello.client_name, "device connected");
-            metrics::counter!("switchboard_logins_total").increment(1);
+            logins().increment(1);
             Some(mailbox)
         }
         Err(e) => {
@@ -219,128 +226,203 @@ where
     }
 }
 
-async fn read_loop<S>(
-    inbound: &mut S,
-    outbox: &Outbox,
-    close: &Arc<CloseSignal>,
-    session: &crate::actors::Mailbox<SessionMsg>,
-    config: &ConnectionConfig,
-    shutdown: &CancellationToken,
-) where
+/// What the reader does with one frame.
+enum Read {
+    /// Hand it to the session.
+    Frame(client_frame::Kind),
+    /// Answered or dropped here.
+    Handled,
+    /// The device said Bye: hand it on, read nothing more.
+    Bye(client_frame::Kind),
+    /// Close the connection (the reason was queued).
+    Close,
+}
+
+struct ReadLimits<'a> {
+    config: &'a ConnectionConfig,
+    rate: RateLimit,
+    dropped: u32,
+    bad: u32,
+}
+
+impl ReadLimits<'_> {
+    fn check(&mut self, outbox: &Outbox, item: Result<Bytes, FrameError>) -> Read {
+        let bytes = match item {
+            Err(FrameError::TooLarge { len, max }) => {
+                fail(outbox, ErrorCode::FrameTooLarge, &format!("frame of {len} bytes exceeds {max}"), 0);
+                return Read::Close;
+            }
+            Err(FrameError::Io(_)) => return Read::Close,
+            Err(e) => {
+                fail(outbox, ErrorCode::BadFrame, &e.to_string(), 0);
+                return Read::Close;
+            }
+            Ok(bytes) => bytes,
+        };
+        let kind = match protocol::decode_client(&bytes) {
+            Ok(kind) => kind,
+            Err(e) => {
+                self.bad += 1;
+                metrics::counter!("switchboard_frames_dropped_total", "reason" => "malformed").increment(1);
+                if self.bad > self.config.max_bad_frames {
+                    fail(outbox, ErrorCode::BadFrame, "too many malformed frames", 0);
+                    return Read::Close;
+                }
+                outbox.push_now(err(ErrorCode::BadFrame, &e.to_string(), "", false));
+                return Read::Handled;
+            }
+        };
+        if !self.rate.allow() {
+            self.dropped += 1;
+            metrics::counter!("switchboard_frames_dropped_total", "reason" => "rate").increment(1);
+            if self.dropped > self.config.max_dropped {
+                fail(outbox, ErrorCode::RateLimited, "too many frames", 5000);
+                return Read::Close;
+            }
+            outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: rate limit", &request_ref(&kind), false));
+            return Read::Handled;
+        }
+        match kind {
+            client_frame::Kind::Ping(ping) => {
+                // Answered here: liveness must not wait behind the session's work.
+                let pong = protocol::server(server_frame::Kind::Pong(pb::Pong { nonce: ping.nonce }));
+                outbox.push_now(protocol::encode_server(&pong));
+                Read::Handled
+            }
+            client_frame::Kind::Bye(_) => Read::Bye(kind),
+            kind => Read::Frame(kind),
+        }
+    }
+}
+
+/// The reference an error about this frame echoes (docs/protocol.md, "Errors").
+fn request_ref(kind: &client_frame::Kind) -> String {
+    use client_frame::Kind;
+    match kind {
+        Kind::Send(s) => s.client_msg_id.clone(),
+        Kind::OpenDirect(r) => r.request_id.to_string(),
+        Kind::History(r) => r.request_id.to_string(),
+        Kind::PresenceQuery(r) => r.request_id.to_string(),
+        Kind::CreateGroup(r) => r.request_id.to_string(),
+        Kind::GroupChange(r) => r.request_id.to_string(),
+        Kind::JoinGroup(r) => r.request_id.to_string(),
+        Kind::DeleteMessage(r) => r.request_id.to_string(),
+        Kind::MessageInfo(r) => r.request_id.to_string(),
+        Kind::GroupInfo(r) => r.request_id.to_string(),
+        Kind::SetRetention(r) => r.request_id.to_string(),
+        _ => String::new(),
+    }
+}
+
+async fn read_loop<S>(inbound: &mut S, outbox: &Outbox, session: &Mailbox<SessionMsg>, config: &ConnectionConfig, shutdown: &CancellationToken)
+where
     S: Stream<Item = Result<Bytes, FrameError>> + Unpin,
 {
     let idle = config.heartbeat * 3;
-    let mut rate = RateLimit::new(config.rate_per_sec, config.rate_burst);
-    let (mut dropped, mut bad) = (0u32, 0u32);
+    let mut limits = ReadLimits { config, rate: RateLimit::new(config.rate_per_sec, config.rate_burst), dropped: 0, bad: 0 };
     loop {
         let next = tokio::select! {
-            _ = close.closed() => return,
+            _ = outbox.closed() => return,
             _ = shutdown.cancelled() => {
                 // Shutting down: take no new requests, but keep the session (and so the
                 // acks of what it already sent) alive until the server closes it.
-                close.closed().await;
+                outbox.closed().await;
                 return;
             }
             next = tokio::time::timeout(idle, inbound.next()) => next,
         };
-        let bytes = match next {
+        let first = match next {
             Err(_) => {
                 fail(outbox, ErrorCode::IdleTimeout, "no frame for three heartbeat intervals", 1000);
                 return;
             }
             Ok(None) => return,
-            Ok(Some(Err(FrameError::TooLarge { len, max }))) => {
-                fail(outbox, ErrorCode::FrameTooLarge, &format!("frame of {len} bytes exceeds {max}"), 0);
-                return;
-            }
-            Ok(Some(Err(FrameError::Io(_)))) => return,
-            Ok(Some(Err(e))) => {
-                fail(outbox, ErrorCode::BadFrame, &e.to_string(), 0);
-                return;
-            }
-            Ok(Some(Ok(bytes))) => bytes,
+            Ok(Some(item)) => item,
         };
-        if !rate.allow() {
-            dropped += 1;
-            metrics::counter!("switchboard_frames_dropped_total", "reason" => "rate").increment(1);
-            if dropped > config.max_dropped {
-                fail(outbox, ErrorCode::RateLimited, "too many frames", 5000);
-                return;
-            }
-            outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: rate limit", "", false));
-            continue;
-        }
-        let kind = match protocol::decode_client(&bytes) {
-            Ok(kind) => kind,
-            Err(e) => {
-                bad += 1;
-                metrics::counter!("switchboard_frames_dropped_total", "reason" => "malformed").increment(1);
-                if bad > config.max_bad_frames {
-                    fail(outbox, ErrorCode::BadFrame, "too many malformed frames", 0);
-                    return;
+        // Everything this read brought, as one batch.
+        let mut frames = Vec::new();
+        let mut item = Some(first);
+        let mut end = false;
+        while let Some(it) = item.take() {
+            match limits.check(outbox, it) {
+                Read::Frame(kind) => frames.push(kind),
+                Read::Handled => {}
+                Read::Bye(kind) => {
+                    // Frames after Bye are ignored (docs/protocol.md).
+                    frames.push(kind);
+                    end = true;
+                    break;
                 }
-                outbox.push_now(err(ErrorCode::BadFrame, &e.to_string(), "", false));
-                continue;
+                Read::Close => {
+                    end = true;
+                    break;
+                }
             }
-        };
-        if let client_frame::Kind::Ping(ping) = &kind {
-            // Answered here: liveness must not wait behind the session's work.
-            let pong = protocol::server(server_frame::Kind::Pong(pb::Pong { nonce: ping.nonce }));
-            outbox.push_now(protocol::encode_server(&pong));
-            continue;
+            if frames.len() >= MAX_READ_BATCH {
+                break;
+            }
+            item = inbound.next().now_or_never().flatten();
         }
-        match session.send(SessionMsg::Frame(Box::new(kind))) {
-            Ok(()) => {}
-            Err((MailboxError::Full, _)) => {
-                outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: session busy", "", false));
+        if !frames.is_empty() {
+            let refs: Vec<String> = if session.gauge().depth() > 0 { frames.iter().map(request_ref).collect() } else { Vec::new() };
+            match session.send(SessionRequest::Frames(frames)) {
+                Ok(()) => {}
+                Err((MailboxError::Full, _)) => {
+                    for r in refs {
+                        outbox.push_now(protocol::encode_server(&RequestError::RateLimited("frame dropped: session busy".into()).frame(r)));
+                    }
+                }
+                Err((MailboxError::Closed, _)) => return,
             }
-            Err((MailboxError::Closed, _)) => return,
+        }
+        if end {
+            return;
         }
     }
 }
 
-async fn write_loop<W: FrameSink>(mut sink: W, mut rx: mpsc::Receiver<Bytes>, close: Arc<CloseSignal>) {
+async fn write_loop<W: FrameSink>(mut sink: W, outbox: Outbox) {
+    let mut frames = Vec::new();
     loop {
-        let frame = tokio::select! {
-            biased;
-            frame = rx.recv() => frame,
-            _ = close.closed() => None,
+        let taken = outbox.take(&mut frames).await;
+        let last = match &taken {
+            Taken::Frames => None,
+            Taken::Closing(last) => Some(last.clone()),
         };
-        let Some(frame) = frame else { break };
-        if sink.send(frame).await.is_err() {
-            close.close(Bytes::new());
+        let write = async {
+            for frame in frames.drain(..) {
+                sink.send(frame).await?;
+            }
+            if let Some(Some(last)) = &last
+                && !last.is_empty()
+            {
+                sink.send(last.clone()).await?;
+            }
+            sink.flush().await
+        };
+        // A device that stopped reading cannot hold a closing connection open: once the
+        // outbox is closed, the writes get CLOSE_GRACE.
+        let grace = async {
+            outbox.closed().await;
+            tokio::time::sleep(CLOSE_GRACE).await;
+        };
+        let ok = tokio::select! {
+            r = write => r.is_ok(),
+            _ = grace => false,
+        };
+        frames.clear();
+        if !ok {
+            outbox.writer_gone();
             break;
         }
-        // Batch whatever else is queued into one flush.
-        let mut failed = false;
-        while let Ok(more) = rx.try_recv() {
-            if sink.send(more).await.is_err() {
-                failed = true;
-                break;
-            }
-        }
-        if failed || sink.flush().await.is_err() {
-            close.close(Bytes::new());
+        if last.is_some() {
             break;
         }
     }
-    // Closing: what was queued before the close (e.g. the error that explains it) goes
-    // first, then the final frame, within a bounded time: a device that stopped reading
-    // (the slow consumer being closed) cannot hold the connection open.
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Ok(more) = rx.try_recv() {
-            if sink.send(more).await.is_err() {
-                return;
-            }
-        }
-        if let Some(last) = close.take_frame()
-            && !last.is_empty()
-        {
-            let _ = sink.send(last).await;
-        }
-        let _ = sink.flush().await;
-    })
-    .await;
-    close.close(Bytes::new());
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+}
+
+fn logins() -> &'static metrics::Counter {
+    static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    C.get_or_init(|| metrics::counter!("switchboard_logins_total"))
 }

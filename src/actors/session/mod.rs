@@ -1,0 +1,210 @@
+//! The device session: one actor per connected device, the channel half of a connection.
+//!
+//! The connection (in `transport`) does the socket I/O and the handshake; once the device
+//! is authenticated it spawns this actor and hands it the frames it reads, a batch per
+//! socket read. The session is a shell around the device's [`DeliveryCore`]: it answers
+//! requests ([`requests`]), hands sends to their conversations (one message per
+//! conversation per batch), writes cursor moves (coalesced per conversation per batch),
+//! and puts what conversations commit into the connection's bounded [`Outbox`] in the
+//! order the delivery core decides ([`delivery`]). The outbox is `actors::outbox`.
+//!
+//! - [`delivery`]: catch-up, live batches, gap filling (the core decides, this does I/O).
+//! - [`requests`]: one function per request frame.
+//! - [`presence`]: telling 1:1 peers that the user came or went.
+
+pub mod delivery;
+pub mod presence;
+pub mod requests;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+pub use super::outbox::{Outbox, PushError};
+
+use super::NodeContext;
+use super::mailbox::{Label, Mailbox, MailboxGauge};
+use super::messages::{SessionControl, SessionMsg, SessionRequest};
+use crate::cores::delivery::{Backpressure, DeliveryCore, Pressure};
+use crate::ids::{DeviceId, UserId};
+use crate::protocol::{self, ErrorCode};
+use crate::store::{WriteOp, now_ms};
+
+/// The session actor.
+pub struct DeviceSession;
+
+/// Spawn arguments.
+pub struct SessionArgs {
+    /// The authenticated user.
+    pub user: UserId,
+    /// The authenticated device.
+    pub device: DeviceId,
+    /// Towards the device.
+    pub outbox: Outbox,
+    /// Node services.
+    pub ctx: NodeContext,
+}
+
+/// Session state.
+pub struct SessionState {
+    user: UserId,
+    device: DeviceId,
+    outbox: Outbox,
+    ctx: NodeContext,
+    gauge: Arc<MailboxGauge>,
+    core: DeliveryCore,
+    backpressure: Backpressure,
+    stopping: bool,
+}
+
+/// Why the session must end while doing its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The device did not read its frames in time.
+    Slow,
+    /// The connection is closing or gone.
+    Gone,
+}
+
+impl Actor for DeviceSession {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        let SessionArgs { user, device, outbox, ctx } = args;
+        let gauge = ctx.stats.register(myself.get_id(), Label::Session(user, device), ctx.limits.session_mailbox);
+        metrics::gauge!("switchboard_sessions").increment(1.0);
+        let backpressure = Backpressure::new(ctx.limits.slow_consumer_timeout.as_millis() as u64);
+        Ok(SessionState { user, device, outbox, ctx, gauge, core: DeliveryCore::new(user, device), backpressure, stopping: false })
+    }
+
+    async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        let mailbox = Mailbox::new(myself.clone(), state.gauge.clone());
+        let registration = state.ctx.router.register_session(state.user, state.device, mailbox, state.outbox.clone());
+        if let Some(old) = registration.replaced {
+            // The same device connected again: close the old connection, and let its
+            // session finish what it had queued (acks) before we read cursors.
+            old.control(SessionControl::Close { code: ErrorCode::Replaced, reason: "this device connected again".into(), reconnect_after_ms: 0 });
+            let _ = old.actor().get_cell().wait(Some(std::time::Duration::from_secs(5))).await;
+        }
+        if registration.recent_writes {
+            // Cursor writes of an earlier connection of this device may still be in the
+            // writer's queue: wait for them, or catch-up would resend what was acked.
+            state.ctx.writer.barrier().await;
+        }
+        let started = Instant::now();
+        if let Err(stop) = Box::pin(delivery::catch_up(state)).await {
+            return stop_for(&myself, state, stop);
+        }
+        metrics::histogram!("switchboard_catch_up_seconds").record(started.elapsed().as_secs_f64());
+        if registration.first_device {
+            presence::broadcast(state, true, 0);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.gauge.close();
+        state.ctx.stats.deregister(myself.get_id());
+        metrics::gauge!("switchboard_sessions").decrement(1.0);
+        if state.ctx.router.unregister_session(state.user, state.device, myself.get_id()) {
+            let at = now_ms();
+            state.ctx.writer.write_detached(vec![WriteOp::LastSeen { user_id: state.user, at_ms: at }], "last seen");
+            presence::broadcast(state, false, at);
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.gauge.received(&msg);
+        if state.stopping {
+            return Ok(());
+        }
+        if state.outbox.is_closed() && !matches!(msg, SessionMsg::Control(SessionControl::Sync(_))) {
+            // Closed from outside (revoked, replaced, drained, slow): queued work is
+            // abandoned, the actor stops.
+            state.stopping = true;
+            myself.stop(Some("connection closed".into()));
+            return Ok(());
+        }
+        let result = match msg {
+            // Boxed: the handlers' state machines are large and would otherwise be part of
+            // every idle session's resident future (memory per session).
+            SessionMsg::Request(SessionRequest::Frames(frames)) => Box::pin(requests::handle_frames(&myself, state, frames)).await,
+            SessionMsg::Request(SessionRequest::Conversation(batch)) => Box::pin(delivery::live(state, &batch)).await,
+            SessionMsg::Request(SessionRequest::Push(frame)) => push(state, frame).await,
+            SessionMsg::Control(SessionControl::Close { code, reason, reconnect_after_ms }) => {
+                state.outbox.close(protocol::encode_server(&protocol::closing_frame(code, reason.clone(), reconnect_after_ms)));
+                state.stopping = true;
+                myself.stop(Some(reason));
+                Ok(())
+            }
+            SessionMsg::Control(SessionControl::ConnectionClosed) => {
+                state.stopping = true;
+                myself.stop(Some("connection closed".into()));
+                Ok(())
+            }
+            SessionMsg::Control(SessionControl::Sync(reply)) => {
+                let _ = reply.send(());
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(stop) => stop_for(&myself, state, stop),
+        }
+    }
+}
+
+fn stop_for(myself: &ActorRef<SessionMsg>, state: &mut SessionState, stop: Stop) -> Result<(), ActorProcessingErr> {
+    state.stopping = true;
+    match stop {
+        Stop::Slow => {
+            metrics::counter!("switchboard_slow_consumers_total").increment(1);
+            tracing::info!(user = %state.user, device = %state.device, "slow consumer disconnected");
+            state.outbox.close(protocol::encode_server(&protocol::closing_frame(
+                ErrorCode::SlowConsumer,
+                "device did not read its frames fast enough",
+                1000,
+            )));
+            myself.stop(Some("slow consumer".into()));
+        }
+        Stop::Gone => myself.stop(Some("connection gone".into())),
+    }
+    Ok(())
+}
+
+/// Queues a frame for the device. A full queue is given the slow-consumer grace to drain
+/// (the delivery core decides): bursts pass, a device that stopped reading does not.
+/// Meanwhile new work waits in this session's bounded mailbox, never anywhere else.
+pub async fn push(state: &mut SessionState, frame: Bytes) -> Result<(), Stop> {
+    loop {
+        match state.outbox.try_push(frame.clone()) {
+            Ok(()) => {
+                state.backpressure.drained();
+                frames_out().increment(1);
+                return Ok(());
+            }
+            Err(PushError::Closed) => return Err(Stop::Gone),
+            Err(PushError::Full) => match state.backpressure.full(now_ms()) {
+                Pressure::Disconnect => return Err(Stop::Slow),
+                Pressure::Wait(ms) => {
+                    tracing::debug!(user = %state.user, device = %state.device, "outbox full; waiting for the device to read");
+                    if !state.outbox.wait_room(std::time::Duration::from_millis(ms)).await && state.outbox.is_closed() {
+                        return Err(Stop::Gone);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The frames-out counter, resolved once: it is bumped for every frame to every device,
+/// and the `counter!` macro's registry lookup showed in the fan-out profile.
+fn frames_out() -> &'static metrics::Counter {
+    static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| metrics::counter!("switchboard_frames_out_total"))
+}

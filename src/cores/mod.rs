@@ -1,0 +1,20 @@
+//! Pure cores: the decisions of the message path as state machines that take events and
+//! return actions. Nothing here does I/O: no store handle, no router, no clock (times
+//! are passed in), no runtime, no sockets. The actors in `crate::actors` are the shells
+//! that feed these cores and carry their actions out; the cores are unit- and
+//! property-tested on their own (see each module's tests).
+//!
+//! - [`sequencer`]: one conversation's log: seqs, idempotency, pipelined batches, the
+//!   rules for edits, reactions, deletes and group changes, receipts.
+//! - [`delivery`]: one device's view: per-conversation watermarks, gap filling,
+//!   catch-up paging, cursor moves, the slow-consumer decision.
+//! - [`group`]: who may change what in a group, and the resulting record and event.
+//! - [`recent_ids`], [`receipts`]: the sequencer's dedup window and group receipt counts.
+//! - [`requests`]: what a device asks of a conversation (the sequencer's inputs).
+
+pub mod delivery;
+pub mod group;
+pub mod receipts;
+pub mod recent_ids;
+pub mod requests;
+pub mod sequencer;

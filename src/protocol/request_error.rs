@@ -1,0 +1,122 @@
+//! Why a device's request was refused, as a type: every refusal in the server (session,
+//! sequencer, router, store failures) is one of these, and [`RequestError::code`] is the
+//! one place where a refusal becomes a protocol `ErrorCode`. Nothing decides by matching
+//! error text.
+
+use super::{ErrorCode, ServerFrame, error_frame};
+
+/// A refused request. The `Display` text is what the device reads in `Error.message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// A field is missing or malformed, or the request makes no sense in this state.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The device is not (or no longer) a member of the conversation.
+    #[error("not a member of this conversation")]
+    NotAMember,
+    /// The request needs a group admin (or the message's sender).
+    #[error("{0}")]
+    NotAdmin(String),
+    /// Only admins may send in this group.
+    #[error("only admins may send in this group")]
+    SendRestricted,
+    /// The group is at its member limit.
+    #[error("the group is limited to {0} members")]
+    GroupFull(usize),
+    /// Unknown or revoked invite token.
+    #[error("invalid or revoked invite")]
+    InvalidInvite,
+    /// No conversation has this id.
+    #[error("no conversation has this id")]
+    UnknownConversation,
+    /// No user has this id.
+    #[error("no user {0}")]
+    UnknownUser(String),
+    /// The payload is larger than the limit, in bytes.
+    #[error("payload of {len} bytes exceeds {max}")]
+    PayloadTooLarge {
+        /// Size of the payload.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Nothing was stored or changed; the same request may be retried (same
+    /// `client_msg_id` for sends).
+    #[error("{0}; retry")]
+    Unavailable(String),
+    /// The device sends faster than its budget allows.
+    #[error("{0}")]
+    RateLimited(String),
+    /// Hello on an authenticated connection.
+    #[error("already authenticated")]
+    AlreadyAuthenticated,
+    /// The device's outbound queue is full: it does not read its frames.
+    #[error("outbox full")]
+    SlowConsumer,
+}
+
+impl RequestError {
+    /// The protocol code of this refusal (docs/protocol.md lists them).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RequestError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            RequestError::NotAMember => ErrorCode::NotAMember,
+            RequestError::NotAdmin(_) => ErrorCode::NotAdmin,
+            RequestError::SendRestricted => ErrorCode::SendRestricted,
+            RequestError::GroupFull(_) => ErrorCode::GroupFull,
+            RequestError::InvalidInvite => ErrorCode::InvalidInvite,
+            RequestError::UnknownConversation => ErrorCode::UnknownConversation,
+            RequestError::UnknownUser(_) => ErrorCode::UnknownUser,
+            RequestError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            RequestError::Unavailable(_) => ErrorCode::Unavailable,
+            RequestError::RateLimited(_) => ErrorCode::RateLimited,
+            RequestError::AlreadyAuthenticated => ErrorCode::AlreadyAuthenticated,
+            RequestError::SlowConsumer => ErrorCode::SlowConsumer,
+        }
+    }
+
+    /// Shorthand for [`RequestError::InvalidArgument`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        RequestError::InvalidArgument(message.into())
+    }
+
+    /// The `Error` frame telling the device, echoing `request_ref` (the `client_msg_id` of
+    /// a send, the `request_id` of other requests as decimal text, empty if none).
+    pub fn frame(&self, request_ref: impl Into<String>) -> ServerFrame {
+        error_frame(self.code(), self.to_string(), request_ref, false)
+    }
+}
+
+impl From<super::IdError> for RequestError {
+    fn from(e: super::IdError) -> Self {
+        RequestError::InvalidArgument(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_its_own_code_and_a_readable_text() {
+        let all = [
+            RequestError::invalid("x"),
+            RequestError::NotAMember,
+            RequestError::NotAdmin("only admins".into()),
+            RequestError::SendRestricted,
+            RequestError::GroupFull(1024),
+            RequestError::InvalidInvite,
+            RequestError::UnknownConversation,
+            RequestError::UnknownUser("u".into()),
+            RequestError::PayloadTooLarge { len: 2, max: 1 },
+            RequestError::Unavailable("store unavailable".into()),
+            RequestError::RateLimited("slow down".into()),
+            RequestError::AlreadyAuthenticated,
+            RequestError::SlowConsumer,
+        ];
+        let codes: std::collections::HashSet<i32> = all.iter().map(|e| e.code() as i32).collect();
+        assert_eq!(codes.len(), all.len());
+        assert!(all.iter().all(|e| !e.to_string().is_empty()));
+        assert_eq!(RequestError::Unavailable("message not stored".into()).to_string(), "message not stored; retry");
+    }
+}
