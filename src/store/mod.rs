@@ -13,6 +13,7 @@ pub mod postgres;
 pub mod scylla;
 pub mod spec;
 pub mod transfer;
+pub mod wal;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -251,7 +252,7 @@ pub struct MemberCursor {
 }
 
 /// One write in a group-committed batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
     /// Append a message to its conversation log, unless its dedup key exists or its seq is
     /// not exactly one more than the conversation's last seq.
