@@ -79,15 +79,34 @@ const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
 
+/// A write that goes through the log: the message path's batches, and conversation
+/// creations (an `OpenDirect` storm must not cost an fsync per conversation).
+#[derive(Debug, Serialize, serde::Deserialize)]
+enum Logged {
+    /// A store-writer batch (`Store::apply`).
+    Batch(Vec<WriteOp>),
+    /// `Store::create_conversation`.
+    CreateConversation(ConversationRecord),
+}
+
+/// What a logged write answers.
+enum LoggedOutcome {
+    Batch(Vec<WriteOutcome>),
+    Conversation(ConversationRecord),
+}
+
 /// Work for the writer thread.
 enum Job {
-    /// A batch of the message path: logged, then committed.
-    Apply(Vec<WriteOp>, Reply<Vec<WriteOutcome>>),
+    /// A logged write: group-committed with the logged writes queued behind it.
+    Logged(Logged, Reply<LoggedOutcome>),
     /// Any other write: its own durable transaction.
     Run(Box<dyn FnOnce(&Database) + Send>),
     /// Make everything durable in the database and empty the log.
     Checkpoint(Reply<()>),
 }
+
+/// Logged writes committed together, at most.
+const MAX_GROUP: usize = 256;
 
 /// The thread every write runs on; dropping the last handle checkpoints and joins it, so
 /// the database file is released when the store is.
@@ -112,31 +131,60 @@ impl Drop for WriterThread {
     }
 }
 
-/// The writer thread's loop: jobs in order; a checkpoint when the log is a second old,
+/// The writer thread's loop: jobs in arrival order, consecutive logged writes committed as
+/// one group (one log record, one fsync); a checkpoint when the log is a second old,
 /// large, or the store is closed.
 fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>) {
-    // Once a batch was logged but its transaction did not commit, the database and the
+    // Once a group was logged but its transaction did not commit, the database and the
     // log disagree until a restart replays the log: refuse everything until then.
     let mut poisoned: Option<String> = None;
     let mut logged_since: Option<Instant> = None;
+    let mut next: Option<Job> = None;
     loop {
-        let job = match logged_since {
-            Some(t) => jobs.recv_timeout(CHECKPOINT_INTERVAL.saturating_sub(t.elapsed())),
-            None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        let job = match next.take() {
+            Some(job) => Ok(job),
+            None => match logged_since {
+                Some(t) => jobs.recv_timeout(CHECKPOINT_INTERVAL.saturating_sub(t.elapsed())),
+                None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            },
         };
         match job {
-            Ok(Job::Apply(ops, reply)) => {
+            Ok(Job::Logged(first, reply)) => {
+                // Whatever logged writes are queued right behind it join the group.
+                let mut group = vec![(first, reply)];
+                while group.len() < MAX_GROUP {
+                    match jobs.try_recv() {
+                        Ok(Job::Logged(w, r)) => group.push((w, r)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let (writes, replies): (Vec<Logged>, Vec<Reply<LoggedOutcome>>) = group.into_iter().unzip();
                 let result = match &poisoned {
                     Some(why) => Err(StoreError::Backend(format!("store needs a restart: {why}"))),
-                    None => apply_logged(&db, &mut wal, &ops).map_err(|(e, poison)| {
+                    None => commit_logged(&db, &mut wal, &writes).map_err(|(e, poison)| {
                         if poison {
-                            tracing::error!(error = %e, "a logged batch did not commit; refusing writes until a restart replays the log");
+                            tracing::error!(error = %e, "a logged group did not commit; refusing writes until a restart replays the log");
                             poisoned = Some(e.to_string());
                         }
                         e
                     }),
                 };
-                let _ = reply.send(result);
+                match result {
+                    Ok(outcomes) => {
+                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                        }
+                    }
+                }
                 logged_since.get_or_insert_with(Instant::now);
                 if wal.len() >= CHECKPOINT_BYTES && poisoned.is_none() {
                     checkpoint_logged(&db, &mut wal, &mut logged_since);
@@ -190,17 +238,43 @@ fn checkpoint(db: &Database, wal: &mut super::wal::Wal) -> Result<(), StoreError
     Ok(())
 }
 
-/// Applies a batch, logs it, then commits. The error says whether the store must be
-/// poisoned (logged but not committed).
-fn apply_logged(db: &Database, wal: &mut super::wal::Wal, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, (StoreError, bool)> {
+/// Applies a group of logged writes in one transaction, logs them (one record, one
+/// fsync), then commits. The error says whether the store must be poisoned (logged but
+/// not committed).
+fn commit_logged(db: &Database, wal: &mut super::wal::Wal, writes: &[Logged]) -> Result<Vec<LoggedOutcome>, (StoreError, bool)> {
     let mut txn = db.begin_write().map_err(|e| (be(e), false))?;
     txn.set_durability(Durability::None).map_err(|e| (be(e), false))?;
-    let outcomes = apply_in(&txn, ops).map_err(|e| (e, false))?;
-    let payload = encode(&ops).map_err(|e| (e, false))?;
+    let outcomes = writes.iter().map(|w| apply_logged(&txn, w)).collect::<Result<Vec<_>, _>>().map_err(|e| (e, false))?;
+    let payload = encode(&writes).map_err(|e| (e, false))?;
     // On a failed append the transaction is dropped (aborted): nothing happened.
     wal.append(&payload).map_err(|e| (be(e), false))?;
     txn.commit().map_err(|e| (be(e), true))?;
     Ok(outcomes)
+}
+
+fn apply_logged(txn: &WriteTransaction, write: &Logged) -> Result<LoggedOutcome, StoreError> {
+    match write {
+        Logged::Batch(ops) => apply_in(txn, ops).map(LoggedOutcome::Batch),
+        Logged::CreateConversation(record) => create_in(txn, record).map(LoggedOutcome::Conversation),
+    }
+}
+
+/// Creates a conversation unless one with the same id exists; returns the stored one.
+fn create_in(txn: &WriteTransaction, conversation: &ConversationRecord) -> Result<ConversationRecord, StoreError> {
+    let mut conversations = txn.open_table(CONVERSATIONS).map_err(be)?;
+    let id = conversation.conversation_id.as_u128();
+    if let Some(found) = conversations.get(id).map_err(be)?.map(|g| decode::<ConversationRecord>("conversations", g.value())).transpose()? {
+        return Ok(found);
+    }
+    conversations.insert(id, encode(conversation)?.as_slice()).map_err(be)?;
+    let mut by_user = txn.open_table(USER_CONVERSATIONS).map_err(be)?;
+    for member in &conversation.members {
+        by_user.insert((member.as_u128(), id), ()).map_err(be)?;
+    }
+    if conversation.retention_secs > 0 {
+        txn.open_table(RETENTION).map_err(be)?.insert(id, conversation.retention_secs).map_err(be)?;
+    }
+    Ok(conversation.clone())
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -256,10 +330,12 @@ impl EmbeddedStore {
             tracing::info!(batches = records.len(), "replaying the write-ahead log");
         }
         for record in &records {
-            let ops: Vec<WriteOp> = decode("write-ahead log", record)?;
+            let writes: Vec<Logged> = decode("write-ahead log", record)?;
             let mut txn = db.begin_write().map_err(be)?;
             txn.set_durability(Durability::None).map_err(be)?;
-            apply_in(&txn, &ops)?;
+            for write in &writes {
+                apply_logged(&txn, write)?;
+            }
             txn.commit().map_err(be)?;
         }
         // Durable now: the log may be emptied.
@@ -290,6 +366,13 @@ impl EmbeddedStore {
     {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db)).await.map_err(be)?
+    }
+
+    /// A logged write on the writer thread, group-committed with its neighbours.
+    async fn logged(&self, write: Logged) -> Result<LoggedOutcome, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Job::Logged(write, tx))?;
+        rx.await.map_err(|_| be("store writer thread dropped the write"))?
     }
 
     /// A write (its own durable transaction) on the writer thread.
@@ -671,31 +754,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn create_conversation(&self, conversation: ConversationRecord) -> Result<ConversationRecord, StoreError> {
-        self.write(move |db| {
-            let txn = db.begin_write().map_err(be)?;
-            let stored = {
-                let mut conversations = txn.open_table(CONVERSATIONS).map_err(be)?;
-                let id = conversation.conversation_id.as_u128();
-                let existing = conversations.get(id).map_err(be)?.map(|g| decode::<ConversationRecord>("conversations", g.value())).transpose()?;
-                match existing {
-                    Some(found) => found,
-                    None => {
-                        conversations.insert(id, encode(&conversation)?.as_slice()).map_err(be)?;
-                        let mut by_user = txn.open_table(USER_CONVERSATIONS).map_err(be)?;
-                        for member in &conversation.members {
-                            by_user.insert((member.as_u128(), id), ()).map_err(be)?;
-                        }
-                        if conversation.retention_secs > 0 {
-                            txn.open_table(RETENTION).map_err(be)?.insert(id, conversation.retention_secs).map_err(be)?;
-                        }
-                        conversation
-                    }
-                }
-            };
-            txn.commit().map_err(be)?;
-            Ok(stored)
-        })
-        .await
+        match self.logged(Logged::CreateConversation(conversation)).await? {
+            LoggedOutcome::Conversation(stored) => Ok(stored),
+            LoggedOutcome::Batch(_) => Err(be("store writer answered a conversation with a batch")),
+        }
     }
 
     async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
@@ -729,9 +791,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Job::Apply(ops, tx))?;
-        rx.await.map_err(|_| be("store writer thread dropped the batch"))?
+        match self.logged(Logged::Batch(ops)).await? {
+            LoggedOutcome::Batch(outcomes) => Ok(outcomes),
+            LoggedOutcome::Conversation(_) => Err(be("store writer answered a batch with a conversation")),
+        }
     }
 
     async fn last_seq(&self, id: ConversationId) -> Result<u64, StoreError> {
@@ -1191,7 +1254,14 @@ mod tests {
         let store = EmbeddedStore::open(live.path()).expect("open");
         let (a, b) = (UserId::random(), UserId::random());
         let id = ConversationId::random();
-        let record = ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members: vec![a, b], created_ms: 1, group: None, retention_secs: 0 };
+        let record = ConversationRecord {
+            conversation_id: id,
+            kind: ConversationKind::Direct,
+            members: vec![a, b],
+            created_ms: 1,
+            group: None,
+            retention_secs: 0,
+        };
         store.create_conversation(record).await.expect("conversation");
         for batch in 0..5u64 {
             let ops = (1..=10).map(|i| WriteOp::Append(message(id, batch * 10 + i, a))).collect();
@@ -1215,6 +1285,7 @@ mod tests {
         for dir in [crashed.path(), twice.path()] {
             let recovered = EmbeddedStore::open(dir).expect("recover");
             assert_eq!(recovered.last_seq(id).await.expect("last seq"), 50);
+            assert_eq!(recovered.conversations_of(a).await.expect("list"), vec![id], "the logged creation was replayed too");
             let all = recovered.messages_after(id, 0, 100).await.expect("read");
             assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=50).collect::<Vec<_>>());
             assert_eq!(recovered.member_cursors(id).await.expect("cursors"), vec![(b, MemberCursor { delivered: 50, read: 40 })]);
