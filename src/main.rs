@@ -32,16 +32,7 @@ enum Command {
     },
     /// Benchmarks against a private server process started for the run; prints progress on
     /// stderr and one JSON result line on stdout.
-    Bench {
-        /// Drive the load over WebSocket instead of raw TCP.
-        #[arg(long, global = true)]
-        websocket: bool,
-        /// The store of the benchmarked server.
-        #[arg(long, global = true, value_enum, default_value_t = switchboard::loadgen::BenchStore::Embedded)]
-        store: switchboard::loadgen::BenchStore,
-        #[command(subcommand)]
-        scenario: BenchScenario,
-    },
+    Bench(switchboard::loadgen::cli::BenchArgs),
     /// Manage a store: apply its schema, or copy a single node's data to a shared store.
     Store {
         #[command(subcommand)]
@@ -149,91 +140,6 @@ enum AdminCommand {
         /// Wait until the node has left the cluster.
         #[arg(long)]
         wait: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchScenario {
-    /// The same 1:1 traffic on one node and on a two-node cluster (PostgreSQL, Redis), in
-    /// one run: every pair's ends on different nodes.
-    CrossNode {
-        /// Online users (even).
-        #[arg(long, default_value_t = 1_000)]
-        users: usize,
-        /// Aggregate messages per second.
-        #[arg(long, default_value_t = 1_000)]
-        rate: u64,
-        /// Seconds of sending.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// Payload size in bytes (the first 8 carry the send time).
-        #[arg(long, default_value_t = 100)]
-        payload: usize,
-    },
-    /// Connect and authenticate N devices; report server memory per idle device and login rate.
-    Idle {
-        /// Devices to connect (stay below ~19,000: one process may hold 20,000 files).
-        #[arg(long, default_value_t = 10_000)]
-        devices: usize,
-        /// Concurrent logins.
-        #[arg(long, default_value_t = 256)]
-        parallel: usize,
-    },
-    /// N online users send 1:1 messages at an open-loop aggregate rate.
-    Direct {
-        /// Online users.
-        #[arg(long, default_value_t = 2_000)]
-        users: usize,
-        /// Aggregate messages per second.
-        #[arg(long, default_value_t = 10_000)]
-        rate: u64,
-        /// Seconds of sending.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// Payload size in bytes (the first 8 carry the send time).
-        #[arg(long, default_value_t = 100)]
-        payload: usize,
-        /// Step the rate up from `--rate` (×1.25 per step) and report the highest rate with
-        /// every message delivered and p99 ≤ 100 ms.
-        #[arg(long)]
-        max: bool,
-    },
-    /// N devices drop and reconnect at once, each having missed K messages.
-    Reconnect {
-        /// Devices.
-        #[arg(long, default_value_t = 10_000)]
-        devices: usize,
-        /// Messages each device missed.
-        #[arg(long, default_value_t = 10)]
-        missed: u64,
-        /// Concurrent connection attempts.
-        #[arg(long, default_value_t = 1_000)]
-        parallel: usize,
-    },
-    /// In-process: hold N idle device session actors (no sockets); report memory per session,
-    /// spawn rate and routing throughput.
-    Sessions {
-        /// Session actors.
-        #[arg(long, default_value_t = 1_000_000)]
-        count: usize,
-    },
-    /// G groups of M members, all online, every member sending to its group.
-    Group {
-        /// Number of groups.
-        #[arg(long, default_value_t = 1)]
-        groups: usize,
-        /// Members per group.
-        #[arg(long, default_value_t = 1024)]
-        members: usize,
-        /// Aggregate messages sent per second (each is delivered to members − 1 devices).
-        #[arg(long, default_value_t = 100)]
-        rate: u64,
-        /// Seconds of sending.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// Payload size in bytes (the first 8 carry the send time).
-        #[arg(long, default_value_t = 100)]
-        payload: usize,
     },
 }
 
@@ -387,7 +293,13 @@ async fn main() -> Result<()> {
         Command::Cluster { command: ClusterCommand::Local { nodes, base_port, dir } } => local_cluster(nodes, base_port, &dir).await,
         Command::Client { command } => client(command).await,
         Command::Store { command } => store_command(command).await,
-        Command::Bench { scenario, websocket, store } => bench(scenario, websocket, store).await,
+        Command::Bench(args) => {
+            let line = switchboard::loadgen::cli::run(args).await?;
+            if !line.is_empty() {
+                println!("{line}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -478,113 +390,6 @@ impl switchboard::store::transfer::CopyProgress for CopyBar {
             bar.inc(n);
         }
     }
-}
-
-fn spinner(message: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(message.to_owned());
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-async fn bench(scenario: BenchScenario, websocket: bool, store: switchboard::loadgen::BenchStore) -> Result<()> {
-    use switchboard::loadgen::{self, ServerProcess};
-    if let BenchScenario::Sessions { count } = scenario {
-        let bar = spinner("spawning sessions");
-        let report = loadgen::sessions(count, |n| bar.set_message(format!("{n}/{count} sessions"))).await?;
-        bar.finish_and_clear();
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
-    }
-    let binary = std::env::current_exe()?;
-    // Raise per-device limits so the generator, not the rate limiter, sets the pace.
-    let extra: Vec<String> = ["--rate-per-sec", "100000", "--rate-burst", "100000"].iter().map(|s| s.to_string()).collect();
-    if let BenchScenario::CrossNode { users, rate, duration, payload } = scenario {
-        let bar = spinner("cross-node comparison");
-        let progress = {
-            let bar = bar.clone();
-            move |phase: &str| bar.set_message(phase.to_owned())
-        };
-        let report = loadgen::cross_node(&binary, &extra, users, rate, Duration::from_secs(duration), payload, progress).await?;
-        bar.finish_and_clear();
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
-    }
-    let mut server = ServerProcess::start_on(&binary, &extra, store)?;
-    server.use_websocket = websocket;
-    let users = match &scenario {
-        BenchScenario::Idle { devices, .. } => *devices,
-        BenchScenario::Direct { users, .. } => *users,
-        BenchScenario::Group { groups, members, .. } => groups * members,
-        BenchScenario::Sessions { .. } | BenchScenario::CrossNode { .. } => 0,
-        BenchScenario::Reconnect { devices, .. } => devices + 1,
-    };
-    let bar = spinner("provisioning users");
-    let credentials = loadgen::provision_bulk(&server, users, |n| bar.set_message(format!("provisioned {n}/{users} users"))).await?;
-    bar.finish_and_clear();
-    let line = match scenario {
-        BenchScenario::Idle { parallel, .. } => {
-            let bar = spinner("connecting devices");
-            let (report, conns) = loadgen::idle(&server, &credentials, parallel).await?;
-            bar.finish_and_clear();
-            drop(conns);
-            serde_json::to_string(&report)?
-        }
-        BenchScenario::Direct { rate, duration, payload, max: true, .. } => {
-            let bar = spinner("stepping the rate");
-            let mut steps = Vec::new();
-            let mut best = None;
-            let mut step_rate = rate;
-            loop {
-                bar.set_message(format!("rate {step_rate} msg/s"));
-                // Each step on a fresh server, so no step inherits another's backlog.
-                let mut step_server = ServerProcess::start_on(&binary, &extra, store)?;
-                step_server.use_websocket = websocket;
-                let step_users = loadgen::provision_bulk(&step_server, credentials.len(), |_| {}).await?;
-                let report = loadgen::direct(&step_server, &step_users, step_rate, Duration::from_secs(duration), payload, |_, _| {}).await?;
-                let passed = report.delivered >= report.expected_deliveries && report.latency_ms_p99 <= 100.0;
-                if passed {
-                    best = Some(step_rate);
-                }
-                steps.push(report);
-                if !passed || steps.len() >= 12 {
-                    break;
-                }
-                step_rate = step_rate * 5 / 4;
-            }
-            bar.finish_and_clear();
-            serde_json::to_string(&serde_json::json!({ "scenario": "direct-max", "max_rate_passing": best, "steps": steps }))?
-        }
-        BenchScenario::Direct { rate, duration, payload, .. } => {
-            let bar = spinner("sending");
-            let progress_bar = bar.clone();
-            let report = loadgen::direct(&server, &credentials, rate, Duration::from_secs(duration), payload, move |sent, delivered| {
-                progress_bar.set_message(format!("sent {sent}, delivered {delivered}"));
-            })
-            .await?;
-            bar.finish_and_clear();
-            serde_json::to_string(&report)?
-        }
-        BenchScenario::Group { groups, rate, duration, payload, .. } => {
-            let bar = spinner("sending");
-            let progress_bar = bar.clone();
-            let report = loadgen::group(&server, &credentials, groups, rate, Duration::from_secs(duration), payload, move |sent, delivered| {
-                progress_bar.set_message(format!("sent {sent}, delivered {delivered}"));
-            })
-            .await?;
-            bar.finish_and_clear();
-            serde_json::to_string(&report)?
-        }
-        BenchScenario::Sessions { .. } | BenchScenario::CrossNode { .. } => String::new(),
-        BenchScenario::Reconnect { missed, parallel, .. } => {
-            let bar = spinner("reconnect storm");
-            let report = loadgen::reconnect(&server, &credentials, missed, parallel).await?;
-            bar.finish_and_clear();
-            serde_json::to_string(&report)?
-        }
-    };
-    println!("{line}");
-    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

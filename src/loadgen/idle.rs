@@ -1,0 +1,65 @@
+//! `bench idle`: memory per connected idle device and the login rate.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::server::ServerProcess;
+use super::{LoadError, Measured};
+use crate::accounts::DeviceCredentials;
+use crate::client::{ClientError, Connection};
+use crate::protocol::server_frame;
+
+/// Result of the `idle` scenario.
+#[derive(Debug, Serialize)]
+pub struct IdleReport {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Connected, authenticated devices.
+    pub devices: usize,
+    /// Server RSS before connecting, bytes.
+    pub rss_before: u64,
+    /// Server RSS with every device connected, bytes.
+    pub rss_after: u64,
+    /// (after − before) / devices.
+    pub bytes_per_device: u64,
+    /// Connections + Hello + catch-up per second.
+    pub logins_per_sec: f64,
+}
+
+/// Connects `credentials` (TCP) and measures server memory per connected idle device.
+pub async fn idle(server: &ServerProcess, credentials: &[DeviceCredentials], parallel: usize) -> Result<(IdleReport, Vec<Connection>), LoadError> {
+    let rss_before = server.rss_bytes()?;
+    let transport = server.transport();
+    let started = Instant::now();
+    let conns: Vec<Result<Connection, ClientError>> = futures_util::stream::iter(credentials.iter().cloned())
+        .map(|c| {
+            let transport = transport.clone();
+            async move {
+                let (mut conn, _) = Connection::open(&transport, &c.token).await?;
+                conn.wait_for(Duration::from_secs(30), true, |k| matches!(k, server_frame::Kind::CatchUpComplete(_)).then_some(())).await?;
+                Ok(conn)
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let conns = conns.into_iter().collect::<Result<Vec<_>, _>>()?;
+    // Let allocator caches settle before reading RSS.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = server.rss_bytes()?;
+    let devices = conns.len();
+    Ok((
+        IdleReport {
+            scenario: "idle",
+            devices,
+            rss_before,
+            rss_after,
+            bytes_per_device: rss_after.saturating_sub(rss_before) / devices.max(1) as u64,
+            logins_per_sec: devices as f64 / elapsed.as_secs_f64(),
+        },
+        conns,
+    ))
+}
