@@ -31,6 +31,8 @@ struct TestCluster {
     ports: Vec<[u16; 4]>,
     store: String,
     redis: PrivateRedis,
+    /// Flags every node gets on top of the cluster's own.
+    extra: Vec<String>,
     _pg: PrivatePostgres,
 }
 
@@ -66,10 +68,16 @@ fn free_port() -> u16 {
 impl TestCluster {
     /// `n` nodes named n0, n1, …; each lists every other as a seed.
     async fn start(n: usize) -> Self {
+        Self::start_with(n, &[]).await
+    }
+
+    /// The same, every node also given `extra` flags.
+    async fn start_with(n: usize, extra: &[&str]) -> Self {
         let pg = PrivatePostgres::start().expect("private postgres");
         let store = pg.create_database("cluster").await.expect("database");
         let redis = PrivateRedis::start().expect("private redis");
-        let mut cluster = Self { nodes: Vec::new(), ports: (0..n).map(|_| node_ports()).collect(), store, redis, _pg: pg };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut cluster = Self { nodes: Vec::new(), ports: (0..n).map(|_| node_ports()).collect(), store, redis, extra, _pg: pg };
         // The first node migrates the schema; the others start alongside it.
         for i in 0..n {
             let node = cluster.launch(i);
@@ -106,6 +114,9 @@ impl TestCluster {
             "--drain-spread-secs".into(),
             "1".into(),
         ]
+        .into_iter()
+        .chain(self.extra.iter().cloned())
+        .collect()
     }
 
     fn launch(&self, i: usize) -> TestServer {
@@ -198,15 +209,31 @@ async fn online_at(transport: &Transport, creds: &DeviceCredentials) -> Connecti
 
 /// Asks the server whether `user` is online.
 async fn presence(conn: &mut Connection, user: UserId) -> bool {
+    presence_of(conn, user).await.online
+}
+
+/// Asks the server for `user`'s presence (online, last seen).
+async fn presence_of(conn: &mut Connection, user: UserId) -> pb::Presence {
     let request_id = rand::random::<u64>();
     let frame = pb::PresenceQuery { request_id, user_ids: vec![switchboard::protocol::id_bytes(user)] };
     conn.send(switchboard::protocol::client_frame::Kind::PresenceQuery(frame)).await.expect("query");
     conn.wait_for(WAIT, true, |k| match k {
-        server_frame::Kind::Presence(p) if p.request_id == request_id => Some(p.online),
+        server_frame::Kind::Presence(p) if p.request_id == request_id => Some(p.clone()),
         _ => None,
     })
     .await
     .expect("presence answer")
+}
+
+/// Waits for the presence change (not a query's answer) of `user` that says `online`.
+async fn presence_change(conn: &mut Connection, user: UserId, online: bool, wait: Duration) -> pb::Presence {
+    let id = switchboard::protocol::id_bytes(user);
+    conn.wait_for(wait, true, |k| match k {
+        server_frame::Kind::Presence(p) if p.request_id == 0 && p.user_id == id && p.online == online => Some(p.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("no presence change online={online}: {e}"))
 }
 
 fn is_conversation(id: &[u8], conversation: ConversationId) -> bool {
@@ -458,6 +485,77 @@ async fn a_node_killed_under_traffic_loses_no_acknowledged_message() {
             assert_eq!(seqs, (1..=targets[&conversation]).collect(), "a receiver misses messages");
         }
     }
+}
+
+/// Dead rule of the test clusters (`--cluster-dead-after-ms`).
+const DEAD_AFTER: Duration = Duration::from_millis(1500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_devices_go_offline_for_their_peers_and_are_pushed_for_what_they_did_not_acknowledge() {
+    let (url, mut pushes) = common::push_receiver(0).await;
+    let sink = format!("webhook:{url}");
+    let mut cluster = TestCluster::start_with(3, &["--push-sink", &sink, "--push-coalesce-ms", "200"]).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    let (alice, bob, carol) = (sign_up(&api).await, sign_up(&api).await, sign_up(&api).await);
+    api.set_push_token(&bob.token, "fcm", "bob-phone").await.expect("push token");
+    // Bob (on n2) has a 1:1 with Alice (on n0) and one with Carol (on n1).
+    let mut a = online_at(&t[0], &alice).await;
+    let mut c = online_at(&t[1], &carol).await;
+    let with_alice = a.open_direct(bob.user_id).await.expect("direct");
+    c.open_direct(bob.user_id).await.expect("direct");
+    let mut b = online_at(&t[2], &bob).await;
+    // Both peers hear that Bob came online (so their nodes know where his device is).
+    presence_change(&mut a, bob.user_id, true, WAIT).await;
+    presence_change(&mut c, bob.user_id, true, WAIT).await;
+    // Three messages reach Bob's device; it never acknowledges them.
+    for i in 1..=3 {
+        a.send_and_ack(with_alice, &format!("unacked-{i}"), b"hi".to_vec()).await.expect("ack");
+    }
+    for _ in 1..=3 {
+        b.next_message(WAIT).await.expect("delivered to bob's device");
+    }
+    // n2's last word as each survivor heard it before the kill: Bob was connected then.
+    let mut alive_at = Vec::new();
+    for i in [0, 1] {
+        let report = cluster.report(i).await.expect("report");
+        let heard = report.nodes.iter().find(|n| n.name == "n2").expect("n2 in the report").last_heard_at_ms;
+        assert!(heard > 0, "{report:?}");
+        alive_at.push(heard);
+    }
+
+    cluster.nodes[2].as_mut().expect("n2").kill9();
+    let killed_at = switchboard::store::now_ms();
+    let killed = Instant::now();
+    cluster.nodes[2] = None;
+
+    // Every surviving node tells its own peers of Bob, once the dead rule fired; last seen
+    // is n2's last word (no later than the kill, no earlier than what that survivor heard
+    // from n2 before it).
+    for (i, (peer, conn)) in [("alice on n0", &mut a), ("carol on n1", &mut c)].into_iter().enumerate() {
+        let p = presence_change(conn, bob.user_id, false, DEAD_AFTER + Duration::from_secs(8)).await;
+        assert!(
+            (alive_at[i]..=killed_at).contains(&p.last_seen_ms),
+            "{peer}: bob last seen at {} but alive at {} and killed at {killed_at}",
+            p.last_seen_ms,
+            alive_at[i]
+        );
+    }
+    eprintln!("peers told {:?} after the kill (dead rule {DEAD_AFTER:?})", killed.elapsed());
+    // Asked, the cluster says the same (the store has it).
+    let asked = presence_of(&mut a, bob.user_id).await;
+    assert!(!asked.online && (alive_at[0]..=killed_at).contains(&asked.last_seen_ms), "{asked:?}");
+
+    // Bob's device is pushed for the three messages it never acknowledged, by one node.
+    let push = tokio::time::timeout(WAIT, pushes.recv()).await.expect("a push for bob's device").expect("receiver running");
+    assert_eq!(push["token"], "bob-phone");
+    assert_eq!(push["conversation_id"], with_alice.to_string());
+    assert_eq!(push["sender_user_id"], alice.user_id.to_string());
+    assert_eq!(push["count"], 3);
+    // Pushes leave the two survivors within a coalescing window of each other: a second
+    // one would be here by now.
+    assert!(tokio::time::timeout(Duration::from_secs(1), pushes.recv()).await.is_err(), "bob's device was pushed twice");
+    cluster.wait_members(2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,7 @@ pub mod node;
 pub mod push;
 pub mod router;
 pub mod session;
+pub mod session_end;
 pub mod session_supervisor;
 pub mod store_writer;
 

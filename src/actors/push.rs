@@ -8,6 +8,7 @@
 //! message), and a failed delivery is retried with exponential backoff.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,10 @@ pub enum PushMsg {
         /// Members when it was sequenced.
         members: Arc<Vec<UserId>>,
     },
+    /// Notify one device (the end of its session left messages it never acknowledged; see
+    /// `session_end`). Coalesced with what is pending for the same device and
+    /// conversation, and skipped if the device is connected again when it is due.
+    Notify(Box<PushNotification>),
     /// A user's push tokens changed: forget the cached ones.
     TokensChanged(UserId),
     /// Internal: send what is due.
@@ -200,6 +205,22 @@ impl Actor for PushDispatcher {
                         });
                         due.notification.count += 1;
                         due.notification.sender_user_id = sender;
+                    }
+                }
+            }
+            PushMsg::Notify(notification) => {
+                state.gauge.taken();
+                let key = (notification.device_id, notification.conversation_id);
+                let full = state.pending.len() >= MAX_PENDING;
+                match state.pending.entry(key) {
+                    // The same messages may already be counted by a pending notification.
+                    Entry::Occupied(mut due) => {
+                        let due = &mut due.get_mut().notification;
+                        due.count = due.count.max(notification.count);
+                    }
+                    Entry::Vacant(_) if full => metrics::counter!("switchboard_push_dropped_total").increment(1),
+                    Entry::Vacant(slot) => {
+                        slot.insert(Due { notification: *notification, attempt: 0, at: Instant::now() + state.args.config.coalesce });
                     }
                 }
             }

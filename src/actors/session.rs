@@ -285,11 +285,13 @@ impl Actor for DeviceSession {
         state.gauge.close();
         state.ctx.stats.deregister(myself.get_id());
         metrics::gauge!("switchboard_sessions").decrement(1.0);
-        if state.ctx.router.unregister_session(state.user, state.device, myself.get_id()) {
-            let at = now_ms();
-            state.ctx.writer.write(WriteOp::LastSeen { user_id: state.user, at_ms: at }, Box::new(|_| {}));
-            broadcast_presence(state, false, at);
-        }
+        super::session_end::disconnected(
+            &state.ctx,
+            state.user,
+            state.device,
+            myself.get_id(),
+            state.convs.values().map(|v| (&v.record, v.delivered, v.pushed)),
+        );
         Ok(())
     }
 

@@ -181,8 +181,10 @@ impl RedisPresence {
         self.up.load(Ordering::SeqCst)
     }
 
-    /// Presence of `users` as Redis sees it (cluster-wide).
-    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>, PresenceError> {
+    /// Presence of `users` as Redis sees it (cluster-wide). A device is online if its node's
+    /// key is alive in Redis and the caller does not hold that node `dead` (the membership's
+    /// dead rule may fire before the key expires: the cluster then has one answer).
+    pub async fn presence(&self, users: &[UserId], dead: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<Presence>, PresenceError> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         for user in users {
@@ -198,12 +200,23 @@ impl RedisPresence {
         } else {
             let keys: Vec<String> = nodes.iter().map(|n| node_key(n)).collect();
             let values: Vec<Option<String>> = tokio::time::timeout(OP_TIMEOUT, conn.mget(keys)).await.map_err(|_| PresenceError::Timeout)??;
-            nodes.into_iter().zip(values).map(|(n, v)| (n, v.is_some())).collect()
+            nodes.into_iter().zip(values).map(|(n, v)| (v.is_some() && !dead(&n), n)).map(|(alive, n)| (n, alive)).collect()
         };
         Ok(answers
             .into_iter()
             .map(|(devices_on, last_seen_ms)| Presence { online: devices_on.iter().any(|n| alive.get(n).copied().unwrap_or(false)), last_seen_ms })
             .collect())
+    }
+
+    /// Removes `node`'s alive key at once (the cluster declared it dead): whoever reads
+    /// Redis sees its devices offline now rather than when the key expires. A node that
+    /// was only partitioned away writes it again within a second.
+    pub fn node_died(&self, node: &str) {
+        let mut conn = self.conn.clone();
+        let key = node_key(node);
+        tokio::spawn(async move {
+            let _: Result<Result<(), redis::RedisError>, _> = tokio::time::timeout(OP_TIMEOUT, conn.del(key)).await;
+        });
     }
 
     async fn write_loop(self, mut rx: mpsc::Receiver<DeviceChange>, stop: CancellationToken) {
