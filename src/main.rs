@@ -61,8 +61,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Start N nodes on 127.0.0.1 with a private PostgreSQL and a private Redis; Ctrl-C
-    /// stops everything.
+    /// Start N nodes on 127.0.0.1 with a private PostgreSQL and a private Redis, all under
+    /// one directory (kept between runs). Reports node deaths and takes commands on stdin
+    /// (status, kill/stop/restart <node>); Ctrl-C stops everything and deletes nothing.
     Local {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
@@ -70,9 +71,16 @@ enum ClusterCommand {
         /// Node i listens on base+10i (TCP), +1 (HTTP/WebSocket), +2 (admin), +3 (cluster).
         #[arg(long, default_value_t = 9000)]
         base_port: u16,
-        /// Where node directories and logs go.
+        /// Where everything goes: PostgreSQL's data, node directories, logs, secrets.
         #[arg(long, default_value = "./switchboard-local-cluster")]
         dir: std::path::PathBuf,
+        /// Where the nodes send push notifications: `print` (received here and printed),
+        /// `log` (each node's log) or `webhook:<url>`.
+        #[arg(long, default_value = "print")]
+        push_sink: String,
+        /// Start from an empty directory (refused while a process still uses it).
+        #[arg(long)]
+        fresh: bool,
     },
 }
 
@@ -110,12 +118,8 @@ enum StoreCommand {
 enum AdminCommand {
     /// Print the live supervision tree.
     Tree {
-        /// Admin listener URL.
-        #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
-        admin: String,
-        /// Admin token (see `<data>/admin-token`).
-        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
-        token: String,
+        #[command(flatten)]
+        access: AdminAccess,
         /// Another node of the cluster (by name), reached through this one.
         #[arg(long)]
         node: Option<String>,
@@ -125,12 +129,8 @@ enum AdminCommand {
     },
     /// Show the cluster: members, health, sessions and conversations per node.
     Cluster {
-        /// Admin listener URL of any node.
-        #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
-        admin: String,
-        /// Admin token (the same on every node of a cluster).
-        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
-        token: String,
+        #[command(flatten)]
+        access: AdminAccess,
         /// Print the raw JSON instead.
         #[arg(long)]
         json: bool,
@@ -140,16 +140,74 @@ enum AdminCommand {
     Drain {
         /// The node to drain, by name.
         node: String,
-        /// Admin listener URL of any node.
-        #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
-        admin: String,
-        /// Admin token (the same on every node of a cluster).
-        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
-        token: String,
+        #[command(flatten)]
+        access: AdminAccess,
         /// Wait until the node has left the cluster.
         #[arg(long)]
         wait: bool,
     },
+}
+
+/// Where the admin API is and the token it wants (the same on every node of a cluster).
+#[derive(clap::Args)]
+struct AdminAccess {
+    /// Admin listener URL of any node.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
+    admin: String,
+    /// Admin token. Prefer `--token-file` or SWITCHBOARD_ADMIN_TOKEN: a flag's value
+    /// shows in `ps`.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the admin token (a node's `<data>/admin-token`, or the local
+    /// cluster's `<dir>/admin-token`).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl AdminAccess {
+    fn url(&self) -> &str {
+        self.admin.trim_end_matches('/')
+    }
+
+    fn token(&self) -> Result<String> {
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Ok(token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading the admin token from {}", path.display()))?;
+                let token = text.lines().next().unwrap_or_default().trim().to_owned();
+                if token.is_empty() {
+                    bail!("{} is empty", path.display());
+                }
+                Ok(token)
+            }
+            (None, None) => bail!("no admin token: pass --token-file <file> or set SWITCHBOARD_ADMIN_TOKEN"),
+        }
+    }
+
+    /// GET `path`; an error answer becomes the message the node gave.
+    async fn get(&self, path: &str) -> Result<reqwest::Response> {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.url()))
+            .bearer_auth(self.token()?)
+            .send()
+            .await
+            .with_context(|| format!("no answer from the admin API at {}", self.url()))?;
+        admin_answer(response).await
+    }
+}
+
+/// The response if it is a success; otherwise an error with the node's own words (the
+/// `message` of its JSON error), or its status.
+async fn admin_answer(response: reqwest::Response) -> Result<reqwest::Response> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    match body.get("message").or_else(|| body.get("error")).and_then(|m| m.as_str()) {
+        Some(message) => bail!("{message} ({status})"),
+        None => bail!("the admin API answered {status}"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -364,10 +422,13 @@ impl Profile {
 }
 
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("SWITCHBOARD_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a log file or a journal gets plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
@@ -384,7 +445,9 @@ async fn main() -> Result<()> {
             serve(args).await
         }
         Command::Admin { command } => admin(command).await,
-        Command::Cluster { command: ClusterCommand::Local { nodes, base_port, dir } } => local_cluster(nodes, base_port, &dir).await,
+        Command::Cluster { command: ClusterCommand::Local { nodes, base_port, dir, push_sink, fresh } } => {
+            local_cluster(nodes, base_port, dir, push_sink, fresh).await
+        }
         Command::Client { command } => client(command).await,
         Command::Store { command } => store_command(command).await,
         Command::Bench { scenario, websocket, store } => bench(scenario, websocket, store).await,
@@ -588,6 +651,11 @@ async fn bench(scenario: BenchScenario, websocket: bool, store: switchboard::loa
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    for flag in ["--cookie", "--admin-token"] {
+        if std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+            tracing::warn!(flag, "a secret given as a flag is visible to every user of this machine (ps); use {flag}-file or the environment");
+        }
+    }
     let config = ServerConfig::resolve(args)?;
     let server = switchboard::server::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -606,60 +674,47 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn admin(command: AdminCommand) -> Result<()> {
     match command {
-        AdminCommand::Tree { admin, token, node, json } => {
+        AdminCommand::Tree { access, node, json } => {
             // Node names are [A-Za-z0-9-_.]: nothing to escape.
-            let query = node.map(|n| format!("?node={n}")).unwrap_or_default();
-            let response = reqwest::Client::new().get(format!("{}/admin/tree{query}", admin.trim_end_matches('/'))).bearer_auth(token).send().await?;
-            if !response.status().is_success() {
-                bail!("admin API answered {}", response.status());
-            }
-            let tree: TreeNode = response.json().await?;
+            let query = node.as_ref().map(|n| format!("?node={n}")).unwrap_or_default();
+            let tree: TreeNode = access.get(&format!("/admin/tree{query}")).await?.json().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&tree)?);
-            } else {
-                print_tree(&tree, 0);
+                return Ok(());
             }
+            match (&tree.node, &node) {
+                (Some(name), Some(_)) => println!("supervision tree of node {name} (asked through {})", access.url()),
+                (Some(name), None) => println!("supervision tree of node {name} ({})", access.url()),
+                (None, _) => println!("supervision tree of the node at {} (not clustered)", access.url()),
+            }
+            print_tree(&tree, 0);
             Ok(())
         }
-        AdminCommand::Cluster { admin, token, json } => {
-            let report = cluster_report(&admin, &token).await?;
+        AdminCommand::Cluster { access, json } => {
+            let report = cluster_report(&access).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
             }
-            println!("seen from {}; members owning conversations: {}", report.node, report.members.join(", "));
-            if let Some(redis) = &report.redis {
-                println!(
-                    "redis: {}",
-                    if redis.ok { format!("ok ({:.1} ms)", redis.latency_ms) } else { format!("DOWN ({})", redis.error.clone().unwrap_or_default()) }
-                );
-            }
-            println!(
-                "{:<16} {:<8} {:<7} {:<9} {:>9} {:>13} {:>10}  admin",
-                "node", "status", "member", "draining", "sessions", "conversations", "heard_ms"
-            );
-            for n in &report.nodes {
-                println!(
-                    "{:<16} {:<8} {:<7} {:<9} {:>9} {:>13} {:>10}  {}",
-                    n.name, n.status, n.member, n.draining, n.sessions, n.conversations, n.last_heard_ms, n.admin_addr
-                );
-            }
+            print!("{}", cluster_table(&report));
             Ok(())
         }
-        AdminCommand::Drain { node, admin, token, wait } => {
-            let report = cluster_report(&admin, &token).await?;
-            let target = report.nodes.iter().find(|n| n.name == node).ok_or_else(|| anyhow::anyhow!("no node named {node} in the cluster"))?;
-            let response = reqwest::Client::new().post(format!("http://{}/admin/drain", target.admin_addr)).bearer_auth(&token).send().await?;
-            if !response.status().is_success() {
-                bail!("{} answered {}: {}", node, response.status(), response.text().await.unwrap_or_default());
+        AdminCommand::Drain { node, access, wait } => {
+            let token = access.token()?;
+            let report = cluster_report(&access).await?;
+            let target = report.nodes.iter().find(|n| n.name == node).ok_or_else(|| anyhow::anyhow!("no such node {node} in the cluster"))?;
+            if target.status == "dead" {
+                bail!("node {node} is dead (last heard {} ago): nothing to drain", switchboard::http::ago(target.last_heard_ms));
             }
+            let response = reqwest::Client::new().post(format!("http://{}/admin/drain", target.admin_addr)).bearer_auth(&token).send().await?;
+            admin_answer(response).await.with_context(|| format!("draining {node}"))?;
             println!("{node} is draining");
             if wait {
                 let bar = indicatif::ProgressBar::new_spinner();
                 bar.enable_steady_tick(Duration::from_millis(200));
                 let mut seen_draining = false;
                 loop {
-                    let report = cluster_report(&admin, &token).await?;
+                    let report = cluster_report(&access).await?;
                     // Done once it is gone, or (restarted at once by its service manager
                     // under the same name) once its last word was "draining, nothing left".
                     match report.nodes.iter().find(|n| n.name == node) {
@@ -683,38 +738,252 @@ async fn admin(command: AdminCommand) -> Result<()> {
     }
 }
 
-async fn local_cluster(nodes: usize, base_port: u16, dir: &std::path::Path) -> Result<()> {
+/// `switchboard admin cluster` as text: a dead node's counts are what it last reported,
+/// in parentheses, and said to be stale.
+fn cluster_table(report: &switchboard::cluster::ClusterReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "seen from {}; members owning conversations: {}", report.node, report.members.join(", "));
+    if let Some(redis) = &report.redis {
+        let state = if redis.ok { format!("ok ({:.1} ms)", redis.latency_ms) } else { format!("DOWN ({})", redis.error.clone().unwrap_or_default()) };
+        let _ = writeln!(out, "redis: {state}");
+    }
+    let _ = writeln!(
+        out,
+        "{:<16} {:<8} {:<7} {:<9} {:>10} {:>13} {:>12}  admin",
+        "node", "status", "member", "draining", "sessions", "conversations", "last heard"
+    );
+    let mut stale = false;
+    for n in &report.nodes {
+        let count = |v: u64| if n.counts_stale { format!("({v})") } else { v.to_string() };
+        stale |= n.counts_stale;
+        let heard = if n.status == "self" { "-".to_owned() } else { format!("{} ago", switchboard::http::ago(n.last_heard_ms)) };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:<7} {:<9} {:>10} {:>13} {:>12}  {}",
+            n.name,
+            n.status,
+            n.member,
+            n.draining,
+            count(n.sessions),
+            count(n.conversations),
+            heard,
+            n.admin_addr
+        );
+    }
+    if stale {
+        let _ = writeln!(out, "(n): stale, what a dead node last reported; its devices have reconnected elsewhere or are offline");
+    }
+    out
+}
+
+async fn local_cluster(nodes: usize, base_port: u16, dir: PathBuf, push_sink: String, fresh: bool) -> Result<()> {
+    use switchboard::testkit::cluster::{Event, LocalCluster, LocalClusterConfig, describe, parse_command, tail};
+    use tokio::io::AsyncBufReadExt;
     if !(1..=9).contains(&nodes) {
         bail!("--nodes must be 1 to 9");
     }
     let binary = std::env::current_exe()?;
-    eprintln!("starting PostgreSQL, Redis and {nodes} nodes…");
-    let mut cluster = switchboard::testkit::cluster::LocalCluster::start(&binary, dir, nodes, base_port).await?;
-    println!("store  {}\nredis  {}\nadmin token  {}\n", cluster.store_url, cluster.redis_url, cluster.admin_token);
-    println!("{:<8} {:<18} {:<18} {:<18} {:<18} log", "node", "tcp", "http/ws", "admin", "cluster");
-    for n in &cluster.nodes {
-        println!("{:<8} {:<18} {:<18} {:<18} {:<18} {}", n.name, n.tcp, n.http, n.admin, n.cluster, n.log.display());
-    }
-    if let Some(first) = cluster.nodes.first() {
-        println!("\ntry:\n  switchboard admin cluster --admin http://{} --token {}", first.admin, cluster.admin_token);
-        println!("  switchboard client register --server http://{} --phone +14155550001", first.http);
-        if let Some(last) = cluster.nodes.last() {
-            println!("  switchboard admin drain {} --admin http://{} --token {} --wait", last.name, first.admin, cluster.admin_token);
+    let (push_sink, mut pushes) = match push_sink.as_str() {
+        "print" => {
+            let (url, rx) = switchboard::testkit::cluster::push_receiver()?;
+            (format!("webhook:{url}"), Some(rx))
         }
-        println!("\nCtrl-C stops the cluster.");
+        _ => (push_sink, None),
+    };
+    eprintln!("starting PostgreSQL, Redis and {nodes} nodes in {}…", dir.display());
+    let config = LocalClusterConfig { binary: binary.clone(), dir, nodes, base_port, push_sink: push_sink.clone(), fresh };
+    let mut cluster = LocalCluster::start(config).await?;
+    let shown_binary = binary.strip_prefix(std::env::current_dir()?).map(|p| p.to_path_buf()).unwrap_or(binary);
+    let b = shown_binary.display();
+    println!("local cluster in {} (kept between runs; --fresh starts empty)", cluster.dir.display());
+    println!("PostgreSQL  pid {:<8} {}  data {}", pid(cluster.postgres.pid()), cluster.store_url, cluster.postgres.data_dir().display());
+    println!("Redis       pid {:<8} {}", pid(cluster.redis.pid()), cluster.redis_url);
+    println!(
+        "admin token {}   cluster cookie {} (two secrets; nodes read the files)",
+        cluster.admin_token_file.display(),
+        cluster.cookie_file.display()
+    );
+    match &pushes {
+        Some(_) => println!("pushes      printed here ({push_sink})"),
+        None => println!("pushes      {push_sink}"),
     }
-    tokio::signal::ctrl_c().await?;
+    println!();
+    print_nodes(&cluster);
+    if let Some(first) = cluster.nodes.first() {
+        println!("\ntry, in another terminal:");
+        println!("  export SWITCHBOARD_ADMIN_URL=http://{} SWITCHBOARD_ADMIN_TOKEN_FILE={}", first.admin, cluster.admin_token_file.display());
+        println!("  {b} admin cluster");
+        println!("  {b} client register --server http://{} --phone +14155550001", first.http);
+        if let Some(last) = cluster.nodes.last() {
+            println!("  {b} admin tree --node {}", last.name);
+            println!("  {b} admin drain {} --wait", last.name);
+        }
+    }
+    println!(
+        "\ntype here: status | kill <node> | stop <node> | restart <node|postgres|redis> | help | quit (or Ctrl-C: stops everything, deletes nothing)"
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            Some(push) = async { match pushes.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                println!(
+                    "push: device {} of user {}: {} message(s) in conversation {} from {}",
+                    push["device_id"].as_str().unwrap_or("?"),
+                    push["user_id"].as_str().unwrap_or("?"),
+                    push["count"],
+                    push["conversation_id"].as_str().unwrap_or("?"),
+                    push["sender_user_id"].as_str().unwrap_or("?"),
+                );
+            }
+            _ = tick.tick() => {
+                for event in cluster.reap() {
+                    match event {
+                        Event::NodeExited { node, pid, status } => {
+                            let Some(i) = cluster.node_index(&node) else { continue };
+                            let n = &cluster.nodes[i];
+                            println!("\n{node} (pid {pid}) {}; reaped. The end of its log ({}):", describe(status), n.log.display());
+                            for line in tail(&n.log, 5).lines() {
+                                println!("    {line}");
+                            }
+                            println!("  the others declare it dead after 5 s of silence (`admin cluster` shows it); its devices reconnect elsewhere");
+                            println!("  restart it: type `restart {node}` here, or run:\n    {}", cluster.restart_command(i));
+                        }
+                        Event::PostgresExited(status) => {
+                            println!("\nPostgreSQL {}: nothing can be stored until it is back; type `restart postgres`", describe(status));
+                        }
+                        Event::RedisExited(status) => {
+                            println!("\nRedis {}: presence is degraded until it is back; type `restart redis`", describe(status));
+                        }
+                    }
+                }
+            }
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(line)) => {
+                    if !console(&mut cluster, parse_command(&line)).await {
+                        break;
+                    }
+                }
+                // No terminal (or it closed): keep running until Ctrl-C or SIGTERM.
+                _ => stdin_open = false,
+            },
+        }
+    }
     eprintln!("stopping…");
+    let foreign = cluster.foreign_nodes();
     cluster.stop();
-    Ok(())
+    for (node, pid) in foreign {
+        eprintln!("{node} (pid {pid}) was started outside this command and still runs; it has lost its store (kill {pid})");
+    }
+    eprintln!("stopped; everything is kept in {}", cluster.dir.display());
+    // Reading stdin occupies a thread that nothing can interrupt: exit without waiting for it.
+    std::process::exit(0)
 }
 
-async fn cluster_report(admin: &str, token: &str) -> Result<switchboard::cluster::ClusterReport> {
-    let response = reqwest::Client::new().get(format!("{}/admin/cluster", admin.trim_end_matches('/'))).bearer_auth(token).send().await?;
-    if !response.status().is_success() {
-        bail!("admin API answered {}", response.status());
+fn pid(p: Option<u32>) -> String {
+    p.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn print_nodes(cluster: &switchboard::testkit::cluster::LocalCluster) {
+    println!("{:<8} {:<8} {:<16} {:<16} {:<16} {:<16} log", "node", "pid", "tcp", "http/ws", "admin", "cluster");
+    for n in &cluster.nodes {
+        let state = match n.pid() {
+            Some(p) => p.to_string(),
+            None => "down".into(),
+        };
+        println!("{:<8} {:<8} {:<16} {:<16} {:<16} {:<16} {}", n.name, state, n.tcp, n.http, n.admin, n.cluster, n.log.display());
     }
-    Ok(response.json().await?)
+}
+
+/// Runs one typed command; false to stop the cluster.
+async fn console(cluster: &mut switchboard::testkit::cluster::LocalCluster, command: switchboard::testkit::cluster::ConsoleCommand) -> bool {
+    use switchboard::testkit::cluster::ConsoleCommand;
+    let node = |cluster: &switchboard::testkit::cluster::LocalCluster, name: &str| {
+        let i = cluster.node_index(name);
+        if i.is_none() {
+            let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+            println!("no such node {name} (nodes: {})", names.join(", "));
+        }
+        i
+    };
+    match command {
+        ConsoleCommand::Nothing => {}
+        ConsoleCommand::Quit => return false,
+        ConsoleCommand::Help => {
+            println!("status                 every process, its pid, its addresses");
+            println!("kill <node>            SIGKILL it (a crash); its death is reported here");
+            println!("stop <node>            SIGTERM it (graceful: hands its conversations and devices over)");
+            println!("restart <node>         start it again with the same settings (stopping it first if it runs)");
+            println!("restart postgres|redis start the database or Redis again (same data, same port)");
+            println!("quit                   stop everything (as Ctrl-C); nothing is deleted");
+        }
+        ConsoleCommand::Status => {
+            println!("PostgreSQL pid {}   Redis pid {}", pid(cluster.postgres.pid()), pid(cluster.redis.pid()));
+            print_nodes(cluster);
+        }
+        ConsoleCommand::Kill(name) | ConsoleCommand::Stop(name) if name == "postgres" || name == "redis" => {
+            println!("{name}: only restart is offered here (its data is kept)");
+        }
+        ConsoleCommand::Kill(name) => {
+            if let Some(i) = node(cluster, &name) {
+                match cluster.signal_node(i, libc::SIGKILL) {
+                    Some(p) => println!("sent SIGKILL to {name} (pid {p})"),
+                    None => println!("{name} is not running"),
+                }
+            }
+        }
+        ConsoleCommand::Stop(name) => {
+            if let Some(i) = node(cluster, &name) {
+                match cluster.signal_node(i, libc::SIGTERM) {
+                    Some(p) => println!("sent SIGTERM to {name} (pid {p}): it hands its work over, then exits"),
+                    None => println!("{name} is not running"),
+                }
+            }
+        }
+        ConsoleCommand::Restart(name) if name == "postgres" => match cluster.postgres.restart() {
+            Ok(()) => println!("PostgreSQL is back (pid {})", pid(cluster.postgres.pid())),
+            Err(e) => println!("PostgreSQL did not start: {e}"),
+        },
+        ConsoleCommand::Restart(name) if name == "redis" => match cluster.redis.restart() {
+            Ok(()) => println!("Redis is back, empty (pid {}); every node rewrites its directory into it", pid(cluster.redis.pid())),
+            Err(e) => println!("Redis did not start: {e}"),
+        },
+        ConsoleCommand::Restart(name) => {
+            let Some(i) = node(cluster, &name) else { return true };
+            if let Some(p) = cluster.signal_node(i, libc::SIGTERM) {
+                println!("stopping {name} (pid {p}) first…");
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while cluster.nodes[i].pid().is_some() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    for event in cluster.reap() {
+                        if let switchboard::testkit::cluster::Event::NodeExited { node, status, .. } = event {
+                            println!("{node} {}", switchboard::testkit::cluster::describe(status));
+                        }
+                    }
+                }
+                if cluster.nodes[i].pid().is_some() {
+                    cluster.signal_node(i, libc::SIGKILL);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    cluster.reap();
+                }
+            }
+            match cluster.start_node(i).await {
+                Ok(p) => println!("{name} is up again (pid {p}); it rejoins the cluster"),
+                Err(e) => println!("{e}"),
+            }
+        }
+        ConsoleCommand::Unknown(line) => println!("not understood: {line:?} (type help)"),
+    }
+    true
+}
+
+async fn cluster_report(access: &AdminAccess) -> Result<switchboard::cluster::ClusterReport> {
+    Ok(access.get("/admin/cluster").await?.json().await?)
 }
 
 fn print_tree(node: &TreeNode, depth: usize) {

@@ -515,12 +515,20 @@ async fn a_killed_nodes_devices_go_offline_for_their_peers_and_are_pushed_for_wh
     for _ in 1..=3 {
         b.next_message(WAIT).await.expect("delivered to bob's device");
     }
-    // n2's last word as each survivor heard it before the kill: Bob was connected then.
+    // n2's last word as each survivor heard it before the kill (Bob was connected then),
+    // once its heartbeats count Bob's session.
     let mut alive_at = Vec::new();
     for i in [0, 1] {
-        let report = cluster.report(i).await.expect("report");
-        let heard = report.nodes.iter().find(|n| n.name == "n2").expect("n2 in the report").last_heard_at_ms;
-        assert!(heard > 0, "{report:?}");
+        let deadline = Instant::now() + WAIT;
+        let heard = loop {
+            let report = cluster.report(i).await.expect("report");
+            let n2 = report.nodes.iter().find(|n| n.name == "n2").expect("n2 in the report").clone();
+            if n2.sessions == 1 {
+                break n2.last_heard_at_ms;
+            }
+            assert!(Instant::now() < deadline, "n{i} never heard that n2 holds a session: {n2:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         alive_at.push(heard);
     }
 
@@ -556,6 +564,38 @@ async fn a_killed_nodes_devices_go_offline_for_their_peers_and_are_pushed_for_wh
     // one would be here by now.
     assert!(tokio::time::timeout(Duration::from_secs(1), pushes.recv()).await.is_err(), "bob's device was pushed twice");
     cluster.wait_members(2).await;
+
+    // What an operator sees: n2 dead, with counts it reported before dying marked stale; its
+    // tree refused with the reason; the CLI says which node a tree is and prints refusals.
+    let report = cluster.report(1).await.expect("report");
+    let n2 = report.nodes.iter().find(|n| n.name == "n2").expect("n2 listed");
+    assert_eq!((n2.status.as_str(), n2.counts_stale, n2.sessions), ("dead", true, 1), "{n2:?}");
+    let tree =
+        |node: &str| reqwest::Client::new().get(format!("http://{}/admin/tree?node={node}", cluster.node(0).admin)).bearer_auth(ADMIN_TOKEN).send();
+    let dead = tree("n2").await.expect("answer");
+    assert_eq!(dead.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = dead.json().await.expect("json");
+    assert!(body["message"].as_str().is_some_and(|m| m.starts_with("node n2 is dead (last heard ")), "{body}");
+    let unknown = tree("n9").await.expect("answer");
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json::<serde_json::Value>().await.expect("json")["message"], "no such node n9");
+    let token_file = cluster.node(0).dir.path().join("operator-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).expect("token file");
+    let cli = |node: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["admin", "tree", "--node", node, "--admin", &format!("http://{}", cluster.node(0).admin)])
+            .arg("--token-file")
+            .arg(&token_file)
+            .env_remove("SWITCHBOARD_ADMIN_TOKEN")
+            .output()
+            .expect("run switchboard admin tree")
+    };
+    let shown = cli("n1");
+    assert!(shown.status.success());
+    assert!(String::from_utf8_lossy(&shown.stdout).starts_with("supervision tree of node n1 (asked through http://"), "{shown:?}");
+    let refused = cli("n2");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("node n2 is dead (last heard "), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
