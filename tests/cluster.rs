@@ -599,6 +599,48 @@ async fn a_killed_nodes_devices_go_offline_for_their_peers_and_are_pushed_for_wh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_a_crash_ends_the_sessions_of_its_previous_run() {
+    // One node alone (nobody else can notice its death): what it held when it crashed is
+    // found in Redis when it comes back.
+    let mut cluster = TestCluster::start(1).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    let (alice, bob) = (sign_up(&api).await, sign_up(&api).await);
+    let _b = online_at(&t[0], &bob).await;
+    let connected_at = switchboard::store::now_ms();
+    // The node stamps Redis every second; once it has done so with Bob connected, Bob is
+    // known connected at that stamp.
+    let client = redis::Client::open(cluster.redis.url()).expect("redis url");
+    let mut redis = client.get_multiplexed_async_connection().await.expect("redis");
+    let deadline = Instant::now() + WAIT;
+    let alive_at = loop {
+        let seen: Option<u64> = redis::AsyncCommands::get(&mut redis, "sb:nodeseen:n0").await.expect("get");
+        if let Some(seen) = seen.filter(|s| *s > connected_at) {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "the node never stamped Redis after bob connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    cluster.nodes[0].as_mut().expect("n0").kill9();
+    let killed_at = switchboard::store::now_ms();
+    cluster.nodes[0].as_mut().expect("n0").restart();
+    cluster.wait_members(1).await;
+
+    let mut a = online_at(&t[0], &alice).await;
+    let deadline = Instant::now() + WAIT;
+    let p = loop {
+        let p = presence_of(&mut a, bob.user_id).await;
+        if !p.online {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "bob still online after the crash of his node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!((alive_at..=killed_at).contains(&p.last_seen_ms), "bob last seen at {}, alive at {alive_at}, killed at {killed_at}", p.last_seen_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sequencers_forced_to_coexist_never_share_a_seq() {
     // Two nodes on one store that cannot see each other (no seeds, as in a partition):
     // each believes it is alone and owns every conversation, so both run a sequencer for

@@ -4,8 +4,9 @@
 //! revoked, too slow, or the node shuts down or drains) — and, seen from the other nodes
 //! of a cluster, when the node holding it is declared dead, restarts before it could be
 //! declared dead, or sends a directory snapshot that no longer lists it (the announcement
-//! of its end was lost with a broken connection). Whichever way, the same steps follow,
-//! on every node that learns of it:
+//! of its end was lost with a broken connection); and, seen from a node that restarts,
+//! when its previous run ended holding it (the rebuild of its Redis directory finds it).
+//! Whichever way, the same steps follow, on every node that learns of it:
 //!
 //! - **presence**: if the user has no device left anywhere (in this node's view), their
 //!   1:1 peers get `Presence{online: false, last_seen_ms}` — from the node where the
@@ -17,7 +18,8 @@
 //! - **push**: a device that was sent messages it never acknowledged (its delivered cursor
 //!   behind the conversation) and has a push token is pushed for them, by exactly one
 //!   node: the one where the session ended, or for a remote end the node the cluster
-//!   chooses (`Ended::push_duty`).
+//!   chooses (`Ended::push_duty`: the lowest-named member other than the lost node; a
+//!   restarted node for its previous run only when it has no peer).
 //!
 //! [`plan`] decides (pure, unit-tested); [`disconnected`] and [`remote_ended`] are the
 //! thin shells that read the store, write through the writer and deliver through the
@@ -48,6 +50,8 @@ pub enum Ending {
     /// The node holding them sent a directory snapshot without them: they ended there and
     /// the announcement never arrived. That node recorded last seen itself.
     Vanished,
+    /// This node's previous run held them when it ended (found in Redis after a restart).
+    PreviousRun,
 }
 
 impl Ending {
@@ -58,6 +62,7 @@ impl Ending {
             Ending::NodeDead => "node_dead",
             Ending::NodeRestarted => "node_restarted",
             Ending::Vanished => "vanished",
+            Ending::PreviousRun => "previous_run",
         }
     }
 }

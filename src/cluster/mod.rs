@@ -133,6 +133,9 @@ pub struct Cluster {
     /// Requests forwarded here, per conversation, waiting for its activation (see
     /// `link::hand_to_conversation`).
     forwarded: Mutex<HashMap<ConversationId, std::collections::VecDeque<ConversationMsg>>>,
+    /// True once start-up waited for the seeds (`wait_for_peers`): the member view is
+    /// then worth deciding on.
+    joined: tokio::sync::watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -230,6 +233,7 @@ impl Cluster {
             addrs: OnceLock::new(),
             tls,
             forwarded: Mutex::new(HashMap::new()),
+            joined: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -273,6 +277,11 @@ impl Cluster {
     /// joining node knows the members before it places any conversation. (Placing one
     /// early would be safe, the store fences appends, but would move it twice.)
     pub async fn wait_for_peers(&self) {
+        self.join_seeds().await;
+        self.joined.send_replace(true);
+    }
+
+    async fn join_seeds(&self) {
         if self.config.seeds.is_empty() {
             return;
         }
@@ -660,7 +669,24 @@ pub async fn start(
     let _ = cluster.addrs.set(addrs);
     if let Some(url) = cluster.config.redis.clone() {
         let router = node.ctx.router.clone();
-        let presence = RedisPresence::start(&url, cluster.name.clone(), Arc::new(move || router.local_devices()), stop.clone())?;
+        // The devices this node's previous run held when it ended (found in Redis): their
+        // sessions ended with it. Peers that saw it restart or die did the same for their
+        // own 1:1 peers, and one of them pushes; this node pushes only if it is alone.
+        let me = Arc::downgrade(&cluster);
+        let previous_run: presence::PreviousRun = Arc::new(move |devices, last_seen_ms| {
+            let me = me.clone();
+            tokio::spawn(async move {
+                // Alone or not is known once start-up has joined the seeds.
+                let Some(mut joined) = me.upgrade().map(|c| c.joined.subscribe()) else { return };
+                if joined.wait_for(|j| *j).await.is_err() {
+                    return;
+                }
+                let Some(cluster) = me.upgrade() else { return };
+                let push_duty = cluster.members().names() == [cluster.name.clone()];
+                session_end::remote_ended(&cluster.ctx, Ended { ending: Ending::PreviousRun, devices, last_seen_ms, push_duty });
+            });
+        });
+        let presence = RedisPresence::start(&url, cluster.name.clone(), Arc::new(move || router.local_devices()), previous_run, stop.clone())?;
         let _ = cluster.presence.set(presence);
     }
     node.ctx.router.set_remote(cluster.clone());
