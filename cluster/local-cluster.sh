@@ -7,11 +7,12 @@
 #
 # Usage: cluster/local-cluster.sh [--rebuild] [nodes] [base_port] [more `cluster local` flags]
 #   e.g. cluster/local-cluster.sh 3 9000 --fresh --push-sink log
-# Uses target/release/switchboard as it is; it is built (and the test dependencies
-# installed) only when it is missing or --rebuild is given.
+#   (--dir elsewhere: cluster/local-cluster.sh 3 9000 --dir /tmp/try)
+# Uses target/release/switchboard (or $SWITCHBOARD_BIN) as it is; it is built (and the
+# test dependencies installed) only when it is missing or --rebuild is given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release/switchboard
+BIN=${SWITCHBOARD_BIN:-target/release/switchboard}
 rebuild=false
 if [ "${1:-}" = "--rebuild" ]; then
   rebuild=true
@@ -27,4 +28,8 @@ if $rebuild || [ ! -x "$BIN" ]; then
 elif [ -n "$(find src proto Cargo.toml Cargo.lock -newer "$BIN" -print -quit 2>/dev/null)" ]; then
   echo "note: $BIN is older than the sources; using it anyway (--rebuild to rebuild)" >&2
 fi
-exec "$BIN" cluster local --nodes "$nodes" --base-port "$base_port" --dir ./switchboard-local-cluster "$@"
+dir=(--dir ./switchboard-local-cluster)
+for arg in "$@"; do
+  case "$arg" in --dir|--dir=*) dir=() ;; esac
+done
+exec "$BIN" cluster local --nodes "$nodes" --base-port "$base_port" "${dir[@]}" "$@"

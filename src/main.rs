@@ -890,13 +890,18 @@ fn pid(p: Option<u32>) -> String {
 }
 
 fn print_nodes(cluster: &switchboard::testkit::cluster::LocalCluster) {
+    let foreign = cluster.foreign_nodes();
     println!("{:<8} {:<8} {:<16} {:<16} {:<16} {:<16} log", "node", "pid", "tcp", "http/ws", "admin", "cluster");
     for n in &cluster.nodes {
-        let state = match n.pid() {
-            Some(p) => p.to_string(),
-            None => "down".into(),
+        let state = match (n.pid(), foreign.iter().find(|(name, _)| *name == n.name)) {
+            (Some(p), _) => p.to_string(),
+            (None, Some((_, p))) => format!("{p}*"),
+            (None, None) => "down".into(),
         };
         println!("{:<8} {:<8} {:<16} {:<16} {:<16} {:<16} {}", n.name, state, n.tcp, n.http, n.admin, n.cluster, n.log.display());
+    }
+    if !foreign.is_empty() {
+        println!("* started outside this command (not stopped by it)");
     }
 }
 
@@ -955,6 +960,10 @@ async fn console(cluster: &mut switchboard::testkit::cluster::LocalCluster, comm
         },
         ConsoleCommand::Restart(name) => {
             let Some(i) = node(cluster, &name) else { return true };
+            if let Some((_, p)) = cluster.foreign_nodes().into_iter().find(|(n, _)| *n == name) {
+                println!("{name} runs outside this command (pid {p}); stop it first (kill {p}), then restart it here");
+                return true;
+            }
             if let Some(p) = cluster.signal_node(i, libc::SIGTERM) {
                 println!("stopping {name} (pid {p}) first…");
                 let deadline = std::time::Instant::now() + Duration::from_secs(30);
