@@ -65,6 +65,35 @@ fn free_port() -> u16 {
     }
 }
 
+/// `n` consecutive ports, all reserved as [`free_port`] does; returns the first.
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let base = free_port();
+        if base > 32_000 - n {
+            continue;
+        }
+        // Each further port is locked too; a taken one means another base (the locks
+        // already taken stay held: they are only skipped).
+        if (1..n).all(|k| reserve_port(base + k)) {
+            return base;
+        }
+    }
+}
+
+/// Reserves one given port (see [`free_port`]); false if it is taken.
+fn reserve_port(port: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("switchboard-test-ports");
+    let Ok(file) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string())) else { return false };
+    // SAFETY: flock on a file descriptor we own; LOCK_NB never blocks.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        return false;
+    }
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(file);
+    true
+}
+
 impl TestCluster {
     /// `n` nodes named n0, n1, …; each lists every other as a seed.
     async fn start(n: usize) -> Self {
@@ -638,6 +667,75 @@ async fn a_node_restarted_after_a_crash_ends_the_sessions_of_its_previous_run() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!((alive_at..=killed_at).contains(&p.last_seen_ms), "bob last seen at {}, alive at {alive_at}, killed at {killed_at}", p.last_seen_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_reports_a_dead_node_and_restarts_it_with_its_settings() {
+    use switchboard::testkit::cluster::{Event, LocalCluster, LocalClusterConfig, LocalClusterError};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LocalClusterConfig {
+        binary: env!("CARGO_BIN_EXE_switchboard").into(),
+        dir: dir.path().join("local"),
+        nodes: 2,
+        base_port: free_ports(14),
+        push_sink: "log".into(),
+        fresh: false,
+    };
+    let mut cluster = LocalCluster::start(config.clone()).await.expect("local cluster");
+    // Two secrets, in files, on no command line.
+    let cookie = std::fs::read_to_string(&cluster.cookie_file).expect("cookie");
+    let token = std::fs::read_to_string(&cluster.admin_token_file).expect("admin token");
+    assert_ne!(cookie.trim(), token.trim());
+    for node in &cluster.nodes {
+        let pid = node.pid().expect("running");
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).expect("cmdline").replace('\0', " ");
+        assert!(!cmdline.contains(cookie.trim()) && !cmdline.contains(token.trim()), "a secret on the command line: {cmdline}");
+    }
+    // One local cluster per directory.
+    assert!(matches!(LocalCluster::start(config.clone()).await, Err(LocalClusterError::Busy { .. })));
+
+    // A node killed from outside is reaped and reported as such.
+    let pid = cluster.nodes[1].pid().expect("node2 running");
+    // SAFETY: kill with a pid this test's cluster started and has not reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(Event::NodeExited { node, pid: exited, status }) = cluster.reap().into_iter().next() {
+            assert_eq!((node.as_str(), exited), ("node2", pid));
+            break status;
+        }
+        assert!(Instant::now() < deadline, "node2's death was not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(switchboard::testkit::cluster::describe(status), "killed by signal 9 (SIGKILL)");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "node2 left as a zombie");
+    assert!(cluster.restart_command(1).contains("serve --config node.toml"), "{}", cluster.restart_command(1));
+
+    // Restarted with the settings it had: it rejoins.
+    let again = cluster.start_node(1).await.expect("node2 back");
+    assert_ne!(again, pid);
+    let admin = format!("http://{}/admin/cluster", cluster.nodes[0].admin);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let report: Option<switchboard::cluster::ClusterReport> =
+            async { reqwest::Client::new().get(&admin).bearer_auth(token.trim()).send().await.ok()?.json().await.ok() }.await;
+        if report.as_ref().is_some_and(|r| r.members == ["node1", "node2"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node2 did not rejoin: {report:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Plain-text logs.
+    let log = std::fs::read_to_string(&cluster.nodes[0].log).expect("log");
+    assert!(log.contains("joined the cluster") && !log.contains('\x1b'), "{log}");
+
+    // Stopping deletes nothing: PostgreSQL's data is under the directory, and kept.
+    let data = cluster.postgres.data_dir();
+    assert!(data.starts_with(config.dir.canonicalize().expect("dir")));
+    drop(cluster);
+    assert!(data.join("PG_VERSION").exists(), "the data directory was removed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

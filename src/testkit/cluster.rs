@@ -236,8 +236,12 @@ impl LocalCluster {
             binary: config.binary,
             _lock: lock,
         };
+        // All at once: each waits (up to the dead rule) for its seeds, the others.
         for i in 0..cluster.nodes.len() {
-            cluster.start_node(i).await?;
+            cluster.spawn_node(i)?;
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_ready(i).await?;
         }
         Ok(cluster)
     }
@@ -252,13 +256,17 @@ impl LocalCluster {
         restart_command(&self.binary, &self.nodes[i])
     }
 
-    /// Starts node `i` (it must not be running) and waits until it is ready. Returns its
-    /// process id.
+    /// Starts node `i` (unless it runs) and waits until it is ready. Returns its process id.
     pub async fn start_node(&mut self, i: usize) -> Result<u32, LocalClusterError> {
+        self.spawn_node(i)?;
+        self.wait_ready(i).await
+    }
+
+    fn spawn_node(&mut self, i: usize) -> Result<(), LocalClusterError> {
         let binary = self.binary.clone();
         let node = &mut self.nodes[i];
-        if let Some(pid) = node.pid() {
-            return Ok(pid);
+        if node.child.is_some() {
+            return Ok(());
         }
         let _ = std::fs::remove_file(node.ready_file());
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
@@ -285,9 +293,17 @@ impl LocalCluster {
                 Ok(())
             });
         }
-        let child = command.spawn()?;
-        let pid = child.id();
-        node.child = Some(child);
+        node.child = Some(command.spawn()?);
+        Ok(())
+    }
+
+    /// Waits until node `i` wrote its ready file; a node that exits or takes too long is
+    /// reported with the end of its log.
+    async fn wait_ready(&mut self, i: usize) -> Result<u32, LocalClusterError> {
+        let node = &mut self.nodes[i];
+        let Some(pid) = node.pid() else {
+            return Err(LocalClusterError::Node { node: node.name.clone(), why: "not started".into(), log: node.log.clone(), tail: String::new() });
+        };
         let deadline = Instant::now() + READY_WITHIN;
         loop {
             if node.ready_file().exists() {
