@@ -35,6 +35,46 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("invalid setting {0}")]
     Invalid(String),
+    /// A secret's file could not be read or is empty.
+    #[error("cannot read {setting} from {path}: {reason}")]
+    SecretFile {
+        /// Which setting (`cookie_file`, `admin_token_file`).
+        setting: &'static str,
+        /// Path given.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A secret given either as a value or as a file holding it, at each level of precedence
+/// (flags and environment, then the TOML file): the first level that sets either wins;
+/// setting both at one level is refused, as ambiguous.
+fn secret(
+    setting: &'static str,
+    (value, file): (Option<&String>, Option<&PathBuf>),
+    (file_value, file_file): (Option<&String>, Option<&PathBuf>),
+) -> Result<Option<String>, ConfigError> {
+    for (value, path) in [(value, file), (file_value, file_file)] {
+        match (value, path) {
+            (Some(_), Some(_)) => return Err(ConfigError::Invalid(format!("{setting}: give the value or {setting}_file, not both"))),
+            (Some(v), None) => return Ok(Some(v.clone())),
+            (None, Some(path)) => return read_secret(setting, path).map(Some),
+            (None, None) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The first line of a secret file, without surrounding whitespace.
+fn read_secret(setting: &'static str, path: &std::path::Path) -> Result<String, ConfigError> {
+    let err = |reason: String| ConfigError::SecretFile { setting, path: path.to_owned(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let value = text.lines().next().unwrap_or_default().trim();
+    if value.is_empty() {
+        return Err(err("the file is empty".into()));
+    }
+    Ok(value.to_owned())
 }
 
 /// `switchboard serve` flags. Every flag also reads `SWITCHBOARD_<NAME>`.
@@ -46,7 +86,7 @@ pub struct ServeArgs {
     /// Store: `embedded:<dir>` (the default is `embedded:./switchboard-data`),
     /// `postgres://user:pass@host:port/db[?pool_size=N]` or
     /// `scylla://[user:pass@]host1,host2/keyspace` (shared by every node).
-    #[arg(long, env = "SWITCHBOARD_STORE")]
+    #[arg(long, env = "SWITCHBOARD_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// HTTP address: accounts API, WebSocket at /v1/ws, /healthz, /metrics.
     #[arg(long, env = "SWITCHBOARD_HTTP_LISTEN")]
@@ -58,8 +98,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token for the admin API; generated and written to `<data>/admin-token` if unset.
-    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
+    /// Prefer `--admin-token-file` or the environment: a flag's value shows in `ps`.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// File holding the admin token (its first line), instead of `--admin-token`.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Where one-time codes go: `log` (development) or `webhook:<url>` (SMS gateway).
     #[arg(long, env = "SWITCHBOARD_CODE_SENDER")]
     pub code_sender: Option<String>,
@@ -123,9 +167,14 @@ pub struct ServeArgs {
     /// the cluster is learned from it).
     #[arg(long, env = "SWITCHBOARD_SEEDS", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
-    /// Shared secret every node of the cluster must present.
-    #[arg(long, env = "SWITCHBOARD_COOKIE")]
+    /// Shared secret every node of the cluster must present (not the admin token: nodes
+    /// and operators hold different secrets). Prefer `--cookie-file` or the environment: a
+    /// flag's value shows in `ps`.
+    #[arg(long, env = "SWITCHBOARD_COOKIE", hide_env_values = true)]
     pub cookie: Option<String>,
+    /// File holding the cluster cookie (its first line), instead of `--cookie`.
+    #[arg(long, env = "SWITCHBOARD_COOKIE_FILE")]
+    pub cookie_file: Option<PathBuf>,
     /// Milliseconds between node heartbeats.
     #[arg(long, env = "SWITCHBOARD_CLUSTER_HEARTBEAT_MS")]
     pub cluster_heartbeat_ms: Option<u64>,
@@ -160,6 +209,7 @@ pub struct FileConfig {
     tcp_listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
     admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
     code_sender: Option<String>,
     dev_expose_codes: Option<bool>,
     ready_file: Option<PathBuf>,
@@ -181,6 +231,7 @@ pub struct FileConfig {
     cluster_advertise: Option<String>,
     seeds: Option<Vec<String>>,
     cookie: Option<String>,
+    cookie_file: Option<PathBuf>,
     cluster_heartbeat_ms: Option<u64>,
     cluster_dead_after_ms: Option<u64>,
     drain_spread_secs: Option<u64>,
@@ -350,13 +401,18 @@ impl ServerConfig {
             }
             actors.max_group_members = v;
         }
+        let admin_token = secret(
+            "admin_token",
+            (args.admin_token.as_ref(), args.admin_token_file.as_ref()),
+            (file.admin_token.as_ref(), file.admin_token_file.as_ref()),
+        )?;
         let accounts = AccountsConfig { expose_codes: args.dev_expose_codes.or(file.dev_expose_codes).unwrap_or(false), ..Default::default() };
         Ok(Self {
             store,
             http_listen: args.http_listen.or(file.http_listen).unwrap_or(([127, 0, 0, 1], 8080).into()),
             tcp_listen: args.tcp_listen.or(file.tcp_listen).unwrap_or(([127, 0, 0, 1], 8081).into()),
             admin_listen: args.admin_listen.or(file.admin_listen).unwrap_or(([127, 0, 0, 1], 8082).into()),
-            admin_token: args.admin_token.or(file.admin_token),
+            admin_token,
             code_sender,
             accounts,
             connection,
@@ -384,11 +440,8 @@ impl ServerConfig {
         if matches!(store, StoreSpec::Embedded(_)) {
             return Err(ConfigError::Invalid("a cluster needs a shared store (postgres:// or scylla://), not embedded".into()));
         }
-        let cookie = args
-            .cookie
-            .clone()
-            .or(file.cookie.clone())
-            .ok_or_else(|| ConfigError::Invalid("a cluster needs a cookie (the shared secret of its nodes)".into()))?;
+        let cookie = secret("cookie", (args.cookie.as_ref(), args.cookie_file.as_ref()), (file.cookie.as_ref(), file.cookie_file.as_ref()))?
+            .ok_or_else(|| ConfigError::Invalid("a cluster needs a cookie (cookie or cookie_file: the shared secret of its nodes)".into()))?;
         let advertise = match args.cluster_advertise.clone().or(file.cluster_advertise.clone()) {
             Some(a) => a,
             None if listen.ip().is_unspecified() => {
@@ -462,6 +515,32 @@ mod tests {
         assert!(half_tls.to_string().contains("cluster TLS needs all"), "{half_tls}");
         let fine = ServerConfig::resolve(cluster("postgres://u@h/db", None)).expect("valid");
         assert_eq!(fine.cluster.map(|c| c.advertise), Some("127.0.0.1:4369".to_owned()));
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_a_value_and_a_file_at_one_level_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cookie = dir.path().join("cookie");
+        std::fs::write(&cookie, "s3cret\n").expect("write");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "  t0ken  \nignored\n").expect("write");
+        let args = |cookie_value: Option<&str>| ServeArgs {
+            store: Some("postgres://u@h/db".into()),
+            node_name: Some("n1".into()),
+            cluster_listen: Some("127.0.0.1:4369".parse().expect("addr")),
+            cookie: cookie_value.map(str::to_owned),
+            cookie_file: Some(cookie.clone()),
+            admin_token_file: Some(token.clone()),
+            ..Default::default()
+        };
+        let config = ServerConfig::resolve(args(None)).expect("valid");
+        assert_eq!(config.cluster.map(|c| c.cookie).as_deref(), Some("s3cret"));
+        assert_eq!(config.admin_token.as_deref(), Some("t0ken"));
+        let both = ServerConfig::resolve(args(Some("other"))).expect_err("ambiguous");
+        assert!(both.to_string().contains("not both"), "{both}");
+        std::fs::write(&cookie, "\n").expect("write");
+        let empty = ServerConfig::resolve(args(None)).expect_err("empty cookie file");
+        assert!(empty.to_string().contains("empty"), "{empty}");
     }
 
     #[test]

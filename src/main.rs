@@ -12,6 +12,7 @@ use switchboard::config::{ServeArgs, ServerConfig};
 use switchboard::http::admin::TreeNode;
 use switchboard::ids::{ConversationId, DeviceId, UserId};
 use switchboard::protocol::{parse_id, pb, server_frame};
+use switchboard::testkit::cluster::LocalClusterConfig;
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -52,8 +53,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Start N nodes on 127.0.0.1 with a private PostgreSQL and a private Redis; Ctrl-C
-    /// stops everything.
+    /// Start N nodes on 127.0.0.1 with a private PostgreSQL and a private Redis, all under
+    /// one directory (kept between runs). Reports node deaths and takes commands on stdin
+    /// (status, kill/stop/restart <node>); Ctrl-C stops everything and deletes nothing.
     Local {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
@@ -61,9 +63,16 @@ enum ClusterCommand {
         /// Node i listens on base+10i (TCP), +1 (HTTP/WebSocket), +2 (admin), +3 (cluster).
         #[arg(long, default_value_t = 9000)]
         base_port: u16,
-        /// Where node directories and logs go.
+        /// Where everything goes: PostgreSQL's data, node directories, logs, secrets.
         #[arg(long, default_value = "./switchboard-local-cluster")]
         dir: std::path::PathBuf,
+        /// Where the nodes send push notifications: `print` (received here and printed),
+        /// `log` (each node's log) or `webhook:<url>`.
+        #[arg(long, default_value = "print")]
+        push_sink: String,
+        /// Start from an empty directory (refused while a process still uses it).
+        #[arg(long)]
+        fresh: bool,
     },
 }
 
@@ -101,12 +110,8 @@ enum StoreCommand {
 enum AdminCommand {
     /// Print the live supervision tree.
     Tree {
-        /// Admin listener URL.
-        #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
-        admin: String,
-        /// Admin token (see `<data>/admin-token`).
-        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
-        token: String,
+        #[command(flatten)]
+        access: AdminAccess,
         /// Another node of the cluster (by name), reached through this one.
         #[arg(long)]
         node: Option<String>,
@@ -116,12 +121,8 @@ enum AdminCommand {
     },
     /// Show the cluster: members, health, sessions and conversations per node.
     Cluster {
-        /// Admin listener URL of any node.
-        #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
-        admin: String,
-        /// Admin token (the same on every node of a cluster).
-        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
-        token: String,
+        #[command(flatten)]
+        access: AdminAccess,
         /// Print the raw JSON instead.
         #[arg(long)]
         json: bool,
@@ -131,16 +132,74 @@ enum AdminCommand {
     Drain {
         /// The node to drain, by name.
         node: String,
-        /// Admin listener URL of any node.
-        #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
-        admin: String,
-        /// Admin token (the same on every node of a cluster).
-        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
-        token: String,
+        #[command(flatten)]
+        access: AdminAccess,
         /// Wait until the node has left the cluster.
         #[arg(long)]
         wait: bool,
     },
+}
+
+/// Where the admin API is and the token it wants (the same on every node of a cluster).
+#[derive(clap::Args)]
+struct AdminAccess {
+    /// Admin listener URL of any node.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
+    admin: String,
+    /// Admin token. Prefer `--token-file` or SWITCHBOARD_ADMIN_TOKEN: a flag's value
+    /// shows in `ps`.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the admin token (a node's `<data>/admin-token`, or the local
+    /// cluster's `<dir>/admin-token`).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl AdminAccess {
+    fn url(&self) -> &str {
+        self.admin.trim_end_matches('/')
+    }
+
+    fn token(&self) -> Result<String> {
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Ok(token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading the admin token from {}", path.display()))?;
+                let token = text.lines().next().unwrap_or_default().trim().to_owned();
+                if token.is_empty() {
+                    bail!("{} is empty", path.display());
+                }
+                Ok(token)
+            }
+            (None, None) => bail!("no admin token: pass --token-file <file> or set SWITCHBOARD_ADMIN_TOKEN"),
+        }
+    }
+
+    /// GET `path`; an error answer becomes the message the node gave.
+    async fn get(&self, path: &str) -> Result<reqwest::Response> {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.url()))
+            .bearer_auth(self.token()?)
+            .send()
+            .await
+            .with_context(|| format!("no answer from the admin API at {}", self.url()))?;
+        admin_answer(response).await
+    }
+}
+
+/// The response if it is a success; otherwise an error with the node's own words (the
+/// `message` of its JSON error), or its status.
+async fn admin_answer(response: reqwest::Response) -> Result<reqwest::Response> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    match body.get("message").or_else(|| body.get("error")).and_then(|m| m.as_str()) {
+        Some(message) => bail!("{message} ({status})"),
+        None => bail!("the admin API answered {status}"),
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -270,10 +329,13 @@ impl Profile {
 }
 
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("SWITCHBOARD_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a log file or a journal gets plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
@@ -290,7 +352,9 @@ async fn main() -> Result<()> {
             serve(args).await
         }
         Command::Admin { command } => admin(command).await,
-        Command::Cluster { command: ClusterCommand::Local { nodes, base_port, dir } } => local_cluster(nodes, base_port, &dir).await,
+        Command::Cluster { command: ClusterCommand::Local { nodes, base_port, dir, push_sink, fresh } } => {
+            local_cluster(nodes, base_port, dir, push_sink, fresh).await
+        }
         Command::Client { command } => client(command).await,
         Command::Store { command } => store_command(command).await,
         Command::Bench(args) => {
@@ -393,6 +457,11 @@ impl switchboard::store::transfer::CopyProgress for CopyBar {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    for flag in ["--cookie", "--admin-token"] {
+        if std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+            tracing::warn!(flag, "a secret given as a flag is visible to every user of this machine (ps); use {flag}-file or the environment");
+        }
+    }
     let config = ServerConfig::resolve(args)?;
     let server = switchboard::server::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -411,60 +480,47 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn admin(command: AdminCommand) -> Result<()> {
     match command {
-        AdminCommand::Tree { admin, token, node, json } => {
+        AdminCommand::Tree { access, node, json } => {
             // Node names are [A-Za-z0-9-_.]: nothing to escape.
-            let query = node.map(|n| format!("?node={n}")).unwrap_or_default();
-            let response = reqwest::Client::new().get(format!("{}/admin/tree{query}", admin.trim_end_matches('/'))).bearer_auth(token).send().await?;
-            if !response.status().is_success() {
-                bail!("admin API answered {}", response.status());
-            }
-            let tree: TreeNode = response.json().await?;
+            let query = node.as_ref().map(|n| format!("?node={n}")).unwrap_or_default();
+            let tree: TreeNode = access.get(&format!("/admin/tree{query}")).await?.json().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&tree)?);
-            } else {
-                print_tree(&tree, 0);
+                return Ok(());
             }
+            match (&tree.node, &node) {
+                (Some(name), Some(_)) => println!("supervision tree of node {name} (asked through {})", access.url()),
+                (Some(name), None) => println!("supervision tree of node {name} ({})", access.url()),
+                (None, _) => println!("supervision tree of the node at {} (not clustered)", access.url()),
+            }
+            print_tree(&tree, 0);
             Ok(())
         }
-        AdminCommand::Cluster { admin, token, json } => {
-            let report = cluster_report(&admin, &token).await?;
+        AdminCommand::Cluster { access, json } => {
+            let report = cluster_report(&access).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
             }
-            println!("seen from {}; members owning conversations: {}", report.node, report.members.join(", "));
-            if let Some(redis) = &report.redis {
-                println!(
-                    "redis: {}",
-                    if redis.ok { format!("ok ({:.1} ms)", redis.latency_ms) } else { format!("DOWN ({})", redis.error.clone().unwrap_or_default()) }
-                );
-            }
-            println!(
-                "{:<16} {:<8} {:<7} {:<9} {:>9} {:>13} {:>10}  admin",
-                "node", "status", "member", "draining", "sessions", "conversations", "heard_ms"
-            );
-            for n in &report.nodes {
-                println!(
-                    "{:<16} {:<8} {:<7} {:<9} {:>9} {:>13} {:>10}  {}",
-                    n.name, n.status, n.member, n.draining, n.sessions, n.conversations, n.last_heard_ms, n.admin_addr
-                );
-            }
+            print!("{}", cluster_table(&report));
             Ok(())
         }
-        AdminCommand::Drain { node, admin, token, wait } => {
-            let report = cluster_report(&admin, &token).await?;
-            let target = report.nodes.iter().find(|n| n.name == node).ok_or_else(|| anyhow::anyhow!("no node named {node} in the cluster"))?;
-            let response = reqwest::Client::new().post(format!("http://{}/admin/drain", target.admin_addr)).bearer_auth(&token).send().await?;
-            if !response.status().is_success() {
-                bail!("{} answered {}: {}", node, response.status(), response.text().await.unwrap_or_default());
+        AdminCommand::Drain { node, access, wait } => {
+            let token = access.token()?;
+            let report = cluster_report(&access).await?;
+            let target = report.nodes.iter().find(|n| n.name == node).ok_or_else(|| anyhow::anyhow!("no such node {node} in the cluster"))?;
+            if target.status == "dead" {
+                bail!("node {node} is dead (last heard {} ago): nothing to drain", switchboard::http::ago(target.last_heard_ms));
             }
+            let response = reqwest::Client::new().post(format!("http://{}/admin/drain", target.admin_addr)).bearer_auth(&token).send().await?;
+            admin_answer(response).await.with_context(|| format!("draining {node}"))?;
             println!("{node} is draining");
             if wait {
                 let bar = indicatif::ProgressBar::new_spinner();
                 bar.enable_steady_tick(Duration::from_millis(200));
                 let mut seen_draining = false;
                 loop {
-                    let report = cluster_report(&admin, &token).await?;
+                    let report = cluster_report(&access).await?;
                     // Done once it is gone, or (restarted at once by its service manager
                     // under the same name) once its last word was "draining, nothing left".
                     match report.nodes.iter().find(|n| n.name == node) {
@@ -488,38 +544,57 @@ async fn admin(command: AdminCommand) -> Result<()> {
     }
 }
 
-async fn local_cluster(nodes: usize, base_port: u16, dir: &std::path::Path) -> Result<()> {
+/// `switchboard admin cluster` as text: a dead node's counts are what it last reported,
+/// in parentheses, and said to be stale.
+fn cluster_table(report: &switchboard::cluster::ClusterReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "seen from {}; members owning conversations: {}", report.node, report.members.join(", "));
+    if let Some(redis) = &report.redis {
+        let state = if redis.ok { format!("ok ({:.1} ms)", redis.latency_ms) } else { format!("DOWN ({})", redis.error.clone().unwrap_or_default()) };
+        let _ = writeln!(out, "redis: {state}");
+    }
+    let _ = writeln!(
+        out,
+        "{:<16} {:<8} {:<7} {:<9} {:>10} {:>13} {:>12}  admin",
+        "node", "status", "member", "draining", "sessions", "conversations", "last heard"
+    );
+    let mut stale = false;
+    for n in &report.nodes {
+        let count = |v: u64| if n.counts_stale { format!("({v})") } else { v.to_string() };
+        stale |= n.counts_stale;
+        let heard = if n.status == "self" { "-".to_owned() } else { format!("{} ago", switchboard::http::ago(n.last_heard_ms)) };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:<7} {:<9} {:>10} {:>13} {:>12}  {}",
+            n.name,
+            n.status,
+            n.member,
+            n.draining,
+            count(n.sessions),
+            count(n.conversations),
+            heard,
+            n.admin_addr
+        );
+    }
+    if stale {
+        let _ = writeln!(out, "(n): stale, what a dead node last reported; its devices have reconnected elsewhere or are offline");
+    }
+    out
+}
+
+async fn local_cluster(nodes: usize, base_port: u16, dir: PathBuf, push_sink: String, fresh: bool) -> Result<()> {
     if !(1..=9).contains(&nodes) {
         bail!("--nodes must be 1 to 9");
     }
     let binary = std::env::current_exe()?;
-    eprintln!("starting PostgreSQL, Redis and {nodes} nodes…");
-    let mut cluster = switchboard::testkit::cluster::LocalCluster::start(&binary, dir, nodes, base_port).await?;
-    println!("store  {}\nredis  {}\nadmin token  {}\n", cluster.store_url, cluster.redis_url, cluster.admin_token);
-    println!("{:<8} {:<18} {:<18} {:<18} {:<18} log", "node", "tcp", "http/ws", "admin", "cluster");
-    for n in &cluster.nodes {
-        println!("{:<8} {:<18} {:<18} {:<18} {:<18} {}", n.name, n.tcp, n.http, n.admin, n.cluster, n.log.display());
-    }
-    if let Some(first) = cluster.nodes.first() {
-        println!("\ntry:\n  switchboard admin cluster --admin http://{} --token {}", first.admin, cluster.admin_token);
-        println!("  switchboard client register --server http://{} --phone +14155550001", first.http);
-        if let Some(last) = cluster.nodes.last() {
-            println!("  switchboard admin drain {} --admin http://{} --token {} --wait", last.name, first.admin, cluster.admin_token);
-        }
-        println!("\nCtrl-C stops the cluster.");
-    }
-    tokio::signal::ctrl_c().await?;
-    eprintln!("stopping…");
-    cluster.stop();
-    Ok(())
+    switchboard::testkit::console::run(LocalClusterConfig { binary, dir, nodes, base_port, push_sink, fresh }).await?;
+    // Reading stdin occupies a thread that nothing can interrupt: exit without waiting for it.
+    std::process::exit(0)
 }
 
-async fn cluster_report(admin: &str, token: &str) -> Result<switchboard::cluster::ClusterReport> {
-    let response = reqwest::Client::new().get(format!("{}/admin/cluster", admin.trim_end_matches('/'))).bearer_auth(token).send().await?;
-    if !response.status().is_success() {
-        bail!("admin API answered {}", response.status());
-    }
-    Ok(response.json().await?)
+async fn cluster_report(access: &AdminAccess) -> Result<switchboard::cluster::ClusterReport> {
+    Ok(access.get("/admin/cluster").await?.json().await?)
 }
 
 fn print_tree(node: &TreeNode, depth: usize) {

@@ -31,6 +31,8 @@ struct TestCluster {
     ports: Vec<[u16; 4]>,
     store: String,
     redis: PrivateRedis,
+    /// Flags every node gets on top of the cluster's own.
+    extra: Vec<String>,
     _pg: PrivatePostgres,
 }
 
@@ -63,13 +65,48 @@ fn free_port() -> u16 {
     }
 }
 
+/// `n` consecutive ports, all reserved as [`free_port`] does; returns the first.
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let base = free_port();
+        if base > 32_000 - n {
+            continue;
+        }
+        // Each further port is locked too; a taken one means another base (the locks
+        // already taken stay held: they are only skipped).
+        if (1..n).all(|k| reserve_port(base + k)) {
+            return base;
+        }
+    }
+}
+
+/// Reserves one given port (see [`free_port`]); false if it is taken.
+fn reserve_port(port: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("switchboard-test-ports");
+    let Ok(file) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string())) else { return false };
+    // SAFETY: flock on a file descriptor we own; LOCK_NB never blocks.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        return false;
+    }
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(file);
+    true
+}
+
 impl TestCluster {
     /// `n` nodes named n0, n1, …; each lists every other as a seed.
     async fn start(n: usize) -> Self {
+        Self::start_with(n, &[]).await
+    }
+
+    /// The same, every node also given `extra` flags.
+    async fn start_with(n: usize, extra: &[&str]) -> Self {
         let pg = PrivatePostgres::start().expect("private postgres");
         let store = pg.create_database("cluster").await.expect("database");
         let redis = PrivateRedis::start().expect("private redis");
-        let mut cluster = Self { nodes: Vec::new(), ports: (0..n).map(|_| node_ports()).collect(), store, redis, _pg: pg };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut cluster = Self { nodes: Vec::new(), ports: (0..n).map(|_| node_ports()).collect(), store, redis, extra, _pg: pg };
         // The first node migrates the schema; the others start alongside it.
         for i in 0..n {
             let node = cluster.launch(i);
@@ -106,6 +143,9 @@ impl TestCluster {
             "--drain-spread-secs".into(),
             "1".into(),
         ]
+        .into_iter()
+        .chain(self.extra.iter().cloned())
+        .collect()
     }
 
     fn launch(&self, i: usize) -> TestServer {
@@ -198,15 +238,31 @@ async fn online_at(transport: &Transport, creds: &DeviceCredentials) -> Connecti
 
 /// Asks the server whether `user` is online.
 async fn presence(conn: &mut Connection, user: UserId) -> bool {
+    presence_of(conn, user).await.online
+}
+
+/// Asks the server for `user`'s presence (online, last seen).
+async fn presence_of(conn: &mut Connection, user: UserId) -> pb::Presence {
     let request_id = rand::random::<u64>();
     let frame = pb::PresenceQuery { request_id, user_ids: vec![switchboard::protocol::id_bytes(user)] };
     conn.send(switchboard::protocol::client_frame::Kind::PresenceQuery(frame)).await.expect("query");
     conn.wait_for(WAIT, true, |k| match k {
-        server_frame::Kind::Presence(p) if p.request_id == request_id => Some(p.online),
+        server_frame::Kind::Presence(p) if p.request_id == request_id => Some(p.clone()),
         _ => None,
     })
     .await
     .expect("presence answer")
+}
+
+/// Waits for the presence change (not a query's answer) of `user` that says `online`.
+async fn presence_change(conn: &mut Connection, user: UserId, online: bool, wait: Duration) -> pb::Presence {
+    let id = switchboard::protocol::id_bytes(user);
+    conn.wait_for(wait, true, |k| match k {
+        server_frame::Kind::Presence(p) if p.request_id == 0 && p.user_id == id && p.online == online => Some(p.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("no presence change online={online}: {e}"))
 }
 
 fn is_conversation(id: &[u8], conversation: ConversationId) -> bool {
@@ -458,6 +514,228 @@ async fn a_node_killed_under_traffic_loses_no_acknowledged_message() {
             assert_eq!(seqs, (1..=targets[&conversation]).collect(), "a receiver misses messages");
         }
     }
+}
+
+/// Dead rule of the test clusters (`--cluster-dead-after-ms`).
+const DEAD_AFTER: Duration = Duration::from_millis(1500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_devices_go_offline_for_their_peers_and_are_pushed_for_what_they_did_not_acknowledge() {
+    let (url, mut pushes) = common::push_receiver(0).await;
+    let sink = format!("webhook:{url}");
+    let mut cluster = TestCluster::start_with(3, &["--push-sink", &sink, "--push-coalesce-ms", "200"]).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    let (alice, bob, carol) = (sign_up(&api).await, sign_up(&api).await, sign_up(&api).await);
+    api.set_push_token(&bob.token, "fcm", "bob-phone").await.expect("push token");
+    // Bob (on n2) has a 1:1 with Alice (on n0) and one with Carol (on n1).
+    let mut a = online_at(&t[0], &alice).await;
+    let mut c = online_at(&t[1], &carol).await;
+    let with_alice = a.open_direct(bob.user_id).await.expect("direct");
+    c.open_direct(bob.user_id).await.expect("direct");
+    let mut b = online_at(&t[2], &bob).await;
+    // Both peers hear that Bob came online (so their nodes know where his device is).
+    presence_change(&mut a, bob.user_id, true, WAIT).await;
+    presence_change(&mut c, bob.user_id, true, WAIT).await;
+    // Three messages reach Bob's device; it never acknowledges them.
+    for i in 1..=3 {
+        a.send_and_ack(with_alice, &format!("unacked-{i}"), b"hi".to_vec()).await.expect("ack");
+    }
+    for _ in 1..=3 {
+        b.next_message(WAIT).await.expect("delivered to bob's device");
+    }
+    // n2's last word as each survivor heard it before the kill (Bob was connected then),
+    // once its heartbeats count Bob's session.
+    let mut alive_at = Vec::new();
+    for i in [0, 1] {
+        let deadline = Instant::now() + WAIT;
+        let heard = loop {
+            let report = cluster.report(i).await.expect("report");
+            let n2 = report.nodes.iter().find(|n| n.name == "n2").expect("n2 in the report").clone();
+            if n2.sessions == 1 {
+                break n2.last_heard_at_ms;
+            }
+            assert!(Instant::now() < deadline, "n{i} never heard that n2 holds a session: {n2:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        alive_at.push(heard);
+    }
+
+    cluster.nodes[2].as_mut().expect("n2").kill9();
+    let killed_at = switchboard::store::now_ms();
+    let killed = Instant::now();
+    cluster.nodes[2] = None;
+
+    // Every surviving node tells its own peers of Bob, once the dead rule fired; last seen
+    // is n2's last word (no later than the kill, no earlier than what that survivor heard
+    // from n2 before it).
+    for (i, (peer, conn)) in [("alice on n0", &mut a), ("carol on n1", &mut c)].into_iter().enumerate() {
+        let p = presence_change(conn, bob.user_id, false, DEAD_AFTER + Duration::from_secs(8)).await;
+        assert!(
+            (alive_at[i]..=killed_at).contains(&p.last_seen_ms),
+            "{peer}: bob last seen at {} but alive at {} and killed at {killed_at}",
+            p.last_seen_ms,
+            alive_at[i]
+        );
+    }
+    eprintln!("peers told {:?} after the kill (dead rule {DEAD_AFTER:?})", killed.elapsed());
+    // Asked, the cluster says the same (the store has it).
+    let asked = presence_of(&mut a, bob.user_id).await;
+    assert!(!asked.online && (alive_at[0]..=killed_at).contains(&asked.last_seen_ms), "{asked:?}");
+
+    // Bob's device is pushed for the three messages it never acknowledged, by one node.
+    let push = tokio::time::timeout(WAIT, pushes.recv()).await.expect("a push for bob's device").expect("receiver running");
+    assert_eq!(push["token"], "bob-phone");
+    assert_eq!(push["conversation_id"], with_alice.to_string());
+    assert_eq!(push["sender_user_id"], alice.user_id.to_string());
+    assert_eq!(push["count"], 3);
+    // Pushes leave the two survivors within a coalescing window of each other: a second
+    // one would be here by now.
+    assert!(tokio::time::timeout(Duration::from_secs(1), pushes.recv()).await.is_err(), "bob's device was pushed twice");
+    cluster.wait_members(2).await;
+
+    // What an operator sees: n2 dead, with counts it reported before dying marked stale; its
+    // tree refused with the reason; the CLI says which node a tree is and prints refusals.
+    let report = cluster.report(1).await.expect("report");
+    let n2 = report.nodes.iter().find(|n| n.name == "n2").expect("n2 listed");
+    assert_eq!((n2.status.as_str(), n2.counts_stale, n2.sessions), ("dead", true, 1), "{n2:?}");
+    let tree =
+        |node: &str| reqwest::Client::new().get(format!("http://{}/admin/tree?node={node}", cluster.node(0).admin)).bearer_auth(ADMIN_TOKEN).send();
+    let dead = tree("n2").await.expect("answer");
+    assert_eq!(dead.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = dead.json().await.expect("json");
+    assert!(body["message"].as_str().is_some_and(|m| m.starts_with("node n2 is dead (last heard ")), "{body}");
+    let unknown = tree("n9").await.expect("answer");
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json::<serde_json::Value>().await.expect("json")["message"], "no such node n9");
+    let token_file = cluster.node(0).dir.path().join("operator-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).expect("token file");
+    let cli = |node: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["admin", "tree", "--node", node, "--admin", &format!("http://{}", cluster.node(0).admin)])
+            .arg("--token-file")
+            .arg(&token_file)
+            .env_remove("SWITCHBOARD_ADMIN_TOKEN")
+            .output()
+            .expect("run switchboard admin tree")
+    };
+    let shown = cli("n1");
+    assert!(shown.status.success());
+    assert!(String::from_utf8_lossy(&shown.stdout).starts_with("supervision tree of node n1 (asked through http://"), "{shown:?}");
+    let refused = cli("n2");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("node n2 is dead (last heard "), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_a_crash_ends_the_sessions_of_its_previous_run() {
+    // One node alone (nobody else can notice its death): what it held when it crashed is
+    // found in Redis when it comes back.
+    let mut cluster = TestCluster::start(1).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    let (alice, bob) = (sign_up(&api).await, sign_up(&api).await);
+    let _b = online_at(&t[0], &bob).await;
+    let connected_at = switchboard::store::now_ms();
+    // The node stamps Redis every second; once it has done so with Bob connected, Bob is
+    // known connected at that stamp.
+    let client = redis::Client::open(cluster.redis.url()).expect("redis url");
+    let mut redis = client.get_multiplexed_async_connection().await.expect("redis");
+    let deadline = Instant::now() + WAIT;
+    let alive_at = loop {
+        let seen: Option<u64> = redis::AsyncCommands::get(&mut redis, "sb:nodeseen:n0").await.expect("get");
+        if let Some(seen) = seen.filter(|s| *s > connected_at) {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "the node never stamped Redis after bob connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    cluster.nodes[0].as_mut().expect("n0").kill9();
+    let killed_at = switchboard::store::now_ms();
+    cluster.nodes[0].as_mut().expect("n0").restart();
+    cluster.wait_members(1).await;
+
+    let mut a = online_at(&t[0], &alice).await;
+    let deadline = Instant::now() + WAIT;
+    let p = loop {
+        let p = presence_of(&mut a, bob.user_id).await;
+        if !p.online {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "bob still online after the crash of his node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!((alive_at..=killed_at).contains(&p.last_seen_ms), "bob last seen at {}, alive at {alive_at}, killed at {killed_at}", p.last_seen_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_reports_a_dead_node_and_restarts_it_with_its_settings() {
+    use switchboard::testkit::cluster::{Event, LocalCluster, LocalClusterConfig, LocalClusterError};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LocalClusterConfig {
+        binary: env!("CARGO_BIN_EXE_switchboard").into(),
+        dir: dir.path().join("local"),
+        nodes: 2,
+        base_port: free_ports(14),
+        push_sink: "log".into(),
+        fresh: false,
+    };
+    let mut cluster = LocalCluster::start(config.clone()).await.expect("local cluster");
+    // Two secrets, in files, on no command line.
+    let cookie = std::fs::read_to_string(&cluster.cookie_file).expect("cookie");
+    let token = std::fs::read_to_string(&cluster.admin_token_file).expect("admin token");
+    assert_ne!(cookie.trim(), token.trim());
+    for node in &cluster.nodes {
+        let pid = node.pid().expect("running");
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).expect("cmdline").replace('\0', " ");
+        assert!(!cmdline.contains(cookie.trim()) && !cmdline.contains(token.trim()), "a secret on the command line: {cmdline}");
+    }
+    // One local cluster per directory.
+    assert!(matches!(LocalCluster::start(config.clone()).await, Err(LocalClusterError::Busy { .. })));
+
+    // A node killed from outside is reaped and reported as such.
+    let pid = cluster.nodes[1].pid().expect("node2 running");
+    // SAFETY: kill with a pid this test's cluster started and has not reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(Event::NodeExited { node, pid: exited, status }) = cluster.reap().into_iter().next() {
+            assert_eq!((node.as_str(), exited), ("node2", pid));
+            break status;
+        }
+        assert!(Instant::now() < deadline, "node2's death was not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(switchboard::testkit::cluster::describe(status), "killed by signal 9 (SIGKILL)");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "node2 left as a zombie");
+    assert!(cluster.restart_command(1).contains("serve --config node.toml"), "{}", cluster.restart_command(1));
+
+    // Restarted with the settings it had: it rejoins.
+    let again = cluster.start_node(1).await.expect("node2 back");
+    assert_ne!(again, pid);
+    let admin = format!("http://{}/admin/cluster", cluster.nodes[0].admin);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let report: Option<switchboard::cluster::ClusterReport> =
+            async { reqwest::Client::new().get(&admin).bearer_auth(token.trim()).send().await.ok()?.json().await.ok() }.await;
+        if report.as_ref().is_some_and(|r| r.members == ["node1", "node2"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node2 did not rejoin: {report:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Plain-text logs.
+    let log = std::fs::read_to_string(&cluster.nodes[0].log).expect("log");
+    assert!(log.contains("joined the cluster") && !log.contains('\x1b'), "{log}");
+
+    // Stopping deletes nothing: PostgreSQL's data is under the directory, and kept.
+    let data = cluster.postgres.data_dir();
+    assert!(data.starts_with(config.dir.canonicalize().expect("dir")));
+    drop(cluster);
+    assert!(data.join("PG_VERSION").exists(), "the data directory was removed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

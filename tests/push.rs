@@ -4,58 +4,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Kind, TestServer, online, user};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// A tiny HTTP receiver: every POST body (JSON) goes to the channel; the first
-/// `fail_first` requests are answered 500 to exercise retries.
-async fn receiver(fail_first: u32) -> (String, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/push", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let failures = Arc::new(AtomicU32::new(fail_first));
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
-            let tx = tx.clone();
-            let failures = failures.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = socket.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    let Some(head_end) = text.find("\r\n\r\n") else { continue };
-                    let length = text[..head_end]
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
-                        .unwrap_or(0);
-                    if buf.len() < head_end + 4 + length {
-                        continue;
-                    }
-                    let body = &buf[head_end + 4..head_end + 4 + length];
-                    let failing = failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1)).is_ok();
-                    let status = if failing { "500 Internal Server Error" } else { "200 OK" };
-                    if !failing && let Ok(json) = serde_json::from_slice(body) {
-                        let _ = tx.send(json);
-                    }
-                    let _ = socket.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes()).await;
-                    return;
-                }
-            });
-        }
-    });
-    (url, rx)
-}
+use common::{Kind, TestServer, online, push_receiver as receiver, user};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_devices_get_a_coalesced_push_and_online_ones_do_not() {
@@ -99,4 +50,33 @@ async fn offline_devices_get_a_coalesced_push_and_online_ones_do_not() {
     let push = tokio::time::timeout(Duration::from_secs(10), pushes.recv()).await.unwrap().unwrap();
     assert_eq!(push["token"], "bob-laptop");
     assert!(tokio::time::timeout(Duration::from_millis(800), pushes.recv()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_leaves_with_unacknowledged_messages_is_pushed_for_them() {
+    let (url, mut pushes) = receiver(0).await;
+    let sink = format!("webhook:{url}");
+    let server = TestServer::start_with(&["--push-sink", &sink, "--push-coalesce-ms", "200"]);
+    let api = server.api();
+    let (alice, bob) = (user(&api).await, user(&api).await);
+    api.set_push_token(&bob.token, "fcm", "bob-phone").await.unwrap();
+    let mut a = online(&server, Kind::Tcp, &alice).await;
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    let direct = a.open_direct(bob.user_id).await.unwrap();
+    for i in 1..=2 {
+        a.send_and_ack(direct, &format!("m-{i}"), &b"hi"[..]).await.unwrap();
+    }
+    for _ in 1..=2 {
+        b.next_message(Duration::from_secs(10)).await.unwrap();
+    }
+    // Bob's device acknowledges the first message only, answers, and leaves: the second
+    // one reached it but was never acknowledged (his own answer does not count).
+    b.ack(direct, 1).await.unwrap();
+    b.send_and_ack(direct, "answer", &b"yo"[..]).await.unwrap();
+    b.bye().await.unwrap();
+    let push = tokio::time::timeout(Duration::from_secs(10), pushes.recv()).await.expect("a push for bob's device").unwrap();
+    assert_eq!(push["token"], "bob-phone");
+    assert_eq!(push["conversation_id"], direct.to_string());
+    assert_eq!(push["sender_user_id"], alice.user_id.to_string());
+    assert_eq!(push["count"], 1);
 }

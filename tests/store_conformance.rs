@@ -476,6 +476,9 @@ async fn cursors_receipts_and_presence(f: Fixture) {
         store.apply(vec![WriteOp::LastSeen { user_id: alice, at_ms: 500 }, WriteOp::LastSeen { user_id: alice, at_ms: 600 }]).await.unwrap();
     assert_eq!(outcomes, vec![WriteOutcome::Recorded, WriteOutcome::Recorded]);
     assert_eq!(store.last_seen(alice).await.unwrap(), Some(600));
+    // The later time wins, whatever the order of writes (several nodes record it).
+    store.apply(vec![WriteOp::LastSeen { user_id: alice, at_ms: 550 }]).await.unwrap();
+    assert_eq!(store.last_seen(alice).await.unwrap(), Some(600));
 }
 
 async fn push_tokens(f: Fixture) {
@@ -779,7 +782,8 @@ impl Model {
                 WriteOutcome::CursorAdvanced(result)
             }
             WriteOp::LastSeen { user_id, at_ms } => {
-                self.last_seen.insert(*user_id, *at_ms);
+                let seen = self.last_seen.entry(*user_id).or_default();
+                *seen = (*seen).max(*at_ms);
                 WriteOutcome::Recorded
             }
             WriteOp::AppendEvent { .. } => unreachable!("the model test does not generate group events"),

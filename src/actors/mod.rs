@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod push;
 pub mod router;
 pub mod session;
+pub mod session_end;
 pub mod session_supervisor;
 pub mod store_writer;
 

@@ -8,6 +8,7 @@
 //! message), and a failed delivery is retried with exponential backoff.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,10 @@ pub enum PushRequest {
         /// How many messages.
         count: u32,
     },
+    /// Notify one device (the end of its session left messages it never acknowledged; see
+    /// `session_end`). Coalesced with what is pending for the same device and
+    /// conversation, and skipped if the device is connected again when it is due.
+    Notify(Box<PushNotification>),
     /// A user's push tokens changed: forget the cached ones.
     TokensChanged(UserId),
 }
@@ -233,6 +238,21 @@ impl Actor for PushDispatcher {
                         });
                         due.notification.count += count;
                         due.notification.sender_user_id = sender;
+                    }
+                }
+            }
+            PushMsg::Request(PushRequest::Notify(notification)) => {
+                let key = (notification.device_id, notification.conversation_id);
+                let full = state.pending.len() >= MAX_PENDING;
+                match state.pending.entry(key) {
+                    // The same messages may already be counted by a pending notification.
+                    Entry::Occupied(mut due) => {
+                        let due = &mut due.get_mut().notification;
+                        due.count = due.count.max(notification.count);
+                    }
+                    Entry::Vacant(_) if full => metrics::counter!("switchboard_push_dropped_total").increment(1),
+                    Entry::Vacant(slot) => {
+                        slot.insert(Due { notification: *notification, attempt: 0, at: Instant::now() + state.args.config.coalesce });
                     }
                 }
             }

@@ -47,22 +47,38 @@ impl RemoteDirectory {
         }
     }
 
-    /// `node`'s full list of devices, replacing what was known of it.
-    pub fn replace_node(&self, node: &Arc<str>, devices: impl IntoIterator<Item = (UserId, DeviceId)>) {
-        self.drop_node(node);
+    /// `node`'s full list of devices, replacing what was known of it. Returns the devices
+    /// that were listed on `node` and are not any more: their sessions ended without this
+    /// node hearing of it (an announcement lost with a broken connection).
+    pub fn replace_node(&self, node: &Arc<str>, devices: impl IntoIterator<Item = (UserId, DeviceId)>) -> Vec<(UserId, DeviceId)> {
         let mut map = write(&self.by_user);
+        let before = Self::remove_node(&mut map, node);
+        let mut now = std::collections::HashSet::new();
         for (user, device) in devices {
             map.entry(user).or_default().push((device, node.clone()));
+            now.insert((user, device));
         }
+        before.into_iter().filter(|d| !now.contains(d)).collect()
     }
 
-    /// Forgets every device of `node` (it died).
-    pub fn drop_node(&self, node: &Arc<str>) {
-        let mut map = write(&self.by_user);
-        map.retain(|_, entries| {
-            entries.retain(|(_, n)| n != node);
+    /// Forgets every device of `node` (it died, or restarted) and returns them.
+    pub fn drop_node(&self, node: &Arc<str>) -> Vec<(UserId, DeviceId)> {
+        Self::remove_node(&mut write(&self.by_user), node)
+    }
+
+    fn remove_node(map: &mut HashMap<UserId, RemoteDevices>, node: &Arc<str>) -> Vec<(UserId, DeviceId)> {
+        let mut removed = Vec::new();
+        map.retain(|user, entries| {
+            entries.retain(|(device, n)| {
+                let mine = n == node;
+                if mine {
+                    removed.push((*user, *device));
+                }
+                !mine
+            });
             !entries.is_empty()
         });
+        removed
     }
 
     /// The nodes that have devices of `users` (other than `except`), each with the users
@@ -150,10 +166,16 @@ mod tests {
         let (u1, u2) = (UserId::random(), UserId::random());
         dir.update(&a, u1, DeviceId::random(), true);
         dir.update(&b, u2, DeviceId::random(), true);
-        dir.replace_node(&a, [(u2, DeviceId::random())]);
+        let u2_on_a = DeviceId::random();
+        let vanished = dir.replace_node(&a, [(u2, u2_on_a)]);
         assert!(!dir.has_user(u1));
+        assert_eq!(vanished.len(), 1, "u1's device left a without a word");
+        assert_eq!(vanished[0].0, u1);
         assert_eq!(dir.count_by_node().get(&a), Some(&1));
-        dir.drop_node(&b);
+        // A device in both the old list and the snapshot did not end.
+        assert!(dir.replace_node(&a, [(u2, u2_on_a)]).is_empty());
+        let dropped = dir.drop_node(&b);
+        assert_eq!(dropped.iter().map(|(u, _)| *u).collect::<Vec<_>>(), vec![u2]);
         assert_eq!(dir.count_by_node().get(&b), None);
         assert_eq!(dir.nodes_for(&[u2], None).len(), 1);
     }

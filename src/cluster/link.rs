@@ -261,7 +261,8 @@ pub(super) fn flush(cluster: &Cluster, node: &str) {
         };
         (router, std::mem::take(&mut peer.outbox))
     };
-    let mut batch = pb::Batch { from_node: cluster.name.to_string(), incarnation: cluster.incarnation, envelopes: Vec::new() };
+    let mut batch =
+        pb::Batch { from_node: cluster.name.to_string(), incarnation: cluster.incarnation, envelopes: Vec::new(), sent_ms: crate::store::now_ms() };
     let mut size = 0;
     let mut sent = true;
     for envelope in envelopes {
@@ -306,7 +307,11 @@ fn receive(state: &mut LinkState, bytes: &[u8]) {
     if from == cluster.name {
         return;
     }
-    let change = super::lock(&cluster.membership).heard(&from, batch.incarnation, Instant::now());
+    // The sender's stamp, but never later than now by our clock (a peer whose clock runs
+    // ahead must not make its devices "last seen" in the future).
+    let arrived_ms = crate::store::now_ms();
+    let heard_ms = if batch.sent_ms == 0 { arrived_ms } else { batch.sent_ms.min(arrived_ms) };
+    let change = super::lock(&cluster.membership).heard(&from, batch.incarnation, Instant::now(), heard_ms);
     cluster.apply(change);
     for envelope in batch.envelopes {
         let Some(kind) = envelope.kind else { continue };
@@ -373,7 +378,7 @@ fn dispatch(cluster: &Arc<Cluster>, from: &Arc<str>, kind: pb::envelope::Kind) -
                 .iter()
                 .map(|d| Ok((parse_id("user_id", &d.user_id)?, parse_id("device_id", &d.device_id)?)))
                 .collect::<Result<Vec<_>, wire::WireError>>()?;
-            cluster.directory.replace_node(from, devices);
+            cluster.snapshot(from, devices);
         }
         Kind::SnapshotRequest(_) => cluster.send_snapshot(from),
     }

@@ -16,6 +16,12 @@
 //!   conversations) but stays reachable, so its devices still get their deliveries.
 //! - A dead peer heard from again (a healed partition, or a restart under the same name)
 //!   is alive again and rejoins the view.
+//! - A peer heard from under a new incarnation without having been declared dead
+//!   restarted within `dead_after`: the sessions of its previous incarnation are over, as
+//!   if it had died (reported in [`Change::restarted`]).
+//! - Each peer's last word is also kept as a wall-clock time (ms since the epoch, as the
+//!   peer stamped it, never later than when it arrived): the last moment it is known to
+//!   have been alive, which becomes the last-seen time of the devices it held.
 //! - A peer dead for twelve times `dead_after` (at least a minute) is forgotten: it no
 //!   longer shows in `admin cluster` and is no longer redialled (unless it is a seed).
 
@@ -44,6 +50,9 @@ pub struct PeerView {
     pub status: PeerStatus,
     /// When it was last heard from.
     pub last_heard: Instant,
+    /// The same moment in ms since the Unix epoch (see the module doc): the last moment
+    /// the peer is known to have been alive.
+    pub last_heard_ms: u64,
     /// It asked to be drained.
     pub draining: bool,
     /// Its process start time: a new value means the peer restarted.
@@ -60,15 +69,27 @@ pub struct Membership {
     peers: BTreeMap<Arc<str>, PeerView>,
 }
 
+/// A peer whose sessions are over (it died, or restarted), and when it was last alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gone {
+    /// The peer.
+    pub name: Arc<str>,
+    /// Its last word, in ms since the Unix epoch (see [`PeerView::last_heard_ms`]).
+    pub last_heard_ms: u64,
+}
+
 /// What changed after an event.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Change {
     /// The member view (placement) changed.
     pub members_changed: bool,
     /// These peers were just declared dead.
-    pub died: Vec<Arc<str>>,
+    pub died: Vec<Gone>,
     /// These peers restarted (new incarnation) or came back from the dead.
     pub rejoined: Vec<Arc<str>>,
+    /// These peers restarted without having been declared dead: their previous
+    /// incarnation's sessions are over (its last word is given). Also in `rejoined`.
+    pub restarted: Vec<Gone>,
     /// These peers had been dead long enough to be forgotten.
     pub forgotten: Vec<Arc<str>>,
 }
@@ -84,8 +105,9 @@ impl Membership {
         &self.me
     }
 
-    /// Something arrived from `peer` at `now`.
-    pub fn heard(&mut self, peer: &str, incarnation: u64, now: Instant) -> Change {
+    /// Something arrived from `peer` at `now`, stamped `heard_ms` (ms since the epoch: the
+    /// peer's clock, never later than ours when it arrived).
+    pub fn heard(&mut self, peer: &str, incarnation: u64, now: Instant, heard_ms: u64) -> Change {
         let mut change = Change::default();
         if peer == self.me.as_ref() {
             return change;
@@ -96,15 +118,27 @@ impl Membership {
                 if view.incarnation != incarnation {
                     view.incarnation = incarnation;
                     change.rejoined.push(Arc::from(peer));
+                    if was != PeerStatus::Dead {
+                        // Its death was never declared: the previous incarnation's sessions
+                        // end here, last alive at its last word.
+                        change.restarted.push(Gone { name: Arc::from(peer), last_heard_ms: view.last_heard_ms });
+                    }
+                    view.last_heard_ms = heard_ms;
                 } else if was == PeerStatus::Dead {
                     change.rejoined.push(Arc::from(peer));
                 }
                 view.last_heard = now;
+                // Batches of one incarnation arrive in order on one connection, but not
+                // across reconnections: keep the latest.
+                view.last_heard_ms = view.last_heard_ms.max(heard_ms);
                 view.status = PeerStatus::Alive;
                 change.members_changed = was == PeerStatus::Dead && !view.draining;
             }
             None => {
-                self.peers.insert(Arc::from(peer), PeerView { status: PeerStatus::Alive, last_heard: now, draining: false, incarnation });
+                self.peers.insert(
+                    Arc::from(peer),
+                    PeerView { status: PeerStatus::Alive, last_heard: now, last_heard_ms: heard_ms, draining: false, incarnation },
+                );
                 change.members_changed = true;
             }
         }
@@ -149,7 +183,7 @@ impl Membership {
                 PeerStatus::Alive
             };
             if status == PeerStatus::Dead && view.status != PeerStatus::Dead {
-                change.died.push(name.clone());
+                change.died.push(Gone { name: name.clone(), last_heard_ms: view.last_heard_ms });
                 change.members_changed |= !view.draining;
             }
             view.status = status;
@@ -204,7 +238,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Membership::new("a".into(), HB, DEAD);
         assert_eq!(names(&m.members()), ["a"]);
-        assert!(m.heard("b", 1, t0).members_changed);
+        assert!(m.heard("b", 1, t0, 1_000).members_changed);
         assert_eq!(names(&m.members()), ["a", "b"]);
         // Silent for a while: suspect, still a member.
         assert_eq!(m.tick(t0 + Duration::from_secs(2)), Change::default());
@@ -213,7 +247,7 @@ mod tests {
         // Silent for dead_after: dead, and out.
         let change = m.tick(t0 + DEAD);
         assert!(change.members_changed);
-        assert_eq!(change.died, vec![Arc::<str>::from("b")]);
+        assert_eq!(change.died, vec![Gone { name: "b".into(), last_heard_ms: 1_000 }]);
         assert_eq!(names(&m.members()), ["a"]);
         // Dying is reported once.
         assert_eq!(m.tick(t0 + DEAD * 2), Change::default());
@@ -227,10 +261,10 @@ mod tests {
     fn a_peer_heard_within_dead_after_never_moves_anything() {
         let t0 = Instant::now();
         let mut m = Membership::new("a".into(), HB, DEAD);
-        m.heard("b", 1, t0);
+        m.heard("b", 1, t0, 1_000);
         let change = m.tick(t0 + Duration::from_millis(2900));
         assert!(!change.members_changed);
-        assert!(!m.heard("b", 1, t0 + Duration::from_millis(2950)).members_changed);
+        assert!(!m.heard("b", 1, t0 + Duration::from_millis(2950), 3_950).members_changed);
         assert_eq!(m.peer("b").map(|v| v.status), Some(PeerStatus::Alive));
     }
 
@@ -238,21 +272,39 @@ mod tests {
     fn the_dead_come_back_and_restarts_are_noticed() {
         let t0 = Instant::now();
         let mut m = Membership::new("a".into(), HB, DEAD);
-        m.heard("b", 1, t0);
+        m.heard("b", 1, t0, 1_000);
         m.tick(t0 + DEAD);
-        let back = m.heard("b", 1, t0 + DEAD * 2);
+        let back = m.heard("b", 1, t0 + DEAD * 2, 7_000);
         assert!(back.members_changed);
         assert_eq!(back.rejoined, vec![Arc::<str>::from("b")]);
-        let restarted = m.heard("b", 2, t0 + DEAD * 2);
+        // Its sessions ended when it was declared dead, not now.
+        assert!(back.restarted.is_empty());
+        let restarted = m.heard("b", 2, t0 + DEAD * 2, 7_100);
         assert!(!restarted.members_changed);
         assert_eq!(restarted.rejoined, vec![Arc::<str>::from("b")]);
+        // A restart within dead_after: the previous incarnation's sessions are over, last
+        // alive at its last word.
+        assert_eq!(restarted.restarted, vec![Gone { name: "b".into(), last_heard_ms: 7_000 }]);
+        assert_eq!(m.peer("b").map(|v| v.last_heard_ms), Some(7_100));
+    }
+
+    #[test]
+    fn the_last_word_is_the_latest_time_a_peer_stamped() {
+        let t0 = Instant::now();
+        let mut m = Membership::new("a".into(), HB, DEAD);
+        m.heard("b", 1, t0, 5_000);
+        // A batch from before a reconnection arrives late: the later time stays.
+        m.heard("b", 1, t0 + HB, 4_900);
+        assert_eq!(m.peer("b").map(|v| v.last_heard_ms), Some(5_000));
+        let change = m.tick(t0 + HB + DEAD);
+        assert_eq!(change.died, vec![Gone { name: "b".into(), last_heard_ms: 5_000 }]);
     }
 
     #[test]
     fn draining_nodes_own_nothing_unless_alone() {
         let t0 = Instant::now();
         let mut m = Membership::new("a".into(), HB, DEAD);
-        m.heard("b", 1, t0);
+        m.heard("b", 1, t0, 1_000);
         assert!(m.set_draining("b", true));
         assert_eq!(names(&m.members()), ["a"]);
         assert!(m.drain_me());
@@ -265,7 +317,7 @@ mod tests {
     #[test]
     fn a_node_never_counts_itself_as_a_peer() {
         let mut m = Membership::new("a".into(), HB, DEAD);
-        assert_eq!(m.heard("a", 1, Instant::now()), Change::default());
+        assert_eq!(m.heard("a", 1, Instant::now(), 1_000), Change::default());
         assert_eq!(m.peers().count(), 0);
     }
 }

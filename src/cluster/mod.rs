@@ -37,18 +37,22 @@ use std::time::Instant;
 
 use ractor::ActorRef;
 
-use crate::actors::Router;
 use crate::actors::messages::{ConversationRequest, SessionMsg, SessionRequest};
 use crate::actors::router::{RemoteRoutes, RouteError};
+use crate::actors::session_end::{self, Ended, Ending};
+use crate::actors::{NodeContext, Router};
 use crate::config::ClusterConfig;
 use crate::ids::{ConversationId, DeviceId, UserId};
 use crate::protocol::id_bytes;
 use directory::RemoteDirectory;
 use link::LinkMsg;
-use membership::{Change, Membership, PeerStatus};
+use membership::{Change, Gone, Membership, PeerStatus};
 use placement::Members;
 use presence::{DeviceChange, RedisPresence};
 use wire::pb;
+
+/// (user, device) pairs of another node.
+type RemoteDevices = Vec<(UserId, DeviceId)>;
 
 /// Envelopes queued towards one peer before new ones are dropped (counted in
 /// `switchboard_cluster_dropped_total`): a peer that cannot keep up must not grow our memory.
@@ -115,6 +119,8 @@ pub struct Cluster {
     incarnation: u64,
     config: ClusterConfig,
     router: Router,
+    /// The node's services, for the end of sessions of other nodes (`session_end`).
+    ctx: NodeContext,
     membership: Mutex<Membership>,
     members: RwLock<Members>,
     peers: Mutex<HashMap<Arc<str>, Peer>>,
@@ -126,6 +132,9 @@ pub struct Cluster {
     /// Requests forwarded here, per conversation, waiting for its activation (see
     /// `link::hand_to_conversation`).
     forwarded: Mutex<HashMap<ConversationId, std::collections::VecDeque<ConversationRequest>>>,
+    /// True once start-up waited for the seeds (`wait_for_peers`): the member view is
+    /// then worth deciding on.
+    joined: tokio::sync::watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -157,6 +166,36 @@ pub struct MemberReport {
     pub http_addr: String,
     /// Milliseconds since last heard (0 for self).
     pub last_heard_ms: u64,
+    /// When it was last heard from, in ms since the Unix epoch (its own stamp; now for
+    /// self): for a dead node, the last moment it is known to have been alive.
+    #[serde(default)]
+    pub last_heard_at_ms: u64,
+    /// `sessions` and `conversations` are what the node last reported before it died, not
+    /// current: its devices have reconnected elsewhere or are offline, its conversations
+    /// have moved.
+    #[serde(default)]
+    pub counts_stale: bool,
+}
+
+/// What this node knows of a node, by name (`admin tree --node`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeLookup {
+    /// The answering node itself.
+    Me,
+    /// A peer that is not dead, reachable at its announced admin address.
+    Peer {
+        /// Its admin listener (empty if it never announced one).
+        admin_addr: String,
+    },
+    /// A peer declared dead.
+    Dead {
+        /// Milliseconds since it was last heard from.
+        last_heard_ms_ago: u64,
+        /// When, in ms since the Unix epoch.
+        last_heard_at_ms: u64,
+    },
+    /// No node of that name was ever heard from (or it was forgotten).
+    Unknown,
 }
 
 /// `GET /admin/cluster`.
@@ -173,7 +212,8 @@ pub struct ClusterReport {
 }
 
 impl Cluster {
-    fn new(config: ClusterConfig, router: Router, tls: Option<Arc<tls::ClusterTls>>) -> Arc<Self> {
+    fn new(config: ClusterConfig, ctx: NodeContext, tls: Option<Arc<tls::ClusterTls>>) -> Arc<Self> {
+        let router = ctx.router.clone();
         let name: Arc<str> = Arc::from(config.node_name.as_str());
         let membership = Membership::new(name.clone(), config.heartbeat, config.dead_after);
         let members = membership.members();
@@ -182,6 +222,7 @@ impl Cluster {
             incarnation: crate::store::now_ms(),
             config,
             router,
+            ctx,
             membership: Mutex::new(membership),
             members: RwLock::new(members),
             peers: Mutex::new(HashMap::new()),
@@ -191,6 +232,7 @@ impl Cluster {
             addrs: OnceLock::new(),
             tls,
             forwarded: Mutex::new(HashMap::new()),
+            joined: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -234,6 +276,11 @@ impl Cluster {
     /// joining node knows the members before it places any conversation. (Placing one
     /// early would be safe, the store fences appends, but would move it twice.)
     pub async fn wait_for_peers(&self) {
+        self.join_seeds().await;
+        self.joined.send_replace(true);
+    }
+
+    async fn join_seeds(&self) {
         if self.config.seeds.is_empty() {
             return;
         }
@@ -382,12 +429,19 @@ impl Cluster {
         silent
     }
 
-    /// Applies a membership change: new placement, handoffs, dropped directories.
+    /// Applies a membership change: new placement, handoffs, dropped directories, and the
+    /// end of the sessions of peers that died or restarted (`session_end`).
     fn apply(&self, change: Change) {
+        // How each peer's sessions ended, when, and its devices this node knew of.
+        let mut ended: Vec<(Ending, Gone, RemoteDevices)> = Vec::new();
         for dead in &change.died {
-            tracing::warn!(peer = %dead, "cluster peer declared dead");
+            let ago = crate::store::now_ms().saturating_sub(dead.last_heard_ms);
+            tracing::warn!(peer = %dead.name, last_heard_ms_ago = ago, "cluster peer declared dead");
             metrics::counter!("switchboard_cluster_peers_died_total").increment(1);
-            self.directory.drop_node(dead);
+            ended.push((Ending::NodeDead, dead.clone(), self.directory.drop_node(&dead.name)));
+            if let Some(presence) = self.presence.get() {
+                presence.node_died(&dead.name);
+            }
         }
         if !change.forgotten.is_empty() {
             let mut peers = lock(&self.peers);
@@ -400,7 +454,11 @@ impl Cluster {
             tracing::info!(peer = %back, "cluster peer rejoined");
             // What we knew of its devices is stale (a restart) or was dropped (we declared
             // it dead): ask for a fresh snapshot, and send ours, which it may have dropped.
-            self.directory.drop_node(back);
+            let dropped = self.directory.drop_node(back);
+            if let Some(restarted) = change.restarted.iter().find(|g| g.name == *back) {
+                tracing::warn!(peer = %back, devices = dropped.len(), "cluster peer restarted; its previous sessions ended");
+                ended.push((Ending::NodeRestarted, restarted.clone(), dropped));
+            }
             self.queue(back, pb::envelope::Kind::SnapshotRequest(pb::SnapshotRequest {}));
             self.send_snapshot(back);
         }
@@ -422,6 +480,23 @@ impl Cluster {
                 metrics::counter!("switchboard_conversations_handed_off_total").increment(moved as u64);
             }
         }
+        // After the new view is published: the node with the push duty is chosen in it.
+        if !ended.is_empty() {
+            let members = self.members();
+            for (ending, gone, devices) in ended {
+                let push_duty = push_duty(&self.name, members.names(), &gone.name);
+                session_end::remote_ended(&self.ctx, Ended { ending, devices, last_seen_ms: gone.last_heard_ms, push_duty });
+            }
+        }
+    }
+
+    /// `node`'s directory snapshot arrived: devices it listed before and not now ended
+    /// there without this node hearing of it (see `session_end::Ending::Vanished`).
+    fn snapshot(&self, node: &Arc<str>, devices: Vec<(UserId, DeviceId)>) {
+        let vanished = self.directory.replace_node(node, devices);
+        if !vanished.is_empty() {
+            session_end::remote_ended(&self.ctx, Ended { ending: Ending::Vanished, devices: vanished, last_seen_ms: 0, push_duty: false });
+        }
     }
 
     /// `GET /admin/cluster`.
@@ -440,6 +515,8 @@ impl Cluster {
             tcp_addr: addrs.tcp,
             http_addr: addrs.http,
             last_heard_ms: 0,
+            last_heard_at_ms: crate::store::now_ms(),
+            counts_stale: false,
         }];
         {
             let membership = lock(&self.membership);
@@ -462,6 +539,8 @@ impl Cluster {
                     tcp_addr: hb.tcp_addr,
                     http_addr: hb.http_addr,
                     last_heard_ms: now.saturating_duration_since(view.last_heard).as_millis() as u64,
+                    last_heard_at_ms: view.last_heard_ms,
+                    counts_stale: view.status == PeerStatus::Dead,
                 });
             }
         }
@@ -472,12 +551,22 @@ impl Cluster {
         ClusterReport { node: self.name.to_string(), members: members.names().iter().map(|n| n.to_string()).collect(), nodes, redis }
     }
 
-    /// The admin address of `node` as its heartbeats announce it (self included).
-    pub fn admin_addr_of(&self, node: &str) -> Option<String> {
+    /// What this node knows of `node`: itself, a peer (and where its admin listener is), a
+    /// dead peer (and when it was last heard), or nothing.
+    pub fn lookup(&self, node: &str) -> NodeLookup {
         if node == self.name.as_ref() {
-            return self.addrs.get().map(|a| a.admin.clone());
+            return NodeLookup::Me;
         }
-        lock(&self.peers).get(node).and_then(|p| p.heartbeat.as_ref().map(|h| h.admin_addr.clone()))
+        let membership = lock(&self.membership);
+        let Some(view) = membership.peer(node) else { return NodeLookup::Unknown };
+        if view.status == PeerStatus::Dead {
+            return NodeLookup::Dead {
+                last_heard_ms_ago: Instant::now().saturating_duration_since(view.last_heard).as_millis() as u64,
+                last_heard_at_ms: view.last_heard_ms,
+            };
+        }
+        let admin_addr = lock(&self.peers).get(node).and_then(|p| p.heartbeat.as_ref().map(|h| h.admin_addr.clone())).unwrap_or_default();
+        NodeLookup::Peer { admin_addr }
     }
 }
 
@@ -552,7 +641,8 @@ impl RemoteRoutes for Cluster {
         if !presence.is_up() {
             return None;
         }
-        match presence.presence(users).await {
+        let dead = |node: &str| lock(&self.membership).peer(node).is_some_and(|v| v.status == PeerStatus::Dead);
+        match presence.presence(users, &dead).await {
             Ok(answers) => Some(answers.into_iter().map(|p| (p.online, p.last_seen_ms)).collect()),
             Err(e) => {
                 tracing::debug!(error = %e, "redis presence unavailable; answering from this node's view");
@@ -574,11 +664,28 @@ pub async fn start(
         Some(files) => Some(Arc::new(tls::ClusterTls::load(files)?)),
         None => None,
     };
-    let cluster = Cluster::new(config, node.ctx.router.clone(), tls);
+    let cluster = Cluster::new(config, node.ctx.clone(), tls);
     let _ = cluster.addrs.set(addrs);
     if let Some(url) = cluster.config.redis.clone() {
         let router = node.ctx.router.clone();
-        let presence = RedisPresence::start(&url, cluster.name.clone(), Arc::new(move || router.local_devices()), stop.clone())?;
+        // The devices this node's previous run held when it ended (found in Redis): their
+        // sessions ended with it. Peers that saw it restart or die did the same for their
+        // own 1:1 peers, and one of them pushes; this node pushes only if it is alone.
+        let me = Arc::downgrade(&cluster);
+        let previous_run: presence::PreviousRun = Arc::new(move |devices, last_seen_ms| {
+            let me = me.clone();
+            tokio::spawn(async move {
+                // Alone or not is known once start-up has joined the seeds.
+                let Some(mut joined) = me.upgrade().map(|c| c.joined.subscribe()) else { return };
+                if joined.wait_for(|j| *j).await.is_err() {
+                    return;
+                }
+                let Some(cluster) = me.upgrade() else { return };
+                let push_duty = cluster.members().names() == [cluster.name.clone()];
+                session_end::remote_ended(&cluster.ctx, Ended { ending: Ending::PreviousRun, devices, last_seen_ms, push_duty });
+            });
+        });
+        let presence = RedisPresence::start(&url, cluster.name.clone(), Arc::new(move || router.local_devices()), previous_run, stop.clone())?;
         let _ = cluster.presence.set(presence);
     }
     node.ctx.router.set_remote(cluster.clone());
@@ -586,9 +693,30 @@ pub async fn start(
     Ok(cluster)
 }
 
+/// True if `me` pushes the devices of sessions that ended with `ended_node` (it died or
+/// restarted): the lowest-named member other than that node. Every node computes it from
+/// its own view, so exactly one node pushes while views agree (a disagreement costs a
+/// duplicate notification, never a lost one: each node that thinks it is chosen pushes).
+fn push_duty(me: &str, members: &[Arc<str>], ended_node: &str) -> bool {
+    members.iter().map(|m| m.as_ref()).filter(|m| *m != ended_node).min() == Some(me)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lowest_named_member_other_than_the_ended_node_pushes() {
+        let members: Vec<Arc<str>> = vec!["n0".into(), "n1".into(), "n2".into()];
+        // n0 restarted: n1 pushes for its previous sessions, n0 does not.
+        assert!(push_duty("n1", &members, "n0"));
+        assert!(!push_duty("n0", &members, "n0"));
+        assert!(!push_duty("n2", &members, "n0"));
+        // n2 died (and has left the view): n0.
+        let survivors = &members[..2];
+        assert!(push_duty("n0", survivors, "n2"));
+        assert!(!push_duty("n1", survivors, "n2"));
+    }
 
     #[test]
     fn listeners_on_every_interface_are_announced_with_the_advertised_host() {

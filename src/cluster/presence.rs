@@ -11,6 +11,13 @@
 //! - `sb:seen:{user}`: last-seen time in ms, written when the user's last device leaves.
 //! - `sb:nodedevices:{name}`: set of `user/device` entries this node wrote, so that after
 //!   an outage (or a restart) it can remove the entries of devices that left meanwhile.
+//! - `sb:nodeseen:{name}`: when the node last refreshed its key (ms since the epoch, no
+//!   TTL): after a crash, the last moment its previous run is known to have been alive.
+//!
+//! A node's first rewrite after it starts also finds the devices its previous run held
+//! when it ended (a crash, or a stop whose last updates were lost): their sessions ended
+//! then, and the node hands them to the end-of-session path (`session_end`), with the
+//! previous run's last refresh as their last seen.
 //!
 //! Nothing on the message path waits for Redis: updates go through a bounded queue to one
 //! writer task, and reads (presence queries) fall back to the node's own view when Redis
@@ -77,6 +84,20 @@ pub struct RedisHealth {
     pub error: Option<String>,
 }
 
+/// Called with the devices this node's previous run held when it ended, found in Redis by
+/// the first rewrite, and that run's last refresh (ms since the epoch; 0 = unknown).
+pub type PreviousRun = Arc<dyn Fn(Vec<(UserId, DeviceId)>, u64) + Send + Sync>;
+
+/// What the first rewrite of this run needs to tell the previous run's devices apart.
+struct FirstRewrite {
+    /// Done: nothing more to track.
+    done: AtomicBool,
+    /// Entries this run wrote before its first rewrite (they are not the previous run's).
+    written: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Called with the previous run's devices.
+    previous_run: PreviousRun,
+}
+
 const QUEUE: usize = 65_536;
 const REFRESH: Duration = Duration::from_secs(1);
 const OP_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -91,6 +112,7 @@ pub struct RedisPresence {
     /// Set when changes were dropped (queue full, Redis down): rewrite everything.
     dirty: Arc<AtomicBool>,
     health: Arc<Mutex<RedisHealth>>,
+    first: Arc<FirstRewrite>,
 }
 
 // Deletes a device's entry only if it still names this node: the device may have moved
@@ -128,6 +150,23 @@ fn node_devices_key(node: &str) -> String {
     format!("sb:nodedevices:{node}")
 }
 
+fn node_seen_key(node: &str) -> String {
+    format!("sb:nodeseen:{node}")
+}
+
+/// The devices among `stale` entries (`user/device`, left over in this node's set) that
+/// its previous run held: those this run did not write itself.
+fn previous_run_devices(stale: &[&String], written_by_this_run: &std::collections::HashSet<String>) -> Vec<(UserId, DeviceId)> {
+    stale
+        .iter()
+        .filter(|m| !written_by_this_run.contains(**m))
+        .filter_map(|m| {
+            let (user, device) = m.split_once('/')?;
+            Some((user.parse().ok()?, device.parse().ok()?))
+        })
+        .collect()
+}
+
 fn member(user: UserId, device: DeviceId) -> String {
     format!("{user}/{device}")
 }
@@ -135,11 +174,13 @@ fn member(user: UserId, device: DeviceId) -> String {
 impl RedisPresence {
     /// Connects lazily (a Redis that is down at start-up only makes presence degraded)
     /// and starts the writer and the refresher. `local_devices` lists this node's devices
-    /// for a full rewrite after an outage.
+    /// for a full rewrite after an outage; `previous_run` gets the devices of this node's
+    /// previous run that the first rewrite finds.
     pub fn start(
         url: &str,
         node: Arc<str>,
         local_devices: Arc<dyn Fn() -> Vec<(UserId, DeviceId)> + Send + Sync>,
+        previous_run: PreviousRun,
         stop: CancellationToken,
     ) -> Result<Self, PresenceError> {
         let client = redis::Client::open(url).map_err(|e| PresenceError::Url(e.to_string()))?;
@@ -157,6 +198,7 @@ impl RedisPresence {
             up: Arc::new(AtomicBool::new(false)),
             dirty: Arc::new(AtomicBool::new(true)),
             health: Arc::new(Mutex::new(RedisHealth { ok: false, latency_ms: 0.0, error: Some("not probed yet".into()) })),
+            first: Arc::new(FirstRewrite { done: AtomicBool::new(false), written: Default::default(), previous_run }),
         };
         tokio::spawn(presence.clone().write_loop(rx, stop.clone()));
         tokio::spawn(presence.clone().refresh_loop(local_devices, stop));
@@ -181,8 +223,10 @@ impl RedisPresence {
         self.up.load(Ordering::SeqCst)
     }
 
-    /// Presence of `users` as Redis sees it (cluster-wide).
-    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>, PresenceError> {
+    /// Presence of `users` as Redis sees it (cluster-wide). A device is online if its node's
+    /// key is alive in Redis and the caller does not hold that node `dead` (the membership's
+    /// dead rule may fire before the key expires: the cluster then has one answer).
+    pub async fn presence(&self, users: &[UserId], dead: &(dyn Fn(&str) -> bool + Sync)) -> Result<Vec<Presence>, PresenceError> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         for user in users {
@@ -198,12 +242,23 @@ impl RedisPresence {
         } else {
             let keys: Vec<String> = nodes.iter().map(|n| node_key(n)).collect();
             let values: Vec<Option<String>> = tokio::time::timeout(OP_TIMEOUT, conn.mget(keys)).await.map_err(|_| PresenceError::Timeout)??;
-            nodes.into_iter().zip(values).map(|(n, v)| (n, v.is_some())).collect()
+            nodes.into_iter().zip(values).map(|(n, v)| (v.is_some() && !dead(&n), n)).map(|(alive, n)| (n, alive)).collect()
         };
         Ok(answers
             .into_iter()
             .map(|(devices_on, last_seen_ms)| Presence { online: devices_on.iter().any(|n| alive.get(n).copied().unwrap_or(false)), last_seen_ms })
             .collect())
+    }
+
+    /// Removes `node`'s alive key at once (the cluster declared it dead): whoever reads
+    /// Redis sees its devices offline now rather than when the key expires. A node that
+    /// was only partitioned away writes it again within a second.
+    pub fn node_died(&self, node: &str) {
+        let mut conn = self.conn.clone();
+        let key = node_key(node);
+        tokio::spawn(async move {
+            let _: Result<Result<(), redis::RedisError>, _> = tokio::time::timeout(OP_TIMEOUT, conn.del(key)).await;
+        });
     }
 
     async fn write_loop(self, mut rx: mpsc::Receiver<DeviceChange>, stop: CancellationToken) {
@@ -219,7 +274,11 @@ impl RedisPresence {
                 let key = devices_key(change.user);
                 if change.online {
                     pipe.hset(&key, change.device.to_string(), self.node.as_ref()).ignore();
-                    pipe.sadd(&mine, member(change.user, change.device)).ignore();
+                    let entry = member(change.user, change.device);
+                    if !self.first.done.load(Ordering::SeqCst) {
+                        self.first.written.lock().unwrap_or_else(|p| p.into_inner()).insert(entry.clone());
+                    }
+                    pipe.sadd(&mine, entry).ignore();
                 } else {
                     pipe.add_command(hdel_if_mine(&key, &mine, &change.device.to_string(), &self.node, &member(change.user, change.device))).ignore();
                 }
@@ -240,6 +299,9 @@ impl RedisPresence {
     async fn refresh_loop(self, local_devices: Arc<dyn Fn() -> Vec<(UserId, DeviceId)> + Send + Sync>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the previous run of this node last refreshed, read before this run's first
+        // refresh overwrites it.
+        let mut previous_seen: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -247,10 +309,22 @@ impl RedisPresence {
             }
             let started = Instant::now();
             let mut conn = self.conn.clone();
+            if previous_seen.is_none()
+                && let Ok(Ok(seen)) = tokio::time::timeout(OP_TIMEOUT, conn.get::<_, Option<u64>>(node_seen_key(&self.node))).await
+            {
+                previous_seen = Some(seen.unwrap_or(0));
+            }
             let ttl_ms = (REFRESH * 3).as_millis() as u64;
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg(node_key(&self.node)).arg(1).arg("PX").arg(ttl_ms).ignore();
+            pipe.set(node_seen_key(&self.node), crate::store::now_ms()).ignore();
             let result: Result<Result<(), redis::RedisError>, _> =
-                tokio::time::timeout(OP_TIMEOUT, redis::cmd("SET").arg(node_key(&self.node)).arg(1).arg("PX").arg(ttl_ms).query_async(&mut conn))
-                    .await;
+                if previous_seen.is_some() { tokio::time::timeout(OP_TIMEOUT, pipe.query_async(&mut conn)).await } else { Ok(Ok(())) };
+            let result = match (result, previous_seen) {
+                // Not refreshed before the previous run's last refresh could be read.
+                (Ok(Ok(())), None) => Ok(Err(redis::RedisError::from((redis::ErrorKind::Io, "redis did not answer")))),
+                (result, _) => result,
+            };
             let ok = matches!(result, Ok(Ok(())));
             let error = match &result {
                 Ok(Ok(())) => None,
@@ -274,7 +348,7 @@ impl RedisPresence {
             *self.health.lock().await = RedisHealth { ok, latency_ms: started.elapsed().as_secs_f64() * 1000.0, error };
             if ok
                 && self.dirty.swap(false, Ordering::SeqCst)
-                && let Err(e) = self.rewrite(&local_devices()).await
+                && let Err(e) = self.rewrite(&local_devices(), previous_seen.unwrap_or(0)).await
             {
                 tracing::warn!(error = %e, "redis directory rewrite failed; retrying");
                 self.dirty.store(true, Ordering::SeqCst);
@@ -287,13 +361,28 @@ impl RedisPresence {
 
     /// Makes Redis hold exactly this node's devices (after an outage, dropped updates or a
     /// restart): entries this node wrote for devices that have left are removed, current
-    /// ones written.
-    async fn rewrite(&self, devices: &[(UserId, DeviceId)]) -> Result<(), PresenceError> {
+    /// ones written. The first rewrite of this run hands the previous run's devices (ended
+    /// with it, last alive at `previous_seen_ms`) to the end-of-session path.
+    async fn rewrite(&self, devices: &[(UserId, DeviceId)], previous_seen_ms: u64) -> Result<(), PresenceError> {
         let mine = node_devices_key(&self.node);
         let mut conn = self.conn.clone();
         let written: Vec<String> = tokio::time::timeout(OP_TIMEOUT, conn.smembers(&mine)).await.map_err(|_| PresenceError::Timeout)??;
         let current: std::collections::HashSet<String> = devices.iter().map(|(u, d)| member(*u, *d)).collect();
         let stale: Vec<&String> = written.iter().filter(|m| !current.contains(*m)).collect();
+        if !self.first.done.load(Ordering::SeqCst) {
+            let previous = {
+                let by_this_run = self.first.written.lock().unwrap_or_else(|p| p.into_inner());
+                previous_run_devices(&stale, &by_this_run)
+            };
+            if !previous.is_empty() {
+                tracing::warn!(
+                    devices = previous.len(),
+                    previous_seen_ms,
+                    "the previous run of this node ended holding devices; ending their sessions"
+                );
+                (self.first.previous_run)(previous, previous_seen_ms);
+            }
+        }
         for chunk in stale.chunks(1000) {
             let mut pipe = redis::pipe();
             for entry in chunk {
@@ -310,7 +399,26 @@ impl RedisPresence {
             }
             tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut conn)).await.map_err(|_| PresenceError::Timeout)??;
         }
+        if !self.first.done.swap(true, Ordering::SeqCst) {
+            self.first.written.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
         tracing::info!(devices = devices.len(), stale = stale.len(), "redis directory rewritten");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_runs_devices_are_the_leftovers_this_run_did_not_write() {
+        let (u1, d1, u2, d2) = (UserId::random(), DeviceId::random(), UserId::random(), DeviceId::random());
+        let left_by_crash = member(u1, d1);
+        let came_and_went = member(u2, d2);
+        let garbage = "not/an-entry".to_owned();
+        let stale = vec![&left_by_crash, &came_and_went, &garbage];
+        let written = std::collections::HashSet::from([came_and_went.clone()]);
+        assert_eq!(previous_run_devices(&stale, &written), vec![(u1, d1)]);
     }
 }

@@ -12,6 +12,7 @@ use super::bearer;
 use crate::actors::messages::ConversationControl;
 use crate::actors::node::Node;
 use crate::actors::{ActorStats, conversation_supervisor, session_supervisor};
+use crate::cluster::NodeLookup;
 
 /// Shared state of the admin handlers.
 #[derive(Clone)]
@@ -36,6 +37,9 @@ const MAX_DEPTH: usize = 4;
 /// One actor in the tree.
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct TreeNode {
+    /// On the root only: the cluster node whose tree this is (absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// ractor id.
     pub id: String,
     /// Registered name, or the mailbox label.
@@ -70,6 +74,7 @@ fn walk(cell: &ActorCell, stats: &ActorStats, depth: usize) -> TreeNode {
         listed = children.iter().take(SAMPLE).map(|c| walk(c, stats, depth + 1)).collect();
     }
     TreeNode {
+        node: None,
         id: cell.get_id().to_string(),
         name,
         status: format!("{:?}", cell.get_status()),
@@ -98,20 +103,42 @@ async fn tree(req: HttpRequest, state: web::Data<AdminState>, query: web::Query<
     if !authorized(&req, &state) {
         return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
     }
-    if let (Some(node), Some(cluster)) = (&query.node, &state.cluster)
-        && node.as_str() != cluster.name().as_ref()
-    {
-        return proxy_tree(&req, cluster, node).await;
+    match (&query.node, &state.cluster) {
+        (Some(node), Some(cluster)) => match cluster.lookup(node) {
+            NodeLookup::Me => {}
+            NodeLookup::Peer { admin_addr } => return proxy_tree(&req, node, &admin_addr).await,
+            NodeLookup::Dead { last_heard_ms_ago, last_heard_at_ms } => {
+                let message = format!("node {node} is dead (last heard {} ago)", crate::http::ago(last_heard_ms_ago));
+                return HttpResponse::ServiceUnavailable().json(serde_json::json!({
+                    "error": "node_dead", "node": node, "message": message,
+                    "last_heard_ms_ago": last_heard_ms_ago, "last_heard_at_ms": last_heard_at_ms,
+                }));
+            }
+            NodeLookup::Unknown => return no_such_node(node),
+        },
+        (Some(node), None) => return no_such_node(node),
+        (None, _) => {}
     }
-    HttpResponse::Ok().json(walk(&state.node.root.get_cell(), &state.node.ctx.stats, 0))
+    let mut tree = walk(&state.node.root.get_cell(), &state.node.ctx.stats, 0);
+    tree.node = state.cluster.as_ref().map(|c| c.name().to_string());
+    HttpResponse::Ok().json(tree)
+}
+
+fn no_such_node(node: &str) -> HttpResponse {
+    HttpResponse::NotFound().json(serde_json::json!({ "error": "no_such_node", "node": node, "message": format!("no such node {node}") }))
 }
 
 /// `/admin/tree?node=X` asked of another node: fetched from X's admin listener (as its
 /// heartbeats announce it) with the caller's own token.
-async fn proxy_tree(req: &HttpRequest, cluster: &crate::cluster::Cluster, node: &str) -> HttpResponse {
-    let Some(addr) = cluster.admin_addr_of(node) else {
-        return HttpResponse::NotFound().json(serde_json::json!({ "error": "unknown_node", "node": node }));
+async fn proxy_tree(req: &HttpRequest, node: &str, addr: &str) -> HttpResponse {
+    let unreachable = |why: String| {
+        HttpResponse::BadGateway().json(serde_json::json!({
+            "error": "unreachable", "node": node, "message": format!("node {node} did not answer at {addr}: {why}"),
+        }))
     };
+    if addr.is_empty() {
+        return unreachable("it has not announced its admin address yet".into());
+    }
     let token = bearer(req).unwrap_or_default().to_owned();
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build();
     let result = match client {
@@ -120,11 +147,14 @@ async fn proxy_tree(req: &HttpRequest, cluster: &crate::cluster::Cluster, node: 
     };
     match result {
         Ok(r) if r.status().is_success() => match r.json::<TreeNode>().await {
-            Ok(tree) => HttpResponse::Ok().json(tree),
-            Err(e) => HttpResponse::BadGateway().json(serde_json::json!({ "error": "bad_answer", "message": e.to_string() })),
+            Ok(mut tree) => {
+                tree.node = Some(node.to_owned());
+                HttpResponse::Ok().json(tree)
+            }
+            Err(e) => unreachable(format!("unreadable answer: {e}")),
         },
-        Ok(r) => HttpResponse::BadGateway().json(serde_json::json!({ "error": "node_answered", "status": r.status().as_u16() })),
-        Err(e) => HttpResponse::BadGateway().json(serde_json::json!({ "error": "unreachable", "message": e.to_string() })),
+        Ok(r) => unreachable(format!("it answered {}", r.status())),
+        Err(e) => unreachable(e.to_string()),
     }
 }
 

@@ -10,3 +10,25 @@ use actix_web::HttpRequest;
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
     req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
+
+/// A duration in milliseconds as an operator reads it: `850 ms`, `12.3 s`, `4 min 10 s`,
+/// `2 h 5 min`.
+pub fn ago(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_as_an_operator_expects() {
+        assert_eq!(super::ago(850), "850 ms");
+        assert_eq!(super::ago(12_345), "12.3 s");
+        assert_eq!(super::ago(250_000), "4 min 10 s");
+        assert_eq!(super::ago(7_500_000), "2 h 5 min");
+    }
+}

@@ -476,7 +476,9 @@ fn apply_in(txn: &WriteTransaction, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>
                     WriteOutcome::CursorAdvanced(Cursor { delivered: next.0, read: next.1 })
                 }
                 &WriteOp::LastSeen { user_id, at_ms } => {
-                    last_seen.insert(user_id.as_u128(), at_ms).map_err(be)?;
+                    // The later time wins: several nodes may record one user's last seen.
+                    let current = last_seen.get(user_id.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or(0);
+                    last_seen.insert(user_id.as_u128(), current.max(at_ms)).map_err(be)?;
                     WriteOutcome::Recorded
                 }
             };

@@ -284,7 +284,9 @@ pub enum WriteOp {
         /// When, ms since the epoch (receipt times for "message info").
         at_ms: u64,
     },
-    /// Record when a user was last connected.
+    /// Record when a user was last connected; the stored time only grows (the later of
+    /// the stored and the given time is kept), so nodes that each saw the user leave may
+    /// all write it, in any order.
     LastSeen {
         /// User.
         user_id: UserId,

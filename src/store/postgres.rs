@@ -959,7 +959,7 @@ impl Store for PostgresStore {
                 WriteOp::LastSeen { user_id, at_ms } => {
                     Self::run(
                         &tx,
-                        "INSERT INTO last_seen (user_id, at_ms) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET at_ms = EXCLUDED.at_ms",
+                        "INSERT INTO last_seen (user_id, at_ms) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET at_ms = GREATEST(last_seen.at_ms, EXCLUDED.at_ms)",
                         &[&user_id, &int(at_ms)],
                     )
                     .await?;

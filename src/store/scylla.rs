@@ -30,7 +30,9 @@
 //!
 //! Cursors only grow: they are written with `USING TIMESTAMP` equal to the value, so the
 //! largest value wins whatever order replicas see writes in. Receipt-log entries use
-//! `i64::MAX - at_ms`, so the earliest time wins. Last-seen times are plain overwrites.
+//! `i64::MAX - at_ms`, so the earliest time wins. Last-seen times keep the latest: written
+//! `USING TIMESTAMP` = the time in microseconds (comparable with the default timestamps of
+//! rows written before, so an older row never beats a later time).
 //!
 //! Disappearing messages expire by TTL (set on each row from the conversation's retention
 //! when it is written), so `purge_expired` has nothing to do; as in WhatsApp, turning
@@ -112,6 +114,13 @@ fn driver<E: std::fmt::Display>(e: E) -> StoreError {
 
 fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { table, detail: detail.to_string() }
+}
+
+/// The write timestamp of a last-seen time: the time itself in microseconds, so that the
+/// latest time wins on every replica whatever the order of writes (several nodes record a
+/// user's last seen, e.g. each survivor of a node that died).
+fn last_seen_timestamp(at_ms: u64) -> i64 {
+    int(at_ms.saturating_mul(1000))
 }
 
 fn int(v: u64) -> i64 {
@@ -505,7 +514,7 @@ impl Statements {
                 Read,
             )
             .await?,
-            put_last_seen: prepare(s, "INSERT INTO last_seen (user_id, at_ms) VALUES (?, ?)", Write).await?,
+            put_last_seen: prepare(s, "INSERT INTO last_seen (user_id, at_ms) VALUES (?, ?) USING TIMESTAMP ?", Write).await?,
             get_last_seen: prepare(s, "SELECT at_ms FROM last_seen WHERE user_id = ?", Read).await?,
             put_push_token: prepare(s, "INSERT INTO push_tokens (user_id, device_id, platform, token) VALUES (?, ?, ?, ?)", Write).await?,
             delete_push_token: prepare(s, "DELETE FROM push_tokens WHERE user_id = ? AND device_id = ?", Write).await?,
@@ -1148,11 +1157,8 @@ impl ScyllaStore {
                 self.write_receipt(conversation_id, user_id, kind, seq, at_ms).await?;
             }
             Record::LastSeen { user_id, at_ms } => {
-                // Imports keep the later time (the contract's import rule).
-                let current: Option<(Option<i64>,)> = self.first_row(&self.st.get_last_seen, (user_id,)).await?;
-                if current.and_then(|(t,)| t).is_none_or(|t| t < int(at_ms)) {
-                    self.exec(&self.st.put_last_seen, (user_id, int(at_ms))).await?;
-                }
+                // The later time wins (the write timestamp is the time itself).
+                self.exec(&self.st.put_last_seen, (user_id, int(at_ms), last_seen_timestamp(at_ms))).await?;
             }
             Record::PushToken { user_id, device_id, token } => {
                 self.exec(&self.st.put_push_token, (user_id, device_id, token.platform.as_str(), token.token.as_str())).await?;
@@ -1431,7 +1437,7 @@ impl Store for ScyllaStore {
                     WriteOutcome::CursorAdvanced(self.advance_cursor(user_id, device_id, conversation_id, delivered, read, at_ms).await?)
                 }
                 WriteOp::LastSeen { user_id, at_ms } => {
-                    self.exec(&self.st.put_last_seen, (user_id, int(at_ms))).await?;
+                    self.exec(&self.st.put_last_seen, (user_id, int(at_ms), last_seen_timestamp(at_ms))).await?;
                     WriteOutcome::Recorded
                 }
             });

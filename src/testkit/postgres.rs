@@ -1,6 +1,8 @@
 //! A private PostgreSQL server for one test, benchmark or local trial: `initdb` into a
 //! temporary directory, `postgres` on a kernel-chosen port of 127.0.0.1 (its socket file in
-//! the same directory), stopped and deleted on drop.
+//! the same directory), stopped and deleted on drop. A local trial keeps its data instead
+//! ([`PrivatePostgres::start_in`]: a directory of the caller's, reused by the next start,
+//! never deleted).
 //!
 //! The binaries come from the machine (`scripts/install-deps.sh` installs them): found
 //! through `SWITCHBOARD_PG_BIN`, then `pg_config --bindir`, then the newest
@@ -34,15 +36,42 @@ pub enum PrivatePostgresError {
         /// The server's log.
         log: String,
     },
+    /// A server already runs on the data directory (its `postmaster.pid` names a live
+    /// process): two servers on one directory would corrupt it.
+    #[error("a PostgreSQL server (pid {pid}) is already running on {dir}; stop it first")]
+    InUse {
+        /// Its data directory.
+        dir: PathBuf,
+        /// Its process.
+        pid: u32,
+    },
     /// Files, processes.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-/// A running private server; stopped (immediate shutdown) and deleted on drop.
+/// Where the server's files are.
+enum Dir {
+    /// Deleted with the server (tests, benchmarks).
+    Temp(tempfile::TempDir),
+    /// The caller's, kept (local trials).
+    Kept(PathBuf),
+}
+
+impl Dir {
+    fn path(&self) -> &Path {
+        match self {
+            Dir::Temp(t) => t.path(),
+            Dir::Kept(p) => p,
+        }
+    }
+}
+
+/// A running private server; stopped on drop (and its directory deleted, unless it is a
+/// kept one).
 pub struct PrivatePostgres {
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    dir: Dir,
     port: u16,
     bin: PathBuf,
     as_user: Option<(u32, u32)>,
@@ -52,6 +81,14 @@ impl std::fmt::Debug for PrivatePostgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PrivatePostgres").field("port", &self.port).field("dir", &self.dir.path()).finish()
     }
+}
+
+/// The live process named by a data directory's `postmaster.pid`, if any.
+pub fn running_on(data: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok().filter(|p| *p > 0)?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    (unsafe { libc::kill(pid as libc::pid_t, 0) } == 0).then_some(pid)
 }
 
 /// Where the server binaries are, if anywhere.
@@ -96,19 +133,37 @@ fn free_port() -> std::io::Result<u16> {
 impl PrivatePostgres {
     /// Creates a cluster in a new temporary directory and starts the server on it.
     pub fn start() -> Result<Self, PrivatePostgresError> {
+        let dir = tempfile::Builder::new().prefix("switchboard-pg-").tempdir()?;
+        Self::start_on(Dir::Temp(dir))
+    }
+
+    /// Starts a server whose files live in `dir` (data in `dir/data`, created by `initdb`
+    /// the first time, reused afterwards) and are kept when it stops: a local trial keeps
+    /// its accounts and messages between runs. Refused while another server runs on it.
+    pub fn start_in(dir: &Path) -> Result<Self, PrivatePostgresError> {
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        if let Some(pid) = running_on(&dir.join("data")) {
+            return Err(PrivatePostgresError::InUse { dir: dir.join("data"), pid });
+        }
+        Self::start_on(Dir::Kept(dir))
+    }
+
+    fn start_on(dir: Dir) -> Result<Self, PrivatePostgresError> {
         let bin = bin_dir().ok_or(PrivatePostgresError::NotInstalled)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let as_user = if unsafe { libc::geteuid() } == 0 { Some(postgres_user().ok_or(PrivatePostgresError::NoServerUser)?) } else { None };
-        let dir = tempfile::Builder::new().prefix("switchboard-pg-").tempdir()?;
         if let Some((uid, gid)) = as_user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
         }
         let data = dir.path().join("data");
-        let mut initdb = Command::new(bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "--locale=C"]);
-        let out = run_as(&mut initdb, as_user).stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
-        if !out.status.success() {
-            return Err(PrivatePostgresError::Initdb(String::from_utf8_lossy(&out.stderr).into_owned()));
+        if !data.join("PG_VERSION").exists() {
+            let mut initdb = Command::new(bin.join("initdb"));
+            initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "--locale=C"]);
+            let out = run_as(&mut initdb, as_user).stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
+            if !out.status.success() {
+                return Err(PrivatePostgresError::Initdb(String::from_utf8_lossy(&out.stderr).into_owned()));
+            }
         }
         // A port can be taken between this probe and the bind; retry a few times.
         let mut last_error = None;
@@ -120,6 +175,28 @@ impl PrivatePostgres {
             }
         }
         Err(last_error.unwrap_or(PrivatePostgresError::NotReady { secs: 0, log: String::new() }))
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// If the server has exited since the last call, reaps it and returns how it ended.
+    pub fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     fn launch(bin: &Path, dir: &Path, port: u16, as_user: Option<(u32, u32)>) -> Result<Child, PrivatePostgresError> {
@@ -142,7 +219,9 @@ impl PrivatePostgres {
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                // Its own process group, so that Ctrl-C at a terminal reaches only its
+                // owner, which stops it in order (a local cluster stops its nodes first).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 || libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -182,8 +261,23 @@ impl PrivatePostgres {
 
     /// Creates an empty database and returns its URL.
     pub async fn create_database(&self, name: &str) -> Result<String, tokio_postgres::Error> {
+        self.database(name, false).await
+    }
+
+    /// The URL of database `name`, created if it does not exist yet (a kept directory
+    /// already has it from an earlier run).
+    pub async fn ensure_database(&self, name: &str) -> Result<String, tokio_postgres::Error> {
+        self.database(name, true).await
+    }
+
+    async fn database(&self, name: &str, reuse: bool) -> Result<String, tokio_postgres::Error> {
         let (client, connection) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
         let driver = tokio::spawn(connection);
+        if reuse && !client.query("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_empty() {
+            drop(client);
+            let _ = driver.await;
+            return Ok(self.url(name));
+        }
         // Names are chosen by our own callers; quoting keeps any of them valid SQL.
         client.batch_execute(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""))).await?;
         drop(client);
@@ -191,8 +285,9 @@ impl PrivatePostgres {
         Ok(self.url(name))
     }
 
-    /// Crashes the server (immediate shutdown) and starts it again on the same data and
-    /// port: what a client sees when the database restarts; committed data must be back.
+    /// Crashes the server (immediate shutdown; a fast one for a kept directory) if it runs,
+    /// and starts it again on the same data and port: what a client sees when the database
+    /// restarts; committed data must be back.
     pub fn restart(&mut self) -> Result<(), PrivatePostgresError> {
         self.stop();
         self.child = Some(Self::launch(&self.bin, self.dir.path(), self.port, self.as_user)?);
@@ -205,12 +300,17 @@ impl PrivatePostgres {
     }
 
     /// Stops the server at once (SIGQUIT: no checkpoint, as after a crash; committed data
-    /// is in the WAL).
+    /// is in the WAL). A kept directory gets a fast shutdown instead (SIGINT: sessions are
+    /// cut, a checkpoint is written), so its next start needs no recovery.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let signal = match self.dir {
+                Dir::Temp(_) => libc::SIGQUIT,
+                Dir::Kept(_) => libc::SIGINT,
+            };
             // SAFETY: kill with a pid we own and a valid signal number.
             unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGQUIT);
+                libc::kill(child.id() as libc::pid_t, signal);
             }
             let deadline = Instant::now() + Duration::from_secs(10);
             while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {

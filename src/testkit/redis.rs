@@ -30,10 +30,13 @@ pub enum PrivateRedisError {
     Io(#[from] std::io::Error),
 }
 
-/// A running private server; killed and deleted on drop.
+/// A running private server; killed on drop, and its directory deleted unless it is a
+/// kept one ([`PrivateRedis::start_in`]).
 pub struct PrivateRedis {
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// Deletes `dir` on drop (a temporary directory).
+    _temp: Option<tempfile::TempDir>,
     port: u16,
     bin: PathBuf,
 }
@@ -57,9 +60,9 @@ impl PrivateRedis {
         let mut last_error = None;
         // A port can be taken between this probe and the bind; retry a few times.
         for _ in 0..5 {
-            let dir = tempfile::Builder::new().prefix("switchboard-redis-").tempdir()?;
+            let temp = tempfile::Builder::new().prefix("switchboard-redis-").tempdir()?;
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let mut server = Self { child: None, dir, port, bin: bin.clone() };
+            let mut server = Self { child: None, dir: temp.path().to_owned(), _temp: Some(temp), port, bin: bin.clone() };
             match server.launch() {
                 Ok(()) => return Ok(server),
                 Err(e) => last_error = Some(e),
@@ -68,12 +71,43 @@ impl PrivateRedis {
         Err(last_error.unwrap_or(PrivateRedisError::NotReady { secs: 0, log: String::new() }))
     }
 
+    /// Starts a server whose files (its log) live in `dir`, kept when it stops. It still
+    /// keeps no data across restarts: the cluster rewrites its directory into an empty
+    /// Redis within a second.
+    pub fn start_in(dir: &std::path::Path) -> Result<Self, PrivateRedisError> {
+        let bin = server_binary().ok_or(PrivateRedisError::NotInstalled)?;
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let mut server = Self { child: None, dir: dir.clone(), _temp: None, port, bin: bin.clone() };
+            match server.launch() {
+                Ok(()) => return Ok(server),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or(PrivateRedisError::NotReady { secs: 0, log: String::new() }))
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// If the server has exited since the last call, reaps it and returns how it ended.
+    pub fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
     fn launch(&mut self) -> Result<(), PrivateRedisError> {
-        let log_path = self.dir.path().join("redis.log");
+        let log_path = self.dir.join("redis.log");
         let mut cmd = Command::new(&self.bin);
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
-            .arg(self.dir.path())
+            .arg(&self.dir)
             .arg("--logfile")
             .arg(&log_path)
             .stdout(Stdio::null())
@@ -81,7 +115,9 @@ impl PrivateRedis {
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                // Its own process group, so that Ctrl-C at a terminal reaches only its
+                // owner, which stops it in order (a local cluster stops its nodes first).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -323,3 +323,52 @@ pub async fn next_closing(conn: &mut Connection) -> pb::Closing {
     .await
     .expect("a closing frame")
 }
+
+/// A tiny HTTP receiver: every POST body (JSON) goes to the channel; the first
+/// `fail_first` requests are answered 500 to exercise retries.
+pub async fn push_receiver(fail_first: u32) -> (String, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let failures = std::sync::Arc::new(AtomicU32::new(fail_first));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let tx = tx.clone();
+            let failures = failures.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = tokio::io::AsyncReadExt::read(&mut socket, &mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(head_end) = text.find("\r\n\r\n") else { continue };
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                        .unwrap_or(0);
+                    if buf.len() < head_end + 4 + length {
+                        continue;
+                    }
+                    let body = &buf[head_end + 4..head_end + 4 + length];
+                    let failing = failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1)).is_ok();
+                    let status = if failing { "500 Internal Server Error" } else { "200 OK" };
+                    if !failing && let Ok(json) = serde_json::from_slice(body) {
+                        let _ = tx.send(json);
+                    }
+                    let _ = tokio::io::AsyncWriteExt::write_all(
+                        &mut socket,
+                        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+                    )
+                    .await;
+                    return;
+                }
+            });
+        }
+    });
+    (url, rx)
+}

@@ -30,7 +30,7 @@ use super::messages::{SessionControl, SessionMsg, SessionRequest};
 use crate::cores::delivery::{Backpressure, DeliveryCore, Pressure};
 use crate::ids::{DeviceId, UserId};
 use crate::protocol::{self, ErrorCode};
-use crate::store::{WriteOp, now_ms};
+use crate::store::now_ms;
 
 /// The session actor.
 pub struct DeviceSession;
@@ -110,11 +110,15 @@ impl Actor for DeviceSession {
         state.gauge.close();
         state.ctx.stats.deregister(myself.get_id());
         metrics::gauge!("switchboard_sessions").decrement(1.0);
-        if state.ctx.router.unregister_session(state.user, state.device, myself.get_id()) {
-            let at = now_ms();
-            state.ctx.writer.write_detached(vec![WriteOp::LastSeen { user_id: state.user, at_ms: at }], "last seen");
-            presence::broadcast(state, false, at);
-        }
+        // Unregistering, last seen, offline presence and a push for what the device left
+        // unacknowledged: the one end-of-session path, shared with remote ends.
+        crate::actors::session_end::disconnected(
+            &state.ctx,
+            state.user,
+            state.device,
+            myself.get_id(),
+            state.core.views().map(|v| (&v.record, v.delivered, v.pushed)),
+        );
         Ok(())
     }
 
