@@ -7,6 +7,7 @@
 //! - [`actors`]: the supervision tree: sessions, conversations, the store writer, the router.
 //! - [`transport`]: WebSocket and TCP connections, ending in the same session logic.
 //! - [`accounts`]: registration, tokens, devices.
+//! - [`media`]: encrypted attachments (tus uploads, downloads, blob store, sweep) and public images.
 //! - [`http`]: the public JSON API and the admin API.
 //! - [`config`], [`server`]: configuration and the node's lifecycle.
 //! - [`client`]: the Rust client used by tests, benchmarks and `switchboard client`.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod loadgen;
+pub mod media;
 pub mod protocol;
 pub mod server;
 pub mod store;

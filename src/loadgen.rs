@@ -491,6 +491,7 @@ async fn traffic(
                             payload: payload.freeze(),
                             kind: pb::MessageKind::Normal as i32,
                             reference_seq: 0,
+                            attachments: Vec::new(),
                         }));
                         if writer.send(protocol::encode_client(&frame)).await.is_err() { break; }
                         sent.fetch_add(1, Ordering::Relaxed);

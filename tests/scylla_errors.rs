@@ -338,6 +338,7 @@ fn message(seq: u64) -> StoredMessage {
         kind: Default::default(),
         reference_seq: 0,
         deleted: false,
+        attachments: Vec::new(),
     }
 }
 

@@ -160,6 +160,7 @@ fn message(conversation_id: ConversationId, seq: u64, sender: UserId, client: &s
         kind: ContentKind::Normal,
         reference_seq: 0,
         deleted: false,
+        attachments: Vec::new(),
     }
 }
 

@@ -77,6 +77,8 @@ pub struct SendRequest {
     pub kind: ContentKind,
     /// Target of an edit or reaction.
     pub reference_seq: u64,
+    /// Media the message declares (checked by `media::attachments::declared`).
+    pub attachments: Vec<crate::ids::MediaId>,
 }
 
 /// A conversation-level change that is not about membership.
@@ -339,7 +341,7 @@ fn schedule_tick(myself: &ActorRef<ConversationMsg>, idle: Duration) {
 }
 
 async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut ConversationState, request: SendRequest) -> Result<(), ActorProcessingErr> {
-    let SendRequest { user, device, client_msg_id, payload, kind, reference_seq } = request;
+    let SendRequest { user, device, client_msg_id, payload, kind, reference_seq, attachments } = request;
     if kind != ContentKind::Normal && (reference_seq == 0 || reference_seq >= state.next_seq) {
         reply_error(state, user, device, ErrorCode::InvalidArgument, "reference_seq must name an earlier message", &client_msg_id);
         return Ok(());
@@ -395,6 +397,7 @@ async fn handle_send(myself: &ActorRef<ConversationMsg>, state: &mut Conversatio
         kind,
         reference_seq,
         deleted: false,
+        attachments,
     };
     state.pending_ids.insert(key, seq);
     let recipients = state.members.clone();
@@ -497,6 +500,7 @@ fn sequence_event(
         kind: ContentKind::Normal,
         reference_seq: 0,
         deleted: false,
+        attachments: Vec::new(),
     };
     state.members = Arc::new(record.members.clone());
     state.gauge.set_label(tree_label(&record));

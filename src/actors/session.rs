@@ -629,6 +629,9 @@ async fn send(state: &mut SessionState, req: pb::Send) -> Answer {
         Ok(pb::MessageKind::Reaction) => ContentKind::Reaction,
         Err(_) => return Err(Reject::new(ErrorCode::InvalidArgument, "unknown message kind")),
     };
+    let attachments = crate::media::attachments::declared(state.ctx.store.as_ref(), state.user, &req.attachments)
+        .await
+        .map_err(|e| Reject::new(e.code(), e.to_string()))?;
     let request = SendRequest {
         user: state.user,
         device: state.device,
@@ -636,6 +639,7 @@ async fn send(state: &mut SessionState, req: pb::Send) -> Answer {
         payload: req.payload,
         kind,
         reference_seq: req.reference_seq,
+        attachments,
     };
     route(state, id, ConversationMsg::Send(Box::new(request))).await
 }

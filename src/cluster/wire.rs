@@ -61,6 +61,7 @@ pub fn to_conversation(id: ConversationId, message: &ConversationMsg) -> Option<
                     ContentKind::Reaction => client_pb::MessageKind::Reaction,
                 } as i32,
                 reference_seq: r.reference_seq,
+                attachments: r.attachments.iter().map(|a| id_bytes(*a)).collect(),
             }),
         ),
         ConversationMsg::CursorMoved { user, device, kind, seq } => {
@@ -124,6 +125,7 @@ pub fn from_to_conversation(wire: pb::ToConversation) -> Result<(ConversationId,
                 payload: s.payload,
                 kind,
                 reference_seq: s.reference_seq,
+                attachments: s.attachments.iter().map(|a| parse_id("attachments", a)).collect::<Result<_, _>>()?,
             }))
         }
         Op::Cursor(c) => ConversationMsg::CursorMoved {
