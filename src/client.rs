@@ -516,6 +516,18 @@ impl Connection {
         self.ack_of(client_msg_id).await
     }
 
+    /// Sends a message declaring `attachments` and waits for its SendAck.
+    pub async fn send_with_attachments_and_ack(
+        &mut self,
+        conversation: ConversationId,
+        client_msg_id: &str,
+        payload: impl Into<Bytes>,
+        attachments: &[crate::ids::MediaId],
+    ) -> Result<pb::SendAck, ClientError> {
+        self.send_with_attachments(conversation, client_msg_id, payload, attachments).await?;
+        self.ack_of(client_msg_id).await
+    }
+
     /// Acknowledges delivery up to `seq`.
     pub async fn ack(&mut self, conversation: ConversationId, seq: u64) -> Result<(), ClientError> {
         self.send(client_frame::Kind::Ack(pb::Ack { conversation_id: id_bytes(conversation), seq })).await

@@ -20,6 +20,7 @@ pub mod access;
 pub mod attachments;
 pub mod blob;
 pub mod config;
+pub mod copy;
 pub mod hashing;
 pub mod http;
 pub mod public_image;
