@@ -262,6 +262,7 @@ mod tests {
     #[test]
     fn sends_cross_nodes_unchanged() {
         let (user, device) = (UserId::random(), DeviceId::random());
+        let media = crate::ids::MediaId::random();
         let message = ConversationMsg::Send(Box::new(SendRequest {
             user,
             device,
@@ -269,10 +270,12 @@ mod tests {
             payload: Bytes::from_static(b"ciphertext"),
             kind: ContentKind::Reaction,
             reference_seq: 7,
+            attachments: vec![media],
         }));
         let ConversationMsg::Send(back) = roundtrip(message) else { panic!("not a send") };
         assert_eq!((back.user, back.device, back.client_msg_id.as_str(), &back.payload[..]), (user, device, "c-1", &b"ciphertext"[..]));
         assert_eq!((back.kind, back.reference_seq), (ContentKind::Reaction, 7));
+        assert_eq!(back.attachments, vec![media], "declared media cross nodes too");
     }
 
     #[test]
