@@ -193,6 +193,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         token: admin_token.clone(),
         cluster: cluster.clone(),
         drain: DrainHandle { exit: exit.clone(), spread: config.cluster.as_ref().map(|c| c.drain_spread).unwrap_or_default() },
+        media: media.clone(),
     };
     let admin = HttpServer::new(move || App::new().app_data(web::Data::new(admin_state.clone())).configure(admin::routes))
         .workers(1)
