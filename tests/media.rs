@@ -425,7 +425,7 @@ async fn size_quota_and_rate_limits_answer_clearly_and_store_nothing(backend: Ba
 
 /// A JPEG with an EXIF block holding a GPS position (52° 31′ N).
 fn jpeg_with_gps() -> Vec<u8> {
-    let img = image::RgbImage::from_fn(800, 600, |x, y| image::Rgb([(x / 4) as u8, (y / 3) as u8, 128]));
+    let img = image::RgbImage::from_fn(1200, 900, |x, y| image::Rgb([(x / 5) as u8, (y / 4) as u8, 128]));
     let mut jpeg = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).expect("jpeg");
     let mut tiff = Vec::new();
