@@ -709,7 +709,10 @@ async fn attachments_reference_media_until_the_message_goes(f: Fixture) {
     // Deleted for everyone: the message no longer declares anything.
     let mut deletion = message(conv, 3, a, "event-3", 13);
     deletion.event = Some(Bytes::from_static(b"deleted 2"));
-    store.apply(vec![WriteOp::AppendEvent { message: deletion, record: Box::new(record.clone()), joined: vec![], tombstone: Some(2) }]).await.unwrap();
+    store
+        .apply(vec![WriteOp::AppendEvent { message: deletion, record: Box::new(record.clone()), joined: vec![], tombstone: Some(2) }])
+        .await
+        .unwrap();
     assert_eq!(store.media_refs(photo, 10).await.unwrap(), vec![(conv, 1)]);
     assert!(store.media_refs(video, 10).await.unwrap().is_empty());
     let erased = store.messages_after(conv, 1, 1).await.unwrap().remove(0);
