@@ -20,7 +20,7 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use futures_util::StreamExt;
 
 use super::range::{self, RangeAnswer};
-use super::service::{Download, MediaError, MediaService};
+use super::service::{Download, MediaError, MediaService, PatchRequest};
 use super::signed::SignedUrlError;
 use super::tus::{self, TusError};
 use crate::accounts::Accounts;
@@ -103,8 +103,9 @@ async fn caller(req: &HttpRequest, state: &MediaState) -> Result<UserId, HttpRes
     })
 }
 
-fn media_id(path: &str) -> Result<MediaId, HttpResponse> {
-    path.parse().map_err(|_| error_response(&MediaError::NotFound))
+/// The media id of a path; an unparseable one names no media.
+fn media_id(path: &str) -> Result<MediaId, MediaError> {
+    path.parse().map_err(|_| MediaError::NotFound)
 }
 
 /// `Upload-Expires` (RFC 9110 date).
@@ -174,7 +175,7 @@ async fn head(req: HttpRequest, state: web::Data<MediaState>, path: web::Path<St
     };
     let id = match media_id(&path) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     match state.media.upload_of(user, id).await {
         Ok(record) => {
@@ -196,15 +197,16 @@ async fn patch(req: HttpRequest, state: web::Data<MediaState>, path: web::Path<S
     };
     let id = match media_id(&path) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     let offset = match tus::parse_u64("Upload-Offset", header_str(&req, "Upload-Offset")) {
         Ok(o) => o,
         Err(e) => return error_response(&e.into()),
     };
     let content_length = header_str(&req, "Content-Length").and_then(|v| v.trim().parse().ok());
-    let result =
-        state.media.patch(user, id, header_str(&req, "Content-Type"), offset, content_length, header_str(&req, "Upload-Checksum"), body).await;
+    let chunk =
+        PatchRequest { content_type: header_str(&req, "Content-Type"), offset, content_length, checksum: header_str(&req, "Upload-Checksum") };
+    let result = state.media.patch(user, id, chunk, body).await;
     match result {
         Ok(record) => {
             let mut b = tus_response(StatusCode::NO_CONTENT);
@@ -228,7 +230,7 @@ async fn terminate(req: HttpRequest, state: web::Data<MediaState>, path: web::Pa
     };
     let id = match media_id(&path) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     match state.media.terminate(user, id).await {
         Ok(()) => tus_response(StatusCode::NO_CONTENT).finish(),
@@ -291,7 +293,7 @@ async fn download(req: HttpRequest, state: web::Data<MediaState>, path: web::Pat
     };
     let id = match media_id(&path) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     let (download, public) = match state.media.open_download(user, id).await {
         Ok(d) => d,
@@ -309,7 +311,7 @@ async fn signed_url(req: HttpRequest, state: web::Data<MediaState>, path: web::P
     };
     let id = match media_id(&path) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return error_response(&e),
     };
     match state.media.signed_url(user, id).await {
         Ok((url, expires)) => {

@@ -88,6 +88,19 @@ impl Drop for WriteGuard {
     }
 }
 
+/// The headers of a tus PATCH that decide whether its body is taken.
+#[derive(Debug, Clone, Copy)]
+pub struct PatchRequest<'a> {
+    /// `Content-Type` (must be `application/offset+octet-stream`).
+    pub content_type: Option<&'a str>,
+    /// `Upload-Offset`.
+    pub offset: u64,
+    /// `Content-Length`, when the client sent one.
+    pub content_length: Option<u64>,
+    /// `Upload-Checksum`, if any.
+    pub checksum: Option<&'a str>,
+}
+
 /// Where a download's bytes are.
 #[derive(Debug, Clone, Copy)]
 pub struct Download {
@@ -187,22 +200,14 @@ impl MediaService {
         record.created_ms.saturating_add(self.config.upload_ttl.as_millis() as u64)
     }
 
-    /// tus PATCH: appends `body` at `offset`. Returns the record after the chunk (complete
-    /// if it was the last).
-    pub async fn patch<S, E>(
-        &self,
-        user: UserId,
-        id: MediaId,
-        content_type: Option<&str>,
-        offset: u64,
-        content_length: Option<u64>,
-        checksum: Option<&str>,
-        mut body: S,
-    ) -> Result<MediaRecord, MediaError>
+    /// tus PATCH: appends `body` at `chunk.offset`. Returns the record after the chunk
+    /// (complete if it was the last).
+    pub async fn patch<S, E>(&self, user: UserId, id: MediaId, chunk: PatchRequest<'_>, mut body: S) -> Result<MediaRecord, MediaError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let PatchRequest { content_type, offset, content_length, checksum } = chunk;
         let _guard = self.lock(id)?;
         let record = self.upload_of(user, id).await?;
         if record.is_complete() {

@@ -703,7 +703,8 @@ impl ScyllaStore {
 
     /// The static columns of one bucket (None if the bucket was never written).
     async fn bucket_head(&self, conversation: ConversationId, bucket: i64) -> Result<Option<LogHead>, StoreError> {
-        let row: Option<(Option<i64>, Option<Vec<u8>>, Option<i64>)> = self.first_row(&self.st.bucket_head, (conversation, bucket)).await?;
+        type HeadRow = (Option<i64>, Option<Vec<u8>>, Option<i64>);
+        let row: Option<HeadRow> = self.first_row(&self.st.bucket_head, (conversation, bucket)).await?;
         Ok(row.and_then(|(last, record, record_seq)| {
             last.map(|l| LogHead { last_seq: uint(l), record, record_seq: record_seq.map(uint).unwrap_or(0) })
         }))
@@ -721,14 +722,9 @@ impl ScyllaStore {
             return Err(corrupt("conversation_heads", format!("hint {bucket} points at an empty bucket")));
         }
         let start = bucket;
-        loop {
-            match self.bucket_head(conversation, bucket + 1).await? {
-                Some(next) => {
-                    bucket += 1;
-                    head = Some(next);
-                }
-                None => break,
-            }
+        while let Some(next) = self.bucket_head(conversation, bucket + 1).await? {
+            bucket += 1;
+            head = Some(next);
         }
         if bucket > start {
             self.exec(&self.st.put_head, (conversation, bucket, bucket)).await?;
@@ -819,7 +815,7 @@ impl ScyllaStore {
         batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
         batch.set_is_idempotent(false);
         let row = message_row(m, ttl);
-        let first_of_bucket = m.seq % BUCKET == 0 || m.seq == 1;
+        let first_of_bucket = m.seq.is_multiple_of(BUCKET) || m.seq == 1;
         let result = if first_of_bucket {
             // A new bucket: the previous one must end at seq - 1 (it can no longer change
             // once it does), and the record carries over unless this event brings one.
