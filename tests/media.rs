@@ -202,6 +202,10 @@ async fn a_50_mib_upload_survives_sigkill_and_resumes_from_head(backend: Backend
     let again = http().get(format!("http://{}/v1/media/{id}", server.http)).bearer_auth(&alice.token).header("If-None-Match", &etag).send().await;
     assert_eq!(again.expect("conditional get").status(), StatusCode::NOT_MODIFIED);
     assert!(chunks_of(&backend.blobs(), id).await.is_empty(), "the chunks are gone once the blob is whole");
+    if let Backend::Fs(dir) = &backend {
+        let upload_dir = dir.path().join(BlobStore::upload_prefix(id));
+        assert!(!upload_dir.exists(), "the killed PATCH's staging file went with the upload's directory");
+    }
 
     let health: serde_json::Value = server.api().get("/healthz", None).await.expect("healthz").json().await.expect("json");
     assert_eq!(health["media"]["ok"], true, "{health}");

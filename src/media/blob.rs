@@ -133,6 +133,8 @@ pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     prefix: Path,
     backend: &'static str,
+    /// The directory of an `fs:` store (where half-written staging files may be left).
+    local_root: Option<PathBuf>,
 }
 
 impl fmt::Debug for BlobStore {
@@ -192,7 +194,7 @@ impl BlobStore {
             BlobSpec::Fs(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| BlobError::Spec(format!("{}: {e}", dir.display())))?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::Spec(e.to_string()))?.with_fsync(true);
-                Ok(Self { inner: Arc::new(fs), prefix: Path::default(), backend: "fs" })
+                Ok(Self { inner: Arc::new(fs), prefix: Path::default(), backend: "fs", local_root: Some(dir.clone()) })
             }
             BlobSpec::S3 { bucket, prefix, endpoint, region, access_key_id, secret_access_key } => {
                 let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -207,7 +209,7 @@ impl BlobStore {
                     builder = builder.with_secret_access_key(k);
                 }
                 let s3 = builder.build().map_err(|e| BlobError::Spec(e.to_string()))?;
-                Ok(Self { inner: Arc::new(s3), prefix: Path::from(prefix.as_str()), backend: "s3" })
+                Ok(Self { inner: Arc::new(s3), prefix: Path::from(prefix.as_str()), backend: "s3", local_root: None })
             }
         }
     }
@@ -297,10 +299,23 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Deletes every key under `prefix`.
+    /// Deletes every key under `prefix`. On a filesystem the directory goes too, with any
+    /// staging file a crashed write left in it (`LocalFileSystem` never lists those). On
+    /// S3 an interrupted multipart upload is invisible here: the bucket's lifecycle rule
+    /// (AbortIncompleteMultipartUpload, docs/media.md) removes it.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
         for (key, _) in self.list(prefix).await? {
             self.delete(&key).await?;
+        }
+        if let Some(root) = &self.local_root
+            && !prefix.is_empty()
+            && !prefix.contains("..")
+        {
+            match tokio::fs::remove_dir_all(root.join(prefix)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BlobError::Backend(format!("{prefix}: {e}"))),
+            }
         }
         Ok(())
     }
