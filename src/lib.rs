@@ -12,7 +12,7 @@
 //! - [`config`], [`server`]: configuration and the node's lifecycle.
 //! - [`client`]: the Rust client used by tests, benchmarks and `switchboard client`;
 //!   [`media_client`] its tus uploads and downloads, [`attachment`] its file encryption.
-//! - [`loadgen`]: the load generator behind `switchboard bench`.
+//! - [`loadgen`]: the load generator behind `switchboard bench` ([`media_bench`]: `bench media`).
 //! - [`testkit`]: private PostgreSQL (and later Redis) instances for tests and trials.
 
 pub mod accounts;
@@ -25,6 +25,7 @@ pub mod http;
 pub mod ids;
 pub mod loadgen;
 pub mod media;
+pub mod media_bench;
 pub mod media_client;
 pub mod protocol;
 pub mod server;

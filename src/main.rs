@@ -161,6 +161,22 @@ enum AdminCommand {
 
 #[derive(Subcommand)]
 enum BenchScenario {
+    /// Media upload and download throughput (tus, fsynced directory) for one transfer and
+    /// for N parallel ones, next to `dd conv=fsync` on the same filesystem.
+    Media {
+        /// Size of the single transfer, MiB.
+        #[arg(long, default_value_t = 100)]
+        single_mb: usize,
+        /// Parallel transfers in the second round.
+        #[arg(long, default_value_t = 100)]
+        parallel: usize,
+        /// Size of each parallel transfer, MiB.
+        #[arg(long, default_value_t = 10)]
+        parallel_mb: usize,
+        /// Chunk (PATCH) size, MiB.
+        #[arg(long, default_value_t = 8)]
+        chunk_mb: usize,
+    },
     /// The same 1:1 traffic on one node and on a two-node cluster (PostgreSQL, Redis), in
     /// one run: every pair's ends on different nodes.
     CrossNode {
@@ -569,13 +585,45 @@ async fn bench(scenario: BenchScenario, websocket: bool, store: switchboard::loa
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
+    if let BenchScenario::Media { single_mb, parallel, parallel_mb, chunk_mb } = scenario {
+        let blob_dir = tempfile::Builder::new().prefix("switchboard-bench-media-").tempdir()?;
+        let mut media_extra = extra.clone();
+        media_extra.extend(
+            [
+                "--media-store".to_owned(),
+                format!("fs:{}", blob_dir.path().display()),
+                "--media-max-upload-bytes".to_owned(),
+                (single_mb.max(parallel_mb) << 20).to_string(),
+                "--media-quota-bytes".to_owned(),
+                u64::MAX.to_string(),
+                "--media-uploads-per-minute".to_owned(),
+                "100000".to_owned(),
+            ]
+            .into_iter(),
+        );
+        let server = ServerProcess::start_on(&binary, &media_extra, store)?;
+        let tokens: Vec<String> = loadgen::provision_bulk(&server, parallel.max(1), |_| {}).await?.into_iter().map(|c| c.token).collect();
+        let bar = spinner("media transfers");
+        let report = switchboard::media_bench::run(
+            &server,
+            blob_dir.path(),
+            &tokens,
+            &[(1, single_mb << 20), (parallel, parallel_mb << 20)],
+            chunk_mb << 20,
+            |phase| bar.set_message(phase.to_owned()),
+        )
+        .await?;
+        bar.finish_and_clear();
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let mut server = ServerProcess::start_on(&binary, &extra, store)?;
     server.use_websocket = websocket;
     let users = match &scenario {
         BenchScenario::Idle { devices, .. } => *devices,
         BenchScenario::Direct { users, .. } => *users,
         BenchScenario::Group { groups, members, .. } => groups * members,
-        BenchScenario::Sessions { .. } | BenchScenario::CrossNode { .. } => 0,
+        BenchScenario::Sessions { .. } | BenchScenario::CrossNode { .. } | BenchScenario::Media { .. } => 0,
         BenchScenario::Reconnect { devices, .. } => devices + 1,
     };
     let bar = spinner("provisioning users");
@@ -634,7 +682,7 @@ async fn bench(scenario: BenchScenario, websocket: bool, store: switchboard::loa
             bar.finish_and_clear();
             serde_json::to_string(&report)?
         }
-        BenchScenario::Sessions { .. } | BenchScenario::CrossNode { .. } => String::new(),
+        BenchScenario::Sessions { .. } | BenchScenario::CrossNode { .. } | BenchScenario::Media { .. } => String::new(),
         BenchScenario::Reconnect { missed, parallel, .. } => {
             let bar = spinner("reconnect storm");
             let report = loadgen::reconnect(&server, &credentials, missed, parallel).await?;
