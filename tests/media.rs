@@ -262,6 +262,11 @@ async fn wrong_checksums_are_refused_and_nothing_is_kept(backend: Backend) {
     assert!(blobs.head(&BlobStore::blob_key(&sha256(&data))).await.expect("head").is_some(), "only the good upload's blob");
     let all: Vec<String> = blobs.list("blobs").await.expect("list").into_iter().map(|(k, _)| k).collect();
     assert_eq!(all, vec![BlobStore::blob_key(&sha256(&data))], "nothing else was stored");
+
+    // An empty file is complete at creation (no PATCH will ever come).
+    let empty = media.upload(Bytes::new(), 1024).await.expect("empty upload");
+    assert_eq!(media.offset(empty).await.expect("HEAD"), 0);
+    assert_eq!(media.download(empty).await.expect("download"), Bytes::new());
 }
 
 async fn downloads_need_a_token_and_membership(backend: Backend) {

@@ -181,7 +181,9 @@ impl MediaService {
         metrics::counter!("switchboard_media_uploads_created_total").increment(1);
         if length == 0 {
             // Nothing will ever be PATCHed: complete it now.
-            return self.complete(record, RunningSha256::default()).await;
+            let mut next = record;
+            next.version += 1;
+            return self.complete(next, RunningSha256::default()).await;
         }
         Ok(record)
     }
