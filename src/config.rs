@@ -543,6 +543,32 @@ mod tests {
     }
 
     #[test]
+    fn media_settings_come_from_flags_over_the_file_with_defaults() {
+        use crate::media::BlobSpec;
+        let defaults = ServerConfig::resolve(ServeArgs { store: Some("embedded:/var/sb".into()), ..Default::default() }).expect("defaults");
+        assert_eq!(defaults.media.store, BlobSpec::Fs(PathBuf::from("/var/sb/media")), "blobs next to the embedded store");
+        assert_eq!(defaults.media.max_upload_bytes, 100 * 1024 * 1024);
+        assert!(defaults.media.url_key.is_empty(), "generated at start");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "media_store = \"s3://media?endpoint=http://127.0.0.1:9000\"\nmedia_quota_bytes = 1000\nmedia_grace_secs = 60\nmedia_url_key = \"0123456789abcdef0123\"\n",
+        )
+        .expect("write");
+        let args = ServeArgs { config: Some(file.clone()), media_quota_bytes: Some(5000), ..Default::default() };
+        let config = ServerConfig::resolve(args).expect("valid");
+        assert!(matches!(&config.media.store, BlobSpec::S3 { bucket, .. } if bucket == "media"));
+        assert_eq!(config.media.quota_bytes, 5000, "the flag wins over the file");
+        assert_eq!(config.media.grace, Duration::from_secs(60));
+        assert_eq!(config.media.url_key, b"0123456789abcdef0123".to_vec());
+        let bad = ServeArgs { media_store: Some("ftp://x".into()), ..Default::default() };
+        assert!(ServerConfig::resolve(bad).is_err());
+        let short_key = ServeArgs { media_url_key: Some("short".into()), ..Default::default() };
+        assert!(ServerConfig::resolve(short_key).expect_err("too short").to_string().contains("media_url_key"));
+    }
+
+    #[test]
     fn a_node_bound_to_every_interface_must_say_how_peers_reach_it() {
         let args = ServeArgs {
             store: Some("postgres://u@h/db".into()),
