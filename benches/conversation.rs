@@ -44,6 +44,7 @@ fn bench(c: &mut Criterion) {
                             payload: Bytes::from_static(&[7u8; 100]),
                             kind: ContentKind::Normal,
                             reference_seq: 0,
+                            attachments: Vec::new(),
                         };
                         node.node.ctx.router.send_to_conversation(conversation, ConversationRequest::Sends(vec![request])).await.unwrap();
                     }

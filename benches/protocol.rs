@@ -38,6 +38,7 @@ fn bench(c: &mut Criterion) {
         payload: Bytes::from(vec![1u8; 100]),
         kind: 0,
         reference_seq: 0,
+        attachments: Vec::new(),
     })));
     group.bench_function("decode_send_100b", |b| b.iter(|| protocol::decode_client(black_box(&send)).unwrap()));
     group.bench_function("tcp_frame_and_unframe_100_sends", |b| {

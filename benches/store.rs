@@ -24,6 +24,7 @@ fn message(conversation: ConversationId, seq: u64) -> StoredMessage {
         kind: Default::default(),
         reference_seq: 0,
         deleted: false,
+        attachments: Vec::new(),
     }
 }
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain: the PostgreSQL server binaries
 # (initdb, postgres, pg_isready) and redis-server, which the tests use to start private
-# servers. Does nothing when they are already there. On Debian/Ubuntu as root it installs
-# the distribution's packages; elsewhere it says what to install.
+# servers, and (scripts/install-python-deps.sh) moto's S3-compatible server and the tuspy
+# tus client for the media tests. Does nothing when they are already there. On
+# Debian/Ubuntu as root it installs the distribution's packages; elsewhere it says what
+# to install.
 set -euo pipefail
+"$(dirname "$0")/install-python-deps.sh"
 
 have_postgres() {
   local dir

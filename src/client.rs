@@ -411,7 +411,19 @@ impl Connection {
 
     /// Sends a message (does not wait for the ack).
     pub async fn send_message(&mut self, conversation: ConversationId, client_msg_id: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
-        self.send_kind(conversation, client_msg_id, pb::MessageKind::Normal, 0, payload.into()).await
+        self.send_kind(conversation, client_msg_id, pb::MessageKind::Normal, 0, payload.into(), &[]).await
+    }
+
+    /// Sends a message that declares `attachments` (media ids from uploads) next to its
+    /// payload, without waiting.
+    pub async fn send_with_attachments(
+        &mut self,
+        conversation: ConversationId,
+        client_msg_id: &str,
+        payload: impl Into<Bytes>,
+        attachments: &[crate::ids::MediaId],
+    ) -> Result<(), ClientError> {
+        self.send_kind(conversation, client_msg_id, pb::MessageKind::Normal, 0, payload.into(), attachments).await
     }
 
     async fn send_kind(
@@ -421,6 +433,7 @@ impl Connection {
         kind: pb::MessageKind,
         reference_seq: u64,
         payload: Bytes,
+        attachments: &[crate::ids::MediaId],
     ) -> Result<(), ClientError> {
         self.send(client_frame::Kind::Send(pb::Send {
             client_msg_id: client_msg_id.to_owned(),
@@ -428,6 +441,7 @@ impl Connection {
             payload,
             kind: kind as i32,
             reference_seq,
+            attachments: attachments.iter().map(|a| id_bytes(*a)).collect(),
         }))
         .await
     }
@@ -441,7 +455,7 @@ impl Connection {
         reference_seq: u64,
         payload: impl Into<Bytes>,
     ) -> Result<pb::SendAck, ClientError> {
-        self.send_kind(conversation, client_msg_id, kind, reference_seq, payload.into()).await?;
+        self.send_kind(conversation, client_msg_id, kind, reference_seq, payload.into(), &[]).await?;
         self.ack_of(client_msg_id).await
     }
 
@@ -499,6 +513,18 @@ impl Connection {
         payload: impl Into<Bytes>,
     ) -> Result<pb::SendAck, ClientError> {
         self.send_message(conversation, client_msg_id, payload).await?;
+        self.ack_of(client_msg_id).await
+    }
+
+    /// Sends a message declaring `attachments` and waits for its SendAck.
+    pub async fn send_with_attachments_and_ack(
+        &mut self,
+        conversation: ConversationId,
+        client_msg_id: &str,
+        payload: impl Into<Bytes>,
+        attachments: &[crate::ids::MediaId],
+    ) -> Result<pb::SendAck, ClientError> {
+        self.send_with_attachments(conversation, client_msg_id, payload, attachments).await?;
         self.ack_of(client_msg_id).await
     }
 

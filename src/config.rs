@@ -198,6 +198,36 @@ pub struct ServeArgs {
     /// The CA certificate(s) (PEM) that sign every node's certificate.
     #[arg(long, env = "SWITCHBOARD_CLUSTER_TLS_CA")]
     pub cluster_tls_ca: Option<PathBuf>,
+    /// Blob store of media: `fs:<dir>` (default `fs:<data>/media`) or
+    /// `s3://bucket[/prefix]?endpoint=http://host:port&region=…` (shared by every node;
+    /// credentials from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` or the URL).
+    #[arg(long, env = "SWITCHBOARD_MEDIA_STORE")]
+    pub media_store: Option<String>,
+    /// Largest upload in bytes (default 100 MiB).
+    #[arg(long, env = "SWITCHBOARD_MEDIA_MAX_UPLOAD_BYTES")]
+    pub media_max_upload_bytes: Option<u64>,
+    /// Bytes of media one user may store (default 2 GiB).
+    #[arg(long, env = "SWITCHBOARD_MEDIA_QUOTA_BYTES")]
+    pub media_quota_bytes: Option<u64>,
+    /// Uploads one user may start per minute, per node (default 60).
+    #[arg(long, env = "SWITCHBOARD_MEDIA_UPLOADS_PER_MINUTE")]
+    pub media_uploads_per_minute: Option<u32>,
+    /// Seconds an upload may stay incomplete before it is deleted (default 86400).
+    #[arg(long, env = "SWITCHBOARD_MEDIA_UPLOAD_TTL_SECS")]
+    pub media_upload_ttl_secs: Option<u64>,
+    /// Seconds an unreferenced attachment is kept before deletion (default 86400).
+    #[arg(long, env = "SWITCHBOARD_MEDIA_GRACE_SECS")]
+    pub media_grace_secs: Option<u64>,
+    /// Seconds between media sweeps (default 600).
+    #[arg(long, env = "SWITCHBOARD_MEDIA_SWEEP_INTERVAL_SECS")]
+    pub media_sweep_interval_secs: Option<u64>,
+    /// Key of signed download URLs (the same on every node and CDN); generated into
+    /// `<data>/media-url-key` if unset.
+    #[arg(long, env = "SWITCHBOARD_MEDIA_URL_KEY")]
+    pub media_url_key: Option<String>,
+    /// Seconds a signed download URL is valid (default 300).
+    #[arg(long, env = "SWITCHBOARD_MEDIA_URL_TTL_SECS")]
+    pub media_url_ttl_secs: Option<u64>,
 }
 
 /// The same settings in a TOML file (snake_case keys, all optional).
@@ -239,6 +269,15 @@ pub struct FileConfig {
     cluster_tls_cert: Option<PathBuf>,
     cluster_tls_key: Option<PathBuf>,
     cluster_tls_ca: Option<PathBuf>,
+    media_store: Option<String>,
+    media_max_upload_bytes: Option<u64>,
+    media_quota_bytes: Option<u64>,
+    media_uploads_per_minute: Option<u32>,
+    media_upload_ttl_secs: Option<u64>,
+    media_grace_secs: Option<u64>,
+    media_sweep_interval_secs: Option<u64>,
+    media_url_key: Option<String>,
+    media_url_ttl_secs: Option<u64>,
 }
 
 /// The files of node-to-node TLS.
@@ -330,6 +369,8 @@ pub struct ServerConfig {
     pub push: crate::actors::push::PushConfig,
     /// Cluster membership, if this node is part of one.
     pub cluster: Option<ClusterConfig>,
+    /// Media limits and blob store (an empty `url_key` is generated at start).
+    pub media: crate::media::MediaConfig,
 }
 
 impl ServerConfig {
@@ -345,6 +386,7 @@ impl ServerConfig {
         let store = StoreSpec::parse(&args.store.clone().or(file.store.clone()).unwrap_or_else(|| "embedded:./switchboard-data".into()))
             .map_err(ConfigError::Invalid)?;
         let cluster = Self::resolve_cluster(&args, &file, &store)?;
+        let media = Self::resolve_media(&args, &file, &store)?;
         let code_sender = match args.code_sender.or(file.code_sender).as_deref() {
             None | Some("log") => CodeSenderSpec::Log,
             Some(s) => match s.strip_prefix("webhook:") {
@@ -423,7 +465,43 @@ impl ServerConfig {
             push_sink,
             push,
             cluster,
+            media,
         })
+    }
+
+    fn resolve_media(args: &ServeArgs, file: &FileConfig, store: &StoreSpec) -> Result<crate::media::MediaConfig, ConfigError> {
+        use crate::media::{BlobSpec, MediaConfig};
+        let spec = match args.media_store.clone().or(file.media_store.clone()) {
+            Some(s) => BlobSpec::parse(&s).map_err(ConfigError::Invalid)?,
+            None => BlobSpec::Fs(store.local_dir().join("media")),
+        };
+        let key = args.media_url_key.clone().or(file.media_url_key.clone()).unwrap_or_default();
+        if !key.is_empty() && key.len() < 16 {
+            return Err(ConfigError::Invalid("media_url_key must be at least 16 characters".into()));
+        }
+        let mut media = MediaConfig::new(spec, key.into_bytes());
+        if let Some(v) = args.media_max_upload_bytes.or(file.media_max_upload_bytes) {
+            media.max_upload_bytes = v;
+        }
+        if let Some(v) = args.media_quota_bytes.or(file.media_quota_bytes) {
+            media.quota_bytes = v;
+        }
+        if let Some(v) = args.media_uploads_per_minute.or(file.media_uploads_per_minute) {
+            media.uploads_per_minute = v.max(1);
+        }
+        if let Some(v) = args.media_upload_ttl_secs.or(file.media_upload_ttl_secs) {
+            media.upload_ttl = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = args.media_grace_secs.or(file.media_grace_secs) {
+            media.grace = Duration::from_secs(v);
+        }
+        if let Some(v) = args.media_sweep_interval_secs.or(file.media_sweep_interval_secs) {
+            media.sweep_interval = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = args.media_url_ttl_secs.or(file.media_url_ttl_secs) {
+            media.url_ttl = Duration::from_secs(v.clamp(1, 7 * 24 * 3600));
+        }
+        Ok(media)
     }
 
     fn resolve_cluster(args: &ServeArgs, file: &FileConfig, store: &StoreSpec) -> Result<Option<ClusterConfig>, ConfigError> {
@@ -541,6 +619,32 @@ mod tests {
         std::fs::write(&cookie, "\n").expect("write");
         let empty = ServerConfig::resolve(args(None)).expect_err("empty cookie file");
         assert!(empty.to_string().contains("empty"), "{empty}");
+    }
+
+    #[test]
+    fn media_settings_come_from_flags_over_the_file_with_defaults() {
+        use crate::media::BlobSpec;
+        let defaults = ServerConfig::resolve(ServeArgs { store: Some("embedded:/var/sb".into()), ..Default::default() }).expect("defaults");
+        assert_eq!(defaults.media.store, BlobSpec::Fs(PathBuf::from("/var/sb/media")), "blobs next to the embedded store");
+        assert_eq!(defaults.media.max_upload_bytes, 100 * 1024 * 1024);
+        assert!(defaults.media.url_key.is_empty(), "generated at start");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "media_store = \"s3://media?endpoint=http://127.0.0.1:9000\"\nmedia_quota_bytes = 1000\nmedia_grace_secs = 60\nmedia_url_key = \"0123456789abcdef0123\"\n",
+        )
+        .expect("write");
+        let args = ServeArgs { config: Some(file.clone()), media_quota_bytes: Some(5000), ..Default::default() };
+        let config = ServerConfig::resolve(args).expect("valid");
+        assert!(matches!(&config.media.store, BlobSpec::S3 { bucket, .. } if bucket == "media"));
+        assert_eq!(config.media.quota_bytes, 5000, "the flag wins over the file");
+        assert_eq!(config.media.grace, Duration::from_secs(60));
+        assert_eq!(config.media.url_key, b"0123456789abcdef0123".to_vec());
+        let bad = ServeArgs { media_store: Some("ftp://x".into()), ..Default::default() };
+        assert!(ServerConfig::resolve(bad).is_err());
+        let short_key = ServeArgs { media_url_key: Some("short".into()), ..Default::default() };
+        assert!(ServerConfig::resolve(short_key).expect_err("too short").to_string().contains("media_url_key"));
     }
 
     #[test]

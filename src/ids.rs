@@ -1,4 +1,4 @@
-//! Opaque identifiers: users, devices and conversations.
+//! Opaque identifiers: users, devices, conversations and media.
 //!
 //! Each is a UUID underneath (16 raw bytes on the wire, a `uuid` column in PostgreSQL and
 //! ScyllaDB, a `u128` key in redb), but each is its own type, so a device id passed where
@@ -124,6 +124,12 @@ uuid_id!(
     /// A 1:1 or group conversation.
     ConversationId,
     "ConversationId"
+);
+uuid_id!(
+    /// One uploaded file (an encrypted attachment or a public image rendition). It is also
+    /// the tus upload's id: the upload URL and the download URL are `/v1/media/{id}`.
+    MediaId,
+    "MediaId"
 );
 
 #[cfg(test)]

@@ -9,14 +9,17 @@
 //! - [`actors`]: the supervision tree: sessions, conversations, the store writer, the router.
 //! - [`transport`]: WebSocket and TCP connections, ending in the same session logic.
 //! - [`accounts`]: registration, tokens, devices.
+//! - [`media`]: encrypted attachments (tus uploads, downloads, blob store, sweep) and public images.
 //! - [`http`]: the public JSON API and the admin API.
 //! - [`config`], [`server`]: configuration and the node's lifecycle.
-//! - [`client`]: the Rust client used by tests, benchmarks and `switchboard client`.
+//! - [`client`]: the Rust client used by tests, benchmarks and `switchboard client`;
+//!   [`media_client`] its tus uploads and downloads, [`attachment`] its file encryption.
 //! - [`loadgen`]: the load generator behind `switchboard bench`.
 //! - [`testkit`]: private PostgreSQL (and later Redis) instances for tests and trials.
 
 pub mod accounts;
 pub mod actors;
+pub mod attachment;
 pub mod client;
 pub mod cluster;
 pub mod config;
@@ -25,6 +28,8 @@ pub mod history;
 pub mod http;
 pub mod ids;
 pub mod loadgen;
+pub mod media;
+pub mod media_client;
 pub mod protocol;
 pub mod server;
 pub mod store;

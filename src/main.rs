@@ -103,6 +103,13 @@ enum StoreCommand {
         /// Progress file (default `<from dir>/copy-checkpoint.json`).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// The node's media blob store (default `fs:<from dir>/media`).
+        #[arg(long)]
+        media_from: Option<String>,
+        /// Where the new nodes keep media (`--media-store` of `serve`, e.g. `s3://bucket?endpoint=…`):
+        /// every blob is copied there and verified. Without it, blobs stay where they are.
+        #[arg(long)]
+        media_to: Option<String>,
     },
 }
 
@@ -255,6 +262,33 @@ enum ClientCommand {
         #[arg(long)]
         tcp: Option<std::net::SocketAddr>,
     },
+    /// Send a file to another user (1:1): encrypted here with a fresh key (AES-256-GCM),
+    /// uploaded (tus, resumable), then announced in a message that carries its id, key and
+    /// digest (and a thumbnail for images).
+    SendFile {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// Recipient user id.
+        #[arg(long)]
+        to: UserId,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Download the file of a message with another user (the latest file message, or the
+    /// one at `--seq`), check its digest, decrypt it and write it into `--out`.
+    Download {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// The other user of the conversation.
+        #[arg(long)]
+        with: UserId,
+        /// The file message's seq (default: the latest file message).
+        #[arg(long)]
+        seq: Option<u64>,
+        /// Directory to write the file into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Print messages, receipts, typing and presence as they arrive; acknowledges and marks
     /// messages read.
     Watch {
@@ -368,6 +402,7 @@ async fn main() -> Result<()> {
 }
 
 async fn store_command(command: StoreCommand) -> Result<()> {
+    use switchboard::media::{BlobSpec, BlobStore};
     use switchboard::store::{EmbeddedStore, PostgresOptions, PostgresStore, StoreSpec, transfer};
     let parse = |s: &str| StoreSpec::parse(s).map_err(anyhow::Error::msg);
     match command {
@@ -401,7 +436,7 @@ async fn store_command(command: StoreCommand) -> Result<()> {
                 }
             }
         }
-        StoreCommand::Copy { from, to, chunk, checkpoint } => {
+        StoreCommand::Copy { from, to, chunk, checkpoint, media_from, media_to } => {
             let StoreSpec::Embedded(dir) = parse(&from)? else { bail!("--from must be embedded:<dir> (the copy moves a single node's data)") };
             let target_spec = parse(&to)?;
             let source = EmbeddedStore::open(&dir).with_context(|| format!("opening {from} (is a node still running on it?)"))?;
@@ -418,6 +453,30 @@ async fn store_command(command: StoreCommand) -> Result<()> {
                 println!("{:>15}: {n} (source = target)", section.name());
             }
             println!("copy verified: {from} -> {target_spec}");
+            let media_from = match media_from {
+                Some(s) => BlobSpec::parse(&s).map_err(anyhow::Error::msg)?,
+                None => BlobSpec::Fs(dir.join("media")),
+            };
+            match media_to {
+                Some(s) => {
+                    let media_to = BlobSpec::parse(&s).map_err(anyhow::Error::msg)?;
+                    let source = BlobStore::open(&media_from).with_context(|| format!("opening {media_from}"))?;
+                    let target = BlobStore::open(&media_to).with_context(|| format!("opening {media_to}"))?;
+                    let bar = indicatif::ProgressBar::new(0);
+                    let report = switchboard::media::copy::copy_blobs(&source, &target, |done, total| {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    })
+                    .await;
+                    bar.finish();
+                    let report = report?;
+                    println!(
+                        "{:>15}: {} ({} copied, {} bytes; {} already there) — verified: {media_from} -> {media_to}",
+                        "blobs", report.total, report.copied, report.bytes, report.skipped
+                    );
+                }
+                None => println!("media blobs stay in {media_from} (pass --media-to to copy them)"),
+            }
         }
     }
     Ok(())
@@ -641,6 +700,52 @@ async fn client(command: ClientCommand) -> Result<()> {
             println!("✓ sent: conversation {conversation} seq {} at {}", ack.seq, ack.server_time_ms);
             conn.bye().await?;
         }
+        ClientCommand::SendFile { profile, to, path } => {
+            let p = Profile::load(&profile)?;
+            let plaintext = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+            let sealed = switchboard::attachment::seal(&plaintext);
+            let thumbnail = switchboard::attachment::thumbnail(&plaintext);
+            let media = switchboard::media_client::MediaClient::new(&p.server, &p.credentials.token);
+            let started = std::time::Instant::now();
+            let id = media.upload(sealed.bytes.clone().into(), switchboard::media_client::DEFAULT_CHUNK).await?;
+            println!("uploaded {} encrypted bytes as media {id} in {:.1} s", sealed.bytes.len(), started.elapsed().as_secs_f64());
+            let descriptor = switchboard::attachment::Descriptor::new(
+                id,
+                &sealed,
+                plaintext.len() as u64,
+                &name,
+                switchboard::attachment::mime_of(&name),
+                thumbnail,
+            );
+            let (mut conn, _) = Connection::open(&p.transport(None), &p.credentials.token).await?;
+            let conversation = conn.open_direct(to).await?;
+            let ack = conn.send_with_attachments_and_ack(conversation, &Uuid::new_v4().to_string(), descriptor.to_payload(), &[id]).await?;
+            println!("✓ sent {name}: conversation {conversation} seq {}", ack.seq);
+            conn.bye().await?;
+        }
+        ClientCommand::Download { profile, with, seq, out } => {
+            let p = Profile::load(&profile)?;
+            let (mut conn, _) = Connection::open(&p.transport(None), &p.credentials.token).await?;
+            let conversation = conn.open_direct(with).await?;
+            let page = conn.history(conversation, seq.map(|s| s + 1).unwrap_or(0), 100).await?;
+            conn.bye().await?;
+            let found = page
+                .messages
+                .iter()
+                .filter(|m| seq.is_none_or(|s| m.seq == s))
+                .find_map(|m| switchboard::attachment::Descriptor::from_payload(&m.payload).map(|d| (m.seq, d)));
+            let Some((at, descriptor)) = found else { bail!("no file message found with {with}") };
+            let (key, sha256) = descriptor.secrets()?;
+            let media = switchboard::media_client::MediaClient::new(&p.server, &p.credentials.token);
+            let bytes = media.download(descriptor.media_id).await?;
+            let plaintext = switchboard::attachment::open(&key, &sha256, &bytes)?;
+            // Only the name's last component: a sender cannot write outside `out`.
+            let name = std::path::Path::new(&descriptor.name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "file".into());
+            let target = out.join(name);
+            std::fs::write(&target, &plaintext).with_context(|| format!("writing {}", target.display()))?;
+            println!("message #{at}: {} ({} bytes, {}) saved to {}", descriptor.name, plaintext.len(), descriptor.mime, target.display());
+        }
         ClientCommand::Watch { profile, no_read, tcp } => {
             let p = Profile::load(&profile)?;
             let (mut conn, welcome) = Connection::open(&p.transport(tcp), &p.credentials.token).await?;
@@ -694,7 +799,19 @@ async fn watch_frame(conn: &mut Connection, kind: server_frame::Kind, no_read: b
         server_frame::Kind::Message(m) => {
             let conversation: ConversationId = parse_id("conversation", &m.conversation_id)?;
             let sender: UserId = parse_id("sender", &m.sender_user_id)?;
-            println!("message #{} from {}: {}", m.seq, sender, String::from_utf8_lossy(&m.payload));
+            match switchboard::attachment::Descriptor::from_payload(&m.payload) {
+                Some(d) => println!(
+                    "message #{} from {}: file {} ({} bytes, {}{}) — `client download --with {sender} --seq {}`",
+                    m.seq,
+                    sender,
+                    d.name,
+                    d.size,
+                    d.mime,
+                    if d.thumbnail.is_some() { ", thumbnail" } else { "" },
+                    m.seq
+                ),
+                None => println!("message #{} from {}: {}", m.seq, sender, String::from_utf8_lossy(&m.payload)),
+            }
             conn.ack(conversation, m.seq).await?;
             if !no_read {
                 conn.read(conversation, m.seq).await?;

@@ -19,6 +19,8 @@ use crate::cluster::{Cluster, LocalAddrs};
 use crate::config::{CodeSenderSpec, PushSinkSpec, ServerConfig};
 use crate::http::admin::{self, AdminState};
 use crate::http::api::{self, ApiState};
+use crate::media::MediaService;
+use crate::media::http::{self as media_http, MediaState};
 use crate::protocol::ErrorCode;
 use crate::store::{Store, StoreError};
 use crate::transport::{ConnectionDeps, tcp};
@@ -43,6 +45,9 @@ pub enum ServerError {
     /// The cluster did not start.
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The media blob store could not be opened.
+    #[error("media: {0}")]
+    Media(String),
     /// Anything else at start-up (ready file, admin token file).
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -87,7 +92,12 @@ fn admin_token(config: &ServerConfig, data_dir: &std::path::Path) -> Result<Stri
     if let Some(t) = &config.admin_token {
         return Ok(t.clone());
     }
-    let path = data_dir.join("admin-token");
+    secret_file(&data_dir.join("admin-token"))
+}
+
+/// A secret kept in a file readable by its owner only: read if it exists, else generated.
+fn secret_file(path: &std::path::Path) -> Result<String, ServerError> {
+    let path = path.to_owned();
     if let Ok(existing) = std::fs::read_to_string(&path) {
         return Ok(existing.trim().to_owned());
     }
@@ -98,7 +108,7 @@ fn admin_token(config: &ServerConfig, data_dir: &std::path::Path) -> Result<Stri
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     }
-    tracing::info!(path = %path.display(), "generated admin token");
+    tracing::info!(path = %path.display(), "generated secret");
     Ok(token)
 }
 
@@ -127,6 +137,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         CodeSenderSpec::Webhook(url) => Arc::new(WebhookCodeSender::new(url.clone())),
     };
     let accounts = Accounts::new(store.clone(), sender, config.accounts.clone());
+    let mut media_config = config.media.clone();
+    if media_config.url_key.is_empty() {
+        media_config.url_key = secret_file(&data_dir.join("media-url-key"))?.into_bytes();
+    }
+    tracing::info!(media_store = %media_config.store, "media store");
+    let media = MediaService::new(store.clone(), media_config).map_err(|e| ServerError::Media(e.to_string()))?;
     let accepting = CancellationToken::new();
     let deps =
         ConnectionDeps { node: node.clone(), accounts: accounts.clone(), config: Arc::new(config.connection.clone()), shutdown: accepting.clone() };
@@ -149,7 +165,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let exit = CancellationToken::new();
 
-    let api_state = ApiState { accounts: accounts.clone(), node: node.clone(), store: store.clone(), metrics, cluster: cluster.clone() };
+    let api_state =
+        ApiState { accounts: accounts.clone(), node: node.clone(), store: store.clone(), metrics, cluster: cluster.clone(), media: media.clone() };
+    let media_state = web::Data::new(MediaState { media: media.clone(), accounts: accounts.clone() });
     let ws_deps = api::ws_data(deps.clone());
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4);
     let http = HttpServer::new(move || {
@@ -157,6 +175,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .app_data(web::Data::new(api_state.clone()))
             .app_data(ws_deps.clone())
             .app_data(web::JsonConfig::default().limit(64 * 1024))
+            .app_data(media_state.clone())
+            .configure(media_http::routes)
             .configure(api::routes)
     })
     .workers(workers)
@@ -173,6 +193,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         token: admin_token.clone(),
         cluster: cluster.clone(),
         drain: DrainHandle { exit: exit.clone(), spread: config.cluster.as_ref().map(|c| c.drain_spread).unwrap_or_default() },
+        media: media.clone(),
     };
     let admin = HttpServer::new(move || App::new().app_data(web::Data::new(admin_state.clone())).configure(admin::routes))
         .workers(1)
@@ -183,6 +204,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tokio::spawn(admin);
 
     tokio::spawn(purge_expired(store.clone(), config.purge_interval, accepting.clone()));
+    tokio::spawn(sweep_media(media.clone(), accepting.clone()));
     tokio::spawn(probe_store(store.clone(), Duration::from_secs(5), accepting.clone()));
 
     let tcp_listener = tokio::net::TcpListener::from_std(tcp_listener)?;
@@ -244,6 +266,23 @@ async fn probe_store(store: Arc<dyn Store>, interval: Duration, stop: Cancellati
                 Err(_) => tracing::error!(backend, "store ping timed out"),
             }
             was_up = up;
+        }
+    }
+}
+
+/// Sweeps media every `sweep_interval` (see `media::sweep`): expired uploads, unreferenced
+/// attachments after their grace period, and blobs no record points at.
+async fn sweep_media(media: MediaService, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(media.config().sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match media.sweep_once().await {
+            Ok(report) => tracing::debug!(?report, "media sweep"),
+            Err(e) => tracing::warn!(error = %e, "media sweep failed"),
         }
     }
 }

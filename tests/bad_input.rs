@@ -89,6 +89,7 @@ async fn frame_before_hello_is_refused_and_closed(kind: Kind) {
         payload: Bytes::from_static(b"sneaky"),
         kind: 0,
         reference_seq: 0,
+        attachments: Vec::new(),
     }))
     .await
     .unwrap();
@@ -242,6 +243,7 @@ async fn invalid_fields_get_invalid_argument(kind: Kind) {
         payload: Bytes::new(),
         kind: 0,
         reference_seq: 0,
+        attachments: Vec::new(),
     }))
     .await
     .unwrap();

@@ -24,7 +24,8 @@ fn client_kind() -> impl Strategy<Value = client_frame::Kind> {
             conversation_id: id,
             payload: p,
             kind: 0,
-            reference_seq: 0
+            reference_seq: 0,
+            attachments: Vec::new(),
         })),
         (bytes_up_to(20), any::<u64>()).prop_map(|(c, s)| client_frame::Kind::Ack(pb::Ack { conversation_id: c, seq: s })),
         (bytes_up_to(20), any::<u64>()).prop_map(|(c, s)| client_frame::Kind::Read(pb::Read { conversation_id: c, seq: s })),

@@ -37,6 +37,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message_and_leaves_no_gap() {
                     payload: format!("payload {i}").into_bytes().into(),
                     kind: 0,
                     reference_seq: 0,
+                    attachments: Vec::new(),
                 })
             })
             .collect();
@@ -308,6 +309,7 @@ async fn shutdown_acknowledges_everything_it_stored() {
                 payload: bytes::Bytes::from_static(b"x"),
                 kind: 0,
                 reference_seq: 0,
+                attachments: Vec::new(),
             })
         })
         .collect();

@@ -225,6 +225,30 @@ impl Store for FailingAfter {
     async fn last_seen(&self, _: switchboard::ids::UserId) -> Result<Option<u64>, StoreError> {
         unimplemented!()
     }
+    async fn create_media(&self, record: switchboard::store::MediaRecord) -> Result<(), StoreError> {
+        self.inner.create_media(record).await
+    }
+    async fn media(&self, id: switchboard::ids::MediaId) -> Result<Option<switchboard::store::MediaRecord>, StoreError> {
+        self.inner.media(id).await
+    }
+    async fn update_media(&self, record: switchboard::store::MediaRecord) -> Result<bool, StoreError> {
+        self.inner.update_media(record).await
+    }
+    async fn delete_media(&self, id: switchboard::ids::MediaId, version: u64) -> Result<bool, StoreError> {
+        self.inner.delete_media(id, version).await
+    }
+    async fn media_refs(&self, id: switchboard::ids::MediaId, limit: usize) -> Result<Vec<(switchboard::ids::ConversationId, u64)>, StoreError> {
+        self.inner.media_refs(id, limit).await
+    }
+    async fn media_usage(&self, owner: switchboard::ids::UserId) -> Result<u64, StoreError> {
+        self.inner.media_usage(owner).await
+    }
+    async fn media_page(&self, after: Option<switchboard::ids::MediaId>, limit: usize) -> Result<Vec<switchboard::store::MediaRecord>, StoreError> {
+        self.inner.media_page(after, limit).await
+    }
+    async fn media_with_digest(&self, digest: [u8; 32], limit: usize) -> Result<Vec<switchboard::ids::MediaId>, StoreError> {
+        self.inner.media_with_digest(digest, limit).await
+    }
     async fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush().await
     }

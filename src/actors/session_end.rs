@@ -476,6 +476,7 @@ mod tests {
             kind: ContentKind::Normal,
             reference_seq: 0,
             deleted: false,
+            attachments: Vec::new(),
         }
     }
 

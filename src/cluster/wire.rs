@@ -77,6 +77,7 @@ pub fn to_conversation(id: ConversationId, request: &ConversationRequest) -> Vec
                             ContentKind::Reaction => client_pb::MessageKind::Reaction,
                         } as i32,
                         reference_seq: r.reference_seq,
+                        attachments: r.attachments.iter().map(|a| id_bytes(*a)).collect(),
                     }),
                 )
             })
@@ -140,6 +141,7 @@ pub fn from_to_conversation(wire: pb::ToConversation) -> Result<(ConversationId,
                 payload: s.payload,
                 kind,
                 reference_seq: s.reference_seq,
+                attachments: s.attachments.iter().map(|a| parse_id("attachments", a)).collect::<Result<_, _>>()?,
             }])
         }
         Op::Cursor(c) => ConversationRequest::Cursor(CursorMove {
@@ -325,6 +327,8 @@ mod tests {
     #[test]
     fn sends_cross_nodes_unchanged_one_envelope_each() {
         let (user, device) = (UserId::random(), DeviceId::random());
+        // Declared media cross nodes too.
+        let media = crate::ids::MediaId::random();
         let send = |id: &str| SendRequest {
             user,
             device,
@@ -332,6 +336,7 @@ mod tests {
             payload: Bytes::from_static(b"ciphertext"),
             kind: ContentKind::Reaction,
             reference_seq: 7,
+            attachments: vec![media],
         };
         let back = roundtrip(ConversationRequest::Sends(vec![send("c-1"), send("c-2")]));
         assert_eq!(back.len(), 2);

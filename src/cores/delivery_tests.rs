@@ -34,6 +34,7 @@ fn message(id: ConversationId, seq: u64, sender: (UserId, DeviceId), event: bool
         kind: ContentKind::Normal,
         reference_seq: 0,
         deleted: false,
+        attachments: Vec::new(),
     }
 }
 

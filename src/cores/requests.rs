@@ -24,6 +24,8 @@ pub struct SendRequest {
     pub kind: ContentKind,
     /// Target of an edit or reaction (0 for ordinary messages).
     pub reference_seq: u64,
+    /// Media the message declares (checked by `media::attachments::declared`).
+    pub attachments: Vec<crate::ids::MediaId>,
 }
 
 /// A conversation-level change that is not about membership.

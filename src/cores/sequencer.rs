@@ -634,6 +634,7 @@ impl Sequencer {
             kind: request.kind,
             reference_seq: request.reference_seq,
             deleted: false,
+            attachments: request.attachments,
         };
         self.pending_ids.insert(key, seq);
         self.unsent.push(Entry { message, recipients: self.members.clone(), waiters: Vec::new(), event: None });
@@ -753,6 +754,7 @@ impl Sequencer {
             kind: ContentKind::Normal,
             reference_seq: 0,
             deleted: false,
+            attachments: Vec::new(),
         };
         self.members = Arc::new(record.members.clone());
         self.record = record.clone();

@@ -89,7 +89,15 @@ fn group_of(admin: UserId, others: &[UserId]) -> ConversationRecord {
 }
 
 fn send(user: UserId, device: DeviceId, id: &str) -> SendRequest {
-    SendRequest { user, device, client_msg_id: id.into(), payload: Bytes::from(format!("p-{id}")), kind: ContentKind::Normal, reference_seq: 0 }
+    SendRequest {
+        user,
+        device,
+        client_msg_id: id.into(),
+        payload: Bytes::from(format!("p-{id}")),
+        kind: ContentKind::Normal,
+        reference_seq: 0,
+        attachments: Vec::new(),
+    }
 }
 
 fn writes(out: &[Action]) -> Vec<(BatchId, Vec<WriteOp>)> {
@@ -311,6 +319,7 @@ fn edits_reactions_and_deletes_follow_the_rules() {
         payload: Bytes::from_static(b"e"),
         kind,
         reference_seq: target,
+        attachments: Vec::new(),
     };
     let mut out = Vec::new();
     s.send(edit(b, db, "e1", ContentKind::Edit, 1), 2, &mut out);
@@ -590,6 +599,7 @@ impl World {
                     payload: Bytes::from_static(b"x"),
                     kind: ContentKind::Normal,
                     reference_seq: 0,
+                    attachments: Vec::new(),
                 };
                 self.seq.send(request, self.clock, &mut out);
             }

@@ -1,5 +1,6 @@
 //! The admin API, on its own listener and behind its own bearer token: the live
-//! supervision tree (like Erlang's observer) and fault injection for drills.
+//! supervision tree (like Erlang's observer), fault injection for drills, and a media
+//! sweep on demand.
 
 use std::sync::atomic::Ordering;
 
@@ -27,6 +28,8 @@ pub struct AdminState {
     pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
     /// Starts a drain of this node.
     pub drain: crate::server::DrainHandle,
+    /// Media (a sweep on demand).
+    pub media: crate::media::MediaService,
 }
 
 /// Children listed per actor at most; the rest are counted, not listed.
@@ -228,11 +231,24 @@ async fn provision(req: HttpRequest, state: web::Data<AdminState>, body: web::Js
     }
 }
 
+/// Runs one media sweep now (the periodic one runs every `media_sweep_interval_secs`);
+/// answers with what it did.
+async fn sweep_media(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
+    }
+    match state.media.sweep_once().await {
+        Ok(report) => HttpResponse::Ok().json(report),
+        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": "unavailable", "message": e.to_string() })),
+    }
+}
+
 /// Registers the admin routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/tree", web::get().to(tree))
         .route("/admin/cluster", web::get().to(cluster))
         .route("/admin/drain", web::post().to(drain))
         .route("/admin/provision", web::post().to(provision))
+        .route("/admin/media/sweep", web::post().to(sweep_media))
         .route("/admin/conversations/{id}/crash", web::post().to(crash_conversation));
 }

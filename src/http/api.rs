@@ -30,6 +30,8 @@ pub struct ApiState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The cluster, if any (health reports membership, drain and Redis).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Media (health reports the blob store).
+    pub media: crate::media::MediaService,
 }
 
 /// An HTTP-facing error.
@@ -150,6 +152,9 @@ async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
             "latency_ms": latency_ms,
             "error": store.as_ref().err().map(|e| e.to_string()),
         },
+        // The blob store down degrades media only (uploads and downloads answer 503);
+        // messages are unaffected, so it does not fail the health check.
+        "media": state.media.health().await,
         "sessions": state.node.ctx.router.session_count(),
         "conversations": state.node.ctx.router.conversation_count(),
     });

@@ -134,6 +134,22 @@ pub enum Scenario {
         #[arg(long)]
         no_acks: bool,
     },
+    /// Media upload and download throughput (tus, fsynced directory) for one transfer and
+    /// for N parallel ones, next to `dd conv=fsync` on the same filesystem.
+    Media {
+        /// Size of the single transfer, MiB.
+        #[arg(long, default_value_t = 100)]
+        single_mb: usize,
+        /// Parallel transfers in the second round.
+        #[arg(long, default_value_t = 100)]
+        parallel: usize,
+        /// Size of each parallel transfer, MiB.
+        #[arg(long, default_value_t = 10)]
+        parallel_mb: usize,
+        /// Chunk (PATCH) size, MiB.
+        #[arg(long, default_value_t = 8)]
+        chunk_mb: usize,
+    },
     /// (Internal) the bare relay process of `--baseline relay`.
     #[command(hide = true)]
     Relay {
@@ -183,6 +199,34 @@ pub async fn run(args: BenchArgs) -> Result<String, LoadError> {
             let report = super::cross_node(&binary, &extra, users, rate, Duration::from_secs(duration), payload, move |phase: &str| {
                 b.set_message(phase.to_owned())
             })
+            .await?;
+            bar.finish_and_clear();
+            to_json(&report)
+        }
+        Scenario::Media { single_mb, parallel, parallel_mb, chunk_mb } => {
+            let blob_dir = tempfile::Builder::new().prefix("switchboard-bench-media-").tempdir()?;
+            let mut media_extra = extra.clone();
+            media_extra.extend([
+                "--media-store".to_owned(),
+                format!("fs:{}", blob_dir.path().display()),
+                "--media-max-upload-bytes".to_owned(),
+                (single_mb.max(parallel_mb) << 20).to_string(),
+                "--media-quota-bytes".to_owned(),
+                u64::MAX.to_string(),
+                "--media-uploads-per-minute".to_owned(),
+                "100000".to_owned(),
+            ]);
+            let server = start(&binary, &media_extra, store, websocket)?;
+            let tokens: Vec<String> = provision(&server, parallel.max(1)).await?.into_iter().map(|c| c.token).collect();
+            let bar = spinner("media transfers");
+            let report = super::media::run(
+                &server,
+                blob_dir.path(),
+                &tokens,
+                &[(1, single_mb << 20), (parallel, parallel_mb << 20)],
+                chunk_mb << 20,
+                |phase| bar.set_message(phase.to_owned()),
+            )
             .await?;
             bar.finish_and_clear();
             to_json(&report)

@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod cross_node;
 pub mod idle;
+pub mod media;
 pub mod reconnect;
 pub mod relay;
 pub mod server;

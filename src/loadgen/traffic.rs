@@ -382,6 +382,7 @@ impl Device {
                             payload: payload.split().freeze(),
                             kind: pb::MessageKind::Normal as i32,
                             reference_seq: 0,
+                            attachments: Vec::new(),
                         }));
                         if sink.feed(protocol::encode_client(&frame)).await.is_err() {
                             return stats;

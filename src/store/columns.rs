@@ -1,4 +1,4 @@
-//! Ids as database columns: a `UserId`, `DeviceId` or `ConversationId` binds and reads
+//! Ids as database columns: a `UserId`, `DeviceId`, `ConversationId` or `MediaId` binds and reads
 //! exactly as the UUID underneath (PostgreSQL `uuid`, CQL `uuid`). Written once here so
 //! that the backends bind typed ids directly instead of unwrapping them at every call.
 
@@ -12,7 +12,7 @@ use scylla::serialize::writers::{CellWriter, WrittenCellProof};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use uuid::Uuid;
 
-use crate::ids::{ConversationId, DeviceId, UserId};
+use crate::ids::{ConversationId, DeviceId, MediaId, UserId};
 
 macro_rules! uuid_column {
     ($name:ident) => {
@@ -59,3 +59,4 @@ macro_rules! uuid_column {
 uuid_column!(UserId);
 uuid_column!(DeviceId);
 uuid_column!(ConversationId);
+uuid_column!(MediaId);

@@ -31,8 +31,8 @@ use serde::de::DeserializeOwned;
 
 use super::transfer::{Position, Record, Section};
 use super::{
-    CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MemberCursor, PendingCode, PushToken, Store, StoreError,
-    StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MediaId, MediaRecord, MemberCursor, PendingCode, PushToken, Store,
+    StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
 const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
@@ -64,6 +64,15 @@ const RECEIPT_LOG: TableDefinition<(u128, u128, u8, u64), u64> = TableDefinition
 const PUSH_TOKENS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("push_tokens");
 /// `sha256(invite token) → group`.
 const INVITES: TableDefinition<&[u8], u128> = TableDefinition::new("invites");
+/// `media id → media record` (postcard).
+const MEDIA: TableDefinition<u128, &[u8]> = TableDefinition::new("media");
+/// `(owner, media id) → declared length`: quota.
+const MEDIA_BY_OWNER: TableDefinition<(u128, u128), u64> = TableDefinition::new("media_by_owner");
+/// `(ciphertext digest, media id)`: content addressing (a blob is kept while any is left).
+const MEDIA_BY_DIGEST: TableDefinition<([u8; 32], u128), ()> = TableDefinition::new("media_by_digest");
+/// `(media id, conversation, seq)`: the messages that declare a media (written with the
+/// message, removed with it when it is deleted for everyone or purged).
+const MEDIA_REFS: TableDefinition<(u128, u128, u64), ()> = TableDefinition::new("media_refs");
 
 /// The redb-backed store. Cloning shares the database and its writer thread.
 #[derive(Clone)]
@@ -295,6 +304,47 @@ fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, S
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { table, detail: e.to_string() })
 }
 
+/// A message as stored before messages declared attachments (postcard has no optional
+/// trailing fields, so those rows decode with this layout).
+#[derive(serde::Deserialize)]
+struct MessageWithoutAttachments {
+    conversation_id: ConversationId,
+    seq: u64,
+    sender_user_id: UserId,
+    sender_device_id: DeviceId,
+    client_msg_id: String,
+    server_time_ms: u64,
+    payload: bytes::Bytes,
+    event: Option<bytes::Bytes>,
+    kind: super::ContentKind,
+    reference_seq: u64,
+    deleted: bool,
+}
+
+/// Decodes a message row, of the current layout or the one before attachments.
+fn decode_message(bytes: &[u8]) -> Result<StoredMessage, StoreError> {
+    match postcard::from_bytes::<StoredMessage>(bytes) {
+        Ok(m) => Ok(m),
+        Err(current) => match postcard::from_bytes::<MessageWithoutAttachments>(bytes) {
+            Ok(m) => Ok(StoredMessage {
+                conversation_id: m.conversation_id,
+                seq: m.seq,
+                sender_user_id: m.sender_user_id,
+                sender_device_id: m.sender_device_id,
+                client_msg_id: m.client_msg_id,
+                server_time_ms: m.server_time_ms,
+                payload: m.payload,
+                event: m.event,
+                kind: m.kind,
+                reference_seq: m.reference_seq,
+                deleted: m.deleted,
+                attachments: Vec::new(),
+            }),
+            Err(_) => Err(StoreError::Corrupt { table: "messages", detail: current.to_string() }),
+        },
+    }
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the database in `dir/switchboard.redb` and makes sure every table
     /// exists, so readers never meet a missing table.
@@ -321,6 +371,10 @@ impl EmbeddedStore {
             txn.open_table(PUSH_TOKENS).map_err(be)?;
             txn.open_table(MEMBER_CURSORS).map_err(be)?;
             txn.open_table(RECEIPT_LOG).map_err(be)?;
+            txn.open_table(MEDIA).map_err(be)?;
+            txn.open_table(MEDIA_BY_OWNER).map_err(be)?;
+            txn.open_table(MEDIA_BY_DIGEST).map_err(be)?;
+            txn.open_table(MEDIA_REFS).map_err(be)?;
         }
         txn.commit().map_err(be)?;
         // Batches logged since the last checkpoint (a crash): replay them, in order, onto
@@ -406,12 +460,14 @@ fn apply_in(txn: &WriteTransaction, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>
         let mut retention = txn.open_table(RETENTION).map_err(be)?;
         let mut member_cursors = txn.open_table(MEMBER_CURSORS).map_err(be)?;
         let mut receipt_log = txn.open_table(RECEIPT_LOG).map_err(be)?;
+        let mut media_refs = txn.open_table(MEDIA_REFS).map_err(be)?;
         for op in ops {
             let outcome = match op {
                 WriteOp::Append(msg) => match append_check(&last_seqs, &dedup, msg)? {
                     Some(refused) => refused,
                     None => {
                         store_message(&mut messages, &mut dedup, &mut last_seqs, msg)?;
+                        add_refs(&mut media_refs, msg)?;
                         WriteOutcome::Appended
                     }
                 },
@@ -421,10 +477,12 @@ fn apply_in(txn: &WriteTransaction, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>
                         store_message(&mut messages, &mut dedup, &mut last_seqs, message)?;
                         if let Some(target) = *tombstone {
                             let key = (message.conversation_id.as_u128(), target);
-                            let found: Option<StoredMessage> = messages.get(key).map_err(be)?.map(|g| decode("messages", g.value())).transpose()?;
+                            let found: Option<StoredMessage> = messages.get(key).map_err(be)?.map(|g| decode_message(g.value())).transpose()?;
                             if let Some(mut erased) = found {
+                                remove_refs(&mut media_refs, &erased)?;
                                 erased.payload = bytes::Bytes::new();
                                 erased.deleted = true;
+                                erased.attachments = Vec::new();
                                 messages.insert(key, encode(&erased)?.as_slice()).map_err(be)?;
                             }
                         }
@@ -519,6 +577,40 @@ fn store_message(
     messages.insert((conv, msg.seq), encode(msg)?.as_slice()).map_err(be)?;
     dedup.insert((conv, msg.sender_user_id.as_u128(), msg.client_msg_id.as_str()), (msg.seq, msg.server_time_ms)).map_err(be)?;
     last_seqs.insert(conv, msg.seq).map_err(be)?;
+    Ok(())
+}
+
+type MediaRefsTable<'t> = redb::Table<'t, (u128, u128, u64), ()>;
+
+/// Records that `msg` references its declared media (same transaction as the message).
+fn add_refs(refs: &mut MediaRefsTable<'_>, msg: &StoredMessage) -> Result<(), StoreError> {
+    for media in &msg.attachments {
+        refs.insert((media.as_u128(), msg.conversation_id.as_u128(), msg.seq), ()).map_err(be)?;
+    }
+    Ok(())
+}
+
+/// Writes a media record and its owner and digest index entries.
+fn put_media(
+    media: &mut redb::Table<'_, u128, &[u8]>,
+    by_owner: &mut redb::Table<'_, (u128, u128), u64>,
+    by_digest: &mut redb::Table<'_, ([u8; 32], u128), ()>,
+    record: &MediaRecord,
+) -> Result<(), StoreError> {
+    let id = record.media_id.as_u128();
+    media.insert(id, encode(record)?.as_slice()).map_err(be)?;
+    by_owner.insert((record.owner.as_u128(), id), record.length).map_err(be)?;
+    if let Some(d) = record.digest {
+        by_digest.insert((d, id), ()).map_err(be)?;
+    }
+    Ok(())
+}
+
+/// Forgets `msg`'s references (it is being deleted for everyone, or purged).
+fn remove_refs(refs: &mut MediaRefsTable<'_>, msg: &StoredMessage) -> Result<(), StoreError> {
+    for media in &msg.attachments {
+        refs.remove((media.as_u128(), msg.conversation_id.as_u128(), msg.seq)).map_err(be)?;
+    }
     Ok(())
 }
 
@@ -879,6 +971,7 @@ impl Store for EmbeddedStore {
                 let retention = txn.open_table(RETENTION).map_err(be)?;
                 let mut messages = txn.open_table(MESSAGES).map_err(be)?;
                 let mut dedup = txn.open_table(DEDUP).map_err(be)?;
+                let mut media_refs = txn.open_table(MEDIA_REFS).map_err(be)?;
                 let policies: Vec<(u128, u32)> =
                     retention.iter().map_err(be)?.map(|e| e.map(|(k, v)| (k.value(), v.value()))).collect::<Result<_, _>>().map_err(be)?;
                 for (conv, secs) in policies {
@@ -887,15 +980,16 @@ impl Store for EmbeddedStore {
                     let mut expired = Vec::new();
                     for entry in messages.range((conv, 0)..=(conv, u64::MAX)).map_err(be)? {
                         let (key, value) = entry.map_err(be)?;
-                        let m: StoredMessage = decode("messages", value.value())?;
+                        let m: StoredMessage = decode_message(value.value())?;
                         if m.server_time_ms >= cutoff || expired.len() + purged as usize >= limit {
                             break;
                         }
                         if m.event.is_none() {
-                            expired.push((key.value().1, m.sender_user_id.as_u128(), m.client_msg_id));
+                            expired.push((key.value().1, m.sender_user_id.as_u128(), m.client_msg_id.clone(), m));
                         }
                     }
-                    for (seq, sender, client_id) in expired {
+                    for (seq, sender, client_id, m) in expired {
+                        remove_refs(&mut media_refs, &m)?;
                         messages.remove((conv, seq)).map_err(be)?;
                         dedup.remove((conv, sender, client_id.as_str())).map_err(be)?;
                         purged += 1;
@@ -928,7 +1022,7 @@ impl Store for EmbeddedStore {
             }
             for entry in table.range((conv, after + 1)..=(conv, u64::MAX)).map_err(be)?.take(limit) {
                 let (_, value) = entry.map_err(be)?;
-                out.push(decode("messages", value.value())?);
+                out.push(decode_message(value.value())?);
             }
             Ok(out)
         })
@@ -946,7 +1040,133 @@ impl Store for EmbeddedStore {
             }
             for entry in table.range((conv, 0)..=(conv, upper)).map_err(be)?.rev().take(limit) {
                 let (_, value) = entry.map_err(be)?;
-                out.push(decode("messages", value.value())?);
+                out.push(decode_message(value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn create_media(&self, record: MediaRecord) -> Result<(), StoreError> {
+        self.write(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            {
+                let mut media = txn.open_table(MEDIA).map_err(be)?;
+                if media.get(record.media_id.as_u128()).map_err(be)?.is_none() {
+                    let mut by_owner = txn.open_table(MEDIA_BY_OWNER).map_err(be)?;
+                    let mut by_digest = txn.open_table(MEDIA_BY_DIGEST).map_err(be)?;
+                    put_media(&mut media, &mut by_owner, &mut by_digest, &record)?;
+                }
+            }
+            txn.commit().map_err(be)
+        })
+        .await
+    }
+
+    async fn media(&self, id: MediaId) -> Result<Option<MediaRecord>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(MEDIA).map_err(be)?;
+            table.get(id.as_u128()).map_err(be)?.map(|g| decode("media", g.value())).transpose()
+        })
+    }
+
+    async fn update_media(&self, record: MediaRecord) -> Result<bool, StoreError> {
+        self.write(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let replaced = {
+                let mut media = txn.open_table(MEDIA).map_err(be)?;
+                let current: Option<MediaRecord> =
+                    media.get(record.media_id.as_u128()).map_err(be)?.map(|g| decode("media", g.value())).transpose()?;
+                match current {
+                    Some(c) if c.version + 1 == record.version && c.owner == record.owner => {
+                        let mut by_owner = txn.open_table(MEDIA_BY_OWNER).map_err(be)?;
+                        let mut by_digest = txn.open_table(MEDIA_BY_DIGEST).map_err(be)?;
+                        put_media(&mut media, &mut by_owner, &mut by_digest, &record)?;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            txn.commit().map_err(be)?;
+            Ok(replaced)
+        })
+        .await
+    }
+
+    async fn delete_media(&self, id: MediaId, version: u64) -> Result<bool, StoreError> {
+        self.write(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let deleted = {
+                let mut media = txn.open_table(MEDIA).map_err(be)?;
+                let current: Option<MediaRecord> = media.get(id.as_u128()).map_err(be)?.map(|g| decode("media", g.value())).transpose()?;
+                match current {
+                    Some(c) if c.version == version => {
+                        media.remove(id.as_u128()).map_err(be)?;
+                        txn.open_table(MEDIA_BY_OWNER).map_err(be)?.remove((c.owner.as_u128(), id.as_u128())).map_err(be)?;
+                        if let Some(d) = c.digest {
+                            txn.open_table(MEDIA_BY_DIGEST).map_err(be)?.remove((d, id.as_u128())).map_err(be)?;
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            txn.commit().map_err(be)?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn media_refs(&self, id: MediaId, limit: usize) -> Result<Vec<(ConversationId, u64)>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(MEDIA_REFS).map_err(be)?;
+            let m = id.as_u128();
+            let mut out = Vec::new();
+            for entry in table.range((m, 0, 0)..=(m, u128::MAX, u64::MAX)).map_err(be)?.take(limit) {
+                let (key, _) = entry.map_err(be)?;
+                let (_, conv, seq) = key.value();
+                out.push((ConversationId::from_u128(conv), seq));
+            }
+            Ok(out)
+        })
+    }
+
+    async fn media_usage(&self, owner: UserId) -> Result<u64, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(MEDIA_BY_OWNER).map_err(be)?;
+            let o = owner.as_u128();
+            let mut total = 0u64;
+            for entry in table.range((o, 0)..=(o, u128::MAX)).map_err(be)? {
+                let (_, len) = entry.map_err(be)?;
+                total = total.saturating_add(len.value());
+            }
+            Ok(total)
+        })
+    }
+
+    async fn media_page(&self, after: Option<MediaId>, limit: usize) -> Result<Vec<MediaRecord>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(MEDIA).map_err(be)?;
+            let mut out = Vec::new();
+            for entry in table.range(after_bounds(after.map(|a| a.as_u128()))).map_err(be)?.take(limit) {
+                let (_, v) = entry.map_err(be)?;
+                out.push(decode("media", v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn media_with_digest(&self, digest: [u8; 32], limit: usize) -> Result<Vec<MediaId>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(MEDIA_BY_DIGEST).map_err(be)?;
+            let mut out = Vec::new();
+            for entry in table.range((digest, 0)..=(digest, u128::MAX)).map_err(be)?.take(limit) {
+                let (key, _) = entry.map_err(be)?;
+                out.push(MediaId::from_u128(key.value().1));
             }
             Ok(out)
         })
@@ -1044,7 +1264,7 @@ impl EmbeddedStore {
                     let t = txn.open_table(MESSAGES).map_err(be)?;
                     for e in t.range(after_bounds(after.map(|p| (p.0, p.2)))).map_err(be)?.take(limit) {
                         let (k, v) = e.map_err(be)?;
-                        out.push(Record::Message(decode("messages", v.value())?));
+                        out.push(Record::Message(decode_message(v.value())?));
                         let (conv, seq) = k.value();
                         last = Some(Position(conv, 0, seq, 0));
                     }
@@ -1120,6 +1340,14 @@ impl EmbeddedStore {
                         last = Some(Position(user, device, 0, 0));
                     }
                 }
+                Section::Media => {
+                    let t = txn.open_table(MEDIA).map_err(be)?;
+                    for e in t.range(after_bounds(after.map(|p| p.0))).map_err(be)?.take(limit) {
+                        let (k, v) = e.map_err(be)?;
+                        out.push(Record::Media(decode("media", v.value())?));
+                        last = Some(Position(k.value(), 0, 0, 0));
+                    }
+                }
             }
             Ok((out, last))
         })
@@ -1146,6 +1374,10 @@ impl EmbeddedStore {
             let mut receipt_log = txn.open_table(RECEIPT_LOG).map_err(be)?;
             let mut last_seen = txn.open_table(LAST_SEEN).map_err(be)?;
             let mut push_tokens = txn.open_table(PUSH_TOKENS).map_err(be)?;
+            let mut media_refs = txn.open_table(MEDIA_REFS).map_err(be)?;
+            let mut media = txn.open_table(MEDIA).map_err(be)?;
+            let mut media_by_owner = txn.open_table(MEDIA_BY_OWNER).map_err(be)?;
+            let mut media_by_digest = txn.open_table(MEDIA_BY_DIGEST).map_err(be)?;
             for record in records {
                 match record {
                     Record::User(user) => {
@@ -1176,6 +1408,7 @@ impl EmbeddedStore {
                         let conv = m.conversation_id.as_u128();
                         messages.insert((conv, m.seq), encode(&m)?.as_slice()).map_err(be)?;
                         dedup.insert((conv, m.sender_user_id.as_u128(), m.client_msg_id.as_str()), (m.seq, m.server_time_ms)).map_err(be)?;
+                        add_refs(&mut media_refs, &m)?;
                     }
                     Record::LastSeq { conversation_id, last_seq } => {
                         let id = conversation_id.as_u128();
@@ -1202,6 +1435,7 @@ impl EmbeddedStore {
                     Record::PushToken { user_id, device_id, token } => {
                         push_tokens.insert((user_id.as_u128(), device_id.as_u128()), encode(&token)?.as_slice()).map_err(be)?;
                     }
+                    Record::Media(record) => put_media(&mut media, &mut media_by_owner, &mut media_by_digest, &record)?,
                 }
             }
         }
@@ -1222,6 +1456,7 @@ impl EmbeddedStore {
             Section::Receipts => txn.open_table(RECEIPT_LOG).map_err(be)?.len(),
             Section::LastSeen => txn.open_table(LAST_SEEN).map_err(be)?.len(),
             Section::PushTokens => txn.open_table(PUSH_TOKENS).map_err(be)?.len(),
+            Section::Media => txn.open_table(MEDIA).map_err(be)?.len(),
         };
         n.map_err(be)
     }
@@ -1245,6 +1480,7 @@ mod tests {
             kind: ContentKind::Normal,
             reference_seq: 0,
             deleted: false,
+            attachments: Vec::new(),
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod columns;
 pub mod embedded;
+pub mod media;
 pub mod postgres;
 pub mod scylla;
 pub mod spec;
@@ -26,6 +27,7 @@ pub use spec::StoreSpec;
 pub use transfer::{Record, Section};
 
 pub use crate::ids::{ConversationId, DeviceId, UserId};
+pub use media::{MediaId, MediaKind, MediaPart, MediaRecord};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,10 @@ pub struct StoredMessage {
     pub reference_seq: u64,
     /// Deleted for everyone: the payload was erased.
     pub deleted: bool,
+    /// Media the message declares (`Send.attachments`): members who can see this seq may
+    /// download them, and they are kept while the message is. Stored in the same
+    /// transaction as the message; a deleted message references nothing.
+    pub attachments: Vec<MediaId>,
 }
 
 /// What a stored message is to clients (the content itself stays opaque).
@@ -395,6 +401,26 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes messages older than their conversation's retention (events are kept), at
     /// most `limit` of them; returns how many were deleted.
     async fn purge_expired(&self, now_ms: u64, limit: usize) -> Result<u64, StoreError>;
+
+    /// Creates a media record (an upload starts); a record with the same id is left alone.
+    async fn create_media(&self, record: MediaRecord) -> Result<(), StoreError>;
+    /// Reads a media record.
+    async fn media(&self, id: MediaId) -> Result<Option<MediaRecord>, StoreError>;
+    /// Replaces a media record if the stored one's version is `record.version - 1`
+    /// (compare-and-set); false if it changed meanwhile or is gone.
+    async fn update_media(&self, record: MediaRecord) -> Result<bool, StoreError>;
+    /// Deletes a media record if its stored version is `version`; false otherwise.
+    async fn delete_media(&self, id: MediaId, version: u64) -> Result<bool, StoreError>;
+    /// Up to `limit` messages `(conversation, seq)` that declare this media and are not
+    /// deleted (purged and deleted-for-everyone messages reference nothing).
+    async fn media_refs(&self, id: MediaId, limit: usize) -> Result<Vec<(ConversationId, u64)>, StoreError>;
+    /// Bytes counted against a user's quota: the declared length of every record they own.
+    async fn media_usage(&self, owner: UserId) -> Result<u64, StoreError>;
+    /// Up to `limit` media records with ids after `after`, in id order (the sweep's walk).
+    async fn media_page(&self, after: Option<MediaId>, limit: usize) -> Result<Vec<MediaRecord>, StoreError>;
+    /// Up to `limit` records whose completed blob has this digest (content addressing:
+    /// the blob is deleted only when none is left).
+    async fn media_with_digest(&self, digest: [u8; 32], limit: usize) -> Result<Vec<MediaId>, StoreError>;
 
     /// Every cursor of a device (a cursor still at zero may be absent).
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError>;

@@ -22,8 +22,8 @@ use tokio_postgres::{NoTls, Row};
 
 use super::transfer::{Record, Section};
 use super::{
-    CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MemberCursor,
-    PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MediaId, MediaRecord,
+    MemberCursor, PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,7 +32,8 @@ use uuid::Uuid;
 
 /// Schema migrations, applied in order; the version of each is recorded in
 /// `schema_migrations` so each runs once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] =
+    &[(1, include_str!("../../migrations/postgres/0001_init.sql")), (2, include_str!("../../migrations/postgres/0002_media.sql"))];
 
 /// Key of the advisory lock that serialises migrations when several nodes start at once.
 const MIGRATION_LOCK: i64 = 0x5357_4243_4844_0001;
@@ -155,7 +156,19 @@ fn message_from(row: &Row) -> Result<StoredMessage, StoreError> {
         kind,
         reference_seq: uint(get(row, "messages", "reference_seq")?),
         deleted: get(row, "messages", "deleted")?,
+        attachments: get::<Vec<Uuid>>(row, "messages", "attachments")?.into_iter().map(MediaId::from_uuid).collect(),
     })
+}
+
+fn media_from(row: &Row) -> Result<MediaRecord, StoreError> {
+    let Json(record): Json<MediaRecord> = get(row, "media", "record")?;
+    Ok(record)
+}
+
+/// A message's attachments as one text value (`uuid,uuid`), so that a batch of messages
+/// can go through `unnest` (which flattens arrays of arrays).
+fn attachments_text(m: &StoredMessage) -> String {
+    m.attachments.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
 }
 
 fn kind_code(kind: ConversationKind) -> i16 {
@@ -183,8 +196,7 @@ struct CursorMove {
     at_ms: i64,
 }
 
-const MESSAGE_COLUMNS: &str =
-    "conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted";
+const MESSAGE_COLUMNS: &str = "conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted, attachments";
 const CONVERSATION_COLUMNS: &str = "conversation_id, kind, members, created_ms, group_state, retention_secs";
 const DEVICE_COLUMNS: &str = "device_id, user_id, name, is_primary, token_hash, created_ms, revoked_ms";
 
@@ -382,13 +394,28 @@ impl PostgresStore {
             let kinds: Vec<i16> = accepted.iter().map(|m| content_code(m.kind)).collect();
             let references: Vec<i64> = accepted.iter().map(|m| int(m.reference_seq)).collect();
             let deleted: Vec<bool> = accepted.iter().map(|m| m.deleted).collect();
+            let attachments: Vec<String> = accepted.iter().map(|m| attachments_text(m)).collect();
             let (ids, seqs): (Vec<ConversationId>, Vec<i64>) = moved.into_iter().unzip();
             // Pipelined as well: one round trip for both.
-            let message_params: [&(dyn ToSql + Sync); 11] =
-                [&ids_of_messages, &seqs_of_messages, &senders, &devices, &client_ids, &times, &payloads, &events, &kinds, &references, &deleted];
+            let message_params: [&(dyn ToSql + Sync); 12] = [
+                &ids_of_messages,
+                &seqs_of_messages,
+                &senders,
+                &devices,
+                &client_ids,
+                &times,
+                &payloads,
+                &events,
+                &kinds,
+                &references,
+                &deleted,
+                &attachments,
+            ];
             let fence_params: [&(dyn ToSql + Sync); 2] = [&ids, &seqs];
-            const INSERT_MESSAGES: &str = "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::bytea[], $8::bytea[], $9::smallint[], $10::bigint[], $11::bool[])";
+            const INSERT_MESSAGES: &str = "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted, attachments) \
+                 SELECT c, s, u, d, i, t, p, e, k, r, x, CASE WHEN a = '' THEN '{}'::uuid[] ELSE string_to_array(a, ',')::uuid[] END \
+                 FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::bytea[], $8::bytea[], $9::smallint[], $10::bigint[], $11::bool[], $12::text[]) \
+                 AS v(c, s, u, d, i, t, p, e, k, r, x, a)";
             const MOVE_FENCES: &str =
                 "UPDATE last_seqs SET last_seq = v.l FROM unnest($1::uuid[], $2::bigint[]) AS v(c, l) WHERE last_seqs.conversation_id = v.c";
             Self::prepare_first(tx, &[INSERT_MESSAGES, MOVE_FENCES]).await?;
@@ -525,8 +552,9 @@ impl PostgresStore {
     async fn import_message(tx: &Tx<'_>, m: &StoredMessage) -> Result<(), StoreError> {
         let payload: &[u8] = &m.payload;
         let event: Option<&[u8]> = m.event.as_deref();
-        let sql = "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING";
+        let attachments: Vec<Uuid> = m.attachments.iter().map(|a| a.uuid()).collect();
+        let sql = "INSERT INTO messages (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted, attachments) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING";
         Self::run(
             tx,
             sql,
@@ -542,7 +570,20 @@ impl PostgresStore {
                 &content_code(m.kind),
                 &int(m.reference_seq),
                 &m.deleted,
+                &attachments,
             ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Writes a media record as given (import, creation); an existing one is left alone.
+    async fn insert_media(tx: &Tx<'_>, record: &MediaRecord) -> Result<(), StoreError> {
+        let digest: Option<Vec<u8>> = record.digest.map(|d| d.to_vec());
+        Self::run(
+            tx,
+            "INSERT INTO media (media_id, owner, length, digest, version, record) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &[&record.media_id, &record.owner, &int(record.length), &digest, &int(record.version), &Json(record)],
         )
         .await
         .map(drop)
@@ -570,7 +611,7 @@ impl PostgresStore {
         if let Some(target) = tombstone {
             Self::run(
                 tx,
-                "UPDATE messages SET payload = ''::bytea, deleted = true WHERE conversation_id = $1 AND seq = $2",
+                "UPDATE messages SET payload = ''::bytea, deleted = true, attachments = '{}' WHERE conversation_id = $1 AND seq = $2",
                 &[&record.conversation_id, &int(target)],
             )
             .await?;
@@ -611,6 +652,7 @@ impl PostgresStore {
                 .await?;
             }
             Record::Conversation(c) => Self::put_conversation_record(tx, &c).await?,
+            Record::Media(m) => Self::insert_media(tx, &m).await?,
             Record::Membership { user_id, conversation_id } => {
                 Self::run(
                     tx,
@@ -1087,6 +1129,68 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn create_media(&self, record: MediaRecord) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        Self::insert_media(&tx, &record).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn media(&self, id: MediaId) -> Result<Option<MediaRecord>, StoreError> {
+        self.query_opt("SELECT record FROM media WHERE media_id = $1", &[&id]).await?.as_ref().map(media_from).transpose()
+    }
+
+    async fn update_media(&self, record: MediaRecord) -> Result<bool, StoreError> {
+        let digest: Option<Vec<u8>> = record.digest.map(|d| d.to_vec());
+        let n = self
+            .execute(
+                "UPDATE media SET digest = $2, version = $3, record = $4 WHERE media_id = $1 AND version = $5 AND owner = $6",
+                &[&record.media_id, &digest, &int(record.version), &Json(&record), &int(record.version.saturating_sub(1)), &record.owner],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn delete_media(&self, id: MediaId, version: u64) -> Result<bool, StoreError> {
+        Ok(self.execute("DELETE FROM media WHERE media_id = $1 AND version = $2", &[&id, &int(version)]).await? == 1)
+    }
+
+    async fn media_refs(&self, id: MediaId, limit: usize) -> Result<Vec<(ConversationId, u64)>, StoreError> {
+        self.query(
+            "SELECT conversation_id, seq FROM messages WHERE cardinality(attachments) > 0 AND attachments @> ARRAY[$1::uuid] \
+             ORDER BY conversation_id, seq LIMIT $2",
+            &[&id, &int(limit as u64)],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((get(r, "messages", "conversation_id")?, uint(get(r, "messages", "seq")?))))
+        .collect()
+    }
+
+    async fn media_usage(&self, owner: UserId) -> Result<u64, StoreError> {
+        let row = self.query_opt("SELECT COALESCE(sum(length), 0)::bigint AS total FROM media WHERE owner = $1", &[&owner]).await?;
+        Ok(row.map(|r| get::<i64>(&r, "media", "total")).transpose()?.map(uint).unwrap_or(0))
+    }
+
+    async fn media_page(&self, after: Option<MediaId>, limit: usize) -> Result<Vec<MediaRecord>, StoreError> {
+        let after = after.unwrap_or(MediaId::nil());
+        // The nil id is never issued (ids are random v4), so "after nil" is "from the start".
+        self.query("SELECT record FROM media WHERE media_id > $1 ORDER BY media_id LIMIT $2", &[&after, &int(limit as u64)])
+            .await?
+            .iter()
+            .map(media_from)
+            .collect()
+    }
+
+    async fn media_with_digest(&self, digest: [u8; 32], limit: usize) -> Result<Vec<MediaId>, StoreError> {
+        let digest: &[u8] = &digest;
+        self.query("SELECT media_id FROM media WHERE digest = $1 ORDER BY media_id LIMIT $2", &[&digest, &int(limit as u64)])
+            .await?
+            .iter()
+            .map(|r| get(r, "media", "media_id"))
+            .collect()
+    }
+
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {
         self.query(
             "SELECT conversation_id, delivered, read FROM cursors WHERE device_id = $1 AND (delivered > 0 OR read > 0) ORDER BY conversation_id",
@@ -1133,6 +1237,7 @@ impl Store for PostgresStore {
             Section::Receipts => "receipt_log",
             Section::LastSeen => "last_seen",
             Section::PushTokens => "push_tokens",
+            Section::Media => "media",
         };
         let row = self.query_opt(&format!("SELECT count(*) FROM {table}"), &[]).await?;
         Ok(row.map(|r| get::<i64>(&r, "count", "count")).transpose()?.map(uint).unwrap_or(0))

@@ -64,8 +64,8 @@ use uuid::Uuid;
 
 use super::transfer::{Record, Section};
 use super::{
-    CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MemberCursor, PendingCode, PushToken, Store,
-    StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MediaId, MediaRecord, MemberCursor, PendingCode,
+    PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
 /// Messages per log partition: a reader finds a seq's partition as `seq / BUCKET`, and no
@@ -163,7 +163,7 @@ fn ttl_for(retention_secs: u32, server_time_ms: u64) -> i32 {
 }
 
 /// The bind values of `put_message` (one log row) for `m`.
-type LogRowValues<'a> = (ConversationId, i64, i64, UserId, DeviceId, &'a str, i64, &'a [u8], Option<&'a [u8]>, i8, i64, bool, i32);
+type LogRowValues<'a> = (ConversationId, i64, i64, UserId, DeviceId, &'a str, i64, &'a [u8], Option<&'a [u8]>, i8, i64, bool, &'a [MediaId], i32);
 
 fn message_row(m: &StoredMessage, ttl: i32) -> LogRowValues<'_> {
     (
@@ -179,6 +179,7 @@ fn message_row(m: &StoredMessage, ttl: i32) -> LogRowValues<'_> {
         content_code(m.kind),
         int(m.reference_seq),
         m.deleted,
+        m.attachments.as_slice(),
         ttl,
     )
 }
@@ -293,6 +294,22 @@ struct Statements {
     push_tokens: PreparedStatement,
     import_fence: PreparedStatement,
     raise_fence: PreparedStatement,
+    create_media: PreparedStatement,
+    get_media: PreparedStatement,
+    cas_media: PreparedStatement,
+    delete_media: PreparedStatement,
+    media_first_page: PreparedStatement,
+    media_next_page: PreparedStatement,
+    put_media_by_owner: PreparedStatement,
+    delete_media_by_owner: PreparedStatement,
+    media_by_owner: PreparedStatement,
+    put_media_by_digest: PreparedStatement,
+    delete_media_by_digest: PreparedStatement,
+    media_by_digest: PreparedStatement,
+    put_media_ref: PreparedStatement,
+    delete_media_ref: PreparedStatement,
+    media_refs: PreparedStatement,
+    attachments_at: PreparedStatement,
 }
 
 /// What kind of statement, which decides consistency and whether the driver may retry or
@@ -340,7 +357,7 @@ impl Statements {
     async fn prepare_all(s: &Session) -> Result<Self, StoreError> {
         use Kind::*;
         const MESSAGE_COLUMNS: &str =
-            "seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted";
+            "seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, payload, event, content_kind, reference_seq, deleted, attachments";
         Ok(Self {
             put_code: prepare(s, "INSERT INTO pending_codes (phone, code_hash, expires_ms, attempts) VALUES (?, ?, ?, ?) USING TTL ?", Write).await?,
             get_code: prepare(s, "SELECT code_hash, expires_ms, attempts FROM pending_codes WHERE phone = ?", Read).await?,
@@ -406,20 +423,20 @@ impl Statements {
             put_message: prepare(
                 s,
                 "INSERT INTO messages (conversation_id, bucket, seq, sender_user_id, sender_device_id, client_msg_id, server_time_ms, \
-                 payload, event, content_kind, reference_seq, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+                 payload, event, content_kind, reference_seq, deleted, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
                 Write,
             )
             .await?,
             put_record: prepare(s, "UPDATE messages SET record = ?, record_seq = ? WHERE conversation_id = ? AND bucket = ?", Write).await?,
             erase_message: prepare(
                 s,
-                "UPDATE messages SET payload = 0x, deleted = true WHERE conversation_id = ? AND bucket = ? AND seq = ?",
+                "UPDATE messages SET payload = 0x, deleted = true, attachments = null WHERE conversation_id = ? AND bucket = ? AND seq = ?",
                 Write,
             )
             .await?,
             erase_message_if_exists: prepare(
                 s,
-                "UPDATE messages SET payload = 0x, deleted = true WHERE conversation_id = ? AND bucket = ? AND seq = ? IF EXISTS",
+                "UPDATE messages SET payload = 0x, deleted = true, attachments = null WHERE conversation_id = ? AND bucket = ? AND seq = ? IF EXISTS",
                 Conditional,
             )
             .await?,
@@ -526,6 +543,22 @@ impl Statements {
             )
             .await?,
             raise_fence: prepare(s, "UPDATE messages SET last_seq = ? WHERE conversation_id = ? AND bucket = ? IF last_seq < ?", Conditional).await?,
+            create_media: prepare(s, "INSERT INTO media (media_id, version, record) VALUES (?, ?, ?) IF NOT EXISTS", Conditional).await?,
+            get_media: prepare(s, "SELECT version, record FROM media WHERE media_id = ?", SerialRead).await?,
+            cas_media: prepare(s, "UPDATE media SET version = ?, record = ? WHERE media_id = ? IF version = ?", Conditional).await?,
+            delete_media: prepare(s, "DELETE FROM media WHERE media_id = ? IF version = ?", Conditional).await?,
+            media_first_page: prepare(s, "SELECT media_id, record FROM media LIMIT ?", Read).await?,
+            media_next_page: prepare(s, "SELECT media_id, record FROM media WHERE token(media_id) > token(?) LIMIT ?", Read).await?,
+            put_media_by_owner: prepare(s, "INSERT INTO media_by_owner (owner, media_id, length) VALUES (?, ?, ?)", Write).await?,
+            delete_media_by_owner: prepare(s, "DELETE FROM media_by_owner WHERE owner = ? AND media_id = ?", Write).await?,
+            media_by_owner: prepare(s, "SELECT length FROM media_by_owner WHERE owner = ?", Read).await?,
+            put_media_by_digest: prepare(s, "INSERT INTO media_by_digest (digest, media_id) VALUES (?, ?)", Write).await?,
+            delete_media_by_digest: prepare(s, "DELETE FROM media_by_digest WHERE digest = ? AND media_id = ?", Write).await?,
+            media_by_digest: prepare(s, "SELECT media_id FROM media_by_digest WHERE digest = ? LIMIT ?", Read).await?,
+            put_media_ref: prepare(s, "INSERT INTO media_refs (media_id, conversation_id, seq) VALUES (?, ?, ?) USING TTL ?", Write).await?,
+            delete_media_ref: prepare(s, "DELETE FROM media_refs WHERE media_id = ? AND conversation_id = ? AND seq = ?", Write).await?,
+            media_refs: prepare(s, "SELECT conversation_id, seq FROM media_refs WHERE media_id = ?", Read).await?,
+            attachments_at: prepare(s, "SELECT deleted, attachments FROM messages WHERE conversation_id = ? AND bucket = ? AND seq = ?", Read).await?,
         })
     }
 }
@@ -595,7 +628,8 @@ impl ScyllaStore {
     /// `migrations/scylla/*.cql` not applied yet, waiting for schema agreement after each
     /// statement. Returns the versions applied.
     pub async fn migrate(options: &ScyllaOptions, replication: &str) -> Result<Vec<i32>, StoreError> {
-        const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/scylla/0001_init.cql"))];
+        const MIGRATIONS: &[(i32, &str)] =
+            &[(1, include_str!("../../migrations/scylla/0001_init.cql")), (2, include_str!("../../migrations/scylla/0002_media.cql"))];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
         }
@@ -678,7 +712,8 @@ impl ScyllaStore {
 
     /// The static columns of one bucket (None if the bucket was never written).
     async fn bucket_head(&self, conversation: ConversationId, bucket: i64) -> Result<Option<LogHead>, StoreError> {
-        let row: Option<(Option<i64>, Option<Vec<u8>>, Option<i64>)> = self.first_row(&self.st.bucket_head, (conversation, bucket)).await?;
+        type HeadRow = (Option<i64>, Option<Vec<u8>>, Option<i64>);
+        let row: Option<HeadRow> = self.first_row(&self.st.bucket_head, (conversation, bucket)).await?;
         Ok(row.and_then(|(last, record, record_seq)| {
             last.map(|l| LogHead { last_seq: uint(l), record, record_seq: record_seq.map(uint).unwrap_or(0) })
         }))
@@ -696,14 +731,9 @@ impl ScyllaStore {
             return Err(corrupt("conversation_heads", format!("hint {bucket} points at an empty bucket")));
         }
         let start = bucket;
-        loop {
-            match self.bucket_head(conversation, bucket + 1).await? {
-                Some(next) => {
-                    bucket += 1;
-                    head = Some(next);
-                }
-                None => break,
-            }
+        while let Some(next) = self.bucket_head(conversation, bucket + 1).await? {
+            bucket += 1;
+            head = Some(next);
         }
         if bucket > start {
             self.exec(&self.st.put_head, (conversation, bucket, bucket)).await?;
@@ -794,7 +824,7 @@ impl ScyllaStore {
         batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
         batch.set_is_idempotent(false);
         let row = message_row(m, ttl);
-        let first_of_bucket = m.seq % BUCKET == 0 || m.seq == 1;
+        let first_of_bucket = m.seq.is_multiple_of(BUCKET) || m.seq == 1;
         let result = if first_of_bucket {
             // A new bucket: the previous one must end at seq - 1 (it can no longer change
             // once it does), and the record carries over unless this event brings one.
@@ -856,6 +886,9 @@ impl ScyllaStore {
             }
             return Ok(outcome);
         }
+        // Candidate references first: a reference whose append then fails is ignored when
+        // read (checked against the log), while one written after a crash could be lost.
+        self.put_refs(m, ttl).await?;
         let encoded = record.map(encode).transpose()?;
         let tombstone_here = tombstone.filter(|t| bucket_of(*t) == bucket_of(m.seq) && *t < m.seq);
         let applied = self.append_to_log(m, ttl, encoded.as_deref().map(|b| (b, m.seq)), tombstone_here).await?;
@@ -918,6 +951,23 @@ impl ScyllaStore {
         Ok(())
     }
 
+    /// Writes the candidate references of a message's attachments.
+    async fn put_refs(&self, m: &StoredMessage, ttl: i32) -> Result<(), StoreError> {
+        for media in &m.attachments {
+            self.exec(&self.st.put_media_ref, (*media, m.conversation_id, int(m.seq), ttl)).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a media record's owner and digest index rows (idempotent).
+    async fn put_media_index(&self, record: &MediaRecord) -> Result<(), StoreError> {
+        self.exec(&self.st.put_media_by_owner, (record.owner, record.media_id, int(record.length))).await?;
+        if let Some(d) = record.digest {
+            self.exec(&self.st.put_media_by_digest, (d.to_vec(), record.media_id)).await?;
+        }
+        Ok(())
+    }
+
     async fn projection(&self, id: ConversationId) -> Result<Option<(ConversationRecord, u64)>, StoreError> {
         let row: Option<(Option<Vec<u8>>, Option<i64>)> = self.first_row(&self.st.get_conversation, (id,)).await?;
         match row {
@@ -945,6 +995,7 @@ impl ScyllaStore {
             Option<i8>,
             Option<i64>,
             Option<bool>,
+            Option<Vec<MediaId>>,
         );
         let mut out = Vec::new();
         if limit == 0 || before <= after.saturating_add(1) {
@@ -963,7 +1014,7 @@ impl ScyllaStore {
                 Ok(())
             })
             .await?;
-            for (seq, sender, device, client, time, payload, event, kind, reference, deleted) in rows {
+            for (seq, sender, device, client, time, payload, event, kind, reference, deleted, attachments) in rows {
                 // A row without a sender is a stray erase of a message that had expired.
                 let (Some(sender_user_id), Some(sender_device_id)) = (sender, device) else { continue };
                 out.push(StoredMessage {
@@ -982,6 +1033,7 @@ impl ScyllaStore {
                     },
                     reference_seq: reference.map(uint).unwrap_or(0),
                     deleted: deleted.unwrap_or(false),
+                    attachments: attachments.unwrap_or_default(),
                 });
                 if out.len() >= limit {
                     return Ok(out);
@@ -1119,9 +1171,14 @@ impl ScyllaStore {
             Record::Membership { user_id, conversation_id } => {
                 self.exec(&self.st.put_user_conversation, (user_id, conversation_id)).await?;
             }
+            Record::Media(m) => {
+                self.conditional(&self.st.create_media, (m.media_id, int(m.version), encode(&m)?)).await?;
+                self.put_media_index(&m).await?;
+            }
             Record::Message(m) => {
                 let retention = self.retention_of(m.conversation_id).await?;
                 let ttl = if m.event.is_some() { 0 } else { ttl_for(retention, m.server_time_ms) };
+                self.put_refs(&m, ttl).await?;
                 let row = message_row(&m, ttl);
                 self.exec(&self.st.put_message, row).await?;
                 self.exec(
@@ -1535,6 +1592,114 @@ impl Store for ScyllaStore {
         Ok(row.and_then(|(t,)| t).map(uint))
     }
 
+    async fn create_media(&self, record: MediaRecord) -> Result<(), StoreError> {
+        // The record first (the compare-and-set decides who created it), then its index
+        // rows; a crash between leaves a record the quota does not count yet, never a
+        // quota row without a record.
+        let created = self.conditional(&self.st.create_media, (record.media_id, int(record.version), encode(&record)?)).await?;
+        if created.applied {
+            self.put_media_index(&record).await?;
+        }
+        Ok(())
+    }
+
+    async fn media(&self, id: MediaId) -> Result<Option<MediaRecord>, StoreError> {
+        let row: Option<(Option<i64>, Option<Vec<u8>>)> = self.first_row(&self.st.get_media, (id,)).await?;
+        match row {
+            Some((_, Some(bytes))) => Ok(Some(decode("media", &bytes)?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn update_media(&self, record: MediaRecord) -> Result<bool, StoreError> {
+        let Some(current) = self.media(record.media_id).await? else { return Ok(false) };
+        if current.owner != record.owner {
+            return Ok(false);
+        }
+        let expected = int(record.version.saturating_sub(1));
+        let result = self.conditional(&self.st.cas_media, (int(record.version), encode(&record)?, record.media_id, expected)).await?;
+        if result.applied {
+            self.put_media_index(&record).await?;
+        }
+        Ok(result.applied)
+    }
+
+    async fn delete_media(&self, id: MediaId, version: u64) -> Result<bool, StoreError> {
+        let Some(current) = self.media(id).await? else { return Ok(false) };
+        let result = self.conditional(&self.st.delete_media, (id, int(version))).await?;
+        if result.applied {
+            self.exec(&self.st.delete_media_by_owner, (current.owner, id)).await?;
+            if let Some(d) = current.digest {
+                self.exec(&self.st.delete_media_by_digest, (d.to_vec(), id)).await?;
+            }
+        }
+        Ok(result.applied)
+    }
+
+    async fn media_refs(&self, id: MediaId, limit: usize) -> Result<Vec<(ConversationId, u64)>, StoreError> {
+        let mut candidates: Vec<(ConversationId, i64)> = Vec::new();
+        self.all_rows(&self.st.media_refs, (id,), |r: (ConversationId, i64)| {
+            candidates.push(r);
+            Ok(())
+        })
+        .await?;
+        let mut out = Vec::new();
+        for (conversation, seq) in candidates {
+            if out.len() >= limit {
+                break;
+            }
+            let row: Option<(Option<bool>, Option<Vec<MediaId>>)> =
+                self.first_row(&self.st.attachments_at, (conversation, bucket_of(uint(seq)), seq)).await?;
+            let live = matches!(&row, Some((deleted, Some(list))) if !deleted.unwrap_or(false) && list.contains(&id));
+            if live {
+                out.push((conversation, uint(seq)));
+            } else if row.is_some() {
+                // The message exists but no longer declares it (deleted for everyone): the
+                // reference is over. (No row at all may be an append still in flight, so
+                // that candidate is left for its TTL or a later read.)
+                self.exec(&self.st.delete_media_ref, (id, conversation, seq)).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn media_usage(&self, owner: UserId) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        self.all_rows(&self.st.media_by_owner, (owner,), |(len,): (Option<i64>,)| {
+            total = total.saturating_add(len.map(uint).unwrap_or(0));
+            Ok(())
+        })
+        .await?;
+        Ok(total)
+    }
+
+    async fn media_page(&self, after: Option<MediaId>, limit: usize) -> Result<Vec<MediaRecord>, StoreError> {
+        // Token order (the partitioner's), not id order: what matters to the sweep is a
+        // walk that resumes after the last id it saw.
+        let want = i32::try_from(limit).unwrap_or(i32::MAX);
+        let mut rows: Vec<(MediaId, Option<Vec<u8>>)> = Vec::new();
+        let push = |r: (MediaId, Option<Vec<u8>>)| {
+            rows.push(r);
+            Ok(())
+        };
+        match after {
+            None => self.all_rows(&self.st.media_first_page, (want,), push).await?,
+            Some(a) => self.all_rows(&self.st.media_next_page, (a, want), push).await?,
+        }
+        rows.into_iter().filter_map(|(_, bytes)| bytes).take(limit).map(|b| decode("media", &b)).collect()
+    }
+
+    async fn media_with_digest(&self, digest: [u8; 32], limit: usize) -> Result<Vec<MediaId>, StoreError> {
+        let mut out = Vec::new();
+        let want = i32::try_from(limit).unwrap_or(i32::MAX);
+        self.all_rows(&self.st.media_by_digest, (digest.to_vec(), want), |(id,): (MediaId,)| {
+            out.push(id);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
     async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
         for record in records {
             self.import_one(record).await?;
@@ -1557,6 +1722,7 @@ impl Store for ScyllaStore {
             Section::Receipts => "SELECT seq FROM receipt_log",
             Section::LastSeen => "SELECT user_id FROM last_seen",
             Section::PushTokens => "SELECT device_id FROM push_tokens",
+            Section::Media => "SELECT media_id FROM media",
         };
         self.count_rows(cql).await
     }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, EmbeddedStore, MemberCursor, PushToken, Store, StoreError, StoredMessage,
-    UserId, UserRecord,
+    ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, EmbeddedStore, MediaRecord, MemberCursor, PushToken, Store, StoreError,
+    StoredMessage, UserId, UserRecord,
 };
 
 /// A group of records of one kind, copied and counted together.
@@ -41,11 +41,13 @@ pub enum Section {
     LastSeen,
     /// Push tokens.
     PushTokens,
+    /// Media records (the blobs themselves are copied by `store copy --media-from/--media-to`).
+    Media,
 }
 
 impl Section {
     /// Every section, in copy order.
-    pub const ALL: [Section; 11] = [
+    pub const ALL: [Section; 12] = [
         Section::Users,
         Section::Devices,
         Section::Conversations,
@@ -57,6 +59,7 @@ impl Section {
         Section::Receipts,
         Section::LastSeen,
         Section::PushTokens,
+        Section::Media,
     ];
 
     /// A short name for progress lines and reports.
@@ -73,6 +76,7 @@ impl Section {
             Section::Receipts => "receipts",
             Section::LastSeen => "last seen",
             Section::PushTokens => "push tokens",
+            Section::Media => "media",
         }
     }
 }
@@ -154,6 +158,8 @@ pub enum Record {
         /// Token.
         token: PushToken,
     },
+    /// A media record (upload progress, owner, digest).
+    Media(MediaRecord),
 }
 
 /// Why a copy stopped.

@@ -50,7 +50,7 @@ pub async fn handle_frames(myself: &ActorRef<SessionMsg>, state: &mut SessionSta
     let mut out = Outgoing::default();
     for kind in frames {
         match kind {
-            client_frame::Kind::Send(req) => match check_send(state, req) {
+            client_frame::Kind::Send(req) => match check_send(state, req).await {
                 Ok((id, send)) => match out.sends.iter_mut().find(|(c, _)| *c == id) {
                     Some((_, list)) => list.push(send),
                     None => out.sends.push((id, vec![send])),
@@ -159,8 +159,10 @@ async fn reject(state: &mut SessionState, error: RequestError, request_ref: Stri
     push(state, protocol::encode_server(&error.frame(request_ref))).await
 }
 
-/// Checks what a send can be checked for here; the conversation decides the rest.
-fn check_send(state: &SessionState, req: pb::Send) -> Result<(ConversationId, SendRequest), (String, RequestError)> {
+/// Checks what a send can be checked for here; the conversation decides the rest. Declared
+/// attachments are checked against the store (the one hook of media into the message
+/// path, `media::attachments`); a send without any costs no lookup.
+async fn check_send(state: &SessionState, req: pb::Send) -> Result<(ConversationId, SendRequest), (String, RequestError)> {
     let request_ref = req.client_msg_id.clone();
     let fail = |e: RequestError| (request_ref.clone(), e);
     if req.client_msg_id.is_empty() || req.client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
@@ -177,6 +179,8 @@ fn check_send(state: &SessionState, req: pb::Send) -> Result<(ConversationId, Se
         Ok(pb::MessageKind::Reaction) => ContentKind::Reaction,
         Err(_) => return Err(fail(RequestError::invalid("unknown message kind"))),
     };
+    let attachments =
+        crate::media::attachments::declared(state.ctx.store.as_ref(), state.user, &req.attachments).await.map_err(|e| fail(e.into()))?;
     messages_in().increment(1);
     let send = SendRequest {
         user: state.user,
@@ -185,6 +189,7 @@ fn check_send(state: &SessionState, req: pb::Send) -> Result<(ConversationId, Se
         payload: req.payload,
         kind,
         reference_seq: req.reference_seq,
+        attachments,
     };
     Ok((id, send))
 }
