@@ -9,6 +9,11 @@ if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev
   echo "cargo-nextest not found: installing it (one time)"
   cargo install cargo-nextest --locked
 fi
+# Lints first: a formatting difference or any clippy warning fails the run.
+echo "== cargo fmt --check =="
+cargo fmt --all --check
+echo "== cargo clippy --all-targets -- -D warnings =="
+cargo clippy --all-targets --locked -- -D warnings
 cargo build --all-targets --locked
 # Everything, on the embedded store; the store conformance suite runs on every backend.
 if [ -z "${SCYLLA_URI:-}" ]; then

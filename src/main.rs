@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node.
-    Serve(ServeArgs),
+    /// Run a node. Boxed: its many settings dwarf every other command's arguments.
+    Serve(Box<ServeArgs>),
     /// Inspect a running node.
     Admin {
         #[command(subcommand)]
@@ -381,7 +381,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_tracing();
-            serve(args).await
+            serve(*args).await
         }
         Command::Admin { command } => admin(command).await,
         Command::Cluster { command: ClusterCommand::Local { nodes, base_port, dir } } => local_cluster(nodes, base_port, &dir).await,

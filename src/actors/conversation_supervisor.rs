@@ -119,10 +119,10 @@ async fn activate(
     state: &mut ConversationSupervisorState,
     id: ConversationId,
 ) -> Result<Mailbox<ConversationMsg>, ActivateError> {
-    if let Some(mb) = state.live.get(&id) {
-        if !mb.gauge().is_closed() {
-            return Ok(mb.clone());
-        }
+    if let Some(mb) = state.live.get(&id)
+        && !mb.gauge().is_closed()
+    {
+        return Ok(mb.clone());
     }
     let after_failure = state.failures.contains_key(&id);
     let args = ConversationArgs { id, ctx: state.ctx.clone(), after_failure };

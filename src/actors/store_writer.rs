@@ -19,8 +19,10 @@ pub type WriteCallback = Box<dyn FnOnce(Result<WriteOutcome, StoreError>) + Send
 
 /// Messages of the store writer.
 pub enum StoreWriterMsg {
-    /// Commit this op in the next batch and then call back.
-    Write(WriteOp, WriteCallback),
+    /// Commit this op in the next batch and then call back. Boxed: an op is far larger
+    /// than the other variants, and every slot of the actor's channel is sized by the
+    /// largest one.
+    Write(Box<WriteOp>, WriteCallback),
     /// Call back once every op sent before this one is committed (a barrier).
     Barrier(Box<dyn FnOnce() + Send>),
     /// A batch finished (sent by the writer to itself).
@@ -66,7 +68,7 @@ impl Actor for StoreWriter {
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match msg {
             StoreWriterMsg::Write(op, callback) => {
-                state.pending_ops.push(op);
+                state.pending_ops.push(*op);
                 state.pending_callbacks.push(callback);
             }
             StoreWriterMsg::Barrier(callback) => {
@@ -114,11 +116,9 @@ fn start_batch(myself: &ActorRef<StoreWriterMsg>, state: &mut StoreWriterState) 
             metrics::counter!("switchboard_store_errors_total", "backend" => backend).increment(1);
         }
         let batch = CommittedBatch { result, callbacks, barriers };
-        if let Err(unsent) = me.cast(StoreWriterMsg::Committed(Box::new(batch))) {
-            // The writer is stopping: still answer every caller, so none waits forever.
-            if let ractor::MessagingErr::SendErr(StoreWriterMsg::Committed(batch)) = unsent {
-                finish_batch(*batch);
-            }
+        // The writer is stopping: still answer every caller, so none waits forever.
+        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::Committed(batch))) = me.cast(StoreWriterMsg::Committed(Box::new(batch))) {
+            finish_batch(*batch);
         }
     });
 }
@@ -155,7 +155,8 @@ impl StoreWriterHandle {
 
     /// Queues an op; `callback` runs once it is durable or failed.
     pub fn write(&self, op: WriteOp, callback: WriteCallback) {
-        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::Write(_, callback))) = self.actor.cast(StoreWriterMsg::Write(op, callback)) {
+        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::Write(_, callback))) = self.actor.cast(StoreWriterMsg::Write(Box::new(op), callback))
+        {
             callback(Err(StoreError::Backend("store writer stopped".into())));
         }
     }

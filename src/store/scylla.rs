@@ -545,6 +545,10 @@ struct LogHead {
     record_seq: u64,
 }
 
+/// A bucket's static columns as read: `last_seq`, `record`, `record_seq` (each null until
+/// first written).
+type BucketHeadRow = (Option<i64>, Option<Vec<u8>>, Option<i64>);
+
 impl ScyllaStore {
     /// Connects to the cluster, uses the keyspace and prepares every statement (which
     /// fails if the schema is missing: run `switchboard store migrate` first).
@@ -669,7 +673,7 @@ impl ScyllaStore {
 
     /// The static columns of one bucket (None if the bucket was never written).
     async fn bucket_head(&self, conversation: ConversationId, bucket: i64) -> Result<Option<LogHead>, StoreError> {
-        let row: Option<(Option<i64>, Option<Vec<u8>>, Option<i64>)> = self.first_row(&self.st.bucket_head, (conversation, bucket)).await?;
+        let row: Option<BucketHeadRow> = self.first_row(&self.st.bucket_head, (conversation, bucket)).await?;
         Ok(row.and_then(|(last, record, record_seq)| {
             last.map(|l| LogHead { last_seq: uint(l), record, record_seq: record_seq.map(uint).unwrap_or(0) })
         }))
@@ -687,14 +691,9 @@ impl ScyllaStore {
             return Err(corrupt("conversation_heads", format!("hint {bucket} points at an empty bucket")));
         }
         let start = bucket;
-        loop {
-            match self.bucket_head(conversation, bucket + 1).await? {
-                Some(next) => {
-                    bucket += 1;
-                    head = Some(next);
-                }
-                None => break,
-            }
+        while let Some(next) = self.bucket_head(conversation, bucket + 1).await? {
+            bucket += 1;
+            head = Some(next);
         }
         if bucket > start {
             self.exec(&self.st.put_head, (conversation, bucket, bucket)).await?;
@@ -785,7 +784,7 @@ impl ScyllaStore {
         batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
         batch.set_is_idempotent(false);
         let row = message_row(m, ttl);
-        let first_of_bucket = m.seq % BUCKET == 0 || m.seq == 1;
+        let first_of_bucket = m.seq.is_multiple_of(BUCKET) || m.seq == 1;
         let result = if first_of_bucket {
             // A new bucket: the previous one must end at seq - 1 (it can no longer change
             // once it does), and the record carries over unless this event brings one.

@@ -105,6 +105,8 @@ fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
         .stderr(log)
         .spawn()
         .expect("spawn switchboard");
+    // Killed and reaped if this function panics (the server is not left behind a failed test).
+    let mut child = Reaped(Some(child));
     // Generous: a cluster test starts several servers and databases at once on 2 cores.
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
@@ -113,7 +115,7 @@ fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
         {
             let expected = if store.starts_with("postgres") { "postgres" } else { "embedded" };
             assert_eq!(r.store, expected, "the server runs on another store than the test asked for");
-            return (child, r);
+            return (child.0.take().expect("spawned"), r);
         }
         assert!(
             Instant::now() < deadline,
@@ -121,6 +123,18 @@ fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
             std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed and reaped when dropped (unless taken out).
+struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
