@@ -579,7 +579,8 @@ pub async fn start(
     let _ = cluster.addrs.set(addrs);
     if let Some(url) = cluster.config.redis.clone() {
         let router = node.ctx.router.clone();
-        let presence = RedisPresence::start(&url, cluster.name.clone(), Arc::new(move || router.local_devices()), stop.clone())?;
+        let ca = cluster.config.redis_tls_ca.clone();
+        let presence = RedisPresence::start(&url, ca.as_deref(), cluster.name.clone(), Arc::new(move || router.local_devices()), stop.clone())?;
         let _ = cluster.presence.set(presence);
     }
     node.ctx.router.set_remote(cluster.clone());

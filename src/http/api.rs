@@ -98,6 +98,36 @@ impl ResponseError for ApiError {
     }
 }
 
+/// The JSON body extractor: at most 64 KiB, and a refused body answers in the API's own
+/// error shape (`bad_request`; 413 when too large, 415 without a JSON content type).
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default().limit(64 * 1024).error_handler(|e, _req| {
+        let status = match &e {
+            actix_web::error::JsonPayloadError::OverflowKnownLength { .. } | actix_web::error::JsonPayloadError::Overflow { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            actix_web::error::JsonPayloadError::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        framework_error(status, e.to_string())
+    })
+}
+
+/// The query-string extractor, answering in the API's error shape.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|e, _req| framework_error(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// The path extractor, answering in the API's error shape.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|e, _req| framework_error(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+fn framework_error(status: StatusCode, message: String) -> actix_web::Error {
+    let body = serde_json::json!({ "error": "bad_request", "message": message });
+    actix_web::error::InternalError::from_response(message, HttpResponse::build(status).json(body)).into()
+}
+
 /// Registers every public route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))

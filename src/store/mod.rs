@@ -9,6 +9,7 @@
 
 mod columns;
 pub mod embedded;
+pub mod pg_tls;
 pub mod postgres;
 pub mod scylla;
 pub mod spec;

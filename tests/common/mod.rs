@@ -172,6 +172,35 @@ impl TestServer {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`, `libc::SIGSTOP`) to the server process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill with the pid of a child we own and a valid signal number.
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, signal);
+        }
+    }
+
+    /// Accounts with a primary device each, provisioned through the admin API (which
+    /// stays plain HTTP when the public listener serves TLS).
+    pub async fn provision(&self, count: usize) -> Vec<DeviceCredentials> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let first = u64::from(std::process::id() % 10_000) * 100_000 + u64::from(NEXT.fetch_add(1, Ordering::Relaxed)) * 1000;
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/admin/provision", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "count": count, "phone_prefix": "+1777", "first": first }))
+            .send()
+            .await
+            .expect("provision");
+        assert!(response.status().is_success(), "provision: {}", response.status());
+        response.json().await.expect("credentials")
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
