@@ -131,7 +131,7 @@ impl From<StoreError> for AccountError {
 }
 
 /// Result of a registration request.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct CodeIssued {
     /// Seconds until the code expires.
     pub expires_in_s: u64,
@@ -141,20 +141,23 @@ pub struct CodeIssued {
 }
 
 /// Credentials of a new device. The token is shown once and never stored.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DeviceCredentials {
     /// Owner.
+    #[schema(value_type = String, format = Uuid)]
     pub user_id: UserId,
     /// The device.
+    #[schema(value_type = String, format = Uuid)]
     pub device_id: DeviceId,
     /// Bearer token for HTTP and Hello.
     pub token: String,
 }
 
 /// A device as listed to its owner.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DeviceInfo {
     /// Id.
+    #[schema(value_type = String, format = Uuid)]
     pub device_id: DeviceId,
     /// Name.
     pub name: String,
@@ -268,10 +271,16 @@ impl Accounts {
     /// tests and migrations. Phones already registered are skipped.
     pub async fn provision(&self, prefix: &str, first: u64, count: usize) -> Result<Vec<DeviceCredentials>, AccountError> {
         let width = 15usize.saturating_sub(prefix.trim_start_matches('+').len()).clamp(1, 14);
+        // Every n must fit its zero-padded width (else the phone would exceed E.164's 15
+        // digits), and the range must not overflow.
+        let end = first.checked_add(count as u64).ok_or(AccountError::InvalidPhone)?;
+        if end > 10u64.pow(width as u32) {
+            return Err(AccountError::InvalidPhone);
+        }
         let now = now_ms();
         let mut accounts = Vec::with_capacity(count);
         let mut credentials = Vec::with_capacity(count);
-        for n in first..first + count as u64 {
+        for n in first..end {
             let phone = format!("{prefix}{n:0width$}");
             if !valid_phone(&phone) {
                 return Err(AccountError::InvalidPhone);
@@ -345,6 +354,16 @@ impl Accounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn provisioning_refuses_ranges_that_overflow_or_do_not_fit_e164() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store: Arc<dyn Store> = Arc::new(crate::store::EmbeddedStore::open(dir.path()).expect("store"));
+        let accounts = Accounts::new(store, Arc::new(LogCodeSender), AccountsConfig::default());
+        assert!(matches!(accounts.provision("+1", u64::MAX - 1, 5).await, Err(AccountError::InvalidPhone)), "overflow");
+        assert!(matches!(accounts.provision("+1999", 99_999_999_999, 2).await, Err(AccountError::InvalidPhone)), "12 digits after a 4-digit prefix");
+        assert_eq!(accounts.provision("+1999", 99_999_999_998, 2).await.expect("fits").len(), 2);
+    }
 
     #[test]
     fn phone_numbers_must_be_e164() {

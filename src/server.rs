@@ -192,11 +192,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         cluster: cluster.clone(),
         drain: DrainHandle { exit: exit.clone(), spread: config.cluster.as_ref().map(|c| c.drain_spread).unwrap_or_default() },
     };
-    let admin = HttpServer::new(move || App::new().app_data(web::Data::new(admin_state.clone())).configure(admin::routes))
-        .workers(1)
-        .disable_signals()
-        .listen(admin_listener)?
-        .run();
+    let admin = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(admin_state.clone()))
+            .app_data(api::json_config())
+            .app_data(api::query_config())
+            .app_data(api::path_config())
+            .configure(admin::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(admin_listener)?
+    .run();
     let admin_handle = admin.handle();
     tokio::spawn(admin);
 

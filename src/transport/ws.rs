@@ -27,6 +27,10 @@ impl FrameSink for WsSink {
 }
 
 /// The upgrade handler.
+#[utoipa::path(get, path = "/v1/ws", tag = "public", responses(
+    (status = 101, description = "Switching to the WebSocket protocol; each binary message is one protobuf frame (docs/protocol.md)"),
+    (status = 400, description = "Not a WebSocket upgrade request"),
+))]
 pub async fn upgrade(req: HttpRequest, body: web::Payload, deps: web::Data<ConnectionDeps>) -> actix_web::Result<HttpResponse> {
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let deps = deps.get_ref().clone();
