@@ -18,6 +18,7 @@ pub mod actors;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod fuzz;
 pub mod http;
 pub mod ids;
 pub mod loadgen;

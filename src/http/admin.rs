@@ -216,13 +216,13 @@ async fn crash_conversation(req: HttpRequest, state: web::Data<AdminState>, path
 pub struct ProvisionBody {
     /// Accounts to create, 1 to 50,000.
     #[schema(minimum = 1, maximum = 50000)]
-    count: usize,
+    pub count: usize,
     /// Phones are `<prefix><n>`, n zero-padded to E.164's 15 digits (default `+1999`).
     #[serde(default = "default_prefix")]
-    phone_prefix: String,
+    pub phone_prefix: String,
     /// The first n.
     #[serde(default)]
-    first: u64,
+    pub first: u64,
 }
 
 fn default_prefix() -> String {

@@ -383,6 +383,17 @@ pub struct PushTokenBody {
     pub token: String,
 }
 
+impl PushTokenBody {
+    /// Lengths in characters, as documented (not bytes).
+    pub fn check(&self) -> Result<(), ApiError> {
+        let (platform, token) = (self.platform.chars().count(), self.token.chars().count());
+        if !(1..=32).contains(&platform) || !(1..=4096).contains(&token) {
+            return Err(ApiError::BadRequest("platform (1-32 chars) and token (1-4096 chars) are required".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Registers the calling device's push token.
 #[utoipa::path(put, path = "/v1/devices/push-token", tag = "public", request_body = PushTokenBody, security(("device_token" = [])), responses(
     (status = 204, description = "Stored"),
@@ -394,11 +405,7 @@ pub struct PushTokenBody {
 ))]
 async fn set_push_token(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<PushTokenBody>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
-    // Characters, as documented (not bytes).
-    let (platform, token) = (body.platform.chars().count(), body.token.chars().count());
-    if !(1..=32).contains(&platform) || !(1..=4096).contains(&token) {
-        return Err(ApiError::BadRequest("platform (1-32 chars) and token (1-4096 chars) are required".into()));
-    }
+    body.check()?;
     let token = PushToken { platform: body.platform.clone(), token: body.token.clone() };
     state.store.set_push_token(me.user_id, me.device_id, Some(token)).await.map_err(|_| ApiError::Unavailable)?;
     let _ = state.node.ctx.push.send(PushMsg::TokensChanged(me.user_id));
