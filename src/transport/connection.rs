@@ -267,7 +267,7 @@ async fn read_loop<S>(
                 fail(outbox, ErrorCode::RateLimited, "too many frames", 5000);
                 return;
             }
-            outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: rate limit", "", false));
+            outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: rate limit", &protocol::request_ref_of(&bytes), false));
             continue;
         }
         let kind = match protocol::decode_client(&bytes) {
@@ -291,8 +291,12 @@ async fn read_loop<S>(
         }
         match session.send(SessionMsg::Frame(Box::new(kind))) {
             Ok(()) => {}
-            Err((MailboxError::Full, _)) => {
-                outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: session busy", "", false));
+            Err((MailboxError::Full, msg)) => {
+                let request_ref = match msg {
+                    Some(SessionMsg::Frame(kind)) => protocol::request_ref(&kind),
+                    _ => String::new(),
+                };
+                outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: session busy", &request_ref, false));
             }
             Err((MailboxError::Closed, _)) => return,
         }
