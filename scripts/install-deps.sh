@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain: the PostgreSQL server binaries
 # (initdb, postgres, pg_isready) and redis-server, which the tests use to start private
-# servers, and (scripts/install-python-deps.sh) moto's S3-compatible server and the tuspy
-# tus client for the media tests. Does nothing when they are already there. On
-# Debian/Ubuntu as root it installs the distribution's packages; elsewhere it says what
-# to install.
+# servers, (scripts/install-python-deps.sh) moto's S3-compatible server and the tuspy
+# tus client for the media tests, and schemathesis for the API test (each in a virtual
+# environment). Does nothing when they are already there. On Debian/Ubuntu as root it
+# installs the distribution's packages; elsewhere it says what to install.
 set -euo pipefail
 "$(dirname "$0")/install-python-deps.sh"
 
@@ -29,6 +29,29 @@ have_redis() {
   fi
   command -v redis-server >/dev/null 2>&1
 }
+
+# schemathesis (PyPI) for the property-based test of the HTTP API against its OpenAPI
+# document (tests/openapi.rs), in a virtual environment of its own, pinned.
+SCHEMATHESIS_VERSION=4.32.5
+schemathesis_venv="${SWITCHBOARD_SCHEMATHESIS_VENV:-$HOME/.local/share/switchboard/schemathesis-$SCHEMATHESIS_VERSION}"
+install_schemathesis() {
+  if [ -x "$schemathesis_venv/bin/schemathesis" ]; then
+    return 0
+  fi
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -q && apt-get install -y -q --no-install-recommends python3-venv
+    else
+      echo "schemathesis needs python3 with venv (apt-get install python3-venv)" >&2
+      return 1
+    fi
+  fi
+  echo "installing schemathesis $SCHEMATHESIS_VERSION into $schemathesis_venv (one time)"
+  python3 -m venv "$schemathesis_venv"
+  "$schemathesis_venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+}
+install_schemathesis
 
 missing=()
 have_postgres || missing+=(postgresql)

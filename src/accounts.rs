@@ -131,7 +131,7 @@ impl From<StoreError> for AccountError {
 }
 
 /// Result of a registration request.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct CodeIssued {
     /// Seconds until the code expires.
     pub expires_in_s: u64,
@@ -141,20 +141,23 @@ pub struct CodeIssued {
 }
 
 /// Credentials of a new device. The token is shown once and never stored.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DeviceCredentials {
     /// Owner.
+    #[schema(value_type = String, format = Uuid)]
     pub user_id: UserId,
     /// The device.
+    #[schema(value_type = String, format = Uuid)]
     pub device_id: DeviceId,
     /// Bearer token for HTTP and Hello.
     pub token: String,
 }
 
 /// A device as listed to its owner.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DeviceInfo {
     /// Id.
+    #[schema(value_type = String, format = Uuid)]
     pub device_id: DeviceId,
     /// Name.
     pub name: String,
@@ -180,17 +183,36 @@ pub struct Accounts {
     config: Arc<AccountsConfig>,
 }
 
+/// The phones `provision` creates: `<prefix><n>` for n in `first..first + count`, n
+/// zero-padded so that the number has E.164's 15 digits. Refused (`InvalidPhone`) when the
+/// range overflows, an n does not fit its width, or a phone is not E.164.
+pub fn provisioned_phones(prefix: &str, first: u64, count: usize) -> Result<Vec<String>, AccountError> {
+    let width = 15usize.saturating_sub(prefix.trim_start_matches('+').len()).clamp(1, 14);
+    let end = first.checked_add(count as u64).ok_or(AccountError::InvalidPhone)?;
+    if end > 10u64.pow(width as u32) {
+        return Err(AccountError::InvalidPhone);
+    }
+    (first..end)
+        .map(|n| {
+            let phone = format!("{prefix}{n:0width$}");
+            if valid_phone(&phone) { Ok(phone) } else { Err(AccountError::InvalidPhone) }
+        })
+        .collect()
+}
+
 /// SHA-256 of a secret.
 pub fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-fn valid_phone(phone: &str) -> bool {
+/// Whether `phone` is E.164: `+`, then 8 to 15 digits, the first not 0 (ITU-T E.164 §6).
+pub fn valid_phone(phone: &str) -> bool {
     let digits = phone.strip_prefix('+').unwrap_or("");
     (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether a device name is 1 to 64 characters and not all whitespace.
+pub fn valid_name(name: &str) -> bool {
     !name.trim().is_empty() && name.chars().count() <= 64
 }
 
@@ -267,15 +289,11 @@ impl Accounts {
     /// the E.164 length) without one-time codes: an operator path (admin API) for load
     /// tests and migrations. Phones already registered are skipped.
     pub async fn provision(&self, prefix: &str, first: u64, count: usize) -> Result<Vec<DeviceCredentials>, AccountError> {
-        let width = 15usize.saturating_sub(prefix.trim_start_matches('+').len()).clamp(1, 14);
+        let phones = provisioned_phones(prefix, first, count)?;
         let now = now_ms();
         let mut accounts = Vec::with_capacity(count);
         let mut credentials = Vec::with_capacity(count);
-        for n in first..first + count as u64 {
-            let phone = format!("{prefix}{n:0width$}");
-            if !valid_phone(&phone) {
-                return Err(AccountError::InvalidPhone);
-            }
+        for phone in phones {
             let user = UserRecord { user_id: UserId::random(), phone, created_ms: now };
             let token = new_token();
             let device = DeviceRecord {
@@ -345,6 +363,16 @@ impl Accounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn provisioning_refuses_ranges_that_overflow_or_do_not_fit_e164() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store: Arc<dyn Store> = Arc::new(crate::store::EmbeddedStore::open(dir.path()).expect("store"));
+        let accounts = Accounts::new(store, Arc::new(LogCodeSender), AccountsConfig::default());
+        assert!(matches!(accounts.provision("+1", u64::MAX - 1, 5).await, Err(AccountError::InvalidPhone)), "overflow");
+        assert!(matches!(accounts.provision("+1999", 99_999_999_999, 2).await, Err(AccountError::InvalidPhone)), "12 digits after a 4-digit prefix");
+        assert_eq!(accounts.provision("+1999", 99_999_999_998, 2).await.expect("fits").len(), 2);
+    }
 
     #[test]
     fn phone_numbers_must_be_e164() {

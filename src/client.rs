@@ -4,14 +4,20 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ids::{ConversationId, DeviceId, UserId};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::codec::Framed;
 
 use crate::accounts::{DeviceCredentials, DeviceInfo};
@@ -54,6 +60,9 @@ pub enum ClientError {
     /// Nothing arrived in time.
     #[error("timed out waiting for the server")]
     Timeout,
+    /// The TLS settings are unusable (CA file, server name).
+    #[error("tls: {0}")]
+    Tls(String),
     /// The server did not send a one-time code back (not in development mode).
     #[error("the server did not expose the one-time code (start it with --dev-expose-codes)")]
     NoDevCode,
@@ -164,6 +173,20 @@ pub enum Transport {
     Tcp(SocketAddr),
     /// WebSocket URL, e.g. `ws://127.0.0.1:8080/v1/ws`.
     Ws(String),
+    /// Raw TCP inside TLS: the same frames, the server's certificate checked by `tls`.
+    TcpTls {
+        /// Server address.
+        addr: SocketAddr,
+        /// Trust and the name the certificate must be valid for.
+        tls: TlsClient,
+    },
+    /// WebSocket over TLS: a `wss://` URL.
+    WsTls {
+        /// `wss://host:port/v1/ws`.
+        url: String,
+        /// Trust and the name the certificate must be valid for.
+        tls: TlsClient,
+    },
 }
 
 impl Transport {
@@ -171,11 +194,72 @@ impl Transport {
     pub fn ws(http: SocketAddr) -> Self {
         Transport::Ws(format!("ws://{http}/v1/ws"))
     }
+
+    /// Secure WebSocket on the HTTP address.
+    pub fn wss(http: SocketAddr, tls: TlsClient) -> Self {
+        Transport::WsTls { url: format!("wss://{http}/v1/ws"), tls }
+    }
 }
 
+/// What a TLS client trusts, and the name it expects the server's certificate to carry.
+#[derive(Clone)]
+pub struct TlsClient {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient").field("name", &self.name).finish()
+    }
+}
+
+impl TlsClient {
+    /// Trusts the CA certificates of a PEM file; the server must present a certificate
+    /// valid for `name` (a DNS name or an IP address).
+    pub fn with_ca_file(ca: &std::path::Path, name: &str) -> Result<Self, ClientError> {
+        let pem = std::fs::read(ca).map_err(|e| ClientError::Tls(format!("{}: {e}", ca.display())))?;
+        Self::with_ca_pem(&pem, name)
+    }
+
+    /// As [`Self::with_ca_file`], from PEM bytes.
+    pub fn with_ca_pem(pem: &[u8], name: &str) -> Result<Self, ClientError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            roots.add(cert.map_err(|e| ClientError::Tls(e.to_string()))?).map_err(|e| ClientError::Tls(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ClientError::Tls("no CA certificate".into()));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(name.to_owned()).map_err(|e| ClientError::Tls(format!("server name {name:?}: {e}")))?;
+        Ok(Self { config: Arc::new(config), name })
+    }
+
+    /// Opens TCP to `addr` and completes the handshake; returns the stream and the
+    /// certificate the server presented.
+    async fn connect(&self, addr: &str) -> Result<(BoxIo, Option<CertificateDer<'static>>), ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone()).connect(self.name.clone(), stream).await?;
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+        Ok((Box::new(tls), leaf))
+    }
+}
+
+/// Any byte stream a connection runs over: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+type BoxIo = Box<dyn Io>;
+
 enum Wire {
-    Tcp(Box<Framed<TcpStream, FrameCodec>>),
-    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
+    Tcp(Box<Framed<BoxIo, FrameCodec>>),
+    Ws(Box<tokio_tungstenite::WebSocketStream<BoxIo>>),
 }
 
 /// One protocol connection.
@@ -183,6 +267,8 @@ pub struct Connection {
     wire: Wire,
     /// Frames received while waiting for something else, in arrival order.
     buffered: VecDeque<server_frame::Kind>,
+    /// The certificate the server presented (TLS transports only).
+    peer_certificate: Option<CertificateDer<'static>>,
 }
 
 /// Frames received on a split connection (protobuf bytes, one `ServerFrame` each).
@@ -196,18 +282,35 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 impl Connection {
     /// Opens the transport (no Hello yet).
     pub async fn connect(transport: &Transport) -> Result<Self, ClientError> {
-        let wire = match transport {
+        let framed = |io: BoxIo| Wire::Tcp(Box::new(Framed::new(io, FrameCodec::new(16 * 1024 * 1024))));
+        let (wire, peer_certificate) = match transport {
             Transport::Tcp(addr) => {
                 let stream = TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
-                Wire::Tcp(Box::new(Framed::new(stream, FrameCodec::new(16 * 1024 * 1024))))
+                (framed(Box::new(stream)), None)
+            }
+            Transport::TcpTls { addr, tls } => {
+                let (io, leaf) = tls.connect(&addr.to_string()).await?;
+                (framed(io), leaf)
             }
             Transport::Ws(url) => {
-                let (stream, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
-                Wire::Ws(Box::new(stream))
+                let stream = TcpStream::connect(ws_authority(url, 80)?).await?;
+                stream.set_nodelay(true)?;
+                let (ws, _) = tokio_tungstenite::client_async(url.as_str(), Box::new(stream) as BoxIo).await?;
+                (Wire::Ws(Box::new(ws)), None)
+            }
+            Transport::WsTls { url, tls } => {
+                let (io, leaf) = tls.connect(&ws_authority(url, 443)?).await?;
+                let (ws, _) = tokio_tungstenite::client_async(url.as_str(), io).await?;
+                (Wire::Ws(Box::new(ws)), leaf)
             }
         };
-        Ok(Self { wire, buffered: VecDeque::new() })
+        Ok(Self { wire, buffered: VecDeque::new(), peer_certificate })
+    }
+
+    /// The certificate the server presented (DER), on a TLS transport.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        self.peer_certificate.as_ref().map(|c| c.as_ref())
     }
 
     /// Opens a TCP connection whose kernel receive buffer is capped at `recv_buffer` bytes,
@@ -217,7 +320,8 @@ impl Connection {
         socket.set_recv_buffer_size(recv_buffer)?;
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Self { wire: Wire::Tcp(Box::new(Framed::new(stream, FrameCodec::new(16 * 1024 * 1024)))), buffered: VecDeque::new() })
+        let io: BoxIo = Box::new(stream);
+        Ok(Self { wire: Wire::Tcp(Box::new(Framed::new(io, FrameCodec::new(16 * 1024 * 1024)))), buffered: VecDeque::new(), peer_certificate: None })
     }
 
     /// Connects and authenticates; returns the connection and the Welcome.
@@ -566,7 +670,7 @@ impl Connection {
         match self.wire {
             Wire::Tcp(framed) => {
                 let parts = framed.into_parts();
-                let (read, write) = parts.io.into_split();
+                let (read, write) = tokio::io::split(parts.io);
                 let mut reader = tokio_util::codec::FramedRead::new(read, parts.codec.clone());
                 reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
                 let writer = tokio_util::codec::FramedWrite::new(write, parts.codec);
@@ -733,6 +837,14 @@ impl Roaming {
             }
         }
     }
+}
+
+/// `host:port` of a WebSocket URL (`default_port` when it names none).
+fn ws_authority(url: &str, default_port: u16) -> Result<String, ClientError> {
+    let request = url.into_client_request()?;
+    let uri = request.uri();
+    let host = uri.host().ok_or_else(|| ClientError::Tls(format!("{url}: no host")))?;
+    Ok(format!("{host}:{}", uri.port_u16().unwrap_or(default_port)))
 }
 
 fn is_reset(e: &std::io::Error) -> bool {

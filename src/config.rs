@@ -97,6 +97,17 @@ pub struct ServeArgs {
     /// Admin address (/admin/tree), separate so it can stay private.
     #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) for the client listeners: with `--tls-key`, the raw TCP and
+    /// the HTTP/WebSocket listeners serve only TLS (`wss://`, TLS-over-TCP). Reloaded on
+    /// SIGHUP and when the files change.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds between checks of the certificate files for changes (default 10).
+    #[arg(long, env = "SWITCHBOARD_TLS_RELOAD_SECS")]
+    pub tls_reload_secs: Option<u64>,
     /// Bearer token for the admin API; generated and written to `<data>/admin-token` if unset.
     /// Prefer `--admin-token-file` or the environment: a flag's value shows in `ps`.
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
@@ -184,9 +195,14 @@ pub struct ServeArgs {
     /// Seconds over which a draining node spreads its devices' reconnects.
     #[arg(long, env = "SWITCHBOARD_DRAIN_SPREAD_SECS")]
     pub drain_spread_secs: Option<u64>,
-    /// Redis for the cluster-wide directory and presence: `redis://host:port[/db]`.
+    /// Redis for the cluster-wide directory and presence: `redis://host:port[/db]`, or
+    /// `rediss://host:port[/db]` for TLS.
     #[arg(long, env = "SWITCHBOARD_REDIS")]
     pub redis: Option<String>,
+    /// CA certificate(s) (PEM) that sign the Redis server's certificate, for `rediss://`
+    /// (without it, the system's roots).
+    #[arg(long, env = "SWITCHBOARD_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
     /// This node's certificate chain (PEM) for node-to-node TLS. With the key and the CA,
     /// every cluster connection is mutual TLS: peers must present a certificate signed by
     /// the CA and valid for the address they are reached at.
@@ -238,6 +254,9 @@ pub struct FileConfig {
     http_listen: Option<SocketAddr>,
     tcp_listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_reload_secs: Option<u64>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
     code_sender: Option<String>,
@@ -266,6 +285,7 @@ pub struct FileConfig {
     cluster_dead_after_ms: Option<u64>,
     drain_spread_secs: Option<u64>,
     redis: Option<String>,
+    redis_tls_ca: Option<PathBuf>,
     cluster_tls_cert: Option<PathBuf>,
     cluster_tls_key: Option<PathBuf>,
     cluster_tls_ca: Option<PathBuf>,
@@ -310,8 +330,10 @@ pub struct ClusterConfig {
     pub dead_after: Duration,
     /// Period over which a drain spreads reconnects.
     pub drain_spread: Duration,
-    /// Redis URL, if any.
+    /// Redis URL, if any (`rediss://` for TLS).
     pub redis: Option<String>,
+    /// CA for a `rediss://` Redis, if not the system's roots.
+    pub redis_tls_ca: Option<PathBuf>,
     /// Node-to-node TLS, if configured.
     pub tls: Option<ClusterTlsFiles>,
 }
@@ -347,6 +369,8 @@ pub struct ServerConfig {
     pub tcp_listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
+    /// TLS of the TCP and HTTP/WebSocket listeners, if configured.
+    pub tls: Option<crate::transport::tls::ClientTlsFiles>,
     /// Admin token, if configured (else generated at start).
     pub admin_token: Option<String>,
     /// Code sender.
@@ -448,12 +472,22 @@ impl ServerConfig {
             (args.admin_token.as_ref(), args.admin_token_file.as_ref()),
             (file.admin_token.as_ref(), file.admin_token_file.as_ref()),
         )?;
+        let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(crate::transport::tls::ClientTlsFiles {
+                cert,
+                key,
+                poll: Duration::from_secs(args.tls_reload_secs.or(file.tls_reload_secs).unwrap_or(10).max(1)),
+            }),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid("tls needs both tls_cert and tls_key".into())),
+        };
         let accounts = AccountsConfig { expose_codes: args.dev_expose_codes.or(file.dev_expose_codes).unwrap_or(false), ..Default::default() };
         Ok(Self {
             store,
             http_listen: args.http_listen.or(file.http_listen).unwrap_or(([127, 0, 0, 1], 8080).into()),
             tcp_listen: args.tcp_listen.or(file.tcp_listen).unwrap_or(([127, 0, 0, 1], 8081).into()),
             admin_listen: args.admin_listen.or(file.admin_listen).unwrap_or(([127, 0, 0, 1], 8082).into()),
+            tls,
             admin_token,
             code_sender,
             accounts,
@@ -551,6 +585,7 @@ impl ServerConfig {
             dead_after,
             drain_spread: Duration::from_secs(args.drain_spread_secs.or(file.drain_spread_secs).unwrap_or(10)),
             redis: args.redis.clone().or(file.redis.clone()),
+            redis_tls_ca: args.redis_tls_ca.clone().or(file.redis_tls_ca.clone()),
             tls,
         }))
     }
@@ -645,6 +680,19 @@ mod tests {
         assert!(ServerConfig::resolve(bad).is_err());
         let short_key = ServeArgs { media_url_key: Some("short".into()), ..Default::default() };
         assert!(ServerConfig::resolve(short_key).expect_err("too short").to_string().contains("media_url_key"));
+    }
+
+    #[test]
+    fn client_tls_needs_both_files_from_any_source() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "tls_cert = \"/etc/sb/cert.pem\"\ntls_reload_secs = 3\n").expect("write");
+        let half = ServerConfig::resolve(with_file(path.to_str().expect("utf-8"))).expect_err("key missing");
+        assert!(half.to_string().contains("tls_cert and tls_key"), "{half}");
+        let args = ServeArgs { tls_key: Some("/etc/sb/key.pem".into()), ..with_file(path.to_str().expect("utf-8")) };
+        let tls = ServerConfig::resolve(args).expect("valid").tls.expect("tls on");
+        assert_eq!((tls.cert.to_str(), tls.key.to_str(), tls.poll), (Some("/etc/sb/cert.pem"), Some("/etc/sb/key.pem"), Duration::from_secs(3)));
+        assert!(ServerConfig::resolve(ServeArgs::default()).expect("defaults").tls.is_none());
     }
 
     #[test]

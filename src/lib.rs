@@ -24,6 +24,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod cores;
+pub mod fuzz;
 pub mod history;
 pub mod http;
 pub mod ids;

@@ -23,6 +23,7 @@ use crate::media::MediaService;
 use crate::media::http::{self as media_http, MediaState};
 use crate::protocol::ErrorCode;
 use crate::store::{Store, StoreError};
+use crate::transport::tls::ClientTls;
 use crate::transport::{ConnectionDeps, tcp};
 
 /// Why the server could not start.
@@ -48,6 +49,9 @@ pub enum ServerError {
     /// The media blob store could not be opened.
     #[error("media: {0}")]
     Media(String),
+    /// The client listeners' certificate or key is unusable.
+    #[error("client tls: {0}")]
+    Tls(#[from] crate::transport::tls::ListenerTlsError),
     /// Anything else at start-up (ready file, admin token file).
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -147,6 +151,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let deps =
         ConnectionDeps { node: node.clone(), accounts: accounts.clone(), config: Arc::new(config.connection.clone()), shutdown: accepting.clone() };
 
+    // Loaded before anything binds: a bad certificate stops the start, not the first client.
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = Arc::new(ClientTls::load(files.clone())?);
+            tls.clone().watch(accepting.clone());
+            Some(tls)
+        }
+        None => None,
+    };
     let http_listener = bind(config.http_listen)?;
     let tcp_listener = bind(config.tcp_listen)?;
     let admin_listener = bind(config.admin_listen)?;
@@ -174,15 +187,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         App::new()
             .app_data(web::Data::new(api_state.clone()))
             .app_data(ws_deps.clone())
-            .app_data(web::JsonConfig::default().limit(64 * 1024))
+            .app_data(api::json_config())
+            .app_data(api::query_config())
+            .app_data(api::path_config())
             .app_data(media_state.clone())
             .configure(media_http::routes)
             .configure(api::routes)
     })
     .workers(workers)
     .disable_signals()
-    .shutdown_timeout(config.shutdown_grace.as_secs())
-    .listen(http_listener)?
+    .shutdown_timeout(config.shutdown_grace.as_secs());
+    let http = match &tls {
+        Some(tls) => http.listen_rustls_0_23(http_listener, tls.server_config(&[b"http/1.1"])?)?,
+        None => http.listen(http_listener)?,
+    }
     .run();
     let http_handle = http.handle();
     tokio::spawn(http);
@@ -195,11 +213,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         drain: DrainHandle { exit: exit.clone(), spread: config.cluster.as_ref().map(|c| c.drain_spread).unwrap_or_default() },
         media: media.clone(),
     };
-    let admin = HttpServer::new(move || App::new().app_data(web::Data::new(admin_state.clone())).configure(admin::routes))
-        .workers(1)
-        .disable_signals()
-        .listen(admin_listener)?
-        .run();
+    let admin = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(admin_state.clone()))
+            .app_data(api::json_config())
+            .app_data(api::query_config())
+            .app_data(api::path_config())
+            .configure(admin::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(admin_listener)?
+    .run();
     let admin_handle = admin.handle();
     tokio::spawn(admin);
 
@@ -208,7 +233,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tokio::spawn(probe_store(store.clone(), Duration::from_secs(5), accepting.clone()));
 
     let tcp_listener = tokio::net::TcpListener::from_std(tcp_listener)?;
-    tokio::spawn(tcp::serve(tcp_listener, deps, accepting.clone()));
+    let acceptor = match &tls {
+        Some(tls) => Some(tls.acceptor()?),
+        None => None,
+    };
+    tokio::spawn(tcp::serve(tcp_listener, deps, acceptor, accepting.clone()));
 
     if let Some(path) = &config.ready_file {
         let ready = serde_json::json!({
@@ -217,6 +246,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             "admin": admin_addr.to_string(),
             "pid": std::process::id(),
             "store": store.backend(),
+            "tls": tls.is_some(),
             "node": config.cluster.as_ref().map(|c| c.node_name.clone()),
             "cluster": config.cluster.as_ref().map(|c| c.advertise.clone()),
         });

@@ -18,6 +18,7 @@ both_transports!(
     unknown_conversation_and_non_member_get_errors,
     oversize_frame_closes_with_reason,
     flood_is_rate_limited_without_hurting_others,
+    a_rate_limited_request_is_named_in_its_error,
     invalid_fields_get_invalid_argument,
 );
 
@@ -38,13 +39,11 @@ async fn expect_refusal(conn: &mut Connection, code: ErrorCode) {
     // Nothing follows Closing: the server closes the connection. (Frames before it, kept
     // by the waits above, are dropped first.)
     conn.discard_buffered();
-    loop {
-        match conn.recv_timeout(WAIT).await {
-            Err(ClientError::Closed) => break,
-            Err(e) if !matches!(e, ClientError::Timeout) => break,
-            Ok(frame) => panic!("frame after Closing: {frame:?}"),
-            Err(e) => panic!("connection not closed: {e}"),
-        }
+    // The end of the stream, or a reset/protocol error: either way, closed.
+    match conn.recv_timeout(WAIT).await {
+        Ok(frame) => panic!("frame after Closing: {frame:?}"),
+        Err(ClientError::Timeout) => panic!("connection not closed within {WAIT:?}"),
+        Err(_) => {}
     }
 }
 
@@ -230,6 +229,40 @@ async fn flood_is_rate_limited_without_hurting_others(kind: Kind) {
         }
     }
     ping_works(&mut b).await;
+}
+
+async fn a_rate_limited_request_is_named_in_its_error(kind: Kind) {
+    let server = TestServer::start_with(&["--rate-per-sec", "1", "--rate-burst", "5"]);
+    let api = server.api();
+    let (alice, bob) = (user(&api).await, user(&api).await);
+    let mut a = online(&server, kind, &alice).await;
+    let conversation = a.open_direct(bob.user_id).await.unwrap();
+    // Ten requests at once: the bucket (5, minus the OpenDirect) takes four; those it
+    // drops are each named in their RATE_LIMITED error (request_id, or client_msg_id).
+    let mut frames: Vec<_> = (1..=9u64)
+        .map(|n| {
+            client_frame::Kind::History(pb::HistoryRequest { request_id: 1000 + n, conversation_id: id_bytes(conversation), before_seq: 0, limit: 1 })
+        })
+        .collect();
+    frames.push(client_frame::Kind::Send(pb::Send {
+        client_msg_id: "dropped-send".into(),
+        conversation_id: id_bytes(conversation),
+        payload: Bytes::from_static(b"x"),
+        kind: 0,
+        reference_seq: 0,
+        attachments: Vec::new(),
+    }));
+    a.send_many(frames).await.unwrap();
+    let mut refs = Vec::new();
+    while refs.last().map(String::as_str) != Some("dropped-send") {
+        let e = next_error(&mut a).await;
+        assert_eq!(e.code(), ErrorCode::RateLimited, "{e:?}");
+        assert!(!e.fatal);
+        refs.push(e.request_ref);
+    }
+    // (Four, or five if the bucket refilled a token meanwhile, went through.)
+    let expected: Vec<String> = (1005..=1009).map(|n: u64| n.to_string()).chain(["dropped-send".to_owned()]).collect();
+    assert!(refs.len() >= 5 && expected.ends_with(&refs), "{refs:?}");
 }
 
 async fn invalid_fields_get_invalid_argument(kind: Kind) {

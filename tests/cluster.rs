@@ -680,6 +680,7 @@ async fn the_local_cluster_reports_a_dead_node_and_restarts_it_with_its_settings
         base_port: free_ports(14),
         push_sink: "log".into(),
         fresh: false,
+        extra: Vec::new(),
     };
     let mut cluster = LocalCluster::start(config.clone()).await.expect("local cluster");
     // Two secrets, in files, on no command line.

@@ -685,7 +685,9 @@ pub async fn start(
                 session_end::remote_ended(&cluster.ctx, Ended { ending: Ending::PreviousRun, devices, last_seen_ms, push_duty });
             });
         });
-        let presence = RedisPresence::start(&url, cluster.name.clone(), Arc::new(move || router.local_devices()), previous_run, stop.clone())?;
+        let ca = cluster.config.redis_tls_ca.clone();
+        let presence =
+            RedisPresence::start(&url, ca.as_deref(), cluster.name.clone(), Arc::new(move || router.local_devices()), previous_run, stop.clone())?;
         let _ = cluster.presence.set(presence);
     }
     node.ctx.router.set_remote(cluster.clone());

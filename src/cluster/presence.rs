@@ -43,6 +43,14 @@ pub enum PresenceError {
     /// The URL is not a Redis URL.
     #[error("invalid redis url: {0}")]
     Url(String),
+    /// The CA file for `rediss://` could not be read.
+    #[error("redis tls ca {path}: {message}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
     /// Redis did not answer or refused.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -171,6 +179,25 @@ fn member(user: UserId, device: DeviceId) -> String {
     format!("{user}/{device}")
 }
 
+/// A Redis client for `url`: `redis://` in the clear, `rediss://` over TLS checked
+/// against `tls_ca` (PEM) when given, else against the system's roots.
+pub fn client(url: &str, tls_ca: Option<&std::path::Path>) -> Result<redis::Client, PresenceError> {
+    // redis's rustls support asks rustls for its process-wide provider: make it ours
+    // (aws-lc-rs), as a second provider compiled in would otherwise leave it ambiguous.
+    let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match tls_ca {
+        None => redis::Client::open(url).map_err(|e| PresenceError::Url(e.to_string())),
+        Some(path) => {
+            if !url.starts_with("rediss://") {
+                return Err(PresenceError::Url(format!("{url}: a redis tls ca is given, so the url must be rediss://")));
+            }
+            let root_cert = std::fs::read(path).map_err(|e| PresenceError::Ca { path: path.display().to_string(), message: e.to_string() })?;
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+            redis::Client::build_with_tls(url, certificates).map_err(|e| PresenceError::Url(e.to_string()))
+        }
+    }
+}
+
 impl RedisPresence {
     /// Connects lazily (a Redis that is down at start-up only makes presence degraded)
     /// and starts the writer and the refresher. `local_devices` lists this node's devices
@@ -178,12 +205,13 @@ impl RedisPresence {
     /// previous run that the first rewrite finds.
     pub fn start(
         url: &str,
+        tls_ca: Option<&std::path::Path>,
         node: Arc<str>,
         local_devices: Arc<dyn Fn() -> Vec<(UserId, DeviceId)> + Send + Sync>,
         previous_run: PreviousRun,
         stop: CancellationToken,
     ) -> Result<Self, PresenceError> {
-        let client = redis::Client::open(url).map_err(|e| PresenceError::Url(e.to_string()))?;
+        let client = client(url, tls_ca)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))

@@ -158,7 +158,15 @@ pub fn apply(record: &ConversationRecord, actor: UserId, op: GroupOp, seq: u64, 
         }
         GroupOp::Add(users) => {
             admin_only(is_admin)?;
-            let fresh: Vec<UserId> = users.into_iter().filter(|u| !record.is_member(*u)).collect();
+            // Each user once, in the order first named: a user named twice would otherwise
+            // get two join entries, and the one a removal leaves behind would keep the
+            // log visible to them after they were removed.
+            let mut fresh: Vec<UserId> = Vec::with_capacity(users.len());
+            for u in users {
+                if !record.is_member(u) && !fresh.contains(&u) {
+                    fresh.push(u);
+                }
+            }
             if fresh.is_empty() {
                 return Err(GroupError::Invalid("everyone named is already a member"));
             }
@@ -309,6 +317,22 @@ mod tests {
         assert!(!removed.record.is_member(bob));
         assert_eq!(removed.record.visible_range(bob), Some((1, 3)));
         assert_eq!(apply(&g, admin, GroupOp::Add(vec![dave]), 2, 3).unwrap_err(), GroupError::Full(3));
+    }
+
+    #[test]
+    fn a_user_named_twice_joins_once_and_a_removal_ends_their_view() {
+        let (admin, dave) = (UserId::random(), UserId::random());
+        let g = group(admin, &[]);
+        let added = apply(&g, admin, GroupOp::Add(vec![dave, dave]), 2, 10).unwrap();
+        assert_eq!(added.joined, vec![dave]);
+        match &added.event.kind {
+            Some(pb::conversation_event::Kind::MembersAdded(list)) => assert_eq!(list.user_ids, vec![id_bytes(dave)]),
+            other => panic!("expected MembersAdded, got {other:?}"),
+        }
+        let removed = apply(&added.record, admin, GroupOp::Remove(dave), 3, 10).unwrap();
+        assert_eq!(removed.record.visible_range(dave), Some((2, 3)), "nothing after the removal");
+        // The size limit counts each user once.
+        assert!(apply(&g, admin, GroupOp::Add(vec![dave, dave]), 2, 2).is_ok());
     }
 
     #[test]

@@ -38,7 +38,7 @@ const SAMPLE: usize = 20;
 const MAX_DEPTH: usize = 4;
 
 /// One actor in the tree.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TreeNode {
     /// On the root only: the cluster node whose tree this is (absent on a single node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +58,7 @@ pub struct TreeNode {
     /// Number of children.
     pub children_count: usize,
     /// Up to `SAMPLE` children, busiest mailboxes first.
+    #[schema(no_recursion)]
     pub children: Vec<TreeNode>,
 }
 
@@ -96,12 +97,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-#[derive(serde::Deserialize)]
-struct TreeQuery {
-    /// Another node of the cluster, by name.
+/// Query of `GET /admin/tree`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TreeQuery {
+    /// Another node of the cluster, by name (its tree is fetched from it).
     node: Option<String>,
 }
 
+/// The body of an admin error.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AdminError {
+    /// `unauthorized`, `bad_request`, `not_clustered`, `unknown_node`, `not_active`, …
+    pub error: String,
+    /// Human text, when there is more to say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The live supervision tree of this node (or of `node`).
+#[utoipa::path(get, path = "/admin/tree", tag = "admin", params(TreeQuery), security(("admin_token" = [])), responses(
+    (status = 200, description = "The tree, 20 children per actor at most, depth 4", body = TreeNode),
+    (status = 400, description = "Bad query", body = AdminError),
+    (status = 401, description = "unauthorized", body = AdminError),
+    (status = 404, description = "unknown_node", body = AdminError),
+    (status = 502, description = "The other node did not answer", body = AdminError),
+))]
 async fn tree(req: HttpRequest, state: web::Data<AdminState>, query: web::Query<TreeQuery>) -> HttpResponse {
     if !authorized(&req, &state) {
         return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
@@ -161,6 +182,12 @@ async fn proxy_tree(req: &HttpRequest, node: &str, addr: &str) -> HttpResponse {
     }
 }
 
+/// Members, health and load of every node.
+#[utoipa::path(get, path = "/admin/cluster", tag = "admin", security(("admin_token" = [])), responses(
+    (status = 200, description = "The cluster report", body = Object),
+    (status = 401, description = "unauthorized", body = AdminError),
+    (status = 404, description = "not_clustered", body = AdminError),
+))]
 async fn cluster(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
     if !authorized(&req, &state) {
         return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
@@ -172,6 +199,11 @@ async fn cluster(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse
 }
 
 /// Starts draining this node; answers at once (the node exits when the drain is done).
+#[utoipa::path(post, path = "/admin/drain", tag = "admin", security(("admin_token" = [])), responses(
+    (status = 202, description = "Draining", body = Object),
+    (status = 401, description = "unauthorized", body = AdminError),
+    (status = 409, description = "not_clustered: a single node cannot hand its work to anyone", body = AdminError),
+))]
 async fn drain(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
     if !authorized(&req, &state) {
         return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
@@ -187,6 +219,15 @@ async fn drain(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
     }
 }
 
+/// Fault injection: makes a conversation's actor fail (its supervisor restarts it).
+#[utoipa::path(post, path = "/admin/conversations/{id}/crash", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, format = Uuid, description = "Conversation id")),
+    responses(
+        (status = 202, description = "Crashed", body = Object),
+        (status = 400, description = "bad_request: not a UUID", body = AdminError),
+        (status = 401, description = "unauthorized", body = AdminError),
+        (status = 404, description = "not_active: the conversation has no actor on this node", body = AdminError),
+))]
 async fn crash_conversation(req: HttpRequest, state: web::Data<AdminState>, path: web::Path<String>) -> HttpResponse {
     if !authorized(&req, &state) {
         return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
@@ -203,13 +244,18 @@ async fn crash_conversation(req: HttpRequest, state: web::Data<AdminState>, path
     }
 }
 
-#[derive(serde::Deserialize)]
-struct ProvisionBody {
-    count: usize,
+/// `POST /admin/provision`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct ProvisionBody {
+    /// Accounts to create, 1 to 50,000.
+    #[schema(minimum = 1, maximum = 50000)]
+    pub count: usize,
+    /// Phones are `<prefix><n>`, n zero-padded to E.164's 15 digits (default `+1999`).
     #[serde(default = "default_prefix")]
-    phone_prefix: String,
+    pub phone_prefix: String,
+    /// The first n.
     #[serde(default)]
-    first: u64,
+    pub first: u64,
 }
 
 fn default_prefix() -> String {
@@ -217,7 +263,16 @@ fn default_prefix() -> String {
 }
 
 /// Bulk provisioning (load tests, migrations): accounts with a primary device each,
-/// without one-time codes. Returns their credentials.
+/// without one-time codes. Returns their credentials (phones already registered are
+/// skipped and not returned).
+#[utoipa::path(post, path = "/admin/provision", tag = "admin", request_body = ProvisionBody, security(("admin_token" = [])), responses(
+    (status = 200, description = "Credentials of the accounts created", body = Vec<crate::accounts::DeviceCredentials>),
+    (status = 400, description = "bad_request (count out of range, malformed body) or provision_failed (a phone is not E.164)", body = AdminError),
+    (status = 401, description = "unauthorized", body = AdminError),
+    (status = 413, description = "Body over 64 KiB", body = AdminError),
+    (status = 415, description = "Not JSON", body = AdminError),
+    (status = 503, description = "unavailable: the store failed", body = AdminError),
+))]
 async fn provision(req: HttpRequest, state: web::Data<AdminState>, body: web::Json<ProvisionBody>) -> HttpResponse {
     if !authorized(&req, &state) {
         return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
@@ -227,6 +282,9 @@ async fn provision(req: HttpRequest, state: web::Data<AdminState>, body: web::Js
     }
     match state.accounts.provision(&body.phone_prefix, body.first, body.count).await {
         Ok(credentials) => HttpResponse::Ok().json(credentials),
+        Err(e @ (crate::accounts::AccountError::Store(_) | crate::accounts::AccountError::Auth(crate::accounts::AuthError::Store(_)))) => {
+            HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": "unavailable", "message": e.to_string() }))
+        }
         Err(e) => HttpResponse::BadRequest().json(serde_json::json!({ "error": "provision_failed", "message": e.to_string() })),
     }
 }
@@ -245,10 +303,11 @@ async fn sweep_media(req: HttpRequest, state: web::Data<AdminState>) -> HttpResp
 
 /// Registers the admin routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/tree", web::get().to(tree))
-        .route("/admin/cluster", web::get().to(cluster))
-        .route("/admin/drain", web::post().to(drain))
-        .route("/admin/provision", web::post().to(provision))
-        .route("/admin/media/sweep", web::post().to(sweep_media))
-        .route("/admin/conversations/{id}/crash", web::post().to(crash_conversation));
+    use super::api::resource;
+    cfg.service(resource("/admin/tree", &["GET"]).route(web::get().to(tree)))
+        .service(resource("/admin/cluster", &["GET"]).route(web::get().to(cluster)))
+        .service(resource("/admin/drain", &["POST"]).route(web::post().to(drain)))
+        .service(resource("/admin/provision", &["POST"]).route(web::post().to(provision)))
+        .service(resource("/admin/media/sweep", &["POST"]).route(web::post().to(sweep_media)))
+        .service(resource("/admin/conversations/{id}/crash", &["POST"]).route(web::post().to(crash_conversation)));
 }

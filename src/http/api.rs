@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::bearer;
-use crate::accounts::{AccountError, Accounts, AuthError};
+use crate::accounts::{AccountError, Accounts, AuthError, CodeIssued, DeviceCredentials, DeviceInfo};
 use crate::actors::node::Node;
 use crate::actors::push::PushRequest;
 use crate::history::history_page;
@@ -57,6 +58,15 @@ pub enum ApiError {
     Unavailable,
 }
 
+/// The body of every error of the API.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code (`invalid_phone`, `unauthorized`, …; docs/protocol.md §12).
+    pub error: String,
+    /// Human text; do not parse it.
+    pub message: String,
+}
+
 impl ApiError {
     fn code(&self) -> &'static str {
         match self {
@@ -96,23 +106,65 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))
+        HttpResponse::build(self.status_code()).json(ErrorBody { error: self.code().into(), message: self.to_string() })
     }
+}
+
+/// The JSON body extractor: at most 64 KiB, and a refused body answers in the API's own
+/// error shape (`bad_request`; 413 when too large, 415 without a JSON content type).
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default().limit(64 * 1024).error_handler(|e, _req| {
+        let status = match &e {
+            actix_web::error::JsonPayloadError::OverflowKnownLength { .. } | actix_web::error::JsonPayloadError::Overflow { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            actix_web::error::JsonPayloadError::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        framework_error(status, e.to_string())
+    })
+}
+
+/// The query-string extractor, answering in the API's error shape.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|e, _req| framework_error(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// The path extractor, answering in the API's error shape.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|e, _req| framework_error(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+fn framework_error(status: StatusCode, message: String) -> actix_web::Error {
+    let body = serde_json::json!({ "error": "bad_request", "message": message });
+    actix_web::error::InternalError::from_response(message, HttpResponse::build(status).json(body)).into()
+}
+
+/// A resource answering its `methods` (route them with `.route`), and 405 with an `Allow`
+/// header and the API's error body to any other method (RFC 9110 §15.5.6).
+pub fn resource(path: &str, methods: &'static [&'static str]) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        HttpResponse::MethodNotAllowed()
+            .insert_header((actix_web::http::header::ALLOW, methods.join(", ")))
+            .json(ErrorBody { error: "method_not_allowed".into(), message: format!("allowed: {}", methods.join(", ")) })
+    }))
 }
 
 /// Registers every public route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics_text))
-        .route("/v1/ws", web::get().to(ws::upgrade))
-        .route("/v1/accounts/register", web::post().to(register))
-        .route("/v1/accounts/verify", web::post().to(verify))
-        .route("/v1/devices", web::get().to(list_devices))
-        .route("/v1/devices", web::post().to(link_device))
-        .route("/v1/devices/push-token", web::put().to(set_push_token))
-        .route("/v1/devices/push-token", web::delete().to(delete_push_token))
-        .route("/v1/devices/{device_id}", web::delete().to(revoke_device))
-        .route("/v1/conversations/{conversation_id}/messages", web::get().to(history));
+    cfg.service(resource("/healthz", &["GET"]).route(web::get().to(healthz)))
+        .service(resource("/metrics", &["GET"]).route(web::get().to(metrics_text)))
+        .service(resource("/v1/ws", &["GET"]).route(web::get().to(ws::upgrade)))
+        .service(resource("/v1/openapi.json", &["GET"]).route(web::get().to(super::openapi::serve)))
+        .service(resource("/v1/accounts/register", &["POST"]).route(web::post().to(register)))
+        .service(resource("/v1/accounts/verify", &["POST"]).route(web::post().to(verify)))
+        .service(resource("/v1/devices", &["GET", "POST"]).route(web::get().to(list_devices)).route(web::post().to(link_device)))
+        // Before `{device_id}`, which would match it too.
+        .service(
+            resource("/v1/devices/push-token", &["PUT", "DELETE"]).route(web::put().to(set_push_token)).route(web::delete().to(delete_push_token)),
+        )
+        .service(resource("/v1/devices/{device_id}", &["DELETE"]).route(web::delete().to(revoke_device)))
+        .service(resource("/v1/conversations/{conversation_id}/messages", &["GET"]).route(web::get().to(history)));
 }
 
 async fn caller(req: &HttpRequest, state: &ApiState) -> Result<DeviceRecord, ApiError> {
@@ -120,6 +172,44 @@ async fn caller(req: &HttpRequest, state: &ApiState) -> Result<DeviceRecord, Api
     Ok(state.accounts.authenticate(token).await.map_err(AccountError::from)?)
 }
 
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `degraded` (the store does not answer) or `draining` (cluster).
+    pub status: &'static str,
+    /// This node's view of the cluster, when clustered.
+    #[schema(value_type = Option<Object>)]
+    pub cluster: Option<serde_json::Value>,
+    /// The store's answer to a ping.
+    pub store: StoreHealth,
+    /// The media blob store's answer to a ping (`backend`, `ok`, `latency_ms`, `error`).
+    #[schema(value_type = Object)]
+    pub media: serde_json::Value,
+    /// Connected devices on this node.
+    pub sessions: usize,
+    /// Active conversations on this node.
+    pub conversations: usize,
+}
+
+/// The store part of [`Health`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreHealth {
+    /// `embedded`, `postgres` or `scylla`.
+    pub backend: &'static str,
+    /// Answered the ping.
+    pub ok: bool,
+    /// How long the ping took, in milliseconds.
+    pub latency_ms: f64,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Health of this node and its store. 503 when the store does not answer or the node
+/// drains (load balancers should stop sending it devices).
+#[utoipa::path(get, path = "/healthz", tag = "public", responses(
+    (status = 200, description = "Healthy", body = Health),
+    (status = 503, description = "Store unreachable, or the node drains", body = Health),
+))]
 async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
     let started = Instant::now();
     let store = state.store.ping().await;
@@ -143,25 +233,28 @@ async fn healthz(state: web::Data<ApiState>) -> HttpResponse {
         None => (None, false),
     };
     let healthy = store.is_ok() && !draining;
-    let body = serde_json::json!({
-        "status": if draining { "draining" } else if store.is_ok() { "ok" } else { "degraded" },
-        "cluster": cluster,
-        "store": {
-            "backend": state.store.backend(),
-            "ok": store.is_ok(),
-            "latency_ms": latency_ms,
-            "error": store.as_ref().err().map(|e| e.to_string()),
+    let body = Health {
+        status: if draining {
+            "draining"
+        } else if store.is_ok() {
+            "ok"
+        } else {
+            "degraded"
         },
+        cluster,
+        store: StoreHealth { backend: state.store.backend(), ok: store.is_ok(), latency_ms, error: store.as_ref().err().map(|e| e.to_string()) },
         // The blob store down degrades media only (uploads and downloads answer 503);
         // messages are unaffected, so it does not fail the health check.
-        "media": state.media.health().await,
-        "sessions": state.node.ctx.router.session_count(),
-        "conversations": state.node.ctx.router.conversation_count(),
-    });
+        media: state.media.health().await,
+        sessions: state.node.ctx.router.session_count(),
+        conversations: state.node.ctx.router.conversation_count(),
+    };
     // A draining node answers 503 so that load balancers stop sending it devices.
     if healthy { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "public", responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
 async fn metrics_text(state: web::Data<ApiState>) -> HttpResponse {
     let (sum, max) = state.node.ctx.stats.depth_summary();
     metrics::gauge!("switchboard_mailbox_depth_total").set(sum as f64);
@@ -170,28 +263,57 @@ async fn metrics_text(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
 }
 
-#[derive(Deserialize)]
-struct RegisterBody {
-    phone: String,
+/// `POST /v1/accounts/register`.
+#[derive(Deserialize, ToSchema)]
+pub struct RegisterBody {
+    /// E.164: `+` and 8 to 15 digits, the first not 0.
+    #[schema(example = "+14155550001", pattern = r"^\+[1-9][0-9]{7,14}$")]
+    pub phone: String,
 }
 
+/// Issues a one-time code for a phone number and sends it.
+#[utoipa::path(post, path = "/v1/accounts/register", tag = "public", request_body = RegisterBody, responses(
+    (status = 202, description = "Code issued", body = CodeIssued),
+    (status = 400, description = "invalid_phone, or a malformed body", body = ErrorBody),
+    (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+    (status = 415, description = "Not JSON", body = ErrorBody),
+    (status = 502, description = "code_not_sent: the SMS gateway failed", body = ErrorBody),
+    (status = 503, description = "unavailable: the store failed", body = ErrorBody),
+))]
 async fn register(state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
     let issued = state.accounts.register(&body.phone).await?;
     Ok(HttpResponse::Accepted().json(issued))
 }
 
-#[derive(Deserialize)]
-struct VerifyBody {
-    phone: String,
-    code: String,
+/// `POST /v1/accounts/verify`.
+#[derive(Deserialize, ToSchema)]
+pub struct VerifyBody {
+    /// E.164 phone number.
+    #[schema(example = "+14155550001", pattern = r"^\+[1-9][0-9]{7,14}$")]
+    pub phone: String,
+    /// The 6-digit code.
+    #[schema(example = "123456")]
+    pub code: String,
+    /// 1 to 64 characters, not all blank; trimmed (default `phone`).
     #[serde(default = "default_device_name")]
-    device_name: String,
+    #[schema(min_length = 1, max_length = 64, pattern = r"[^\s]")]
+    pub device_name: String,
 }
 
 fn default_device_name() -> String {
     "phone".into()
 }
 
+/// Checks a code and creates the account (or takes it over) with a new primary device.
+#[utoipa::path(post, path = "/v1/accounts/verify", tag = "public", request_body = VerifyBody, responses(
+    (status = 200, description = "The new primary device", body = DeviceCredentials),
+    (status = 400, description = "invalid_phone, invalid_name, or a malformed body", body = ErrorBody),
+    (status = 401, description = "invalid_code", body = ErrorBody),
+    (status = 409, description = "too_many_devices", body = ErrorBody),
+    (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+    (status = 415, description = "Not JSON", body = ErrorBody),
+    (status = 503, description = "unavailable", body = ErrorBody),
+))]
 async fn verify(state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> Result<HttpResponse, ApiError> {
     let (credentials, revoked) = state.accounts.verify(&body.phone, &body.code, &body.device_name).await?;
     for device in revoked {
@@ -200,22 +322,53 @@ async fn verify(state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> Resu
     Ok(HttpResponse::Ok().json(credentials))
 }
 
-#[derive(Deserialize)]
-struct LinkBody {
-    name: String,
+/// `POST /v1/devices`.
+#[derive(Deserialize, ToSchema)]
+pub struct LinkBody {
+    /// 1 to 64 characters, not all blank; trimmed.
+    #[schema(min_length = 1, max_length = 64, pattern = r"[^\s]")]
+    pub name: String,
 }
 
+/// Links a new device to the caller's account (primary only).
+#[utoipa::path(post, path = "/v1/devices", tag = "public", request_body = LinkBody, security(("device_token" = [])), responses(
+    (status = 201, description = "The new linked device", body = DeviceCredentials),
+    (status = 400, description = "invalid_name, or a malformed body", body = ErrorBody),
+    (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
+    (status = 403, description = "not_primary", body = ErrorBody),
+    (status = 409, description = "too_many_devices", body = ErrorBody),
+    (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+    (status = 415, description = "Not JSON", body = ErrorBody),
+    (status = 503, description = "unavailable", body = ErrorBody),
+))]
 async fn link_device(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<LinkBody>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     let credentials = state.accounts.link_device(&me, &body.name).await?;
     Ok(HttpResponse::Created().json(credentials))
 }
 
+/// Every device of the caller's account, revoked ones included, oldest first.
+#[utoipa::path(get, path = "/v1/devices", tag = "public", security(("device_token" = [])), responses(
+    (status = 200, description = "The devices", body = Vec<DeviceInfo>),
+    (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
+    (status = 503, description = "unavailable", body = ErrorBody),
+))]
 async fn list_devices(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     Ok(HttpResponse::Ok().json(state.accounts.list_devices(&me).await?))
 }
 
+/// Revokes a device: the primary any device of the account, any device itself.
+#[utoipa::path(delete, path = "/v1/devices/{device_id}", tag = "public", security(("device_token" = [])),
+    params(("device_id" = String, Path, format = Uuid, description = "The device to revoke")),
+    responses(
+        (status = 204, description = "Revoked (also when it already was)"),
+        (status = 400, description = "bad_request: not a UUID", body = ErrorBody),
+        (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
+        (status = 403, description = "not_primary", body = ErrorBody),
+        (status = 404, description = "unknown_device", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody),
+))]
 async fn revoke_device(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     let device: DeviceId = path.parse().map_err(|_| ApiError::BadRequest("device_id must be a UUID".into()))?;
@@ -227,23 +380,52 @@ async fn revoke_device(req: HttpRequest, state: web::Data<ApiState>, path: web::
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
-struct PushTokenBody {
-    platform: String,
-    token: String,
+/// `PUT /v1/devices/push-token`.
+#[derive(Deserialize, ToSchema)]
+pub struct PushTokenBody {
+    /// 1 to 32 characters, e.g. `fcm`, `apns`.
+    #[schema(min_length = 1, max_length = 32)]
+    pub platform: String,
+    /// 1 to 4,096 characters.
+    #[schema(min_length = 1, max_length = 4096)]
+    pub token: String,
 }
 
+impl PushTokenBody {
+    /// Lengths in characters, as documented (not bytes).
+    pub fn check(&self) -> Result<(), ApiError> {
+        let (platform, token) = (self.platform.chars().count(), self.token.chars().count());
+        if !(1..=32).contains(&platform) || !(1..=4096).contains(&token) {
+            return Err(ApiError::BadRequest("platform (1-32 chars) and token (1-4096 chars) are required".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Registers the calling device's push token.
+#[utoipa::path(put, path = "/v1/devices/push-token", tag = "public", request_body = PushTokenBody, security(("device_token" = [])), responses(
+    (status = 204, description = "Stored"),
+    (status = 400, description = "bad_request: field lengths, or a malformed body", body = ErrorBody),
+    (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
+    (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+    (status = 415, description = "Not JSON", body = ErrorBody),
+    (status = 503, description = "unavailable", body = ErrorBody),
+))]
 async fn set_push_token(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<PushTokenBody>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
-    if body.platform.is_empty() || body.platform.len() > 32 || body.token.is_empty() || body.token.len() > 4096 {
-        return Err(ApiError::BadRequest("platform (1-32 chars) and token (1-4096 chars) are required".into()));
-    }
+    body.check()?;
     let token = PushToken { platform: body.platform.clone(), token: body.token.clone() };
     state.store.set_push_token(me.user_id, me.device_id, Some(token)).await.map_err(|_| ApiError::Unavailable)?;
     let _ = state.node.ctx.push.send(PushRequest::TokensChanged(me.user_id));
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Removes the calling device's push token.
+#[utoipa::path(delete, path = "/v1/devices/push-token", tag = "public", security(("device_token" = [])), responses(
+    (status = 204, description = "Removed"),
+    (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
+    (status = 503, description = "unavailable", body = ErrorBody),
+))]
 async fn delete_push_token(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     state.store.set_push_token(me.user_id, me.device_id, None).await.map_err(|_| ApiError::Unavailable)?;
@@ -251,14 +433,101 @@ async fn delete_push_token(req: HttpRequest, state: web::Data<ApiState>) -> Resu
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
-struct HistoryQuery {
+/// Query of `GET /v1/conversations/{id}/messages`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Exclusive upper bound; 0 or absent: from the newest message.
     #[serde(default)]
-    before: u64,
+    pub before: u64,
+    /// Page size; 0 or absent: 50; capped at 200.
     #[serde(default)]
-    limit: usize,
+    pub limit: usize,
 }
 
+/// One message of a history page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryItem {
+    /// Position in the conversation's log.
+    pub seq: u64,
+    /// Sender (for events: who made the change).
+    #[schema(value_type = String, format = Uuid)]
+    pub sender_user_id: crate::ids::UserId,
+    /// Sending device.
+    #[schema(value_type = String, format = Uuid)]
+    pub sender_device_id: DeviceId,
+    /// The sender's idempotency key (`event-<seq>` for events).
+    pub client_msg_id: String,
+    /// When the server sequenced it (ms since the Unix epoch).
+    pub server_time_ms: u64,
+    /// The opaque payload in hex (empty for events and deleted messages).
+    pub payload_hex: String,
+    /// `normal`, `edit` or `reaction`.
+    pub kind: HistoryKind,
+    /// For edits and reactions: the target's seq.
+    pub reference_seq: u64,
+    /// Deleted for everyone.
+    pub deleted: bool,
+    /// For server events: the protobuf bytes of `ConversationEvent`, in hex.
+    pub event_hex: Option<String>,
+}
+
+/// The kind of a history item.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryKind {
+    /// An ordinary message.
+    Normal,
+    /// An edit of `reference_seq`.
+    Edit,
+    /// A reaction to `reference_seq`.
+    Reaction,
+}
+
+/// A page of history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPage {
+    /// The conversation.
+    #[schema(value_type = String, format = Uuid)]
+    pub conversation_id: ConversationId,
+    /// Newest first.
+    pub messages: Vec<HistoryItem>,
+    /// Older visible messages exist (ask again with `before` = the last seq here).
+    pub has_more: bool,
+}
+
+impl From<&crate::store::StoredMessage> for HistoryItem {
+    fn from(m: &crate::store::StoredMessage) -> Self {
+        Self {
+            seq: m.seq,
+            sender_user_id: m.sender_user_id,
+            sender_device_id: m.sender_device_id,
+            client_msg_id: m.client_msg_id.clone(),
+            server_time_ms: m.server_time_ms,
+            payload_hex: hex::encode(&m.payload),
+            kind: match m.kind {
+                crate::store::ContentKind::Normal => HistoryKind::Normal,
+                crate::store::ContentKind::Edit => HistoryKind::Edit,
+                crate::store::ContentKind::Reaction => HistoryKind::Reaction,
+            },
+            reference_seq: m.reference_seq,
+            deleted: m.deleted,
+            event_hex: m.event.as_ref().map(hex::encode),
+        }
+    }
+}
+
+/// One page of a conversation's log, limited to the caller's membership range.
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}/messages", tag = "public", security(("device_token" = [])),
+    params(("conversation_id" = String, Path, format = Uuid, description = "The conversation"), HistoryQuery),
+    responses(
+        (status = 200, description = "A page, newest first", body = HistoryPage),
+        (status = 400, description = "bad_request: not a UUID, or a bad query", body = ErrorBody),
+        (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
+        (status = 403, description = "not_a_member: never a member", body = ErrorBody),
+        (status = 404, description = "unknown_conversation", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody),
+))]
 async fn history(
     req: HttpRequest,
     state: web::Data<ApiState>,
@@ -271,29 +540,7 @@ async fn history(
     // The same membership range as over the socket: from joining to leaving.
     let range = record.visible_range(me.user_id).ok_or(ApiError::NotAMember)?;
     let (messages, has_more) = history_page(state.store.as_ref(), id, range, query.before, query.limit).await.map_err(|_| ApiError::Unavailable)?;
-    let items: Vec<_> = messages
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "seq": m.seq,
-                "sender_user_id": m.sender_user_id,
-                "sender_device_id": m.sender_device_id,
-                "client_msg_id": m.client_msg_id,
-                "server_time_ms": m.server_time_ms,
-                "payload_hex": hex::encode(&m.payload),
-                "kind": match m.kind {
-                    crate::store::ContentKind::Normal => "normal",
-                    crate::store::ContentKind::Edit => "edit",
-                    crate::store::ContentKind::Reaction => "reaction",
-                },
-                "reference_seq": m.reference_seq,
-                "deleted": m.deleted,
-                // A server event, as the protobuf bytes of ConversationEvent.
-                "event_hex": m.event.as_ref().map(hex::encode),
-            })
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "conversation_id": id, "messages": items, "has_more": has_more })))
+    Ok(HttpResponse::Ok().json(HistoryPage { conversation_id: id, messages: messages.iter().map(HistoryItem::from).collect(), has_more }))
 }
 
 /// The WebSocket route needs the connection dependencies as app data.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod openapi;
 
 use actix_web::HttpRequest;
 

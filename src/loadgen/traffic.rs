@@ -123,8 +123,7 @@ impl Plan {
         let user = |i: usize| credentials[i].user_id;
         let mut sends = Vec::with_capacity(n);
         let mut opens = Vec::with_capacity(n);
-        for i in 0..n {
-            let p = position[i];
+        for (i, &p) in position.iter().enumerate() {
             let mut peers: Vec<usize> = if contacts <= 1 {
                 vec![order[(p + 1) % n]]
             } else {

@@ -60,6 +60,34 @@ pub fn client(kind: client_frame::Kind) -> ClientFrame {
     ClientFrame { kind: Some(kind) }
 }
 
+/// The `Error.request_ref` that answers a refusal of this frame: the decimal
+/// `request_id` of a request, the `client_msg_id` of a `Send`, empty for frames that
+/// carry neither (`Hello`, `Ping`, `Ack`, `Read`, `Typing`, `Bye`). docs/protocol.md §2.
+pub fn request_ref(kind: &client_frame::Kind) -> String {
+    use client_frame::Kind;
+    let id = match kind {
+        Kind::Send(s) => return s.client_msg_id.clone(),
+        Kind::OpenDirect(r) => r.request_id,
+        Kind::History(r) => r.request_id,
+        Kind::PresenceQuery(r) => r.request_id,
+        Kind::CreateGroup(r) => r.request_id,
+        Kind::GroupChange(r) => r.request_id,
+        Kind::JoinGroup(r) => r.request_id,
+        Kind::DeleteMessage(r) => r.request_id,
+        Kind::SetRetention(r) => r.request_id,
+        Kind::MessageInfo(r) => r.request_id,
+        Kind::GroupInfo(r) => r.request_id,
+        Kind::Hello(_) | Kind::Ping(_) | Kind::Ack(_) | Kind::Read(_) | Kind::Typing(_) | Kind::Bye(_) => return String::new(),
+    };
+    id.to_string()
+}
+
+/// The `request_ref` of a frame's raw bytes, if they decode (else empty): for refusals
+/// decided before decoding, such as the rate limit.
+pub fn request_ref_of(bytes: &[u8]) -> String {
+    decode_client(bytes).map(|kind| request_ref(&kind)).unwrap_or_default()
+}
+
 /// Builds an error frame.
 pub fn error_frame(code: ErrorCode, message: impl Into<String>, request_ref: impl Into<String>, fatal: bool) -> ServerFrame {
     server(server_frame::Kind::Error(pb::Error { code: code as i32, message: message.into(), request_ref: request_ref.into(), fatal }))
@@ -68,4 +96,19 @@ pub fn error_frame(code: ErrorCode, message: impl Into<String>, request_ref: imp
 /// Builds a closing frame.
 pub fn closing_frame(code: ErrorCode, reason: impl Into<String>, reconnect_after_ms: u32) -> ServerFrame {
     server(server_frame::Kind::Closing(pb::Closing { code: code as i32, reason: reason.into(), reconnect_after_ms }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_refs_name_the_request_or_nothing() {
+        let send = client_frame::Kind::Send(pb::Send { client_msg_id: "m-1".into(), ..Default::default() });
+        assert_eq!(request_ref(&send), "m-1");
+        let history = client_frame::Kind::History(pb::HistoryRequest { request_id: 42, ..Default::default() });
+        assert_eq!(request_ref_of(&encode_client(&client(history))), "42");
+        assert_eq!(request_ref(&client_frame::Kind::Ack(pb::Ack::default())), "");
+        assert_eq!(request_ref_of(&[0xff, 0xff]), "", "undecodable bytes have no reference");
+    }
 }

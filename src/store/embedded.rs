@@ -107,7 +107,9 @@ enum LoggedOutcome {
 /// Work for the writer thread.
 enum Job {
     /// A logged write: group-committed with the logged writes queued behind it.
-    Logged(Logged, Reply<LoggedOutcome>),
+    /// (Boxed: a write is far larger than the other jobs, and every slot of the queue is
+    /// sized by the largest.)
+    Logged(Box<Logged>, Reply<LoggedOutcome>),
     /// Any other write: its own durable transaction.
     Run(Box<dyn FnOnce(&Database) + Send>),
     /// Make everything durable in the database and empty the log.
@@ -160,10 +162,10 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>)
         match job {
             Ok(Job::Logged(first, reply)) => {
                 // Whatever logged writes are queued right behind it join the group.
-                let mut group = vec![(first, reply)];
+                let mut group = vec![(*first, reply)];
                 while group.len() < MAX_GROUP {
                     match jobs.try_recv() {
-                        Ok(Job::Logged(w, r)) => group.push((w, r)),
+                        Ok(Job::Logged(w, r)) => group.push((*w, r)),
                         Ok(other) => {
                             next = Some(other);
                             break;
@@ -425,7 +427,7 @@ impl EmbeddedStore {
     /// A logged write on the writer thread, group-committed with its neighbours.
     async fn logged(&self, write: Logged) -> Result<LoggedOutcome, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Job::Logged(write, tx))?;
+        self.writer.send(Job::Logged(Box::new(write), tx))?;
         rx.await.map_err(|_| be("store writer thread dropped the write"))?
     }
 

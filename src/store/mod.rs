@@ -10,6 +10,7 @@
 mod columns;
 pub mod embedded;
 pub mod media;
+pub mod pg_tls;
 pub mod postgres;
 pub mod scylla;
 pub mod spec;

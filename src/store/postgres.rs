@@ -17,8 +17,8 @@
 //! waits for the WAL flush). Statements are prepared once per pooled connection.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::Row;
 use tokio_postgres::types::{Json, ToSql};
-use tokio_postgres::{NoTls, Row};
 
 use super::transfer::{Record, Section};
 use super::{
@@ -205,7 +205,10 @@ type Tx<'a> = deadpool_postgres::Transaction<'a>;
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:pass@host:port/db`) and checks that the server
     /// answers within the connect timeout. The schema is not touched: see [`Self::migrate`].
+    /// `sslmode` and `sslrootcert` are honoured as libpq does (see [`super::pg_tls`]).
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let (url, tls) = super::pg_tls::split_url(url).map_err(|e| StoreError::Backend(format!("postgres url: {e}")))?;
+        let connector = super::pg_tls::connector(&tls).map_err(|e| StoreError::Backend(format!("postgres tls: {e}")))?;
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Backend(format!("postgres url: {e}")))?;
         config.connect_timeout(options.connect_timeout);
         if config.get_options().is_none() {
@@ -214,7 +217,7 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("switchboard");
         }
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config, connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -225,6 +228,14 @@ impl PostgresStore {
         let store = Self { pool };
         store.ping().await?;
         Ok(store)
+    }
+
+    /// Whether a pooled connection to the server is encrypted (PostgreSQL's own view,
+    /// `pg_stat_ssl`): for health reports and tests of `sslmode`.
+    pub async fn connection_encrypted(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.map_err(pg)?;
+        Ok(row.get(0))
     }
 
     /// Applies every migration not yet recorded, under an advisory lock so that nodes

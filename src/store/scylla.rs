@@ -587,6 +587,10 @@ struct LogHead {
     record_seq: u64,
 }
 
+/// A bucket's static columns as read: `last_seq`, `record`, `record_seq` (each null until
+/// first written).
+type BucketHeadRow = (Option<i64>, Option<Vec<u8>>, Option<i64>);
+
 impl ScyllaStore {
     /// Connects to the cluster, uses the keyspace and prepares every statement (which
     /// fails if the schema is missing: run `switchboard store migrate` first).
@@ -712,8 +716,7 @@ impl ScyllaStore {
 
     /// The static columns of one bucket (None if the bucket was never written).
     async fn bucket_head(&self, conversation: ConversationId, bucket: i64) -> Result<Option<LogHead>, StoreError> {
-        type HeadRow = (Option<i64>, Option<Vec<u8>>, Option<i64>);
-        let row: Option<HeadRow> = self.first_row(&self.st.bucket_head, (conversation, bucket)).await?;
+        let row: Option<BucketHeadRow> = self.first_row(&self.st.bucket_head, (conversation, bucket)).await?;
         Ok(row.and_then(|(last, record, record_seq)| {
             last.map(|l| LogHead { last_seq: uint(l), record, record_seq: record_seq.map(uint).unwrap_or(0) })
         }))

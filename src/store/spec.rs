@@ -1,7 +1,8 @@
 //! Choosing a store from one string, as operators write it on the command line, in the
 //! environment or in the config file:
 //! - `embedded:<dir>`: the redb file in `<dir>` (single node);
-//! - `postgres://user:pass@host:port/db[?pool_size=N&...]`: a shared PostgreSQL database;
+//! - `postgres://user:pass@host:port/db[?pool_size=N&sslmode=…&sslrootcert=…&...]`: a shared
+//!   PostgreSQL database (TLS as libpq: see `pg_tls`);
 //! - `scylla://[user:pass@]host1[:port],host2/keyspace`: a ScyllaDB (or Cassandra) cluster.
 
 use std::path::PathBuf;
@@ -93,7 +94,9 @@ impl StoreSpec {
                 }
             }
             let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
-            url.parse::<tokio_postgres::Config>().map_err(|e| format!("{}: {e}", redact(&url)))?;
+            // sslmode and sslrootcert are ours (libpq's meaning); the rest is the driver's.
+            let (driver_url, _) = super::pg_tls::split_url(&url).map_err(|e| format!("{}: {e}", redact(&url)))?;
+            driver_url.parse::<tokio_postgres::Config>().map_err(|e| format!("{}: {e}", redact(&url)))?;
             return Ok(StoreSpec::Postgres { url, pool_size });
         }
         if let Some(rest) = s.strip_prefix("scylla://") {

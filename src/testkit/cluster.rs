@@ -80,6 +80,9 @@ pub struct LocalClusterConfig {
     pub push_sink: String,
     /// Delete the directory's contents first (refused while a process uses them).
     pub fresh: bool,
+    /// More `serve` flags for every node, after `--config` (e.g. the nemesis's faster
+    /// heartbeats).
+    pub extra: Vec<String>,
 }
 
 /// One node of the local cluster.
@@ -154,6 +157,7 @@ pub struct LocalCluster {
     /// Redis.
     pub redis: PrivateRedis,
     binary: PathBuf,
+    extra: Vec<String>,
     /// Held while this cluster runs: one local cluster per directory.
     _lock: std::fs::File,
 }
@@ -234,6 +238,7 @@ impl LocalCluster {
             postgres,
             redis,
             binary: config.binary,
+            extra: config.extra,
             _lock: lock,
         };
         // All at once: each waits (up to the dead rule) for its seeds, the others.
@@ -274,7 +279,7 @@ impl LocalCluster {
         use std::io::Write as _;
         writeln!(log, "--- switchboard cluster local: start {} of {} at {} ms ---", node.starts, node.name, crate::store::now_ms())?;
         let mut command = Command::new(&binary);
-        command.current_dir(&node.dir).arg("serve").arg("--config").arg(&node.config).stdout(Stdio::null()).stderr(log);
+        command.current_dir(&node.dir).arg("serve").arg("--config").arg(&node.config).args(&self.extra).stdout(Stdio::null()).stderr(log);
         if std::env::var_os("SWITCHBOARD_LOG").is_none() {
             command.env("SWITCHBOARD_LOG", "info");
         }
@@ -337,6 +342,41 @@ impl LocalCluster {
         Some(child.id())
     }
 
+    /// SIGKILL to node `i` (no shutdown code runs), reaped at once (no exit event).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills node `i` if it runs, starts it again with the same settings and waits until
+    /// it is ready.
+    pub async fn restart(&mut self, i: usize) -> Result<u32, LocalClusterError> {
+        self.kill(i);
+        self.start_node(i).await
+    }
+
+    /// Whether this cluster runs node `i` (it may be frozen).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// SIGSTOP to node `i`: its sockets stay open and nothing answers.
+    pub fn pause(&self, i: usize) {
+        self.signal_node(i, libc::SIGSTOP);
+    }
+
+    /// SIGCONT to node `i`.
+    pub fn resume(&self, i: usize) {
+        self.signal_node(i, libc::SIGCONT);
+    }
+
+    /// The admin token every node reads from [`Self::admin_token_file`].
+    pub fn admin_token(&self) -> std::io::Result<String> {
+        Ok(std::fs::read_to_string(&self.admin_token_file)?.trim().to_owned())
+    }
+
     /// Reaps every process of the cluster that exited since the last call (no zombie is
     /// left behind) and says which.
     pub fn reap(&mut self) -> Vec<Event> {
@@ -375,6 +415,8 @@ impl LocalCluster {
     /// 30 s), then Redis, then PostgreSQL (fast shutdown). Deletes nothing.
     pub fn stop(&mut self) {
         for node in &self.nodes {
+            // A frozen node would not act on SIGTERM.
+            signal(node.child.as_ref(), libc::SIGCONT);
             signal(node.child.as_ref(), libc::SIGTERM);
         }
         let deadline = Instant::now() + STOP_WITHIN;

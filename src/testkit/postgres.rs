@@ -75,6 +75,8 @@ pub struct PrivatePostgres {
     port: u16,
     bin: PathBuf,
     as_user: Option<(u32, u32)>,
+    /// Serves TLS (`ssl = on`) with `server.crt` and `server.key` of its directory.
+    tls: bool,
 }
 
 impl std::fmt::Debug for PrivatePostgres {
@@ -133,8 +135,15 @@ fn free_port() -> std::io::Result<u16> {
 impl PrivatePostgres {
     /// Creates a cluster in a new temporary directory and starts the server on it.
     pub fn start() -> Result<Self, PrivatePostgresError> {
+        Self::start_with_tls(None)
+    }
+
+    /// As [`Self::start`], with `ssl = on` serving the given certificate chain and key
+    /// (PEM text). Clients may still connect without TLS (`pg_hba` is not changed), so
+    /// a test can tell what its `sslmode` did from `pg_stat_ssl`.
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> Result<Self, PrivatePostgresError> {
         let dir = tempfile::Builder::new().prefix("switchboard-pg-").tempdir()?;
-        Self::start_on(Dir::Temp(dir))
+        Self::start_on(Dir::Temp(dir), tls)
     }
 
     /// Starts a server whose files live in `dir` (data in `dir/data`, created by `initdb`
@@ -146,10 +155,10 @@ impl PrivatePostgres {
         if let Some(pid) = running_on(&dir.join("data")) {
             return Err(PrivatePostgresError::InUse { dir: dir.join("data"), pid });
         }
-        Self::start_on(Dir::Kept(dir))
+        Self::start_on(Dir::Kept(dir), None)
     }
 
-    fn start_on(dir: Dir) -> Result<Self, PrivatePostgresError> {
+    fn start_on(dir: Dir, tls: Option<(&str, &str)>) -> Result<Self, PrivatePostgresError> {
         let bin = bin_dir().ok_or(PrivatePostgresError::NotInstalled)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let as_user = if unsafe { libc::geteuid() } == 0 { Some(postgres_user().ok_or(PrivatePostgresError::NoServerUser)?) } else { None };
@@ -165,12 +174,24 @@ impl PrivatePostgres {
                 return Err(PrivatePostgresError::Initdb(String::from_utf8_lossy(&out.stderr).into_owned()));
             }
         }
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = dir.path().join(name);
+                std::fs::write(&path, pem)?;
+                // PostgreSQL refuses a key that others can read.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                if let Some((uid, gid)) = as_user {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+                }
+            }
+        }
         // A port can be taken between this probe and the bind; retry a few times.
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port()?;
-            match Self::launch(&bin, dir.path(), port, as_user) {
-                Ok(child) => return Ok(Self { child: Some(child), dir, port, bin, as_user }),
+            match Self::launch(&bin, dir.path(), port, as_user, tls.is_some()) {
+                Ok(child) => return Ok(Self { child: Some(child), dir, port, bin, as_user, tls: tls.is_some() }),
                 Err(e) => last_error = Some(e),
             }
         }
@@ -199,7 +220,7 @@ impl PrivatePostgres {
         Some(status)
     }
 
-    fn launch(bin: &Path, dir: &Path, port: u16, as_user: Option<(u32, u32)>) -> Result<Child, PrivatePostgresError> {
+    fn launch(bin: &Path, dir: &Path, port: u16, as_user: Option<(u32, u32)>, tls: bool) -> Result<Child, PrivatePostgresError> {
         let log_path = dir.join("postgres.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         if let Some((uid, gid)) = as_user {
@@ -214,6 +235,10 @@ impl PrivatePostgres {
             "-c",
             "log_min_messages=warning",
         ]);
+        if tls {
+            cmd.args(["-c", "ssl=on", "-c"]).arg(format!("ssl_cert_file={}", dir.join("server.crt").display()));
+            cmd.arg("-c").arg(format!("ssl_key_file={}", dir.join("server.key").display()));
+        }
         // The server must not outlive the test process even when it is killed (a timed-out
         // test): the kernel sends SIGQUIT (immediate shutdown) when the parent dies.
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
@@ -290,7 +315,7 @@ impl PrivatePostgres {
     /// restarts; committed data must be back.
     pub fn restart(&mut self) -> Result<(), PrivatePostgresError> {
         self.stop();
-        self.child = Some(Self::launch(&self.bin, self.dir.path(), self.port, self.as_user)?);
+        self.child = Some(Self::launch(&self.bin, self.dir.path(), self.port, self.as_user, self.tls)?);
         Ok(())
     }
 

@@ -39,6 +39,8 @@ pub struct PrivateRedis {
     _temp: Option<tempfile::TempDir>,
     port: u16,
     bin: PathBuf,
+    /// Certificate, key (PEM files) when the server speaks only TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where `redis-server` is, if anywhere.
@@ -56,13 +58,20 @@ pub fn server_binary() -> Option<PathBuf> {
 impl PrivateRedis {
     /// Starts a server in a new temporary directory.
     pub fn start() -> Result<Self, PrivateRedisError> {
+        Self::start_with_tls(None)
+    }
+
+    /// As [`Self::start`]; with `tls` (certificate and key PEM files) the server listens
+    /// only on a TLS port (no plaintext port) and does not ask clients for certificates:
+    /// its URL is then `rediss://127.0.0.1:<port>`.
+    pub fn start_with_tls(tls: Option<(PathBuf, PathBuf)>) -> Result<Self, PrivateRedisError> {
         let bin = server_binary().ok_or(PrivateRedisError::NotInstalled)?;
         let mut last_error = None;
         // A port can be taken between this probe and the bind; retry a few times.
         for _ in 0..5 {
             let temp = tempfile::Builder::new().prefix("switchboard-redis-").tempdir()?;
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let mut server = Self { child: None, dir: temp.path().to_owned(), _temp: Some(temp), port, bin: bin.clone() };
+            let mut server = Self { child: None, dir: temp.path().to_owned(), _temp: Some(temp), port, bin: bin.clone(), tls: tls.clone() };
             match server.launch() {
                 Ok(()) => return Ok(server),
                 Err(e) => last_error = Some(e),
@@ -81,7 +90,7 @@ impl PrivateRedis {
         let mut last_error = None;
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let mut server = Self { child: None, dir: dir.clone(), _temp: None, port, bin: bin.clone() };
+            let mut server = Self { child: None, dir: dir.clone(), _temp: None, port, bin: bin.clone(), tls: None };
             match server.launch() {
                 Ok(()) => return Ok(server),
                 Err(e) => last_error = Some(e),
@@ -105,7 +114,18 @@ impl PrivateRedis {
     fn launch(&mut self) -> Result<(), PrivateRedisError> {
         let log_path = self.dir.join("redis.log");
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        match &self.tls {
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+            Some((cert, key)) => {
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no", "--tls-cert-file"])
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key);
+            }
+        }
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -141,7 +161,8 @@ impl PrivateRedis {
 
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (its data is gone: no persistence, as a cache node that died).

@@ -279,7 +279,7 @@ impl ReadLimits<'_> {
                 fail(outbox, ErrorCode::RateLimited, "too many frames", 5000);
                 return Read::Close;
             }
-            outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: rate limit", &request_ref(&kind), false));
+            outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: rate limit", &protocol::request_ref(&kind), false));
             return Read::Handled;
         }
         match kind {
@@ -292,25 +292,6 @@ impl ReadLimits<'_> {
             client_frame::Kind::Bye(_) => Read::Bye(kind),
             kind => Read::Frame(kind),
         }
-    }
-}
-
-/// The reference an error about this frame echoes (docs/protocol.md, "Errors").
-fn request_ref(kind: &client_frame::Kind) -> String {
-    use client_frame::Kind;
-    match kind {
-        Kind::Send(s) => s.client_msg_id.clone(),
-        Kind::OpenDirect(r) => r.request_id.to_string(),
-        Kind::History(r) => r.request_id.to_string(),
-        Kind::PresenceQuery(r) => r.request_id.to_string(),
-        Kind::CreateGroup(r) => r.request_id.to_string(),
-        Kind::GroupChange(r) => r.request_id.to_string(),
-        Kind::JoinGroup(r) => r.request_id.to_string(),
-        Kind::DeleteMessage(r) => r.request_id.to_string(),
-        Kind::MessageInfo(r) => r.request_id.to_string(),
-        Kind::GroupInfo(r) => r.request_id.to_string(),
-        Kind::SetRetention(r) => r.request_id.to_string(),
-        _ => String::new(),
     }
 }
 
@@ -364,7 +345,7 @@ where
             item = inbound.next().now_or_never().flatten();
         }
         if !frames.is_empty() {
-            let refs: Vec<String> = if session.gauge().depth() > 0 { frames.iter().map(request_ref).collect() } else { Vec::new() };
+            let refs: Vec<String> = if session.gauge().depth() > 0 { frames.iter().map(protocol::request_ref).collect() } else { Vec::new() };
             match session.send(SessionRequest::Frames(frames)) {
                 Ok(()) => {}
                 Err((MailboxError::Full, _)) => {

@@ -1,9 +1,12 @@
-//! Raw TCP transport: 4-byte big-endian length, then the protobuf frame.
+//! Raw TCP transport: 4-byte big-endian length, then the protobuf frame; optionally
+//! inside TLS (the same framing within the encrypted stream).
+
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -13,15 +16,15 @@ use crate::protocol::FrameCodec;
 /// Frames are gathered in a buffer that starts empty and is written out on flush. Unlike
 /// tokio-util's `FramedWrite` (8 KiB reserved per connection up front) an idle connection
 /// holds no write buffer: memory per idle device is a headline figure.
-struct TcpSink {
-    socket: OwnedWriteHalf,
+struct TcpSink<W> {
+    socket: W,
     buffer: BytesMut,
 }
 
 /// Above this, `send` writes out instead of buffering more.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
-impl FrameSink for TcpSink {
+impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for TcpSink<W> {
     async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
         self.buffer.reserve(4 + frame.len());
         self.buffer.put_u32(frame.len() as u32);
@@ -49,8 +52,10 @@ impl FrameSink for TcpSink {
 /// Initial read buffer; it grows for larger frames.
 const READ_BUFFER: usize = 512;
 
-/// Accepts TCP connections until `stop` is cancelled. Each connection runs on its own task.
-pub async fn serve(listener: TcpListener, deps: ConnectionDeps, stop: CancellationToken) {
+/// Accepts TCP connections until `stop` is cancelled. Each connection runs on its own task;
+/// with `tls`, its TLS handshake runs there too (bounded by the Hello timeout), so a slow
+/// or silent client never holds up the accept loop.
+pub async fn serve(listener: TcpListener, deps: ConnectionDeps, tls: Option<TlsAcceptor>, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -61,19 +66,55 @@ pub async fn serve(listener: TcpListener, deps: ConnectionDeps, stop: Cancellati
             Err(e) => {
                 // Typically EMFILE under a connection storm: back off instead of spinning.
                 tracing::warn!(error = %e, "tcp accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = socket.set_nodelay(true);
         let deps = deps.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let (read, write) = socket.into_split();
-            let max = deps.config.max_frame;
-            let inbound = FramedRead::with_capacity(read, FrameCodec::new(max), READ_BUFFER);
-            let sink = TcpSink { socket: write, buffer: BytesMut::new() };
-            tracing::trace!(%peer, "tcp connection");
-            connection::serve(inbound, sink, deps).await;
+            tracing::trace!(%peer, tls = tls.is_some(), "tcp connection");
+            match tls {
+                None => {
+                    let (read, write) = socket.into_split();
+                    run(read, write, deps).await;
+                }
+                Some(acceptor) => {
+                    if let Some(stream) = handshake(&acceptor, socket, deps.config.hello_timeout).await {
+                        let (read, write) = tokio::io::split(stream);
+                        run(read, write, deps).await;
+                    }
+                }
+            }
         });
     }
+}
+
+/// The server side of a TLS handshake, within `limit`.
+async fn handshake(acceptor: &TlsAcceptor, socket: TcpStream, limit: Duration) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(limit, acceptor.accept(socket)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            metrics::counter!("switchboard_tls_handshake_failures_total", "listener" => "tcp").increment(1);
+            tracing::debug!(error = %e, "tls handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!("switchboard_tls_handshake_failures_total", "listener" => "tcp").increment(1);
+            None
+        }
+    }
+}
+
+/// One connection: frames in through the length-prefix codec, frames out through the sink.
+async fn run<R, W>(read: R, write: W, deps: ConnectionDeps)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let max = deps.config.max_frame;
+    let inbound = FramedRead::with_capacity(read, FrameCodec::new(max), READ_BUFFER);
+    let sink = TcpSink { socket: write, buffer: BytesMut::new() };
+    connection::serve(inbound, sink, deps).await;
 }

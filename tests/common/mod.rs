@@ -105,6 +105,8 @@ fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
         .stderr(log)
         .spawn()
         .expect("spawn switchboard");
+    // Killed and reaped if this function panics (the server is not left behind a failed test).
+    let mut child = Reaped(Some(child));
     // Generous: a cluster test starts several servers and databases at once on 2 cores.
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
@@ -113,7 +115,7 @@ fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
         {
             let expected = if store.starts_with("postgres") { "postgres" } else { "embedded" };
             assert_eq!(r.store, expected, "the server runs on another store than the test asked for");
-            return (child, r);
+            return (child.0.take().expect("spawned"), r);
         }
         assert!(
             Instant::now() < deadline,
@@ -121,6 +123,18 @@ fn spawn(dir: &Path, store: &str, extra: &[String]) -> (Child, Ready) {
             std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed and reaped when dropped (unless taken out).
+struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -156,6 +170,35 @@ impl TestServer {
             Kind::Tcp => Transport::Tcp(self.tcp),
             Kind::Ws => Transport::ws(self.http),
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`, `libc::SIGSTOP`) to the server process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill with the pid of a child we own and a valid signal number.
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, signal);
+        }
+    }
+
+    /// Accounts with a primary device each, provisioned through the admin API (which
+    /// stays plain HTTP when the public listener serves TLS).
+    pub async fn provision(&self, count: usize) -> Vec<DeviceCredentials> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let first = u64::from(std::process::id() % 10_000) * 100_000 + u64::from(NEXT.fetch_add(1, Ordering::Relaxed)) * 1000;
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/admin/provision", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "count": count, "phone_prefix": "+1777", "first": first }))
+            .send()
+            .await
+            .expect("provision");
+        assert!(response.status().is_success(), "provision: {}", response.status());
+        response.json().await.expect("credentials")
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -1,0 +1,108 @@
+//! The OpenAPI 3 description of the HTTP API (public and admin), generated from the
+//! handlers' annotations with utoipa and served at `GET /v1/openapi.json`. The admin
+//! operations (tag `admin`) are served by the admin listener, not the public one; their
+//! paths say where (`servers` is left to the reader: the two listeners have their own
+//! addresses).
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, api};
+use crate::transport::ws;
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchboard HTTP API",
+        description = "Accounts, devices, history, health and metrics on the public listener (tag `public`); \
+                       operations on the admin listener (tag `admin`). The messaging protocol itself runs over \
+                       the WebSocket at /v1/ws or raw TCP: see docs/protocol.md.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        api::healthz,
+        api::metrics_text,
+        ws::upgrade,
+        api::register,
+        api::verify,
+        api::list_devices,
+        api::link_device,
+        api::revoke_device,
+        api::set_push_token,
+        api::delete_push_token,
+        api::history,
+        serve,
+        admin::tree,
+        admin::cluster,
+        admin::drain,
+        admin::provision,
+        admin::crash_conversation,
+    ),
+    components(schemas(api::ErrorBody, admin::AdminError)),
+    modifiers(&Security),
+    tags(
+        (name = "public", description = "The public listener (--http-listen)"),
+        (name = "admin", description = "The admin listener (--admin-listen), behind the admin token")
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the two bearer schemes: a device's token, and the admin token.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = || SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+        components.add_security_scheme("device_token", bearer());
+        components.add_security_scheme("admin_token", bearer());
+    }
+}
+
+/// The document as JSON (built once).
+pub fn document() -> &'static str {
+    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    JSON.get_or_init(|| ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "public", responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described() {
+        let doc: serde_json::Value = serde_json::from_str(document()).expect("json");
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, method) in [
+            ("/healthz", "get"),
+            ("/metrics", "get"),
+            ("/v1/ws", "get"),
+            ("/v1/openapi.json", "get"),
+            ("/v1/accounts/register", "post"),
+            ("/v1/accounts/verify", "post"),
+            ("/v1/devices", "get"),
+            ("/v1/devices", "post"),
+            ("/v1/devices/{device_id}", "delete"),
+            ("/v1/devices/push-token", "put"),
+            ("/v1/devices/push-token", "delete"),
+            ("/v1/conversations/{conversation_id}/messages", "get"),
+            ("/admin/tree", "get"),
+            ("/admin/cluster", "get"),
+            ("/admin/drain", "post"),
+            ("/admin/provision", "post"),
+            ("/admin/conversations/{id}/crash", "post"),
+        ] {
+            assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
+        }
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 17, "a route is described but not listed here");
+    }
+}
