@@ -124,6 +124,17 @@ pub struct ServeArgs {
     /// After binding, write the bound addresses as JSON to this file (for tests and tooling).
     #[arg(long, env = "SWITCHBOARD_READY_FILE")]
     pub ready_file: Option<PathBuf>,
+    /// Accept backlog of every listener (connections whose handshake completed, not yet
+    /// accepted); the kernel caps it at net.core.somaxconn. Default 4096.
+    #[arg(long, env = "SWITCHBOARD_LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
+    /// Runtime worker threads (default: the cores this process may use).
+    #[arg(long, env = "SWITCHBOARD_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Most threads for blocking work (file and object-store I/O, long store reads);
+    /// default 16. The store writer has a thread of its own.
+    #[arg(long, env = "SWITCHBOARD_BLOCKING_THREADS")]
+    pub blocking_threads: Option<usize>,
     /// Largest frame in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -262,6 +273,9 @@ pub struct FileConfig {
     code_sender: Option<String>,
     dev_expose_codes: Option<bool>,
     ready_file: Option<PathBuf>,
+    listen_backlog: Option<u32>,
+    worker_threads: Option<usize>,
+    blocking_threads: Option<usize>,
     max_frame_bytes: Option<usize>,
     max_payload_bytes: Option<usize>,
     heartbeat_secs: Option<u64>,
@@ -358,6 +372,17 @@ pub enum CodeSenderSpec {
     Webhook(String),
 }
 
+/// The tokio runtime's threads: few, near the number of cores. Blocking work (files,
+/// object store, long reads) has a bounded pool of its own instead of tokio's default of
+/// up to 512 threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Threads running actors and connections.
+    pub worker_threads: usize,
+    /// Most threads for blocking calls (tokio's `max_blocking_threads`).
+    pub blocking_threads: usize,
+}
+
 /// Fully resolved configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -383,6 +408,10 @@ pub struct ServerConfig {
     pub actors: ActorLimits,
     /// Ready file.
     pub ready_file: Option<PathBuf>,
+    /// Accept backlog of every listener.
+    pub listen_backlog: u32,
+    /// The tokio runtime's threads.
+    pub runtime: RuntimeConfig,
     /// Graceful shutdown budget.
     pub shutdown_grace: Duration,
     /// Interval of the expired-message sweep.
@@ -494,6 +523,15 @@ impl ServerConfig {
             connection,
             actors,
             ready_file: args.ready_file.or(file.ready_file),
+            listen_backlog: args.listen_backlog.or(file.listen_backlog).unwrap_or(4096).max(1),
+            runtime: RuntimeConfig {
+                worker_threads: args
+                    .worker_threads
+                    .or(file.worker_threads)
+                    .unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(2))
+                    .max(1),
+                blocking_threads: args.blocking_threads.or(file.blocking_threads).unwrap_or(16).max(1),
+            },
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(10)),
             purge_interval: Duration::from_secs(args.purge_interval_secs.or(file.purge_interval_secs).unwrap_or(30).max(1)),
             push_sink,

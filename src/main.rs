@@ -394,14 +394,32 @@ fn init_tracing() {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => {
-            init_tracing();
-            serve(*args).await
+    if let Command::Serve(args) = cli.command {
+        init_tracing();
+        for flag in ["--cookie", "--admin-token"] {
+            if std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+                tracing::warn!(flag, "a secret given as a flag is visible to every user of this machine (ps); use {flag}-file or the environment");
+            }
         }
+        let config = ServerConfig::resolve(*args)?;
+        // The server's runtime is sized by its configuration (threads near the cores, a
+        // bounded blocking pool), so it is built here rather than by #[tokio::main].
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.runtime.worker_threads)
+            .max_blocking_threads(config.runtime.blocking_threads)
+            .enable_all()
+            .build()?;
+        return runtime.block_on(serve(config));
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        // Handled in main, on a runtime sized by the server's configuration.
+        Command::Serve(_) => bail!("serve runs on its own runtime"),
         Command::Admin { command } => admin(command).await,
         Command::Cluster { command: ClusterCommand::Local { nodes, base_port, dir, push_sink, fresh } } => {
             local_cluster(nodes, base_port, dir, push_sink, fresh).await
@@ -536,13 +554,7 @@ impl switchboard::store::transfer::CopyProgress for CopyBar {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    for flag in ["--cookie", "--admin-token"] {
-        if std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
-            tracing::warn!(flag, "a secret given as a flag is visible to every user of this machine (ps); use {flag}-file or the environment");
-        }
-    }
-    let config = ServerConfig::resolve(args)?;
+async fn serve(config: ServerConfig) -> Result<()> {
     let server = switchboard::server::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let failed = tokio::select! {

@@ -116,10 +116,18 @@ fn secret_file(path: &std::path::Path) -> Result<String, ServerError> {
     Ok(token)
 }
 
-fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+/// Binds a listener with an explicit accept backlog (`listen(2)`'s queue of completed
+/// handshakes): std's fixed 128 dropped SYNs in login bursts, each costing a client a 1 s
+/// retransmission. The kernel caps it at `net.core.somaxconn`.
+fn bind(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, ServerError> {
+    use socket2::{Domain, Socket, Type};
+    let fail = |source| ServerError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX)).map_err(fail)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Starts a node on the current (multi-thread) tokio runtime.
@@ -160,9 +168,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         }
         None => None,
     };
-    let http_listener = bind(config.http_listen)?;
-    let tcp_listener = bind(config.tcp_listen)?;
-    let admin_listener = bind(config.admin_listen)?;
+    let http_listener = bind(config.http_listen, config.listen_backlog)?;
+    let tcp_listener = bind(config.tcp_listen, config.listen_backlog)?;
+    let admin_listener = bind(config.admin_listen, config.listen_backlog)?;
     let http_addr = http_listener.local_addr()?;
     let tcp_addr = tcp_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
