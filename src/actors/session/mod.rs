@@ -57,6 +57,43 @@ pub struct SessionState {
     core: DeliveryCore,
     backpressure: Backpressure,
     stopping: bool,
+    /// This actor's id (the router's registration).
+    id: ractor::ActorId,
+    /// The end of the session has run (see [`SessionState::finish`]).
+    finished: bool,
+}
+
+impl SessionState {
+    /// The end of this session: the gauge and the node's counts, then the one
+    /// end-of-session path (unregistering, last seen, offline presence, a push for what
+    /// the device left unacknowledged). Runs once, from `post_stop` — or, when the actor
+    /// failed (a panic skips `post_stop`), when its state is dropped.
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        self.gauge.close();
+        self.ctx.stats.deregister(self.id);
+        metrics::gauge!("switchboard_sessions").decrement(1.0);
+        crate::actors::session_end::disconnected(
+            &self.ctx,
+            self.user,
+            self.device,
+            self.id,
+            self.core.views().map(|v| (&v.record, v.delivered, v.pushed)),
+        );
+    }
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Only a failed actor gets here: its connection is closed, and its device must
+            // not stay listed as connected (here, in other nodes' directories, in Redis).
+            self.outbox.close(protocol::encode_server(&protocol::closing_frame(ErrorCode::Internal, "session failed", 1000)));
+            self.finish();
+        }
+    }
 }
 
 /// Why the session must end while doing its work.
@@ -78,7 +115,18 @@ impl Actor for DeviceSession {
         let gauge = ctx.stats.register(myself.get_id(), Label::Session(user, device), ctx.limits.session_mailbox);
         metrics::gauge!("switchboard_sessions").increment(1.0);
         let backpressure = Backpressure::new(ctx.limits.slow_consumer_timeout.as_millis() as u64);
-        Ok(SessionState { user, device, outbox, ctx, gauge, core: DeliveryCore::new(user, device), backpressure, stopping: false })
+        Ok(SessionState {
+            user,
+            device,
+            outbox,
+            ctx,
+            gauge,
+            core: DeliveryCore::new(user, device),
+            backpressure,
+            stopping: false,
+            id: myself.get_id(),
+            finished: false,
+        })
     }
 
     async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
@@ -106,19 +154,8 @@ impl Actor for DeviceSession {
         Ok(())
     }
 
-    async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        state.gauge.close();
-        state.ctx.stats.deregister(myself.get_id());
-        metrics::gauge!("switchboard_sessions").decrement(1.0);
-        // Unregistering, last seen, offline presence and a push for what the device left
-        // unacknowledged: the one end-of-session path, shared with remote ends.
-        crate::actors::session_end::disconnected(
-            &state.ctx,
-            state.user,
-            state.device,
-            myself.get_id(),
-            state.core.views().map(|v| (&v.record, v.delivered, v.pushed)),
-        );
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.finish();
         Ok(())
     }
 
