@@ -179,3 +179,50 @@ async fn health_and_metrics_report_the_store() {
         assert!(health["store"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{health}");
     }
 }
+
+/// `client send-file` in one terminal and `client download` in another, as the README
+/// shows: the file arrives byte for byte, and the server stored only ciphertext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_send_file_and_download_from_two_terminals() {
+    let server = TestServer::start();
+    let http = format!("http://{}", server.http);
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice.json");
+    let bob = dir.path().join("bob.json");
+    for (phone, profile) in [("+15550002001", &alice), ("+15550002002", &bob)] {
+        let out = cli(&["client", "register", "--server", &http, "--phone", phone]);
+        let code = out.split_whitespace().last().unwrap().to_owned();
+        cli(&["client", "verify", "--server", &http, "--phone", phone, "--code", &code, "--profile", profile.to_str().unwrap()]);
+    }
+    // A recognisable plaintext: it must never reach the server's disk.
+    let mut plaintext = b"CANARY-plaintext-of-a-file ".repeat(8_000);
+    plaintext.extend((0..50_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    let file = dir.path().join("report.bin");
+    std::fs::write(&file, &plaintext).unwrap();
+    let sent = cli(&["client", "send-file", "--profile", alice.to_str().unwrap(), "--to", &alice_id(&bob), file.to_str().unwrap()]);
+    assert!(sent.contains("uploaded"), "{sent}");
+    let out_dir = dir.path().join("downloads");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let got = cli(&["client", "download", "--profile", bob.to_str().unwrap(), "--with", &alice_id(&alice), "--out", out_dir.to_str().unwrap()]);
+    let written = std::fs::read(out_dir.join("report.bin")).unwrap_or_else(|e| panic!("no file written ({e}); the command said: {got}"));
+    assert_eq!(written, plaintext, "the downloaded file differs");
+    // Nothing under the server's directory (store, log, blobs) holds the plaintext.
+    let canary = b"CANARY-plaintext-of-a-file";
+    for entry in walk(server.dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(!bytes.windows(canary.len()).any(|w| w == canary), "plaintext found in {}", entry.display());
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

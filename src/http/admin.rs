@@ -122,6 +122,7 @@ pub struct AdminError {
     (status = 401, description = "unauthorized", body = AdminError),
     (status = 404, description = "unknown_node", body = AdminError),
     (status = 502, description = "The other node did not answer", body = AdminError),
+    (status = 503, description = "The node is dead (last heard …)", body = AdminError),
 ))]
 async fn tree(req: HttpRequest, state: web::Data<AdminState>, query: web::Query<TreeQuery>) -> HttpResponse {
     if !authorized(&req, &state) {
