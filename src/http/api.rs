@@ -458,9 +458,11 @@ async fn delete_push_token(req: HttpRequest, state: web::Data<ApiState>) -> Resu
 pub struct HistoryQuery {
     /// Exclusive upper bound; 0 or absent: from the newest message.
     #[serde(default)]
+    #[param(minimum = 0, maximum = 9007199254740991_u64)]
     pub before: u64,
     /// Page size; 0 or absent: 50; capped at 200.
     #[serde(default)]
+    #[param(minimum = 0, maximum = 4294967295_u64)]
     pub limit: usize,
 }
 

@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::api::{ApiError, ApiState, ErrorBody, caller};
 use crate::cores::keys::Upload;
@@ -39,6 +40,7 @@ pub struct IdentityJson {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SignedKeyJson {
     /// The device's key id, 1 to 64 bytes.
+    #[schema(min_length = 1, max_length = 64)]
     pub key_id: String,
     /// Curve25519 public key, 32 bytes.
     pub key: String,
@@ -53,6 +55,7 @@ pub struct UploadBody {
     pub identity: Option<IdentityJson>,
     /// At most 100.
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub one_time_keys: Vec<SignedKeyJson>,
     /// Replaces the fallback key.
     pub fallback_key: Option<SignedKeyJson>,
@@ -70,8 +73,9 @@ pub struct KeyCount {
 /// `POST /v1/keys/query`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct QueryBody {
-    /// At most 256 user ids (UUIDs).
-    pub user_ids: Vec<String>,
+    /// At most 256 user ids.
+    #[schema(max_items = 256)]
+    pub user_ids: Vec<Uuid>,
 }
 
 /// One device with its identity keys.
@@ -92,19 +96,20 @@ pub struct UserDevicesJson {
     pub devices: Vec<PublishedDeviceJson>,
 }
 
-/// A device, by user and device id (UUIDs).
+/// A device, by user and device id.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeviceAddressJson {
     /// User id.
-    pub user_id: String,
+    pub user_id: Uuid,
     /// Device id.
-    pub device_id: String,
+    pub device_id: Uuid,
 }
 
 /// `POST /v1/keys/claim`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ClaimBody {
     /// At most 256 devices.
+    #[schema(max_items = 256)]
     pub devices: Vec<DeviceAddressJson>,
 }
 
@@ -140,10 +145,6 @@ fn key_json(k: &OneTimeKey) -> SignedKeyJson {
 
 fn signed(k: &SignedKeyJson) -> Result<(String, Vec<u8>, Vec<u8>), ApiError> {
     Ok((k.key_id.clone(), bytes("key", &k.key)?, bytes("signature", &k.signature)?))
-}
-
-fn id<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, ApiError> {
-    text.parse().map_err(|_| ApiError::BadRequest(format!("{field} must be a UUID")))
 }
 
 /// Publishes the calling device's keys (the UploadKeys frame).
@@ -197,7 +198,7 @@ pub async fn count(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpR
 ))]
 pub async fn query(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<QueryBody>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
-    let users = body.user_ids.iter().map(|u| id::<UserId>("user_ids", u)).collect::<Result<Vec<_>, _>>()?;
+    let users: Vec<UserId> = body.user_ids.iter().map(|u| UserId::from_uuid(*u)).collect();
     let found = crate::keys::query(state.store.as_ref(), me.user_id, &users).await?;
     let answer: Vec<UserDevicesJson> = found
         .into_iter()
@@ -221,10 +222,7 @@ pub async fn query(req: HttpRequest, state: web::Data<ApiState>, body: web::Json
 ))]
 pub async fn claim(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<ClaimBody>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
-    let mut devices = Vec::with_capacity(body.devices.len());
-    for d in &body.devices {
-        devices.push((id::<UserId>("user_id", &d.user_id)?, id::<DeviceId>("device_id", &d.device_id)?));
-    }
+    let devices: Vec<(UserId, DeviceId)> = body.devices.iter().map(|d| (UserId::from_uuid(d.user_id), DeviceId::from_uuid(d.device_id))).collect();
     let claims = crate::keys::claim(state.store.as_ref(), me.user_id, &devices, now_ms()).await?;
     let limits = state.node.ctx.limits.keys;
     for (user, device, key, left) in &claims.keys {
@@ -238,6 +236,6 @@ pub async fn claim(req: HttpRequest, state: web::Data<ApiState>, body: web::Json
             .iter()
             .map(|(u, d, k, _)| ClaimedKeyJson { user_id: u.to_string(), device_id: d.to_string(), key: key_json(&k.key), fallback: k.fallback })
             .collect(),
-        unavailable: claims.unavailable.iter().map(|(u, d)| DeviceAddressJson { user_id: u.to_string(), device_id: d.to_string() }).collect(),
+        unavailable: claims.unavailable.iter().map(|(u, d)| DeviceAddressJson { user_id: u.uuid(), device_id: d.uuid() }).collect(),
     }))
 }
