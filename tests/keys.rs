@@ -9,41 +9,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Kind, TestServer, WAIT, caught_up, online, user};
+use common::{Kind, TestServer, WAIT, caught_up, online, signed_upload, user};
 use switchboard::client::{ClientError, Connection};
 use switchboard::cores::keys::{identity_signed_bytes, one_time_key_signed_bytes, verify};
-use switchboard::ids::{DeviceId, UserId};
+use switchboard::ids::DeviceId;
 use switchboard::protocol::{ErrorCode, parse_id, pb, server_frame};
 use vodozemac::olm::Account;
 
 both_transports!(members_see_each_others_devices_and_strangers_do_not);
-
-/// A device's keys as its app makes them: identity keys, `n` one-time keys and a fallback
-/// key, each signed by the account's Ed25519 key.
-fn signed_upload(account: &mut Account, user: UserId, device: DeviceId, n: usize, fallback: bool) -> pb::UploadKeys {
-    let ids = account.identity_keys();
-    let (curve, ed) = (ids.curve25519.to_bytes(), *ids.ed25519.as_bytes());
-    let identity = pb::DeviceIdentity {
-        curve25519: curve.to_vec().into(),
-        ed25519: ed.to_vec().into(),
-        signature: account.sign(identity_signed_bytes(user, device, &curve, &ed)).to_bytes().to_vec().into(),
-    };
-    account.generate_one_time_keys(n);
-    let sign = |account: &Account, id: String, key: [u8; 32], fallback: bool| pb::SignedKey {
-        signature: account.sign(one_time_key_signed_bytes(device, &id, &key, fallback)).to_bytes().to_vec().into(),
-        key_id: id,
-        key: key.to_vec().into(),
-    };
-    let one_time_keys = account.one_time_keys().into_iter().map(|(id, k)| sign(account, id.to_base64(), k.to_bytes(), false)).collect();
-    let fallback_key = if fallback {
-        account.generate_fallback_key();
-        account.fallback_key().into_iter().next().map(|(id, k)| sign(account, id.to_base64(), k.to_bytes(), true))
-    } else {
-        None
-    };
-    account.mark_keys_as_published();
-    pb::UploadKeys { request_id: 0, identity: Some(identity), one_time_keys, fallback_key }
-}
 
 fn rejected(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
     match result {
