@@ -10,6 +10,8 @@
 //!   catch-up paging, cursor moves, the slow-consumer decision.
 //! - [`group`]: who may change what in a group, and the resulting record and event.
 //! - [`keys`]: the key directory's checks: sizes, limits, Ed25519 signatures, low keys.
+//! - [`to_device`]: to-device sends (checks, queue bound) and a receiving device's queue
+//!   position (in order, once); not wired to frames yet.
 //! - [`recent_ids`], [`receipts`]: the sequencer's dedup window and group receipt counts.
 //! - [`requests`]: what a device asks of a conversation (the sequencer's inputs).
 
@@ -20,3 +22,4 @@ pub mod receipts;
 pub mod recent_ids;
 pub mod requests;
 pub mod sequencer;
+pub mod to_device;
