@@ -591,6 +591,41 @@ impl Connection {
         .await
     }
 
+    /// Publishes keys (key directory); returns the device's unclaimed one-time key count.
+    pub async fn upload_keys(&mut self, mut upload: pb::UploadKeys) -> Result<pb::KeysUploaded, ClientError> {
+        let request_id = rand::random::<u64>();
+        upload.request_id = request_id;
+        self.send(client_frame::Kind::UploadKeys(upload)).await?;
+        self.answer(request_id.to_string(), move |k| match k {
+            server_frame::Kind::KeysUploaded(a) if a.request_id == request_id => Some(*a),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The devices (with identity keys) of some users.
+    pub async fn query_devices(&mut self, users: &[UserId]) -> Result<pb::DeviceList, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::QueryDevices(pb::QueryDevices { request_id, user_ids: users.iter().map(|u| id_bytes(*u)).collect() })).await?;
+        self.answer(request_id.to_string(), move |k| match k {
+            server_frame::Kind::DeviceList(a) if a.request_id == request_id => Some(a.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Claims one one-time key of each device.
+    pub async fn claim_keys(&mut self, devices: &[(UserId, DeviceId)]) -> Result<pb::ClaimedKeys, ClientError> {
+        let request_id = rand::random::<u64>();
+        let devices = devices.iter().map(|(u, d)| pb::DeviceAddress { user_id: id_bytes(*u), device_id: id_bytes(*d) }).collect();
+        self.send(client_frame::Kind::ClaimKeys(pb::ClaimKeys { request_id, devices })).await?;
+        self.answer(request_id.to_string(), move |k| match k {
+            server_frame::Kind::ClaimedKeys(a) if a.request_id == request_id => Some(a.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     /// Per-member delivered/read times of one of our group messages.
     pub async fn message_info(&mut self, conversation: ConversationId, seq: u64) -> Result<pb::MessageInfoAnswer, ClientError> {
         let request_id = rand::random::<u64>();

@@ -9,6 +9,7 @@
 //! - [`actors`]: the supervision tree: sessions, conversations, the store writer, the router.
 //! - [`transport`]: WebSocket and TCP connections, ending in the same session logic.
 //! - [`accounts`]: registration, tokens, devices.
+//! - [`keys`]: the key directory for end-to-end encryption (uploads, device lists, claims).
 //! - [`media`]: encrypted attachments (tus uploads, downloads, blob store, sweep) and public images.
 //! - [`http`]: the public JSON API and the admin API.
 //! - [`config`], [`server`]: configuration and the node's lifecycle.
@@ -28,6 +29,7 @@ pub mod fuzz;
 pub mod history;
 pub mod http;
 pub mod ids;
+pub mod keys;
 pub mod loadgen;
 pub mod media;
 pub mod media_client;

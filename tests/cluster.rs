@@ -1097,3 +1097,69 @@ async fn with_tls_nodes_need_a_certificate_from_the_cluster_ca_not_only_the_cook
     assert_eq!(members(left.admin).await, ["left", "right"]);
     assert_eq!(members(stranger.admin).await, ["rogue"]);
 }
+
+/// The key directory across nodes: 100 one-time key claims at once, spread over the three
+/// nodes (HTTP and frames), never hand a key out twice (every node claims in the shared
+/// store), and the device that owns the keys hears that it runs low on its own node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_key_claims_spread_over_three_nodes_hand_each_key_out_once() {
+    let cluster = TestCluster::start(3).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    let (alice, bob) = (sign_up(&api).await, sign_up(&api).await);
+    let mut a = online_at(&t[0], &alice).await;
+    a.open_direct(bob.user_id).await.expect("open direct");
+    let mut account = vodozemac::olm::Account::new();
+    let upload = common::signed_upload(&mut account, alice.user_id, alice.device_id, 100, true);
+    assert_eq!(a.upload_keys(upload).await.expect("upload").one_time_key_count, 100);
+
+    let target = (alice.user_id, alice.device_id);
+    let mut tasks = Vec::new();
+    // 70 over HTTP, round-robin over the nodes.
+    for i in 0..70usize {
+        let url = format!("http://{}/v1/keys/claim", cluster.node(i % 3).http);
+        let token = bob.token.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = serde_json::json!({ "devices": [{ "user_id": target.0.to_string(), "device_id": target.1.to_string() }] });
+            let answer: serde_json::Value =
+                reqwest::Client::new().post(url).bearer_auth(token).json(&body).send().await.expect("claim").json().await.expect("json");
+            let key = &answer["keys"][0];
+            assert_eq!(key["fallback"], false, "{answer}");
+            vec![key["key"]["key_id"].as_str().expect("a key").to_owned()]
+        }));
+    }
+    // 30 as frames, from three devices of Bob's, one per node.
+    let mut tokens = vec![bob.token.clone()];
+    for i in 0..2 {
+        tokens.push(api.link_device(&bob.token, &format!("bob {i}")).await.expect("link").token);
+    }
+    for (node, token) in tokens.into_iter().enumerate() {
+        let transport = t[node].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = online_at(&transport, &DeviceCredentials { user_id: UserId::nil(), device_id: Default::default(), token }).await;
+            let mut got = Vec::new();
+            for _ in 0..10 {
+                let claimed = conn.claim_keys(&[target]).await.expect("claim");
+                assert!(!claimed.keys[0].fallback);
+                got.push(claimed.keys[0].key.as_ref().expect("key").key_id.clone());
+            }
+            got
+        }));
+    }
+    let mut handed = std::collections::BTreeSet::new();
+    for task in tasks {
+        for key_id in task.await.expect("claimer") {
+            assert!(handed.insert(key_id.clone()), "{key_id} handed out twice");
+        }
+    }
+    assert_eq!(handed.len(), 100);
+    // Alice's device, on node 0, was told it runs low, whichever node made the claim.
+    a.wait_for(WAIT, false, |k| match k {
+        server_frame::Kind::KeysLow(l) => Some(*l),
+        _ => None,
+    })
+    .await
+    .expect("KeysLow on the owner's node");
+    let mut b = online_at(&t[1], &bob).await;
+    assert!(b.claim_keys(&[target]).await.expect("claim").keys[0].fallback, "none left: the fallback key");
+}

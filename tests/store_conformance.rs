@@ -16,8 +16,9 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use switchboard::ids::{ConversationId, DeviceId, Id, MediaId, UserId};
 use switchboard::store::{
-    CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceRecord, GroupState, MediaKind, MediaPart, MediaRecord, MemberCursor,
-    PendingCode, PushToken, Record, Section, Store, StoreError, StoreSpec, StoredMessage, UserRecord, WriteOp, WriteOutcome,
+    ClaimedKey, CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceKeys, DeviceRecord, GroupState, KeysStored, MediaKind,
+    MediaPart, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Record, Section, Store, StoreError, StoreSpec, StoredMessage,
+    UserRecord, WriteOp, WriteOutcome,
 };
 use switchboard::testkit::PrivatePostgres;
 use uuid::Uuid;
@@ -124,6 +125,8 @@ every_backend!(
     media_records_change_by_compare_and_set,
     attachments_reference_media_until_the_message_goes,
     model_based_sequences_with_restarts,
+    key_directory_keys_claims_and_revocation,
+    concurrent_claims_hand_each_key_out_once,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1068,4 +1071,111 @@ async fn run_model(f: &mut Fixture, ops: Vec<Op>) {
         }
     }
     drop(store);
+}
+
+// ---------------------------------------------------------------------------------------
+// Key directory (the store does not check signatures: the bytes here are placeholders)
+
+fn device_keys(user_id: UserId, device_id: DeviceId, seed: u8) -> DeviceKeys {
+    DeviceKeys { user_id, device_id, curve25519: [seed; 32], ed25519: [seed.wrapping_add(1); 32], signature: vec![seed; 64], uploaded_ms: 1_000 }
+}
+
+fn otk(i: usize) -> OneTimeKey {
+    OneTimeKey { key_id: format!("key{i:04}"), key: [i as u8; 32], signature: vec![7; 64] }
+}
+
+async fn live_device(store: &Arc<dyn Store>) -> (UserId, DeviceId) {
+    let phone = format!("+1555{}", rand_digits());
+    let (u, _) = store.get_or_create_user(&phone, user(&phone)).await.unwrap();
+    let d = device(u.user_id, 1);
+    store.add_device(d.clone(), 5).await.unwrap();
+    (u.user_id, d.device_id)
+}
+
+async fn key_directory_keys_claims_and_revocation(mut f: Fixture) {
+    let mut store = f.open().await;
+    let (user_id, device_id) = live_device(&store).await;
+    let keys = device_keys(user_id, device_id, 1);
+    assert_eq!(store.put_device_keys(keys.clone()).await.unwrap(), KeysStored::New);
+    assert_eq!(store.put_device_keys(DeviceKeys { uploaded_ms: 2_000, ..keys.clone() }).await.unwrap(), KeysStored::Unchanged);
+    assert_eq!(store.device_keys_of(user_id).await.unwrap(), vec![keys.clone()]);
+    // Another user's device, or one that does not exist: refused.
+    let stranger = device_keys(uid(), device_id, 9);
+    assert!(matches!(store.put_device_keys(stranger).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(store.put_device_keys(device_keys(user_id, uid(), 2)).await, Err(StoreError::NotFound(_))));
+
+    let batch: Vec<OneTimeKey> = (0..5).map(otk).collect();
+    let fallback = OneTimeKey { key_id: "fallback1".into(), key: [0xfb; 32], signature: vec![8; 64] };
+    assert_eq!(store.add_one_time_keys(device_id, batch.clone(), Some(fallback.clone())).await.unwrap(), 5);
+    // A retried upload changes nothing.
+    assert_eq!(store.add_one_time_keys(device_id, batch.clone(), Some(fallback.clone())).await.unwrap(), 5);
+    let first = store.claim_one_time_key(device_id, 10).await.unwrap().expect("a key");
+    assert!(!first.fallback);
+    assert!(batch.contains(&first.key), "{first:?}");
+    assert_eq!(store.one_time_key_count(device_id).await.unwrap(), 4);
+    // Uploading the claimed key again does not make it claimable again.
+    assert_eq!(store.add_one_time_keys(device_id, batch.clone(), None).await.unwrap(), 4);
+
+    store = f.reopen(store).await;
+    assert_eq!(store.device_keys_of(user_id).await.unwrap(), vec![keys.clone()]);
+    assert_eq!(store.one_time_key_count(device_id).await.unwrap(), 4);
+    let mut handed = BTreeSet::from([first.key.key_id.clone()]);
+    for _ in 0..4 {
+        let c = store.claim_one_time_key(device_id, 11).await.unwrap().expect("a key");
+        assert!(!c.fallback);
+        assert!(handed.insert(c.key.key_id.clone()), "{} handed out twice", c.key.key_id);
+    }
+    assert_eq!(handed.len(), 5);
+    assert_eq!(store.one_time_key_count(device_id).await.unwrap(), 0);
+    // None left: the fallback key, as often as asked.
+    for _ in 0..2 {
+        assert_eq!(store.claim_one_time_key(device_id, 12).await.unwrap(), Some(ClaimedKey { key: fallback.clone(), fallback: true }));
+    }
+
+    // New identity keys: the old account's one-time and fallback keys go.
+    assert_eq!(store.add_one_time_keys(device_id, vec![otk(10)], None).await.unwrap(), 1);
+    let replaced = device_keys(user_id, device_id, 3);
+    assert_eq!(store.put_device_keys(replaced.clone()).await.unwrap(), KeysStored::Replaced);
+    assert_eq!(store.device_keys_of(user_id).await.unwrap(), vec![replaced]);
+    assert_eq!(store.one_time_key_count(device_id).await.unwrap(), 0);
+    assert_eq!(store.claim_one_time_key(device_id, 13).await.unwrap(), None);
+
+    // Revocation removes every key of the device.
+    assert_eq!(store.add_one_time_keys(device_id, vec![otk(20)], Some(fallback)).await.unwrap(), 1);
+    assert!(store.revoke_device(user_id, device_id, 14).await.unwrap());
+    assert_eq!(store.device_keys_of(user_id).await.unwrap(), vec![]);
+    assert_eq!(store.one_time_key_count(device_id).await.unwrap(), 0);
+    assert_eq!(store.claim_one_time_key(device_id, 15).await.unwrap(), None);
+    assert!(matches!(store.put_device_keys(device_keys(user_id, device_id, 4)).await, Err(StoreError::NotFound(_))));
+}
+
+/// 100 claims at once, through two store handles (two connection pools on the shared
+/// backends): no key is handed out twice, and every claim that found keys left got one.
+async fn concurrent_claims_hand_each_key_out_once(f: Fixture) {
+    let first = f.open().await;
+    let second = if f.backend == Backend::Embedded { first.clone() } else { f.open().await };
+    let (user_id, device_id) = live_device(&first).await;
+    first.put_device_keys(device_keys(user_id, device_id, 1)).await.unwrap();
+    let keys: Vec<OneTimeKey> = (0..120).map(otk).collect();
+    let fallback = OneTimeKey { key_id: "fb".into(), key: [0xfb; 32], signature: vec![8; 64] };
+    assert_eq!(first.add_one_time_keys(device_id, keys[..100].to_vec(), Some(fallback)).await.unwrap(), 100);
+    assert_eq!(first.add_one_time_keys(device_id, keys[100..].to_vec(), None).await.unwrap(), 120);
+    let claims = (0..100).map(|i| {
+        let store = if i % 2 == 0 { first.clone() } else { second.clone() };
+        tokio::spawn(async move { store.claim_one_time_key(device_id, 100 + i).await })
+    });
+    let mut handed = BTreeSet::new();
+    for claim in claims {
+        let claimed = claim.await.unwrap().unwrap().expect("keys were left for every claim");
+        assert!(!claimed.fallback, "a fallback key while one-time keys were left");
+        assert!(handed.insert(claimed.key.key_id.clone()), "{} handed out twice", claimed.key.key_id);
+    }
+    assert_eq!(handed.len(), 100);
+    assert_eq!(first.one_time_key_count(device_id).await.unwrap(), 20);
+    // The rest, then the fallback.
+    for _ in 0..20 {
+        let c = second.claim_one_time_key(device_id, 300).await.unwrap().unwrap();
+        assert!(!c.fallback && handed.insert(c.key.key_id.clone()));
+    }
+    assert!(first.claim_one_time_key(device_id, 301).await.unwrap().unwrap().fallback);
 }

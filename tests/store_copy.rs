@@ -207,6 +207,26 @@ impl Store for FailingAfter {
     ) -> Result<(), StoreError> {
         unimplemented!()
     }
+    async fn put_device_keys(&self, _: switchboard::store::DeviceKeys) -> Result<switchboard::store::KeysStored, StoreError> {
+        unimplemented!()
+    }
+    async fn device_keys_of(&self, _: switchboard::ids::UserId) -> Result<Vec<switchboard::store::DeviceKeys>, StoreError> {
+        unimplemented!()
+    }
+    async fn add_one_time_keys(
+        &self,
+        _: switchboard::ids::DeviceId,
+        _: Vec<switchboard::store::OneTimeKey>,
+        _: Option<switchboard::store::OneTimeKey>,
+    ) -> Result<u64, StoreError> {
+        unimplemented!()
+    }
+    async fn one_time_key_count(&self, _: switchboard::ids::DeviceId) -> Result<u64, StoreError> {
+        unimplemented!()
+    }
+    async fn claim_one_time_key(&self, _: switchboard::ids::DeviceId, _: u64) -> Result<Option<switchboard::store::ClaimedKey>, StoreError> {
+        unimplemented!()
+    }
     async fn push_tokens_of(
         &self,
         _: switchboard::ids::UserId,

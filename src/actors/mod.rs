@@ -61,6 +61,8 @@ pub struct ActorLimits {
     pub max_restarts: u32,
     /// See `max_restarts`.
     pub restart_window: Duration,
+    /// Key directory limits (one-time keys per upload and per device, low-keys notice).
+    pub keys: crate::cores::keys::KeyLimits,
 }
 
 impl Default for ActorLimits {
@@ -76,6 +78,7 @@ impl Default for ActorLimits {
             max_write_batch: 2048,
             max_restarts: 5,
             restart_window: Duration::from_secs(10),
+            keys: crate::cores::keys::KeyLimits::default(),
         }
     }
 }

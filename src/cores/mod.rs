@@ -9,12 +9,17 @@
 //! - [`delivery`]: one device's view: per-conversation watermarks, gap filling,
 //!   catch-up paging, cursor moves, the slow-consumer decision.
 //! - [`group`]: who may change what in a group, and the resulting record and event.
+//! - [`keys`]: the key directory's checks: sizes, limits, Ed25519 signatures, low keys.
+//! - [`to_device`]: to-device sends (checks, queue bound) and a receiving device's queue
+//!   position (in order, once); not wired to frames yet.
 //! - [`recent_ids`], [`receipts`]: the sequencer's dedup window and group receipt counts.
 //! - [`requests`]: what a device asks of a conversation (the sequencer's inputs).
 
 pub mod delivery;
 pub mod group;
+pub mod keys;
 pub mod receipts;
 pub mod recent_ids;
 pub mod requests;
 pub mod sequencer;
+pub mod to_device;

@@ -14,7 +14,7 @@ use crate::accounts::{AccountError, Accounts, AuthError, CodeIssued, DeviceCrede
 use crate::actors::node::Node;
 use crate::actors::push::PushRequest;
 use crate::history::history_page;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, RequestError};
 use crate::store::{ConversationId, DeviceId, DeviceRecord, PushToken, Store};
 use crate::transport::{ConnectionDeps, ws};
 
@@ -56,6 +56,9 @@ pub enum ApiError {
     /// Store failure.
     #[error("store unavailable")]
     Unavailable,
+    /// A refusal of the key directory (the same as its frames get).
+    #[error(transparent)]
+    Request(#[from] crate::protocol::RequestError),
 }
 
 /// The body of every error of the API.
@@ -85,6 +88,13 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::UnknownConversation => "unknown_conversation",
             ApiError::NotAMember => "not_a_member",
+            ApiError::Request(e) => match e {
+                RequestError::TooManyKeys(_) => "too_many_keys",
+                RequestError::InvalidSignature(_) => "invalid_signature",
+                RequestError::NoSharedConversation(_) => "no_shared_conversation",
+                RequestError::Unavailable(_) => "unavailable",
+                _ => "bad_request",
+            },
         }
     }
 }
@@ -102,6 +112,11 @@ impl ResponseError for ApiError {
             ApiError::Account(AccountError::Store(_) | AccountError::Auth(AuthError::Store(_))) | ApiError::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Request(e) => match e {
+                RequestError::NoSharedConversation(_) => StatusCode::FORBIDDEN,
+                RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            },
         }
     }
 
@@ -164,10 +179,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/v1/devices/push-token", &["PUT", "DELETE"]).route(web::put().to(set_push_token)).route(web::delete().to(delete_push_token)),
         )
         .service(resource("/v1/devices/{device_id}", &["DELETE"]).route(web::delete().to(revoke_device)))
-        .service(resource("/v1/conversations/{conversation_id}/messages", &["GET"]).route(web::get().to(history)));
+        .service(resource("/v1/conversations/{conversation_id}/messages", &["GET"]).route(web::get().to(history)))
+        .service(resource("/v1/keys/upload", &["POST"]).route(web::post().to(super::keys::upload)))
+        .service(resource("/v1/keys/count", &["GET"]).route(web::get().to(super::keys::count)))
+        .service(resource("/v1/keys/query", &["POST"]).route(web::post().to(super::keys::query)))
+        .service(resource("/v1/keys/claim", &["POST"]).route(web::post().to(super::keys::claim)));
 }
 
-async fn caller(req: &HttpRequest, state: &ApiState) -> Result<DeviceRecord, ApiError> {
+pub(crate) async fn caller(req: &HttpRequest, state: &ApiState) -> Result<DeviceRecord, ApiError> {
     let token = bearer(req).ok_or(ApiError::Unauthorized)?;
     Ok(state.accounts.authenticate(token).await.map_err(AccountError::from)?)
 }
@@ -439,9 +458,11 @@ async fn delete_push_token(req: HttpRequest, state: web::Data<ApiState>) -> Resu
 pub struct HistoryQuery {
     /// Exclusive upper bound; 0 or absent: from the newest message.
     #[serde(default)]
+    #[param(minimum = 0, maximum = 9007199254740991_u64)]
     pub before: u64,
     /// Page size; 0 or absent: 50; capped at 200.
     #[serde(default)]
+    #[param(minimum = 0, maximum = 4294967295_u64)]
     pub limit: usize,
 }
 

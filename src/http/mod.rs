@@ -1,8 +1,9 @@
 //! HTTP surfaces: the public API (accounts, devices, history, health, metrics, the
-//! WebSocket upgrade) and the admin API on its own listener behind a token.
+//! WebSocket upgrade, the key directory's mirrors) and the admin API on its own listener behind a token.
 
 pub mod admin;
 pub mod api;
+pub mod keys;
 pub mod openapi;
 
 use actix_web::HttpRequest;

@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, api};
+use super::{admin, api, keys};
 use crate::transport::ws;
 
 /// The document.
@@ -33,6 +33,10 @@ use crate::transport::ws;
         api::set_push_token,
         api::delete_push_token,
         api::history,
+        keys::upload,
+        keys::count,
+        keys::query,
+        keys::claim,
         serve,
         admin::tree,
         admin::cluster,
@@ -95,6 +99,10 @@ mod tests {
             ("/v1/devices/push-token", "put"),
             ("/v1/devices/push-token", "delete"),
             ("/v1/conversations/{conversation_id}/messages", "get"),
+            ("/v1/keys/upload", "post"),
+            ("/v1/keys/count", "get"),
+            ("/v1/keys/query", "post"),
+            ("/v1/keys/claim", "post"),
             ("/admin/tree", "get"),
             ("/admin/cluster", "get"),
             ("/admin/drain", "post"),
@@ -103,6 +111,6 @@ mod tests {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 17, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 21, "a route is described but not listed here");
     }
 }

@@ -77,6 +77,9 @@ pub fn request_ref(kind: &client_frame::Kind) -> String {
         Kind::SetRetention(r) => r.request_id,
         Kind::MessageInfo(r) => r.request_id,
         Kind::GroupInfo(r) => r.request_id,
+        Kind::UploadKeys(r) => r.request_id,
+        Kind::QueryDevices(r) => r.request_id,
+        Kind::ClaimKeys(r) => r.request_id,
         Kind::Hello(_) | Kind::Ping(_) | Kind::Ack(_) | Kind::Read(_) | Kind::Typing(_) | Kind::Bye(_) => return String::new(),
     };
     id.to_string()

@@ -53,6 +53,15 @@ pub enum RequestError {
     /// The device's outbound queue is full: it does not read its frames.
     #[error("outbox full")]
     SlowConsumer,
+    /// An upload carried more one-time keys than allowed (per frame or per device).
+    #[error("{0}")]
+    TooManyKeys(String),
+    /// A key's signature did not verify against the device's Ed25519 identity key.
+    #[error("{0}")]
+    InvalidSignature(String),
+    /// The caller shares no conversation with this user (key directory).
+    #[error("no shared conversation with user {0}")]
+    NoSharedConversation(String),
 }
 
 impl RequestError {
@@ -72,6 +81,9 @@ impl RequestError {
             RequestError::RateLimited(_) => ErrorCode::RateLimited,
             RequestError::AlreadyAuthenticated => ErrorCode::AlreadyAuthenticated,
             RequestError::SlowConsumer => ErrorCode::SlowConsumer,
+            RequestError::TooManyKeys(_) => ErrorCode::TooManyKeys,
+            RequestError::InvalidSignature(_) => ErrorCode::InvalidSignature,
+            RequestError::NoSharedConversation(_) => ErrorCode::NoSharedConversation,
         }
     }
 
@@ -113,6 +125,9 @@ mod tests {
             RequestError::RateLimited("slow down".into()),
             RequestError::AlreadyAuthenticated,
             RequestError::SlowConsumer,
+            RequestError::TooManyKeys("too many".into()),
+            RequestError::InvalidSignature("bad".into()),
+            RequestError::NoSharedConversation("u".into()),
         ];
         let codes: std::collections::HashSet<i32> = all.iter().map(|e| e.code() as i32).collect();
         assert_eq!(codes.len(), all.len());

@@ -31,8 +31,8 @@ use serde::de::DeserializeOwned;
 
 use super::transfer::{Position, Record, Section};
 use super::{
-    CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MediaId, MediaRecord, MemberCursor, PendingCode, PushToken, Store,
-    StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    ClaimedKey, CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId, MediaRecord,
+    MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
 const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
@@ -73,6 +73,15 @@ const MEDIA_BY_DIGEST: TableDefinition<([u8; 32], u128), ()> = TableDefinition::
 /// `(media id, conversation, seq)`: the messages that declare a media (written with the
 /// message, removed with it when it is deleted for everyone or purged).
 const MEDIA_REFS: TableDefinition<(u128, u128, u64), ()> = TableDefinition::new("media_refs");
+/// Key directory: device → its identity keys (`DeviceKeys`, postcard).
+const DEVICE_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("device_keys");
+/// Unclaimed one-time keys: (device, key id) → `OneTimeKey` (postcard).
+const ONE_TIME_KEYS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("one_time_keys");
+/// Claimed one-time keys: (device, key id) → when claimed (ms). Kept so that a retried
+/// upload of a claimed key is recognised and skipped.
+const SPENT_KEYS: TableDefinition<(u128, &str), u64> = TableDefinition::new("spent_one_time_keys");
+/// Fallback key of each device: device → `OneTimeKey` (postcard).
+const FALLBACK_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("fallback_keys");
 
 /// The redb-backed store. Cloning shares the database and its writer thread.
 #[derive(Clone)]
@@ -377,6 +386,10 @@ impl EmbeddedStore {
             txn.open_table(MEDIA_BY_OWNER).map_err(be)?;
             txn.open_table(MEDIA_BY_DIGEST).map_err(be)?;
             txn.open_table(MEDIA_REFS).map_err(be)?;
+            txn.open_table(DEVICE_KEYS).map_err(be)?;
+            txn.open_table(ONE_TIME_KEYS).map_err(be)?;
+            txn.open_table(SPENT_KEYS).map_err(be)?;
+            txn.open_table(FALLBACK_KEYS).map_err(be)?;
         }
         txn.commit().map_err(be)?;
         // Batches logged since the last checkpoint (a crash): replay them, in order, onto
@@ -616,6 +629,47 @@ fn remove_refs(refs: &mut MediaRefsTable<'_>, msg: &StoredMessage) -> Result<(),
     Ok(())
 }
 
+/// Removes a device's one-time keys (unclaimed and spent) and its fallback key.
+fn remove_key_material(txn: &WriteTransaction, device_id: DeviceId) -> Result<(), StoreError> {
+    let dev = device_id.as_u128();
+    let mut unclaimed = txn.open_table(ONE_TIME_KEYS).map_err(be)?;
+    for id in key_ids_of(&unclaimed, dev)? {
+        unclaimed.remove((dev, id.as_str())).map_err(be)?;
+    }
+    let mut spent = txn.open_table(SPENT_KEYS).map_err(be)?;
+    let mut ids = Vec::new();
+    for entry in spent.range((dev, "")..).map_err(be)? {
+        let (key, _) = entry.map_err(be)?;
+        if key.value().0 != dev {
+            break;
+        }
+        ids.push(key.value().1.to_owned());
+    }
+    for id in &ids {
+        spent.remove((dev, id.as_str())).map_err(be)?;
+    }
+    txn.open_table(FALLBACK_KEYS).map_err(be)?.remove(dev).map_err(be)?;
+    Ok(())
+}
+
+/// The ids of a device's unclaimed one-time keys.
+fn key_ids_of(table: &impl ReadableTable<(u128, &'static str), &'static [u8]>, dev: u128) -> Result<Vec<String>, StoreError> {
+    let mut ids = Vec::new();
+    for entry in table.range((dev, "")..).map_err(be)? {
+        let (key, _) = entry.map_err(be)?;
+        if key.value().0 != dev {
+            break;
+        }
+        ids.push(key.value().1.to_owned());
+    }
+    Ok(ids)
+}
+
+/// How many unclaimed one-time keys a device has (a range count: at most a few hundred).
+fn count_unclaimed(table: &impl ReadableTable<(u128, &'static str), &'static [u8]>, device_id: DeviceId) -> Result<u64, StoreError> {
+    Ok(key_ids_of(table, device_id.as_u128())?.len() as u64)
+}
+
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     fn backend(&self) -> &'static str {
@@ -838,6 +892,9 @@ impl Store for EmbeddedStore {
                             rec.revoked_ms = Some(at_ms);
                             devices.insert(device_id.as_u128(), encode(&rec)?.as_slice()).map_err(be)?;
                         }
+                        // Same transaction: a revoked device's keys are never claimed.
+                        txn.open_table(DEVICE_KEYS).map_err(be)?.remove(device_id.as_u128()).map_err(be)?;
+                        remove_key_material(&txn, device_id)?;
                         true
                     }
                     _ => false,
@@ -1172,6 +1229,124 @@ impl Store for EmbeddedStore {
             }
             Ok(out)
         })
+    }
+
+    async fn put_device_keys(&self, keys: DeviceKeys) -> Result<KeysStored, StoreError> {
+        self.write(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let stored = {
+                let devices = txn.open_table(DEVICES).map_err(be)?;
+                let device: Option<DeviceRecord> =
+                    devices.get(keys.device_id.as_u128()).map_err(be)?.map(|g| decode("devices", g.value())).transpose()?;
+                if !device.is_some_and(|d| d.user_id == keys.user_id && d.revoked_ms.is_none()) {
+                    return Err(StoreError::NotFound("device"));
+                }
+                let mut table = txn.open_table(DEVICE_KEYS).map_err(be)?;
+                let current: Option<DeviceKeys> =
+                    table.get(keys.device_id.as_u128()).map_err(be)?.map(|g| decode("device_keys", g.value())).transpose()?;
+                match current {
+                    Some(c) if c.same_keys(&keys) => KeysStored::Unchanged,
+                    current => {
+                        table.insert(keys.device_id.as_u128(), encode(&keys)?.as_slice()).map_err(be)?;
+                        if current.is_some() {
+                            // The old account's one-time keys cannot open sessions with the new one.
+                            remove_key_material(&txn, keys.device_id)?;
+                            KeysStored::Replaced
+                        } else {
+                            KeysStored::New
+                        }
+                    }
+                }
+            };
+            txn.commit().map_err(be)?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn device_keys_of(&self, user_id: UserId) -> Result<Vec<DeviceKeys>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let user_devices = txn.open_table(USER_DEVICES).map_err(be)?;
+            let keys = txn.open_table(DEVICE_KEYS).map_err(be)?;
+            let user = user_id.as_u128();
+            let mut out = Vec::new();
+            for entry in user_devices.range((user, 0)..=(user, u128::MAX)).map_err(be)? {
+                let (key, _) = entry.map_err(be)?;
+                if let Some(rec) = keys.get(key.value().1).map_err(be)? {
+                    out.push(decode::<DeviceKeys>("device_keys", rec.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn add_one_time_keys(&self, device_id: DeviceId, keys: Vec<OneTimeKey>, fallback: Option<OneTimeKey>) -> Result<u64, StoreError> {
+        self.write(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let dev = device_id.as_u128();
+            {
+                let mut unclaimed = txn.open_table(ONE_TIME_KEYS).map_err(be)?;
+                let spent = txn.open_table(SPENT_KEYS).map_err(be)?;
+                for key in &keys {
+                    let id = (dev, key.key_id.as_str());
+                    if unclaimed.get(id).map_err(be)?.is_none() && spent.get(id).map_err(be)?.is_none() {
+                        unclaimed.insert(id, encode(key)?.as_slice()).map_err(be)?;
+                    }
+                }
+                if let Some(fallback) = &fallback {
+                    txn.open_table(FALLBACK_KEYS).map_err(be)?.insert(dev, encode(fallback)?.as_slice()).map_err(be)?;
+                }
+            }
+            let count = count_unclaimed(&txn.open_table(ONE_TIME_KEYS).map_err(be)?, device_id)?;
+            txn.commit().map_err(be)?;
+            Ok(count)
+        })
+        .await
+    }
+
+    async fn one_time_key_count(&self, device_id: DeviceId) -> Result<u64, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            count_unclaimed(&txn.open_table(ONE_TIME_KEYS).map_err(be)?, device_id)
+        })
+    }
+
+    async fn claim_one_time_key(&self, device_id: DeviceId, at_ms: u64) -> Result<Option<ClaimedKey>, StoreError> {
+        // On the writer thread, in one write transaction: claims are serialised by redb's
+        // single writer, so the first unclaimed key is moved to the spent table exactly once.
+        self.write(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let dev = device_id.as_u128();
+            let claimed = {
+                let mut unclaimed = txn.open_table(ONE_TIME_KEYS).map_err(be)?;
+                let first = match unclaimed.range((dev, "")..).map_err(be)?.next() {
+                    Some(entry) => {
+                        let (key, value) = entry.map_err(be)?;
+                        (key.value().0 == dev).then(|| decode::<OneTimeKey>("one_time_keys", value.value())).transpose()?
+                    }
+                    None => None,
+                };
+                match first {
+                    Some(key) => {
+                        unclaimed.remove((dev, key.key_id.as_str())).map_err(be)?;
+                        txn.open_table(SPENT_KEYS).map_err(be)?.insert((dev, key.key_id.as_str()), at_ms).map_err(be)?;
+                        Some(ClaimedKey { key, fallback: false })
+                    }
+                    None => txn
+                        .open_table(FALLBACK_KEYS)
+                        .map_err(be)?
+                        .get(dev)
+                        .map_err(be)?
+                        .map(|g| decode::<OneTimeKey>("fallback_keys", g.value()))
+                        .transpose()?
+                        .map(|key| ClaimedKey { key, fallback: true }),
+                }
+            };
+            txn.commit().map_err(be)?;
+            Ok(claimed)
+        })
+        .await
     }
 
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {

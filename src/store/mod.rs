@@ -9,6 +9,7 @@
 
 mod columns;
 pub mod embedded;
+pub mod keys;
 pub mod media;
 pub mod pg_tls;
 pub mod postgres;
@@ -28,6 +29,7 @@ pub use spec::StoreSpec;
 pub use transfer::{Record, Section};
 
 pub use crate::ids::{ConversationId, DeviceId, UserId};
+pub use keys::{ClaimedKey, DeviceKeys, KeysStored, OneTimeKey};
 pub use media::{MediaId, MediaKind, MediaPart, MediaRecord};
 
 /// Why a store operation failed.
@@ -365,7 +367,8 @@ pub trait Store: Send + Sync + 'static {
     async fn device(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
     /// Every device of a user, revoked ones included, oldest first.
     async fn devices_of(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError>;
-    /// Marks a device revoked. Returns false if it does not belong to the user.
+    /// Marks a device revoked and removes its keys from the key directory (identity,
+    /// one-time and fallback keys). Returns false if it does not belong to the user.
     async fn revoke_device(&self, user_id: UserId, device_id: DeviceId, at_ms: u64) -> Result<bool, StoreError>;
 
     /// Creates a conversation unless one with the same id exists; returns the stored one.
@@ -422,6 +425,25 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` records whose completed blob has this digest (content addressing:
     /// the blob is deleted only when none is left).
     async fn media_with_digest(&self, digest: [u8; 32], limit: usize) -> Result<Vec<MediaId>, StoreError>;
+
+    /// Stores a device's identity keys (key directory, docs/e2ee.md). The same keys again
+    /// change nothing; other keys replace them and remove the device's one-time and
+    /// fallback keys in the same transaction. Refused (`NotFound("device")`) for a device
+    /// that does not exist or is revoked.
+    async fn put_device_keys(&self, keys: DeviceKeys) -> Result<KeysStored, StoreError>;
+    /// The identity keys of every device of a user that has published them (revoked
+    /// devices have none: revocation removes them).
+    async fn device_keys_of(&self, user_id: UserId) -> Result<Vec<DeviceKeys>, StoreError>;
+    /// Adds one-time keys and (if given) replaces the fallback key of a device. A key id
+    /// the device already used (unclaimed or spent) is skipped, so a retried upload
+    /// changes nothing. Returns how many unclaimed one-time keys the device has now.
+    async fn add_one_time_keys(&self, device_id: DeviceId, keys: Vec<OneTimeKey>, fallback: Option<OneTimeKey>) -> Result<u64, StoreError>;
+    /// How many unclaimed one-time keys a device has.
+    async fn one_time_key_count(&self, device_id: DeviceId) -> Result<u64, StoreError>;
+    /// Claims one of the device's one-time keys, atomically: each key is handed out at
+    /// most once, whatever races (other callers, other nodes). With none left, the
+    /// fallback key (`fallback: true`); with neither, None.
+    async fn claim_one_time_key(&self, device_id: DeviceId, at_ms: u64) -> Result<Option<ClaimedKey>, StoreError>;
 
     /// Every cursor of a device (a cursor still at zero may be absent).
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError>;

@@ -22,8 +22,9 @@ use tokio_postgres::types::{Json, ToSql};
 
 use super::transfer::{Record, Section};
 use super::{
-    CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceRecord, GroupState, MediaId, MediaRecord,
-    MemberCursor, PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, GroupState,
+    KeysStored, MediaId, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord,
+    WriteOp, WriteOutcome,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,8 +33,11 @@ use uuid::Uuid;
 
 /// Schema migrations, applied in order; the version of each is recorded in
 /// `schema_migrations` so each runs once.
-const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("../../migrations/postgres/0001_init.sql")), (2, include_str!("../../migrations/postgres/0002_media.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_media.sql")),
+    (3, include_str!("../../migrations/postgres/0003_keys.sql")),
+];
 
 /// Key of the advisory lock that serialises migrations when several nodes start at once.
 const MIGRATION_LOCK: i64 = 0x5357_4243_4844_0001;
@@ -117,6 +121,26 @@ fn device_from(row: &Row) -> Result<DeviceRecord, StoreError> {
         token_hash: hash32("devices", get(row, "devices", "token_hash")?)?,
         created_ms: uint(get(row, "devices", "created_ms")?),
         revoked_ms: get::<Option<i64>>(row, "devices", "revoked_ms")?.map(uint),
+    })
+}
+
+fn device_keys_from(row: &Row) -> Result<DeviceKeys, StoreError> {
+    const T: &str = "device_keys";
+    Ok(DeviceKeys {
+        user_id: get(row, T, "user_id")?,
+        device_id: get(row, T, "device_id")?,
+        curve25519: hash32(T, get(row, T, "curve25519")?)?,
+        ed25519: hash32(T, get(row, T, "ed25519")?)?,
+        signature: get(row, T, "signature")?,
+        uploaded_ms: uint(get(row, T, "uploaded_ms")?),
+    })
+}
+
+fn one_time_key_from(table: &'static str, row: &Row) -> Result<OneTimeKey, StoreError> {
+    Ok(OneTimeKey {
+        key_id: get(row, table, "key_id")?,
+        key: hash32(table, get(row, table, "public_key")?)?,
+        signature: get(row, table, "signature")?,
     })
 }
 
@@ -294,6 +318,19 @@ impl PostgresStore {
     async fn rows(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
         let statement = tx.prepare_cached(sql).await.map_err(pg)?;
         tx.query(&statement, params).await.map_err(pg)
+    }
+
+    /// Removes a device's one-time keys (unclaimed and spent) and its fallback key.
+    async fn remove_key_material(tx: &Tx<'_>, device_id: DeviceId) -> Result<(), StoreError> {
+        Self::run(tx, "DELETE FROM one_time_keys WHERE device_id = $1", &[&device_id]).await?;
+        Self::run(tx, "DELETE FROM fallback_keys WHERE device_id = $1", &[&device_id]).await?;
+        Ok(())
+    }
+
+    async fn count_unclaimed(tx: &Tx<'_>, device_id: DeviceId) -> Result<u64, StoreError> {
+        let rows = Self::rows(tx, "SELECT count(*) AS n FROM one_time_keys WHERE device_id = $1 AND claimed_ms IS NULL", &[&device_id]).await?;
+        let n: i64 = rows.first().map(|r| get(r, "one_time_keys", "n")).transpose()?.unwrap_or(0);
+        Ok(uint(n))
     }
 
     /// Prepares statements (or finds them in the connection's cache) before they are sent
@@ -908,13 +945,21 @@ impl Store for PostgresStore {
     }
 
     async fn revoke_device(&self, user_id: UserId, device_id: DeviceId, at_ms: u64) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
         // COALESCE keeps the first revocation time when a revoke is retried.
-        let changed = self
-            .execute(
-                "UPDATE devices SET revoked_ms = COALESCE(revoked_ms, $3) WHERE device_id = $1 AND user_id = $2",
-                &[&device_id, &user_id, &int(at_ms)],
-            )
-            .await?;
+        let changed = Self::run(
+            &tx,
+            "UPDATE devices SET revoked_ms = COALESCE(revoked_ms, $3) WHERE device_id = $1 AND user_id = $2",
+            &[&device_id, &user_id, &int(at_ms)],
+        )
+        .await?;
+        if changed == 1 {
+            // Same transaction: a revoked device's keys are never claimed.
+            Self::run(&tx, "DELETE FROM device_keys WHERE device_id = $1", &[&device_id]).await?;
+            Self::remove_key_material(&tx, device_id).await?;
+        }
+        tx.commit().await.map_err(pg)?;
         Ok(changed == 1)
     }
 
@@ -1200,6 +1245,119 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| get(r, "media", "media_id"))
             .collect()
+    }
+
+    async fn put_device_keys(&self, keys: DeviceKeys) -> Result<KeysStored, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // FOR SHARE: a concurrent revocation (an UPDATE of this row) waits for us, or we
+        // for it and then see it revoked.
+        let device = Self::rows(&tx, "SELECT user_id, revoked_ms FROM devices WHERE device_id = $1 FOR SHARE", &[&keys.device_id]).await?;
+        let live = match device.first() {
+            Some(row) => {
+                get::<Uuid>(row, "devices", "user_id")? == keys.user_id.uuid() && get::<Option<i64>>(row, "devices", "revoked_ms")?.is_none()
+            }
+            None => false,
+        };
+        if !live {
+            return Err(StoreError::NotFound("device"));
+        }
+        let current = Self::rows(
+            &tx,
+            "SELECT device_id, user_id, curve25519, ed25519, signature, uploaded_ms FROM device_keys WHERE device_id = $1 FOR UPDATE",
+            &[&keys.device_id],
+        )
+        .await?;
+        let current = current.first().map(device_keys_from).transpose()?;
+        let stored = match current {
+            Some(c) if c.same_keys(&keys) => KeysStored::Unchanged,
+            current => {
+                Self::run(
+                    &tx,
+                    "INSERT INTO device_keys (device_id, user_id, curve25519, ed25519, signature, uploaded_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (device_id) DO UPDATE SET curve25519 = EXCLUDED.curve25519, ed25519 = EXCLUDED.ed25519, \
+                     signature = EXCLUDED.signature, uploaded_ms = EXCLUDED.uploaded_ms",
+                    &[&keys.device_id, &keys.user_id, &keys.curve25519.as_slice(), &keys.ed25519.as_slice(), &keys.signature, &int(keys.uploaded_ms)],
+                )
+                .await?;
+                if current.is_some() {
+                    Self::remove_key_material(&tx, keys.device_id).await?;
+                    KeysStored::Replaced
+                } else {
+                    KeysStored::New
+                }
+            }
+        };
+        tx.commit().await.map_err(pg)?;
+        Ok(stored)
+    }
+
+    async fn device_keys_of(&self, user_id: UserId) -> Result<Vec<DeviceKeys>, StoreError> {
+        self.query(
+            "SELECT device_id, user_id, curve25519, ed25519, signature, uploaded_ms FROM device_keys WHERE user_id = $1 ORDER BY uploaded_ms, device_id",
+            &[&user_id],
+        )
+        .await?
+        .iter()
+        .map(device_keys_from)
+        .collect()
+    }
+
+    async fn add_one_time_keys(&self, device_id: DeviceId, keys: Vec<OneTimeKey>, fallback: Option<OneTimeKey>) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        if !keys.is_empty() {
+            let ids: Vec<&str> = keys.iter().map(|k| k.key_id.as_str()).collect();
+            let publics: Vec<&[u8]> = keys.iter().map(|k| k.key.as_slice()).collect();
+            let signatures: Vec<&[u8]> = keys.iter().map(|k| k.signature.as_slice()).collect();
+            // A key id already present (unclaimed, or spent: the row stays when claimed) is
+            // skipped, so a retried upload never puts a handed-out key back.
+            Self::run(
+                &tx,
+                "INSERT INTO one_time_keys (device_id, key_id, public_key, signature) \
+                 SELECT $1, k, p, s FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS u(k, p, s) ON CONFLICT DO NOTHING",
+                &[&device_id, &ids, &publics, &signatures],
+            )
+            .await?;
+        }
+        if let Some(f) = &fallback {
+            Self::run(
+                &tx,
+                "INSERT INTO fallback_keys (device_id, key_id, public_key, signature) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (device_id) DO UPDATE SET key_id = EXCLUDED.key_id, public_key = EXCLUDED.public_key, signature = EXCLUDED.signature",
+                &[&device_id, &f.key_id, &f.key.as_slice(), &f.signature],
+            )
+            .await?;
+        }
+        let count = Self::count_unclaimed(&tx, device_id).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(count)
+    }
+
+    async fn one_time_key_count(&self, device_id: DeviceId) -> Result<u64, StoreError> {
+        let row = self.query_opt("SELECT count(*) AS n FROM one_time_keys WHERE device_id = $1 AND claimed_ms IS NULL", &[&device_id]).await?;
+        Ok(row.map(|r| get::<i64>(&r, "one_time_keys", "n")).transpose()?.map_or(0, uint))
+    }
+
+    async fn claim_one_time_key(&self, device_id: DeviceId, at_ms: u64) -> Result<Option<ClaimedKey>, StoreError> {
+        // One statement: the subquery locks the first unclaimed key (skipping keys other
+        // claims hold locked, so concurrent claims take different keys instead of queueing
+        // on one), the update marks it claimed. Under READ COMMITTED a row another claim
+        // committed in between is re-checked against `claimed_ms IS NULL` and skipped, so
+        // no key is returned twice.
+        let claimed = self
+            .query_opt(
+                "UPDATE one_time_keys SET claimed_ms = $2 WHERE device_id = $1 AND claimed_ms IS NULL AND key_id = ( \
+                 SELECT key_id FROM one_time_keys WHERE device_id = $1 AND claimed_ms IS NULL ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING key_id, public_key, signature",
+                &[&device_id, &int(at_ms)],
+            )
+            .await?;
+        if let Some(row) = claimed {
+            return Ok(Some(ClaimedKey { key: one_time_key_from("one_time_keys", &row)?, fallback: false }));
+        }
+        let fallback = self.query_opt("SELECT key_id, public_key, signature FROM fallback_keys WHERE device_id = $1", &[&device_id]).await?;
+        fallback.map(|row| Ok(ClaimedKey { key: one_time_key_from("fallback_keys", &row)?, fallback: true })).transpose()
     }
 
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {

@@ -64,8 +64,8 @@ use uuid::Uuid;
 
 use super::transfer::{Record, Section};
 use super::{
-    CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, MediaId, MediaRecord, MemberCursor, PendingCode,
-    PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId,
+    MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
 /// Messages per log partition: a reader finds a seq's partition as `seq / BUCKET`, and no
@@ -207,6 +207,21 @@ impl LwtResult {
     }
 }
 
+/// A row of `device_keys`: device, curve25519, ed25519, signature, uploaded_ms.
+type KeysRow = (Uuid, Vec<u8>, Vec<u8>, Vec<u8>, i64);
+
+fn keys_from(user_id: UserId, (device, curve, ed, signature, uploaded): KeysRow) -> Result<DeviceKeys, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt { table: "device_keys", detail: format!("{what} is not 32 bytes") };
+    Ok(DeviceKeys {
+        user_id,
+        device_id: DeviceId::from_uuid(device),
+        curve25519: curve.try_into().map_err(|_| bad("curve25519"))?,
+        ed25519: ed.try_into().map_err(|_| bad("ed25519"))?,
+        signature,
+        uploaded_ms: uint(uploaded),
+    })
+}
+
 fn lwt(result: QueryResult) -> Result<LwtResult, StoreError> {
     let rows = result.into_rows_result().map_err(driver)?;
     let names: Vec<String> = rows.column_specs().iter().map(|c| c.name().to_owned()).collect();
@@ -310,6 +325,17 @@ struct Statements {
     delete_media_ref: PreparedStatement,
     media_refs: PreparedStatement,
     attachments_at: PreparedStatement,
+    put_device_keys: PreparedStatement,
+    get_device_keys: PreparedStatement,
+    device_keys_of: PreparedStatement,
+    delete_device_keys: PreparedStatement,
+    put_one_time_key: PreparedStatement,
+    one_time_keys: PreparedStatement,
+    claim_one_time_key: PreparedStatement,
+    delete_one_time_keys: PreparedStatement,
+    put_fallback_key: PreparedStatement,
+    get_fallback_key: PreparedStatement,
+    delete_fallback_key: PreparedStatement,
 }
 
 /// What kind of statement, which decides consistency and whether the driver may retry or
@@ -559,6 +585,35 @@ impl Statements {
             delete_media_ref: prepare(s, "DELETE FROM media_refs WHERE media_id = ? AND conversation_id = ? AND seq = ?", Write).await?,
             media_refs: prepare(s, "SELECT conversation_id, seq FROM media_refs WHERE media_id = ?", Read).await?,
             attachments_at: prepare(s, "SELECT deleted, attachments FROM messages WHERE conversation_id = ? AND bucket = ? AND seq = ?", Read).await?,
+            put_device_keys: prepare(
+                s,
+                "INSERT INTO device_keys (user_id, device_id, curve25519, ed25519, signature, uploaded_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                Write,
+            )
+            .await?,
+            get_device_keys: prepare(
+                s,
+                "SELECT device_id, curve25519, ed25519, signature, uploaded_ms FROM device_keys WHERE user_id = ? AND device_id = ?",
+                Read,
+            )
+            .await?,
+            device_keys_of: prepare(s, "SELECT device_id, curve25519, ed25519, signature, uploaded_ms FROM device_keys WHERE user_id = ?", Read).await?,
+            delete_device_keys: prepare(s, "DELETE FROM device_keys WHERE user_id = ? AND device_id = ?", Write).await?,
+            // A plain insert writes no claimed_ms: a spent key re-uploaded stays spent.
+            put_one_time_key: prepare(s, "INSERT INTO one_time_keys (device_id, key_id, public_key, signature) VALUES (?, ?, ?, ?)", Write).await?,
+            one_time_keys: prepare(s, "SELECT key_id, public_key, signature, claimed_ms FROM one_time_keys WHERE device_id = ?", Read).await?,
+            // The key must still be there (public_key matches: a deleted row does not) and
+            // unclaimed: Paxos decides between racing claims, on every node.
+            claim_one_time_key: prepare(
+                s,
+                "UPDATE one_time_keys SET claimed_ms = ? WHERE device_id = ? AND key_id = ? IF public_key = ? AND claimed_ms = null",
+                Conditional,
+            )
+            .await?,
+            delete_one_time_keys: prepare(s, "DELETE FROM one_time_keys WHERE device_id = ?", Write).await?,
+            put_fallback_key: prepare(s, "INSERT INTO fallback_keys (device_id, key_id, public_key, signature) VALUES (?, ?, ?, ?)", Write).await?,
+            get_fallback_key: prepare(s, "SELECT key_id, public_key, signature FROM fallback_keys WHERE device_id = ?", Read).await?,
+            delete_fallback_key: prepare(s, "DELETE FROM fallback_keys WHERE device_id = ?", Write).await?,
         })
     }
 }
@@ -632,8 +687,11 @@ impl ScyllaStore {
     /// `migrations/scylla/*.cql` not applied yet, waiting for schema agreement after each
     /// statement. Returns the versions applied.
     pub async fn migrate(options: &ScyllaOptions, replication: &str) -> Result<Vec<i32>, StoreError> {
-        const MIGRATIONS: &[(i32, &str)] =
-            &[(1, include_str!("../../migrations/scylla/0001_init.cql")), (2, include_str!("../../migrations/scylla/0002_media.cql"))];
+        const MIGRATIONS: &[(i32, &str)] = &[
+            (1, include_str!("../../migrations/scylla/0001_init.cql")),
+            (2, include_str!("../../migrations/scylla/0002_media.cql")),
+            (3, include_str!("../../migrations/scylla/0003_keys.cql")),
+        ];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
         }
@@ -710,6 +768,27 @@ impl ScyllaStore {
 
     async fn conditional(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<LwtResult, StoreError> {
         lwt(self.exec(statement, values).await?)
+    }
+
+    // ---- the key directory -----------------------------------------------------------
+
+    /// Removes a device's one-time keys (unclaimed and spent) and its fallback key.
+    async fn remove_key_material(&self, device_id: DeviceId) -> Result<(), StoreError> {
+        self.exec(&self.st.delete_one_time_keys, (device_id,)).await?;
+        self.exec(&self.st.delete_fallback_key, (device_id,)).await?;
+        Ok(())
+    }
+
+    /// Every one-time key row of a device, spent ones included (claimed_ms set).
+    async fn one_time_key_rows(&self, device_id: DeviceId) -> Result<Vec<(OneTimeKey, Option<i64>)>, StoreError> {
+        let mut out = Vec::new();
+        self.all_rows(&self.st.one_time_keys, (device_id,), |(key_id, key, signature, claimed): (String, Vec<u8>, Vec<u8>, Option<i64>)| {
+            let key = key.try_into().map_err(|_| StoreError::Corrupt { table: "one_time_keys", detail: "key is not 32 bytes".into() })?;
+            out.push((OneTimeKey { key_id, key, signature }, claimed));
+            Ok(())
+        })
+        .await?;
+        Ok(out)
     }
 
     // ---- the log -------------------------------------------------------------------
@@ -1419,6 +1498,11 @@ impl Store for ScyllaStore {
             Some(d) if d.user_id == user_id => {
                 self.conditional(&self.st.revoke_device, (int(at_ms), device_id)).await?;
                 self.set_live_devices(user_id, |set| Ok(set.remove(&device_id))).await?;
+                // After the revocation (no multi-partition transactions): a crash in
+                // between leaves keys that readers ignore (the key directory lists and
+                // claims live devices only), and a retried revoke removes them.
+                self.exec(&self.st.delete_device_keys, (user_id, device_id)).await?;
+                self.remove_key_material(device_id).await?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -1573,6 +1657,77 @@ impl Store for ScyllaStore {
     async fn purge_expired(&self, _now_ms: u64, _limit: usize) -> Result<u64, StoreError> {
         // Rows expire by TTL, set when they are written (see the module docs).
         Ok(0)
+    }
+
+    async fn put_device_keys(&self, keys: DeviceKeys) -> Result<KeysStored, StoreError> {
+        match self.device(keys.device_id).await? {
+            Some(d) if d.user_id == keys.user_id && d.revoked_ms.is_none() => {}
+            _ => return Err(StoreError::NotFound("device")),
+        }
+        let current: Option<KeysRow> = self.first_row(&self.st.get_device_keys, (keys.user_id, keys.device_id)).await?;
+        let current = current.map(|row| keys_from(keys.user_id, row)).transpose()?;
+        if current.as_ref().is_some_and(|c| c.same_keys(&keys)) {
+            return Ok(KeysStored::Unchanged);
+        }
+        if current.is_some() {
+            // The old account's keys first: a crash after this leaves the device without
+            // one-time keys (it uploads again), never with keys of the wrong account.
+            self.remove_key_material(keys.device_id).await?;
+        }
+        self.exec(
+            &self.st.put_device_keys,
+            (keys.user_id, keys.device_id, keys.curve25519.as_slice(), keys.ed25519.as_slice(), keys.signature.as_slice(), int(keys.uploaded_ms)),
+        )
+        .await?;
+        Ok(if current.is_some() { KeysStored::Replaced } else { KeysStored::New })
+    }
+
+    async fn device_keys_of(&self, user_id: UserId) -> Result<Vec<DeviceKeys>, StoreError> {
+        let mut rows: Vec<KeysRow> = Vec::new();
+        self.all_rows(&self.st.device_keys_of, (user_id,), |row: KeysRow| {
+            rows.push(row);
+            Ok(())
+        })
+        .await?;
+        rows.into_iter().map(|row| keys_from(user_id, row)).collect()
+    }
+
+    async fn add_one_time_keys(&self, device_id: DeviceId, keys: Vec<OneTimeKey>, fallback: Option<OneTimeKey>) -> Result<u64, StoreError> {
+        for key in &keys {
+            self.exec(&self.st.put_one_time_key, (device_id, key.key_id.as_str(), key.key.as_slice(), key.signature.as_slice())).await?;
+        }
+        if let Some(f) = &fallback {
+            self.exec(&self.st.put_fallback_key, (device_id, f.key_id.as_str(), f.key.as_slice(), f.signature.as_slice())).await?;
+        }
+        self.one_time_key_count(device_id).await
+    }
+
+    async fn one_time_key_count(&self, device_id: DeviceId) -> Result<u64, StoreError> {
+        Ok(self.one_time_key_rows(device_id).await?.iter().filter(|(_, claimed)| claimed.is_none()).count() as u64)
+    }
+
+    async fn claim_one_time_key(&self, device_id: DeviceId, at_ms: u64) -> Result<Option<ClaimedKey>, StoreError> {
+        let mut candidates: Vec<OneTimeKey> =
+            self.one_time_key_rows(device_id).await?.into_iter().filter(|(_, c)| c.is_none()).map(|(k, _)| k).collect();
+        // Racing claimers start at different keys instead of all contending for the first
+        // one's Paxos round; the LWT alone decides who gets a key.
+        if !candidates.is_empty() {
+            let start = rand::random_range(0..candidates.len());
+            candidates.rotate_left(start);
+        }
+        for key in candidates {
+            let round = self.conditional(&self.st.claim_one_time_key, (int(at_ms), device_id, key.key_id.as_str(), key.key.as_slice())).await?;
+            if round.applied {
+                return Ok(Some(ClaimedKey { key, fallback: false }));
+            }
+        }
+        let fallback: Option<(String, Vec<u8>, Vec<u8>)> = self.first_row(&self.st.get_fallback_key, (device_id,)).await?;
+        fallback
+            .map(|(key_id, key, signature)| {
+                let key = key.try_into().map_err(|_| StoreError::Corrupt { table: "fallback_keys", detail: "key is not 32 bytes".into() })?;
+                Ok(ClaimedKey { key: OneTimeKey { key_id, key, signature }, fallback: true })
+            })
+            .transpose()
     }
 
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {

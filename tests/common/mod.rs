@@ -415,3 +415,36 @@ pub async fn push_receiver(fail_first: u32) -> (String, tokio::sync::mpsc::Unbou
     });
     (url, rx)
 }
+
+/// A device's keys as its app makes them: identity keys, `n` one-time keys and a fallback
+/// key, each signed by the account's Ed25519 key.
+pub fn signed_upload(
+    account: &mut vodozemac::olm::Account,
+    user: switchboard::ids::UserId,
+    device: switchboard::ids::DeviceId,
+    n: usize,
+    fallback: bool,
+) -> pb::UploadKeys {
+    let ids = account.identity_keys();
+    let (curve, ed) = (ids.curve25519.to_bytes(), *ids.ed25519.as_bytes());
+    let identity = pb::DeviceIdentity {
+        curve25519: curve.to_vec().into(),
+        ed25519: ed.to_vec().into(),
+        signature: account.sign(switchboard::cores::keys::identity_signed_bytes(user, device, &curve, &ed)).to_bytes().to_vec().into(),
+    };
+    account.generate_one_time_keys(n);
+    let sign = |account: &vodozemac::olm::Account, id: String, key: [u8; 32], fallback: bool| pb::SignedKey {
+        signature: account.sign(switchboard::cores::keys::one_time_key_signed_bytes(device, &id, &key, fallback)).to_bytes().to_vec().into(),
+        key_id: id,
+        key: key.to_vec().into(),
+    };
+    let one_time_keys = account.one_time_keys().into_iter().map(|(id, k)| sign(account, id.to_base64(), k.to_bytes(), false)).collect();
+    let fallback_key = if fallback {
+        account.generate_fallback_key();
+        account.fallback_key().into_iter().next().map(|(id, k)| sign(account, id.to_base64(), k.to_bytes(), true))
+    } else {
+        None
+    };
+    account.mark_keys_as_published();
+    pb::UploadKeys { request_id: 0, identity: Some(identity), one_time_keys, fallback_key }
+}

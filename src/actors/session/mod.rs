@@ -11,8 +11,10 @@
 //! - [`delivery`]: catch-up, live batches, gap filling (the core decides, this does I/O).
 //! - [`requests`]: one function per request frame.
 //! - [`presence`]: telling 1:1 peers that the user came or went.
+//! - [`keys`]: the key directory's frames and the low-keys notice.
 
 pub mod delivery;
+pub mod keys;
 pub mod presence;
 pub mod requests;
 
@@ -148,6 +150,9 @@ impl Actor for DeviceSession {
             return stop_for(&myself, state, stop);
         }
         metrics::histogram!("switchboard_catch_up_seconds").record(started.elapsed().as_secs_f64());
+        if let Err(stop) = keys::notice_if_low(state).await {
+            return stop_for(&myself, state, stop);
+        }
         if registration.first_device {
             presence::broadcast(state, true, 0);
         }

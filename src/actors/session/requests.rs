@@ -233,6 +233,9 @@ async fn request(state: &mut SessionState, kind: client_frame::Kind) -> Result<(
         client_frame::Kind::SetRetention(req) => {
             (req.request_id.to_string(), edit(state, &req.conversation_id, req.request_id, ConversationOp::Retention(req.seconds)).await)
         }
+        client_frame::Kind::UploadKeys(req) => (req.request_id.to_string(), super::keys::upload(state, req).await),
+        client_frame::Kind::QueryDevices(req) => (req.request_id.to_string(), super::keys::query(state, req).await),
+        client_frame::Kind::ClaimKeys(req) => (req.request_id.to_string(), super::keys::claim(state, req).await),
         // Batched by the caller.
         client_frame::Kind::Send(_)
         | client_frame::Kind::Ack(_)
