@@ -89,7 +89,9 @@ impl SessionState {
 
 impl Drop for SessionState {
     fn drop(&mut self) {
-        if !self.finished {
+        // (Outside a runtime — the process is going away — there is nobody left to tell,
+        // and the end-of-session path spawns tasks.)
+        if !self.finished && tokio::runtime::Handle::try_current().is_ok() {
             // Only a failed actor gets here: its connection is closed, and its device must
             // not stay listed as connected (here, in other nodes' directories, in Redis).
             self.outbox.close(protocol::encode_server(&protocol::closing_frame(ErrorCode::Internal, "session failed", 1000)));
