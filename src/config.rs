@@ -131,8 +131,8 @@ pub struct ServeArgs {
     /// Runtime worker threads (default: the cores this process may use).
     #[arg(long, env = "SWITCHBOARD_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
-    /// Most threads for blocking work (file and object-store I/O, long store reads);
-    /// default 16. The store writer has a thread of its own.
+    /// Most threads for blocking calls on the main runtime; default 16. (The store writer
+    /// has a thread of its own; HTTP/WebSocket work runs on actix's workers.)
     #[arg(long, env = "SWITCHBOARD_BLOCKING_THREADS")]
     pub blocking_threads: Option<usize>,
     /// Largest frame in bytes.
@@ -372,14 +372,16 @@ pub enum CodeSenderSpec {
     Webhook(String),
 }
 
-/// The tokio runtime's threads: few, near the number of cores. Blocking work (files,
-/// object store, long reads) has a bounded pool of its own instead of tokio's default of
-/// up to 512 threads.
+/// The main tokio runtime's threads: few, near the number of cores, and a bounded pool for
+/// blocking calls instead of tokio's default of up to 512 threads. (actix's HTTP/WebSocket
+/// workers have runtimes of their own.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeConfig {
-    /// Threads running actors and connections.
+    /// Threads of the main runtime: the node's actors, TCP connections and their
+    /// sessions. (The HTTP/WebSocket listener runs on actix's own worker runtimes.)
     pub worker_threads: usize,
-    /// Most threads for blocking calls (tokio's `max_blocking_threads`).
+    /// Most threads for blocking calls on the main runtime (tokio's
+    /// `max_blocking_threads`).
     pub blocking_threads: usize,
 }
 

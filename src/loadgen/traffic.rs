@@ -444,7 +444,9 @@ impl Device {
                 shared.acked.fetch_add(1, Ordering::Relaxed);
                 // The device's own messages are not sent back to it: their acks, which
                 // come in seq order with the others' messages, fill those seqs.
-                if let Some(prev) = last_seq.insert(a.conversation_id, a.seq)
+                // (A duplicate's ack carries the original, earlier seq: not a position.)
+                if !a.duplicate
+                    && let Some(prev) = last_seq.insert(a.conversation_id, a.seq)
                     && a.seq != prev + 1
                 {
                     stats.gaps += 1;

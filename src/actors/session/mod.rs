@@ -89,11 +89,14 @@ impl SessionState {
 
 impl Drop for SessionState {
     fn drop(&mut self) {
-        // (Outside a runtime — the process is going away — there is nobody left to tell,
-        // and the end-of-session path spawns tasks.)
+        // (The end-of-session path spawns tasks, which needs a runtime.)
         if !self.finished && tokio::runtime::Handle::try_current().is_ok() {
-            // Only a failed actor gets here: its connection is closed, and its device must
-            // not stay listed as connected (here, in other nodes' directories, in Redis).
+            // post_stop did not run: the actor failed (a panic), was killed (a supervisor
+            // stopping, shutdown past its grace), was stopped before it started, or its
+            // task was dropped with its runtime. Its connection is closed, and its device
+            // must not stay listed as connected (here, in other nodes' directories, in
+            // Redis). (At shutdown the writer may already be gone: the last-seen write is
+            // then lost, and logged.)
             self.outbox.close(protocol::encode_server(&protocol::closing_frame(ErrorCode::Internal, "session failed", 1000)));
             self.finish();
         }
