@@ -9,16 +9,7 @@ use super::*;
 use crate::store::{ContentKind, ConversationKind, GroupState};
 
 fn direct(a: UserId, b: UserId) -> ConversationRecord {
-    let mut members = vec![a, b];
-    members.sort();
-    ConversationRecord {
-        conversation_id: ConversationId::random(),
-        kind: ConversationKind::Direct,
-        members,
-        created_ms: 1,
-        group: None,
-        retention_secs: 0,
-    }
+    ConversationRecord::direct(a, b, 1)
 }
 
 fn message(id: ConversationId, seq: u64, sender: (UserId, DeviceId), event: bool) -> StoredMessage {

@@ -62,16 +62,7 @@ impl ModelStore {
 }
 
 fn direct(a: UserId, b: UserId) -> ConversationRecord {
-    let mut members = vec![a, b];
-    members.sort();
-    ConversationRecord {
-        conversation_id: ConversationId::random(),
-        kind: ConversationKind::Direct,
-        members,
-        created_ms: 1,
-        group: None,
-        retention_secs: 0,
-    }
+    ConversationRecord::direct(a, b, 1)
 }
 
 fn group_of(admin: UserId, others: &[UserId]) -> ConversationRecord {

@@ -165,6 +165,15 @@ pub struct GroupState {
 }
 
 impl ConversationRecord {
+    /// The record of the 1:1 conversation of `a` and `b` (id from
+    /// [`direct_conversation_id`], members sorted), created at `created_ms`.
+    pub fn direct(a: UserId, b: UserId, created_ms: u64) -> Self {
+        let mut members = vec![a, b];
+        members.sort();
+        members.dedup();
+        Self { conversation_id: direct_conversation_id(a, b), kind: ConversationKind::Direct, members, created_ms, group: None, retention_secs: 0 }
+    }
+
     /// True if `user` is a current member.
     pub fn is_member(&self, user: UserId) -> bool {
         self.members.binary_search(&user).is_ok()

@@ -282,12 +282,7 @@ async fn open_direct(state: &mut SessionState, req: pb::OpenDirect) -> Answer {
         if state.ctx.store.user(peer).await?.is_none() {
             return Err(RequestError::UnknownUser(peer.to_string()));
         }
-        let mut members = vec![state.user, peer];
-        members.sort();
-        members.dedup();
-        let record =
-            ConversationRecord { conversation_id: id, kind: ConversationKind::Direct, members, created_ms: now_ms(), group: None, retention_secs: 0 };
-        let record = state.ctx.store.create_conversation(record).await?;
+        let record = state.ctx.store.create_conversation(ConversationRecord::direct(state.user, peer, now_ms())).await?;
         state.core.add_view(record, Cursor::default());
     }
     Ok(Some(protocol::server(server_frame::Kind::DirectOpened(pb::DirectOpened { request_id: req.request_id, conversation_id: id_bytes(id) }))))
