@@ -33,6 +33,7 @@ pub mod keys;
 pub mod loadgen;
 pub mod media;
 pub mod media_client;
+pub mod pem;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -5,13 +5,11 @@
 //! requires the same of its peers. With TLS on, a stranger needs a certificate from the
 //! CA, not only the cookie, and the traffic (message payloads, directory) is encrypted.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{self, ClientConfig, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::ClusterTlsFiles;
@@ -46,29 +44,18 @@ pub struct ClusterTls {
     pub connector: TlsConnector,
 }
 
-fn pem_error(path: &Path, e: impl std::fmt::Display) -> TlsError {
-    TlsError::Pem { path: path.display().to_string(), message: e.to_string() }
+impl From<crate::pem::PemError> for TlsError {
+    fn from(e: crate::pem::PemError) -> Self {
+        TlsError::Pem { path: e.path, message: e.message }
+    }
 }
 
 impl ClusterTls {
     /// Loads the certificate, key and CA.
     pub fn load(files: &ClusterTlsFiles) -> Result<Self, TlsError> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-            .map_err(|e| pem_error(&files.cert, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| pem_error(&files.cert, e))?;
-        if certs.is_empty() {
-            return Err(pem_error(&files.cert, "no certificate"));
-        }
-        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| pem_error(&files.key, e))?;
-        let mut roots = RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(&files.ca).map_err(|e| pem_error(&files.ca, e))? {
-            roots.add(ca.map_err(|e| pem_error(&files.ca, e))?).map_err(|e| pem_error(&files.ca, e))?;
-        }
-        if roots.is_empty() {
-            return Err(pem_error(&files.ca, "no CA certificate"));
-        }
-        let roots = Arc::new(roots);
+        let certs = crate::pem::chain(&files.cert)?;
+        let key = crate::pem::key(&files.key)?;
+        let roots = Arc::new(crate::pem::roots(&files.ca)?);
         // One explicit provider, so that another crate enabling a second one cannot make
         // rustls's process-wide default ambiguous.
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -25,7 +25,6 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use tokio_rustls::rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -141,14 +140,7 @@ pub fn driver_mode(tls: &PgTls) -> DriverMode {
 }
 
 fn roots(path: &Path) -> Result<Arc<RootCertStore>, PgTlsError> {
-    let error = |message: String| PgTlsError::Root { path: path.display().to_string(), message };
-    let mut store = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| error(e.to_string()))? {
-        store.add(cert.map_err(|e| error(e.to_string()))?).map_err(|e| error(e.to_string()))?;
-    }
-    if store.is_empty() {
-        return Err(error("no certificate".into()));
-    }
+    let store = crate::pem::roots(path).map_err(|e| PgTlsError::Root { path: e.path, message: e.message })?;
     Ok(Arc::new(store))
 }
 

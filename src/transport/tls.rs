@@ -17,8 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
@@ -52,8 +51,10 @@ pub enum ListenerTlsError {
     Rustls(#[from] rustls::Error),
 }
 
-fn pem_error(path: &Path, e: impl std::fmt::Display) -> ListenerTlsError {
-    ListenerTlsError::Pem { path: path.display().to_string(), message: e.to_string() }
+impl From<crate::pem::PemError> for ListenerTlsError {
+    fn from(e: crate::pem::PemError) -> Self {
+        ListenerTlsError::Pem { path: e.path, message: e.message }
+    }
 }
 
 /// The one crypto provider of the client listeners.
@@ -63,14 +64,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Reads the chain and key and checks that they belong together.
 fn load_certified_key(files: &ClientTlsFiles, provider: &rustls::crypto::CryptoProvider) -> Result<CertifiedKey, ListenerTlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| pem_error(&files.cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| pem_error(&files.cert, e))?;
-    if certs.is_empty() {
-        return Err(pem_error(&files.cert, "no certificate"));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| pem_error(&files.key, e))?;
+    let certs = crate::pem::chain(&files.cert)?;
+    let key = crate::pem::key(&files.key)?;
     Ok(CertifiedKey::from_der(certs, key, provider)?)
 }
 
