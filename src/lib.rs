@@ -38,4 +38,5 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod testkit;
+pub mod to_device;
 pub mod transport;
