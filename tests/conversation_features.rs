@@ -120,3 +120,45 @@ async fn disappearing_messages_drop_out_of_history() {
     // Turning it off keeps new messages.
     a.set_retention(conversation, 0).await.unwrap();
 }
+
+/// Expiry is a rule, not the sweep's doing: with the sweep far away (600 s), a message
+/// past its retention is no longer served by catch-up (nor counted in CatchUpComplete),
+/// socket or HTTP history, or MessageInfo, while a fresh one still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_message_is_not_served_before_the_sweep_runs() {
+    let server = TestServer::start_with(&["--purge-interval-secs", "600"]);
+    let api = server.api();
+    let Pair { alice, bob, mut a, conversation } = pair(&server, Kind::Tcp).await;
+    a.set_retention(conversation, 2).await.unwrap();
+    let old = a.send_and_ack(conversation, "old", &b"expiring"[..]).await.unwrap().seq;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    let fresh = a.send_and_ack(conversation, "fresh", &b"still here"[..]).await.unwrap().seq;
+
+    // Catch-up of a device that never saw either: only the fresh one (and the event).
+    let (mut b, _) = Connection::open(&server.transport(Kind::Tcp), &bob.token).await.unwrap();
+    let counted = common::caught_up(&mut b).await;
+    let mut payloads = Vec::new();
+    while let Ok(m) = b.next_message(Duration::from_millis(300)).await {
+        if m.event.is_none() {
+            payloads.push(m.seq);
+        }
+    }
+    assert_eq!(payloads, vec![fresh], "catch-up served an expired message");
+    assert_eq!(counted, 2, "CatchUpComplete counts the retention event and the fresh message");
+
+    // History, over the socket and over HTTP.
+    let page = b.history(conversation, 0, 50).await.unwrap();
+    let seqs: Vec<u64> = page.messages.iter().filter(|m| m.event.is_none()).map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![fresh]);
+    let http = api.history(&bob.token, conversation, 0, 50).await.unwrap();
+    let seqs: Vec<u64> = http["messages"].as_array().unwrap().iter().filter(|m| m["event_hex"].is_null()).filter_map(|m| m["seq"].as_u64()).collect();
+    assert_eq!(seqs, vec![fresh], "HTTP history served an expired message: {http}");
+
+    // MessageInfo: the sender asks about both.
+    match a.message_info(conversation, old).await {
+        Err(ClientError::Rejected { code, .. }) => assert_eq!(code, ErrorCode::InvalidArgument),
+        other => panic!("message info on an expired message: {other:?}"),
+    }
+    assert_eq!(a.message_info(conversation, fresh).await.unwrap().seq, fresh);
+    let _ = alice;
+}

@@ -152,9 +152,9 @@ impl DeliveryCore {
 
     /// A page of stored messages of `id` with seqs after the watermark, oldest first
     /// (catch-up, or a gap up to `up_to`): which to send, and whether paging is done.
-    /// The watermark moves over the whole page (own messages and invisible ones
-    /// included), so nothing is looked at twice.
-    pub fn page<'a>(&mut self, id: ConversationId, messages: &'a [StoredMessage], up_to: u64, page_size: usize) -> Page<'a> {
+    /// The watermark moves over the whole page (own messages, invisible ones and messages
+    /// expired by `now_ms` — not yet swept — included), so nothing is looked at twice.
+    pub fn page<'a>(&mut self, id: ConversationId, messages: &'a [StoredMessage], up_to: u64, page_size: usize, now_ms: u64) -> Page<'a> {
         let device = self.device;
         let Some(view) = self.views.get_mut(&id) else { return Page { send: Vec::new(), done: true } };
         let mut page = Page::default();
@@ -168,6 +168,9 @@ impl DeliveryCore {
                 continue;
             }
             view.pushed = m.seq;
+            if m.event.is_none() && view.record.expired(m.server_time_ms, now_ms) {
+                continue;
+            }
             if m.seq >= view.range.0 && (m.sender_device_id != device || m.event.is_some()) {
                 page.send.push(m);
             }

@@ -71,7 +71,7 @@ fn a_removed_member_sees_up_to_the_event_that_removed_them() {
     let mut core = DeliveryCore::new(me, DeviceId::random());
     core.add_view(record.clone(), Cursor::default());
     let stored: Vec<StoredMessage> = (1..=6).map(|s| message(id, s, (admin, DeviceId::random()), s == 3 || s == 5)).collect();
-    let page = core.page(id, &stored, u64::MAX, 100);
+    let page = core.page(id, &stored, u64::MAX, 100, 0);
     assert_eq!(page.send.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4, 5, 6], "nothing before joining");
     // Removed at 5.
     let mut after = record;
@@ -138,7 +138,7 @@ proptest! {
         let mut next_live = 0usize;
         let page_from_store = |core: &mut DeliveryCore, after: u64, up_to: u64, size: usize, sent: &mut Vec<u64>| {
             let batch: Vec<StoredMessage> = log.iter().filter(|m| m.seq > after).take(size).cloned().collect();
-            let page = core.page(id, &batch, up_to, size);
+            let page = core.page(id, &batch, up_to, size, 0);
             sent.extend(page.send.iter().map(|m| m.seq));
             page.done
         };

@@ -885,8 +885,7 @@ impl Sequencer {
     /// "Expired" is a rule every check applies, not an effect of the purge sweep: a
     /// message is expired once its time plus the conversation's retention has passed.
     fn expired(&self, time_ms: u64, now_ms: u64) -> bool {
-        let retention = u64::from(self.record.retention_secs);
-        retention > 0 && time_ms.saturating_add(retention * 1000) <= now_ms
+        self.record.expired(time_ms, now_ms)
     }
 
     fn pending_entry_mut(&mut self, seq: u64) -> Option<&mut Entry> {

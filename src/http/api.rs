@@ -578,7 +578,9 @@ async fn history(
     let record = state.store.conversation(id).await.map_err(|_| ApiError::Unavailable)?.ok_or(ApiError::UnknownConversation)?;
     // The same membership range as over the socket: from joining to leaving.
     let range = record.visible_range(me.user_id).ok_or(ApiError::NotAMember)?;
-    let (messages, has_more) = history_page(state.store.as_ref(), id, range, query.before, query.limit).await.map_err(|_| ApiError::Unavailable)?;
+    let (messages, has_more) = history_page(state.store.as_ref(), &record, range, query.before, query.limit, crate::store::now_ms())
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
     Ok(HttpResponse::Ok().json(HistoryPage { conversation_id: id, messages: messages.iter().map(HistoryItem::from).collect(), has_more }))
 }
 

@@ -177,6 +177,17 @@ impl ConversationRecord {
         Self { conversation_id: direct_conversation_id(a, b), kind: ConversationKind::Direct, members, created_ms, group: None, retention_secs: 0 }
     }
 
+    /// True if a message stored at `time_ms` has expired by `now_ms` (ms since the epoch)
+    /// under this conversation's retention: its time plus the retention has passed.
+    /// "Expired" is a rule every read and every check applies (catch-up, history, message
+    /// info, edits, reactions, deletes), not an effect of the purge sweep, which only
+    /// reclaims the space later. Events never expire (they carry the group's history):
+    /// callers ask only about messages.
+    pub fn expired(&self, time_ms: u64, now_ms: u64) -> bool {
+        let retention = u64::from(self.retention_secs);
+        retention > 0 && time_ms.saturating_add(retention * 1000) <= now_ms
+    }
+
     /// True if `user` is a current member.
     pub fn is_member(&self, user: UserId) -> bool {
         self.members.binary_search(&user).is_ok()

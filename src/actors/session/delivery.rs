@@ -10,7 +10,7 @@ use crate::actors::messages::ConversationBatch;
 use crate::cores::delivery::Verdict;
 use crate::ids::ConversationId;
 use crate::protocol::{self, ErrorCode, pb, server_frame};
-use crate::store::{Cursor, StoreError};
+use crate::store::{Cursor, StoreError, now_ms};
 
 pub(super) fn store_down(state: &SessionState, e: &StoreError, what: &'static str) -> Stop {
     tracing::warn!(error = %e, what, "session could not read the store");
@@ -43,7 +43,7 @@ pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
             }
             let after = state.core.view(id).map(|v| v.pushed).unwrap_or(u64::MAX);
             let batch = store.messages_after(id, after, page_size).await.map_err(|e| store_down(state, &e, "catch-up"))?;
-            let page = state.core.page(id, &batch, u64::MAX, page_size);
+            let page = state.core.page(id, &batch, u64::MAX, page_size, now_ms());
             let done = page.done;
             let frames: Vec<_> = page.send.into_iter().map(encoded_message).collect();
             total += frames.len() as u64;
@@ -134,7 +134,7 @@ async fn fill_gap(state: &mut SessionState, id: ConversationId, after: u64, up_t
                 return Err(Stop::Gone);
             }
         };
-        let page = state.core.page(id, &batch, up_to, want);
+        let page = state.core.page(id, &batch, up_to, want, now_ms());
         let done = page.done;
         let frames: Vec<_> = page.send.into_iter().map(encoded_message).collect();
         for frame in frames {

@@ -309,8 +309,10 @@ async fn typing(state: &mut SessionState, req: pb::Typing) -> Answer {
 
 async fn history(state: &mut SessionState, req: pb::HistoryRequest) -> Answer {
     let id = parse_id("conversation_id", &req.conversation_id)?;
-    let range = view(state, id).await?.range;
-    let (messages, has_more) = crate::history::history_page(state.ctx.store.as_ref(), id, range, req.before_seq, req.limit as usize).await?;
+    let v = view(state, id).await?;
+    let (range, record) = (v.range, v.record.clone());
+    let (messages, has_more) =
+        crate::history::history_page(state.ctx.store.as_ref(), &record, range, req.before_seq, req.limit as usize, now_ms()).await?;
     Ok(Some(protocol::server(server_frame::Kind::History(pb::HistoryPage {
         request_id: req.request_id,
         conversation_id: id_bytes(id),
@@ -440,11 +442,13 @@ async fn message_info(state: &mut SessionState, req: pb::MessageInfo) -> Answer 
     let user = state.user;
     let v = member_view(state, &req.conversation_id).await?;
     let (id, members, visible) = (v.record.conversation_id, v.record.members.clone(), v.visible(req.seq));
+    let record = v.record.clone();
     if req.seq == 0 || !visible {
         return Err(RequestError::invalid("no such message"));
     }
     let message = state.ctx.store.messages_after(id, req.seq - 1, 1).await?.into_iter().find(|m| m.seq == req.seq);
     match message {
+        Some(m) if m.event.is_none() && record.expired(m.server_time_ms, now_ms()) => return Err(RequestError::invalid("no such message (expired)")),
         Some(m) if m.sender_user_id == user => {}
         Some(_) => return Err(RequestError::NotAdmin("message info is for the sender only".into())),
         None => return Err(RequestError::invalid("no such message")),
