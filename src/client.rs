@@ -626,6 +626,29 @@ impl Connection {
         .await
     }
 
+    /// Sends one payload to each of some devices (to-device messages); returns once the
+    /// server has stored them all (ToDeviceSent) or with the server's Error.
+    pub async fn send_to_device(&mut self, client_id: &str, targets: Vec<(UserId, DeviceId, Bytes)>) -> Result<(), ClientError> {
+        let targets = targets.into_iter().map(|(u, d, payload)| pb::ToDeviceTarget { user_id: id_bytes(u), device_id: id_bytes(d), payload }).collect();
+        self.send(client_frame::Kind::SendToDevice(pb::SendToDevice { client_id: client_id.to_owned(), targets })).await?;
+        let id = client_id.to_owned();
+        self.answer(client_id.to_owned(), move |k| match k {
+            server_frame::Kind::ToDeviceSent(a) if a.client_id == id => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Acknowledges this device's to-device messages up to `up_to` (their position).
+    pub async fn ack_to_device(&mut self, up_to: u64) -> Result<(), ClientError> {
+        self.send(client_frame::Kind::AckToDevice(pb::AckToDevice { up_to })).await
+    }
+
+    /// Acknowledges device-list change notices for these users.
+    pub async fn ack_device_lists(&mut self, users: &[UserId]) -> Result<(), ClientError> {
+        self.send(client_frame::Kind::AckDeviceLists(pb::AckDeviceLists { user_ids: users.iter().map(|u| id_bytes(*u)).collect() })).await
+    }
+
     /// Per-member delivered/read times of one of our group messages.
     pub async fn message_info(&mut self, conversation: ConversationId, seq: u64) -> Result<pb::MessageInfoAnswer, ClientError> {
         let request_id = rand::random::<u64>();

@@ -61,12 +61,13 @@ pub fn client(kind: client_frame::Kind) -> ClientFrame {
 }
 
 /// The `Error.request_ref` that answers a refusal of this frame: the decimal
-/// `request_id` of a request, the `client_msg_id` of a `Send`, empty for frames that
+/// `request_id` of a request, the `client_msg_id` of a `Send`, the `client_id` of a `SendToDevice`, empty for frames that
 /// carry neither (`Hello`, `Ping`, `Ack`, `Read`, `Typing`, `Bye`). docs/protocol.md §2.
 pub fn request_ref(kind: &client_frame::Kind) -> String {
     use client_frame::Kind;
     let id = match kind {
         Kind::Send(s) => return s.client_msg_id.clone(),
+        Kind::SendToDevice(s) => return s.client_id.clone(),
         Kind::OpenDirect(r) => r.request_id,
         Kind::History(r) => r.request_id,
         Kind::PresenceQuery(r) => r.request_id,
@@ -80,7 +81,14 @@ pub fn request_ref(kind: &client_frame::Kind) -> String {
         Kind::UploadKeys(r) => r.request_id,
         Kind::QueryDevices(r) => r.request_id,
         Kind::ClaimKeys(r) => r.request_id,
-        Kind::Hello(_) | Kind::Ping(_) | Kind::Ack(_) | Kind::Read(_) | Kind::Typing(_) | Kind::Bye(_) => return String::new(),
+        Kind::Hello(_)
+        | Kind::Ping(_)
+        | Kind::Ack(_)
+        | Kind::Read(_)
+        | Kind::Typing(_)
+        | Kind::Bye(_)
+        | Kind::AckToDevice(_)
+        | Kind::AckDeviceLists(_) => return String::new(),
     };
     id.to_string()
 }

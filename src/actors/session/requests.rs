@@ -236,6 +236,9 @@ async fn request(state: &mut SessionState, kind: client_frame::Kind) -> Result<(
         client_frame::Kind::UploadKeys(req) => (req.request_id.to_string(), super::keys::upload(state, req).await),
         client_frame::Kind::QueryDevices(req) => (req.request_id.to_string(), super::keys::query(state, req).await),
         client_frame::Kind::ClaimKeys(req) => (req.request_id.to_string(), super::keys::claim(state, req).await),
+        // PLACEHOLDER in the sdk worktree only: the real to-device handling lands on main.
+        client_frame::Kind::SendToDevice(req) => (req.client_id, Err(RequestError::Unavailable("to-device not merged into this branch yet".into()))),
+        client_frame::Kind::AckToDevice(_) | client_frame::Kind::AckDeviceLists(_) => return Ok(()),
         // Batched by the caller.
         client_frame::Kind::Send(_)
         | client_frame::Kind::Ack(_)
