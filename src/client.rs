@@ -629,7 +629,8 @@ impl Connection {
     /// Sends one payload to each of some devices (to-device messages); returns once the
     /// server has stored them all (ToDeviceSent) or with the server's Error.
     pub async fn send_to_device(&mut self, client_id: &str, targets: Vec<(UserId, DeviceId, Bytes)>) -> Result<(), ClientError> {
-        let targets = targets.into_iter().map(|(u, d, payload)| pb::ToDeviceTarget { user_id: id_bytes(u), device_id: id_bytes(d), payload }).collect();
+        let targets =
+            targets.into_iter().map(|(u, d, payload)| pb::ToDeviceTarget { user_id: id_bytes(u), device_id: id_bytes(d), payload }).collect();
         self.send(client_frame::Kind::SendToDevice(pb::SendToDevice { client_id: client_id.to_owned(), targets })).await?;
         let id = client_id.to_owned();
         self.answer(client_id.to_owned(), move |k| match k {
