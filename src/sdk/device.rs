@@ -462,6 +462,19 @@ impl E2ee {
         members: &[UserId],
         body: &Body,
     ) -> Result<pb::SendAck, SdkError> {
+        self.send_with_attachments(conn, conversation, members, body, &[]).await
+    }
+
+    /// [`Self::send`], declaring the media ids the message references (so that the server
+    /// lets its readers download them); their keys belong in `body` ([`Body::Media`]).
+    pub async fn send_with_attachments(
+        &mut self,
+        conn: &mut Connection,
+        conversation: ConversationId,
+        members: &[UserId],
+        body: &Body,
+        attachments: &[crate::ids::MediaId],
+    ) -> Result<pb::SendAck, SdkError> {
         let recipients = self.recipients(conn, members).await?;
         let now = now_ms();
         let plan = self.megolm.outbound(conversation, self.config.rotation).rotation.plan(now, &recipients);
@@ -503,7 +516,7 @@ impl E2ee {
         if let Some(op) = self.megolm.outbound_op(conversation)? {
             self.store.write(vec![op])?;
         }
-        Ok(conn.send_and_ack(conversation, &uuid::Uuid::new_v4().to_string(), payload).await?)
+        Ok(conn.send_with_attachments_and_ack(conversation, &uuid::Uuid::new_v4().to_string(), payload, attachments).await?)
     }
 
     /// [`Self::send`] to a group, with its current members as the server's record has them.
@@ -517,6 +530,18 @@ impl E2ee {
     pub async fn send_direct(&mut self, conn: &mut Connection, peer: UserId, body: &Body) -> Result<pb::SendAck, SdkError> {
         let conversation = conn.open_direct(peer).await?;
         self.send(conn, conversation, &[self.user, peer], body).await
+    }
+
+    /// [`Self::send_direct`] declaring attachments (see [`Self::send_with_attachments`]).
+    pub async fn send_direct_with_attachments(
+        &mut self,
+        conn: &mut Connection,
+        peer: UserId,
+        body: &Body,
+        attachments: &[crate::ids::MediaId],
+    ) -> Result<pb::SendAck, SdkError> {
+        let conversation = conn.open_direct(peer).await?;
+        self.send_with_attachments(conn, conversation, &[self.user, peer], body, attachments).await
     }
 
     /// Forgets a conversation's outbound session: the next message starts a new one.
