@@ -300,6 +300,36 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..proptest::prelude::ProptestConfig::default() })]
+
+        /// Any record reads back as written, and any single flipped bit of its sealed
+        /// bytes makes it `Tampered`, never another value.
+        #[test]
+        fn any_record_round_trips_and_any_flipped_bit_is_caught(
+            name in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            bit in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let s = SecretStore::open(&dir.path().join("sdk.redb"), &StoreKey::random()).unwrap();
+            s.put(Table::OutboundGroup, &name, &value).unwrap();
+            proptest::prop_assert_eq!(s.get(Table::OutboundGroup, &name).unwrap(), Some(value.clone()));
+            let slot = s.slot(Table::OutboundGroup, &name);
+            let txn = s.db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(Table::OutboundGroup.definition()).unwrap();
+                let mut sealed = t.get(&slot[..]).unwrap().unwrap().value().to_vec();
+                let i = bit.index(sealed.len() * 8);
+                sealed[i / 8] ^= 1 << (i % 8);
+                t.insert(&slot[..], &sealed[..]).unwrap();
+            }
+            txn.commit().unwrap();
+            let tampered = matches!(s.get(Table::OutboundGroup, &name), Err(StoreError::Tampered { .. }));
+            proptest::prop_assert!(tampered, "a flipped bit was not caught");
+        }
+    }
+
     #[test]
     fn a_wrong_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
