@@ -659,7 +659,13 @@ impl E2ee {
             conn.ack_to_device(td.position).await?;
             return Ok(Vec::new());
         }
-        let result = self.open_to_device(conn, &td).await;
+        // A failure of the connection or the store leaves the entry unacknowledged: the
+        // server sends it again after the reconnect. Only an unusable message is skipped.
+        let result = match self.open_to_device(conn, &td).await {
+            Ok(events) => Ok(events),
+            Err(ToDeviceError::Unusable(reason)) => Err(reason),
+            Err(ToDeviceError::Sdk(e)) => return Err(e),
+        };
         self.to_device_position = td.position;
         self.store.put(Table::Meta, POSITION_RECORD, &serde_json::to_vec(&td.position)?)?;
         conn.ack_to_device(td.position).await?;
@@ -677,60 +683,60 @@ impl E2ee {
         }
     }
 
-    /// Decrypts and applies one to-device message; Err is the reason it was not used.
-    async fn open_to_device(&mut self, conn: &mut Connection, td: &pb::ToDeviceMessage) -> Result<Vec<Event>, String> {
-        let sender_user: UserId = parse_id("sender_user_id", &td.sender_user_id).map_err(|e| e.to_string())?;
-        let sender_device: DeviceId = parse_id("sender_device_id", &td.sender_device_id).map_err(|e| e.to_string())?;
-        let env = envelope::open_olm(&td.payload).map_err(|e| e.to_string())?;
+    /// Decrypts and applies one to-device message.
+    async fn open_to_device(&mut self, conn: &mut Connection, td: &pb::ToDeviceMessage) -> Result<Vec<Event>, ToDeviceError> {
+        let sender_user: UserId = parse_id("sender_user_id", &td.sender_user_id).map_err(unusable)?;
+        let sender_device: DeviceId = parse_id("sender_device_id", &td.sender_device_id).map_err(unusable)?;
+        let env = envelope::open_olm(&td.payload).map_err(unusable)?;
         if env.sender_device != sender_device {
-            return Err("the envelope names another sending device".into());
+            return Err(ToDeviceError::Unusable("the envelope names another sending device".into()));
         }
-        let Some((curve, ed)) = self.device_keys(conn, sender_user, sender_device).await.map_err(|e| e.to_string())? else {
-            return Err(format!("device {sender_device} of user {sender_user} has no published keys"));
+        let Some((curve, ed)) = self.device_keys(conn, sender_user, sender_device).await? else {
+            return Err(ToDeviceError::Unusable(format!("device {sender_device} of user {sender_user} has no published keys")));
         };
         if env.sender_key.to_bytes() != curve {
-            return Err("the sender's Curve25519 key is not the one it published".into());
+            return Err(ToDeviceError::Unusable("the sender's Curve25519 key is not the one it published".into()));
         }
-        let plain = self.olm.decrypt(env.sender_key, &env.message).map_err(|e| e.to_string())?;
+        let plain = self.olm.decrypt(env.sender_key, &env.message).map_err(unusable)?;
         let ops =
-            [self.olm.account_op(), self.olm.sessions_op(&env.sender_key)].into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-        self.store.write(ops).map_err(|e| e.to_string())?;
-        let p: e2ee::OlmPlaintext = envelope::plaintext(&plain).map_err(|e| e.to_string())?;
+            [self.olm.account_op(), self.olm.sessions_op(&env.sender_key)].into_iter().collect::<Result<Vec<_>, _>>().map_err(SdkError::from)?;
+        self.store.write(ops).map_err(SdkError::from)?;
+        let p: e2ee::OlmPlaintext = envelope::plaintext(&plain).map_err(unusable)?;
         if p.sender_user_id[..] != sender_user.uuid().as_bytes()[..]
             || p.sender_device_id[..] != sender_device.uuid().as_bytes()[..]
             || p.sender_ed25519[..] != ed
         {
-            return Err("the plaintext's sender is not the device the message came from".into());
+            return Err(ToDeviceError::Unusable("the plaintext's sender is not the device the message came from".into()));
         }
         if p.recipient_user_id[..] != self.user.uuid().as_bytes()[..]
             || p.recipient_device_id[..] != self.device.uuid().as_bytes()[..]
             || p.recipient_ed25519[..] != self.ed25519()
         {
-            return Err("the plaintext is addressed to another device".into());
+            return Err(ToDeviceError::Unusable("the plaintext is addressed to another device".into()));
         }
         let mut added = Vec::new();
         match p.content {
             Some(e2ee::olm_plaintext::Content::RoomKey(key)) => {
-                added.push(MegolmState::inbound_from_room_key(&key, sender_user, sender_device, env.sender_key)?);
+                added.push(MegolmState::inbound_from_room_key(&key, sender_user, sender_device, env.sender_key).map_err(unusable)?);
             }
             Some(e2ee::olm_plaintext::Content::ForwardedRoomKeys(keys)) => {
                 // Only our own devices may vouch for another device's session.
                 if sender_user != self.user {
-                    return Err(format!("forwarded room keys from another user ({sender_user}) refused"));
+                    return Err(ToDeviceError::Unusable(format!("forwarded room keys from another user ({sender_user}) refused")));
                 }
                 for key in &keys.keys {
-                    added.push(MegolmState::inbound_from_forwarded(key)?);
+                    added.push(MegolmState::inbound_from_forwarded(key).map_err(unusable)?);
                 }
             }
-            None => return Err("empty to-device content".into()),
+            None => return Err(ToDeviceError::Unusable("empty to-device content".into())),
         }
         let mut events = Vec::new();
         for inbound in added {
             let (sender_key, session_id) = (inbound.sender_key, inbound.session.session_id());
-            if let Some(op) = self.megolm.add_inbound(inbound).map_err(|e| e.to_string())? {
-                self.store.write(vec![op]).map_err(|e| e.to_string())?;
+            if let Some(op) = self.megolm.add_inbound(inbound).map_err(SdkError::from)? {
+                self.store.write(vec![op]).map_err(SdkError::from)?;
             }
-            events.extend(self.retry(&sender_key, &session_id).map_err(|e| e.to_string())?);
+            events.extend(self.retry(&sender_key, &session_id)?);
         }
         Ok(events)
     }
@@ -765,6 +771,24 @@ impl E2ee {
         }
         Ok(())
     }
+}
+
+/// Why a to-device message was not applied.
+enum ToDeviceError {
+    /// It cannot be used, now or later (acknowledged and reported).
+    Unusable(String),
+    /// The connection or the store failed (not acknowledged: it comes again).
+    Sdk(SdkError),
+}
+
+impl From<SdkError> for ToDeviceError {
+    fn from(e: SdkError) -> Self {
+        ToDeviceError::Sdk(e)
+    }
+}
+
+fn unusable(e: impl std::fmt::Display) -> ToDeviceError {
+    ToDeviceError::Unusable(e.to_string())
 }
 
 fn pending_name(conversation: ConversationId, seq: u64) -> Vec<u8> {
