@@ -169,6 +169,14 @@ pub struct ServeArgs {
     /// Largest group, in members.
     #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
+    /// Unacknowledged to-device messages a device's queue may hold (1 to 1000000; default
+    /// 10000); a send that would pass it is refused with QUEUE_FULL.
+    #[arg(long, env = "SWITCHBOARD_TO_DEVICE_QUEUE")]
+    pub to_device_queue: Option<u64>,
+    /// To-device messages sent to a device ahead of its acknowledgements (1 to 10000;
+    /// default 256): the rest follow as it acknowledges.
+    #[arg(long, env = "SWITCHBOARD_TO_DEVICE_WINDOW")]
+    pub to_device_window: Option<u64>,
     /// Seconds without traffic before a conversation actor is passivated.
     #[arg(long, env = "SWITCHBOARD_CONVERSATION_IDLE_SECS")]
     pub conversation_idle_secs: Option<u64>,
@@ -285,6 +293,8 @@ pub struct FileConfig {
     rate_burst: Option<u32>,
     conversation_idle_secs: Option<u64>,
     max_group_members: Option<usize>,
+    to_device_queue: Option<u64>,
+    to_device_window: Option<u64>,
     purge_interval_secs: Option<u64>,
     push_sink: Option<String>,
     push_coalesce_ms: Option<u64>,
@@ -497,6 +507,18 @@ impl ServerConfig {
                 return Err(ConfigError::Invalid("max_group_members must be 2 to 100000".into()));
             }
             actors.max_group_members = v;
+        }
+        if let Some(v) = args.to_device_queue.or(file.to_device_queue) {
+            if !(1..=1_000_000).contains(&v) {
+                return Err(ConfigError::Invalid("to_device_queue must be 1 to 1000000".into()));
+            }
+            actors.to_device.max_queued = v;
+        }
+        if let Some(v) = args.to_device_window.or(file.to_device_window) {
+            if !(1..=10_000).contains(&v) {
+                return Err(ConfigError::Invalid("to_device_window must be 1 to 10000".into()));
+            }
+            actors.to_device.window = v;
         }
         let admin_token = secret(
             "admin_token",

@@ -38,6 +38,14 @@ pub struct Uploaded {
     pub identity: Option<KeysStored>,
 }
 
+impl Uploaded {
+    /// True if the device published identity keys it did not have (new or replaced): its
+    /// user's device list changed for those who encrypt to it.
+    pub fn identity_changed(&self) -> bool {
+        matches!(self.identity, Some(KeysStored::New | KeysStored::Replaced))
+    }
+}
+
 /// Checks and stores an upload of the calling device.
 pub async fn upload(
     store: &dyn Store,
@@ -68,7 +76,7 @@ pub async fn upload(
 
 /// The users `caller` may see the keys of: themselves and every current member of every
 /// conversation they are a current member of.
-async fn visible_users(store: &dyn Store, caller: UserId) -> Result<HashSet<UserId>, RequestError> {
+pub(crate) async fn visible_users(store: &dyn Store, caller: UserId) -> Result<HashSet<UserId>, RequestError> {
     let mut users = HashSet::from([caller]);
     for id in store.conversations_of(caller).await? {
         if let Some(record) = store.conversation(id).await?

@@ -41,4 +41,5 @@ pub mod sdk;
 pub mod server;
 pub mod store;
 pub mod testkit;
+pub mod to_device;
 pub mod transport;

@@ -1100,7 +1100,8 @@ async fn with_tls_nodes_need_a_certificate_from_the_cluster_ca_not_only_the_cook
 
 /// The key directory across nodes: 100 one-time key claims at once, spread over the three
 /// nodes (HTTP and frames), never hand a key out twice (every node claims in the shared
-/// store), and the device that owns the keys hears that it runs low on its own node.
+/// store), and the device that owns the keys hears that it runs low on its own node; then
+/// device-list notices and a to-device message cross nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_key_claims_spread_over_three_nodes_hand_each_key_out_once() {
     let cluster = TestCluster::start(3).await;
@@ -1162,4 +1163,26 @@ async fn one_time_key_claims_spread_over_three_nodes_hand_each_key_out_once() {
     .expect("KeysLow on the owner's node");
     let mut b = online_at(&t[1], &bob).await;
     assert!(b.claim_keys(&[target]).await.expect("claim").keys[0].fallback, "none left: the fallback key");
+
+    // Bob's two links reached Alice, on node 0, as device-list notices.
+    let noticed = a
+        .wait_for(WAIT, false, |k| match k {
+            server_frame::Kind::DeviceListsChanged(n) => Some(n.user_ids.clone()),
+            _ => None,
+        })
+        .await
+        .expect("DeviceListsChanged on Alice's node");
+    assert_eq!(noticed, vec![switchboard::protocol::id_bytes(bob.user_id)]);
+    // A to-device message from node 1 reaches Alice's device on node 0, live.
+    b.send_to_device("cross-node", vec![(alice.user_id, alice.device_id, bytes::Bytes::from_static(b"olm pre-key message"))])
+        .await
+        .expect("to-device");
+    let entry = a
+        .wait_for(WAIT, false, |k| match k {
+            server_frame::Kind::ToDevice(m) => Some(m.clone()),
+            _ => None,
+        })
+        .await
+        .expect("a to-device message across nodes");
+    assert_eq!((entry.position, &entry.payload[..]), (1, &b"olm pre-key message"[..]));
 }

@@ -18,7 +18,7 @@ use switchboard::ids::{ConversationId, DeviceId, Id, MediaId, UserId};
 use switchboard::store::{
     ClaimedKey, CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceKeys, DeviceRecord, GroupState, KeysStored, MediaKind,
     MediaPart, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Record, Section, Store, StoreError, StoreSpec, StoredMessage,
-    UserRecord, WriteOp, WriteOutcome,
+    ToDeviceSend, ToDeviceStored, ToDeviceTarget, UserRecord, WriteOp, WriteOutcome, now_ms,
 };
 use switchboard::testkit::PrivatePostgres;
 use uuid::Uuid;
@@ -127,6 +127,9 @@ every_backend!(
     model_based_sequences_with_restarts,
     key_directory_keys_claims_and_revocation,
     concurrent_claims_hand_each_key_out_once,
+    to_device_queues_hold_until_acknowledged,
+    racing_to_device_sends_take_each_position_once,
+    device_list_notices_until_acknowledged,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1178,4 +1181,131 @@ async fn concurrent_claims_hand_each_key_out_once(f: Fixture) {
         assert!(!c.fallback && handed.insert(c.key.key_id.clone()));
     }
     assert!(first.claim_one_time_key(device_id, 301).await.unwrap().unwrap().fallback);
+}
+
+fn to_device_send(sender: (UserId, DeviceId), client_id: &str, targets: &[(UserId, DeviceId)], tag: &str) -> ToDeviceSend {
+    ToDeviceSend {
+        sender_user: sender.0,
+        sender_device: sender.1,
+        client_id: client_id.into(),
+        sent_ms: now_ms(),
+        targets: targets.iter().map(|(u, d)| ToDeviceTarget { user: *u, device: *d, payload: format!("{tag}->{d}").into_bytes() }).collect(),
+    }
+}
+
+async fn to_device_queues_hold_until_acknowledged(mut f: Fixture) {
+    let mut store = f.open().await;
+    let alice = live_device(&store).await;
+    let (bob, bob1) = live_device(&store).await;
+    let bob2 = device(bob, 2);
+    store.add_device(bob2.clone(), 5).await.unwrap();
+    let bob2 = bob2.device_id;
+    let stored = store.enqueue_to_device(to_device_send(alice, "s1", &[(bob, bob1), (bob, bob2)], "one"), 3).await.unwrap();
+    // (In no particular order.)
+    let ToDeviceStored::Stored(mut stored) = stored else { panic!("{stored:?}") };
+    stored.sort();
+    let mut expected = vec![(bob, bob1, 1), (bob, bob2, 1)];
+    expected.sort();
+    assert_eq!(stored, expected);
+    // A retry of the same id stores nothing.
+    assert_eq!(store.enqueue_to_device(to_device_send(alice, "s1", &[(bob, bob1)], "again"), 3).await.unwrap(), ToDeviceStored::Duplicate);
+    assert_eq!(
+        store.enqueue_to_device(to_device_send(alice, "s2", &[(bob, bob1)], "two"), 3).await.unwrap(),
+        ToDeviceStored::Stored(vec![(bob, bob1, 2)])
+    );
+    // A bad target refuses the whole send: nothing of it is queued anywhere.
+    let stranger_device = uid::<DeviceId>();
+    assert_eq!(
+        store.enqueue_to_device(to_device_send(alice, "s3", &[(bob, bob1), (bob, stranger_device)], "bad"), 3).await.unwrap(),
+        ToDeviceStored::UnknownDevice { user: bob, device: stranger_device }
+    );
+    assert_eq!(
+        store.enqueue_to_device(to_device_send(alice, "s3", &[(bob, bob1), (alice.0, bob2)], "bad"), 3).await.unwrap(),
+        ToDeviceStored::UnknownDevice { user: alice.0, device: bob2 },
+        "a device named under another user"
+    );
+    let queue = store.to_device_after(bob1, 0, 10).await.unwrap();
+    assert_eq!(queue.acked, 0);
+    assert_eq!(queue.entries.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(queue.entries[0].payload, format!("one->{bob1}").into_bytes());
+    assert_eq!((queue.entries[0].sender_user, queue.entries[0].sender_device), alice);
+    assert_eq!(store.to_device_after(bob1, 1, 10).await.unwrap().entries.len(), 1);
+    assert_eq!(store.to_device_after(bob1, 0, 1).await.unwrap().entries.len(), 1);
+
+    // Bound of 3: bob1 holds 2, so a send to bob1 and bob2 passes once, then not.
+    assert!(matches!(
+        store.enqueue_to_device(to_device_send(alice, "s4", &[(bob, bob2), (bob, bob1)], "three"), 3).await.unwrap(),
+        ToDeviceStored::Stored(_)
+    ));
+    assert_eq!(
+        store.enqueue_to_device(to_device_send(alice, "s5", &[(bob, bob2), (bob, bob1)], "four"), 3).await.unwrap(),
+        ToDeviceStored::QueueFull { device: bob1 }
+    );
+    assert_eq!(store.to_device_after(bob2, 0, 10).await.unwrap().entries.len(), 2, "the refused send left nothing in bob2's queue");
+
+    store = f.reopen(store).await;
+    // Acknowledged entries go; an ack past what was given out stops there; older acks change nothing.
+    store.ack_to_device(bob1, 2).await.unwrap();
+    let queue = store.to_device_after(bob1, 0, 10).await.unwrap();
+    assert_eq!((queue.acked, queue.entries.iter().map(|e| e.position).collect::<Vec<_>>()), (2, vec![3]));
+    store.ack_to_device(bob1, 1).await.unwrap();
+    assert_eq!(store.to_device_after(bob1, 0, 10).await.unwrap().acked, 2);
+    store.ack_to_device(bob1, 99).await.unwrap();
+    let queue = store.to_device_after(bob1, 0, 10).await.unwrap();
+    assert_eq!((queue.acked, queue.entries.len()), (3, 0));
+    // Positions are never reused.
+    assert_eq!(
+        store.enqueue_to_device(to_device_send(alice, "s6", &[(bob, bob1)], "five"), 3).await.unwrap(),
+        ToDeviceStored::Stored(vec![(bob, bob1, 4)])
+    );
+    // Revocation empties the queue and refuses new sends.
+    assert!(store.revoke_device(bob, bob2, now_ms()).await.unwrap());
+    assert!(store.to_device_after(bob2, 0, 10).await.unwrap().entries.is_empty());
+    assert_eq!(
+        store.enqueue_to_device(to_device_send(alice, "s7", &[(bob, bob2)], "six"), 3).await.unwrap(),
+        ToDeviceStored::UnknownDevice { user: bob, device: bob2 }
+    );
+}
+
+/// 40 sends at once to one device (and each to a second device), through two store
+/// handles: every send gets its own position, the positions are 1 to 40 without a gap,
+/// and the second device's queue holds the same sends in the same order as the store
+/// accepted them.
+async fn racing_to_device_sends_take_each_position_once(f: Fixture) {
+    let first = f.open().await;
+    let second = if f.backend == Backend::Embedded { first.clone() } else { f.open().await };
+    let alice = live_device(&first).await;
+    let (bob, bob1) = live_device(&first).await;
+    let sends = (0..40).map(|i| {
+        let store = if i % 2 == 0 { first.clone() } else { second.clone() };
+        tokio::spawn(async move { store.enqueue_to_device(to_device_send(alice, &format!("race{i}"), &[(bob, bob1)], &format!("n{i}")), 1000).await })
+    });
+    let mut positions = BTreeSet::new();
+    for send in sends {
+        match send.await.unwrap().unwrap() {
+            ToDeviceStored::Stored(s) => assert!(positions.insert(s[0].2), "position {} twice", s[0].2),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(positions, (1..=40).collect::<BTreeSet<u64>>());
+    let queue = first.to_device_after(bob1, 0, 100).await.unwrap();
+    assert_eq!(queue.entries.iter().map(|e| e.position).collect::<Vec<_>>(), (1..=40).collect::<Vec<u64>>());
+}
+
+async fn device_list_notices_until_acknowledged(mut f: Fixture) {
+    let mut store = f.open().await;
+    let (alice, _) = live_device(&store).await;
+    let (carol, _) = live_device(&store).await;
+    let (_, bob1) = live_device(&store).await;
+    let (_, bob2) = live_device(&store).await;
+    store.note_device_list_change(alice, vec![bob1, bob2], 10).await.unwrap();
+    store.note_device_list_change(alice, vec![bob1], 11).await.unwrap();
+    store.note_device_list_change(carol, vec![bob1], 12).await.unwrap();
+    let mut expected = vec![alice, carol];
+    expected.sort();
+    assert_eq!(store.device_list_changes(bob1).await.unwrap(), expected, "one notice per user, however many changes");
+    store = f.reopen(store).await;
+    store.ack_device_list_changes(bob1, vec![alice]).await.unwrap();
+    assert_eq!(store.device_list_changes(bob1).await.unwrap(), vec![carol]);
+    assert_eq!(store.device_list_changes(bob2).await.unwrap(), vec![alice]);
 }

@@ -227,6 +227,24 @@ impl Store for FailingAfter {
     async fn claim_one_time_key(&self, _: switchboard::ids::DeviceId, _: u64) -> Result<Option<switchboard::store::ClaimedKey>, StoreError> {
         unimplemented!()
     }
+    async fn enqueue_to_device(&self, _: switchboard::store::ToDeviceSend, _: u64) -> Result<switchboard::store::ToDeviceStored, StoreError> {
+        unimplemented!()
+    }
+    async fn to_device_after(&self, _: switchboard::ids::DeviceId, _: u64, _: usize) -> Result<switchboard::store::ToDeviceQueue, StoreError> {
+        unimplemented!()
+    }
+    async fn ack_to_device(&self, _: switchboard::ids::DeviceId, _: u64) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn note_device_list_change(&self, _: switchboard::ids::UserId, _: Vec<switchboard::ids::DeviceId>, _: u64) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn device_list_changes(&self, _: switchboard::ids::DeviceId) -> Result<Vec<switchboard::ids::UserId>, StoreError> {
+        unimplemented!()
+    }
+    async fn ack_device_list_changes(&self, _: switchboard::ids::DeviceId, _: Vec<switchboard::ids::UserId>) -> Result<(), StoreError> {
+        unimplemented!()
+    }
     async fn push_tokens_of(
         &self,
         _: switchboard::ids::UserId,

@@ -63,6 +63,8 @@ pub struct ActorLimits {
     pub restart_window: Duration,
     /// Key directory limits (one-time keys per upload and per device, low-keys notice).
     pub keys: crate::cores::keys::KeyLimits,
+    /// To-device limits (targets per send, payload size, queue bound, window).
+    pub to_device: crate::cores::to_device::ToDeviceLimits,
 }
 
 impl Default for ActorLimits {
@@ -79,6 +81,7 @@ impl Default for ActorLimits {
             max_restarts: 5,
             restart_window: Duration::from_secs(10),
             keys: crate::cores::keys::KeyLimits::default(),
+            to_device: crate::cores::to_device::ToDeviceLimits::default(),
         }
     }
 }

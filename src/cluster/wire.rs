@@ -226,6 +226,9 @@ pub fn session_payload(message: &SessionMsg) -> Option<pb::SessionPayload> {
                 .collect(),
         }),
         SessionMsg::Request(SessionRequest::Push(frame)) => Kind::Push(frame.clone()),
+        SessionMsg::Request(SessionRequest::ToDevice { position, frame }) => {
+            Kind::ToDevice(pb::ToDeviceEntry { position: *position, frame: frame.clone() })
+        }
         SessionMsg::Control(SessionControl::Close { code, reason, reconnect_after_ms }) => {
             Kind::Close(pb::Close { code: *code as i32, reason: reason.clone(), reconnect_after_ms: *reconnect_after_ms })
         }
@@ -287,6 +290,7 @@ pub fn from_session_payload(payload: pb::SessionPayload) -> Result<SessionMsg, W
             })))
         }
         Kind::Push(frame) => SessionMsg::Request(SessionRequest::Push(frame)),
+        Kind::ToDevice(e) => SessionMsg::Request(SessionRequest::ToDevice { position: e.position, frame: e.frame }),
         Kind::Close(c) => SessionMsg::Control(SessionControl::Close {
             code: ErrorCode::try_from(c.code).map_err(|_| WireError::Unknown { field: "close.code", value: c.code.into() })?,
             reason: c.reason,
@@ -301,6 +305,7 @@ pub fn duplicate(request: &SessionRequest) -> Option<SessionRequest> {
     match request {
         SessionRequest::Conversation(batch) => Some(SessionRequest::Conversation(batch.clone())),
         SessionRequest::Push(frame) => Some(SessionRequest::Push(frame.clone())),
+        SessionRequest::ToDevice { position, frame } => Some(SessionRequest::ToDevice { position: *position, frame: frame.clone() }),
         SessionRequest::Frames(_) => None,
     }
 }

@@ -10,8 +10,10 @@
 //! by its session) keep their order. Entries are deleted when the device acknowledges
 //! them (`up_to` a position), never before.
 //!
-//! Not wired yet: the frames, the stores' queues and the session's use of [`Receiver`]
-//! are the next part of issue 13 (see docs/e2ee.md, "Not yet built").
+//! The device reads at its own pace: at most a window of entries is sent and not yet
+//! acknowledged; the rest stay in the store and follow as acknowledgements come (flow
+//! control, so that a queue of thousands of entries never floods the outbox). The shell is
+//! `crate::actors::session::to_device`; the stores' queues are `Store::enqueue_to_device`.
 
 use std::collections::HashSet;
 
@@ -25,14 +27,16 @@ pub struct ToDeviceLimits {
     /// Largest ciphertext for one device, in bytes.
     pub max_payload: usize,
     /// Entries a device's queue may hold; a send that would overflow any target's queue
-    /// is refused whole.
+    /// is refused whole (checked by the store, in the send's transaction).
     pub max_queued: u64,
+    /// Entries sent to a device and not yet acknowledged, at most (flow control).
+    pub window: u64,
 }
 
 impl Default for ToDeviceLimits {
     fn default() -> Self {
         // 1,024 targets: a 256-member group with up to four devices each, in one send.
-        ToDeviceLimits { max_targets: 1024, max_payload: 16 * 1024, max_queued: 10_000 }
+        ToDeviceLimits { max_targets: 1024, max_payload: 16 * 1024, max_queued: 10_000, window: 256 }
     }
 }
 
@@ -53,34 +57,14 @@ pub enum SendRefusal {
         /// The limit.
         max: usize,
     },
-    /// A target is not a live device of the named user (unknown, revoked, another user's).
-    #[error("no live device {device} of user {user}")]
-    UnknownDevice {
-        /// The named user.
-        user: UserId,
-        /// The device.
-        device: DeviceId,
-    },
-    /// A target's queue is full (the device has not acknowledged what it was sent).
-    #[error("the queue of device {device} is full ({max} entries)")]
-    QueueFull {
-        /// The device.
-        device: DeviceId,
-        /// The limit.
-        max: u64,
-    },
 }
 
 /// Checks a send before anything is stored: the client id, the number of targets, each
-/// ciphertext's size, duplicate targets, and that every target is a live device of the
-/// named user (`live(user, device)`, from the store). All or nothing: one bad target
-/// refuses the whole send, so a sender never has to find out which devices got it.
-pub fn check_send(
-    client_id: &str,
-    targets: &[(UserId, DeviceId, usize)],
-    live: impl Fn(UserId, DeviceId) -> bool,
-    limits: &ToDeviceLimits,
-) -> Result<(), SendRefusal> {
+/// ciphertext's size, duplicate targets. All or nothing: one bad target refuses the whole
+/// send, so a sender never has to find out which devices got it. (That every target is a
+/// live device of the named user, and that its queue has room, the store checks in the
+/// send's transaction: `Store::enqueue_to_device`.)
+pub fn check_send(client_id: &str, targets: &[(UserId, DeviceId, usize)], limits: &ToDeviceLimits) -> Result<(), SendRefusal> {
     if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID_BYTES {
         return Err(SendRefusal::Invalid(format!("client_id must be 1 to {MAX_CLIENT_ID_BYTES} bytes")));
     }
@@ -89,23 +73,15 @@ pub fn check_send(
     }
     let mut seen = HashSet::with_capacity(targets.len());
     for (user, device, len) in targets {
+        if *len == 0 {
+            return Err(SendRefusal::Invalid("an empty to-device payload".into()));
+        }
         if *len > limits.max_payload {
             return Err(SendRefusal::TooLarge { len: *len, max: limits.max_payload });
         }
         if !seen.insert(*device) {
-            return Err(SendRefusal::Invalid(format!("device {device} is addressed twice")));
+            return Err(SendRefusal::Invalid(format!("device {device} of user {user} is addressed twice")));
         }
-        if !live(*user, *device) {
-            return Err(SendRefusal::UnknownDevice { user: *user, device: *device });
-        }
-    }
-    Ok(())
-}
-
-/// The queue-bound decision for one target: `queued` entries now, one more to add.
-pub fn check_room(device: DeviceId, queued: u64, limits: &ToDeviceLimits) -> Result<(), SendRefusal> {
-    if queued >= limits.max_queued {
-        return Err(SendRefusal::QueueFull { device, max: limits.max_queued });
     }
     Ok(())
 }
@@ -118,21 +94,27 @@ pub enum Offer {
     /// Already sent (catch-up and a live delivery crossed): skip it.
     Duplicate,
     /// Entries between the last sent and this one are missing here: read the queue from
-    /// the store after [`Receiver::sent_up_to`] and offer those first.
+    /// the store after [`Receiver::sent_up_to`] (at most [`Receiver::room`] entries) and
+    /// send those instead.
     Gap,
+    /// The window is full: leave it in the store; it is read after the next
+    /// acknowledgement.
+    Hold,
 }
 
 /// One receiving device's position in its queue, in the session.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receiver {
     sent: u64,
     acked: u64,
+    window: u64,
 }
 
 impl Receiver {
-    /// A device whose queue holds entries after `acked` (they were deleted up to it).
-    pub fn new(acked: u64) -> Self {
-        Receiver { sent: acked, acked }
+    /// A device whose queue holds entries after `acked` (they were deleted up to it), of
+    /// which at most `window` (at least 1) are sent and not acknowledged at a time.
+    pub fn new(acked: u64, window: u64) -> Self {
+        Receiver { sent: acked, acked, window: window.max(1) }
     }
 
     /// Highest position sent to the device.
@@ -140,10 +122,17 @@ impl Receiver {
         self.sent
     }
 
-    /// What to do with the entry at `position`.
+    /// How many more entries may be sent before an acknowledgement.
+    pub fn room(&self) -> u64 {
+        self.window.saturating_sub(self.sent - self.acked)
+    }
+
+    /// What to do with the entry at `position`, offered live.
     pub fn offer(&self, position: u64) -> Offer {
         if position <= self.sent {
             Offer::Duplicate
+        } else if self.room() == 0 {
+            Offer::Hold
         } else if position == self.sent + 1 {
             Offer::Send
         } else {
@@ -151,7 +140,9 @@ impl Receiver {
         }
     }
 
-    /// The entry at `position` was put in the device's outbox.
+    /// The entry at `position` was put in the device's outbox (live, or read from the
+    /// store: the store's order is the truth, so a position it never wrote, a hole left by
+    /// a failed write on ScyllaDB, is skipped rather than waited for).
     pub fn sent(&mut self, position: u64) {
         self.sent = self.sent.max(position);
     }
@@ -177,23 +168,21 @@ mod tests {
 
     #[test]
     fn a_send_is_checked_whole() {
-        let limits = ToDeviceLimits { max_targets: 3, max_payload: 10, max_queued: 2 };
+        let limits = ToDeviceLimits { max_targets: 3, max_payload: 10, max_queued: 2, window: 2 };
         let (u, d1, d2) = (UserId::random(), DeviceId::random(), DeviceId::random());
-        let live = |_: UserId, d: DeviceId| d != d2;
-        assert_eq!(check_send("c1", &[(u, d1, 10)], live, &limits), Ok(()));
-        assert!(matches!(check_send("", &[(u, d1, 1)], live, &limits), Err(SendRefusal::Invalid(_))));
-        assert!(matches!(check_send(&"x".repeat(65), &[(u, d1, 1)], live, &limits), Err(SendRefusal::Invalid(_))));
-        assert!(matches!(check_send("c", &[], live, &limits), Err(SendRefusal::Invalid(_))));
-        assert_eq!(check_send("c", &[(u, d1, 11)], live, &limits), Err(SendRefusal::TooLarge { len: 11, max: 10 }));
-        assert!(matches!(check_send("c", &[(u, d1, 1), (u, d1, 1)], live, &limits), Err(SendRefusal::Invalid(_))));
-        assert_eq!(check_send("c", &[(u, d1, 1), (u, d2, 1)], live, &limits), Err(SendRefusal::UnknownDevice { user: u, device: d2 }));
-        assert_eq!(check_room(d1, 1, &limits), Ok(()));
-        assert_eq!(check_room(d1, 2, &limits), Err(SendRefusal::QueueFull { device: d1, max: 2 }));
+        assert_eq!(check_send("c1", &[(u, d1, 10)], &limits), Ok(()));
+        assert!(matches!(check_send("", &[(u, d1, 1)], &limits), Err(SendRefusal::Invalid(_))));
+        assert!(matches!(check_send(&"x".repeat(65), &[(u, d1, 1)], &limits), Err(SendRefusal::Invalid(_))));
+        assert!(matches!(check_send("c", &[], &limits), Err(SendRefusal::Invalid(_))));
+        assert_eq!(check_send("c", &[(u, d1, 11)], &limits), Err(SendRefusal::TooLarge { len: 11, max: 10 }));
+        assert!(matches!(check_send("c", &[(u, d1, 1), (u, d1, 1)], &limits), Err(SendRefusal::Invalid(_))));
+        assert_eq!(check_send("c", &[(u, d1, 1), (u, d2, 1)], &limits), Ok(()));
+        assert!(matches!(check_send("c", &[(u, d1, 0)], &limits), Err(SendRefusal::Invalid(_))));
     }
 
     #[test]
     fn acks_never_pass_what_was_sent_nor_go_back() {
-        let mut r = Receiver::new(3);
+        let mut r = Receiver::new(3, 10);
         assert_eq!(r.offer(3), Offer::Duplicate);
         assert_eq!(r.offer(5), Offer::Gap);
         assert_eq!(r.offer(4), Offer::Send);
@@ -203,33 +192,68 @@ mod tests {
         assert_eq!(r.ack(2), None);
     }
 
+    #[test]
+    fn the_window_holds_what_the_device_has_not_acknowledged() {
+        let mut r = Receiver::new(0, 2);
+        assert_eq!(r.room(), 2);
+        r.sent(1);
+        r.sent(2);
+        assert_eq!(r.offer(3), Offer::Hold);
+        assert_eq!(r.offer(5), Offer::Hold);
+        assert_eq!(r.offer(2), Offer::Duplicate);
+        assert_eq!(r.ack(1), Some(1));
+        assert_eq!(r.room(), 1);
+        assert_eq!(r.offer(3), Offer::Send);
+        assert_eq!(Receiver::new(0, 0).room(), 1, "a window of 0 would never send anything");
+    }
+
     proptest! {
-        /// Live deliveries arrive in any order, with duplicates; the device is sent every
-        /// position once, in order, when the shell fills gaps from the store (here: the
-        /// positions it has not seen yet, in order).
+        /// Live deliveries arrive in any order, with duplicates, and the device acknowledges
+        /// at random moments; the device is sent every stored position once, in order,
+        /// never more than the window ahead of its acknowledgements, when the shell fills
+        /// gaps and held entries from the store (here: the stored positions after the last
+        /// sent, up to the room).
         #[test]
-        fn the_device_sees_its_queue_in_order_once(arrivals in proptest::collection::vec(1u64..40, 0..80)) {
-            let stored: u64 = arrivals.iter().copied().max().unwrap_or(0);
-            let mut r = Receiver::new(0);
-            let mut seen = Vec::new();
-            for position in arrivals {
+        fn the_device_sees_its_queue_in_order_once(
+            arrivals in proptest::collection::vec((1u64..40, any::<bool>()), 0..80),
+            window in 1u64..8,
+        ) {
+            let mut stored = 0u64;
+            let mut r = Receiver::new(0, window);
+            let mut seen: Vec<u64> = Vec::new();
+            let mut acked = 0u64;
+            let fill = |r: &mut Receiver, seen: &mut Vec<u64>, stored: u64| {
+                let from = r.sent_up_to() + 1;
+                let to = stored.min(r.sent_up_to() + r.room());
+                for p in from..=to {
+                    seen.push(p);
+                    r.sent(p);
+                }
+            };
+            for (position, ack) in arrivals {
+                // Entries are stored in position order before their live delivery.
+                stored = stored.max(position);
                 match r.offer(position) {
                     Offer::Send => { seen.push(position); r.sent(position); }
-                    Offer::Duplicate => {}
-                    Offer::Gap => {
-                        // The shell reads the queue after sent_up_to (everything up to
-                        // the newest stored entry is there) and offers it in order.
-                        for p in r.sent_up_to() + 1..=position {
-                            prop_assert_eq!(r.offer(p), Offer::Send);
-                            seen.push(p);
-                            r.sent(p);
-                        }
+                    Offer::Duplicate | Offer::Hold => {}
+                    Offer::Gap => fill(&mut r, &mut seen, stored),
+                }
+                prop_assert!(r.sent_up_to() - acked <= window);
+                if ack {
+                    if let Some(up_to) = r.ack(r.sent_up_to()) {
+                        acked = up_to;
                     }
+                    fill(&mut r, &mut seen, stored);
                 }
             }
-            let expected: Vec<u64> = (1..=seen.len() as u64).collect();
+            // Acknowledging to the end drains the queue.
+            while r.sent_up_to() < stored {
+                let up_to = r.sent_up_to();
+                r.ack(up_to);
+                fill(&mut r, &mut seen, stored);
+            }
+            let expected: Vec<u64> = (1..=stored).collect();
             prop_assert_eq!(&seen, &expected);
-            prop_assert!(seen.len() as u64 <= stored);
         }
     }
 }

@@ -338,6 +338,15 @@ async fn verify(state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> Resu
     for device in revoked {
         state.node.ctx.router.close_device(credentials.user_id, device, ErrorCode::DeviceRevoked, "account registered on a new phone");
     }
+    // A new device (and maybe revoked ones): those who share keys with the user must know.
+    crate::to_device::device_list_changed(
+        state.store.as_ref(),
+        &state.node.ctx.router,
+        credentials.user_id,
+        Some(credentials.device_id),
+        crate::store::now_ms(),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(credentials))
 }
 
@@ -363,6 +372,14 @@ pub struct LinkBody {
 async fn link_device(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<LinkBody>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     let credentials = state.accounts.link_device(&me, &body.name).await?;
+    crate::to_device::device_list_changed(
+        state.store.as_ref(),
+        &state.node.ctx.router,
+        me.user_id,
+        Some(credentials.device_id),
+        crate::store::now_ms(),
+    )
+    .await;
     Ok(HttpResponse::Created().json(credentials))
 }
 
@@ -396,6 +413,7 @@ async fn revoke_device(req: HttpRequest, state: web::Data<ApiState>, path: web::
     state.store.set_push_token(me.user_id, device, None).await.map_err(|_| ApiError::Unavailable)?;
     let _ = state.node.ctx.push.send(PushRequest::TokensChanged(me.user_id));
     state.node.ctx.router.close_device(me.user_id, device, ErrorCode::DeviceRevoked, "this device was revoked");
+    crate::to_device::device_list_changed(state.store.as_ref(), &state.node.ctx.router, me.user_id, Some(device), crate::store::now_ms()).await;
     Ok(HttpResponse::NoContent().finish())
 }
 

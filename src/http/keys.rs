@@ -169,6 +169,9 @@ pub async fn upload(req: HttpRequest, state: web::Data<ApiState>, body: web::Jso
     };
     let limits = state.node.ctx.limits.keys;
     let done = crate::keys::upload(state.store.as_ref(), &limits, me.user_id, me.device_id, upload, now_ms()).await?;
+    if done.identity_changed() {
+        crate::to_device::device_list_changed(state.store.as_ref(), &state.node.ctx.router, me.user_id, Some(me.device_id), now_ms()).await;
+    }
     Ok(HttpResponse::Ok()
         .json(KeyCount { one_time_key_count: done.one_time_key_count, low: crate::cores::keys::is_low(done.one_time_key_count, &limits) }))
 }

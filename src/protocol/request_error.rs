@@ -62,6 +62,23 @@ pub enum RequestError {
     /// The caller shares no conversation with this user (key directory).
     #[error("no shared conversation with user {0}")]
     NoSharedConversation(String),
+    /// A to-device target is not a live device of the named user.
+    #[error("no live device {device} of user {user}")]
+    UnknownDevice {
+        /// The named user.
+        user: String,
+        /// The device.
+        device: String,
+    },
+    /// A to-device target's queue is full (its device has not acknowledged what it was
+    /// sent).
+    #[error("the to-device queue of device {device} is full ({max} entries); retry later")]
+    QueueFull {
+        /// The device.
+        device: String,
+        /// The bound, in entries.
+        max: u64,
+    },
 }
 
 impl RequestError {
@@ -84,6 +101,8 @@ impl RequestError {
             RequestError::TooManyKeys(_) => ErrorCode::TooManyKeys,
             RequestError::InvalidSignature(_) => ErrorCode::InvalidSignature,
             RequestError::NoSharedConversation(_) => ErrorCode::NoSharedConversation,
+            RequestError::UnknownDevice { .. } => ErrorCode::UnknownDevice,
+            RequestError::QueueFull { .. } => ErrorCode::QueueFull,
         }
     }
 
@@ -128,6 +147,8 @@ mod tests {
             RequestError::TooManyKeys("too many".into()),
             RequestError::InvalidSignature("bad".into()),
             RequestError::NoSharedConversation("u".into()),
+            RequestError::UnknownDevice { user: "u".into(), device: "d".into() },
+            RequestError::QueueFull { device: "d".into(), max: 1 },
         ];
         let codes: std::collections::HashSet<i32> = all.iter().map(|e| e.code() as i32).collect();
         assert_eq!(codes.len(), all.len());

@@ -32,7 +32,8 @@ use serde::de::DeserializeOwned;
 use super::transfer::{Position, Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId, MediaRecord,
-    MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId,
+    UserRecord, WriteOp, WriteOutcome,
 };
 
 const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
@@ -303,15 +304,15 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
-fn be<E: std::fmt::Display>(e: E) -> StoreError {
+pub(super) fn be<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::backend(e)
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_stdvec(value).map_err(be)
 }
 
-fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(super) fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { table, detail: e.to_string() })
 }
 
@@ -390,6 +391,7 @@ impl EmbeddedStore {
             txn.open_table(ONE_TIME_KEYS).map_err(be)?;
             txn.open_table(SPENT_KEYS).map_err(be)?;
             txn.open_table(FALLBACK_KEYS).map_err(be)?;
+            super::embedded_to_device::create_tables(&txn)?;
         }
         txn.commit().map_err(be)?;
         // Batches logged since the last checkpoint (a crash): replay them, in order, onto
@@ -895,6 +897,7 @@ impl Store for EmbeddedStore {
                         // Same transaction: a revoked device's keys are never claimed.
                         txn.open_table(DEVICE_KEYS).map_err(be)?.remove(device_id.as_u128()).map_err(be)?;
                         remove_key_material(&txn, device_id)?;
+                        super::embedded_to_device::remove_device(&txn, device_id)?;
                         true
                     }
                     _ => false,
@@ -1055,6 +1058,7 @@ impl Store for EmbeddedStore {
                     }
                 }
             }
+            super::embedded_to_device::prune_send_ids(&txn, now_ms, limit)?;
             txn.commit().map_err(be)?;
             Ok(purged)
         })
@@ -1347,6 +1351,30 @@ impl Store for EmbeddedStore {
             Ok(claimed)
         })
         .await
+    }
+
+    async fn enqueue_to_device(&self, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
+        self.write(move |db| super::embedded_to_device::enqueue(db, send, max_queued)).await
+    }
+
+    async fn to_device_after(&self, device_id: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError> {
+        self.read(move |db| super::embedded_to_device::after(db, device_id, after, limit))
+    }
+
+    async fn ack_to_device(&self, device_id: DeviceId, up_to: u64) -> Result<(), StoreError> {
+        self.write(move |db| super::embedded_to_device::ack(db, device_id, up_to)).await
+    }
+
+    async fn note_device_list_change(&self, changed: UserId, devices: Vec<DeviceId>, at_ms: u64) -> Result<(), StoreError> {
+        self.write(move |db| super::embedded_to_device::note_change(db, changed, devices, at_ms)).await
+    }
+
+    async fn device_list_changes(&self, device_id: DeviceId) -> Result<Vec<UserId>, StoreError> {
+        self.read(move |db| super::embedded_to_device::changes(db, device_id))
+    }
+
+    async fn ack_device_list_changes(&self, device_id: DeviceId, users: Vec<UserId>) -> Result<(), StoreError> {
+        self.write(move |db| super::embedded_to_device::ack_changes(db, device_id, users)).await
     }
 
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {

@@ -9,12 +9,14 @@
 
 mod columns;
 pub mod embedded;
+mod embedded_to_device;
 pub mod keys;
 pub mod media;
 pub mod pg_tls;
 pub mod postgres;
 pub mod scylla;
 pub mod spec;
+pub mod to_device;
 pub mod transfer;
 pub mod wal;
 
@@ -31,6 +33,7 @@ pub use transfer::{Record, Section};
 pub use crate::ids::{ConversationId, DeviceId, UserId};
 pub use keys::{ClaimedKey, DeviceKeys, KeysStored, OneTimeKey};
 pub use media::{MediaId, MediaKind, MediaPart, MediaRecord};
+pub use to_device::{ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored, ToDeviceTarget};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -377,7 +380,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every device of a user, revoked ones included, oldest first.
     async fn devices_of(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError>;
     /// Marks a device revoked and removes its keys from the key directory (identity,
-    /// one-time and fallback keys). Returns false if it does not belong to the user.
+    /// one-time and fallback keys), its to-device queue and its device-list notices, in
+    /// the same transaction. Returns false if it does not belong to the user.
     async fn revoke_device(&self, user_id: UserId, device_id: DeviceId, at_ms: u64) -> Result<bool, StoreError>;
 
     /// Creates a conversation unless one with the same id exists; returns the stored one.
@@ -412,7 +416,8 @@ pub trait Store: Send + Sync + 'static {
     async fn push_tokens_of(&self, user_id: UserId) -> Result<Vec<(DeviceId, PushToken)>, StoreError>;
 
     /// Deletes messages older than their conversation's retention (events are kept), at
-    /// most `limit` of them; returns how many were deleted.
+    /// most `limit` of them; returns how many were deleted. Also forgets to-device client
+    /// ids older than `to_device::SEND_IDS_KEPT_MS` (not counted).
     async fn purge_expired(&self, now_ms: u64, limit: usize) -> Result<u64, StoreError>;
 
     /// Creates a media record (an upload starts); a record with the same id is left alone.
@@ -453,6 +458,28 @@ pub trait Store: Send + Sync + 'static {
     /// most once, whatever races (other callers, other nodes). With none left, the
     /// fallback key (`fallback: true`); with neither, None.
     async fn claim_one_time_key(&self, device_id: DeviceId, at_ms: u64) -> Result<Option<ClaimedKey>, StoreError>;
+
+    /// Stores a to-device send (docs/e2ee.md), all or nothing, in one transaction: a
+    /// client id the sending device used within `to_device::SEND_IDS_KEPT_MS` stores
+    /// nothing (`Duplicate`); so does a target that is not a live device of the named user
+    /// (`UnknownDevice`) or whose queue already holds `max_queued` unacknowledged entries
+    /// (`QueueFull`). Otherwise each target's entry gets the next position of its queue.
+    /// (ScyllaDB has no transaction across partitions: there a send is checked whole
+    /// first, then queued device by device; see its module doc.)
+    async fn enqueue_to_device(&self, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError>;
+    /// Up to `limit` entries of a device's queue after position `after`, in order, with the
+    /// highest position the device has acknowledged.
+    async fn to_device_after(&self, device_id: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError>;
+    /// Deletes a device's entries up to position `up_to` (acknowledged). Idempotent; an
+    /// older `up_to` changes nothing.
+    async fn ack_to_device(&self, device_id: DeviceId, up_to: u64) -> Result<(), StoreError>;
+    /// Records that `changed`'s device list changed, for each of `devices` (those who must
+    /// hear of it): one notice per (device, user), however many changes; the newest time.
+    async fn note_device_list_change(&self, changed: UserId, devices: Vec<DeviceId>, at_ms: u64) -> Result<(), StoreError>;
+    /// The users whose device-list change notices a device has not acknowledged.
+    async fn device_list_changes(&self, device_id: DeviceId) -> Result<Vec<UserId>, StoreError>;
+    /// Removes a device's notices for these users (acknowledged).
+    async fn ack_device_list_changes(&self, device_id: DeviceId, users: Vec<UserId>) -> Result<(), StoreError>;
 
     /// Every cursor of a device (a cursor still at zero may be absent).
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError>;

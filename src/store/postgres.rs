@@ -23,8 +23,8 @@ use tokio_postgres::types::{Json, ToSql};
 use super::transfer::{Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, GroupState,
-    KeysStored, MediaId, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord,
-    WriteOp, WriteOutcome,
+    KeysStored, MediaId, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, ToDeviceEntry,
+    ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_media.sql")),
     (3, include_str!("../../migrations/postgres/0003_keys.sql")),
+    (4, include_str!("../../migrations/postgres/0004_to_device.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations when several nodes start at once.
@@ -958,6 +959,9 @@ impl Store for PostgresStore {
             // Same transaction: a revoked device's keys are never claimed.
             Self::run(&tx, "DELETE FROM device_keys WHERE device_id = $1", &[&device_id]).await?;
             Self::remove_key_material(&tx, device_id).await?;
+            // The queue's counter row stays: positions are never reused.
+            Self::run(&tx, "DELETE FROM to_device_messages WHERE device_id = $1", &[&device_id]).await?;
+            Self::run(&tx, "DELETE FROM device_list_notices WHERE device_id = $1", &[&device_id]).await?;
         }
         tx.commit().await.map_err(pg)?;
         Ok(changed == 1)
@@ -1172,6 +1176,11 @@ impl Store for PostgresStore {
     }
 
     async fn purge_expired(&self, now_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        self.execute(
+            "DELETE FROM to_device_sends WHERE ctid IN (SELECT ctid FROM to_device_sends WHERE sent_ms < $1 LIMIT $2)",
+            &[&int(now_ms.saturating_sub(super::to_device::SEND_IDS_KEPT_MS)), &int(limit as u64)],
+        )
+        .await?;
         // Events are kept (they carry the group's history); the dedup key goes with the
         // message, as in the embedded store.
         self.execute(
@@ -1358,6 +1367,138 @@ impl Store for PostgresStore {
         }
         let fallback = self.query_opt("SELECT key_id, public_key, signature FROM fallback_keys WHERE device_id = $1", &[&device_id]).await?;
         fallback.map(|row| Ok(ClaimedKey { key: one_time_key_from("fallback_keys", &row)?, fallback: true })).transpose()
+    }
+
+    async fn enqueue_to_device(&self, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // The id first: a concurrent retry waits on this row's lock and then sees it.
+        let fresh = Self::rows(
+            &tx,
+            "INSERT INTO to_device_sends (sender_device_id, client_id, sent_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (sender_device_id, client_id) DO UPDATE SET sent_ms = EXCLUDED.sent_ms WHERE to_device_sends.sent_ms < $4 \
+             RETURNING sent_ms",
+            &[&send.sender_device, &send.client_id, &int(send.sent_ms), &int(send.sent_ms.saturating_sub(super::to_device::SEND_IDS_KEPT_MS))],
+        )
+        .await?;
+        if fresh.is_empty() {
+            return Ok(ToDeviceStored::Duplicate);
+        }
+        // Targets in device id order, so that two sends lock shared queues in one order.
+        let mut targets = send.targets;
+        targets.sort_by_key(|t| t.device);
+        let devices: Vec<DeviceId> = targets.iter().map(|t| t.device).collect();
+        // Live devices, locked against a concurrent revocation until commit.
+        let live: HashMap<DeviceId, UserId> = Self::rows(
+            &tx,
+            "SELECT device_id, user_id FROM devices WHERE device_id = ANY($1) AND revoked_ms IS NULL ORDER BY device_id FOR SHARE",
+            &[&devices],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((get(r, "devices", "device_id")?, get(r, "devices", "user_id")?)))
+        .collect::<Result<_, StoreError>>()?;
+        if let Some(t) = targets.iter().find(|t| live.get(&t.device) != Some(&t.user)) {
+            return Ok(ToDeviceStored::UnknownDevice { user: t.user, device: t.device });
+        }
+        // One statement allocates every target's next position (the rows lock in the
+        // order given).
+        let positions: HashMap<DeviceId, (i64, i64)> = Self::rows(
+            &tx,
+            "INSERT INTO to_device_queues (device_id, last_position, acked) SELECT d, 1, 0 FROM unnest($1::uuid[]) AS d \
+             ON CONFLICT (device_id) DO UPDATE SET last_position = to_device_queues.last_position + 1 \
+             RETURNING device_id, last_position, acked",
+            &[&devices],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((get(r, "to_device_queues", "device_id")?, (get(r, "to_device_queues", "last_position")?, get(r, "to_device_queues", "acked")?))))
+        .collect::<Result<_, StoreError>>()?;
+        let mut stored = Vec::with_capacity(targets.len());
+        let mut payloads: Vec<&[u8]> = Vec::with_capacity(targets.len());
+        let mut at: Vec<i64> = Vec::with_capacity(targets.len());
+        for t in &targets {
+            let (last, acked) = positions.get(&t.device).copied().ok_or_else(|| corrupt("to_device_queues", "a target got no position"))?;
+            if uint(last).saturating_sub(uint(acked)) > max_queued {
+                // Dropping the transaction rolls back every allocation and the id.
+                return Ok(ToDeviceStored::QueueFull { device: t.device });
+            }
+            stored.push((t.user, t.device, uint(last)));
+            payloads.push(&t.payload);
+            at.push(last);
+        }
+        Self::run(
+            &tx,
+            "INSERT INTO to_device_messages (device_id, position, sender_user_id, sender_device_id, payload, sent_ms) \
+             SELECT d, p, $3, $4, b, $5 FROM unnest($1::uuid[], $2::bigint[], $6::bytea[]) AS t(d, p, b)",
+            &[&devices, &at, &send.sender_user, &send.sender_device, &int(send.sent_ms), &payloads],
+        )
+        .await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(ToDeviceStored::Stored(stored))
+    }
+
+    async fn to_device_after(&self, device_id: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError> {
+        let acked = self.query_opt("SELECT acked FROM to_device_queues WHERE device_id = $1", &[&device_id]).await?;
+        let acked = acked.map(|r| get::<i64>(&r, "to_device_queues", "acked")).transpose()?.map_or(0, uint);
+        let entries = self
+            .query(
+                "SELECT position, sender_user_id, sender_device_id, payload, sent_ms FROM to_device_messages \
+                 WHERE device_id = $1 AND position > $2 ORDER BY position LIMIT $3",
+                &[&device_id, &int(after), &int(limit as u64)],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ToDeviceEntry {
+                    position: uint(get(r, "to_device_messages", "position")?),
+                    sender_user: get(r, "to_device_messages", "sender_user_id")?,
+                    sender_device: get(r, "to_device_messages", "sender_device_id")?,
+                    payload: get(r, "to_device_messages", "payload")?,
+                    sent_ms: uint(get(r, "to_device_messages", "sent_ms")?),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(ToDeviceQueue { acked, entries })
+    }
+
+    async fn ack_to_device(&self, device_id: DeviceId, up_to: u64) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Never past what was given out; never backwards.
+        let moved = Self::rows(
+            &tx,
+            "UPDATE to_device_queues SET acked = LEAST($2, last_position) WHERE device_id = $1 AND acked < LEAST($2, last_position) RETURNING acked",
+            &[&device_id, &int(up_to)],
+        )
+        .await?;
+        if let Some(row) = moved.first() {
+            let acked: i64 = get(row, "to_device_queues", "acked")?;
+            Self::run(&tx, "DELETE FROM to_device_messages WHERE device_id = $1 AND position <= $2", &[&device_id, &acked]).await?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn note_device_list_change(&self, changed: UserId, devices: Vec<DeviceId>, at_ms: u64) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO device_list_notices (device_id, user_id, changed_ms) SELECT d, $2, $3 FROM unnest($1::uuid[]) AS d \
+             ON CONFLICT (device_id, user_id) DO UPDATE SET changed_ms = GREATEST(device_list_notices.changed_ms, EXCLUDED.changed_ms)",
+            &[&devices, &changed, &int(at_ms)],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn device_list_changes(&self, device_id: DeviceId) -> Result<Vec<UserId>, StoreError> {
+        self.query("SELECT user_id FROM device_list_notices WHERE device_id = $1 ORDER BY user_id", &[&device_id])
+            .await?
+            .iter()
+            .map(|r| get(r, "device_list_notices", "user_id"))
+            .collect()
+    }
+
+    async fn ack_device_list_changes(&self, device_id: DeviceId, users: Vec<UserId>) -> Result<(), StoreError> {
+        self.execute("DELETE FROM device_list_notices WHERE device_id = $1 AND user_id = ANY($2)", &[&device_id, &users]).await.map(drop)
     }
 
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {

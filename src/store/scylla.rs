@@ -62,10 +62,13 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 use uuid::Uuid;
 
+mod to_device;
+
 use super::transfer::{Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId,
-    MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, UserId, UserRecord, WriteOp, WriteOutcome,
+    MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend, ToDeviceStored,
+    UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
 /// Messages per log partition: a reader finds a seq's partition as `seq / BUCKET`, and no
@@ -623,6 +626,7 @@ impl Statements {
 pub struct ScyllaStore {
     session: Arc<Session>,
     st: Arc<Statements>,
+    td: Arc<to_device::ToDeviceStatements>,
     /// Conversation → (retention, when read): the TTL of new rows.
     retention: Arc<Mutex<HashMap<ConversationId, (u32, Instant)>>>,
 }
@@ -652,7 +656,8 @@ impl ScyllaStore {
     pub async fn connect(options: &ScyllaOptions) -> Result<Self, StoreError> {
         let session = Self::session(options, true).await?;
         let st = Statements::prepare_all(&session).await?;
-        Ok(Self { session: Arc::new(session), st: Arc::new(st), retention: Arc::new(Mutex::new(HashMap::new())) })
+        let td = to_device::ToDeviceStatements::prepare_all(&session).await?;
+        Ok(Self { session: Arc::new(session), st: Arc::new(st), td: Arc::new(td), retention: Arc::new(Mutex::new(HashMap::new())) })
     }
 
     async fn session(options: &ScyllaOptions, use_keyspace: bool) -> Result<Session, StoreError> {
@@ -691,6 +696,7 @@ impl ScyllaStore {
             (1, include_str!("../../migrations/scylla/0001_init.cql")),
             (2, include_str!("../../migrations/scylla/0002_media.cql")),
             (3, include_str!("../../migrations/scylla/0003_keys.cql")),
+            (4, include_str!("../../migrations/scylla/0004_to_device.cql")),
         ];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
@@ -1503,6 +1509,7 @@ impl Store for ScyllaStore {
                 // claims live devices only), and a retried revoke removes them.
                 self.exec(&self.st.delete_device_keys, (user_id, device_id)).await?;
                 self.remove_key_material(device_id).await?;
+                self.remove_to_device(device_id).await?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -1728,6 +1735,30 @@ impl Store for ScyllaStore {
                 Ok(ClaimedKey { key: OneTimeKey { key_id, key, signature }, fallback: true })
             })
             .transpose()
+    }
+
+    async fn enqueue_to_device(&self, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
+        self.enqueue_to_device_impl(send, max_queued).await
+    }
+
+    async fn to_device_after(&self, device_id: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError> {
+        self.to_device_after_impl(device_id, after, limit).await
+    }
+
+    async fn ack_to_device(&self, device_id: DeviceId, up_to: u64) -> Result<(), StoreError> {
+        self.ack_to_device_impl(device_id, up_to).await
+    }
+
+    async fn note_device_list_change(&self, changed: UserId, devices: Vec<DeviceId>, at_ms: u64) -> Result<(), StoreError> {
+        self.note_device_list_change_impl(changed, devices, at_ms).await
+    }
+
+    async fn device_list_changes(&self, device_id: DeviceId) -> Result<Vec<UserId>, StoreError> {
+        self.device_list_changes_impl(device_id).await
+    }
+
+    async fn ack_device_list_changes(&self, device_id: DeviceId, users: Vec<UserId>) -> Result<(), StoreError> {
+        self.ack_device_list_changes_impl(device_id, users).await
     }
 
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {

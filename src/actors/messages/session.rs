@@ -27,6 +27,14 @@ pub enum SessionRequest {
     Conversation(Arc<ConversationBatch>),
     /// An encoded frame to pass through (receipts, typing, presence, errors).
     Push(Bytes),
+    /// A to-device entry for this device, stored at `position` of its queue; `frame` is
+    /// its encoded `ToDeviceMessage`. Sent in queue order by the session's receiver.
+    ToDevice {
+        /// Its position.
+        position: u64,
+        /// The encoded frame.
+        frame: Bytes,
+    },
 }
 
 /// Control of a session.

@@ -12,7 +12,7 @@ use crate::ids::ConversationId;
 use crate::protocol::{self, ErrorCode, pb, server_frame};
 use crate::store::{Cursor, StoreError};
 
-fn store_down(state: &SessionState, e: &StoreError, what: &'static str) -> Stop {
+pub(super) fn store_down(state: &SessionState, e: &StoreError, what: &'static str) -> Stop {
     tracing::warn!(error = %e, what, "session could not read the store");
     state.outbox.close(protocol::encode_server(&protocol::closing_frame(ErrorCode::Internal, "store unavailable", 2000)));
     Stop::Gone
@@ -55,6 +55,7 @@ pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
             }
         }
     }
+    Box::pin(super::to_device::catch_up(state)).await?;
     let done = protocol::server(server_frame::Kind::CatchUpComplete(pb::CatchUpComplete { conversations: visible.len() as u32, messages: total }));
     push(state, protocol::encode_server(&done)).await
 }

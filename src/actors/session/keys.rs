@@ -20,6 +20,9 @@ pub async fn upload(state: &mut SessionState, req: pb::UploadKeys) -> Answer {
         fallback: req.fallback_key.map(signed),
     };
     let done = keys::upload(state.ctx.store.as_ref(), &state.ctx.limits.keys, state.user, state.device, upload, now_ms()).await?;
+    if done.identity_changed() {
+        crate::to_device::device_list_changed(state.ctx.store.as_ref(), &state.ctx.router, state.user, Some(state.device), now_ms()).await;
+    }
     Ok(Some(protocol::server(server_frame::Kind::KeysUploaded(pb::KeysUploaded {
         request_id: req.request_id,
         one_time_key_count: done.one_time_key_count,

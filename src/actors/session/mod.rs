@@ -12,11 +12,13 @@
 //! - [`requests`]: one function per request frame.
 //! - [`presence`]: telling 1:1 peers that the user came or went.
 //! - [`keys`]: the key directory's frames and the low-keys notice.
+//! - [`to_device`]: to-device messages and device-list notices.
 
 pub mod delivery;
 pub mod keys;
 pub mod presence;
 pub mod requests;
+pub mod to_device;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,6 +65,8 @@ pub struct SessionState {
     id: ractor::ActorId,
     /// The end of the session has run (see [`SessionState::finish`]).
     finished: bool,
+    /// The device's place in its to-device queue (set at catch-up).
+    to_device: crate::cores::to_device::Receiver,
 }
 
 impl SessionState {
@@ -122,6 +126,7 @@ impl Actor for DeviceSession {
         let gauge = ctx.stats.register(myself.get_id(), Label::Session(user, device), ctx.limits.session_mailbox);
         metrics::gauge!("switchboard_sessions").increment(1.0);
         let backpressure = Backpressure::new(ctx.limits.slow_consumer_timeout.as_millis() as u64);
+        let ctx_window = ctx.limits.to_device.window;
         Ok(SessionState {
             user,
             device,
@@ -133,6 +138,7 @@ impl Actor for DeviceSession {
             stopping: false,
             id: myself.get_id(),
             finished: false,
+            to_device: crate::cores::to_device::Receiver::new(0, ctx_window),
         })
     }
 
@@ -187,6 +193,7 @@ impl Actor for DeviceSession {
             SessionMsg::Request(SessionRequest::Frames(frames)) => Box::pin(requests::handle_frames(&myself, state, frames)).await,
             SessionMsg::Request(SessionRequest::Conversation(batch)) => Box::pin(delivery::live(state, &batch)).await,
             SessionMsg::Request(SessionRequest::Push(frame)) => push(state, frame).await,
+            SessionMsg::Request(SessionRequest::ToDevice { position, frame }) => Box::pin(to_device::live(state, position, frame)).await,
             SessionMsg::Control(SessionControl::Close { code, reason, reconnect_after_ms }) => {
                 state.outbox.close(protocol::encode_server(&protocol::closing_frame(code, reason.clone(), reconnect_after_ms)));
                 state.stopping = true;

@@ -236,9 +236,9 @@ async fn request(state: &mut SessionState, kind: client_frame::Kind) -> Result<(
         client_frame::Kind::UploadKeys(req) => (req.request_id.to_string(), super::keys::upload(state, req).await),
         client_frame::Kind::QueryDevices(req) => (req.request_id.to_string(), super::keys::query(state, req).await),
         client_frame::Kind::ClaimKeys(req) => (req.request_id.to_string(), super::keys::claim(state, req).await),
-        // PLACEHOLDER in the sdk worktree only: the real to-device handling lands on main.
-        client_frame::Kind::SendToDevice(req) => (req.client_id, Err(RequestError::Unavailable("to-device not merged into this branch yet".into()))),
-        client_frame::Kind::AckToDevice(_) | client_frame::Kind::AckDeviceLists(_) => return Ok(()),
+        client_frame::Kind::SendToDevice(req) => (req.client_id.clone(), super::to_device::send(state, req).await),
+        client_frame::Kind::AckDeviceLists(req) => (String::new(), super::to_device::ack_lists(state, req).await),
+        client_frame::Kind::AckToDevice(req) => return super::to_device::ack(state, req).await,
         // Batched by the caller.
         client_frame::Kind::Send(_)
         | client_frame::Kind::Ack(_)

@@ -1,0 +1,195 @@
+//! The embedded store's to-device queues and device-list notices (redb), kept apart from
+//! `embedded.rs` (the message log): the functions here run inside one redb transaction
+//! each, on the writer thread for writes (so a send's positions are allocated by one
+//! writer at a time and never collide), on the caller for reads.
+//!
+//! Tables (partition key first, as the ScyllaDB model):
+//! - `to_device`: (device, position) → [`ToDeviceEntry`] (postcard);
+//! - `to_device_queues`: device → (last position given, highest acknowledged);
+//! - `to_device_sends`: (sending device, client id) → sent_ms, and `to_device_sends_by_time`
+//!   (sent_ms, sending device, client id) to prune ids older than a day;
+//! - `device_list_notices`: (device, changed user) → ms of the newest change.
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::embedded::{be, decode, encode};
+use super::to_device::{SEND_IDS_KEPT_MS, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored};
+use super::{DeviceId, DeviceRecord, StoreError, UserId};
+
+const TO_DEVICE: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("to_device");
+const QUEUES: TableDefinition<u128, (u64, u64)> = TableDefinition::new("to_device_queues");
+const SENDS: TableDefinition<(u128, &str), u64> = TableDefinition::new("to_device_sends");
+const SENDS_BY_TIME: TableDefinition<(u64, u128, &str), ()> = TableDefinition::new("to_device_sends_by_time");
+const NOTICES: TableDefinition<(u128, u128), u64> = TableDefinition::new("device_list_notices");
+/// The devices table of `embedded.rs` (same definition: redb checks the types).
+const DEVICES: TableDefinition<u128, &[u8]> = TableDefinition::new("devices");
+
+/// Creates the tables (at open), so readers never meet a missing one.
+pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(TO_DEVICE).map_err(be)?;
+    txn.open_table(QUEUES).map_err(be)?;
+    txn.open_table(SENDS).map_err(be)?;
+    txn.open_table(SENDS_BY_TIME).map_err(be)?;
+    txn.open_table(NOTICES).map_err(be)?;
+    Ok(())
+}
+
+/// `Store::enqueue_to_device`, in one durable transaction.
+pub(super) fn enqueue(db: &Database, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
+    let txn = db.begin_write().map_err(be)?;
+    let sender = send.sender_device.as_u128();
+    let outcome = {
+        let mut sends = txn.open_table(SENDS).map_err(be)?;
+        if let Some(at) = sends.get((sender, send.client_id.as_str())).map_err(be)? {
+            // Older than the window: pruning may not have run yet; still a duplicate for
+            // a retry only if inside the window.
+            if at.value().saturating_add(SEND_IDS_KEPT_MS) > send.sent_ms {
+                return Ok(ToDeviceStored::Duplicate);
+            }
+        }
+        let devices = txn.open_table(DEVICES).map_err(be)?;
+        let mut queues = txn.open_table(QUEUES).map_err(be)?;
+        // Check everything before writing anything: all or nothing.
+        let mut next = Vec::with_capacity(send.targets.len());
+        for target in &send.targets {
+            let record: Option<DeviceRecord> = devices.get(target.device.as_u128()).map_err(be)?.map(|g| decode("devices", g.value())).transpose()?;
+            if !record.is_some_and(|d| d.user_id == target.user && d.revoked_ms.is_none()) {
+                return Ok(ToDeviceStored::UnknownDevice { user: target.user, device: target.device });
+            }
+            let (last, acked) = queues.get(target.device.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
+            if last.saturating_sub(acked) >= max_queued {
+                return Ok(ToDeviceStored::QueueFull { device: target.device });
+            }
+            next.push((last + 1, acked));
+        }
+        let mut entries = txn.open_table(TO_DEVICE).map_err(be)?;
+        let mut stored = Vec::with_capacity(send.targets.len());
+        for (target, (position, acked)) in send.targets.into_iter().zip(next) {
+            let entry = ToDeviceEntry {
+                position,
+                sender_user: send.sender_user,
+                sender_device: send.sender_device,
+                payload: target.payload,
+                sent_ms: send.sent_ms,
+            };
+            entries.insert((target.device.as_u128(), position), encode(&entry)?.as_slice()).map_err(be)?;
+            queues.insert(target.device.as_u128(), (position, acked)).map_err(be)?;
+            stored.push((target.user, target.device, position));
+        }
+        sends.insert((sender, send.client_id.as_str()), send.sent_ms).map_err(be)?;
+        txn.open_table(SENDS_BY_TIME).map_err(be)?.insert((send.sent_ms, sender, send.client_id.as_str()), ()).map_err(be)?;
+        ToDeviceStored::Stored(stored)
+    };
+    txn.commit().map_err(be)?;
+    Ok(outcome)
+}
+
+/// `Store::to_device_after`.
+pub(super) fn after(db: &Database, device: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError> {
+    let txn = db.begin_read().map_err(be)?;
+    let dev = device.as_u128();
+    let acked = txn.open_table(QUEUES).map_err(be)?.get(dev).map_err(be)?.map(|g| g.value().1).unwrap_or(0);
+    let table = txn.open_table(TO_DEVICE).map_err(be)?;
+    let mut entries = Vec::new();
+    for entry in table.range((dev, after.saturating_add(1))..=(dev, u64::MAX)).map_err(be)?.take(limit) {
+        let (_, value) = entry.map_err(be)?;
+        entries.push(decode::<ToDeviceEntry>("to_device", value.value())?);
+    }
+    Ok(ToDeviceQueue { acked, entries })
+}
+
+/// `Store::ack_to_device`, in one durable transaction.
+pub(super) fn ack(db: &Database, device: DeviceId, up_to: u64) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(be)?;
+    {
+        let dev = device.as_u128();
+        let mut queues = txn.open_table(QUEUES).map_err(be)?;
+        let Some((last, acked)) = queues.get(dev).map_err(be)?.map(|g| g.value()) else {
+            return Ok(());
+        };
+        // Never past what was given out: an ack cannot reserve positions.
+        let up_to = up_to.min(last);
+        if up_to <= acked {
+            return Ok(());
+        }
+        queues.insert(dev, (last, up_to)).map_err(be)?;
+        let mut entries = txn.open_table(TO_DEVICE).map_err(be)?;
+        for position in acked + 1..=up_to {
+            entries.remove((dev, position)).map_err(be)?;
+        }
+    }
+    txn.commit().map_err(be)
+}
+
+/// Removes a revoked device's queue and notices, inside the revocation's transaction. The
+/// queue's counter stays, so positions are never reused.
+pub(super) fn remove_device(txn: &WriteTransaction, device: DeviceId) -> Result<(), StoreError> {
+    let dev = device.as_u128();
+    let mut entries = txn.open_table(TO_DEVICE).map_err(be)?;
+    let positions: Vec<u64> =
+        entries.range((dev, 0)..=(dev, u64::MAX)).map_err(be)?.map(|e| e.map(|(k, _)| k.value().1)).collect::<Result<_, _>>().map_err(be)?;
+    for position in positions {
+        entries.remove((dev, position)).map_err(be)?;
+    }
+    let mut notices = txn.open_table(NOTICES).map_err(be)?;
+    let users: Vec<u128> =
+        notices.range((dev, 0)..=(dev, u128::MAX)).map_err(be)?.map(|e| e.map(|(k, _)| k.value().1)).collect::<Result<_, _>>().map_err(be)?;
+    for user in users {
+        notices.remove((dev, user)).map_err(be)?;
+    }
+    Ok(())
+}
+
+/// Forgets send ids older than the window, at most `limit`, inside the purge's transaction.
+pub(super) fn prune_send_ids(txn: &WriteTransaction, now_ms: u64, limit: usize) -> Result<(), StoreError> {
+    let cutoff = now_ms.saturating_sub(SEND_IDS_KEPT_MS);
+    let mut by_time = txn.open_table(SENDS_BY_TIME).map_err(be)?;
+    let old: Vec<(u64, u128, String)> = by_time
+        .range((0, 0, "")..(cutoff, 0, ""))
+        .map_err(be)?
+        .take(limit)
+        .map(|e| e.map(|(k, _)| (k.value().0, k.value().1, k.value().2.to_owned())))
+        .collect::<Result<_, _>>()
+        .map_err(be)?;
+    let mut sends = txn.open_table(SENDS).map_err(be)?;
+    for (at, device, id) in old {
+        by_time.remove((at, device, id.as_str())).map_err(be)?;
+        // A newer send may have reused the id after the window: keep its record.
+        if sends.get((device, id.as_str())).map_err(be)?.is_some_and(|g| g.value() == at) {
+            sends.remove((device, id.as_str())).map_err(be)?;
+        }
+    }
+    Ok(())
+}
+
+/// `Store::note_device_list_change`, in one durable transaction.
+pub(super) fn note_change(db: &Database, changed: UserId, devices: Vec<DeviceId>, at_ms: u64) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(be)?;
+    {
+        let mut notices = txn.open_table(NOTICES).map_err(be)?;
+        for device in devices {
+            notices.insert((device.as_u128(), changed.as_u128()), at_ms).map_err(be)?;
+        }
+    }
+    txn.commit().map_err(be)
+}
+
+/// `Store::device_list_changes`.
+pub(super) fn changes(db: &Database, device: DeviceId) -> Result<Vec<UserId>, StoreError> {
+    let txn = db.begin_read().map_err(be)?;
+    let dev = device.as_u128();
+    let notices = txn.open_table(NOTICES).map_err(be)?;
+    notices.range((dev, 0)..=(dev, u128::MAX)).map_err(be)?.map(|e| e.map(|(k, _)| UserId::from_u128(k.value().1)).map_err(be)).collect()
+}
+
+/// `Store::ack_device_list_changes`, in one durable transaction.
+pub(super) fn ack_changes(db: &Database, device: DeviceId, users: Vec<UserId>) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(be)?;
+    {
+        let mut notices = txn.open_table(NOTICES).map_err(be)?;
+        for user in users {
+            notices.remove((device.as_u128(), user.as_u128())).map_err(be)?;
+        }
+    }
+    txn.commit().map_err(be)
+}
