@@ -37,8 +37,12 @@ struct Dev {
 /// Connects a device, opens its SDK state (a fresh store), publishes its keys and handles
 /// everything up to CatchUpComplete.
 async fn dev(server: &TestServer, creds: &DeviceCredentials) -> Dev {
+    dev_with(server, creds, E2eeConfig::default()).await
+}
+
+async fn dev_with(server: &TestServer, creds: &DeviceCredentials, config: E2eeConfig) -> Dev {
     let dir = tempfile::tempdir().unwrap();
-    let sdk = E2ee::open(&dir.path().join("sdk.redb"), &StoreKey::random(), creds.user_id, creds.device_id, E2eeConfig::default()).unwrap();
+    let sdk = E2ee::open(&dir.path().join("sdk.redb"), &StoreKey::random(), creds.user_id, creds.device_id, config).unwrap();
     let (conn, _) = Connection::open(&server.transport(Kind::Tcp), &creds.token).await.unwrap();
     let mut d = Dev { creds: creds.clone(), conn, sdk, dir, got: Vec::new(), bad: Vec::new(), changes: Vec::new() };
     d.sdk.publish_keys(&mut d.conn).await.unwrap();
@@ -355,4 +359,33 @@ async fn safety_numbers_agree_and_the_store_needs_its_key() {
     drop(a.sdk);
     let wrong = E2ee::open(&path, &StoreKey::random(), alice.user_id, alice.device_id, E2eeConfig::default());
     assert!(matches!(wrong, Err(switchboard::sdk::SdkError::Store(switchboard::sdk::store::StoreError::WrongKey))), "{wrong:?}");
+}
+
+/// A device that published few one-time keys is told it runs low when a claim takes one,
+/// and its SDK tops its keys up to the server's target (with a new fallback key); the
+/// session opened with the claimed key works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_keys_are_topped_up_when_the_server_says_they_run_low() {
+    let server = TestServer::start();
+    let api = server.api();
+    let (alice, bob) = (user(&api).await, user(&api).await);
+    let mut a = dev_with(&server, &alice, E2eeConfig { one_time_keys: 10, ..E2eeConfig::default() }).await;
+    let mut b = dev(&server, &bob).await;
+    let count = |token: String| {
+        let url = format!("http://{}/v1/keys/count", server.http);
+        async move {
+            let answer: serde_json::Value = reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+            answer["one_time_key_count"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(count(alice.token.clone()).await, 10);
+    b.send_direct(alice.user_id, "takes one of alice's keys").await;
+    a.text("takes one of alice's keys").await;
+    let deadline = Instant::now() + WAIT;
+    while count(alice.token.clone()).await < 50 {
+        assert!(Instant::now() < deadline, "alice's keys were not topped up");
+        a.settle(Duration::from_millis(100)).await;
+    }
+    a.send_direct(bob.user_id, "answer").await;
+    b.text("answer").await;
 }
