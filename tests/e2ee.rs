@@ -139,11 +139,12 @@ fn assert_no_canary(dir: &std::path::Path, canary: &[u8]) {
 
 /// Two users with three devices each talk 1:1, then five users in a group: every device
 /// decrypts every message it should, its own user's messages from other devices included.
-/// No file of the server (the redb store, its log) nor of any device's SDK store holds the
-/// plaintext canary the messages carry.
+/// No file of the server (the redb store and its log, or PostgreSQL's tables and WAL on a
+/// PostgreSQL run) nor of any device's SDK store holds the plaintext canary the messages
+/// carry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_device_decrypts_what_it_should_and_no_file_holds_the_plaintext() {
-    let server = TestServer::start();
+    let mut server = TestServer::start();
     let api = server.api();
     let (alice, bob) = (user(&api).await, user(&api).await);
     let mut creds = vec![alice.clone()];
@@ -186,6 +187,10 @@ async fn every_device_decrypts_what_it_should_and_no_file_holds_the_plaintext() 
         assert!(d.bad.is_empty(), "undecryptable: {:?}", d.bad);
     }
     assert_no_canary(server.dir.path(), canary.as_bytes());
+    // On a PostgreSQL run, its files too (tables and write-ahead log).
+    if let Some(pg) = server.postgres_mut() {
+        assert_no_canary(&pg.data_dir(), canary.as_bytes());
+    }
     for d in &devs {
         assert_no_canary(d.dir.path(), canary.as_bytes());
     }
