@@ -237,6 +237,23 @@ async fn a_removed_member_and_a_revoked_device_cannot_read_what_follows() {
     }
     // Bob's phone is still fine, and nothing was reported undecryptable to members.
     assert!(b.bad.is_empty() && a.bad.is_empty(), "{:?} {:?}", b.bad, a.bad);
+
+    // A device revoked while Alice has not handled the notice yet: she has an Olm session
+    // with it (from a group key) and opens a new conversation, so her SDK shares the new
+    // session's key with it; the server refuses that (UNKNOWN_DEVICE), and the SDK lists
+    // Bob's devices again and shares with the others.
+    let tablet = api.link_device(&bob.token, "bob tablet").await.unwrap();
+    let mut bt = dev(&server, &tablet).await;
+    a.send_group(group, "the tablet gets this key").await;
+    bt.text("the tablet gets this key").await;
+    api.revoke(&bob.token, tablet.device_id).await.unwrap();
+    let ack = a.sdk.send_direct(&mut a.conn, bob.user_id, &Body::Text("to bob, tablet just revoked".into())).await.unwrap();
+    b.text("to bob, tablet just revoked").await;
+    let conversation = switchboard::protocol::parse_id::<ConversationId>("c", &ack.conversation_id).unwrap();
+    let stored = b.stored(conversation, ack.seq).await;
+    assert!(matches!(bt.sdk.decrypt(&stored), Err(DecryptError::MissingKey { .. })));
+    // And Alice's SDK now knows the tablet is gone.
+    a.until("the tablet's removal", |d| d.changes.contains(&KeyChange::Removed { user: bob.user_id, device: tablet.device_id })).await;
 }
 
 /// Alice and Bob talk; Alice links a tablet; her phone sees the new device and forwards

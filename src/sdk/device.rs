@@ -204,6 +204,8 @@ pub struct E2ee {
     pending: BTreeMap<(ConversationId, u64), pb::Message>,
     /// Highest to-device position handled.
     to_device_position: u64,
+    /// Device-list changes not reported yet.
+    key_changes: Vec<KeyChange>,
 }
 
 impl std::fmt::Debug for E2ee {
@@ -250,7 +252,7 @@ impl E2ee {
             Some(v) => serde_json::from_slice(&v)?,
             None => 0,
         };
-        Ok(E2ee { user, device, config, store, olm, megolm, devices: HashMap::new(), seen, pending, to_device_position })
+        Ok(E2ee { user, device, config, store, olm, megolm, devices: HashMap::new(), seen, pending, to_device_position, key_changes: Vec::new() })
     }
 
     /// This device's user.
@@ -293,7 +295,7 @@ impl E2ee {
     }
 
     /// Queries device lists, checks every signature, records what is new (trust on first
-    /// use) and returns the changes. A user the server no longer lets us see (no shared
+    /// use), queues the changes for the next [`Self::handle`] and returns them. A user the server no longer lets us see (no shared
     /// conversation) is forgotten from the current lists.
     async fn refresh(&mut self, conn: &mut Connection, users: &[UserId]) -> Result<Vec<KeyChange>, SdkError> {
         let mut lists = Vec::new();
@@ -345,6 +347,7 @@ impl E2ee {
         if !ops.is_empty() {
             self.store.write(ops)?;
         }
+        self.key_changes.extend(changes.iter().cloned());
         Ok(changes)
     }
 
@@ -419,7 +422,6 @@ impl E2ee {
         self.ensure_olm(conn, &targets).await?;
         let me = (self.user, self.device, self.ed25519(), self.curve25519());
         let mut wire = Vec::new();
-        let mut sent = Vec::new();
         let mut ops = Vec::new();
         for ((user, device), content) in items {
             let Some((curve, ed)) = self.devices.get(&user).and_then(|l| l.get(&device)).copied() else { continue };
@@ -436,18 +438,31 @@ impl E2ee {
             let Some(message) = self.olm.encrypt(&peer, &plaintext.encode_to_vec()) else { continue };
             ops.push(self.olm.sessions_op(&peer)?);
             wire.push((user, device, Bytes::from(envelope::olm(me.3, me.1, &message))));
-            sent.push((user, device));
         }
         // The ratchets moved: stored before the messages leave.
         if !ops.is_empty() {
             self.store.write(ops)?;
         }
-        let mut wire = wire.into_iter().peekable();
-        while wire.peek().is_some() {
-            let chunk: Vec<_> = wire.by_ref().take(TARGETS_PER_SEND).collect();
-            conn.send_to_device(&uuid::Uuid::new_v4().to_string(), chunk).await?;
+        let mut delivered = Vec::with_capacity(wire.len());
+        for chunk in wire.chunks(TARGETS_PER_SEND) {
+            match conn.send_to_device(&uuid::Uuid::new_v4().to_string(), chunk.to_vec()).await {
+                Ok(()) => delivered.extend(chunk.iter().map(|(u, d, _)| (*u, *d))),
+                // A device was revoked after we listed it (its notice not handled yet): list
+                // its users again and send to the devices still there. Their messages are
+                // valid as they are (an unsent Olm message only skips a ratchet step).
+                Err(ClientError::Rejected { code: ErrorCode::UnknownDevice, .. }) => {
+                    let users: BTreeSet<UserId> = chunk.iter().map(|(u, _, _)| *u).collect();
+                    self.refresh(conn, &users.into_iter().collect::<Vec<_>>()).await?;
+                    let still: Vec<_> = chunk.iter().filter(|(u, d, _)| self.devices.get(u).is_some_and(|l| l.contains_key(d))).cloned().collect();
+                    if !still.is_empty() {
+                        conn.send_to_device(&uuid::Uuid::new_v4().to_string(), still.clone()).await?;
+                    }
+                    delivered.extend(still.iter().map(|(u, d, _)| (*u, *d)));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(sent)
+        Ok(delivered)
     }
 
     /// Encrypts `body` for every device of `members` (the caller's user included: its
@@ -573,6 +588,20 @@ impl E2ee {
     /// our own new devices), tops up one-time keys; everything else comes back as
     /// [`Event::Frame`].
     pub async fn handle(&mut self, conn: &mut Connection, kind: server_frame::Kind) -> Result<Vec<Event>, SdkError> {
+        let mut events = self.handle_frame(conn, kind).await?;
+        // Device-list changes found along the way (here, or while sending) are reported
+        // with the next events.
+        events.extend(self.key_changes.drain(..).map(Event::KeyChanged));
+        Ok(events)
+    }
+
+    /// Device-list changes found since the last [`Self::handle`] (while sending, or
+    /// computing a safety number), which the next `handle` would report.
+    pub fn take_key_changes(&mut self) -> Vec<KeyChange> {
+        std::mem::take(&mut self.key_changes)
+    }
+
+    async fn handle_frame(&mut self, conn: &mut Connection, kind: server_frame::Kind) -> Result<Vec<Event>, SdkError> {
         match kind {
             server_frame::Kind::Message(m) if m.event.is_none() && !m.deleted && !m.payload.is_empty() => Ok(vec![self.on_message(m)?]),
             server_frame::Kind::ToDevice(td) => self.on_to_device(conn, td).await,
@@ -744,7 +773,7 @@ impl E2ee {
     async fn on_device_lists(&mut self, conn: &mut Connection, d: pb::DeviceListsChanged) -> Result<Vec<Event>, SdkError> {
         let users = d.user_ids.iter().map(|u| parse_id::<UserId>("user_id", u)).collect::<Result<Vec<_>, _>>().map_err(malformed)?;
         let before: BTreeSet<DeviceId> = self.devices.get(&self.user).map(|d| d.keys().copied().collect()).unwrap_or_default();
-        let changes = self.refresh(conn, &users).await?;
+        self.refresh(conn, &users).await?;
         conn.ack_device_lists(&users).await?;
         // Our own user has a device we did not list before: give it every session we hold,
         // so it reads the conversation history it needs.
@@ -758,7 +787,7 @@ impl E2ee {
                 self.forward_sessions(conn, &new).await?;
             }
         }
-        Ok(changes.into_iter().map(Event::KeyChanged).collect())
+        Ok(Vec::new())
     }
 
     /// Sends every inbound session this device holds to some of our own devices.
