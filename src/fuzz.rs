@@ -301,6 +301,25 @@ fn client_frames() -> Vec<Bytes> {
         client_frame::Kind::SetRetention(pb::SetRetention { request_id: 10, conversation_id: id(2), seconds: 2 }),
         client_frame::Kind::MessageInfo(pb::MessageInfo { request_id: 11, conversation_id: id(2), seq: 1 }),
         client_frame::Kind::GroupInfo(pb::GroupInfoRequest { request_id: 12, conversation_id: id(2) }),
+        // The key directory and to-device messages (docs/e2ee.md).
+        client_frame::Kind::UploadKeys(pb::UploadKeys {
+            request_id: 13,
+            identity: Some(pb::DeviceIdentity {
+                curve25519: Bytes::from(vec![1; 32]),
+                ed25519: Bytes::from(vec![2; 32]),
+                signature: Bytes::from(vec![3; 64]),
+            }),
+            one_time_keys: vec![pb::SignedKey { key_id: "AAAAAQ".into(), key: Bytes::from(vec![4; 32]), signature: Bytes::from(vec![5; 64]) }],
+            fallback_key: Some(pb::SignedKey { key_id: "AAAAAg".into(), key: Bytes::from(vec![6; 32]), signature: Bytes::from(vec![7; 64]) }),
+        }),
+        client_frame::Kind::QueryDevices(pb::QueryDevices { request_id: 14, user_ids: vec![id(1)] }),
+        client_frame::Kind::ClaimKeys(pb::ClaimKeys { request_id: 15, devices: vec![pb::DeviceAddress { user_id: id(1), device_id: id(5) }] }),
+        client_frame::Kind::SendToDevice(pb::SendToDevice {
+            client_id: "share-1".into(),
+            targets: vec![pb::ToDeviceTarget { user_id: id(1), device_id: id(5), payload: Bytes::from_static(b"olm pre-key message") }],
+        }),
+        client_frame::Kind::AckToDevice(pb::AckToDevice { up_to: 1 }),
+        client_frame::Kind::AckDeviceLists(pb::AckDeviceLists { user_ids: vec![id(1)] }),
     ];
     let mut frames: Vec<Bytes> = kinds.into_iter().map(|k| protocol::encode_client(&protocol::client(k))).collect();
     // The malformed inputs of tests/bad_input.rs and the empty frame.
@@ -330,6 +349,15 @@ fn server_frames() -> Vec<Bytes> {
             duplicate: false,
         }),
         Kind::CatchUpComplete(pb::CatchUpComplete { conversations: 1, messages: 1 }),
+        Kind::ToDeviceSent(pb::ToDeviceSent { client_id: "share-1".into() }),
+        Kind::ToDevice(pb::ToDeviceMessage {
+            position: 1,
+            sender_user_id: id(3),
+            sender_device_id: id(6),
+            payload: Bytes::from_static(b"olm pre-key message"),
+            sent_ms: 1_718_000_000_000,
+        }),
+        Kind::DeviceListsChanged(pb::DeviceListsChanged { user_ids: vec![id(3)] }),
     ]
     .into_iter()
     .map(|k| protocol::encode_server(&protocol::server(k)))

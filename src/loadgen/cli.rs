@@ -150,6 +150,26 @@ pub enum Scenario {
         #[arg(long, default_value_t = 8)]
         chunk_mb: usize,
     },
+    /// Key sharing when a group rotates its Megolm session: senders each send one
+    /// to-device message to every other device of the group, rotation after rotation, and
+    /// every device acknowledges what it gets.
+    KeyRotation {
+        /// Group members.
+        #[arg(long, default_value_t = 256)]
+        members: usize,
+        /// Devices per member (the primary and D−1 linked ones).
+        #[arg(long, default_value_t = 4)]
+        devices: usize,
+        /// Members rotating at once.
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
+        /// Rotations per sender.
+        #[arg(long, default_value_t = 20)]
+        rotations: usize,
+        /// Bytes per ciphertext.
+        #[arg(long, default_value_t = 400)]
+        payload: usize,
+    },
     /// (Internal) the bare relay process of `--baseline relay`.
     #[command(hide = true)]
     Relay {
@@ -245,6 +265,15 @@ pub async fn run(args: BenchArgs) -> Result<String, LoadError> {
             let credentials = provision(&server, devices + 1).await?;
             let bar = spinner("reconnect storm");
             let report = super::reconnect(&server, &credentials, missed, parallel).await?;
+            bar.finish_and_clear();
+            to_json(&report)
+        }
+        Scenario::KeyRotation { members, devices, senders, rotations, payload } => {
+            let server = start(&binary, &extra, store, websocket)?;
+            let bar = spinner("key rotation");
+            let b = bar.clone();
+            let spec = super::rotation::RotationSpec { members, devices, senders, rotations, payload_bytes: payload };
+            let report = super::rotation::key_rotation(&server, spec, move |m| b.set_message(m.to_owned())).await?;
             bar.finish_and_clear();
             to_json(&report)
         }

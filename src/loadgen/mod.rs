@@ -14,6 +14,7 @@ pub mod idle;
 pub mod media;
 pub mod reconnect;
 pub mod relay;
+pub mod rotation;
 pub mod server;
 pub mod sessions;
 pub mod traffic;
