@@ -411,3 +411,30 @@ async fn one_time_keys_are_topped_up_when_the_server_says_they_run_low() {
     a.send_direct(bob.user_id, "answer").await;
     b.text("answer").await;
 }
+
+/// Bob reinstalls: his device comes back with new identity keys under the same id. Alice's
+/// SDK warns (IdentityChanged), and her next message gives the reinstalled device the key
+/// again (its old keys held the session, not its new ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinstalled_device_is_a_warning_and_gets_the_key_again() {
+    let server = TestServer::start();
+    let api = server.api();
+    let (alice, bob) = (user(&api).await, user(&api).await);
+    let mut a = dev(&server, &alice).await;
+    let mut b = dev(&server, &bob).await;
+    a.send_direct(bob.user_id, "before the reinstall").await;
+    b.text("before the reinstall").await;
+    let old_ed25519 = b.sdk.ed25519();
+    let Dev { conn, .. } = b;
+    conn.bye().await.unwrap();
+
+    // A fresh store: a new Olm account, published under the same device id.
+    let mut b = dev(&server, &bob).await;
+    assert_ne!(b.sdk.ed25519(), old_ed25519);
+    a.until("the warning", |d| {
+        d.changes.iter().any(|c| matches!(c, KeyChange::IdentityChanged { user, device, old_ed25519: old, .. } if *user == bob.user_id && *device == bob.device_id && *old == old_ed25519))
+    })
+    .await;
+    a.send_direct(bob.user_id, "after the reinstall").await;
+    b.text("after the reinstall").await;
+}

@@ -143,6 +143,15 @@ impl Rotation {
         }
     }
 
+    /// A device now presents other identity keys (a reinstall under the same id): whatever
+    /// it held was held by its old keys, so the next plan gives it the key again (no
+    /// rotation: the old keys were a legitimate holder).
+    pub fn device_replaced(&mut self, device: DeviceAddr) {
+        if let Some(s) = &mut self.session {
+            s.shared_with.remove(&device);
+        }
+    }
+
     /// Forget the session: the next plan rotates (a user's explicit request, or a store
     /// that lost the session itself).
     pub fn discard(&mut self) {
@@ -195,6 +204,17 @@ mod tests {
         let plan = r.plan(2, &without_first);
         assert_eq!(plan.rotate, Some(RotateReason::RecipientRemoved(d[0])));
         assert_eq!(plan.share_to, without_first.iter().copied().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_device_with_new_identity_keys_gets_the_key_again() {
+        let d = devices(2);
+        let all: BTreeSet<_> = d.iter().copied().collect();
+        let mut r = Rotation::new(RotationPolicy::default());
+        assert!(carry_out(&mut r, 0, &all));
+        assert_eq!(r.plan(1, &all).share_to, vec![]);
+        r.device_replaced(d[1]);
+        assert_eq!(r.plan(1, &all), Plan { rotate: None, share_to: vec![d[1]] });
     }
 
     #[test]

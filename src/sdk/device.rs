@@ -337,6 +337,11 @@ impl E2ee {
                 devices.insert(device, (curve, ed));
             }
             let (mut found, next) = safety::compare(user, self.seen.get(&user), &devices);
+            for change in &found {
+                if let KeyChange::IdentityChanged { user, device, .. } = change {
+                    ops.extend(self.megolm.device_replaced((*user, *device))?);
+                }
+            }
             if self.seen.get(&user) != Some(&next) {
                 ops.push(Op::Put(Table::PeerDevices, user.uuid().as_bytes().to_vec(), serde_json::to_vec(&next)?));
                 self.seen.insert(user, next);

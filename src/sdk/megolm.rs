@@ -153,6 +153,20 @@ impl MegolmState {
         self.outbound.entry(conversation).or_insert_with(|| Outbound { session: None, rotation: Rotation::new(policy) })
     }
 
+    /// A device presents new identity keys: every outbound session gives it the key again;
+    /// returns the records to store.
+    pub fn device_replaced(&mut self, device: crate::cores::megolm_rotation::DeviceAddr) -> Result<Vec<Op>, serde_json::Error> {
+        let conversations: Vec<ConversationId> = self.outbound.keys().copied().collect();
+        let mut ops = Vec::new();
+        for c in conversations {
+            if let Some(o) = self.outbound.get_mut(&c) {
+                o.rotation.device_replaced(device);
+            }
+            ops.extend(self.outbound_op(c)?);
+        }
+        Ok(ops)
+    }
+
     /// The record of a conversation's outbound session.
     pub fn outbound_op(&self, conversation: ConversationId) -> Result<Option<Op>, serde_json::Error> {
         let Some(o) = self.outbound.get(&conversation) else { return Ok(None) };
