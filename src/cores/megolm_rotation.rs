@@ -236,16 +236,19 @@ mod tests {
         Recipients(u8),
         /// Time passes by this many ms, then a message is encrypted.
         Send(u16),
+        /// The device at this index of the universe comes back with new identity keys.
+        Replaced(u8),
     }
 
     fn step() -> impl Strategy<Value = Step> {
-        prop_oneof![any::<u8>().prop_map(Step::Recipients), (0u16..400).prop_map(Step::Send)]
+        prop_oneof![any::<u8>().prop_map(Step::Recipients), (0u16..400).prop_map(Step::Send), (0u8..6).prop_map(Step::Replaced)]
     }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-        /// Whatever the membership history, at every encryption exactly the current
+        /// Whatever the membership history (and devices coming back with new keys), at
+        /// every encryption exactly the current
         /// recipients hold the session's key (a removed device never holds a key used
         /// after its removal; nobody current lacks it), a session never exceeds its
         /// limits, and a rotation happens only for one of the stated reasons.
@@ -264,6 +267,12 @@ mod tests {
                 match s {
                     Step::Recipients(mask) => {
                         recipients = universe.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, d)| *d).collect();
+                    }
+                    Step::Replaced(i) => {
+                        // Its new keys hold nothing: the model forgets it as a holder.
+                        let d = universe[usize::from(i)];
+                        r.device_replaced(d);
+                        holders.remove(&d);
                     }
                     Step::Send(dt) => {
                         now += u64::from(dt);
