@@ -12,9 +12,8 @@ use switchboard::config::{ServeArgs, ServerConfig};
 use switchboard::http::admin::TreeNode;
 use switchboard::ids::{ConversationId, DeviceId, UserId};
 use switchboard::protocol::{parse_id, pb, server_frame};
-use switchboard::sdk::device::Received;
 use switchboard::sdk::safety::KeyChange;
-use switchboard::sdk::{Body, E2ee, E2eeConfig, Event, StoreKey};
+use switchboard::sdk::{Body, E2ee, E2eeConfig, Event, Received, StoreKey};
 use switchboard::testkit::cluster::LocalClusterConfig;
 use uuid::Uuid;
 

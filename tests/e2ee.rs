@@ -17,11 +17,10 @@ use switchboard::accounts::DeviceCredentials;
 use switchboard::client::Connection;
 use switchboard::ids::{ConversationId, UserId};
 use switchboard::protocol::{id_bytes, pb, server_frame};
-use switchboard::sdk::device::{Received, Undecryptable};
 use switchboard::sdk::envelope::pb as e2ee;
 use switchboard::sdk::megolm::DecryptError;
 use switchboard::sdk::safety::KeyChange;
-use switchboard::sdk::{Body, E2ee, E2eeConfig, Event, StoreKey};
+use switchboard::sdk::{Body, E2ee, E2eeConfig, Event, Received, StoreKey, Undecryptable};
 
 /// A device running the SDK, and what it has seen.
 struct Dev {

@@ -6,6 +6,7 @@
 //!
 //! - [`device`]: [`E2ee`], one device's SDK: publishes keys, sends encrypted messages
 //!   (sharing room keys as needed), and turns received frames into decrypted events.
+//! - [`events`]: what the app gets back (bodies, decrypted and undecryptable messages).
 //! - [`olm`]: the Olm account (signed uploads) and pairwise sessions.
 //! - [`megolm`]: outbound and inbound group sessions, message decryption and its checks.
 //! - [`envelope`]: the versioned envelope and plaintext types (`proto/e2ee.proto`).
@@ -16,10 +17,12 @@
 
 pub mod device;
 pub mod envelope;
+pub mod events;
 pub mod megolm;
 pub mod olm;
 pub mod safety;
 pub mod store;
 
-pub use device::{Body, E2ee, E2eeConfig, Event, SdkError};
+pub use device::{E2ee, E2eeConfig, SdkError};
+pub use events::{Body, Event, Received, Undecryptable};
 pub use store::StoreKey;
