@@ -98,20 +98,29 @@ const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
 
-/// A write that goes through the log: the message path's batches, and conversation
-/// creations (an `OpenDirect` storm must not cost an fsync per conversation).
+/// A write that goes through the log: the message path's batches, conversation creations
+/// (an `OpenDirect` storm must not cost an fsync per conversation), and to-device sends
+/// and acknowledgements (a group's key rotation is one send and an acknowledgement from
+/// every device).
 #[derive(Debug, Serialize, serde::Deserialize)]
 enum Logged {
     /// A store-writer batch (`Store::apply`).
     Batch(Vec<WriteOp>),
     /// `Store::create_conversation`.
     CreateConversation(ConversationRecord),
+    /// `Store::enqueue_to_device` (send, queue bound). New variants go last: the log
+    /// encodes the variant's index.
+    ToDevice(super::ToDeviceSend, u64),
+    /// `Store::ack_to_device` (device, up to).
+    AckToDevice(DeviceId, u64),
 }
 
 /// What a logged write answers.
 enum LoggedOutcome {
     Batch(Vec<WriteOutcome>),
     Conversation(ConversationRecord),
+    ToDevice(ToDeviceStored),
+    Done,
 }
 
 /// Work for the writer thread.
@@ -277,6 +286,8 @@ fn apply_logged(txn: &WriteTransaction, write: &Logged) -> Result<LoggedOutcome,
     match write {
         Logged::Batch(ops) => apply_in(txn, ops).map(LoggedOutcome::Batch),
         Logged::CreateConversation(record) => create_in(txn, record).map(LoggedOutcome::Conversation),
+        Logged::ToDevice(send, max_queued) => super::embedded_to_device::enqueue_in(txn, send, *max_queued).map(LoggedOutcome::ToDevice),
+        Logged::AckToDevice(device, up_to) => super::embedded_to_device::ack_in(txn, *device, *up_to).map(|()| LoggedOutcome::Done),
     }
 }
 
@@ -912,7 +923,7 @@ impl Store for EmbeddedStore {
     async fn create_conversation(&self, conversation: ConversationRecord) -> Result<ConversationRecord, StoreError> {
         match self.logged(Logged::CreateConversation(conversation)).await? {
             LoggedOutcome::Conversation(stored) => Ok(stored),
-            LoggedOutcome::Batch(_) => Err(be("store writer answered a conversation with a batch")),
+            _ => Err(be("store writer answered a conversation with another outcome")),
         }
     }
 
@@ -949,7 +960,7 @@ impl Store for EmbeddedStore {
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
         match self.logged(Logged::Batch(ops)).await? {
             LoggedOutcome::Batch(outcomes) => Ok(outcomes),
-            LoggedOutcome::Conversation(_) => Err(be("store writer answered a batch with a conversation")),
+            _ => Err(be("store writer answered a batch with another outcome")),
         }
     }
 
@@ -1354,7 +1365,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn enqueue_to_device(&self, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
-        self.write(move |db| super::embedded_to_device::enqueue(db, send, max_queued)).await
+        match self.logged(Logged::ToDevice(send, max_queued)).await? {
+            LoggedOutcome::ToDevice(stored) => Ok(stored),
+            _ => Err(be("store writer answered a to-device send with another outcome")),
+        }
     }
 
     async fn to_device_after(&self, device_id: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError> {
@@ -1362,7 +1376,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn ack_to_device(&self, device_id: DeviceId, up_to: u64) -> Result<(), StoreError> {
-        self.write(move |db| super::embedded_to_device::ack(db, device_id, up_to)).await
+        match self.logged(Logged::AckToDevice(device_id, up_to)).await? {
+            LoggedOutcome::Done => Ok(()),
+            _ => Err(be("store writer answered a to-device acknowledgement with another outcome")),
+        }
     }
 
     async fn note_device_list_change(&self, changed: UserId, devices: Vec<DeviceId>, at_ms: u64) -> Result<(), StoreError> {

@@ -1,7 +1,10 @@
 //! The embedded store's to-device queues and device-list notices (redb), kept apart from
-//! `embedded.rs` (the message log): the functions here run inside one redb transaction
-//! each, on the writer thread for writes (so a send's positions are allocated by one
-//! writer at a time and never collide), on the caller for reads.
+//! `embedded.rs` (the message log): the functions here run inside a redb transaction, on
+//! the writer thread for writes (so a send's positions are allocated by one writer at a
+//! time and never collide), on the caller for reads. Sends and acknowledgements are
+//! logged writes (`embedded.rs`: write-ahead log, group commit): durable at the log's
+//! fsync, and idempotent when the log is replayed (a replayed send finds its client id and
+//! stores nothing; an acknowledgement only moves forward).
 //!
 //! Tables (partition key first, as the ScyllaDB model):
 //! - `to_device`: (device, position) → [`ToDeviceEntry`] (postcard);
@@ -34,54 +37,48 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// `Store::enqueue_to_device`, in one durable transaction.
-pub(super) fn enqueue(db: &Database, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
-    let txn = db.begin_write().map_err(be)?;
+/// `Store::enqueue_to_device`, inside the writer's transaction.
+pub(super) fn enqueue_in(txn: &WriteTransaction, send: &ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
     let sender = send.sender_device.as_u128();
-    let outcome = {
-        let mut sends = txn.open_table(SENDS).map_err(be)?;
-        if let Some(at) = sends.get((sender, send.client_id.as_str())).map_err(be)? {
-            // Older than the window: pruning may not have run yet; still a duplicate for
-            // a retry only if inside the window.
-            if at.value().saturating_add(SEND_IDS_KEPT_MS) > send.sent_ms {
-                return Ok(ToDeviceStored::Duplicate);
-            }
+    let mut sends = txn.open_table(SENDS).map_err(be)?;
+    if let Some(at) = sends.get((sender, send.client_id.as_str())).map_err(be)? {
+        // An id older than the window (not pruned yet) may be used again.
+        if at.value().saturating_add(SEND_IDS_KEPT_MS) > send.sent_ms {
+            return Ok(ToDeviceStored::Duplicate);
         }
-        let devices = txn.open_table(DEVICES).map_err(be)?;
-        let mut queues = txn.open_table(QUEUES).map_err(be)?;
-        // Check everything before writing anything: all or nothing.
-        let mut next = Vec::with_capacity(send.targets.len());
-        for target in &send.targets {
-            let record: Option<DeviceRecord> = devices.get(target.device.as_u128()).map_err(be)?.map(|g| decode("devices", g.value())).transpose()?;
-            if !record.is_some_and(|d| d.user_id == target.user && d.revoked_ms.is_none()) {
-                return Ok(ToDeviceStored::UnknownDevice { user: target.user, device: target.device });
-            }
-            let (last, acked) = queues.get(target.device.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
-            if last.saturating_sub(acked) >= max_queued {
-                return Ok(ToDeviceStored::QueueFull { device: target.device });
-            }
-            next.push((last + 1, acked));
+    }
+    let devices = txn.open_table(DEVICES).map_err(be)?;
+    let mut queues = txn.open_table(QUEUES).map_err(be)?;
+    // Check everything before writing anything: all or nothing.
+    let mut next = Vec::with_capacity(send.targets.len());
+    for target in &send.targets {
+        let record: Option<DeviceRecord> = devices.get(target.device.as_u128()).map_err(be)?.map(|g| decode("devices", g.value())).transpose()?;
+        if !record.is_some_and(|d| d.user_id == target.user && d.revoked_ms.is_none()) {
+            return Ok(ToDeviceStored::UnknownDevice { user: target.user, device: target.device });
         }
-        let mut entries = txn.open_table(TO_DEVICE).map_err(be)?;
-        let mut stored = Vec::with_capacity(send.targets.len());
-        for (target, (position, acked)) in send.targets.into_iter().zip(next) {
-            let entry = ToDeviceEntry {
-                position,
-                sender_user: send.sender_user,
-                sender_device: send.sender_device,
-                payload: target.payload,
-                sent_ms: send.sent_ms,
-            };
-            entries.insert((target.device.as_u128(), position), encode(&entry)?.as_slice()).map_err(be)?;
-            queues.insert(target.device.as_u128(), (position, acked)).map_err(be)?;
-            stored.push((target.user, target.device, position));
+        let (last, acked) = queues.get(target.device.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
+        if last.saturating_sub(acked) >= max_queued {
+            return Ok(ToDeviceStored::QueueFull { device: target.device });
         }
-        sends.insert((sender, send.client_id.as_str()), send.sent_ms).map_err(be)?;
-        txn.open_table(SENDS_BY_TIME).map_err(be)?.insert((send.sent_ms, sender, send.client_id.as_str()), ()).map_err(be)?;
-        ToDeviceStored::Stored(stored)
-    };
-    txn.commit().map_err(be)?;
-    Ok(outcome)
+        next.push((last + 1, acked));
+    }
+    let mut entries = txn.open_table(TO_DEVICE).map_err(be)?;
+    let mut stored = Vec::with_capacity(send.targets.len());
+    for (target, (position, acked)) in send.targets.iter().zip(next) {
+        let entry = ToDeviceEntry {
+            position,
+            sender_user: send.sender_user,
+            sender_device: send.sender_device,
+            payload: target.payload.clone(),
+            sent_ms: send.sent_ms,
+        };
+        entries.insert((target.device.as_u128(), position), encode(&entry)?.as_slice()).map_err(be)?;
+        queues.insert(target.device.as_u128(), (position, acked)).map_err(be)?;
+        stored.push((target.user, target.device, position));
+    }
+    sends.insert((sender, send.client_id.as_str()), send.sent_ms).map_err(be)?;
+    txn.open_table(SENDS_BY_TIME).map_err(be)?.insert((send.sent_ms, sender, send.client_id.as_str()), ()).map_err(be)?;
+    Ok(ToDeviceStored::Stored(stored))
 }
 
 /// `Store::to_device_after`.
@@ -98,27 +95,24 @@ pub(super) fn after(db: &Database, device: DeviceId, after: u64, limit: usize) -
     Ok(ToDeviceQueue { acked, entries })
 }
 
-/// `Store::ack_to_device`, in one durable transaction.
-pub(super) fn ack(db: &Database, device: DeviceId, up_to: u64) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(be)?;
-    {
-        let dev = device.as_u128();
-        let mut queues = txn.open_table(QUEUES).map_err(be)?;
-        let Some((last, acked)) = queues.get(dev).map_err(be)?.map(|g| g.value()) else {
-            return Ok(());
-        };
-        // Never past what was given out: an ack cannot reserve positions.
-        let up_to = up_to.min(last);
-        if up_to <= acked {
-            return Ok(());
-        }
-        queues.insert(dev, (last, up_to)).map_err(be)?;
-        let mut entries = txn.open_table(TO_DEVICE).map_err(be)?;
-        for position in acked + 1..=up_to {
-            entries.remove((dev, position)).map_err(be)?;
-        }
+/// `Store::ack_to_device`, inside the writer's transaction.
+pub(super) fn ack_in(txn: &WriteTransaction, device: DeviceId, up_to: u64) -> Result<(), StoreError> {
+    let dev = device.as_u128();
+    let mut queues = txn.open_table(QUEUES).map_err(be)?;
+    let Some((last, acked)) = queues.get(dev).map_err(be)?.map(|g| g.value()) else {
+        return Ok(());
+    };
+    // Never past what was given out: an ack cannot reserve positions.
+    let up_to = up_to.min(last);
+    if up_to <= acked {
+        return Ok(());
     }
-    txn.commit().map_err(be)
+    queues.insert(dev, (last, up_to)).map_err(be)?;
+    let mut entries = txn.open_table(TO_DEVICE).map_err(be)?;
+    for position in acked + 1..=up_to {
+        entries.remove((dev, position)).map_err(be)?;
+    }
+    Ok(())
 }
 
 /// Removes a revoked device's queue and notices, inside the revocation's transaction. The

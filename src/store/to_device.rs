@@ -20,7 +20,7 @@ use super::{DeviceId, UserId};
 pub const SEND_IDS_KEPT_MS: u64 = 24 * 3600 * 1000;
 
 /// One target of a send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToDeviceTarget {
     /// The device's user (checked: the device must be theirs).
     pub user: UserId,
@@ -31,7 +31,7 @@ pub struct ToDeviceTarget {
 }
 
 /// A send of one payload to each of some devices.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToDeviceSend {
     /// Sender.
     pub sender_user: UserId,
@@ -46,7 +46,7 @@ pub struct ToDeviceSend {
 }
 
 /// What storing a send did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToDeviceStored {
     /// Stored: each target's (user, device, position), in no particular order.
     Stored(Vec<(UserId, DeviceId, u64)>),
