@@ -5,9 +5,10 @@
 //! - [`seal`]: a fresh random 256-bit key per file; AES-256-GCM with a random 96-bit nonce;
 //!   the uploaded bytes are `nonce (12) ‖ ciphertext ‖ tag (16)`; their SHA-256 is the
 //!   digest the server verifies and addresses the blob by.
-//! - [`Descriptor`]: media id, key, digest, size, name, type and a thumbnail, carried inside
-//!   the message payload (end-to-end encrypted with the rest of the message once the
-//!   encryption issue lands; until then the payload is the descriptor as JSON).
+//! - [`media_key`]: media id, key, digest, size, name, type and a thumbnail, as the
+//!   `MediaKey` an SDK message carries inside its Megolm ciphertext (`crate::sdk`,
+//!   `Body::Media`): the server never sees the key. [`Descriptor`] is the same as JSON,
+//!   for apps that carry it inside a payload of their own.
 //! - [`thumbnail`]: for images, a small blurred JPEG preview made with the `image` crate.
 
 use aes_gcm::Aes256Gcm;
@@ -137,6 +138,35 @@ impl Descriptor {
     }
 }
 
+/// The `MediaKey` of `sealed`, uploaded as `media_id`: what an end-to-end encrypted
+/// message carries (`crate::sdk::Body::Media`).
+pub fn media_key(
+    media_id: MediaId,
+    sealed: &Sealed,
+    size: u64,
+    name: &str,
+    mime: &str,
+    thumbnail: Option<Vec<u8>>,
+) -> crate::sdk::envelope::pb::MediaKey {
+    crate::sdk::envelope::pb::MediaKey {
+        media_id: crate::protocol::id_bytes(media_id),
+        key: sealed.key.to_vec().into(),
+        sha256: sealed.sha256.to_vec().into(),
+        size,
+        name: name.to_owned(),
+        mime: mime.to_owned(),
+        thumbnail: thumbnail.unwrap_or_default().into(),
+    }
+}
+
+/// The media id, file key and digest of a received `MediaKey`.
+pub fn media_secrets(key: &crate::sdk::envelope::pb::MediaKey) -> Result<(MediaId, [u8; 32], [u8; 32]), AttachmentError> {
+    let id = crate::protocol::parse_id::<MediaId>("media_id", &key.media_id).map_err(|e| AttachmentError::Descriptor(e.to_string()))?;
+    let file_key: [u8; 32] = key.key[..].try_into().map_err(|_| AttachmentError::Descriptor("key".into()))?;
+    let sha256: [u8; 32] = key.sha256[..].try_into().map_err(|_| AttachmentError::Descriptor("sha256".into()))?;
+    Ok((id, file_key, sha256))
+}
+
 /// A blurred JPEG preview of an image (longer side [`THUMBNAIL_PX`]), or None when the file
 /// is not an image the `image` crate reads (PNG, JPEG).
 pub fn thumbnail(plaintext: &[u8]) -> Option<Vec<u8>> {
@@ -195,6 +225,17 @@ mod tests {
         assert_eq!(back, d);
         assert_eq!(back.secrets().expect("secrets"), (sealed.key, sealed.sha256));
         assert!(Descriptor::from_payload(b"hello").is_none());
+    }
+
+    #[test]
+    fn media_keys_carry_the_secrets() {
+        let sealed = seal(b"x");
+        let id = MediaId::random();
+        let key = media_key(id, &sealed, 1, "x.txt", mime_of("x.txt"), None);
+        assert_eq!(media_secrets(&key).expect("secrets"), (id, sealed.key, sealed.sha256));
+        let mut short = key;
+        short.key.truncate(3);
+        assert!(media_secrets(&short).is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`config`], [`server`]: configuration and the node's lifecycle.
 //! - [`client`]: the Rust client used by tests, benchmarks and `switchboard client`;
 //!   [`media_client`] its tus uploads and downloads, [`attachment`] its file encryption.
+//! - [`sdk`]: the client SDK of end-to-end encryption (Olm/Megolm through vodozemac,
+//!   key sharing, encrypted local state, safety numbers), used by [`client`]'s users.
 //! - [`loadgen`]: the load generator behind `switchboard bench`.
 //! - [`testkit`]: private PostgreSQL (and later Redis) instances for tests and trials.
 
@@ -35,6 +37,7 @@ pub mod media;
 pub mod media_client;
 pub mod pem;
 pub mod protocol;
+pub mod sdk;
 pub mod server;
 pub mod store;
 pub mod testkit;

@@ -12,6 +12,8 @@ use switchboard::config::{ServeArgs, ServerConfig};
 use switchboard::http::admin::TreeNode;
 use switchboard::ids::{ConversationId, DeviceId, UserId};
 use switchboard::protocol::{parse_id, pb, server_frame};
+use switchboard::sdk::safety::KeyChange;
+use switchboard::sdk::{Body, E2ee, E2eeConfig, Event, Received, StoreKey};
 use switchboard::testkit::cluster::LocalClusterConfig;
 use uuid::Uuid;
 
@@ -228,9 +230,17 @@ async fn admin_answer(response: reqwest::Response) -> Result<reqwest::Response> 
 
 #[derive(clap::Args, Clone)]
 struct ProfileArg {
-    /// File holding this device's credentials (written by `verify` and `link`).
+    /// File holding this device's credentials (written by `verify` and `link`). The
+    /// device's end-to-end encryption state is kept next to it, in `<profile>.e2ee`
+    /// (encrypted with the store key).
     #[arg(long, env = "SWITCHBOARD_PROFILE", default_value = "switchboard-profile.json")]
     profile: PathBuf,
+    /// File holding the 32-byte key (64 hex digits) that encrypts the end-to-end state;
+    /// created with a random key, readable by its owner only, when missing. Default:
+    /// `<profile>.key`. Keep it elsewhere (a keychain, a USB stick) to hold the key apart
+    /// from the state.
+    #[arg(long, env = "SWITCHBOARD_STORE_KEY_FILE")]
+    store_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -273,15 +283,18 @@ enum ClientCommand {
         /// Recipient user id.
         #[arg(long)]
         to: UserId,
-        /// The text (sent as opaque bytes; encryption belongs to real apps).
+        /// The text (encrypted end to end for every device of both users).
         text: String,
         /// Use raw TCP at this address instead of WebSocket.
         #[arg(long)]
         tcp: Option<std::net::SocketAddr>,
+        /// Send the text unencrypted (readable by the server; for tests of old clients).
+        #[arg(long)]
+        plaintext: bool,
     },
     /// Send a file to another user (1:1): encrypted here with a fresh key (AES-256-GCM),
-    /// uploaded (tus, resumable), then announced in a message that carries its id, key and
-    /// digest (and a thumbnail for images).
+    /// uploaded (tus, resumable), then announced in an end-to-end encrypted message that
+    /// carries its id, key and digest (and a thumbnail for images).
     SendFile {
         #[command(flatten)]
         profile: ProfileArg,
@@ -345,6 +358,15 @@ enum ClientCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the safety number of this user and another: compare it with theirs (in
+    /// person, or over another channel) to know that no one swapped your keys.
+    SafetyNumber {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// The other user.
+        #[arg(long)]
+        with: UserId,
+    },
     /// Revoke a device (its live connection is closed).
     Revoke {
         #[command(flatten)]
@@ -371,10 +393,61 @@ impl Profile {
         std::fs::write(path, serde_json::to_string_pretty(self)?).with_context(|| format!("writing profile {}", path.display()))
     }
 
+    /// This device's end-to-end encryption state (`<profile>.e2ee`), opened with the key of
+    /// `--store-key-file` (created when missing).
+    fn e2ee(&self, arg: &ProfileArg) -> Result<E2ee> {
+        let key_file = arg.store_key_file.clone().unwrap_or_else(|| with_suffix(&arg.profile, ".key"));
+        let key = match std::fs::read_to_string(&key_file) {
+            Ok(text) => {
+                let bytes = hex::decode(text.trim()).with_context(|| format!("{}: not hex", key_file.display()))?;
+                StoreKey(bytes.try_into().map_err(|_| anyhow::anyhow!("{}: the key must be 32 bytes (64 hex digits)", key_file.display()))?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = StoreKey::random();
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&key_file)
+                    .with_context(|| format!("creating {}", key_file.display()))?;
+                writeln!(file, "{}", hex::encode(key.0))?;
+                key
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", key_file.display())),
+        };
+        let path = with_suffix(&arg.profile, ".e2ee");
+        E2ee::open(&path, &key, self.credentials.user_id, self.credentials.device_id, E2eeConfig::default())
+            .with_context(|| format!("opening the end-to-end state {}", path.display()))
+    }
+
     fn transport(&self, tcp: Option<std::net::SocketAddr>) -> Transport {
         match tcp {
             Some(addr) => Transport::Tcp(addr),
             None => Transport::Ws(format!("{}/v1/ws", self.server.replacen("http", "ws", 1))),
+        }
+    }
+}
+
+fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Connects, publishes this device's keys (first time only) and handles everything up to
+/// CatchUpComplete (room keys, device lists); returns the connection and the events.
+async fn connect_e2ee(p: &Profile, sdk: &mut E2ee, tcp: Option<std::net::SocketAddr>) -> Result<(Connection, Vec<Event>, pb::Welcome)> {
+    let (mut conn, welcome) = Connection::open(&p.transport(tcp), &p.credentials.token).await?;
+    sdk.publish_keys(&mut conn).await?;
+    let mut events = Vec::new();
+    loop {
+        let kind = conn.recv_timeout(switchboard::client::DEFAULT_WAIT).await?;
+        let done = matches!(kind, server_frame::Kind::CatchUpComplete(_));
+        events.extend(sdk.handle(&mut conn, kind).await?);
+        if done {
+            return Ok((conn, events, welcome));
         }
     }
 }
@@ -738,19 +811,34 @@ async fn client(command: ClientCommand) -> Result<()> {
         ClientCommand::Verify { server, phone, code, name, profile } => {
             let credentials = HttpApi::new(&server).verify(&phone, &code, &name).await?;
             println!("user {} device {}", credentials.user_id, credentials.device_id);
-            Profile { server, credentials }.save(&profile.profile)?;
+            let p = Profile { server, credentials };
+            p.save(&profile.profile)?;
             println!("saved {}", profile.profile.display());
+            // Publish this device's keys at once: others can then encrypt for it.
+            let mut sdk = p.e2ee(&profile)?;
+            let (conn, _, _) = connect_e2ee(&p, &mut sdk, None).await?;
+            conn.bye().await?;
+            println!("published this device's end-to-end encryption keys");
         }
         ClientCommand::Whoami { profile } => {
             let p = Profile::load(&profile)?;
             println!("user {} device {} on {}", p.credentials.user_id, p.credentials.device_id, p.server);
         }
-        ClientCommand::Send { profile, to, text, tcp } => {
+        ClientCommand::Send { profile, to, text, tcp, plaintext: true } => {
             let p = Profile::load(&profile)?;
             let (mut conn, _) = Connection::open(&p.transport(tcp), &p.credentials.token).await?;
             let conversation = conn.open_direct(to).await?;
             let ack = conn.send_and_ack(conversation, &Uuid::new_v4().to_string(), text.into_bytes()).await?;
-            println!("✓ sent: conversation {conversation} seq {} at {}", ack.seq, ack.server_time_ms);
+            println!("✓ sent unencrypted: conversation {conversation} seq {} at {}", ack.seq, ack.server_time_ms);
+            conn.bye().await?;
+        }
+        ClientCommand::Send { profile, to, text, tcp, plaintext: false } => {
+            let p = Profile::load(&profile)?;
+            let mut sdk = p.e2ee(&profile)?;
+            let (mut conn, events, _) = connect_e2ee(&p, &mut sdk, tcp).await?;
+            print_warnings(&events);
+            let ack = sdk.send_direct(&mut conn, to, &Body::Text(text)).await?;
+            println!("✓ sent encrypted: seq {} at {}", ack.seq, ack.server_time_ms);
             conn.bye().await?;
         }
         ClientCommand::SendFile { profile, to, path } => {
@@ -763,65 +851,86 @@ async fn client(command: ClientCommand) -> Result<()> {
             let started = std::time::Instant::now();
             let id = media.upload(sealed.bytes.clone().into(), switchboard::media_client::DEFAULT_CHUNK).await?;
             println!("uploaded {} encrypted bytes as media {id} in {:.1} s", sealed.bytes.len(), started.elapsed().as_secs_f64());
-            let descriptor = switchboard::attachment::Descriptor::new(
-                id,
-                &sealed,
-                plaintext.len() as u64,
-                &name,
-                switchboard::attachment::mime_of(&name),
-                thumbnail,
-            );
-            let (mut conn, _) = Connection::open(&p.transport(None), &p.credentials.token).await?;
-            let conversation = conn.open_direct(to).await?;
-            let ack = conn.send_with_attachments_and_ack(conversation, &Uuid::new_v4().to_string(), descriptor.to_payload(), &[id]).await?;
-            println!("✓ sent {name}: conversation {conversation} seq {}", ack.seq);
+            let key =
+                switchboard::attachment::media_key(id, &sealed, plaintext.len() as u64, &name, switchboard::attachment::mime_of(&name), thumbnail);
+            let mut sdk = p.e2ee(&profile)?;
+            let (mut conn, events, _) = connect_e2ee(&p, &mut sdk, None).await?;
+            print_warnings(&events);
+            let ack = sdk.send_direct_with_attachments(&mut conn, to, &Body::Media(key), &[id]).await?;
+            println!("✓ sent {name} (encrypted): seq {}", ack.seq);
             conn.bye().await?;
         }
         ClientCommand::Download { profile, with, seq, out } => {
             let p = Profile::load(&profile)?;
-            let (mut conn, _) = Connection::open(&p.transport(None), &p.credentials.token).await?;
+            let mut sdk = p.e2ee(&profile)?;
+            let (mut conn, _, _) = connect_e2ee(&p, &mut sdk, None).await?;
             let conversation = conn.open_direct(with).await?;
             let page = conn.history(conversation, seq.map(|s| s + 1).unwrap_or(0), 100).await?;
             conn.bye().await?;
-            let found = page
-                .messages
-                .iter()
-                .filter(|m| seq.is_none_or(|s| m.seq == s))
-                .find_map(|m| switchboard::attachment::Descriptor::from_payload(&m.payload).map(|d| (m.seq, d)));
-            let Some((at, descriptor)) = found else { bail!("no file message found with {with}") };
-            let (key, sha256) = descriptor.secrets()?;
+            let found = page.messages.iter().filter(|m| seq.is_none_or(|s| m.seq == s)).find_map(|m| match sdk.decrypt(m) {
+                Ok(Received { body: Body::Media(key), seq, .. }) => Some((seq, key)),
+                _ => None,
+            });
+            let Some((at, key)) = found else { bail!("no file message found with {with}") };
+            let (media_id, file_key, sha256) = switchboard::attachment::media_secrets(&key)?;
             let media = switchboard::media_client::MediaClient::new(&p.server, &p.credentials.token);
-            let bytes = media.download(descriptor.media_id).await?;
-            let plaintext = switchboard::attachment::open(&key, &sha256, &bytes)?;
+            let bytes = media.download(media_id).await?;
+            let plaintext = switchboard::attachment::open(&file_key, &sha256, &bytes)?;
             // Only the name's last component: a sender cannot write outside `out`.
-            let name = std::path::Path::new(&descriptor.name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "file".into());
+            let name = std::path::Path::new(&key.name).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "file".into());
             let target = out.join(name);
             std::fs::write(&target, &plaintext).with_context(|| format!("writing {}", target.display()))?;
-            println!("message #{at}: {} ({} bytes, {}) saved to {}", descriptor.name, plaintext.len(), descriptor.mime, target.display());
+            println!("message #{at}: {} ({} bytes, {}) saved to {}", key.name, plaintext.len(), key.mime, target.display());
         }
         ClientCommand::Watch { profile, no_read, tcp } => {
             let p = Profile::load(&profile)?;
-            let (mut conn, welcome) = Connection::open(&p.transport(tcp), &p.credentials.token).await?;
+            let mut sdk = p.e2ee(&profile)?;
+            let (mut conn, events, welcome) = connect_e2ee(&p, &mut sdk, tcp).await?;
             println!("connected as user {}", parse_id::<UserId>("user_id", &welcome.user_id)?);
+            for event in events {
+                watch_event(&mut conn, event, no_read).await?;
+            }
             let mut ping = tokio::time::interval(Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000))));
             loop {
                 tokio::select! {
                     _ = ping.tick() => conn.send(switchboard::protocol::client_frame::Kind::Ping(pb::Ping { nonce: 0 })).await?,
                     frame = conn.recv() => match frame? {
                         None => { println!("connection closed"); return Ok(()); }
-                        Some(kind) => watch_frame(&mut conn, kind, no_read).await?,
+                        Some(kind) => for event in sdk.handle(&mut conn, kind).await? {
+                            watch_event(&mut conn, event, no_read).await?;
+                        },
                     },
                 }
             }
         }
         ClientCommand::History { profile, with, limit } => {
             let p = Profile::load(&profile)?;
-            let (mut conn, _) = Connection::open(&p.transport(None), &p.credentials.token).await?;
+            let mut sdk = p.e2ee(&profile)?;
+            let (mut conn, _, _) = connect_e2ee(&p, &mut sdk, None).await?;
             let conversation = conn.open_direct(with).await?;
             let page = conn.history(conversation, 0, limit).await?;
             for m in page.messages.iter().rev() {
                 let sender: UserId = parse_id("sender", &m.sender_user_id)?;
-                println!("#{} {} {}: {}", m.seq, m.server_time_ms, sender, String::from_utf8_lossy(&m.payload));
+                let text = match sdk.decrypt(m) {
+                    Ok(r) => describe(&r.body),
+                    Err(e) if m.event.is_none() => format!("[cannot decrypt: {e}]"),
+                    Err(_) => "[event]".into(),
+                };
+                println!("#{} {} {}: {text}", m.seq, m.server_time_ms, sender);
+            }
+            conn.bye().await?;
+        }
+        ClientCommand::SafetyNumber { profile, with } => {
+            let p = Profile::load(&profile)?;
+            let mut sdk = p.e2ee(&profile)?;
+            let (mut conn, events, _) = connect_e2ee(&p, &mut sdk, None).await?;
+            print_warnings(&events);
+            // The server lets us see the other user's devices only if we share a conversation.
+            conn.open_direct(with).await?;
+            let number = sdk.safety_number(&mut conn, with).await?;
+            println!("safety number with {with}:");
+            for line in number.split(' ').collect::<Vec<_>>().chunks(4) {
+                println!("  {}", line.join(" "));
             }
             conn.bye().await?;
         }
@@ -847,28 +956,67 @@ async fn client(command: ClientCommand) -> Result<()> {
     Ok(())
 }
 
-async fn watch_frame(conn: &mut Connection, kind: server_frame::Kind, no_read: bool) -> Result<()> {
+fn describe(body: &Body) -> String {
+    match body {
+        Body::Text(t) => t.clone(),
+        Body::Media(m) => format!("file {} ({} bytes, {}{})", m.name, m.size, m.mime, if m.thumbnail.is_empty() { "" } else { ", thumbnail" }),
+        Body::Custom(c) => format!("[{} bytes of app data]", c.len()),
+    }
+}
+
+fn print_warnings(events: &[Event]) {
+    for event in events {
+        if let Event::KeyChanged(change) = event {
+            print_key_change(change);
+        }
+    }
+}
+
+fn print_key_change(change: &KeyChange) {
+    match change {
+        KeyChange::IdentityChanged { user, device, .. } => {
+            println!(
+                "⚠ the identity keys of device {device} of user {user} changed: compare safety numbers again (`client safety-number --with {user}`)"
+            )
+        }
+        KeyChange::NewDevice { user, device } => println!("user {user} has a new device {device} (the safety number changed)"),
+        KeyChange::Removed { user, device } => println!("device {device} of user {user} is gone"),
+    }
+}
+
+async fn watch_event(conn: &mut Connection, event: Event, no_read: bool) -> Result<()> {
+    match event {
+        Event::Message(r) => {
+            let note = if r.retried { " (key arrived late)" } else { "" };
+            let what = match &r.body {
+                Body::Media(_) => format!("{} — `client download --with {} --seq {}`", describe(&r.body), r.sender_user, r.seq),
+                body => describe(body),
+            };
+            println!("message #{} from {}{note}: {what}", r.seq, r.sender_user);
+            conn.ack(r.conversation, r.seq).await?;
+            if !no_read {
+                conn.read(r.conversation, r.seq).await?;
+            }
+        }
+        Event::Undecryptable(u) => {
+            println!("message #{} from {}: cannot decrypt ({})", u.seq, u.sender_user, u.error);
+            conn.ack(u.conversation, u.seq).await?;
+        }
+        Event::KeyChanged(change) => print_key_change(&change),
+        Event::ToDeviceFailed { sender_user, reason, .. } => println!("a key message from {sender_user} was unusable: {reason}"),
+        Event::Frame(kind) => watch_frame(conn, *kind).await?,
+    }
+    Ok(())
+}
+
+async fn watch_frame(conn: &mut Connection, kind: server_frame::Kind) -> Result<()> {
     match kind {
         server_frame::Kind::Message(m) => {
+            // Events and deletions (the SDK passes on what has no ciphertext).
             let conversation: ConversationId = parse_id("conversation", &m.conversation_id)?;
-            let sender: UserId = parse_id("sender", &m.sender_user_id)?;
-            match switchboard::attachment::Descriptor::from_payload(&m.payload) {
-                Some(d) => println!(
-                    "message #{} from {}: file {} ({} bytes, {}{}) — `client download --with {sender} --seq {}`",
-                    m.seq,
-                    sender,
-                    d.name,
-                    d.size,
-                    d.mime,
-                    if d.thumbnail.is_some() { ", thumbnail" } else { "" },
-                    m.seq
-                ),
-                None => println!("message #{} from {}: {}", m.seq, sender, String::from_utf8_lossy(&m.payload)),
-            }
+            let what = if m.deleted { "deleted" } else { "a conversation event" };
+            println!("#{}: {what}", m.seq);
             conn.ack(conversation, m.seq).await?;
-            if !no_read {
-                conn.read(conversation, m.seq).await?;
-            }
         }
         server_frame::Kind::Receipt(r) => {
             let what = if r.kind() == pb::ReceiptKind::Read { "read (blue ✓✓)" } else { "delivered (✓✓)" };

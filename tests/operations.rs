@@ -91,6 +91,21 @@ async fn cli_client_and_admin_tree_work_end_to_end() {
     assert!(sent.contains("✓ sent") && sent.contains("seq 1"), "{sent}");
     let history = cli(&["client", "history", "--profile", bob.to_str().unwrap(), "--with", &alice_id(&alice)]);
     assert!(history.contains("#1") && history.contains("hello from the terminal"), "{history}");
+    // Encrypted by default: the server's files never hold the text.
+    for entry in walk(server.dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(!bytes.windows(23).any(|w| w == b"hello from the terminal"), "plaintext found in {}", entry.display());
+    }
+    // Both sides print the same safety number (the digits after the first line).
+    let numbers: Vec<String> = [(&alice, &bob_id), (&bob, &alice_id(&alice))]
+        .into_iter()
+        .map(|(profile, with)| {
+            let out = cli(&["client", "safety-number", "--profile", profile.to_str().unwrap(), "--with", with]);
+            out.lines().skip(1).collect::<Vec<_>>().join(" ").split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    assert_eq!(numbers[0].split(' ').count(), 12, "{numbers:?}");
+    assert_eq!(numbers[0], numbers[1]);
     let devices = cli(&["client", "devices", "--profile", alice.to_str().unwrap()]);
     assert!(devices.contains("primary=true"), "{devices}");
 

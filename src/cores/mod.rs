@@ -10,6 +10,8 @@
 //!   catch-up paging, cursor moves, the slow-consumer decision.
 //! - [`group`]: who may change what in a group, and the resulting record and event.
 //! - [`keys`]: the key directory's checks: sizes, limits, Ed25519 signatures, low keys.
+//! - [`megolm_rotation`]: the client SDK's rule for replacing a conversation's outbound
+//!   Megolm session and for whom to give its key.
 //! - [`to_device`]: to-device sends (checks, queue bound) and a receiving device's queue
 //!   position (in order, once); not wired to frames yet.
 //! - [`recent_ids`], [`receipts`]: the sequencer's dedup window and group receipt counts.
@@ -18,6 +20,7 @@
 pub mod delivery;
 pub mod group;
 pub mod keys;
+pub mod megolm_rotation;
 pub mod receipts;
 pub mod recent_ids;
 pub mod requests;
