@@ -220,7 +220,16 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>)
                     checkpoint_logged(&db, &mut wal, &mut logged_since);
                 }
             }
-            Ok(Job::Run(f)) => f(&db),
+            Ok(Job::Run(f)) => {
+                // Such a write commits durably, which makes the database ahead of the log's
+                // records: checkpoint first, so that a replay after a crash always starts
+                // from the state the log was written against (a send refused as QUEUE_FULL
+                // and logged must not find room when replayed after later writes).
+                if poisoned.is_none() {
+                    checkpoint_logged(&db, &mut wal, &mut logged_since);
+                }
+                f(&db)
+            }
             Ok(Job::Checkpoint(reply)) => {
                 let result = if poisoned.is_some() { Err(be("store needs a restart")) } else { checkpoint(&db, &mut wal) };
                 if result.is_ok() {
