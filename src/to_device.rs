@@ -26,12 +26,12 @@ impl From<SendRefusal> for RequestError {
 }
 
 /// The `ToDeviceMessage` frame of a queued entry, encoded.
-pub fn entry_frame(entry: &ToDeviceEntry) -> Bytes {
+pub fn entry_frame(entry: ToDeviceEntry) -> Bytes {
     protocol::encode_server(&protocol::server(server_frame::Kind::ToDevice(pb::ToDeviceMessage {
         position: entry.position,
         sender_user_id: id_bytes(entry.sender_user),
         sender_device_id: id_bytes(entry.sender_device),
-        payload: Bytes::from(entry.payload.clone()),
+        payload: Bytes::from(entry.payload),
         sent_ms: entry.sent_ms,
     })))
 }
@@ -60,7 +60,7 @@ pub async fn send(store: &dyn Store, router: &Router, limits: &ToDeviceLimits, s
             for (target_user, target_device, position) in stored {
                 let payload = payloads.remove(&target_device).unwrap_or_default();
                 let entry = ToDeviceEntry { position, sender_user: user, sender_device: device, payload, sent_ms: now_ms };
-                let frame = entry_frame(&entry);
+                let frame = entry_frame(entry);
                 router.deliver_to_device(target_user, target_device, SessionRequest::ToDevice { position, frame });
             }
             Ok(())

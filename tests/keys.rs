@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Kind, TestServer, WAIT, caught_up, online, signed_upload, user};
+use common::{Kind, TestServer, WAIT, caught_up, online, rejected, signed_upload, user};
 use switchboard::client::{ClientError, Connection};
 use switchboard::cores::keys::{identity_signed_bytes, one_time_key_signed_bytes, verify};
 use switchboard::ids::DeviceId;
@@ -17,13 +17,6 @@ use switchboard::protocol::{ErrorCode, parse_id, pb, server_frame};
 use vodozemac::olm::Account;
 
 both_transports!(members_see_each_others_devices_and_strangers_do_not);
-
-fn rejected(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
-    match result {
-        Err(ClientError::Rejected { code, .. }) => code,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
 
 async fn members_see_each_others_devices_and_strangers_do_not(kind: Kind) {
     let server = TestServer::start();

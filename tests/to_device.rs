@@ -10,19 +10,12 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Kind, TestServer, online, signed_upload, user};
-use switchboard::client::{ClientError, Connection};
+use common::{Kind, TestServer, online, rejected, signed_upload, user};
+use switchboard::client::Connection;
 use switchboard::ids::{DeviceId, UserId};
 use switchboard::protocol::{ErrorCode, parse_id, pb, server_frame};
 
 both_transports!(entries_arrive_live_and_again_until_acknowledged, device_list_changes_reach_who_shares_a_conversation);
-
-fn rejected(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
-    match result {
-        Err(ClientError::Rejected { code, .. }) => code,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
 
 /// The next ToDeviceMessage (buffered frames first).
 async fn next_entry(conn: &mut Connection) -> pb::ToDeviceMessage {

@@ -448,3 +448,11 @@ pub fn signed_upload(
     account.mark_keys_as_published();
     pb::UploadKeys { request_id: 0, identity: Some(identity), one_time_keys, fallback_key }
 }
+
+/// The code of a refused request (panics if it was not refused).
+pub fn rejected<T: std::fmt::Debug>(result: Result<T, switchboard::client::ClientError>) -> switchboard::protocol::ErrorCode {
+    match result {
+        Err(switchboard::client::ClientError::Rejected { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

@@ -85,14 +85,22 @@ async fn fill(state: &mut SessionState) -> Result<(), Stop> {
             }
         };
         let read = queue.entries.len();
-        for entry in &queue.entries {
-            push(state, crate::to_device::entry_frame(entry)).await?;
-            state.to_device.sent(entry.position);
-        }
+        send_entries(state, queue.entries).await?;
         if read < asked {
             return Ok(());
         }
     }
+}
+
+/// Sends entries read from the store, in order (the store's order is the truth: see
+/// `Receiver::sent`).
+async fn send_entries(state: &mut SessionState, entries: Vec<crate::store::ToDeviceEntry>) -> Result<(), Stop> {
+    for entry in entries {
+        let position = entry.position;
+        push(state, crate::to_device::entry_frame(entry)).await?;
+        state.to_device.sent(position);
+    }
+    Ok(())
 }
 
 /// After Welcome (before CatchUpComplete): the queue's first window, and the users whose
@@ -104,10 +112,7 @@ pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
     match first {
         Ok(queue) => {
             state.to_device = Receiver::new(queue.acked, limits.window);
-            for entry in &queue.entries {
-                push(state, crate::to_device::entry_frame(entry)).await?;
-                state.to_device.sent(entry.position);
-            }
+            send_entries(state, queue.entries).await?;
             fill(state).await?;
         }
         Err(e) => {
