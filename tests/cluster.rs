@@ -119,33 +119,26 @@ impl TestCluster {
     fn args(&self, i: usize) -> Vec<String> {
         let seeds: Vec<String> = self.ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| format!("127.0.0.1:{}", p[0])).collect();
         let [cluster, tcp, http, admin] = self.ports[i];
-        vec![
-            "--node-name".into(),
-            format!("n{i}"),
-            "--cluster-listen".into(),
-            format!("127.0.0.1:{cluster}"),
-            "--tcp-listen".into(),
-            format!("127.0.0.1:{tcp}"),
-            "--http-listen".into(),
-            format!("127.0.0.1:{http}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{admin}"),
-            "--seeds".into(),
-            seeds.join(","),
-            "--cookie".into(),
-            COOKIE.into(),
-            "--redis".into(),
-            self.redis.url(),
-            "--cluster-heartbeat-ms".into(),
-            "200".into(),
-            "--cluster-dead-after-ms".into(),
-            "1500".into(),
-            "--drain-spread-secs".into(),
-            "1".into(),
-        ]
-        .into_iter()
-        .chain(self.extra.iter().cloned())
-        .collect()
+        let defaults = [
+            ("--node-name", format!("n{i}")),
+            ("--cluster-listen", format!("127.0.0.1:{cluster}")),
+            ("--tcp-listen", format!("127.0.0.1:{tcp}")),
+            ("--http-listen", format!("127.0.0.1:{http}")),
+            ("--admin-listen", format!("127.0.0.1:{admin}")),
+            ("--seeds", seeds.join(",")),
+            ("--cookie", COOKIE.into()),
+            ("--redis", self.redis.url()),
+            ("--cluster-heartbeat-ms", "200".into()),
+            ("--cluster-dead-after-ms", "1500".into()),
+            ("--drain-spread-secs", "1".into()),
+        ];
+        // A flag given in `extra` replaces its default (the server refuses a flag twice).
+        defaults
+            .into_iter()
+            .filter(|(flag, _)| !self.extra.iter().any(|e| e == flag))
+            .flat_map(|(flag, value)| [flag.to_owned(), value])
+            .chain(self.extra.iter().cloned())
+            .collect()
     }
 
     fn launch(&self, i: usize) -> TestServer {
@@ -627,16 +620,94 @@ async fn a_killed_nodes_devices_go_offline_for_their_peers_and_are_pushed_for_wh
     assert!(String::from_utf8_lossy(&refused.stderr).contains("node n2 is dead (last heard "), "{refused:?}");
 }
 
+/// Waits until node `i` has heard from `peer` that it holds `sessions` sessions; returns
+/// when it last heard from it (ms since the epoch).
+async fn heard_holding(cluster: &TestCluster, i: usize, peer: &str, sessions: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let report = cluster.report(i).await.expect("report");
+        let p = report.nodes.iter().find(|n| n.name == peer).expect("peer in the report").clone();
+        if p.sessions == sessions {
+            return p.last_heard_at_ms;
+        }
+        assert!(Instant::now() < deadline, "n{i} never heard that {peer} holds {sessions} session(s): {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_before_the_dead_rule_ends_its_sessions_for_the_others_at_once() {
+    // The dead rule is far away (20 s): only the restart (a new incarnation heard in a
+    // heartbeat) can tell n0 that Bob's session on n1 ended.
+    let (url, mut pushes) = common::push_receiver(0).await;
+    let sink = format!("webhook:{url}");
+    let mut cluster = TestCluster::start_with(2, &["--push-sink", &sink, "--push-coalesce-ms", "200", "--cluster-dead-after-ms", "20000"]).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    let (alice, bob) = (sign_up(&api).await, sign_up(&api).await);
+    api.set_push_token(&bob.token, "fcm", "bob-phone").await.expect("push token");
+    let mut a = online_at(&t[0], &alice).await;
+    let with_alice = a.open_direct(bob.user_id).await.expect("direct");
+    let mut b = online_at(&t[1], &bob).await;
+    presence_change(&mut a, bob.user_id, true, WAIT).await;
+    for i in 1..=2 {
+        a.send_and_ack(with_alice, &format!("unacked-{i}"), b"hi".to_vec()).await.expect("ack");
+    }
+    for _ in 1..=2 {
+        b.next_message(WAIT).await.expect("delivered to bob's device");
+    }
+    let alive_at = heard_holding(&cluster, 0, "n1", 1).await;
+
+    cluster.nodes[1].as_mut().expect("n1").kill9();
+    let killed_at = switchboard::store::now_ms();
+    let killed = Instant::now();
+    cluster.nodes[1].as_mut().expect("n1").restart();
+
+    // Alice hears Bob go offline long before the dead rule could fire, last seen = n1's
+    // last word before the crash.
+    let p = presence_change(&mut a, bob.user_id, false, Duration::from_secs(15)).await;
+    assert!(killed.elapsed() < Duration::from_secs(15), "told only after {:?}", killed.elapsed());
+    eprintln!("alice told {:?} after the kill (dead rule 20 s)", killed.elapsed());
+    assert!((alive_at..=killed_at).contains(&p.last_seen_ms), "bob last seen at {}, alive at {alive_at}, killed at {killed_at}", p.last_seen_ms);
+    let report = cluster.report(0).await.expect("report");
+    let n1 = report.nodes.iter().find(|n| n.name == "n1").expect("n1 listed");
+    assert_ne!(n1.status, "dead", "the restart path, not the dead rule: {n1:?}");
+
+    // Bob's device is pushed once for the two messages it never acknowledged: by n0 (the
+    // restarted node leaves its previous run's pushes to its peer).
+    let push = tokio::time::timeout(WAIT, pushes.recv()).await.expect("a push for bob's device").expect("receiver running");
+    assert_eq!((push["token"].as_str(), push["count"].as_u64()), (Some("bob-phone"), Some(2)), "{push}");
+    assert_eq!(push["conversation_id"], with_alice.to_string());
+    assert!(tokio::time::timeout(Duration::from_secs(1), pushes.recv()).await.is_err(), "bob's device was pushed twice");
+    let metrics = cluster.node(0).api().get("/metrics", None).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.lines().any(|l| l.starts_with("switchboard_sessions_ended_total{ending=\"node_restarted\"}")), "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_after_a_crash_ends_the_sessions_of_its_previous_run() {
     // One node alone (nobody else can notice its death): what it held when it crashed is
     // found in Redis when it comes back.
-    let mut cluster = TestCluster::start(1).await;
+    let (url, mut pushes) = common::push_receiver(0).await;
+    let sink = format!("webhook:{url}");
+    let mut cluster = TestCluster::start_with(1, &["--push-sink", &sink, "--push-coalesce-ms", "200"]).await;
     let t = cluster.transports();
     let api = cluster.api();
     let (alice, bob) = (sign_up(&api).await, sign_up(&api).await);
-    let _b = online_at(&t[0], &bob).await;
+    api.set_push_token(&bob.token, "fcm", "bob-phone").await.expect("push token");
+    let mut b = online_at(&t[0], &bob).await;
     let connected_at = switchboard::store::now_ms();
+    // Two messages reach Bob's device, which never acknowledges them.
+    let with_bob = {
+        let mut a = online_at(&t[0], &alice).await;
+        let with_bob = a.open_direct(bob.user_id).await.expect("direct");
+        for i in 1..=2 {
+            a.send_and_ack(with_bob, &format!("unacked-{i}"), b"hi".to_vec()).await.expect("ack");
+        }
+        with_bob
+    };
+    for _ in 1..=2 {
+        b.next_message(WAIT).await.expect("delivered to bob's device");
+    }
     // The node stamps Redis every second; once it has done so with Bob connected, Bob is
     // known connected at that stamp.
     let client = redis::Client::open(cluster.redis.url()).expect("redis url");
@@ -667,6 +738,13 @@ async fn a_node_restarted_after_a_crash_ends_the_sessions_of_its_previous_run() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!((alive_at..=killed_at).contains(&p.last_seen_ms), "bob last seen at {}, alive at {alive_at}, killed at {killed_at}", p.last_seen_ms);
+    // With no peer to take it, the node pushes Bob's device itself, once, for the two
+    // messages its previous run delivered and never saw acknowledged.
+    let push = tokio::time::timeout(WAIT, pushes.recv()).await.expect("a push for bob's device").expect("receiver running");
+    assert_eq!((push["token"].as_str(), push["count"].as_u64()), (Some("bob-phone"), Some(2)), "{push}");
+    assert_eq!(push["conversation_id"], with_bob.to_string());
+    assert!(tokio::time::timeout(Duration::from_secs(1), pushes.recv()).await.is_err(), "bob's device was pushed twice");
+    drop(b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,6 +815,131 @@ async fn the_local_cluster_reports_a_dead_node_and_restarts_it_with_its_settings
     assert!(data.starts_with(config.dir.canonicalize().expect("dir")));
     drop(cluster);
     assert!(data.join("PG_VERSION").exists(), "the data directory was removed");
+}
+
+/// The console of `switchboard cluster local` as a person sees it: lines printed on stdout,
+/// commands typed on stdin.
+struct Console {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Console {
+    fn start(dir: &std::path::Path, base_port: u16) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["cluster", "local", "--nodes", "2", "--push-sink", "print", "--base-port", &base_port.to_string(), "--dir"])
+            .arg(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start switchboard cluster local");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, stdin, lines, seen: Vec::new() }
+    }
+
+    /// Waits for a line `matches` accepts (printed since the last wait), and returns it.
+    fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("the console never printed {what}; it printed:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").expect("type into the console");
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_console_prints_pushes_deaths_and_runs_typed_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut console = Console::start(&dir.path().join("local"), free_ports(24));
+    // At start: every process with its pid, the secrets' files, where pushes go, the nodes.
+    let postgres = console.wait_for("PostgreSQL's pid", |l| l.starts_with("PostgreSQL  pid "));
+    assert!(postgres.split_whitespace().nth(2).is_some_and(|p| p.parse::<u32>().is_ok()), "{postgres}");
+    console.wait_for("Redis' pid", |l| l.starts_with("Redis       pid "));
+    console.wait_for("the secrets' files", |l| l.starts_with("admin token ") && l.contains("cluster cookie "));
+    console.wait_for("where pushes go", |l| l.starts_with("pushes      printed here (webhook:http://127.0.0.1:"));
+    let node1 = console.wait_for("node1's row", |l| l.starts_with("node1 "));
+    let node2 = console.wait_for("node2's row", |l| l.starts_with("node2 "));
+    console.wait_for("the prompt", |l| l.starts_with("type here: status | kill <node>"));
+    let columns = |row: &str| row.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let (node1, node2) = (columns(&node1), columns(&node2));
+    let node2_pid: u32 = node2[1].parse().expect("node2's pid");
+
+    // A push for an offline device is printed, naming the device, the user and the count.
+    let api = HttpApi::new(format!("http://{}", node1[3]));
+    let (alice, bob) = (sign_up(&api).await, sign_up(&api).await);
+    api.set_push_token(&bob.token, "fcm", "bob-phone").await.expect("push token");
+    let tcp = Transport::Tcp(node1[2].parse().expect("node1's tcp address"));
+    let mut a = online_at(&tcp, &alice).await;
+    let with_bob = a.open_direct(bob.user_id).await.expect("direct");
+    a.send_and_ack(with_bob, "for-bob", b"hi".to_vec()).await.expect("ack");
+    let push = console.wait_for("the push", |l| l.starts_with("push: "));
+    assert_eq!(
+        push,
+        format!("push: device {} of user {}: 1 message(s) in conversation {with_bob} from {}", bob.device_id, bob.user_id, alice.user_id)
+    );
+
+    // `kill node2`: the signal, then its death reported with its status, reaped.
+    console.type_line("kill node2");
+    console.wait_for("the kill", |l| l == format!("sent SIGKILL to node2 (pid {node2_pid})"));
+    let death = console.wait_for("node2's death", |l| l.starts_with("node2 (pid "));
+    assert_eq!(death, format!("node2 (pid {node2_pid}) killed by signal 9 (SIGKILL); reaped. The end of its log ({}):", node2[6]));
+    console.wait_for("how to restart it", |l| l.trim() == "restart it: type `restart node2` here, or run:");
+    assert!(!std::path::Path::new(&format!("/proc/{node2_pid}")).exists(), "node2 left as a zombie");
+    console.type_line("status");
+    console.wait_for("node2 down in the table", |l| l.starts_with("node2 ") && columns(l)[1] == "down");
+    console.type_line("kill node9");
+    console.wait_for("the refusal", |l| l == "no such node node9 (nodes: node1, node2)");
+
+    // `restart node2`: up again with a new pid.
+    console.type_line("restart node2");
+    let up = console.wait_for("node2 up", |l| l.starts_with("node2 is up again (pid "));
+    assert!(!up.contains(&format!("(pid {node2_pid})")), "{up}");
+
+    // `quit` stops everything and deletes nothing.
+    console.type_line("quit");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = console.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "quit did not stop the local cluster");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(dir.path().join("local").read_dir().expect("kept").next().is_some(), "the directory was emptied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
