@@ -173,6 +173,11 @@ pub struct ServeArgs {
     /// 10000); a send that would pass it is refused with QUEUE_FULL.
     #[arg(long, env = "SWITCHBOARD_TO_DEVICE_QUEUE")]
     pub to_device_queue: Option<u64>,
+    /// Unacknowledged to-device messages one other user may have in a device's queue (1
+    /// to the queue's bound; default 1000): a send that would pass it is refused with
+    /// QUEUE_FULL, so a stranger in a 1:1 cannot fill the queue for everybody.
+    #[arg(long, env = "SWITCHBOARD_TO_DEVICE_QUEUE_PER_SENDER")]
+    pub to_device_queue_per_sender: Option<u64>,
     /// To-device messages sent to a device ahead of its acknowledgements (1 to 10000;
     /// default 256): the rest follow as it acknowledges.
     #[arg(long, env = "SWITCHBOARD_TO_DEVICE_WINDOW")]
@@ -294,6 +299,7 @@ pub struct FileConfig {
     conversation_idle_secs: Option<u64>,
     max_group_members: Option<usize>,
     to_device_queue: Option<u64>,
+    to_device_queue_per_sender: Option<u64>,
     to_device_window: Option<u64>,
     purge_interval_secs: Option<u64>,
     push_sink: Option<String>,
@@ -513,6 +519,18 @@ impl ServerConfig {
                 return Err(ConfigError::Invalid("to_device_queue must be 1 to 1000000".into()));
             }
             actors.to_device.max_queued = v;
+        }
+        if let Some(v) = args.to_device_queue_per_sender.or(file.to_device_queue_per_sender) {
+            if !(1..=actors.to_device.max_queued).contains(&v) {
+                return Err(ConfigError::Invalid(format!(
+                    "to_device_queue_per_sender must be 1 to to_device_queue ({})",
+                    actors.to_device.max_queued
+                )));
+            }
+            actors.to_device.max_queued_per_sender = v;
+        } else {
+            // A tenth of the queue unless set (the default keeps that ratio too).
+            actors.to_device.max_queued_per_sender = (actors.to_device.max_queued / 10).max(1);
         }
         if let Some(v) = args.to_device_window.or(file.to_device_window) {
             if !(1..=10_000).contains(&v) {

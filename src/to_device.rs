@@ -54,7 +54,7 @@ pub async fn send(store: &dyn Store, router: &Router, limits: &ToDeviceLimits, s
     // Kept for the live frames: the store takes the payloads (and may answer in another
     // order: PostgreSQL locks queues in device id order).
     let mut payloads: HashMap<DeviceId, Vec<u8>> = targets.iter().map(|t| (t.device, t.payload.clone())).collect();
-    match store.enqueue_to_device(send, limits.max_queued).await? {
+    match store.enqueue_to_device(send, limits.bounds()).await? {
         ToDeviceStored::Stored(stored) => {
             metrics::counter!("switchboard_to_device_total").increment(stored.len() as u64);
             for (target_user, target_device, position) in stored {
@@ -69,6 +69,10 @@ pub async fn send(store: &dyn Store, router: &Router, limits: &ToDeviceLimits, s
         ToDeviceStored::Duplicate => Ok(()),
         ToDeviceStored::UnknownDevice { user, device } => Err(RequestError::UnknownDevice { user: user.to_string(), device: device.to_string() }),
         ToDeviceStored::QueueFull { device } => Err(RequestError::QueueFull { device: device.to_string(), max: limits.max_queued }),
+        ToDeviceStored::SenderFull { device } => {
+            metrics::counter!("switchboard_to_device_refused_total", "reason" => "sender_full").increment(1);
+            Err(RequestError::SenderQueueFull { device: device.to_string(), max: limits.max_queued_per_sender })
+        }
     }
 }
 

@@ -17,8 +17,8 @@ use proptest::prelude::*;
 use switchboard::ids::{ConversationId, DeviceId, Id, MediaId, UserId};
 use switchboard::store::{
     ClaimedKey, CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceKeys, DeviceRecord, GroupState, KeysStored, MediaKind,
-    MediaPart, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Record, Section, Store, StoreError, StoreSpec, StoredMessage,
-    ToDeviceSend, ToDeviceStored, ToDeviceTarget, UserRecord, WriteOp, WriteOutcome, now_ms,
+    MediaPart, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, QueueBounds, Record, Section, Store, StoreError, StoreSpec,
+    StoredMessage, ToDeviceEntry, ToDeviceSend, ToDeviceStored, ToDeviceTarget, UserRecord, WriteOp, WriteOutcome, now_ms,
 };
 use switchboard::testkit::PrivatePostgres;
 use uuid::Uuid;
@@ -129,6 +129,7 @@ every_backend!(
     concurrent_claims_hand_each_key_out_once,
     to_device_queues_hold_until_acknowledged,
     racing_to_device_sends_take_each_position_once,
+    a_sender_gets_a_share_of_a_device_queue,
     device_list_notices_until_acknowledged,
 );
 
@@ -787,6 +788,30 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
         Record::PushToken { user_id: u.user_id, device_id: d.device_id, token: token.clone() },
         Record::Media(uploaded.clone()),
     ]);
+    // End-to-end state: identity keys, one-time keys (one of them spent), a fallback key,
+    // a to-device queue read up to 3 with two entries left, a device-list notice.
+    let keys =
+        DeviceKeys { user_id: u.user_id, device_id: d.device_id, curve25519: [1; 32], ed25519: [2; 32], signature: vec![3; 64], uploaded_ms: 50 };
+    let otk = |id: &str, b: u8| OneTimeKey { key_id: id.into(), key: [b; 32], signature: vec![b; 64] };
+    let sender_device: DeviceId = uid();
+    let entry = |position: u64| ToDeviceEntry {
+        position,
+        sender_user: peer.user_id,
+        sender_device,
+        payload: vec![position as u8; 8],
+        sent_ms: 60 + position,
+    };
+    records.extend([
+        Record::DeviceKeys(keys.clone()),
+        Record::OneTimeKey { device_id: d.device_id, key: otk("AAAB", 4) },
+        Record::OneTimeKey { device_id: d.device_id, key: otk("AAAC", 5) },
+        Record::SpentKey { device_id: d.device_id, key_id: "AAAA".into(), claimed_ms: 40 },
+        Record::FallbackKey { device_id: d.device_id, key: otk("FFFF", 6) },
+        Record::ToDeviceQueue { device_id: d.device_id, last_position: 5, acked: 3 },
+        Record::ToDeviceEntry { device_id: d.device_id, entry: entry(4) },
+        Record::ToDeviceEntry { device_id: d.device_id, entry: entry(5) },
+        Record::DeviceListNotice { device_id: d.device_id, user_id: peer.user_id, changed_ms: 70 },
+    ]);
     store.import(records.clone()).await.unwrap();
     store.import(records).await.unwrap();
     let expected = [
@@ -802,7 +827,14 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
         (Section::LastSeen, 1),
         (Section::PushTokens, 1),
         (Section::Media, 1),
+        (Section::DeviceKeys, 1),
+        (Section::OneTimeKeys, 3),
+        (Section::FallbackKeys, 1),
+        (Section::ToDeviceQueues, 1),
+        (Section::ToDeviceEntries, 2),
+        (Section::DeviceListNotices, 1),
     ];
+    assert_eq!(expected.len(), Section::ALL.len(), "every section is checked");
     for (section, n) in expected {
         assert_eq!(store.count(section).await.unwrap(), n, "{}", section.name());
     }
@@ -827,6 +859,16 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
     assert_eq!(store.receipt_times(conv, u.user_id, 3).await.unwrap(), (Some(70), Some(80)));
     assert_eq!(store.last_seen(u.user_id).await.unwrap(), Some(90));
     assert_eq!(store.push_tokens_of(u.user_id).await.unwrap(), vec![(d.device_id, token)]);
+    assert_eq!(store.device_keys_of(u.user_id).await.unwrap(), vec![keys]);
+    let mut handed = Vec::new();
+    for at in 100..103 {
+        let claimed = store.claim_one_time_key(d.device_id, at).await.unwrap().expect("a key");
+        handed.push((claimed.key.key_id, claimed.fallback));
+    }
+    assert_eq!(handed, [("AAAB".to_owned(), false), ("AAAC".to_owned(), false), ("FFFF".to_owned(), true)], "the spent key is never handed out");
+    let queue = store.to_device_after(d.device_id, 0, 10).await.unwrap();
+    assert_eq!((queue.acked, queue.entries), (3, vec![entry(4), entry(5)]));
+    assert_eq!(store.device_list_changes(d.device_id).await.unwrap(), vec![peer.user_id]);
     // Expired imported messages are purged like any others (the retention came along);
     // ScyllaDB expires them by TTL instead.
     if f.backend != Backend::Scylla {
@@ -1193,6 +1235,11 @@ fn to_device_send(sender: (UserId, DeviceId), client_id: &str, targets: &[(UserI
     }
 }
 
+/// A queue bound of `n` entries, all of which one sender may hold.
+fn bounds(n: u64) -> QueueBounds {
+    QueueBounds { per_device: n, per_sender: n }
+}
+
 async fn to_device_queues_hold_until_acknowledged(mut f: Fixture) {
     let mut store = f.open().await;
     let alice = live_device(&store).await;
@@ -1200,7 +1247,7 @@ async fn to_device_queues_hold_until_acknowledged(mut f: Fixture) {
     let bob2 = device(bob, 2);
     store.add_device(bob2.clone(), 5).await.unwrap();
     let bob2 = bob2.device_id;
-    let stored = store.enqueue_to_device(to_device_send(alice, "s1", &[(bob, bob1), (bob, bob2)], "one"), 3).await.unwrap();
+    let stored = store.enqueue_to_device(to_device_send(alice, "s1", &[(bob, bob1), (bob, bob2)], "one"), bounds(3)).await.unwrap();
     // (In no particular order.)
     let ToDeviceStored::Stored(mut stored) = stored else { panic!("{stored:?}") };
     stored.sort();
@@ -1208,19 +1255,19 @@ async fn to_device_queues_hold_until_acknowledged(mut f: Fixture) {
     expected.sort();
     assert_eq!(stored, expected);
     // A retry of the same id stores nothing.
-    assert_eq!(store.enqueue_to_device(to_device_send(alice, "s1", &[(bob, bob1)], "again"), 3).await.unwrap(), ToDeviceStored::Duplicate);
+    assert_eq!(store.enqueue_to_device(to_device_send(alice, "s1", &[(bob, bob1)], "again"), bounds(3)).await.unwrap(), ToDeviceStored::Duplicate);
     assert_eq!(
-        store.enqueue_to_device(to_device_send(alice, "s2", &[(bob, bob1)], "two"), 3).await.unwrap(),
+        store.enqueue_to_device(to_device_send(alice, "s2", &[(bob, bob1)], "two"), bounds(3)).await.unwrap(),
         ToDeviceStored::Stored(vec![(bob, bob1, 2)])
     );
     // A bad target refuses the whole send: nothing of it is queued anywhere.
     let stranger_device = uid::<DeviceId>();
     assert_eq!(
-        store.enqueue_to_device(to_device_send(alice, "s3", &[(bob, bob1), (bob, stranger_device)], "bad"), 3).await.unwrap(),
+        store.enqueue_to_device(to_device_send(alice, "s3", &[(bob, bob1), (bob, stranger_device)], "bad"), bounds(3)).await.unwrap(),
         ToDeviceStored::UnknownDevice { user: bob, device: stranger_device }
     );
     assert_eq!(
-        store.enqueue_to_device(to_device_send(alice, "s3", &[(bob, bob1), (alice.0, bob2)], "bad"), 3).await.unwrap(),
+        store.enqueue_to_device(to_device_send(alice, "s3", &[(bob, bob1), (alice.0, bob2)], "bad"), bounds(3)).await.unwrap(),
         ToDeviceStored::UnknownDevice { user: alice.0, device: bob2 },
         "a device named under another user"
     );
@@ -1234,11 +1281,11 @@ async fn to_device_queues_hold_until_acknowledged(mut f: Fixture) {
 
     // Bound of 3: bob1 holds 2, so a send to bob1 and bob2 passes once, then not.
     assert!(matches!(
-        store.enqueue_to_device(to_device_send(alice, "s4", &[(bob, bob2), (bob, bob1)], "three"), 3).await.unwrap(),
+        store.enqueue_to_device(to_device_send(alice, "s4", &[(bob, bob2), (bob, bob1)], "three"), bounds(3)).await.unwrap(),
         ToDeviceStored::Stored(_)
     ));
     assert_eq!(
-        store.enqueue_to_device(to_device_send(alice, "s5", &[(bob, bob2), (bob, bob1)], "four"), 3).await.unwrap(),
+        store.enqueue_to_device(to_device_send(alice, "s5", &[(bob, bob2), (bob, bob1)], "four"), bounds(3)).await.unwrap(),
         ToDeviceStored::QueueFull { device: bob1 }
     );
     assert_eq!(store.to_device_after(bob2, 0, 10).await.unwrap().entries.len(), 2, "the refused send left nothing in bob2's queue");
@@ -1255,14 +1302,14 @@ async fn to_device_queues_hold_until_acknowledged(mut f: Fixture) {
     assert_eq!((queue.acked, queue.entries.len()), (3, 0));
     // Positions are never reused.
     assert_eq!(
-        store.enqueue_to_device(to_device_send(alice, "s6", &[(bob, bob1)], "five"), 3).await.unwrap(),
+        store.enqueue_to_device(to_device_send(alice, "s6", &[(bob, bob1)], "five"), bounds(3)).await.unwrap(),
         ToDeviceStored::Stored(vec![(bob, bob1, 4)])
     );
     // Revocation empties the queue and refuses new sends.
     assert!(store.revoke_device(bob, bob2, now_ms()).await.unwrap());
     assert!(store.to_device_after(bob2, 0, 10).await.unwrap().entries.is_empty());
     assert_eq!(
-        store.enqueue_to_device(to_device_send(alice, "s7", &[(bob, bob2)], "six"), 3).await.unwrap(),
+        store.enqueue_to_device(to_device_send(alice, "s7", &[(bob, bob2)], "six"), bounds(3)).await.unwrap(),
         ToDeviceStored::UnknownDevice { user: bob, device: bob2 }
     );
 }
@@ -1278,7 +1325,9 @@ async fn racing_to_device_sends_take_each_position_once(f: Fixture) {
     let (bob, bob1) = live_device(&first).await;
     let sends = (0..40).map(|i| {
         let store = if i % 2 == 0 { first.clone() } else { second.clone() };
-        tokio::spawn(async move { store.enqueue_to_device(to_device_send(alice, &format!("race{i}"), &[(bob, bob1)], &format!("n{i}")), 1000).await })
+        tokio::spawn(async move {
+            store.enqueue_to_device(to_device_send(alice, &format!("race{i}"), &[(bob, bob1)], &format!("n{i}")), bounds(1000)).await
+        })
     });
     let mut positions = BTreeSet::new();
     for send in sends {
@@ -1290,6 +1339,54 @@ async fn racing_to_device_sends_take_each_position_once(f: Fixture) {
     assert_eq!(positions, (1..=40).collect::<BTreeSet<u64>>());
     let queue = first.to_device_after(bob1, 0, 100).await.unwrap();
     assert_eq!(queue.entries.iter().map(|e| e.position).collect::<Vec<_>>(), (1..=40).collect::<Vec<u64>>());
+}
+
+/// Another user gets a share of a device's queue: with `per_sender` 2 of 5, a third
+/// unacknowledged entry from Alice is refused (the whole send), Carol still fits, Bob's
+/// own devices are bound by the queue only, and acknowledging frees Alice's share.
+async fn a_sender_gets_a_share_of_a_device_queue(mut f: Fixture) {
+    let mut store = f.open().await;
+    let alice = live_device(&store).await;
+    let carol = live_device(&store).await;
+    let (bob, bob1) = live_device(&store).await;
+    let bob2 = device(bob, 2);
+    store.add_device(bob2.clone(), 5).await.unwrap();
+    let bob2 = bob2.device_id;
+    let share = QueueBounds { per_device: 5, per_sender: 2 };
+    for i in 0..2 {
+        let sent = store.enqueue_to_device(to_device_send(alice, &format!("a{i}"), &[(bob, bob1)], "alice"), share).await.unwrap();
+        assert!(matches!(sent, ToDeviceStored::Stored(_)), "{sent:?}");
+    }
+    assert_eq!(
+        store.enqueue_to_device(to_device_send(alice, "a2", &[(bob, bob2), (bob, bob1)], "alice"), share).await.unwrap(),
+        ToDeviceStored::SenderFull { device: bob1 }
+    );
+    assert!(store.to_device_after(bob2, 0, 10).await.unwrap().entries.is_empty(), "the refused send queued nothing");
+    for i in 0..2 {
+        let sent = store.enqueue_to_device(to_device_send(carol, &format!("c{i}"), &[(bob, bob1)], "carol"), share).await.unwrap();
+        assert!(matches!(sent, ToDeviceStored::Stored(_)), "carol's share is her own: {sent:?}");
+    }
+    let own = (bob, bob2);
+    let sent = store.enqueue_to_device(to_device_send(own, "b0", &[(bob, bob1)], "bob"), share).await.unwrap();
+    assert!(matches!(sent, ToDeviceStored::Stored(_)), "bob's own device is not a stranger: {sent:?}");
+    assert_eq!(
+        store.enqueue_to_device(to_device_send(own, "b1", &[(bob, bob1)], "bob"), share).await.unwrap(),
+        ToDeviceStored::QueueFull { device: bob1 }
+    );
+    store = f.reopen(store).await;
+    // Bob reads Alice's two entries (positions 1 and 2): her share is free again.
+    store.ack_to_device(bob1, 2).await.unwrap();
+    let sent = store.enqueue_to_device(to_device_send(alice, "a3", &[(bob, bob1)], "alice"), share).await.unwrap();
+    assert_eq!(sent, ToDeviceStored::Stored(vec![(bob, bob1, 6)]));
+    assert_eq!(
+        store.enqueue_to_device(to_device_send(alice, "a4", &[(bob, bob1)], "alice"), share).await.unwrap(),
+        ToDeviceStored::Stored(vec![(bob, bob1, 7)])
+    );
+    assert_eq!(
+        store.enqueue_to_device(to_device_send(alice, "a5", &[(bob, bob1)], "alice"), share).await.unwrap(),
+        ToDeviceStored::QueueFull { device: bob1 },
+        "the queue's own bound comes first"
+    );
 }
 
 async fn device_list_notices_until_acknowledged(mut f: Fixture) {

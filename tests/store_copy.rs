@@ -18,7 +18,7 @@ use switchboard::testkit::PrivatePostgres;
 /// conversation's history as the server served it.
 async fn populated_node(
     server: &mut TestServer,
-) -> (Vec<switchboard::accounts::DeviceCredentials>, Vec<(switchboard::ids::ConversationId, serde_json::Value)>) {
+) -> (Vec<switchboard::accounts::DeviceCredentials>, Vec<(switchboard::ids::ConversationId, serde_json::Value)>, E2eeState) {
     let api = server.api();
     let mut users = Vec::new();
     for _ in 0..4 {
@@ -33,6 +33,22 @@ async fn populated_node(
     let mut b = online(server, Kind::Tcp, &users[1]).await;
     b.read(direct, 120).await.expect("read receipt");
     api.set_push_token(&users[2].token, "fcm", "push-token-2").await.expect("push token");
+    // End-to-end state: users[1] publishes identity keys, three one-time keys and a
+    // fallback key; users[0] claims one of them, queues three to-device messages for
+    // users[1] (offline from here), of which users[1] has read the first; users[1] holds a
+    // device-list notice about users[0], who linked a device.
+    let mut account = vodozemac::olm::Account::new();
+    b.upload_keys(signed_upload(&mut account, users[1].user_id, users[1].device_id, 3, true)).await.expect("keys");
+    let claimed = a.claim_keys(&[(users[1].user_id, users[1].device_id)]).await.expect("claim");
+    let spent = claimed.keys[0].key.as_ref().expect("a key").key_id.clone();
+    for i in 1..=3 {
+        let payload = bytes::Bytes::from(format!("olm-{i}"));
+        a.send_to_device(&format!("td-{i}"), vec![(users[1].user_id, users[1].device_id, payload)]).await.expect("to-device");
+    }
+    b.ack_to_device(1).await.expect("ack to-device");
+    b.query_devices(&[users[1].user_id]).await.expect("in order: the ack is handled");
+    drop(b);
+    api.link_device(&users[0].token, "tablet").await.expect("link");
     let mut history = Vec::new();
     for (conversation, at_least) in [(direct, 120), (group, 30)] {
         let page = api.history(&users[1].token, conversation, 0, 200).await.expect("history");
@@ -40,9 +56,22 @@ async fn populated_node(
         assert!(n >= at_least, "{conversation}: {n} messages in history");
         history.push((conversation, page));
     }
-    drop((a, b));
+    drop(a);
     assert!(server.terminate().success());
-    (users, history)
+    (users, history, E2eeState { spent, curve25519: account.curve25519_key().to_bytes() })
+}
+
+/// What the end-to-end part of the copy must keep.
+struct E2eeState {
+    /// The one-time key claimed before the copy.
+    spent: String,
+    /// users[1]'s identity key.
+    curve25519: [u8; 32],
+}
+
+/// The next frame `pick` accepts (buffered ones first).
+async fn next_of<T>(conn: &mut switchboard::client::Connection, pick: impl FnMut(&switchboard::protocol::server_frame::Kind) -> Option<T>) -> T {
+    conn.wait_for(WAIT, true, pick).await.expect("the frame")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +79,7 @@ async fn copy_to_postgres_then_serve_the_same_history_from_it() {
     let data = tempfile::tempdir().unwrap();
     let embedded = format!("embedded:{}", data.path().display());
     let mut node = TestServer::start_on(&embedded, &[]);
-    let (users, history) = populated_node(&mut node).await;
+    let (users, history, e2ee) = populated_node(&mut node).await;
 
     let pg = tokio::task::spawn_blocking(PrivatePostgres::start).await.unwrap().expect("private postgres");
     let url = pg.create_database("copied").await.expect("database");
@@ -80,6 +109,39 @@ async fn copy_to_postgres_then_serve_the_same_history_from_it() {
     let mut b = online(&server, Kind::Ws, &users[1]).await;
     let ack = b.send_and_ack(direct, "after-copy", b"still here".to_vec()).await.expect("send after copy");
     assert_eq!(ack.seq, 121, "the fence was copied: the next seq follows the copied log");
+
+    // End-to-end state came along: the to-device entries not yet read, at their
+    // positions, and the device-list notice, reach users[1] at catch-up.
+    use switchboard::protocol::server_frame::Kind as Frame;
+    let to_device = |k: &Frame| match k {
+        Frame::ToDevice(m) => Some((m.position, m.payload.to_vec())),
+        _ => None,
+    };
+    assert_eq!(next_of(&mut b, to_device).await, (2, b"olm-2".to_vec()), "unread to-device entries after the copy");
+    assert_eq!(next_of(&mut b, to_device).await, (3, b"olm-3".to_vec()));
+    let notice = next_of(&mut b, |k| match k {
+        Frame::DeviceListsChanged(n) => Some(n.user_ids.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(notice, vec![switchboard::protocol::id_bytes(users[0].user_id)]);
+    // Identity keys as published; the claimed key is never handed out again, the two
+    // others are, then the fallback key.
+    let mut a = online(&server, Kind::Tcp, &users[0]).await;
+    let listed = a.query_devices(&[users[1].user_id]).await.expect("query");
+    let device = &listed.users[0].devices[0];
+    assert_eq!(&device.identity.as_ref().expect("identity keys").curve25519[..], &e2ee.curve25519[..]);
+    let mut handed = Vec::new();
+    for _ in 0..3 {
+        let claim = a.claim_keys(&[(users[1].user_id, users[1].device_id)]).await.expect("claim");
+        handed.push((claim.keys[0].key.as_ref().expect("a key").key_id.clone(), claim.keys[0].fallback));
+    }
+    // (Fallback key ids are counted apart from one-time key ids: the first ones match.)
+    assert!(!handed.iter().any(|(id, fallback)| !fallback && *id == e2ee.spent), "a key claimed before the copy was handed out again: {handed:?}");
+    assert_eq!(handed.iter().map(|(_, f)| *f).collect::<Vec<_>>(), [false, false, true], "{handed:?}");
+    // The queue goes on from its copied head.
+    a.send_to_device("td-after", vec![(users[1].user_id, users[1].device_id, bytes::Bytes::from_static(b"olm-4"))]).await.expect("send");
+    assert_eq!(next_of(&mut b, to_device).await, (4, b"olm-4".to_vec()), "the queue goes on from its copied head");
 }
 
 /// A target that fails after a number of successful imports, as a network or database
@@ -227,7 +289,11 @@ impl Store for FailingAfter {
     async fn claim_one_time_key(&self, _: switchboard::ids::DeviceId, _: u64) -> Result<Option<switchboard::store::ClaimedKey>, StoreError> {
         unimplemented!()
     }
-    async fn enqueue_to_device(&self, _: switchboard::store::ToDeviceSend, _: u64) -> Result<switchboard::store::ToDeviceStored, StoreError> {
+    async fn enqueue_to_device(
+        &self,
+        _: switchboard::store::ToDeviceSend,
+        _: switchboard::store::QueueBounds,
+    ) -> Result<switchboard::store::ToDeviceStored, StoreError> {
         unimplemented!()
     }
     async fn to_device_after(&self, _: switchboard::ids::DeviceId, _: u64, _: usize) -> Result<switchboard::store::ToDeviceQueue, StoreError> {

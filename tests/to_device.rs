@@ -114,7 +114,8 @@ async fn entries_arrive_live_and_again_until_acknowledged(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_is_clear_and_touches_nothing() {
-    let server = TestServer::start_with(&["--to-device-queue", "3"]);
+    // The whole queue open to one sender here: the share is `a_stranger_cannot_fill_a_queue_for_everybody`.
+    let server = TestServer::start_with(&["--to-device-queue", "3", "--to-device-queue-per-sender", "3"]);
     let api = server.api();
     let (alice, bob, carol) = (user(&api).await, user(&api).await, user(&api).await);
     let bob2 = api.link_device(&bob.token, "laptop").await.unwrap();
@@ -169,6 +170,45 @@ async fn every_refusal_is_clear_and_touches_nothing() {
     assert_eq!(rejected(a.send_to_device("c9", vec![target(bob.user_id, bob2.device_id, "x")]).await), ErrorCode::UnknownDevice);
     // After all that, the connection still works.
     a.send_to_device("last", to_bob("still fine")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_fill_a_queue_for_everybody() {
+    // A queue of 10 with a share of 3 per other user. Mallory opens a 1:1 with Bob (anyone
+    // may) and sends until refused; Bob's contact Alice still reaches him, and so do
+    // Bob's own devices.
+    let server = TestServer::start_with(&["--to-device-queue", "10", "--to-device-queue-per-sender", "3"]);
+    let api = server.api();
+    let (alice, bob, mallory) = (user(&api).await, user(&api).await, user(&api).await);
+    let bob2 = api.link_device(&bob.token, "laptop").await.unwrap();
+    let mut m = online(&server, Kind::Tcp, &mallory).await;
+    m.open_direct(bob.user_id).await.unwrap();
+    let to_bob = |p: &str| vec![target(bob.user_id, bob.device_id, p)];
+    for i in 0..3 {
+        m.send_to_device(&format!("m{i}"), to_bob("junk")).await.unwrap();
+    }
+    match m.send_to_device("m3", to_bob("junk")).await {
+        Err(switchboard::client::ClientError::Rejected { code, message }) => {
+            assert_eq!(code, ErrorCode::QueueFull);
+            assert!(message.contains(&bob.device_id.to_string()) && message.contains("3 entries from you"), "{message}");
+        }
+        other => panic!("expected QUEUE_FULL, got {other:?}"),
+    }
+    let mut a = online(&server, Kind::Tcp, &alice).await;
+    a.open_direct(bob.user_id).await.unwrap();
+    a.send_to_device("key-share", to_bob("room key from alice")).await.unwrap();
+    let mut laptop = online(&server, Kind::Tcp, &bob2).await;
+    laptop.send_to_device("own", to_bob("forwarded keys from the laptop")).await.unwrap();
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(String::from_utf8(next_entry(&mut b).await.payload.to_vec()).unwrap());
+    }
+    assert_eq!(got, ["junk", "junk", "junk", "room key from alice", "forwarded keys from the laptop"]);
+    // Once Bob's device has read them, Mallory's share is free again (and still bounded).
+    b.ack_to_device(5).await.unwrap();
+    settled(&mut b, bob.user_id).await;
+    m.send_to_device("m4", to_bob("junk")).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

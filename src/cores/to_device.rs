@@ -18,6 +18,7 @@
 use std::collections::HashSet;
 
 use crate::ids::{DeviceId, UserId};
+use crate::store::QueueBounds;
 
 /// Limits of to-device messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct ToDeviceLimits {
     /// Entries a device's queue may hold; a send that would overflow any target's queue
     /// is refused whole (checked by the store, in the send's transaction).
     pub max_queued: u64,
+    /// Entries one other user may have in a device's queue (see
+    /// `crate::store::QueueBounds::per_sender`).
+    pub max_queued_per_sender: u64,
     /// Entries sent to a device and not yet acknowledged, at most (flow control).
     pub window: u64,
 }
@@ -36,8 +40,26 @@ pub struct ToDeviceLimits {
 impl Default for ToDeviceLimits {
     fn default() -> Self {
         // 1,024 targets: a 256-member group with up to four devices each, in one send.
-        ToDeviceLimits { max_targets: 1024, max_payload: 16 * 1024, max_queued: 10_000, window: 256 }
+        // A tenth of a queue per other user: a key share per device per Megolm rotation,
+        // so a thousand rotations of one peer's sessions while a device is away.
+        ToDeviceLimits { max_targets: 1024, max_payload: 16 * 1024, max_queued: 10_000, max_queued_per_sender: 1_000, window: 256 }
     }
+}
+
+impl ToDeviceLimits {
+    /// The bounds the store checks per target.
+    pub fn bounds(&self) -> QueueBounds {
+        QueueBounds { per_device: self.max_queued, per_sender: self.max_queued_per_sender }
+    }
+}
+
+/// Whether a send from `sender` must count its user's entries in the queue of a device of
+/// `target`, which holds `queued` unacknowledged entries: never for the user's own devices
+/// (a new device's history of forwarded keys comes from them), and only once the queue
+/// holds at least `per_sender` entries (below that no sender can have as many, so the
+/// store reads nothing more on the common path).
+pub fn sender_bound_applies(sender: UserId, target: UserId, queued: u64, bounds: &QueueBounds) -> bool {
+    sender != target && queued >= bounds.per_sender
 }
 
 /// Longest client id, in bytes (as `client_msg_id`).
@@ -167,8 +189,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sender_is_counted_only_against_another_users_device_and_a_queue_long_enough() {
+        let bounds = ToDeviceLimits::default().bounds();
+        assert_eq!(bounds, QueueBounds { per_device: 10_000, per_sender: 1_000 });
+        let (me, peer) = (UserId::random(), UserId::random());
+        assert!(!sender_bound_applies(me, peer, 999, &bounds), "below the share no sender can hold it");
+        assert!(sender_bound_applies(me, peer, 1_000, &bounds));
+        assert!(!sender_bound_applies(me, me, 9_999, &bounds), "one's own devices are bound by the queue only");
+    }
+
+    #[test]
     fn a_send_is_checked_whole() {
-        let limits = ToDeviceLimits { max_targets: 3, max_payload: 10, max_queued: 2, window: 2 };
+        let limits = ToDeviceLimits { max_targets: 3, max_payload: 10, max_queued: 2, max_queued_per_sender: 2, window: 2 };
         let (u, d1, d2) = (UserId::random(), DeviceId::random(), DeviceId::random());
         assert_eq!(check_send("c1", &[(u, d1, 10)], &limits), Ok(()));
         assert!(matches!(check_send("", &[(u, d1, 1)], &limits), Err(SendRefusal::Invalid(_))));

@@ -79,6 +79,15 @@ pub enum RequestError {
         /// The bound, in entries.
         max: u64,
     },
+    /// The sender's user already has its share of a to-device target's queue (the device
+    /// has not acknowledged what this user sent it); other users can still reach it.
+    #[error("the to-device queue of device {device} holds {max} entries from you, your share; retry once it has read them")]
+    SenderQueueFull {
+        /// The device.
+        device: String,
+        /// The bound, in entries.
+        max: u64,
+    },
 }
 
 impl RequestError {
@@ -102,7 +111,7 @@ impl RequestError {
             RequestError::InvalidSignature(_) => ErrorCode::InvalidSignature,
             RequestError::NoSharedConversation(_) => ErrorCode::NoSharedConversation,
             RequestError::UnknownDevice { .. } => ErrorCode::UnknownDevice,
-            RequestError::QueueFull { .. } => ErrorCode::QueueFull,
+            RequestError::QueueFull { .. } | RequestError::SenderQueueFull { .. } => ErrorCode::QueueFull,
         }
     }
 
@@ -154,5 +163,7 @@ mod tests {
         assert_eq!(codes.len(), all.len());
         assert!(all.iter().all(|e| !e.to_string().is_empty()));
         assert_eq!(RequestError::Unavailable("message not stored".into()).to_string(), "message not stored; retry");
+        // A sender's share of a queue is a full queue to that sender (retry later).
+        assert_eq!(RequestError::SenderQueueFull { device: "d".into(), max: 1 }.code(), ErrorCode::QueueFull);
     }
 }

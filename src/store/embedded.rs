@@ -32,8 +32,8 @@ use serde::de::DeserializeOwned;
 use super::transfer::{Position, Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId, MediaRecord,
-    MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId,
-    UserRecord, WriteOp, WriteOutcome,
+    MemberCursor, OneTimeKey, PendingCode, PushToken, QueueBounds, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend, ToDeviceStored,
+    UserId, UserRecord, WriteOp, WriteOutcome,
 };
 
 const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
@@ -75,14 +75,14 @@ const MEDIA_BY_DIGEST: TableDefinition<([u8; 32], u128), ()> = TableDefinition::
 /// message, removed with it when it is deleted for everyone or purged).
 const MEDIA_REFS: TableDefinition<(u128, u128, u64), ()> = TableDefinition::new("media_refs");
 /// Key directory: device → its identity keys (`DeviceKeys`, postcard).
-const DEVICE_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("device_keys");
+pub(super) const DEVICE_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("device_keys");
 /// Unclaimed one-time keys: (device, key id) → `OneTimeKey` (postcard).
-const ONE_TIME_KEYS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("one_time_keys");
+pub(super) const ONE_TIME_KEYS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("one_time_keys");
 /// Claimed one-time keys: (device, key id) → when claimed (ms). Kept so that a retried
 /// upload of a claimed key is recognised and skipped.
-const SPENT_KEYS: TableDefinition<(u128, &str), u64> = TableDefinition::new("spent_one_time_keys");
+pub(super) const SPENT_KEYS: TableDefinition<(u128, &str), u64> = TableDefinition::new("spent_one_time_keys");
 /// Fallback key of each device: device → `OneTimeKey` (postcard).
-const FALLBACK_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("fallback_keys");
+pub(super) const FALLBACK_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("fallback_keys");
 
 /// The redb-backed store. Cloning shares the database and its writer thread.
 #[derive(Clone)]
@@ -108,11 +108,14 @@ enum Logged {
     Batch(Vec<WriteOp>),
     /// `Store::create_conversation`.
     CreateConversation(ConversationRecord),
-    /// `Store::enqueue_to_device` (send, queue bound). New variants go last: the log
+    /// `Store::enqueue_to_device` (send, per-device bound), as logged before per-sender
+    /// bounds existed (replayed with no per-sender bound). New variants go last: the log
     /// encodes the variant's index.
     ToDevice(super::ToDeviceSend, u64),
     /// `Store::ack_to_device` (device, up to).
     AckToDevice(DeviceId, u64),
+    /// `Store::enqueue_to_device` (send, bounds).
+    ToDeviceBounded(super::ToDeviceSend, QueueBounds),
 }
 
 /// What a logged write answers.
@@ -295,7 +298,11 @@ fn apply_logged(txn: &WriteTransaction, write: &Logged) -> Result<LoggedOutcome,
     match write {
         Logged::Batch(ops) => apply_in(txn, ops).map(LoggedOutcome::Batch),
         Logged::CreateConversation(record) => create_in(txn, record).map(LoggedOutcome::Conversation),
-        Logged::ToDevice(send, max_queued) => super::embedded_to_device::enqueue_in(txn, send, *max_queued).map(LoggedOutcome::ToDevice),
+        Logged::ToDevice(send, per_device) => {
+            let bounds = QueueBounds { per_device: *per_device, per_sender: u64::MAX };
+            super::embedded_to_device::enqueue_in(txn, send, bounds).map(LoggedOutcome::ToDevice)
+        }
+        Logged::ToDeviceBounded(send, bounds) => super::embedded_to_device::enqueue_in(txn, send, *bounds).map(LoggedOutcome::ToDevice),
         Logged::AckToDevice(device, up_to) => super::embedded_to_device::ack_in(txn, *device, *up_to).map(|()| LoggedOutcome::Done),
     }
 }
@@ -1373,8 +1380,8 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn enqueue_to_device(&self, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
-        match self.logged(Logged::ToDevice(send, max_queued)).await? {
+    async fn enqueue_to_device(&self, send: ToDeviceSend, bounds: QueueBounds) -> Result<ToDeviceStored, StoreError> {
+        match self.logged(Logged::ToDeviceBounded(send, bounds)).await? {
             LoggedOutcome::ToDevice(stored) => Ok(stored),
             _ => Err(be("store writer answered a to-device send with another outcome")),
         }
@@ -1579,6 +1586,12 @@ impl EmbeddedStore {
                         last = Some(Position(k.value(), 0, 0, 0));
                     }
                 }
+                Section::DeviceKeys
+                | Section::OneTimeKeys
+                | Section::FallbackKeys
+                | Section::ToDeviceQueues
+                | Section::ToDeviceEntries
+                | Section::DeviceListNotices => return super::embedded_e2ee_copy::export(&txn, section, after, limit),
             }
             Ok((out, last))
         })
@@ -1587,6 +1600,8 @@ impl EmbeddedStore {
 
     fn import_sync(db: &Database, records: Vec<Record>) -> Result<(), StoreError> {
         let txn = db.begin_write().map_err(be)?;
+        let (e2ee, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(super::embedded_e2ee_copy::is_e2ee);
+        super::embedded_e2ee_copy::import(&txn, e2ee)?;
         {
             let mut users = txn.open_table(USERS).map_err(be)?;
             let mut phones = txn.open_table(PHONES).map_err(be)?;
@@ -1667,6 +1682,7 @@ impl EmbeddedStore {
                         push_tokens.insert((user_id.as_u128(), device_id.as_u128()), encode(&token)?.as_slice()).map_err(be)?;
                     }
                     Record::Media(record) => put_media(&mut media, &mut media_by_owner, &mut media_by_digest, &record)?,
+                    other => return Err(be(format!("unexpected record in import: {other:?}"))),
                 }
             }
         }
@@ -1688,6 +1704,7 @@ impl EmbeddedStore {
             Section::LastSeen => txn.open_table(LAST_SEEN).map_err(be)?.len(),
             Section::PushTokens => txn.open_table(PUSH_TOKENS).map_err(be)?.len(),
             Section::Media => txn.open_table(MEDIA).map_err(be)?.len(),
+            other => return super::embedded_e2ee_copy::count(&txn, other),
         };
         n.map_err(be)
     }

@@ -16,14 +16,15 @@
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::embedded::{be, decode, encode};
-use super::to_device::{SEND_IDS_KEPT_MS, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored};
+use super::to_device::{QueueBounds, SEND_IDS_KEPT_MS, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored};
 use super::{DeviceId, DeviceRecord, StoreError, UserId};
+use crate::cores::to_device::sender_bound_applies;
 
-const TO_DEVICE: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("to_device");
-const QUEUES: TableDefinition<u128, (u64, u64)> = TableDefinition::new("to_device_queues");
+pub(super) const TO_DEVICE: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("to_device");
+pub(super) const QUEUES: TableDefinition<u128, (u64, u64)> = TableDefinition::new("to_device_queues");
 const SENDS: TableDefinition<(u128, &str), u64> = TableDefinition::new("to_device_sends");
 const SENDS_BY_TIME: TableDefinition<(u64, u128, &str), ()> = TableDefinition::new("to_device_sends_by_time");
-const NOTICES: TableDefinition<(u128, u128), u64> = TableDefinition::new("device_list_notices");
+pub(super) const NOTICES: TableDefinition<(u128, u128), u64> = TableDefinition::new("device_list_notices");
 /// The devices table of `embedded.rs` (same definition: redb checks the types).
 const DEVICES: TableDefinition<u128, &[u8]> = TableDefinition::new("devices");
 
@@ -38,7 +39,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// `Store::enqueue_to_device`, inside the writer's transaction.
-pub(super) fn enqueue_in(txn: &WriteTransaction, send: &ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
+pub(super) fn enqueue_in(txn: &WriteTransaction, send: &ToDeviceSend, bounds: QueueBounds) -> Result<ToDeviceStored, StoreError> {
     let sender = send.sender_device.as_u128();
     let mut sends = txn.open_table(SENDS).map_err(be)?;
     if let Some(at) = sends.get((sender, send.client_id.as_str())).map_err(be)? {
@@ -49,6 +50,7 @@ pub(super) fn enqueue_in(txn: &WriteTransaction, send: &ToDeviceSend, max_queued
     }
     let devices = txn.open_table(DEVICES).map_err(be)?;
     let mut queues = txn.open_table(QUEUES).map_err(be)?;
+    let mut entries = txn.open_table(TO_DEVICE).map_err(be)?;
     // Check everything before writing anything: all or nothing.
     let mut next = Vec::with_capacity(send.targets.len());
     for target in &send.targets {
@@ -57,12 +59,17 @@ pub(super) fn enqueue_in(txn: &WriteTransaction, send: &ToDeviceSend, max_queued
             return Ok(ToDeviceStored::UnknownDevice { user: target.user, device: target.device });
         }
         let (last, acked) = queues.get(target.device.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
-        if last.saturating_sub(acked) >= max_queued {
+        let queued = last.saturating_sub(acked);
+        if queued >= bounds.per_device {
             return Ok(ToDeviceStored::QueueFull { device: target.device });
+        }
+        if sender_bound_applies(send.sender_user, target.user, queued, &bounds)
+            && entries_from(&entries, target.device, send.sender_user)? >= bounds.per_sender
+        {
+            return Ok(ToDeviceStored::SenderFull { device: target.device });
         }
         next.push((last + 1, acked));
     }
-    let mut entries = txn.open_table(TO_DEVICE).map_err(be)?;
     let mut stored = Vec::with_capacity(send.targets.len());
     for (target, (position, acked)) in send.targets.iter().zip(next) {
         let entry = ToDeviceEntry {
@@ -79,6 +86,25 @@ pub(super) fn enqueue_in(txn: &WriteTransaction, send: &ToDeviceSend, max_queued
     sends.insert((sender, send.client_id.as_str()), send.sent_ms).map_err(be)?;
     txn.open_table(SENDS_BY_TIME).map_err(be)?.insert((send.sent_ms, sender, send.client_id.as_str()), ()).map_err(be)?;
     Ok(ToDeviceStored::Stored(stored))
+}
+
+/// How many entries of `device`'s queue come from `sender` (reads each entry's head only:
+/// position and sender, the first fields of its encoding).
+fn entries_from(entries: &impl ReadableTable<(u128, u64), &'static [u8]>, device: DeviceId, sender: UserId) -> Result<u64, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        _position: u64,
+        sender_user: UserId,
+    }
+    let dev = device.as_u128();
+    let mut count = 0;
+    for entry in entries.range((dev, 0)..=(dev, u64::MAX)).map_err(be)? {
+        let (_, value) = entry.map_err(be)?;
+        let (head, _): (Head, _) =
+            postcard::take_from_bytes(value.value()).map_err(|e| StoreError::Corrupt { table: "to_device", detail: e.to_string() })?;
+        count += u64::from(head.sender_user == sender);
+    }
+    Ok(count)
 }
 
 /// `Store::to_device_after`.

@@ -9,6 +9,7 @@
 
 mod columns;
 pub mod embedded;
+mod embedded_e2ee_copy;
 mod embedded_to_device;
 pub mod keys;
 pub mod media;
@@ -33,7 +34,7 @@ pub use transfer::{Record, Section};
 pub use crate::ids::{ConversationId, DeviceId, UserId};
 pub use keys::{ClaimedKey, DeviceKeys, KeysStored, OneTimeKey};
 pub use media::{MediaId, MediaKind, MediaPart, MediaRecord};
-pub use to_device::{ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored, ToDeviceTarget};
+pub use to_device::{QueueBounds, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored, ToDeviceTarget};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -473,11 +474,13 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a to-device send (docs/e2ee.md), all or nothing, in one transaction: a
     /// client id the sending device used within `to_device::SEND_IDS_KEPT_MS` stores
     /// nothing (`Duplicate`); so does a target that is not a live device of the named user
-    /// (`UnknownDevice`) or whose queue already holds `max_queued` unacknowledged entries
-    /// (`QueueFull`). Otherwise each target's entry gets the next position of its queue.
-    /// (ScyllaDB has no transaction across partitions: there a send is checked whole
-    /// first, then queued device by device; see its module doc.)
-    async fn enqueue_to_device(&self, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError>;
+    /// (`UnknownDevice`), whose queue already holds `bounds.per_device` unacknowledged
+    /// entries (`QueueFull`), or that already holds `bounds.per_sender` entries from the
+    /// sender's user when that is another user (`SenderFull`). Otherwise each target's
+    /// entry gets the next position of its queue. (ScyllaDB has no transaction across
+    /// partitions: there a send is checked whole first, then queued device by device, and
+    /// the per-sender count is read before the writes; see its module doc.)
+    async fn enqueue_to_device(&self, send: ToDeviceSend, bounds: QueueBounds) -> Result<ToDeviceStored, StoreError>;
     /// Up to `limit` entries of a device's queue after position `after`, in order, with the
     /// highest position the device has acknowledged.
     async fn to_device_after(&self, device_id: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError>;

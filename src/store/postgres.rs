@@ -23,7 +23,7 @@ use tokio_postgres::types::{Json, ToSql};
 use super::transfer::{Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, GroupState,
-    KeysStored, MediaId, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, ToDeviceEntry,
+    KeysStored, MediaId, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, QueueBounds, Store, StoreError, StoredMessage, ToDeviceEntry,
     ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use std::collections::HashMap;
@@ -764,6 +764,73 @@ impl PostgresStore {
                 )
                 .await?;
             }
+            Record::DeviceKeys(k) => {
+                let (curve, ed): (&[u8], &[u8]) = (&k.curve25519, &k.ed25519);
+                Self::run(
+                    tx,
+                    "INSERT INTO device_keys (device_id, user_id, curve25519, ed25519, signature, uploaded_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (device_id) DO NOTHING",
+                    &[&k.device_id, &k.user_id, &curve, &ed, &k.signature, &int(k.uploaded_ms)],
+                )
+                .await?;
+            }
+            Record::OneTimeKey { device_id, key } => {
+                let public: &[u8] = &key.key;
+                Self::run(
+                    tx,
+                    "INSERT INTO one_time_keys (device_id, key_id, public_key, signature) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&device_id, &key.key_id, &public, &key.signature],
+                )
+                .await?;
+            }
+            Record::SpentKey { device_id, key_id, claimed_ms } => {
+                // Only its id matters now (it is never handed out again): no key material.
+                let empty: &[u8] = &[];
+                Self::run(
+                    tx,
+                    "INSERT INTO one_time_keys (device_id, key_id, public_key, signature, claimed_ms) VALUES ($1, $2, $3, $3, $4) \
+                     ON CONFLICT (device_id, key_id) DO UPDATE SET claimed_ms = COALESCE(one_time_keys.claimed_ms, EXCLUDED.claimed_ms)",
+                    &[&device_id, &key_id, &empty, &int(claimed_ms)],
+                )
+                .await?;
+            }
+            Record::FallbackKey { device_id, key } => {
+                let public: &[u8] = &key.key;
+                Self::run(
+                    tx,
+                    "INSERT INTO fallback_keys (device_id, key_id, public_key, signature) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&device_id, &key.key_id, &public, &key.signature],
+                )
+                .await?;
+            }
+            Record::ToDeviceQueue { device_id, last_position, acked } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO to_device_queues (device_id, last_position, acked) VALUES ($1, $2, $3) ON CONFLICT (device_id) DO UPDATE \
+                     SET last_position = GREATEST(to_device_queues.last_position, EXCLUDED.last_position), \
+                     acked = GREATEST(to_device_queues.acked, EXCLUDED.acked)",
+                    &[&device_id, &int(last_position), &int(acked)],
+                )
+                .await?;
+            }
+            Record::ToDeviceEntry { device_id, entry } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO to_device_messages (device_id, position, sender_user_id, sender_device_id, payload, sent_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[&device_id, &int(entry.position), &entry.sender_user, &entry.sender_device, &entry.payload, &int(entry.sent_ms)],
+                )
+                .await?;
+            }
+            Record::DeviceListNotice { device_id, user_id, changed_ms } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO device_list_notices (device_id, user_id, changed_ms) VALUES ($1, $2, $3) ON CONFLICT (device_id, user_id) \
+                     DO UPDATE SET changed_ms = GREATEST(device_list_notices.changed_ms, EXCLUDED.changed_ms)",
+                    &[&device_id, &user_id, &int(changed_ms)],
+                )
+                .await?;
+            }
         }
         Ok(())
     }
@@ -1369,7 +1436,7 @@ impl Store for PostgresStore {
         fallback.map(|row| Ok(ClaimedKey { key: one_time_key_from("fallback_keys", &row)?, fallback: true })).transpose()
     }
 
-    async fn enqueue_to_device(&self, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
+    async fn enqueue_to_device(&self, send: ToDeviceSend, bounds: QueueBounds) -> Result<ToDeviceStored, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         // The id first: a concurrent retry waits on this row's lock and then sees it.
@@ -1419,9 +1486,25 @@ impl Store for PostgresStore {
         let mut at: Vec<i64> = Vec::with_capacity(targets.len());
         for t in &targets {
             let (last, acked) = positions.get(&t.device).copied().ok_or_else(|| corrupt("to_device_queues", "a target got no position"))?;
-            if uint(last).saturating_sub(uint(acked)) > max_queued {
+            // `last` is already this send's position: the queue held one entry fewer.
+            let queued = uint(last).saturating_sub(uint(acked)).saturating_sub(1);
+            if queued >= bounds.per_device {
                 // Dropping the transaction rolls back every allocation and the id.
                 return Ok(ToDeviceStored::QueueFull { device: t.device });
+            }
+            if crate::cores::to_device::sender_bound_applies(send.sender_user, t.user, queued, &bounds) {
+                // The queue's row is locked (allocated above) until commit: no other send
+                // to this device can add an entry between this count and the insert.
+                let from_sender = Self::rows(
+                    &tx,
+                    "SELECT count(*) AS n FROM to_device_messages WHERE device_id = $1 AND sender_user_id = $2",
+                    &[&t.device, &send.sender_user],
+                )
+                .await?;
+                let n: i64 = from_sender.first().map(|r| get(r, "to_device_messages", "n")).transpose()?.unwrap_or(0);
+                if uint(n) >= bounds.per_sender {
+                    return Ok(ToDeviceStored::SenderFull { device: t.device });
+                }
             }
             stored.push((t.user, t.device, uint(last)));
             payloads.push(&t.payload);
@@ -1548,6 +1631,12 @@ impl Store for PostgresStore {
             Section::LastSeen => "last_seen",
             Section::PushTokens => "push_tokens",
             Section::Media => "media",
+            Section::DeviceKeys => "device_keys",
+            Section::OneTimeKeys => "one_time_keys",
+            Section::FallbackKeys => "fallback_keys",
+            Section::ToDeviceQueues => "to_device_queues",
+            Section::ToDeviceEntries => "to_device_messages",
+            Section::DeviceListNotices => "device_list_notices",
         };
         let row = self.query_opt(&format!("SELECT count(*) FROM {table}"), &[]).await?;
         Ok(row.map(|r| get::<i64>(&r, "count", "count")).transpose()?.map(uint).unwrap_or(0))

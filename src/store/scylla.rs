@@ -337,6 +337,7 @@ struct Statements {
     claim_one_time_key: PreparedStatement,
     delete_one_time_keys: PreparedStatement,
     put_fallback_key: PreparedStatement,
+    import_spent_key: PreparedStatement,
     get_fallback_key: PreparedStatement,
     delete_fallback_key: PreparedStatement,
 }
@@ -615,6 +616,9 @@ impl Statements {
             .await?,
             delete_one_time_keys: prepare(s, "DELETE FROM one_time_keys WHERE device_id = ?", Write).await?,
             put_fallback_key: prepare(s, "INSERT INTO fallback_keys (device_id, key_id, public_key, signature) VALUES (?, ?, ?, ?)", Write).await?,
+            // `store copy` of a claimed key: its id only (no public key, so no claim's
+            // condition can ever match it).
+            import_spent_key: prepare(s, "UPDATE one_time_keys SET claimed_ms = ? WHERE device_id = ? AND key_id = ?", Write).await?,
             get_fallback_key: prepare(s, "SELECT key_id, public_key, signature FROM fallback_keys WHERE device_id = ?", Read).await?,
             delete_fallback_key: prepare(s, "DELETE FROM fallback_keys WHERE device_id = ?", Write).await?,
         })
@@ -1308,6 +1312,25 @@ impl ScyllaStore {
             Record::PushToken { user_id, device_id, token } => {
                 self.exec(&self.st.put_push_token, (user_id, device_id, token.platform.as_str(), token.token.as_str())).await?;
             }
+            Record::DeviceKeys(k) => {
+                self.exec(
+                    &self.st.put_device_keys,
+                    (k.user_id, k.device_id, k.curve25519.as_slice(), k.ed25519.as_slice(), k.signature.as_slice(), int(k.uploaded_ms)),
+                )
+                .await?;
+            }
+            Record::OneTimeKey { device_id, key } => {
+                self.exec(&self.st.put_one_time_key, (device_id, key.key_id.as_str(), key.key.as_slice(), key.signature.as_slice())).await?;
+            }
+            Record::SpentKey { device_id, key_id, claimed_ms } => {
+                self.exec(&self.st.import_spent_key, (int(claimed_ms), device_id, key_id.as_str())).await?;
+            }
+            Record::FallbackKey { device_id, key } => {
+                self.exec(&self.st.put_fallback_key, (device_id, key.key_id.as_str(), key.key.as_slice(), key.signature.as_slice())).await?;
+            }
+            other @ (Record::ToDeviceQueue { .. } | Record::ToDeviceEntry { .. } | Record::DeviceListNotice { .. }) => {
+                self.import_to_device(other).await?;
+            }
         }
         Ok(())
     }
@@ -1737,8 +1760,8 @@ impl Store for ScyllaStore {
             .transpose()
     }
 
-    async fn enqueue_to_device(&self, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
-        self.enqueue_to_device_impl(send, max_queued).await
+    async fn enqueue_to_device(&self, send: ToDeviceSend, bounds: crate::store::QueueBounds) -> Result<ToDeviceStored, StoreError> {
+        self.enqueue_to_device_impl(send, bounds).await
     }
 
     async fn to_device_after(&self, device_id: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError> {
@@ -1912,6 +1935,14 @@ impl Store for ScyllaStore {
             Section::LastSeen => "SELECT user_id FROM last_seen",
             Section::PushTokens => "SELECT device_id FROM push_tokens",
             Section::Media => "SELECT media_id FROM media",
+            Section::DeviceKeys => "SELECT device_id FROM device_keys",
+            Section::OneTimeKeys => "SELECT key_id FROM one_time_keys",
+            Section::FallbackKeys => "SELECT device_id FROM fallback_keys",
+            // One row per partition; a queue is a partition whose fence is set.
+            Section::ToDeviceQueues => "SELECT DISTINCT last_position, device_id FROM to_device",
+            // A static-only row (a queue with no entry) has no sender.
+            Section::ToDeviceEntries => "SELECT sender_user_id FROM to_device",
+            Section::DeviceListNotices => "SELECT user_id FROM device_list_notices",
         };
         self.count_rows(cql).await
     }

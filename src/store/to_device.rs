@@ -45,6 +45,19 @@ pub struct ToDeviceSend {
     pub targets: Vec<ToDeviceTarget>,
 }
 
+/// The bounds a send is checked against, per target, in its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueBounds {
+    /// Unacknowledged entries a device's queue may hold.
+    pub per_device: u64,
+    /// Unacknowledged entries one other user's devices may have in a device's queue (a
+    /// user's own devices are bound only by `per_device`), so that a stranger who shares
+    /// a 1:1 cannot fill a device's queue and lock out everybody else's key shares.
+    /// Counted only when the queue holds at least this many entries
+    /// (`crate::cores::to_device::sender_bound_applies`).
+    pub per_sender: u64,
+}
+
 /// What storing a send did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToDeviceStored {
@@ -61,6 +74,12 @@ pub enum ToDeviceStored {
     },
     /// A target's queue holds its maximum of unacknowledged entries: nothing stored.
     QueueFull {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The sender's user already has `QueueBounds::per_sender` unacknowledged entries in a
+    /// target's queue: nothing stored.
+    SenderFull {
         /// The device.
         device: DeviceId,
     },

@@ -5,15 +5,17 @@
 //! chunk to the target with [`Store::import`] (idempotent: importing a record twice leaves
 //! one). After each chunk the position is saved in a checkpoint file, so an interrupted
 //! copy resumes where it stopped. At the end every section is counted on both sides and
-//! must match. One-time registration codes are not copied: they expire within minutes.
+//! must match. One-time registration codes are not copied: they expire within minutes;
+//! nor are the client ids of to-device sends (a retry after the move queues its Olm
+//! message again, which the receiving device refuses as a replay).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConversationId, ConversationRecord, Cursor, DeviceId, DeviceRecord, EmbeddedStore, MediaRecord, MemberCursor, PushToken, Store, StoreError,
-    StoredMessage, UserId, UserRecord,
+    ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, EmbeddedStore, MediaRecord, MemberCursor, OneTimeKey, PushToken,
+    Store, StoreError, StoredMessage, ToDeviceEntry, UserId, UserRecord,
 };
 
 /// A group of records of one kind, copied and counted together.
@@ -43,11 +45,25 @@ pub enum Section {
     PushTokens,
     /// Media records (the blobs themselves are copied by `store copy --media-from/--media-to`).
     Media,
+    /// Devices' published identity keys (key directory).
+    DeviceKeys,
+    /// One-time keys: unclaimed ones, and claimed ones kept as spent (so that neither is
+    /// ever handed out again nor re-uploaded).
+    OneTimeKeys,
+    /// Fallback keys.
+    FallbackKeys,
+    /// To-device queues' heads (last position given, highest acknowledged): positions
+    /// are never reused after a move either.
+    ToDeviceQueues,
+    /// To-device entries not yet acknowledged.
+    ToDeviceEntries,
+    /// Device-list change notices not yet acknowledged.
+    DeviceListNotices,
 }
 
 impl Section {
     /// Every section, in copy order.
-    pub const ALL: [Section; 12] = [
+    pub const ALL: [Section; 18] = [
         Section::Users,
         Section::Devices,
         Section::Conversations,
@@ -60,6 +76,12 @@ impl Section {
         Section::LastSeen,
         Section::PushTokens,
         Section::Media,
+        Section::DeviceKeys,
+        Section::OneTimeKeys,
+        Section::FallbackKeys,
+        Section::ToDeviceQueues,
+        Section::ToDeviceEntries,
+        Section::DeviceListNotices,
     ];
 
     /// A short name for progress lines and reports.
@@ -77,6 +99,12 @@ impl Section {
             Section::LastSeen => "last seen",
             Section::PushTokens => "push tokens",
             Section::Media => "media",
+            Section::DeviceKeys => "device keys",
+            Section::OneTimeKeys => "one-time keys",
+            Section::FallbackKeys => "fallback keys",
+            Section::ToDeviceQueues => "to-device queues",
+            Section::ToDeviceEntries => "to-device entries",
+            Section::DeviceListNotices => "device-list notices",
         }
     }
 }
@@ -160,6 +188,56 @@ pub enum Record {
     },
     /// A media record (upload progress, owner, digest).
     Media(MediaRecord),
+    /// A device's identity keys.
+    DeviceKeys(DeviceKeys),
+    /// An unclaimed one-time key.
+    OneTimeKey {
+        /// Its device.
+        device_id: DeviceId,
+        /// The key.
+        key: OneTimeKey,
+    },
+    /// A claimed one-time key (only its id is kept: it is never handed out again).
+    SpentKey {
+        /// Its device.
+        device_id: DeviceId,
+        /// The key's id.
+        key_id: String,
+        /// When it was claimed, ms since the epoch.
+        claimed_ms: u64,
+    },
+    /// A device's fallback key.
+    FallbackKey {
+        /// Its device.
+        device_id: DeviceId,
+        /// The key.
+        key: OneTimeKey,
+    },
+    /// A to-device queue's head.
+    ToDeviceQueue {
+        /// The receiving device.
+        device_id: DeviceId,
+        /// Last position given out.
+        last_position: u64,
+        /// Highest position acknowledged.
+        acked: u64,
+    },
+    /// A to-device entry not yet acknowledged.
+    ToDeviceEntry {
+        /// The receiving device.
+        device_id: DeviceId,
+        /// The entry.
+        entry: ToDeviceEntry,
+    },
+    /// A device-list change notice.
+    DeviceListNotice {
+        /// The device to tell.
+        device_id: DeviceId,
+        /// Whose device list changed.
+        user_id: UserId,
+        /// When, ms since the epoch.
+        changed_ms: u64,
+    },
 }
 
 /// Why a copy stopped.

@@ -19,7 +19,9 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 
 use super::{Kind, ScyllaStore, driver, int, lwt, prepare, uint};
-use crate::store::to_device::{SEND_IDS_KEPT_MS, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored};
+use crate::cores::to_device::sender_bound_applies;
+use crate::store::to_device::{QueueBounds, SEND_IDS_KEPT_MS, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored};
+use crate::store::transfer::Record;
 use crate::store::{DeviceId, Store, StoreError, UserId};
 
 /// How often a position is retried against racing senders before giving up (UNAVAILABLE,
@@ -33,7 +35,9 @@ pub(super) struct ToDeviceStatements {
     fence_next: PreparedStatement,
     put_entry: PreparedStatement,
     entries_after: PreparedStatement,
+    entry_senders: PreparedStatement,
     set_acked: PreparedStatement,
+    import_fence: PreparedStatement,
     delete_up_to: PreparedStatement,
     delete_queue_rows: PreparedStatement,
     get_send: PreparedStatement,
@@ -63,8 +67,11 @@ impl ToDeviceStatements {
                 Read,
             )
             .await?,
+            entry_senders: prepare(s, "SELECT sender_user_id FROM to_device WHERE device_id = ?", Read).await?,
             // Written with USING TIMESTAMP = the value: the largest acknowledgement wins.
             set_acked: prepare(s, "UPDATE to_device USING TIMESTAMP ? SET acked = ? WHERE device_id = ?", Write).await?,
+            // `store copy` only (nothing else writes the fence without a condition).
+            import_fence: prepare(s, "UPDATE to_device SET last_position = ? WHERE device_id = ?", Write).await?,
             delete_up_to: prepare(s, "DELETE FROM to_device WHERE device_id = ? AND position <= ?", Write).await?,
             delete_queue_rows: prepare(s, "DELETE FROM to_device WHERE device_id = ? AND position >= 0", Write).await?,
             get_send: prepare(s, "SELECT sent_ms FROM to_device_sends WHERE sender_device_id = ? AND client_id = ?", Read).await?,
@@ -78,6 +85,27 @@ impl ToDeviceStatements {
 }
 
 impl ScyllaStore {
+    /// `store copy` of a to-device queue's head, an entry or a notice (positions and
+    /// acknowledgements only move forward).
+    pub(super) async fn import_to_device(&self, record: Record) -> Result<(), StoreError> {
+        match record {
+            Record::ToDeviceQueue { device_id, last_position, acked } => {
+                let (last, _) = self.queue_head(device_id).await?;
+                self.exec(&self.td.import_fence, (int(last.max(last_position)), device_id)).await?;
+                self.exec(&self.td.set_acked, (int(acked), int(acked), device_id)).await?;
+            }
+            Record::ToDeviceEntry { device_id, entry } => {
+                let row = (device_id, int(entry.position), entry.sender_user, entry.sender_device, entry.payload.as_slice(), int(entry.sent_ms));
+                self.exec(&self.td.put_entry, row).await?;
+            }
+            Record::DeviceListNotice { device_id, user_id, changed_ms } => {
+                self.exec(&self.td.put_notice, (device_id, user_id, int(changed_ms))).await?;
+            }
+            other => return Err(StoreError::Backend(format!("not a to-device record: {other:?}"))),
+        }
+        Ok(())
+    }
+
     /// (last position given, highest acknowledged) of a device's queue.
     async fn queue_head(&self, device: DeviceId) -> Result<(u64, u64), StoreError> {
         let row: Option<(Option<i64>, Option<i64>)> = self.first_row(&self.td.queue_head, (device,)).await?;
@@ -115,7 +143,20 @@ impl ScyllaStore {
         Err(StoreError::Backend("scylla: to-device queue contended; retry".into()))
     }
 
-    pub(super) async fn enqueue_to_device_impl(&self, send: ToDeviceSend, max_queued: u64) -> Result<ToDeviceStored, StoreError> {
+    /// How many entries of `device`'s queue come from `sender` (one partition, at most a
+    /// queue's bound of rows).
+    async fn entries_from(&self, device: DeviceId, sender: UserId) -> Result<u64, StoreError> {
+        let mut count = 0u64;
+        self.all_rows(&self.td.entry_senders, (device,), |(user,): (Option<UserId>,)| {
+            count += u64::from(user == Some(sender));
+            Ok(())
+        })
+        .await?;
+        Ok(count)
+    }
+
+    pub(super) async fn enqueue_to_device_impl(&self, send: ToDeviceSend, bounds: QueueBounds) -> Result<ToDeviceStored, StoreError> {
+        let max_queued = bounds.per_device;
         let seen: Option<(Option<i64>,)> = self.first_row(&self.td.get_send, (send.sender_device, send.client_id.as_str())).await?;
         if seen.is_some() {
             return Ok(ToDeviceStored::Duplicate);
@@ -126,8 +167,17 @@ impl ScyllaStore {
                 _ => return Ok(ToDeviceStored::UnknownDevice { user: target.user, device: target.device }),
             }
             let (last, acked) = self.queue_head(target.device).await?;
-            if last.saturating_sub(acked) >= max_queued {
+            let queued = last.saturating_sub(acked);
+            if queued >= max_queued {
                 return Ok(ToDeviceStored::QueueFull { device: target.device });
+            }
+            // Read before the writes (no transaction spans them): concurrent sends of one
+            // user may pass the per-sender bound by their number; the per-device bound is
+            // exact (the fence).
+            if sender_bound_applies(send.sender_user, target.user, queued, &bounds)
+                && self.entries_from(target.device, send.sender_user).await? >= bounds.per_sender
+            {
+                return Ok(ToDeviceStored::SenderFull { device: target.device });
             }
         }
         let mut stored = Vec::with_capacity(send.targets.len());
