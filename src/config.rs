@@ -249,7 +249,7 @@ pub struct ServeArgs {
     /// Bytes of media one user may store (default 2 GiB).
     #[arg(long, env = "SWITCHBOARD_MEDIA_QUOTA_BYTES")]
     pub media_quota_bytes: Option<u64>,
-    /// Uploads one user may start per minute, per node (default 60).
+    /// Uploads one user may start per minute, across the cluster (default 60).
     #[arg(long, env = "SWITCHBOARD_MEDIA_UPLOADS_PER_MINUTE")]
     pub media_uploads_per_minute: Option<u32>,
     /// Seconds an upload may stay incomplete before it is deleted (default 86400).

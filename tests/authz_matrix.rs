@@ -155,6 +155,10 @@ async fn every_frame_and_endpoint_refuses_whoever_may_not_and_changes_nothing() 
     assert!(after_n > n_removed);
     let d = ca.open_direct(b.user_id).await.expect("direct");
     let a_direct = ca.send_and_ack(d, "a-d", b"direct".to_vec()).await.expect("a sends in d").seq;
+    // A file A sends in G after R's removal (its bytes are what A encrypted).
+    let file = bytes::Bytes::from_static(b"ciphertext of a holiday photo");
+    let m = switchboard::media_client::MediaClient::new(format!("http://{}", server.http), &a.token).upload(file.clone(), 16).await.expect("upload");
+    ca.send_with_attachments_and_ack(g, "a-file", b"a file".to_vec(), &[m]).await.expect("a sends the file");
     // Devices see what they are shown: B and R read their groups up to here.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for conn in [&mut cb, &mut cr, &mut cn] {
@@ -263,6 +267,12 @@ async fn every_frame_and_endpoint_refuses_whoever_may_not_and_changes_nothing() 
         (reqwest::Method::PUT, "/v1/devices/push-token".into(), Some(serde_json::json!({ "platform": "fcm", "token": "t" }))),
         (reqwest::Method::DELETE, "/v1/devices/push-token".into(), None),
         (reqwest::Method::GET, format!("/v1/conversations/{g}/messages"), None),
+        (reqwest::Method::POST, "/v1/media".into(), None),
+        (reqwest::Method::POST, "/v1/media/public".into(), None),
+        (reqwest::Method::GET, format!("/v1/media/{m}"), None),
+        (reqwest::Method::GET, format!("/v1/media/{m}/url"), None),
+        (reqwest::Method::PATCH, format!("/v1/media/{m}"), None),
+        (reqwest::Method::DELETE, format!("/v1/media/{m}"), None),
     ];
     let call = |method: reqwest::Method, path: &str, body: &Option<serde_json::Value>, token: Option<&str>| {
         let mut req = http.request(method, format!("{base}{path}"));
@@ -287,6 +297,37 @@ async fn every_frame_and_endpoint_refuses_whoever_may_not_and_changes_nothing() 
             assert_eq!(answer["error"], code, "{method} {path} with {token:?}");
         }
     }
+    // HEAD answers without a body: its status says it.
+    for token in [None, Some("f".repeat(64)), Some(revoked.token.clone())] {
+        let response = call(reqwest::Method::HEAD, &format!("/v1/media/{m}"), &None, token.as_deref()).await.expect("http");
+        assert_eq!(response.status().as_u16(), 401, "HEAD /v1/media/{{id}} with {token:?}");
+    }
+    // Media: a non-member and a member removed before the message was sent may not fetch
+    // it nor get a signed URL for it; a member who is not the uploader may not touch the
+    // upload (tus headers all valid, so only ownership decides).
+    for (who, token) in [("non-member", &n.token), ("removed member", &r.token)] {
+        for path in [format!("/v1/media/{m}"), format!("/v1/media/{m}/url")] {
+            let response = call(reqwest::Method::GET, &path, &None, Some(token)).await.expect("http");
+            assert_eq!(response.status().as_u16(), 403, "{who}: GET {path}");
+            assert_eq!(response.json::<serde_json::Value>().await.expect("json")["error"], "forbidden", "{who}: GET {path}");
+        }
+    }
+    for method in [reqwest::Method::HEAD, reqwest::Method::PATCH, reqwest::Method::DELETE] {
+        let response = http
+            .request(method.clone(), format!("{base}/v1/media/{m}"))
+            .bearer_auth(&b.token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", "0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(if method == reqwest::Method::PATCH { b"x".to_vec() } else { Vec::new() })
+            .send()
+            .await
+            .expect("http");
+        assert_eq!(response.status().as_u16(), 403, "a member who did not upload it: {method} /v1/media/{{id}}");
+    }
+    let media = switchboard::media_client::MediaClient::new(base.clone(), &a.token);
+    assert_eq!(media.offset(m).await.expect("head"), file.len() as u64, "the upload is as it was");
+    assert_eq!(switchboard::media_client::MediaClient::new(base.clone(), &b.token).download(m).await.expect("a member fetches"), file);
     // Another user: B's devices are not N's to revoke; the conversation is not N's to read.
     let other = call(reqwest::Method::DELETE, &format!("/v1/devices/{}", b.device_id), &None, Some(&n.token)).await.expect("http");
     assert_eq!(other.status().as_u16(), 404, "another user's device is unknown to the caller");

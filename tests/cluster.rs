@@ -1389,3 +1389,91 @@ async fn one_time_key_claims_spread_over_three_nodes_hand_each_key_out_once() {
         .expect("a to-device message across nodes");
     assert_eq!((entry.position, &entry.payload[..]), (1, &b"olm pre-key message"[..]));
 }
+
+/// Media limits and clean-up hold for the cluster, not per node: two nodes on one
+/// PostgreSQL and one private S3-compatible server. A user's upload rate is one budget
+/// whichever node they ask; creations racing for the last bytes of a quota on both nodes
+/// never together exceed it; two sweeps at once (one per node) delete exactly the
+/// unreferenced media and their blobs, each record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_rate_quota_and_sweeps_hold_across_nodes() {
+    use bytes::Bytes;
+    use switchboard::media::{BlobSpec, BlobStore};
+    use switchboard::media_client::MediaClient;
+
+    let s3 = switchboard::testkit::PrivateS3::start().expect("private S3-compatible server (scripts/install-deps.sh installs moto)");
+    let spec = s3.spec();
+    let flags = ["--media-store", &spec, "--media-uploads-per-minute", "30", "--media-quota-bytes", "1000000", "--media-grace-secs", "0"];
+    let cluster = TestCluster::start_with(2, &flags).await;
+    let api = cluster.api();
+    let (alice, bob, carol, dave) = (sign_up(&api).await, sign_up(&api).await, sign_up(&api).await, sign_up(&api).await);
+    let client = |i: usize, token: &str| MediaClient::new(format!("http://{}", cluster.node(i).http), token);
+    let status = |r: Result<switchboard::ids::MediaId, switchboard::client::ClientError>| match r {
+        Ok(_) => 201,
+        Err(switchboard::client::ClientError::Status { status, .. }) => status,
+        Err(e) => panic!("{e}"),
+    };
+
+    // The rate: 30 a minute for Alice in all, asked of both nodes in turn.
+    for k in 0..30 {
+        assert_eq!(status(client(k % 2, &alice.token).create(10, None).await), 201, "creation {k}");
+    }
+    for i in 0..2 {
+        assert_eq!(status(client(i, &alice.token).create(10, None).await), 429, "node {i}: the budget is the cluster's");
+    }
+
+    // The quota: twenty creations of 300,000 bytes at once, ten per node, against 1,000,000.
+    let racing: Vec<_> = (0..20)
+        .map(|k| {
+            let c = client(k % 2, &bob.token);
+            tokio::spawn(async move { c.create(300_000, None).await })
+        })
+        .collect();
+    let mut accepted = 0u64;
+    for r in racing {
+        match status(r.await.expect("task")) {
+            201 => accepted += 1,
+            413 => {}
+            other => panic!("a racing creation answered {other}"),
+        }
+    }
+    assert!(accepted <= 3, "{accepted} × 300,000 bytes accepted against a quota of 1,000,000");
+    // The refused ones left nothing counted: exactly the rest of the quota is still there.
+    let rest = 1_000_000 - accepted * 300_000;
+    assert_eq!(status(client(1, &bob.token).create(rest + 1, None).await), 413);
+    assert_eq!(status(client(0, &bob.token).create(rest, None).await), 201, "{accepted} accepted; {rest} bytes left");
+
+    // Two sweeps at once. Carol keeps one upload referenced by a message to Dave; three
+    // others (distinct bytes) are referenced by nothing.
+    let random = |n: usize| Bytes::from((0..n).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
+    let kept_bytes = random(30_000);
+    let kept = client(0, &carol.token).upload(kept_bytes.clone(), 8192).await.expect("upload");
+    for i in 0..3 {
+        client(i % 2, &carol.token).upload(random(30_000), 8192).await.expect("upload");
+    }
+    let t = cluster.transports();
+    let mut c = online_at(&t[1], &carol).await;
+    let cd = c.open_direct(dave.user_id).await.expect("open");
+    c.send_with_attachments_and_ack(cd, "with-file", b"file".to_vec(), &[kept]).await.expect("declared");
+    let blobs = BlobStore::open(&BlobSpec::parse(&spec).expect("spec")).expect("blob store");
+    assert_eq!(blobs.list("blobs").await.expect("list").len(), 4);
+
+    let sweep = |i: usize| {
+        let url = format!("http://{}/admin/media/sweep", cluster.node(i).admin);
+        async move {
+            let r = reqwest::Client::new().post(url).bearer_auth(ADMIN_TOKEN).send().await.expect("sweep");
+            assert_eq!(r.status(), reqwest::StatusCode::OK);
+            r.json::<serde_json::Value>().await.expect("report")
+        }
+    };
+    let total = |a: &serde_json::Value, b: &serde_json::Value, field: &str| a[field].as_u64().expect(field) + b[field].as_u64().expect(field);
+    let (a, b) = tokio::join!(sweep(0), sweep(1));
+    assert_eq!(total(&a, &b, "marked"), 3, "each unreferenced media marked once: {a} {b}");
+    assert_eq!(total(&a, &b, "deleted"), 0);
+    let (a, b) = tokio::join!(sweep(0), sweep(1));
+    assert_eq!(total(&a, &b, "deleted"), 3, "each deleted once: {a} {b}");
+    assert_eq!(total(&a, &b, "blobs_deleted"), 3, "{a} {b}");
+    let left: Vec<String> = blobs.list("blobs").await.expect("list").into_iter().map(|(k, _)| k).collect();
+    assert_eq!(left, vec![BlobStore::blob_key(&switchboard::media::hashing::sha256(&kept_bytes))], "exactly the referenced blob is left");
+    assert_eq!(client(1, &dave.token).download(kept).await.expect("the referenced media"), kept_bytes);
+}

@@ -301,6 +301,16 @@ async fn downloads_need_a_token_and_membership(backend: Backend) {
     assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
     assert_eq!(r.headers()["tus-version"], "1.0.0");
 
+    // An upload in progress: its uploader is told it is incomplete, anyone else that
+    // there is no such media.
+    let half = media_client(&server, &alice.token).create(1000, None).await.expect("created");
+    media_client(&server, &alice.token).patch(half, 0, random_bytes(400)).await.expect("first chunk");
+    match media_client(&server, &alice.token).download(half).await {
+        Err(ClientError::Status { status: 409, body }) => assert!(body.contains("incomplete") && body.contains("400 of 1000"), "{body}"),
+        other => panic!("the uploader's download of an incomplete upload: {other:?}"),
+    }
+    assert_eq!(status_of(media_client(&server, &bob.token).download(half).await), 404);
+
     // Before any message declares it, only the uploader reads it.
     assert_eq!(status_of(media_client(&server, &bob.token).download(id).await), 403);
     assert_eq!(status_of(media_client(&server, &carol.token).download(id).await), 403);

@@ -347,6 +347,9 @@ impl Store for FailingAfter {
     async fn media_usage(&self, owner: switchboard::ids::UserId) -> Result<u64, StoreError> {
         self.inner.media_usage(owner).await
     }
+    async fn take_token(&self, key: &str, rule: switchboard::store::BucketRule, now_ms: u64) -> Result<switchboard::store::Taken, StoreError> {
+        self.inner.take_token(key, rule, now_ms).await
+    }
     async fn media_page(&self, after: Option<switchboard::ids::MediaId>, limit: usize) -> Result<Vec<switchboard::store::MediaRecord>, StoreError> {
         self.inner.media_page(after, limit).await
     }

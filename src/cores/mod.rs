@@ -15,6 +15,7 @@
 //! - [`to_device`]: to-device sends (checks, queue bound) and a receiving device's queue
 //!   position (in order, once); not wired to frames yet.
 //! - [`recent_ids`], [`receipts`]: the sequencer's dedup window and group receipt counts.
+//! - [`token_bucket`]: a rate budget kept in the store and shared by every node.
 //! - [`requests`]: what a device asks of a conversation (the sequencer's inputs).
 
 pub mod delivery;
@@ -26,3 +27,4 @@ pub mod recent_ids;
 pub mod requests;
 pub mod sequencer;
 pub mod to_device;
+pub mod token_bucket;

@@ -291,8 +291,13 @@ async fn provision(req: HttpRequest, state: web::Data<AdminState>, body: web::Js
 }
 
 /// Runs one media sweep now (the periodic one runs every `media_sweep_interval_secs`);
-/// answers with what it did.
-async fn sweep_media(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+/// answers with what it did. Safe while other nodes sweep too.
+#[utoipa::path(post, path = "/admin/media/sweep", tag = "admin", security(("admin_token" = [])), responses(
+    (status = 200, description = "What the sweep did", body = crate::media::sweep::SweepReport),
+    (status = 401, description = "No or wrong admin token", body = AdminError),
+    (status = 503, description = "The store or the blob store failed", body = AdminError),
+))]
+pub async fn sweep_media(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
     if !authorized(&req, &state) {
         return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
     }

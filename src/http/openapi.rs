@@ -9,6 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{admin, api, keys};
+use crate::media::http as media;
 use crate::transport::ws;
 
 /// The document.
@@ -16,7 +17,7 @@ use crate::transport::ws;
 #[openapi(
     info(
         title = "Switchboard HTTP API",
-        description = "Accounts, devices, history, health and metrics on the public listener (tag `public`); \
+        description = "Accounts, devices, history, keys, media (tus 1.0, docs/media.md), health and metrics on the public listener (tag `public`); \
                        operations on the admin listener (tag `admin`). The messaging protocol itself runs over \
                        the WebSocket at /v1/ws or raw TCP: see docs/protocol.md.",
         license(name = "Apache-2.0")
@@ -37,14 +38,24 @@ use crate::transport::ws;
         keys::count,
         keys::query,
         keys::claim,
+        media::options,
+        media::create,
+        media::head,
+        media::patch,
+        media::terminate,
+        media::download,
+        media::signed_url,
+        media::signed_download,
+        media::public_image,
         serve,
         admin::tree,
         admin::cluster,
         admin::drain,
         admin::provision,
         admin::crash_conversation,
+        admin::sweep_media,
     ),
-    components(schemas(api::ErrorBody, admin::AdminError)),
+    components(schemas(api::ErrorBody, admin::AdminError, media::TusVersion)),
     modifiers(&Security),
     tags(
         (name = "public", description = "The public listener (--http-listen)"),
@@ -108,9 +119,19 @@ mod tests {
             ("/admin/drain", "post"),
             ("/admin/provision", "post"),
             ("/admin/conversations/{id}/crash", "post"),
+            ("/admin/media/sweep", "post"),
+            ("/v1/media", "options"),
+            ("/v1/media", "post"),
+            ("/v1/media/{id}", "head"),
+            ("/v1/media/{id}", "patch"),
+            ("/v1/media/{id}", "delete"),
+            ("/v1/media/{id}", "get"),
+            ("/v1/media/{id}/url", "get"),
+            ("/v1/media/blob/{digest}", "get"),
+            ("/v1/media/public", "post"),
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 21, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 31, "a route is described but not listed here");
     }
 }

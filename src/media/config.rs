@@ -16,7 +16,8 @@ pub struct MediaConfig {
     /// would exceed it gets 413. Default 2 GiB.
     pub quota_bytes: u64,
     /// Uploads one user may create per minute (sustained; the same number as a burst);
-    /// beyond it 429 with `Retry-After`. Per node.
+    /// beyond it 429 with `Retry-After`. For the whole cluster: the budget is a token
+    /// bucket in the store (`Store::take_token`), shared by every node.
     pub uploads_per_minute: u32,
     /// An upload not completed within this time is deleted by the sweep (tus `Upload-Expires`).
     pub upload_ttl: Duration,

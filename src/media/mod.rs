@@ -25,7 +25,6 @@ pub mod hashing;
 pub mod http;
 pub mod public_image;
 pub mod range;
-pub mod rate;
 pub mod service;
 pub mod signed;
 pub mod sweep;

@@ -26,12 +26,11 @@ use super::blob::{BlobError, BlobStore};
 use super::config::MediaConfig;
 use super::hashing::RunningSha256;
 use super::public_image::{self, ImageError};
-use super::rate::UploadRate;
 use super::signed::{self, SignedUrlError};
 use super::sweep::{self, Action, SweepReport};
 use super::tus::{self, ChecksumAlgorithm, TusError};
 use crate::ids::{MediaId, UserId};
-use crate::store::{MediaKind, MediaPart, MediaRecord, Store, StoreError, now_ms};
+use crate::store::{BucketRule, MediaKind, MediaPart, MediaRecord, Store, StoreError, Taken, now_ms};
 
 /// Why a media request failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +38,18 @@ pub enum MediaError {
     /// A tus refusal (its status is the spec's).
     #[error(transparent)]
     Tus(#[from] TusError),
-    /// No such media (never created, expired, terminated, or not yet complete for a download).
+    /// No such media (never created, expired, terminated; or, to anyone but its uploader,
+    /// an upload not complete yet).
     #[error("no such media")]
     NotFound,
+    /// The uploader asked to download an upload that is not complete yet.
+    #[error("the upload is not complete: {offset} of {length} bytes (HEAD says how far it is)")]
+    Incomplete {
+        /// Bytes stored.
+        offset: u64,
+        /// Declared length.
+        length: u64,
+    },
     /// The caller may not do this to this media.
     #[error("not allowed for this media")]
     Forbidden,
@@ -71,7 +79,6 @@ pub struct MediaService {
     store: Arc<dyn Store>,
     blobs: BlobStore,
     config: Arc<MediaConfig>,
-    rate: Arc<UploadRate>,
     /// Uploads a request of this node is writing (a second PATCH waits for nothing: 423).
     writing: Arc<Mutex<HashSet<MediaId>>>,
 }
@@ -111,22 +118,25 @@ pub struct Download {
 }
 
 /// A stored rendition of a public image.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct StoredRendition {
     /// Edge length, px.
     pub size: u32,
     /// Its media id (download at `/v1/media/{id}`).
+    #[schema(value_type = String, format = Uuid)]
     pub media_id: MediaId,
     /// Bytes.
     pub bytes: u64,
+    /// SHA-256 of the JPEG (its blob's address).
+    #[serde(skip)]
+    pub digest: [u8; 32],
 }
 
 impl MediaService {
     /// A service over `store` and the blob store `config.store` names.
     pub fn new(store: Arc<dyn Store>, config: MediaConfig) -> Result<Self, BlobError> {
         let blobs = BlobStore::open(&config.store)?;
-        let rate = Arc::new(UploadRate::new(config.uploads_per_minute));
-        Ok(Self { store, blobs, config: Arc::new(config), rate, writing: Arc::default() })
+        Ok(Self { store, blobs, config: Arc::new(config), writing: Arc::default() })
     }
 
     /// The settings in force.
@@ -152,10 +162,7 @@ impl MediaService {
     pub async fn create(&self, owner: UserId, length: u64, metadata: Option<&str>) -> Result<MediaRecord, MediaError> {
         let parsed = tus::parse_metadata(metadata.unwrap_or(""))?;
         let declared_sha256 = tus::declared_sha256(&parsed)?;
-        if let Err(wait) = self.rate.take(owner, Instant::now()) {
-            metrics::counter!("switchboard_media_refused_total", "reason" => "rate").increment(1);
-            return Err(TusError::RateLimited { retry_after_secs: wait.as_secs().max(1) }.into());
-        }
+        self.take_upload_token(owner).await?;
         let used = self.store.media_usage(owner).await?;
         if let Err(e) = tus::decide_create(length, self.config.max_upload_bytes, used, self.config.quota_bytes) {
             let reason = if matches!(e, TusError::QuotaExceeded { .. }) { "quota" } else { "size" };
@@ -177,7 +184,7 @@ impl MediaService {
             unreferenced_since_ms: None,
             version: 1,
         };
-        self.store.create_media(record.clone()).await?;
+        self.create_within_quota(&record).await?;
         metrics::counter!("switchboard_media_uploads_created_total").increment(1);
         if length == 0 {
             // Nothing will ever be PATCHed: complete it now.
@@ -396,7 +403,14 @@ impl MediaService {
     /// a public image (a JPEG) rather than ciphertext.
     pub async fn open_download(&self, user: UserId, id: MediaId) -> Result<(Download, bool), MediaError> {
         let record = self.store.media(id).await?.ok_or(MediaError::NotFound)?;
-        let Some(digest) = record.digest else { return Err(MediaError::NotFound) };
+        let Some(digest) = record.digest else {
+            // Its uploader learns why; anyone else learns nothing of an upload in progress.
+            return Err(if record.owner == user {
+                MediaError::Incomplete { offset: record.offset, length: record.length }
+            } else {
+                MediaError::NotFound
+            });
+        };
         if !access::may_read(self.store.as_ref(), user, &record).await? {
             return Err(MediaError::Forbidden);
         }
@@ -435,10 +449,7 @@ impl MediaService {
     /// public media owned by `owner` (counted in their quota). The accounts service keeps
     /// the ids on the profile or group record.
     pub async fn store_public_image(&self, owner: UserId, bytes: &[u8]) -> Result<Vec<StoredRendition>, MediaError> {
-        if let Err(wait) = self.rate.take(owner, Instant::now()) {
-            metrics::counter!("switchboard_media_refused_total", "reason" => "rate").increment(1);
-            return Err(TusError::RateLimited { retry_after_secs: wait.as_secs().max(1) }.into());
-        }
+        self.take_upload_token(owner).await?;
         let (max_bytes, max_pixels) = (self.config.max_image_bytes, self.config.max_image_pixels);
         let input = bytes.to_vec();
         // Decoding is CPU work: off the async workers.
@@ -448,7 +459,7 @@ impl MediaService {
         let total: u64 = renditions.iter().map(|r| r.jpeg.len() as u64).sum();
         let used = self.store.media_usage(owner).await?;
         tus::decide_create(total, self.config.max_upload_bytes, used, self.config.quota_bytes)?;
-        let mut out = Vec::new();
+        let mut out: Vec<StoredRendition> = Vec::new();
         for r in renditions {
             let digest = super::hashing::sha256(&r.jpeg);
             let key = BlobStore::blob_key(&digest);
@@ -470,10 +481,50 @@ impl MediaService {
                 unreferenced_since_ms: None,
                 version: 1,
             };
-            self.store.create_media(record.clone()).await?;
-            out.push(StoredRendition { size: r.size, media_id: record.media_id, bytes: record.length });
+            if let Err(e) = self.create_within_quota(&record).await {
+                // All renditions or none: the ones stored before this one go too.
+                for earlier in &out {
+                    self.store.delete_media(earlier.media_id, 1).await?;
+                }
+                for earlier in out.iter().map(|o| o.digest).chain([digest]) {
+                    self.delete_blob_if_unused(&earlier).await?;
+                }
+                return Err(e);
+            }
+            out.push(StoredRendition { size: r.size, media_id: record.media_id, bytes: record.length, digest });
         }
         Ok(out)
+    }
+
+    /// Takes one of `owner`'s upload creations from their rate bucket, which the store
+    /// keeps for the whole cluster (`media-create/<user id>`): a user gets
+    /// `uploads_per_minute` however many nodes they spread their requests over.
+    async fn take_upload_token(&self, owner: UserId) -> Result<(), MediaError> {
+        let key = format!("media-create/{owner}");
+        match self.store.take_token(&key, BucketRule::per_minute(self.config.uploads_per_minute), now_ms()).await? {
+            Taken::Yes => Ok(()),
+            Taken::No { retry_after_ms } => {
+                metrics::counter!("switchboard_media_refused_total", "reason" => "rate").increment(1);
+                Err(TusError::RateLimited { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) }.into())
+            }
+        }
+    }
+
+    /// Stores a new record, then counts its owner's usage with it: over the quota, the
+    /// record is deleted again and the creation refused. Counting after the insert is what
+    /// makes the quota hold under concurrent creations on any number of nodes: of two
+    /// creations racing for the last bytes, each count sees the other's record if it was
+    /// inserted first, so at most the ones that fit survive (both may be refused; never
+    /// both kept). The caller checked the quota before too, so a plain refusal stores nothing.
+    async fn create_within_quota(&self, record: &MediaRecord) -> Result<(), MediaError> {
+        self.store.create_media(record.clone()).await?;
+        let used = self.store.media_usage(record.owner).await?;
+        if used <= self.config.quota_bytes {
+            return Ok(());
+        }
+        self.store.delete_media(record.media_id, record.version).await?;
+        metrics::counter!("switchboard_media_refused_total", "reason" => "quota").increment(1);
+        Err(TusError::QuotaExceeded { used: used.saturating_sub(record.length), quota: self.config.quota_bytes, length: record.length }.into())
     }
 
     /// One sweep over every media record (see [`sweep`]), then over chunk sets whose

@@ -51,7 +51,7 @@ pub fn decide(record: &MediaRecord, referenced: bool, now_ms: u64, upload_ttl: D
 }
 
 /// What one sweep did (for logs, metrics and tests).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct SweepReport {
     /// Records looked at.
     pub examined: u64,

@@ -29,12 +29,14 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::checked_bucket_key;
 use super::transfer::{Position, Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId, MediaRecord,
     MemberCursor, OneTimeKey, PendingCode, PushToken, QueueBounds, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend, ToDeviceStored,
     UserId, UserRecord, WriteOp, WriteOutcome,
 };
+use crate::cores::token_bucket::{self, BucketRule, BucketState, Decision, Taken};
 
 const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
 const PHONES: TableDefinition<&str, u128> = TableDefinition::new("phones");
@@ -83,6 +85,8 @@ pub(super) const ONE_TIME_KEYS: TableDefinition<(u128, &str), &[u8]> = TableDefi
 pub(super) const SPENT_KEYS: TableDefinition<(u128, &str), u64> = TableDefinition::new("spent_one_time_keys");
 /// Fallback key of each device: device → `OneTimeKey` (postcard).
 pub(super) const FALLBACK_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("fallback_keys");
+/// Rate budgets shared by every user of the store: key → (milli-tokens, at ms).
+const RATE_BUCKETS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rate_buckets");
 
 /// The redb-backed store. Cloning shares the database and its writer thread.
 #[derive(Clone)]
@@ -418,6 +422,7 @@ impl EmbeddedStore {
             txn.open_table(ONE_TIME_KEYS).map_err(be)?;
             txn.open_table(SPENT_KEYS).map_err(be)?;
             txn.open_table(FALLBACK_KEYS).map_err(be)?;
+            txn.open_table(RATE_BUCKETS).map_err(be)?;
             super::embedded_to_device::create_tables(&txn)?;
         }
         txn.commit().map_err(be)?;
@@ -1234,6 +1239,31 @@ impl Store for EmbeddedStore {
             }
             Ok(total)
         })
+    }
+
+    async fn take_token(&self, key: &str, rule: BucketRule, now_ms: u64) -> Result<Taken, StoreError> {
+        let key = checked_bucket_key(key)?.to_owned();
+        // One write transaction reads and replaces the bucket: redb runs one at a time.
+        self.write(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let taken = {
+                let mut table = txn.open_table(RATE_BUCKETS).map_err(be)?;
+                let current = table.get(key.as_str()).map_err(be)?.map(|g| {
+                    let (tokens_milli, at_ms) = g.value();
+                    BucketState { tokens_milli, at_ms }
+                });
+                match token_bucket::take(current, rule, now_ms) {
+                    Decision::Take(next) => {
+                        table.insert(key.as_str(), (next.tokens_milli, next.at_ms)).map_err(be)?;
+                        Taken::Yes
+                    }
+                    Decision::Refuse { retry_after_ms } => Taken::No { retry_after_ms },
+                }
+            };
+            txn.commit().map_err(be)?;
+            Ok(taken)
+        })
+        .await
     }
 
     async fn media_page(&self, after: Option<MediaId>, limit: usize) -> Result<Vec<MediaRecord>, StoreError> {

@@ -31,6 +31,7 @@ pub use scylla::{ScyllaOptions, ScyllaStore};
 pub use spec::StoreSpec;
 pub use transfer::{Record, Section};
 
+pub use crate::cores::token_bucket::{BucketRule, Taken};
 pub use crate::ids::{ConversationId, DeviceId, UserId};
 pub use keys::{ClaimedKey, DeviceKeys, KeysStored, OneTimeKey};
 pub use media::{MediaId, MediaKind, MediaPart, MediaRecord};
@@ -452,6 +453,12 @@ pub trait Store: Send + Sync + 'static {
     /// the blob is deleted only when none is left).
     async fn media_with_digest(&self, digest: [u8; 32], limit: usize) -> Result<Vec<MediaId>, StoreError>;
 
+    /// Takes one token from the rate bucket `key` (e.g. `media-create/<user id>`, at most
+    /// 200 bytes) under `rule` at `now_ms`, atomically on every backend (a redb write
+    /// transaction, a PostgreSQL row lock, a ScyllaDB compare-and-set loop), so every node
+    /// of a cluster shares one budget per key. A key never used is a full bucket.
+    async fn take_token(&self, key: &str, rule: BucketRule, now_ms: u64) -> Result<Taken, StoreError>;
+
     /// Stores a device's identity keys (key directory, docs/e2ee.md). The same keys again
     /// change nothing; other keys replace them and remove the device's one-time and
     /// fallback keys in the same transaction. Refused (`NotFound("device")`) for a device
@@ -528,4 +535,16 @@ const DIRECT_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_7a57_0b2e_4e8e_9a41_5357_4
 /// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Longest key of a rate bucket, in bytes.
+pub const MAX_BUCKET_KEY_BYTES: usize = 200;
+
+/// `key` if it may name a rate bucket (1 to [`MAX_BUCKET_KEY_BYTES`] bytes); the keys are
+/// made by the server, so a bad one is a bug, reported as `StoreError::Backend`.
+pub(crate) fn checked_bucket_key(key: &str) -> Result<&str, StoreError> {
+    if key.is_empty() || key.len() > MAX_BUCKET_KEY_BYTES {
+        return Err(StoreError::Backend(format!("rate bucket key of {} bytes (1 to {MAX_BUCKET_KEY_BYTES})", key.len())));
+    }
+    Ok(key)
 }

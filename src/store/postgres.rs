@@ -20,12 +20,14 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Row;
 use tokio_postgres::types::{Json, ToSql};
 
+use super::checked_bucket_key;
 use super::transfer::{Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, GroupState,
     KeysStored, MediaId, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, QueueBounds, Store, StoreError, StoredMessage, ToDeviceEntry,
     ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
 };
+use crate::cores::token_bucket::{self, BucketRule, BucketState, Decision, Taken};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -38,6 +40,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../../migrations/postgres/0002_media.sql")),
     (3, include_str!("../../migrations/postgres/0003_keys.sql")),
     (4, include_str!("../../migrations/postgres/0004_to_device.sql")),
+    (5, include_str!("../../migrations/postgres/0005_rate_buckets.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations when several nodes start at once.
@@ -1302,6 +1305,42 @@ impl Store for PostgresStore {
     async fn media_usage(&self, owner: UserId) -> Result<u64, StoreError> {
         let row = self.query_opt("SELECT COALESCE(sum(length), 0)::bigint AS total FROM media WHERE owner = $1", &[&owner]).await?;
         Ok(row.map(|r| get::<i64>(&r, "media", "total")).transpose()?.map(uint).unwrap_or(0))
+    }
+
+    async fn take_token(&self, key: &str, rule: BucketRule, now_ms: u64) -> Result<Taken, StoreError> {
+        let key = checked_bucket_key(key)?;
+        let mut client = self.client().await?;
+        // A bucket never used has no row: two nodes may both try to create it, and the
+        // loser (no row inserted) starts again and finds the winner's row to lock.
+        for _ in 0..3 {
+            let tx = client.transaction().await.map_err(pg)?;
+            let row = tx.query_opt("SELECT tokens_milli, at_ms FROM rate_buckets WHERE key = $1 FOR UPDATE", &[&key]).await.map_err(pg)?;
+            let current = row
+                .map(|r| -> Result<BucketState, StoreError> {
+                    Ok(BucketState { tokens_milli: uint(get(&r, "rate_buckets", "tokens_milli")?), at_ms: uint(get(&r, "rate_buckets", "at_ms")?) })
+                })
+                .transpose()?;
+            let next = match token_bucket::take(current, rule, now_ms) {
+                Decision::Take(next) => next,
+                Decision::Refuse { retry_after_ms } => return Ok(Taken::No { retry_after_ms }),
+            };
+            let (tokens, at) = (int(next.tokens_milli), int(next.at_ms));
+            let written = if current.is_some() {
+                tx.execute("UPDATE rate_buckets SET tokens_milli = $2, at_ms = $3 WHERE key = $1", &[&key, &tokens, &at]).await.map_err(pg)?
+            } else {
+                tx.execute(
+                    "INSERT INTO rate_buckets (key, tokens_milli, at_ms) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+                    &[&key, &tokens, &at],
+                )
+                .await
+                .map_err(pg)?
+            };
+            tx.commit().await.map_err(pg)?;
+            if written == 1 {
+                return Ok(Taken::Yes);
+            }
+        }
+        Err(StoreError::Backend(format!("postgres: rate bucket {key:?} kept changing under three attempts")))
     }
 
     async fn media_page(&self, after: Option<MediaId>, limit: usize) -> Result<Vec<MediaRecord>, StoreError> {

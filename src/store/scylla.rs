@@ -64,12 +64,14 @@ use uuid::Uuid;
 
 mod to_device;
 
+use super::checked_bucket_key;
 use super::transfer::{Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId,
     MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend, ToDeviceStored,
     UserId, UserRecord, WriteOp, WriteOutcome,
 };
+use crate::cores::token_bucket::{self, BucketRule, BucketState, Decision, Taken};
 
 /// Messages per log partition: a reader finds a seq's partition as `seq / BUCKET`, and no
 /// partition holds more than this many rows (≈1 MB at 1 KB per message).
@@ -321,6 +323,9 @@ struct Statements {
     put_media_by_owner: PreparedStatement,
     delete_media_by_owner: PreparedStatement,
     media_by_owner: PreparedStatement,
+    get_bucket: PreparedStatement,
+    create_bucket: PreparedStatement,
+    cas_bucket: PreparedStatement,
     put_media_by_digest: PreparedStatement,
     delete_media_by_digest: PreparedStatement,
     media_by_digest: PreparedStatement,
@@ -582,6 +587,10 @@ impl Statements {
             put_media_by_owner: prepare(s, "INSERT INTO media_by_owner (owner, media_id, length) VALUES (?, ?, ?)", Write).await?,
             delete_media_by_owner: prepare(s, "DELETE FROM media_by_owner WHERE owner = ? AND media_id = ?", Write).await?,
             media_by_owner: prepare(s, "SELECT length FROM media_by_owner WHERE owner = ?", Read).await?,
+            get_bucket: prepare(s, "SELECT tokens_milli, at_ms FROM rate_buckets WHERE key = ?", Read).await?,
+            create_bucket: prepare(s, "INSERT INTO rate_buckets (key, tokens_milli, at_ms) VALUES (?, ?, ?) IF NOT EXISTS", Conditional).await?,
+            cas_bucket: prepare(s, "UPDATE rate_buckets SET tokens_milli = ?, at_ms = ? WHERE key = ? IF tokens_milli = ? AND at_ms = ?", Conditional)
+                .await?,
             put_media_by_digest: prepare(s, "INSERT INTO media_by_digest (digest, media_id) VALUES (?, ?)", Write).await?,
             delete_media_by_digest: prepare(s, "DELETE FROM media_by_digest WHERE digest = ? AND media_id = ?", Write).await?,
             media_by_digest: prepare(s, "SELECT media_id FROM media_by_digest WHERE digest = ? LIMIT ?", Read).await?,
@@ -701,6 +710,7 @@ impl ScyllaStore {
             (2, include_str!("../../migrations/scylla/0002_media.cql")),
             (3, include_str!("../../migrations/scylla/0003_keys.cql")),
             (4, include_str!("../../migrations/scylla/0004_to_device.cql")),
+            (5, include_str!("../../migrations/scylla/0005_rate_buckets.cql")),
         ];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
@@ -1883,6 +1893,31 @@ impl Store for ScyllaStore {
         })
         .await?;
         Ok(total)
+    }
+
+    async fn take_token(&self, key: &str, rule: BucketRule, now_ms: u64) -> Result<Taken, StoreError> {
+        let key = checked_bucket_key(key)?.to_owned();
+        let row: Option<(Option<i64>, Option<i64>)> = self.first_row(&self.st.get_bucket, (key.as_str(),)).await?;
+        let state = |tokens: Option<i64>, at: Option<i64>| Some(BucketState { tokens_milli: uint(tokens?), at_ms: uint(at?) });
+        let mut current = row.and_then(|(t, a)| state(t, a));
+        // Compare-and-set until this node's decision is applied to the state it saw; a
+        // refused condition returns the current values, so each retry is one round trip.
+        for _ in 0..16 {
+            let next = match token_bucket::take(current, rule, now_ms) {
+                Decision::Take(next) => next,
+                Decision::Refuse { retry_after_ms } => return Ok(Taken::No { retry_after_ms }),
+            };
+            let (tokens, at) = (int(next.tokens_milli), int(next.at_ms));
+            let result = match current {
+                None => self.conditional(&self.st.create_bucket, (key.as_str(), tokens, at)).await?,
+                Some(seen) => self.conditional(&self.st.cas_bucket, (tokens, at, key.as_str(), int(seen.tokens_milli), int(seen.at_ms))).await?,
+            };
+            if result.applied {
+                return Ok(Taken::Yes);
+            }
+            current = state(result.bigint("tokens_milli"), result.bigint("at_ms"));
+        }
+        Err(StoreError::Backend(format!("scylla: rate bucket {key:?} kept changing under 16 attempts")))
     }
 
     async fn media_page(&self, after: Option<MediaId>, limit: usize) -> Result<Vec<MediaRecord>, StoreError> {

@@ -1,0 +1,161 @@
+//! A token bucket decided from a stored state, so that every node of a cluster shares one
+//! budget per key (a user's uploads, a phone number's codes): the store reads the state,
+//! asks [`take`] and writes the new state with compare-and-set (`Store::take_token`).
+//!
+//! Integer arithmetic in milli-tokens and milliseconds, so the same state gives the same
+//! answer on every node and backend. Times come from each node's wall clock: a node whose
+//! clock is behind the stored `at_ms` refills nothing until it catches up (the bucket never
+//! fills faster than its rate, whatever the skew).
+
+use serde::{Deserialize, Serialize};
+
+/// Milli-tokens in one token.
+const MILLI: u64 = 1_000;
+
+/// The rule of a bucket: it holds at most `capacity` tokens (the burst) and refills
+/// `per_minute` tokens a minute, continuously.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketRule {
+    /// Tokens a full bucket holds (at least 1 is used).
+    pub capacity: u32,
+    /// Tokens added per minute (at least 1 is used).
+    pub per_minute: u32,
+}
+
+impl BucketRule {
+    /// A bucket that allows `per_minute` at once and `per_minute` a minute after that.
+    pub fn per_minute(per_minute: u32) -> Self {
+        Self { capacity: per_minute, per_minute }
+    }
+}
+
+/// A bucket as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketState {
+    /// Milli-tokens left at `at_ms`.
+    pub tokens_milli: u64,
+    /// When `tokens_milli` was computed, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// What [`take`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// One token taken: store this state.
+    Take(BucketState),
+    /// Empty: nothing to store; a token will be there in this many ms.
+    Refuse {
+        /// Milliseconds until one whole token has refilled (at least 1).
+        retry_after_ms: u64,
+    },
+}
+
+/// What the store answers for a take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// A token was taken.
+    Yes,
+    /// The bucket is empty.
+    No {
+        /// Milliseconds until a token is available (at least 1).
+        retry_after_ms: u64,
+    },
+}
+
+/// Takes one token from `current` (`None`: never used, so full) under `rule` at `now_ms`.
+pub fn take(current: Option<BucketState>, rule: BucketRule, now_ms: u64) -> Decision {
+    let capacity = u64::from(rule.capacity.max(1)) * MILLI;
+    let per_minute = u64::from(rule.per_minute.max(1));
+    let (tokens, at) = match current {
+        None => (capacity, now_ms),
+        Some(s) => {
+            let elapsed = now_ms.saturating_sub(s.at_ms);
+            // milli-tokens refilled = elapsed_ms × per_minute × 1000 / 60,000 ms.
+            let refill = u128::from(elapsed) * u128::from(per_minute) / 60;
+            let tokens = (u128::from(s.tokens_milli.min(capacity)) + refill).min(u128::from(capacity)) as u64;
+            (tokens, s.at_ms.max(now_ms))
+        }
+    };
+    if tokens >= MILLI {
+        Decision::Take(BucketState { tokens_milli: tokens - MILLI, at_ms: at })
+    } else {
+        // Milli-tokens missing, at per_minute / 60 milli-tokens a ms: round up.
+        let missing = MILLI - tokens;
+        let retry_after_ms = (missing * 60).div_ceil(per_minute);
+        // The wait counts from `at`, which may be ahead of this node's clock.
+        Decision::Refuse { retry_after_ms: (retry_after_ms + at.saturating_sub(now_ms)).max(1) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn run(state: &mut Option<BucketState>, rule: BucketRule, now: u64) -> Result<(), u64> {
+        match take(*state, rule, now) {
+            Decision::Take(next) => {
+                *state = Some(next);
+                Ok(())
+            }
+            Decision::Refuse { retry_after_ms } => Err(retry_after_ms),
+        }
+    }
+
+    #[test]
+    fn a_burst_then_the_sustained_rate() {
+        let rule = BucketRule::per_minute(3);
+        let mut s = None;
+        for _ in 0..3 {
+            assert_eq!(run(&mut s, rule, 1_000), Ok(()));
+        }
+        assert_eq!(run(&mut s, rule, 1_000), Err(20_000), "one token every 20 s");
+        assert_eq!(run(&mut s, rule, 11_000), Err(10_000));
+        assert_eq!(run(&mut s, rule, 21_000), Ok(()));
+        assert!(run(&mut s, rule, 21_001).is_err());
+    }
+
+    #[test]
+    fn a_clock_behind_the_stored_time_refills_nothing() {
+        let rule = BucketRule { capacity: 1, per_minute: 60 };
+        let stored = Some(BucketState { tokens_milli: 0, at_ms: 10_000 });
+        assert_eq!(take(stored, rule, 9_000), Decision::Refuse { retry_after_ms: 2_000 });
+        assert_eq!(take(stored, rule, 11_000), Decision::Take(BucketState { tokens_milli: 0, at_ms: 11_000 }));
+    }
+
+    #[test]
+    fn a_lowered_capacity_applies_to_stored_buckets() {
+        let rule = BucketRule { capacity: 1, per_minute: 1 };
+        let stored = Some(BucketState { tokens_milli: 50_000, at_ms: 0 });
+        assert_eq!(take(stored, rule, 0), Decision::Take(BucketState { tokens_milli: 0, at_ms: 0 }));
+    }
+
+    proptest! {
+        /// Over any schedule of attempts, no more tokens are taken than the burst plus the
+        /// refill over the span, and a refusal's wait is honest: retrying after it succeeds.
+        #[test]
+        fn never_more_than_burst_plus_refill(
+            capacity in 1u32..20,
+            per_minute in 1u32..600,
+            gaps in proptest::collection::vec(0u64..5_000, 1..200),
+        ) {
+            let rule = BucketRule { capacity, per_minute };
+            let mut s = None;
+            let (start, mut now, mut taken) = (1_000_000u64, 1_000_000u64, 0u64);
+            for gap in gaps {
+                now += gap;
+                match run(&mut s, rule, now) {
+                    Ok(()) => taken += 1,
+                    Err(wait) => {
+                        prop_assert!(wait >= 1);
+                        let mut later = s;
+                        prop_assert!(run(&mut later, rule, now + wait).is_ok(), "a token after the advised wait");
+                    }
+                }
+                let allowed = u64::from(capacity) + (now - start) * u64::from(per_minute) / 60_000;
+                prop_assert!(taken <= allowed, "{taken} taken, {allowed} allowed");
+            }
+        }
+    }
+}
