@@ -91,6 +91,48 @@ async fn edits_and_reactions_reference_their_target() {
     assert_eq!(page.messages.iter().find(|m| m.seq == 1).unwrap().payload.as_ref(), b"hello");
 }
 
+/// Deleting for everyone takes what refers to the message with it: its edit and the
+/// reactions to it are blanked in the store, so neither socket nor HTTP history nor a new
+/// device's catch-up serves the edited text; and what is deleted can no longer be edited
+/// or reacted to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_for_everyone_takes_its_edits_and_reactions_with_it() {
+    let server = TestServer::start();
+    let api = server.api();
+    let Pair { bob, mut a, conversation, .. } = pair(&server, Kind::Tcp).await;
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    let secret = a.send_and_ack(conversation, "s", &b"secret"[..]).await.unwrap().seq;
+    let edit = a.send_reference(conversation, "s-edit", pb::MessageKind::Edit, secret, &b"secret v2"[..]).await.unwrap().seq;
+    let reaction = b.send_reference(conversation, "s-react", pb::MessageKind::Reaction, secret, &b"wow"[..]).await.unwrap().seq;
+    let other = a.send_and_ack(conversation, "o", &b"unrelated"[..]).await.unwrap().seq;
+    a.delete_message(conversation, secret).await.unwrap();
+
+    let blanked = |m: &pb::Message| m.deleted && m.payload.is_empty();
+    let page = b.history(conversation, 0, 50).await.unwrap();
+    for seq in [secret, edit, reaction] {
+        let m = page.messages.iter().find(|m| m.seq == seq).unwrap();
+        assert!(blanked(m), "socket history still serves seq {seq}: {m:?}");
+    }
+    assert_eq!(page.messages.iter().find(|m| m.seq == other).unwrap().payload.as_ref(), b"unrelated");
+    let http = api.history(&bob.token, conversation, 0, 50).await.unwrap();
+    let text = http.to_string();
+    assert!(!text.contains(&hex::encode("secret")), "HTTP history serves the message or its edit: {http}");
+    // A device linked now catches up with nothing of it.
+    let laptop = api.link_device(&bob.token, "laptop").await.unwrap();
+    let (mut fresh, _) = Connection::open(&server.transport(Kind::Tcp), &laptop.token).await.unwrap();
+    common::caught_up(&mut fresh).await;
+    while let Ok(m) = fresh.next_message(Duration::from_millis(300)).await {
+        if [secret, edit, reaction].contains(&m.seq) {
+            assert!(blanked(&m), "catch-up serves seq {}: {m:?}", m.seq);
+        }
+    }
+    // Nothing more refers to a deleted message.
+    for (kind, who) in [(pb::MessageKind::Edit, &mut a), (pb::MessageKind::Reaction, &mut b)] {
+        let refused = who.send_reference(conversation, &format!("late-{kind:?}"), kind, secret, &b"late"[..]).await.unwrap_err();
+        assert!(matches!(refused, ClientError::Rejected { code: ErrorCode::InvalidArgument, .. }), "{kind:?}: {refused}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disappearing_messages_drop_out_of_history() {
     let server = TestServer::start_with(&["--purge-interval-secs", "1"]);
@@ -160,5 +202,12 @@ async fn an_expired_message_is_not_served_before_the_sweep_runs() {
         other => panic!("message info on an expired message: {other:?}"),
     }
     assert_eq!(a.message_info(conversation, fresh).await.unwrap().seq, fresh);
+
+    // The expired message's client id is free again: sent once more, it is a new message,
+    // not a duplicate of the expired one (the sweep has not run: only the rule can tell).
+    let again = a.send_and_ack(conversation, "old", &b"expiring"[..]).await.unwrap();
+    assert!(!again.duplicate && again.seq > fresh, "a resend of an expired client id: {again:?}");
+    let retry = a.send_and_ack(conversation, "old", &b"expiring"[..]).await.unwrap();
+    assert!(retry.duplicate && retry.seq == again.seq, "and a retry of that one is its duplicate: {retry:?}");
     let _ = alice;
 }

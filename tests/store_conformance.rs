@@ -132,6 +132,8 @@ every_backend!(
     a_sender_gets_a_share_of_a_device_queue,
     device_list_notices_until_acknowledged,
     rate_buckets_are_shared_and_atomic,
+    an_expired_message_frees_its_client_id,
+    a_delete_for_everyone_blanks_its_edits_and_reactions,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1441,4 +1443,80 @@ async fn rate_buckets_are_shared_and_atomic(mut f: Fixture) {
     assert_eq!(store.take_token(&key, rule, t0 + 12_000).await.unwrap(), Taken::Yes);
     assert!(matches!(store.take_token(&key, rule, t0 + 12_000).await.unwrap(), Taken::No { .. }));
     assert!(store.take_token("", rule, t0).await.is_err(), "an empty key is a bug, refused");
+}
+
+/// Expiry is a rule, not the sweep's doing, in the store's dedup too: once a message has
+/// expired (by the new message's time), its client id is free again and a message sent
+/// with it is stored anew; before that it is the same message. Across a restart too.
+async fn an_expired_message_frees_its_client_id(mut f: Fixture) {
+    let store = f.open().await;
+    let (a, b) = (uid(), uid());
+    let mut record = direct(a, b);
+    let conv = record.conversation_id;
+    store.create_conversation(record.clone()).await.unwrap();
+    record.retention_secs = 60;
+    // Times near now: ScyllaDB's rows live by a TTL counted from their time.
+    let t0 = now_ms();
+    let mut setting = message(conv, 1, a, "retention", t0);
+    setting.event = Some(Bytes::from_static(b"retention 60"));
+    store.apply(vec![WriteOp::AppendEvent { message: setting, record: Box::new(record), joined: vec![], tombstone: None }]).await.unwrap();
+    assert_eq!(store.apply(vec![WriteOp::Append(message(conv, 2, b, "photo", t0))]).await.unwrap(), vec![WriteOutcome::Appended]);
+    assert_eq!(
+        store.apply(vec![WriteOp::Append(message(conv, 3, b, "photo", t0 + 59_999))]).await.unwrap(),
+        vec![WriteOutcome::Duplicate { seq: 2, server_time_ms: t0 }],
+        "within the retention, the same client id is the same message"
+    );
+    assert_eq!(
+        store.apply(vec![WriteOp::Append(message(conv, 3, b, "photo", t0 + 60_000))]).await.unwrap(),
+        vec![WriteOutcome::Appended],
+        "expired at the new message's time: the id is free again"
+    );
+    assert_eq!(store.find_by_client_id(conv, b, "photo").await.unwrap(), Some((3, t0 + 60_000)));
+    if f.backend != Backend::Scylla {
+        // (ScyllaDB keeps the row until its TTL; every read applies the expiry rule.)
+        let left: Vec<u64> = store.messages_after(conv, 0, 10).await.unwrap().iter().map(|m| m.seq).collect();
+        assert_eq!(left, vec![1, 3], "the expired message went with its dedup key, as the sweep would have done");
+    }
+    let store = f.reopen(store).await;
+    assert_eq!(
+        store.apply(vec![WriteOp::Append(message(conv, 4, b, "photo", t0 + 61_000))]).await.unwrap(),
+        vec![WriteOutcome::Duplicate { seq: 3, server_time_ms: t0 + 60_000 }],
+        "a retry of the new message is its duplicate, after a restart too"
+    );
+}
+
+/// A delete for everyone (an event with a tombstone) blanks its target and every edit and
+/// reaction that refers to it, in the same write; an ordinary message that happens to
+/// carry the same reference_seq is not one of them.
+async fn a_delete_for_everyone_blanks_its_edits_and_reactions(f: Fixture) {
+    let store = f.open().await;
+    let (a, b) = (uid(), uid());
+    let record = direct(a, b);
+    let conv = record.conversation_id;
+    store.create_conversation(record.clone()).await.unwrap();
+    let t0 = now_ms();
+    let refer = |seq: u64, sender: UserId, client: &str, kind: ContentKind, target: u64| StoredMessage {
+        kind,
+        reference_seq: target,
+        ..message(conv, seq, sender, client, t0 + seq)
+    };
+    let ops = vec![
+        WriteOp::Append(message(conv, 1, a, "secret", t0)),
+        WriteOp::Append(refer(2, a, "edit", ContentKind::Edit, 1)),
+        WriteOp::Append(refer(3, b, "reaction", ContentKind::Reaction, 1)),
+        WriteOp::Append(refer(4, b, "plain", ContentKind::Normal, 1)),
+        WriteOp::Append(message(conv, 5, a, "other", t0 + 5)),
+        WriteOp::Append(refer(6, b, "reaction-to-other", ContentKind::Reaction, 5)),
+    ];
+    assert!(store.apply(ops).await.unwrap().iter().all(|o| *o == WriteOutcome::Appended));
+    let mut delete = message(conv, 7, a, "delete", t0 + 7);
+    delete.event = Some(Bytes::from_static(b"deleted 1"));
+    let op = WriteOp::AppendEvent { message: delete, record: Box::new(record), joined: vec![], tombstone: Some(1) };
+    assert_eq!(store.apply(vec![op]).await.unwrap(), vec![WriteOutcome::Appended]);
+    let log = store.messages_after(conv, 0, 10).await.unwrap();
+    let erased: Vec<u64> = log.iter().filter(|m| m.deleted && m.payload.is_empty()).map(|m| m.seq).collect();
+    assert_eq!(erased, vec![1, 2, 3], "the message, its edit and its reaction; nothing else");
+    for seq in [4, 5, 6] {
+        assert!(!log.iter().find(|m| m.seq == seq).unwrap().payload.is_empty(), "seq {seq} kept");
+    }
 }

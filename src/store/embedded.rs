@@ -76,6 +76,9 @@ const MEDIA_BY_DIGEST: TableDefinition<([u8; 32], u128), ()> = TableDefinition::
 /// `(media id, conversation, seq)`: the messages that declare a media (written with the
 /// message, removed with it when it is deleted for everyone or purged).
 const MEDIA_REFS: TableDefinition<(u128, u128, u64), ()> = TableDefinition::new("media_refs");
+/// `(conversation, target seq, seq)`: the edits and reactions that refer to a message, so
+/// that deleting it for everyone blanks them too (written with them, removed when purged).
+const REFERRERS: TableDefinition<(u128, u64, u64), ()> = TableDefinition::new("referrers");
 /// Key directory: device → its identity keys (`DeviceKeys`, postcard).
 pub(super) const DEVICE_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("device_keys");
 /// Unclaimed one-time keys: (device, key id) → `OneTimeKey` (postcard).
@@ -418,6 +421,7 @@ impl EmbeddedStore {
             txn.open_table(MEDIA_BY_OWNER).map_err(be)?;
             txn.open_table(MEDIA_BY_DIGEST).map_err(be)?;
             txn.open_table(MEDIA_REFS).map_err(be)?;
+            txn.open_table(REFERRERS).map_err(be)?;
             txn.open_table(DEVICE_KEYS).map_err(be)?;
             txn.open_table(ONE_TIME_KEYS).map_err(be)?;
             txn.open_table(SPENT_KEYS).map_err(be)?;
@@ -510,30 +514,27 @@ fn apply_in(txn: &WriteTransaction, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>
         let mut member_cursors = txn.open_table(MEMBER_CURSORS).map_err(be)?;
         let mut receipt_log = txn.open_table(RECEIPT_LOG).map_err(be)?;
         let mut media_refs = txn.open_table(MEDIA_REFS).map_err(be)?;
+        let mut referrers = txn.open_table(REFERRERS).map_err(be)?;
         for op in ops {
             let outcome = match op {
-                WriteOp::Append(msg) => match append_check(&last_seqs, &dedup, msg)? {
-                    Some(refused) => refused,
-                    None => {
-                        store_message(&mut messages, &mut dedup, &mut last_seqs, msg)?;
-                        add_refs(&mut media_refs, msg)?;
-                        WriteOutcome::Appended
+                WriteOp::Append(msg) => {
+                    free_expired_client_id(&mut messages, &mut dedup, &retention, &mut media_refs, &mut referrers, msg)?;
+                    match append_check(&last_seqs, &dedup, msg)? {
+                        Some(refused) => refused,
+                        None => {
+                            store_message(&mut messages, &mut dedup, &mut last_seqs, msg)?;
+                            add_refs(&mut media_refs, msg)?;
+                            add_referrer(&mut referrers, msg)?;
+                            WriteOutcome::Appended
+                        }
                     }
-                },
+                }
                 WriteOp::AppendEvent { message, record, joined, tombstone } => match append_check(&last_seqs, &dedup, message)? {
                     Some(refused) => refused,
                     None => {
                         store_message(&mut messages, &mut dedup, &mut last_seqs, message)?;
                         if let Some(target) = *tombstone {
-                            let key = (message.conversation_id.as_u128(), target);
-                            let found: Option<StoredMessage> = messages.get(key).map_err(be)?.map(|g| decode_message(g.value())).transpose()?;
-                            if let Some(mut erased) = found {
-                                remove_refs(&mut media_refs, &erased)?;
-                                erased.payload = bytes::Bytes::new();
-                                erased.deleted = true;
-                                erased.attachments = Vec::new();
-                                messages.insert(key, encode(&erased)?.as_slice()).map_err(be)?;
-                            }
+                            erase_with_referrers(&mut messages, &mut media_refs, &mut referrers, message.conversation_id.as_u128(), target)?;
                         }
                         if record.retention_secs > 0 {
                             retention.insert(record.conversation_id.as_u128(), record.retention_secs).map_err(be)?;
@@ -599,6 +600,7 @@ type MessagesTable<'t> = redb::Table<'t, (u128, u64), &'static [u8]>;
 type DedupTable<'t> = redb::Table<'t, (u128, u128, &'static str), (u64, u64)>;
 
 type LastSeqTable<'t> = redb::Table<'t, u128, u64>;
+type RetentionTable<'t> = redb::Table<'t, u128, u32>;
 
 /// Why an append must be refused, if it must: its dedup key exists (the original seq is
 /// returned), or its seq is not the successor of the conversation's last one (a second
@@ -614,6 +616,41 @@ fn append_check(last_seqs: &LastSeqTable<'_>, dedup: &DedupTable<'_>, msg: &Stor
         return Ok(Some(WriteOutcome::SeqConflict));
     }
     Ok(None)
+}
+
+/// A client id whose message has expired by `msg`'s server time is free again: expiry is a
+/// rule, not an effect of the purge sweep, so such a resend is a new message, not a
+/// duplicate. The expired message (not an event: events never expire) is deleted now, as
+/// the sweep would, with its dedup key and media references. Decided on the times inside
+/// the op, so a replay of the log decides the same.
+fn free_expired_client_id(
+    messages: &mut MessagesTable<'_>,
+    dedup: &mut DedupTable<'_>,
+    retention: &RetentionTable<'_>,
+    media_refs: &mut MediaRefsTable<'_>,
+    referrers: &mut ReferrersTable<'_>,
+    msg: &StoredMessage,
+) -> Result<(), StoreError> {
+    let conv = msg.conversation_id.as_u128();
+    let key = (conv, msg.sender_user_id.as_u128(), msg.client_msg_id.as_str());
+    let Some((seq, time_ms)) = dedup.get(key).map_err(be)?.map(|g| g.value()) else { return Ok(()) };
+    let secs = retention.get(conv).map_err(be)?.map(|g| g.value()).unwrap_or(0);
+    if !super::is_expired(time_ms, secs, msg.server_time_ms) {
+        return Ok(());
+    }
+    let old: Option<StoredMessage> = messages.get((conv, seq)).map_err(be)?.map(|g| decode_message(g.value())).transpose()?;
+    if old.as_ref().is_some_and(|m| m.event.is_some()) {
+        return Ok(());
+    }
+    if let Some(m) = old {
+        remove_refs(media_refs, &m)?;
+        if m.reference_seq > 0 {
+            referrers.remove((conv, m.reference_seq, seq)).map_err(be)?;
+        }
+        messages.remove((conv, seq)).map_err(be)?;
+    }
+    dedup.remove(key).map_err(be)?;
+    Ok(())
 }
 
 fn store_message(
@@ -659,6 +696,43 @@ fn put_media(
 fn remove_refs(refs: &mut MediaRefsTable<'_>, msg: &StoredMessage) -> Result<(), StoreError> {
     for media in &msg.attachments {
         refs.remove((media.as_u128(), msg.conversation_id.as_u128(), msg.seq)).map_err(be)?;
+    }
+    Ok(())
+}
+
+type ReferrersTable<'t> = redb::Table<'t, (u128, u64, u64), ()>;
+
+/// Records that `msg` (an edit or a reaction) refers to the message at its `reference_seq`.
+fn add_referrer(referrers: &mut ReferrersTable<'_>, msg: &StoredMessage) -> Result<(), StoreError> {
+    if msg.kind != super::ContentKind::Normal && msg.reference_seq > 0 {
+        referrers.insert((msg.conversation_id.as_u128(), msg.reference_seq, msg.seq), ()).map_err(be)?;
+    }
+    Ok(())
+}
+
+/// Deletes a message for everyone: blanks it (payload, attachments and their media
+/// references) and every edit and reaction that refers to it, as the sequencer's rules
+/// say (`cores::sequencer`, delete for everyone): nothing of a deleted message is served.
+fn erase_with_referrers(
+    messages: &mut MessagesTable<'_>,
+    media_refs: &mut MediaRefsTable<'_>,
+    referrers: &mut ReferrersTable<'_>,
+    conv: u128,
+    target: u64,
+) -> Result<(), StoreError> {
+    let mut doomed = vec![target];
+    for entry in referrers.range((conv, target, 0)..=(conv, target, u64::MAX)).map_err(be)? {
+        doomed.push(entry.map_err(be)?.0.value().2);
+    }
+    for seq in doomed {
+        let found: Option<StoredMessage> = messages.get((conv, seq)).map_err(be)?.map(|g| decode_message(g.value())).transpose()?;
+        if let Some(mut erased) = found {
+            remove_refs(media_refs, &erased)?;
+            erased.payload = bytes::Bytes::new();
+            erased.deleted = true;
+            erased.attachments = Vec::new();
+            messages.insert((conv, seq), encode(&erased)?.as_slice()).map_err(be)?;
+        }
     }
     Ok(())
 }
@@ -1066,6 +1140,7 @@ impl Store for EmbeddedStore {
                 let mut messages = txn.open_table(MESSAGES).map_err(be)?;
                 let mut dedup = txn.open_table(DEDUP).map_err(be)?;
                 let mut media_refs = txn.open_table(MEDIA_REFS).map_err(be)?;
+                let mut referrers = txn.open_table(REFERRERS).map_err(be)?;
                 let policies: Vec<(u128, u32)> =
                     retention.iter().map_err(be)?.map(|e| e.map(|(k, v)| (k.value(), v.value()))).collect::<Result<_, _>>().map_err(be)?;
                 for (conv, secs) in policies {
@@ -1084,6 +1159,9 @@ impl Store for EmbeddedStore {
                     }
                     for (seq, sender, client_id, m) in expired {
                         remove_refs(&mut media_refs, &m)?;
+                        if m.reference_seq > 0 {
+                            referrers.remove((conv, m.reference_seq, seq)).map_err(be)?;
+                        }
                         messages.remove((conv, seq)).map_err(be)?;
                         dedup.remove((conv, sender, client_id.as_str())).map_err(be)?;
                         purged += 1;
@@ -1651,6 +1729,7 @@ impl EmbeddedStore {
             let mut last_seen = txn.open_table(LAST_SEEN).map_err(be)?;
             let mut push_tokens = txn.open_table(PUSH_TOKENS).map_err(be)?;
             let mut media_refs = txn.open_table(MEDIA_REFS).map_err(be)?;
+            let mut referrers = txn.open_table(REFERRERS).map_err(be)?;
             let mut media = txn.open_table(MEDIA).map_err(be)?;
             let mut media_by_owner = txn.open_table(MEDIA_BY_OWNER).map_err(be)?;
             let mut media_by_digest = txn.open_table(MEDIA_BY_DIGEST).map_err(be)?;
@@ -1685,6 +1764,7 @@ impl EmbeddedStore {
                         messages.insert((conv, m.seq), encode(&m)?.as_slice()).map_err(be)?;
                         dedup.insert((conv, m.sender_user_id.as_u128(), m.client_msg_id.as_str()), (m.seq, m.server_time_ms)).map_err(be)?;
                         add_refs(&mut media_refs, &m)?;
+                        add_referrer(&mut referrers, &m)?;
                     }
                     Record::LastSeq { conversation_id, last_seq } => {
                         let id = conversation_id.as_u128();

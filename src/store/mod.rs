@@ -186,8 +186,7 @@ impl ConversationRecord {
     /// reclaims the space later. Events never expire (they carry the group's history):
     /// callers ask only about messages.
     pub fn expired(&self, time_ms: u64, now_ms: u64) -> bool {
-        let retention = u64::from(self.retention_secs);
-        retention > 0 && time_ms.saturating_add(retention * 1000) <= now_ms
+        is_expired(time_ms, self.retention_secs, now_ms)
     }
 
     /// True if `user` is a current member.
@@ -547,4 +546,13 @@ pub(crate) fn checked_bucket_key(key: &str) -> Result<&str, StoreError> {
         return Err(StoreError::Backend(format!("rate bucket key of {} bytes (1 to {MAX_BUCKET_KEY_BYTES})", key.len())));
     }
     Ok(key)
+}
+
+/// The expiry rule: a message sent at `time_ms` in a conversation whose retention is
+/// `retention_secs` (0: kept forever) has expired at `now_ms` once its time plus the
+/// retention has passed. Every read and check applies it (`ConversationRecord::expired`),
+/// and so does the store's dedup: a client id whose message has expired is free again.
+pub fn is_expired(time_ms: u64, retention_secs: u32, now_ms: u64) -> bool {
+    let retention = u64::from(retention_secs);
+    retention > 0 && time_ms.saturating_add(retention * 1000) <= now_ms
 }

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../../migrations/postgres/0003_keys.sql")),
     (4, include_str!("../../migrations/postgres/0004_to_device.sql")),
     (5, include_str!("../../migrations/postgres/0005_rate_buckets.sql")),
+    (6, include_str!("../../migrations/postgres/0006_referrers.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations when several nodes start at once.
@@ -205,6 +206,12 @@ fn kind_code(kind: ConversationKind) -> i16 {
         ConversationKind::Group => 1,
     }
 }
+
+/// A message's dedup key: conversation, sender, client id.
+type DedupKey = (ConversationId, UserId, String);
+/// What a dedup key points at: seq, server time, and the conversation's retention when
+/// the message can expire (not an event).
+type Stored = (u64, u64, Option<u32>);
 
 fn content_code(kind: ContentKind) -> i16 {
     match kind {
@@ -403,36 +410,58 @@ impl PostgresStore {
         // A nested loop over the unique index (LATERAL), whatever the table size.
         let found = Self::rows(
             tx,
-            "SELECT k.c AS conversation_id, k.s AS sender_user_id, k.id AS client_msg_id, m.seq, m.server_time_ms \
+            "SELECT k.c AS conversation_id, k.s AS sender_user_id, k.id AS client_msg_id, m.seq, m.server_time_ms, m.is_event, \
+                 (SELECT retention_secs FROM conversations WHERE conversation_id = k.c) AS retention_secs \
              FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(c, s, id) \
-             CROSS JOIN LATERAL (SELECT seq, server_time_ms FROM messages \
+             CROSS JOIN LATERAL (SELECT seq, server_time_ms, event IS NOT NULL AS is_event FROM messages \
                  WHERE conversation_id = k.c AND sender_user_id = k.s AND client_msg_id = k.id) AS m",
             &[&keys_c, &keys_s, &keys_id],
         )
         .await?;
-        let mut dedup: HashMap<(ConversationId, UserId, String), (u64, u64)> = HashMap::new();
+        let mut dedup: HashMap<DedupKey, Stored> = HashMap::new();
         for row in found {
+            let is_event: bool = get(&row, "messages", "is_event")?;
+            let retention = get::<Option<i32>>(&row, "conversations", "retention_secs")?.unwrap_or(0).max(0) as u32;
             dedup.insert(
                 (get(&row, "messages", "conversation_id")?, get(&row, "messages", "sender_user_id")?, get(&row, "messages", "client_msg_id")?),
-                (uint(get(&row, "messages", "seq")?), uint(get(&row, "messages", "server_time_ms")?)),
+                (uint(get(&row, "messages", "seq")?), uint(get(&row, "messages", "server_time_ms")?), (!is_event).then_some(retention)),
             );
         }
         let mut accepted: Vec<&StoredMessage> = Vec::new();
         let mut moved: std::collections::BTreeMap<ConversationId, i64> = std::collections::BTreeMap::new();
+        // Expired messages whose client id is used again: deleted before the new ones are
+        // inserted (expiry is a rule, not an effect of the sweep; see the embedded store's
+        // `free_expired_client_id`).
+        let (mut stale_ids, mut stale_seqs): (Vec<ConversationId>, Vec<i64>) = (Vec::new(), Vec::new());
         for (i, m) in &run {
             let key = (m.conversation_id, m.sender_user_id, m.client_msg_id.clone());
+            if let Some(&(seq, time_ms, Some(retention))) = dedup.get(&key)
+                && super::is_expired(time_ms, retention, m.server_time_ms)
+            {
+                dedup.remove(&key);
+                stale_ids.push(m.conversation_id);
+                stale_seqs.push(int(seq));
+            }
             let last = fences.get(&m.conversation_id).copied().unwrap_or(0);
-            outcomes[*i] = Some(if let Some(&(seq, server_time_ms)) = dedup.get(&key) {
+            outcomes[*i] = Some(if let Some(&(seq, server_time_ms, _)) = dedup.get(&key) {
                 WriteOutcome::Duplicate { seq, server_time_ms }
             } else if m.seq == 0 || int(m.seq) != last + 1 {
                 WriteOutcome::SeqConflict
             } else {
                 fences.insert(m.conversation_id, int(m.seq));
                 moved.insert(m.conversation_id, int(m.seq));
-                dedup.insert(key, (m.seq, m.server_time_ms));
+                dedup.insert(key, (m.seq, m.server_time_ms, None));
                 accepted.push(m);
                 WriteOutcome::Appended
             });
+        }
+        if !stale_ids.is_empty() {
+            Self::run(
+                tx,
+                "DELETE FROM messages m USING unnest($1::uuid[], $2::bigint[]) AS v(c, s) WHERE m.conversation_id = v.c AND m.seq = v.s",
+                &[&stale_ids, &stale_seqs],
+            )
+            .await?;
         }
         if !accepted.is_empty() {
             let payloads: Vec<&[u8]> = accepted.iter().map(|m| m.payload.as_ref()).collect();
@@ -661,9 +690,18 @@ impl PostgresStore {
     /// conversation's record, the new members' conversation lists.
     async fn apply_event(tx: &Tx<'_>, record: &ConversationRecord, joined: &[UserId], tombstone: Option<u64>) -> Result<(), StoreError> {
         if let Some(target) = tombstone {
+            // The message and every edit and reaction that refers to it: nothing of a
+            // deleted message is served.
             Self::run(
                 tx,
                 "UPDATE messages SET payload = ''::bytea, deleted = true, attachments = '{}' WHERE conversation_id = $1 AND seq = $2",
+                &[&record.conversation_id, &int(target)],
+            )
+            .await?;
+            Self::run(
+                tx,
+                "UPDATE messages SET payload = ''::bytea, deleted = true, attachments = '{}' \
+                 WHERE conversation_id = $1 AND reference_seq = $2 AND content_kind <> 0",
                 &[&record.conversation_id, &int(target)],
             )
             .await?;

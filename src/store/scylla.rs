@@ -333,6 +333,9 @@ struct Statements {
     delete_media_ref: PreparedStatement,
     media_refs: PreparedStatement,
     attachments_at: PreparedStatement,
+    put_referrer: PreparedStatement,
+    referrers_of: PreparedStatement,
+    reference_at: PreparedStatement,
     put_device_keys: PreparedStatement,
     get_device_keys: PreparedStatement,
     device_keys_of: PreparedStatement,
@@ -598,6 +601,10 @@ impl Statements {
             delete_media_ref: prepare(s, "DELETE FROM media_refs WHERE media_id = ? AND conversation_id = ? AND seq = ?", Write).await?,
             media_refs: prepare(s, "SELECT conversation_id, seq FROM media_refs WHERE media_id = ?", Read).await?,
             attachments_at: prepare(s, "SELECT deleted, attachments FROM messages WHERE conversation_id = ? AND bucket = ? AND seq = ?", Read).await?,
+            put_referrer: prepare(s, "INSERT INTO message_referrers (conversation_id, target_seq, seq) VALUES (?, ?, ?) USING TTL ?", Write).await?,
+            referrers_of: prepare(s, "SELECT seq FROM message_referrers WHERE conversation_id = ? AND target_seq = ?", Read).await?,
+            reference_at: prepare(s, "SELECT content_kind, reference_seq FROM messages WHERE conversation_id = ? AND bucket = ? AND seq = ?", Read)
+                .await?,
             put_device_keys: prepare(
                 s,
                 "INSERT INTO device_keys (user_id, device_id, curve25519, ed25519, signature, uploaded_ms) VALUES (?, ?, ?, ?, ?, ?)",
@@ -711,6 +718,7 @@ impl ScyllaStore {
             (3, include_str!("../../migrations/scylla/0003_keys.cql")),
             (4, include_str!("../../migrations/scylla/0004_to_device.cql")),
             (5, include_str!("../../migrations/scylla/0005_rate_buckets.cql")),
+            (6, include_str!("../../migrations/scylla/0006_referrers.cql")),
         ];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
@@ -867,7 +875,7 @@ impl ScyllaStore {
 
     /// Step 1 of an append: own the dedup key for `m.seq`, or learn that the message is
     /// already stored. Returns Some(outcome) if the append must stop here.
-    async fn claim_dedup(&self, m: &StoredMessage, ttl: i32) -> Result<Option<WriteOutcome>, StoreError> {
+    async fn claim_dedup(&self, m: &StoredMessage, ttl: i32, retention: u32) -> Result<Option<WriteOutcome>, StoreError> {
         let key = (m.conversation_id, m.sender_user_id, m.client_msg_id.as_str());
         let claim = self.conditional(&self.st.claim_dedup, (key.0, key.1, key.2, int(m.seq), int(m.server_time_ms), ttl)).await?;
         if claim.applied {
@@ -885,6 +893,10 @@ impl ScyllaStore {
         if let Some((sender, client, time)) = &holder
             && *sender == m.sender_user_id
             && *client == m.client_msg_id
+            // A message expired by this one's time frees its client id (expiry is a rule,
+            // not the TTL's effect, which lags by up to a second and ignores a retention
+            // shortened later): the key moves to this attempt below.
+            && !(m.event.is_none() && super::is_expired(*time, retention, m.server_time_ms))
         {
             return Ok(Some(WriteOutcome::Duplicate { seq: old_seq, server_time_ms: *time }));
         }
@@ -981,10 +993,13 @@ impl ScyllaStore {
         };
         // Events are kept forever (they carry the group's history), as in every backend.
         let ttl = if m.event.is_some() { 0 } else { ttl_for(retention, m.server_time_ms) };
-        if let Some(outcome) = self.claim_dedup(m, ttl).await? {
+        if let Some(outcome) = self.claim_dedup(m, ttl, retention).await? {
             if let (WriteOutcome::Duplicate { seq, .. }, Some(r)) = (&outcome, record) {
                 // A retried event: make sure its side effects happened.
                 self.project_record(r, *seq, tombstone).await?;
+                if let Some(target) = tombstone {
+                    self.erase_referrers(m.conversation_id, target).await?;
+                }
             }
             return Ok(outcome);
         }
@@ -1010,6 +1025,9 @@ impl ScyllaStore {
         if let Some(r) = record {
             self.remember_retention(r.conversation_id, r.retention_secs);
             self.project_record(r, m.seq, tombstone.filter(|t| Some(*t) != tombstone_here)).await?;
+        }
+        if let Some(target) = tombstone {
+            self.erase_referrers(m.conversation_id, target).await?;
         }
         Ok(WriteOutcome::Appended)
     }
@@ -1057,6 +1075,29 @@ impl ScyllaStore {
     async fn put_refs(&self, m: &StoredMessage, ttl: i32) -> Result<(), StoreError> {
         for media in &m.attachments {
             self.exec(&self.st.put_media_ref, (*media, m.conversation_id, int(m.seq), ttl)).await?;
+        }
+        if m.kind != ContentKind::Normal && m.reference_seq > 0 {
+            self.exec(&self.st.put_referrer, (m.conversation_id, int(m.reference_seq), int(m.seq), ttl)).await?;
+        }
+        Ok(())
+    }
+
+    /// Blanks the edits and reactions that refer to `target` (a delete for everyone
+    /// cascades to them), each checked against the log: a candidate whose seq holds
+    /// another message (its append lost the race) is left alone. Idempotent.
+    async fn erase_referrers(&self, id: ConversationId, target: u64) -> Result<(), StoreError> {
+        let mut seqs: Vec<i64> = Vec::new();
+        self.all_rows(&self.st.referrers_of, (id, int(target)), |(seq,): (i64,)| {
+            seqs.push(seq);
+            Ok(())
+        })
+        .await?;
+        for seq in seqs {
+            let bucket = bucket_of(uint(seq));
+            let row: Option<(Option<i8>, Option<i64>)> = self.first_row(&self.st.reference_at, (id, bucket, seq)).await?;
+            if matches!(row, Some((Some(kind), Some(reference))) if kind != 0 && uint(reference) == target) {
+                self.conditional(&self.st.erase_message_if_exists, (id, bucket, seq)).await?;
+            }
         }
         Ok(())
     }
