@@ -166,6 +166,9 @@ pub struct ServeArgs {
     /// Window in milliseconds over which pushes to one device and conversation coalesce.
     #[arg(long, env = "SWITCHBOARD_PUSH_COALESCE_MS")]
     pub push_coalesce_ms: Option<u64>,
+    /// First retry delay of a failed push, in milliseconds; doubles each attempt (default 500).
+    #[arg(long, env = "SWITCHBOARD_PUSH_RETRY_BACKOFF_MS")]
+    pub push_retry_backoff_ms: Option<u64>,
     /// Largest group, in members.
     #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
@@ -304,6 +307,7 @@ pub struct FileConfig {
     purge_interval_secs: Option<u64>,
     push_sink: Option<String>,
     push_coalesce_ms: Option<u64>,
+    push_retry_backoff_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     node_name: Option<String>,
     cluster_listen: Option<SocketAddr>,
@@ -475,6 +479,9 @@ impl ServerConfig {
         let mut push = crate::actors::push::PushConfig::default();
         if let Some(ms) = args.push_coalesce_ms.or(file.push_coalesce_ms) {
             push.coalesce = Duration::from_millis(ms.max(10));
+        }
+        if let Some(ms) = args.push_retry_backoff_ms.or(file.push_retry_backoff_ms) {
+            push.backoff = Duration::from_millis(ms.max(10));
         }
         let mut connection = ConnectionConfig::default();
         let mut actors = ActorLimits::default();

@@ -80,3 +80,49 @@ async fn a_device_that_leaves_with_unacknowledged_messages_is_pushed_for_them() 
     assert_eq!(push["sender_user_id"], alice.user_id.to_string());
     assert_eq!(push["count"], 1);
 }
+
+/// What the user read on another device is not pushed: Bob's phone is offline (it has a
+/// push token), his laptop online. A message the laptop reads before the push is due is
+/// never pushed; one whose first push failed (the gateway answered 500) and that the
+/// laptop reads before the retry is not pushed on the retry either. An unread one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_read_on_another_device_is_not_pushed() {
+    let (url, mut pushes, attempts) = common::counting_push_receiver(1).await;
+    let sink = format!("webhook:{url}");
+    // Pushes are due 1 s after a message; a failed one is retried 3 s later.
+    let server = TestServer::start_with(&["--push-sink", &sink, "--push-coalesce-ms", "1000", "--push-retry-backoff-ms", "3000"]);
+    let api = server.api();
+    let (alice, bob) = (user(&api).await, user(&api).await);
+    let laptop = api.link_device(&bob.token, "laptop").await.unwrap();
+    api.set_push_token(&bob.token, "fcm", "bob-phone").await.unwrap();
+    let mut a = online(&server, Kind::Tcp, &alice).await;
+    let mut l = online(&server, Kind::Tcp, &laptop).await;
+    let direct = a.open_direct(bob.user_id).await.unwrap();
+
+    // 1. Read at once on the laptop: the phone is never pushed (the first attempt would
+    //    have failed: it is never made).
+    let first = a.send_and_ack(direct, "m-1", &b"hi"[..]).await.unwrap().seq;
+    assert_eq!(l.next_message(Duration::from_secs(10)).await.unwrap().seq, first);
+    l.read(direct, first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 0, "a message read on the laptop was pushed to the phone");
+
+    // 2. Unread when due: the first attempt fails; read before the retry: not retried.
+    let second = a.send_and_ack(direct, "m-2", &b"still there?"[..]).await.unwrap().seq;
+    assert_eq!(l.next_message(Duration::from_secs(10)).await.unwrap().seq, second);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while attempts.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no push attempt for an unread message");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    l.read(direct, second).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1, "the failed push was retried after the message was read");
+    assert!(pushes.try_recv().is_err());
+
+    // 3. Unread: pushed.
+    let third = a.send_and_ack(direct, "m-3", &b"hello?"[..]).await.unwrap().seq;
+    let push = tokio::time::timeout(Duration::from_secs(10), pushes.recv()).await.expect("a push for an unread message").unwrap();
+    assert_eq!((push["token"].as_str(), push["count"].as_u64()), (Some("bob-phone"), Some(1)), "{push}");
+    assert!(third > second);
+}

@@ -299,7 +299,13 @@ fn deliver_committed(state: &mut ConversationState, messages: Vec<CommittedMessa
         // Push: one notification request per run, for the members' offline devices.
         if let Some(last) = run.iter().rev().find(|m| m.message.event.is_none()) {
             let count = run.iter().filter(|m| m.message.event.is_none()).count() as u32;
-            let request = PushRequest::Stored { conversation_id: state.id, sender: last.message.sender_user_id, members: recipients.clone(), count };
+            let request = PushRequest::Stored {
+                conversation_id: state.id,
+                sender: last.message.sender_user_id,
+                members: recipients.clone(),
+                count,
+                up_to_seq: last.message.seq,
+            };
             if state.ctx.push.send(request).is_err() {
                 metrics::counter!("switchboard_push_dropped_total").increment(1);
             }

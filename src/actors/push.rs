@@ -5,7 +5,10 @@
 //! Notifications carry no content (conversation id, last sender, count): the server never
 //! has plaintext, and a push service should not get ciphertext either. They are coalesced
 //! per device and conversation over a short window (one push for a burst, not one per
-//! message), and a failed delivery is retried with exponential backoff.
+//! message), and a failed delivery is retried with exponential backoff. Before every
+//! attempt, the first and each retry, the member's read receipts are looked at: what the
+//! user has read on another device (up to the newest message of the notification) is not
+//! pushed any more.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -36,6 +39,10 @@ pub struct PushNotification {
     pub sender_user_id: UserId,
     /// How many messages this notification stands for.
     pub count: u32,
+    /// Seq of the newest of them: once the user has read up to it on any device, the
+    /// notification is skipped (0: never skipped). Not sent to the sink.
+    #[serde(skip)]
+    pub up_to_seq: u64,
 }
 
 /// Where notifications go.
@@ -117,6 +124,8 @@ pub enum PushRequest {
         members: Arc<Vec<UserId>>,
         /// How many messages.
         count: u32,
+        /// Seq of the newest of them.
+        up_to_seq: u64,
     },
     /// Notify one device (the end of its session left messages it never acknowledged; see
     /// `session_end`). Coalesced with what is pending for the same device and
@@ -208,7 +217,7 @@ impl Actor for PushDispatcher {
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         state.gauge.received(&msg);
         match msg {
-            PushMsg::Request(PushRequest::Stored { conversation_id, sender, members, count }) => {
+            PushMsg::Request(PushRequest::Stored { conversation_id, sender, members, count, up_to_seq }) => {
                 for member in members.iter().filter(|m| **m != sender) {
                     let tokens = match tokens_of(state, *member).await {
                         Some(t) => t,
@@ -232,12 +241,14 @@ impl Actor for PushDispatcher {
                                 conversation_id,
                                 sender_user_id: sender,
                                 count: 0,
+                                up_to_seq: 0,
                             },
                             attempt: 0,
                             at,
                         });
                         due.notification.count += count;
                         due.notification.sender_user_id = sender;
+                        due.notification.up_to_seq = due.notification.up_to_seq.max(up_to_seq);
                     }
                 }
             }
@@ -249,6 +260,7 @@ impl Actor for PushDispatcher {
                     Entry::Occupied(mut due) => {
                         let due = &mut due.get_mut().notification;
                         due.count = due.count.max(notification.count);
+                        due.up_to_seq = due.up_to_seq.max(notification.up_to_seq);
                     }
                     Entry::Vacant(_) if full => metrics::counter!("switchboard_push_dropped_total").increment(1),
                     Entry::Vacant(slot) => {
@@ -311,12 +323,27 @@ fn flush(myself: &ActorRef<PushMsg>, state: &mut PushState) {
             continue;
         }
         let sink = state.args.sink.clone();
+        let store = state.args.store.clone();
         let me = myself.clone();
         tokio::spawn(async move {
+            if already_read(store.as_ref(), &d.notification).await {
+                metrics::counter!("switchboard_push_skipped_total", "reason" => "read").increment(1);
+                return;
+            }
             let result = sink.deliver(&d.notification).await;
             let _ = me.cast(PushMsg::Internal(PushInternal::Delivered(Box::new(d.notification), d.attempt, result)));
         });
     }
+}
+
+/// True if the user has read the notification's newest message on some device (the
+/// member's read receipt reached its seq). A store that cannot answer does not stop the
+/// push: better one too many than a message missed.
+async fn already_read(store: &dyn Store, n: &PushNotification) -> bool {
+    if n.up_to_seq == 0 {
+        return false;
+    }
+    matches!(store.receipt_times(n.conversation_id, n.user_id, n.up_to_seq).await, Ok((_, Some(_))))
 }
 
 // Local only: never sent to another node (the cluster feature asks every message type to say so).

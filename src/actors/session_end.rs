@@ -160,20 +160,20 @@ pub fn direct_peers<'a>(user: UserId, records: impl IntoIterator<Item = &'a Conv
 }
 
 /// What a device left unacknowledged in one conversation: how many messages of others,
-/// within what `user` may see, follow its delivered cursor, and who sent the last of them.
-/// `messages` are the log after the cursor (oldest first). Events and the user's own
-/// messages are not counted (neither is pushed when stored).
-pub fn unacknowledged(user: UserId, record: &ConversationRecord, delivered: u64, messages: &[StoredMessage]) -> Option<(u32, UserId)> {
+/// within what `user` may see, follow its delivered cursor, who sent the last of them, and
+/// its seq. `messages` are the log after the cursor (oldest first). Events and the user's
+/// own messages are not counted (neither is pushed when stored).
+pub fn unacknowledged(user: UserId, record: &ConversationRecord, delivered: u64, messages: &[StoredMessage]) -> Option<(u32, UserId, u64)> {
     let (first, last) = record.visible_range(user)?;
     let mut count = 0u32;
-    let mut sender = None;
+    let mut newest = None;
     for m in messages.iter().filter(|m| m.seq > delivered && m.seq >= first && m.seq <= last) {
         if m.event.is_none() && m.sender_user_id != user {
             count += 1;
-            sender = Some(m.sender_user_id);
+            newest = Some((m.sender_user_id, m.seq));
         }
     }
-    sender.map(|s| (count, s))
+    newest.map(|(sender, seq)| (count, sender, seq))
 }
 
 /// Messages read per conversation when counting what a device did not acknowledge; the
@@ -362,7 +362,7 @@ async fn push_unacked(ctx: &NodeContext, user: UserId, device: DeviceId, gaps: O
         let Some((first, _)) = record.visible_range(user) else { continue };
         let after = delivered.max(first.saturating_sub(1));
         let messages = ctx.store.messages_after(record.conversation_id, after, UNACKED_PAGE).await?;
-        if let Some((count, sender)) = unacknowledged(user, &record, delivered, &messages) {
+        if let Some((count, sender, up_to_seq)) = unacknowledged(user, &record, delivered, &messages) {
             let notification = PushNotification {
                 user_id: user,
                 device_id: device,
@@ -371,6 +371,7 @@ async fn push_unacked(ctx: &NodeContext, user: UserId, device: DeviceId, gaps: O
                 conversation_id: record.conversation_id,
                 sender_user_id: sender,
                 count,
+                up_to_seq,
             };
             if ctx.push.send(PushRequest::Notify(Box::new(notification))).is_err() {
                 metrics::counter!("switchboard_push_dropped_total").increment(1);
@@ -485,7 +486,7 @@ mod tests {
         let (me, peer) = (UserId::random(), UserId::random());
         let direct = record(ConversationKind::Direct, vec![me, peer], None);
         let log = [message(3, peer, false), message(4, me, false), message(5, peer, false), message(6, me, false)];
-        assert_eq!(unacknowledged(me, &direct, 2, &log), Some((2, peer)));
+        assert_eq!(unacknowledged(me, &direct, 2, &log), Some((2, peer, 5)));
         assert_eq!(unacknowledged(me, &direct, 5, &log), None, "only my own message is left");
         assert_eq!(direct_peers(me, [&direct]), vec![peer]);
     }
@@ -496,7 +497,7 @@ mod tests {
         let group = GroupState { joined: vec![(me, 4), (peer, 1)], ..Default::default() };
         let g = record(ConversationKind::Group, vec![me, peer], Some(group));
         let log = [message(2, peer, false), message(4, peer, true), message(5, peer, false)];
-        assert_eq!(unacknowledged(me, &g, 0, &log), Some((1, peer)));
+        assert_eq!(unacknowledged(me, &g, 0, &log), Some((1, peer, 5)));
         assert!(direct_peers(me, [&g]).is_empty(), "group members are not 1:1 peers");
     }
 }

@@ -370,6 +370,14 @@ pub async fn next_closing(conn: &mut Connection) -> pb::Closing {
 /// A tiny HTTP receiver: every POST body (JSON) goes to the channel; the first
 /// `fail_first` requests are answered 500 to exercise retries.
 pub async fn push_receiver(fail_first: u32) -> (String, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
+    let (url, rx, _) = counting_push_receiver(fail_first).await;
+    (url, rx)
+}
+
+/// [`push_receiver`], also counting every request it got (failed ones included).
+pub async fn counting_push_receiver(fail_first: u32) -> (String, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>, std::sync::Arc<AtomicU32>) {
+    let attempts = std::sync::Arc::new(AtomicU32::new(0));
+    let counted = attempts.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/push", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -379,6 +387,7 @@ pub async fn push_receiver(fail_first: u32) -> (String, tokio::sync::mpsc::Unbou
             let Ok((mut socket, _)) = listener.accept().await else { return };
             let tx = tx.clone();
             let failures = failures.clone();
+            let counted = counted.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -398,6 +407,7 @@ pub async fn push_receiver(fail_first: u32) -> (String, tokio::sync::mpsc::Unbou
                         continue;
                     }
                     let body = &buf[head_end + 4..head_end + 4 + length];
+                    counted.fetch_add(1, Ordering::SeqCst);
                     let failing = failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1)).is_ok();
                     let status = if failing { "500 Internal Server Error" } else { "200 OK" };
                     if !failing && let Ok(json) = serde_json::from_slice(body) {
@@ -413,7 +423,7 @@ pub async fn push_receiver(fail_first: u32) -> (String, tokio::sync::mpsc::Unbou
             });
         }
     });
-    (url, rx)
+    (url, rx, attempts)
 }
 
 /// A device's keys as its app makes them: identity keys, `n` one-time keys and a fallback
