@@ -147,6 +147,15 @@ pub struct ServeArgs {
     /// Frames queued towards one device before it is disconnected as slow.
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
+    /// Connections from one address that may be in their handshake (not yet answered
+    /// Welcome) at once; beyond it new ones are refused with RATE_LIMITED (default 64,
+    /// 0 = no cap).
+    #[arg(long, env = "SWITCHBOARD_MAX_HANDSHAKES_PER_ADDRESS")]
+    pub max_handshakes_per_address: Option<u32>,
+    /// Addresses the handshake cap does not count, comma-separated (load balancers in
+    /// front of the node, which every client is seen from).
+    #[arg(long, env = "SWITCHBOARD_HANDSHAKE_CAP_EXEMPT", value_delimiter = ',')]
+    pub handshake_cap_exempt: Option<Vec<std::net::IpAddr>>,
     /// Seconds a device's full outbound queue may stay full before it is disconnected as slow.
     #[arg(long, env = "SWITCHBOARD_SLOW_CONSUMER_SECS")]
     pub slow_consumer_secs: Option<u64>,
@@ -296,6 +305,8 @@ pub struct FileConfig {
     max_payload_bytes: Option<usize>,
     heartbeat_secs: Option<u64>,
     outbound_queue: Option<usize>,
+    max_handshakes_per_address: Option<u32>,
+    handshake_cap_exempt: Option<Vec<std::net::IpAddr>>,
     slow_consumer_secs: Option<u64>,
     rate_per_sec: Option<u32>,
     rate_burst: Option<u32>,
@@ -502,6 +513,12 @@ impl ServerConfig {
         }
         if let Some(v) = args.outbound_queue.or(file.outbound_queue) {
             connection.outbound_queue = v.max(16);
+        }
+        if let Some(v) = args.max_handshakes_per_address.or(file.max_handshakes_per_address) {
+            connection.max_handshakes_per_address = v;
+        }
+        if let Some(v) = args.handshake_cap_exempt.or(file.handshake_cap_exempt) {
+            connection.handshake_cap_exempt = v;
         }
         if let Some(v) = args.slow_consumer_secs.or(file.slow_consumer_secs) {
             actors.slow_consumer_timeout = Duration::from_secs(v.max(1));

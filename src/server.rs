@@ -156,8 +156,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tracing::info!(media_store = %media_config.store, "media store");
     let media = MediaService::new(store.clone(), media_config).map_err(|e| ServerError::Media(e.to_string()))?;
     let accepting = CancellationToken::new();
-    let deps =
-        ConnectionDeps { node: node.clone(), accounts: accounts.clone(), config: Arc::new(config.connection.clone()), shutdown: accepting.clone() };
+    let budgets = Arc::new(crate::transport::budgets::DeviceBudgets::new(config.connection.rate_per_sec, config.connection.rate_burst));
+    let deps = ConnectionDeps {
+        node: node.clone(),
+        accounts: accounts.clone(),
+        config: Arc::new(config.connection.clone()),
+        shutdown: accepting.clone(),
+        budgets,
+        handshakes: Arc::new(crate::transport::handshakes::HandshakeGate::new(
+            config.connection.max_handshakes_per_address,
+            config.connection.handshake_cap_exempt.clone(),
+        )),
+    };
 
     // Loaded before anything binds: a bad certificate stops the start, not the first client.
     let tls = match &config.tls {

@@ -5,7 +5,8 @@
 //! writer takes everything queued in one go (one socket write per batch), and a close
 //! takes effect at once, whatever the session is busy with: the router holds the outbox
 //! too, so a revocation, a replacement, a drain or the shutdown closes the connection
-//! without waiting behind the session's queued work.
+//! without waiting behind the session's queued work, nor behind the frames already queued
+//! for the device ([`Outbox::preempt`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +39,9 @@ struct Shared {
     closed: AtomicBool,
     /// The socket failed: nothing more can be written.
     gone: AtomicBool,
+    /// A server-decided close: queued frames were dropped, and the writer stops writing
+    /// the batch it holds.
+    preempted: AtomicBool,
     /// Wakes the writer (frames queued, or closing).
     readable: Notify,
     /// Wakes a session waiting for room.
@@ -69,6 +73,7 @@ impl Outbox {
                 capacity: capacity.max(1),
                 closed: AtomicBool::new(false),
                 gone: AtomicBool::new(false),
+                preempted: AtomicBool::new(false),
                 readable: Notify::new(),
                 writable: Notify::new(),
             }),
@@ -123,7 +128,8 @@ impl Outbox {
     }
 
     /// Closes the connection with a final frame (the first close wins): frames queued
-    /// before are still written, within the writer's grace period.
+    /// before are still written, within the writer's grace period. For the device's own
+    /// goodbye (Bye) and the server's failures; a server-decided close uses [`Self::preempt`].
     pub fn close(&self, last: Bytes) {
         let mut q = self.lock();
         if !self.shared.closed.swap(true, Ordering::AcqRel) {
@@ -132,6 +138,30 @@ impl Outbox {
         drop(q);
         self.shared.readable.notify_one();
         self.shared.writable.notify_waiters();
+    }
+
+    /// Closes the connection at once with a final frame (the first close's frame wins),
+    /// dropping what is queued, and tells the writer to stop the batch it is writing: a
+    /// server-decided close (revocation, replacement, drain, shutdown, slow consumer)
+    /// never waits behind the frames of the session's work. Nothing is lost by it: what
+    /// the device did not acknowledge comes again at its next catch-up, and a send whose
+    /// ack was dropped is answered again (as a duplicate) when the client retries it.
+    pub fn preempt(&self, last: Bytes) {
+        let mut q = self.lock();
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            q.last = Some(last);
+        }
+        q.frames = VecDeque::new();
+        self.shared.preempted.store(true, Ordering::Release);
+        drop(q);
+        self.shared.readable.notify_one();
+        self.shared.writable.notify_waiters();
+    }
+
+    /// True once a server-decided close dropped the queue: the writer writes no more of
+    /// what it took.
+    pub fn is_preempted(&self) -> bool {
+        self.shared.preempted.load(Ordering::Acquire)
     }
 
     /// True once closing (or gone).
@@ -220,6 +250,20 @@ mod tests {
         assert_eq!(outbox.take(&mut got).await, Taken::Closing(Some(Bytes::from_static(b"bye"))));
         assert_eq!(got, vec![Bytes::from_static(b"queued")]);
         assert!(!outbox.wait_room(Duration::from_millis(10)).await, "no waiting on a closed connection");
+    }
+
+    #[tokio::test]
+    async fn a_preempting_close_drops_the_queue_and_keeps_its_final_frame() {
+        let outbox = Outbox::new(4);
+        outbox.try_push(Bytes::from_static(b"queued")).expect("room");
+        assert!(!outbox.is_preempted());
+        outbox.preempt(Bytes::from_static(b"revoked"));
+        outbox.close(Bytes::from_static(b"a later close loses"));
+        assert!(outbox.is_preempted());
+        assert_eq!(outbox.try_push(Bytes::from_static(b"late")), Err(PushError::Closed));
+        let mut got = Vec::new();
+        assert_eq!(outbox.take(&mut got).await, Taken::Closing(Some(Bytes::from_static(b"revoked"))));
+        assert!(got.is_empty(), "the queued frame was dropped");
     }
 
     #[tokio::test]

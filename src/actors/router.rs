@@ -335,13 +335,17 @@ impl Router {
         self.device_entry(user, device).map(|(mailbox, _)| mailbox)
     }
 
-    /// A control message for a session. A close takes effect on the connection at once
-    /// (its final frame is written after what is already queued, within the writer's
-    /// grace), ahead of whatever the session is busy with; the session stops when it
-    /// reaches the message, abandoning the work queued before it.
+    /// A control message for a session. A close takes effect on the connection at once,
+    /// ahead of whatever the session is busy with (and, for a revocation or replacement,
+    /// of the frames queued for the device: `messages::close_preempts`); the session stops
+    /// when it reaches the message, abandoning the work queued before it.
     fn control(mailbox: &Mailbox<SessionMsg>, outbox: &Outbox, control: SessionControl) {
         if let SessionControl::Close { code, reason, reconnect_after_ms } = &control {
-            outbox.close(protocol::encode_server(&protocol::closing_frame(*code, reason.clone(), *reconnect_after_ms)));
+            crate::actors::messages::close_outbox(
+                outbox,
+                *code,
+                protocol::encode_server(&protocol::closing_frame(*code, reason.clone(), *reconnect_after_ms)),
+            );
             mailbox.gauge().close();
         }
         mailbox.control(control);

@@ -20,8 +20,11 @@ use crate::actors::node::Node;
 use crate::actors::outbox::{Outbox, Taken};
 use crate::actors::session::SessionArgs;
 use crate::actors::session_supervisor::start_session;
+use crate::ids::DeviceId;
 use crate::protocol::{self, ErrorCode, FrameError, PROTOCOL_VERSION, RequestError, client_frame, id_bytes, pb, server_frame};
 use crate::store::now_ms;
+use crate::transport::budgets::{DeviceBudget, DeviceBudgets};
+use crate::transport::handshakes::{HandshakeGate, PendingHandshake};
 
 /// Limits of a connection.
 #[derive(Debug, Clone)]
@@ -42,6 +45,11 @@ pub struct ConnectionConfig {
     pub max_bad_frames: u32,
     /// Frames queued towards the device before it counts as slow.
     pub outbound_queue: usize,
+    /// Connections from one address that may be in their handshake (connected, not yet
+    /// answered Welcome or a refusal) at once; 0: no cap.
+    pub max_handshakes_per_address: u32,
+    /// Addresses the handshake cap does not count (load balancers in front of the node).
+    pub handshake_cap_exempt: Vec<std::net::IpAddr>,
 }
 
 impl Default for ConnectionConfig {
@@ -55,6 +63,8 @@ impl Default for ConnectionConfig {
             max_dropped: 1000,
             max_bad_frames: 16,
             outbound_queue: 1024,
+            max_handshakes_per_address: 64,
+            handshake_cap_exempt: Vec::new(),
         }
     }
 }
@@ -70,6 +80,10 @@ pub struct ConnectionDeps {
     pub config: Arc<ConnectionConfig>,
     /// Cancelled when the server stops accepting; new handshakes are refused.
     pub shutdown: CancellationToken,
+    /// Frame budgets per device, kept across its connections.
+    pub budgets: Arc<DeviceBudgets>,
+    /// Handshakes in progress per address (the cap on connections not yet past Hello).
+    pub handshakes: Arc<HandshakeGate>,
 }
 
 /// The writing half of a transport.
@@ -82,31 +96,9 @@ pub trait FrameSink: Send + 'static {
     fn close(self) -> impl Future<Output = ()> + Send;
 }
 
-/// A token bucket: `rate` frames per second, bursts up to `burst`.
-struct RateLimit {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self { tokens: burst as f64, rate: rate as f64, burst: burst as f64, last: Instant::now() }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+/// How long a device closed for its frame rate must wait before its next Hello is served
+/// (told as `reconnect_after_ms`, enforced by [`DeviceBudgets::resume`]).
+const RATE_PENALTY: Duration = Duration::from_secs(5);
 
 fn err(code: ErrorCode, message: &str, request_ref: &str, fatal: bool) -> Bytes {
     protocol::encode_server(&protocol::error_frame(code, message, request_ref, fatal))
@@ -125,8 +117,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Most frames handed to the session in one message.
 const MAX_READ_BATCH: usize = 256;
 
-/// Runs one connection to its end. `inbound` yields whole frames (or framing errors).
-pub async fn serve<S, W>(mut inbound: S, sink: W, deps: ConnectionDeps)
+/// Runs one connection to its end. `inbound` yields whole frames (or framing errors);
+/// `pending` is its place among its address's handshakes, given back once the Hello is
+/// answered.
+pub async fn serve<S, W>(mut inbound: S, sink: W, deps: ConnectionDeps, pending: Option<PendingHandshake>)
 where
     S: Stream<Item = Result<Bytes, FrameError>> + Unpin,
     W: FrameSink,
@@ -136,17 +130,21 @@ where
     let writer = tokio::spawn(write_loop(sink, outbox.clone()));
     metrics::gauge!("switchboard_connections").increment(1.0);
 
-    if let Some(session) = handshake(&mut inbound, &outbox, &deps).await {
-        read_loop(&mut inbound, &outbox, &session, &config, &deps.shutdown).await;
+    let handshaken = handshake(&mut inbound, &outbox, &deps).await;
+    drop(pending);
+    if let Some((session, device, budget)) = handshaken {
+        read_loop(&mut inbound, &outbox, &session, &config, &deps.shutdown, &budget).await;
         // Ordered after every frame the reader forwarded: the session handles them all
         // (acks included) before it stops.
         session.control(SessionControl::ConnectionClosed);
+        drop(budget);
+        deps.budgets.release(device, Instant::now());
     }
     let _ = writer.await;
     metrics::gauge!("switchboard_connections").decrement(1.0);
 }
 
-async fn handshake<S>(inbound: &mut S, outbox: &Outbox, deps: &ConnectionDeps) -> Option<Mailbox<SessionMsg>>
+async fn handshake<S>(inbound: &mut S, outbox: &Outbox, deps: &ConnectionDeps) -> Option<(Mailbox<SessionMsg>, DeviceId, Arc<DeviceBudget>)>
 where
     S: Stream<Item = Result<Bytes, FrameError>> + Unpin,
 {
@@ -202,6 +200,15 @@ where
             return None;
         }
     };
+    // Reconnecting buys no budget, and the delay advised by a rate-limit close is kept.
+    let budget = match deps.budgets.resume(device.device_id, Instant::now()) {
+        Ok(budget) => budget,
+        Err(wait) => {
+            let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+            fail(outbox, ErrorCode::RateLimited, "reconnected before the advised delay after a rate-limit close", ms);
+            return None;
+        }
+    };
     let welcome = protocol::server(server_frame::Kind::Welcome(pb::Welcome {
         protocol_version: PROTOCOL_VERSION,
         user_id: id_bytes(device.user_id),
@@ -216,7 +223,7 @@ where
         Ok(mailbox) => {
             tracing::debug!(user = %device.user_id, device = %device.device_id, client = %hello.client_name, "device connected");
             logins().increment(1);
-            Some(mailbox)
+            Some((mailbox, device.device_id, budget))
         }
         Err(e) => {
             tracing::error!(error = %e, "session did not start");
@@ -240,7 +247,8 @@ enum Read {
 
 struct ReadLimits<'a> {
     config: &'a ConnectionConfig,
-    rate: RateLimit,
+    /// The device's frame budget (shared with its other connections).
+    rate: &'a DeviceBudget,
     dropped: u32,
     bad: u32,
 }
@@ -272,11 +280,12 @@ impl ReadLimits<'_> {
                 return Read::Handled;
             }
         };
-        if !self.rate.allow() {
+        if !self.rate.allow(Instant::now()) {
             self.dropped += 1;
             metrics::counter!("switchboard_frames_dropped_total", "reason" => "rate").increment(1);
             if self.dropped > self.config.max_dropped {
-                fail(outbox, ErrorCode::RateLimited, "too many frames", 5000);
+                fail(outbox, ErrorCode::RateLimited, "too many frames", RATE_PENALTY.as_millis() as u32);
+                self.rate.penalize(RATE_PENALTY, Instant::now());
                 return Read::Close;
             }
             outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: rate limit", &protocol::request_ref(&kind), false));
@@ -295,12 +304,18 @@ impl ReadLimits<'_> {
     }
 }
 
-async fn read_loop<S>(inbound: &mut S, outbox: &Outbox, session: &Mailbox<SessionMsg>, config: &ConnectionConfig, shutdown: &CancellationToken)
-where
+async fn read_loop<S>(
+    inbound: &mut S,
+    outbox: &Outbox,
+    session: &Mailbox<SessionMsg>,
+    config: &ConnectionConfig,
+    shutdown: &CancellationToken,
+    budget: &DeviceBudget,
+) where
     S: Stream<Item = Result<Bytes, FrameError>> + Unpin,
 {
     let idle = config.heartbeat * 3;
-    let mut limits = ReadLimits { config, rate: RateLimit::new(config.rate_per_sec, config.rate_burst), dropped: 0, bad: 0 };
+    let mut limits = ReadLimits { config, rate: budget, dropped: 0, bad: 0 };
     loop {
         let next = tokio::select! {
             _ = outbox.closed() => return,
@@ -372,6 +387,10 @@ async fn write_loop<W: FrameSink>(mut sink: W, outbox: Outbox) {
         };
         let write = async {
             for frame in frames.drain(..) {
+                // A server-decided close stops the batch: its final frame goes next.
+                if outbox.is_preempted() {
+                    break;
+                }
                 sink.send(frame).await?;
             }
             if let Some(Some(last)) = &last

@@ -3,7 +3,9 @@
 //! handshake and hands authenticated devices to a session actor. Nothing here interprets
 //! a request beyond Hello and Ping. Both listeners can serve TLS ([`tls`]).
 
+pub mod budgets;
 pub mod connection;
+pub mod handshakes;
 pub mod tcp;
 pub mod tls;
 pub mod ws;

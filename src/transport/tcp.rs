@@ -11,6 +11,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, ConnectionDeps, FrameSink};
+use super::handshakes::PendingHandshake;
 use crate::protocol::FrameCodec;
 
 /// Frames are gathered in a buffer that starts empty and is written out on flush. Unlike
@@ -73,17 +74,23 @@ pub async fn serve(listener: TcpListener, deps: ConnectionDeps, tls: Option<TlsA
         let _ = socket.set_nodelay(true);
         let deps = deps.clone();
         let tls = tls.clone();
+        // Counted from the accept: a TLS handshake is part of the connection's handshake.
+        let pending = deps.handshakes.enter(peer.ip());
         tokio::spawn(async move {
             tracing::trace!(%peer, tls = tls.is_some(), "tcp connection");
+            let Some(pending) = pending else {
+                refuse_busy_address(socket, tls.is_some()).await;
+                return;
+            };
             match tls {
                 None => {
                     let (read, write) = socket.into_split();
-                    run(read, write, deps).await;
+                    run(read, write, deps, pending).await;
                 }
                 Some(acceptor) => {
                     if let Some(stream) = handshake(&acceptor, socket, deps.config.hello_timeout).await {
                         let (read, write) = tokio::io::split(stream);
-                        run(read, write, deps).await;
+                        run(read, write, deps, pending).await;
                     }
                 }
             }
@@ -107,8 +114,28 @@ async fn handshake(acceptor: &TlsAcceptor, socket: TcpStream, limit: Duration) -
     }
 }
 
+/// A connection from an address with too many handshakes in progress: on plain TCP it
+/// gets `Closing{RATE_LIMITED, reconnect_after_ms=1000}` before the socket closes (over
+/// TLS, where nothing can be said before a handshake we refuse to spend, just the close).
+async fn refuse_busy_address(mut socket: TcpStream, tls: bool) {
+    metrics::counter!("switchboard_connections_rejected_total", "code" => "TOO_MANY_HANDSHAKES").increment(1);
+    if !tls {
+        let closing = crate::protocol::closing_frame(
+            crate::protocol::ErrorCode::RateLimited,
+            "too many connections from this address are still in their handshake",
+            1000,
+        );
+        let frame = crate::protocol::encode_server(&closing);
+        let mut bytes = BytesMut::with_capacity(4 + frame.len());
+        bytes.put_u32(frame.len() as u32);
+        bytes.extend_from_slice(&frame);
+        let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(&bytes)).await;
+    }
+    let _ = socket.shutdown().await;
+}
+
 /// One connection: frames in through the length-prefix codec, frames out through the sink.
-async fn run<R, W>(read: R, write: W, deps: ConnectionDeps)
+async fn run<R, W>(read: R, write: W, deps: ConnectionDeps, pending: Option<PendingHandshake>)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -116,5 +143,5 @@ where
     let max = deps.config.max_frame;
     let inbound = FramedRead::with_capacity(read, FrameCodec::new(max), READ_BUFFER);
     let sink = TcpSink { socket: write, buffer: BytesMut::new() };
-    connection::serve(inbound, sink, deps).await;
+    connection::serve(inbound, sink, deps, pending).await;
 }

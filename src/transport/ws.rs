@@ -73,8 +73,23 @@ pub fn inbound(stream: actix_ws::MessageStream, max: usize, on_ping: impl Fn(Byt
 #[utoipa::path(get, path = "/v1/ws", tag = "public", responses(
     (status = 101, description = "Switching to the WebSocket protocol; each binary message is one protobuf frame (docs/protocol.md)"),
     (status = 400, description = "Not a WebSocket upgrade request"),
+    (status = 429, description = "too_many_handshakes: this address has too many connections still in their handshake (Retry-After)", body = crate::http::api::ErrorBody),
 ))]
 pub async fn upgrade(req: HttpRequest, body: web::Payload, deps: web::Data<ConnectionDeps>) -> actix_web::Result<HttpResponse> {
+    // The handshake cap, before the upgrade: refused with a plain HTTP answer.
+    let pending = match req.peer_addr().map(|a| deps.handshakes.enter(a.ip())) {
+        Some(None) => {
+            metrics::counter!("switchboard_connections_rejected_total", "code" => "TOO_MANY_HANDSHAKES").increment(1);
+            return Ok(HttpResponse::TooManyRequests().insert_header((actix_web::http::header::RETRY_AFTER, "1")).json(
+                crate::http::api::ErrorBody {
+                    error: "too_many_handshakes".into(),
+                    message: "too many connections from this address are still in their handshake".into(),
+                },
+            ));
+        }
+        Some(Some(pending)) => pending,
+        None => None,
+    };
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let deps = deps.get_ref().clone();
     let control = session.clone();
@@ -86,7 +101,7 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, deps: web::Data<Conne
         });
     });
     actix_web::rt::spawn(async move {
-        connection::serve(Box::pin(inbound), WsSink(session), deps).await;
+        connection::serve(Box::pin(inbound), WsSink(session), deps, pending).await;
     });
     Ok(response)
 }

@@ -15,5 +15,5 @@ pub mod session;
 pub mod supervisor;
 
 pub use conversation::{ConversationControl, ConversationInternal, ConversationMsg, ConversationRequest};
-pub use session::{ConversationBatch, Delivery, DeviceFrame, SessionControl, SessionMsg, SessionRequest};
+pub use session::{ConversationBatch, Delivery, DeviceFrame, SessionControl, SessionMsg, SessionRequest, close_outbox, close_preempts};
 pub use supervisor::{ActivateError, ConversationSupervisorMsg};

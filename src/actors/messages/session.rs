@@ -55,6 +55,20 @@ pub enum SessionControl {
     Sync(ractor::RpcReplyPort<()>),
 }
 
+/// Whether a close for `code` drops the frames queued for the device (`Outbox::preempt`)
+/// rather than writing them first (`Outbox::close`). A revoked device must get nothing
+/// more, a replaced connection's device has a newer one, and a slow consumer cannot take
+/// more; a drain or a shutdown is graceful: the acknowledgements of what the node stored
+/// still go out, within the close grace.
+pub fn close_preempts(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::DeviceRevoked | ErrorCode::Replaced | ErrorCode::SlowConsumer)
+}
+
+/// Closes `outbox` with `last` as [`close_preempts`] says for `code`.
+pub fn close_outbox(outbox: &crate::actors::outbox::Outbox, code: ErrorCode, last: Bytes) {
+    if close_preempts(code) { outbox.preempt(last) } else { outbox.close(last) }
+}
+
 /// The output of one commit of one conversation, as every recipient device gets it:
 /// frames encoded once, shared through an `Arc`.
 #[derive(Debug, Clone)]

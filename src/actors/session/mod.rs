@@ -195,7 +195,11 @@ impl Actor for DeviceSession {
             SessionMsg::Request(SessionRequest::Push(frame)) => push(state, frame).await,
             SessionMsg::Request(SessionRequest::ToDevice { position, frame }) => Box::pin(to_device::live(state, position, frame)).await,
             SessionMsg::Control(SessionControl::Close { code, reason, reconnect_after_ms }) => {
-                state.outbox.close(protocol::encode_server(&protocol::closing_frame(code, reason.clone(), reconnect_after_ms)));
+                crate::actors::messages::close_outbox(
+                    &state.outbox,
+                    code,
+                    protocol::encode_server(&protocol::closing_frame(code, reason.clone(), reconnect_after_ms)),
+                );
                 state.stopping = true;
                 myself.stop(Some(reason));
                 Ok(())
@@ -223,7 +227,7 @@ fn stop_for(myself: &ActorRef<SessionMsg>, state: &mut SessionState, stop: Stop)
         Stop::Slow => {
             metrics::counter!("switchboard_slow_consumers_total").increment(1);
             tracing::info!(user = %state.user, device = %state.device, "slow consumer disconnected");
-            state.outbox.close(protocol::encode_server(&protocol::closing_frame(
+            state.outbox.preempt(protocol::encode_server(&protocol::closing_frame(
                 ErrorCode::SlowConsumer,
                 "device did not read its frames fast enough",
                 1000,
