@@ -159,12 +159,19 @@ pub struct ServeArgs {
     /// Seconds a device's full outbound queue may stay full before it is disconnected as slow.
     #[arg(long, env = "SWITCHBOARD_SLOW_CONSUMER_SECS")]
     pub slow_consumer_secs: Option<u64>,
-    /// Frames per second one connection may send (sustained).
+    /// Frames per second one device may send (sustained), over all its connections.
     #[arg(long, env = "SWITCHBOARD_RATE_PER_SEC")]
     pub rate_per_sec: Option<u32>,
     /// Burst above the sustained rate.
     #[arg(long, env = "SWITCHBOARD_RATE_BURST")]
     pub rate_burst: Option<u32>,
+    /// Sustained frames per second all devices of one user may send together (default:
+    /// twice --rate-per-sec).
+    #[arg(long, env = "SWITCHBOARD_USER_RATE_PER_SEC")]
+    pub user_rate_per_sec: Option<u32>,
+    /// Burst of all devices of one user together (default: twice --rate-burst).
+    #[arg(long, env = "SWITCHBOARD_USER_RATE_BURST")]
+    pub user_rate_burst: Option<u32>,
     /// Seconds between sweeps that delete expired disappearing messages.
     #[arg(long, env = "SWITCHBOARD_PURGE_INTERVAL_SECS")]
     pub purge_interval_secs: Option<u64>,
@@ -310,6 +317,8 @@ pub struct FileConfig {
     slow_consumer_secs: Option<u64>,
     rate_per_sec: Option<u32>,
     rate_burst: Option<u32>,
+    user_rate_per_sec: Option<u32>,
+    user_rate_burst: Option<u32>,
     conversation_idle_secs: Option<u64>,
     max_group_members: Option<usize>,
     to_device_queue: Option<u64>,
@@ -529,6 +538,9 @@ impl ServerConfig {
         if let Some(v) = args.rate_burst.or(file.rate_burst) {
             connection.rate_burst = v.max(1);
         }
+        // A user's devices together: twice one device's budget unless set.
+        connection.user_rate_per_sec = args.user_rate_per_sec.or(file.user_rate_per_sec).unwrap_or(connection.rate_per_sec.saturating_mul(2)).max(1);
+        connection.user_rate_burst = args.user_rate_burst.or(file.user_rate_burst).unwrap_or(connection.rate_burst.saturating_mul(2)).max(1);
         if let Some(v) = args.conversation_idle_secs.or(file.conversation_idle_secs) {
             actors.conversation_idle = Duration::from_secs(v.max(1));
         }

@@ -157,12 +157,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let media = MediaService::new(store.clone(), media_config).map_err(|e| ServerError::Media(e.to_string()))?;
     let accepting = CancellationToken::new();
     let budgets = Arc::new(crate::transport::budgets::DeviceBudgets::new(config.connection.rate_per_sec, config.connection.rate_burst));
+    let user_budgets = Arc::new(crate::transport::budgets::UserBudgets::new(config.connection.user_rate_per_sec, config.connection.user_rate_burst));
     let deps = ConnectionDeps {
         node: node.clone(),
         accounts: accounts.clone(),
         config: Arc::new(config.connection.clone()),
         shutdown: accepting.clone(),
         budgets,
+        user_budgets,
         handshakes: Arc::new(crate::transport::handshakes::HandshakeGate::new(
             config.connection.max_handshakes_per_address,
             config.connection.handshake_cap_exempt.clone(),

@@ -180,11 +180,13 @@ async fn pings(conn: &mut Connection, n: u64, wait: Duration) -> (u64, u64) {
 }
 
 /// Limits are keyed by what a client cannot renew for free: a device that spent its frame
-/// budget and reconnects at once gets no new one, and one closed for its rate with
-/// `reconnect_after_ms` is refused at Hello until that delay is over.
+/// budget and reconnects at once gets no new one, a user's further devices share the
+/// user's budget, and a device closed for its rate with `reconnect_after_ms` is refused at
+/// Hello until that delay is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_buys_no_budget_and_the_advised_delay_is_enforced() {
-    let server = TestServer::start_with(&["--rate-per-sec", "10", "--rate-burst", "50"]);
+    // A device: 50 at once, then 10 a second; a user's devices together: 100, then 2.
+    let server = TestServer::start_with(&["--rate-per-sec", "10", "--rate-burst", "50", "--user-rate-per-sec", "2", "--user-rate-burst", "100"]);
     let api = server.api();
     let alice = user(&api).await;
     let transport = server.transport(Kind::Tcp);
@@ -196,10 +198,19 @@ async fn a_reconnect_buys_no_budget_and_the_advised_delay_is_enforced() {
     let mut second = Connection::open(&transport, &alice.token).await.unwrap().0;
     let (pongs, refused) = pings(&mut second, 40, Duration::from_secs(3)).await;
     assert!(pongs <= 15 && refused >= 25, "a reconnect renewed the budget: {pongs} answered, {refused} refused");
-    // Another device of the same user has its own budget.
+    // Another device of the same user has a budget of its own, within the user's (about
+    // 55 of its 100 are spent).
     let laptop = api.link_device(&alice.token, "laptop").await.unwrap();
     let mut other = Connection::open(&transport, &laptop.token).await.unwrap().0;
     assert_eq!(pings(&mut other, 40, Duration::from_secs(3)).await, (40, 0));
+    let tablet = api.link_device(&alice.token, "tablet").await.unwrap();
+    let mut third = Connection::open(&transport, &tablet.token).await.unwrap().0;
+    let (pongs, refused) = pings(&mut third, 40, Duration::from_secs(3)).await;
+    assert!(pongs <= 15 && refused >= 25, "more devices renewed the user's budget: {pongs} answered, {refused} refused");
+    // Someone else is not affected.
+    let bob = user(&api).await;
+    let mut b = Connection::open(&transport, &bob.token).await.unwrap().0;
+    assert_eq!(pings(&mut b, 40, Duration::from_secs(3)).await, (40, 0));
 
     // More than 1,000 dropped frames close the connection with a delay to keep…
     let (_, refused, closing) = pings_until_closed(&mut second, 1_100, Duration::from_secs(5)).await;

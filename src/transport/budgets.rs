@@ -1,21 +1,24 @@
-//! Frame budgets that outlive a connection. A device's inbound frame rate is a token
-//! bucket kept per device, not per connection: every connection of the device takes from
-//! the same bucket (an old connection not yet noticed as gone included), and a new one
-//! finds the bucket as the last one left it, refilled for the time in between, so
-//! reconnecting buys no new budget. A connection closed for its rate (`RATE_LIMITED`,
-//! with `reconnect_after_ms`) leaves its device a penalty: a Hello before the advised delay
-//! is refused with the time left, so the advice is enforced, not a suggestion.
+//! Frame budgets that outlive a connection. Inbound frames are paid from token buckets
+//! kept per device and per user, not per connection: every connection of a device takes
+//! from the device's bucket (an old connection not yet noticed as gone included) and from
+//! its user's, and a new connection finds the buckets as the last ones left them,
+//! refilled for the time in between, so reconnecting buys no new budget, and neither do
+//! more devices (the user's bucket is shared by all of them). A connection closed for its
+//! rate (`RATE_LIMITED`, with `reconnect_after_ms`) leaves its device a penalty: a Hello
+//! before the advised delay is refused with the time left, so the advice is enforced,
+//! not a suggestion.
 //!
 //! Per node (a device that reconnects to another node of a cluster starts full there);
-//! decided from given instants, so it is tested without sleeping. A device is remembered
-//! while it has a connection, a bucket that is not full, or a penalty; the others are
-//! forgotten when a connection ends.
+//! decided from given instants, so it is tested without sleeping. A key is remembered
+//! while a connection holds its budget, its bucket is not full, or it has a penalty; the
+//! others are forgotten when a connection ends.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::ids::DeviceId;
+use crate::ids::{DeviceId, UserId};
 
 /// A token bucket: `rate` frames per second, bursts up to `burst`.
 #[derive(Debug, Clone, Copy)]
@@ -49,15 +52,15 @@ impl Bucket {
     }
 }
 
-/// One device's budget, shared by its connections.
+/// One key's budget (a device's, a user's), shared by its connections.
 #[derive(Debug)]
-pub struct DeviceBudget {
+pub struct Budget {
     bucket: Mutex<Bucket>,
     /// No Hello of this device is served before this instant.
     penalty_until: Mutex<Option<Instant>>,
 }
 
-impl DeviceBudget {
+impl Budget {
     /// Takes one frame's token at `now`; false if none is left.
     pub fn allow(&self, now: Instant) -> bool {
         self.bucket.lock().unwrap_or_else(|p| p.into_inner()).allow(now)
@@ -80,15 +83,20 @@ impl DeviceBudget {
     }
 }
 
-/// The node's budgets, by device.
+/// The node's budgets, by key.
 #[derive(Debug)]
-pub struct DeviceBudgets {
+pub struct Budgets<K> {
     rate_per_sec: u32,
     burst: u32,
-    devices: Mutex<HashMap<DeviceId, Arc<DeviceBudget>>>,
+    devices: Mutex<HashMap<K, Arc<Budget>>>,
 }
 
-impl DeviceBudgets {
+/// Budgets by device.
+pub type DeviceBudgets = Budgets<DeviceId>;
+/// Budgets by user (every device of the user takes from it).
+pub type UserBudgets = Budgets<UserId>;
+
+impl<K: Hash + Eq + Copy> Budgets<K> {
     /// Budgets of `rate_per_sec` frames a second with bursts of `burst`.
     pub fn new(rate_per_sec: u32, burst: u32) -> Self {
         Self { rate_per_sec, burst, devices: Mutex::new(HashMap::new()) }
@@ -97,12 +105,12 @@ impl DeviceBudgets {
     /// The budget a new connection of `device` takes from at `now`: the device's, as its
     /// other connections left it, or a full one. `Err(wait)` while the device is in a
     /// penalty: its Hello must be refused, with `wait` as the delay to advise again.
-    pub fn resume(&self, device: DeviceId, now: Instant) -> Result<Arc<DeviceBudget>, Duration> {
+    pub fn resume(&self, device: K, now: Instant) -> Result<Arc<Budget>, Duration> {
         let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
         let budget = devices
             .entry(device)
             .or_insert_with(|| {
-                Arc::new(DeviceBudget { bucket: Mutex::new(Bucket::full(self.rate_per_sec, self.burst, now)), penalty_until: Mutex::new(None) })
+                Arc::new(Budget { bucket: Mutex::new(Bucket::full(self.rate_per_sec, self.burst, now)), penalty_until: Mutex::new(None) })
             })
             .clone();
         match budget.penalty_left(now) {
@@ -114,7 +122,7 @@ impl DeviceBudgets {
     /// A connection of `device` ended at `now` (its handle to the budget dropped by the
     /// caller first): the device is forgotten if no connection holds its budget and there
     /// is nothing to remember.
-    pub fn release(&self, device: DeviceId, now: Instant) {
+    pub fn release(&self, device: K, now: Instant) {
         let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(budget) = devices.get(&device)
             && Arc::strong_count(budget) == 1
@@ -158,6 +166,16 @@ mod tests {
         // Another device is not affected.
         let other = budgets.resume(DeviceId::random(), later).expect("no penalty");
         assert!((0..100).all(|_| other.allow(later)));
+    }
+
+    #[test]
+    fn a_user_budget_is_shared_by_the_users_devices() {
+        let users = UserBudgets::new(10, 100);
+        let (user, t0) = (UserId::random(), Instant::now());
+        let phone = users.resume(user, t0).expect("no penalty");
+        let laptop = users.resume(user, t0).expect("no penalty");
+        assert_eq!((0..80).filter(|_| phone.allow(t0)).count(), 80);
+        assert_eq!((0..80).filter(|_| laptop.allow(t0)).count(), 20, "one bucket for both");
     }
 
     #[test]

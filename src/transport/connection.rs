@@ -20,10 +20,10 @@ use crate::actors::node::Node;
 use crate::actors::outbox::{Outbox, Taken};
 use crate::actors::session::SessionArgs;
 use crate::actors::session_supervisor::start_session;
-use crate::ids::DeviceId;
+use crate::ids::{DeviceId, UserId};
 use crate::protocol::{self, ErrorCode, FrameError, PROTOCOL_VERSION, RequestError, client_frame, id_bytes, pb, server_frame};
 use crate::store::now_ms;
-use crate::transport::budgets::{DeviceBudget, DeviceBudgets};
+use crate::transport::budgets::{Budget, DeviceBudgets, UserBudgets};
 use crate::transport::handshakes::{HandshakeGate, PendingHandshake};
 
 /// Limits of a connection.
@@ -39,6 +39,10 @@ pub struct ConnectionConfig {
     pub rate_per_sec: u32,
     /// Burst above the sustained rate.
     pub rate_burst: u32,
+    /// Sustained frames per second a user's devices may send together.
+    pub user_rate_per_sec: u32,
+    /// Burst of a user's devices together.
+    pub user_rate_burst: u32,
     /// Frames over the limit tolerated before the connection is closed.
     pub max_dropped: u32,
     /// Undecodable frames tolerated before the connection is closed.
@@ -60,6 +64,8 @@ impl Default for ConnectionConfig {
             hello_timeout: Duration::from_secs(10),
             rate_per_sec: 500,
             rate_burst: 1000,
+            user_rate_per_sec: 1000,
+            user_rate_burst: 2000,
             max_dropped: 1000,
             max_bad_frames: 16,
             outbound_queue: 1024,
@@ -82,6 +88,8 @@ pub struct ConnectionDeps {
     pub shutdown: CancellationToken,
     /// Frame budgets per device, kept across its connections.
     pub budgets: Arc<DeviceBudgets>,
+    /// Frame budgets per user, shared by the user's devices.
+    pub user_budgets: Arc<UserBudgets>,
     /// Handshakes in progress per address (the cap on connections not yet past Hello).
     pub handshakes: Arc<HandshakeGate>,
 }
@@ -132,19 +140,20 @@ where
 
     let handshaken = handshake(&mut inbound, &outbox, &deps).await;
     drop(pending);
-    if let Some((session, device, budget)) = handshaken {
-        read_loop(&mut inbound, &outbox, &session, &config, &deps.shutdown, &budget).await;
+    if let Some((session, (user, device), budgets)) = handshaken {
+        read_loop(&mut inbound, &outbox, &session, &config, &deps.shutdown, &budgets).await;
         // Ordered after every frame the reader forwarded: the session handles them all
         // (acks included) before it stops.
         session.control(SessionControl::ConnectionClosed);
-        drop(budget);
+        drop(budgets);
         deps.budgets.release(device, Instant::now());
+        deps.user_budgets.release(user, Instant::now());
     }
     let _ = writer.await;
     metrics::gauge!("switchboard_connections").decrement(1.0);
 }
 
-async fn handshake<S>(inbound: &mut S, outbox: &Outbox, deps: &ConnectionDeps) -> Option<(Mailbox<SessionMsg>, DeviceId, Arc<DeviceBudget>)>
+async fn handshake<S>(inbound: &mut S, outbox: &Outbox, deps: &ConnectionDeps) -> Option<(Mailbox<SessionMsg>, (UserId, DeviceId), FrameBudget)>
 where
     S: Stream<Item = Result<Bytes, FrameError>> + Unpin,
 {
@@ -201,9 +210,14 @@ where
         }
     };
     // Reconnecting buys no budget, and the delay advised by a rate-limit close is kept.
-    let budget = match deps.budgets.resume(device.device_id, Instant::now()) {
-        Ok(budget) => budget,
-        Err(wait) => {
+    let now = Instant::now();
+    let budget = match (deps.budgets.resume(device.device_id, now), deps.user_budgets.resume(device.user_id, now)) {
+        (Ok(device_budget), Ok(user_budget)) => FrameBudget { device: device_budget, user: user_budget },
+        (device_budget, user_budget) => {
+            let wait = device_budget.as_ref().err().or(user_budget.as_ref().err()).copied().unwrap_or_default();
+            drop((device_budget, user_budget));
+            deps.budgets.release(device.device_id, now);
+            deps.user_budgets.release(device.user_id, now);
             let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
             fail(outbox, ErrorCode::RateLimited, "reconnected before the advised delay after a rate-limit close", ms);
             return None;
@@ -223,7 +237,7 @@ where
         Ok(mailbox) => {
             tracing::debug!(user = %device.user_id, device = %device.device_id, client = %hello.client_name, "device connected");
             logins().increment(1);
-            Some((mailbox, device.device_id, budget))
+            Some((mailbox, (device.user_id, device.device_id), budget))
         }
         Err(e) => {
             tracing::error!(error = %e, "session did not start");
@@ -245,10 +259,23 @@ enum Read {
     Close,
 }
 
+/// What a connection's frames are paid from: its device's budget and its user's.
+struct FrameBudget {
+    device: Arc<Budget>,
+    user: Arc<Budget>,
+}
+
+impl FrameBudget {
+    /// One frame at `now`: a token from the device's bucket, then one from the user's.
+    fn allow(&self, now: Instant) -> bool {
+        self.device.allow(now) && self.user.allow(now)
+    }
+}
+
 struct ReadLimits<'a> {
     config: &'a ConnectionConfig,
-    /// The device's frame budget (shared with its other connections).
-    rate: &'a DeviceBudget,
+    /// The device's and the user's frame budgets (shared with their other connections).
+    rate: &'a FrameBudget,
     dropped: u32,
     bad: u32,
 }
@@ -285,7 +312,7 @@ impl ReadLimits<'_> {
             metrics::counter!("switchboard_frames_dropped_total", "reason" => "rate").increment(1);
             if self.dropped > self.config.max_dropped {
                 fail(outbox, ErrorCode::RateLimited, "too many frames", RATE_PENALTY.as_millis() as u32);
-                self.rate.penalize(RATE_PENALTY, Instant::now());
+                self.rate.device.penalize(RATE_PENALTY, Instant::now());
                 return Read::Close;
             }
             outbox.push_now(err(ErrorCode::RateLimited, "frame dropped: rate limit", &protocol::request_ref(&kind), false));
@@ -310,7 +337,7 @@ async fn read_loop<S>(
     session: &Mailbox<SessionMsg>,
     config: &ConnectionConfig,
     shutdown: &CancellationToken,
-    budget: &DeviceBudget,
+    budget: &FrameBudget,
 ) where
     S: Stream<Item = Result<Bytes, FrameError>> + Unpin,
 {
