@@ -5,13 +5,14 @@
 //! Secrets are never stored: codes and tokens are kept as SHA-256 hashes. A token is 32
 //! random bytes, so a hash without a salt is enough (there is nothing to brute-force).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::store::{CodeCheck, DeviceId, DeviceRecord, PendingCode, Store, StoreError, UserId, UserRecord, now_ms};
+use crate::store::{BucketRule, CodeCheck, DeviceId, DeviceRecord, PendingCode, Store, StoreError, Taken, UserId, UserRecord, now_ms};
 
 /// Delivers one-time codes to phones (an SMS gateway in production).
 #[async_trait::async_trait]
@@ -67,13 +68,54 @@ pub struct AccountsConfig {
     pub max_devices: usize,
     /// Development mode: the code is also returned in the registration response.
     pub expose_codes: bool,
+    /// Limits against code guessing and SMS abuse.
+    pub signup: SignupLimits,
 }
 
 impl Default for AccountsConfig {
     fn default() -> Self {
-        Self { code_ttl: Duration::from_secs(600), max_code_attempts: 5, max_devices: 5, expose_codes: false }
+        Self { code_ttl: Duration::from_secs(600), max_code_attempts: 5, max_devices: 5, expose_codes: false, signup: SignupLimits::default() }
     }
 }
+
+/// Sign-up abuse limits, kept as rate buckets in the store (`Store::take_token`), so they
+/// hold for the whole cluster and across restarts. Each refusal is `RateLimited` (HTTP 429
+/// with `Retry-After`), the same whether the number is registered or not. 0 turns a limit
+/// off.
+#[derive(Debug, Clone)]
+pub struct SignupLimits {
+    /// Time between two codes for one number (resend cooldown).
+    pub code_cooldown: Duration,
+    /// Codes one number may be sent per day (the SMS cost of a number).
+    pub codes_per_number_per_day: u32,
+    /// Verification attempts per number and client address per hour, across every code
+    /// issued to the number: a new code buys no new guesses. From all addresses together
+    /// a number gets five times this (a ceiling on guessing from many addresses), so a
+    /// stranger guessing from elsewhere cannot lock its owner out with a few requests.
+    pub guesses_per_number_per_hour: u32,
+    /// Registrations (codes requested) per client address per hour.
+    pub registrations_per_address_per_hour: u32,
+    /// Verification attempts per client address per hour.
+    pub verifications_per_address_per_hour: u32,
+    /// Addresses the per-address limits do not apply to (proxies, load balancers).
+    pub exempt: Vec<IpAddr>,
+}
+
+impl Default for SignupLimits {
+    fn default() -> Self {
+        Self {
+            code_cooldown: Duration::from_secs(30),
+            codes_per_number_per_day: 10,
+            guesses_per_number_per_hour: 10,
+            registrations_per_address_per_hour: 100,
+            verifications_per_address_per_hour: 300,
+            exempt: Vec::new(),
+        }
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// Why authentication failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +143,12 @@ pub enum AccountError {
     /// No code is pending, or it expired, or it was wrong.
     #[error("invalid or expired code")]
     InvalidCode,
+    /// A sign-up limit (per number or per address) was reached.
+    #[error("too many attempts; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until the next attempt may succeed.
+        retry_after_secs: u64,
+    },
     /// The code sender failed.
     #[error("could not send the code: {0}")]
     SendFailed(String),
@@ -200,6 +248,16 @@ pub fn provisioned_phones(prefix: &str, first: u64, count: usize) -> Result<Vec<
         .collect()
 }
 
+/// What an address counts as for per-address limits: an IPv4-mapped IPv6 address is its
+/// IPv4 address, and an IPv6 address is its /64 network (one subscriber's allocation: a
+/// client that owns a /64 has 2^64 addresses for free).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
 /// SHA-256 of a secret.
 pub fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
@@ -227,11 +285,45 @@ impl Accounts {
         Self { store, sender, config: Arc::new(config) }
     }
 
-    /// Issues a one-time code for a phone number and sends it.
-    pub async fn register(&self, phone: &str) -> Result<CodeIssued, AccountError> {
+    /// Takes a token from the store's bucket `key` (0 = no limit); `RateLimited` if empty.
+    async fn limit(&self, key: String, n: u32, period: Duration) -> Result<(), AccountError> {
+        if n == 0 || period.is_zero() {
+            return Ok(());
+        }
+        match self.store.take_token(&key, BucketRule::per(n, period), now_ms()).await? {
+            Taken::Yes => Ok(()),
+            Taken::No { retry_after_ms } => {
+                metrics::counter!("switchboard_signup_refused_total", "limit" => key.split('/').next().unwrap_or("").to_owned()).increment(1);
+                Err(AccountError::RateLimited { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) })
+            }
+        }
+    }
+
+    /// The address `from` counts as, for per-address limits: `None` for an unknown or
+    /// exempt one (a load balancer), else [`address_key`] of it.
+    fn counted_address(&self, from: Option<IpAddr>) -> Option<IpAddr> {
+        let ip = address_key(from?);
+        (!self.config.signup.exempt.iter().any(|e| address_key(*e) == ip)).then_some(ip)
+    }
+
+    /// The per-address limit `what` for `from` (none for an exempt or unknown address).
+    async fn limit_address(&self, what: &str, from: Option<IpAddr>, per_hour: u32) -> Result<(), AccountError> {
+        match self.counted_address(from) {
+            Some(ip) => self.limit(format!("{what}/{ip}"), per_hour, HOUR).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Issues a one-time code for a phone number and sends it, within the sign-up limits
+    /// ([`SignupLimits`]): per address `from`, then the number's cooldown and daily cap.
+    pub async fn register(&self, phone: &str, from: Option<IpAddr>) -> Result<CodeIssued, AccountError> {
         if !valid_phone(phone) {
             return Err(AccountError::InvalidPhone);
         }
+        let limits = &self.config.signup;
+        self.limit_address("register-address", from, limits.registrations_per_address_per_hour).await?;
+        self.limit(format!("code-cooldown/{phone}"), 1, limits.code_cooldown).await?;
+        self.limit(format!("code-day/{phone}"), limits.codes_per_number_per_day, DAY).await?;
         let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
         let pending = PendingCode { code_hash: hash_secret(&code), expires_ms: now_ms() + self.config.code_ttl.as_millis() as u64, attempts: 0 };
         self.store.put_pending_code(phone, pending).await?;
@@ -242,13 +334,27 @@ impl Accounts {
     /// Checks a code and creates the account (or takes it over on a new phone) with a new
     /// primary device. Earlier primaries of the account are revoked; their live
     /// connections are the caller's to close (returned ids).
-    pub async fn verify(&self, phone: &str, code: &str, device_name: &str) -> Result<(DeviceCredentials, Vec<DeviceId>), AccountError> {
+    pub async fn verify(
+        &self,
+        phone: &str,
+        code: &str,
+        device_name: &str,
+        from: Option<IpAddr>,
+    ) -> Result<(DeviceCredentials, Vec<DeviceId>), AccountError> {
         if !valid_phone(phone) {
             return Err(AccountError::InvalidPhone);
         }
         if !valid_name(device_name) {
             return Err(AccountError::InvalidName);
         }
+        // Every attempt counts, right or wrong, across all codes issued to the number: a
+        // re-requested code buys no new guesses.
+        let limits = &self.config.signup;
+        self.limit_address("verify-address", from, limits.verifications_per_address_per_hour).await?;
+        if let Some(ip) = self.counted_address(from) {
+            self.limit(format!("code-guess/{phone}/{ip}"), limits.guesses_per_number_per_hour, HOUR).await?;
+        }
+        self.limit(format!("code-guess/{phone}"), limits.guesses_per_number_per_hour.saturating_mul(5), HOUR).await?;
         // One atomic check in the store: a code is accepted once even when two
         // verifications race, and parallel wrong guesses each count an attempt.
         match self.store.use_pending_code(phone, hash_secret(code), now_ms(), self.config.max_code_attempts).await? {
@@ -372,6 +478,15 @@ mod tests {
         assert!(matches!(accounts.provision("+1", u64::MAX - 1, 5).await, Err(AccountError::InvalidPhone)), "overflow");
         assert!(matches!(accounts.provision("+1999", 99_999_999_999, 2).await, Err(AccountError::InvalidPhone)), "12 digits after a 4-digit prefix");
         assert_eq!(accounts.provision("+1999", 99_999_999_998, 2).await.expect("fits").len(), 2);
+    }
+
+    #[test]
+    fn addresses_count_as_their_ipv4_or_their_ipv6_slash_64() {
+        let key = |s: &str| address_key(s.parse().expect("ip")).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7", "IPv4-mapped");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"), "one /64");
     }
 
     #[test]

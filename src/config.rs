@@ -121,6 +121,23 @@ pub struct ServeArgs {
     /// Development mode: registration responses include the one-time code.
     #[arg(long, env = "SWITCHBOARD_DEV_EXPOSE_CODES")]
     pub dev_expose_codes: Option<bool>,
+    /// Seconds between two sign-up codes for one phone number (default 30; 0 = none; at
+    /// most a day).
+    #[arg(long, env = "SWITCHBOARD_CODE_COOLDOWN_SECS")]
+    pub code_cooldown_secs: Option<u64>,
+    /// Sign-up codes one phone number may be sent per day (default 10; 0 = no cap).
+    #[arg(long, env = "SWITCHBOARD_CODES_PER_NUMBER_PER_DAY")]
+    pub codes_per_number_per_day: Option<u32>,
+    /// Code verification attempts per phone number per hour, across all its codes
+    /// (default 10; 0 = no cap).
+    #[arg(long, env = "SWITCHBOARD_GUESSES_PER_NUMBER_PER_HOUR")]
+    pub guesses_per_number_per_hour: Option<u32>,
+    /// Registrations per client address per hour (default 100; 0 = no cap).
+    #[arg(long, env = "SWITCHBOARD_REGISTRATIONS_PER_ADDRESS_PER_HOUR")]
+    pub registrations_per_address_per_hour: Option<u32>,
+    /// Code verifications per client address per hour (default 300; 0 = no cap).
+    #[arg(long, env = "SWITCHBOARD_VERIFICATIONS_PER_ADDRESS_PER_HOUR")]
+    pub verifications_per_address_per_hour: Option<u32>,
     /// After binding, write the bound addresses as JSON to this file (for tests and tooling).
     #[arg(long, env = "SWITCHBOARD_READY_FILE")]
     pub ready_file: Option<PathBuf>,
@@ -152,10 +169,11 @@ pub struct ServeArgs {
     /// 0 = no cap).
     #[arg(long, env = "SWITCHBOARD_MAX_HANDSHAKES_PER_ADDRESS")]
     pub max_handshakes_per_address: Option<u32>,
-    /// Addresses the handshake cap does not count, comma-separated (load balancers in
-    /// front of the node, which every client is seen from).
-    #[arg(long, env = "SWITCHBOARD_HANDSHAKE_CAP_EXEMPT", value_delimiter = ',')]
-    pub handshake_cap_exempt: Option<Vec<std::net::IpAddr>>,
+    /// Addresses the per-address limits do not apply to (the handshake cap, sign-up
+    /// limits), comma-separated: load balancers and proxies in front of the node, which
+    /// many clients are seen from.
+    #[arg(long, env = "SWITCHBOARD_ADDRESS_LIMITS_EXEMPT", value_delimiter = ',')]
+    pub address_limits_exempt: Option<Vec<std::net::IpAddr>>,
     /// Seconds a device's full outbound queue may stay full before it is disconnected as slow.
     #[arg(long, env = "SWITCHBOARD_SLOW_CONSUMER_SECS")]
     pub slow_consumer_secs: Option<u64>,
@@ -304,6 +322,11 @@ pub struct FileConfig {
     admin_token_file: Option<PathBuf>,
     code_sender: Option<String>,
     dev_expose_codes: Option<bool>,
+    code_cooldown_secs: Option<u64>,
+    codes_per_number_per_day: Option<u32>,
+    guesses_per_number_per_hour: Option<u32>,
+    registrations_per_address_per_hour: Option<u32>,
+    verifications_per_address_per_hour: Option<u32>,
     ready_file: Option<PathBuf>,
     listen_backlog: Option<u32>,
     worker_threads: Option<usize>,
@@ -313,7 +336,7 @@ pub struct FileConfig {
     heartbeat_secs: Option<u64>,
     outbound_queue: Option<usize>,
     max_handshakes_per_address: Option<u32>,
-    handshake_cap_exempt: Option<Vec<std::net::IpAddr>>,
+    address_limits_exempt: Option<Vec<std::net::IpAddr>>,
     slow_consumer_secs: Option<u64>,
     rate_per_sec: Option<u32>,
     rate_burst: Option<u32>,
@@ -526,9 +549,8 @@ impl ServerConfig {
         if let Some(v) = args.max_handshakes_per_address.or(file.max_handshakes_per_address) {
             connection.max_handshakes_per_address = v;
         }
-        if let Some(v) = args.handshake_cap_exempt.or(file.handshake_cap_exempt) {
-            connection.handshake_cap_exempt = v;
-        }
+        let address_limits_exempt = args.address_limits_exempt.or(file.address_limits_exempt).unwrap_or_default();
+        connection.handshake_cap_exempt = address_limits_exempt.clone();
         if let Some(v) = args.slow_consumer_secs.or(file.slow_consumer_secs) {
             actors.slow_consumer_timeout = Duration::from_secs(v.max(1));
         }
@@ -588,7 +610,25 @@ impl ServerConfig {
             (None, None) => None,
             _ => return Err(ConfigError::Invalid("tls needs both tls_cert and tls_key".into())),
         };
-        let accounts = AccountsConfig { expose_codes: args.dev_expose_codes.or(file.dev_expose_codes).unwrap_or(false), ..Default::default() };
+        let mut accounts = AccountsConfig { expose_codes: args.dev_expose_codes.or(file.dev_expose_codes).unwrap_or(false), ..Default::default() };
+        let signup = &mut accounts.signup;
+        if let Some(v) = args.code_cooldown_secs.or(file.code_cooldown_secs) {
+            // Rate buckets hold periods of a day at most (store::RATE_BUCKET_IDLE_MS).
+            signup.code_cooldown = Duration::from_secs(v.min(86_400));
+        }
+        if let Some(v) = args.codes_per_number_per_day.or(file.codes_per_number_per_day) {
+            signup.codes_per_number_per_day = v;
+        }
+        if let Some(v) = args.guesses_per_number_per_hour.or(file.guesses_per_number_per_hour) {
+            signup.guesses_per_number_per_hour = v;
+        }
+        if let Some(v) = args.registrations_per_address_per_hour.or(file.registrations_per_address_per_hour) {
+            signup.registrations_per_address_per_hour = v;
+        }
+        if let Some(v) = args.verifications_per_address_per_hour.or(file.verifications_per_address_per_hour) {
+            signup.verifications_per_address_per_hour = v;
+        }
+        signup.exempt = address_limits_exempt;
         Ok(Self {
             store,
             http_listen: args.http_listen.or(file.http_listen).unwrap_or(([127, 0, 0, 1], 8080).into()),

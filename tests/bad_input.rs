@@ -293,7 +293,9 @@ async fn invalid_fields_get_invalid_argument(kind: Kind) {
 
 #[tokio::test]
 async fn http_account_errors_have_clear_statuses() {
-    let server = TestServer::start();
+    // The same number registered again at once (a new phone): no resend cooldown here
+    // (the cooldown has its own test, tests/signup_limits.rs).
+    let server = TestServer::start_with(&["--code-cooldown-secs", "0"]);
     let api = server.api();
     let bad_phone = api.register("12345").await.unwrap_err();
     assert!(bad_phone.to_string().contains("400"), "{bad_phone}");

@@ -242,6 +242,7 @@ async fn a_reconnect_buys_no_budget_and_the_advised_delay_is_enforced() {
 async fn connections_that_never_say_hello_are_capped_per_address() {
     let server = TestServer::start_with(&["--max-handshakes-per-address", "8"]);
     let alice = user(&server.api()).await;
+    let laptop = server.api().link_device(&alice.token, "laptop").await.unwrap();
     let transport = server.transport(Kind::Tcp);
     // Eight connections that never say Hello (counted in the order they are accepted).
     let mut idle = Vec::new();
@@ -273,8 +274,10 @@ async fn connections_that_never_say_hello_are_capped_per_address() {
             Err(e) => panic!("no place freed: {e}"),
         }
     };
-    // Past its handshake it no longer counts: another connection fits beside it.
+    // Past its handshake it no longer counts: another connection (another device) fits
+    // beside the seven idle ones, and the first device stays connected.
     let mut another = Connection::connect(&transport).await.unwrap();
-    another.hello(&alice.token).await.expect("a place for a handshake beside a connected device");
-    let _ = device.recv_timeout(Duration::from_millis(100)).await;
+    another.hello(&laptop.token).await.expect("a place for a handshake beside a connected device");
+    device.send(client_frame::Kind::Ping(pb::Ping { nonce: 1 })).await.unwrap();
+    device.wait_for(WAIT, true, |k| matches!(k, server_frame::Kind::Pong(_)).then_some(())).await.expect("the first device is still served");
 }

@@ -56,7 +56,25 @@ fn run(spec: &std::path::Path, base: &str, tag: &str, token: &str, extra: &[&str
 async fn the_http_api_matches_its_openapi_document_under_generated_requests() {
     // Media limits far away: generated creations must not run into a user's upload rate or
     // quota (their refusals are tested in tests/media.rs).
-    let server = TestServer::start_with(&["--media-uploads-per-minute", "1000000", "--media-quota-bytes", "1000000000000000"]);
+    // Sign-up limits off too: generated registrations and verifications should reach the
+    // handlers' own checks, not a 429 after the first hundred (the limits have their own
+    // tests, tests/signup_limits.rs).
+    let server = TestServer::start_with(&[
+        "--media-uploads-per-minute",
+        "1000000",
+        "--media-quota-bytes",
+        "1000000000000000",
+        "--code-cooldown-secs",
+        "0",
+        "--codes-per-number-per-day",
+        "0",
+        "--guesses-per-number-per-hour",
+        "0",
+        "--registrations-per-address-per-hour",
+        "0",
+        "--verifications-per-address-per-hour",
+        "0",
+    ]);
     let users = server.provision(1).await;
     let spec_text = reqwest::get(format!("http://{}/v1/openapi.json", server.http)).await.expect("openapi").text().await.expect("body");
     let spec: serde_json::Value = serde_json::from_str(&spec_text).expect("the document is JSON");

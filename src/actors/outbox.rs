@@ -142,8 +142,8 @@ impl Outbox {
 
     /// Closes the connection at once with a final frame (the first close's frame wins),
     /// dropping what is queued, and tells the writer to stop the batch it is writing: a
-    /// server-decided close (revocation, replacement, drain, shutdown, slow consumer)
-    /// never waits behind the frames of the session's work. Nothing is lost by it: what
+    /// revocation, a replacement or a slow consumer (`messages::close_preempts`) never
+    /// waits behind the frames of the session's work. Nothing is lost by it: what
     /// the device did not acknowledge comes again at its next catch-up, and a send whose
     /// ack was dropped is answered again (as a duplicate) when the client retries it.
     pub fn preempt(&self, last: Bytes) {

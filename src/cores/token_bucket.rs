@@ -13,19 +13,26 @@ use serde::{Deserialize, Serialize};
 const MILLI: u64 = 1_000;
 
 /// The rule of a bucket: it holds at most `capacity` tokens (the burst) and refills
-/// `per_minute` tokens a minute, continuously.
+/// `refill` tokens every `every_ms` milliseconds, continuously.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketRule {
     /// Tokens a full bucket holds (at least 1 is used).
     pub capacity: u32,
-    /// Tokens added per minute (at least 1 is used).
-    pub per_minute: u32,
+    /// Tokens added per period (at least 1 is used).
+    pub refill: u32,
+    /// The period, ms (at least 1 is used).
+    pub every_ms: u64,
 }
 
 impl BucketRule {
     /// A bucket that allows `per_minute` at once and `per_minute` a minute after that.
     pub fn per_minute(per_minute: u32) -> Self {
-        Self { capacity: per_minute, per_minute }
+        Self::per(per_minute, std::time::Duration::from_secs(60))
+    }
+
+    /// A bucket that allows `n` at once and `n` per `period` after that.
+    pub fn per(n: u32, period: std::time::Duration) -> Self {
+        Self { capacity: n, refill: n, every_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX) }
     }
 }
 
@@ -65,25 +72,26 @@ pub enum Taken {
 /// Takes one token from `current` (`None`: never used, so full) under `rule` at `now_ms`.
 pub fn take(current: Option<BucketState>, rule: BucketRule, now_ms: u64) -> Decision {
     let capacity = u64::from(rule.capacity.max(1)) * MILLI;
-    let per_minute = u64::from(rule.per_minute.max(1));
+    let refill = u128::from(rule.refill.max(1));
+    let every = u128::from(rule.every_ms.max(1));
     let (tokens, at) = match current {
         None => (capacity, now_ms),
         Some(s) => {
-            let elapsed = now_ms.saturating_sub(s.at_ms);
-            // milli-tokens refilled = elapsed_ms × per_minute × 1000 / 60,000 ms.
-            let refill = u128::from(elapsed) * u128::from(per_minute) / 60;
-            let tokens = (u128::from(s.tokens_milli.min(capacity)) + refill).min(u128::from(capacity)) as u64;
+            let elapsed = u128::from(now_ms.saturating_sub(s.at_ms));
+            // milli-tokens refilled = elapsed_ms × refill × 1000 / every_ms.
+            let added = elapsed * refill * u128::from(MILLI) / every;
+            let tokens = (u128::from(s.tokens_milli.min(capacity)) + added).min(u128::from(capacity)) as u64;
             (tokens, s.at_ms.max(now_ms))
         }
     };
     if tokens >= MILLI {
         Decision::Take(BucketState { tokens_milli: tokens - MILLI, at_ms: at })
     } else {
-        // Milli-tokens missing, at per_minute / 60 milli-tokens a ms: round up.
-        let missing = MILLI - tokens;
-        let retry_after_ms = (missing * 60).div_ceil(per_minute);
+        // Milli-tokens missing, at refill × 1000 / every_ms milli-tokens a ms: round up.
+        let missing = u128::from(MILLI - tokens);
+        let retry_after_ms = u64::try_from((missing * every).div_ceil(refill * u128::from(MILLI))).unwrap_or(u64::MAX);
         // The wait counts from `at`, which may be ahead of this node's clock.
-        Decision::Refuse { retry_after_ms: (retry_after_ms + at.saturating_sub(now_ms)).max(1) }
+        Decision::Refuse { retry_after_ms: retry_after_ms.saturating_add(at.saturating_sub(now_ms)).max(1) }
     }
 }
 
@@ -117,8 +125,17 @@ mod tests {
     }
 
     #[test]
+    fn a_daily_budget_refills_over_the_day() {
+        let rule = BucketRule::per(10, std::time::Duration::from_secs(86_400));
+        let mut s = None;
+        assert!((0..10).all(|_| run(&mut s, rule, 0).is_ok()));
+        assert_eq!(run(&mut s, rule, 0), Err(8_640_000), "one every 2.4 hours");
+        assert!(run(&mut s, rule, 8_640_000).is_ok());
+    }
+
+    #[test]
     fn a_clock_behind_the_stored_time_refills_nothing() {
-        let rule = BucketRule { capacity: 1, per_minute: 60 };
+        let rule = BucketRule { capacity: 1, refill: 60, every_ms: 60_000 };
         let stored = Some(BucketState { tokens_milli: 0, at_ms: 10_000 });
         assert_eq!(take(stored, rule, 9_000), Decision::Refuse { retry_after_ms: 2_000 });
         assert_eq!(take(stored, rule, 11_000), Decision::Take(BucketState { tokens_milli: 0, at_ms: 11_000 }));
@@ -126,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_lowered_capacity_applies_to_stored_buckets() {
-        let rule = BucketRule { capacity: 1, per_minute: 1 };
+        let rule = BucketRule { capacity: 1, refill: 1, every_ms: 60_000 };
         let stored = Some(BucketState { tokens_milli: 50_000, at_ms: 0 });
         assert_eq!(take(stored, rule, 0), Decision::Take(BucketState { tokens_milli: 0, at_ms: 0 }));
     }
@@ -140,7 +157,7 @@ mod tests {
             per_minute in 1u32..600,
             gaps in proptest::collection::vec(0u64..5_000, 1..200),
         ) {
-            let rule = BucketRule { capacity, per_minute };
+            let rule = BucketRule { capacity, refill: per_minute, every_ms: 60_000 };
             let mut s = None;
             let (start, mut now, mut taken) = (1_000_000u64, 1_000_000u64, 0u64);
             for gap in gaps {

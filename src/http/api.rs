@@ -76,6 +76,7 @@ impl ApiError {
             ApiError::Account(AccountError::InvalidPhone) => "invalid_phone",
             ApiError::Account(AccountError::InvalidName) => "invalid_name",
             ApiError::Account(AccountError::InvalidCode) => "invalid_code",
+            ApiError::Account(AccountError::RateLimited { .. }) => "rate_limited",
             ApiError::Account(AccountError::SendFailed(_)) => "code_not_sent",
             ApiError::Account(AccountError::TooManyDevices(_)) => "too_many_devices",
             ApiError::Account(AccountError::NotPrimary) => "not_primary",
@@ -108,6 +109,7 @@ impl ResponseError for ApiError {
             ApiError::Account(AccountError::NotPrimary) | ApiError::NotAMember => StatusCode::FORBIDDEN,
             ApiError::Account(AccountError::UnknownDevice) | ApiError::UnknownConversation => StatusCode::NOT_FOUND,
             ApiError::Account(AccountError::TooManyDevices(_)) => StatusCode::CONFLICT,
+            ApiError::Account(AccountError::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Account(AccountError::SendFailed(_)) => StatusCode::BAD_GATEWAY,
             ApiError::Account(AccountError::Store(_) | AccountError::Auth(AuthError::Store(_))) | ApiError::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -121,7 +123,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(ErrorBody { error: self.code().into(), message: self.to_string() })
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Account(AccountError::RateLimited { retry_after_secs }) = self {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        response.json(ErrorBody { error: self.code().into(), message: self.to_string() })
     }
 }
 
@@ -296,11 +302,12 @@ pub struct RegisterBody {
     (status = 400, description = "invalid_phone, or a malformed body", body = ErrorBody),
     (status = 413, description = "Body over 64 KiB", body = ErrorBody),
     (status = 415, description = "Not JSON", body = ErrorBody),
+    (status = 429, description = "rate_limited: the number's cooldown or daily cap, or this address's registrations (Retry-After); the same whether the number is registered or not", body = ErrorBody),
     (status = 502, description = "code_not_sent: the SMS gateway failed", body = ErrorBody),
     (status = 503, description = "unavailable: the store failed", body = ErrorBody),
 ))]
-async fn register(state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
-    let issued = state.accounts.register(&body.phone).await?;
+async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
+    let issued = state.accounts.register(&body.phone, req.peer_addr().map(|a| a.ip())).await?;
     Ok(HttpResponse::Accepted().json(issued))
 }
 
@@ -331,10 +338,11 @@ fn default_device_name() -> String {
     (status = 409, description = "too_many_devices", body = ErrorBody),
     (status = 413, description = "Body over 64 KiB", body = ErrorBody),
     (status = 415, description = "Not JSON", body = ErrorBody),
+    (status = 429, description = "rate_limited: the number's attempts (every code issued to it counts) or this address's (Retry-After)", body = ErrorBody),
     (status = 503, description = "unavailable", body = ErrorBody),
 ))]
-async fn verify(state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> Result<HttpResponse, ApiError> {
-    let (credentials, revoked) = state.accounts.verify(&body.phone, &body.code, &body.device_name).await?;
+async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> Result<HttpResponse, ApiError> {
+    let (credentials, revoked) = state.accounts.verify(&body.phone, &body.code, &body.device_name, req.peer_addr().map(|a| a.ip())).await?;
     for device in revoked {
         state.node.ctx.router.close_device(credentials.user_id, device, ErrorCode::DeviceRevoked, "account registered on a new phone");
     }

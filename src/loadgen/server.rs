@@ -83,8 +83,8 @@ impl ServerProcess {
             .current_dir(dir.path())
             .args(["--http-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--dev-expose-codes", "true", "--admin-token", BENCH_ADMIN_TOKEN])
-            // Every simulated device connects from 127.0.0.1, thousands at once.
-            .args(["--max-handshakes-per-address", "0"])
+            // Every simulated device connects (and signs up) from 127.0.0.1, thousands at once.
+            .args(["--address-limits-exempt", "127.0.0.1,::1"])
             .arg("--ready-file")
             .arg(&ready)
             .args(extra)

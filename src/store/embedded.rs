@@ -141,6 +141,10 @@ enum Job {
     Logged(Box<Logged>, Reply<LoggedOutcome>),
     /// Any other write: its own durable transaction.
     Run(Box<dyn FnOnce(&Database) + Send>),
+    /// A write that commits without durability of its own (`Durability::None`): made
+    /// durable by the next checkpoint, so it needs none first (rate buckets: losing the
+    /// last takes in a crash refills a bucket a little early, nothing worse).
+    RunLight(Box<dyn FnOnce(&Database) + Send>),
     /// Make everything durable in the database and empty the log.
     Checkpoint(Reply<()>),
 }
@@ -230,6 +234,7 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>)
                     checkpoint_logged(&db, &mut wal, &mut logged_since);
                 }
             }
+            Ok(Job::RunLight(f)) => f(&db),
             Ok(Job::Run(f)) => {
                 // Such a write commits durably, which makes the database ahead of the log's
                 // records: checkpoint first, so that a replay after a crash always starts
@@ -479,6 +484,19 @@ impl EmbeddedStore {
     async fn logged(&self, write: Logged) -> Result<LoggedOutcome, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writer.send(Job::Logged(Box::new(write), tx))?;
+        rx.await.map_err(|_| be("store writer thread dropped the write"))?
+    }
+
+    /// A light write (`Job::RunLight`: no durability of its own) on the writer thread.
+    async fn write_light<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Job::RunLight(Box::new(move |db| {
+            let _ = tx.send(f(db));
+        })))?;
         rx.await.map_err(|_| be("store writer thread dropped the write"))?
     }
 
@@ -1169,6 +1187,24 @@ impl Store for EmbeddedStore {
                 }
             }
             super::embedded_to_device::prune_send_ids(&txn, now_ms, limit)?;
+            {
+                // Idle rate buckets are full again: forget them.
+                let mut buckets = txn.open_table(RATE_BUCKETS).map_err(be)?;
+                let cutoff = now_ms.saturating_sub(super::RATE_BUCKET_IDLE_MS);
+                let mut idle = Vec::new();
+                for entry in buckets.iter().map_err(be)? {
+                    let (key, value) = entry.map_err(be)?;
+                    if value.value().1 < cutoff {
+                        idle.push(key.value().to_owned());
+                        if idle.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                for key in idle {
+                    buckets.remove(key.as_str()).map_err(be)?;
+                }
+            }
             txn.commit().map_err(be)?;
             Ok(purged)
         })
@@ -1322,24 +1358,31 @@ impl Store for EmbeddedStore {
     async fn take_token(&self, key: &str, rule: BucketRule, now_ms: u64) -> Result<Taken, StoreError> {
         let key = checked_bucket_key(key)?.to_owned();
         // One write transaction reads and replaces the bucket: redb runs one at a time.
-        self.write(move |db| {
-            let txn = db.begin_write().map_err(be)?;
-            let taken = {
-                let mut table = txn.open_table(RATE_BUCKETS).map_err(be)?;
+        // Not durable by itself (a cheap commit on the writer thread, no checkpoint and no
+        // fsync: a flood of refused sign-ups must not slow the message path), and a refusal
+        // writes nothing.
+        self.write_light(move |db| {
+            let mut txn = db.begin_write().map_err(be)?;
+            txn.set_durability(Durability::None).map_err(be)?;
+            let decision = {
+                let table = txn.open_table(RATE_BUCKETS).map_err(be)?;
                 let current = table.get(key.as_str()).map_err(be)?.map(|g| {
                     let (tokens_milli, at_ms) = g.value();
                     BucketState { tokens_milli, at_ms }
                 });
-                match token_bucket::take(current, rule, now_ms) {
-                    Decision::Take(next) => {
-                        table.insert(key.as_str(), (next.tokens_milli, next.at_ms)).map_err(be)?;
-                        Taken::Yes
-                    }
-                    Decision::Refuse { retry_after_ms } => Taken::No { retry_after_ms },
-                }
+                token_bucket::take(current, rule, now_ms)
             };
-            txn.commit().map_err(be)?;
-            Ok(taken)
+            match decision {
+                Decision::Take(next) => {
+                    txn.open_table(RATE_BUCKETS).map_err(be)?.insert(key.as_str(), (next.tokens_milli, next.at_ms)).map_err(be)?;
+                    txn.commit().map_err(be)?;
+                    Ok(Taken::Yes)
+                }
+                Decision::Refuse { retry_after_ms } => {
+                    txn.abort().map_err(be)?;
+                    Ok(Taken::No { retry_after_ms })
+                }
+            }
         })
         .await
     }

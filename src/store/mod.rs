@@ -429,7 +429,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes messages older than their conversation's retention (events are kept), at
     /// most `limit` of them; returns how many were deleted. Also forgets to-device client
-    /// ids older than `to_device::SEND_IDS_KEPT_MS` (not counted).
+    /// ids older than `to_device::SEND_IDS_KEPT_MS` and rate buckets idle for
+    /// [`RATE_BUCKET_IDLE_MS`] (neither counted).
     async fn purge_expired(&self, now_ms: u64, limit: usize) -> Result<u64, StoreError>;
 
     /// Creates a media record (an upload starts); a record with the same id is left alone.
@@ -535,6 +536,11 @@ const DIRECT_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_7a57_0b2e_4e8e_9a41_5357_4
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// A rate bucket untouched this long (ms) is full again under every rule the server uses
+/// (their periods are at most a day) and is deleted: by `purge_expired` on redb and
+/// PostgreSQL, by a TTL on ScyllaDB. Callers must not use longer periods.
+pub const RATE_BUCKET_IDLE_MS: u64 = 2 * 86_400_000;
 
 /// Longest key of a rate bucket, in bytes.
 pub const MAX_BUCKET_KEY_BYTES: usize = 200;

@@ -1289,6 +1289,12 @@ impl Store for PostgresStore {
             &[&int(now_ms.saturating_sub(super::to_device::SEND_IDS_KEPT_MS)), &int(limit as u64)],
         )
         .await?;
+        // Idle rate buckets are full again: forget them.
+        self.execute(
+            "DELETE FROM rate_buckets WHERE ctid IN (SELECT ctid FROM rate_buckets WHERE at_ms < $1 LIMIT $2)",
+            &[&int(now_ms.saturating_sub(super::RATE_BUCKET_IDLE_MS)), &int(limit as u64)],
+        )
+        .await?;
         // Events are kept (they carry the group's history); the dedup key goes with the
         // message, as in the embedded store.
         self.execute(

@@ -591,9 +591,19 @@ impl Statements {
             delete_media_by_owner: prepare(s, "DELETE FROM media_by_owner WHERE owner = ? AND media_id = ?", Write).await?,
             media_by_owner: prepare(s, "SELECT length FROM media_by_owner WHERE owner = ?", Read).await?,
             get_bucket: prepare(s, "SELECT tokens_milli, at_ms FROM rate_buckets WHERE key = ?", Read).await?,
-            create_bucket: prepare(s, "INSERT INTO rate_buckets (key, tokens_milli, at_ms) VALUES (?, ?, ?) IF NOT EXISTS", Conditional).await?,
-            cas_bucket: prepare(s, "UPDATE rate_buckets SET tokens_milli = ?, at_ms = ? WHERE key = ? IF tokens_milli = ? AND at_ms = ?", Conditional)
-                .await?,
+            // Rows live RATE_BUCKET_IDLE_MS past their last take (172,800 s): full again by then.
+            create_bucket: prepare(
+                s,
+                "INSERT INTO rate_buckets (key, tokens_milli, at_ms) VALUES (?, ?, ?) IF NOT EXISTS USING TTL 172800",
+                Conditional,
+            )
+            .await?,
+            cas_bucket: prepare(
+                s,
+                "UPDATE rate_buckets USING TTL 172800 SET tokens_milli = ?, at_ms = ? WHERE key = ? IF tokens_milli = ? AND at_ms = ?",
+                Conditional,
+            )
+            .await?,
             put_media_by_digest: prepare(s, "INSERT INTO media_by_digest (digest, media_id) VALUES (?, ?)", Write).await?,
             delete_media_by_digest: prepare(s, "DELETE FROM media_by_digest WHERE digest = ? AND media_id = ?", Write).await?,
             media_by_digest: prepare(s, "SELECT media_id FROM media_by_digest WHERE digest = ? LIMIT ?", Read).await?,

@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 
 use crate::ids::{DeviceId, UserId};
 
+/// Keys remembered before the idle ones among them (no connection, a full bucket, no
+/// penalty) are forgotten, at the end of a connection.
+pub const PRUNE_ABOVE: usize = 100_000;
+
 /// A token bucket: `rate` frames per second, bursts up to `burst`.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -88,7 +92,7 @@ impl Budget {
 pub struct Budgets<K> {
     rate_per_sec: u32,
     burst: u32,
-    devices: Mutex<HashMap<K, Arc<Budget>>>,
+    keys: Mutex<HashMap<K, Arc<Budget>>>,
 }
 
 /// Budgets by device.
@@ -99,16 +103,16 @@ pub type UserBudgets = Budgets<UserId>;
 impl<K: Hash + Eq + Copy> Budgets<K> {
     /// Budgets of `rate_per_sec` frames a second with bursts of `burst`.
     pub fn new(rate_per_sec: u32, burst: u32) -> Self {
-        Self { rate_per_sec, burst, devices: Mutex::new(HashMap::new()) }
+        Self { rate_per_sec, burst, keys: Mutex::new(HashMap::new()) }
     }
 
     /// The budget a new connection of `device` takes from at `now`: the device's, as its
     /// other connections left it, or a full one. `Err(wait)` while the device is in a
     /// penalty: its Hello must be refused, with `wait` as the delay to advise again.
-    pub fn resume(&self, device: K, now: Instant) -> Result<Arc<Budget>, Duration> {
-        let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        let budget = devices
-            .entry(device)
+    pub fn resume(&self, key: K, now: Instant) -> Result<Arc<Budget>, Duration> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = keys
+            .entry(key)
             .or_insert_with(|| {
                 Arc::new(Budget { bucket: Mutex::new(Bucket::full(self.rate_per_sec, self.burst, now)), penalty_until: Mutex::new(None) })
             })
@@ -122,19 +126,24 @@ impl<K: Hash + Eq + Copy> Budgets<K> {
     /// A connection of `device` ended at `now` (its handle to the budget dropped by the
     /// caller first): the device is forgotten if no connection holds its budget and there
     /// is nothing to remember.
-    pub fn release(&self, device: K, now: Instant) {
-        let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(budget) = devices.get(&device)
+    pub fn release(&self, key: K, now: Instant) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(budget) = keys.get(&key)
             && Arc::strong_count(budget) == 1
             && budget.is_spent_nothing(now)
         {
-            devices.remove(&device);
+            keys.remove(&key);
+        }
+        // Most connections end within a few seconds of their last frame, before their
+        // bucket is full again: those are forgotten here, once there are many.
+        if keys.len() > PRUNE_ABOVE {
+            keys.retain(|_, b| Arc::strong_count(b) > 1 || !b.is_spent_nothing(now));
         }
     }
 
     /// Devices remembered now.
     pub fn len(&self) -> usize {
-        self.devices.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// True if no device is remembered.

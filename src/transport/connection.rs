@@ -52,7 +52,8 @@ pub struct ConnectionConfig {
     /// Connections from one address that may be in their handshake (connected, not yet
     /// answered Welcome or a refusal) at once; 0: no cap.
     pub max_handshakes_per_address: u32,
-    /// Addresses the handshake cap does not count (load balancers in front of the node).
+    /// Addresses the handshake cap does not count (load balancers in front of the node;
+    /// `--address-limits-exempt`).
     pub handshake_cap_exempt: Vec<std::net::IpAddr>,
 }
 

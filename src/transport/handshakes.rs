@@ -36,7 +36,9 @@ impl HandshakeGate {
     /// progress (the connection must be refused), `Some(guard)` otherwise (`Some` with
     /// nothing counted for an exempt address or without a cap).
     pub fn enter(self: &Arc<Self>, address: IpAddr) -> Option<Option<PendingHandshake>> {
-        if self.max == 0 || self.exempt.contains(&address) {
+        // IPv4-mapped addresses as IPv4, IPv6 by /64 (`accounts::address_key`).
+        let address = crate::accounts::address_key(address);
+        if self.max == 0 || self.exempt.iter().any(|e| crate::accounts::address_key(*e) == address) {
             return Some(None);
         }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -48,9 +50,9 @@ impl HandshakeGate {
         Some(Some(PendingHandshake { gate: self.clone(), address }))
     }
 
-    /// Handshakes in progress from `address`.
+    /// Handshakes in progress from `address` (counted as in [`Self::enter`]).
     pub fn pending(&self, address: IpAddr) -> u32 {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).get(&address).copied().unwrap_or(0)
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).get(&crate::accounts::address_key(address)).copied().unwrap_or(0)
     }
 }
 
