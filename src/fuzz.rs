@@ -191,7 +191,7 @@ pub fn http_json(data: &[u8]) {
     use crate::http::admin::ProvisionBody;
     use crate::http::api::{HistoryQuery, LinkBody, PushTokenBody, RegisterBody, VerifyBody};
     let [which, body @ ..] = data else { return };
-    match which % 6 {
+    match which % 9 {
         0 => {
             if let Ok(b) = serde_json::from_slice::<RegisterBody>(body) {
                 let _ = crate::accounts::valid_phone(&b.phone);
@@ -227,9 +227,36 @@ pub fn http_json(data: &[u8]) {
                 }
             }
         }
-        _ => {
+        5 => {
             if let Ok(query) = std::str::from_utf8(body) {
                 let _ = actix_web::web::Query::<HistoryQuery>::from_query(query);
+            }
+        }
+        6 => {
+            // The key upload body: decoded, then every size, limit and signature check
+            // the handler makes (a fixed device; nothing published before).
+            if let Ok(b) = serde_json::from_slice::<crate::http::keys::UploadBody>(body)
+                && let Ok(upload) = b.to_upload()
+            {
+                let limits = crate::cores::keys::KeyLimits::default();
+                let (user, device) = (crate::ids::UserId::from_u128(1), crate::ids::DeviceId::from_u128(2));
+                if let Ok(checked) = crate::cores::keys::check_upload(user, device, &upload, None, 0, &limits, 0) {
+                    assert!(checked.one_time_keys.len() <= limits.per_upload);
+                    assert!(
+                        upload.identity.is_some() || (checked.one_time_keys.is_empty() && checked.fallback.is_none()),
+                        "keys signed by no identity"
+                    );
+                }
+            }
+        }
+        7 => {
+            if let Ok(b) = serde_json::from_slice::<crate::http::keys::QueryBody>(body) {
+                let _ = b.user_ids.len();
+            }
+        }
+        _ => {
+            if let Ok(b) = serde_json::from_slice::<crate::http::keys::ClaimBody>(body) {
+                let _ = b.devices.len();
             }
         }
     }
@@ -418,7 +445,7 @@ fn ws_seeds() -> Vec<Vec<u8>> {
 
 /// `selector byte, body`: the bodies and queries the tests send.
 fn http_seeds() -> Vec<Vec<u8>> {
-    let bodies: [(u8, &str); 10] = [
+    let bodies: [(u8, &str); 14] = [
         (0, r#"{"phone": "+14155550001"}"#),
         (0, r#"{"phone": "14155550123"}"#),
         (1, r#"{"phone": "+14155550001", "code": "123456", "device_name": "Pixel 8"}"#),
@@ -429,6 +456,13 @@ fn http_seeds() -> Vec<Vec<u8>> {
         (4, r#"{"count": 1, "phone_prefix": "", "first": 9223372036854775806}"#),
         (5, "before=10&limit=50"),
         (5, "limit=0"),
+        (6, r#"{"one_time_keys": [], "fallback_key": null}"#),
+        (
+            6,
+            r#"{"identity": {"curve25519": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "ed25519": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "signature": "AAAA"}, "one_time_keys": [{"key_id": "AAAAAQ", "key": "AAAA", "signature": "AAAA"}]}"#,
+        ),
+        (7, r#"{"user_ids": ["6c1f7a57-0b2e-4e8e-9a41-535742434844"]}"#),
+        (8, r#"{"devices": [{"user_id": "6c1f7a57-0b2e-4e8e-9a41-535742434844", "device_id": "6c1f7a57-0b2e-4e8e-9a41-535742434845"}]}"#),
     ];
     bodies.iter().map(|(which, body)| [&[*which][..], body.as_bytes()].concat()).collect()
 }

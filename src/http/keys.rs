@@ -61,6 +61,22 @@ pub struct UploadBody {
     pub fallback_key: Option<SignedKeyJson>,
 }
 
+impl UploadBody {
+    /// The upload the body stands for (base64 decoded); `BadRequest` for a field that is
+    /// not base64. Sizes and signatures are checked next, by `cores::keys::check_upload`.
+    pub fn to_upload(&self) -> Result<Upload, ApiError> {
+        let identity = match &self.identity {
+            Some(i) => Some((bytes("curve25519", &i.curve25519)?, bytes("ed25519", &i.ed25519)?, bytes("signature", &i.signature)?)),
+            None => None,
+        };
+        Ok(Upload {
+            identity,
+            one_time_keys: self.one_time_keys.iter().map(signed).collect::<Result<_, _>>()?,
+            fallback: self.fallback_key.as_ref().map(signed).transpose()?,
+        })
+    }
+}
+
 /// Answer of an upload (and of `GET /v1/keys/count`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyCount {
@@ -158,15 +174,7 @@ fn signed(k: &SignedKeyJson) -> Result<(String, Vec<u8>, Vec<u8>), ApiError> {
 ))]
 pub async fn upload(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<UploadBody>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
-    let identity = match &body.identity {
-        Some(i) => Some((bytes("curve25519", &i.curve25519)?, bytes("ed25519", &i.ed25519)?, bytes("signature", &i.signature)?)),
-        None => None,
-    };
-    let upload = Upload {
-        identity,
-        one_time_keys: body.one_time_keys.iter().map(signed).collect::<Result<_, _>>()?,
-        fallback: body.fallback_key.as_ref().map(signed).transpose()?,
-    };
+    let upload = body.to_upload()?;
     let limits = state.node.ctx.limits.keys;
     let done = crate::keys::upload(state.store.as_ref(), &limits, me.user_id, me.device_id, upload, now_ms()).await?;
     if done.identity_changed() {
