@@ -408,6 +408,10 @@ async fn size_quota_and_rate_limits_answer_clearly_and_store_nothing(backend: Ba
     assert_eq!(over_quota.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(over_quota.json::<serde_json::Value>().await.expect("json")["error"], "quota_exceeded");
     assert_eq!(create(500_000).await.expect("post").status(), StatusCode::CREATED, "exactly up to the quota");
+    // The size refusal above cost no token of the rate (it is decided from the request
+    // alone); the quota refusal did (it reads the store): this is the fourth.
+    let over = create(1).await.expect("post");
+    assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE, "the quota is full");
     let limited = create(1).await.expect("post");
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS, "four creations per minute");
     assert!(limited.headers()["retry-after"].to_str().expect("retry-after").parse::<u64>().expect("seconds") >= 1);

@@ -157,11 +157,16 @@ impl MediaService {
         Ok(WriteGuard { set: self.writing.clone(), id })
     }
 
-    /// tus creation: a new upload of `length` bytes for `owner`. Rate, size and quota are
-    /// checked before anything is stored.
+    /// tus creation: a new upload of `length` bytes for `owner`. Size, rate and quota are
+    /// checked before anything is stored; a creation refused for its size (decided from
+    /// the request alone) costs no token of the rate.
     pub async fn create(&self, owner: UserId, length: u64, metadata: Option<&str>) -> Result<MediaRecord, MediaError> {
         let parsed = tus::parse_metadata(metadata.unwrap_or(""))?;
         let declared_sha256 = tus::declared_sha256(&parsed)?;
+        if let Err(e) = tus::decide_create(length, self.config.max_upload_bytes, 0, u64::MAX) {
+            metrics::counter!("switchboard_media_refused_total", "reason" => "size").increment(1);
+            return Err(e.into());
+        }
         self.take_upload_token(owner).await?;
         let used = self.store.media_usage(owner).await?;
         if let Err(e) = tus::decide_create(length, self.config.max_upload_bytes, used, self.config.quota_bytes) {
