@@ -134,17 +134,20 @@ enum LoggedOutcome {
 }
 
 /// Work for the writer thread.
+/// A write run on the writer thread.
+type WriterFn = Box<dyn FnOnce(&Database) + Send>;
+
 enum Job {
     /// A logged write: group-committed with the logged writes queued behind it.
     /// (Boxed: a write is far larger than the other jobs, and every slot of the queue is
     /// sized by the largest.)
     Logged(Box<Logged>, Reply<LoggedOutcome>),
     /// Any other write: its own durable transaction.
-    Run(Box<dyn FnOnce(&Database) + Send>),
+    Run(WriterFn),
     /// A write that commits without durability of its own (`Durability::None`): made
     /// durable by the next checkpoint, so it needs none first (rate buckets: losing the
     /// last takes in a crash refills a bucket a little early, nothing worse).
-    RunLight(Box<dyn FnOnce(&Database) + Send>),
+    RunLight(WriterFn),
     /// Make everything durable in the database and empty the log.
     Checkpoint(Reply<()>),
 }
@@ -493,11 +496,7 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Job::RunLight(Box::new(move |db| {
-            let _ = tx.send(f(db));
-        })))?;
-        rx.await.map_err(|_| be("store writer thread dropped the write"))?
+        self.on_writer(f, Job::RunLight).await
     }
 
     /// A write (its own durable transaction) on the writer thread.
@@ -506,8 +505,17 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
+        self.on_writer(f, Job::Run).await
+    }
+
+    /// Runs `f` on the writer thread as the job `kind` makes of it, and waits for its answer.
+    async fn on_writer<T, F>(&self, f: F, kind: fn(WriterFn) -> Job) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Job::Run(Box::new(move |db| {
+        self.writer.send(kind(Box::new(move |db| {
             let _ = tx.send(f(db));
         })))?;
         rx.await.map_err(|_| be("store writer thread dropped the write"))?
@@ -657,17 +665,33 @@ fn free_expired_client_id(
         return Ok(());
     }
     let old: Option<StoredMessage> = messages.get((conv, seq)).map_err(be)?.map(|g| decode_message(g.value())).transpose()?;
-    if old.as_ref().is_some_and(|m| m.event.is_some()) {
-        return Ok(());
-    }
-    if let Some(m) = old {
-        remove_refs(media_refs, &m)?;
-        if m.reference_seq > 0 {
-            referrers.remove((conv, m.reference_seq, seq)).map_err(be)?;
+    match old {
+        Some(m) if m.event.is_some() => Ok(()),
+        Some(m) => purge_message(messages, dedup, media_refs, referrers, &m),
+        None => {
+            dedup.remove(key).map_err(be)?;
+            Ok(())
         }
-        messages.remove((conv, seq)).map_err(be)?;
     }
-    dedup.remove(key).map_err(be)?;
+}
+
+/// Deletes an expired message with everything that points at it: its dedup key, its media
+/// references and its entry in the referrers index (the purge sweep, and a client id used
+/// again after expiry).
+fn purge_message(
+    messages: &mut MessagesTable<'_>,
+    dedup: &mut DedupTable<'_>,
+    media_refs: &mut MediaRefsTable<'_>,
+    referrers: &mut ReferrersTable<'_>,
+    m: &StoredMessage,
+) -> Result<(), StoreError> {
+    let conv = m.conversation_id.as_u128();
+    remove_refs(media_refs, m)?;
+    if m.reference_seq > 0 {
+        referrers.remove((conv, m.reference_seq, m.seq)).map_err(be)?;
+    }
+    messages.remove((conv, m.seq)).map_err(be)?;
+    dedup.remove((conv, m.sender_user_id.as_u128(), m.client_msg_id.as_str())).map_err(be)?;
     Ok(())
 }
 
@@ -1166,22 +1190,17 @@ impl Store for EmbeddedStore {
                     // Times grow with seq within a conversation: stop at the first young one.
                     let mut expired = Vec::new();
                     for entry in messages.range((conv, 0)..=(conv, u64::MAX)).map_err(be)? {
-                        let (key, value) = entry.map_err(be)?;
+                        let (_, value) = entry.map_err(be)?;
                         let m: StoredMessage = decode_message(value.value())?;
                         if m.server_time_ms >= cutoff || expired.len() + purged as usize >= limit {
                             break;
                         }
                         if m.event.is_none() {
-                            expired.push((key.value().1, m.sender_user_id.as_u128(), m.client_msg_id.clone(), m));
+                            expired.push(m);
                         }
                     }
-                    for (seq, sender, client_id, m) in expired {
-                        remove_refs(&mut media_refs, &m)?;
-                        if m.reference_seq > 0 {
-                            referrers.remove((conv, m.reference_seq, seq)).map_err(be)?;
-                        }
-                        messages.remove((conv, seq)).map_err(be)?;
-                        dedup.remove((conv, sender, client_id.as_str())).map_err(be)?;
+                    for m in expired {
+                        purge_message(&mut messages, &mut dedup, &mut media_refs, &mut referrers, &m)?;
                         purged += 1;
                     }
                 }
