@@ -139,8 +139,7 @@ where
     let writer = tokio::spawn(write_loop(sink, outbox.clone()));
     metrics::gauge!("switchboard_connections").increment(1.0);
 
-    let handshaken = handshake(&mut inbound, &outbox, &deps).await;
-    drop(pending);
+    let handshaken = handshake(&mut inbound, &outbox, &deps, pending).await;
     if let Some((session, (user, device), budgets)) = handshaken {
         read_loop(&mut inbound, &outbox, &session, &config, &deps.shutdown, &budgets).await;
         // Ordered after every frame the reader forwarded: the session handles them all
@@ -154,7 +153,14 @@ where
     metrics::gauge!("switchboard_connections").decrement(1.0);
 }
 
-async fn handshake<S>(inbound: &mut S, outbox: &Outbox, deps: &ConnectionDeps) -> Option<(Mailbox<SessionMsg>, (UserId, DeviceId), FrameBudget)>
+/// `pending` (the connection's place among its address's handshakes) is given back once
+/// the Hello is answered: at Welcome, or by the refusal.
+async fn handshake<S>(
+    inbound: &mut S,
+    outbox: &Outbox,
+    deps: &ConnectionDeps,
+    pending: Option<PendingHandshake>,
+) -> Option<(Mailbox<SessionMsg>, (UserId, DeviceId), FrameBudget)>
 where
     S: Stream<Item = Result<Bytes, FrameError>> + Unpin,
 {
@@ -233,6 +239,7 @@ where
         max_frame_bytes: config.max_frame as u32,
     }));
     outbox.push_now(protocol::encode_server(&welcome));
+    drop(pending);
     let args = SessionArgs { user: device.user_id, device: device.device_id, outbox: outbox.clone(), ctx: deps.node.ctx.clone() };
     match start_session(&deps.node.sessions.get_cell(), args).await {
         Ok(mailbox) => {
