@@ -138,6 +138,10 @@ pub struct ServeArgs {
     /// Code verifications per client address per hour (default 300; 0 = no cap).
     #[arg(long, env = "SWITCHBOARD_VERIFICATIONS_PER_ADDRESS_PER_HOUR")]
     pub verifications_per_address_per_hour: Option<u32>,
+    /// Phone numbers new to an account that contact discovery looks up per day (default
+    /// 2000; re-checks of numbers already in the account's contacts are free; 0 = no cap).
+    #[arg(long, env = "SWITCHBOARD_DISCOVERY_NEW_NUMBERS_PER_DAY")]
+    pub discovery_new_numbers_per_day: Option<u32>,
     /// After binding, write the bound addresses as JSON to this file (for tests and tooling).
     #[arg(long, env = "SWITCHBOARD_READY_FILE")]
     pub ready_file: Option<PathBuf>,
@@ -327,6 +331,7 @@ pub struct FileConfig {
     guesses_per_number_per_hour: Option<u32>,
     registrations_per_address_per_hour: Option<u32>,
     verifications_per_address_per_hour: Option<u32>,
+    discovery_new_numbers_per_day: Option<u32>,
     ready_file: Option<PathBuf>,
     listen_backlog: Option<u32>,
     worker_threads: Option<usize>,
@@ -467,6 +472,8 @@ pub struct ServerConfig {
     pub code_sender: CodeSenderSpec,
     /// Accounts rules.
     pub accounts: AccountsConfig,
+    /// Contact discovery's budget.
+    pub contacts: crate::contacts::ContactsConfig,
     /// Connection limits.
     pub connection: ConnectionConfig,
     /// Actor limits.
@@ -629,6 +636,10 @@ impl ServerConfig {
             signup.verifications_per_address_per_hour = v;
         }
         signup.exempt = address_limits_exempt;
+        let mut contacts = crate::contacts::ContactsConfig::default();
+        if let Some(v) = args.discovery_new_numbers_per_day.or(file.discovery_new_numbers_per_day) {
+            contacts.new_numbers_per_day = v;
+        }
         Ok(Self {
             store,
             http_listen: args.http_listen.or(file.http_listen).unwrap_or(([127, 0, 0, 1], 8080).into()),
@@ -638,6 +649,7 @@ impl ServerConfig {
             admin_token,
             code_sender,
             accounts,
+            contacts,
             connection,
             actors,
             ready_file: args.ready_file.or(file.ready_file),

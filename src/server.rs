@@ -198,8 +198,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let exit = CancellationToken::new();
 
-    let api_state =
-        ApiState { accounts: accounts.clone(), node: node.clone(), store: store.clone(), metrics, cluster: cluster.clone(), media: media.clone() };
+    let api_state = ApiState {
+        accounts: accounts.clone(),
+        contacts: crate::contacts::Contacts::new(store.clone(), config.contacts),
+        node: node.clone(),
+        store: store.clone(),
+        metrics,
+        cluster: cluster.clone(),
+        media: media.clone(),
+    };
     let media_state = web::Data::new(MediaState { media: media.clone(), accounts: accounts.clone() });
     let ws_deps = api::ws_data(deps.clone());
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4);

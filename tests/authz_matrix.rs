@@ -273,6 +273,13 @@ async fn every_frame_and_endpoint_refuses_whoever_may_not_and_changes_nothing() 
         (reqwest::Method::GET, format!("/v1/media/{m}/url"), None),
         (reqwest::Method::PATCH, format!("/v1/media/{m}"), None),
         (reqwest::Method::DELETE, format!("/v1/media/{m}"), None),
+        (reqwest::Method::POST, "/v1/contacts/discover".into(), Some(serde_json::json!({ "phones": ["+14155550123"] }))),
+        (reqwest::Method::POST, "/v1/contacts/remove".into(), Some(serde_json::json!({ "phones": ["+14155550123"] }))),
+        (reqwest::Method::GET, "/v1/privacy".into(), None),
+        (reqwest::Method::PATCH, "/v1/privacy".into(), Some(serde_json::json!({ "last_seen": "nobody" }))),
+        (reqwest::Method::GET, "/v1/blocks".into(), None),
+        (reqwest::Method::PUT, format!("/v1/blocks/{}", b.user_id), None),
+        (reqwest::Method::DELETE, format!("/v1/blocks/{}", b.user_id), None),
     ];
     let call = |method: reqwest::Method, path: &str, body: &Option<serde_json::Value>, token: Option<&str>| {
         let mut req = http.request(method, format!("{base}{path}"));

@@ -80,7 +80,7 @@ async fn cli_client_and_admin_tree_work_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let alice = dir.path().join("alice.json");
     let bob = dir.path().join("bob.json");
-    for (phone, profile) in [("+15550001001", &alice), ("+15550001002", &bob)] {
+    for (phone, profile) in [("+14155550101", &alice), ("+14155550102", &bob)] {
         let out = cli(&["client", "register", "--server", &http, "--phone", phone]);
         let code = out.split_whitespace().last().unwrap().to_owned();
         cli(&["client", "verify", "--server", &http, "--phone", phone, "--code", &code, "--profile", profile.to_str().unwrap()]);
@@ -204,7 +204,7 @@ async fn cli_send_file_and_download_from_two_terminals() {
     let dir = tempfile::tempdir().unwrap();
     let alice = dir.path().join("alice.json");
     let bob = dir.path().join("bob.json");
-    for (phone, profile) in [("+15550002001", &alice), ("+15550002002", &bob)] {
+    for (phone, profile) in [("+14155550201", &alice), ("+14155550202", &bob)] {
         let out = cli(&["client", "register", "--server", &http, "--phone", phone]);
         let code = out.split_whitespace().last().unwrap().to_owned();
         cli(&["client", "verify", "--server", &http, "--phone", phone, "--code", &code, "--profile", profile.to_str().unwrap()]);

@@ -46,6 +46,10 @@ fn put_type(buf: &mut BytesMut, cql_type: &str) {
             buf.put_u16(0x0020);
             buf.put_u16(0x000C);
         }
+        "list<text>" => {
+            buf.put_u16(0x0020);
+            buf.put_u16(0x000D);
+        }
         other => panic!("type {other} not used by the schema"),
     }
 }
@@ -208,6 +212,11 @@ fn shape(cql: &str, schema: &HashMap<String, Vec<(String, String)>>) -> Shape {
             ("[limit]".to_owned(), "int".to_owned())
         } else if last_word == "TIMESTAMP" {
             ("[timestamp]".to_owned(), "bigint".to_owned())
+        } else if last_word == "IN" {
+            // `column IN ?`: one bound list of the column's type.
+            let column = before.trim_end_matches(last_word).split_whitespace().last().unwrap().to_owned();
+            let t = format!("list<{}>", type_of(&column));
+            (column, t)
         } else if ["=", "<", ">", "<=", ">="].contains(&last_word) {
             let column = before.trim_end_matches(last_word).split_whitespace().last().unwrap().to_owned();
             let column = column.trim_start_matches("token(").trim_end_matches(')').to_owned();

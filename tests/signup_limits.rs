@@ -126,3 +126,55 @@ async fn an_address_may_register_and_verify_only_so_often() {
     }
     refused(verify(&server, &phone(), "123456").await, "a fifth verification from one address").await;
 }
+
+/// Issue 15 item 1: however a number is written, it is one account (its E.164 form), and
+/// the limits count the number, not the spelling; invalid numbers get a clear 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_number_written_three_ways_is_one_account() {
+    let server = TestServer::start_with(&["--code-cooldown-secs", "0"]);
+    // A number of this process's own range, written three ways.
+    let e164 = phone();
+    let national = &e164[2..]; // 10 digits: 415xxxxxxx
+    let spellings = [
+        serde_json::json!({ "phone": format!("+1 ({}) {}-{}", &national[..3], &national[3..6], &national[6..]) }),
+        serde_json::json!({ "phone": e164.clone() }),
+        serde_json::json!({ "phone": format!("{}.{}.{}", &national[..3], &national[3..6], &national[6..]), "region": "US" }),
+    ];
+    let mut users = Vec::new();
+    for (n, spelling) in spellings.iter().enumerate() {
+        let issued = post(&server, "/v1/accounts/register", spelling.clone()).await;
+        assert_eq!(issued.status(), StatusCode::ACCEPTED, "spelling {n}: {spelling}");
+        let code = issued.json::<serde_json::Value>().await.expect("json")["dev_code"].as_str().expect("code").to_owned();
+        let mut body = spelling.clone();
+        body["code"] = code.into();
+        let verified = post(&server, "/v1/accounts/verify", body).await;
+        assert_eq!(verified.status(), StatusCode::OK, "spelling {n}");
+        users.push(verified.json::<serde_json::Value>().await.expect("json")["user_id"].clone());
+    }
+    assert!(users.windows(2).all(|w| w[0] == w[1]), "one account: {users:?}");
+
+    // The cooldown and code are the number's, whatever the spelling: with a cooldown, a
+    // resend written differently is refused, and a code issued to one spelling is
+    // accepted through another.
+    let server = TestServer::start_with(&["--code-cooldown-secs", "60"]);
+    let e164 = phone();
+    let issued: serde_json::Value = register(&server, &e164).await.json().await.expect("json");
+    let spaced = format!("+1 {} {} {}", &e164[2..5], &e164[5..8], &e164[8..]);
+    refused(register(&server, &spaced).await, "a resend of the same number written with spaces").await;
+    assert_eq!(verify(&server, &spaced, issued["dev_code"].as_str().expect("code")).await.status(), StatusCode::OK);
+
+    // Invalid numbers: a clear 400 `invalid_phone` with the reason, and nothing issued.
+    for (input, region, why) in [
+        ("4155550123", None, "country code"),
+        ("+1 015 555 0123", None, "not a valid phone number"),
+        ("+1 415 555 01234", None, "not a valid phone number"),
+        ("call me maybe", None, "country code"),
+        ("415 555 0123", Some("ZZ"), "unknown region"),
+    ] {
+        let response = post(&server, "/v1/accounts/register", serde_json::json!({ "phone": input, "region": region })).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{input}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["error"], "invalid_phone", "{input}: {body}");
+        assert!(body["message"].as_str().expect("message").contains(why), "{input}: {body}");
+    }
+}

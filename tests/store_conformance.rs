@@ -14,11 +14,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use switchboard::cores::privacy::{Audience, OnlineAudience};
 use switchboard::ids::{ConversationId, DeviceId, Id, MediaId, UserId};
 use switchboard::store::{
     ClaimedKey, CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceKeys, DeviceRecord, GroupState, KeysStored, MediaKind,
-    MediaPart, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, QueueBounds, Record, Section, Store, StoreError, StoreSpec,
-    StoredMessage, Taken, ToDeviceEntry, ToDeviceSend, ToDeviceStored, ToDeviceTarget, UserRecord, WriteOp, WriteOutcome, now_ms,
+    MediaPart, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PrivacySettings, PushToken, QueueBounds, Record, Section, Store, StoreError,
+    StoreSpec, StoredMessage, Taken, ToDeviceEntry, ToDeviceSend, ToDeviceStored, ToDeviceTarget, UserRecord, WriteOp, WriteOutcome, now_ms,
 };
 use switchboard::testkit::PrivatePostgres;
 use uuid::Uuid;
@@ -118,6 +119,8 @@ every_backend!(
     appends_are_fenced_and_idempotent,
     cursors_receipts_and_presence,
     push_tokens,
+    contacts_and_phone_lookups,
+    privacy_settings_and_blocks,
     expired_messages_are_purged_but_the_fence_holds,
     racing_sequencers_store_each_seq_once,
     writes_survive_a_restart,
@@ -532,6 +535,74 @@ async fn push_tokens(f: Fixture) {
     assert!(store.push_tokens_of(uid()).await.unwrap().is_empty());
 }
 
+async fn privacy_settings_and_blocks(f: Fixture) {
+    let store = f.open().await;
+    let (a, b, c) = (uid(), uid(), uid());
+    assert_eq!(store.privacy(a).await.unwrap(), PrivacySettings::default(), "defaults until set");
+    let settings =
+        PrivacySettings { last_seen: Audience::Contacts, online: OnlineAudience::SameAsLastSeen, groups: Audience::Nobody, read_receipts: false };
+    store.set_privacy(a, settings).await.unwrap();
+    assert_eq!(store.privacy(a).await.unwrap(), settings);
+    assert_eq!(store.privacy(b).await.unwrap(), PrivacySettings::default(), "one user's settings only");
+    store.set_privacy(a, PrivacySettings::default()).await.unwrap();
+    assert_eq!(store.privacy(a).await.unwrap(), PrivacySettings::default(), "replaced");
+
+    assert!(store.set_blocked(a, b, true, 10).await.unwrap(), "a new block changes something");
+    assert!(!store.set_blocked(a, b, true, 11).await.unwrap(), "blocking twice does not");
+    assert!(store.set_blocked(a, c, true, 12).await.unwrap());
+    assert!(store.set_blocked(c, b, true, 13).await.unwrap());
+    assert!(store.is_blocked(a, b).await.unwrap());
+    assert!(!store.is_blocked(b, a).await.unwrap(), "a block has a direction");
+    let sorted = |mut v: Vec<UserId>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(store.blocks_of(a).await.unwrap()), sorted(vec![b, c]));
+    assert_eq!(sorted(store.blockers_of(b).await.unwrap()), sorted(vec![a, c]));
+    assert!(store.blockers_of(a).await.unwrap().is_empty());
+    assert!(store.set_blocked(a, b, false, 14).await.unwrap(), "unblocking changes something");
+    assert!(!store.set_blocked(a, b, false, 15).await.unwrap(), "unblocking twice does not");
+    assert!(!store.is_blocked(a, b).await.unwrap());
+    assert_eq!(store.blocks_of(a).await.unwrap(), vec![c]);
+    assert_eq!(store.blockers_of(b).await.unwrap(), vec![c], "the reverse index follows");
+    assert_eq!(store.count(Section::Blocks).await.unwrap(), 2);
+    assert_eq!(store.count(Section::Privacy).await.unwrap(), 1);
+}
+
+async fn contacts_and_phone_lookups(f: Fixture) {
+    let store = f.open().await;
+    let (owner, other) = (uid(), uid());
+    let numbers: Vec<String> = (0..250).map(|n| format!("+1415{}", 3_000_000 + n)).collect();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert!(store.known_contacts(owner, numbers.clone()).await.unwrap().is_empty());
+    // Added in two overlapping batches (more than one chunk of the backends' IN lists):
+    // the overlap is stored once.
+    store.add_contacts(owner, numbers[..150].to_vec()).await.unwrap();
+    store.add_contacts(owner, numbers[100..].to_vec()).await.unwrap();
+    assert_eq!(sorted(store.known_contacts(owner, numbers.clone()).await.unwrap()), sorted(numbers.clone()));
+    assert!(store.known_contacts(other, numbers.clone()).await.unwrap().is_empty(), "one owner's list only");
+    store.remove_contacts(owner, vec![numbers[0].clone(), numbers[1].clone(), "+14155559999".into()]).await.unwrap();
+    assert_eq!(sorted(store.known_contacts(owner, numbers[..3].to_vec()).await.unwrap()), vec![numbers[2].clone()]);
+    assert_eq!(store.count(Section::Contacts).await.unwrap(), 248);
+    assert!(store.known_contacts(owner, Vec::new()).await.unwrap().is_empty());
+    store.add_contacts(owner, Vec::new()).await.unwrap();
+
+    // Users by phone: registered numbers only.
+    let (a, b) = (user(&numbers[10]), user(&numbers[200]));
+    store.get_or_create_user(&a.phone, a.clone()).await.unwrap();
+    store.get_or_create_user(&b.phone, b.clone()).await.unwrap();
+    let mut found = store.users_by_phone(numbers.clone()).await.unwrap();
+    found.sort();
+    let mut expected = vec![(a.phone.clone(), a.user_id), (b.phone.clone(), b.user_id)];
+    expected.sort();
+    assert_eq!(found, expected);
+    assert!(store.users_by_phone(vec!["+14155550000".into()]).await.unwrap().is_empty());
+    assert!(store.users_by_phone(Vec::new()).await.unwrap().is_empty());
+}
+
 async fn expired_messages_are_purged_but_the_fence_holds(f: Fixture) {
     let store = f.open().await;
     let (a, b) = (uid(), uid());
@@ -814,6 +885,10 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
         Record::ToDeviceEntry { device_id: d.device_id, entry: entry(4) },
         Record::ToDeviceEntry { device_id: d.device_id, entry: entry(5) },
         Record::DeviceListNotice { device_id: d.device_id, user_id: peer.user_id, changed_ms: 70 },
+        Record::Contact { owner: u.user_id, phone: peer.phone.clone() },
+        Record::Contact { owner: u.user_id, phone: "+14155550999".into() },
+        Record::Privacy { user_id: u.user_id, settings: PrivacySettings { read_receipts: false, ..Default::default() } },
+        Record::Block { user_id: u.user_id, target: peer.user_id, at_ms: 95 },
     ]);
     store.import(records.clone()).await.unwrap();
     store.import(records).await.unwrap();
@@ -836,6 +911,9 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
         (Section::ToDeviceQueues, 1),
         (Section::ToDeviceEntries, 2),
         (Section::DeviceListNotices, 1),
+        (Section::Contacts, 2),
+        (Section::Privacy, 1),
+        (Section::Blocks, 1),
     ];
     assert_eq!(expected.len(), Section::ALL.len(), "every section is checked");
     for (section, n) in expected {
@@ -872,6 +950,13 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
     let queue = store.to_device_after(d.device_id, 0, 10).await.unwrap();
     assert_eq!((queue.acked, queue.entries), (3, vec![entry(4), entry(5)]));
     assert_eq!(store.device_list_changes(d.device_id).await.unwrap(), vec![peer.user_id]);
+    let mut known = store.known_contacts(u.user_id, vec![peer.phone.clone(), "+14155550999".into(), "+14155550998".into()]).await.unwrap();
+    known.sort();
+    let mut expected_known = vec![peer.phone.clone(), "+14155550999".to_owned()];
+    expected_known.sort();
+    assert_eq!(known, expected_known, "contacts came along");
+    assert!(!store.privacy(u.user_id).await.unwrap().read_receipts, "privacy settings came along");
+    assert_eq!(store.blockers_of(peer.user_id).await.unwrap(), vec![u.user_id], "blocks came along, indexed both ways");
     // Expired imported messages are purged like any others (the retention came along);
     // ScyllaDB expires them by TTL instead.
     if f.backend != Backend::Scylla {

@@ -190,6 +190,36 @@ impl Store for FailingAfter {
     async fn user(&self, _: switchboard::ids::UserId) -> Result<Option<switchboard::store::UserRecord>, StoreError> {
         unimplemented!()
     }
+    async fn users_by_phone(&self, _: Vec<String>) -> Result<Vec<(String, switchboard::ids::UserId)>, StoreError> {
+        unimplemented!()
+    }
+    async fn known_contacts(&self, _: switchboard::ids::UserId, _: Vec<String>) -> Result<Vec<String>, StoreError> {
+        unimplemented!()
+    }
+    async fn add_contacts(&self, _: switchboard::ids::UserId, _: Vec<String>) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn remove_contacts(&self, _: switchboard::ids::UserId, _: Vec<String>) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn privacy(&self, _: switchboard::ids::UserId) -> Result<switchboard::store::PrivacySettings, StoreError> {
+        unimplemented!()
+    }
+    async fn set_privacy(&self, _: switchboard::ids::UserId, _: switchboard::store::PrivacySettings) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn is_blocked(&self, _: switchboard::ids::UserId, _: switchboard::ids::UserId) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
+    async fn blocks_of(&self, _: switchboard::ids::UserId) -> Result<Vec<switchboard::ids::UserId>, StoreError> {
+        unimplemented!()
+    }
+    async fn blockers_of(&self, _: switchboard::ids::UserId) -> Result<Vec<switchboard::ids::UserId>, StoreError> {
+        unimplemented!()
+    }
+    async fn set_blocked(&self, _: switchboard::ids::UserId, _: switchboard::ids::UserId, _: bool, _: u64) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
     async fn add_device(&self, _: switchboard::store::DeviceRecord, _: usize) -> Result<(), StoreError> {
         unimplemented!()
     }

@@ -220,10 +220,15 @@ pub fn disconnected<'a>(
     for step in steps {
         match step {
             Step::RecordLastSeen { user, at_ms } => ctx.writer.write_detached(vec![WriteOp::LastSeen { user_id: user, at_ms }], "last seen"),
-            Step::Offline { user, at_ms } => {
-                let frame = offline_frame(user, at_ms);
-                ctx.router.deliver_to_users(&peers, None, || super::messages::SessionRequest::Push(frame.clone()));
+            Step::Offline { user, at_ms } if !peers.is_empty() => {
+                let (ctx, peers) = (ctx.clone(), peers.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = tell_offline(&ctx, user, &peers, at_ms, false).await {
+                        tracing::warn!(%user, error = %e, "privacy unreadable; offline presence not told");
+                    }
+                });
             }
+            Step::Offline { .. } => {}
             Step::PushUnacked { user, device } if !gaps.is_empty() => {
                 let ctx = ctx.clone();
                 let gaps = std::mem::take(&mut gaps);
@@ -327,8 +332,30 @@ async fn tell_local_peers(ctx: &NodeContext, user: UserId, at_ms: u64) -> Result
         0 => now_ms(),
         t => t,
     };
-    let frame = offline_frame(user, at_ms);
-    ctx.router.deliver_here(&peers, None, || super::messages::SessionRequest::Push(frame.clone()));
+    tell_offline(ctx, user, &peers, at_ms, true).await
+}
+
+/// Tells `peers` that `user` went offline at `at_ms`, as each may see it under the user's
+/// privacy settings and blocks (`cores::privacy`): with the last-seen time, with none
+/// (0), or nothing at all. `here_only`: to the peers' sessions on this node only.
+async fn tell_offline(ctx: &NodeContext, user: UserId, peers: &[UserId], at_ms: u64, here_only: bool) -> Result<(), StoreError> {
+    let views = crate::privacy::presence_views(ctx.store.as_ref(), user, peers).await?;
+    let (mut with_time, mut without) = (Vec::new(), Vec::new());
+    for (peer, view) in views {
+        match crate::cores::privacy::shown_presence(view, false, at_ms) {
+            _ if !view.online && !view.last_seen => {}
+            (_, 0) => without.push(peer),
+            _ => with_time.push(peer),
+        }
+    }
+    for (to, seen) in [(with_time, at_ms), (without, 0)] {
+        if to.is_empty() {
+            continue;
+        }
+        let frame = offline_frame(user, seen);
+        let make = || super::messages::SessionRequest::Push(frame.clone());
+        if here_only { ctx.router.deliver_here(&to, None, make) } else { ctx.router.deliver_to_users(&to, None, make) }
+    }
     Ok(())
 }
 

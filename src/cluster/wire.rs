@@ -229,6 +229,7 @@ pub fn session_payload(message: &SessionMsg) -> Option<pb::SessionPayload> {
         SessionMsg::Request(SessionRequest::ToDevice { position, frame }) => {
             Kind::ToDevice(pb::ToDeviceEntry { position: *position, frame: frame.clone() })
         }
+        SessionMsg::Request(SessionRequest::PrivacyChanged(user)) => Kind::PrivacyChanged(id_bytes(*user)),
         SessionMsg::Control(SessionControl::Close { code, reason, reconnect_after_ms }) => {
             Kind::Close(pb::Close { code: *code as i32, reason: reason.clone(), reconnect_after_ms: *reconnect_after_ms })
         }
@@ -291,6 +292,7 @@ pub fn from_session_payload(payload: pb::SessionPayload) -> Result<SessionMsg, W
         }
         Kind::Push(frame) => SessionMsg::Request(SessionRequest::Push(frame)),
         Kind::ToDevice(e) => SessionMsg::Request(SessionRequest::ToDevice { position: e.position, frame: e.frame }),
+        Kind::PrivacyChanged(user) => SessionMsg::Request(SessionRequest::PrivacyChanged(parse_id("privacy_changed", &user)?)),
         Kind::Close(c) => SessionMsg::Control(SessionControl::Close {
             code: ErrorCode::try_from(c.code).map_err(|_| WireError::Unknown { field: "close.code", value: c.code.into() })?,
             reason: c.reason,
@@ -306,6 +308,7 @@ pub fn duplicate(request: &SessionRequest) -> Option<SessionRequest> {
         SessionRequest::Conversation(batch) => Some(SessionRequest::Conversation(batch.clone())),
         SessionRequest::Push(frame) => Some(SessionRequest::Push(frame.clone())),
         SessionRequest::ToDevice { position, frame } => Some(SessionRequest::ToDevice { position: *position, frame: frame.clone() }),
+        SessionRequest::PrivacyChanged(user) => Some(SessionRequest::PrivacyChanged(*user)),
         SessionRequest::Frames(_) => None,
     }
 }

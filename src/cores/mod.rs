@@ -15,6 +15,8 @@
 //! - [`to_device`]: to-device sends (checks, queue bound) and a receiving device's queue
 //!   position (in order, once); not wired to frames yet.
 //! - [`recent_ids`], [`receipts`]: the sequencer's dedup window and group receipt counts.
+//! - [`privacy`]: privacy settings and blocking: who sees presence, who may add whom to
+//!   groups, whether read receipts, typing and sends flow between two users.
 //! - [`token_bucket`]: a rate budget kept in the store and shared by every node.
 //! - [`requests`]: what a device asks of a conversation (the sequencer's inputs).
 
@@ -22,6 +24,7 @@ pub mod delivery;
 pub mod group;
 pub mod keys;
 pub mod megolm_rotation;
+pub mod privacy;
 pub mod receipts;
 pub mod recent_ids;
 pub mod requests;

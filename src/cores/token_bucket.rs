@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 const MILLI: u64 = 1_000;
 
 /// The rule of a bucket: it holds at most `capacity` tokens (the burst) and refills
-/// `refill` tokens every `every_ms` milliseconds, continuously.
+/// `refill` tokens every `every_ms` milliseconds, continuously; one take spends `cost`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketRule {
     /// Tokens a full bucket holds (at least 1 is used).
@@ -22,6 +22,10 @@ pub struct BucketRule {
     pub refill: u32,
     /// The period, ms (at least 1 is used).
     pub every_ms: u64,
+    /// Tokens one take spends, all or none (at least 1 is used): 1 for one event, n for a
+    /// batch of n (contact discovery's new numbers). A cost above `capacity` never fits:
+    /// callers keep batches within it.
+    pub cost: u32,
 }
 
 impl BucketRule {
@@ -32,7 +36,12 @@ impl BucketRule {
 
     /// A bucket that allows `n` at once and `n` per `period` after that.
     pub fn per(n: u32, period: std::time::Duration) -> Self {
-        Self { capacity: n, refill: n, every_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX) }
+        Self { capacity: n, refill: n, every_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX), cost: 1 }
+    }
+
+    /// The same bucket, a take of which spends `cost` tokens.
+    pub fn costing(self, cost: u32) -> Self {
+        Self { cost, ..self }
     }
 }
 
@@ -69,7 +78,7 @@ pub enum Taken {
     },
 }
 
-/// Takes one token from `current` (`None`: never used, so full) under `rule` at `now_ms`.
+/// Takes `rule.cost` tokens from `current` (`None`: never used, so full) under `rule` at `now_ms`.
 pub fn take(current: Option<BucketState>, rule: BucketRule, now_ms: u64) -> Decision {
     let capacity = u64::from(rule.capacity.max(1)) * MILLI;
     let refill = u128::from(rule.refill.max(1));
@@ -84,11 +93,14 @@ pub fn take(current: Option<BucketState>, rule: BucketRule, now_ms: u64) -> Deci
             (tokens, s.at_ms.max(now_ms))
         }
     };
-    if tokens >= MILLI {
-        Decision::Take(BucketState { tokens_milli: tokens - MILLI, at_ms: at })
+    let cost = u64::from(rule.cost.max(1)) * MILLI;
+    if tokens >= cost {
+        Decision::Take(BucketState { tokens_milli: tokens - cost, at_ms: at })
     } else {
         // Milli-tokens missing, at refill × 1000 / every_ms milli-tokens a ms: round up.
-        let missing = u128::from(MILLI - tokens);
+        // (A cost above the capacity gets the wait for a full bucket's worth and more:
+        // honest in that it never fits.)
+        let missing = u128::from(cost - tokens);
         let retry_after_ms = u64::try_from((missing * every).div_ceil(refill * u128::from(MILLI))).unwrap_or(u64::MAX);
         // The wait counts from `at`, which may be ahead of this node's clock.
         Decision::Refuse { retry_after_ms: retry_after_ms.saturating_add(at.saturating_sub(now_ms)).max(1) }
@@ -135,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_clock_behind_the_stored_time_refills_nothing() {
-        let rule = BucketRule { capacity: 1, refill: 60, every_ms: 60_000 };
+        let rule = BucketRule { capacity: 1, refill: 60, every_ms: 60_000, cost: 1 };
         let stored = Some(BucketState { tokens_milli: 0, at_ms: 10_000 });
         assert_eq!(take(stored, rule, 9_000), Decision::Refuse { retry_after_ms: 2_000 });
         assert_eq!(take(stored, rule, 11_000), Decision::Take(BucketState { tokens_milli: 0, at_ms: 11_000 }));
@@ -143,12 +155,45 @@ mod tests {
 
     #[test]
     fn a_lowered_capacity_applies_to_stored_buckets() {
-        let rule = BucketRule { capacity: 1, refill: 1, every_ms: 60_000 };
+        let rule = BucketRule { capacity: 1, refill: 1, every_ms: 60_000, cost: 1 };
         let stored = Some(BucketState { tokens_milli: 50_000, at_ms: 0 });
         assert_eq!(take(stored, rule, 0), Decision::Take(BucketState { tokens_milli: 0, at_ms: 0 }));
     }
 
+    #[test]
+    fn a_batch_spends_its_cost_all_or_nothing() {
+        let rule = BucketRule::per(10, std::time::Duration::from_secs(86_400));
+        let mut s = None;
+        assert_eq!(run(&mut s, rule.costing(7), 0), Ok(()));
+        // 3 left: a batch of 4 is refused whole (nothing spent), with the wait for one more.
+        assert_eq!(run(&mut s, rule.costing(4), 0), Err(8_640_000));
+        assert_eq!(run(&mut s, rule.costing(3), 0), Ok(()));
+        assert_eq!(run(&mut s, rule, 0), Err(8_640_000));
+        assert!(run(&mut s, rule.costing(11), 86_400_000).is_err(), "above the capacity never fits");
+        assert_eq!(run(&mut s, rule.costing(10), 86_400_000), Ok(()));
+    }
+
     proptest! {
+        /// Batches of any cost never spend more than the burst plus the refill.
+        #[test]
+        fn batches_never_spend_more_than_burst_plus_refill(
+            capacity in 1u32..50,
+            per_minute in 1u32..600,
+            takes in proptest::collection::vec((0u64..5_000, 1u32..10), 1..200),
+        ) {
+            let rule = BucketRule { capacity, refill: per_minute, every_ms: 60_000, cost: 1 };
+            let mut s = None;
+            let (start, mut now, mut spent) = (1_000_000u64, 1_000_000u64, 0u64);
+            for (gap, cost) in takes {
+                now += gap;
+                if run(&mut s, rule.costing(cost), now).is_ok() {
+                    spent += u64::from(cost);
+                }
+                let allowed = u64::from(capacity) + (now - start) * u64::from(per_minute) / 60_000;
+                prop_assert!(spent <= allowed, "{spent} spent, {allowed} allowed");
+            }
+        }
+
         /// Over any schedule of attempts, no more tokens are taken than the burst plus the
         /// refill over the span, and a refusal's wait is honest: retrying after it succeeds.
         #[test]
@@ -157,7 +202,7 @@ mod tests {
             per_minute in 1u32..600,
             gaps in proptest::collection::vec(0u64..5_000, 1..200),
         ) {
-            let rule = BucketRule { capacity, refill: per_minute, every_ms: 60_000 };
+            let rule = BucketRule { capacity, refill: per_minute, every_ms: 60_000, cost: 1 };
             let mut s = None;
             let (start, mut now, mut taken) = (1_000_000u64, 1_000_000u64, 0u64);
             for gap in gaps {

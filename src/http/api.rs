@@ -13,6 +13,7 @@ use super::bearer;
 use crate::accounts::{AccountError, Accounts, AuthError, CodeIssued, DeviceCredentials, DeviceInfo};
 use crate::actors::node::Node;
 use crate::actors::push::PushRequest;
+use crate::contacts::ContactsError;
 use crate::history::history_page;
 use crate::protocol::{ErrorCode, RequestError};
 use crate::store::{ConversationId, DeviceId, DeviceRecord, PushToken, Store};
@@ -23,6 +24,8 @@ use crate::transport::{ConnectionDeps, ws};
 pub struct ApiState {
     /// Accounts service.
     pub accounts: Accounts,
+    /// Contact discovery.
+    pub contacts: crate::contacts::Contacts,
     /// The actor tree.
     pub node: Node,
     /// Reads for history and health.
@@ -41,6 +44,9 @@ pub enum ApiError {
     /// From the accounts service.
     #[error(transparent)]
     Account(#[from] AccountError),
+    /// From contact discovery.
+    #[error(transparent)]
+    Contacts(#[from] crate::contacts::ContactsError),
     /// Missing or bad bearer token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
@@ -73,7 +79,7 @@ pub struct ErrorBody {
 impl ApiError {
     fn code(&self) -> &'static str {
         match self {
-            ApiError::Account(AccountError::InvalidPhone) => "invalid_phone",
+            ApiError::Account(AccountError::InvalidPhone(_)) => "invalid_phone",
             ApiError::Account(AccountError::InvalidName) => "invalid_name",
             ApiError::Account(AccountError::InvalidCode) => "invalid_code",
             ApiError::Account(AccountError::RateLimited { .. }) => "rate_limited",
@@ -86,6 +92,9 @@ impl ApiError {
             ApiError::Account(AccountError::Auth(AuthError::Store(_))) | ApiError::Account(AccountError::Store(_)) | ApiError::Unavailable => {
                 "unavailable"
             }
+            ApiError::Contacts(ContactsError::TooMany(_)) => "too_many_numbers",
+            ApiError::Contacts(ContactsError::RateLimited { .. }) => "rate_limited",
+            ApiError::Contacts(ContactsError::Store(_)) => "unavailable",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::UnknownConversation => "unknown_conversation",
             ApiError::NotAMember => "not_a_member",
@@ -94,6 +103,7 @@ impl ApiError {
                 RequestError::InvalidSignature(_) => "invalid_signature",
                 RequestError::NoSharedConversation(_) => "no_shared_conversation",
                 RequestError::Unavailable(_) => "unavailable",
+                RequestError::UnknownUser(_) => "unknown_user",
                 _ => "bad_request",
             },
         }
@@ -103,13 +113,17 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Account(AccountError::InvalidPhone | AccountError::InvalidName) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Account(AccountError::InvalidPhone(_) | AccountError::InvalidName) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Account(AccountError::InvalidCode) | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Account(AccountError::Auth(AuthError::InvalidToken | AuthError::Revoked)) => StatusCode::UNAUTHORIZED,
             ApiError::Account(AccountError::NotPrimary) | ApiError::NotAMember => StatusCode::FORBIDDEN,
             ApiError::Account(AccountError::UnknownDevice) | ApiError::UnknownConversation => StatusCode::NOT_FOUND,
             ApiError::Account(AccountError::TooManyDevices(_)) => StatusCode::CONFLICT,
-            ApiError::Account(AccountError::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Account(AccountError::RateLimited { .. }) | ApiError::Contacts(ContactsError::RateLimited { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::Contacts(ContactsError::TooMany(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Contacts(ContactsError::Store(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Account(AccountError::SendFailed(_)) => StatusCode::BAD_GATEWAY,
             ApiError::Account(AccountError::Store(_) | AccountError::Auth(AuthError::Store(_))) | ApiError::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -117,6 +131,7 @@ impl ResponseError for ApiError {
             ApiError::Request(e) => match e {
                 RequestError::NoSharedConversation(_) => StatusCode::FORBIDDEN,
                 RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                RequestError::UnknownUser(_) => StatusCode::NOT_FOUND,
                 _ => StatusCode::BAD_REQUEST,
             },
         }
@@ -124,7 +139,9 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Account(AccountError::RateLimited { retry_after_secs }) = self {
+        if let ApiError::Account(AccountError::RateLimited { retry_after_secs })
+        | ApiError::Contacts(ContactsError::RateLimited { retry_after_secs, .. }) = self
+        {
             response.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         response.json(ErrorBody { error: self.code().into(), message: self.to_string() })
@@ -189,7 +206,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/keys/upload", &["POST"]).route(web::post().to(super::keys::upload)))
         .service(resource("/v1/keys/count", &["GET"]).route(web::get().to(super::keys::count)))
         .service(resource("/v1/keys/query", &["POST"]).route(web::post().to(super::keys::query)))
-        .service(resource("/v1/keys/claim", &["POST"]).route(web::post().to(super::keys::claim)));
+        .service(resource("/v1/keys/claim", &["POST"]).route(web::post().to(super::keys::claim)))
+        .service(resource("/v1/contacts/discover", &["POST"]).route(web::post().to(super::contacts::discover)))
+        .service(resource("/v1/contacts/remove", &["POST"]).route(web::post().to(super::contacts::remove)))
+        .service(
+            resource("/v1/privacy", &["GET", "PATCH"])
+                .route(web::get().to(super::privacy::get_settings))
+                .route(web::patch().to(super::privacy::change_settings)),
+        )
+        .service(resource("/v1/blocks", &["GET"]).route(web::get().to(super::privacy::list_blocks)))
+        .service(
+            resource("/v1/blocks/{user_id}", &["PUT", "DELETE"])
+                .route(web::put().to(super::privacy::block))
+                .route(web::delete().to(super::privacy::unblock)),
+        );
 }
 
 pub(crate) async fn caller(req: &HttpRequest, state: &ApiState) -> Result<DeviceRecord, ApiError> {
@@ -291,9 +321,16 @@ async fn metrics_text(state: web::Data<ApiState>) -> HttpResponse {
 /// `POST /v1/accounts/register`.
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterBody {
-    /// E.164: `+` and 8 to 15 digits, the first not 0.
-    #[schema(example = "+14155550001", pattern = r"^\+[1-9][0-9]{7,14}$")]
+    /// The phone number as the user wrote it: with its country code (`+1 (415) 555-0001`),
+    /// or without it and with `region`; normalised to E.164, and refused when its
+    /// country's numbering plan cannot assign it (libphonenumber's metadata).
+    #[schema(example = "+1 415 555 0001", max_length = 64)]
     pub phone: String,
+    /// ISO 3166-1 alpha-2 country (`US`, `GB`) of a number written without its country
+    /// code; ignored when `phone` starts with `+`.
+    #[serde(default)]
+    #[schema(example = "US")]
+    pub region: Option<String>,
 }
 
 /// Issues a one-time code for a phone number and sends it.
@@ -307,16 +344,20 @@ pub struct RegisterBody {
     (status = 503, description = "unavailable: the store failed", body = ErrorBody),
 ))]
 async fn register(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
-    let issued = state.accounts.register(&body.phone, req.peer_addr().map(|a| a.ip())).await?;
+    let issued = state.accounts.register(&body.phone, body.region.as_deref(), req.peer_addr().map(|a| a.ip())).await?;
     Ok(HttpResponse::Accepted().json(issued))
 }
 
 /// `POST /v1/accounts/verify`.
 #[derive(Deserialize, ToSchema)]
 pub struct VerifyBody {
-    /// E.164 phone number.
-    #[schema(example = "+14155550001", pattern = r"^\+[1-9][0-9]{7,14}$")]
+    /// The phone number, written any way `register` accepts (normalised the same way).
+    #[schema(example = "+14155550001", max_length = 64)]
     pub phone: String,
+    /// As in `register`.
+    #[serde(default)]
+    #[schema(example = "US")]
+    pub region: Option<String>,
     /// The 6-digit code.
     #[schema(example = "123456")]
     pub code: String,
@@ -342,7 +383,8 @@ fn default_device_name() -> String {
     (status = 503, description = "unavailable", body = ErrorBody),
 ))]
 async fn verify(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<VerifyBody>) -> Result<HttpResponse, ApiError> {
-    let (credentials, revoked) = state.accounts.verify(&body.phone, &body.code, &body.device_name, req.peer_addr().map(|a| a.ip())).await?;
+    let (credentials, revoked) =
+        state.accounts.verify(&body.phone, body.region.as_deref(), &body.code, &body.device_name, req.peer_addr().map(|a| a.ip())).await?;
     for device in revoked {
         state.node.ctx.router.close_device(credentials.user_id, device, ErrorCode::DeviceRevoked, "account registered on a new phone");
     }

@@ -3,8 +3,10 @@
 
 pub mod admin;
 pub mod api;
+pub mod contacts;
 pub mod keys;
 pub mod openapi;
+pub mod privacy;
 
 use actix_web::HttpRequest;
 

@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, api, keys};
+use super::{admin, api, contacts, keys, privacy};
 use crate::media::http as media;
 use crate::transport::ws;
 
@@ -17,7 +17,7 @@ use crate::transport::ws;
 #[openapi(
     info(
         title = "Switchboard HTTP API",
-        description = "Accounts, devices, history, keys, media (tus 1.0, docs/media.md), health and metrics on the public listener (tag `public`); \
+        description = "Accounts, devices, contact discovery, history, keys, media (tus 1.0, docs/media.md), health and metrics on the public listener (tag `public`); \
                        operations on the admin listener (tag `admin`). The messaging protocol itself runs over \
                        the WebSocket at /v1/ws or raw TCP: see docs/protocol.md.",
         license(name = "Apache-2.0")
@@ -38,6 +38,13 @@ use crate::transport::ws;
         keys::count,
         keys::query,
         keys::claim,
+        contacts::discover,
+        contacts::remove,
+        privacy::get_settings,
+        privacy::change_settings,
+        privacy::list_blocks,
+        privacy::block,
+        privacy::unblock,
         media::options,
         media::create,
         media::head,
@@ -114,6 +121,13 @@ mod tests {
             ("/v1/keys/count", "get"),
             ("/v1/keys/query", "post"),
             ("/v1/keys/claim", "post"),
+            ("/v1/contacts/discover", "post"),
+            ("/v1/contacts/remove", "post"),
+            ("/v1/privacy", "get"),
+            ("/v1/privacy", "patch"),
+            ("/v1/blocks", "get"),
+            ("/v1/blocks/{user_id}", "put"),
+            ("/v1/blocks/{user_id}", "delete"),
             ("/admin/tree", "get"),
             ("/admin/cluster", "get"),
             ("/admin/drain", "post"),
@@ -132,6 +146,6 @@ mod tests {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 31, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 38, "a route is described but not listed here");
     }
 }

@@ -163,7 +163,8 @@ pub async fn provision(api: &HttpApi, n: usize, parallel: usize, progress: impl 
             let api = api.clone();
             let done = done.clone();
             async move {
-                let phone = format!("+1999{:08}", i);
+                // Valid numbers (registration refuses invalid ones): +1 415 2xx-xxxx onwards.
+                let phone = format!("+1415{}", 2_000_000 + i % 8_000_000);
                 let creds = api.sign_up(&phone, "bench").await;
                 done.fetch_add(1, Ordering::Relaxed);
                 creds

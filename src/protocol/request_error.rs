@@ -79,6 +79,13 @@ pub enum RequestError {
         /// The bound, in entries.
         max: u64,
     },
+    /// A block between the caller and this user (either way) forbids the request: opening
+    /// or sending in their 1:1 conversation, or adding them to a group.
+    #[error("blocked: {0}")]
+    Blocked(String),
+    /// The user's privacy settings do not let the caller add them to groups.
+    #[error("user {0} does not allow you to add them to groups; send an invite")]
+    NotAllowed(String),
     /// The sender's user already has its share of a to-device target's queue (the device
     /// has not acknowledged what this user sent it); other users can still reach it.
     #[error("the to-device queue of device {device} holds {max} entries from you, your share; retry once it has read them")]
@@ -112,6 +119,8 @@ impl RequestError {
             RequestError::NoSharedConversation(_) => ErrorCode::NoSharedConversation,
             RequestError::UnknownDevice { .. } => ErrorCode::UnknownDevice,
             RequestError::QueueFull { .. } | RequestError::SenderQueueFull { .. } => ErrorCode::QueueFull,
+            RequestError::Blocked(_) => ErrorCode::Blocked,
+            RequestError::NotAllowed(_) => ErrorCode::NotAllowed,
         }
     }
 
@@ -158,6 +167,8 @@ mod tests {
             RequestError::NoSharedConversation("u".into()),
             RequestError::UnknownDevice { user: "u".into(), device: "d".into() },
             RequestError::QueueFull { device: "d".into(), max: 1 },
+            RequestError::Blocked("x".into()),
+            RequestError::NotAllowed("u".into()),
         ];
         let codes: std::collections::HashSet<i32> = all.iter().map(|e| e.code() as i32).collect();
         assert_eq!(codes.len(), all.len());

@@ -33,8 +33,8 @@ use super::checked_bucket_key;
 use super::transfer::{Position, Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId, MediaRecord,
-    MemberCursor, OneTimeKey, PendingCode, PushToken, QueueBounds, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend, ToDeviceStored,
-    UserId, UserRecord, WriteOp, WriteOutcome,
+    MemberCursor, OneTimeKey, PendingCode, PrivacySettings, PushToken, QueueBounds, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend,
+    ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use crate::cores::token_bucket::{self, BucketRule, BucketState, Decision, Taken};
 
@@ -436,6 +436,8 @@ impl EmbeddedStore {
             txn.open_table(FALLBACK_KEYS).map_err(be)?;
             txn.open_table(RATE_BUCKETS).map_err(be)?;
             super::embedded_to_device::create_tables(&txn)?;
+            super::embedded_contacts::create_tables(&txn)?;
+            super::embedded_privacy::create_tables(&txn)?;
         }
         txn.commit().map_err(be)?;
         // Batches logged since the last checkpoint (a crash): replay them, in order, onto
@@ -872,7 +874,7 @@ impl Store for EmbeddedStore {
                         codes.remove(phone.as_str()).map_err(be)?;
                         CodeCheck::Missing
                     }
-                    Some(code) if code.code_hash == guess_hash => {
+                    Some(code) if super::code_matches(&code.code_hash, &guess_hash) => {
                         codes.remove(phone.as_str()).map_err(be)?;
                         CodeCheck::Accepted
                     }
@@ -955,6 +957,46 @@ impl Store for EmbeddedStore {
             let table = txn.open_table(USERS).map_err(be)?;
             table.get(user_id.as_u128()).map_err(be)?.map(|g| decode("users", g.value())).transpose()
         })
+    }
+
+    async fn users_by_phone(&self, phones: Vec<String>) -> Result<Vec<(String, UserId)>, StoreError> {
+        self.read(move |db| super::embedded_contacts::users_by_phone(db, &phones))
+    }
+
+    async fn known_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.read(move |db| super::embedded_contacts::known(db, owner, &phones))
+    }
+
+    async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
+        self.write(move |db| super::embedded_contacts::change(db, owner, &phones, true)).await
+    }
+
+    async fn remove_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
+        self.write(move |db| super::embedded_contacts::change(db, owner, &phones, false)).await
+    }
+
+    async fn privacy(&self, user: UserId) -> Result<PrivacySettings, StoreError> {
+        self.read(move |db| super::embedded_privacy::privacy(db, user))
+    }
+
+    async fn set_privacy(&self, user: UserId, settings: PrivacySettings) -> Result<(), StoreError> {
+        self.write(move |db| super::embedded_privacy::set_privacy(db, user, &settings)).await
+    }
+
+    async fn is_blocked(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
+        self.read(move |db| super::embedded_privacy::is_blocked(db, user, target))
+    }
+
+    async fn blocks_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        self.read(move |db| super::embedded_privacy::blocks_of(db, user))
+    }
+
+    async fn blockers_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        self.read(move |db| super::embedded_privacy::blockers_of(db, user))
+    }
+
+    async fn set_blocked(&self, user: UserId, target: UserId, blocked: bool, at_ms: u64) -> Result<bool, StoreError> {
+        self.write(move |db| super::embedded_privacy::set_blocked(db, user, target, blocked, at_ms)).await
     }
 
     async fn add_device(&self, device: DeviceRecord, max_devices: usize) -> Result<(), StoreError> {
@@ -1762,6 +1804,8 @@ impl EmbeddedStore {
                 | Section::ToDeviceQueues
                 | Section::ToDeviceEntries
                 | Section::DeviceListNotices => return super::embedded_e2ee_copy::export(&txn, section, after, limit),
+                Section::Contacts => return super::embedded_contacts::export(db, after, limit),
+                Section::Privacy | Section::Blocks => return super::embedded_privacy::export(db, section, after, limit),
             }
             Ok((out, last))
         })
@@ -1772,6 +1816,12 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(be)?;
         let (e2ee, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(super::embedded_e2ee_copy::is_e2ee);
         super::embedded_e2ee_copy::import(&txn, e2ee)?;
+        let (contacts, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|r| matches!(r, Record::Contact { .. }));
+        let contacts: Vec<(UserId, String)> =
+            contacts.into_iter().filter_map(|r| if let Record::Contact { owner, phone } = r { Some((owner, phone)) } else { None }).collect();
+        super::embedded_contacts::import(&txn, &contacts)?;
+        let (privacy, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(super::embedded_privacy::is_privacy);
+        super::embedded_privacy::import(&txn, privacy)?;
         {
             let mut users = txn.open_table(USERS).map_err(be)?;
             let mut phones = txn.open_table(PHONES).map_err(be)?;
@@ -1876,6 +1926,8 @@ impl EmbeddedStore {
             Section::LastSeen => txn.open_table(LAST_SEEN).map_err(be)?.len(),
             Section::PushTokens => txn.open_table(PUSH_TOKENS).map_err(be)?.len(),
             Section::Media => txn.open_table(MEDIA).map_err(be)?.len(),
+            Section::Contacts => return super::embedded_contacts::count(db),
+            Section::Privacy | Section::Blocks => return super::embedded_privacy::count(db, section),
             other => return super::embedded_e2ee_copy::count(&txn, other),
         };
         n.map_err(be)

@@ -9,7 +9,9 @@
 
 mod columns;
 pub mod embedded;
+mod embedded_contacts;
 mod embedded_e2ee_copy;
+mod embedded_privacy;
 mod embedded_to_device;
 pub mod keys;
 pub mod media;
@@ -108,6 +110,17 @@ pub struct PendingCode {
     pub expires_ms: u64,
     /// Failed verification attempts so far.
     pub attempts: u32,
+}
+
+pub use crate::cores::privacy::PrivacySettings;
+
+/// Whether a guessed code's hash equals the stored one, in time independent of where
+/// they differ (the `subtle` crate's constant-time equality): the comparison leaks
+/// nothing a timing attacker could use to learn the hash byte by byte. Every backend's
+/// `use_pending_code` decides with this.
+pub fn code_matches(stored: &[u8; 32], guess: &[u8; 32]) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(stored.ct_eq(guess))
 }
 
 /// What checking a one-time code found.
@@ -382,6 +395,32 @@ pub trait Store: Send + Sync + 'static {
     async fn create_accounts(&self, accounts: Vec<(UserRecord, DeviceRecord)>) -> Result<usize, StoreError>;
     /// Reads a user.
     async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError>;
+    /// The users registered with any of `phones` (E.164), as (phone, user), in no
+    /// particular order; phones without an account are absent. Contact discovery.
+    async fn users_by_phone(&self, phones: Vec<String>) -> Result<Vec<(String, UserId)>, StoreError>;
+
+    /// Which of `phones` (E.164) are already in `owner`'s contacts (the numbers the
+    /// owner's devices submitted to contact discovery, kept so that re-checks are free and
+    /// so that "my contacts" privacy settings can be decided).
+    async fn known_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<Vec<String>, StoreError>;
+    /// Adds `phones` to `owner`'s contacts; ones already there are left alone.
+    async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError>;
+    /// Removes `phones` from `owner`'s contacts; ones not there are ignored.
+    async fn remove_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError>;
+
+    /// A user's privacy settings (the defaults if never set).
+    async fn privacy(&self, user: UserId) -> Result<PrivacySettings, StoreError>;
+    /// Replaces a user's privacy settings.
+    async fn set_privacy(&self, user: UserId, settings: PrivacySettings) -> Result<(), StoreError>;
+    /// Whether `user` blocked `target`.
+    async fn is_blocked(&self, user: UserId, target: UserId) -> Result<bool, StoreError>;
+    /// Whom `user` blocked, in no particular order.
+    async fn blocks_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
+    /// Who blocked `user`, in no particular order.
+    async fn blockers_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
+    /// Sets whether `user` blocks `target` (at `at_ms`); returns whether that changed
+    /// anything (blocking twice, or unblocking someone not blocked, does not).
+    async fn set_blocked(&self, user: UserId, target: UserId, blocked: bool, at_ms: u64) -> Result<bool, StoreError>;
 
     /// Adds a device to its user unless the user already has `max_devices` live ones.
     async fn add_device(&self, device: DeviceRecord, max_devices: usize) -> Result<(), StoreError>;

@@ -24,8 +24,8 @@ use super::checked_bucket_key;
 use super::transfer::{Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, GroupState,
-    KeysStored, MediaId, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, QueueBounds, Store, StoreError, StoredMessage, ToDeviceEntry,
-    ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
+    KeysStored, MediaId, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PrivacySettings, PushToken, QueueBounds, Store, StoreError,
+    StoredMessage, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use crate::cores::token_bucket::{self, BucketRule, BucketState, Decision, Taken};
 use std::collections::HashMap;
@@ -42,6 +42,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../../migrations/postgres/0004_to_device.sql")),
     (5, include_str!("../../migrations/postgres/0005_rate_buckets.sql")),
     (6, include_str!("../../migrations/postgres/0006_referrers.sql")),
+    (7, include_str!("../../migrations/postgres/0007_contacts.sql")),
+    (8, include_str!("../../migrations/postgres/0008_privacy.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations when several nodes start at once.
@@ -107,6 +109,11 @@ fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> StoreError {
 
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, table: &'static str, column: &str) -> Result<T, StoreError> {
     row.try_get(column).map_err(|e| corrupt(table, format!("{column}: {e}")))
+}
+
+/// Privacy settings as stored (JSON text).
+fn privacy_json(settings: &PrivacySettings) -> Result<String, StoreError> {
+    serde_json::to_string(settings).map_err(|e| StoreError::Backend(format!("privacy: {e}")))
 }
 
 fn hash32(table: &'static str, bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
@@ -797,6 +804,26 @@ impl PostgresStore {
                 )
                 .await?;
             }
+            Record::Privacy { user_id, settings } => {
+                let text = privacy_json(&settings)?;
+                Self::run(
+                    tx,
+                    "INSERT INTO privacy (user_id, settings) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET settings = EXCLUDED.settings",
+                    &[&user_id, &text],
+                )
+                .await?;
+            }
+            Record::Block { user_id, target, at_ms } => {
+                Self::run(
+                    tx,
+                    "INSERT INTO blocks (user_id, target, at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&user_id, &target, &int(at_ms)],
+                )
+                .await?;
+            }
+            Record::Contact { owner, phone } => {
+                Self::run(tx, "INSERT INTO contacts (owner, phone) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&owner, &phone]).await?;
+            }
             Record::PushToken { user_id, device_id, token } => {
                 Self::run(
                     tx,
@@ -924,9 +951,10 @@ impl Store for PostgresStore {
                 let hash = hash32("pending_codes", get(row, "pending_codes", "code_hash")?)?;
                 let expires = uint(get(row, "pending_codes", "expires_ms")?);
                 let attempts = get::<i32>(row, "pending_codes", "attempts")?.max(0) as u32 + 1;
-                if expires < now_ms || hash == guess_hash {
+                let right = super::code_matches(&hash, &guess_hash);
+                if expires < now_ms || right {
                     Self::run(&tx, "DELETE FROM pending_codes WHERE phone = $1", &[&phone]).await?;
-                    if hash == guess_hash && expires >= now_ms { CodeCheck::Accepted } else { CodeCheck::Missing }
+                    if right && expires >= now_ms { CodeCheck::Accepted } else { CodeCheck::Missing }
                 } else {
                     if attempts >= max_attempts {
                         Self::run(&tx, "DELETE FROM pending_codes WHERE phone = $1", &[&phone]).await?;
@@ -1005,6 +1033,72 @@ impl Store for PostgresStore {
 
     async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError> {
         self.query_opt("SELECT user_id, phone, created_ms FROM users WHERE user_id = $1", &[&user_id]).await?.as_ref().map(user_from).transpose()
+    }
+
+    async fn users_by_phone(&self, phones: Vec<String>) -> Result<Vec<(String, UserId)>, StoreError> {
+        self.query("SELECT phone, user_id FROM users WHERE phone = ANY($1)", &[&phones])
+            .await?
+            .iter()
+            .map(|r| Ok((get(r, "users", "phone")?, get(r, "users", "user_id")?)))
+            .collect()
+    }
+
+    async fn known_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.query("SELECT phone FROM contacts WHERE owner = $1 AND phone = ANY($2)", &[&owner, &phones])
+            .await?
+            .iter()
+            .map(|r| get(r, "contacts", "phone"))
+            .collect()
+    }
+
+    async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
+        self.execute("INSERT INTO contacts (owner, phone) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING", &[&owner, &phones]).await.map(drop)
+    }
+
+    async fn remove_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
+        self.execute("DELETE FROM contacts WHERE owner = $1 AND phone = ANY($2)", &[&owner, &phones]).await.map(drop)
+    }
+
+    async fn privacy(&self, user: UserId) -> Result<PrivacySettings, StoreError> {
+        match self.query_opt("SELECT settings FROM privacy WHERE user_id = $1", &[&user]).await? {
+            Some(row) => {
+                let text: String = get(&row, "privacy", "settings")?;
+                serde_json::from_str(&text).map_err(|e| corrupt("privacy", e.to_string()))
+            }
+            None => Ok(PrivacySettings::default()),
+        }
+    }
+
+    async fn set_privacy(&self, user: UserId, settings: PrivacySettings) -> Result<(), StoreError> {
+        let text = privacy_json(&settings)?;
+        self.execute(
+            "INSERT INTO privacy (user_id, settings) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET settings = EXCLUDED.settings",
+            &[&user, &text],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn is_blocked(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
+        Ok(self.query_opt("SELECT 1 FROM blocks WHERE user_id = $1 AND target = $2", &[&user, &target]).await?.is_some())
+    }
+
+    async fn blocks_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        self.query("SELECT target FROM blocks WHERE user_id = $1", &[&user]).await?.iter().map(|r| get(r, "blocks", "target")).collect()
+    }
+
+    async fn blockers_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        self.query("SELECT user_id FROM blocks WHERE target = $1", &[&user]).await?.iter().map(|r| get(r, "blocks", "user_id")).collect()
+    }
+
+    async fn set_blocked(&self, user: UserId, target: UserId, blocked: bool, at_ms: u64) -> Result<bool, StoreError> {
+        let changed = if blocked {
+            self.execute("INSERT INTO blocks (user_id, target, at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", &[&user, &target, &int(at_ms)])
+                .await?
+        } else {
+            self.execute("DELETE FROM blocks WHERE user_id = $1 AND target = $2", &[&user, &target]).await?
+        };
+        Ok(changed > 0)
     }
 
     async fn add_device(&self, device: DeviceRecord, max_devices: usize) -> Result<(), StoreError> {
@@ -1720,6 +1814,9 @@ impl Store for PostgresStore {
             Section::ToDeviceQueues => "to_device_queues",
             Section::ToDeviceEntries => "to_device_messages",
             Section::DeviceListNotices => "device_list_notices",
+            Section::Contacts => "contacts",
+            Section::Privacy => "privacy",
+            Section::Blocks => "blocks",
         };
         let row = self.query_opt(&format!("SELECT count(*) FROM {table}"), &[]).await?;
         Ok(row.map(|r| get::<i64>(&r, "count", "count")).transpose()?.map(uint).unwrap_or(0))

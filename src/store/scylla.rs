@@ -68,10 +68,18 @@ use super::checked_bucket_key;
 use super::transfer::{Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId,
-    MediaRecord, MemberCursor, OneTimeKey, PendingCode, PushToken, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend, ToDeviceStored,
-    UserId, UserRecord, WriteOp, WriteOutcome,
+    MediaRecord, MemberCursor, OneTimeKey, PendingCode, PrivacySettings, PushToken, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend,
+    ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use crate::cores::token_bucket::{self, BucketRule, BucketState, Decision, Taken};
+
+/// Numbers per IN list or per group of concurrent writes in the contact operations.
+const CONTACT_CHUNK: usize = 100;
+
+/// Privacy settings as stored (JSON text).
+fn privacy_json(settings: &PrivacySettings) -> Result<String, StoreError> {
+    serde_json::to_string(settings).map_err(|e| StoreError::Backend(format!("privacy: {e}")))
+}
 
 /// Messages per log partition: a reader finds a seq's partition as `seq / BUCKET`, and no
 /// partition holds more than this many rows (≈1 MB at 1 KB per message).
@@ -309,6 +317,19 @@ struct Statements {
     first_receipt: PreparedStatement,
     put_last_seen: PreparedStatement,
     get_last_seen: PreparedStatement,
+    get_privacy: PreparedStatement,
+    put_privacy: PreparedStatement,
+    get_block: PreparedStatement,
+    blocks_of: PreparedStatement,
+    blockers_of: PreparedStatement,
+    add_block: PreparedStatement,
+    remove_block: PreparedStatement,
+    add_blocker: PreparedStatement,
+    remove_blocker: PreparedStatement,
+    phone_user: PreparedStatement,
+    known_contacts: PreparedStatement,
+    add_contact: PreparedStatement,
+    remove_contact: PreparedStatement,
     put_push_token: PreparedStatement,
     delete_push_token: PreparedStatement,
     push_tokens: PreparedStatement,
@@ -571,6 +592,20 @@ impl Statements {
             .await?,
             put_last_seen: prepare(s, "INSERT INTO last_seen (user_id, at_ms) VALUES (?, ?) USING TIMESTAMP ?", Write).await?,
             get_last_seen: prepare(s, "SELECT at_ms FROM last_seen WHERE user_id = ?", Read).await?,
+            get_privacy: prepare(s, "SELECT settings FROM privacy WHERE user_id = ?", Read).await?,
+            put_privacy: prepare(s, "INSERT INTO privacy (user_id, settings) VALUES (?, ?)", Write).await?,
+            get_block: prepare(s, "SELECT at_ms FROM blocks WHERE user_id = ? AND target = ?", Read).await?,
+            blocks_of: prepare(s, "SELECT target FROM blocks WHERE user_id = ?", Read).await?,
+            blockers_of: prepare(s, "SELECT user_id FROM blockers WHERE target = ?", Read).await?,
+            // Conditional: the answer says whether this call changed anything.
+            add_block: prepare(s, "INSERT INTO blocks (user_id, target, at_ms) VALUES (?, ?, ?) IF NOT EXISTS", Conditional).await?,
+            remove_block: prepare(s, "DELETE FROM blocks WHERE user_id = ? AND target = ? IF EXISTS", Conditional).await?,
+            add_blocker: prepare(s, "INSERT INTO blockers (target, user_id) VALUES (?, ?)", Write).await?,
+            remove_blocker: prepare(s, "DELETE FROM blockers WHERE target = ? AND user_id = ?", Write).await?,
+            phone_user: prepare(s, "SELECT user_id FROM phones WHERE phone = ?", Read).await?,
+            known_contacts: prepare(s, "SELECT phone FROM contacts WHERE owner = ? AND phone IN ?", Read).await?,
+            add_contact: prepare(s, "INSERT INTO contacts (owner, phone) VALUES (?, ?)", Write).await?,
+            remove_contact: prepare(s, "DELETE FROM contacts WHERE owner = ? AND phone = ?", Write).await?,
             put_push_token: prepare(s, "INSERT INTO push_tokens (user_id, device_id, platform, token) VALUES (?, ?, ?, ?)", Write).await?,
             delete_push_token: prepare(s, "DELETE FROM push_tokens WHERE user_id = ? AND device_id = ?", Write).await?,
             push_tokens: prepare(s, "SELECT device_id, platform, token FROM push_tokens WHERE user_id = ?", Read).await?,
@@ -729,6 +764,8 @@ impl ScyllaStore {
             (4, include_str!("../../migrations/scylla/0004_to_device.cql")),
             (5, include_str!("../../migrations/scylla/0005_rate_buckets.cql")),
             (6, include_str!("../../migrations/scylla/0006_referrers.cql")),
+            (7, include_str!("../../migrations/scylla/0007_contacts.cql")),
+            (8, include_str!("../../migrations/scylla/0008_privacy.cql")),
         ];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
@@ -1370,6 +1407,16 @@ impl ScyllaStore {
                 // The later time wins (the write timestamp is the time itself).
                 self.exec(&self.st.put_last_seen, (user_id, int(at_ms), last_seen_timestamp(at_ms))).await?;
             }
+            Record::Privacy { user_id, settings } => {
+                self.exec(&self.st.put_privacy, (user_id, privacy_json(&settings)?)).await?;
+            }
+            Record::Block { user_id, target, at_ms } => {
+                self.conditional(&self.st.add_block, (user_id, target, int(at_ms))).await?;
+                self.exec(&self.st.add_blocker, (target, user_id)).await?;
+            }
+            Record::Contact { owner, phone } => {
+                self.exec(&self.st.add_contact, (owner, phone.as_str())).await?;
+            }
             Record::PushToken { user_id, device_id, token } => {
                 self.exec(&self.st.put_push_token, (user_id, device_id, token.platform.as_str(), token.token.as_str())).await?;
             }
@@ -1460,7 +1507,7 @@ impl Store for ScyllaStore {
                 self.exec(&self.st.delete_code, (phone,)).await?;
                 return Ok(CodeCheck::Missing);
             }
-            if hash == guess_hash {
+            if <[u8; 32]>::try_from(hash.as_slice()).is_ok_and(|stored| super::code_matches(&stored, &guess_hash)) {
                 let consumed = self.conditional(&self.st.consume_code, (phone, hash)).await?;
                 return Ok(if consumed.applied { CodeCheck::Accepted } else { CodeCheck::Missing });
             }
@@ -1725,6 +1772,99 @@ impl Store for ScyllaStore {
             *slot = row.and_then(|(t,)| t).map(uint);
         }
         Ok((times[0], times[1]))
+    }
+
+    async fn privacy(&self, user: UserId) -> Result<PrivacySettings, StoreError> {
+        let row: Option<(Option<String>,)> = self.first_row(&self.st.get_privacy, (user,)).await?;
+        match row.and_then(|(text,)| text) {
+            Some(text) => serde_json::from_str(&text).map_err(|e| corrupt("privacy", e.to_string())),
+            None => Ok(PrivacySettings::default()),
+        }
+    }
+
+    async fn set_privacy(&self, user: UserId, settings: PrivacySettings) -> Result<(), StoreError> {
+        self.exec(&self.st.put_privacy, (user, privacy_json(&settings)?)).await.map(drop)
+    }
+
+    async fn is_blocked(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
+        let row: Option<(Option<i64>,)> = self.first_row(&self.st.get_block, (user, target)).await?;
+        Ok(row.is_some())
+    }
+
+    async fn blocks_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        let mut out = Vec::new();
+        self.all_rows(&self.st.blocks_of, (user,), |(t,): (UserId,)| {
+            out.push(t);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn blockers_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        let mut out = Vec::new();
+        self.all_rows(&self.st.blockers_of, (user,), |(u,): (UserId,)| {
+            out.push(u);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn set_blocked(&self, user: UserId, target: UserId, blocked: bool, at_ms: u64) -> Result<bool, StoreError> {
+        // The blocks row decides (compare-and-set); the blockers index follows it, and is
+        // written again even when nothing changed so that a write lost after the decision
+        // (a crash between the two) is repaired by the retry.
+        if blocked {
+            let changed = self.conditional(&self.st.add_block, (user, target, int(at_ms))).await?.applied;
+            self.exec(&self.st.add_blocker, (target, user)).await?;
+            Ok(changed)
+        } else {
+            let changed = self.conditional(&self.st.remove_block, (user, target)).await?.applied;
+            self.exec(&self.st.remove_blocker, (target, user)).await?;
+            Ok(changed)
+        }
+    }
+
+    async fn users_by_phone(&self, phones: Vec<String>) -> Result<Vec<(String, UserId)>, StoreError> {
+        let mut out = Vec::new();
+        // One point read per number (each routed to its own replicas), a chunk at a time
+        // concurrently: no multi-partition IN list for a coordinator to fan out.
+        for chunk in phones.chunks(CONTACT_CHUNK) {
+            let rows = futures_util::future::try_join_all(chunk.iter().map(|p| async move {
+                let row: Option<(Option<UserId>,)> = self.first_row(&self.st.phone_user, (p.as_str(),)).await?;
+                Ok::<_, StoreError>(row.and_then(|(u,)| u).map(|u| (p.clone(), u)))
+            }))
+            .await?;
+            out.extend(rows.into_iter().flatten());
+        }
+        Ok(out)
+    }
+
+    async fn known_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in phones.chunks(CONTACT_CHUNK) {
+            self.all_rows(&self.st.known_contacts, (owner, chunk.to_vec()), |(p,): (String,)| {
+                out.push(p);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(out)
+    }
+
+    async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
+        for chunk in phones.chunks(CONTACT_CHUNK) {
+            futures_util::future::try_join_all(chunk.iter().map(|p| self.exec(&self.st.add_contact, (owner, p.as_str())))).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
+        for chunk in phones.chunks(CONTACT_CHUNK) {
+            futures_util::future::try_join_all(chunk.iter().map(|p| self.exec(&self.st.remove_contact, (owner, p.as_str())))).await?;
+        }
+        Ok(())
     }
 
     async fn set_push_token(&self, user_id: UserId, device_id: DeviceId, token: Option<PushToken>) -> Result<(), StoreError> {
@@ -2029,6 +2169,9 @@ impl Store for ScyllaStore {
             // A static-only row (a queue with no entry) has no sender.
             Section::ToDeviceEntries => "SELECT sender_user_id FROM to_device",
             Section::DeviceListNotices => "SELECT user_id FROM device_list_notices",
+            Section::Contacts => "SELECT phone FROM contacts",
+            Section::Privacy => "SELECT user_id FROM privacy",
+            Section::Blocks => "SELECT target FROM blocks",
         };
         self.count_rows(cql).await
     }

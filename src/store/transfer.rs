@@ -59,11 +59,17 @@ pub enum Section {
     ToDeviceEntries,
     /// Device-list change notices not yet acknowledged.
     DeviceListNotices,
+    /// Users' contact lists (numbers submitted to contact discovery).
+    Contacts,
+    /// Users' privacy settings (only those ever set).
+    Privacy,
+    /// Blocks (who blocked whom, since when).
+    Blocks,
 }
 
 impl Section {
     /// Every section, in copy order.
-    pub const ALL: [Section; 18] = [
+    pub const ALL: [Section; 21] = [
         Section::Users,
         Section::Devices,
         Section::Conversations,
@@ -82,6 +88,9 @@ impl Section {
         Section::ToDeviceQueues,
         Section::ToDeviceEntries,
         Section::DeviceListNotices,
+        Section::Contacts,
+        Section::Privacy,
+        Section::Blocks,
     ];
 
     /// A short name for progress lines and reports.
@@ -105,6 +114,9 @@ impl Section {
             Section::ToDeviceQueues => "to-device queues",
             Section::ToDeviceEntries => "to-device entries",
             Section::DeviceListNotices => "device-list notices",
+            Section::Contacts => "contacts",
+            Section::Privacy => "privacy settings",
+            Section::Blocks => "blocks",
         }
     }
 }
@@ -188,6 +200,29 @@ pub enum Record {
     },
     /// A media record (upload progress, owner, digest).
     Media(MediaRecord),
+    /// A user's privacy settings.
+    Privacy {
+        /// Whose.
+        user_id: UserId,
+        /// The settings.
+        settings: super::PrivacySettings,
+    },
+    /// `user_id` blocked `target` at `at_ms`.
+    Block {
+        /// Who blocked.
+        user_id: UserId,
+        /// Whom.
+        target: UserId,
+        /// When, ms since the epoch.
+        at_ms: u64,
+    },
+    /// A number in a user's contacts.
+    Contact {
+        /// Whose contact list.
+        owner: UserId,
+        /// E.164.
+        phone: String,
+    },
     /// A device's identity keys.
     DeviceKeys(DeviceKeys),
     /// An unclaimed one-time key.

@@ -284,11 +284,13 @@ pub enum Kind {
     Ws,
 }
 
-/// A phone number no other test uses.
+/// A phone number no other test uses: a valid number (registration refuses invalid
+/// ones) in San Francisco's area code, +1 415 2xx-xxxx to 9xx-xxxx, offset by the process
+/// id so that two test processes sharing a store draw different numbers.
 pub fn phone() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("+1555{:04}{:04}", std::process::id() % 10_000, n)
+    format!("+1415{}", 2_000_000 + (std::process::id() % 700 * 10_000 + n) % 8_000_000)
 }
 
 /// A user with a primary device.

@@ -35,6 +35,9 @@ pub enum SessionRequest {
         /// The encoded frame.
         frame: Bytes,
     },
+    /// This user's privacy settings or blocks changed: drop what is cached of them (the
+    /// session's own user: reload, and tell the device with `PrivacyChanged`).
+    PrivacyChanged(UserId),
 }
 
 /// Control of a session.

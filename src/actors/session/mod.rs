@@ -67,6 +67,8 @@ pub struct SessionState {
     finished: bool,
     /// The device's place in its to-device queue (set at catch-up).
     to_device: crate::cores::to_device::Receiver,
+    /// The user's privacy settings and blocks (loaded at start, reloaded when changed).
+    privacy: crate::privacy::PrivacyCache,
 }
 
 impl SessionState {
@@ -139,6 +141,7 @@ impl Actor for DeviceSession {
             id: myself.get_id(),
             finished: false,
             to_device: crate::cores::to_device::Receiver::new(0, ctx_window),
+            privacy: crate::privacy::PrivacyCache::default(),
         })
     }
 
@@ -156,6 +159,18 @@ impl Actor for DeviceSession {
             // writer's queue: wait for them, or catch-up would resend what was acked.
             state.ctx.writer.barrier().await;
         }
+        // Before anything reaches another user: the rules of what may (presence, receipts,
+        // typing, sends). Unreadable, the session does not start (it would fail open).
+        match crate::privacy::PrivacyCache::load(state.ctx.store.as_ref(), state.user).await {
+            Ok(cache) => state.privacy = cache,
+            Err(e) => {
+                tracing::warn!(user = %state.user, error = %e, "privacy settings unreadable; session not started");
+                state.stopping = true;
+                state.outbox.close(protocol::encode_server(&protocol::closing_frame(ErrorCode::Unavailable, "store unavailable", 1000)));
+                myself.stop(Some("privacy settings unreadable".into()));
+                return Ok(());
+            }
+        }
         let started = Instant::now();
         if let Err(stop) = Box::pin(delivery::catch_up(state)).await {
             return stop_for(&myself, state, stop);
@@ -165,7 +180,7 @@ impl Actor for DeviceSession {
             return stop_for(&myself, state, stop);
         }
         if registration.first_device {
-            presence::broadcast(state, true, 0);
+            presence::broadcast_online(state).await;
         }
         Ok(())
     }
@@ -194,6 +209,7 @@ impl Actor for DeviceSession {
             SessionMsg::Request(SessionRequest::Conversation(batch)) => Box::pin(delivery::live(state, &batch)).await,
             SessionMsg::Request(SessionRequest::Push(frame)) => push(state, frame).await,
             SessionMsg::Request(SessionRequest::ToDevice { position, frame }) => Box::pin(to_device::live(state, position, frame)).await,
+            SessionMsg::Request(SessionRequest::PrivacyChanged(user)) => Box::pin(presence::privacy_changed(state, user)).await,
             SessionMsg::Control(SessionControl::Close { code, reason, reconnect_after_ms }) => {
                 crate::actors::messages::close_outbox(
                     &state.outbox,

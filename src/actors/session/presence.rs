@@ -1,20 +1,16 @@
-//! Presence: telling the user's 1:1 peers that the user came online or went offline.
+//! Presence: telling the user's 1:1 peers that the user came online, within the user's
+//! privacy settings (`cores::privacy`: who sees online, blocks); and a change of the
+//! user's privacy, or of someone's towards the user, reaching the session.
+//! (The offline side is `actors::session_end`, on every way a session can end.)
 
-use super::SessionState;
+use super::{SessionState, Stop, push};
 use crate::actors::messages::SessionRequest;
 use crate::ids::UserId;
 use crate::protocol::{self, id_bytes, pb, server_frame};
 use crate::store::{ConversationKind, now_ms};
 
-/// Tells the online devices of every 1:1 peer that this user came online (`online`) or
-/// went offline at `last_seen_ms`.
-pub fn broadcast(state: &SessionState, online: bool, last_seen_ms: u64) {
-    let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Presence(pb::Presence {
-        user_id: id_bytes(state.user),
-        online,
-        last_seen_ms: if online { now_ms() } else { last_seen_ms },
-        request_id: 0,
-    })));
+/// The user's 1:1 peers, as this session knows them.
+fn direct_peers(state: &SessionState) -> Vec<UserId> {
     let mut peers: Vec<UserId> = state
         .core
         .views()
@@ -24,7 +20,50 @@ pub fn broadcast(state: &SessionState, online: bool, last_seen_ms: u64) {
         .collect();
     peers.sort();
     peers.dedup();
-    for peer in peers {
-        state.ctx.router.deliver_to_user(peer, None, || SessionRequest::Push(frame.clone()));
+    peers
+}
+
+/// Tells the online devices of every 1:1 peer allowed to see it that this user came
+/// online. Peers whose view cannot be decided (the store failed) are told nothing.
+pub async fn broadcast_online(state: &SessionState) {
+    let peers = direct_peers(state);
+    if peers.is_empty() {
+        return;
     }
+    let views = match crate::privacy::presence_views(state.ctx.store.as_ref(), state.user, &peers).await {
+        Ok(views) => views,
+        Err(e) => {
+            tracing::warn!(user = %state.user, error = %e, "privacy unreadable; online presence not broadcast");
+            return;
+        }
+    };
+    let allowed: Vec<UserId> = views.into_iter().filter(|(_, v)| v.online).map(|(p, _)| p).collect();
+    let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Presence(pb::Presence {
+        user_id: id_bytes(state.user),
+        online: true,
+        last_seen_ms: now_ms(),
+        request_id: 0,
+    })));
+    state.ctx.router.deliver_to_users(&allowed, None, || SessionRequest::Push(frame.clone()));
+}
+
+/// The privacy of `changed` changed: this session's user's own settings or blocks (from
+/// another device or HTTP: reload, and tell the device), or another user's blocks towards
+/// this user (reload: the block lists are this user's too).
+pub async fn privacy_changed(state: &mut SessionState, changed: UserId) -> Result<(), Stop> {
+    match crate::privacy::PrivacyCache::load(state.ctx.store.as_ref(), state.user).await {
+        Ok(cache) => state.privacy = cache,
+        Err(e) => {
+            // Failing closed: a session that cannot know its rules ends (the device
+            // reconnects and loads them again).
+            tracing::warn!(user = %state.user, error = %e, "privacy settings unreadable after a change; closing");
+            state.outbox.close(protocol::encode_server(&protocol::closing_frame(crate::protocol::ErrorCode::Unavailable, "store unavailable", 1000)));
+            return Err(Stop::Gone);
+        }
+    }
+    if changed == state.user {
+        let frame = protocol::server(server_frame::Kind::PrivacyChanged(pb::PrivacyChanged {}));
+        push(state, protocol::encode_server(&frame)).await?;
+    }
+    Ok(())
 }

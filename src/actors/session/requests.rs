@@ -6,7 +6,9 @@
 //!
 //! Permission to send or change a conversation is the sequencer's decision (it holds the
 //! membership as of the log's tail, the same truth delivery uses); the session only
-//! checks what it can check alone (ids, sizes) and routes.
+//! checks what it can check alone (ids, sizes, and the privacy rules between its user and
+//! another: blocks, group-add settings, read receipts, presence, decided by
+//! `cores::privacy`) and routes.
 
 use std::collections::HashMap;
 
@@ -15,6 +17,7 @@ use ractor::ActorRef;
 use super::{SessionState, Stop, push};
 use crate::actors::messages::{ConversationRequest, SessionMsg, SessionRequest};
 use crate::cores::group::{GroupOp, MAX_SUBJECT};
+use crate::cores::privacy::{self, Audience};
 use crate::cores::requests::{ConversationOp, CursorMove, EditRequest, GroupRequest, SendRequest};
 use crate::ids::{ConversationId, UserId};
 use crate::protocol::{self, ErrorCode, MAX_CLIENT_MSG_ID_BYTES, RequestError, client_frame, id_bytes, parse_id, pb, server_frame};
@@ -131,9 +134,28 @@ async fn flush(state: &mut SessionState, out: &mut Outgoing) -> Result<(), Stop>
                     tracing::debug!(conversation = %id, error = %e, "receipt not relayed");
                 }
             } else {
-                // 1:1: relayed straight to every device of both members but this one.
+                // 1:1: relayed straight to every device of both members but this one —
+                // to the peer only when the privacy rules let it through (no block; read
+                // receipts on for both, for a read).
                 let frame = receipt_frame(id, &receipt);
-                state.ctx.router.deliver_to_users(&members, Some(state.device), || SessionRequest::Push(frame.clone()));
+                let peer = members.iter().copied().find(|m| *m != state.user);
+                let blocked = peer.is_some_and(|p| state.privacy.blocked_with(p));
+                let to_peer = match (peer, kind) {
+                    (None, _) => false,
+                    (Some(_), pb::ReceiptKind::Read) => {
+                        let mine = state.privacy.mine;
+                        peer_sees_read(state, &mine, peer, blocked).await
+                    }
+                    (Some(_), _) => !blocked,
+                };
+                let to: &[UserId] = if to_peer { &members } else { std::slice::from_ref(&state.user) };
+                state.ctx.router.deliver_to_users(to, Some(state.device), || SessionRequest::Push(frame.clone()));
+                if let (Some(peer), pb::ReceiptKind::Read, false, false) = (peer, kind, to_peer, blocked) {
+                    // A read the peer may not see still tells them what it implies: the
+                    // message was delivered (the merged move may carry no Delivered).
+                    let delivered = receipt_frame(id, &CursorMove { kind: pb::ReceiptKind::Delivered, ..receipt });
+                    state.ctx.router.deliver_to_user(peer, None, || SessionRequest::Push(delivered.clone()));
+                }
             }
         }
     }
@@ -141,6 +163,19 @@ async fn flush(state: &mut SessionState, out: &mut Outgoing) -> Result<(), Stop>
         state.ctx.writer.write_detached(ops, "cursor moves");
     }
     Ok(())
+}
+
+/// Whether a read receipt of this user reaches `peer` (1:1): fails closed when the peer's
+/// settings cannot be read.
+async fn peer_sees_read(state: &SessionState, mine: &crate::cores::privacy::PrivacySettings, peer: Option<UserId>, blocked: bool) -> bool {
+    let Some(peer) = peer else { return false };
+    match crate::privacy::read_receipts_flow(state.ctx.store.as_ref(), mine, peer, blocked).await {
+        Ok(flow) => flow,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "privacy settings unreadable; read receipt kept back");
+            false
+        }
+    }
 }
 
 fn receipt_frame(id: ConversationId, r: &CursorMove) -> bytes::Bytes {
@@ -173,6 +208,12 @@ async fn check_send(state: &SessionState, req: pb::Send) -> Result<(Conversation
         return Err(fail(RequestError::PayloadTooLarge { len: req.payload.len(), max }));
     }
     let id: ConversationId = parse_id("conversation_id", &req.conversation_id).map_err(|e| fail(e.into()))?;
+    if let Some(v) = state.core.view(id)
+        && v.record.kind == ConversationKind::Direct
+        && v.record.members.iter().any(|m| *m != state.user && state.privacy.blocked_with(*m))
+    {
+        return Err(fail(RequestError::Blocked("no messages between these users".into())));
+    }
     let kind = match pb::MessageKind::try_from(req.kind) {
         Ok(pb::MessageKind::Normal) => ContentKind::Normal,
         Ok(pb::MessageKind::Edit) => ContentKind::Edit,
@@ -280,6 +321,9 @@ async fn member_view<'a>(state: &'a mut SessionState, raw_id: &[u8]) -> Result<&
 
 async fn open_direct(state: &mut SessionState, req: pb::OpenDirect) -> Answer {
     let peer: UserId = parse_id("peer_user_id", &req.peer_user_id)?;
+    if state.privacy.blocked_with(peer) {
+        return Err(RequestError::Blocked(format!("no 1:1 conversation with user {peer}")));
+    }
     let id = direct_conversation_id(state.user, peer);
     if state.core.view(id).is_none() {
         if state.ctx.store.user(peer).await?.is_none() {
@@ -293,7 +337,12 @@ async fn open_direct(state: &mut SessionState, req: pb::OpenDirect) -> Answer {
 
 async fn typing(state: &mut SessionState, req: pb::Typing) -> Answer {
     let (user, device) = (state.user, state.device);
-    let members = member_view(state, &req.conversation_id).await?.record.members.clone();
+    let v = member_view(state, &req.conversation_id).await?;
+    let (members, direct) = (v.record.members.clone(), v.record.kind == ConversationKind::Direct);
+    if direct && members.iter().any(|m| *m != user && state.privacy.blocked_with(*m)) {
+        // Not across a block, and without telling the sender (typing is best effort).
+        return Ok(None);
+    }
     let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Typing(pb::TypingEvent {
         conversation_id: req.conversation_id,
         user_id: id_bytes(user),
@@ -339,6 +388,15 @@ async fn presence_query(state: &mut SessionState, req: pb::PresenceQuery) -> Ans
         let (shared_online, shared_seen) = shared_at(i);
         let online = state.ctx.router.is_online(user) || shared_online;
         let last_seen_ms = if online { now_ms() } else { state.ctx.store.last_seen(user).await?.unwrap_or(0).max(shared_seen.unwrap_or(0)) };
+        // What this caller may see of it, on every path (local, directory, Redis): the
+        // user's settings, their contacts, blocks either way.
+        let (online, last_seen_ms) = if user == state.user {
+            (online, last_seen_ms)
+        } else {
+            let view = crate::privacy::presence_views(state.ctx.store.as_ref(), user, &[state.user]).await?;
+            let view = view.first().map(|(_, v)| *v).unwrap_or(privacy::PresenceView { online: false, last_seen: false });
+            privacy::shown_presence(view, online, last_seen_ms)
+        };
         let frame = protocol::server(server_frame::Kind::Presence(pb::Presence {
             user_id: id_bytes(user),
             online,
@@ -370,6 +428,9 @@ async fn create_group(state: &mut SessionState, req: pb::CreateGroup) -> Answer 
         if state.ctx.store.user(*member).await?.is_none() {
             return Err(RequestError::UnknownUser(member.to_string()));
         }
+        if *member != state.user {
+            may_add(state, *member).await?;
+        }
     }
     let id = ConversationId::random();
     let record = ConversationRecord {
@@ -397,6 +458,9 @@ async fn group_change(state: &mut SessionState, req: pb::GroupChange) -> Answer 
                 if state.ctx.store.user(u).await?.is_none() {
                     return Err(RequestError::UnknownUser(u.to_string()));
                 }
+                if u != state.user {
+                    may_add(state, u).await?;
+                }
                 users.push(u);
             }
             GroupOp::Add(users)
@@ -413,6 +477,17 @@ async fn group_change(state: &mut SessionState, req: pb::GroupChange) -> Answer 
         Change::RevokeInvite(_) => GroupOp::RevokeInvite,
     };
     route_group(state, id, req.request_id, op).await
+}
+
+/// Whether the caller may add `target` to a group: not across a block, and within the
+/// target's "who may add me to groups" setting (docs/protocol.md §"Privacy").
+async fn may_add(state: &SessionState, target: UserId) -> Result<(), RequestError> {
+    if state.privacy.blocked_with(target) {
+        return Err(RequestError::Blocked(format!("cannot add user {target} to a group")));
+    }
+    let settings = state.ctx.store.privacy(target).await?;
+    let relation = crate::privacy::relation(state.ctx.store.as_ref(), target, state.user, settings.groups == Audience::Contacts).await?;
+    if privacy::may_add_to_group(&settings, relation) { Ok(()) } else { Err(RequestError::NotAllowed(target.to_string())) }
 }
 
 async fn join_group(state: &mut SessionState, req: pb::JoinGroup) -> Answer {
@@ -454,8 +529,17 @@ async fn message_info(state: &mut SessionState, req: pb::MessageInfo) -> Answer 
         None => return Err(RequestError::invalid("no such message")),
     }
     let mut entries = Vec::with_capacity(members.len());
+    let direct = record.kind == ConversationKind::Direct;
     for member in members.into_iter().filter(|m| *m != user) {
-        let (delivered, read) = state.ctx.store.receipt_times(id, member, req.seq).await?;
+        let (delivered, mut read) = state.ctx.store.receipt_times(id, member, req.seq).await?;
+        if direct {
+            let blocked = state.privacy.blocked_with(member);
+            let mine = state.privacy.mine;
+            if !crate::privacy::read_receipts_flow(state.ctx.store.as_ref(), &mine, member, blocked).await? {
+                // Read receipts are off on one side (or a block): the read time is not told.
+                read = None;
+            }
+        }
         entries.push(pb::MemberReceipt { user_id: id_bytes(member), delivered_at_ms: delivered.unwrap_or(0), read_at_ms: read.unwrap_or(0) });
     }
     Ok(Some(protocol::server(server_frame::Kind::MessageInfo(pb::MessageInfoAnswer {
