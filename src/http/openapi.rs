@@ -49,6 +49,7 @@ use crate::transport::ws;
         media::public_image,
         serve,
         admin::tree,
+        admin::hot,
         admin::cluster,
         admin::drain,
         admin::provision,
@@ -115,6 +116,7 @@ mod tests {
             ("/v1/keys/query", "post"),
             ("/v1/keys/claim", "post"),
             ("/admin/tree", "get"),
+            ("/admin/hot", "get"),
             ("/admin/cluster", "get"),
             ("/admin/drain", "post"),
             ("/admin/provision", "post"),
@@ -132,6 +134,6 @@ mod tests {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 31, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 32, "a route is described but not listed here");
     }
 }
