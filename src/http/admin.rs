@@ -1,6 +1,7 @@
 //! The admin API, on its own listener and behind its own bearer token: the live
 //! supervision tree (like Erlang's observer), the hottest actors, fault injection for
-//! drills, and a media sweep on demand.
+//! drills, and a media sweep on demand. The SRE console (`/admin/ui/`, `console.rs`) is
+//! a static page over these endpoints.
 
 use std::sync::atomic::Ordering;
 
@@ -376,5 +377,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/admin/drain", &["POST"]).route(web::post().to(drain)))
         .service(resource("/admin/provision", &["POST"]).route(web::post().to(provision)))
         .service(resource("/admin/media/sweep", &["POST"]).route(web::post().to(sweep_media)))
-        .service(resource("/admin/conversations/{id}/crash", &["POST"]).route(web::post().to(crash_conversation)));
+        .service(resource("/admin/conversations/{id}/crash", &["POST"]).route(web::post().to(crash_conversation)))
+        .configure(super::console::routes);
 }
