@@ -344,9 +344,10 @@
       el('td', { text: n.status === 'self' ? 'now' : ms(n.last_heard_ms) + ' ago' }),
       el('td', { text: n.admin_addr || '' }),
     )));
-    if (report.redis) {
-      $('redis').textContent = 'Redis: ' + (report.redis.up ? 'up' : 'down') + (report.redis.last_error ? ' (' + report.redis.last_error + ')' : '');
-    }
+    const redis = report.redis;
+    $('redis').textContent = redis
+      ? 'Redis: ' + (redis.ok ? 'ok (' + Number(redis.latency_ms).toFixed(1) + ' ms)' : 'down') + (redis.error ? ': ' + redis.error : '')
+      : 'Redis: not configured';
     // The tree selector: every node this one knows, itself first.
     const names = report.nodes.map((n) => n.name);
     const current = Array.from(select.options).map((o) => o.value);
