@@ -246,6 +246,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .app_data(api::json_config())
             .app_data(api::query_config())
             .app_data(api::path_config())
+            // Admin answers are live state behind a token: never kept by a browser or a
+            // proxy (the console's static files set their own, revalidated, policy).
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add((actix_web::http::header::CACHE_CONTROL, "no-store"))
+                    .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
+            )
             .configure(admin::routes)
     })
     .workers(1)

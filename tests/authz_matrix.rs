@@ -358,6 +358,7 @@ async fn every_frame_and_endpoint_refuses_whoever_may_not_and_changes_nothing() 
     let admin_calls: Vec<(reqwest::Method, String, Option<serde_json::Value>)> = vec![
         (reqwest::Method::GET, "/admin/tree".into(), None),
         (reqwest::Method::GET, "/admin/cluster".into(), None),
+        (reqwest::Method::GET, "/admin/hot".into(), None),
         (reqwest::Method::POST, "/admin/drain".into(), None),
         (reqwest::Method::POST, "/admin/provision".into(), Some(serde_json::json!({ "count": 1, "phone_prefix": "+1666", "first": 1 }))),
         (reqwest::Method::POST, format!("/admin/conversations/{g}/crash"), None),

@@ -113,6 +113,7 @@ impl Actor for Conversation {
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         state.gauge.received(&msg);
+        let started = Instant::now();
         let mut out = std::mem::take(&mut state.actions);
         let now = now_ms();
         match msg {
@@ -167,6 +168,7 @@ impl Actor for Conversation {
         let result = carry_out(&myself, state, &mut out);
         out.clear();
         state.actions = out;
+        state.gauge.add_busy(started);
         result
     }
 }

@@ -6,10 +6,15 @@
 //! of growing memory), and can be closed so that a passivating actor never silently drops
 //! a message that raced with its shutdown. The same counters feed `/admin/tree` and the
 //! `switchboard_mailbox_depth` metric.
+//!
+//! Each gauge also adds up the time its actor spent handling messages (busy time), which
+//! `/admin/hot` ranks with [`ActorStats::hottest`]: one clock read at each end of a
+//! message and one relaxed atomic add, nothing more on the message path.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ractor::{ActorId, ActorRef, Message};
 
@@ -56,6 +61,10 @@ pub struct MailboxGauge {
     depth: AtomicUsize,
     closed: AtomicBool,
     limit: usize,
+    /// Nanoseconds spent handling messages since the actor started.
+    busy_ns: AtomicU64,
+    /// When the actor registered (its age puts the busy time in proportion).
+    started: Instant,
     /// What the admin tree calls the actor (formatted only when asked: a string per
     /// session would cost more than the rest of its gauge).
     label: Mutex<Label>,
@@ -70,6 +79,31 @@ impl MailboxGauge {
     /// The label shown in the admin tree.
     pub fn label(&self) -> String {
         self.label.lock().unwrap_or_else(|p| p.into_inner()).to_string()
+    }
+
+    /// The conversation this actor runs, if it runs one (the console's crash button).
+    pub fn conversation_id(&self) -> Option<ConversationId> {
+        match &*self.label.lock().unwrap_or_else(|p| p.into_inner()) {
+            Label::Conversation(id) | Label::Group(id, _) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// Adds the time since `since` to the busy time: called by the actor at the end of
+    /// each message it handled (a message that panics is not counted; its actor is gone).
+    pub fn add_busy(&self, since: Instant) {
+        // Relaxed: a statistic, read by nobody who decides anything from it.
+        self.busy_ns.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Time spent handling messages since the actor started, in nanoseconds.
+    pub fn busy_ns(&self) -> u64 {
+        self.busy_ns.load(Ordering::Relaxed)
+    }
+
+    /// Time since the actor registered.
+    pub fn age(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Changes the label (e.g. a group's member count).
@@ -201,7 +235,14 @@ pub struct ActorStats {
 impl ActorStats {
     /// Creates and registers the gauge of a new actor.
     pub fn register(&self, id: ActorId, label: Label, limit: usize) -> Arc<MailboxGauge> {
-        let gauge = Arc::new(MailboxGauge { depth: AtomicUsize::new(0), closed: AtomicBool::new(false), limit, label: Mutex::new(label) });
+        let gauge = Arc::new(MailboxGauge {
+            depth: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            limit,
+            busy_ns: AtomicU64::new(0),
+            started: Instant::now(),
+            label: Mutex::new(label),
+        });
         self.lock_gauges().insert(id, gauge.clone());
         gauge
     }
@@ -225,6 +266,32 @@ impl ActorStats {
         })
     }
 
+    /// The `limit` actors with the deepest mailboxes and the `limit` with the most busy
+    /// time, each list hottest first (actors with nothing queued, or never busy, are left
+    /// out). One pass over the registry under its lock, keeping only `limit` candidates
+    /// per list, so it stays cheap with millions of sessions; labels are formatted for
+    /// the winners only.
+    pub fn hottest(&self, limit: usize) -> Hottest {
+        // Ranked by reference, and only the winners' gauges cloned: no per-actor refcount
+        // traffic while the registry is locked.
+        let owned = |(id, g): (&ActorId, &Arc<MailboxGauge>)| (*id, g.clone());
+        let (deepest, busiest): (Vec<_>, Vec<_>) = {
+            let gauges = self.lock_gauges();
+            let deepest = top_by(gauges.iter(), limit, |(_, g)| g.depth() as u64).into_iter().map(owned).collect();
+            let busiest = top_by(gauges.iter(), limit, |(_, g)| g.busy_ns()).into_iter().map(owned).collect();
+            (deepest, busiest)
+        };
+        let hot = |(id, g): (ActorId, Arc<MailboxGauge>)| HotActor {
+            id: id.to_string(),
+            name: g.label(),
+            conversation_id: g.conversation_id().map(|c| c.to_string()),
+            mailbox: g.depth(),
+            busy_ms: g.busy_ns() as f64 / 1e6,
+            age_ms: g.age().as_millis() as u64,
+        };
+        Hottest { deepest: deepest.into_iter().map(hot).collect(), busiest: busiest.into_iter().map(hot).collect() }
+    }
+
     /// The restart counter of a supervisor, by name.
     pub fn restarts(&self, supervisor: &str) -> Arc<AtomicU64> {
         let mut map = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
@@ -235,5 +302,98 @@ impl ActorStats {
         // A panic while holding this lock cannot leave the map inconsistent (single
         // insert/remove), so a poisoned lock is still safe to use.
         self.gauges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One actor of [`Hottest`].
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct HotActor {
+    /// ractor id.
+    pub id: String,
+    /// The mailbox label (`session user=… device=…`, `conversation …`, `group …`).
+    pub name: String,
+    /// The conversation it runs, for conversation actors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// Messages waiting.
+    pub mailbox: usize,
+    /// Time spent handling messages since it started, in milliseconds.
+    pub busy_ms: f64,
+    /// Time since it started, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// The hottest actors of a node (`GET /admin/hot`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Hottest {
+    /// Deepest mailboxes first.
+    pub deepest: Vec<HotActor>,
+    /// Most busy time first.
+    pub busiest: Vec<HotActor>,
+}
+
+/// The `limit` items with the largest non-zero keys, largest first (equal keys in the
+/// order met). Pure: a bounded min-heap over one pass, O(n log limit), so ranking a
+/// million actors allocates `limit` entries, not a million.
+pub fn top_by<T>(items: impl IntoIterator<Item = T>, limit: usize, key: impl Fn(&T) -> u64) -> Vec<T> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    if limit == 0 {
+        return Vec::new();
+    }
+    // (key, Reverse(order)) ordered so that the heap's top (after Reverse) is the weakest
+    // candidate: the smallest key, and among equal keys the one met last.
+    let mut heap: BinaryHeap<Reverse<(u64, Reverse<usize>)>> = BinaryHeap::with_capacity(limit + 1);
+    let mut kept: HashMap<usize, T> = HashMap::with_capacity(limit + 1);
+    for (order, item) in items.into_iter().enumerate() {
+        let k = key(&item);
+        if k == 0 {
+            continue;
+        }
+        if heap.len() == limit && heap.peek().is_some_and(|Reverse((weakest, _))| k <= *weakest) {
+            continue;
+        }
+        heap.push(Reverse((k, Reverse(order))));
+        kept.insert(order, item);
+        if heap.len() > limit
+            && let Some(Reverse((_, Reverse(dropped)))) = heap.pop()
+        {
+            kept.remove(&dropped);
+        }
+    }
+    let mut ranked: Vec<(u64, usize)> = heap.into_iter().map(|Reverse((k, Reverse(o)))| (k, o)).collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    ranked.into_iter().filter_map(|(_, o)| kept.remove(&o)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_by;
+
+    #[test]
+    fn the_largest_keys_come_first_and_zeros_are_left_out() {
+        let items = [("a", 3), ("b", 0), ("c", 9), ("d", 1), ("e", 7)];
+        assert_eq!(top_by(items, 3, |(_, k)| *k), vec![("c", 9), ("e", 7), ("a", 3)]);
+        assert_eq!(top_by(items, 10, |(_, k)| *k), vec![("c", 9), ("e", 7), ("a", 3), ("d", 1)]);
+        assert!(top_by(items, 0, |(_, k)| *k).is_empty());
+        assert!(top_by([("z", 0)], 5, |(_, k)| *k).is_empty());
+    }
+
+    #[test]
+    fn equal_keys_keep_the_order_they_were_met_in() {
+        let items = [("a", 5), ("b", 5), ("c", 5), ("d", 6)];
+        assert_eq!(top_by(items, 3, |(_, k)| *k), vec![("d", 6), ("a", 5), ("b", 5)]);
+    }
+
+    #[test]
+    fn a_long_run_agrees_with_a_full_sort() {
+        // A deterministic pseudo-random sequence with many ties.
+        let keys: Vec<u64> = (0..5000u64).map(|i| (i * 7919 + 13) % 101).collect();
+        for limit in [1, 7, 100, 6000] {
+            let mut expected: Vec<(usize, u64)> = keys.iter().copied().enumerate().filter(|(_, k)| *k > 0).collect();
+            expected.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            expected.truncate(limit);
+            assert_eq!(top_by(keys.iter().copied().enumerate(), limit, |(_, k)| *k), expected, "limit {limit}");
+        }
     }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use crate::store::Store;
 
-pub use mailbox::{ActorStats, Label, Mailbox, MailboxError};
+pub use mailbox::{ActorStats, HotActor, Hottest, Label, Mailbox, MailboxError};
 pub use router::Router;
 pub use store_writer::StoreWriterHandle;
 

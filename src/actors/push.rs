@@ -216,6 +216,7 @@ impl Actor for PushDispatcher {
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         state.gauge.received(&msg);
+        let started = Instant::now();
         match msg {
             PushMsg::Request(PushRequest::Stored { conversation_id, sender, members, count, up_to_seq }) => {
                 for member in members.iter().filter(|m| **m != sender) {
@@ -286,6 +287,7 @@ impl Actor for PushDispatcher {
                 }
             },
         }
+        state.gauge.add_busy(started);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The admin API, on its own listener and behind its own bearer token: the live
-//! supervision tree (like Erlang's observer), fault injection for drills, and a media
-//! sweep on demand.
+//! supervision tree (like Erlang's observer), the hottest actors, fault injection for
+//! drills, and a media sweep on demand. The SRE console (`/admin/ui/`, `console.rs`) is
+//! a static page over these endpoints.
 
 use std::sync::atomic::Ordering;
 
@@ -52,6 +53,13 @@ pub struct TreeNode {
     /// Messages waiting (for actors with a counted mailbox).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mailbox: Option<usize>,
+    /// Time spent handling messages since the actor started, in milliseconds (for actors
+    /// with a counted mailbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_ms: Option<f64>,
+    /// The conversation a conversation actor runs (what its crash drill takes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
     /// Restarts (supervisors).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u64>,
@@ -82,7 +90,9 @@ fn walk(cell: &ActorCell, stats: &ActorStats, depth: usize) -> TreeNode {
         id: cell.get_id().to_string(),
         name,
         status: format!("{:?}", cell.get_status()),
-        mailbox: gauge.map(|g| g.depth()),
+        mailbox: gauge.as_ref().map(|g| g.depth()),
+        busy_ms: gauge.as_ref().map(|g| g.busy_ns() as f64 / 1e6),
+        conversation_id: gauge.as_ref().and_then(|g| g.conversation_id()).map(|c| c.to_string()),
         restarts,
         children_count,
         children: listed,
@@ -184,6 +194,57 @@ async fn proxy_tree(req: &HttpRequest, node: &str, addr: &str) -> HttpResponse {
         Ok(r) => unreachable(format!("it answered {}", r.status())),
         Err(e) => unreachable(e.to_string()),
     }
+}
+
+/// Query of `GET /admin/hot`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HotQuery {
+    /// Actors per list, 1 to 100 (default 10).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<usize>,
+}
+
+/// The answer of `GET /admin/hot`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HotReport {
+    /// The cluster node that answered (absent on a single node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Device sessions on this node.
+    pub sessions: usize,
+    /// Conversations active on this node.
+    pub conversations: usize,
+    /// The actors with the deepest mailboxes, deepest first (none queued: empty).
+    pub deepest: Vec<crate::actors::HotActor>,
+    /// The actors that spent the most time handling messages, most first.
+    pub busiest: Vec<crate::actors::HotActor>,
+}
+
+/// The hottest actors of this node: deepest mailboxes and most busy time, with the
+/// node's session and conversation counts.
+#[utoipa::path(get, path = "/admin/hot", tag = "admin", params(HotQuery), security(("admin_token" = [])), responses(
+    (status = 200, description = "The hottest actors", body = HotReport),
+    (status = 400, description = "bad_request: limit out of range", body = AdminError),
+    (status = 401, description = "unauthorized", body = AdminError),
+))]
+async fn hot(req: HttpRequest, state: web::Data<AdminState>, query: web::Query<HotQuery>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "unauthorized" }));
+    }
+    let limit = query.limit.unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return HttpResponse::BadRequest().json(serde_json::json!({ "error": "bad_request", "message": "limit must be 1 to 100" }));
+    }
+    let hottest = state.node.ctx.stats.hottest(limit);
+    let router = &state.node.ctx.router;
+    HttpResponse::Ok().json(HotReport {
+        node: state.cluster.as_ref().map(|c| c.name().to_string()),
+        sessions: router.session_count(),
+        conversations: router.conversation_count(),
+        deepest: hottest.deepest,
+        busiest: hottest.busiest,
+    })
 }
 
 /// Members, health and load of every node.
@@ -314,9 +375,11 @@ pub async fn sweep_media(req: HttpRequest, state: web::Data<AdminState>) -> Http
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use super::api::resource;
     cfg.service(resource("/admin/tree", &["GET"]).route(web::get().to(tree)))
+        .service(resource("/admin/hot", &["GET"]).route(web::get().to(hot)))
         .service(resource("/admin/cluster", &["GET"]).route(web::get().to(cluster)))
         .service(resource("/admin/drain", &["POST"]).route(web::post().to(drain)))
         .service(resource("/admin/provision", &["POST"]).route(web::post().to(provision)))
         .service(resource("/admin/media/sweep", &["POST"]).route(web::post().to(sweep_media)))
-        .service(resource("/admin/conversations/{id}/crash", &["POST"]).route(web::post().to(crash_conversation)));
+        .service(resource("/admin/conversations/{id}/crash", &["POST"]).route(web::post().to(crash_conversation)))
+        .configure(super::console::routes);
 }

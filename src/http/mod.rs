@@ -1,8 +1,10 @@
-//! HTTP surfaces: the public API (accounts, devices, history, health, metrics, the
-//! WebSocket upgrade, the key directory's mirrors) and the admin API on its own listener behind a token.
+//! HTTP surfaces: the public API (accounts, devices, contact discovery, privacy and
+//! blocks, history, health, metrics, the WebSocket upgrade, the key directory's mirrors) and the admin API on its own listener behind a token,
+//! with the SRE console (static files) beside it.
 
 pub mod admin;
 pub mod api;
+pub mod console;
 pub mod contacts;
 pub mod keys;
 pub mod openapi;

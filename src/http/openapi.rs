@@ -56,6 +56,7 @@ use crate::transport::ws;
         media::public_image,
         serve,
         admin::tree,
+        admin::hot,
         admin::cluster,
         admin::drain,
         admin::provision,
@@ -129,6 +130,7 @@ mod tests {
             ("/v1/blocks/{user_id}", "put"),
             ("/v1/blocks/{user_id}", "delete"),
             ("/admin/tree", "get"),
+            ("/admin/hot", "get"),
             ("/admin/cluster", "get"),
             ("/admin/drain", "post"),
             ("/admin/provision", "post"),
@@ -146,6 +148,6 @@ mod tests {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 38, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 39, "a route is described but not listed here");
     }
 }

@@ -202,6 +202,9 @@ impl Actor for DeviceSession {
             myself.stop(Some("connection closed".into()));
             return Ok(());
         }
+        // Busy time counts the awaits too (store reads, a full outbox): while they last
+        // the session takes nothing from its mailbox, which is what an operator looks for.
+        let started = Instant::now();
         let result = match msg {
             // Boxed: the handlers' state machines are large and would otherwise be part of
             // every idle session's resident future (memory per session).
@@ -230,6 +233,7 @@ impl Actor for DeviceSession {
                 Ok(())
             }
         };
+        state.gauge.add_busy(started);
         match result {
             Ok(()) => Ok(()),
             Err(stop) => stop_for(&myself, state, stop),
