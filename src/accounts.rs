@@ -73,9 +73,18 @@ pub struct AccountsConfig {
     pub signup: SignupLimits,
 }
 
+/// Live devices per user by default: the primary plus four linked ones.
+pub const MAX_DEVICES: usize = 5;
+
 impl Default for AccountsConfig {
     fn default() -> Self {
-        Self { code_ttl: Duration::from_secs(600), max_code_attempts: 5, max_devices: 5, expose_codes: false, signup: SignupLimits::default() }
+        Self {
+            code_ttl: Duration::from_secs(600),
+            max_code_attempts: 5,
+            max_devices: MAX_DEVICES,
+            expose_codes: false,
+            signup: SignupLimits::default(),
+        }
     }
 }
 
@@ -159,6 +168,13 @@ pub enum AccountError {
     /// Only the primary device may link or revoke other devices.
     #[error("only the primary device may do this")]
     NotPrimary,
+    /// No pending device pairing has this code (never issued, used, expired, or a wrong
+    /// claim secret: not told apart).
+    #[error("unknown or expired pairing code")]
+    UnknownPairing,
+    /// The pairing code was already approved.
+    #[error("this pairing code was already approved")]
+    PairingAlreadyApproved,
     /// No such device for this user.
     #[error("no such device")]
     UnknownDevice,
@@ -227,9 +243,9 @@ impl From<DeviceRecord> for DeviceInfo {
 /// The accounts service (cheap to clone).
 #[derive(Clone)]
 pub struct Accounts {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     sender: Arc<dyn CodeSender>,
-    config: Arc<AccountsConfig>,
+    pub(crate) config: Arc<AccountsConfig>,
 }
 
 /// The phones `provision` creates: `<prefix><n>` for n in `first..first + count`, n
@@ -279,7 +295,7 @@ pub fn valid_name(name: &str) -> bool {
     !name.trim().is_empty() && name.chars().count() <= 64
 }
 
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let bytes: [u8; 32] = rand::rng().random();
     hex::encode(bytes)
 }
@@ -312,7 +328,7 @@ impl Accounts {
     }
 
     /// The per-address limit `what` for `from` (none for an exempt or unknown address).
-    async fn limit_address(&self, what: &str, from: Option<IpAddr>, per_hour: u32) -> Result<(), AccountError> {
+    pub(crate) async fn limit_address(&self, what: &str, from: Option<IpAddr>, per_hour: u32) -> Result<(), AccountError> {
         match self.counted_address(from) {
             Some(ip) => self.limit(format!("{what}/{ip}"), per_hour, HOUR).await,
             None => Ok(()),
@@ -381,7 +397,7 @@ impl Accounts {
         Ok((credentials, revoked))
     }
 
-    async fn add_device(&self, user: UserId, name: &str, primary: bool) -> Result<DeviceCredentials, AccountError> {
+    pub(crate) async fn add_device(&self, user: UserId, name: &str, primary: bool) -> Result<DeviceCredentials, AccountError> {
         let token = new_token();
         let device = DeviceRecord {
             device_id: DeviceId::random(),

@@ -121,6 +121,21 @@ impl HttpApi {
         Ok(Self::check(r).await?.json().await?)
     }
 
+    /// Starts a device pairing (this is the new device).
+    pub async fn start_pairing(&self, name: &str) -> Result<crate::pairing::PairingStarted, ClientError> {
+        let r = self.http.post(format!("{}/v1/pairing", self.base)).json(&serde_json::json!({ "device_name": name })).send().await?;
+        Ok(Self::check(r).await?.json().await?)
+    }
+
+    /// Claims the new device's token: `None` while the pairing is not approved (the server
+    /// waits up to 25 s before saying so).
+    pub async fn claim_pairing(&self, code: &str, claim_secret: &str) -> Result<Option<DeviceCredentials>, ClientError> {
+        let body = serde_json::json!({ "code": code, "claim_secret": claim_secret, "wait_s": 25 });
+        let r = self.http.post(format!("{}/v1/pairing/claim", self.base)).json(&body).send().await?;
+        let r = Self::check(r).await?;
+        if r.status() == reqwest::StatusCode::ACCEPTED { Ok(None) } else { Ok(Some(r.json().await?)) }
+    }
+
     /// Lists the caller's devices.
     pub async fn devices(&self, token: &str) -> Result<Vec<DeviceInfo>, ClientError> {
         let r = self.http.get(format!("{}/v1/devices", self.base)).bearer_auth(token).send().await?;
@@ -508,6 +523,18 @@ impl Connection {
     async fn group_answer(&mut self, request_id: u64) -> Result<pb::GroupAnswer, ClientError> {
         self.answer(request_id.to_string(), move |k| match k {
             server_frame::Kind::GroupAnswer(a) if a.request_id == request_id => Some(a.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Approves a new device's pairing code (this device must be the primary); answers the
+    /// new device's name.
+    pub async fn approve_pairing(&mut self, code: &str) -> Result<String, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::ApprovePairing(pb::ApprovePairing { request_id, code: code.to_owned() })).await?;
+        self.answer(request_id.to_string(), move |k| match k {
+            server_frame::Kind::PairingApproved(a) if a.request_id == request_id => Some(a.device_name.clone()),
             _ => None,
         })
         .await

@@ -74,14 +74,20 @@ pub async fn upload(
     Ok(Uploaded { one_time_key_count, identity })
 }
 
-/// The users `caller` may see the keys of: themselves and every current member of every
-/// conversation they are a current member of.
+/// The users `caller` may see the keys of (and reach with to-device messages and
+/// device-list notices): themselves and every current member of every conversation they
+/// are a current member of — but a 1:1 across a block (either way) does not count (a
+/// group they share still does: groups are unaffected by blocks).
 pub(crate) async fn visible_users(store: &dyn Store, caller: UserId) -> Result<HashSet<UserId>, RequestError> {
+    let blocked: HashSet<UserId> = store.blocks_of(caller).await?.into_iter().chain(store.blockers_of(caller).await?).collect();
     let mut users = HashSet::from([caller]);
     for id in store.conversations_of(caller).await? {
         if let Some(record) = store.conversation(id).await?
             && record.is_member(caller)
         {
+            if record.kind == crate::store::ConversationKind::Direct && record.members.iter().any(|m| blocked.contains(m)) {
+                continue;
+            }
             users.extend(record.members.iter().copied());
         }
     }

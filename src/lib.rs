@@ -36,6 +36,7 @@ pub mod keys;
 pub mod loadgen;
 pub mod media;
 pub mod media_client;
+pub mod pairing;
 pub mod pem;
 pub mod phone;
 pub mod privacy;

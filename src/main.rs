@@ -347,16 +347,27 @@ enum ClientCommand {
         #[command(flatten)]
         profile: ProfileArg,
     },
-    /// Link a new device (primary only); writes its profile to `--out`.
+    /// Link this (new) device to an account: prints a pairing QR code (and its text) for
+    /// the account's primary device to approve (`client approve`), waits for the approval,
+    /// and saves this device's own credentials to the profile.
     Link {
-        #[command(flatten)]
-        profile: ProfileArg,
-        /// Name of the new device.
+        /// Server HTTP URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Name of this device.
         #[arg(long)]
         name: String,
-        /// Where to write the new device's profile.
+        #[command(flatten)]
+        profile: ProfileArg,
+    },
+    /// Approve a new device's pairing code (the text of its QR code), from the primary
+    /// device's profile, over its connection.
+    Approve {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// The pairing code (with or without its `switchboard-pair:` prefix).
         #[arg(long)]
-        out: PathBuf,
+        code: String,
     },
     /// Print the safety number of this user and another: compare it with theirs (in
     /// person, or over another channel) to know that no one swapped your keys.
@@ -941,11 +952,37 @@ async fn client(command: ClientCommand) -> Result<()> {
                 println!("{} {:<20} primary={} {}", d.device_id, d.name, d.primary, state);
             }
         }
-        ClientCommand::Link { profile, name, out } => {
+        ClientCommand::Link { server, name, profile } => {
+            let api = HttpApi::new(&server);
+            let started = api.start_pairing(&name).await?;
+            println!("{}", switchboard::pairing::qr_text(&started.qr)?);
+            println!("On your primary device, scan this code, or run:");
+            println!("  switchboard client approve --code {}", started.code);
+            println!("(valid {} s)", started.expires_in_s);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(started.expires_in_s);
+            let credentials = loop {
+                if let Some(credentials) = api.claim_pairing(&started.code, &started.claim_secret).await? {
+                    break credentials;
+                }
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("the pairing code expired before it was approved");
+                }
+            };
+            println!("linked: user {} device {}", credentials.user_id, credentials.device_id);
+            let p = Profile { server, credentials };
+            p.save(&profile.profile)?;
+            println!("saved {}", profile.profile.display());
+            let mut sdk = p.e2ee(&profile)?;
+            let (conn, _, _) = connect_e2ee(&p, &mut sdk, None).await?;
+            conn.bye().await?;
+            println!("published this device's end-to-end encryption keys");
+        }
+        ClientCommand::Approve { profile, code } => {
             let p = Profile::load(&profile)?;
-            let credentials = HttpApi::new(&p.server).link_device(&p.credentials.token, &name).await?;
-            println!("linked device {}", credentials.device_id);
-            Profile { server: p.server, credentials }.save(&out)?;
+            let (mut conn, _) = Connection::open(&p.transport(None), &p.credentials.token).await?;
+            let name = conn.approve_pairing(&code).await?;
+            println!("approved: {name:?} is being linked to this account");
+            conn.bye().await?;
         }
         ClientCommand::Revoke { profile, device } => {
             let p = Profile::load(&profile)?;

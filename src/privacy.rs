@@ -4,33 +4,51 @@
 //! the HTTP handlers, and tells sessions when settings or blocks change.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use crate::actors::messages::SessionRequest;
 use crate::actors::router::Router;
 use crate::cores::privacy::{self, Audience, PresenceView, PrivacySettings, Relation};
-use crate::ids::UserId;
-use crate::store::{Store, StoreError};
+use crate::ids::{ConversationId, UserId};
+use crate::store::{Store, StoreError, direct_conversation_id};
 
-/// What a session keeps of its own user's privacy: the settings and both directions of
-/// blocks, loaded when it starts and again when told they changed
-/// ([`SessionRequest::PrivacyChanged`]).
+/// How long a session trusts a peer's settings it read (a peer's change also reaches the
+/// sessions of its 1:1 peers that are connected, which drop it at once).
+const PEER_SETTINGS_TTL: Duration = Duration::from_secs(30);
+
+/// What a session keeps of its own user's privacy: the settings, both directions of
+/// blocks (and the 1:1 conversations they close), the user's number (for others'
+/// "contacts" audiences), and peers' settings read lately; loaded when it starts and
+/// again when told they changed ([`SessionRequest::PrivacyChanged`]).
 #[derive(Debug, Clone, Default)]
 pub struct PrivacyCache {
     /// The user's settings.
     pub mine: PrivacySettings,
+    /// The user's phone number (E.164).
+    pub phone: String,
     /// Users this user blocked.
     pub blocked: HashSet<UserId>,
     /// Users who blocked this user.
     pub blocked_by: HashSet<UserId>,
+    /// The 1:1 conversations with users across a block, either way.
+    pub closed: HashSet<ConversationId>,
+    /// Peers' settings, with when they were read.
+    peers: HashMap<UserId, (PrivacySettings, Instant)>,
 }
 
 impl PrivacyCache {
-    /// Reads `user`'s settings and blocks.
+    /// Reads `user`'s settings, number and blocks.
     pub async fn load(store: &dyn Store, user: UserId) -> Result<Self, StoreError> {
+        let blocked: HashSet<UserId> = store.blocks_of(user).await?.into_iter().collect();
+        let blocked_by: HashSet<UserId> = store.blockers_of(user).await?.into_iter().collect();
+        let closed = blocked.iter().chain(&blocked_by).map(|p| direct_conversation_id(user, *p)).collect();
         Ok(Self {
             mine: store.privacy(user).await?,
-            blocked: store.blocks_of(user).await?.into_iter().collect(),
-            blocked_by: store.blockers_of(user).await?.into_iter().collect(),
+            phone: store.user(user).await?.map(|u| u.phone).unwrap_or_default(),
+            blocked,
+            blocked_by,
+            closed,
+            peers: HashMap::new(),
         })
     }
 
@@ -38,26 +56,45 @@ impl PrivacyCache {
     pub fn blocked_with(&self, other: UserId) -> bool {
         self.blocked.contains(&other) || self.blocked_by.contains(&other)
     }
-}
 
-/// Whether a block stands between `a` and `b`, either way (two point reads).
-pub async fn blocked_between(store: &dyn Store, a: UserId, b: UserId) -> Result<bool, StoreError> {
-    Ok(store.is_blocked(a, b).await? || store.is_blocked(b, a).await?)
-}
-
-/// Whether `owner` has `viewer`'s number in their contacts.
-pub async fn is_contact(store: &dyn Store, owner: UserId, viewer: UserId) -> Result<bool, StoreError> {
-    match store.user(viewer).await? {
-        Some(v) => Ok(!store.known_contacts(owner, vec![v.phone]).await?.is_empty()),
-        None => Ok(false),
+    /// Whether `conversation` is a 1:1 across a block (no opening, sending, typing or
+    /// changing it).
+    pub fn closes(&self, conversation: ConversationId) -> bool {
+        self.closed.contains(&conversation)
     }
-}
 
-/// How `viewer` stands to `owner` (contact only looked up when `need_contact`).
-pub async fn relation(store: &dyn Store, owner: UserId, viewer: UserId, need_contact: bool) -> Result<Relation, StoreError> {
-    let blocked = blocked_between(store, owner, viewer).await?;
-    let contact = need_contact && !blocked && is_contact(store, owner, viewer).await?;
-    Ok(Relation { contact, blocked })
+    /// `peer`'s settings: cached for [`PEER_SETTINGS_TTL`], else read.
+    pub async fn peer_settings(&mut self, store: &dyn Store, peer: UserId) -> Result<PrivacySettings, StoreError> {
+        if let Some((settings, at)) = self.peers.get(&peer)
+            && at.elapsed() < PEER_SETTINGS_TTL
+        {
+            return Ok(*settings);
+        }
+        let settings = store.privacy(peer).await?;
+        if self.peers.len() >= 1_024 {
+            self.peers.clear();
+        }
+        self.peers.insert(peer, (settings, Instant::now()));
+        Ok(settings)
+    }
+
+    /// Forgets what was cached of `peer`.
+    pub fn forget(&mut self, peer: UserId) {
+        self.peers.remove(&peer);
+    }
+
+    /// What a viewer with this cache (this user) may see of `owner`'s presence: one
+    /// settings read, and a contacts lookup only for a "contacts" audience.
+    pub async fn presence_of(&self, store: &dyn Store, me: UserId, owner: UserId) -> Result<PresenceView, StoreError> {
+        if owner == me {
+            return Ok(PresenceView { online: true, last_seen: true });
+        }
+        let blocked = self.blocked_with(owner);
+        let settings = store.privacy(owner).await?;
+        let contact =
+            !blocked && settings.last_seen == Audience::Contacts && !store.known_contacts(owner, vec![self.phone.clone()]).await?.is_empty();
+        Ok(privacy::presence(&settings, Relation { contact, blocked }))
+    }
 }
 
 /// Whether deciding presence under `settings` needs to know who is a contact (online is
@@ -85,13 +122,15 @@ pub async fn presence_views(store: &dyn Store, owner: UserId, viewers: &[UserId]
     Ok(viewers.iter().map(|v| (*v, privacy::presence(&settings, Relation { contact: contacts.contains(v), blocked: blocks.contains(v) }))).collect())
 }
 
-/// Whether read receipts flow between `me` (settings `mine`) and `peer` in their 1:1
-/// conversation: reads the peer's settings.
-pub async fn read_receipts_flow(store: &dyn Store, mine: &PrivacySettings, peer: UserId, blocked: bool) -> Result<bool, StoreError> {
-    if !mine.read_receipts || blocked {
+/// Whether read receipts flow between this session's user and `peer` in their 1:1
+/// conversation (the peer's settings from the cache).
+pub async fn read_receipts_flow(cache: &mut PrivacyCache, store: &dyn Store, peer: UserId) -> Result<bool, StoreError> {
+    let blocked = cache.blocked_with(peer);
+    if !cache.mine.read_receipts || blocked {
         return Ok(false);
     }
-    Ok(privacy::read_receipts_flow(mine, &store.privacy(peer).await?, blocked))
+    let theirs = cache.peer_settings(store, peer).await?;
+    Ok(privacy::read_receipts_flow(&cache.mine, &theirs, blocked))
 }
 
 /// Tells every session of `users` (on every node) that the privacy of `changed` changed.

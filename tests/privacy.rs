@@ -241,3 +241,61 @@ async fn online_and_offline_broadcasts_reach_only_the_audience() {
     assert!(arrives(&mut b, WAIT, about_alice(false)).await, "her contact sees her go");
     assert!(!arrives(&mut s, Duration::from_millis(500), about_alice(false)).await, "the stranger does not");
 }
+
+/// From review: a block holds where the session has not loaded the 1:1 yet, on the
+/// to-device and key paths and for conversation changes; a read the peer may not see
+/// does not tell when it happened; changes of settings or blocks correct what peers see
+/// of someone online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_holds_on_every_path_and_changes_correct_presence_live() {
+    let server = TestServer::start();
+    let (alice, _) = user_with_number(&server).await;
+    let (bob, _) = user_with_number(&server).await;
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    let mut a = online(&server, Kind::Ws, &alice).await;
+    // Alice opens the 1:1; Bob's session has never seen it (nothing was sent yet).
+    let direct = a.open_direct(bob.user_id).await.expect("open");
+    let is_alice = |online: bool, last_seen_zero: bool| {
+        let alice = alice.user_id;
+        move |k: &server_frame::Kind| match k {
+            server_frame::Kind::Presence(p)
+                if p.user_id == id_bytes(alice) && p.online == online && (p.last_seen_ms == 0) == last_seen_zero && p.request_id == 0 =>
+            {
+                Some(())
+            }
+            _ => None,
+        }
+    };
+    // Settings narrowed while online: Bob (not a contact) is told she is offline, no time.
+    set_privacy(&server, &alice, json!({ "last_seen": "contacts", "online": "same_as_last_seen" })).await;
+    assert!(arrives(&mut b, WAIT, is_alice(false, true)).await, "a stale online is corrected");
+    set_privacy(&server, &alice, json!({ "last_seen": "everyone", "online": "everyone" })).await;
+    assert!(arrives(&mut b, WAIT, is_alice(true, false)).await, "and shown again when allowed");
+
+    set_block(&server, &alice, bob.user_id, true).await;
+    assert!(arrives(&mut b, WAIT, is_alice(false, true)).await, "blocked: she is offline to him");
+    assert_eq!(rejected(b.send_and_ack(direct, "unseen-view", &b"x"[..]).await), ErrorCode::Blocked, "without a loaded view too");
+    assert_eq!(rejected(b.set_retention(direct, 60).await), ErrorCode::Blocked, "no changes to the 1:1 either");
+    // No to-device messages or key claims across the block (their only conversation is the 1:1).
+    let to_device = b.send_to_device("td-1", vec![(alice.user_id, alice.device_id, bytes::Bytes::from_static(b"olm"))]).await;
+    assert_eq!(rejected(to_device), ErrorCode::NoSharedConversation);
+    assert_eq!(rejected(b.claim_keys(&[(alice.user_id, alice.device_id)]).await), ErrorCode::NoSharedConversation);
+    set_block(&server, &alice, bob.user_id, false).await;
+    assert!(arrives(&mut b, WAIT, is_alice(true, false)).await, "unblocked: online again");
+
+    // Read receipts off: after Bob's Delivered, Alice reading later sends Bob nothing.
+    set_privacy(&server, &alice, json!({ "read_receipts": false })).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ack = b.send_and_ack(direct, "m1", &b"hello"[..]).await.expect("send");
+    a.ack(direct, ack.seq).await.expect("ack");
+    let receipt = |kind: pb::ReceiptKind| {
+        move |k: &server_frame::Kind| match k {
+            server_frame::Kind::Receipt(r) if r.kind() == kind => Some(()),
+            _ => None,
+        }
+    };
+    assert!(arrives(&mut b, WAIT, receipt(pb::ReceiptKind::Delivered)).await);
+    a.read(direct, ack.seq).await.expect("read");
+    assert!(!arrives(&mut b, Duration::from_millis(700), receipt(pb::ReceiptKind::Delivered)).await, "no second Delivered at read time");
+    assert!(!arrives(&mut b, Duration::from_millis(100), receipt(pb::ReceiptKind::Read)).await);
+}

@@ -18,8 +18,9 @@ use switchboard::cores::privacy::{Audience, OnlineAudience};
 use switchboard::ids::{ConversationId, DeviceId, Id, MediaId, UserId};
 use switchboard::store::{
     ClaimedKey, CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceKeys, DeviceRecord, GroupState, KeysStored, MediaKind,
-    MediaPart, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PrivacySettings, PushToken, QueueBounds, Record, Section, Store, StoreError,
-    StoreSpec, StoredMessage, Taken, ToDeviceEntry, ToDeviceSend, ToDeviceStored, ToDeviceTarget, UserRecord, WriteOp, WriteOutcome, now_ms,
+    MediaPart, MediaRecord, MemberCursor, OneTimeKey, PairingApproval, PairingClaim, PairingRecord, PendingCode, PrivacySettings, PushToken,
+    QueueBounds, Record, Section, Store, StoreError, StoreSpec, StoredMessage, Taken, ToDeviceEntry, ToDeviceSend, ToDeviceStored, ToDeviceTarget,
+    UserRecord, WriteOp, WriteOutcome, now_ms,
 };
 use switchboard::testkit::PrivatePostgres;
 use uuid::Uuid;
@@ -121,6 +122,7 @@ every_backend!(
     push_tokens,
     contacts_and_phone_lookups,
     privacy_settings_and_blocks,
+    pairings_are_approved_once_and_claimed_once,
     expired_messages_are_purged_but_the_fence_holds,
     racing_sequencers_store_each_seq_once,
     writes_survive_a_restart,
@@ -533,6 +535,43 @@ async fn push_tokens(f: Fixture) {
     store.set_push_token(user, d2, None).await.unwrap();
     assert_eq!(store.push_tokens_of(user).await.unwrap(), vec![(d1, fcm)]);
     assert!(store.push_tokens_of(uid()).await.unwrap().is_empty());
+}
+
+async fn pairings_are_approved_once_and_claimed_once(f: Fixture) {
+    let store = f.open().await;
+    let now = now_ms();
+    let (user, other) = (uid(), uid());
+    let pairing = |code: u8, expires_ms: u64| PairingRecord {
+        code_hash: [code; 32],
+        claim_hash: [code.wrapping_add(100); 32],
+        device_name: format!("laptop {code}"),
+        expires_ms,
+        approved_by: None,
+    };
+    store.put_pairing(pairing(1, now + 120_000)).await.unwrap();
+    assert_eq!(store.approve_pairing([9; 32], user, now).await.unwrap(), PairingApproval::Missing, "an unknown code");
+    assert_eq!(store.claim_pairing([1; 32], [101; 32], now).await.unwrap(), PairingClaim::Pending, "not approved yet");
+    let approved = store.approve_pairing([1; 32], user, now).await.unwrap();
+    assert_eq!(approved, PairingApproval::Approved(PairingRecord { approved_by: Some(user), ..pairing(1, now + 120_000) }));
+    assert_eq!(store.approve_pairing([1; 32], other, now).await.unwrap(), PairingApproval::AlreadyApproved, "approved once");
+    assert_eq!(store.claim_pairing([1; 32], [7; 32], now).await.unwrap(), PairingClaim::Missing, "a wrong claim secret");
+    assert_eq!(
+        store.claim_pairing([1; 32], [101; 32], now).await.unwrap(),
+        PairingClaim::Claimed { user, device_name: "laptop 1".into() },
+        "the approving account, not the late one"
+    );
+    assert_eq!(store.claim_pairing([1; 32], [101; 32], now).await.unwrap(), PairingClaim::Missing, "claimed once");
+    // Expired: neither approved nor claimed; swept.
+    store.put_pairing(pairing(2, now + 1_000)).await.unwrap();
+    assert_eq!(store.approve_pairing([2; 32], user, now + 2_000).await.unwrap(), PairingApproval::Missing);
+    store.put_pairing(pairing(3, now + 120_000)).await.unwrap();
+    store.approve_pairing([3; 32], user, now).await.unwrap();
+    assert_eq!(store.claim_pairing([3; 32], [103; 32], now + 200_000).await.unwrap(), PairingClaim::Missing);
+    // Racing claims of one approved pairing: exactly one gets it.
+    store.put_pairing(pairing(4, now + 120_000)).await.unwrap();
+    store.approve_pairing([4; 32], user, now).await.unwrap();
+    let claims = futures_util::future::join_all((0..8).map(|_| store.claim_pairing([4; 32], [104; 32], now))).await;
+    assert_eq!(claims.iter().filter(|c| matches!(c, Ok(PairingClaim::Claimed { .. }))).count(), 1, "{claims:?}");
 }
 
 async fn privacy_settings_and_blocks(f: Fixture) {

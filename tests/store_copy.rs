@@ -202,6 +202,15 @@ impl Store for FailingAfter {
     async fn remove_contacts(&self, _: switchboard::ids::UserId, _: Vec<String>) -> Result<(), StoreError> {
         unimplemented!()
     }
+    async fn put_pairing(&self, _: switchboard::store::PairingRecord) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    async fn approve_pairing(&self, _: [u8; 32], _: switchboard::ids::UserId, _: u64) -> Result<switchboard::store::PairingApproval, StoreError> {
+        unimplemented!()
+    }
+    async fn claim_pairing(&self, _: [u8; 32], _: [u8; 32], _: u64) -> Result<switchboard::store::PairingClaim, StoreError> {
+        unimplemented!()
+    }
     async fn privacy(&self, _: switchboard::ids::UserId) -> Result<switchboard::store::PrivacySettings, StoreError> {
         unimplemented!()
     }

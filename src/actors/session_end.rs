@@ -340,6 +340,11 @@ async fn tell_local_peers(ctx: &NodeContext, user: UserId, at_ms: u64) -> Result
 /// (0), or nothing at all. `here_only`: to the peers' sessions on this node only.
 async fn tell_offline(ctx: &NodeContext, user: UserId, peers: &[UserId], at_ms: u64, here_only: bool) -> Result<(), StoreError> {
     let views = crate::privacy::presence_views(ctx.store.as_ref(), user, peers).await?;
+    if ctx.router.is_online(user) {
+        // Back already (a quick reconnect, whose "online" may have gone out while this
+        // looked up the audience): a late "offline" would contradict it.
+        return Ok(());
+    }
     let (mut with_time, mut without) = (Vec::new(), Vec::new());
     for (peer, view) in views {
         match crate::cores::privacy::shown_presence(view, false, at_ms) {

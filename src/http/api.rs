@@ -87,6 +87,8 @@ impl ApiError {
             ApiError::Account(AccountError::TooManyDevices(_)) => "too_many_devices",
             ApiError::Account(AccountError::NotPrimary) => "not_primary",
             ApiError::Account(AccountError::UnknownDevice) => "unknown_device",
+            ApiError::Account(AccountError::UnknownPairing) => "unknown_pairing",
+            ApiError::Account(AccountError::PairingAlreadyApproved) => "pairing_already_approved",
             ApiError::Account(AccountError::Auth(AuthError::Revoked)) => "device_revoked",
             ApiError::Account(AccountError::Auth(AuthError::InvalidToken)) | ApiError::Unauthorized => "unauthorized",
             ApiError::Account(AccountError::Auth(AuthError::Store(_))) | ApiError::Account(AccountError::Store(_)) | ApiError::Unavailable => {
@@ -117,8 +119,8 @@ impl ResponseError for ApiError {
             ApiError::Account(AccountError::InvalidCode) | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Account(AccountError::Auth(AuthError::InvalidToken | AuthError::Revoked)) => StatusCode::UNAUTHORIZED,
             ApiError::Account(AccountError::NotPrimary) | ApiError::NotAMember => StatusCode::FORBIDDEN,
-            ApiError::Account(AccountError::UnknownDevice) | ApiError::UnknownConversation => StatusCode::NOT_FOUND,
-            ApiError::Account(AccountError::TooManyDevices(_)) => StatusCode::CONFLICT,
+            ApiError::Account(AccountError::UnknownDevice | AccountError::UnknownPairing) | ApiError::UnknownConversation => StatusCode::NOT_FOUND,
+            ApiError::Account(AccountError::TooManyDevices(_) | AccountError::PairingAlreadyApproved) => StatusCode::CONFLICT,
             ApiError::Account(AccountError::RateLimited { .. }) | ApiError::Contacts(ContactsError::RateLimited { .. }) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -214,6 +216,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(super::privacy::get_settings))
                 .route(web::patch().to(super::privacy::change_settings)),
         )
+        .service(resource("/v1/pairing", &["POST"]).route(web::post().to(super::pairing::start)))
+        .service(resource("/v1/pairing/claim", &["POST"]).route(web::post().to(super::pairing::claim)))
         .service(resource("/v1/blocks", &["GET"]).route(web::get().to(super::privacy::list_blocks)))
         .service(
             resource("/v1/blocks/{user_id}", &["PUT", "DELETE"])

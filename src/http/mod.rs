@@ -8,6 +8,7 @@ pub mod console;
 pub mod contacts;
 pub mod keys;
 pub mod openapi;
+pub mod pairing;
 pub mod privacy;
 
 use actix_web::HttpRequest;

@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, api, contacts, keys, privacy};
+use super::{admin, api, contacts, keys, pairing, privacy};
 use crate::media::http as media;
 use crate::transport::ws;
 
@@ -40,6 +40,8 @@ use crate::transport::ws;
         keys::claim,
         contacts::discover,
         contacts::remove,
+        pairing::start,
+        pairing::claim,
         privacy::get_settings,
         privacy::change_settings,
         privacy::list_blocks,
@@ -124,6 +126,8 @@ mod tests {
             ("/v1/keys/claim", "post"),
             ("/v1/contacts/discover", "post"),
             ("/v1/contacts/remove", "post"),
+            ("/v1/pairing", "post"),
+            ("/v1/pairing/claim", "post"),
             ("/v1/privacy", "get"),
             ("/v1/privacy", "patch"),
             ("/v1/blocks", "get"),
@@ -148,6 +152,6 @@ mod tests {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 39, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 41, "a route is described but not listed here");
     }
 }

@@ -8,10 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::api::{ApiError, ApiState, ErrorBody, caller};
-use crate::actors::messages::SessionRequest;
 use crate::cores::privacy::{Audience, OnlineAudience, PrivacySettings};
 use crate::ids::UserId;
-use crate::protocol::{self, RequestError, id_bytes, pb, server_frame};
+use crate::protocol::RequestError;
 use crate::store::now_ms;
 
 /// `PATCH /v1/privacy`: the settings to change; absent ones stay as they are.
@@ -67,7 +66,7 @@ pub async fn change_settings(req: HttpRequest, state: web::Data<ApiState>, body:
     settings.read_receipts = patch.read_receipts.unwrap_or(settings.read_receipts);
     state.store.set_privacy(me.user_id, settings).await.map_err(|_| ApiError::Unavailable)?;
     crate::privacy::notify(&state.node.ctx.router, &[me.user_id], me.user_id);
-    Ok(HttpResponse::Ok().json(settings))
+    Ok(HttpResponse::Ok().insert_header((actix_web::http::header::CACHE_CONTROL, "no-store")).json(settings))
 }
 
 /// Whom the caller blocked.
@@ -114,18 +113,11 @@ fn notify_both(state: &ApiState, me: UserId, target: UserId) {
 pub async fn block(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     let target = target(&state, me.user_id, &path).await?;
-    if state.store.set_blocked(me.user_id, target, true, now_ms()).await.map_err(|_| ApiError::Unavailable)? {
-        notify_both(&state, me.user_id, target);
-        // The blocked user stops seeing the caller online from now on (as when the caller
-        // leaves, but with no last seen: a block hides it).
-        let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Presence(pb::Presence {
-            user_id: id_bytes(me.user_id),
-            online: false,
-            last_seen_ms: 0,
-            request_id: 0,
-        })));
-        state.node.ctx.router.deliver_to_user(target, None, || SessionRequest::Push(frame.clone()));
-    }
+    state.store.set_blocked(me.user_id, target, true, now_ms()).await.map_err(|_| ApiError::Unavailable)?;
+    // Told even when nothing changed: a retry after a lost answer must still reach the
+    // sessions (reloading is idempotent). The caller's sessions then tell the blocked user
+    // that the caller is offline to them.
+    notify_both(&state, me.user_id, target);
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -142,8 +134,7 @@ pub async fn block(req: HttpRequest, state: web::Data<ApiState>, path: web::Path
 pub async fn unblock(req: HttpRequest, state: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     let target = target(&state, me.user_id, &path).await?;
-    if state.store.set_blocked(me.user_id, target, false, now_ms()).await.map_err(|_| ApiError::Unavailable)? {
-        notify_both(&state, me.user_id, target);
-    }
+    state.store.set_blocked(me.user_id, target, false, now_ms()).await.map_err(|_| ApiError::Unavailable)?;
+    notify_both(&state, me.user_id, target);
     Ok(HttpResponse::NoContent().finish())
 }

@@ -81,6 +81,7 @@ pub fn request_ref(kind: &client_frame::Kind) -> String {
         Kind::UploadKeys(r) => r.request_id,
         Kind::QueryDevices(r) => r.request_id,
         Kind::ClaimKeys(r) => r.request_id,
+        Kind::ApprovePairing(r) => r.request_id,
         Kind::Hello(_)
         | Kind::Ping(_)
         | Kind::Ack(_)

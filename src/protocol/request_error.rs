@@ -86,6 +86,18 @@ pub enum RequestError {
     /// The user's privacy settings do not let the caller add them to groups.
     #[error("user {0} does not allow you to add them to groups; send an invite")]
     NotAllowed(String),
+    /// Only the primary device may do this.
+    #[error("only the primary device may approve a pairing")]
+    NotPrimary,
+    /// The account has its maximum of live devices.
+    #[error("the account already has {0} devices")]
+    TooManyDevices(usize),
+    /// No pending pairing has this code.
+    #[error("unknown or expired pairing code")]
+    UnknownPairing,
+    /// The pairing code was already approved.
+    #[error("this pairing code was already approved")]
+    PairingAlreadyApproved,
     /// The sender's user already has its share of a to-device target's queue (the device
     /// has not acknowledged what this user sent it); other users can still reach it.
     #[error("the to-device queue of device {device} holds {max} entries from you, your share; retry once it has read them")]
@@ -121,6 +133,10 @@ impl RequestError {
             RequestError::QueueFull { .. } | RequestError::SenderQueueFull { .. } => ErrorCode::QueueFull,
             RequestError::Blocked(_) => ErrorCode::Blocked,
             RequestError::NotAllowed(_) => ErrorCode::NotAllowed,
+            RequestError::NotPrimary => ErrorCode::NotPrimary,
+            RequestError::TooManyDevices(_) => ErrorCode::TooManyDevices,
+            RequestError::UnknownPairing => ErrorCode::UnknownPairing,
+            RequestError::PairingAlreadyApproved => ErrorCode::PairingAlreadyApproved,
         }
     }
 
@@ -169,6 +185,10 @@ mod tests {
             RequestError::QueueFull { device: "d".into(), max: 1 },
             RequestError::Blocked("x".into()),
             RequestError::NotAllowed("u".into()),
+            RequestError::NotPrimary,
+            RequestError::TooManyDevices(5),
+            RequestError::UnknownPairing,
+            RequestError::PairingAlreadyApproved,
         ];
         let codes: std::collections::HashSet<i32> = all.iter().map(|e| e.code() as i32).collect();
         assert_eq!(codes.len(), all.len());

@@ -33,8 +33,8 @@ use super::checked_bucket_key;
 use super::transfer::{Position, Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId, MediaRecord,
-    MemberCursor, OneTimeKey, PendingCode, PrivacySettings, PushToken, QueueBounds, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend,
-    ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
+    MemberCursor, OneTimeKey, PairingApproval, PairingClaim, PairingRecord, PendingCode, PrivacySettings, PushToken, QueueBounds, Store, StoreError,
+    StoredMessage, ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use crate::cores::token_bucket::{self, BucketRule, BucketState, Decision, Taken};
 
@@ -438,6 +438,7 @@ impl EmbeddedStore {
             super::embedded_to_device::create_tables(&txn)?;
             super::embedded_contacts::create_tables(&txn)?;
             super::embedded_privacy::create_tables(&txn)?;
+            super::embedded_pairing::create_tables(&txn)?;
         }
         txn.commit().map_err(be)?;
         // Batches logged since the last checkpoint (a crash): replay them, in order, onto
@@ -975,6 +976,18 @@ impl Store for EmbeddedStore {
         self.write(move |db| super::embedded_contacts::change(db, owner, &phones, false)).await
     }
 
+    async fn put_pairing(&self, pairing: PairingRecord) -> Result<(), StoreError> {
+        self.write(move |db| super::embedded_pairing::put(db, &pairing)).await
+    }
+
+    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, now_ms: u64) -> Result<PairingApproval, StoreError> {
+        self.write(move |db| super::embedded_pairing::approve(db, code_hash, user, now_ms)).await
+    }
+
+    async fn claim_pairing(&self, code_hash: [u8; 32], claim_hash: [u8; 32], now_ms: u64) -> Result<PairingClaim, StoreError> {
+        self.write(move |db| super::embedded_pairing::claim(db, code_hash, claim_hash, now_ms)).await
+    }
+
     async fn privacy(&self, user: UserId) -> Result<PrivacySettings, StoreError> {
         self.read(move |db| super::embedded_privacy::privacy(db, user))
     }
@@ -1248,6 +1261,7 @@ impl Store for EmbeddedStore {
                 }
             }
             super::embedded_to_device::prune_send_ids(&txn, now_ms, limit)?;
+            super::embedded_pairing::purge(&txn, now_ms, limit)?;
             {
                 // Idle rate buckets are full again: forget them.
                 let mut buckets = txn.open_table(RATE_BUCKETS).map_err(be)?;

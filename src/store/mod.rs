@@ -11,6 +11,7 @@ mod columns;
 pub mod embedded;
 mod embedded_contacts;
 mod embedded_e2ee_copy;
+mod embedded_pairing;
 mod embedded_privacy;
 mod embedded_to_device;
 pub mod keys;
@@ -121,6 +122,50 @@ pub use crate::cores::privacy::PrivacySettings;
 pub fn code_matches(stored: &[u8; 32], guess: &[u8; 32]) -> bool {
     use subtle::ConstantTimeEq;
     bool::from(stored.ct_eq(guess))
+}
+
+/// A new device waiting to be linked to an account (device pairing): it showed a code
+/// (as a QR code) that a primary device approves; then the new device, proving it is the
+/// one that asked with its claim secret, receives its own token. Secrets stored hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingRecord {
+    /// SHA-256 of the code shown (the record's key).
+    pub code_hash: [u8; 32],
+    /// SHA-256 of the new device's claim secret.
+    pub claim_hash: [u8; 32],
+    /// The name the new device asked for.
+    pub device_name: String,
+    /// When it stops being valid, ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// The account whose primary approved it, once approved.
+    pub approved_by: Option<UserId>,
+}
+
+/// What approving a pairing found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairingApproval {
+    /// Approved now for the given user: the record as approved.
+    Approved(PairingRecord),
+    /// Already approved (by this or another account): nothing changed.
+    AlreadyApproved,
+    /// No pending pairing has this code (never, used, or expired).
+    Missing,
+}
+
+/// What a new device's claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairingClaim {
+    /// Approved, and now used up: link a device named `device_name` to `user`.
+    Claimed {
+        /// The approving account.
+        user: UserId,
+        /// The device's name.
+        device_name: String,
+    },
+    /// Not approved yet.
+    Pending,
+    /// No such pairing, expired, or a wrong claim secret (not told apart).
+    Missing,
 }
 
 /// What checking a one-time code found.
@@ -407,6 +452,17 @@ pub trait Store: Send + Sync + 'static {
     async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError>;
     /// Removes `phones` from `owner`'s contacts; ones not there are ignored.
     async fn remove_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError>;
+
+    /// Stores a pairing request (replacing one with the same code hash).
+    async fn put_pairing(&self, pairing: PairingRecord) -> Result<(), StoreError>;
+    /// Approves the pending pairing whose code hashes to `code_hash` for `user`, if it has
+    /// not expired at `now_ms`; racing approvals: one wins, the others see
+    /// `AlreadyApproved`.
+    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, now_ms: u64) -> Result<PairingApproval, StoreError>;
+    /// The new device's claim: with the right claim secret (hash compared in constant
+    /// time), an approved, unexpired pairing is deleted and returned once, even when
+    /// claims race.
+    async fn claim_pairing(&self, code_hash: [u8; 32], claim_hash: [u8; 32], now_ms: u64) -> Result<PairingClaim, StoreError>;
 
     /// A user's privacy settings (the defaults if never set).
     async fn privacy(&self, user: UserId) -> Result<PrivacySettings, StoreError>;

@@ -24,8 +24,9 @@ use super::checked_bucket_key;
 use super::transfer::{Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationKind, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, GroupState,
-    KeysStored, MediaId, MediaRecord, MemberCursor, OneTimeKey, PendingCode, PrivacySettings, PushToken, QueueBounds, Store, StoreError,
-    StoredMessage, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
+    KeysStored, MediaId, MediaRecord, MemberCursor, OneTimeKey, PairingApproval, PairingClaim, PairingRecord, PendingCode, PrivacySettings,
+    PushToken, QueueBounds, Store, StoreError, StoredMessage, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId, UserRecord,
+    WriteOp, WriteOutcome,
 };
 use crate::cores::token_bucket::{self, BucketRule, BucketState, Decision, Taken};
 use std::collections::HashMap;
@@ -44,6 +45,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../../migrations/postgres/0006_referrers.sql")),
     (7, include_str!("../../migrations/postgres/0007_contacts.sql")),
     (8, include_str!("../../migrations/postgres/0008_privacy.sql")),
+    (9, include_str!("../../migrations/postgres/0009_pairings.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations when several nodes start at once.
@@ -1059,6 +1061,68 @@ impl Store for PostgresStore {
         self.execute("DELETE FROM contacts WHERE owner = $1 AND phone = ANY($2)", &[&owner, &phones]).await.map(drop)
     }
 
+    async fn put_pairing(&self, p: PairingRecord) -> Result<(), StoreError> {
+        let (code, claim): (&[u8], &[u8]) = (&p.code_hash, &p.claim_hash);
+        self.execute(
+            "INSERT INTO pairings (code_hash, claim_hash, device_name, expires_ms, approved_by) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (code_hash) DO UPDATE SET claim_hash = EXCLUDED.claim_hash, device_name = EXCLUDED.device_name, \
+             expires_ms = EXCLUDED.expires_ms, approved_by = EXCLUDED.approved_by",
+            &[&code, &claim, &p.device_name, &int(p.expires_ms), &p.approved_by],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, now_ms: u64) -> Result<PairingApproval, StoreError> {
+        let code: &[u8] = &code_hash;
+        // One statement decides (a racing approval finds approved_by set).
+        let approved = self
+            .query_opt(
+                "UPDATE pairings SET approved_by = $2 WHERE code_hash = $1 AND approved_by IS NULL AND expires_ms >= $3 \
+                 RETURNING claim_hash, device_name, expires_ms",
+                &[&code, &user, &int(now_ms)],
+            )
+            .await?;
+        if let Some(row) = approved {
+            return Ok(PairingApproval::Approved(PairingRecord {
+                code_hash,
+                claim_hash: hash32("pairings", get(&row, "pairings", "claim_hash")?)?,
+                device_name: get(&row, "pairings", "device_name")?,
+                expires_ms: uint(get(&row, "pairings", "expires_ms")?),
+                approved_by: Some(user),
+            }));
+        }
+        let live = self.query_opt("SELECT 1 FROM pairings WHERE code_hash = $1 AND expires_ms >= $2", &[&code, &int(now_ms)]).await?;
+        Ok(if live.is_some() { PairingApproval::AlreadyApproved } else { PairingApproval::Missing })
+    }
+
+    async fn claim_pairing(&self, code_hash: [u8; 32], claim_hash: [u8; 32], now_ms: u64) -> Result<PairingClaim, StoreError> {
+        let code: &[u8] = &code_hash;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // The row lock makes racing claims take turns: the first deletes it.
+        let rows = Self::rows(&tx, "SELECT claim_hash, device_name, expires_ms, approved_by FROM pairings WHERE code_hash = $1 FOR UPDATE", &[&code])
+            .await?;
+        let outcome = match rows.first() {
+            None => PairingClaim::Missing,
+            Some(row) => {
+                let stored = hash32("pairings", get(row, "pairings", "claim_hash")?)?;
+                let expires = uint(get(row, "pairings", "expires_ms")?);
+                let approved: Option<UserId> = get(row, "pairings", "approved_by")?;
+                if expires < now_ms || !super::code_matches(&stored, &claim_hash) {
+                    PairingClaim::Missing
+                } else if let Some(user) = approved {
+                    Self::run(&tx, "DELETE FROM pairings WHERE code_hash = $1", &[&code]).await?;
+                    PairingClaim::Claimed { user, device_name: get(row, "pairings", "device_name")? }
+                } else {
+                    PairingClaim::Pending
+                }
+            }
+        };
+        tx.commit().await.map_err(pg)?;
+        Ok(outcome)
+    }
+
     async fn privacy(&self, user: UserId) -> Result<PrivacySettings, StoreError> {
         match self.query_opt("SELECT settings FROM privacy WHERE user_id = $1", &[&user]).await? {
             Some(row) => {
@@ -1381,6 +1445,11 @@ impl Store for PostgresStore {
         self.execute(
             "DELETE FROM to_device_sends WHERE ctid IN (SELECT ctid FROM to_device_sends WHERE sent_ms < $1 LIMIT $2)",
             &[&int(now_ms.saturating_sub(super::to_device::SEND_IDS_KEPT_MS)), &int(limit as u64)],
+        )
+        .await?;
+        self.execute(
+            "DELETE FROM pairings WHERE ctid IN (SELECT ctid FROM pairings WHERE expires_ms < $1 LIMIT $2)",
+            &[&int(now_ms), &int(limit as u64)],
         )
         .await?;
         // Idle rate buckets are full again: forget them.

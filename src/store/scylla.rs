@@ -68,13 +68,18 @@ use super::checked_bucket_key;
 use super::transfer::{Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ContentKind, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId,
-    MediaRecord, MemberCursor, OneTimeKey, PendingCode, PrivacySettings, PushToken, Store, StoreError, StoredMessage, ToDeviceQueue, ToDeviceSend,
-    ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
+    MediaRecord, MemberCursor, OneTimeKey, PairingApproval, PairingClaim, PairingRecord, PendingCode, PrivacySettings, PushToken, Store, StoreError,
+    StoredMessage, ToDeviceQueue, ToDeviceSend, ToDeviceStored, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use crate::cores::token_bucket::{self, BucketRule, BucketState, Decision, Taken};
 
 /// Numbers per IN list or per group of concurrent writes in the contact operations.
 const CONTACT_CHUNK: usize = 100;
+
+/// The TTL (s) of a pairing row expiring at `expires_ms`: a minute of margin past it.
+fn pairing_ttl(expires_ms: u64) -> i32 {
+    i32::try_from(expires_ms.saturating_sub(super::now_ms()) / 1000 + 60).unwrap_or(i32::MAX)
+}
 
 /// Privacy settings as stored (JSON text).
 fn privacy_json(settings: &PrivacySettings) -> Result<String, StoreError> {
@@ -317,6 +322,10 @@ struct Statements {
     first_receipt: PreparedStatement,
     put_last_seen: PreparedStatement,
     get_last_seen: PreparedStatement,
+    put_pairing: PreparedStatement,
+    get_pairing: PreparedStatement,
+    approve_pairing: PreparedStatement,
+    consume_pairing: PreparedStatement,
     get_privacy: PreparedStatement,
     put_privacy: PreparedStatement,
     get_block: PreparedStatement,
@@ -592,6 +601,17 @@ impl Statements {
             .await?,
             put_last_seen: prepare(s, "INSERT INTO last_seen (user_id, at_ms) VALUES (?, ?) USING TIMESTAMP ?", Write).await?,
             get_last_seen: prepare(s, "SELECT at_ms FROM last_seen WHERE user_id = ?", Read).await?,
+            put_pairing: prepare(
+                s,
+                "INSERT INTO pairings (code_hash, claim_hash, device_name, expires_ms, approved_by) VALUES (?, ?, ?, ?, ?) USING TTL ?",
+                Write,
+            )
+            .await?,
+            get_pairing: prepare(s, "SELECT claim_hash, device_name, expires_ms, approved_by FROM pairings WHERE code_hash = ?", SerialRead).await?,
+            // Compare-and-set: one of racing approvals wins; the cell lives as long as the row.
+            approve_pairing: prepare(s, "UPDATE pairings USING TTL ? SET approved_by = ? WHERE code_hash = ? IF approved_by = null", Conditional)
+                .await?,
+            consume_pairing: prepare(s, "DELETE FROM pairings WHERE code_hash = ? IF approved_by = ?", Conditional).await?,
             get_privacy: prepare(s, "SELECT settings FROM privacy WHERE user_id = ?", Read).await?,
             put_privacy: prepare(s, "INSERT INTO privacy (user_id, settings) VALUES (?, ?)", Write).await?,
             get_block: prepare(s, "SELECT at_ms FROM blocks WHERE user_id = ? AND target = ?", Read).await?,
@@ -766,6 +786,7 @@ impl ScyllaStore {
             (6, include_str!("../../migrations/scylla/0006_referrers.cql")),
             (7, include_str!("../../migrations/scylla/0007_contacts.cql")),
             (8, include_str!("../../migrations/scylla/0008_privacy.cql")),
+            (9, include_str!("../../migrations/scylla/0009_pairings.cql")),
         ];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
@@ -843,6 +864,22 @@ impl ScyllaStore {
 
     async fn conditional(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<LwtResult, StoreError> {
         lwt(self.exec(statement, values).await?)
+    }
+
+    /// A pairing row, read serially (it is changed only by compare-and-set).
+    async fn pairing(&self, code_hash: [u8; 32]) -> Result<Option<PairingRecord>, StoreError> {
+        type Row = (Option<Vec<u8>>, Option<String>, Option<i64>, Option<UserId>);
+        let row: Option<Row> = self.first_row(&self.st.get_pairing, (code_hash.to_vec(),)).await?;
+        match row {
+            Some((Some(claim), Some(device_name), Some(expires), approved_by)) => Ok(Some(PairingRecord {
+                code_hash,
+                claim_hash: claim.try_into().map_err(|_| corrupt("pairings", "claim hash is not 32 bytes"))?,
+                device_name,
+                expires_ms: uint(expires),
+                approved_by,
+            })),
+            _ => Ok(None),
+        }
     }
 
     // ---- the key directory -----------------------------------------------------------
@@ -1772,6 +1809,43 @@ impl Store for ScyllaStore {
             *slot = row.and_then(|(t,)| t).map(uint);
         }
         Ok((times[0], times[1]))
+    }
+
+    async fn put_pairing(&self, p: PairingRecord) -> Result<(), StoreError> {
+        let ttl = pairing_ttl(p.expires_ms);
+        let values = (p.code_hash.to_vec(), p.claim_hash.to_vec(), p.device_name.as_str(), int(p.expires_ms), p.approved_by, ttl);
+        self.exec(&self.st.put_pairing, values).await.map(drop)
+    }
+
+    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, now_ms: u64) -> Result<PairingApproval, StoreError> {
+        let Some(mut record) = self.pairing(code_hash).await? else { return Ok(PairingApproval::Missing) };
+        if record.expires_ms < now_ms {
+            return Ok(PairingApproval::Missing);
+        }
+        if record.approved_by.is_some() {
+            return Ok(PairingApproval::AlreadyApproved);
+        }
+        let applied = self.conditional(&self.st.approve_pairing, (pairing_ttl(record.expires_ms), user, code_hash.to_vec())).await?.applied;
+        if !applied {
+            // Another approval won, or the row expired in between.
+            return Ok(if self.pairing(code_hash).await?.is_some() { PairingApproval::AlreadyApproved } else { PairingApproval::Missing });
+        }
+        record.approved_by = Some(user);
+        Ok(PairingApproval::Approved(record))
+    }
+
+    async fn claim_pairing(&self, code_hash: [u8; 32], claim_hash: [u8; 32], now_ms: u64) -> Result<PairingClaim, StoreError> {
+        let Some(record) = self.pairing(code_hash).await? else { return Ok(PairingClaim::Missing) };
+        if record.expires_ms < now_ms || !super::code_matches(&record.claim_hash, &claim_hash) {
+            return Ok(PairingClaim::Missing);
+        }
+        let Some(user) = record.approved_by else { return Ok(PairingClaim::Pending) };
+        // The conditional delete hands the pairing to exactly one of racing claims.
+        if self.conditional(&self.st.consume_pairing, (code_hash.to_vec(), user)).await?.applied {
+            Ok(PairingClaim::Claimed { user, device_name: record.device_name })
+        } else {
+            Ok(PairingClaim::Missing)
+        }
     }
 
     async fn privacy(&self, user: UserId) -> Result<PrivacySettings, StoreError> {

@@ -26,30 +26,46 @@ fn direct_peers(state: &SessionState) -> Vec<UserId> {
 /// Tells the online devices of every 1:1 peer allowed to see it that this user came
 /// online. Peers whose view cannot be decided (the store failed) are told nothing.
 pub async fn broadcast_online(state: &SessionState) {
-    let peers = direct_peers(state);
+    announce(state, &direct_peers(state), false).await;
+}
+
+/// Tells `peers` (1:1 peers of this user, who is online) what they may now see: online,
+/// or — with `hide_from_others` — offline without a time for those who may not (after a
+/// change of settings or blocks, so that no one keeps seeing a stale "online").
+async fn announce(state: &SessionState, peers: &[UserId], hide_from_others: bool) {
     if peers.is_empty() {
         return;
     }
-    let views = match crate::privacy::presence_views(state.ctx.store.as_ref(), state.user, &peers).await {
+    let views = match crate::privacy::presence_views(state.ctx.store.as_ref(), state.user, peers).await {
         Ok(views) => views,
         Err(e) => {
-            tracing::warn!(user = %state.user, error = %e, "privacy unreadable; online presence not broadcast");
+            tracing::warn!(user = %state.user, error = %e, "privacy unreadable; presence not told");
             return;
         }
     };
-    let allowed: Vec<UserId> = views.into_iter().filter(|(_, v)| v.online).map(|(p, _)| p).collect();
-    let frame = protocol::encode_server(&protocol::server(server_frame::Kind::Presence(pb::Presence {
-        user_id: id_bytes(state.user),
-        online: true,
-        last_seen_ms: now_ms(),
-        request_id: 0,
-    })));
-    state.ctx.router.deliver_to_users(&allowed, None, || SessionRequest::Push(frame.clone()));
+    let (allowed, hidden): (Vec<_>, Vec<_>) = views.into_iter().partition(|(_, v)| v.online);
+    let frame = |online: bool| {
+        protocol::encode_server(&protocol::server(server_frame::Kind::Presence(pb::Presence {
+            user_id: id_bytes(state.user),
+            online,
+            last_seen_ms: if online { now_ms() } else { 0 },
+            request_id: 0,
+        })))
+    };
+    let (on, off) = (frame(true), frame(false));
+    let allowed: Vec<UserId> = allowed.into_iter().map(|(p, _)| p).collect();
+    state.ctx.router.deliver_to_users(&allowed, None, || SessionRequest::Push(on.clone()));
+    if hide_from_others {
+        let hidden: Vec<UserId> = hidden.into_iter().map(|(p, _)| p).collect();
+        state.ctx.router.deliver_to_users(&hidden, None, || SessionRequest::Push(off.clone()));
+    }
 }
 
 /// The privacy of `changed` changed: this session's user's own settings or blocks (from
-/// another device or HTTP: reload, and tell the device), or another user's blocks towards
-/// this user (reload: the block lists are this user's too).
+/// another device or HTTP: reload, tell the device, tell the 1:1 peers what they may see
+/// of this user now and that they should read this user's settings again), or another
+/// user's settings or blocks towards this user (reload, and tell that user what they may
+/// see of this one now).
 pub async fn privacy_changed(state: &mut SessionState, changed: UserId) -> Result<(), Stop> {
     match crate::privacy::PrivacyCache::load(state.ctx.store.as_ref(), state.user).await {
         Ok(cache) => state.privacy = cache,
@@ -61,9 +77,15 @@ pub async fn privacy_changed(state: &mut SessionState, changed: UserId) -> Resul
             return Err(Stop::Gone);
         }
     }
+    let peers = direct_peers(state);
     if changed == state.user {
         let frame = protocol::server(server_frame::Kind::PrivacyChanged(pb::PrivacyChanged {}));
         push(state, protocol::encode_server(&frame)).await?;
+        announce(state, &peers, true).await;
+        // Their sessions drop the settings they cached of this user (read receipts).
+        state.ctx.router.deliver_to_users(&peers, None, || SessionRequest::PrivacyChanged(state.user));
+    } else if peers.contains(&changed) {
+        announce(state, &[changed], true).await;
     }
     Ok(())
 }

@@ -142,17 +142,18 @@ async fn flush(state: &mut SessionState, out: &mut Outgoing) -> Result<(), Stop>
                 let blocked = peer.is_some_and(|p| state.privacy.blocked_with(p));
                 let to_peer = match (peer, kind) {
                     (None, _) => false,
-                    (Some(_), pb::ReceiptKind::Read) => {
-                        let mine = state.privacy.mine;
-                        peer_sees_read(state, &mine, peer, blocked).await
-                    }
+                    (Some(p), pb::ReceiptKind::Read) => peer_sees_read(state, p).await,
                     (Some(_), _) => !blocked,
                 };
                 let to: &[UserId] = if to_peer { &members } else { std::slice::from_ref(&state.user) };
                 state.ctx.router.deliver_to_users(to, Some(state.device), || SessionRequest::Push(frame.clone()));
-                if let (Some(peer), pb::ReceiptKind::Read, false, false) = (peer, kind, to_peer, blocked) {
-                    // A read the peer may not see still tells them what it implies: the
-                    // message was delivered (the merged move may carry no Delivered).
+                if let (Some(peer), pb::ReceiptKind::Read, false, false) = (peer, kind, to_peer, blocked)
+                    && seq > before.0
+                {
+                    // A read the peer may not see still tells them what it implies, the
+                    // delivery — only when this move did deliver something new (the merged
+                    // move carries no Delivered then); a Delivered repeated at read time
+                    // would tell the peer when the message was read.
                     let delivered = receipt_frame(id, &CursorMove { kind: pb::ReceiptKind::Delivered, ..receipt });
                     state.ctx.router.deliver_to_user(peer, None, || SessionRequest::Push(delivered.clone()));
                 }
@@ -167,9 +168,8 @@ async fn flush(state: &mut SessionState, out: &mut Outgoing) -> Result<(), Stop>
 
 /// Whether a read receipt of this user reaches `peer` (1:1): fails closed when the peer's
 /// settings cannot be read.
-async fn peer_sees_read(state: &SessionState, mine: &crate::cores::privacy::PrivacySettings, peer: Option<UserId>, blocked: bool) -> bool {
-    let Some(peer) = peer else { return false };
-    match crate::privacy::read_receipts_flow(state.ctx.store.as_ref(), mine, peer, blocked).await {
+async fn peer_sees_read(state: &mut SessionState, peer: UserId) -> bool {
+    match crate::privacy::read_receipts_flow(&mut state.privacy, state.ctx.store.as_ref(), peer).await {
         Ok(flow) => flow,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "privacy settings unreadable; read receipt kept back");
@@ -208,10 +208,9 @@ async fn check_send(state: &SessionState, req: pb::Send) -> Result<(Conversation
         return Err(fail(RequestError::PayloadTooLarge { len: req.payload.len(), max }));
     }
     let id: ConversationId = parse_id("conversation_id", &req.conversation_id).map_err(|e| fail(e.into()))?;
-    if let Some(v) = state.core.view(id)
-        && v.record.kind == ConversationKind::Direct
-        && v.record.members.iter().any(|m| *m != state.user && state.privacy.blocked_with(*m))
-    {
+    if state.privacy.closes(id) {
+        // A 1:1 across a block (its id is known without the view: it is derived from the
+        // two users).
         return Err(fail(RequestError::Blocked("no messages between these users".into())));
     }
     let kind = match pb::MessageKind::try_from(req.kind) {
@@ -280,6 +279,7 @@ async fn request(state: &mut SessionState, kind: client_frame::Kind) -> Result<(
         client_frame::Kind::SendToDevice(req) => (req.client_id.clone(), super::to_device::send(state, req).await),
         client_frame::Kind::AckDeviceLists(req) => (String::new(), super::to_device::ack_lists(state, req).await),
         client_frame::Kind::AckToDevice(req) => return super::to_device::ack(state, req).await,
+        client_frame::Kind::ApprovePairing(req) => (req.request_id.to_string(), approve_pairing(state, req).await),
         // Batched by the caller.
         client_frame::Kind::Send(_)
         | client_frame::Kind::Ack(_)
@@ -338,8 +338,8 @@ async fn open_direct(state: &mut SessionState, req: pb::OpenDirect) -> Answer {
 async fn typing(state: &mut SessionState, req: pb::Typing) -> Answer {
     let (user, device) = (state.user, state.device);
     let v = member_view(state, &req.conversation_id).await?;
-    let (members, direct) = (v.record.members.clone(), v.record.kind == ConversationKind::Direct);
-    if direct && members.iter().any(|m| *m != user && state.privacy.blocked_with(*m)) {
+    let (members, id) = (v.record.members.clone(), v.record.conversation_id);
+    if state.privacy.closes(id) {
         // Not across a block, and without telling the sender (typing is best effort).
         return Ok(None);
     }
@@ -390,13 +390,8 @@ async fn presence_query(state: &mut SessionState, req: pb::PresenceQuery) -> Ans
         let last_seen_ms = if online { now_ms() } else { state.ctx.store.last_seen(user).await?.unwrap_or(0).max(shared_seen.unwrap_or(0)) };
         // What this caller may see of it, on every path (local, directory, Redis): the
         // user's settings, their contacts, blocks either way.
-        let (online, last_seen_ms) = if user == state.user {
-            (online, last_seen_ms)
-        } else {
-            let view = crate::privacy::presence_views(state.ctx.store.as_ref(), user, &[state.user]).await?;
-            let view = view.first().map(|(_, v)| *v).unwrap_or(privacy::PresenceView { online: false, last_seen: false });
-            privacy::shown_presence(view, online, last_seen_ms)
-        };
+        let view = state.privacy.presence_of(state.ctx.store.as_ref(), state.user, user).await?;
+        let (online, last_seen_ms) = privacy::shown_presence(view, online, last_seen_ms);
         let frame = protocol::server(server_frame::Kind::Presence(pb::Presence {
             user_id: id_bytes(user),
             online,
@@ -458,10 +453,20 @@ async fn group_change(state: &mut SessionState, req: pb::GroupChange) -> Answer 
                 if state.ctx.store.user(u).await?.is_none() {
                     return Err(RequestError::UnknownUser(u.to_string()));
                 }
-                if u != state.user {
-                    may_add(state, u).await?;
-                }
                 users.push(u);
+            }
+            // The privacy rules are asked only for an admin of this group (the sequencer
+            // refuses anyone else): not a probe of who blocked or excludes whom.
+            let me = state.user;
+            let admin = member_view(state, &req.conversation_id)
+                .await
+                .ok()
+                .and_then(|v| v.record.group.as_ref().map(|g| g.admins.contains(&me)))
+                .unwrap_or(false);
+            if admin {
+                for u in users.iter().filter(|u| **u != state.user) {
+                    may_add(state, *u).await?;
+                }
             }
             GroupOp::Add(users)
         }
@@ -485,9 +490,30 @@ async fn may_add(state: &SessionState, target: UserId) -> Result<(), RequestErro
     if state.privacy.blocked_with(target) {
         return Err(RequestError::Blocked(format!("cannot add user {target} to a group")));
     }
-    let settings = state.ctx.store.privacy(target).await?;
-    let relation = crate::privacy::relation(state.ctx.store.as_ref(), target, state.user, settings.groups == Audience::Contacts).await?;
-    if privacy::may_add_to_group(&settings, relation) { Ok(()) } else { Err(RequestError::NotAllowed(target.to_string())) }
+    let store = state.ctx.store.as_ref();
+    let settings = store.privacy(target).await?;
+    let contact = settings.groups == Audience::Contacts && !store.known_contacts(target, vec![state.privacy.phone.clone()]).await?.is_empty();
+    if privacy::may_add_to_group(&settings, privacy::Relation { contact, blocked: false }) {
+        Ok(())
+    } else {
+        Err(RequestError::NotAllowed(target.to_string()))
+    }
+}
+
+/// ApprovePairing → PairingApproved: this (primary) device links the new device that
+/// shows the code (`crate::pairing`).
+async fn approve_pairing(state: &mut SessionState, req: pb::ApprovePairing) -> Answer {
+    use crate::accounts::AccountError;
+    let store = state.ctx.store.as_ref();
+    let me = store.device(state.device).await?.ok_or(RequestError::NotPrimary)?;
+    let device_name = crate::pairing::approve(store, crate::accounts::MAX_DEVICES, &me, &req.code).await.map_err(|e| match e {
+        AccountError::NotPrimary => RequestError::NotPrimary,
+        AccountError::TooManyDevices(max) => RequestError::TooManyDevices(max),
+        AccountError::PairingAlreadyApproved => RequestError::PairingAlreadyApproved,
+        AccountError::UnknownPairing => RequestError::UnknownPairing,
+        other => RequestError::Unavailable(other.to_string()),
+    })?;
+    Ok(Some(protocol::server(server_frame::Kind::PairingApproved(pb::PairingApproved { request_id: req.request_id, device_name }))))
 }
 
 async fn join_group(state: &mut SessionState, req: pb::JoinGroup) -> Answer {
@@ -499,6 +525,9 @@ async fn join_group(state: &mut SessionState, req: pb::JoinGroup) -> Answer {
 /// Delete for everyone or a retention change, sequenced by the conversation.
 async fn edit(state: &mut SessionState, raw_id: &[u8], request_id: u64, op: ConversationOp) -> Answer {
     let id = parse_id("conversation_id", raw_id)?;
+    if state.privacy.closes(id) {
+        return Err(RequestError::Blocked("no changes to a 1:1 conversation across a block".into()));
+    }
     let request = EditRequest { user: state.user, device: state.device, request_id, op };
     state.ctx.router.send_to_conversation(id, ConversationRequest::Edit(Box::new(request))).await?;
     Ok(None)
@@ -532,10 +561,13 @@ async fn message_info(state: &mut SessionState, req: pb::MessageInfo) -> Answer 
     let direct = record.kind == ConversationKind::Direct;
     for member in members.into_iter().filter(|m| *m != user) {
         let (delivered, mut read) = state.ctx.store.receipt_times(id, member, req.seq).await?;
+        let mut delivered = delivered;
         if direct {
-            let blocked = state.privacy.blocked_with(member);
-            let mine = state.privacy.mine;
-            if !crate::privacy::read_receipts_flow(state.ctx.store.as_ref(), &mine, member, blocked).await? {
+            if state.privacy.blocked_with(member) {
+                // Across a block, no receipt of any kind.
+                delivered = None;
+            }
+            if !crate::privacy::read_receipts_flow(&mut state.privacy, state.ctx.store.as_ref(), member).await? {
                 // Read receipts are off on one side (or a block): the read time is not told.
                 read = None;
             }

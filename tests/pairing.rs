@@ -1,0 +1,151 @@
+//! Device pairing through real HTTP and sockets (issue 15 item 8): a new device starts a
+//! pairing, the primary approves its code over its own connection, and the new device
+//! receives its own token directly; codes are single-use, only a primary approves, a wrong
+//! claim secret gets nothing; and the terminal client's `link` (QR code) and `approve`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::{Kind, TestServer, online, rejected, user};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use switchboard::protocol::ErrorCode;
+
+async fn post(server: &TestServer, path: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new().post(format!("http://{}{path}", server.http)).json(&body).send().await.expect("http")
+}
+
+async fn start(server: &TestServer, name: &str) -> Value {
+    let response = post(server, "/v1/pairing", json!({ "device_name": name })).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.expect("json")
+}
+
+async fn claim(server: &TestServer, started: &Value, secret: &str, wait_s: u64) -> reqwest::Response {
+    post(server, "/v1/pairing/claim", json!({ "code": started["code"], "claim_secret": secret, "wait_s": wait_s })).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_approves_and_the_new_device_gets_its_own_token_once() {
+    let server = TestServer::start();
+    let api = server.api();
+    let alice = user(&api).await;
+    let mut phone = online(&server, Kind::Tcp, &alice).await;
+
+    let started = start(&server, "Laptop").await;
+    let (code, secret) = (started["code"].as_str().expect("code").to_owned(), started["claim_secret"].as_str().expect("secret").to_owned());
+    assert_eq!(started["qr"], format!("switchboard-pair:{code}"));
+    assert_eq!(started["expires_in_s"], 120);
+    assert_eq!(claim(&server, &started, &secret, 0).await.status(), StatusCode::ACCEPTED, "not approved yet");
+
+    // The new device waits (long poll) while the primary approves over its connection,
+    // scanning the QR text (prefix and all).
+    let waiting = {
+        let (server_http, started, secret) = (server.http, started.clone(), secret.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("http://{server_http}/v1/pairing/claim"))
+                .json(&json!({ "code": started["code"], "claim_secret": secret, "wait_s": 10 }))
+                .send()
+                .await
+                .expect("http")
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(phone.approve_pairing(&format!("switchboard-pair:{code}")).await.expect("approve"), "Laptop");
+    let answer = waiting.await.expect("task");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let credentials: Value = answer.json().await.expect("json");
+    assert_eq!(credentials["user_id"], alice.user_id.to_string(), "linked to the approving account");
+    let token = credentials["token"].as_str().expect("token");
+    assert_ne!(token, alice.token);
+
+    // It is a real device of the account, not a primary; its token opens a connection.
+    let devices = api.devices(token).await.expect("devices");
+    let laptop = devices.iter().find(|d| d.device_id.to_string() == credentials["device_id"]).expect("listed");
+    assert!(!laptop.primary && laptop.name == "Laptop");
+    let (_conn, welcome) = switchboard::client::Connection::open(&server.transport(Kind::Ws), token).await.expect("hello");
+    assert_eq!(welcome.user_id, switchboard::protocol::id_bytes(alice.user_id));
+
+    // Single use: claimed once; the code is gone for approvals too.
+    assert_eq!(claim(&server, &started, &secret, 0).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(rejected(phone.approve_pairing(&code).await), ErrorCode::UnknownPairing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_primary_approves_once_and_only_the_secret_claims() {
+    let server = TestServer::start();
+    let api = server.api();
+    let alice = user(&api).await;
+    let tablet = api.link_device(&alice.token, "tablet").await.expect("link");
+    let mut t = online(&server, Kind::Tcp, &tablet).await;
+    let mut phone = online(&server, Kind::Ws, &alice).await;
+    let started = start(&server, "Desktop").await;
+    let code = started["code"].as_str().expect("code").to_owned();
+    assert_eq!(rejected(t.approve_pairing(&code).await), ErrorCode::NotPrimary);
+    assert_eq!(rejected(phone.approve_pairing("0123456789abcdef0123456789abcdef").await), ErrorCode::UnknownPairing);
+    phone.approve_pairing(&code).await.expect("approve");
+    // Another account cannot take it over.
+    let mallory = user(&api).await;
+    let mut m = online(&server, Kind::Tcp, &mallory).await;
+    assert_eq!(rejected(m.approve_pairing(&code).await), ErrorCode::PairingAlreadyApproved);
+    // A wrong claim secret gets nothing (and does not use the pairing up).
+    let wrong = claim(&server, &started, "not-the-secret", 0).await;
+    assert_eq!(wrong.status(), StatusCode::NOT_FOUND);
+    let body: Value = wrong.json().await.expect("json");
+    assert_eq!(body["error"], "unknown_pairing");
+    let secret = started["claim_secret"].as_str().expect("secret").to_owned();
+    let right: Value = claim(&server, &started, &secret, 0).await.json().await.expect("json");
+    assert_eq!(right["user_id"], alice.user_id.to_string());
+    // Bad requests are clear.
+    assert_eq!(post(&server, "/v1/pairing", json!({ "device_name": "  " })).await.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(post(&server, "/v1/pairing/claim", json!({ "code": 1 })).await.status(), StatusCode::BAD_REQUEST);
+}
+
+/// `switchboard client link` shows a QR code and waits; `client approve` on the primary
+/// links it; the new device's profile is saved with its own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_client_links_with_a_qr_code() {
+    let server = TestServer::start();
+    let http = format!("http://{}", server.http);
+    let dir = tempfile::tempdir().expect("dir");
+    let (primary, laptop) = (dir.path().join("primary.json"), dir.path().join("laptop.json"));
+    let number = common::phone();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard")).args(args).output().expect("run");
+        assert!(out.status.success(), "switchboard {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let code = run(&["client", "register", "--server", &http, "--phone", &number]).split_whitespace().last().expect("code").to_owned();
+    run(&["client", "verify", "--server", &http, "--phone", &number, "--code", &code, "--profile", primary.to_str().expect("path")]);
+
+    let mut link = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["client", "link", "--server", &http, "--name", "laptop", "--profile", laptop.to_str().expect("path")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn link");
+    let mut lines = BufReader::new(link.stdout.take().expect("stdout")).lines();
+    let mut qr_rows = 0;
+    let pairing_code = loop {
+        let line = lines.next().expect("link printed the approve command").expect("line");
+        if line.contains('▀') || line.contains('▄') || line.contains('█') {
+            qr_rows += 1;
+        }
+        if let Some(rest) = line.trim().strip_prefix("switchboard client approve --code ") {
+            break rest.trim().to_owned();
+        }
+    };
+    assert!(qr_rows > 10, "a QR code was drawn ({qr_rows} rows)");
+    let approved = run(&["client", "approve", "--profile", primary.to_str().expect("path"), "--code", &pairing_code]);
+    assert!(approved.contains("laptop"), "{approved}");
+    let status = link.wait().expect("link ends");
+    assert!(status.success());
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&laptop).expect("profile saved")).expect("json");
+    let first: Value = serde_json::from_str(&std::fs::read_to_string(&primary).expect("primary")).expect("json");
+    assert_eq!(saved["user_id"], first["user_id"]);
+    assert_ne!(saved["token"], first["token"]);
+    let devices = run(&["client", "devices", "--profile", laptop.to_str().expect("path")]);
+    assert!(devices.contains("laptop") && devices.contains("primary=false"), "{devices}");
+}
