@@ -40,6 +40,7 @@ pub mod pairing;
 pub mod pem;
 pub mod phone;
 pub mod privacy;
+pub mod profiles;
 pub mod protocol;
 pub mod sdk;
 pub mod server;

@@ -81,7 +81,10 @@ async fn last_seen_and_online_follow_the_owners_audience() {
 
     // Last seen and online for contacts only.
     let settings = set_privacy(&server, &alice, json!({ "last_seen": "contacts", "online": "same_as_last_seen" })).await;
-    assert_eq!(settings, json!({ "last_seen": "contacts", "online": "same_as_last_seen", "groups": "everyone", "read_receipts": true }));
+    assert_eq!(
+        settings,
+        json!({ "last_seen": "contacts", "online": "same_as_last_seen", "groups": "everyone", "profile_photo": "everyone", "about": "everyone", "read_receipts": true })
+    );
     assert_eq!(presence(&mut s, alice.user_id).await, (false, 0), "a stranger sees nothing");
     let (online_b, seen_b) = presence(&mut b, alice.user_id).await;
     assert!(!online_b && seen_b > 0, "a contact sees her last seen");

@@ -18,9 +18,9 @@ use switchboard::cores::privacy::{Audience, OnlineAudience};
 use switchboard::ids::{ConversationId, DeviceId, Id, MediaId, UserId};
 use switchboard::store::{
     ClaimedKey, CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceKeys, DeviceRecord, GroupState, KeysStored, MediaKind,
-    MediaPart, MediaRecord, MemberCursor, OneTimeKey, PairingApproval, PairingClaim, PairingRecord, PendingCode, PrivacySettings, PushToken,
-    QueueBounds, Record, Section, Store, StoreError, StoreSpec, StoredMessage, Taken, ToDeviceEntry, ToDeviceSend, ToDeviceStored, ToDeviceTarget,
-    UserRecord, WriteOp, WriteOutcome, now_ms,
+    MediaPart, MediaRecord, MemberCursor, OneTimeKey, PairingApproval, PairingClaim, PairingRecord, PendingCode, PrivacySettings, Profile,
+    ProfilePhoto, PushToken, QueueBounds, Record, Section, Store, StoreError, StoreSpec, StoredMessage, Taken, ToDeviceEntry, ToDeviceSend,
+    ToDeviceStored, ToDeviceTarget, UserRecord, WriteOp, WriteOutcome, now_ms,
 };
 use switchboard::testkit::PrivatePostgres;
 use uuid::Uuid;
@@ -578,13 +578,28 @@ async fn privacy_settings_and_blocks(f: Fixture) {
     let store = f.open().await;
     let (a, b, c) = (uid(), uid(), uid());
     assert_eq!(store.privacy(a).await.unwrap(), PrivacySettings::default(), "defaults until set");
-    let settings =
-        PrivacySettings { last_seen: Audience::Contacts, online: OnlineAudience::SameAsLastSeen, groups: Audience::Nobody, read_receipts: false };
+    let settings = PrivacySettings {
+        last_seen: Audience::Contacts,
+        online: OnlineAudience::SameAsLastSeen,
+        groups: Audience::Nobody,
+        profile_photo: Audience::Contacts,
+        about: Audience::Nobody,
+        read_receipts: false,
+    };
     store.set_privacy(a, settings).await.unwrap();
     assert_eq!(store.privacy(a).await.unwrap(), settings);
     assert_eq!(store.privacy(b).await.unwrap(), PrivacySettings::default(), "one user's settings only");
     store.set_privacy(a, PrivacySettings::default()).await.unwrap();
     assert_eq!(store.privacy(a).await.unwrap(), PrivacySettings::default(), "replaced");
+    // Profiles: absent until set, replaced whole.
+    assert_eq!(store.profile(a).await.unwrap(), None);
+    let photo = ProfilePhoto { small: uid(), large: uid() };
+    let profile = Profile { name: "Ana".into(), about: "At work".into(), photo: Some(photo), updated_ms: 5 };
+    store.set_profile(a, profile.clone()).await.unwrap();
+    assert_eq!(store.profile(a).await.unwrap(), Some(profile));
+    store.set_profile(a, Profile { name: "Ana B".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(store.profile(a).await.unwrap().map(|p| (p.name, p.photo)), Some(("Ana B".to_owned(), None)));
+    assert_eq!(store.profile(b).await.unwrap(), None);
 
     assert!(store.set_blocked(a, b, true, 10).await.unwrap(), "a new block changes something");
     assert!(!store.set_blocked(a, b, true, 11).await.unwrap(), "blocking twice does not");
@@ -928,6 +943,7 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
         Record::Contact { owner: u.user_id, phone: "+14155550999".into() },
         Record::Privacy { user_id: u.user_id, settings: PrivacySettings { read_receipts: false, ..Default::default() } },
         Record::Block { user_id: u.user_id, target: peer.user_id, at_ms: 95 },
+        Record::Profile { user_id: u.user_id, profile: Profile { name: "Ana".into(), about: "hi".into(), photo: None, updated_ms: 96 } },
     ]);
     store.import(records.clone()).await.unwrap();
     store.import(records).await.unwrap();
@@ -953,6 +969,7 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
         (Section::Contacts, 2),
         (Section::Privacy, 1),
         (Section::Blocks, 1),
+        (Section::Profiles, 1),
     ];
     assert_eq!(expected.len(), Section::ALL.len(), "every section is checked");
     for (section, n) in expected {
@@ -995,6 +1012,7 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
     expected_known.sort();
     assert_eq!(known, expected_known, "contacts came along");
     assert!(!store.privacy(u.user_id).await.unwrap().read_receipts, "privacy settings came along");
+    assert_eq!(store.profile(u.user_id).await.unwrap().map(|p| p.name), Some("Ana".to_owned()), "profiles came along");
     assert_eq!(store.blockers_of(peer.user_id).await.unwrap(), vec![u.user_id], "blocks came along, indexed both ways");
     // Expired imported messages are purged like any others (the retention came along);
     // ScyllaDB expires them by TTL instead.

@@ -202,6 +202,12 @@ impl Store for FailingAfter {
     async fn remove_contacts(&self, _: switchboard::ids::UserId, _: Vec<String>) -> Result<(), StoreError> {
         unimplemented!()
     }
+    async fn profile(&self, _: switchboard::ids::UserId) -> Result<Option<switchboard::store::Profile>, StoreError> {
+        unimplemented!()
+    }
+    async fn set_profile(&self, _: switchboard::ids::UserId, _: switchboard::store::Profile) -> Result<(), StoreError> {
+        unimplemented!()
+    }
     async fn put_pairing(&self, _: switchboard::store::PairingRecord) -> Result<(), StoreError> {
         unimplemented!()
     }

@@ -14,7 +14,7 @@
 //! - read receipts are reciprocal in 1:1 conversations: if either user turned them off,
 //!   neither sees the other's (groups always count reads);
 //! - a block (either way) hides everything between the two users: presence, last seen,
-//!   typing, read receipts; it refuses opening and sending in their 1:1 conversation, and
+//!   typing, read receipts, profile photo and about (the name stays: groups show it); it refuses opening and sending in their 1:1 conversation, and
 //!   adding either to a group by the other. Group conversations they share are otherwise
 //!   unaffected.
 
@@ -56,13 +56,24 @@ pub struct PrivacySettings {
     pub online: OnlineAudience,
     /// Who may add the user to groups (others get `not_allowed` and must send an invite).
     pub groups: Audience,
+    /// Who sees the user's profile photo.
+    pub profile_photo: Audience,
+    /// Who sees the user's "about" line.
+    pub about: Audience,
     /// Whether the user sends read receipts in 1:1 conversations (and so sees others').
     pub read_receipts: bool,
 }
 
 impl Default for PrivacySettings {
     fn default() -> Self {
-        Self { last_seen: Audience::Everyone, online: OnlineAudience::Everyone, groups: Audience::Everyone, read_receipts: true }
+        Self {
+            last_seen: Audience::Everyone,
+            online: OnlineAudience::Everyone,
+            groups: Audience::Everyone,
+            profile_photo: Audience::Everyone,
+            about: Audience::Everyone,
+            read_receipts: true,
+        }
     }
 }
 
@@ -115,6 +126,21 @@ pub fn shown_presence(view: PresenceView, online: bool, last_seen_ms: u64) -> (b
     }
 }
 
+/// What a viewer may see of a profile besides its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileView {
+    /// The photo.
+    pub photo: bool,
+    /// The "about" line.
+    pub about: bool,
+}
+
+/// What a viewer in `relation` may see of the profile of a user with `owner` settings
+/// (the name is always shown: groups show it to every member).
+pub fn profile(owner: &PrivacySettings, relation: Relation) -> ProfileView {
+    ProfileView { photo: in_audience(owner.profile_photo, relation), about: in_audience(owner.about, relation) }
+}
+
 /// Whether a user in `relation` to the target may add a target with `target` settings
 /// to a group.
 pub fn may_add_to_group(target: &PrivacySettings, relation: Relation) -> bool {
@@ -143,8 +169,22 @@ mod tests {
     }
 
     fn settings() -> impl Strategy<Value = PrivacySettings> {
-        (audience(), prop_oneof![Just(OnlineAudience::Everyone), Just(OnlineAudience::SameAsLastSeen)], audience(), any::<bool>())
-            .prop_map(|(last_seen, online, groups, read_receipts)| PrivacySettings { last_seen, online, groups, read_receipts })
+        (
+            audience(),
+            prop_oneof![Just(OnlineAudience::Everyone), Just(OnlineAudience::SameAsLastSeen)],
+            audience(),
+            audience(),
+            audience(),
+            any::<bool>(),
+        )
+            .prop_map(|(last_seen, online, groups, profile_photo, about, read_receipts)| PrivacySettings {
+                last_seen,
+                online,
+                groups,
+                profile_photo,
+                about,
+                read_receipts,
+            })
     }
 
     #[test]
@@ -189,6 +229,7 @@ mod tests {
             let relation = Relation { contact, blocked: true };
             prop_assert_eq!(shown_presence(presence(&owner, relation), online, seen), (false, 0));
             prop_assert!(!may_add_to_group(&owner, relation));
+            prop_assert_eq!(profile(&owner, relation), ProfileView { photo: false, about: false });
             prop_assert!(!read_receipts_flow(&owner, &other, true));
             prop_assert!(!ephemeral_flows(true));
         }

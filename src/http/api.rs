@@ -216,6 +216,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(super::privacy::get_settings))
                 .route(web::patch().to(super::privacy::change_settings)),
         )
+        .service(
+            resource("/v1/profile", &["GET", "PATCH"]).route(web::get().to(super::profiles::mine)).route(web::patch().to(super::profiles::change)),
+        )
+        .service(resource("/v1/profiles/{user_id}", &["GET"]).route(web::get().to(super::profiles::of_user)))
         .service(resource("/v1/pairing", &["POST"]).route(web::post().to(super::pairing::start)))
         .service(resource("/v1/pairing/claim", &["POST"]).route(web::post().to(super::pairing::claim)))
         .service(resource("/v1/blocks", &["GET"]).route(web::get().to(super::privacy::list_blocks)))

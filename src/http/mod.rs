@@ -10,8 +10,19 @@ pub mod keys;
 pub mod openapi;
 pub mod pairing;
 pub mod privacy;
+pub mod profiles;
 
 use actix_web::HttpRequest;
+
+/// A JSON object body, for the partial updates (PATCH): serde would also read a struct
+/// from an array (`[null, null]`), which is not an object and must be refused.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// A PATCH body (an object) as `T`; a field of the wrong type or an unknown one is
+/// `bad_request`.
+pub fn from_object<T: serde::de::DeserializeOwned>(body: JsonObject) -> Result<T, api::ApiError> {
+    serde_json::from_value(serde_json::Value::Object(body)).map_err(|e| api::ApiError::BadRequest(e.to_string()))
+}
 
 /// The bearer token of a request, if any.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {

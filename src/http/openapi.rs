@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, api, contacts, keys, pairing, privacy};
+use super::{admin, api, contacts, keys, pairing, privacy, profiles};
 use crate::media::http as media;
 use crate::transport::ws;
 
@@ -40,6 +40,9 @@ use crate::transport::ws;
         keys::claim,
         contacts::discover,
         contacts::remove,
+        profiles::mine,
+        profiles::change,
+        profiles::of_user,
         pairing::start,
         pairing::claim,
         privacy::get_settings,
@@ -126,6 +129,9 @@ mod tests {
             ("/v1/keys/claim", "post"),
             ("/v1/contacts/discover", "post"),
             ("/v1/contacts/remove", "post"),
+            ("/v1/profile", "get"),
+            ("/v1/profile", "patch"),
+            ("/v1/profiles/{user_id}", "get"),
             ("/v1/pairing", "post"),
             ("/v1/pairing/claim", "post"),
             ("/v1/privacy", "get"),
@@ -152,6 +158,6 @@ mod tests {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 41, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 44, "a route is described but not listed here");
     }
 }

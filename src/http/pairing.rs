@@ -14,7 +14,7 @@ use crate::pairing::PairingStarted;
 
 /// `POST /v1/pairing`.
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct StartBody {
+pub struct PairingStartBody {
     /// The new device's name: 1 to 64 characters, not all blank; trimmed.
     #[schema(min_length = 1, max_length = 64, pattern = r"[^\s]", example = "Chrome on Linux")]
     pub device_name: String,
@@ -22,31 +22,32 @@ pub struct StartBody {
 
 /// `POST /v1/pairing/claim`.
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct ClaimBody {
+pub struct PairingClaimBody {
     /// The code the pairing started with.
     pub code: String,
     /// The claim secret the pairing started with.
     pub claim_secret: String,
-    /// Seconds to wait for the approval before answering 202 (0 to 30, default 25).
+    /// Seconds to wait for the approval before answering 202 (0 to 30, default 25;
+    /// fractions allowed).
     #[serde(default = "default_wait")]
     #[schema(minimum = 0, maximum = 30)]
-    pub wait_s: u64,
+    pub wait_s: f64,
 }
 
-fn default_wait() -> u64 {
-    25
+fn default_wait() -> f64 {
+    25.0
 }
 
 /// The answer while the approval has not come.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Pending {
+pub struct PairingPending {
     /// `pending`.
     pub status: &'static str,
 }
 
 /// Starts a pairing for a new device: show `qr` as a QR code (or `code` as text) for the
 /// primary device to approve, then claim the token.
-#[utoipa::path(post, path = "/v1/pairing", tag = "public", request_body = StartBody, responses(
+#[utoipa::path(post, path = "/v1/pairing", tag = "public", request_body = PairingStartBody, responses(
     (status = 201, description = "Pairing started (valid 120 s, single-use)", body = PairingStarted),
     (status = 400, description = "invalid_name, or a malformed body", body = ErrorBody),
     (status = 413, description = "Body over 64 KiB", body = ErrorBody),
@@ -54,15 +55,15 @@ pub struct Pending {
     (status = 429, description = "rate_limited: this address's registrations and pairings (Retry-After)", body = ErrorBody),
     (status = 503, description = "unavailable", body = ErrorBody),
 ))]
-pub async fn start(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<StartBody>) -> Result<HttpResponse, ApiError> {
+pub async fn start(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<PairingStartBody>) -> Result<HttpResponse, ApiError> {
     let started = state.accounts.start_pairing(&body.device_name, req.peer_addr().map(|a| a.ip())).await?;
     Ok(HttpResponse::Created().insert_header((actix_web::http::header::CACHE_CONTROL, "no-store")).json(started))
 }
 
 /// The new device claims its token: waits up to `wait_s` for the primary's approval.
-#[utoipa::path(post, path = "/v1/pairing/claim", tag = "public", request_body = ClaimBody, responses(
+#[utoipa::path(post, path = "/v1/pairing/claim", tag = "public", request_body = PairingClaimBody, responses(
     (status = 200, description = "Approved: the new device's own credentials (shown once)", body = DeviceCredentials),
-    (status = 202, description = "Not approved yet: claim again", body = Pending),
+    (status = 202, description = "Not approved yet: claim again", body = PairingPending),
     (status = 400, description = "bad_request: a malformed body", body = ErrorBody),
     (status = 404, description = "unknown_pairing: unknown, used or expired code, or a wrong claim secret", body = ErrorBody),
     (status = 409, description = "too_many_devices", body = ErrorBody),
@@ -70,8 +71,8 @@ pub async fn start(req: HttpRequest, state: web::Data<ApiState>, body: web::Json
     (status = 415, description = "Not JSON", body = ErrorBody),
     (status = 503, description = "unavailable", body = ErrorBody),
 ))]
-pub async fn claim(state: web::Data<ApiState>, body: web::Json<ClaimBody>) -> Result<HttpResponse, ApiError> {
-    let wait = Duration::from_secs(body.wait_s.min(crate::pairing::MAX_CLAIM_WAIT.as_secs()));
+pub async fn claim(state: web::Data<ApiState>, body: web::Json<PairingClaimBody>) -> Result<HttpResponse, ApiError> {
+    let wait = Duration::from_secs_f64(body.wait_s.clamp(0.0, crate::pairing::MAX_CLAIM_WAIT.as_secs_f64()));
     match state.accounts.claim_pairing(&body.code, &body.claim_secret, wait).await? {
         Some(credentials) => {
             // The account has a new device: those who share keys with the user must know.
@@ -85,6 +86,6 @@ pub async fn claim(state: web::Data<ApiState>, body: web::Json<ClaimBody>) -> Re
             .await;
             Ok(HttpResponse::Ok().insert_header((actix_web::http::header::CACHE_CONTROL, "no-store")).json(credentials))
         }
-        None => Ok(HttpResponse::Accepted().json(Pending { status: "pending" })),
+        None => Ok(HttpResponse::Accepted().json(PairingPending { status: "pending" })),
     }
 }

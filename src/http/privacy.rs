@@ -23,6 +23,10 @@ pub struct PrivacyPatch {
     pub online: Option<OnlineAudience>,
     /// Who may add the user to groups.
     pub groups: Option<Audience>,
+    /// Who sees the profile photo.
+    pub profile_photo: Option<Audience>,
+    /// Who sees the "about" line.
+    pub about: Option<Audience>,
     /// Whether the user sends (and so sees) read receipts in 1:1 conversations.
     pub read_receipts: Option<bool>,
 }
@@ -56,13 +60,15 @@ pub async fn get_settings(req: HttpRequest, state: web::Data<ApiState>) -> Resul
     (status = 415, description = "Not JSON", body = ErrorBody),
     (status = 503, description = "unavailable", body = ErrorBody),
 ))]
-pub async fn change_settings(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<PrivacyPatch>) -> Result<HttpResponse, ApiError> {
+pub async fn change_settings(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<super::JsonObject>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
+    let patch: PrivacyPatch = super::from_object(body.into_inner())?;
     let mut settings = state.store.privacy(me.user_id).await.map_err(|_| ApiError::Unavailable)?;
-    let patch = body.into_inner();
     settings.last_seen = patch.last_seen.unwrap_or(settings.last_seen);
     settings.online = patch.online.unwrap_or(settings.online);
     settings.groups = patch.groups.unwrap_or(settings.groups);
+    settings.profile_photo = patch.profile_photo.unwrap_or(settings.profile_photo);
+    settings.about = patch.about.unwrap_or(settings.about);
     settings.read_receipts = patch.read_receipts.unwrap_or(settings.read_receipts);
     state.store.set_privacy(me.user_id, settings).await.map_err(|_| ApiError::Unavailable)?;
     crate::privacy::notify(&state.node.ctx.router, &[me.user_id], me.user_id);

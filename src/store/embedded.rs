@@ -439,6 +439,7 @@ impl EmbeddedStore {
             super::embedded_contacts::create_tables(&txn)?;
             super::embedded_privacy::create_tables(&txn)?;
             super::embedded_pairing::create_tables(&txn)?;
+            super::embedded_profiles::create_tables(&txn)?;
         }
         txn.commit().map_err(be)?;
         // Batches logged since the last checkpoint (a crash): replay them, in order, onto
@@ -974,6 +975,14 @@ impl Store for EmbeddedStore {
 
     async fn remove_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
         self.write(move |db| super::embedded_contacts::change(db, owner, &phones, false)).await
+    }
+
+    async fn profile(&self, user: UserId) -> Result<Option<super::Profile>, StoreError> {
+        self.read(move |db| super::embedded_profiles::get(db, user))
+    }
+
+    async fn set_profile(&self, user: UserId, profile: super::Profile) -> Result<(), StoreError> {
+        self.write(move |db| super::embedded_profiles::set(db, user, &profile)).await
     }
 
     async fn put_pairing(&self, pairing: PairingRecord) -> Result<(), StoreError> {
@@ -1820,6 +1829,7 @@ impl EmbeddedStore {
                 | Section::DeviceListNotices => return super::embedded_e2ee_copy::export(&txn, section, after, limit),
                 Section::Contacts => return super::embedded_contacts::export(db, after, limit),
                 Section::Privacy | Section::Blocks => return super::embedded_privacy::export(db, section, after, limit),
+                Section::Profiles => return super::embedded_profiles::export(db, after, limit),
             }
             Ok((out, last))
         })
@@ -1834,6 +1844,10 @@ impl EmbeddedStore {
         let contacts: Vec<(UserId, String)> =
             contacts.into_iter().filter_map(|r| if let Record::Contact { owner, phone } = r { Some((owner, phone)) } else { None }).collect();
         super::embedded_contacts::import(&txn, &contacts)?;
+        let (profiles, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|r| matches!(r, Record::Profile { .. }));
+        let profiles: Vec<(UserId, super::Profile)> =
+            profiles.into_iter().filter_map(|r| if let Record::Profile { user_id, profile } = r { Some((user_id, profile)) } else { None }).collect();
+        super::embedded_profiles::import(&txn, &profiles)?;
         let (privacy, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(super::embedded_privacy::is_privacy);
         super::embedded_privacy::import(&txn, privacy)?;
         {
@@ -1942,6 +1956,7 @@ impl EmbeddedStore {
             Section::Media => txn.open_table(MEDIA).map_err(be)?.len(),
             Section::Contacts => return super::embedded_contacts::count(db),
             Section::Privacy | Section::Blocks => return super::embedded_privacy::count(db, section),
+            Section::Profiles => return super::embedded_profiles::count(db),
             other => return super::embedded_e2ee_copy::count(&txn, other),
         };
         n.map_err(be)

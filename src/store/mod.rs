@@ -13,6 +13,7 @@ mod embedded_contacts;
 mod embedded_e2ee_copy;
 mod embedded_pairing;
 mod embedded_privacy;
+mod embedded_profiles;
 mod embedded_to_device;
 pub mod keys;
 pub mod media;
@@ -122,6 +123,32 @@ pub use crate::cores::privacy::PrivacySettings;
 pub fn code_matches(stored: &[u8; 32], guess: &[u8; 32]) -> bool {
     use subtle::ConstantTimeEq;
     bool::from(stored.ct_eq(guess))
+}
+
+/// A user's profile: what contacts and conversation members see of the user (within
+/// the user's privacy settings for photo and about).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct Profile {
+    /// Display name (1 to 25 characters once set; empty until then).
+    pub name: String,
+    /// The "about" line (at most 139 characters).
+    pub about: String,
+    /// The photo, as public-image renditions (`POST /v1/media/public`).
+    pub photo: Option<ProfilePhoto>,
+    /// When it last changed, ms since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+/// A profile photo: the renditions of one public image (metadata stripped by the server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProfilePhoto {
+    /// The small rendition (96 px), for lists.
+    #[schema(value_type = String, format = Uuid)]
+    pub small: MediaId,
+    /// The large rendition (640 px).
+    #[schema(value_type = String, format = Uuid)]
+    pub large: MediaId,
 }
 
 /// A new device waiting to be linked to an account (device pairing): it showed a code
@@ -452,6 +479,11 @@ pub trait Store: Send + Sync + 'static {
     async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError>;
     /// Removes `phones` from `owner`'s contacts; ones not there are ignored.
     async fn remove_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError>;
+
+    /// A user's profile, if ever set.
+    async fn profile(&self, user: UserId) -> Result<Option<Profile>, StoreError>;
+    /// Replaces a user's profile.
+    async fn set_profile(&self, user: UserId, profile: Profile) -> Result<(), StoreError>;
 
     /// Stores a pairing request (replacing one with the same code hash).
     async fn put_pairing(&self, pairing: PairingRecord) -> Result<(), StoreError>;

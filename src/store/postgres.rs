@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../../migrations/postgres/0007_contacts.sql")),
     (8, include_str!("../../migrations/postgres/0008_privacy.sql")),
     (9, include_str!("../../migrations/postgres/0009_pairings.sql")),
+    (10, include_str!("../../migrations/postgres/0010_profiles.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations when several nodes start at once.
@@ -111,6 +112,11 @@ fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> StoreError {
 
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, table: &'static str, column: &str) -> Result<T, StoreError> {
     row.try_get(column).map_err(|e| corrupt(table, format!("{column}: {e}")))
+}
+
+/// A record as stored in a JSON text column.
+fn json_text(table: &str, value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("{table}: {e}")))
 }
 
 /// Privacy settings as stored (JSON text).
@@ -806,6 +812,15 @@ impl PostgresStore {
                 )
                 .await?;
             }
+            Record::Profile { user_id, profile } => {
+                let text = json_text("profiles", &profile)?;
+                Self::run(
+                    tx,
+                    "INSERT INTO profiles (user_id, profile) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET profile = EXCLUDED.profile",
+                    &[&user_id, &text],
+                )
+                .await?;
+            }
             Record::Privacy { user_id, settings } => {
                 let text = privacy_json(&settings)?;
                 Self::run(
@@ -1059,6 +1074,26 @@ impl Store for PostgresStore {
 
     async fn remove_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
         self.execute("DELETE FROM contacts WHERE owner = $1 AND phone = ANY($2)", &[&owner, &phones]).await.map(drop)
+    }
+
+    async fn profile(&self, user: UserId) -> Result<Option<super::Profile>, StoreError> {
+        match self.query_opt("SELECT profile FROM profiles WHERE user_id = $1", &[&user]).await? {
+            Some(row) => {
+                let text: String = get(&row, "profiles", "profile")?;
+                serde_json::from_str(&text).map(Some).map_err(|e| corrupt("profiles", e.to_string()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn set_profile(&self, user: UserId, profile: super::Profile) -> Result<(), StoreError> {
+        let text = json_text("profiles", &profile)?;
+        self.execute(
+            "INSERT INTO profiles (user_id, profile) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET profile = EXCLUDED.profile",
+            &[&user, &text],
+        )
+        .await
+        .map(drop)
     }
 
     async fn put_pairing(&self, p: PairingRecord) -> Result<(), StoreError> {
@@ -1886,6 +1921,7 @@ impl Store for PostgresStore {
             Section::Contacts => "contacts",
             Section::Privacy => "privacy",
             Section::Blocks => "blocks",
+            Section::Profiles => "profiles",
         };
         let row = self.query_opt(&format!("SELECT count(*) FROM {table}"), &[]).await?;
         Ok(row.map(|r| get::<i64>(&r, "count", "count")).transpose()?.map(uint).unwrap_or(0))

@@ -81,6 +81,11 @@ fn pairing_ttl(expires_ms: u64) -> i32 {
     i32::try_from(expires_ms.saturating_sub(super::now_ms()) / 1000 + 60).unwrap_or(i32::MAX)
 }
 
+/// A profile as stored (JSON text).
+fn profile_json(profile: &super::Profile) -> Result<String, StoreError> {
+    serde_json::to_string(profile).map_err(|e| StoreError::Backend(format!("profiles: {e}")))
+}
+
 /// Privacy settings as stored (JSON text).
 fn privacy_json(settings: &PrivacySettings) -> Result<String, StoreError> {
     serde_json::to_string(settings).map_err(|e| StoreError::Backend(format!("privacy: {e}")))
@@ -322,6 +327,8 @@ struct Statements {
     first_receipt: PreparedStatement,
     put_last_seen: PreparedStatement,
     get_last_seen: PreparedStatement,
+    get_profile: PreparedStatement,
+    put_profile: PreparedStatement,
     put_pairing: PreparedStatement,
     get_pairing: PreparedStatement,
     approve_pairing: PreparedStatement,
@@ -601,6 +608,8 @@ impl Statements {
             .await?,
             put_last_seen: prepare(s, "INSERT INTO last_seen (user_id, at_ms) VALUES (?, ?) USING TIMESTAMP ?", Write).await?,
             get_last_seen: prepare(s, "SELECT at_ms FROM last_seen WHERE user_id = ?", Read).await?,
+            get_profile: prepare(s, "SELECT profile FROM profiles WHERE user_id = ?", Read).await?,
+            put_profile: prepare(s, "INSERT INTO profiles (user_id, profile) VALUES (?, ?)", Write).await?,
             put_pairing: prepare(
                 s,
                 "INSERT INTO pairings (code_hash, claim_hash, device_name, expires_ms, approved_by) VALUES (?, ?, ?, ?, ?) USING TTL ?",
@@ -787,6 +796,7 @@ impl ScyllaStore {
             (7, include_str!("../../migrations/scylla/0007_contacts.cql")),
             (8, include_str!("../../migrations/scylla/0008_privacy.cql")),
             (9, include_str!("../../migrations/scylla/0009_pairings.cql")),
+            (10, include_str!("../../migrations/scylla/0010_profiles.cql")),
         ];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
@@ -1444,6 +1454,9 @@ impl ScyllaStore {
                 // The later time wins (the write timestamp is the time itself).
                 self.exec(&self.st.put_last_seen, (user_id, int(at_ms), last_seen_timestamp(at_ms))).await?;
             }
+            Record::Profile { user_id, profile } => {
+                self.exec(&self.st.put_profile, (user_id, profile_json(&profile)?)).await?;
+            }
             Record::Privacy { user_id, settings } => {
                 self.exec(&self.st.put_privacy, (user_id, privacy_json(&settings)?)).await?;
             }
@@ -1809,6 +1822,18 @@ impl Store for ScyllaStore {
             *slot = row.and_then(|(t,)| t).map(uint);
         }
         Ok((times[0], times[1]))
+    }
+
+    async fn profile(&self, user: UserId) -> Result<Option<super::Profile>, StoreError> {
+        let row: Option<(Option<String>,)> = self.first_row(&self.st.get_profile, (user,)).await?;
+        match row.and_then(|(text,)| text) {
+            Some(text) => serde_json::from_str(&text).map(Some).map_err(|e| corrupt("profiles", e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_profile(&self, user: UserId, profile: super::Profile) -> Result<(), StoreError> {
+        self.exec(&self.st.put_profile, (user, profile_json(&profile)?)).await.map(drop)
     }
 
     async fn put_pairing(&self, p: PairingRecord) -> Result<(), StoreError> {
@@ -2246,6 +2271,7 @@ impl Store for ScyllaStore {
             Section::Contacts => "SELECT phone FROM contacts",
             Section::Privacy => "SELECT user_id FROM privacy",
             Section::Blocks => "SELECT target FROM blocks",
+            Section::Profiles => "SELECT user_id FROM profiles",
         };
         self.count_rows(cql).await
     }

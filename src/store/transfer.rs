@@ -65,11 +65,13 @@ pub enum Section {
     Privacy,
     /// Blocks (who blocked whom, since when).
     Blocks,
+    /// Users' profiles.
+    Profiles,
 }
 
 impl Section {
     /// Every section, in copy order.
-    pub const ALL: [Section; 21] = [
+    pub const ALL: [Section; 22] = [
         Section::Users,
         Section::Devices,
         Section::Conversations,
@@ -91,6 +93,7 @@ impl Section {
         Section::Contacts,
         Section::Privacy,
         Section::Blocks,
+        Section::Profiles,
     ];
 
     /// A short name for progress lines and reports.
@@ -117,6 +120,7 @@ impl Section {
             Section::Contacts => "contacts",
             Section::Privacy => "privacy settings",
             Section::Blocks => "blocks",
+            Section::Profiles => "profiles",
         }
     }
 }
@@ -215,6 +219,13 @@ pub enum Record {
         target: UserId,
         /// When, ms since the epoch.
         at_ms: u64,
+    },
+    /// A user's profile.
+    Profile {
+        /// Whose.
+        user_id: UserId,
+        /// The profile.
+        profile: super::Profile,
     },
     /// A number in a user's contacts.
     Contact {
