@@ -18,7 +18,7 @@ pub const PAIRING_TTL: Duration = Duration::from_secs(120);
 /// The longest a claim waits for the approval in one request.
 pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
 /// How often a waiting claim looks again (the approval may land on another node).
-const CLAIM_POLL: Duration = Duration::from_millis(200);
+const CLAIM_POLL: Duration = Duration::from_millis(500);
 /// What a QR code of a pairing says: this prefix, then the code.
 pub const QR_PREFIX: &str = "switchboard-pair:";
 
@@ -54,6 +54,7 @@ impl Accounts {
             device_name: device_name.trim().to_owned(),
             expires_ms: now_ms() + PAIRING_TTL.as_millis() as u64,
             approved_by: None,
+            approved_device: None,
         };
         self.store.put_pairing(record).await?;
         Ok(PairingStarted { qr: format!("{QR_PREFIX}{code}"), code, claim_secret, expires_in_s: PAIRING_TTL.as_secs() })
@@ -71,12 +72,29 @@ impl Accounts {
     ///
     /// Errors: `UnknownPairing` (unknown, expired, used, or a wrong claim secret),
     /// `TooManyDevices`.
-    pub async fn claim_pairing(&self, code: &str, claim_secret: &str, wait: Duration) -> Result<Option<DeviceCredentials>, AccountError> {
+    pub async fn claim_pairing(
+        &self,
+        code: &str,
+        claim_secret: &str,
+        wait: Duration,
+        from: Option<IpAddr>,
+    ) -> Result<Option<DeviceCredentials>, AccountError> {
+        // Each claim (a long poll of store reads) counts against the address's
+        // verifications: not a free way to keep the store busy.
+        self.limit_address("pairing-claim-address", from, self.config.signup.verifications_per_address_per_hour).await?;
         let (code_hash, claim_hash) = (hash_secret(code.trim()), hash_secret(claim_secret.trim()));
         let deadline = tokio::time::Instant::now() + wait.min(MAX_CLAIM_WAIT);
         loop {
             match self.store.claim_pairing(code_hash, claim_hash, now_ms()).await? {
-                PairingClaim::Claimed { user, device_name } => return Ok(Some(self.add_device(user, &device_name, false).await?)),
+                PairingClaim::Claimed { user, device_name, approver } => {
+                    // The approving primary must still be one (not revoked, e.g. by the
+                    // owner taking the account back on a new phone since it approved).
+                    match self.store.device(approver).await? {
+                        Some(d) if d.user_id == user && d.primary && d.revoked_ms.is_none() => {}
+                        _ => return Err(AccountError::UnknownPairing),
+                    }
+                    return Ok(Some(self.add_device(user, &device_name, false).await?));
+                }
                 PairingClaim::Missing => return Err(AccountError::UnknownPairing),
                 PairingClaim::Pending if tokio::time::Instant::now() + CLAIM_POLL > deadline => return Ok(None),
                 PairingClaim::Pending => tokio::time::sleep(CLAIM_POLL).await,
@@ -91,7 +109,7 @@ impl Accounts {
 ///
 /// Errors: `NotPrimary`, `TooManyDevices`, `UnknownPairing`, `PairingAlreadyApproved`.
 pub async fn approve(store: &dyn Store, max_devices: usize, caller: &DeviceRecord, code: &str) -> Result<String, AccountError> {
-    if !caller.primary {
+    if !caller.primary || caller.revoked_ms.is_some() {
         return Err(AccountError::NotPrimary);
     }
     let live = store.devices_of(caller.user_id).await?.iter().filter(|d| d.revoked_ms.is_none()).count();
@@ -100,7 +118,7 @@ pub async fn approve(store: &dyn Store, max_devices: usize, caller: &DeviceRecor
     }
     let code = code.trim();
     let code = code.strip_prefix(QR_PREFIX).unwrap_or(code);
-    match store.approve_pairing(hash_secret(code), caller.user_id, now_ms()).await? {
+    match store.approve_pairing(hash_secret(code), caller.user_id, caller.device_id, now_ms()).await? {
         PairingApproval::Approved(record) => Ok(record.device_name),
         PairingApproval::AlreadyApproved => Err(AccountError::PairingAlreadyApproved),
         PairingApproval::Missing => Err(AccountError::UnknownPairing),

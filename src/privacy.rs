@@ -78,11 +78,6 @@ impl PrivacyCache {
         Ok(settings)
     }
 
-    /// Forgets what was cached of `peer`.
-    pub fn forget(&mut self, peer: UserId) {
-        self.peers.remove(&peer);
-    }
-
     /// What a viewer with this cache (this user) may see of `owner`'s presence: one
     /// settings read, and a contacts lookup only for a "contacts" audience.
     pub async fn presence_of(&self, store: &dyn Store, me: UserId, owner: UserId) -> Result<PresenceView, StoreError> {

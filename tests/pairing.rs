@@ -149,3 +149,23 @@ async fn the_terminal_client_links_with_a_qr_code() {
     let devices = run(&["client", "devices", "--profile", laptop.to_str().expect("path")]);
     assert!(devices.contains("laptop") && devices.contains("primary=false"), "{devices}");
 }
+
+/// From review: an approval is only as good as the primary that gave it — once the owner
+/// takes the account back on a new phone (revoking that primary), the pending claim gets
+/// nothing; a revoked primary cannot approve either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_dies_with_the_primary_that_gave_it() {
+    let server = TestServer::start_with(&["--code-cooldown-secs", "0"]);
+    let api = server.api();
+    let number = common::phone();
+    let alice = api.sign_up(&number, "old phone").await.expect("sign up");
+    let mut old = online(&server, Kind::Tcp, &alice).await;
+    let started = start(&server, "Intruder laptop").await;
+    old.approve_pairing(started["code"].as_str().expect("code")).await.expect("approve");
+    // The owner registers the number on a new phone: the old primary is revoked.
+    api.sign_up(&number, "new phone").await.expect("take the account back");
+    let secret = started["claim_secret"].as_str().expect("secret").to_owned();
+    assert_eq!(claim(&server, &started, &secret, 0).await.status(), StatusCode::NOT_FOUND, "the approval died with its primary");
+    let devices = api.devices(&api.sign_up(&number, "newest phone").await.expect("again").token).await.expect("devices");
+    assert!(devices.iter().all(|d| d.name != "Intruder laptop"), "{devices:?}");
+}

@@ -540,36 +540,40 @@ async fn push_tokens(f: Fixture) {
 async fn pairings_are_approved_once_and_claimed_once(f: Fixture) {
     let store = f.open().await;
     let now = now_ms();
-    let (user, other) = (uid(), uid());
+    let (user, other, device): (UserId, UserId, DeviceId) = (uid(), uid(), uid());
     let pairing = |code: u8, expires_ms: u64| PairingRecord {
         code_hash: [code; 32],
         claim_hash: [code.wrapping_add(100); 32],
         device_name: format!("laptop {code}"),
         expires_ms,
         approved_by: None,
+        approved_device: None,
     };
     store.put_pairing(pairing(1, now + 120_000)).await.unwrap();
-    assert_eq!(store.approve_pairing([9; 32], user, now).await.unwrap(), PairingApproval::Missing, "an unknown code");
+    assert_eq!(store.approve_pairing([9; 32], user, device, now).await.unwrap(), PairingApproval::Missing, "an unknown code");
     assert_eq!(store.claim_pairing([1; 32], [101; 32], now).await.unwrap(), PairingClaim::Pending, "not approved yet");
-    let approved = store.approve_pairing([1; 32], user, now).await.unwrap();
-    assert_eq!(approved, PairingApproval::Approved(PairingRecord { approved_by: Some(user), ..pairing(1, now + 120_000) }));
-    assert_eq!(store.approve_pairing([1; 32], other, now).await.unwrap(), PairingApproval::AlreadyApproved, "approved once");
+    let approved = store.approve_pairing([1; 32], user, device, now).await.unwrap();
+    assert_eq!(
+        approved,
+        PairingApproval::Approved(PairingRecord { approved_by: Some(user), approved_device: Some(device), ..pairing(1, now + 120_000) })
+    );
+    assert_eq!(store.approve_pairing([1; 32], other, device, now).await.unwrap(), PairingApproval::AlreadyApproved, "approved once");
     assert_eq!(store.claim_pairing([1; 32], [7; 32], now).await.unwrap(), PairingClaim::Missing, "a wrong claim secret");
     assert_eq!(
         store.claim_pairing([1; 32], [101; 32], now).await.unwrap(),
-        PairingClaim::Claimed { user, device_name: "laptop 1".into() },
+        PairingClaim::Claimed { user, device_name: "laptop 1".into(), approver: device },
         "the approving account, not the late one"
     );
     assert_eq!(store.claim_pairing([1; 32], [101; 32], now).await.unwrap(), PairingClaim::Missing, "claimed once");
     // Expired: neither approved nor claimed; swept.
     store.put_pairing(pairing(2, now + 1_000)).await.unwrap();
-    assert_eq!(store.approve_pairing([2; 32], user, now + 2_000).await.unwrap(), PairingApproval::Missing);
+    assert_eq!(store.approve_pairing([2; 32], user, device, now + 2_000).await.unwrap(), PairingApproval::Missing);
     store.put_pairing(pairing(3, now + 120_000)).await.unwrap();
-    store.approve_pairing([3; 32], user, now).await.unwrap();
+    store.approve_pairing([3; 32], user, device, now).await.unwrap();
     assert_eq!(store.claim_pairing([3; 32], [103; 32], now + 200_000).await.unwrap(), PairingClaim::Missing);
     // Racing claims of one approved pairing: exactly one gets it.
     store.put_pairing(pairing(4, now + 120_000)).await.unwrap();
-    store.approve_pairing([4; 32], user, now).await.unwrap();
+    store.approve_pairing([4; 32], user, device, now).await.unwrap();
     let claims = futures_util::future::join_all((0..8).map(|_| store.claim_pairing([4; 32], [104; 32], now))).await;
     assert_eq!(claims.iter().filter(|c| matches!(c, Ok(PairingClaim::Claimed { .. }))).count(), 1, "{claims:?}");
 }

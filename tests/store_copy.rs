@@ -211,7 +211,13 @@ impl Store for FailingAfter {
     async fn put_pairing(&self, _: switchboard::store::PairingRecord) -> Result<(), StoreError> {
         unimplemented!()
     }
-    async fn approve_pairing(&self, _: [u8; 32], _: switchboard::ids::UserId, _: u64) -> Result<switchboard::store::PairingApproval, StoreError> {
+    async fn approve_pairing(
+        &self,
+        _: [u8; 32],
+        _: switchboard::ids::UserId,
+        _: switchboard::ids::DeviceId,
+        _: u64,
+    ) -> Result<switchboard::store::PairingApproval, StoreError> {
         unimplemented!()
     }
     async fn claim_pairing(&self, _: [u8; 32], _: [u8; 32], _: u64) -> Result<switchboard::store::PairingClaim, StoreError> {

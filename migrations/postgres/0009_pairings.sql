@@ -5,6 +5,7 @@ CREATE TABLE pairings (
     claim_hash  bytea NOT NULL,
     device_name text NOT NULL,
     expires_ms  bigint NOT NULL,
-    approved_by uuid
+    approved_by uuid,
+    approved_device uuid
 );
 CREATE INDEX pairings_by_expiry ON pairings (expires_ms);

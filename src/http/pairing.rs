@@ -66,14 +66,15 @@ pub async fn start(req: HttpRequest, state: web::Data<ApiState>, body: web::Json
     (status = 202, description = "Not approved yet: claim again", body = PairingPending),
     (status = 400, description = "bad_request: a malformed body", body = ErrorBody),
     (status = 404, description = "unknown_pairing: unknown, used or expired code, or a wrong claim secret", body = ErrorBody),
-    (status = 409, description = "too_many_devices", body = ErrorBody),
+    (status = 409, description = "too_many_devices: the account filled up since the approval (the pairing is used up)", body = ErrorBody),
+    (status = 429, description = "rate_limited: this address's claims (Retry-After)", body = ErrorBody),
     (status = 413, description = "Body over 64 KiB", body = ErrorBody),
     (status = 415, description = "Not JSON", body = ErrorBody),
     (status = 503, description = "unavailable", body = ErrorBody),
 ))]
-pub async fn claim(state: web::Data<ApiState>, body: web::Json<PairingClaimBody>) -> Result<HttpResponse, ApiError> {
+pub async fn claim(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<PairingClaimBody>) -> Result<HttpResponse, ApiError> {
     let wait = Duration::from_secs_f64(body.wait_s.clamp(0.0, crate::pairing::MAX_CLAIM_WAIT.as_secs_f64()));
-    match state.accounts.claim_pairing(&body.code, &body.claim_secret, wait).await? {
+    match state.accounts.claim_pairing(&body.code, &body.claim_secret, wait, req.peer_addr().map(|a| a.ip())).await? {
         Some(credentials) => {
             // The account has a new device: those who share keys with the user must know.
             crate::to_device::device_list_changed(

@@ -142,5 +142,10 @@ pub async fn unblock(req: HttpRequest, state: web::Data<ApiState>, path: web::Pa
     let target = target(&state, me.user_id, &path).await?;
     state.store.set_blocked(me.user_id, target, false, now_ms()).await.map_err(|_| ApiError::Unavailable)?;
     notify_both(&state, me.user_id, target);
+    // Device-list notices skipped the pair during the block (their 1:1 did not count):
+    // both should query each other's devices again.
+    for user in [me.user_id, target] {
+        crate::to_device::device_list_changed(state.store.as_ref(), &state.node.ctx.router, user, None, now_ms()).await;
+    }
     Ok(HttpResponse::NoContent().finish())
 }

@@ -989,8 +989,8 @@ impl Store for EmbeddedStore {
         self.write(move |db| super::embedded_pairing::put(db, &pairing)).await
     }
 
-    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, now_ms: u64) -> Result<PairingApproval, StoreError> {
-        self.write(move |db| super::embedded_pairing::approve(db, code_hash, user, now_ms)).await
+    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, device: DeviceId, now_ms: u64) -> Result<PairingApproval, StoreError> {
+        self.write(move |db| super::embedded_pairing::approve(db, code_hash, user, device, now_ms)).await
     }
 
     async fn claim_pairing(&self, code_hash: [u8; 32], claim_hash: [u8; 32], now_ms: u64) -> Result<PairingClaim, StoreError> {

@@ -6,7 +6,7 @@
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::embedded::{be, decode, encode};
-use super::{PairingApproval, PairingClaim, PairingRecord, StoreError, UserId, code_matches};
+use super::{DeviceId, PairingApproval, PairingClaim, PairingRecord, StoreError, UserId, code_matches};
 
 const PAIRINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pairings");
 
@@ -30,13 +30,14 @@ fn get(txn: &WriteTransaction, code_hash: &[u8; 32]) -> Result<Option<PairingRec
 }
 
 /// `Store::approve_pairing`.
-pub(super) fn approve(db: &Database, code_hash: [u8; 32], user: UserId, now_ms: u64) -> Result<PairingApproval, StoreError> {
+pub(super) fn approve(db: &Database, code_hash: [u8; 32], user: UserId, device: DeviceId, now_ms: u64) -> Result<PairingApproval, StoreError> {
     let txn = db.begin_write().map_err(be)?;
     let outcome = match get(&txn, &code_hash)? {
         Some(p) if p.expires_ms < now_ms => PairingApproval::Missing,
         Some(p) if p.approved_by.is_some() => PairingApproval::AlreadyApproved,
         Some(mut p) => {
             p.approved_by = Some(user);
+            p.approved_device = Some(device);
             txn.open_table(PAIRINGS).map_err(be)?.insert(code_hash.as_slice(), encode(&p)?.as_slice()).map_err(be)?;
             PairingApproval::Approved(p)
         }
@@ -55,9 +56,9 @@ pub(super) fn claim(db: &Database, code_hash: [u8; 32], claim_hash: [u8; 32], no
     let txn = db.begin_write().map_err(be)?;
     let outcome = match get(&txn, &code_hash)? {
         Some(p) if p.expires_ms < now_ms || !code_matches(&p.claim_hash, &claim_hash) => PairingClaim::Missing,
-        Some(PairingRecord { approved_by: Some(user), device_name, .. }) => {
+        Some(PairingRecord { approved_by: Some(user), approved_device: Some(approver), device_name, .. }) => {
             txn.open_table(PAIRINGS).map_err(be)?.remove(code_hash.as_slice()).map_err(be)?;
-            PairingClaim::Claimed { user, device_name }
+            PairingClaim::Claimed { user, device_name, approver }
         }
         Some(_) => PairingClaim::Pending,
         None => PairingClaim::Missing,

@@ -166,6 +166,9 @@ pub struct PairingRecord {
     pub expires_ms: u64,
     /// The account whose primary approved it, once approved.
     pub approved_by: Option<UserId>,
+    /// The primary device that approved it (it must still be live and primary when the
+    /// new device claims its token).
+    pub approved_device: Option<DeviceId>,
 }
 
 /// What approving a pairing found.
@@ -188,6 +191,8 @@ pub enum PairingClaim {
         user: UserId,
         /// The device's name.
         device_name: String,
+        /// The primary device that approved it.
+        approver: DeviceId,
     },
     /// Not approved yet.
     Pending,
@@ -487,10 +492,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a pairing request (replacing one with the same code hash).
     async fn put_pairing(&self, pairing: PairingRecord) -> Result<(), StoreError>;
-    /// Approves the pending pairing whose code hashes to `code_hash` for `user`, if it has
-    /// not expired at `now_ms`; racing approvals: one wins, the others see
-    /// `AlreadyApproved`.
-    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, now_ms: u64) -> Result<PairingApproval, StoreError>;
+    /// Approves the pending pairing whose code hashes to `code_hash` for `user` (by its
+    /// primary `device`), if it has not expired at `now_ms`; racing approvals: one wins,
+    /// the others see `AlreadyApproved`.
+    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, device: DeviceId, now_ms: u64) -> Result<PairingApproval, StoreError>;
     /// The new device's claim: with the right claim secret (hash compared in constant
     /// time), an approved, unexpired pairing is deleted and returned once, even when
     /// claims race.

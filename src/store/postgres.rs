@@ -1099,23 +1099,23 @@ impl Store for PostgresStore {
     async fn put_pairing(&self, p: PairingRecord) -> Result<(), StoreError> {
         let (code, claim): (&[u8], &[u8]) = (&p.code_hash, &p.claim_hash);
         self.execute(
-            "INSERT INTO pairings (code_hash, claim_hash, device_name, expires_ms, approved_by) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO pairings (code_hash, claim_hash, device_name, expires_ms, approved_by, approved_device) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (code_hash) DO UPDATE SET claim_hash = EXCLUDED.claim_hash, device_name = EXCLUDED.device_name, \
-             expires_ms = EXCLUDED.expires_ms, approved_by = EXCLUDED.approved_by",
-            &[&code, &claim, &p.device_name, &int(p.expires_ms), &p.approved_by],
+             expires_ms = EXCLUDED.expires_ms, approved_by = EXCLUDED.approved_by, approved_device = EXCLUDED.approved_device",
+            &[&code, &claim, &p.device_name, &int(p.expires_ms), &p.approved_by, &p.approved_device],
         )
         .await
         .map(drop)
     }
 
-    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, now_ms: u64) -> Result<PairingApproval, StoreError> {
+    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, device: DeviceId, now_ms: u64) -> Result<PairingApproval, StoreError> {
         let code: &[u8] = &code_hash;
         // One statement decides (a racing approval finds approved_by set).
         let approved = self
             .query_opt(
-                "UPDATE pairings SET approved_by = $2 WHERE code_hash = $1 AND approved_by IS NULL AND expires_ms >= $3 \
+                "UPDATE pairings SET approved_by = $2, approved_device = $4 WHERE code_hash = $1 AND approved_by IS NULL AND expires_ms >= $3 \
                  RETURNING claim_hash, device_name, expires_ms",
-                &[&code, &user, &int(now_ms)],
+                &[&code, &user, &int(now_ms), &device],
             )
             .await?;
         if let Some(row) = approved {
@@ -1125,6 +1125,7 @@ impl Store for PostgresStore {
                 device_name: get(&row, "pairings", "device_name")?,
                 expires_ms: uint(get(&row, "pairings", "expires_ms")?),
                 approved_by: Some(user),
+                approved_device: Some(device),
             }));
         }
         let live = self.query_opt("SELECT 1 FROM pairings WHERE code_hash = $1 AND expires_ms >= $2", &[&code, &int(now_ms)]).await?;
@@ -1136,19 +1137,24 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         // The row lock makes racing claims take turns: the first deletes it.
-        let rows = Self::rows(&tx, "SELECT claim_hash, device_name, expires_ms, approved_by FROM pairings WHERE code_hash = $1 FOR UPDATE", &[&code])
-            .await?;
+        let rows = Self::rows(
+            &tx,
+            "SELECT claim_hash, device_name, expires_ms, approved_by, approved_device FROM pairings WHERE code_hash = $1 FOR UPDATE",
+            &[&code],
+        )
+        .await?;
         let outcome = match rows.first() {
             None => PairingClaim::Missing,
             Some(row) => {
                 let stored = hash32("pairings", get(row, "pairings", "claim_hash")?)?;
                 let expires = uint(get(row, "pairings", "expires_ms")?);
                 let approved: Option<UserId> = get(row, "pairings", "approved_by")?;
+                let approver: Option<DeviceId> = get(row, "pairings", "approved_device")?;
                 if expires < now_ms || !super::code_matches(&stored, &claim_hash) {
                     PairingClaim::Missing
-                } else if let Some(user) = approved {
+                } else if let (Some(user), Some(approver)) = (approved, approver) {
                     Self::run(&tx, "DELETE FROM pairings WHERE code_hash = $1", &[&code]).await?;
-                    PairingClaim::Claimed { user, device_name: get(row, "pairings", "device_name")? }
+                    PairingClaim::Claimed { user, device_name: get(row, "pairings", "device_name")?, approver }
                 } else {
                     PairingClaim::Pending
                 }

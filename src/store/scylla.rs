@@ -612,14 +612,25 @@ impl Statements {
             put_profile: prepare(s, "INSERT INTO profiles (user_id, profile) VALUES (?, ?)", Write).await?,
             put_pairing: prepare(
                 s,
-                "INSERT INTO pairings (code_hash, claim_hash, device_name, expires_ms, approved_by) VALUES (?, ?, ?, ?, ?) USING TTL ?",
+                "INSERT INTO pairings (code_hash, claim_hash, device_name, expires_ms, approved_by, approved_device) VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
                 Write,
             )
             .await?,
-            get_pairing: prepare(s, "SELECT claim_hash, device_name, expires_ms, approved_by FROM pairings WHERE code_hash = ?", SerialRead).await?,
-            // Compare-and-set: one of racing approvals wins; the cell lives as long as the row.
-            approve_pairing: prepare(s, "UPDATE pairings USING TTL ? SET approved_by = ? WHERE code_hash = ? IF approved_by = null", Conditional)
-                .await?,
+            get_pairing: prepare(
+                s,
+                "SELECT claim_hash, device_name, expires_ms, approved_by, approved_device FROM pairings WHERE code_hash = ?",
+                SerialRead,
+            )
+            .await?,
+            // Compare-and-set: one of racing approvals wins; the cells live as long as the
+            // row. The expiry in the condition also fails it on a row that is gone (its
+            // columns read as null), so no stub row is created.
+            approve_pairing: prepare(
+                s,
+                "UPDATE pairings USING TTL ? SET approved_by = ?, approved_device = ? WHERE code_hash = ? IF expires_ms >= ? AND approved_by = null",
+                Conditional,
+            )
+            .await?,
             consume_pairing: prepare(s, "DELETE FROM pairings WHERE code_hash = ? IF approved_by = ?", Conditional).await?,
             get_privacy: prepare(s, "SELECT settings FROM privacy WHERE user_id = ?", Read).await?,
             put_privacy: prepare(s, "INSERT INTO privacy (user_id, settings) VALUES (?, ?)", Write).await?,
@@ -878,15 +889,16 @@ impl ScyllaStore {
 
     /// A pairing row, read serially (it is changed only by compare-and-set).
     async fn pairing(&self, code_hash: [u8; 32]) -> Result<Option<PairingRecord>, StoreError> {
-        type Row = (Option<Vec<u8>>, Option<String>, Option<i64>, Option<UserId>);
+        type Row = (Option<Vec<u8>>, Option<String>, Option<i64>, Option<UserId>, Option<DeviceId>);
         let row: Option<Row> = self.first_row(&self.st.get_pairing, (code_hash.to_vec(),)).await?;
         match row {
-            Some((Some(claim), Some(device_name), Some(expires), approved_by)) => Ok(Some(PairingRecord {
+            Some((Some(claim), Some(device_name), Some(expires), approved_by, approved_device)) => Ok(Some(PairingRecord {
                 code_hash,
                 claim_hash: claim.try_into().map_err(|_| corrupt("pairings", "claim hash is not 32 bytes"))?,
                 device_name,
                 expires_ms: uint(expires),
                 approved_by,
+                approved_device,
             })),
             _ => Ok(None),
         }
@@ -1838,11 +1850,11 @@ impl Store for ScyllaStore {
 
     async fn put_pairing(&self, p: PairingRecord) -> Result<(), StoreError> {
         let ttl = pairing_ttl(p.expires_ms);
-        let values = (p.code_hash.to_vec(), p.claim_hash.to_vec(), p.device_name.as_str(), int(p.expires_ms), p.approved_by, ttl);
+        let values = (p.code_hash.to_vec(), p.claim_hash.to_vec(), p.device_name.as_str(), int(p.expires_ms), p.approved_by, p.approved_device, ttl);
         self.exec(&self.st.put_pairing, values).await.map(drop)
     }
 
-    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, now_ms: u64) -> Result<PairingApproval, StoreError> {
+    async fn approve_pairing(&self, code_hash: [u8; 32], user: UserId, device: DeviceId, now_ms: u64) -> Result<PairingApproval, StoreError> {
         let Some(mut record) = self.pairing(code_hash).await? else { return Ok(PairingApproval::Missing) };
         if record.expires_ms < now_ms {
             return Ok(PairingApproval::Missing);
@@ -1850,12 +1862,14 @@ impl Store for ScyllaStore {
         if record.approved_by.is_some() {
             return Ok(PairingApproval::AlreadyApproved);
         }
-        let applied = self.conditional(&self.st.approve_pairing, (pairing_ttl(record.expires_ms), user, code_hash.to_vec())).await?.applied;
+        let values = (pairing_ttl(record.expires_ms), user, device, code_hash.to_vec(), int(now_ms));
+        let applied = self.conditional(&self.st.approve_pairing, values).await?.applied;
         if !applied {
             // Another approval won, or the row expired in between.
             return Ok(if self.pairing(code_hash).await?.is_some() { PairingApproval::AlreadyApproved } else { PairingApproval::Missing });
         }
         record.approved_by = Some(user);
+        record.approved_device = Some(device);
         Ok(PairingApproval::Approved(record))
     }
 
@@ -1864,10 +1878,10 @@ impl Store for ScyllaStore {
         if record.expires_ms < now_ms || !super::code_matches(&record.claim_hash, &claim_hash) {
             return Ok(PairingClaim::Missing);
         }
-        let Some(user) = record.approved_by else { return Ok(PairingClaim::Pending) };
+        let (Some(user), Some(approver)) = (record.approved_by, record.approved_device) else { return Ok(PairingClaim::Pending) };
         // The conditional delete hands the pairing to exactly one of racing claims.
         if self.conditional(&self.st.consume_pairing, (code_hash.to_vec(), user)).await?.applied {
-            Ok(PairingClaim::Claimed { user, device_name: record.device_name })
+            Ok(PairingClaim::Claimed { user, device_name: record.device_name, approver })
         } else {
             Ok(PairingClaim::Missing)
         }

@@ -82,7 +82,8 @@ pub async fn privacy_changed(state: &mut SessionState, changed: UserId) -> Resul
         let frame = protocol::server(server_frame::Kind::PrivacyChanged(pb::PrivacyChanged {}));
         push(state, protocol::encode_server(&frame)).await?;
         announce(state, &peers, true).await;
-        // Their sessions drop the settings they cached of this user (read receipts).
+        // Their sessions reload their rules, dropping the settings they cached of this
+        // user (read receipts).
         state.ctx.router.deliver_to_users(&peers, None, || SessionRequest::PrivacyChanged(state.user));
     } else if peers.contains(&changed) {
         announce(state, &[changed], true).await;
