@@ -6,6 +6,7 @@
 // Run by tests/browser_web.rs, which sets the environment and then checks that the
 // server's stored bytes hold no plaintext canary sent from the browser.
 import { spawn, execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { env, run, screenshot, step } from './lib.mjs';
 
@@ -163,6 +164,42 @@ await run('web', async ({ browser, page: alice, problems }) => {
   await seen(alice, 'hello from the CLI');
   step('the browser decrypted the CLI\'s message');
   await screenshot(alice, 'web', '5-chat-with-cli');
+
+  // An image from the browser opens on the CLI side, byte for byte.
+  const png = Buffer.from(
+    await alice.evaluate(async () => {
+      const canvas = new OffscreenCanvas(160, 100);
+      const g = canvas.getContext('2d');
+      g.fillStyle = '#25d366';
+      g.fillRect(0, 0, 160, 100);
+      g.fillStyle = '#075e54';
+      g.fillRect(40, 20, 80, 60);
+      const bytes = new Uint8Array(await (await canvas.convertToBlob({ type: 'image/png' })).arrayBuffer());
+      return Array.from(bytes);
+    }),
+  );
+  await alice.setInputFiles('#attach', { name: 'browser-photo.png', mimeType: 'image/png', buffer: png });
+  await tick(alice, 'browser-photo.png', 'sent');
+  const outDir = join(WORK, 'downloads');
+  mkdirSync(outDir, { recursive: true });
+  const downloaded = cli('download', '--profile', carolProfile, '--with', aliceId, '--out', outDir);
+  const got = readFileSync(join(outDir, 'browser-photo.png'));
+  if (!got.equals(png)) throw new Error(`the CLI's download differs from the browser's image (${got.length} vs ${png.length} bytes): ${downloaded}`);
+  step(`the CLI downloaded and decrypted the browser's image: ${downloaded.trim()}`);
+
+  // And an image from the CLI opens in the browser.
+  const cliImage = join(WORK, 'cli-photo.png');
+  writeFileSync(cliImage, png);
+  cli('send-file', '--profile', carolProfile, '--to', aliceId, cliImage);
+  await seen(alice, 'cli-photo.png');
+  await alice.click('[data-testid=open-media][data-name="cli-photo.png"]');
+  await alice.waitForFunction(() => {
+    const img = document.querySelector('[data-testid=viewer-image]');
+    return img && img.complete && img.naturalWidth === 160;
+  }, null, { timeout: WAIT });
+  step('the browser downloaded, checked and decrypted the CLI\'s image (160 px wide)');
+  await screenshot(alice, 'web', '5b-image-from-cli');
+  await alice.click('[data-testid=viewer]');
 
   // A group of the three.
   await alice.fill('#new-group-subject', 'Team');

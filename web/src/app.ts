@@ -10,7 +10,12 @@ import type { Profile } from './net/api';
 import { Socket } from './net/socket';
 import type { LinkState, ServerKind } from './net/socket';
 import { Chats } from './state/chats';
-import type { ChatMessage } from './state/chats';
+import type { ChatMessage, MediaRef } from './state/chats';
+import type { RoomPlaintext } from './gen/e2ee_pb';
+import { MediaKeySchema } from './gen/e2ee_pb';
+import { create } from '@bufbuild/protobuf';
+import { open as openSealed, seal, thumbnail } from './media/attachment';
+import { download, upload } from './net/media';
 import { randomId, uuidBytes, uuidText } from './util/bytes';
 
 /** The signed-in client. */
@@ -60,7 +65,7 @@ export class App {
     // Sends that never got their SendAck go again, byte for byte (idempotent by client id).
     for (const o of this.chats.outbox.values()) {
       void this.socket
-        .send(o.clientMsgId, { case: 'send', value: { clientMsgId: o.clientMsgId, conversationId: uuidBytes(o.conversation), payload: o.payload } })
+        .send(o.clientMsgId, { case: 'send', value: { clientMsgId: o.clientMsgId, conversationId: uuidBytes(o.conversation), payload: o.payload, attachments: o.attachments ?? [] } })
         .then((answer) => this.onSendAck(answer))
         .catch(() => {});
     }
@@ -135,6 +140,7 @@ export class App {
     let text = '';
     let problem: string | undefined;
     let system = false;
+    let media: MediaRef | undefined;
     if (m.event) {
       system = true;
       const e = m.event.kind;
@@ -166,14 +172,18 @@ export class App {
       const opened = this.e2ee.decrypt(m);
       if (opened.ok) {
         const body = opened.plaintext.body;
-        text = body.case === 'text' ? body.value : body.case === 'media' ? `📎 ${body.value.name}` : '(unsupported content)';
+        text = body.case === 'text' ? body.value : body.case === 'media' ? body.value.name : '(unsupported content)';
+        if (body.case === 'media') {
+          const k = body.value;
+          media = { id: uuidText(k.mediaId), key: k.key, sha256: k.sha256, size: Number(k.size), name: k.name, mime: k.mime, thumbnail: k.thumbnail };
+        }
       } else {
         problem = opened.reason;
         text = opened.retryable ? 'Waiting for this message’s key…' : `Cannot decrypt: ${opened.reason}`;
         if (opened.retryable) this.waiting.push(m);
       }
     }
-    const message: ChatMessage = { conversation, seq, clientMsgId: m.clientMsgId, sender, mine, text, time: Number(m.serverTimeMs), status: mine ? 'sent' : 'read', problem, system };
+    const message: ChatMessage = { conversation, seq, clientMsgId: m.clientMsgId, sender, mine, text, time: Number(m.serverTimeMs), status: mine ? 'sent' : 'read', problem, system, media };
     await this.chats.put(message);
     await this.afterMessage(c.id, seq, m, !mine && !system, text);
   }
@@ -268,18 +278,42 @@ export class App {
 
   /** Encrypts and sends a text; ✓ on its SendAck. */
   async sendText(text: string): Promise<void> {
+    if (!text.trim()) return;
+    await this.sendBody({ case: 'text', value: text }, text);
+  }
+
+  /** Encrypts a file with a fresh key, uploads it, and sends its key in an encrypted message. */
+  async sendFile(file: File): Promise<void> {
+    const plain = new Uint8Array(await file.arrayBuffer());
+    const sealed = await seal(plain);
+    const id = await upload(this.profile.token, sealed.bytes, sealed.sha256);
+    const mime = file.type || 'application/octet-stream';
+    const media: MediaRef = { id, key: sealed.key, sha256: sealed.sha256, size: plain.length, name: file.name, mime, thumbnail: await thumbnail(file) };
+    const key = create(MediaKeySchema, { mediaId: uuidBytes(id), key: media.key, sha256: media.sha256, size: BigInt(media.size), name: media.name, mime, thumbnail: media.thumbnail });
+    await this.sendBody({ case: 'media', value: key }, file.name, media);
+  }
+
+  /** Downloads, checks and decrypts an attachment: a blob URL of the file. */
+  async openMedia(media: MediaRef): Promise<string> {
+    const bytes = await download(this.profile.token, media.id);
+    const plain = await openSealed(media.key, media.sha256, bytes);
+    return URL.createObjectURL(new Blob([plain as BlobPart], { type: media.mime }));
+  }
+
+  private async sendBody(body: RoomPlaintext['body'], text: string, media?: MediaRef): Promise<void> {
     const id = this.open;
-    if (!id || !text.trim()) return;
+    if (!id) return;
     const clientMsgId = randomId();
     // Typing ends with the send; the next keystroke starts it again at once.
     if (this.typingSent) this.socket.write({ case: 'typing', value: { conversationId: uuidBytes(id), active: false } });
     this.typingSent = 0;
-    const pending: ChatMessage = { conversation: id, seq: 0, clientMsgId, sender: this.profile.userId, mine: true, text, time: Date.now(), status: 'pending' };
+    const pending: ChatMessage = { conversation: id, seq: 0, clientMsgId, sender: this.profile.userId, mine: true, text, time: Date.now(), status: 'pending', media };
     await this.chats.put(pending);
     this.onChange();
-    const payload = await this.e2ee.encrypt(this.socket, id, await this.members(id), { case: 'text', value: text });
-    await this.chats.queue({ clientMsgId, conversation: id, payload });
-    const answer = await this.socket.send(clientMsgId, { case: 'send', value: { clientMsgId, conversationId: uuidBytes(id), payload } });
+    const payload = await this.e2ee.encrypt(this.socket, id, await this.members(id), body);
+    const attachments = media ? [uuidBytes(media.id)] : [];
+    await this.chats.queue({ clientMsgId, conversation: id, payload, attachments });
+    const answer = await this.socket.send(clientMsgId, { case: 'send', value: { clientMsgId, conversationId: uuidBytes(id), payload, attachments } });
     await this.onSendAck(answer, text);
   }
 

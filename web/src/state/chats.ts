@@ -21,6 +21,19 @@ export interface ChatMessage {
   /** Why it is not readable (yet), when it is not. */
   problem?: string;
   system?: boolean;
+  /** An attachment: where it is and how to open it (from the encrypted message). */
+  media?: MediaRef;
+}
+
+/** An encrypted attachment's id and secrets, as its message carried them. */
+export interface MediaRef {
+  id: string;
+  key: Uint8Array;
+  sha256: Uint8Array;
+  size: number;
+  name: string;
+  mime: string;
+  thumbnail: Uint8Array;
 }
 
 export interface Conversation {
@@ -44,6 +57,7 @@ export interface Outgoing {
   clientMsgId: string;
   conversation: string;
   payload: Uint8Array;
+  attachments?: Uint8Array[];
 }
 
 const pad = (n: number) => String(n).padStart(12, '0');

@@ -24,7 +24,9 @@ export function mainView(root: HTMLElement, app: App): () => void {
   const header = h('header', { class: 'chat-header' });
   const messages = h('ol', { class: 'messages', 'data-testid': 'messages' });
   const composer = h('input', { id: 'composer', placeholder: 'Message', autocomplete: 'off' });
-  const form = h('form', { class: 'composer' }, composer, h('button', { id: 'send', type: 'submit' }, 'Send'));
+  const attach = h('input', { id: 'attach', type: 'file', 'aria-label': 'Attach a file' });
+  const form = h('form', { class: 'composer' }, h('label', { class: 'attach', title: 'Attach a file' }, 'Attach', attach), composer, h('button', { id: 'send', type: 'submit' }, 'Send'));
+  const viewer = h('div', { class: 'viewer', hidden: true, 'data-testid': 'viewer', onclick: () => (viewer.hidden = true) });
   const chat = h('section', { class: 'chat', 'data-testid': 'chat' }, header, messages, form);
   const problem = h('p', { class: 'status', role: 'status' });
   const side = h(
@@ -36,7 +38,7 @@ export function mainView(root: HTMLElement, app: App): () => void {
     problem,
     list,
   );
-  replace(root, h('div', { class: 'layout' }, side, chat));
+  replace(root, h('div', { class: 'layout' }, side, chat), viewer);
 
   function fail(error: unknown): void {
     problem.textContent = String((error as Error).message ?? error);
@@ -57,12 +59,38 @@ export function mainView(root: HTMLElement, app: App): () => void {
     app.sendText(text).catch(fail);
   });
   composer.addEventListener('input', () => app.typingNow());
+  attach.addEventListener('change', () => {
+    const file = attach.files?.[0];
+    attach.value = '';
+    if (file) app.sendFile(file).catch(fail);
+  });
+  const thumbs = new Map<string, string>();
+  function thumb(m: ChatMessage): string | null {
+    if (!m.media?.thumbnail.length) return null;
+    let url = thumbs.get(m.media.id);
+    if (!url) {
+      url = URL.createObjectURL(new Blob([m.media.thumbnail as BlobPart], { type: 'image/jpeg' }));
+      thumbs.set(m.media.id, url);
+    }
+    return url;
+  }
+  function openMedia(m: ChatMessage): void {
+    const media = m.media;
+    if (!media) return;
+    app.openMedia(media).then((url) => {
+      const shown = media.mime.startsWith('image/')
+        ? h('img', { src: url, alt: media.name, 'data-testid': 'viewer-image', 'data-name': media.name })
+        : h('a', { href: url, download: media.name, 'data-testid': 'viewer-file' }, `Save ${media.name}`);
+      replace(viewer, h('figure', {}, shown, h('figcaption', {}, `${media.name} · ${media.size} bytes`)));
+      viewer.hidden = false;
+    }, fail);
+  }
 
   function row(c: Conversation): HTMLElement {
     return h(
       'li',
       { class: c.id === app.open ? 'conversation open' : 'conversation', 'data-conversation': c.id, 'data-unread': c.unread, onclick: () => void app.select(c.id) },
-      h('span', { class: 'title' }, c.kind === 'group' ? `👥 ${c.title}` : c.title),
+      h('span', { class: 'title' }, c.kind === 'group' ? h('span', { class: 'badge' }, 'group') : null, c.title),
       h('span', { class: 'last' }, c.lastText),
       c.unread ? h('span', { class: 'unread', 'data-testid': 'unread' }, String(c.unread)) : null,
     );
@@ -73,6 +101,7 @@ export function mainView(root: HTMLElement, app: App): () => void {
     return h(
       'li',
       { class: m.mine ? 'message mine' : 'message', 'data-seq': m.seq, 'data-status': m.mine ? m.status : undefined, 'data-problem': m.problem },
+      m.media ? h('button', { class: 'media', type: 'button', 'data-testid': 'open-media', 'data-name': m.media.name, onclick: () => openMedia(m) }, thumb(m) ? h('img', { src: thumb(m), alt: 'preview' }) : h('span', { class: 'badge' }, 'file')) : null,
       h('span', { class: 'text' }, m.text),
       h('span', { class: 'meta' }, time(m.time), m.mine ? h('span', { class: `tick ${m.status}`, 'data-testid': 'tick' }, TICKS[m.status]) : null),
     );
