@@ -117,9 +117,17 @@ async fn browsers_and_the_cli_chat_encrypted_with_ticks_typing_groups_and_catch_
         server.log()
     );
     assert!(report.contains("web client test passed"), "the script did not finish:\n{report}");
-    for screen in
-        ["1-signup", "2-sent-tick", "3-conversation-list-unread", "4-typing", "5-chat-with-cli", "5b-image-from-cli", "6-group-chat", "7-caught-up", "8-conversation-list"]
-    {
+    for screen in [
+        "1-signup",
+        "2-sent-tick",
+        "3-conversation-list-unread",
+        "4-typing",
+        "5-chat-with-cli",
+        "5b-image-from-cli",
+        "6-group-chat",
+        "7-caught-up",
+        "8-conversation-list",
+    ] {
         let shot = artifacts.join(format!("web-{screen}.png"));
         assert!(shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot {}", shot.display());
     }

@@ -42,6 +42,9 @@ export class App {
     const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`;
     this.socket = new Socket(url, this.profile.token, {
       onFrame: (kind) => this.onFrame(kind),
+      peek: (kind) => {
+        if (kind.case === 'toDevice') this.e2ee.prefetch(this.socket, uuidText(kind.value.senderUserId));
+      },
       onWelcome: () => this.onWelcome(),
       onState: (state) => {
         this.link = state;
@@ -136,7 +139,8 @@ export class App {
     const c = await this.chats.ensure(conversation, mine ? {} : { peer: sender, title: sender.slice(0, 8) });
     // Acknowledge (✓✓ for the sender) even a repeat: its earlier ack may have been lost.
     this.socket.write({ case: 'ack', value: { conversationId: m.conversationId, seq: m.seq } });
-    if (this.chats.has(conversation, seq) && !this.chats.get(conversation, seq)?.problem) return;
+    const known = this.chats.has(conversation, seq);
+    if (known && !this.chats.get(conversation, seq)?.problem) return;
     let text = '';
     let problem: string | undefined;
     let system = false;
@@ -165,7 +169,7 @@ export class App {
         }
         text = '';
       } else text = e.case ?? 'event';
-      if (!text) return this.afterMessage(c.id, seq, m, false);
+      if (!text) return this.afterMessage(c.id, seq, m, false, known);
     } else if (m.deleted) {
       text = 'This message was deleted';
     } else {
@@ -185,17 +189,18 @@ export class App {
     }
     const message: ChatMessage = { conversation, seq, clientMsgId: m.clientMsgId, sender, mine, text, time: Number(m.serverTimeMs), status: mine ? 'sent' : 'read', problem, system, media };
     await this.chats.put(message);
-    await this.afterMessage(c.id, seq, m, !mine && !system, text);
+    await this.afterMessage(c.id, seq, m, !mine && !system, known, text);
   }
 
-  private async afterMessage(conversation: string, seq: number, m: Message, incoming: boolean, text?: string): Promise<void> {
+  /** List bookkeeping of a stored message; `known` when it was stored before (a retried decryption). */
+  private async afterMessage(conversation: string, seq: number, m: Message, incoming: boolean, known: boolean, text?: string): Promise<void> {
     const c = await this.chats.ensure(conversation);
-    if (seq > c.lastSeq) {
+    if (seq >= c.lastSeq) {
       c.lastSeq = seq;
       if (text) c.lastText = text;
       c.updated = Number(m.serverTimeMs) || Date.now();
     }
-    if (incoming && seq > c.readSeq) {
+    if (incoming && !known && seq > c.readSeq) {
       if (this.open === conversation && !document.hidden) {
         c.readSeq = seq;
         this.socket.write({ case: 'read', value: { conversationId: m.conversationId, seq: m.seq } });

@@ -17,7 +17,16 @@ async function boot(): Promise<void> {
   }
   const app = new App(profile);
   const render = mainView(root, app);
-  app.onChange = render;
+  // Many frames arrive in a burst (catch-up): render at most every 50 ms.
+  let scheduled = false;
+  app.onChange = () => {
+    if (scheduled) return;
+    scheduled = true;
+    setTimeout(() => {
+      scheduled = false;
+      render();
+    }, 50);
+  };
   await app.start();
   render();
   if (typeof Notification !== 'undefined' && Notification.permission === 'default') document.addEventListener('click', () => void Notification.requestPermission(), { once: true });

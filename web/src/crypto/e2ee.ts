@@ -58,6 +58,10 @@ export class E2ee {
   private devices = new Map<string, Map<string, DeviceKeys>>();
   private seenIndices = new Map<string, string>();
   private position = 0n;
+  private acked = 0n;
+  private ackTimer: ReturnType<typeof setTimeout> | null = null;
+  private wanted = new Set<string>();
+  private prefetching: Promise<void> | null = null;
   private pickleKey = '';
 
   private constructor(
@@ -152,20 +156,45 @@ export class E2ee {
     await this.upload(socket, Math.min(count, 50), false);
   }
 
+  /**
+   * Lists the devices of the senders of to-device messages that have arrived but wait
+   * their turn: one query for many senders instead of one each (catch-up after an
+   * absence brings a room key from every peer that wrote meanwhile).
+   */
+  prefetch(socket: Socket, user: string): void {
+    if (this.devices.has(user)) return;
+    this.wanted.add(user);
+    if (this.prefetching) return;
+    this.prefetching = new Promise<void>((resolve) => setTimeout(resolve, 20))
+      .then(() => {
+        const users = [...this.wanted].slice(0, 256);
+        users.forEach((u) => this.wanted.delete(u));
+        return this.refresh(socket, users);
+      })
+      .catch(() => {})
+      .finally(() => {
+        this.prefetching = null;
+        if (this.wanted.size) this.prefetch(socket, [...this.wanted][0]);
+      });
+  }
+
   /** Queries device lists, keeping only devices whose identity signature checks. */
   async refresh(socket: Socket, users: string[]): Promise<void> {
-    for (const user of users) {
-      let answer;
-      try {
-        answer = await socket.request((requestId) => ({ case: 'queryDevices', value: { requestId, userIds: [uuidBytes(user)] } }));
-      } catch (error) {
-        if (error instanceof Rejected && error.code === ErrorCode.NO_SHARED_CONVERSATION) {
-          this.devices.delete(user);
-          continue;
-        }
-        throw error;
+    if (users.length === 0) return;
+    let answer;
+    try {
+      answer = await socket.request((requestId) => ({ case: 'queryDevices', value: { requestId, userIds: users.map(uuidBytes) } }));
+    } catch (error) {
+      // One user out of reach refuses the whole query: ask one by one.
+      if (error instanceof Rejected && error.code === ErrorCode.NO_SHARED_CONVERSATION) {
+        if (users.length === 1) this.devices.delete(users[0]);
+        else for (const user of users) await this.refresh(socket, [user]);
+        return;
       }
-      if (answer.case !== 'deviceList') continue;
+      throw error;
+    }
+    if (answer.case !== 'deviceList') return;
+    {
       for (const listed of answer.value.users) {
         const u = uuidText(listed.userId);
         const map = new Map<string, DeviceKeys>();
@@ -182,6 +211,7 @@ export class E2ee {
   }
 
   private async deviceKeys(socket: Socket, user: string, device: string): Promise<DeviceKeys | undefined> {
+    while (this.prefetching && !this.devices.get(user)?.has(device)) await this.prefetching;
     if (!this.devices.get(user)?.has(device)) await this.refresh(socket, [user]);
     return this.devices.get(user)?.get(device);
   }
@@ -363,7 +393,7 @@ export class E2ee {
    */
   async onToDevice(socket: Socket, td: ToDeviceMessage): Promise<boolean> {
     if (td.position <= this.position) {
-      socket.write({ case: 'ackToDevice', value: { upTo: td.position } });
+      this.ack(socket, td.position);
       return false;
     }
     let added = false;
@@ -375,8 +405,17 @@ export class E2ee {
     }
     this.position = td.position;
     await db.put('e2ee:to-device-position', td.position.toString());
-    socket.write({ case: 'ackToDevice', value: { upTo: td.position } });
+    this.ack(socket, td.position);
     return added;
+  }
+
+  /** Acknowledges to-device entries up to `position`: one frame per burst (acks are cumulative). */
+  private ack(socket: Socket, position: bigint): void {
+    if (position > this.acked) this.acked = position;
+    this.ackTimer ??= setTimeout(() => {
+      this.ackTimer = null;
+      socket.write({ case: 'ackToDevice', value: { upTo: this.acked } });
+    }, 50);
   }
 
   private async openToDevice(socket: Socket, td: ToDeviceMessage): Promise<boolean> {

@@ -36,6 +36,8 @@ export type LinkState = 'connecting' | 'online' | 'offline';
 export interface SocketHooks {
   /** Every frame that is not an answer, in order; the next waits for this one. */
   onFrame(kind: ServerKind): Promise<void>;
+  /** Sees each such frame as it arrives, before it waits its turn (for prefetching). */
+  peek(kind: ServerKind): void;
   /** After each Welcome (before catch-up frames are handled). */
   onWelcome(): Promise<void>;
   onState(state: LinkState): void;
@@ -197,6 +199,7 @@ export class Socket {
           if (id !== undefined) return this.answer(`req:${id}`, kind);
         }
     }
+    this.hooks.peek(kind);
     this.enqueue(() => this.hooks.onFrame(kind));
   }
 
