@@ -194,19 +194,17 @@ export class E2ee {
       throw error;
     }
     if (answer.case !== 'deviceList') return;
-    {
-      for (const listed of answer.value.users) {
-        const u = uuidText(listed.userId);
-        const map = new Map<string, DeviceKeys>();
-        for (const d of listed.devices) {
-          const id = d.identity;
-          if (!id || id.curve25519.length !== 32 || id.ed25519.length !== 32) continue;
-          const device = uuidText(d.deviceId);
-          if (!verify(id.ed25519, identitySignedBytes(u, device, id.curve25519, id.ed25519), id.signature)) continue;
-          map.set(device, { curve: id.curve25519, ed: id.ed25519 });
-        }
-        this.devices.set(u, map);
+    for (const listed of answer.value.users) {
+      const u = uuidText(listed.userId);
+      const map = new Map<string, DeviceKeys>();
+      for (const d of listed.devices) {
+        const id = d.identity;
+        if (!id || id.curve25519.length !== 32 || id.ed25519.length !== 32) continue;
+        const device = uuidText(d.deviceId);
+        if (!verify(id.ed25519, identitySignedBytes(u, device, id.curve25519, id.ed25519), id.signature)) continue;
+        map.set(device, { curve: id.curve25519, ed: id.ed25519 });
       }
+      this.devices.set(u, map);
     }
   }
 
