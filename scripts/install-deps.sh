@@ -4,7 +4,8 @@
 # servers, (scripts/install-python-deps.sh) moto's S3-compatible server and the tuspy
 # tus client for the media tests, and schemathesis for the API test (each in a virtual
 # environment), and for the browser tests (tests/browser/) the distribution's Chromium and
-# the npm packages of tests/browser (playwright-core, which never downloads a browser).
+# the npm packages of tests/browser (playwright-core, which never downloads a browser)
+# and of web/ (the web client's build toolchain).
 # Does nothing when they are already there. On Debian/Ubuntu as root it installs the
 # distribution's packages; elsewhere it says what to install.
 set -euo pipefail
@@ -67,16 +68,23 @@ have_node() {
     [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -ge 20 ]
 }
 
-# npm ci in tests/browser, only when node_modules is missing or older than the lockfile
-# (npm keeps its own copy of the lockfile in node_modules/.package-lock.json).
-install_browser_packages() {
+# npm ci in a folder of the repository (tests/browser: playwright-core; web/: the web
+# client's toolchain, Vite, TypeScript, buf and protoc-gen-es), only when node_modules is
+# missing or older than the lockfile (npm keeps its own copy of the lockfile in
+# node_modules/.package-lock.json).
+install_npm_packages() {
   local dir
-  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
+  dir="$(cd "$(dirname "$0")/.." && pwd)/$1"
   if [ -f "$dir/node_modules/.package-lock.json" ] && ! [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
     return 0
   fi
-  echo "installing the browser tests' npm packages in tests/browser (npm ci)"
+  echo "installing the npm packages of $1 (npm ci)"
   (cd "$dir" && npm ci --no-audit --no-fund)
+}
+
+install_browser_packages() {
+  install_npm_packages tests/browser
+  install_npm_packages web
 }
 
 missing=()

@@ -14,6 +14,9 @@ echo "== cargo fmt --check =="
 cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings =="
 cargo clippy --all-targets --locked -- -D warnings
+# The committed web client bundle (web/dist) must be what its sources build to.
+echo "== web client: npm ci && npm run build in a temp copy equals web/dist =="
+scripts/check-web-build.sh
 cargo build --all-targets --locked
 # Everything, on the embedded store; the store conformance suite runs on every backend.
 if [ -z "${SCYLLA_URI:-}" ]; then
@@ -24,7 +27,7 @@ cargo nextest run --locked --no-fail-fast "$@"
 # (the cluster tests always run on PostgreSQL: a cluster needs a shared store).
 echo "== integration suite against PostgreSQL =="
 SWITCHBOARD_TEST_STORE=postgres cargo nextest run --locked --no-fail-fast \
-  -E 'kind(test) and not binary(store_conformance) and not binary(protocol_props) and not binary(scylla_errors) and not binary(cluster) and not binary(tls) and not binary(openapi) and not binary(nemesis) and not binary(fuzz_regressions) and not binary(browser_console) and not binary(dashboard)' "$@"
+  -E 'kind(test) and not binary(store_conformance) and not binary(protocol_props) and not binary(scylla_errors) and not binary(cluster) and not binary(tls) and not binary(openapi) and not binary(nemesis) and not binary(fuzz_regressions) and not binary(browser_console) and not binary(browser_web) and not binary(browser_web_load) and not binary(dashboard)' "$@"
 # Benches are built (not run) so they cannot rot: in the dev profile, reusing the build
 # above (an optimised build of everything would double CI time for the same check).
 cargo build --benches --profile dev --locked

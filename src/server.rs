@@ -220,6 +220,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .app_data(media_state.clone())
             .configure(media_http::routes)
             .configure(api::routes)
+            .configure(crate::http::web_app::routes)
     })
     .workers(workers)
     .disable_signals()

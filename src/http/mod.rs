@@ -1,6 +1,6 @@
 //! HTTP surfaces: the public API (accounts, devices, contact discovery, privacy and
 //! blocks, history, health, metrics, the WebSocket upgrade, the key directory's mirrors) and the admin API on its own listener behind a token,
-//! with the SRE console (static files) beside it.
+//! with the SRE console (static files) beside it; the web client at `/app/` (`web_app`).
 
 pub mod admin;
 pub mod api;
@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod pairing;
 pub mod privacy;
 pub mod profiles;
+pub mod web_app;
 
 use actix_web::HttpRequest;
 

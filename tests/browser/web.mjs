@@ -1,0 +1,252 @@
+// The web client end to end: two browser contexts (Alice, Bob) sign up in the app served
+// at /app/, chat 1:1 encrypted (✓ sent while Bob is offline, ✓✓ when he comes back, blue
+// ✓✓ when he reads, typing both ways), a Rust CLI client (Carol, `switchboard client`)
+// and a browser exchange encrypted messages both ways, a group of the three, and Bob's
+// browser goes offline and back and catches up without gaps or duplicates.
+// Run by tests/browser_web.rs, which sets the environment and then checks that the
+// server's stored bytes hold no plaintext canary sent from the browser.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { env, run, screenshot, step } from './lib.mjs';
+
+const APP = env('SWITCHBOARD_APP_URL');
+const SERVER = env('SWITCHBOARD_SERVER');
+const BIN = env('SWITCHBOARD_BIN');
+const WORK = env('SWITCHBOARD_WORK_DIR');
+const CANARY = env('SWITCHBOARD_CANARY');
+const WAIT = 20_000;
+
+/** Runs the CLI to the end; its stdout. */
+function cli(...args) {
+  return execFileSync(BIN, ['client', ...args], { encoding: 'utf8', timeout: 60_000 });
+}
+
+/** Starts `client watch`; resolves when a line matching `pattern` appears, then stops it. */
+function watchFor(profile, pattern, what) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(BIN, ['client', 'watch', '--profile', profile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const timer = setTimeout(() => {
+      child.kill();
+      reject(new Error(`the CLI never showed ${what}; it printed:\n${out}`));
+    }, WAIT);
+    const check = (chunk) => {
+      out += chunk;
+      if (pattern.test(out)) {
+        clearTimeout(timer);
+        // Give the read receipt a moment to leave before stopping.
+        setTimeout(() => {
+          child.kill();
+          resolve(out);
+        }, 500);
+      }
+    };
+    child.stdout.on('data', check);
+    child.stderr.on('data', (c) => (out += c));
+  });
+}
+
+let phoneCounter = 0;
+function phone() {
+  phoneCounter += 1;
+  return `+1415555${String(Date.now() % 1000).padStart(3, '0')}${phoneCounter}`;
+}
+
+/** Signs up in the app; returns the user id. */
+async function signUp(page, name) {
+  await page.goto(APP);
+  await page.waitForSelector('[data-testid=signup]');
+  if (name === 'alice') await screenshot(page, 'web', '1-signup');
+  await page.fill('#phone', phone());
+  await page.click('#send-code');
+  await page.waitForFunction(() => document.querySelector('#code')?.value.length >= 4, null, { timeout: WAIT });
+  await page.click('#verify');
+  await page.waitForSelector('[data-testid=link][data-state=online]', { timeout: WAIT });
+  const id = await page.getAttribute('[data-testid=me]', 'data-user-id');
+  step(`${name} signed up in the browser as ${id}`);
+  return id;
+}
+
+async function send(page, text) {
+  await page.fill('#composer', text);
+  await page.click('#send');
+}
+
+/** Waits until the open chat shows a message with this text. */
+async function seen(page, text) {
+  await page.waitForFunction((t) => [...document.querySelectorAll('[data-testid=messages] .text')].some((e) => e.textContent === t), text, { timeout: WAIT });
+}
+
+/** Waits until my message with this text has this tick state. */
+async function tick(page, text, status) {
+  await page.waitForFunction(
+    ([t, s]) => [...document.querySelectorAll('[data-testid=messages] .message.mine')].some((e) => e.querySelector('.text')?.textContent === t && e.dataset.status === s),
+    [text, status],
+    { timeout: WAIT },
+  );
+}
+
+async function openConversation(page, id) {
+  await page.click(`[data-conversation="${id}"]`);
+  await page.waitForSelector('[data-testid=chat]:not([hidden])');
+}
+
+await run('web', async ({ browser, page: alice, problems }) => {
+  // Carol: the Rust CLI client.
+  const carolProfile = join(WORK, 'carol.json');
+  const carolPhone = phone();
+  const code = cli('register', '--server', SERVER, '--phone', carolPhone).match(/(\d{6})/)?.[1];
+  if (!code) throw new Error('no dev code from the CLI');
+  cli('verify', '--server', SERVER, '--phone', carolPhone, '--code', code, '--profile', carolProfile);
+  const carol = cli('whoami', '--profile', carolProfile).match(/user ([0-9a-f-]{36})/)[1];
+  step(`carol registered with the CLI as ${carol}`);
+
+  const bobContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const bob = await bobContext.newPage();
+  bob.on('pageerror', (error) => problems.push(`bob page error: ${error.message}`));
+
+  const aliceId = await signUp(alice, 'alice');
+  const bobId = await signUp(bob, 'bob');
+
+  // 1:1 while Bob is offline: ✓ only.
+  await bobContext.setOffline(true);
+  await bob.waitForSelector('[data-testid=link][data-state=offline]', { timeout: WAIT });
+  await alice.fill('#new-chat-user', bobId);
+  await alice.click('#start-chat');
+  await alice.waitForSelector('[data-testid=chat]:not([hidden])');
+  const first = `hello bob ${CANARY}`;
+  await send(alice, first);
+  await tick(alice, first, 'sent');
+  step('✓ sent while the recipient is offline');
+  await screenshot(alice, 'web', '2-sent-tick');
+
+  // Bob comes back: ✓✓ delivered, an unread count in his list.
+  await bobContext.setOffline(false);
+  await bob.waitForSelector('[data-testid=link][data-state=online]', { timeout: WAIT });
+  await tick(alice, first, 'delivered');
+  step('✓✓ delivered after the recipient reconnected');
+  const conversation = await alice.getAttribute('.conversation.open', 'data-conversation');
+  await bob.waitForSelector(`[data-conversation="${conversation}"] [data-testid=unread]`, { timeout: WAIT });
+  await screenshot(bob, 'web', '3-conversation-list-unread');
+  step('the conversation list shows the unread count');
+
+  // Bob reads: blue ✓✓; the text decrypted in his browser.
+  await openConversation(bob, conversation);
+  await seen(bob, first);
+  await tick(alice, first, 'read');
+  step('blue ✓✓ once read; decrypted in the other browser');
+
+  // Typing, both ways.
+  await bob.fill('#composer', 'typ');
+  await bob.type('#composer', 'ing');
+  await alice.waitForFunction(() => document.querySelector('[data-testid=subtitle]')?.textContent === 'typing…', null, { timeout: WAIT });
+  step('alice sees bob typing');
+  await screenshot(alice, 'web', '4-typing');
+  await send(bob, 'hi alice');
+  await seen(alice, 'hi alice');
+  await alice.type('#composer', 'x');
+  await bob.waitForFunction(() => document.querySelector('[data-testid=subtitle]')?.textContent === 'typing…', null, { timeout: WAIT });
+  await alice.fill('#composer', '');
+  step('bob sees alice typing; his reply decrypted');
+
+  // Browser ⇄ CLI, encrypted both ways.
+  await alice.fill('#new-chat-user', carol);
+  await alice.click('#start-chat');
+  const toCarol = `hello carol ${CANARY}`;
+  await send(alice, toCarol);
+  await tick(alice, toCarol, 'sent');
+  const watched = await watchFor(carolProfile, new RegExp(`from ${aliceId}[^:\n]*: ${toCarol}`), 'the browser\'s message');
+  step(`the CLI decrypted the browser's message: ${watched.trim().split('\n').find((l) => l.includes('hello carol'))}`);
+  await tick(alice, toCarol, 'read');
+  step('the CLI read it: blue ✓✓ in the browser');
+  cli('send', '--profile', carolProfile, '--to', aliceId, 'hello from the CLI');
+  await seen(alice, 'hello from the CLI');
+  step('the browser decrypted the CLI\'s message');
+  await screenshot(alice, 'web', '5-chat-with-cli');
+
+  // An image from the browser opens on the CLI side, byte for byte.
+  const png = Buffer.from(
+    await alice.evaluate(async () => {
+      const canvas = new OffscreenCanvas(160, 100);
+      const g = canvas.getContext('2d');
+      g.fillStyle = '#25d366';
+      g.fillRect(0, 0, 160, 100);
+      g.fillStyle = '#075e54';
+      g.fillRect(40, 20, 80, 60);
+      const bytes = new Uint8Array(await (await canvas.convertToBlob({ type: 'image/png' })).arrayBuffer());
+      return Array.from(bytes);
+    }),
+  );
+  await alice.setInputFiles('#attach', { name: 'browser-photo.png', mimeType: 'image/png', buffer: png });
+  await tick(alice, 'browser-photo.png', 'sent');
+  const outDir = join(WORK, 'downloads');
+  mkdirSync(outDir, { recursive: true });
+  const downloaded = cli('download', '--profile', carolProfile, '--with', aliceId, '--out', outDir);
+  const got = readFileSync(join(outDir, 'browser-photo.png'));
+  if (!got.equals(png)) throw new Error(`the CLI's download differs from the browser's image (${got.length} vs ${png.length} bytes): ${downloaded}`);
+  step(`the CLI downloaded and decrypted the browser's image: ${downloaded.trim()}`);
+
+  // And an image from the CLI opens in the browser.
+  const cliImage = join(WORK, 'cli-photo.png');
+  writeFileSync(cliImage, png);
+  cli('send-file', '--profile', carolProfile, '--to', aliceId, cliImage);
+  await seen(alice, 'cli-photo.png');
+  await alice.click('[data-testid=open-media][data-name="cli-photo.png"]');
+  await alice.waitForFunction(() => {
+    const img = document.querySelector('[data-testid=viewer-image]');
+    return img && img.complete && img.naturalWidth === 160;
+  }, null, { timeout: WAIT });
+  step('the browser downloaded, checked and decrypted the CLI\'s image (160 px wide)');
+  await screenshot(alice, 'web', '5b-image-from-cli');
+  await alice.click('[data-testid=viewer]');
+
+  // A group of the three.
+  await alice.fill('#new-group-subject', 'Team');
+  await alice.fill('#new-group-members', `${bobId}, ${carol}`);
+  await alice.click('#create-group');
+  await alice.waitForFunction(() => document.querySelector('[data-testid=chat-title]')?.textContent === 'Team', null, { timeout: WAIT });
+  const group = await alice.getAttribute('.conversation.open', 'data-conversation');
+  const toGroup = `group hello ${CANARY}`;
+  await send(alice, toGroup);
+  await tick(alice, toGroup, 'sent');
+  await bob.waitForSelector(`[data-conversation="${group}"]`, { timeout: WAIT });
+  await openConversation(bob, group);
+  await seen(bob, toGroup);
+  await watchFor(carolProfile, new RegExp(`from ${aliceId}[^:\n]*: ${toGroup}`), 'the group message');
+  await tick(alice, toGroup, 'read');
+  step('group: both members decrypted it (browser and CLI); blue ✓✓ once all read');
+  await send(bob, 'group reply from bob');
+  await seen(alice, 'group reply from bob');
+  await screenshot(alice, 'web', '6-group-chat');
+
+  // Offline and back: everything once, in order.
+  await openConversation(bob, conversation);
+  await bobContext.setOffline(true);
+  await bob.waitForSelector('[data-testid=link][data-state=offline]', { timeout: WAIT });
+  await openConversation(alice, conversation);
+  for (let i = 1; i <= 5; i++) {
+    await send(alice, `while you were away ${i}`);
+    await tick(alice, `while you were away ${i}`, 'sent');
+  }
+  await bobContext.setOffline(false);
+  await seen(bob, 'while you were away 5');
+  const seqs = await bob.$$eval('[data-testid=messages] .message', (els) => els.map((e) => [Number(e.dataset.seq), e.querySelector('.text').textContent]));
+  const numbers = seqs.map(([s]) => s);
+  const unique = new Set(numbers);
+  if (unique.size !== numbers.length) throw new Error(`duplicates after the reconnect: ${JSON.stringify(seqs)}`);
+  for (let i = 1; i < numbers.length; i++) if (numbers[i] !== numbers[i - 1] + 1) throw new Error(`a gap after the reconnect: ${JSON.stringify(seqs)}`);
+  for (let i = 1; i <= 5; i++) if (!seqs.some(([, t]) => t === `while you were away ${i}`)) throw new Error(`message ${i} missing after the reconnect`);
+  step(`after the reconnect bob has seqs ${numbers.join(',')}: no gap, no duplicate`);
+  await screenshot(bob, 'web', '7-caught-up');
+
+  // A reload keeps everything (IndexedDB) and shows the list.
+  await bob.reload();
+  await bob.waitForSelector('[data-testid=link][data-state=online]', { timeout: WAIT });
+  await bob.waitForSelector(`[data-conversation="${conversation}"]`);
+  await bob.waitForSelector(`[data-conversation="${group}"]`);
+  step('a reload restores the conversations from IndexedDB');
+  await screenshot(bob, 'web', '8-conversation-list');
+  await bobContext.close();
+});
+console.log('web client test passed');

@@ -1,0 +1,142 @@
+//! The web client end to end in headless Chromium: a private server (which serves the app
+//! at `/app/` from the binary), then `node tests/browser/web.mjs` (playwright-core driving
+//! the distribution's Chromium) signs up two browser users, chats 1:1 and in a group with
+//! a Rust CLI client (`switchboard client`), encrypted both ways, and checks the three
+//! ticks, typing, and a reconnection without gaps or duplicates. Afterwards every byte the
+//! server stored is searched for a canary the browser sent: it must not be there.
+//! Screenshots of the main screens land in `target/browser-artifacts/web-*.png`.
+//!
+//! Chromium (Debian's `chromium`) and the script's npm dependencies come from
+//! `scripts/install-deps.sh`; without them this test fails and says so (it never skips).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+
+/// The browser test folder (an npm package of its own).
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Chromium, node and playwright-core, or a failure that says how to get them.
+fn require_tools() -> (String, String) {
+    let chromium = std::env::var("SWITCHBOARD_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).is_file(),
+        "{chromium} not found: run scripts/install-deps.sh (installs Debian's chromium), or set SWITCHBOARD_CHROMIUM"
+    );
+    assert!(
+        browser_dir().join("node_modules/playwright-core/package.json").is_file(),
+        "tests/browser/node_modules is missing: run scripts/install-deps.sh (runs npm ci in tests/browser)"
+    );
+    let node = std::env::var("SWITCHBOARD_NODE").unwrap_or_else(|_| "node".into());
+    let version = Command::new(&node).arg("--version").output();
+    assert!(version.is_ok_and(|o| o.status.success()), "`{node} --version` failed: install Node.js 20 or later (or set SWITCHBOARD_NODE)");
+    (chromium, node)
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_and_the_cli_chat_encrypted_with_ticks_typing_groups_and_catch_up() {
+    let (chromium, node) = require_tools();
+    let server = TestServer::start();
+    let work = tempfile::tempdir().expect("work dir");
+    let canary = format!("canary-{}", uuid::Uuid::new_v4().simple());
+
+    // The app is served from the binary, with its content types and CSP.
+    let page = reqwest::get(format!("http://{}/app/", server.http)).await.expect("GET /app/");
+    assert_eq!(page.status(), 200);
+    let csp = page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(csp.contains("script-src 'self' 'wasm-unsafe-eval'") && csp.contains("frame-ancestors 'none'"), "CSP: {csp}");
+    let html = page.text().await.expect("page");
+    let script = html.split("src=\"/app/").nth(1).and_then(|s| s.split('"').next()).expect("a script in the page");
+    let js = reqwest::get(format!("http://{}/app/{script}", server.http)).await.expect("GET script");
+    assert_eq!(js.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/javascript; charset=utf-8"));
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let mut child = Command::new(&node)
+        .arg("web.mjs")
+        .current_dir(browser_dir())
+        .env("SWITCHBOARD_APP_URL", format!("http://{}/app/", server.http))
+        .env("SWITCHBOARD_SERVER", format!("http://{}", server.http))
+        .env("SWITCHBOARD_BIN", env!("CARGO_BIN_EXE_switchboard"))
+        .env("SWITCHBOARD_WORK_DIR", work.path())
+        .env("SWITCHBOARD_CANARY", &canary)
+        .env("SWITCHBOARD_CHROMIUM", &chromium)
+        .env("SWITCHBOARD_BROWSER_ARTIFACTS", &artifacts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    // The script bounds each wait itself; this only keeps a wedged browser from hanging
+    // the suite.
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for node") {
+                return (status, child);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait().expect("reap node");
+                return (status, child);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (status, child) = status.await.expect("join");
+    let output = child.wait_with_output().expect("node output");
+    let report = format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("{report}");
+    assert!(
+        status.success(),
+        "the web client test failed ({status}); screenshots in {}:\n{report}\n--- server log\n{}",
+        artifacts.display(),
+        server.log()
+    );
+    assert!(report.contains("web client test passed"), "the script did not finish:\n{report}");
+    for screen in [
+        "1-signup",
+        "2-sent-tick",
+        "3-conversation-list-unread",
+        "4-typing",
+        "5-chat-with-cli",
+        "5b-image-from-cli",
+        "6-group-chat",
+        "7-caught-up",
+        "8-conversation-list",
+    ] {
+        let shot = artifacts.join(format!("web-{screen}.png"));
+        assert!(shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot {}", shot.display());
+    }
+
+    // The browser sent the canary three times (1:1 to a browser, to the CLI, to a group):
+    // the server stored ciphertext only.
+    assert!(report.contains(&canary), "the CLI printed the decrypted canary");
+    let leaked = files_containing(&server.data_dir(), canary.as_bytes());
+    assert!(leaked.is_empty(), "plaintext from the browser in the server's files: {leaked:?}");
+    let leaked_log = server.log().contains(&canary);
+    assert!(!leaked_log, "plaintext from the browser in the server's log");
+}

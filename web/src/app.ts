@@ -1,0 +1,354 @@
+/**
+ * The signed-in client: one socket, the E2EE device, the chats; turns server frames into
+ * state (decrypting, acknowledging, receipts, typing, presence) and user actions into
+ * encrypted sends. The views (`ui/`) render from it and call its actions.
+ */
+import type { Message } from './gen/switchboard_pb';
+import { ReceiptKind } from './gen/switchboard_pb';
+import { E2ee } from './crypto/e2ee';
+import type { Profile } from './net/api';
+import { Socket } from './net/socket';
+import type { LinkState, ServerKind } from './net/socket';
+import { Chats } from './state/chats';
+import type { ChatMessage, MediaRef } from './state/chats';
+import type { RoomPlaintext } from './gen/e2ee_pb';
+import { MediaKeySchema } from './gen/e2ee_pb';
+import { create } from '@bufbuild/protobuf';
+import { open as openSealed, seal, thumbnail } from './media/attachment';
+import { download, upload } from './net/media';
+import { randomId, uuidBytes, uuidText } from './util/bytes';
+
+/** The signed-in client. */
+export class App {
+  readonly chats = new Chats();
+  socket!: Socket;
+  e2ee!: E2ee;
+  link: LinkState = 'connecting';
+  caughtUp = false;
+  open: string | null = null;
+  /** Who is typing where (conversation → user → until). */
+  typing = new Map<string, Map<string, number>>();
+  presence = new Map<string, { online: boolean; lastSeen: number }>();
+  /** Messages waiting for their room key. */
+  private waiting: Message[] = [];
+  private typingSent = 0;
+  onChange: () => void = () => {};
+
+  constructor(readonly profile: Profile) {}
+
+  async start(): Promise<void> {
+    await this.chats.load();
+    this.e2ee = await E2ee.open(this.profile.userId, this.profile.deviceId);
+    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`;
+    this.socket = new Socket(url, this.profile.token, {
+      onFrame: (kind) => this.onFrame(kind),
+      peek: (kind) => {
+        if (kind.case === 'toDevice') this.e2ee.prefetch(this.socket, uuidText(kind.value.senderUserId));
+      },
+      onWelcome: () => this.onWelcome(),
+      onState: (state) => {
+        this.link = state;
+        if (state !== 'online') this.caughtUp = false;
+        this.onChange();
+      },
+      onFatal: (reason) => {
+        this.link = 'offline';
+        alert(`Signed out: ${reason}`);
+      },
+    });
+    window.addEventListener('offline', () => this.socket.hold());
+    window.addEventListener('online', () => this.socket.resume());
+    document.addEventListener('visibilitychange', () => {
+      if (!document.hidden && this.open) void this.markRead(this.open);
+    });
+    this.socket.start();
+  }
+
+  private async onWelcome(): Promise<void> {
+    // Sends that never got their SendAck go again, byte for byte (idempotent by client id).
+    for (const o of this.chats.outbox.values()) {
+      void this.socket
+        .send(o.clientMsgId, { case: 'send', value: { clientMsgId: o.clientMsgId, conversationId: uuidBytes(o.conversation), payload: o.payload, attachments: o.attachments ?? [] } })
+        .then((answer) => this.onSendAck(answer))
+        .catch(() => {});
+    }
+    await this.e2ee.publish(this.socket);
+  }
+
+  private async onFrame(kind: ServerKind): Promise<void> {
+    switch (kind.case) {
+      case 'message':
+        await this.onMessage(kind.value);
+        break;
+      case 'toDevice':
+        if (await this.e2ee.onToDevice(this.socket, kind.value)) await this.retryWaiting();
+        break;
+      case 'deviceListsChanged':
+        await this.e2ee.onDeviceListsChanged(this.socket, kind.value.userIds);
+        break;
+      case 'keysLow':
+        await this.e2ee.onKeysLow(this.socket, kind.value);
+        break;
+      case 'catchUpComplete':
+        this.caughtUp = true;
+        for (const c of this.chats.conversations.values()) if (c.kind === 'direct' && c.peer) this.queryPresence(c.peer);
+        break;
+      case 'receipt': {
+        const r = kind.value;
+        const conversation = uuidText(r.conversationId);
+        if (uuidText(r.userId) === this.profile.userId) break;
+        await this.chats.mark(conversation, Number(r.upToSeq), r.kind === ReceiptKind.READ ? 'read' : 'delivered');
+        break;
+      }
+      case 'receiptSummary': {
+        const s = kind.value;
+        const others = Math.max(0, s.members - 1);
+        const conversation = uuidText(s.conversationId);
+        if (others > 0 && s.read >= others) await this.chats.mark(conversation, Number(s.seq), 'read');
+        else if (others > 0 && s.delivered >= others) await this.chats.mark(conversation, Number(s.seq), 'delivered');
+        break;
+      }
+      case 'typing': {
+        const t = kind.value;
+        const conversation = uuidText(t.conversationId);
+        const map = this.typing.get(conversation) ?? new Map<string, number>();
+        if (t.active) map.set(uuidText(t.userId), Date.now() + 6000);
+        else map.delete(uuidText(t.userId));
+        this.typing.set(conversation, map);
+        setTimeout(() => this.onChange(), 6100);
+        break;
+      }
+      case 'presence': {
+        const p = kind.value;
+        this.presence.set(uuidText(p.userId), { online: p.online, lastSeen: Number(p.lastSeenMs) });
+        break;
+      }
+      default:
+        return;
+    }
+    this.onChange();
+  }
+
+  private async onMessage(m: Message): Promise<void> {
+    const conversation = uuidText(m.conversationId);
+    const seq = Number(m.seq);
+    const sender = uuidText(m.senderUserId);
+    const mine = sender === this.profile.userId;
+    // A message ends its sender's typing.
+    this.typing.get(conversation)?.delete(sender);
+    const c = await this.chats.ensure(conversation, mine ? {} : { peer: sender, title: sender.slice(0, 8) });
+    // Acknowledge (✓✓ for the sender) even a repeat: its earlier ack may have been lost.
+    this.socket.write({ case: 'ack', value: { conversationId: m.conversationId, seq: m.seq } });
+    const known = this.chats.has(conversation, seq);
+    if (known && !this.chats.get(conversation, seq)?.problem) return;
+    let text = '';
+    let problem: string | undefined;
+    let system = false;
+    let media: MediaRef | undefined;
+    if (m.event) {
+      system = true;
+      const e = m.event.kind;
+      if (e.case === 'created') {
+        c.kind = 'group';
+        c.title = e.value.subject;
+        c.members = e.value.memberUserIds.map(uuidText);
+        text = `Group “${e.value.subject}” created`;
+      } else if (e.case === 'membersAdded') {
+        c.kind = 'group';
+        c.members = [...new Set([...(c.members ?? []), ...e.value.userIds.map(uuidText)])];
+        text = 'Members added';
+      } else if (e.case === 'subjectChanged') {
+        c.title = e.value;
+        text = `Subject: ${e.value}`;
+      } else if (e.case === 'messageDeleted') {
+        const target = this.chats.get(conversation, Number(e.value));
+        if (target) {
+          target.text = 'This message was deleted';
+          target.problem = undefined;
+          await this.chats.put(target);
+        }
+        text = '';
+      } else text = e.case ?? 'event';
+      if (!text) return this.afterMessage(c.id, seq, m, false, known);
+    } else if (m.deleted) {
+      text = 'This message was deleted';
+    } else {
+      const opened = this.e2ee.decrypt(m);
+      if (opened.ok) {
+        const body = opened.plaintext.body;
+        text = body.case === 'text' ? body.value : body.case === 'media' ? body.value.name : '(unsupported content)';
+        if (body.case === 'media') {
+          const k = body.value;
+          media = { id: uuidText(k.mediaId), key: k.key, sha256: k.sha256, size: Number(k.size), name: k.name, mime: k.mime, thumbnail: k.thumbnail };
+        }
+      } else {
+        problem = opened.reason;
+        text = opened.retryable ? 'Waiting for this message’s key…' : `Cannot decrypt: ${opened.reason}`;
+        if (opened.retryable) this.waiting.push(m);
+      }
+    }
+    const message: ChatMessage = { conversation, seq, clientMsgId: m.clientMsgId, sender, mine, text, time: Number(m.serverTimeMs), status: mine ? 'sent' : 'read', problem, system, media };
+    await this.chats.put(message);
+    await this.afterMessage(c.id, seq, m, !mine && !system, known, text);
+  }
+
+  /** List bookkeeping of a stored message; `known` when it was stored before (a retried decryption). */
+  private async afterMessage(conversation: string, seq: number, m: Message, incoming: boolean, known: boolean, text?: string): Promise<void> {
+    const c = await this.chats.ensure(conversation);
+    if (seq >= c.lastSeq) {
+      c.lastSeq = seq;
+      if (text) c.lastText = text;
+      c.updated = Number(m.serverTimeMs) || Date.now();
+    }
+    if (incoming && !known && seq > c.readSeq) {
+      if (this.open === conversation && !document.hidden) {
+        c.readSeq = seq;
+        this.socket.write({ case: 'read', value: { conversationId: m.conversationId, seq: m.seq } });
+      } else {
+        c.unread++;
+        this.notify(c.title, text ?? '');
+      }
+    }
+    await this.chats.saveConversation(c);
+  }
+
+  private notify(title: string, body: string): void {
+    if (!document.hidden || typeof Notification === 'undefined' || Notification.permission !== 'granted') return;
+    new Notification(title, { body });
+  }
+
+  private async retryWaiting(): Promise<void> {
+    const waiting = this.waiting;
+    this.waiting = [];
+    for (const m of waiting) await this.onMessage(m);
+  }
+
+  private queryPresence(user: string): void {
+    this.socket
+      .request((requestId) => ({ case: 'presenceQuery', value: { requestId, userIds: [uuidBytes(user)] } }))
+      .then((answer) => {
+        if (answer.case === 'presence') {
+          this.presence.set(user, { online: answer.value.online, lastSeen: Number(answer.value.lastSeenMs) });
+          this.onChange();
+        }
+      })
+      .catch(() => {});
+  }
+
+  /** Opens (creating if needed) the 1:1 with a user. */
+  async openDirect(peer: string): Promise<void> {
+    const answer = await this.socket.request((requestId) => ({ case: 'openDirect', value: { requestId, peerUserId: uuidBytes(peer) } }));
+    if (answer.case !== 'directOpened') return;
+    const id = uuidText(answer.value.conversationId);
+    await this.chats.ensure(id, { kind: 'direct', peer, title: peer.slice(0, 8) });
+    this.queryPresence(peer);
+    await this.select(id);
+  }
+
+  /** Creates a group with these members. */
+  async createGroup(subject: string, members: string[]): Promise<void> {
+    const answer = await this.socket.request((requestId) => ({ case: 'createGroup', value: { requestId, subject, memberUserIds: members.map(uuidBytes) } }));
+    if (answer.case !== 'groupAnswer') return;
+    const id = uuidText(answer.value.conversationId);
+    await this.chats.ensure(id, { kind: 'group', title: subject, members: [this.profile.userId, ...members] });
+    await this.select(id);
+  }
+
+  /** Shows a conversation and marks it read. */
+  async select(id: string): Promise<void> {
+    this.open = id;
+    await this.markRead(id);
+    this.onChange();
+  }
+
+  private async markRead(id: string): Promise<void> {
+    const c = this.chats.conversations.get(id);
+    if (!c) return;
+    if (c.lastSeq > c.readSeq || c.unread) {
+      c.readSeq = c.lastSeq;
+      c.unread = 0;
+      await this.chats.saveConversation(c);
+      this.socket.write({ case: 'read', value: { conversationId: uuidBytes(id), seq: BigInt(c.lastSeq) } });
+      this.onChange();
+    }
+  }
+
+  private async members(id: string): Promise<string[]> {
+    const c = this.chats.conversations.get(id);
+    if (c?.kind === 'direct' && c.peer) return [this.profile.userId, c.peer];
+    const answer = await this.socket.request((requestId) => ({ case: 'groupInfo', value: { requestId, conversationId: uuidBytes(id) } }));
+    if (answer.case !== 'groupInfo') throw new Error('no group info');
+    return answer.value.memberUserIds.map(uuidText);
+  }
+
+  /** Encrypts and sends a text; ✓ on its SendAck. */
+  async sendText(text: string): Promise<void> {
+    if (!text.trim()) return;
+    await this.sendBody({ case: 'text', value: text }, text);
+  }
+
+  /** Encrypts a file with a fresh key, uploads it, and sends its key in an encrypted message. */
+  async sendFile(file: File): Promise<void> {
+    const plain = new Uint8Array(await file.arrayBuffer());
+    const sealed = await seal(plain);
+    const id = await upload(this.profile.token, sealed.bytes, sealed.sha256);
+    const mime = file.type || 'application/octet-stream';
+    const media: MediaRef = { id, key: sealed.key, sha256: sealed.sha256, size: plain.length, name: file.name, mime, thumbnail: await thumbnail(file) };
+    const key = create(MediaKeySchema, { mediaId: uuidBytes(id), key: media.key, sha256: media.sha256, size: BigInt(media.size), name: media.name, mime, thumbnail: media.thumbnail });
+    await this.sendBody({ case: 'media', value: key }, file.name, media);
+  }
+
+  /** Downloads, checks and decrypts an attachment: a blob URL of the file. */
+  async openMedia(media: MediaRef): Promise<string> {
+    const bytes = await download(this.profile.token, media.id);
+    const plain = await openSealed(media.key, media.sha256, bytes);
+    return URL.createObjectURL(new Blob([plain as BlobPart], { type: media.mime }));
+  }
+
+  private async sendBody(body: RoomPlaintext['body'], text: string, media?: MediaRef): Promise<void> {
+    const id = this.open;
+    if (!id) return;
+    const clientMsgId = randomId();
+    // Typing ends with the send; the next keystroke starts it again at once.
+    if (this.typingSent) this.socket.write({ case: 'typing', value: { conversationId: uuidBytes(id), active: false } });
+    this.typingSent = 0;
+    const pending: ChatMessage = { conversation: id, seq: 0, clientMsgId, sender: this.profile.userId, mine: true, text, time: Date.now(), status: 'pending', media };
+    await this.chats.put(pending);
+    this.onChange();
+    const payload = await this.e2ee.encrypt(this.socket, id, await this.members(id), body);
+    const attachments = media ? [uuidBytes(media.id)] : [];
+    await this.chats.queue({ clientMsgId, conversation: id, payload, attachments });
+    const answer = await this.socket.send(clientMsgId, { case: 'send', value: { clientMsgId, conversationId: uuidBytes(id), payload, attachments } });
+    await this.onSendAck(answer, text);
+  }
+
+  private async onSendAck(answer: ServerKind, text?: string): Promise<void> {
+    if (answer.case !== 'sendAck') return;
+    const a = answer.value;
+    const id = uuidText(a.conversationId);
+    const seq = Number(a.seq);
+    const pending = this.chats.list(id).find((m) => m.clientMsgId === a.clientMsgId);
+    const message: ChatMessage = pending ?? { conversation: id, seq, clientMsgId: a.clientMsgId, sender: this.profile.userId, mine: true, text: text ?? '', time: Number(a.serverTimeMs), status: 'sent' };
+    message.seq = seq;
+    message.time = Number(a.serverTimeMs);
+    if (message.status === 'pending') message.status = 'sent';
+    await this.chats.put(message);
+    await this.chats.sent(a.clientMsgId);
+    const c = await this.chats.ensure(id);
+    if (seq > c.lastSeq) {
+      c.lastSeq = seq;
+      c.readSeq = Math.max(c.readSeq, seq);
+      c.lastText = message.text;
+      c.updated = message.time;
+      await this.chats.saveConversation(c);
+    }
+    this.onChange();
+  }
+
+  /** Tells the open conversation we are typing (at most every 3 s). */
+  typingNow(): void {
+    if (!this.open || Date.now() - this.typingSent < 3000) return;
+    this.typingSent = Date.now();
+    this.socket.write({ case: 'typing', value: { conversationId: uuidBytes(this.open), active: true } });
+  }
+}

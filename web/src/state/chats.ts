@@ -1,0 +1,159 @@
+/**
+ * The conversations and messages this device knows, in memory and in IndexedDB: the list
+ * with unread counts, each message once per (conversation, seq) whatever the server
+ * repeats after a reconnect, tick states, and the outbox of sends not yet acknowledged
+ * (resent identically after a reconnect, so the server's idempotency drops duplicates).
+ */
+import * as db from './db';
+
+/** ✓ states of a message this device sent. */
+export type Status = 'pending' | 'sent' | 'delivered' | 'read';
+
+export interface ChatMessage {
+  conversation: string;
+  seq: number;
+  clientMsgId: string;
+  sender: string;
+  mine: boolean;
+  text: string;
+  time: number;
+  status: Status;
+  /** Why it is not readable (yet), when it is not. */
+  problem?: string;
+  system?: boolean;
+  /** An attachment: where it is and how to open it (from the encrypted message). */
+  media?: MediaRef;
+}
+
+/** An encrypted attachment's id and secrets, as its message carried them. */
+export interface MediaRef {
+  id: string;
+  key: Uint8Array;
+  sha256: Uint8Array;
+  size: number;
+  name: string;
+  mime: string;
+  thumbnail: Uint8Array;
+}
+
+export interface Conversation {
+  id: string;
+  kind: 'direct' | 'group';
+  /** The other user of a 1:1. */
+  peer?: string;
+  title: string;
+  lastText: string;
+  updated: number;
+  /** Highest seq this device has seen. */
+  lastSeq: number;
+  /** Highest seq this device told the server it read. */
+  readSeq: number;
+  unread: number;
+  members?: string[];
+}
+
+/** A send waiting for its SendAck: resent as is after a reconnect. */
+export interface Outgoing {
+  clientMsgId: string;
+  conversation: string;
+  payload: Uint8Array;
+  attachments?: Uint8Array[];
+}
+
+const pad = (n: number) => String(n).padStart(12, '0');
+
+/** The client's conversations and messages. */
+export class Chats {
+  readonly conversations = new Map<string, Conversation>();
+  private messages = new Map<string, Map<string, ChatMessage>>();
+  readonly outbox = new Map<string, Outgoing>();
+
+  /** Loads everything stored. */
+  async load(): Promise<void> {
+    for (const [, c] of await db.scan<Conversation>('conv:')) this.conversations.set(c.id, c);
+    for (const [, m] of await db.scan<ChatMessage>('msg:')) this.bucket(m.conversation).set(this.key(m), m);
+    for (const [, o] of await db.scan<Outgoing>('outbox:')) this.outbox.set(o.clientMsgId, o);
+  }
+
+  private key(m: ChatMessage): string {
+    return m.seq ? `s${pad(m.seq)}` : `p${m.clientMsgId}`;
+  }
+
+  private bucket(conversation: string): Map<string, ChatMessage> {
+    let b = this.messages.get(conversation);
+    if (!b) {
+      b = new Map();
+      this.messages.set(conversation, b);
+    }
+    return b;
+  }
+
+  /** The conversation, created (as a 1:1 unless told) when new. */
+  async ensure(id: string, init: Partial<Conversation> = {}): Promise<Conversation> {
+    let c = this.conversations.get(id);
+    if (!c) {
+      c = { id, kind: 'direct', title: id.slice(0, 8), lastText: '', updated: Date.now(), lastSeq: 0, readSeq: 0, unread: 0, ...init };
+      this.conversations.set(id, c);
+      await this.saveConversation(c);
+    }
+    return c;
+  }
+
+  async saveConversation(c: Conversation): Promise<void> {
+    await db.put(`conv:${c.id}`, c);
+  }
+
+  /** Messages of a conversation, oldest first. */
+  list(conversation: string): ChatMessage[] {
+    return [...this.bucket(conversation).values()].sort((a, b) => (a.seq || Infinity) - (b.seq || Infinity) || a.time - b.time);
+  }
+
+  has(conversation: string, seq: number): boolean {
+    return this.bucket(conversation).has(`s${pad(seq)}`);
+  }
+
+  get(conversation: string, seq: number): ChatMessage | undefined {
+    return this.bucket(conversation).get(`s${pad(seq)}`);
+  }
+
+  /** Stores a message (replacing its pending form once it has a seq). */
+  async put(m: ChatMessage): Promise<void> {
+    const b = this.bucket(m.conversation);
+    const pendingKey = `p${m.clientMsgId}`;
+    const entries: Array<[string, unknown]> = [];
+    if (m.seq && b.has(pendingKey)) {
+      b.delete(pendingKey);
+      await db.del(`msg:${m.conversation}:${pendingKey}`);
+    }
+    b.set(this.key(m), m);
+    entries.push([`msg:${m.conversation}:${this.key(m)}`, m]);
+    await db.putAll(entries);
+  }
+
+  /** Queues a send until its SendAck. */
+  async queue(o: Outgoing): Promise<void> {
+    this.outbox.set(o.clientMsgId, o);
+    await db.put(`outbox:${o.clientMsgId}`, o);
+  }
+
+  async sent(clientMsgId: string): Promise<void> {
+    this.outbox.delete(clientMsgId);
+    await db.del(`outbox:${clientMsgId}`);
+  }
+
+  /** Moves this user's messages up to `upTo` to at least `status`. */
+  async mark(conversation: string, upTo: number, status: 'delivered' | 'read'): Promise<void> {
+    const order: Status[] = ['pending', 'sent', 'delivered', 'read'];
+    for (const m of this.bucket(conversation).values()) {
+      if (m.mine && m.seq && m.seq <= upTo && order.indexOf(m.status) < order.indexOf(status)) {
+        m.status = status;
+        await this.put(m);
+      }
+    }
+  }
+
+  /** Conversations, most recent first. */
+  sorted(): Conversation[] {
+    return [...this.conversations.values()].sort((a, b) => b.updated - a.updated);
+  }
+}

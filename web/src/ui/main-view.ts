@@ -1,0 +1,132 @@
+/**
+ * The signed-in screen: the conversation list (unread counts, new chat, new group) and the
+ * open conversation (messages with ✓ / ✓✓ / blue ✓✓, typing, presence, the composer).
+ * Re-rendered from the app's state on every change.
+ */
+import type { App } from '../app';
+import type { ChatMessage, Conversation } from '../state/chats';
+import { h, replace } from './dom';
+
+const TICKS: Record<ChatMessage['status'], string> = { pending: '🕓', sent: '✓', delivered: '✓✓', read: '✓✓' };
+
+function time(ms: number): string {
+  return ms ? new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : '';
+}
+
+/** Mounts the main screen; returns its render function. */
+export function mainView(root: HTMLElement, app: App): () => void {
+  const me = h('div', { class: 'me', 'data-testid': 'me', 'data-user-id': app.profile.userId }, `Me: ${app.profile.phone}`);
+  const link = h('span', { class: 'link', 'data-testid': 'link' });
+  const peerInput = h('input', { id: 'new-chat-user', placeholder: 'User id to chat with' });
+  const groupSubject = h('input', { id: 'new-group-subject', placeholder: 'Group subject' });
+  const groupMembers = h('input', { id: 'new-group-members', placeholder: 'Member user ids, comma-separated' });
+  const list = h('ul', { class: 'conversations', 'data-testid': 'conversations' });
+  const header = h('header', { class: 'chat-header' });
+  const messages = h('ol', { class: 'messages', 'data-testid': 'messages' });
+  const composer = h('input', { id: 'composer', placeholder: 'Message', autocomplete: 'off' });
+  const attach = h('input', { id: 'attach', type: 'file', 'aria-label': 'Attach a file' });
+  const form = h('form', { class: 'composer' }, h('label', { class: 'attach', title: 'Attach a file' }, 'Attach', attach), composer, h('button', { id: 'send', type: 'submit' }, 'Send'));
+  const viewer = h('div', { class: 'viewer', hidden: true, 'data-testid': 'viewer', onclick: () => (viewer.hidden = true) });
+  const chat = h('section', { class: 'chat', 'data-testid': 'chat' }, header, messages, form);
+  const problem = h('p', { class: 'status', role: 'status' });
+  const side = h(
+    'aside',
+    { class: 'side' },
+    h('div', { class: 'side-head' }, me, link),
+    h('form', { class: 'new-chat', onsubmit: newChat }, peerInput, h('button', { id: 'start-chat', type: 'submit' }, 'Chat')),
+    h('form', { class: 'new-group', onsubmit: newGroup }, groupSubject, groupMembers, h('button', { id: 'create-group', type: 'submit' }, 'New group')),
+    problem,
+    list,
+  );
+  replace(root, h('div', { class: 'layout' }, side, chat), viewer);
+
+  function fail(error: unknown): void {
+    problem.textContent = String((error as Error).message ?? error);
+  }
+  function newChat(event: Event): void {
+    event.preventDefault();
+    app.openDirect(peerInput.value.trim()).then(() => (peerInput.value = ''), fail);
+  }
+  function newGroup(event: Event): void {
+    event.preventDefault();
+    const members = groupMembers.value.split(',').map((s) => s.trim()).filter(Boolean);
+    app.createGroup(groupSubject.value.trim(), members).then(() => ((groupSubject.value = ''), (groupMembers.value = '')), fail);
+  }
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const text = composer.value;
+    composer.value = '';
+    app.sendText(text).catch(fail);
+  });
+  composer.addEventListener('input', () => app.typingNow());
+  attach.addEventListener('change', () => {
+    const file = attach.files?.[0];
+    attach.value = '';
+    if (file) app.sendFile(file).catch(fail);
+  });
+  const thumbs = new Map<string, string>();
+  function thumb(m: ChatMessage): string | null {
+    if (!m.media?.thumbnail.length) return null;
+    let url = thumbs.get(m.media.id);
+    if (!url) {
+      url = URL.createObjectURL(new Blob([m.media.thumbnail as BlobPart], { type: 'image/jpeg' }));
+      thumbs.set(m.media.id, url);
+    }
+    return url;
+  }
+  function openMedia(m: ChatMessage): void {
+    const media = m.media;
+    if (!media) return;
+    app.openMedia(media).then((url) => {
+      const shown = media.mime.startsWith('image/')
+        ? h('img', { src: url, alt: media.name, 'data-testid': 'viewer-image', 'data-name': media.name })
+        : h('a', { href: url, download: media.name, 'data-testid': 'viewer-file' }, `Save ${media.name}`);
+      replace(viewer, h('figure', {}, shown, h('figcaption', {}, `${media.name} · ${media.size} bytes`)));
+      viewer.hidden = false;
+    }, fail);
+  }
+
+  function row(c: Conversation): HTMLElement {
+    return h(
+      'li',
+      { class: c.id === app.open ? 'conversation open' : 'conversation', 'data-conversation': c.id, 'data-unread': c.unread, onclick: () => void app.select(c.id) },
+      h('span', { class: 'title' }, c.kind === 'group' ? h('span', { class: 'badge' }, 'group') : null, c.title),
+      h('span', { class: 'last' }, c.lastText),
+      c.unread ? h('span', { class: 'unread', 'data-testid': 'unread' }, String(c.unread)) : null,
+    );
+  }
+
+  function bubble(m: ChatMessage): HTMLElement {
+    if (m.system) return h('li', { class: 'system' }, m.text);
+    return h(
+      'li',
+      { class: m.mine ? 'message mine' : 'message', 'data-seq': m.seq, 'data-status': m.mine ? m.status : undefined, 'data-problem': m.problem },
+      m.media ? h('button', { class: 'media', type: 'button', 'data-testid': 'open-media', 'data-name': m.media.name, onclick: () => openMedia(m) }, thumb(m) ? h('img', { src: thumb(m), alt: 'preview' }) : h('span', { class: 'badge' }, 'file')) : null,
+      h('span', { class: 'text' }, m.text),
+      h('span', { class: 'meta' }, time(m.time), m.mine ? h('span', { class: `tick ${m.status}`, 'data-testid': 'tick' }, TICKS[m.status]) : null),
+    );
+  }
+
+  function subtitle(c: Conversation): string {
+    const typing = [...(app.typing.get(c.id)?.entries() ?? [])].filter(([, until]) => until > Date.now());
+    if (typing.length) return 'typing…';
+    if (c.kind === 'group') return `${c.members?.length ?? '?'} members`;
+    const p = c.peer ? app.presence.get(c.peer) : undefined;
+    if (!p) return '';
+    if (p.online) return 'online';
+    return p.lastSeen ? `last seen ${new Date(p.lastSeen).toLocaleString()}` : '';
+  }
+
+  return () => {
+    link.textContent = app.link === 'online' ? (app.caughtUp ? 'online' : 'syncing…') : app.link;
+    link.dataset.state = app.link;
+    replace(list, ...app.chats.sorted().map(row));
+    const c = app.open ? app.chats.conversations.get(app.open) : undefined;
+    chat.hidden = !c;
+    if (!c) return;
+    replace(header, h('h2', { 'data-testid': 'chat-title' }, c.title), h('span', { class: 'subtitle', 'data-testid': 'subtitle' }, subtitle(c)), h('span', { class: 'id' }, c.id));
+    const atBottom = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 40;
+    replace(messages, ...app.chats.list(c.id).map(bubble));
+    if (atBottom) messages.scrollTop = messages.scrollHeight;
+  };
+}
