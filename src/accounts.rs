@@ -478,6 +478,28 @@ impl Accounts {
         Ok(self.store.devices_of(caller.user_id).await?.into_iter().map(DeviceInfo::from).collect())
     }
 
+    /// "Log out all other devices": the primary revokes every other live device of the
+    /// account at once; answers the ones revoked (their connections are the caller's to
+    /// close).
+    ///
+    /// Errors: `NotPrimary` from a linked device.
+    pub async fn revoke_others(&self, caller: &DeviceRecord) -> Result<Vec<DeviceId>, AccountError> {
+        if !caller.primary {
+            return Err(AccountError::NotPrimary);
+        }
+        let now = now_ms();
+        let mut revoked = Vec::new();
+        for device in self.store.devices_of(caller.user_id).await? {
+            if device.device_id != caller.device_id
+                && device.revoked_ms.is_none()
+                && self.store.revoke_device(caller.user_id, device.device_id, now).await?
+            {
+                revoked.push(device.device_id);
+            }
+        }
+        Ok(revoked)
+    }
+
     /// Revokes a device: the primary may revoke any device of the account, any device may
     /// revoke itself (log out).
     pub async fn revoke_device(&self, caller: &DeviceRecord, device: DeviceId) -> Result<(), AccountError> {

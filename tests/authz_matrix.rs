@@ -275,6 +275,7 @@ async fn every_frame_and_endpoint_refuses_whoever_may_not_and_changes_nothing() 
         (reqwest::Method::DELETE, format!("/v1/media/{m}"), None),
         (reqwest::Method::POST, "/v1/contacts/discover".into(), Some(serde_json::json!({ "phones": ["+14155550123"] }))),
         (reqwest::Method::POST, "/v1/contacts/remove".into(), Some(serde_json::json!({ "phones": ["+14155550123"] }))),
+        (reqwest::Method::POST, "/v1/devices/logout-others".into(), None),
         (reqwest::Method::GET, "/v1/profile".into(), None),
         (reqwest::Method::PATCH, "/v1/profile".into(), Some(serde_json::json!({ "name": "intruder" }))),
         (reqwest::Method::GET, format!("/v1/profiles/{}", b.user_id), None),

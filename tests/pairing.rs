@@ -1,7 +1,8 @@
 //! Device pairing through real HTTP and sockets (issue 15 item 8): a new device starts a
 //! pairing, the primary approves its code over its own connection, and the new device
 //! receives its own token directly; codes are single-use, only a primary approves, a wrong
-//! claim secret gets nothing; and the terminal client's `link` (QR code) and `approve`.
+//! claim secret gets nothing; the terminal client's `link` (QR code) and `approve`; and
+//! the primary logging out every other device (item 9).
 
 mod common;
 
@@ -168,4 +169,43 @@ async fn an_approval_dies_with_the_primary_that_gave_it() {
     assert_eq!(claim(&server, &started, &secret, 0).await.status(), StatusCode::NOT_FOUND, "the approval died with its primary");
     let devices = api.devices(&api.sign_up(&number, "newest phone").await.expect("again").token).await.expect("devices");
     assert!(devices.iter().all(|d| d.name != "Intruder laptop"), "{devices:?}");
+}
+
+/// Issue 15 item 9, "log out all other devices": the primary revokes every other device at
+/// once; their connections close with DEVICE_REVOKED and their tokens are refused; a
+/// linked device may not do it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_logs_out_every_other_device() {
+    let server = TestServer::start();
+    let api = server.api();
+    let alice = user(&api).await;
+    let (tablet, laptop) =
+        (api.link_device(&alice.token, "tablet").await.expect("link"), api.link_device(&alice.token, "laptop").await.expect("link"));
+    let mut t = online(&server, Kind::Tcp, &tablet).await;
+    let mut l = online(&server, Kind::Ws, &laptop).await;
+    let http =
+        |token: &str| reqwest::Client::new().post(format!("http://{}/v1/devices/logout-others", server.http)).bearer_auth(token.to_owned()).send();
+    let refused = http(&tablet.token).await.expect("http");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN, "a linked device may not");
+    let answer: Value = http(&alice.token).await.expect("http").json().await.expect("json");
+    let mut revoked: Vec<String> = answer["revoked"].as_array().expect("list").iter().map(|v| v.as_str().expect("id").to_owned()).collect();
+    revoked.sort();
+    let mut expected = vec![tablet.device_id.to_string(), laptop.device_id.to_string()];
+    expected.sort();
+    assert_eq!(revoked, expected);
+    for conn in [&mut t, &mut l] {
+        let closing = conn
+            .wait_for(common::WAIT, false, |k| match k {
+                switchboard::protocol::server_frame::Kind::Closing(c) => Some(c.code()),
+                _ => None,
+            })
+            .await
+            .expect("closed");
+        assert_eq!(closing, ErrorCode::DeviceRevoked);
+    }
+    assert!(api.devices(&tablet.token).await.is_err(), "its token is refused");
+    assert_eq!(api.devices(&alice.token).await.expect("the primary stays").iter().filter(|d| d.revoked_ms.is_none()).count(), 1);
+    // Again: nothing left to log out.
+    let again: Value = http(&alice.token).await.expect("http").json().await.expect("json");
+    assert_eq!(again["revoked"], json!([]));
 }

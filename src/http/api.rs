@@ -203,6 +203,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/v1/devices/push-token", &["PUT", "DELETE"]).route(web::put().to(set_push_token)).route(web::delete().to(delete_push_token)),
         )
+        .service(resource("/v1/devices/logout-others", &["POST"]).route(web::post().to(logout_others)))
         .service(resource("/v1/devices/{device_id}", &["DELETE"]).route(web::delete().to(revoke_device)))
         .service(resource("/v1/conversations/{conversation_id}/messages", &["GET"]).route(web::get().to(history)))
         .service(resource("/v1/keys/upload", &["POST"]).route(web::post().to(super::keys::upload)))
@@ -473,6 +474,37 @@ async fn revoke_device(req: HttpRequest, state: web::Data<ApiState>, path: web::
     state.node.ctx.router.close_device(me.user_id, device, ErrorCode::DeviceRevoked, "this device was revoked");
     crate::to_device::device_list_changed(state.store.as_ref(), &state.node.ctx.router, me.user_id, Some(device), crate::store::now_ms()).await;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The devices "log out all other devices" revoked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Revoked {
+    /// Their ids.
+    #[schema(value_type = Vec<String>)]
+    pub revoked: Vec<DeviceId>,
+}
+
+/// Logs out every other device of the account (primary only): each is revoked, its live
+/// connection closed with `DEVICE_REVOKED`, its push token dropped; those who share keys
+/// with the user are told the device list changed.
+#[utoipa::path(post, path = "/v1/devices/logout-others", tag = "public", security(("device_token" = [])), responses(
+    (status = 200, description = "The devices revoked (none: an empty list)", body = Revoked),
+    (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
+    (status = 403, description = "not_primary", body = ErrorBody),
+    (status = 503, description = "unavailable", body = ErrorBody),
+))]
+async fn logout_others(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    let revoked = state.accounts.revoke_others(&me).await?;
+    for device in &revoked {
+        state.store.set_push_token(me.user_id, *device, None).await.map_err(|_| ApiError::Unavailable)?;
+        state.node.ctx.router.close_device(me.user_id, *device, ErrorCode::DeviceRevoked, "logged out from the primary device");
+    }
+    if !revoked.is_empty() {
+        let _ = state.node.ctx.push.send(PushRequest::TokensChanged(me.user_id));
+        crate::to_device::device_list_changed(state.store.as_ref(), &state.node.ctx.router, me.user_id, None, crate::store::now_ms()).await;
+    }
+    Ok(HttpResponse::Ok().json(Revoked { revoked }))
 }
 
 /// `PUT /v1/devices/push-token`.

@@ -31,6 +31,7 @@ use crate::transport::ws;
         api::list_devices,
         api::link_device,
         api::revoke_device,
+        api::logout_others,
         api::set_push_token,
         api::delete_push_token,
         api::history,
@@ -120,6 +121,7 @@ mod tests {
             ("/v1/devices", "get"),
             ("/v1/devices", "post"),
             ("/v1/devices/{device_id}", "delete"),
+            ("/v1/devices/logout-others", "post"),
             ("/v1/devices/push-token", "put"),
             ("/v1/devices/push-token", "delete"),
             ("/v1/conversations/{conversation_id}/messages", "get"),
@@ -158,6 +160,6 @@ mod tests {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 44, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 45, "a route is described but not listed here");
     }
 }
