@@ -69,13 +69,26 @@ async fn check_photo(store: &dyn Store, owner: UserId, photo: &ProfilePhoto) -> 
     Ok(())
 }
 
-/// Applies `patch` to `owner`'s profile and stores it; answers the new profile.
+/// Which parts of a profile a change touched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The name.
+    pub name: bool,
+    /// The "about" line.
+    pub about: bool,
+    /// The photo.
+    pub photo: bool,
+}
+
+/// Applies `patch` to `owner`'s profile and stores it; answers the new profile and what
+/// changed.
 ///
 /// Errors: `InvalidArgument` for a name of 0 or more than [`MAX_NAME`] characters, an
 /// about line over [`MAX_ABOUT`], or a photo that is not the caller's public image;
 /// `Unavailable` when the store fails.
-pub async fn change(store: &dyn Store, owner: UserId, patch: ProfilePatch) -> Result<Profile, RequestError> {
-    let mut profile = store.profile(owner).await?.unwrap_or_default();
+pub async fn change(store: &dyn Store, owner: UserId, patch: ProfilePatch) -> Result<(Profile, Changed), RequestError> {
+    let before = store.profile(owner).await?.unwrap_or_default();
+    let mut profile = before.clone();
     if let Some(name) = patch.name {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > MAX_NAME {
@@ -98,7 +111,8 @@ pub async fn change(store: &dyn Store, owner: UserId, patch: ProfilePatch) -> Re
     }
     profile.updated_ms = now_ms();
     store.set_profile(owner, profile.clone()).await?;
-    Ok(profile)
+    let changed = Changed { name: profile.name != before.name, about: profile.about != before.about, photo: profile.photo != before.photo };
+    Ok((profile, changed))
 }
 
 /// `owner`'s profile as `viewer` may see it (all of it for the owner).
@@ -131,10 +145,39 @@ pub async fn view(store: &dyn Store, viewer: UserId, owner: UserId) -> Result<Pr
 }
 
 /// Tells the user's own devices, and every user who shares a conversation with them
-/// (not across a block, groups included), that `owner`'s profile changed.
-pub async fn tell_changed(store: &dyn Store, router: &Router, owner: UserId) -> Result<(), RequestError> {
+/// (not across a block, groups included) and may see what changed, that `owner`'s
+/// profile changed: a new name reaches them all; a new about line or photo only those
+/// its privacy setting shows it to (a notice would tell the others that a hidden field
+/// changed). Nothing changed: nobody is told.
+pub async fn tell_changed(store: &dyn Store, router: &Router, owner: UserId, changed: Changed) -> Result<(), RequestError> {
+    if changed == Changed::default() {
+        return Ok(());
+    }
     let blocked: HashSet<UserId> = store.blocks_of(owner).await?.into_iter().chain(store.blockers_of(owner).await?).collect();
-    let audience: Vec<UserId> = crate::keys::visible_users(store, owner).await?.into_iter().filter(|u| !blocked.contains(u)).collect();
+    let mut audience: Vec<UserId> = crate::keys::visible_users(store, owner).await?.into_iter().filter(|u| !blocked.contains(u)).collect();
+    if !changed.name {
+        let settings = store.privacy(owner).await?;
+        let audiences: Vec<Audience> =
+            [(changed.about, settings.about), (changed.photo, settings.profile_photo)].into_iter().filter(|(c, _)| *c).map(|(_, a)| a).collect();
+        // The widest audience among the changed fields decides who hears of it.
+        let contacts = if audiences.contains(&Audience::Everyone) {
+            None
+        } else if audiences.contains(&Audience::Contacts) {
+            let mut phones = std::collections::HashMap::new();
+            for u in &audience {
+                if let Some(record) = store.user(*u).await? {
+                    phones.insert(record.phone, *u);
+                }
+            }
+            let known = store.known_contacts(owner, phones.keys().cloned().collect()).await?;
+            Some(known.into_iter().filter_map(|p| phones.get(&p).copied()).collect::<HashSet<UserId>>())
+        } else {
+            Some(HashSet::new())
+        };
+        if let Some(allowed) = contacts {
+            audience.retain(|u| *u == owner || allowed.contains(u));
+        }
+    }
     let frame = protocol::encode_server(&protocol::server(server_frame::Kind::ProfileChanged(pb::ProfileChanged { user_id: id_bytes(owner) })));
     router.deliver_to_users(&audience, None, || SessionRequest::Push(frame.clone()));
     Ok(())

@@ -121,7 +121,9 @@ async fn a_profile_is_seen_as_the_owner_allows_and_changes_are_told_live() {
     assert_eq!(blocked.status(), StatusCode::NO_CONTENT);
     let to_blocked = profile_of(&server, &bob, &alice).await;
     assert!(to_blocked.get("photo").is_none() && to_blocked.get("about").is_none(), "{to_blocked}");
-    assert_eq!(patch_profile(&server, &alice, json!({ "about": "New" })).await.status(), StatusCode::OK);
+    // (A new name reaches every member: Carol hears of it, the blocked Bob does not. An
+    // about line hidden from them would reach neither: the next test.)
+    assert_eq!(patch_profile(&server, &alice, json!({ "name": "Alice B", "about": "New" })).await.status(), StatusCode::OK);
     assert!(told(&mut c, alice.user_id, WAIT).await);
     assert!(!told(&mut b, alice.user_id, Duration::from_millis(500)).await, "a blocked user hears of no change");
 
@@ -153,4 +155,38 @@ async fn bad_profiles_are_refused_clearly_and_change_nothing() {
     let mine: Value = http(&server, reqwest::Method::GET, &alice.token, "/v1/profile", None).await.json().await.expect("json");
     assert_eq!(mine["name"], "Alice");
     assert!(mine.get("photo").is_none());
+}
+
+/// From review: a change of a field hidden from someone is not announced to them (the
+/// notice alone would tell them it changed); a new name reaches everyone; an unchanged
+/// profile announces nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_announced_only_to_who_may_see_it() {
+    let server = TestServer::start();
+    let (alice, _) = user_with_number(&server).await;
+    let (bob, bob_number) = user_with_number(&server).await;
+    let (carol, _) = user_with_number(&server).await;
+    http(&server, reqwest::Method::POST, &alice.token, "/v1/contacts/discover", Some(json!({ "phones": [bob_number] }))).await;
+    http(&server, reqwest::Method::PATCH, &alice.token, "/v1/privacy", Some(json!({ "about": "contacts", "profile_photo": "nobody" }))).await;
+    let mut a = online(&server, Kind::Tcp, &alice).await;
+    a.open_direct(bob.user_id).await.expect("open");
+    a.create_group("club", &[bob.user_id, carol.user_id]).await.expect("group");
+    let mut b = online(&server, Kind::Ws, &bob).await;
+    let mut c = online(&server, Kind::Tcp, &carol).await;
+
+    assert_eq!(patch_profile(&server, &alice, json!({ "about": "Busy" })).await.status(), StatusCode::OK);
+    assert!(told(&mut b, alice.user_id, WAIT).await, "her contact may see the about line");
+    assert!(!told(&mut c, alice.user_id, Duration::from_millis(500)).await, "a group member outside the audience hears nothing");
+    // A photo shown to nobody: only her own devices hear of it.
+    let photo = upload_photo(&server, &alice).await;
+    assert_eq!(patch_profile(&server, &alice, json!({ "photo": photo })).await.status(), StatusCode::OK);
+    assert!(told(&mut a, alice.user_id, WAIT).await);
+    assert!(!told(&mut b, alice.user_id, Duration::from_millis(500)).await);
+    // A new name: everyone.
+    assert_eq!(patch_profile(&server, &alice, json!({ "name": "Alice" })).await.status(), StatusCode::OK);
+    assert!(told(&mut c, alice.user_id, WAIT).await);
+    assert!(told(&mut b, alice.user_id, WAIT).await);
+    // The same again: nothing changed, nobody is told.
+    assert_eq!(patch_profile(&server, &alice, json!({ "name": "Alice" })).await.status(), StatusCode::OK);
+    assert!(!told(&mut b, alice.user_id, Duration::from_millis(500)).await);
 }

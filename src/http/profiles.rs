@@ -35,8 +35,8 @@ pub async fn mine(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
 pub async fn change(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<super::JsonObject>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     let patch: ProfilePatch = super::from_object(body.into_inner())?;
-    crate::profiles::change(state.store.as_ref(), me.user_id, patch).await?;
-    if let Err(e) = crate::profiles::tell_changed(state.store.as_ref(), &state.node.ctx.router, me.user_id).await {
+    let (_, changed) = crate::profiles::change(state.store.as_ref(), me.user_id, patch).await?;
+    if let Err(e) = crate::profiles::tell_changed(state.store.as_ref(), &state.node.ctx.router, me.user_id, changed).await {
         // Stored; only the live notice is missed (devices fetch profiles when they show them).
         tracing::warn!(user = %me.user_id, error = %e, "profile change not told");
     }
