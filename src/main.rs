@@ -813,6 +813,18 @@ fn print_tree(node: &TreeNode, depth: usize) {
     }
 }
 
+/// A new device (verified or linked): saves its profile and publishes its keys at once,
+/// so that others can encrypt for it.
+async fn save_new_device(p: Profile, profile: &ProfileArg) -> Result<()> {
+    p.save(&profile.profile)?;
+    println!("saved {}", profile.profile.display());
+    let mut sdk = p.e2ee(profile)?;
+    let (conn, _, _) = connect_e2ee(&p, &mut sdk, None).await?;
+    conn.bye().await?;
+    println!("published this device's end-to-end encryption keys");
+    Ok(())
+}
+
 async fn client(command: ClientCommand) -> Result<()> {
     match command {
         ClientCommand::Register { server, phone } => match HttpApi::new(&server).register(&phone).await? {
@@ -822,14 +834,7 @@ async fn client(command: ClientCommand) -> Result<()> {
         ClientCommand::Verify { server, phone, code, name, profile } => {
             let credentials = HttpApi::new(&server).verify(&phone, &code, &name).await?;
             println!("user {} device {}", credentials.user_id, credentials.device_id);
-            let p = Profile { server, credentials };
-            p.save(&profile.profile)?;
-            println!("saved {}", profile.profile.display());
-            // Publish this device's keys at once: others can then encrypt for it.
-            let mut sdk = p.e2ee(&profile)?;
-            let (conn, _, _) = connect_e2ee(&p, &mut sdk, None).await?;
-            conn.bye().await?;
-            println!("published this device's end-to-end encryption keys");
+            save_new_device(Profile { server, credentials }, &profile).await?;
         }
         ClientCommand::Whoami { profile } => {
             let p = Profile::load(&profile)?;
@@ -969,13 +974,7 @@ async fn client(command: ClientCommand) -> Result<()> {
                 }
             };
             println!("linked: user {} device {}", credentials.user_id, credentials.device_id);
-            let p = Profile { server, credentials };
-            p.save(&profile.profile)?;
-            println!("saved {}", profile.profile.display());
-            let mut sdk = p.e2ee(&profile)?;
-            let (conn, _, _) = connect_e2ee(&p, &mut sdk, None).await?;
-            conn.bye().await?;
-            println!("published this device's end-to-end encryption keys");
+            save_new_device(Profile { server, credentials }, &profile).await?;
         }
         ClientCommand::Approve { profile, code } => {
             let p = Profile::load(&profile)?;

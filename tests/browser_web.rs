@@ -12,32 +12,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::TestServer;
-
-/// The browser test folder (an npm package of its own).
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Chromium, node and playwright-core, or a failure that says how to get them.
-fn require_tools() -> (String, String) {
-    let chromium = std::env::var("SWITCHBOARD_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).is_file(),
-        "{chromium} not found: run scripts/install-deps.sh (installs Debian's chromium), or set SWITCHBOARD_CHROMIUM"
-    );
-    assert!(
-        browser_dir().join("node_modules/playwright-core/package.json").is_file(),
-        "tests/browser/node_modules is missing: run scripts/install-deps.sh (runs npm ci in tests/browser)"
-    );
-    let node = std::env::var("SWITCHBOARD_NODE").unwrap_or_else(|_| "node".into());
-    let version = Command::new(&node).arg("--version").output();
-    assert!(version.is_ok_and(|o| o.status.success()), "`{node} --version` failed: install Node.js 20 or later (or set SWITCHBOARD_NODE)");
-    (chromium, node)
-}
+use common::browser::{artifacts_dir, require_tools, run_to_end, script};
 
 /// Every file under `dir` whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
@@ -70,46 +48,20 @@ async fn browsers_and_the_cli_chat_encrypted_with_ticks_typing_groups_and_catch_
     let csp = page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert!(csp.contains("script-src 'self' 'wasm-unsafe-eval'") && csp.contains("frame-ancestors 'none'"), "CSP: {csp}");
     let html = page.text().await.expect("page");
-    let script = html.split("src=\"/app/").nth(1).and_then(|s| s.split('"').next()).expect("a script in the page");
-    let js = reqwest::get(format!("http://{}/app/{script}", server.http)).await.expect("GET script");
+    let page_script = html.split("src=\"/app/").nth(1).and_then(|s| s.split('"').next()).expect("a script in the page");
+    let js = reqwest::get(format!("http://{}/app/{page_script}", server.http)).await.expect("GET script");
     assert_eq!(js.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/javascript; charset=utf-8"));
 
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
-    let mut child = Command::new(&node)
-        .arg("web.mjs")
-        .current_dir(browser_dir())
+    let artifacts = artifacts_dir();
+    let child = script(&node, &chromium, "web.mjs")
         .env("SWITCHBOARD_APP_URL", format!("http://{}/app/", server.http))
         .env("SWITCHBOARD_SERVER", format!("http://{}", server.http))
         .env("SWITCHBOARD_BIN", env!("CARGO_BIN_EXE_switchboard"))
         .env("SWITCHBOARD_WORK_DIR", work.path())
         .env("SWITCHBOARD_CANARY", &canary)
-        .env("SWITCHBOARD_CHROMIUM", &chromium)
-        .env("SWITCHBOARD_BROWSER_ARTIFACTS", &artifacts)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("run node");
-    // The script bounds each wait itself; this only keeps a wedged browser from hanging
-    // the suite.
-    let status = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(240);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for node") {
-                return (status, child);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let status = child.wait().expect("reap node");
-                return (status, child);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    let (status, child) = status.await.expect("join");
-    let output = child.wait_with_output().expect("node output");
-    let report = format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    println!("{report}");
+    let (status, report) = run_to_end(child, Duration::from_secs(240)).await;
     assert!(
         status.success(),
         "the web client test failed ({status}); screenshots in {}:\n{report}\n--- server log\n{}",

@@ -9,10 +9,9 @@
 mod common;
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::browser::{require_tools, script, wait_bounded};
 use common::{Kind, TestServer};
 use switchboard::client::Connection;
 use switchboard::protocol::server_frame;
@@ -20,16 +19,9 @@ use switchboard::sdk::{Body, E2ee, E2eeConfig, StoreKey};
 
 const CONVERSATIONS: usize = 200;
 
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_lists_200_encrypted_conversations() {
-    let chromium = std::env::var("SWITCHBOARD_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(Path::new(&chromium).is_file(), "{chromium} not found: run scripts/install-deps.sh");
-    assert!(browser_dir().join("node_modules/playwright-core/package.json").is_file(), "run scripts/install-deps.sh (npm ci in tests/browser)");
-    let node = std::env::var("SWITCHBOARD_NODE").unwrap_or_else(|_| "node".into());
+    let (chromium, node) = require_tools();
     let server = TestServer::start();
     let work = tempfile::tempdir().expect("work dir");
     let mut accounts = server.provision(CONVERSATIONS + 1).await;
@@ -37,20 +29,12 @@ async fn the_app_lists_200_encrypted_conversations() {
     let profile =
         serde_json::json!({"phone": "+1 provisioned", "userId": me.user_id.to_string(), "deviceId": me.device_id.to_string(), "token": me.token});
     let go = work.path().join("go");
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
 
-    let mut child = Command::new(&node)
-        .arg("web-load.mjs")
-        .current_dir(browser_dir())
+    let mut child = script(&node, &chromium, "web-load.mjs")
         .env("SWITCHBOARD_APP_URL", format!("http://{}/app/", server.http))
         .env("SWITCHBOARD_PROFILE_JSON", profile.to_string())
         .env("SWITCHBOARD_GO_FILE", &go)
         .env("SWITCHBOARD_CONVERSATIONS", CONVERSATIONS.to_string())
-        .env("SWITCHBOARD_CHROMIUM", &chromium)
-        .env("SWITCHBOARD_BROWSER_ARTIFACTS", &artifacts)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("run node");
     let stdout = child.stdout.take().expect("stdout");
@@ -93,20 +77,7 @@ async fn the_app_lists_200_encrypted_conversations() {
     println!("{CONVERSATIONS} encrypted messages sent in {:?}", started.elapsed());
     std::fs::write(&go, b"go").expect("go file");
 
-    let status = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for node") {
-                return (status, child);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return (child.wait().expect("reap node"), child);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    let (status, child) = status.await.expect("join");
+    let (status, child) = wait_bounded(child, Duration::from_secs(300)).await;
     while let Ok(line) = lines.try_recv() {
         report.push_str(&line);
         report.push('\n');

@@ -6,6 +6,8 @@
 //! outlives restarts and `kill -9` of the switchboard process, as a shared store does.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
