@@ -98,22 +98,24 @@ fn presence_needs_contacts(settings: &PrivacySettings) -> bool {
     settings.last_seen == Audience::Contacts
 }
 
+/// Which of `users` are `owner`'s contacts (their numbers are in the owner's contact
+/// list): one user read each, one contacts lookup.
+pub async fn contacts_among(store: &dyn Store, owner: UserId, users: &[UserId]) -> Result<HashSet<UserId>, StoreError> {
+    let mut phones: HashMap<String, UserId> = HashMap::new();
+    for u in users {
+        if let Some(record) = store.user(*u).await? {
+            phones.insert(record.phone, *u);
+        }
+    }
+    Ok(store.known_contacts(owner, phones.keys().cloned().collect()).await?.into_iter().filter_map(|p| phones.get(&p).copied()).collect())
+}
+
 /// What each of `viewers` may see of `owner`'s presence. Reads the owner's settings and
 /// blocks once, and the viewers' numbers only when a "contacts" audience needs them.
 pub async fn presence_views(store: &dyn Store, owner: UserId, viewers: &[UserId]) -> Result<Vec<(UserId, PresenceView)>, StoreError> {
     let settings = store.privacy(owner).await?;
     let blocks: HashSet<UserId> = store.blocks_of(owner).await?.into_iter().chain(store.blockers_of(owner).await?).collect();
-    let contacts: HashSet<UserId> = if presence_needs_contacts(&settings) {
-        let mut phones: HashMap<String, UserId> = HashMap::new();
-        for v in viewers {
-            if let Some(u) = store.user(*v).await? {
-                phones.insert(u.phone, *v);
-            }
-        }
-        store.known_contacts(owner, phones.keys().cloned().collect()).await?.into_iter().filter_map(|p| phones.get(&p).copied()).collect()
-    } else {
-        HashSet::new()
-    };
+    let contacts = if presence_needs_contacts(&settings) { contacts_among(store, owner, viewers).await? } else { HashSet::new() };
     Ok(viewers.iter().map(|v| (*v, privacy::presence(&settings, Relation { contact: contacts.contains(v), blocked: blocks.contains(v) }))).collect())
 }
 

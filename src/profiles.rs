@@ -163,14 +163,7 @@ pub async fn tell_changed(store: &dyn Store, router: &Router, owner: UserId, cha
         let contacts = if audiences.contains(&Audience::Everyone) {
             None
         } else if audiences.contains(&Audience::Contacts) {
-            let mut phones = std::collections::HashMap::new();
-            for u in &audience {
-                if let Some(record) = store.user(*u).await? {
-                    phones.insert(record.phone, *u);
-                }
-            }
-            let known = store.known_contacts(owner, phones.keys().cloned().collect()).await?;
-            Some(known.into_iter().filter_map(|p| phones.get(&p).copied()).collect::<HashSet<UserId>>())
+            Some(crate::privacy::contacts_among(store, owner, &audience).await?)
         } else {
             Some(HashSet::new())
         };
