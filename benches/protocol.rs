@@ -20,6 +20,8 @@ fn message_frame(payload: usize) -> pb::ServerFrame {
         kind: 0,
         reference_seq: 0,
         deleted: false,
+        delivered_to: 0,
+        read_by: 0,
     }))
 }
 

@@ -748,6 +748,31 @@ impl Connection {
         .await
     }
 
+    /// One page of the conversation list: what changed after `since_version` (0: all),
+    /// after the continuation token `after` ("" for the first page).
+    pub async fn inbox(&mut self, since_version: u64, after: &str, limit: u32) -> Result<pb::InboxPage, ClientError> {
+        let request_id = rand::random::<u64>();
+        self.send(client_frame::Kind::Inbox(pb::InboxRequest { request_id, since_version, after: after.to_string(), limit })).await?;
+        self.answer(request_id.to_string(), move |k| match k {
+            server_frame::Kind::Inbox(p) if p.request_id == request_id => Some(p.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Changes the user's state of a conversation (`UpdateChat`, its request id set here);
+    /// returns the entry after the change.
+    pub async fn update_chat(&mut self, mut update: pb::UpdateChat) -> Result<pb::InboxEntry, ClientError> {
+        let request_id = rand::random::<u64>();
+        update.request_id = request_id;
+        self.send(client_frame::Kind::UpdateChat(update)).await?;
+        self.answer(request_id.to_string(), move |k| match k {
+            server_frame::Kind::InboxChanged(c) if c.request_id == request_id => c.entry.clone(),
+            _ => None,
+        })
+        .await
+    }
+
     /// Splits the connection into a stream of received frames and a sink of frames to
     /// send, for load generators that read and write concurrently. Frames already
     /// buffered are returned too.

@@ -210,6 +210,17 @@ pub struct ServeArgs {
     /// Largest group, in members.
     #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
+    /// Of a conversation a device never acknowledged anything of (a new or reinstalled
+    /// device), catch-up sends only this many of the newest messages sent before the
+    /// device was created (0 to 100000; default 20), and all sent since; older ones are
+    /// read through history.
+    #[arg(long, env = "SWITCHBOARD_CATCH_UP_RECENT")]
+    pub catch_up_recent: Option<usize>,
+    /// How far before the time it was read a conversation-list page's version is set, in
+    /// milliseconds (100 to 600000; default 10000): longer than a commit takes and than
+    /// the clocks of the cluster's nodes differ.
+    #[arg(long, env = "SWITCHBOARD_INBOX_VERSION_MARGIN_MS")]
+    pub inbox_version_margin_ms: Option<u64>,
     /// Unacknowledged to-device messages a device's queue may hold (1 to 1000000; default
     /// 10000); a send that would pass it is refused with QUEUE_FULL.
     #[arg(long, env = "SWITCHBOARD_TO_DEVICE_QUEUE")]
@@ -349,6 +360,8 @@ pub struct FileConfig {
     user_rate_burst: Option<u32>,
     conversation_idle_secs: Option<u64>,
     max_group_members: Option<usize>,
+    catch_up_recent: Option<usize>,
+    inbox_version_margin_ms: Option<u64>,
     to_device_queue: Option<u64>,
     to_device_queue_per_sender: Option<u64>,
     to_device_window: Option<u64>,
@@ -578,6 +591,18 @@ impl ServerConfig {
                 return Err(ConfigError::Invalid("max_group_members must be 2 to 100000".into()));
             }
             actors.max_group_members = v;
+        }
+        if let Some(v) = args.catch_up_recent.or(file.catch_up_recent) {
+            if v > 100_000 {
+                return Err(ConfigError::Invalid("catch_up_recent must be 0 to 100000".into()));
+            }
+            actors.catch_up_recent = v;
+        }
+        if let Some(v) = args.inbox_version_margin_ms.or(file.inbox_version_margin_ms) {
+            if !(100..=600_000).contains(&v) {
+                return Err(ConfigError::Invalid("inbox_version_margin_ms must be 100 to 600000".into()));
+            }
+            actors.inbox_version_margin_ms = v;
         }
         if let Some(v) = args.to_device_queue.or(file.to_device_queue) {
             if !(1..=1_000_000).contains(&v) {

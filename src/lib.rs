@@ -32,6 +32,7 @@ pub mod fuzz;
 pub mod history;
 pub mod http;
 pub mod ids;
+pub mod inbox;
 pub mod keys;
 pub mod loadgen;
 pub mod media;

@@ -83,6 +83,11 @@ fn every_frame(target: ConversationId, peer: UserId) -> Vec<(&'static str, clien
         ("set_retention", client_frame::Kind::SetRetention(pb::SetRetention { request_id: 10, conversation_id: c(), seconds: 1 })),
         ("message_info", client_frame::Kind::MessageInfo(pb::MessageInfo { request_id: 11, conversation_id: c(), seq: 2 })),
         ("group_info", client_frame::Kind::GroupInfo(pb::GroupInfoRequest { request_id: 12, conversation_id: c() })),
+        ("inbox", client_frame::Kind::Inbox(pb::InboxRequest { request_id: 13, since_version: 0, after: String::new(), limit: 0 })),
+        (
+            "update_chat",
+            client_frame::Kind::UpdateChat(pb::UpdateChat { request_id: 14, conversation_id: c(), archived: Some(true), ..Default::default() }),
+        ),
     ]
 }
 
@@ -279,6 +284,8 @@ async fn every_frame_and_endpoint_refuses_whoever_may_not_and_changes_nothing() 
         (reqwest::Method::GET, "/v1/profile".into(), None),
         (reqwest::Method::PATCH, "/v1/profile".into(), Some(serde_json::json!({ "name": "intruder" }))),
         (reqwest::Method::GET, format!("/v1/profiles/{}", b.user_id), None),
+        (reqwest::Method::GET, "/v1/inbox".into(), None),
+        (reqwest::Method::PATCH, format!("/v1/inbox/{g}"), Some(serde_json::json!({ "archived": true }))),
         (reqwest::Method::GET, "/v1/privacy".into(), None),
         (reqwest::Method::PATCH, "/v1/privacy".into(), Some(serde_json::json!({ "last_seen": "nobody" }))),
         (reqwest::Method::GET, "/v1/blocks".into(), None),
@@ -346,6 +353,15 @@ async fn every_frame_and_endpoint_refuses_whoever_may_not_and_changes_nothing() 
     assert_eq!(read.status().as_u16(), 403, "non-member history");
     let read = call(reqwest::Method::GET, &format!("/v1/conversations/{d}/messages"), &None, Some(&r.token)).await.expect("http");
     assert_eq!(read.status().as_u16(), 403, "another pair's 1:1 history");
+    // The conversation list: not another pair's 1:1, not a group never joined.
+    let change =
+        call(reqwest::Method::PATCH, &format!("/v1/inbox/{d}"), &Some(serde_json::json!({ "archived": true })), Some(&r.token)).await.expect("http");
+    assert_eq!(change.status().as_u16(), 403, "another pair's 1:1 in the list");
+    let update = pb::UpdateChat { conversation_id: id_bytes(g2), archived: Some(true), ..Default::default() };
+    assert_eq!(refused(cn.update_chat(update).await), ErrorCode::NotAMember, "a group never joined, in the list");
+    let listed = cn.inbox(0, "", 0).await.expect("inbox");
+    let theirs = [id_bytes(g), id_bytes(g2), id_bytes(d)];
+    assert!(listed.entries.iter().all(|e| !theirs.contains(&e.conversation_id)), "N's list shows only what N was in");
     // The removed member reads up to its removal.
     let page = api.history(&r.token, g, 0, 200).await.expect("removed member's history");
     let seqs: Vec<u64> = page["messages"].as_array().expect("messages").iter().filter_map(|m| m["seq"].as_u64()).collect();

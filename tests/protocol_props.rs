@@ -56,6 +56,8 @@ fn message() -> impl Strategy<Value = pb::Message> {
             kind: 0,
             reference_seq: 0,
             deleted: false,
+            delivered_to: 0,
+            read_by: 0,
         },
     )
 }

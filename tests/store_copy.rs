@@ -205,6 +205,36 @@ impl Store for FailingAfter {
     async fn profile(&self, _: switchboard::ids::UserId) -> Result<Option<switchboard::store::Profile>, StoreError> {
         unimplemented!()
     }
+    async fn chat_states(
+        &self,
+        _: switchboard::ids::UserId,
+    ) -> Result<Vec<(switchboard::ids::ConversationId, switchboard::store::ChatState)>, StoreError> {
+        unimplemented!()
+    }
+    async fn chat_state(
+        &self,
+        _: switchboard::ids::UserId,
+        _: switchboard::ids::ConversationId,
+    ) -> Result<switchboard::store::ChatState, StoreError> {
+        unimplemented!()
+    }
+    async fn update_chat_state(
+        &self,
+        _: switchboard::ids::UserId,
+        _: switchboard::ids::ConversationId,
+        _: switchboard::store::ChatUpdate,
+        _: u64,
+        _: u64,
+    ) -> Result<Result<Option<switchboard::store::ChatState>, switchboard::store::InboxError>, StoreError> {
+        unimplemented!()
+    }
+    async fn member_cursor(
+        &self,
+        _: switchboard::ids::ConversationId,
+        _: switchboard::ids::UserId,
+    ) -> Result<switchboard::store::MemberCursor, StoreError> {
+        unimplemented!()
+    }
     async fn set_profile(&self, _: switchboard::ids::UserId, _: switchboard::store::Profile) -> Result<(), StoreError> {
         unimplemented!()
     }

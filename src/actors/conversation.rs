@@ -348,7 +348,20 @@ pub fn message_frame(m: &StoredMessage) -> pb::Message {
         } as i32,
         reference_seq: m.reference_seq,
         deleted: m.deleted,
+        delivered_to: 0,
+        read_by: 0,
     }
+}
+
+/// The `Message` of a stored message with the tick state of the reader's own message
+/// (history and catch-up pages): (delivered to, read by) other members.
+pub fn message_frame_with_ticks(m: &StoredMessage, ticks: Option<(u32, u32)>) -> pb::Message {
+    let mut frame = message_frame(m);
+    if let Some((delivered, read)) = ticks {
+        frame.delivered_to = delivered;
+        frame.read_by = read;
+    }
+    frame
 }
 
 /// An encoded `ServerFrame::Message` of a stored message.

@@ -50,6 +50,14 @@ pub struct ActorLimits {
     pub max_payload: usize,
     /// Messages per store read during catch-up.
     pub catch_up_page: usize,
+    /// Of a conversation a device never acknowledged anything of (a new or reinstalled
+    /// device), catch-up sends only this many of the newest log entries sent before the
+    /// device was created (and all sent since); older ones are read through history
+    /// (docs/protocol.md §3, "Catch-up").
+    pub catch_up_recent: usize,
+    /// How far before its read time a conversation-list page's version is set, in ms
+    /// ([`crate::cores::inbox::VERSION_MARGIN_MS`] by default).
+    pub inbox_version_margin_ms: u64,
     /// How long a full outbound queue may stay full before the device counts as slow.
     pub slow_consumer_timeout: Duration,
     /// Largest group, in members.
@@ -75,6 +83,8 @@ impl Default for ActorLimits {
             conversation_idle: Duration::from_secs(300),
             max_payload: 64 * 1024,
             catch_up_page: 256,
+            catch_up_recent: 20,
+            inbox_version_margin_ms: crate::cores::inbox::VERSION_MARGIN_MS,
             slow_consumer_timeout: Duration::from_secs(5),
             max_group_members: 1024,
             max_write_batch: 2048,

@@ -8,7 +8,8 @@
 //! message), and a failed delivery is retried with exponential backoff. Before every
 //! attempt, the first and each retry, the member's read receipts are looked at: what the
 //! user has read on another device (up to the newest message of the notification) is not
-//! pushed any more.
+//! pushed any more; a conversation the user muted pushes silently or not at all, as they
+//! chose.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -20,6 +21,7 @@ use serde::Serialize;
 
 use super::Router;
 use super::mailbox::{ActorStats, Addressed, Label, MailboxGauge};
+use crate::cores::inbox::PushMode;
 use crate::store::{ConversationId, DeviceId, PushToken, Store, UserId};
 
 /// One notification for one device.
@@ -39,6 +41,9 @@ pub struct PushNotification {
     pub sender_user_id: UserId,
     /// How many messages this notification stands for.
     pub count: u32,
+    /// The user muted the conversation and chose silent pushes: update the badge, no
+    /// sound or banner. (Muted with pushes off: no notification at all.)
+    pub silent: bool,
     /// Seq of the newest of them: once the user has read up to it on any device, the
     /// notification is skipped (0: never skipped). Not sent to the sink.
     #[serde(skip)]
@@ -242,6 +247,7 @@ impl Actor for PushDispatcher {
                                 conversation_id,
                                 sender_user_id: sender,
                                 count: 0,
+                                silent: false,
                                 up_to_seq: 0,
                             },
                             attempt: 0,
@@ -332,9 +338,27 @@ fn flush(myself: &ActorRef<PushMsg>, state: &mut PushState) {
                 metrics::counter!("switchboard_push_skipped_total", "reason" => "read").increment(1);
                 return;
             }
-            let result = sink.deliver(&d.notification).await;
-            let _ = me.cast(PushMsg::Internal(PushInternal::Delivered(Box::new(d.notification), d.attempt, result)));
+            let mut notification = d.notification;
+            match push_mode(store.as_ref(), &notification).await {
+                PushMode::Alert => {}
+                PushMode::Silent => notification.silent = true,
+                PushMode::Skip => {
+                    metrics::counter!("switchboard_push_skipped_total", "reason" => "muted").increment(1);
+                    return;
+                }
+            }
+            let result = sink.deliver(&notification).await;
+            let _ = me.cast(PushMsg::Internal(PushInternal::Delivered(Box::new(notification), d.attempt, result)));
         });
+    }
+}
+
+/// How the user wants this conversation pushed now (muted: silent or not at all). A store
+/// that cannot answer does not stop the push: better one too many than a message missed.
+async fn push_mode(store: &dyn Store, n: &PushNotification) -> PushMode {
+    match store.chat_state(n.user_id, n.conversation_id).await {
+        Ok(state) => crate::cores::inbox::push_mode(&state, crate::store::now_ms()),
+        Err(_) => PushMode::Alert,
     }
 }
 

@@ -403,6 +403,7 @@ async fn push_unacked(ctx: &NodeContext, user: UserId, device: DeviceId, gaps: O
                 conversation_id: record.conversation_id,
                 sender_user_id: sender,
                 count,
+                silent: false,
                 up_to_seq,
             };
             if ctx.push.send(PushRequest::Notify(Box::new(notification))).is_err() {

@@ -129,6 +129,16 @@ impl DeliveryCore {
         }
     }
 
+    /// Catch-up of `id` starts after `seq`: what is older is left to history (a device's
+    /// first catch-up brings only the newest messages of each conversation; what the user
+    /// cleared is never sent). The watermark moves up to `seq`, never back and never past
+    /// what the user may see.
+    pub fn start_after(&mut self, id: ConversationId, seq: u64) {
+        if let Some(view) = self.views.get_mut(&id) {
+            view.pushed = view.pushed.max(seq.min(view.range.1));
+        }
+    }
+
     /// What to do with a live message of `id` at `seq`.
     pub fn live(&self, id: ConversationId, seq: u64, sender_device: DeviceId, is_event: bool) -> Verdict {
         let Some(view) = self.views.get(&id) else { return Verdict::Unknown };

@@ -47,6 +47,26 @@ fn live_messages_follow_the_watermark() {
 }
 
 #[test]
+fn catch_up_can_start_at_the_newest_messages() {
+    let (me, peer) = (UserId::random(), UserId::random());
+    let peer_device = DeviceId::random();
+    let record = direct(me, peer);
+    let id = record.conversation_id;
+    let mut core = DeliveryCore::new(me, DeviceId::random());
+    core.add_view(record, Cursor::default());
+    core.start_after(id, 7);
+    let stored: Vec<StoredMessage> = (1..=10).map(|s| message(id, s, (peer, peer_device), false)).collect();
+    let page = core.page(id, &stored, u64::MAX, 256, 0);
+    assert_eq!(page.send.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![8, 9, 10], "only what follows the start");
+    assert!(page.done);
+    // Never back: a later, lower start changes nothing.
+    core.start_after(id, 2);
+    assert_eq!(core.view(id).map(|v| v.pushed), Some(10));
+    // The device may acknowledge everything up to where it was sent.
+    assert_eq!(core.cursor(id, 10, true), Some(CursorAdvance { delivered: 10, read: 10 }));
+}
+
+#[test]
 fn cursors_only_grow_and_never_pass_what_was_sent() {
     let (me, peer) = (UserId::random(), UserId::random());
     let record = direct(me, peer);

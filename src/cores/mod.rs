@@ -17,11 +17,14 @@
 //! - [`recent_ids`], [`receipts`]: the sequencer's dedup window and group receipt counts.
 //! - [`privacy`]: privacy settings and blocking: who sees presence, who may add whom to
 //!   groups, whether read receipts, typing and sends flow between two users.
+//! - [`inbox`]: a user's conversation list: per-user state (mute, archive, pin, clear),
+//!   what changed since a version, its order and pages, unread counts.
 //! - [`token_bucket`]: a rate budget kept in the store and shared by every node.
 //! - [`requests`]: what a device asks of a conversation (the sequencer's inputs).
 
 pub mod delivery;
 pub mod group;
+pub mod inbox;
 pub mod keys;
 pub mod megolm_rotation;
 pub mod privacy;

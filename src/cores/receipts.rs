@@ -9,6 +9,25 @@ use crate::ids::UserId;
 use crate::protocol::pb;
 use crate::store::MemberCursor;
 
+/// The ticks of `sender`'s message at `seq`: how many current `members` other than the
+/// sender have their member cursor at or past it, as (delivered, read). A read cursor
+/// counts as delivered too (a device that read it has it).
+pub fn ticks(cursors: &[(UserId, MemberCursor)], members: &[UserId], sender: UserId, seq: u64) -> (u32, u32) {
+    let (mut delivered, mut read) = (0, 0);
+    for (user, cursor) in cursors {
+        if *user == sender || members.binary_search(user).is_err() {
+            continue;
+        }
+        if cursor.delivered.max(cursor.read) >= seq {
+            delivered += 1;
+        }
+        if cursor.read >= seq {
+            read += 1;
+        }
+    }
+    (delivered, read)
+}
+
 /// One sender's new counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -82,6 +101,21 @@ impl GroupReceipts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_count_current_members_other_than_the_sender() {
+        let (a, b, c, gone) = (UserId::from_u128(1), UserId::from_u128(2), UserId::from_u128(3), UserId::from_u128(4));
+        let members = [a, b, c];
+        let cursors = [
+            (a, MemberCursor { delivered: 9, read: 9 }),
+            (b, MemberCursor { delivered: 5, read: 4 }),
+            (c, MemberCursor { delivered: 0, read: 6 }),
+            (gone, MemberCursor { delivered: 9, read: 9 }),
+        ];
+        assert_eq!(ticks(&cursors, &members, a, 5), (2, 1), "b has it, c read it; the sender and a former member do not count");
+        assert_eq!(ticks(&cursors, &members, a, 4), (2, 2));
+        assert_eq!(ticks(&cursors, &members, a, 7), (0, 0));
+    }
 
     #[test]
     fn counts_change_once_per_flush_and_only_when_they_change() {

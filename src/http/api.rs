@@ -106,6 +106,9 @@ impl ApiError {
                 RequestError::NoSharedConversation(_) => "no_shared_conversation",
                 RequestError::Unavailable(_) => "unavailable",
                 RequestError::UnknownUser(_) => "unknown_user",
+                RequestError::UnknownConversation => "unknown_conversation",
+                RequestError::NotAMember => "not_a_member",
+                RequestError::TooManyPins(_) => "too_many_pins",
                 _ => "bad_request",
             },
         }
@@ -133,7 +136,9 @@ impl ResponseError for ApiError {
             ApiError::Request(e) => match e {
                 RequestError::NoSharedConversation(_) => StatusCode::FORBIDDEN,
                 RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                RequestError::UnknownUser(_) => StatusCode::NOT_FOUND,
+                RequestError::UnknownUser(_) | RequestError::UnknownConversation => StatusCode::NOT_FOUND,
+                RequestError::NotAMember => StatusCode::FORBIDDEN,
+                RequestError::TooManyPins(_) => StatusCode::CONFLICT,
                 _ => StatusCode::BAD_REQUEST,
             },
         }
@@ -221,6 +226,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/v1/profile", &["GET", "PATCH"]).route(web::get().to(super::profiles::mine)).route(web::patch().to(super::profiles::change)),
         )
         .service(resource("/v1/profiles/{user_id}", &["GET"]).route(web::get().to(super::profiles::of_user)))
+        .service(resource("/v1/inbox", &["GET"]).route(web::get().to(super::inbox::list)))
+        .service(resource("/v1/inbox/{conversation_id}", &["PATCH"]).route(web::patch().to(super::inbox::change)))
         .service(resource("/v1/pairing", &["POST"]).route(web::post().to(super::pairing::start)))
         .service(resource("/v1/pairing/claim", &["POST"]).route(web::post().to(super::pairing::claim)))
         .service(resource("/v1/blocks", &["GET"]).route(web::get().to(super::privacy::list_blocks)))
@@ -599,6 +606,12 @@ pub struct HistoryItem {
     pub deleted: bool,
     /// For server events: the protobuf bytes of `ConversationEvent`, in hex.
     pub event_hex: Option<String>,
+    /// The caller's own messages: how many other members had it delivered (✓✓) when
+    /// the page was read (1:1: 0 or 1; 0 across a block). 0 for others' messages.
+    pub delivered_to: u32,
+    /// The caller's own messages: how many other members read it (blue ✓✓; 1:1: 0 when
+    /// read receipts are off on either side). 0 for others' messages.
+    pub read_by: u32,
 }
 
 /// The kind of a history item.
@@ -642,6 +655,8 @@ impl From<&crate::store::StoredMessage> for HistoryItem {
             reference_seq: m.reference_seq,
             deleted: m.deleted,
             event_hex: m.event.as_ref().map(hex::encode),
+            delivered_to: 0,
+            read_by: 0,
         }
     }
 }
@@ -668,10 +683,21 @@ async fn history(
     let record = state.store.conversation(id).await.map_err(|_| ApiError::Unavailable)?.ok_or(ApiError::UnknownConversation)?;
     // The same membership range as over the socket: from joining to leaving.
     let range = record.visible_range(me.user_id).ok_or(ApiError::NotAMember)?;
-    let (messages, has_more) = history_page(state.store.as_ref(), &record, range, query.before, query.limit, crate::store::now_ms())
-        .await
-        .map_err(|_| ApiError::Unavailable)?;
-    Ok(HttpResponse::Ok().json(HistoryPage { conversation_id: id, messages: messages.iter().map(HistoryItem::from).collect(), has_more }))
+    let store = state.store.as_ref();
+    let range = crate::history::without_cleared(store, me.user_id, &record, range).await.map_err(|_| ApiError::Unavailable)?;
+    let (messages, has_more) =
+        history_page(store, &record, range, query.before, query.limit, crate::store::now_ms()).await.map_err(|_| ApiError::Unavailable)?;
+    let mut privacy = crate::privacy::PrivacyCache::load(store, me.user_id).await.map_err(|_| ApiError::Unavailable)?;
+    let flow = crate::history::TickFlow::of(&mut privacy, store, &record, me.user_id).await.map_err(|_| ApiError::Unavailable)?;
+    let ticks = crate::history::ticks(store, &record, me.user_id, &messages, flow).await.map_err(|_| ApiError::Unavailable)?;
+    let messages = messages
+        .iter()
+        .map(|m| {
+            let (delivered_to, read_by) = ticks.get(&m.seq).copied().unwrap_or_default();
+            HistoryItem { delivered_to, read_by, ..HistoryItem::from(m) }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(HistoryPage { conversation_id: id, messages, has_more }))
 }
 
 /// The WebSocket route needs the connection dependencies as app data.

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod api;
 pub mod console;
 pub mod contacts;
+pub mod inbox;
 pub mod keys;
 pub mod openapi;
 pub mod pairing;
@@ -23,6 +24,24 @@ pub type JsonObject = serde_json::Map<String, serde_json::Value>;
 /// `bad_request`.
 pub fn from_object<T: serde::de::DeserializeOwned>(body: JsonObject) -> Result<T, api::ApiError> {
     serde_json::from_value(serde_json::Value::Object(body)).map_err(|e| api::ApiError::BadRequest(e.to_string()))
+}
+
+/// The object with every top-level number that is a whole non-negative number written
+/// with a fraction (`5.0`) turned into an integer: JSON Schema counts `5.0` as an integer,
+/// so a body the OpenAPI document allows must be read as one.
+pub fn integral_numbers(mut body: JsonObject) -> JsonObject {
+    for value in body.values_mut() {
+        if let serde_json::Value::Number(n) = value
+            && n.as_u64().is_none()
+            && let Some(f) = n.as_f64()
+            && f >= 0.0
+            && f.fract() == 0.0
+            && f < 18_446_744_073_709_551_616.0
+        {
+            *value = serde_json::Value::from(f as u64);
+        }
+    }
+    body
 }
 
 /// The bearer token of a request, if any.
@@ -49,5 +68,13 @@ mod tests {
         assert_eq!(super::ago(12_345), "12.3 s");
         assert_eq!(super::ago(250_000), "4 min 10 s");
         assert_eq!(super::ago(7_500_000), "2 h 5 min");
+    }
+
+    #[test]
+    fn whole_numbers_written_with_a_fraction_read_as_integers() {
+        let body = serde_json::json!({ "a": 5.0, "b": 5.5, "c": -1.0, "d": 7, "e": "5.0", "f": 1e30 });
+        let serde_json::Value::Object(body) = body else { unreachable!() };
+        let out = serde_json::Value::Object(super::integral_numbers(body));
+        assert_eq!(out, serde_json::json!({ "a": 5, "b": 5.5, "c": -1.0, "d": 7, "e": "5.0", "f": 1e30 }));
     }
 }

@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, api, contacts, keys, pairing, privacy, profiles};
+use super::{admin, api, contacts, inbox, keys, pairing, privacy, profiles};
 use crate::media::http as media;
 use crate::transport::ws;
 
@@ -44,6 +44,8 @@ use crate::transport::ws;
         profiles::mine,
         profiles::change,
         profiles::of_user,
+        inbox::list,
+        inbox::change,
         pairing::start,
         pairing::claim,
         privacy::get_settings,
@@ -134,6 +136,8 @@ mod tests {
             ("/v1/profile", "get"),
             ("/v1/profile", "patch"),
             ("/v1/profiles/{user_id}", "get"),
+            ("/v1/inbox", "get"),
+            ("/v1/inbox/{conversation_id}", "patch"),
             ("/v1/pairing", "post"),
             ("/v1/pairing/claim", "post"),
             ("/v1/privacy", "get"),
@@ -160,6 +164,6 @@ mod tests {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 45, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 47, "a route is described but not listed here");
     }
 }

@@ -170,6 +170,23 @@ pub enum Scenario {
         #[arg(long, default_value_t = 400)]
         payload: usize,
     },
+    /// A reinstalled device's first sync: the conversation list and the first catch-up
+    /// (time and bytes) for a user with C conversations of M messages each.
+    Reinstall {
+        /// Conversations of the user (one peer each, 1:1).
+        #[arg(long, default_value_t = 200)]
+        conversations: usize,
+        /// Messages stored in each.
+        #[arg(long, default_value_t = 500)]
+        messages: u64,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// The server's `--catch-up-recent` (default: the server's own, 20); a large value
+        /// replays the whole history, as every first catch-up did before.
+        #[arg(long)]
+        catch_up_recent: Option<usize>,
+    },
     /// (Internal) the bare relay process of `--baseline relay`.
     #[command(hide = true)]
     Relay {
@@ -266,6 +283,26 @@ pub async fn run(args: BenchArgs) -> Result<String, LoadError> {
             let bar = spinner("reconnect storm");
             let report = super::reconnect(&server, &credentials, missed, parallel).await?;
             bar.finish_and_clear();
+            to_json(&report)
+        }
+        Scenario::Reinstall { conversations, messages, payload, catch_up_recent } => {
+            let mut reinstall_extra = extra.clone();
+            if let Some(n) = catch_up_recent {
+                reinstall_extra.extend(["--catch-up-recent".to_owned(), n.to_string()]);
+            }
+            let server = start(&binary, &reinstall_extra, store, websocket)?;
+            let credentials = provision(&server, conversations + 1).await?;
+            let (owner, peers) = credentials.split_first().ok_or_else(|| LoadError::Server("no users".into()))?;
+            let bar = spinner("storing the history");
+            let transport = server.transport();
+            super::reinstall::fill(&transport, owner, peers, messages, payload, 16).await?;
+            bar.set_message("the new device syncs");
+            let api = crate::client::HttpApi::new(format!("http://{}", server.http));
+            let mut report = super::reinstall::measure(&transport, &api, owner).await?;
+            bar.finish_and_clear();
+            report.conversations = conversations;
+            report.messages_stored = conversations as u64 * messages;
+            report.catch_up_recent = catch_up_recent;
             to_json(&report)
         }
         Scenario::KeyRotation { members, devices, senders, rotations, payload } => {

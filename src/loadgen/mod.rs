@@ -13,6 +13,7 @@ pub mod cross_node;
 pub mod idle;
 pub mod media;
 pub mod reconnect;
+pub mod reinstall;
 pub mod relay;
 pub mod rotation;
 pub mod server;

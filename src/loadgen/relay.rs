@@ -205,6 +205,8 @@ fn handle(relay: &Relay, tx: &mpsc::UnboundedSender<Bytes>, me: &mut Option<(Use
                 kind: send.kind,
                 reference_seq: send.reference_seq,
                 deleted: false,
+                delivered_to: 0,
+                read_by: 0,
             }));
             if let Ok(devices) = relay.devices.read() {
                 for member in conversation.members.iter().filter(|m| **m != user) {

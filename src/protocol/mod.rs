@@ -82,6 +82,8 @@ pub fn request_ref(kind: &client_frame::Kind) -> String {
         Kind::QueryDevices(r) => r.request_id,
         Kind::ClaimKeys(r) => r.request_id,
         Kind::ApprovePairing(r) => r.request_id,
+        Kind::Inbox(r) => r.request_id,
+        Kind::UpdateChat(r) => r.request_id,
         Kind::Hello(_)
         | Kind::Ping(_)
         | Kind::Ack(_)

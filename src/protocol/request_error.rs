@@ -98,6 +98,9 @@ pub enum RequestError {
     /// The pairing code was already approved.
     #[error("this pairing code was already approved")]
     PairingAlreadyApproved,
+    /// The user already has the most pinned conversations.
+    #[error("at most {0} conversations can be pinned")]
+    TooManyPins(usize),
     /// The sender's user already has its share of a to-device target's queue (the device
     /// has not acknowledged what this user sent it); other users can still reach it.
     #[error("the to-device queue of device {device} holds {max} entries from you, your share; retry once it has read them")]
@@ -137,6 +140,7 @@ impl RequestError {
             RequestError::TooManyDevices(_) => ErrorCode::TooManyDevices,
             RequestError::UnknownPairing => ErrorCode::UnknownPairing,
             RequestError::PairingAlreadyApproved => ErrorCode::PairingAlreadyApproved,
+            RequestError::TooManyPins(_) => ErrorCode::TooManyPins,
         }
     }
 
@@ -189,6 +193,7 @@ mod tests {
             RequestError::TooManyDevices(5),
             RequestError::UnknownPairing,
             RequestError::PairingAlreadyApproved,
+            RequestError::TooManyPins(3),
         ];
         let codes: std::collections::HashSet<i32> = all.iter().map(|e| e.code() as i32).collect();
         assert_eq!(codes.len(), all.len());

@@ -440,6 +440,7 @@ impl EmbeddedStore {
             super::embedded_privacy::create_tables(&txn)?;
             super::embedded_pairing::create_tables(&txn)?;
             super::embedded_profiles::create_tables(&txn)?;
+            super::embedded_inbox::create_tables(&txn)?;
         }
         txn.commit().map_err(be)?;
         // Batches logged since the last checkpoint (a crash): replay them, in order, onto
@@ -977,6 +978,25 @@ impl Store for EmbeddedStore {
         self.write(move |db| super::embedded_contacts::change(db, owner, &phones, false)).await
     }
 
+    async fn chat_states(&self, user: UserId) -> Result<Vec<(ConversationId, super::ChatState)>, StoreError> {
+        self.read(move |db| super::embedded_inbox::all(db, user))
+    }
+
+    async fn chat_state(&self, user: UserId, conversation: ConversationId) -> Result<super::ChatState, StoreError> {
+        self.read(move |db| super::embedded_inbox::get(db, user, conversation))
+    }
+
+    async fn update_chat_state(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        update: super::ChatUpdate,
+        last_seq: u64,
+        now_ms: u64,
+    ) -> Result<Result<Option<super::ChatState>, super::InboxError>, StoreError> {
+        self.write(move |db| super::embedded_inbox::update(db, user, conversation, &update, last_seq, now_ms)).await
+    }
+
     async fn profile(&self, user: UserId) -> Result<Option<super::Profile>, StoreError> {
         self.read(move |db| super::embedded_profiles::get(db, user))
     }
@@ -1170,6 +1190,15 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().map_err(be)?;
             let table = txn.open_table(LAST_SEQS).map_err(be)?;
             Ok(table.get(id.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or(0))
+        })
+    }
+
+    async fn member_cursor(&self, id: ConversationId, user: UserId) -> Result<MemberCursor, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(MEMBER_CURSORS).map_err(be)?;
+            let (delivered, read) = table.get((id.as_u128(), user.as_u128())).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
+            Ok(MemberCursor { delivered, read })
         })
     }
 
@@ -1830,6 +1859,7 @@ impl EmbeddedStore {
                 Section::Contacts => return super::embedded_contacts::export(db, after, limit),
                 Section::Privacy | Section::Blocks => return super::embedded_privacy::export(db, section, after, limit),
                 Section::Profiles => return super::embedded_profiles::export(db, after, limit),
+                Section::ChatStates => return super::embedded_inbox::export(db, after, limit),
             }
             Ok((out, last))
         })
@@ -1848,6 +1878,14 @@ impl EmbeddedStore {
         let profiles: Vec<(UserId, super::Profile)> =
             profiles.into_iter().filter_map(|r| if let Record::Profile { user_id, profile } = r { Some((user_id, profile)) } else { None }).collect();
         super::embedded_profiles::import(&txn, &profiles)?;
+        let (chats, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|r| matches!(r, Record::ChatState { .. }));
+        let chats: Vec<(UserId, ConversationId, super::ChatState)> = chats
+            .into_iter()
+            .filter_map(
+                |r| if let Record::ChatState { user_id, conversation_id, state } = r { Some((user_id, conversation_id, state)) } else { None },
+            )
+            .collect();
+        super::embedded_inbox::import(&txn, &chats)?;
         let (privacy, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(super::embedded_privacy::is_privacy);
         super::embedded_privacy::import(&txn, privacy)?;
         {
@@ -1957,6 +1995,7 @@ impl EmbeddedStore {
             Section::Contacts => return super::embedded_contacts::count(db),
             Section::Privacy | Section::Blocks => return super::embedded_privacy::count(db, section),
             Section::Profiles => return super::embedded_profiles::count(db),
+            Section::ChatStates => return super::embedded_inbox::count(db),
             other => return super::embedded_e2ee_copy::count(&txn, other),
         };
         n.map_err(be)

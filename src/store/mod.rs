@@ -11,6 +11,7 @@ mod columns;
 pub mod embedded;
 mod embedded_contacts;
 mod embedded_e2ee_copy;
+mod embedded_inbox;
 mod embedded_pairing;
 mod embedded_privacy;
 mod embedded_profiles;
@@ -115,6 +116,8 @@ pub struct PendingCode {
 }
 
 pub use crate::cores::privacy::PrivacySettings;
+
+pub use crate::cores::inbox::{ChatState, ChatUpdate, InboxError};
 
 /// Whether a guessed code's hash equals the stored one, in time independent of where
 /// they differ (the `subtle` crate's constant-time equality): the comparison leaks
@@ -501,6 +504,26 @@ pub trait Store: Send + Sync + 'static {
     /// claims race.
     async fn claim_pairing(&self, code_hash: [u8; 32], claim_hash: [u8; 32], now_ms: u64) -> Result<PairingClaim, StoreError>;
 
+    /// A user's own state of each conversation they ever changed one of (conversation
+    /// list: muted, archived, pinned, cleared), in no particular order.
+    async fn chat_states(&self, user: UserId) -> Result<Vec<(ConversationId, ChatState)>, StoreError>;
+    /// A user's state of one conversation (the default if never changed).
+    async fn chat_state(&self, user: UserId, conversation: ConversationId) -> Result<ChatState, StoreError>;
+    /// Applies `update` to the user's state of `conversation` by
+    /// [`crate::cores::inbox::apply`] at `now_ms` (`last_seq`: the last seq the user may
+    /// see of it), atomically with the count of the user's other pinned conversations
+    /// (a redb write transaction; a PostgreSQL transaction holding a per-user advisory lock; on
+    /// ScyllaDB a compare-and-set of the entry, the pin count read just before). Returns
+    /// the new state, None if nothing changed, or the rule that refused it.
+    async fn update_chat_state(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        update: ChatUpdate,
+        last_seq: u64,
+        now_ms: u64,
+    ) -> Result<Result<Option<ChatState>, InboxError>, StoreError>;
+
     /// A user's privacy settings (the defaults if never set).
     async fn privacy(&self, user: UserId) -> Result<PrivacySettings, StoreError>;
     /// Replaces a user's privacy settings.
@@ -551,6 +574,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every member-level cursor of a conversation.
     async fn member_cursors(&self, id: ConversationId) -> Result<Vec<(UserId, MemberCursor)>, StoreError>;
+    /// One member's cursor in a conversation (zeros if none).
+    async fn member_cursor(&self, id: ConversationId, user: UserId) -> Result<MemberCursor, StoreError>;
     /// When `user` first had the message at `seq` delivered and read (ms), if they have.
     async fn receipt_times(&self, id: ConversationId, user: UserId, seq: u64) -> Result<(Option<u64>, Option<u64>), StoreError>;
 

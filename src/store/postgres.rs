@@ -47,10 +47,15 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("../../migrations/postgres/0008_privacy.sql")),
     (9, include_str!("../../migrations/postgres/0009_pairings.sql")),
     (10, include_str!("../../migrations/postgres/0010_profiles.sql")),
+    (11, include_str!("../../migrations/postgres/0011_chat_states.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations when several nodes start at once.
 const MIGRATION_LOCK: i64 = 0x5357_4243_4844_0001;
+
+/// Mixed into the key of a user's chat-state lock (`pg_advisory_xact_lock`), so that it
+/// does not meet other advisory locks (the migration lock) by chance.
+const CHAT_STATE_LOCK: i64 = 0x5357_4243_4844_0002;
 
 /// A PostgreSQL-backed store over a connection pool. Cloning shares the pool.
 #[derive(Clone)]
@@ -234,6 +239,12 @@ fn content_code(kind: ContentKind) -> i16 {
         ContentKind::Edit => 1,
         ContentKind::Reaction => 2,
     }
+}
+
+/// A chat state row's `state` column, decoded.
+fn chat_state_from(row: &Row) -> Result<super::ChatState, StoreError> {
+    let text: String = get(row, "chat_states", "state")?;
+    serde_json::from_str(&text).map_err(|e| corrupt("chat_states", e.to_string()))
 }
 
 /// One `WriteOp::AdvanceCursor`, as SQL values.
@@ -812,6 +823,16 @@ impl PostgresStore {
                 )
                 .await?;
             }
+            Record::ChatState { user_id, conversation_id, state } => {
+                let text = json_text("chat_states", &state)?;
+                // The later change wins, so an import run twice (or after a change) keeps it.
+                Self::run(
+                    tx,
+                    "INSERT INTO chat_states (user_id, conversation_id, state) VALUES ($1, $2, $3) ON CONFLICT (user_id, conversation_id) DO UPDATE SET state = EXCLUDED.state WHERE (chat_states.state::jsonb->>'changed_ms')::bigint < (EXCLUDED.state::jsonb->>'changed_ms')::bigint",
+                    &[&user_id, &conversation_id, &text],
+                )
+                .await?;
+            }
             Record::Profile { user_id, profile } => {
                 let text = json_text("profiles", &profile)?;
                 Self::run(
@@ -1074,6 +1095,57 @@ impl Store for PostgresStore {
 
     async fn remove_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
         self.execute("DELETE FROM contacts WHERE owner = $1 AND phone = ANY($2)", &[&owner, &phones]).await.map(drop)
+    }
+
+    async fn chat_states(&self, user: UserId) -> Result<Vec<(ConversationId, super::ChatState)>, StoreError> {
+        self.query("SELECT conversation_id, state FROM chat_states WHERE user_id = $1", &[&user])
+            .await?
+            .iter()
+            .map(|r| Ok((get(r, "chat_states", "conversation_id")?, chat_state_from(r)?)))
+            .collect()
+    }
+
+    async fn chat_state(&self, user: UserId, conversation: ConversationId) -> Result<super::ChatState, StoreError> {
+        let row = self.query_opt("SELECT state FROM chat_states WHERE user_id = $1 AND conversation_id = $2", &[&user, &conversation]).await?;
+        Ok(row.as_ref().map(chat_state_from).transpose()?.unwrap_or_default())
+    }
+
+    async fn update_chat_state(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        update: super::ChatUpdate,
+        last_seq: u64,
+        now_ms: u64,
+    ) -> Result<Result<Option<super::ChatState>, super::InboxError>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // A lock per user for the transaction serialises a user's concurrent changes, so
+        // the pin limit holds (an advisory lock: it needs no row to exist).
+        let key = i64::from_be_bytes(user.as_bytes()[..8].try_into().unwrap_or_default()) ^ CHAT_STATE_LOCK;
+        Self::run(&tx, "SELECT pg_advisory_xact_lock($1)", &[&key]).await?;
+        let (mut current, mut pinned_others) = (super::ChatState::default(), 0);
+        for row in Self::rows(&tx, "SELECT conversation_id, state FROM chat_states WHERE user_id = $1", &[&user]).await? {
+            let id: ConversationId = get(&row, "chat_states", "conversation_id")?;
+            let state = chat_state_from(&row)?;
+            if id == conversation {
+                current = state;
+            } else if state.pinned_ms != 0 {
+                pinned_others += 1;
+            }
+        }
+        let outcome = crate::cores::inbox::apply(current, &update, pinned_others, last_seq, now_ms);
+        if let Ok(Some(next)) = &outcome {
+            let text = json_text("chat_states", next)?;
+            Self::run(
+                &tx,
+                "INSERT INTO chat_states (user_id, conversation_id, state) VALUES ($1, $2, $3) ON CONFLICT (user_id, conversation_id) DO UPDATE SET state = EXCLUDED.state",
+                &[&user, &conversation, &text],
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(outcome)
     }
 
     async fn profile(&self, user: UserId) -> Result<Option<super::Profile>, StoreError> {
@@ -1424,6 +1496,14 @@ impl Store for PostgresStore {
         .iter()
         .map(message_from)
         .collect()
+    }
+
+    async fn member_cursor(&self, id: ConversationId, user: UserId) -> Result<MemberCursor, StoreError> {
+        let row = self.query_opt("SELECT delivered, read FROM member_cursors WHERE conversation_id = $1 AND user_id = $2", &[&id, &user]).await?;
+        match row {
+            Some(r) => Ok(MemberCursor { delivered: uint(get(&r, "member_cursors", "delivered")?), read: uint(get(&r, "member_cursors", "read")?) }),
+            None => Ok(MemberCursor::default()),
+        }
     }
 
     async fn member_cursors(&self, id: ConversationId) -> Result<Vec<(UserId, MemberCursor)>, StoreError> {
@@ -1928,6 +2008,7 @@ impl Store for PostgresStore {
             Section::Privacy => "privacy",
             Section::Blocks => "blocks",
             Section::Profiles => "profiles",
+            Section::ChatStates => "chat_states",
         };
         let row = self.query_opt(&format!("SELECT count(*) FROM {table}"), &[]).await?;
         Ok(row.map(|r| get::<i64>(&r, "count", "count")).transpose()?.map(uint).unwrap_or(0))

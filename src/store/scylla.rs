@@ -329,6 +329,11 @@ struct Statements {
     get_last_seen: PreparedStatement,
     get_profile: PreparedStatement,
     put_profile: PreparedStatement,
+    chat_states: PreparedStatement,
+    create_chat_state: PreparedStatement,
+    cas_chat_state: PreparedStatement,
+    put_chat_state: PreparedStatement,
+    member_cursor: PreparedStatement,
     put_pairing: PreparedStatement,
     get_pairing: PreparedStatement,
     approve_pairing: PreparedStatement,
@@ -610,6 +615,11 @@ impl Statements {
             get_last_seen: prepare(s, "SELECT at_ms FROM last_seen WHERE user_id = ?", Read).await?,
             get_profile: prepare(s, "SELECT profile FROM profiles WHERE user_id = ?", Read).await?,
             put_profile: prepare(s, "INSERT INTO profiles (user_id, profile) VALUES (?, ?)", Write).await?,
+            chat_states: prepare(s, "SELECT conversation_id, state FROM chat_states WHERE user_id = ?", Read).await?,
+            create_chat_state: prepare(s, "INSERT INTO chat_states (user_id, conversation_id, state) VALUES (?, ?, ?) IF NOT EXISTS", Conditional).await?,
+            cas_chat_state: prepare(s, "UPDATE chat_states SET state = ? WHERE user_id = ? AND conversation_id = ? IF state = ?", Conditional).await?,
+            put_chat_state: prepare(s, "INSERT INTO chat_states (user_id, conversation_id, state) VALUES (?, ?, ?)", Write).await?,
+            member_cursor: prepare(s, "SELECT delivered, read FROM member_cursors WHERE conversation_id = ? AND user_id = ?", Read).await?,
             put_pairing: prepare(
                 s,
                 "INSERT INTO pairings (code_hash, claim_hash, device_name, expires_ms, approved_by, approved_device) VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
@@ -808,6 +818,7 @@ impl ScyllaStore {
             (8, include_str!("../../migrations/scylla/0008_privacy.cql")),
             (9, include_str!("../../migrations/scylla/0009_pairings.cql")),
             (10, include_str!("../../migrations/scylla/0010_profiles.cql")),
+            (11, include_str!("../../migrations/scylla/0011_chat_states.cql")),
         ];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
@@ -885,6 +896,19 @@ impl ScyllaStore {
 
     async fn conditional(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<LwtResult, StoreError> {
         lwt(self.exec(statement, values).await?)
+    }
+
+    /// A user's chat states, each with its stored text (the compare-and-set's operand).
+    async fn chat_state_rows(&self, user: UserId) -> Result<Vec<(ConversationId, super::ChatState, String)>, StoreError> {
+        let mut out = Vec::new();
+        self.all_rows(&self.st.chat_states, (user,), |(id, text): (ConversationId, Option<String>)| {
+            let text = text.unwrap_or_default();
+            let state = serde_json::from_str(&text).map_err(|e| corrupt("chat_states", e.to_string()))?;
+            out.push((id, state, text));
+            Ok(())
+        })
+        .await?;
+        Ok(out)
     }
 
     /// A pairing row, read serially (it is changed only by compare-and-set).
@@ -1469,6 +1493,11 @@ impl ScyllaStore {
             Record::Profile { user_id, profile } => {
                 self.exec(&self.st.put_profile, (user_id, profile_json(&profile)?)).await?;
             }
+            Record::ChatState { user_id, conversation_id, state } => {
+                // A copy runs before the cluster serves: no change races it.
+                let text = serde_json::to_string(&state).map_err(|e| StoreError::Backend(format!("chat_states: {e}")))?;
+                self.exec(&self.st.put_chat_state, (user_id, conversation_id, text)).await?;
+            }
             Record::Privacy { user_id, settings } => {
                 self.exec(&self.st.put_privacy, (user_id, privacy_json(&settings)?)).await?;
             }
@@ -1816,6 +1845,11 @@ impl Store for ScyllaStore {
         self.page(id, 0, before, limit, true).await
     }
 
+    async fn member_cursor(&self, id: ConversationId, user: UserId) -> Result<MemberCursor, StoreError> {
+        let row: Option<(Option<i64>, Option<i64>)> = self.first_row(&self.st.member_cursor, (id, user)).await?;
+        Ok(row.map(|(d, r)| MemberCursor { delivered: d.map(uint).unwrap_or(0), read: r.map(uint).unwrap_or(0) }).unwrap_or_default())
+    }
+
     async fn member_cursors(&self, id: ConversationId) -> Result<Vec<(UserId, MemberCursor)>, StoreError> {
         let mut out = Vec::new();
         self.all_rows(&self.st.member_cursors, (id,), |(u, d, r): (UserId, Option<i64>, Option<i64>)| {
@@ -1834,6 +1868,45 @@ impl Store for ScyllaStore {
             *slot = row.and_then(|(t,)| t).map(uint);
         }
         Ok((times[0], times[1]))
+    }
+
+    async fn chat_states(&self, user: UserId) -> Result<Vec<(ConversationId, super::ChatState)>, StoreError> {
+        Ok(self.chat_state_rows(user).await?.into_iter().map(|(id, state, _)| (id, state)).collect())
+    }
+
+    async fn chat_state(&self, user: UserId, conversation: ConversationId) -> Result<super::ChatState, StoreError> {
+        Ok(self.chat_state_rows(user).await?.into_iter().find(|(id, ..)| *id == conversation).map(|(_, state, _)| state).unwrap_or_default())
+    }
+
+    /// Compare-and-set of the entry (retried when another change won), the other entries'
+    /// pin count read just before: two devices pinning two different conversations at the
+    /// same moment can pass the pin limit by one here (no transaction spans entries).
+    async fn update_chat_state(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        update: super::ChatUpdate,
+        last_seq: u64,
+        now_ms: u64,
+    ) -> Result<Result<Option<super::ChatState>, super::InboxError>, StoreError> {
+        for _ in 0..8 {
+            let rows = self.chat_state_rows(user).await?;
+            let pinned_others = rows.iter().filter(|(id, state, _)| *id != conversation && state.pinned_ms != 0).count();
+            let (current, text) = rows.into_iter().find(|(id, ..)| *id == conversation).map(|(_, s, t)| (s, Some(t))).unwrap_or_default();
+            let next = match crate::cores::inbox::apply(current, &update, pinned_others, last_seq, now_ms) {
+                Ok(Some(next)) => next,
+                other => return Ok(other),
+            };
+            let json = serde_json::to_string(&next).map_err(|e| StoreError::Backend(format!("chat_states: {e}")))?;
+            let applied = match text {
+                None => self.conditional(&self.st.create_chat_state, (user, conversation, json)).await?.applied,
+                Some(old) => self.conditional(&self.st.cas_chat_state, (json, user, conversation, old)).await?.applied,
+            };
+            if applied {
+                return Ok(Ok(Some(next)));
+            }
+        }
+        Err(StoreError::Backend("chat_states: too many concurrent changes".into()))
     }
 
     async fn profile(&self, user: UserId) -> Result<Option<super::Profile>, StoreError> {
@@ -2286,6 +2359,7 @@ impl Store for ScyllaStore {
             Section::Privacy => "SELECT user_id FROM privacy",
             Section::Blocks => "SELECT target FROM blocks",
             Section::Profiles => "SELECT user_id FROM profiles",
+            Section::ChatStates => "SELECT user_id FROM chat_states",
         };
         self.count_rows(cql).await
     }

@@ -67,11 +67,13 @@ pub enum Section {
     Blocks,
     /// Users' profiles.
     Profiles,
+    /// Users' own state of their conversations (muted, archived, pinned, cleared).
+    ChatStates,
 }
 
 impl Section {
     /// Every section, in copy order.
-    pub const ALL: [Section; 22] = [
+    pub const ALL: [Section; 23] = [
         Section::Users,
         Section::Devices,
         Section::Conversations,
@@ -94,6 +96,7 @@ impl Section {
         Section::Privacy,
         Section::Blocks,
         Section::Profiles,
+        Section::ChatStates,
     ];
 
     /// A short name for progress lines and reports.
@@ -121,6 +124,7 @@ impl Section {
             Section::Privacy => "privacy settings",
             Section::Blocks => "blocks",
             Section::Profiles => "profiles",
+            Section::ChatStates => "chat states",
         }
     }
 }
@@ -219,6 +223,15 @@ pub enum Record {
         target: UserId,
         /// When, ms since the epoch.
         at_ms: u64,
+    },
+    /// A user's state of one conversation.
+    ChatState {
+        /// Whose.
+        user_id: UserId,
+        /// Which conversation.
+        conversation_id: super::ConversationId,
+        /// The state.
+        state: super::ChatState,
     },
     /// A user's profile.
     Profile {

@@ -19,18 +19,43 @@ pub(super) fn store_down(state: &SessionState, e: &StoreError, what: &'static st
 }
 
 /// Sends everything after the device's delivered cursor, conversation by conversation,
-/// then `CatchUpComplete`.
+/// then `CatchUpComplete`; of a conversation the device never acknowledged anything of,
+/// only the newest `catch_up_recent` messages sent before the device existed (and all
+/// sent since); nothing the user cleared.
 pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
     let store = state.ctx.store.clone();
     let ids = store.conversations_of(state.user).await.map_err(|e| store_down(state, &e, "conversations"))?;
     let cursors: HashMap<ConversationId, Cursor> =
         store.cursors_of(state.device).await.map_err(|e| store_down(state, &e, "cursors"))?.into_iter().collect();
+    // What the user cleared ("delete for me") is never sent again.
+    let cleared: HashMap<ConversationId, u64> = store
+        .chat_states(state.user)
+        .await
+        .map_err(|e| store_down(state, &e, "chat states"))?
+        .into_iter()
+        .filter(|(_, s)| s.cleared_up_to > 0)
+        .map(|(id, s)| (id, s.cleared_up_to))
+        .collect();
+    let recent = state.ctx.limits.catch_up_recent as u64;
+    // Since when this device exists: what was sent after that is its backlog, always sent.
+    let created_ms = store.device(state.device).await.map_err(|e| store_down(state, &e, "device"))?.map_or(0, |d| d.created_ms);
     let mut visible = Vec::with_capacity(ids.len());
     for id in ids {
+        let cursor = cursors.get(&id).copied();
         if let Some(record) = store.conversation(id).await.map_err(|e| store_down(state, &e, "conversation"))?
-            && state.core.add_view(record, cursors.get(&id).copied().unwrap_or_default())
+            && state.core.add_view(record, cursor.unwrap_or_default())
         {
             visible.push(id);
+            let mut start = cleared.get(&id).copied().unwrap_or(0);
+            if cursor.is_none() {
+                // This device never acknowledged anything here (a new or reinstalled
+                // device): of what was sent before it existed, only the newest messages,
+                // the rest through history; not a flood of every conversation's past.
+                start = start.max(first_unflooded(state, id, recent, created_ms).await?);
+            }
+            if start > 0 {
+                state.core.start_after(id, start);
+            }
         }
     }
     let page_size = state.ctx.limits.catch_up_page;
@@ -45,7 +70,8 @@ pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
             let batch = store.messages_after(id, after, page_size).await.map_err(|e| store_down(state, &e, "catch-up"))?;
             let page = state.core.page(id, &batch, u64::MAX, page_size, now_ms());
             let done = page.done;
-            let frames: Vec<_> = page.send.into_iter().map(encoded_message).collect();
+            let sent: Vec<_> = page.send.into_iter().cloned().collect();
+            let frames = with_ticks(state, id, &sent).await?;
             total += frames.len() as u64;
             for frame in frames {
                 push(state, frame).await?;
@@ -58,6 +84,53 @@ pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
     Box::pin(super::to_device::catch_up(state)).await?;
     let done = protocol::server(server_frame::Kind::CatchUpComplete(pb::CatchUpComplete { conversations: visible.len() as u32, messages: total }));
     push(state, protocol::encode_server(&done)).await
+}
+
+/// The frames of catch-up messages, the user's own (sent from another device) with their
+/// tick state, so that a new device shows ✓ / ✓✓ / blue ✓✓ without asking per message.
+async fn with_ticks(state: &mut SessionState, id: ConversationId, sent: &[crate::store::StoredMessage]) -> Result<Vec<bytes::Bytes>, Stop> {
+    let user = state.user;
+    let record = match state.core.view(id) {
+        Some(v) if sent.iter().any(|m| m.sender_user_id == user && m.event.is_none()) => v.record.clone(),
+        _ => return Ok(sent.iter().map(encoded_message).collect()),
+    };
+    let store = state.ctx.store.clone();
+    let ticks = match crate::history::TickFlow::of(&mut state.privacy, store.as_ref(), &record, user).await {
+        Ok(flow) => crate::history::ticks(store.as_ref(), &record, user, sent, flow).await,
+        Err(e) => Err(e),
+    }
+    .map_err(|e| store_down(state, &e, "ticks"))?;
+    Ok(sent
+        .iter()
+        .map(|m| {
+            let frame = crate::actors::conversation::message_frame_with_ticks(m, ticks.get(&m.seq).copied());
+            protocol::encode_server(&protocol::server(server_frame::Kind::Message(frame)))
+        })
+        .collect())
+}
+
+/// Where the catch-up of a conversation this device never acknowledged anything of
+/// starts: after all but the newest `recent` messages sent before the device was created
+/// at `created_ms`; everything sent since is sent (seq of the last one skipped).
+async fn first_unflooded(state: &SessionState, id: ConversationId, recent: u64, created_ms: u64) -> Result<u64, Stop> {
+    let store = state.ctx.store.clone();
+    let last = store.last_seq(id).await.map_err(|e| store_down(state, &e, "last seq"))?;
+    let mut start = last.saturating_sub(recent);
+    // Walk back over what came after the device was created (its own backlog).
+    while start > 0 {
+        let older = store.messages_before(id, start + 1, state.ctx.limits.catch_up_page).await.map_err(|e| store_down(state, &e, "catch-up"))?;
+        let before = start;
+        for m in &older {
+            if m.server_time_ms < created_ms {
+                return Ok(start);
+            }
+            start = m.seq - 1;
+        }
+        if older.is_empty() || start == before {
+            break;
+        }
+    }
+    Ok(start)
 }
 
 /// A committed batch of one conversation: its SendAcks and answers for this device and its

@@ -10,11 +10,13 @@
 //!
 //! - [`delivery`]: catch-up, live batches, gap filling (the core decides, this does I/O).
 //! - [`requests`]: one function per request frame.
+//! - [`inbox`]: the conversation list's frames (pages, mute/archive/pin/clear).
 //! - [`presence`]: telling 1:1 peers that the user came or went.
 //! - [`keys`]: the key directory's frames and the low-keys notice.
 //! - [`to_device`]: to-device messages and device-list notices.
 
 pub mod delivery;
+pub mod inbox;
 pub mod keys;
 pub mod presence;
 pub mod requests;

@@ -23,7 +23,8 @@ use crate::ids::{ConversationId, UserId};
 use crate::protocol::{self, ErrorCode, MAX_CLIENT_MSG_ID_BYTES, RequestError, client_frame, id_bytes, parse_id, pb, server_frame};
 use crate::store::{ContentKind, ConversationKind, ConversationRecord, Cursor, GroupState, StoreError, WriteOp, direct_conversation_id, now_ms};
 
-type Answer = Result<Option<pb::ServerFrame>, RequestError>;
+/// What a request handler returns: the answer frame, if any, or the refusal.
+pub(super) type Answer = Result<Option<pb::ServerFrame>, RequestError>;
 
 impl From<StoreError> for RequestError {
     fn from(e: StoreError) -> Self {
@@ -280,6 +281,8 @@ async fn request(state: &mut SessionState, kind: client_frame::Kind) -> Result<(
         client_frame::Kind::AckDeviceLists(req) => (String::new(), super::to_device::ack_lists(state, req).await),
         client_frame::Kind::AckToDevice(req) => return super::to_device::ack(state, req).await,
         client_frame::Kind::ApprovePairing(req) => (req.request_id.to_string(), approve_pairing(state, req).await),
+        client_frame::Kind::Inbox(req) => (req.request_id.to_string(), super::inbox::page(state, req).await),
+        client_frame::Kind::UpdateChat(req) => (req.request_id.to_string(), super::inbox::update(state, req).await),
         // Batched by the caller.
         client_frame::Kind::Send(_)
         | client_frame::Kind::Ack(_)
@@ -360,12 +363,15 @@ async fn history(state: &mut SessionState, req: pb::HistoryRequest) -> Answer {
     let id = parse_id("conversation_id", &req.conversation_id)?;
     let v = view(state, id).await?;
     let (range, record) = (v.range, v.record.clone());
-    let (messages, has_more) =
-        crate::history::history_page(state.ctx.store.as_ref(), &record, range, req.before_seq, req.limit as usize, now_ms()).await?;
+    let store = state.ctx.store.clone();
+    let range = crate::history::without_cleared(store.as_ref(), state.user, &record, range).await?;
+    let (messages, has_more) = crate::history::history_page(store.as_ref(), &record, range, req.before_seq, req.limit as usize, now_ms()).await?;
+    let flow = crate::history::TickFlow::of(&mut state.privacy, store.as_ref(), &record, state.user).await?;
+    let ticks = crate::history::ticks(store.as_ref(), &record, state.user, &messages, flow).await?;
     Ok(Some(protocol::server(server_frame::Kind::History(pb::HistoryPage {
         request_id: req.request_id,
         conversation_id: id_bytes(id),
-        messages: messages.iter().map(crate::actors::conversation::message_frame).collect(),
+        messages: messages.iter().map(|m| crate::actors::conversation::message_frame_with_ticks(m, ticks.get(&m.seq).copied())).collect(),
         has_more,
     }))))
 }
