@@ -178,6 +178,18 @@ pub enum AccountError {
     /// No such device for this user.
     #[error("no such device")]
     UnknownDevice,
+    /// The new number already belongs to another account.
+    #[error("this number belongs to another account")]
+    NumberTaken,
+    /// The number given to confirm a deletion is not the account's.
+    #[error("that is not this account's number")]
+    WrongNumber,
+    /// A per-account limit was reached (account exports).
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    TooOften {
+        /// Seconds until the next request may succeed.
+        retry_after_secs: u64,
+    },
     /// Authentication failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -365,24 +377,10 @@ impl Accounts {
         device_name: &str,
         from: Option<IpAddr>,
     ) -> Result<(DeviceCredentials, Vec<DeviceId>), AccountError> {
-        let phone = &crate::phone::normalize(phone, region)?;
         if !valid_name(device_name) {
             return Err(AccountError::InvalidName);
         }
-        // Every attempt counts, right or wrong, across all codes issued to the number: a
-        // re-requested code buys no new guesses.
-        let limits = &self.config.signup;
-        self.limit_address("verify-address", from, limits.verifications_per_address_per_hour).await?;
-        if let Some(ip) = self.counted_address(from) {
-            self.limit(format!("code-guess/{phone}/{ip}"), limits.guesses_per_number_per_hour, HOUR).await?;
-        }
-        self.limit(format!("code-guess/{phone}"), limits.guesses_per_number_per_hour.saturating_mul(5), HOUR).await?;
-        // One atomic check in the store: a code is accepted once even when two
-        // verifications race, and parallel wrong guesses each count an attempt.
-        match self.store.use_pending_code(phone, hash_secret(code), now_ms(), self.config.max_code_attempts).await? {
-            CodeCheck::Accepted => {}
-            CodeCheck::Wrong | CodeCheck::Missing => return Err(AccountError::InvalidCode),
-        }
+        let phone = &self.check_code(phone, region, code, from).await?;
         let now = now_ms();
         let fresh = UserRecord { user_id: UserId::random(), phone: phone.to_owned(), created_ms: now };
         let (user, _created) = self.store.get_or_create_user(phone, fresh).await?;
@@ -395,6 +393,28 @@ impl Accounts {
         }
         let credentials = self.add_device(user.user_id, device_name, true).await?;
         Ok((credentials, revoked))
+    }
+
+    /// Checks a one-time code sent to `phone` (by [`Accounts::register`]) under the
+    /// sign-up limits, and uses it up; returns the number in E.164. Shared by sign-up and
+    /// the change of an account's number. Errors: `InvalidPhone`, `RateLimited`,
+    /// `InvalidCode`, `Store`.
+    pub async fn check_code(&self, phone: &str, region: Option<&str>, code: &str, from: Option<IpAddr>) -> Result<String, AccountError> {
+        let phone = crate::phone::normalize(phone, region)?;
+        // Every attempt counts, right or wrong, across all codes issued to the number: a
+        // re-requested code buys no new guesses.
+        let limits = &self.config.signup;
+        self.limit_address("verify-address", from, limits.verifications_per_address_per_hour).await?;
+        if let Some(ip) = self.counted_address(from) {
+            self.limit(format!("code-guess/{phone}/{ip}"), limits.guesses_per_number_per_hour, HOUR).await?;
+        }
+        self.limit(format!("code-guess/{phone}"), limits.guesses_per_number_per_hour.saturating_mul(5), HOUR).await?;
+        // One atomic check in the store: a code is accepted once even when two
+        // verifications race, and parallel wrong guesses each count an attempt.
+        match self.store.use_pending_code(&phone, hash_secret(code), now_ms(), self.config.max_code_attempts).await? {
+            CodeCheck::Accepted => Ok(phone),
+            CodeCheck::Wrong | CodeCheck::Missing => Err(AccountError::InvalidCode),
+        }
     }
 
     pub(crate) async fn add_device(&self, user: UserId, name: &str, primary: bool) -> Result<DeviceCredentials, AccountError> {

@@ -211,8 +211,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
     /// Of a conversation a device never acknowledged anything of (a new or reinstalled
-    /// device), catch-up sends only this many of the newest messages sent before the
-    /// device was created (0 to 100000; default 20), and all sent since; older ones are
+    /// device), catch-up starts at the newest this many log entries (0 to 100000; default
+    /// 20), or earlier to include all sent since the device was created; older ones are
     /// read through history.
     #[arg(long, env = "SWITCHBOARD_CATCH_UP_RECENT")]
     pub catch_up_recent: Option<usize>,

@@ -73,7 +73,8 @@ impl TickFlow {
 
 /// The ticks of `user`'s own messages among `messages`, so that a new device or the
 /// sender's other devices restore ✓ / ✓✓ / blue ✓✓ without one request per message:
-/// seq → (delivered to, read by) other current members, from the member cursors.
+/// seq → (delivered to, read by) other current members who were members when it was
+/// sent, from the member cursors. None for a former member.
 pub async fn ticks(
     store: &dyn Store,
     record: &ConversationRecord,
@@ -82,14 +83,20 @@ pub async fn ticks(
     flow: TickFlow,
 ) -> Result<HashMap<u64, (u32, u32)>, StoreError> {
     let own: Vec<u64> = messages.iter().filter(|m| m.sender_user_id == user && m.event.is_none()).map(|m| m.seq).collect();
-    if own.is_empty() {
+    // A former member learns nothing of the conversation after they left.
+    if own.is_empty() || !record.is_member(user) {
         return Ok(HashMap::new());
     }
     let cursors = store.member_cursors(record.conversation_id).await?;
+    // Who counts for a message: the members who were members when it was sent.
+    let joined: Vec<(UserId, u64)> = match &record.group {
+        Some(group) => group.joined.clone(),
+        None => record.members.iter().map(|m| (*m, 0)).collect(),
+    };
     Ok(own
         .into_iter()
         .map(|seq| {
-            let (delivered, read) = receipts::ticks(&cursors, &record.members, user, seq);
+            let (delivered, read) = receipts::ticks(&cursors, &joined, user, seq);
             (seq, (if flow.delivered { delivered } else { 0 }, if flow.read { read } else { 0 }))
         })
         .collect())

@@ -10,7 +10,11 @@
 
 use serde::Serialize;
 
-use crate::cores::inbox::{self, ChatState, ChatUpdate, Entry, Facts, InboxError, Position};
+use std::collections::HashMap;
+
+use futures_util::StreamExt;
+
+use crate::cores::inbox::{self, ChatState, ChatUpdate, Continuation, Entry, Facts, InboxError};
 use crate::ids::{ConversationId, UserId};
 use crate::protocol::{RequestError, id_bytes, pb};
 use crate::store::{ContentKind, ConversationKind, ConversationRecord, Store, StoreError, StoredMessage};
@@ -29,7 +33,8 @@ pub struct InboxEntry {
     pub member: bool,
     /// The last seq the user may see (0: nothing yet).
     pub last_seq: u64,
-    /// Time of that message, ms since the Unix epoch (0: none); the list's order.
+    /// Time of that message, or of the conversation's creation when it has none (ms since
+    /// the Unix epoch): the list's order.
     pub last_time_ms: u64,
     /// The last message's metadata (no content): absent if none, cleared or expired.
     pub last_message: Option<LastMessage>,
@@ -70,8 +75,9 @@ pub struct InboxPage {
     pub entries: Vec<InboxEntry>,
     /// Continuation token for the next page (`after`); absent on the last page.
     pub next: Option<String>,
-    /// Once every page is read, the `since` of the next sync. Entries changed in the ten
-    /// seconds before it may come again (they are states: apply them again).
+    /// The `since` of the next sync once every page of this pass is read (every page of a
+    /// pass carries the same one). Entries changed in the margin before it (10 s by
+    /// default) may come again: they are states, apply them again.
     pub version: u64,
 }
 
@@ -95,35 +101,52 @@ pub struct PageRequest<'a> {
 pub async fn page(store: &dyn Store, user: UserId, req: PageRequest<'_>) -> Result<InboxPage, RequestError> {
     let PageRequest { since, after, limit, now_ms, margin_ms } = req;
     let after = match after.filter(|a| !a.is_empty()) {
-        Some(token) => Some(Position::parse(token).ok_or_else(|| RequestError::invalid("after: not a continuation token of this list"))?),
+        Some(token) => Some(Continuation::parse(token).ok_or_else(|| RequestError::invalid("after: not a continuation token of this list"))?),
         None => None,
     };
-    let version = inbox::version_at(now_ms, margin_ms);
-    let states: std::collections::HashMap<ConversationId, ChatState> = store.chat_states(user).await?.into_iter().collect();
-    let mut gathered = Vec::new();
-    for id in store.conversations_of(user).await? {
-        let state = states.get(&id).copied().unwrap_or_default();
-        if let Some(found) = facts(store, user, id, state, now_ms).await? {
-            gathered.push(found);
+    // Every page of a pass answers with the version of its first page.
+    let version = after.map_or_else(|| inbox::version_at(now_ms, margin_ms), |c| c.version);
+    let states: HashMap<ConversationId, ChatState> = store.chat_states(user).await?.into_iter().collect();
+    let ids = store.conversations_of(user).await?;
+    // Reads of different conversations overlap (a remote store's round trips); what
+    // decides a change needs the read position only after a first sync.
+    let with_reads = since > 0;
+    let gathered: Vec<Result<Option<Gathered>, RequestError>> = futures_util::stream::iter(ids)
+        .map(|id| {
+            let state = states.get(&id).copied().unwrap_or_default();
+            async move { facts(store, user, id, state, with_reads).await }
+        })
+        .buffer_unordered(GATHER_CONCURRENCY)
+        .collect()
+        .await;
+    let mut by_id = HashMap::new();
+    for g in gathered {
+        if let Some(g) = g? {
+            by_id.insert(g.facts.id, g);
         }
     }
-    let by_id: std::collections::HashMap<ConversationId, Gathered> = gathered.iter().map(|g| (g.facts.id, g.clone())).collect();
-    let (chosen, next) = inbox::page(gathered.into_iter().map(|g| g.facts).collect(), since, after, limit);
+    let (chosen, next) = inbox::page(by_id.values().map(|g| g.facts.clone()).collect(), since, after.map(|c| c.position), limit, version);
     let mut entries = Vec::with_capacity(chosen.len());
     for f in chosen {
-        if let Some(g) = by_id.get(&f.id) {
-            entries.push(entry_of(store, user, g).await?);
+        if let Some(g) = by_id.get_mut(&f.id) {
+            if !with_reads {
+                read_position(store, user, &mut g.facts).await?;
+            }
+            entries.push(entry_of(store, user, g, now_ms).await?);
         }
     }
     Ok(InboxPage { entries, next, version })
 }
 
+/// Conversations whose facts are read at once.
+const GATHER_CONCURRENCY: usize = 16;
+
 /// The entry of one conversation of `user`'s list at `now_ms`; None if the user never
 /// was a member (or it does not exist).
 pub async fn entry(store: &dyn Store, user: UserId, id: ConversationId, now_ms: u64) -> Result<Option<InboxEntry>, RequestError> {
     let state = store.chat_state(user, id).await?;
-    match facts(store, user, id, state, now_ms).await? {
-        Some(g) => Ok(Some(entry_of(store, user, &g).await?)),
+    match facts(store, user, id, state, true).await? {
+        Some(g) => Ok(Some(entry_of(store, user, &g, now_ms).await?)),
         None => Ok(None),
     }
 }
@@ -162,17 +185,25 @@ struct Gathered {
     last: Option<StoredMessage>,
 }
 
-async fn facts(store: &dyn Store, user: UserId, id: ConversationId, state: ChatState, now_ms: u64) -> Result<Option<Gathered>, RequestError> {
+async fn facts(store: &dyn Store, user: UserId, id: ConversationId, state: ChatState, with_reads: bool) -> Result<Option<Gathered>, RequestError> {
     let Some(record) = store.conversation(id).await? else { return Ok(None) };
     let Some(range) = record.visible_range(user) else { return Ok(None) };
     let last = last_visible(store, &record, range).await?;
-    let read = store.member_cursor(id, user).await?.read;
-    let read_ms = if read > 0 { store.receipt_times(id, user, read).await?.1.unwrap_or(0) } else { 0 };
-    let (last_seq, last_time_ms) = last.as_ref().map_or((0, 0), |m| (m.seq, m.server_time_ms));
-    // An expired message that the sweep has not removed yet is not shown (its time still
-    // orders the list).
-    let last = last.filter(|m| m.event.is_some() || !record.expired(m.server_time_ms, now_ms));
-    Ok(Some(Gathered { facts: Facts { id, last_seq, last_time_ms, read, read_ms, state }, record, range, last }))
+    let last_seq = last.as_ref().map_or(0, |m| m.seq);
+    // A conversation with nothing in it yet is as recent as its creation.
+    let last_time_ms = last.as_ref().map_or(0, |m| m.server_time_ms).max(record.created_ms);
+    let mut facts = Facts { id, last_seq, last_time_ms, read: 0, read_ms: 0, state };
+    if with_reads {
+        read_position(store, user, &mut facts).await?;
+    }
+    Ok(Some(Gathered { facts, record, range, last }))
+}
+
+/// The user's read cursor in the conversation and when it got there.
+async fn read_position(store: &dyn Store, user: UserId, facts: &mut Facts) -> Result<(), StoreError> {
+    facts.read = store.member_cursor(facts.id, user).await?.read;
+    facts.read_ms = if facts.read > 0 { store.receipt_times(facts.id, user, facts.read).await?.1.unwrap_or(0) } else { 0 };
+    Ok(())
 }
 
 /// The newest entry of the log the user may see (a former member's ends where they left).
@@ -182,21 +213,36 @@ async fn last_visible(store: &dyn Store, record: &ConversationRecord, (first, la
     Ok(newest.into_iter().next().filter(|m| m.seq >= first))
 }
 
-async fn entry_of(store: &dyn Store, user: UserId, g: &Gathered) -> Result<InboxEntry, RequestError> {
+async fn entry_of(store: &dyn Store, user: UserId, g: &Gathered, now_ms: u64) -> Result<InboxEntry, RequestError> {
     let f = &g.facts;
     let floor = f.read.max(f.state.cleared_up_to).max(g.range.0.saturating_sub(1));
     let (unread_count, unread_more) = if f.last_seq > floor {
-        let newest = store.messages_before(f.id, f.last_seq + 1, inbox::UNREAD_SCAN).await?;
+        // No more than the entries after the floor (up to the scan's bound).
+        let want = ((f.last_seq - floor) as usize).min(inbox::UNREAD_SCAN);
+        let newest = store.messages_before(f.id, f.last_seq + 1, want).await?;
         let entries: Vec<Entry> = newest
             .iter()
             .filter(|m| m.seq >= g.range.0)
-            .map(|m| Entry { seq: m.seq, sender: m.sender_user_id, countable: m.event.is_none() && m.kind == ContentKind::Normal && !m.deleted })
+            .map(|m| {
+                let ordinary = m.event.is_none() && m.kind == ContentKind::Normal && !m.deleted;
+                // Expired but not swept yet: gone by rule, not unread.
+                Entry { seq: m.seq, sender: m.sender_user_id, countable: ordinary && !g.record.expired(m.server_time_ms, now_ms) }
+            })
             .collect();
         inbox::unread(user, floor, 0, &entries)
     } else {
         (0, false)
     };
-    let last_message = g.last.as_ref().filter(|m| m.seq > f.state.cleared_up_to).map(|m| LastMessage {
+    // Not shown: a last message that was cleared, or that expired (not swept yet).
+    let shown = |m: &&StoredMessage| m.seq > f.state.cleared_up_to && (m.event.is_some() || !g.record.expired(m.server_time_ms, now_ms));
+    let member = g.record.is_member(user);
+    let subject = match &g.record.group {
+        Some(group) if member => group.subject.clone(),
+        // A former member knows the subject as it was when they left, not later renames.
+        Some(_) => subject_at(store, g.record.conversation_id, g.range.1).await?,
+        None => String::new(),
+    };
+    let last_message = g.last.as_ref().filter(shown).map(|m| LastMessage {
         seq: m.seq,
         sender_user_id: m.sender_user_id,
         server_time_ms: m.server_time_ms,
@@ -211,8 +257,8 @@ async fn entry_of(store: &dyn Store, user: UserId, g: &Gathered) -> Result<Inbox
     Ok(InboxEntry {
         conversation_id: f.id,
         group: g.record.kind == ConversationKind::Group,
-        subject: g.record.group.as_ref().map(|gs| gs.subject.clone()).unwrap_or_default(),
-        member: g.record.is_member(user),
+        subject,
+        member,
         last_seq: f.last_seq,
         last_time_ms: f.last_time_ms,
         last_message,
@@ -222,6 +268,34 @@ async fn entry_of(store: &dyn Store, user: UserId, g: &Gathered) -> Result<Inbox
         state: f.state,
     })
 }
+
+/// A group's subject as of `seq` (the newest `created` or `subject_changed` event at or
+/// before it), read backwards a page at a time; "" if none is found within
+/// [`SUBJECT_SCAN_PAGES`] pages.
+async fn subject_at(store: &dyn Store, id: ConversationId, seq: u64) -> Result<String, StoreError> {
+    use pb::conversation_event::Kind;
+    use prost::Message as _;
+    let mut before = seq.saturating_add(1);
+    for _ in 0..SUBJECT_SCAN_PAGES {
+        let page = store.messages_before(id, before, 256).await?;
+        for m in &page {
+            let event = m.event.as_ref().and_then(|bytes| pb::ConversationEvent::decode(bytes.as_ref()).ok()).and_then(|e| e.kind);
+            match event {
+                Some(Kind::Created(c)) => return Ok(c.subject),
+                Some(Kind::SubjectChanged(subject)) => return Ok(subject),
+                _ => {}
+            }
+        }
+        match page.last() {
+            Some(m) if page.len() == 256 => before = m.seq,
+            _ => break,
+        }
+    }
+    Ok(String::new())
+}
+
+/// Pages of 256 entries a former member's subject is looked for in.
+const SUBJECT_SCAN_PAGES: usize = 8;
 
 /// The wire form of an entry.
 pub fn entry_frame(e: &InboxEntry) -> pb::InboxEntry {

@@ -34,6 +34,7 @@ pub mod http;
 pub mod ids;
 pub mod inbox;
 pub mod keys;
+pub mod lifecycle;
 pub mod loadgen;
 pub mod media;
 pub mod media_client;

@@ -225,6 +225,8 @@ async fn an_incremental_sync_brings_only_what_changed() {
         let id = a.open_direct(peer.user_id).await.expect("open");
         peers.push((peer, id));
     }
+    // Older than the margin: the creations are before the next version.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let (all, version) = whole_list(&mut a, 0, 4).await;
     assert_eq!(all.len(), 6);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -371,4 +373,31 @@ async fn a_reinstalled_device_of_200_conversations_and_100000_messages_syncs_in_
     // figures are in BENCHMARKS.md).
     assert!(report.catch_up_ms < 30_000.0 && report.inbox_ms < 30_000.0, "{report:?}");
     eprintln!("{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_member_sees_the_group_as_it_was_when_they_left() {
+    use switchboard::protocol::pb::group_change::Change;
+    let server = TestServer::start();
+    let api = server.api();
+    let (alice, bob) = (common::user(&api).await, common::user(&api).await);
+    let mut a = online(&server, Kind::Tcp, &alice).await;
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    let group = a.create_group("before", &[bob.user_id]).await.expect("group");
+    send_all(&mut b, group, 2..=2, "mine").await;
+    a.read(group, 2).await.expect("read");
+    a.group_change(group, Change::RemoveMember(id_bytes(bob.user_id))).await.expect("remove");
+    a.group_change(group, Change::SetSubject("after".into())).await.expect("rename");
+    send_all(&mut a, group, 5..=5, "later").await;
+
+    let page = b.inbox(0, "", 0).await.expect("inbox");
+    let entry = entry_of(&page, group);
+    assert!(!entry.member);
+    assert_eq!((entry.subject.as_str(), entry.last_seq), ("before", 3), "the subject and the log as they were when he left");
+    // His own message's ticks would tell him about the group after he left: none.
+    let history = b.history(group, 0, 10).await.expect("history");
+    let his = history.messages.iter().find(|m| m.seq == 2).expect("his message");
+    assert_eq!((his.delivered_to, his.read_by), (0, 0));
+    // Alice, still a member, sees the new subject.
+    assert_eq!(entry_of(&a.inbox(0, "", 0).await.expect("inbox"), group).subject, "after");
 }

@@ -98,18 +98,27 @@ async fn the_http_api_matches_its_openapi_document_under_generated_requests() {
         // /v1/pairing/claim, a long poll: waiting up to 30 s for an approval is its
         // contract, past schemathesis's 10 s request timeout (tests/pairing.rs checks its
         // answers: 200, 202, 404 and the refusals).
-        &["--exclude-path-regex", "^/v1/(ws|keys/upload|media|media/public|accounts/register|accounts/verify|profile|pairing/claim)$"],
+        &[
+            "--exclude-path-regex",
+            "^/v1/(ws|keys/upload|media|media/public|accounts/register|accounts/verify|account/number|account/number/verify|account/delete|profile|pairing/claim)$",
+        ],
     );
     // A phone number is valid when its country's numbering plan can assign it
-    // (libphonenumber's metadata), and a profile photo when its media ids are the caller's
-    // public images, which a schema cannot say: a refusal of a generated number
-    // (`invalid_phone`) or photo is not a bug. Every other check still runs on them.
+    // (libphonenumber's metadata), a deletion only with the account's own number, and a
+    // profile photo when its media ids are the caller's public images, which a schema
+    // cannot say: a refusal of a generated number (`invalid_phone`, `wrong_number`) or
+    // photo is not a bug. Every other check still runs on them.
     run(
         &spec_path,
         &format!("http://{}", server.http),
         "public",
         &users[0].token,
-        &["--include-path-regex", "^/v1/(accounts/register|accounts/verify|profile)$", "--exclude-checks", "positive_data_acceptance"],
+        &[
+            "--include-path-regex",
+            "^/v1/(accounts/register|accounts/verify|account/number|account/number/verify|account/delete|profile)$",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ],
     );
     // A creation is accepted only within the server's configured maximum size, and a
     // public image only when its bytes decode as an image: neither can a schema say, so a

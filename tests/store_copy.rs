@@ -235,6 +235,12 @@ impl Store for FailingAfter {
     ) -> Result<switchboard::store::MemberCursor, StoreError> {
         unimplemented!()
     }
+    async fn change_phone(&self, _: switchboard::ids::UserId, _: &str) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
+    async fn delete_account_data(&self, _: switchboard::ids::UserId) -> Result<(), StoreError> {
+        unimplemented!()
+    }
     async fn set_profile(&self, _: switchboard::ids::UserId, _: switchboard::store::Profile) -> Result<(), StoreError> {
         unimplemented!()
     }

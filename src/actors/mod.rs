@@ -51,8 +51,8 @@ pub struct ActorLimits {
     /// Messages per store read during catch-up.
     pub catch_up_page: usize,
     /// Of a conversation a device never acknowledged anything of (a new or reinstalled
-    /// device), catch-up sends only this many of the newest log entries sent before the
-    /// device was created (and all sent since); older ones are read through history
+    /// device), catch-up starts at the newest this many log entries, or earlier to include
+    /// all sent since the device was created; older ones are read through history
     /// (docs/protocol.md §3, "Catch-up").
     pub catch_up_recent: usize,
     /// How far before its read time a conversation-list page's version is set, in ms

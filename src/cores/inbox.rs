@@ -175,7 +175,8 @@ pub struct Facts {
     pub id: ConversationId,
     /// The last seq the user may see (a former member's ends where they left); 0 if none.
     pub last_seq: u64,
-    /// Time of that message (ms since the Unix epoch); 0 if none.
+    /// Time of that message, or of the conversation's creation when it has none (ms
+    /// since the Unix epoch): its activity, the list's order.
     pub last_time_ms: u64,
     /// The user's read cursor (the furthest any of their devices read).
     pub read: u64,
@@ -224,20 +225,35 @@ impl PartialOrd for Position {
     }
 }
 
-impl Position {
-    /// The continuation token: `<pinned_ms>.<last_time_ms>.<conversation id>`.
+impl Position {}
+
+/// Where a pass over the list stands: the version its first page answered with (every
+/// page of the pass answers with it, so an entry that moved ahead of the position while
+/// the pass went on is after that version and comes in the next sync) and the position
+/// of the last entry given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuation {
+    /// The pass's version.
+    pub version: u64,
+    /// The last entry given.
+    pub position: Position,
+}
+
+impl Continuation {
+    /// The token: `<version>.<pinned_ms>.<last_time_ms>.<conversation id>`.
     pub fn token(&self) -> String {
-        format!("{}.{}.{}", self.pinned_ms, self.last_time_ms, self.id.uuid().simple())
+        let p = &self.position;
+        format!("{}.{}.{}.{}", self.version, p.pinned_ms, p.last_time_ms, p.id.uuid().simple())
     }
 
-    /// Parses a continuation token, exactly as [`Position::token`] writes them (1 to 19
-    /// digits, 1 to 19 digits, 32 lowercase hex digits, `.` between); None if it is not
-    /// one.
+    /// Parses a token, exactly as [`Continuation::token`] writes them (three numbers of 1
+    /// to 19 digits, 32 lowercase hex digits, `.` between); None if it is not one.
     pub fn parse(token: &str) -> Option<Self> {
         let number = |part: &str| -> Option<u64> {
             (!part.is_empty() && part.len() <= 19 && part.bytes().all(|b| b.is_ascii_digit())).then(|| part.parse().ok()).flatten()
         };
         let mut parts = token.split('.');
+        let version = number(parts.next()?)?;
         let pinned_ms = number(parts.next()?)?;
         let last_time_ms = number(parts.next()?)?;
         let id = parts.next()?;
@@ -245,20 +261,21 @@ impl Position {
             return None;
         }
         let id = uuid::Uuid::parse_str(id).ok()?;
-        Some(Self { pinned_ms, last_time_ms, id: ConversationId::from_uuid(id) })
+        Some(Self { version, position: Position { pinned_ms, last_time_ms, id: ConversationId::from_uuid(id) } })
     }
 }
 
 /// A page of the list: the entries changed since `since`, in list order, after `after`
-/// (exclusive), at most `limit` (0: [`DEFAULT_PAGE`]; capped at [`MAX_PAGE`]). Returns
-/// the page and the continuation token of its last entry if more follow.
-pub fn page(mut facts: Vec<Facts>, since: u64, after: Option<Position>, limit: usize) -> (Vec<Facts>, Option<String>) {
+/// (exclusive), at most `limit` (0: [`DEFAULT_PAGE`]; capped at [`MAX_PAGE`]), in the pass
+/// of version `version`. Returns the page and the continuation token of its last entry
+/// if more follow.
+pub fn page(mut facts: Vec<Facts>, since: u64, after: Option<Position>, limit: usize, version: u64) -> (Vec<Facts>, Option<String>) {
     let limit = if limit == 0 { DEFAULT_PAGE } else { limit.min(MAX_PAGE) };
     facts.retain(|f| f.changed_since(since) && after.is_none_or(|a| f.position() > a));
     facts.sort_by_key(Facts::position);
     let more = facts.len() > limit;
     facts.truncate(limit);
-    let next = if more { facts.last().map(|f| f.position().token()) } else { None };
+    let next = if more { facts.last().map(|f| Continuation { version, position: f.position() }.token()) } else { None };
     (facts, next)
 }
 
@@ -358,19 +375,19 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_bad_ones_are_refused() {
-        let p = Position { pinned_ms: 3, last_time_ms: 9, id: id(77) };
-        assert_eq!(Position::parse(&p.token()), Some(p));
+        let c = Continuation { version: 5, position: Position { pinned_ms: 3, last_time_ms: 9, id: id(77) } };
+        assert_eq!(Continuation::parse(&c.token()), Some(c));
         for bad in [
             "",
             "1.2",
-            "1.2.zz",
-            "a.2.00000000000000000000000000000001",
-            "1.2.00000000000000000000000000000001.4",
-            "+1.2.00000000000000000000000000000001",
-            "1.2.0000000000000000000000000000000A",
-            "12345678901234567890.2.00000000000000000000000000000001",
+            "7.1.2.zz",
+            "7.a.2.00000000000000000000000000000001",
+            "7.1.2.00000000000000000000000000000001.4",
+            "7.+1.2.00000000000000000000000000000001",
+            "7.1.2.0000000000000000000000000000000A",
+            "7.12345678901234567890.2.00000000000000000000000000000001",
         ] {
-            assert_eq!(Position::parse(bad), None, "{bad}");
+            assert_eq!(Continuation::parse(bad), None, "{bad}");
         }
     }
 
@@ -398,11 +415,15 @@ mod tests {
             let mut seen = Vec::new();
             let mut after = None;
             loop {
-                let (page, next) = page(facts.clone(), since, after, limit);
+                let (page, next) = page(facts.clone(), since, after, limit, 42);
                 prop_assert!(page.len() <= limit);
                 seen.extend(page);
                 match next {
-                    Some(token) => after = Some(Position::parse(&token).unwrap()),
+                    Some(token) => {
+                        let c = Continuation::parse(&token).unwrap();
+                        prop_assert_eq!(c.version, 42, "every page of a pass carries its version");
+                        after = Some(c.position);
+                    }
                     None => break,
                 }
             }

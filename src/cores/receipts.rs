@@ -9,13 +9,15 @@ use crate::ids::UserId;
 use crate::protocol::pb;
 use crate::store::MemberCursor;
 
-/// The ticks of `sender`'s message at `seq`: how many current `members` other than the
-/// sender have their member cursor at or past it, as (delivered, read). A read cursor
-/// counts as delivered too (a device that read it has it).
-pub fn ticks(cursors: &[(UserId, MemberCursor)], members: &[UserId], sender: UserId, seq: u64) -> (u32, u32) {
+/// The ticks of `sender`'s message at `seq`: how many current members other than the
+/// sender, among those who were members when it was sent (`joined`: each current member
+/// with the seq that made them one; 0 in a 1:1), have their member cursor at or past it,
+/// as (delivered, read). A read cursor counts as delivered too (a device that read it has
+/// it).
+pub fn ticks(cursors: &[(UserId, MemberCursor)], joined: &[(UserId, u64)], sender: UserId, seq: u64) -> (u32, u32) {
     let (mut delivered, mut read) = (0, 0);
     for (user, cursor) in cursors {
-        if *user == sender || members.binary_search(user).is_err() {
+        if *user == sender || !joined.iter().any(|(m, since)| m == user && *since <= seq) {
             continue;
         }
         if cursor.delivered.max(cursor.read) >= seq {
@@ -105,16 +107,18 @@ mod tests {
     #[test]
     fn ticks_count_current_members_other_than_the_sender() {
         let (a, b, c, gone) = (UserId::from_u128(1), UserId::from_u128(2), UserId::from_u128(3), UserId::from_u128(4));
-        let members = [a, b, c];
+        let late = UserId::from_u128(5);
+        let joined = [(a, 1), (b, 1), (c, 2), (late, 6)];
         let cursors = [
             (a, MemberCursor { delivered: 9, read: 9 }),
             (b, MemberCursor { delivered: 5, read: 4 }),
             (c, MemberCursor { delivered: 0, read: 6 }),
             (gone, MemberCursor { delivered: 9, read: 9 }),
+            (late, MemberCursor { delivered: 9, read: 9 }),
         ];
-        assert_eq!(ticks(&cursors, &members, a, 5), (2, 1), "b has it, c read it; the sender and a former member do not count");
-        assert_eq!(ticks(&cursors, &members, a, 4), (2, 2));
-        assert_eq!(ticks(&cursors, &members, a, 7), (0, 0));
+        assert_eq!(ticks(&cursors, &joined, a, 5), (2, 1), "b has it, c read it; the sender, a former member and a later joiner do not count");
+        assert_eq!(ticks(&cursors, &joined, a, 4), (2, 2));
+        assert_eq!(ticks(&cursors, &joined, a, 7), (1, 1), "the member who joined at 6 counts for 7");
     }
 
     #[test]

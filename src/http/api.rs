@@ -89,6 +89,9 @@ impl ApiError {
             ApiError::Account(AccountError::UnknownDevice) => "unknown_device",
             ApiError::Account(AccountError::UnknownPairing) => "unknown_pairing",
             ApiError::Account(AccountError::PairingAlreadyApproved) => "pairing_already_approved",
+            ApiError::Account(AccountError::NumberTaken) => "number_taken",
+            ApiError::Account(AccountError::WrongNumber) => "wrong_number",
+            ApiError::Account(AccountError::TooOften { .. }) => "rate_limited",
             ApiError::Account(AccountError::Auth(AuthError::Revoked)) => "device_revoked",
             ApiError::Account(AccountError::Auth(AuthError::InvalidToken)) | ApiError::Unauthorized => "unauthorized",
             ApiError::Account(AccountError::Auth(AuthError::Store(_))) | ApiError::Account(AccountError::Store(_)) | ApiError::Unavailable => {
@@ -118,15 +121,18 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Account(AccountError::InvalidPhone(_) | AccountError::InvalidName) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Account(AccountError::InvalidPhone(_) | AccountError::InvalidName | AccountError::WrongNumber) | ApiError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Account(AccountError::InvalidCode) | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Account(AccountError::Auth(AuthError::InvalidToken | AuthError::Revoked)) => StatusCode::UNAUTHORIZED,
             ApiError::Account(AccountError::NotPrimary) | ApiError::NotAMember => StatusCode::FORBIDDEN,
             ApiError::Account(AccountError::UnknownDevice | AccountError::UnknownPairing) | ApiError::UnknownConversation => StatusCode::NOT_FOUND,
-            ApiError::Account(AccountError::TooManyDevices(_) | AccountError::PairingAlreadyApproved) => StatusCode::CONFLICT,
-            ApiError::Account(AccountError::RateLimited { .. }) | ApiError::Contacts(ContactsError::RateLimited { .. }) => {
-                StatusCode::TOO_MANY_REQUESTS
+            ApiError::Account(AccountError::TooManyDevices(_) | AccountError::PairingAlreadyApproved | AccountError::NumberTaken) => {
+                StatusCode::CONFLICT
             }
+            ApiError::Account(AccountError::RateLimited { .. } | AccountError::TooOften { .. })
+            | ApiError::Contacts(ContactsError::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Contacts(ContactsError::TooMany(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Contacts(ContactsError::Store(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Account(AccountError::SendFailed(_)) => StatusCode::BAD_GATEWAY,
@@ -146,7 +152,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Account(AccountError::RateLimited { retry_after_secs })
+        if let ApiError::Account(AccountError::RateLimited { retry_after_secs } | AccountError::TooOften { retry_after_secs })
         | ApiError::Contacts(ContactsError::RateLimited { retry_after_secs, .. }) = self
         {
             response.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_secs.to_string()));
@@ -227,6 +233,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/v1/profiles/{user_id}", &["GET"]).route(web::get().to(super::profiles::of_user)))
         .service(resource("/v1/inbox", &["GET"]).route(web::get().to(super::inbox::list)))
+        .service(resource("/v1/account/number", &["POST"]).route(web::post().to(super::account::request_number)))
+        .service(resource("/v1/account/number/verify", &["POST"]).route(web::post().to(super::account::verify_number)))
+        .service(resource("/v1/account/delete", &["POST"]).route(web::post().to(super::account::delete)))
+        .service(resource("/v1/account/export", &["GET"]).route(web::get().to(super::account::export)))
         .service(resource("/v1/inbox/{conversation_id}", &["PATCH"]).route(web::patch().to(super::inbox::change)))
         .service(resource("/v1/pairing", &["POST"]).route(web::post().to(super::pairing::start)))
         .service(resource("/v1/pairing/claim", &["POST"]).route(web::post().to(super::pairing::claim)))
@@ -687,9 +697,19 @@ async fn history(
     let range = crate::history::without_cleared(store, me.user_id, &record, range).await.map_err(|_| ApiError::Unavailable)?;
     let (messages, has_more) =
         history_page(store, &record, range, query.before, query.limit, crate::store::now_ms()).await.map_err(|_| ApiError::Unavailable)?;
-    let mut privacy = crate::privacy::PrivacyCache::load(store, me.user_id).await.map_err(|_| ApiError::Unavailable)?;
-    let flow = crate::history::TickFlow::of(&mut privacy, store, &record, me.user_id).await.map_err(|_| ApiError::Unavailable)?;
-    let ticks = crate::history::ticks(store, &record, me.user_id, &messages, flow).await.map_err(|_| ApiError::Unavailable)?;
+    // Ticks only for a page with the caller's own messages; the privacy rules only matter
+    // in a 1:1.
+    let ticks = if messages.iter().any(|m| m.sender_user_id == me.user_id) {
+        let flow = if record.kind == crate::store::ConversationKind::Direct {
+            let mut privacy = crate::privacy::PrivacyCache::load(store, me.user_id).await.map_err(|_| ApiError::Unavailable)?;
+            crate::history::TickFlow::of(&mut privacy, store, &record, me.user_id).await.map_err(|_| ApiError::Unavailable)?
+        } else {
+            crate::history::TickFlow { delivered: true, read: true }
+        };
+        crate::history::ticks(store, &record, me.user_id, &messages, flow).await.map_err(|_| ApiError::Unavailable)?
+    } else {
+        Default::default()
+    };
     let messages = messages
         .iter()
         .map(|m| {

@@ -21,12 +21,12 @@ pub struct InboxQuery {
     pub since: u64,
     /// Continue after this entry: the previous page's `next`.
     #[serde(default)]
-    #[param(pattern = r"^([0-9]{1,19}\.[0-9]{1,19}\.[0-9a-f]{32})?$")]
+    #[param(pattern = r"^([0-9]{1,19}\.[0-9]{1,19}\.[0-9]{1,19}\.[0-9a-f]{32})?$")]
     pub after: Option<String>,
     /// Page size; 0 or absent: 100; capped at 500.
     #[serde(default)]
     #[param(minimum = 0, maximum = 4294967295_u64)]
-    pub limit: u32,
+    pub limit: u64,
 }
 
 /// The largest `since` taken: versions are times in ms, far below JSON's largest exact
@@ -49,6 +49,9 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>, query: web::Quer
     let q = query.into_inner();
     if q.since > MAX_SAFE_VERSION {
         return Err(ApiError::BadRequest(format!("since: at most {MAX_SAFE_VERSION}")));
+    }
+    if q.limit > u64::from(u32::MAX) {
+        return Err(ApiError::BadRequest(format!("limit: at most {}", u32::MAX)));
     }
     let asked = crate::inbox::PageRequest {
         since: q.since,

@@ -2,6 +2,7 @@
 //! blocks, history, health, metrics, the WebSocket upgrade, the key directory's mirrors) and the admin API on its own listener behind a token,
 //! with the SRE console (static files) beside it; the web client at `/app/` (`web_app`).
 
+pub mod account;
 pub mod admin;
 pub mod api;
 pub mod console;
@@ -28,7 +29,8 @@ pub fn from_object<T: serde::de::DeserializeOwned>(body: JsonObject) -> Result<T
 
 /// The object with every top-level number that is a whole non-negative number written
 /// with a fraction (`5.0`) turned into an integer: JSON Schema counts `5.0` as an integer,
-/// so a body the OpenAPI document allows must be read as one.
+/// so a body the OpenAPI document allows must be read as one. 2^64 (how JavaScript writes
+/// the largest `u64`, 18446744073709551615) reads as that largest `u64`.
 pub fn integral_numbers(mut body: JsonObject) -> JsonObject {
     for value in body.values_mut() {
         if let serde_json::Value::Number(n) = value
@@ -36,7 +38,7 @@ pub fn integral_numbers(mut body: JsonObject) -> JsonObject {
             && let Some(f) = n.as_f64()
             && f >= 0.0
             && f.fract() == 0.0
-            && f < 18_446_744_073_709_551_616.0
+            && f <= 18_446_744_073_709_551_616.0
         {
             *value = serde_json::Value::from(f as u64);
         }
@@ -72,9 +74,9 @@ mod tests {
 
     #[test]
     fn whole_numbers_written_with_a_fraction_read_as_integers() {
-        let body = serde_json::json!({ "a": 5.0, "b": 5.5, "c": -1.0, "d": 7, "e": "5.0", "f": 1e30 });
+        let body = serde_json::json!({ "a": 5.0, "b": 5.5, "c": -1.0, "d": 7, "e": "5.0", "f": 1e30, "g": 18446744073709551615.0 });
         let serde_json::Value::Object(body) = body else { unreachable!() };
         let out = serde_json::Value::Object(super::integral_numbers(body));
-        assert_eq!(out, serde_json::json!({ "a": 5, "b": 5.5, "c": -1.0, "d": 7, "e": "5.0", "f": 1e30 }));
+        assert_eq!(out, serde_json::json!({ "a": 5, "b": 5.5, "c": -1.0, "d": 7, "e": "5.0", "f": 1e30, "g": u64::MAX }));
     }
 }

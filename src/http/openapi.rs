@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, api, contacts, inbox, keys, pairing, privacy, profiles};
+use super::{account, admin, api, contacts, inbox, keys, pairing, privacy, profiles};
 use crate::media::http as media;
 use crate::transport::ws;
 
@@ -46,6 +46,10 @@ use crate::transport::ws;
         profiles::of_user,
         inbox::list,
         inbox::change,
+        account::request_number,
+        account::verify_number,
+        account::delete,
+        account::export,
         pairing::start,
         pairing::claim,
         privacy::get_settings,
@@ -138,6 +142,10 @@ mod tests {
             ("/v1/profiles/{user_id}", "get"),
             ("/v1/inbox", "get"),
             ("/v1/inbox/{conversation_id}", "patch"),
+            ("/v1/account/number", "post"),
+            ("/v1/account/number/verify", "post"),
+            ("/v1/account/delete", "post"),
+            ("/v1/account/export", "get"),
             ("/v1/pairing", "post"),
             ("/v1/pairing/claim", "post"),
             ("/v1/privacy", "get"),
@@ -164,6 +172,6 @@ mod tests {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 47, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 51, "a route is described but not listed here");
     }
 }

@@ -925,6 +925,62 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn change_phone(&self, user: UserId, new_phone: &str) -> Result<bool, StoreError> {
+        let new_phone = new_phone.to_owned();
+        self.write(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            let changed = {
+                let mut phones = txn.open_table(PHONES).map_err(be)?;
+                let mut users = txn.open_table(USERS).map_err(be)?;
+                let id = user.as_u128();
+                let mut record: UserRecord = decode("users", users.get(id).map_err(be)?.ok_or(StoreError::NotFound("user"))?.value())?;
+                let owner = phones.get(new_phone.as_str()).map_err(be)?.map(|g| g.value());
+                match owner {
+                    Some(other) if other != id => false,
+                    _ => {
+                        if record.phone != new_phone {
+                            if phones.get(record.phone.as_str()).map_err(be)?.map(|g| g.value()) == Some(id) {
+                                phones.remove(record.phone.as_str()).map_err(be)?;
+                            }
+                            phones.insert(new_phone.as_str(), id).map_err(be)?;
+                            record.phone = new_phone;
+                            users.insert(id, encode(&record)?.as_slice()).map_err(be)?;
+                        }
+                        true
+                    }
+                }
+            };
+            txn.commit().map_err(be)?;
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn delete_account_data(&self, user: UserId) -> Result<(), StoreError> {
+        self.write(move |db| {
+            let txn = db.begin_write().map_err(be)?;
+            {
+                let mut phones = txn.open_table(PHONES).map_err(be)?;
+                let mut users = txn.open_table(USERS).map_err(be)?;
+                let id = user.as_u128();
+                let found = users.get(id).map_err(be)?.map(|g| decode::<UserRecord>("users", g.value())).transpose()?;
+                if let Some(mut record) = found {
+                    if phones.get(record.phone.as_str()).map_err(be)?.map(|g| g.value()) == Some(id) {
+                        phones.remove(record.phone.as_str()).map_err(be)?;
+                    }
+                    record.phone = super::deleted_phone(user);
+                    users.insert(id, encode(&record)?.as_slice()).map_err(be)?;
+                }
+            }
+            super::embedded_contacts::delete_owner(&txn, user)?;
+            super::embedded_inbox::delete_user(&txn, user)?;
+            super::embedded_profiles::delete(&txn, user)?;
+            super::embedded_privacy::delete_settings(&txn, user)?;
+            txn.commit().map_err(be)
+        })
+        .await
+    }
+
     async fn create_accounts(&self, accounts: Vec<(UserRecord, DeviceRecord)>) -> Result<usize, StoreError> {
         self.write(move |db| {
             let txn = db.begin_write().map_err(be)?;

@@ -8,7 +8,7 @@
 //! digits, the first not 0, so the mapping is one to one), which keeps the key small and
 //! lets a store copy resume from a numeric position.
 
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use super::embedded::be;
 use super::transfer::{Position, Record};
@@ -37,6 +37,20 @@ fn digits(phone: &str) -> Result<u64, StoreError> {
 /// The E.164 string of stored digits.
 fn phone(digits: u64) -> String {
     format!("+{digits}")
+}
+
+/// Deletes `owner`'s contact list inside a write transaction (account deletion).
+pub(super) fn delete_owner(txn: &WriteTransaction, owner: UserId) -> Result<(), StoreError> {
+    let mut table = txn.open_table(CONTACTS).map_err(be)?;
+    let keys: Vec<(u128, u64)> = table
+        .range((owner.as_u128(), 0)..=(owner.as_u128(), u64::MAX))
+        .map_err(be)?
+        .map(|e| e.map(|(k, _)| k.value()).map_err(be))
+        .collect::<Result<_, _>>()?;
+    for key in keys {
+        table.remove(key).map_err(be)?;
+    }
+    Ok(())
 }
 
 /// `Store::users_by_phone`.

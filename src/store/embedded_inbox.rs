@@ -82,6 +82,17 @@ pub(super) fn update(
     Ok(outcome)
 }
 
+/// Deletes every chat state of `user` inside a write transaction (account deletion).
+pub(super) fn delete_user(txn: &WriteTransaction, user: UserId) -> Result<(), StoreError> {
+    let mut table = txn.open_table(CHAT_STATES).map_err(be)?;
+    let keys: Vec<(u128, u128)> =
+        table.range(user_range(user)).map_err(be)?.map(|e| e.map(|(k, _)| k.value()).map_err(be)).collect::<Result<_, _>>()?;
+    for key in keys {
+        table.remove(key).map_err(be)?;
+    }
+    Ok(())
+}
+
 /// Up to `limit` states after `after`, in (user, conversation) order (a store copy).
 pub(super) fn export(db: &Database, after: Option<Position>, limit: usize) -> Result<(Vec<Record>, Option<Position>), StoreError> {
     let txn = db.begin_read().map_err(be)?;

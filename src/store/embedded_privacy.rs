@@ -49,6 +49,13 @@ pub(super) fn set_privacy(db: &Database, user: UserId, settings: &PrivacySetting
     txn.commit().map_err(be)
 }
 
+/// Deletes `user`'s privacy settings inside a write transaction (account deletion; blocks
+/// are lifted one by one by the caller, so that each side is told).
+pub(super) fn delete_settings(txn: &WriteTransaction, user: UserId) -> Result<(), StoreError> {
+    txn.open_table(PRIVACY).map_err(be)?.remove(user.as_u128()).map_err(be)?;
+    Ok(())
+}
+
 /// `Store::is_blocked`.
 pub(super) fn is_blocked(db: &Database, user: UserId, target: UserId) -> Result<bool, StoreError> {
     let txn = db.begin_read().map_err(be)?;

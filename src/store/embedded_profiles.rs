@@ -39,6 +39,12 @@ pub(super) fn set(db: &Database, user: UserId, profile: &Profile) -> Result<(), 
     txn.commit().map_err(be)
 }
 
+/// Deletes `user`'s profile inside a write transaction (account deletion).
+pub(super) fn delete(txn: &WriteTransaction, user: UserId) -> Result<(), StoreError> {
+    txn.open_table(PROFILES).map_err(be)?.remove(user.as_u128()).map_err(be)?;
+    Ok(())
+}
+
 /// Up to `limit` profiles after `after`, in user order (a store copy).
 pub(super) fn export(db: &Database, after: Option<Position>, limit: usize) -> Result<(Vec<Record>, Option<Position>), StoreError> {
     let txn = db.begin_read().map_err(be)?;

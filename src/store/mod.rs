@@ -79,7 +79,7 @@ impl StoreError {
 pub struct UserRecord {
     /// Stable id.
     pub user_id: UserId,
-    /// E.164 phone number the account was registered with.
+    /// E.164 phone number of the account ([`deleted_phone`] once it was deleted).
     pub phone: String,
     /// Creation time, ms since the Unix epoch.
     pub created_ms: u64,
@@ -475,6 +475,18 @@ pub trait Store: Send + Sync + 'static {
     async fn create_accounts(&self, accounts: Vec<(UserRecord, DeviceRecord)>) -> Result<usize, StoreError>;
     /// Reads a user.
     async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError>;
+    /// Moves a user to another phone number (E.164), atomically: the new number must not
+    /// belong to another account (false, nothing changed); the old one is released (it
+    /// can register a new account). The same number again changes nothing (true).
+    /// `NotFound("user")` for an unknown user.
+    async fn change_phone(&self, user: UserId, new_phone: &str) -> Result<bool, StoreError>;
+    /// Account deletion, the user's own data: the phone number is released (the record
+    /// keeps the id and creation time, its phone becomes [`deleted_phone`]), and the
+    /// contact list, chat states, profile and privacy settings are deleted, in one
+    /// transaction (ScyllaDB: one statement after another, each idempotent). Devices,
+    /// keys, blocks and push tokens are removed by their own methods; messages stay in
+    /// their conversations under the conversations' retention. Idempotent.
+    async fn delete_account_data(&self, user: UserId) -> Result<(), StoreError>;
     /// The users registered with any of `phones` (E.164), as (phone, user), in no
     /// particular order; phones without an account are absent. Contact discovery.
     async fn users_by_phone(&self, phones: Vec<String>) -> Result<Vec<(String, UserId)>, StoreError>;
@@ -513,7 +525,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`crate::cores::inbox::apply`] at `now_ms` (`last_seq`: the last seq the user may
     /// see of it), atomically with the count of the user's other pinned conversations
     /// (a redb write transaction; a PostgreSQL transaction holding a per-user advisory lock; on
-    /// ScyllaDB a compare-and-set of the entry, the pin count read just before). Returns
+    /// ScyllaDB a compare-and-set of the entry, the pin count read just before: devices pinning different conversations at the same moment can pass the limit there). Returns
     /// the new state, None if nothing changed, or the rule that refused it.
     async fn update_chat_state(
         &self,
@@ -674,6 +686,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every committed write durable and releases resources; used at shutdown.
     async fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The phone of a deleted account's record: not an E.164 number (no lookup ever meets it)
+/// and unique per account (PostgreSQL keeps phones unique).
+pub fn deleted_phone(user: UserId) -> String {
+    format!("deleted:{user}")
 }
 
 /// The id of the 1:1 conversation between two users: a UUIDv5 of the sorted pair, so both

@@ -1029,6 +1029,39 @@ impl Store for PostgresStore {
         Ok((user_from(&row)?, false))
     }
 
+    async fn change_phone(&self, user: UserId, new_phone: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let current = Self::rows(&tx, "SELECT phone FROM users WHERE user_id = $1 FOR UPDATE", &[&user]).await?;
+        let current: String = current.first().map(|r| get(r, "users", "phone")).transpose()?.ok_or(StoreError::NotFound("user"))?;
+        if current == new_phone {
+            return Ok(true);
+        }
+        // A number another account holds stays theirs. (A registration of the new number
+        // racing this change makes the update fail on the unique phone: an error, retried.)
+        if !Self::rows(&tx, "SELECT 1 FROM users WHERE phone = $1", &[&new_phone]).await?.is_empty() {
+            return Ok(false);
+        }
+        Self::run(&tx, "UPDATE users SET phone = $2 WHERE user_id = $1", &[&user, &new_phone]).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(true)
+    }
+
+    async fn delete_account_data(&self, user: UserId) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        Self::run(&tx, "UPDATE users SET phone = $2 WHERE user_id = $1", &[&user, &super::deleted_phone(user)]).await?;
+        for sql in [
+            "DELETE FROM contacts WHERE owner = $1",
+            "DELETE FROM chat_states WHERE user_id = $1",
+            "DELETE FROM profiles WHERE user_id = $1",
+            "DELETE FROM privacy WHERE user_id = $1",
+        ] {
+            Self::run(&tx, sql, &[&user]).await?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+
     async fn create_accounts(&self, accounts: Vec<(UserRecord, DeviceRecord)>) -> Result<usize, StoreError> {
         // One statement for the whole batch: users whose phone is new, then the devices of
         // exactly those users.

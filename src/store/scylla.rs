@@ -330,6 +330,9 @@ struct Statements {
     get_profile: PreparedStatement,
     put_profile: PreparedStatement,
     chat_states: PreparedStatement,
+    chat_state: PreparedStatement,
+    release_phone: PreparedStatement,
+    delete_user_rows: Vec<PreparedStatement>,
     create_chat_state: PreparedStatement,
     cas_chat_state: PreparedStatement,
     put_chat_state: PreparedStatement,
@@ -616,6 +619,14 @@ impl Statements {
             get_profile: prepare(s, "SELECT profile FROM profiles WHERE user_id = ?", Read).await?,
             put_profile: prepare(s, "INSERT INTO profiles (user_id, profile) VALUES (?, ?)", Write).await?,
             chat_states: prepare(s, "SELECT conversation_id, state FROM chat_states WHERE user_id = ?", Read).await?,
+            chat_state: prepare(s, "SELECT state FROM chat_states WHERE user_id = ? AND conversation_id = ?", Read).await?,
+            release_phone: prepare(s, "DELETE FROM phones WHERE phone = ? IF user_id = ?", Conditional).await?,
+            delete_user_rows: vec![
+                prepare(s, "DELETE FROM contacts WHERE owner = ?", Write).await?,
+                prepare(s, "DELETE FROM chat_states WHERE user_id = ?", Write).await?,
+                prepare(s, "DELETE FROM profiles WHERE user_id = ?", Write).await?,
+                prepare(s, "DELETE FROM privacy WHERE user_id = ?", Write).await?,
+            ],
             create_chat_state: prepare(s, "INSERT INTO chat_states (user_id, conversation_id, state) VALUES (?, ?, ?) IF NOT EXISTS", Conditional).await?,
             cas_chat_state: prepare(s, "UPDATE chat_states SET state = ? WHERE user_id = ? AND conversation_id = ? IF state = ?", Conditional).await?,
             put_chat_state: prepare(s, "INSERT INTO chat_states (user_id, conversation_id, state) VALUES (?, ?, ?)", Write).await?,
@@ -1642,6 +1653,37 @@ impl Store for ScyllaStore {
         }
     }
 
+    /// The new number is claimed by compare-and-set first (a number another account holds
+    /// stays theirs), then the user row is rewritten and the old number released (only if
+    /// it still points at this user); a retry after a crash in between finishes the move.
+    async fn change_phone(&self, user: UserId, new_phone: &str) -> Result<bool, StoreError> {
+        let record = self.user(user).await?.ok_or(StoreError::NotFound("user"))?;
+        if record.phone == new_phone {
+            return Ok(true);
+        }
+        let claim = self.conditional(&self.st.claim_phone, (new_phone, user)).await?;
+        if !claim.applied && claim.uuid("user_id") != Some(user.uuid()) {
+            return Ok(false);
+        }
+        self.exec(&self.st.put_user, (user, new_phone, int(record.created_ms))).await?;
+        self.conditional(&self.st.release_phone, (record.phone.as_str(), user)).await?;
+        Ok(true)
+    }
+
+    async fn delete_account_data(&self, user: UserId) -> Result<(), StoreError> {
+        if let Some(record) = self.user(user).await? {
+            let deleted = super::deleted_phone(user);
+            self.exec(&self.st.put_user, (user, deleted.as_str(), int(record.created_ms))).await?;
+            if record.phone != deleted {
+                self.conditional(&self.st.release_phone, (record.phone.as_str(), user)).await?;
+            }
+        }
+        for statement in &self.st.delete_user_rows {
+            self.exec(statement, (user,)).await?;
+        }
+        Ok(())
+    }
+
     async fn create_accounts(&self, accounts: Vec<(UserRecord, DeviceRecord)>) -> Result<usize, StoreError> {
         let mut created = 0;
         for (user, device) in accounts {
@@ -1875,12 +1917,16 @@ impl Store for ScyllaStore {
     }
 
     async fn chat_state(&self, user: UserId, conversation: ConversationId) -> Result<super::ChatState, StoreError> {
-        Ok(self.chat_state_rows(user).await?.into_iter().find(|(id, ..)| *id == conversation).map(|(_, state, _)| state).unwrap_or_default())
+        let row: Option<(Option<String>,)> = self.first_row(&self.st.chat_state, (user, conversation)).await?;
+        match row.and_then(|(text,)| text) {
+            Some(text) => serde_json::from_str(&text).map_err(|e| corrupt("chat_states", e.to_string())),
+            None => Ok(super::ChatState::default()),
+        }
     }
 
     /// Compare-and-set of the entry (retried when another change won), the other entries'
     /// pin count read just before: two devices pinning two different conversations at the
-    /// same moment can pass the pin limit by one here (no transaction spans entries).
+    /// same moment can pass the pin limit (no transaction spans entries).
     async fn update_chat_state(
         &self,
         user: UserId,

@@ -20,8 +20,8 @@ pub(super) fn store_down(state: &SessionState, e: &StoreError, what: &'static st
 
 /// Sends everything after the device's delivered cursor, conversation by conversation,
 /// then `CatchUpComplete`; of a conversation the device never acknowledged anything of,
-/// only the newest `catch_up_recent` messages sent before the device existed (and all
-/// sent since); nothing the user cleared.
+/// only the newest `catch_up_recent` log entries (or more, to include all sent since the
+/// device was created); nothing the user cleared.
 pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
     let store = state.ctx.store.clone();
     let ids = store.conversations_of(state.user).await.map_err(|e| store_down(state, &e, "conversations"))?;
@@ -49,8 +49,8 @@ pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
             let mut start = cleared.get(&id).copied().unwrap_or(0);
             if cursor.is_none() {
                 // This device never acknowledged anything here (a new or reinstalled
-                // device): of what was sent before it existed, only the newest messages,
-                // the rest through history; not a flood of every conversation's past.
+                // device): the newest entries and its own backlog, the rest through
+                // history; not a flood of every conversation's past.
                 start = start.max(first_unflooded(state, id, recent, created_ms).await?);
             }
             if start > 0 {
@@ -110,18 +110,22 @@ async fn with_ticks(state: &mut SessionState, id: ConversationId, sent: &[crate:
 }
 
 /// Where the catch-up of a conversation this device never acknowledged anything of
-/// starts: after all but the newest `recent` messages sent before the device was created
-/// at `created_ms`; everything sent since is sent (seq of the last one skipped).
+/// starts (the seq of the last entry skipped): the newest `recent` log entries the user
+/// may see are sent, and earlier ones as long as they were sent after the device was
+/// created at `created_ms` (its backlog).
 async fn first_unflooded(state: &SessionState, id: ConversationId, recent: u64, created_ms: u64) -> Result<u64, Stop> {
     let store = state.ctx.store.clone();
-    let last = store.last_seq(id).await.map_err(|e| store_down(state, &e, "last seq"))?;
-    let mut start = last.saturating_sub(recent);
+    // Within what the user may see: a former member's log ends where they left.
+    let (first, end) = state.core.view(id).map_or((1, u64::MAX), |v| v.range);
+    let last = store.last_seq(id).await.map_err(|e| store_down(state, &e, "last seq"))?.min(end);
+    let floor = first.saturating_sub(1);
+    let mut start = last.saturating_sub(recent).max(floor);
     // Walk back over what came after the device was created (its own backlog).
-    while start > 0 {
+    while start > floor {
         let older = store.messages_before(id, start + 1, state.ctx.limits.catch_up_page).await.map_err(|e| store_down(state, &e, "catch-up"))?;
         let before = start;
         for m in &older {
-            if m.server_time_ms < created_ms {
+            if m.server_time_ms < created_ms || m.seq <= floor {
                 return Ok(start);
             }
             start = m.seq - 1;

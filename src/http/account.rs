@@ -1,0 +1,123 @@
+//! HTTP for an account's lifecycle ([`crate::lifecycle`]): changing its number (a code to
+//! the new number, then its check), deleting it, exporting its data. docs/protocol.md
+//! §12 "Account lifecycle".
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::api::{ApiError, ApiState, ErrorBody, caller};
+use crate::accounts::CodeIssued;
+use crate::lifecycle::delete::Deleted;
+use crate::lifecycle::export::Export;
+
+/// A phone number as a user writes it (see `POST /v1/accounts/register`).
+#[derive(Deserialize, ToSchema)]
+pub struct NumberBody {
+    /// With its country code, or without it and with `region`.
+    #[schema(example = "+1 415 555 0002", max_length = 64)]
+    pub phone: String,
+    /// ISO 3166-1 alpha-2 country of a number written without its country code.
+    #[serde(default)]
+    #[schema(example = "US")]
+    pub region: Option<String>,
+}
+
+/// The new number and the code sent to it.
+#[derive(Deserialize, ToSchema)]
+pub struct NumberCodeBody {
+    /// The new number, written as in the request for the code.
+    #[schema(example = "+14155550002", max_length = 64)]
+    pub phone: String,
+    /// As in the request for the code.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The one-time code sent to the new number.
+    #[schema(example = "123456", max_length = 64)]
+    pub code: String,
+}
+
+/// The account's number after a change.
+#[derive(Serialize, ToSchema)]
+pub struct NumberChanged {
+    /// E.164.
+    pub phone: String,
+}
+
+/// Sends a one-time code to the number the account moves to (primary device only).
+#[utoipa::path(post, path = "/v1/account/number", tag = "public", request_body = NumberBody, security(("device_token" = [])), responses(
+    (status = 202, description = "Code issued to the new number", body = CodeIssued),
+    (status = 400, description = "invalid_phone, or a malformed body", body = ErrorBody),
+    (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
+    (status = 403, description = "not_primary", body = ErrorBody),
+    (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+    (status = 415, description = "Not JSON", body = ErrorBody),
+    (status = 429, description = "rate_limited: the number's cooldown or daily cap, or this address's (Retry-After)", body = ErrorBody),
+    (status = 502, description = "code_not_sent", body = ErrorBody),
+    (status = 503, description = "unavailable", body = ErrorBody),
+))]
+pub async fn request_number(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<NumberBody>) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    if !me.primary {
+        return Err(crate::accounts::AccountError::NotPrimary.into());
+    }
+    let issued = state.accounts.register(&body.phone, body.region.as_deref(), req.peer_addr().map(|a| a.ip())).await?;
+    Ok(HttpResponse::Accepted().json(issued))
+}
+
+/// Moves the account to the new number once its code checks (primary device only); the
+/// user's 1:1 peers and devices get `NumberChanged`.
+#[utoipa::path(post, path = "/v1/account/number/verify", tag = "public", request_body = NumberCodeBody, security(("device_token" = [])), responses(
+    (status = 200, description = "The account has the new number", body = NumberChanged),
+    (status = 400, description = "invalid_phone, or a malformed body", body = ErrorBody),
+    (status = 401, description = "invalid_code (wrong, expired or used), unauthorized or device_revoked", body = ErrorBody),
+    (status = 403, description = "not_primary", body = ErrorBody),
+    (status = 409, description = "number_taken: another account has this number", body = ErrorBody),
+    (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+    (status = 415, description = "Not JSON", body = ErrorBody),
+    (status = 429, description = "rate_limited: the number's attempts (Retry-After)", body = ErrorBody),
+    (status = 503, description = "unavailable", body = ErrorBody),
+))]
+pub async fn verify_number(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<NumberCodeBody>) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    let proof = crate::lifecycle::number::Proof {
+        phone: &body.phone,
+        region: body.region.as_deref(),
+        code: &body.code,
+        from: req.peer_addr().map(|a| a.ip()),
+    };
+    let phone = crate::lifecycle::number::change(&state.accounts, state.store.as_ref(), &state.node.ctx.router, &me, proof).await?;
+    Ok(HttpResponse::Ok().json(NumberChanged { phone }))
+}
+
+/// Deletes the account (primary device only), confirmed by its number.
+#[utoipa::path(post, path = "/v1/account/delete", tag = "public", request_body = NumberBody, security(("device_token" = [])), responses(
+    (status = 200, description = "Deleted: every device revoked and disconnected, groups left, data removed", body = Deleted),
+    (status = 400, description = "wrong_number (not this account's), invalid_phone, or a malformed body", body = ErrorBody),
+    (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
+    (status = 403, description = "not_primary", body = ErrorBody),
+    (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+    (status = 415, description = "Not JSON", body = ErrorBody),
+    (status = 503, description = "unavailable", body = ErrorBody),
+))]
+pub async fn delete(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<NumberBody>) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    let deleted = crate::lifecycle::delete::delete(&state.node.ctx, &me, &body.phone, body.region.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(deleted))
+}
+
+/// A JSON archive of the caller's account (any of its devices; 5 per day).
+#[utoipa::path(get, path = "/v1/account/export", tag = "public", security(("device_token" = [])), responses(
+    (status = 200, description = "The archive", body = Export),
+    (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
+    (status = 429, description = "rate_limited: 5 exports per day (Retry-After)", body = ErrorBody),
+    (status = 503, description = "unavailable", body = ErrorBody),
+))]
+pub async fn export(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let me = caller(&req, &state).await?;
+    let archive = crate::lifecycle::export::export(state.store.as_ref(), me.user_id).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .insert_header((actix_web::http::header::CONTENT_DISPOSITION, "attachment; filename=\"switchboard-export.json\""))
+        .json(archive))
+}
