@@ -69,6 +69,9 @@ pub struct AccountsConfig {
     pub max_devices: usize,
     /// Development mode: the code is also returned in the registration response.
     pub expose_codes: bool,
+    /// How long a device-pairing code can be approved and claimed
+    /// ([`crate::pairing::PAIRING_TTL`] by default).
+    pub pairing_ttl: Duration,
     /// Limits against code guessing and SMS abuse.
     pub signup: SignupLimits,
 }
@@ -83,6 +86,7 @@ impl Default for AccountsConfig {
             max_code_attempts: 5,
             max_devices: MAX_DEVICES,
             expose_codes: false,
+            pairing_ttl: crate::pairing::PAIRING_TTL,
             signup: SignupLimits::default(),
         }
     }

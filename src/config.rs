@@ -121,6 +121,10 @@ pub struct ServeArgs {
     /// Development mode: registration responses include the one-time code.
     #[arg(long, env = "SWITCHBOARD_DEV_EXPOSE_CODES")]
     pub dev_expose_codes: Option<bool>,
+    /// How long a device-pairing code can be approved and claimed, in seconds (1 to 3600;
+    /// default 120).
+    #[arg(long, env = "SWITCHBOARD_PAIRING_TTL_SECS")]
+    pub pairing_ttl_secs: Option<u64>,
     /// Seconds between two sign-up codes for one phone number (default 30; 0 = none; at
     /// most a day).
     #[arg(long, env = "SWITCHBOARD_CODE_COOLDOWN_SECS")]
@@ -337,6 +341,7 @@ pub struct FileConfig {
     admin_token_file: Option<PathBuf>,
     code_sender: Option<String>,
     dev_expose_codes: Option<bool>,
+    pairing_ttl_secs: Option<u64>,
     code_cooldown_secs: Option<u64>,
     codes_per_number_per_day: Option<u32>,
     guesses_per_number_per_hour: Option<u32>,
@@ -643,6 +648,12 @@ impl ServerConfig {
             _ => return Err(ConfigError::Invalid("tls needs both tls_cert and tls_key".into())),
         };
         let mut accounts = AccountsConfig { expose_codes: args.dev_expose_codes.or(file.dev_expose_codes).unwrap_or(false), ..Default::default() };
+        if let Some(v) = args.pairing_ttl_secs.or(file.pairing_ttl_secs) {
+            if !(1..=3600).contains(&v) {
+                return Err(ConfigError::Invalid("pairing_ttl_secs must be 1 to 3600".into()));
+            }
+            accounts.pairing_ttl = Duration::from_secs(v);
+        }
         let signup = &mut accounts.signup;
         if let Some(v) = args.code_cooldown_secs.or(file.code_cooldown_secs) {
             // Rate buckets hold periods of a day at most (store::RATE_BUCKET_IDLE_MS).

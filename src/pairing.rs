@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::accounts::{AccountError, Accounts, DeviceCredentials, hash_secret, new_token, valid_name};
 use crate::store::{DeviceRecord, PairingApproval, PairingClaim, PairingRecord, Store, now_ms};
 
-/// How long a pairing code can be approved and claimed.
+/// How long a pairing code can be approved and claimed, by default (`--pairing-ttl-secs`).
 pub const PAIRING_TTL: Duration = Duration::from_secs(120);
 /// The longest a claim waits for the approval in one request.
 pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
@@ -52,12 +52,12 @@ impl Accounts {
             code_hash: hash_secret(&code),
             claim_hash: hash_secret(&claim_secret),
             device_name: device_name.trim().to_owned(),
-            expires_ms: now_ms() + PAIRING_TTL.as_millis() as u64,
+            expires_ms: now_ms() + self.config.pairing_ttl.as_millis() as u64,
             approved_by: None,
             approved_device: None,
         };
         self.store.put_pairing(record).await?;
-        Ok(PairingStarted { qr: format!("{QR_PREFIX}{code}"), code, claim_secret, expires_in_s: PAIRING_TTL.as_secs() })
+        Ok(PairingStarted { qr: format!("{QR_PREFIX}{code}"), code, claim_secret, expires_in_s: self.config.pairing_ttl.as_secs() })
     }
 
     /// The caller's primary approves a pairing ([`approve`] with this service's device

@@ -25,12 +25,14 @@ async fn user_with_number(server: &TestServer) -> (DeviceCredentials, String) {
     (server.api().sign_up(&number, "phone").await.expect("sign up"), number)
 }
 
-/// Asks for a code to `number` and moves `who`'s account there.
+/// Asks for the codes (to `number` and to the current number) and moves `who`'s account.
 async fn change_number(server: &TestServer, who: &DeviceCredentials, number: &str) -> reqwest::Response {
     let r = http(server, reqwest::Method::POST, &who.token, "/v1/account/number", Some(json!({ "phone": number }))).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let code = r.json::<Value>().await.expect("json")["dev_code"].as_str().expect("dev code").to_owned();
-    http(server, reqwest::Method::POST, &who.token, "/v1/account/number/verify", Some(json!({ "phone": number, "code": code }))).await
+    let issued: Value = r.json().await.expect("json");
+    let (code, old_code) = (issued["dev_code"].as_str().expect("dev code"), issued["dev_old_code"].as_str().expect("old dev code"));
+    http(server, reqwest::Method::POST, &who.token, "/v1/account/number/verify", Some(json!({ "phone": number, "code": code, "old_code": old_code })))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,6 +48,9 @@ async fn a_new_number_keeps_the_account_and_tells_the_peers() {
     let direct = b.open_direct(alice.user_id).await.expect("open");
     send_all(&mut b, direct, 1..=2, "before").await;
     let group = b.create_group("team", &[alice.user_id]).await.expect("group");
+    // Carol has a 1:1 with Alice but never had her number: she is not told the new one.
+    let mut c = online(&server, Kind::Tcp, &carol).await;
+    c.open_direct(alice.user_id).await.expect("open");
 
     let new_number = phone();
     let r = change_number(&server, &alice, &new_number).await;
@@ -59,6 +64,9 @@ async fn a_new_number_keeps_the_account_and_tells_the_peers() {
         .await
         .expect("NumberChanged");
     assert_eq!(told, new_number);
+    let carol_told =
+        c.wait_for(std::time::Duration::from_millis(500), false, |k| matches!(k, server_frame::Kind::NumberChanged(_)).then_some(())).await;
+    assert!(carol_told.is_err(), "a peer who never had the number learns nothing");
     // Same account: the token works, the history and the group are there.
     let history = server.api().history(&alice.token, direct, 0, 10).await.expect("history");
     assert_eq!(history["messages"].as_array().map(Vec::len), Some(2));
@@ -81,12 +89,16 @@ async fn a_new_number_keeps_the_account_and_tells_the_peers() {
     let laptop = server.api().link_device(&alice.token, "laptop").await.expect("link");
     let r = http(&server, reqwest::Method::POST, &laptop.token, "/v1/account/number", Some(json!({ "phone": phone() }))).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    // A wrong code changes nothing.
+    // Without the old number's code (a stolen token alone), nothing changes.
     let other = phone();
     let r = http(&server, reqwest::Method::POST, &alice.token, "/v1/account/number", Some(json!({ "phone": other }))).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = http(&server, reqwest::Method::POST, &alice.token, "/v1/account/number/verify", Some(json!({ "phone": other, "code": "000000x" }))).await;
+    let code = r.json::<Value>().await.expect("json")["dev_code"].as_str().expect("dev code").to_owned();
+    let body = json!({ "phone": other, "code": code, "old_code": "000000x" });
+    let r = http(&server, reqwest::Method::POST, &alice.token, "/v1/account/number/verify", Some(body)).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let me: Value = http(&server, reqwest::Method::GET, &alice.token, "/v1/account/export", None).await.json().await.expect("json");
+    assert_eq!(me["account"]["phone"], json!(new_number), "still the number she proved");
     drop(a);
 }
 
@@ -139,6 +151,11 @@ async fn a_deleted_account_leaves_its_groups_and_is_gone() {
     let keys = b.query_devices(&[alice.user_id]).await;
     assert!(keys.map(|k| k.users.iter().all(|u| u.devices.is_empty())).unwrap_or(true), "no device keys left");
     assert_eq!(b.history(direct, 0, 10).await.expect("history").messages.len(), 3);
+    // Nobody can open a 1:1 with the deleted account or add it to a group.
+    let dave = common::user(&server.api()).await;
+    let mut d = online(&server, Kind::Tcp, &dave).await;
+    assert_eq!(common::rejected(d.open_direct(alice.user_id).await), ErrorCode::UnknownUser);
+    assert_eq!(common::rejected(d.create_group("late", &[alice.user_id]).await), ErrorCode::UnknownUser);
     // The number is free for a new account.
     let again = server.api().sign_up(&number, "phone").await.expect("sign up");
     assert_ne!(again.user_id, alice.user_id);

@@ -285,7 +285,11 @@ async fn every_frame_and_endpoint_refuses_whoever_may_not_and_changes_nothing() 
         (reqwest::Method::PATCH, "/v1/profile".into(), Some(serde_json::json!({ "name": "intruder" }))),
         (reqwest::Method::GET, format!("/v1/profiles/{}", b.user_id), None),
         (reqwest::Method::POST, "/v1/account/number".into(), Some(serde_json::json!({ "phone": "+14155550123" }))),
-        (reqwest::Method::POST, "/v1/account/number/verify".into(), Some(serde_json::json!({ "phone": "+14155550123", "code": "123456" }))),
+        (
+            reqwest::Method::POST,
+            "/v1/account/number/verify".into(),
+            Some(serde_json::json!({ "phone": "+14155550123", "code": "123456", "old_code": "654321" })),
+        ),
         (reqwest::Method::POST, "/v1/account/delete".into(), Some(serde_json::json!({ "phone": "+14155550123" }))),
         (reqwest::Method::GET, "/v1/account/export".into(), None),
         (reqwest::Method::GET, "/v1/inbox".into(), None),

@@ -209,3 +209,23 @@ async fn the_primary_logs_out_every_other_device() {
     let again: Value = http(&alice.token).await.expect("http").json().await.expect("json");
     assert_eq!(again["revoked"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pairing_code_expires() {
+    // A one-second code, so that the test waits a little instead of two minutes.
+    let server = TestServer::start_with(&["--pairing-ttl-secs", "1"]);
+    let primary = user(&server.api()).await;
+    let mut phone = online(&server, Kind::Tcp, &primary).await;
+    // Approved in time but claimed too late: nothing.
+    let approved = start(&server, "Tablet").await;
+    assert_eq!(approved["expires_in_s"], 1);
+    phone.approve_pairing(approved["code"].as_str().expect("code")).await.expect("approve in time");
+    // Not approved in time: the approval is refused.
+    let late = start(&server, "Laptop").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let secret = approved["claim_secret"].as_str().expect("secret");
+    assert_eq!(claim(&server, &approved, secret, 0).await.status(), StatusCode::NOT_FOUND, "an expired code gives no token");
+    assert_eq!(rejected(phone.approve_pairing(late["code"].as_str().expect("code")).await), ErrorCode::UnknownPairing);
+    let devices = server.api().devices(&primary.token).await.expect("devices");
+    assert_eq!(devices.len(), 1, "no device was linked");
+}

@@ -15,9 +15,10 @@ use crate::store::MemberCursor;
 /// as (delivered, read). A read cursor counts as delivered too (a device that read it has
 /// it).
 pub fn ticks(cursors: &[(UserId, MemberCursor)], joined: &[(UserId, u64)], sender: UserId, seq: u64) -> (u32, u32) {
+    let joined: HashMap<UserId, u64> = joined.iter().copied().collect();
     let (mut delivered, mut read) = (0, 0);
     for (user, cursor) in cursors {
-        if *user == sender || !joined.iter().any(|(m, since)| m == user && *since <= seq) {
+        if *user == sender || joined.get(user).is_none_or(|since| *since > seq) {
             continue;
         }
         if cursor.delivered.max(cursor.read) >= seq {

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::api::{ApiError, ApiState, ErrorBody, caller};
-use crate::accounts::CodeIssued;
 use crate::lifecycle::delete::Deleted;
 use crate::lifecycle::export::Export;
 
@@ -35,6 +34,22 @@ pub struct NumberCodeBody {
     /// The one-time code sent to the new number.
     #[schema(example = "123456", max_length = 64)]
     pub code: String,
+    /// The one-time code sent to the old number at the same time.
+    #[schema(example = "654321", max_length = 64)]
+    pub old_code: String,
+}
+
+/// The codes sent for a number change.
+#[derive(Serialize, ToSchema)]
+pub struct NumberCodesIssued {
+    /// Seconds until the codes expire.
+    pub expires_in_s: u64,
+    /// The new number's code, only in development mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_code: Option<String>,
+    /// The old number's code, only in development mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_old_code: Option<String>,
 }
 
 /// The account's number after a change.
@@ -44,9 +59,10 @@ pub struct NumberChanged {
     pub phone: String,
 }
 
-/// Sends a one-time code to the number the account moves to (primary device only).
+/// Sends one-time codes to the number the account moves to and to its current number
+/// (primary device only): both prove the change.
 #[utoipa::path(post, path = "/v1/account/number", tag = "public", request_body = NumberBody, security(("device_token" = [])), responses(
-    (status = 202, description = "Code issued to the new number", body = CodeIssued),
+    (status = 202, description = "Codes issued to the new and the old number", body = NumberCodesIssued),
     (status = 400, description = "invalid_phone, or a malformed body", body = ErrorBody),
     (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
     (status = 403, description = "not_primary", body = ErrorBody),
@@ -61,16 +77,19 @@ pub async fn request_number(req: HttpRequest, state: web::Data<ApiState>, body: 
     if !me.primary {
         return Err(crate::accounts::AccountError::NotPrimary.into());
     }
-    let issued = state.accounts.register(&body.phone, body.region.as_deref(), req.peer_addr().map(|a| a.ip())).await?;
-    Ok(HttpResponse::Accepted().json(issued))
+    let from = req.peer_addr().map(|a| a.ip());
+    let old = state.store.user(me.user_id).await.map_err(|_| ApiError::Unavailable)?.ok_or(ApiError::Unauthorized)?.phone;
+    let new = state.accounts.register(&body.phone, body.region.as_deref(), from).await?;
+    let old = state.accounts.register(&old, None, from).await?;
+    Ok(HttpResponse::Accepted().json(NumberCodesIssued { expires_in_s: new.expires_in_s, dev_code: new.dev_code, dev_old_code: old.dev_code }))
 }
 
-/// Moves the account to the new number once its code checks (primary device only); the
-/// user's 1:1 peers and devices get `NumberChanged`.
+/// Moves the account to the new number once both codes check (primary device only); the
+/// user's devices and the 1:1 peers who had the old number get `NumberChanged`.
 #[utoipa::path(post, path = "/v1/account/number/verify", tag = "public", request_body = NumberCodeBody, security(("device_token" = [])), responses(
     (status = 200, description = "The account has the new number", body = NumberChanged),
     (status = 400, description = "invalid_phone, or a malformed body", body = ErrorBody),
-    (status = 401, description = "invalid_code (wrong, expired or used), unauthorized or device_revoked", body = ErrorBody),
+    (status = 401, description = "invalid_code (either code wrong, expired or used), unauthorized or device_revoked", body = ErrorBody),
     (status = 403, description = "not_primary", body = ErrorBody),
     (status = 409, description = "number_taken: another account has this number", body = ErrorBody),
     (status = 413, description = "Body over 64 KiB", body = ErrorBody),
@@ -84,6 +103,7 @@ pub async fn verify_number(req: HttpRequest, state: web::Data<ApiState>, body: w
         phone: &body.phone,
         region: body.region.as_deref(),
         code: &body.code,
+        old_code: &body.old_code,
         from: req.peer_addr().map(|a| a.ip()),
     };
     let phone = crate::lifecycle::number::change(&state.accounts, state.store.as_ref(), &state.node.ctx.router, &me, proof).await?;

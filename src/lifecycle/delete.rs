@@ -33,7 +33,9 @@ pub struct Deleted {
 }
 
 /// Deletes `caller`'s account, if `confirm_phone` (as written, with an optional
-/// `region`) is its number. Errors: `NotPrimary`, `InvalidPhone`, `WrongNumber`, `Store`.
+/// `region`) is its number. Errors: `NotPrimary`, `InvalidPhone`, `WrongNumber`, `Store`
+/// (a group could not be left in time, or the store failed: nothing irreversible was
+/// done before the step that failed, and the same request may be retried).
 pub async fn delete(ctx: &NodeContext, caller: &DeviceRecord, confirm_phone: &str, region: Option<&str>) -> Result<Deleted, AccountError> {
     if !caller.primary {
         return Err(AccountError::NotPrimary);
@@ -41,10 +43,13 @@ pub async fn delete(ctx: &NodeContext, caller: &DeviceRecord, confirm_phone: &st
     let store = ctx.store.as_ref();
     let user = caller.user_id;
     let record = store.user(user).await?.ok_or(AccountError::UnknownDevice)?;
-    if crate::phone::normalize(confirm_phone, region)? != record.phone {
+    // A retry of a deletion that stopped after its data was deleted has no number left
+    // to confirm: the caller's token still working is proof enough then.
+    if !record.is_deleted() && crate::phone::normalize(confirm_phone, region)? != record.phone {
         return Err(AccountError::WrongNumber);
     }
-    // Leave every group (sequenced by each group like a member's own Leave).
+    // First what can fail without harm: leave every group (sequenced by each group like a
+    // member's own Leave). If one is not confirmed, nothing else is done: retry.
     let mut groups = Vec::new();
     for id in store.conversations_of(user).await? {
         if let Some(conversation) = store.conversation(id).await?
@@ -59,23 +64,25 @@ pub async fn delete(ctx: &NodeContext, caller: &DeviceRecord, confirm_phone: &st
         }
     }
     let groups_left = wait_for_leaves(ctx, user, groups).await?;
+    // Then the account's data (one transaction), and its blocks.
+    store.delete_account_data(user).await?;
     for target in store.blocks_of(user).await? {
         store.set_blocked(user, target, false, now_ms()).await?;
         crate::privacy::notify(&ctx.router, &[target], user);
     }
+    // Last the devices, the caller's at the very end: until then a failed step can be
+    // retried with the same token.
     let now = now_ms();
+    let mut devices: Vec<DeviceRecord> = store.devices_of(user).await?.into_iter().filter(|d| d.revoked_ms.is_none()).collect();
+    devices.sort_by_key(|d| d.device_id == caller.device_id);
     let mut devices_revoked = 0;
-    for device in store.devices_of(user).await? {
-        if device.revoked_ms.is_some() {
-            continue;
-        }
+    for device in devices {
         store.set_push_token(user, device.device_id, None).await?;
         if store.revoke_device(user, device.device_id, now).await? {
             devices_revoked += 1;
         }
         ctx.router.close_device(user, device.device_id, ErrorCode::DeviceRevoked, "account deleted");
     }
-    store.delete_account_data(user).await?;
     let _ = ctx.push.send(PushRequest::TokensChanged(user));
     crate::to_device::device_list_changed(store, &ctx.router, user, None, now).await;
     tracing::info!(%user, groups_left, devices_revoked, "account deleted");
@@ -83,8 +90,7 @@ pub async fn delete(ctx: &NodeContext, caller: &DeviceRecord, confirm_phone: &st
 }
 
 /// Waits (up to [`LEAVE_WAIT`]) until the store shows `user` out of each group; returns
-/// how many it left. One still pending then is left as it is (the deletion goes on: the
-/// revoked devices can send nothing more there).
+/// how many it left, or `Store` (retry) if one is still not left then.
 async fn wait_for_leaves(ctx: &NodeContext, user: crate::ids::UserId, mut pending: Vec<crate::ids::ConversationId>) -> Result<usize, StoreError> {
     let total = pending.len();
     let deadline = Instant::now() + LEAVE_WAIT;
@@ -103,6 +109,7 @@ async fn wait_for_leaves(ctx: &NodeContext, user: crate::ids::UserId, mut pendin
     }
     if !pending.is_empty() {
         tracing::warn!(%user, groups = pending.len(), "account deletion: some groups not left in time");
+        return Err(StoreError::Backend(format!("{} groups not left in time", pending.len())));
     }
-    Ok(total - pending.len())
+    Ok(total)
 }

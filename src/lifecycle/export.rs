@@ -1,8 +1,10 @@
 //! "Request account info": a JSON archive of the caller's account: the account, its
 //! devices, its settings (profile, privacy, blocks), its conversation list, and the
 //! user's own stored messages as the server has them (ciphertext, hex: the server never
-//! had the plaintext). Rate-limited per account ([`EXPORTS_PER_DAY`]); at most
-//! [`MAX_EXPORTED_MESSAGES`] messages (`messages_truncated` says when more exist).
+//! had the plaintext; messages the user cleared from their devices included, expired
+//! ones not). Rate-limited per account ([`EXPORTS_PER_DAY`]); at most
+//! [`MAX_EXPORTED_MESSAGES`] messages and [`MAX_EXPORTED_PAYLOAD_BYTES`] of payload
+//! (`messages_truncated` says when more exist). Not in it: the contact list.
 
 use serde::Serialize;
 
@@ -16,6 +18,8 @@ use crate::store::{ContentKind, PrivacySettings, Profile, Store, StoreError, now
 pub const EXPORTS_PER_DAY: u32 = 5;
 /// Most messages one export holds.
 pub const MAX_EXPORTED_MESSAGES: usize = 200_000;
+/// Most payload bytes one export holds (hex doubles them in the archive).
+pub const MAX_EXPORTED_PAYLOAD_BYTES: usize = 64 << 20;
 
 /// The archive (`format`: `switchboard-export-1`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -120,7 +124,7 @@ pub async fn export(store: &dyn Store, user: UserId) -> Result<Export, AccountEr
 /// at most [`MAX_EXPORTED_MESSAGES`].
 async fn own_messages(store: &dyn Store, user: UserId, conversations: &[InboxEntry], now: u64) -> Result<(Vec<ExportedMessage>, bool), StoreError> {
     const PAGE: usize = 1000;
-    let mut out = Vec::new();
+    let (mut out, mut bytes) = (Vec::new(), 0usize);
     for entry in conversations {
         let Some(record) = store.conversation(entry.conversation_id).await? else { continue };
         let Some((first, last)) = record.visible_range(user) else { continue };
@@ -133,7 +137,8 @@ async fn own_messages(store: &dyn Store, user: UserId, conversations: &[InboxEnt
                 m.seq <= last && m.sender_user_id == user && m.event.is_none() && !record.expired(m.server_time_ms, now)
             };
             for m in page.iter().filter(own) {
-                if out.len() == MAX_EXPORTED_MESSAGES {
+                bytes += m.payload.len();
+                if out.len() == MAX_EXPORTED_MESSAGES || bytes > MAX_EXPORTED_PAYLOAD_BYTES {
                     return Ok((out, true));
                 }
                 out.push(ExportedMessage {

@@ -85,6 +85,13 @@ pub struct UserRecord {
     pub created_ms: u64,
 }
 
+impl UserRecord {
+    /// True once the account was deleted (its phone is [`deleted_phone`]).
+    pub fn is_deleted(&self) -> bool {
+        self.phone == deleted_phone(self.user_id)
+    }
+}
+
 /// A device of a user. The bearer token itself is never stored, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRecord {

@@ -1627,7 +1627,23 @@ impl Store for ScyllaStore {
     }
 
     async fn get_or_create_user(&self, phone: &str, new_user: UserRecord) -> Result<(UserRecord, bool), StoreError> {
-        let claim = self.conditional(&self.st.claim_phone, (phone, new_user.user_id)).await?;
+        let mut claim = self.conditional(&self.st.claim_phone, (phone, new_user.user_id)).await?;
+        // A phones row whose user's row holds another number was left behind by a number
+        // change or a deletion cut short between its statements: it is no one's number.
+        // Release it (only if it still says that user) and claim again.
+        for _ in 0..3 {
+            let Some(owner) = claim.uuid("user_id").map(UserId::from_uuid) else { break };
+            if claim.applied || owner == new_user.user_id {
+                break;
+            }
+            match self.user(owner).await? {
+                Some(found) if found.phone != phone => {
+                    self.conditional(&self.st.release_phone, (phone, owner)).await?;
+                    claim = self.conditional(&self.st.claim_phone, (phone, new_user.user_id)).await?;
+                }
+                _ => break,
+            }
+        }
         let owner = if claim.applied {
             new_user.user_id
         } else {
@@ -1655,9 +1671,14 @@ impl Store for ScyllaStore {
 
     /// The new number is claimed by compare-and-set first (a number another account holds
     /// stays theirs), then the user row is rewritten and the old number released (only if
-    /// it still points at this user); a retry after a crash in between finishes the move.
+    /// it still points at this user). The user row decides whose a number is: a phones row
+    /// left behind by a crash in between is released when the number is next claimed
+    /// (`get_or_create_user`) and ignored by lookups (`users_by_phone`).
     async fn change_phone(&self, user: UserId, new_phone: &str) -> Result<bool, StoreError> {
         let record = self.user(user).await?.ok_or(StoreError::NotFound("user"))?;
+        if record.is_deleted() {
+            return Err(StoreError::NotFound("user"));
+        }
         if record.phone == new_phone {
             return Ok(true);
         }
@@ -2065,7 +2086,12 @@ impl Store for ScyllaStore {
         for chunk in phones.chunks(CONTACT_CHUNK) {
             let rows = futures_util::future::try_join_all(chunk.iter().map(|p| async move {
                 let row: Option<(Option<UserId>,)> = self.first_row(&self.st.phone_user, (p.as_str(),)).await?;
-                Ok::<_, StoreError>(row.and_then(|(u,)| u).map(|u| (p.clone(), u)))
+                match row.and_then(|(u,)| u) {
+                    // The user row decides: a phones row left behind by a number change or
+                    // a deletion cut short is no one's number.
+                    Some(u) if self.user(u).await?.is_some_and(|r| r.phone == *p) => Ok::<_, StoreError>(Some((p.clone(), u))),
+                    _ => Ok(None),
+                }
             }))
             .await?;
             out.extend(rows.into_iter().flatten());

@@ -329,7 +329,8 @@ async fn open_direct(state: &mut SessionState, req: pb::OpenDirect) -> Answer {
     }
     let id = direct_conversation_id(state.user, peer);
     if state.core.view(id).is_none() {
-        if state.ctx.store.user(peer).await?.is_none() {
+        // A deleted account is no one to talk to.
+        if state.ctx.store.user(peer).await?.is_none_or(|u| u.is_deleted()) {
             return Err(RequestError::UnknownUser(peer.to_string()));
         }
         let record = state.ctx.store.create_conversation(ConversationRecord::direct(state.user, peer, now_ms())).await?;
@@ -497,6 +498,9 @@ async fn may_add(state: &SessionState, target: UserId) -> Result<(), RequestErro
         return Err(RequestError::Blocked(format!("cannot add user {target} to a group")));
     }
     let store = state.ctx.store.as_ref();
+    if store.user(target).await?.is_none_or(|u| u.is_deleted()) {
+        return Err(RequestError::UnknownUser(target.to_string()));
+    }
     let settings = store.privacy(target).await?;
     let contact = settings.groups == Audience::Contacts && !store.known_contacts(target, vec![state.privacy.phone.clone()]).await?.is_empty();
     if privacy::may_add_to_group(&settings, privacy::Relation { contact, blocked: false }) {

@@ -2492,8 +2492,9 @@ export const HistoryPageSchema: GenMessage<HistoryPage> = /*@__PURE__*/
   messageDesc(file_switchboard, 64);
 
 /**
- * A user changed their phone number (same account): sent to their 1:1 peers and their own
- * devices. Peers that had the old number in their contacts have the new one instead.
+ * A user changed their phone number (same account): sent live to their own devices and to
+ * the 1:1 peers who had the old number in their contacts (not across a block); those
+ * peers' contacts have the new number instead. Nobody else is told the new number.
  *
  * @generated from message switchboard.v1.NumberChanged
  */
