@@ -1478,3 +1478,34 @@ async fn media_rate_quota_and_sweeps_hold_across_nodes() {
     assert_eq!(left, vec![BlobStore::blob_key(&switchboard::media::hashing::sha256(&kept_bytes))], "exactly the referenced blob is left");
     assert_eq!(client(1, &dave.token).download(kept).await.expect("the referenced media"), kept_bytes);
 }
+
+/// The SRE console's cluster view on a live two-node cluster (not a mock): every node
+/// with the sessions connected to it, Redis reachable, and the other node's tree opened
+/// from this node's console, in headless Chromium (`tests/browser/console-cluster.mjs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_every_node_of_a_live_cluster() {
+    use common::browser::{artifacts_dir, require_tools, run_to_end, script};
+    let (chromium, node) = require_tools();
+    let cluster = TestCluster::start(2).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    let (alice, bob, carol) = (sign_up(&api).await, sign_up(&api).await, sign_up(&api).await);
+    // Two devices on n0, one on n1.
+    let _a = online_at(&t[0], &alice).await;
+    let _b = online_at(&t[0], &bob).await;
+    let _c = online_at(&t[1], &carol).await;
+    let child = script(&node, &chromium, "console-cluster.mjs")
+        .env("SWITCHBOARD_CONSOLE_URL", format!("http://{}/admin/ui/", cluster.node(0).admin))
+        .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SWITCHBOARD_EXPECT_SESSIONS", r#"{"n0": 2, "n1": 1}"#)
+        .spawn()
+        .expect("run node");
+    let (status, report) = run_to_end(child, Duration::from_secs(120)).await;
+    let artifacts = artifacts_dir();
+    assert!(status.success(), "the console cluster test failed ({status}); screenshots in {}:\n{report}", artifacts.display());
+    assert!(report.contains("console cluster test passed"), "the script did not finish:\n{report}");
+    for screen in ["1-nodes", "2-other-tree"] {
+        let shot = artifacts.join(format!("console-cluster-{screen}.png"));
+        assert!(shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot {}", shot.display());
+    }
+}
