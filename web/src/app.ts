@@ -61,6 +61,10 @@ export class App {
   /** Messages waiting for their room key (and whether they came from history). */
   private waiting: Array<{ m: Message; history: boolean }> = [];
   private askedNames = new Set<string>();
+  /** Names to fetch, a few at a time. */
+  private nameQueue: string[] = [];
+  private nameFetches = 0;
+  private namesDirty: ReturnType<typeof setTimeout> | null = null;
   private syncing: Promise<void> | null = null;
   private typingSent = 0;
   onChange: () => void = () => {};
@@ -69,7 +73,11 @@ export class App {
 
   async start(): Promise<void> {
     await this.chats.load();
-    for (const [user, name] of Object.entries((await db.get<Record<string, string>>('names')) ?? {})) this.names.set(user, name);
+    // Names kept from earlier runs show at once; they are fetched again after catch-up.
+    for (const [user, name] of Object.entries((await db.get<Record<string, string>>('names')) ?? {})) {
+      this.names.set(user, name);
+      this.askedNames.add(user);
+    }
     fetchProfile(this.profile.token, this.profile.userId).then((p) => {
       this.myName = p.name;
       this.onChange();
@@ -129,6 +137,11 @@ export class App {
         this.caughtUp = true;
         for (const c of this.chats.conversations.values()) if (c.kind === 'direct' && c.peer) this.queryPresence(c.peer);
         void this.syncInbox();
+        // Names may have changed while this device was away (ProfileChanged is not replayed).
+        for (const user of this.names.keys()) {
+          this.askedNames.delete(user);
+          this.fetchName(user);
+        }
         break;
       case 'inboxChanged':
         if (kind.value.entry) await this.applyEntry(kind.value.entry);
@@ -443,20 +456,44 @@ export class App {
     return c.peer ? this.name(c.peer) : c.title;
   }
 
+  /** Fetches a user's profile name (at most 4 requests at a time); the list re-renders when it comes. */
   private fetchName(user: string): void {
     if (this.askedNames.has(user)) return;
     this.askedNames.add(user);
-    fetchProfile(this.profile.token, user).then(
-      async (p) => {
-        if (user === this.profile.userId) this.myName = p.name;
-        else {
-          this.names.set(user, p.name);
-          await db.put('names', Object.fromEntries(this.names));
-        }
-        this.onChange();
-      },
-      () => this.askedNames.delete(user),
-    );
+    this.nameQueue.push(user);
+    this.pumpNames();
+  }
+
+  private pumpNames(): void {
+    while (this.nameFetches < 4 && this.nameQueue.length) {
+      const user = this.nameQueue.shift() as string;
+      this.nameFetches++;
+      fetchProfile(this.profile.token, user)
+        .then(
+          (p) => {
+            if (user === this.profile.userId) this.myName = p.name;
+            else if (this.names.get(user) !== p.name) {
+              this.names.set(user, p.name);
+              this.saveNames();
+            }
+            this.onChange();
+          },
+          () => this.askedNames.delete(user),
+        )
+        .finally(() => {
+          this.nameFetches--;
+          this.pumpNames();
+        });
+    }
+  }
+
+  /** Keeps the names in IndexedDB (one write for a burst of answers). */
+  private saveNames(): void {
+    if (this.namesDirty) return;
+    this.namesDirty = setTimeout(() => {
+      this.namesDirty = null;
+      void db.put('names', Object.fromEntries(this.names));
+    }, 500);
   }
 
   /** Sets this user's profile name (shown to the people they chat with). */
