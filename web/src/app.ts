@@ -560,6 +560,8 @@ export class App {
   private async members(id: string): Promise<string[]> {
     const c = this.chats.conversations.get(id);
     if (c?.kind === 'direct' && c.peer) return [this.profile.userId, c.peer];
+    // A 1:1 from the list whose other user this device cannot tell yet (nobody wrote in it).
+    if (c?.kind === 'direct') throw new Error('This chat’s other person is not known on this device yet: start it again with their user id');
     const answer = await this.socket.request((requestId) => ({ case: 'groupInfo', value: { requestId, conversationId: uuidBytes(id) } }));
     if (answer.case !== 'groupInfo') throw new Error('no group info');
     return answer.value.memberUserIds.map(uuidText);
