@@ -2,7 +2,9 @@
 //! at `/app/` from the binary), then `node tests/browser/web.mjs` (playwright-core driving
 //! the distribution's Chromium) signs up two browser users, chats 1:1 and in a group with
 //! a Rust CLI client (`switchboard client`), encrypted both ways, and checks the three
-//! ticks, typing, and a reconnection without gaps or duplicates. Afterwards every byte the
+//! ticks, typing, and a reconnection without gaps or duplicates; then profile names, and a
+//! new browser device whose conversation list comes from the server and whose chat loads
+//! older messages when scrolled up. Afterwards every byte the
 //! server stored is searched for a canary the browser sent: it must not be there.
 //! Screenshots of the main screens land in `target/browser-artifacts/web-*.png`.
 //!
@@ -79,6 +81,9 @@ async fn browsers_and_the_cli_chat_encrypted_with_ticks_typing_groups_and_catch_
         "6-group-chat",
         "7-caught-up",
         "8-conversation-list",
+        "9-names",
+        "10-new-device-list",
+        "11-history-on-scroll",
     ] {
         let shot = artifacts.join(format!("web-{screen}.png"));
         assert!(shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot {}", shot.display());

@@ -2,7 +2,10 @@
 // at /app/, chat 1:1 encrypted (✓ sent while Bob is offline, ✓✓ when he comes back, blue
 // ✓✓ when he reads, typing both ways), a Rust CLI client (Carol, `switchboard client`)
 // and a browser exchange encrypted messages both ways, a group of the three, and Bob's
-// browser goes offline and back and catches up without gaps or duplicates.
+// browser goes offline and back and catches up without gaps or duplicates. Then names
+// (profiles, live), and a new browser device of Carol: its list comes from the server (a
+// 1:1 nobody wrote in, unread counts, the group subject, order, a pin made elsewhere), and
+// scrolling up loads the older messages its first catch-up left out, with their ticks.
 // Run by tests/browser_web.rs, which sets the environment and then checks that the
 // server's stored bytes hold no plaintext canary sent from the browser.
 import { spawn, execFileSync } from 'node:child_process';
@@ -247,6 +250,140 @@ await run('web', async ({ browser, page: alice, problems }) => {
   await bob.waitForSelector(`[data-conversation="${group}"]`);
   step('a reload restores the conversations from IndexedDB');
   await screenshot(bob, 'web', '8-conversation-list');
+
+  // Names: each sets a profile name; the other sees it live (ProfileChanged) in the list,
+  // the chat header and group messages, instead of an id.
+  await alice.fill('#my-name', 'Alice Liddell');
+  await alice.click('#save-name');
+  await alice.waitForFunction(() => document.querySelector('[data-testid=me]')?.textContent.includes('Alice Liddell'), null, { timeout: WAIT });
+  await bob.fill('#my-name', 'Bob Builder');
+  await bob.click('#save-name');
+  const titled = (page, id, title) =>
+    page.waitForFunction(([i, t]) => document.querySelector(`[data-conversation="${i}"] .title`)?.textContent === t, [id, title], { timeout: WAIT });
+  await titled(bob, conversation, 'Alice Liddell');
+  await titled(alice, conversation, 'Bob Builder');
+  await openConversation(bob, conversation);
+  await bob.waitForFunction(() => document.querySelector('[data-testid=chat-title]')?.textContent === 'Alice Liddell', null, { timeout: WAIT });
+  await openConversation(bob, group);
+  await bob.waitForFunction(() => [...document.querySelectorAll('[data-testid=sender]')].some((e) => e.textContent === 'Alice Liddell'), null, { timeout: WAIT });
+  step('profile names replace ids: the list, the chat header, a group message\'s sender');
+  await screenshot(bob, 'web', '9-names');
+
+  // Bob opens a 1:1 with Carol and writes nothing; Alice writes Carol 20 more messages,
+  // so that a new device's first catch-up (the newest 20) leaves the first ones out.
+  await bob.fill('#new-chat-user', carol);
+  await bob.click('#start-chat');
+  const opened = (page, before) => page.waitForFunction((b) => (document.querySelector('.conversation.open')?.dataset.conversation ?? b) !== b, before, { timeout: WAIT });
+  await opened(bob, group);
+  const bobCarol = await bob.getAttribute('.conversation.open', 'data-conversation');
+  await alice.fill('#new-chat-user', carol);
+  await alice.click('#start-chat');
+  await opened(alice, conversation);
+  const aliceCarol = await alice.getAttribute('.conversation.open', 'data-conversation');
+  for (let i = 1; i <= 20; i++) {
+    await send(alice, `filler ${i}`);
+    await tick(alice, `filler ${i}`, 'sent');
+  }
+  step('an empty 1:1 (bob, carol) and 20 more messages from alice to carol');
+
+  // A new browser device of Carol (linked by her CLI primary, POST /v1/devices). Her CLI
+  // runs meanwhile (without reading): seeing her new device publish its keys, it forwards
+  // the room keys it holds, so the new device can read the history.
+  const carolWatch = spawn(BIN, ['client', 'watch', '--no-read', '--profile', carolProfile], { stdio: ['ignore', 'pipe', 'pipe'] });
+  await new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`carol's CLI did not connect: ${out}`)), WAIT);
+    carolWatch.stdout.on('data', (chunk) => {
+      out += chunk;
+      if (out.includes('connected as user')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  const carolCredentials = JSON.parse(readFileSync(carolProfile, 'utf8'));
+  const linkedAnswer = await fetch(`${SERVER}/v1/devices`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${carolCredentials.token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'Carol web' }),
+  });
+  if (linkedAnswer.status !== 201) throw new Error(`POST /v1/devices: ${linkedAnswer.status} ${await linkedAnswer.text()}`);
+  const linked = await linkedAnswer.json();
+  const carolContext = await browser.newContext({ viewport: { width: 1280, height: 600 } });
+  const carolWeb = await carolContext.newPage();
+  carolWeb.on('pageerror', (error) => problems.push(`carol page error: ${error.message}`));
+  await carolWeb.goto(APP);
+  await carolWeb.waitForSelector('[data-testid=signup]');
+  await carolWeb.evaluate(
+    (p) =>
+      new Promise((resolve, reject) => {
+        const r = indexedDB.open('switchboard', 1);
+        r.onupgradeneeded = () => r.result.createObjectStore('kv');
+        r.onerror = () => reject(r.error);
+        r.onsuccess = () => {
+          const tx = r.result.transaction('kv', 'readwrite');
+          tx.objectStore('kv').put(p, 'profile');
+          tx.oncomplete = () => (r.result.close(), resolve());
+          tx.onerror = () => reject(tx.error);
+        };
+      }),
+    { phone: carolPhone, userId: carol, deviceId: linked.device_id, token: linked.token },
+  );
+  await carolWeb.reload();
+  await carolWeb.waitForSelector('[data-testid=link][data-state=online]', { timeout: WAIT });
+
+  // Its list comes from the server: the 1:1 nobody wrote in (with Bob's name), the group's
+  // subject, the unread count, most recent first.
+  await titled(carolWeb, bobCarol, 'Bob Builder');
+  await titled(carolWeb, aliceCarol, 'Alice Liddell');
+  await carolWeb.waitForFunction((g) => document.querySelector(`[data-conversation="${g}"] .title`)?.textContent.endsWith('Team'), group, { timeout: WAIT });
+  await carolWeb.waitForFunction((id) => Number(document.querySelector(`[data-conversation="${id}"]`)?.dataset.unread) >= 20, aliceCarol, { timeout: WAIT });
+  const order = await carolWeb.$$eval('[data-conversation]', (els) => els.map((e) => e.dataset.conversation));
+  if (JSON.stringify(order) !== JSON.stringify([aliceCarol, bobCarol, group])) throw new Error(`list order ${JSON.stringify(order)}, expected alice, bob (empty), group`);
+  const unread = await carolWeb.getAttribute(`[data-conversation="${aliceCarol}"]`, 'data-unread');
+  step(`a new device's list from the server: an empty 1:1, the group subject, ${unread} unread, most recent first`);
+  await screenshot(carolWeb, 'web', '10-new-device-list');
+
+  // A pin made elsewhere (over HTTP) arrives live (InboxChanged) and moves it first.
+  const pin = await fetch(`${SERVER}/v1/inbox/${bobCarol}`, {
+    method: 'PATCH',
+    headers: { authorization: `Bearer ${carolCredentials.token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ pinned: true }),
+  });
+  if (pin.status !== 200) throw new Error(`PATCH /v1/inbox: ${pin.status} ${await pin.text()}`);
+  await carolWeb.waitForFunction((id) => document.querySelector('[data-conversation]')?.dataset.conversation === id && document.querySelector('[data-conversation]').hasAttribute('data-pinned'), bobCarol, { timeout: WAIT });
+  step('a pin made on another device moves the conversation first, live');
+
+  // The chat shows the newest 20; scrolling up loads the older ones (HistoryRequest),
+  // decrypted with the keys Carol's CLI forwards to her new device.
+  try {
+    await openConversation(carolWeb, aliceCarol);
+    await seen(carolWeb, 'filler 20');
+    const firstShown = await carolWeb.$$eval('[data-testid=messages] [data-seq]', (els) => Math.min(...els.map((e) => Number(e.dataset.seq))));
+    if (firstShown <= 4) throw new Error(`the first catch-up already had seq ${firstShown}`);
+    await carolWeb.hover('[data-testid=messages]');
+    const deadline = Date.now() + WAIT;
+    while (!(await carolWeb.$('[data-testid=messages] [data-seq="1"]'))) {
+      if (Date.now() > deadline) throw new Error('scrolling up never showed seq 1');
+      await carolWeb.mouse.wheel(0, -4000);
+      await carolWeb.waitForTimeout(200);
+    }
+    await seen(carolWeb, `hello carol ${CANARY}`);
+    await tick(carolWeb, 'hello from the CLI', 'read');
+    const shown = await carolWeb.$$eval('[data-testid=messages] [data-seq]', (els) => els.map((e) => Number(e.dataset.seq)));
+    for (let i = 0; i < shown.length; i++) if (shown[i] !== i + 1) throw new Error(`after scrolling up: seqs ${shown.join(',')} (expected 1.. in order, once each)`);
+    step(`scrolling up loaded seqs 1..${firstShown - 1} (first catch-up started at ${firstShown}): decrypted, in order, no duplicate; carol's own CLI message shows blue ✓✓`);
+    await carolWeb.mouse.wheel(0, -4000);
+    await carolWeb.waitForFunction(() => document.querySelector('[data-testid=messages]').scrollTop === 0, null, { timeout: WAIT });
+    await screenshot(carolWeb, 'web', '11-history-on-scroll');
+  } catch (error) {
+    await screenshot(carolWeb, 'web', 'failure-new-device');
+    const shown = await carolWeb.$$eval('[data-testid=messages] li', (els) => els.map((e) => `${e.dataset.seq}:${e.dataset.status ?? ''}:${e.textContent}`));
+    throw new Error(`${error.message}\nthe new device shows:\n${shown.join('\n')}`);
+  } finally {
+    carolWatch.kill();
+  }
+  await carolContext.close();
   await bobContext.close();
 });
 console.log('web client test passed');

@@ -3,20 +3,43 @@
  * state (decrypting, acknowledging, receipts, typing, presence) and user actions into
  * encrypted sends. The views (`ui/`) render from it and call its actions.
  */
-import type { Message } from './gen/switchboard_pb';
+import type { InboxEntry, Message } from './gen/switchboard_pb';
 import { ReceiptKind } from './gen/switchboard_pb';
 import { E2ee } from './crypto/e2ee';
+import { fetchProfile, setName } from './net/api';
 import type { Profile } from './net/api';
 import { Socket } from './net/socket';
 import type { LinkState, ServerKind } from './net/socket';
-import { Chats } from './state/chats';
-import type { ChatMessage, MediaRef } from './state/chats';
+import { Chats, ahead, ticks } from './state/chats';
+import type { ChatMessage, Conversation, MediaRef } from './state/chats';
+import * as db from './state/db';
 import type { RoomPlaintext } from './gen/e2ee_pb';
 import { MediaKeySchema } from './gen/e2ee_pb';
 import { create } from '@bufbuild/protobuf';
 import { open as openSealed, seal, thumbnail } from './media/attachment';
 import { download, upload } from './net/media';
-import { randomId, uuidBytes, uuidText } from './util/bytes';
+import { concat, randomId, uuidBytes, uuidText } from './util/bytes';
+
+/** The namespace of 1:1 conversation ids (protocol §2). */
+const DIRECT_NAMESPACE = uuidBytes('6c1f7a57-0b2e-4e8e-9a41-535742434844');
+
+/** The id of the 1:1 conversation of two users: UUIDv5 over the two ids, lower first. */
+async function directId(a: string, b: string): Promise<string> {
+  const x = uuidBytes(a);
+  const y = uuidBytes(b);
+  let lower = x;
+  let higher = y;
+  for (let i = 0; i < 16; i++) {
+    if (x[i] === y[i]) continue;
+    if (x[i] > y[i]) [lower, higher] = [y, x];
+    break;
+  }
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-1', concat(DIRECT_NAMESPACE, lower, higher) as BufferSource));
+  const id = digest.slice(0, 16);
+  id[6] = (id[6] & 0x0f) | 0x50;
+  id[8] = (id[8] & 0x3f) | 0x80;
+  return uuidText(id);
+}
 
 /** The signed-in client. */
 export class App {
@@ -29,8 +52,20 @@ export class App {
   /** Who is typing where (conversation → user → until). */
   typing = new Map<string, Map<string, number>>();
   presence = new Map<string, { online: boolean; lastSeen: number }>();
-  /** Messages waiting for their room key. */
-  private waiting: Message[] = [];
+  /** Other users' profile names (user id → name; empty until they set one). */
+  names = new Map<string, string>();
+  /** This user's own profile name. */
+  myName = '';
+  /** Conversations whose older messages are being fetched. */
+  readonly loadingOlder = new Set<string>();
+  /** Messages waiting for their room key (and whether they came from history). */
+  private waiting: Array<{ m: Message; history: boolean }> = [];
+  private askedNames = new Set<string>();
+  /** Names to fetch, a few at a time. */
+  private nameQueue: string[] = [];
+  private nameFetches = 0;
+  private namesDirty: ReturnType<typeof setTimeout> | null = null;
+  private syncing: Promise<void> | null = null;
   private typingSent = 0;
   onChange: () => void = () => {};
 
@@ -38,6 +73,15 @@ export class App {
 
   async start(): Promise<void> {
     await this.chats.load();
+    // Names kept from earlier runs show at once; they are fetched again after catch-up.
+    for (const [user, name] of Object.entries((await db.get<Record<string, string>>('names')) ?? {})) {
+      this.names.set(user, name);
+      this.askedNames.add(user);
+    }
+    fetchProfile(this.profile.token, this.profile.userId).then((p) => {
+      this.myName = p.name;
+      this.onChange();
+    }, () => {});
     this.e2ee = await E2ee.open(this.profile.userId, this.profile.deviceId);
     const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`;
     this.socket = new Socket(url, this.profile.token, {
@@ -92,11 +136,35 @@ export class App {
       case 'catchUpComplete':
         this.caughtUp = true;
         for (const c of this.chats.conversations.values()) if (c.kind === 'direct' && c.peer) this.queryPresence(c.peer);
+        void this.syncInbox();
+        // Names may have changed while this device was away (ProfileChanged is not replayed).
+        for (const user of this.names.keys()) {
+          this.askedNames.delete(user);
+          this.fetchName(user);
+        }
         break;
+      case 'inboxChanged':
+        if (kind.value.entry) await this.applyEntry(kind.value.entry);
+        break;
+      case 'profileChanged': {
+        const user = uuidText(kind.value.userId);
+        this.askedNames.delete(user);
+        this.fetchName(user);
+        break;
+      }
       case 'receipt': {
         const r = kind.value;
         const conversation = uuidText(r.conversationId);
-        if (uuidText(r.userId) === this.profile.userId) break;
+        if (uuidText(r.userId) === this.profile.userId) {
+          // Read on another device of this user: the conversation is read up to there here too.
+          const c = this.chats.conversations.get(conversation);
+          if (c && r.kind === ReceiptKind.READ && Number(r.upToSeq) > c.readSeq) {
+            c.readSeq = Number(r.upToSeq);
+            if (c.readSeq >= c.lastSeq) c.unread = 0;
+            await this.chats.saveConversation(c);
+          }
+          break;
+        }
         await this.chats.mark(conversation, Number(r.upToSeq), r.kind === ReceiptKind.READ ? 'read' : 'delivered');
         break;
       }
@@ -129,18 +197,32 @@ export class App {
     this.onChange();
   }
 
-  private async onMessage(m: Message): Promise<void> {
+  /**
+   * Stores a message from catch-up, live delivery or (`history`) a `HistoryPage`: decrypted,
+   * once per seq. History messages are not acknowledged, counted unread or notified, and
+   * their events do not change the conversation's current state.
+   */
+  private async onMessage(m: Message, history = false): Promise<void> {
     const conversation = uuidText(m.conversationId);
     const seq = Number(m.seq);
     const sender = uuidText(m.senderUserId);
     const mine = sender === this.profile.userId;
     // A message ends its sender's typing.
-    this.typing.get(conversation)?.delete(sender);
+    if (!history) this.typing.get(conversation)?.delete(sender);
     const c = await this.chats.ensure(conversation, mine ? {} : { peer: sender, title: sender.slice(0, 8) });
     // Acknowledge (✓✓ for the sender) even a repeat: its earlier ack may have been lost.
-    this.socket.write({ case: 'ack', value: { conversationId: m.conversationId, seq: m.seq } });
+    if (!history) this.socket.write({ case: 'ack', value: { conversationId: m.conversationId, seq: m.seq } });
     const known = this.chats.has(conversation, seq);
-    if (known && !this.chats.get(conversation, seq)?.problem) return;
+    // The stored copy of an own message carries its ticks (history, catch-up).
+    const status = mine ? ticks(m.deliveredTo, m.readBy, c.kind === 'group' ? (c.members?.length ?? 2) - 1 : 1) : 'read';
+    const existing = known ? this.chats.get(conversation, seq) : undefined;
+    if (existing && !existing.problem) {
+      if (mine && ahead(status, existing.status)) {
+        existing.status = status;
+        await this.chats.put(existing);
+      }
+      return;
+    }
     let text = '';
     let problem: string | undefined;
     let system = false;
@@ -148,7 +230,10 @@ export class App {
     if (m.event) {
       system = true;
       const e = m.event.kind;
-      if (e.case === 'created') {
+      if (history && e.case !== 'messageDeleted') {
+        // An old event: shown, but the conversation's state is newer than it.
+        text = e.case === 'created' ? `Group “${e.value.subject}” created` : e.case === 'subjectChanged' ? `Subject: ${e.value}` : e.case === 'membersAdded' ? 'Members added' : (e.case ?? 'event');
+      } else if (e.case === 'created') {
         c.kind = 'group';
         c.title = e.value.subject;
         c.members = e.value.memberUserIds.map(uuidText);
@@ -184,12 +269,12 @@ export class App {
       } else {
         problem = opened.reason;
         text = opened.retryable ? 'Waiting for this message’s key…' : `Cannot decrypt: ${opened.reason}`;
-        if (opened.retryable) this.waiting.push(m);
+        if (opened.retryable) this.waiting.push({ m, history });
       }
     }
-    const message: ChatMessage = { conversation, seq, clientMsgId: m.clientMsgId, sender, mine, text, time: Number(m.serverTimeMs), status: mine ? 'sent' : 'read', problem, system, media };
+    const message: ChatMessage = { conversation, seq, clientMsgId: m.clientMsgId, sender, mine, text, time: Number(m.serverTimeMs), status, problem, system, media };
     await this.chats.put(message);
-    await this.afterMessage(c.id, seq, m, !mine && !system, known, text);
+    await this.afterMessage(c.id, seq, m, !mine && !system && !history, known, text);
   }
 
   /** List bookkeeping of a stored message; `known` when it was stored before (a retried decryption). */
@@ -220,7 +305,202 @@ export class App {
   private async retryWaiting(): Promise<void> {
     const waiting = this.waiting;
     this.waiting = [];
-    for (const m of waiting) await this.onMessage(m);
+    for (const w of waiting) await this.onMessage(w.m, w.history);
+  }
+
+  /**
+   * Syncs the conversation list: `InboxRequest` pages from the version of the last
+   * complete sync (kept in IndexedDB), each entry applied; the new version is kept once
+   * the last page is read.
+   */
+  syncInbox(): Promise<void> {
+    this.syncing ??= (async () => {
+      try {
+        const since = (await db.get<number>('inbox-version')) ?? 0;
+        let after = '';
+        let version = 0n;
+        do {
+          const answer = await this.socket.request((requestId) => ({ case: 'inbox', value: { requestId, sinceVersion: BigInt(since), after, limit: 100 } }));
+          if (answer.case !== 'inbox') return;
+          for (const e of answer.value.entries) await this.applyEntry(e);
+          version = answer.value.version;
+          after = answer.value.next;
+          this.onChange();
+        } while (after);
+        await db.put('inbox-version', Number(version));
+        await this.resolvePeers();
+      } catch (error) {
+        console.warn('inbox sync failed', error);
+      } finally {
+        this.syncing = null;
+        this.onChange();
+      }
+    })();
+    return this.syncing;
+  }
+
+  /** One conversation's entry of the list (from a sync or `InboxChanged`): the server's state of it. */
+  private async applyEntry(e: InboxEntry): Promise<void> {
+    const id = uuidText(e.conversationId);
+    const isNew = !this.chats.conversations.has(id);
+    const c = await this.chats.ensure(id, { kind: e.group ? 'group' : 'direct', title: e.group ? e.subject : id.slice(0, 8) });
+    c.kind = e.group ? 'group' : 'direct';
+    if (e.group) {
+      if (e.subject) c.title = e.subject;
+      c.peer = undefined;
+    }
+    c.member = e.member;
+    c.archived = e.archived;
+    c.pinned = Number(e.pinnedMs);
+    const lastTime = Number(e.lastTimeMs);
+    if (lastTime) c.updated = isNew ? lastTime : Math.max(c.updated, lastTime);
+    c.readSeq = Math.max(c.readSeq, Number(e.readSeq));
+    c.unread = e.unreadCount;
+    c.unreadMore = e.unreadMore;
+    const last = e.lastMessage;
+    if (last) {
+      const seq = Number(last.seq);
+      const held = this.chats.get(id, seq);
+      if (held && !held.system) c.lastText = held.text;
+      else if (!c.lastText || seq > c.lastSeq) c.lastText = last.deleted ? 'This message was deleted' : last.event ? '' : 'Message';
+      const sender = uuidText(last.senderUserId);
+      if (!e.group && !c.peer && sender !== this.profile.userId) c.peer = sender;
+    }
+    c.lastSeq = Math.max(c.lastSeq, Number(e.lastSeq));
+    await this.chats.saveConversation(c);
+    if (e.group && e.member && !c.members) void this.groupInfo(id);
+    if (this.open === id && !document.hidden && c.unread) await this.markRead(id);
+    this.onChange();
+  }
+
+  /** A group's subject and members, from the server. */
+  private async groupInfo(id: string): Promise<void> {
+    try {
+      const answer = await this.socket.request((requestId) => ({ case: 'groupInfo', value: { requestId, conversationId: uuidBytes(id) } }));
+      if (answer.case !== 'groupInfo') return;
+      const c = await this.chats.ensure(id);
+      c.title = answer.value.subject || c.title;
+      c.members = answer.value.memberUserIds.map(uuidText);
+      await this.chats.saveConversation(c);
+      await this.resolvePeers();
+      this.onChange();
+    } catch {
+      // asked again at the next sync
+    }
+  }
+
+  /**
+   * Finds the other user of each 1:1 whose peer is not known yet (a conversation nobody
+   * wrote in, on a device that has no message of it): the users this device knows whose
+   * direct id with this user is the conversation's.
+   */
+  private async resolvePeers(): Promise<void> {
+    const open = [...this.chats.conversations.values()].filter((c) => c.kind === 'direct' && !c.peer);
+    if (!open.length || !crypto.subtle) return;
+    const known = new Set<string>([this.profile.userId, ...this.names.keys()]);
+    for (const c of this.chats.conversations.values()) {
+      if (c.peer) known.add(c.peer);
+      for (const m of c.members ?? []) known.add(m);
+    }
+    const byId = new Map<string, string>();
+    for (const user of known) byId.set(await directId(this.profile.userId, user), user);
+    for (const c of open) {
+      const peer = byId.get(c.id);
+      if (!peer) continue;
+      c.peer = peer;
+      await this.chats.saveConversation(c);
+      this.queryPresence(peer);
+    }
+    this.onChange();
+  }
+
+  /**
+   * Loads the page of messages before the oldest one shown (`HistoryRequest`), decrypted
+   * and stored in order, each once; no-op while one is loading or when there is none.
+   */
+  async loadOlder(id: string): Promise<void> {
+    const c = this.chats.conversations.get(id);
+    if (!c || c.hasMore === false || this.loadingOlder.has(id) || !this.caughtUp) return;
+    const before = this.chats.oldest(id);
+    // Only sends not yet acknowledged: wait for their seqs rather than ask from the newest.
+    if (before === 0 && this.chats.list(id).length) return;
+    if (before === 1) {
+      c.hasMore = false;
+      await this.chats.saveConversation(c);
+      return;
+    }
+    this.loadingOlder.add(id);
+    this.onChange();
+    try {
+      const answer = await this.socket.request((requestId) => ({ case: 'history', value: { requestId, conversationId: uuidBytes(id), beforeSeq: BigInt(before), limit: 30 } }));
+      if (answer.case !== 'history') return;
+      for (const m of answer.value.messages) await this.onMessage(m, true);
+      c.hasMore = answer.value.hasMore && answer.value.messages.length > 0;
+      await this.chats.saveConversation(c);
+    } finally {
+      this.loadingOlder.delete(id);
+      this.onChange();
+    }
+  }
+
+  /** Another user's display name: their profile name once fetched, else the start of their id. */
+  name(user: string): string {
+    if (user === this.profile.userId) return this.myName || 'You';
+    this.fetchName(user);
+    return this.names.get(user) || user.slice(0, 8);
+  }
+
+  /** The title a conversation shows: the group subject, or the other user's name. */
+  title(c: Conversation): string {
+    if (c.kind === 'group') return c.title;
+    return c.peer ? this.name(c.peer) : c.title;
+  }
+
+  /** Fetches a user's profile name (at most 4 requests at a time); the list re-renders when it comes. */
+  private fetchName(user: string): void {
+    if (this.askedNames.has(user)) return;
+    this.askedNames.add(user);
+    this.nameQueue.push(user);
+    this.pumpNames();
+  }
+
+  private pumpNames(): void {
+    while (this.nameFetches < 4 && this.nameQueue.length) {
+      const user = this.nameQueue.shift() as string;
+      this.nameFetches++;
+      fetchProfile(this.profile.token, user)
+        .then(
+          (p) => {
+            if (user === this.profile.userId) this.myName = p.name;
+            else if (this.names.get(user) !== p.name) {
+              this.names.set(user, p.name);
+              this.saveNames();
+            }
+            this.onChange();
+          },
+          () => this.askedNames.delete(user),
+        )
+        .finally(() => {
+          this.nameFetches--;
+          this.pumpNames();
+        });
+    }
+  }
+
+  /** Keeps the names in IndexedDB (one write for a burst of answers). */
+  private saveNames(): void {
+    if (this.namesDirty) return;
+    this.namesDirty = setTimeout(() => {
+      this.namesDirty = null;
+      void db.put('names', Object.fromEntries(this.names));
+    }, 500);
+  }
+
+  /** Sets this user's profile name (shown to the people they chat with). */
+  async setMyName(name: string): Promise<void> {
+    const p = await setName(this.profile.token, name);
+    this.myName = p.name;
+    this.onChange();
   }
 
   private queryPresence(user: string): void {
@@ -240,7 +520,11 @@ export class App {
     const answer = await this.socket.request((requestId) => ({ case: 'openDirect', value: { requestId, peerUserId: uuidBytes(peer) } }));
     if (answer.case !== 'directOpened') return;
     const id = uuidText(answer.value.conversationId);
-    await this.chats.ensure(id, { kind: 'direct', peer, title: peer.slice(0, 8) });
+    const c = await this.chats.ensure(id, { kind: 'direct', peer, title: peer.slice(0, 8) });
+    if (!c.peer) {
+      c.peer = peer;
+      await this.chats.saveConversation(c);
+    }
     this.queryPresence(peer);
     await this.select(id);
   }
@@ -276,6 +560,8 @@ export class App {
   private async members(id: string): Promise<string[]> {
     const c = this.chats.conversations.get(id);
     if (c?.kind === 'direct' && c.peer) return [this.profile.userId, c.peer];
+    // A 1:1 from the list whose other user this device cannot tell yet (nobody wrote in it).
+    if (c?.kind === 'direct') throw new Error('This chat’s other person is not known on this device yet: start it again with their user id');
     const answer = await this.socket.request((requestId) => ({ case: 'groupInfo', value: { requestId, conversationId: uuidBytes(id) } }));
     if (answer.case !== 'groupInfo') throw new Error('no group info');
     return answer.value.memberUserIds.map(uuidText);

@@ -45,7 +45,7 @@ export interface SocketHooks {
   onFatal(reason: string): void;
 }
 
-const ANSWERS = new Set(['directOpened', 'keysUploaded', 'deviceList', 'claimedKeys', 'groupAnswer', 'groupInfo', 'history', 'messageInfo']);
+const ANSWERS = new Set(['directOpened', 'keysUploaded', 'deviceList', 'claimedKeys', 'groupAnswer', 'groupInfo', 'history', 'messageInfo', 'inbox']);
 
 /** One device's connection, kept open (reconnecting) until `close`. */
 export class Socket {
@@ -166,6 +166,10 @@ export class Socket {
       case 'toDeviceSent':
         return this.answer(`td:${kind.value.clientId}`, kind);
       case 'presence':
+        if (kind.value.requestId) return this.answer(`req:${kind.value.requestId}`, kind);
+        break;
+      case 'inboxChanged':
+        // An answer to UpdateChat, or (request id 0) a change made on another device.
         if (kind.value.requestId) return this.answer(`req:${kind.value.requestId}`, kind);
         break;
       case 'error': {

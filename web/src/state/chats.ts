@@ -49,7 +49,16 @@ export interface Conversation {
   /** Highest seq this device told the server it read. */
   readSeq: number;
   unread: number;
+  /** More unread than `unread` (the server counts the newest 200 entries only). */
+  unreadMore?: boolean;
   members?: string[];
+  /** When the user pinned it (ms), 0 or absent when not pinned. */
+  pinned?: number;
+  archived?: boolean;
+  /** False once the user left or was removed from the group. */
+  member?: boolean;
+  /** Whether the server holds older messages than the oldest shown (unknown: undefined). */
+  hasMore?: boolean;
 }
 
 /** A send waiting for its SendAck: resent as is after a reconnect. */
@@ -152,8 +161,29 @@ export class Chats {
     }
   }
 
-  /** Conversations, most recent first. */
-  sorted(): Conversation[] {
-    return [...this.conversations.values()].sort((a, b) => b.updated - a.updated);
+  /** The lowest seq this device holds of a conversation (0 when none). */
+  oldest(conversation: string): number {
+    let low = 0;
+    for (const m of this.bucket(conversation).values()) if (m.seq && (!low || m.seq < low)) low = m.seq;
+    return low;
   }
+
+  /** Conversations as the list shows them: pinned first (latest pinned first), then most recent first. */
+  sorted(): Conversation[] {
+    return [...this.conversations.values()].sort((a, b) => (b.pinned ?? 0) - (a.pinned ?? 0) || b.updated - a.updated || (a.id < b.id ? -1 : 1));
+  }
+}
+
+/** Tick state of one of the user's own messages from a stored copy's counts (`others`: the other members, 1 in a 1:1). */
+export function ticks(deliveredTo: number, readBy: number, others: number): Status {
+  const need = Math.max(1, others);
+  if (readBy >= need) return 'read';
+  if (deliveredTo >= need) return 'delivered';
+  return 'sent';
+}
+
+/** Whether status `a` is ahead of `b`. */
+export function ahead(a: Status, b: Status): boolean {
+  const order: Status[] = ['pending', 'sent', 'delivered', 'read'];
+  return order.indexOf(a) > order.indexOf(b);
 }

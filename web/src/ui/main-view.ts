@@ -1,7 +1,9 @@
 /**
- * The signed-in screen: the conversation list (unread counts, new chat, new group) and the
- * open conversation (messages with ✓ / ✓✓ / blue ✓✓, typing, presence, the composer).
- * Re-rendered from the app's state on every change.
+ * The signed-in screen: the user's own name, the conversation list (from the server: names,
+ * group subjects, unread counts, pinned first; new chat, new group) and the open
+ * conversation (messages with ✓ / ✓✓ / blue ✓✓, senders' names in groups, older messages
+ * loaded when scrolled to the top, typing, presence, the composer). Re-rendered from the
+ * app's state on every change.
  */
 import type { App } from '../app';
 import type { ChatMessage, Conversation } from '../state/chats';
@@ -17,6 +19,8 @@ function time(ms: number): string {
 export function mainView(root: HTMLElement, app: App): () => void {
   const me = h('div', { class: 'me', 'data-testid': 'me', 'data-user-id': app.profile.userId }, `Me: ${app.profile.phone}`);
   const link = h('span', { class: 'link', 'data-testid': 'link' });
+  const nameInput = h('input', { id: 'my-name', placeholder: 'Your name', maxlength: 25, autocomplete: 'off' });
+  const nameForm = h('form', { class: 'my-name', onsubmit: saveName }, nameInput, h('button', { id: 'save-name', type: 'submit' }, 'Save name'));
   const peerInput = h('input', { id: 'new-chat-user', placeholder: 'User id to chat with' });
   const groupSubject = h('input', { id: 'new-group-subject', placeholder: 'Group subject' });
   const groupMembers = h('input', { id: 'new-group-members', placeholder: 'Member user ids, comma-separated' });
@@ -33,6 +37,7 @@ export function mainView(root: HTMLElement, app: App): () => void {
     'aside',
     { class: 'side' },
     h('div', { class: 'side-head' }, me, link),
+    nameForm,
     h('form', { class: 'new-chat', onsubmit: newChat }, peerInput, h('button', { id: 'start-chat', type: 'submit' }, 'Chat')),
     h('form', { class: 'new-group', onsubmit: newGroup }, groupSubject, groupMembers, h('button', { id: 'create-group', type: 'submit' }, 'New group')),
     problem,
@@ -43,6 +48,15 @@ export function mainView(root: HTMLElement, app: App): () => void {
   function fail(error: unknown): void {
     problem.textContent = String((error as Error).message ?? error);
   }
+  function saveName(event: Event): void {
+    event.preventDefault();
+    const name = nameInput.value.trim();
+    if (name) app.setMyName(name).then(() => (nameInput.value = ''), fail);
+  }
+  // Older messages when scrolled to the top.
+  messages.addEventListener('scroll', () => {
+    if (messages.scrollTop < 80 && app.open) void app.loadOlder(app.open);
+  });
   function newChat(event: Event): void {
     event.preventDefault();
     app.openDirect(peerInput.value.trim()).then(() => (peerInput.value = ''), fail);
@@ -89,18 +103,19 @@ export function mainView(root: HTMLElement, app: App): () => void {
   function row(c: Conversation): HTMLElement {
     return h(
       'li',
-      { class: c.id === app.open ? 'conversation open' : 'conversation', 'data-conversation': c.id, 'data-unread': c.unread, onclick: () => void app.select(c.id) },
-      h('span', { class: 'title' }, c.kind === 'group' ? h('span', { class: 'badge' }, 'group') : null, c.title),
+      { class: c.id === app.open ? 'conversation open' : 'conversation', 'data-conversation': c.id, 'data-unread': c.unread, 'data-pinned': c.pinned ? true : undefined, onclick: () => void app.select(c.id) },
+      h('span', { class: 'title' }, c.kind === 'group' ? h('span', { class: 'badge' }, 'group') : null, c.pinned ? h('span', { class: 'badge' }, 'pinned') : null, app.title(c)),
       h('span', { class: 'last' }, c.lastText),
-      c.unread ? h('span', { class: 'unread', 'data-testid': 'unread' }, String(c.unread)) : null,
+      c.unread ? h('span', { class: 'unread', 'data-testid': 'unread' }, `${c.unread}${c.unreadMore ? '+' : ''}`) : null,
     );
   }
 
-  function bubble(m: ChatMessage): HTMLElement {
-    if (m.system) return h('li', { class: 'system' }, m.text);
+  function bubble(m: ChatMessage, group: boolean): HTMLElement {
+    if (m.system) return h('li', { class: 'system', 'data-seq': m.seq }, m.text);
     return h(
       'li',
       { class: m.mine ? 'message mine' : 'message', 'data-seq': m.seq, 'data-status': m.mine ? m.status : undefined, 'data-problem': m.problem },
+      group && !m.mine ? h('span', { class: 'sender', 'data-testid': 'sender' }, app.name(m.sender)) : null,
       m.media ? h('button', { class: 'media', type: 'button', 'data-testid': 'open-media', 'data-name': m.media.name, onclick: () => openMedia(m) }, thumb(m) ? h('img', { src: thumb(m), alt: 'preview' }) : h('span', { class: 'badge' }, 'file')) : null,
       h('span', { class: 'text' }, m.text),
       h('span', { class: 'meta' }, time(m.time), m.mine ? h('span', { class: `tick ${m.status}`, 'data-testid': 'tick' }, TICKS[m.status]) : null),
@@ -118,15 +133,25 @@ export function mainView(root: HTMLElement, app: App): () => void {
   }
 
   return () => {
+    me.textContent = `Me: ${app.myName ? `${app.myName} (${app.profile.phone})` : app.profile.phone}`;
     link.textContent = app.link === 'online' ? (app.caughtUp ? 'online' : 'syncing…') : app.link;
     link.dataset.state = app.link;
     replace(list, ...app.chats.sorted().map(row));
     const c = app.open ? app.chats.conversations.get(app.open) : undefined;
     chat.hidden = !c;
     if (!c) return;
-    replace(header, h('h2', { 'data-testid': 'chat-title' }, c.title), h('span', { class: 'subtitle', 'data-testid': 'subtitle' }, subtitle(c)), h('span', { class: 'id' }, c.id));
-    const atBottom = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 40;
-    replace(messages, ...app.chats.list(c.id).map(bubble));
-    if (atBottom) messages.scrollTop = messages.scrollHeight;
+    replace(header, h('h2', { 'data-testid': 'chat-title' }, app.title(c)), h('span', { class: 'subtitle', 'data-testid': 'subtitle' }, subtitle(c)), h('span', { class: 'id' }, c.id));
+    // Stay at the bottom when there; otherwise keep the view where it was (older messages
+    // added above do not move it). Another conversation opens at its bottom.
+    const fromBottom = messages.scrollHeight - messages.scrollTop;
+    const atBottom = fromBottom - messages.clientHeight < 40;
+    const same = messages.dataset.conversation === c.id;
+    const loading = app.loadingOlder.has(c.id);
+    replace(messages, c.hasMore === false ? null : h('li', { class: 'system older', 'data-testid': 'older' }, loading ? 'Loading older messages…' : 'Scroll up for older messages'), ...app.chats.list(c.id).map((m) => bubble(m, c.kind === 'group')));
+    messages.scrollTop = atBottom || !same ? messages.scrollHeight : messages.scrollHeight - fromBottom;
+    messages.dataset.conversation = c.id;
+    messages.dataset.hasMore = String(c.hasMore !== false);
+    // Nothing to scroll yet: load older messages at once.
+    if (messages.scrollHeight <= messages.clientHeight && c.hasMore !== false && !loading) void app.loadOlder(c.id);
   };
 }
