@@ -29,6 +29,9 @@ pub struct InboxEntry {
     pub group: bool,
     /// The group's subject ("" for 1:1).
     pub subject: String,
+    /// 1:1 only: the other user.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub peer_user_id: Option<UserId>,
     /// False once the user left the group or was removed (history up to then stays).
     pub member: bool,
     /// The last seq the user may see (0: nothing yet).
@@ -258,6 +261,7 @@ async fn entry_of(store: &dyn Store, user: UserId, g: &Gathered, now_ms: u64) ->
         conversation_id: f.id,
         group: g.record.kind == ConversationKind::Group,
         subject,
+        peer_user_id: if g.record.kind == ConversationKind::Direct { g.record.members.iter().copied().find(|m| *m != user) } else { None },
         member,
         last_seq: f.last_seq,
         last_time_ms: f.last_time_ms,
@@ -304,6 +308,7 @@ pub fn entry_frame(e: &InboxEntry) -> pb::InboxEntry {
         group: e.group,
         subject: e.subject.clone(),
         member: e.member,
+        peer_user_id: e.peer_user_id.map(id_bytes).unwrap_or_default(),
         last_seq: e.last_seq,
         last_message: e.last_message.as_ref().map(|m| pb::LastMessage {
             seq: m.seq,

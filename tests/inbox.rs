@@ -79,6 +79,8 @@ async fn the_list_has_every_conversation_with_its_last_message_and_unread_count(
     assert_eq!((last.seq, last.sender_user_id.clone(), last.event), (3, id_bytes(bob.user_id), false));
     let q = entry_of(&page, quiet);
     assert_eq!((q.last_seq, q.unread_count, q.last_message.is_none()), (0, 0, true));
+    assert_eq!(q.peer_user_id, id_bytes(carol.user_id), "who a 1:1 nobody wrote in is with");
+    assert!(g.peer_user_id.is_empty());
 
     // Reading moves the count; Alice's own message does not count.
     a.read(direct, 2).await.expect("read");

@@ -349,6 +349,7 @@ export class App {
       if (e.subject) c.title = e.subject;
       c.peer = undefined;
     }
+    if (!e.group && e.peerUserId.length === 16) c.peer = uuidText(e.peerUserId);
     c.member = e.member;
     c.archived = e.archived;
     c.pinned = Number(e.pinnedMs);
