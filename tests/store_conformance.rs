@@ -696,6 +696,8 @@ async fn contacts_and_phone_lookups(f: Fixture) {
     store.remove_contacts(owner, vec![numbers[0].clone(), numbers[1].clone(), "+14155559999".into()]).await.unwrap();
     assert_eq!(sorted(store.known_contacts(owner, numbers[..3].to_vec()).await.unwrap()), vec![numbers[2].clone()]);
     assert_eq!(store.count(Section::Contacts).await.unwrap(), 248);
+    assert_eq!(sorted(store.contacts_of(owner).await.unwrap()), sorted(numbers[2..].to_vec()), "the whole list");
+    assert!(store.contacts_of(other).await.unwrap().is_empty(), "one owner's list only");
     assert!(store.known_contacts(owner, Vec::new()).await.unwrap().is_empty());
     store.add_contacts(owner, Vec::new()).await.unwrap();
 

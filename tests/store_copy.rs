@@ -196,6 +196,9 @@ impl Store for FailingAfter {
     async fn known_contacts(&self, _: switchboard::ids::UserId, _: Vec<String>) -> Result<Vec<String>, StoreError> {
         unimplemented!()
     }
+    async fn contacts_of(&self, _: switchboard::ids::UserId) -> Result<Vec<String>, StoreError> {
+        unimplemented!()
+    }
     async fn add_contacts(&self, _: switchboard::ids::UserId, _: Vec<String>) -> Result<(), StoreError> {
         unimplemented!()
     }

@@ -970,6 +970,10 @@ impl Store for EmbeddedStore {
         self.read(move |db| super::embedded_contacts::known(db, owner, &phones))
     }
 
+    async fn contacts_of(&self, owner: UserId) -> Result<Vec<String>, StoreError> {
+        self.read(move |db| super::embedded_contacts::all(db, owner))
+    }
+
     async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
         self.write(move |db| super::embedded_contacts::change(db, owner, &phones, true)).await
     }

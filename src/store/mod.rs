@@ -483,6 +483,10 @@ pub trait Store: Send + Sync + 'static {
     /// owner's devices submitted to contact discovery, kept so that re-checks are free and
     /// so that "my contacts" privacy settings can be decided).
     async fn known_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<Vec<String>, StoreError>;
+    /// Every number (E.164) in `owner`'s contacts, in no particular order: one owner's
+    /// list (one index range; one partition, paged, on ScyllaDB). A Status feed walks the
+    /// viewer's own address book with it.
+    async fn contacts_of(&self, owner: UserId) -> Result<Vec<String>, StoreError>;
     /// Adds `phones` to `owner`'s contacts; ones already there are left alone.
     async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError>;
     /// Removes `phones` from `owner`'s contacts; ones not there are ignored.

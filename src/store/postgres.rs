@@ -1089,6 +1089,10 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn contacts_of(&self, owner: UserId) -> Result<Vec<String>, StoreError> {
+        self.query("SELECT phone FROM contacts WHERE owner = $1", &[&owner]).await?.iter().map(|r| get(r, "contacts", "phone")).collect()
+    }
+
     async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
         self.execute("INSERT INTO contacts (owner, phone) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING", &[&owner, &phones]).await.map(drop)
     }

@@ -349,6 +349,7 @@ struct Statements {
     remove_blocker: PreparedStatement,
     phone_user: PreparedStatement,
     known_contacts: PreparedStatement,
+    contacts_of: PreparedStatement,
     add_contact: PreparedStatement,
     remove_contact: PreparedStatement,
     put_push_token: PreparedStatement,
@@ -654,6 +655,7 @@ impl Statements {
             remove_blocker: prepare(s, "DELETE FROM blockers WHERE target = ? AND user_id = ?", Write).await?,
             phone_user: prepare(s, "SELECT user_id FROM phones WHERE phone = ?", Read).await?,
             known_contacts: prepare(s, "SELECT phone FROM contacts WHERE owner = ? AND phone IN ?", Read).await?,
+            contacts_of: prepare(s, "SELECT phone FROM contacts WHERE owner = ?", Read).await?,
             add_contact: prepare(s, "INSERT INTO contacts (owner, phone) VALUES (?, ?)", Write).await?,
             remove_contact: prepare(s, "DELETE FROM contacts WHERE owner = ? AND phone = ?", Write).await?,
             put_push_token: prepare(s, "INSERT INTO push_tokens (user_id, device_id, platform, token) VALUES (?, ?, ?, ?)", Write).await?,
@@ -2036,6 +2038,16 @@ impl Store for ScyllaStore {
             })
             .await?;
         }
+        Ok(out)
+    }
+
+    async fn contacts_of(&self, owner: UserId) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        self.all_rows(&self.st.contacts_of, (owner,), |(p,): (String,)| {
+            out.push(p);
+            Ok(())
+        })
+        .await?;
         Ok(out)
     }
 
