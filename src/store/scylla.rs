@@ -106,6 +106,28 @@ const PAGE: i32 = 500;
 /// may have changed it since; a newer setting reaches this node at the latest after this).
 const RETENTION_CACHE: Duration = Duration::from_secs(10);
 
+/// The schema's migrations, applied in order by [`ScyllaStore::migrate`]; the version of
+/// each is recorded in `schema_migrations` so each runs once.
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/scylla/0001_init.cql")),
+    (2, include_str!("../../migrations/scylla/0002_media.cql")),
+    (3, include_str!("../../migrations/scylla/0003_keys.cql")),
+    (4, include_str!("../../migrations/scylla/0004_to_device.cql")),
+    (5, include_str!("../../migrations/scylla/0005_rate_buckets.cql")),
+    (6, include_str!("../../migrations/scylla/0006_referrers.cql")),
+    (7, include_str!("../../migrations/scylla/0007_contacts.cql")),
+    (8, include_str!("../../migrations/scylla/0008_privacy.cql")),
+    (9, include_str!("../../migrations/scylla/0009_pairings.cql")),
+    (10, include_str!("../../migrations/scylla/0010_profiles.cql")),
+    (11, include_str!("../../migrations/scylla/0011_chat_states.cql")),
+];
+
+/// Whether a migration statement creates the keyspace or the migrations table: the
+/// first files repeat them, the later ones do not; `migrate` runs them once, first.
+fn is_preamble(statement: &str) -> bool {
+    statement.starts_with("CREATE KEYSPACE ") || statement.starts_with("CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations ")
+}
+
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct ScyllaOptions {
@@ -809,33 +831,19 @@ impl ScyllaStore {
     /// `migrations/scylla/*.cql` not applied yet, waiting for schema agreement after each
     /// statement. Returns the versions applied.
     pub async fn migrate(options: &ScyllaOptions, replication: &str) -> Result<Vec<i32>, StoreError> {
-        const MIGRATIONS: &[(i32, &str)] = &[
-            (1, include_str!("../../migrations/scylla/0001_init.cql")),
-            (2, include_str!("../../migrations/scylla/0002_media.cql")),
-            (3, include_str!("../../migrations/scylla/0003_keys.cql")),
-            (4, include_str!("../../migrations/scylla/0004_to_device.cql")),
-            (5, include_str!("../../migrations/scylla/0005_rate_buckets.cql")),
-            (6, include_str!("../../migrations/scylla/0006_referrers.cql")),
-            (7, include_str!("../../migrations/scylla/0007_contacts.cql")),
-            (8, include_str!("../../migrations/scylla/0008_privacy.cql")),
-            (9, include_str!("../../migrations/scylla/0009_pairings.cql")),
-            (10, include_str!("../../migrations/scylla/0010_profiles.cql")),
-            (11, include_str!("../../migrations/scylla/0011_chat_states.cql")),
-        ];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
         }
         let session = Self::session(options, false).await?;
         let ks = &options.keyspace;
+        let cql = |s: &str| s.replace("{keyspace}", ks).replace("{replication}", replication);
+        // The keyspace and the migrations table come first; then we know what ran.
+        for statement in split_cql(MIGRATIONS[0].1).iter().filter(|s| is_preamble(s)) {
+            session.query_unpaged(cql(statement), ()).await.map_err(driver)?;
+        }
+        session.await_schema_agreement().await.map_err(driver)?;
         let mut applied = Vec::new();
         for (version, text) in MIGRATIONS {
-            let mut statements = split_cql(text).into_iter().map(|s| s.replace("{keyspace}", ks).replace("{replication}", replication));
-            // The keyspace and the migrations table come first; then we know what ran.
-            let keyspace = statements.next().ok_or_else(|| StoreError::Backend("empty migration".into()))?;
-            session.query_unpaged(keyspace, ()).await.map_err(driver)?;
-            let table = statements.next().ok_or_else(|| StoreError::Backend("migration without schema_migrations".into()))?;
-            session.query_unpaged(table, ()).await.map_err(driver)?;
-            session.await_schema_agreement().await.map_err(driver)?;
             let done = session
                 .query_unpaged(format!("SELECT version FROM {ks}.schema_migrations WHERE version = ?"), (version,))
                 .await
@@ -847,8 +855,8 @@ impl ScyllaStore {
             if done {
                 continue;
             }
-            for statement in statements {
-                session.query_unpaged(statement, ()).await.map_err(driver)?;
+            for statement in split_cql(text).iter().filter(|s| !is_preamble(s)) {
+                session.query_unpaged(cql(statement), ()).await.map_err(driver)?;
                 session.await_schema_agreement().await.map_err(driver)?;
             }
             session
@@ -2379,5 +2387,31 @@ impl Store for ScyllaStore {
     async fn flush(&self) -> Result<(), StoreError> {
         // Every write was acknowledged by a quorum of replicas before it returned.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preamble_is_run_once_and_every_migration_has_a_body() {
+        let first = split_cql(MIGRATIONS[0].1);
+        assert_eq!(first.iter().take(2).filter(|s| is_preamble(s)).count(), 2, "0001 starts with the keyspace and the migrations table");
+        for (version, text) in MIGRATIONS {
+            let body: Vec<String> = split_cql(text).into_iter().filter(|s| !is_preamble(s)).collect();
+            assert!(!body.is_empty(), "migration {version} has nothing but the preamble");
+            assert!(
+                body.iter().all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS {keyspace}.") || s.starts_with("ALTER TABLE {keyspace}.")),
+                "{version}: {body:?}"
+            );
+        }
+        assert_eq!(
+            MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>(),
+            "versions in order, none missing"
+        );
+        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/scylla")).expect("migrations").count();
+        assert_eq!(files, MIGRATIONS.len(), "every file of migrations/scylla is applied");
     }
 }
