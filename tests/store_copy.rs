@@ -199,6 +199,39 @@ impl Store for FailingAfter {
     async fn contacts_of(&self, _: switchboard::ids::UserId) -> Result<Vec<String>, StoreError> {
         unimplemented!()
     }
+    async fn put_status(&self, _: switchboard::store::StatusPost, _: u64) -> Result<switchboard::store::StatusPut, StoreError> {
+        unimplemented!()
+    }
+    async fn status_post(
+        &self,
+        _: switchboard::ids::UserId,
+        _: switchboard::ids::StatusId,
+        _: u64,
+    ) -> Result<Option<switchboard::store::StatusPost>, StoreError> {
+        unimplemented!()
+    }
+    async fn status_posts(&self, _: Vec<switchboard::ids::UserId>, _: u64) -> Result<Vec<switchboard::store::StatusPost>, StoreError> {
+        unimplemented!()
+    }
+    async fn delete_status(&self, _: switchboard::ids::UserId, _: switchboard::ids::StatusId, _: u64) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
+    async fn mark_status_seen(
+        &self,
+        _: switchboard::ids::UserId,
+        _: switchboard::ids::StatusId,
+        _: switchboard::ids::UserId,
+        _: u64,
+    ) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
+    async fn status_views(
+        &self,
+        _: switchboard::ids::UserId,
+        _: switchboard::ids::StatusId,
+    ) -> Result<Vec<switchboard::store::StatusView>, StoreError> {
+        unimplemented!()
+    }
     async fn add_contacts(&self, _: switchboard::ids::UserId, _: Vec<String>) -> Result<(), StoreError> {
         unimplemented!()
     }

@@ -36,7 +36,8 @@
 //!
 //! Disappearing messages expire by TTL (set on each row from the conversation's retention
 //! when it is written), so `purge_expired` has nothing to do; as in WhatsApp, turning
-//! retention on applies to messages sent from then on.
+//! retention on applies to messages sent from then on. Status posts and their views
+//! expire by TTL too (`scylla/status.rs`).
 //!
 //! Every multi-row read is paged (`execute_single_page` with a paging state, never
 //! unpaged). Statements are prepared once at connect; each names its whole partition key,
@@ -62,6 +63,7 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 use uuid::Uuid;
 
+mod status;
 mod to_device;
 
 use super::checked_bucket_key;
@@ -120,6 +122,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (9, include_str!("../../migrations/scylla/0009_pairings.cql")),
     (10, include_str!("../../migrations/scylla/0010_profiles.cql")),
     (11, include_str!("../../migrations/scylla/0011_chat_states.cql")),
+    (12, include_str!("../../migrations/scylla/0012_status.cql")),
 ];
 
 /// Whether a migration statement creates the keyspace or the migrations table: the
@@ -766,6 +769,7 @@ pub struct ScyllaStore {
     session: Arc<Session>,
     st: Arc<Statements>,
     td: Arc<to_device::ToDeviceStatements>,
+    ss: Arc<status::StatusStatements>,
     /// Conversation → (retention, when read): the TTL of new rows.
     retention: Arc<Mutex<HashMap<ConversationId, (u32, Instant)>>>,
 }
@@ -796,7 +800,8 @@ impl ScyllaStore {
         let session = Self::session(options, true).await?;
         let st = Statements::prepare_all(&session).await?;
         let td = to_device::ToDeviceStatements::prepare_all(&session).await?;
-        Ok(Self { session: Arc::new(session), st: Arc::new(st), td: Arc::new(td), retention: Arc::new(Mutex::new(HashMap::new())) })
+        let ss = status::StatusStatements::prepare_all(&session).await?;
+        Ok(Self { session: Arc::new(session), st: Arc::new(st), td: Arc::new(td), ss: Arc::new(ss), retention: Arc::new(Mutex::new(HashMap::new())) })
     }
 
     async fn session(options: &ScyllaOptions, use_keyspace: bool) -> Result<Session, StoreError> {
@@ -1503,6 +1508,8 @@ impl ScyllaStore {
             Record::Profile { user_id, profile } => {
                 self.exec(&self.st.put_profile, (user_id, profile_json(&profile)?)).await?;
             }
+            Record::Status(post) => self.import_status(&post).await?,
+            Record::StatusView { poster, post_id, view } => self.import_status_view(poster, post_id, &view).await?,
             Record::ChatState { user_id, conversation_id, state } => {
                 // A copy runs before the cluster serves: no change races it.
                 let text = serde_json::to_string(&state).map_err(|e| StoreError::Backend(format!("chat_states: {e}")))?;
@@ -1929,6 +1936,30 @@ impl Store for ScyllaStore {
 
     async fn set_profile(&self, user: UserId, profile: super::Profile) -> Result<(), StoreError> {
         self.exec(&self.st.put_profile, (user, profile_json(&profile)?)).await.map(drop)
+    }
+
+    async fn put_status(&self, post: super::StatusPost, now_ms: u64) -> Result<super::StatusPut, StoreError> {
+        self.create_status(&post, now_ms).await
+    }
+
+    async fn status_post(&self, poster: UserId, post_id: super::StatusId, now_ms: u64) -> Result<Option<super::StatusPost>, StoreError> {
+        self.live_status(poster, post_id, now_ms).await
+    }
+
+    async fn status_posts(&self, posters: Vec<UserId>, now_ms: u64) -> Result<Vec<super::StatusPost>, StoreError> {
+        self.live_statuses(&posters, now_ms).await
+    }
+
+    async fn delete_status(&self, poster: UserId, post_id: super::StatusId, now_ms: u64) -> Result<bool, StoreError> {
+        self.delete_status_rows(poster, post_id, now_ms).await
+    }
+
+    async fn mark_status_seen(&self, poster: UserId, post_id: super::StatusId, viewer: UserId, now_ms: u64) -> Result<bool, StoreError> {
+        self.mark_seen(poster, post_id, viewer, now_ms).await
+    }
+
+    async fn status_views(&self, poster: UserId, post_id: super::StatusId) -> Result<Vec<super::StatusView>, StoreError> {
+        self.views_of(poster, post_id).await
     }
 
     async fn put_pairing(&self, p: PairingRecord) -> Result<(), StoreError> {
@@ -2380,6 +2411,8 @@ impl Store for ScyllaStore {
             Section::Blocks => "SELECT target FROM blocks",
             Section::Profiles => "SELECT user_id FROM profiles",
             Section::ChatStates => "SELECT user_id FROM chat_states",
+            Section::Statuses => "SELECT post_id FROM status_posts",
+            Section::StatusViews => "SELECT viewer FROM status_views",
         };
         self.count_rows(cql).await
     }
