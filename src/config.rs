@@ -146,6 +146,11 @@ pub struct ServeArgs {
     /// 2000; re-checks of numbers already in the account's contacts are free; 0 = no cap).
     #[arg(long, env = "SWITCHBOARD_DISCOVERY_NEW_NUMBERS_PER_DAY")]
     pub discovery_new_numbers_per_day: Option<u32>,
+    /// Development and tests: the clock of Status (posts' times, their 24-hour expiry,
+    /// the posting budget) runs this many milliseconds ahead of the system clock (default
+    /// 0; at most 30 days), so a test restarts a server a day later without waiting a day.
+    #[arg(long, env = "SWITCHBOARD_DEV_STATUS_CLOCK_OFFSET_MS")]
+    pub dev_status_clock_offset_ms: Option<u64>,
     /// After binding, write the bound addresses as JSON to this file (for tests and tooling).
     #[arg(long, env = "SWITCHBOARD_READY_FILE")]
     pub ready_file: Option<PathBuf>,
@@ -348,6 +353,7 @@ pub struct FileConfig {
     registrations_per_address_per_hour: Option<u32>,
     verifications_per_address_per_hour: Option<u32>,
     discovery_new_numbers_per_day: Option<u32>,
+    dev_status_clock_offset_ms: Option<u64>,
     ready_file: Option<PathBuf>,
     listen_backlog: Option<u32>,
     worker_threads: Option<usize>,
@@ -492,6 +498,8 @@ pub struct ServerConfig {
     pub accounts: AccountsConfig,
     /// Contact discovery's budget.
     pub contacts: crate::contacts::ContactsConfig,
+    /// Status settings (its clock).
+    pub status: crate::status::StatusConfig,
     /// Connection limits.
     pub connection: ConnectionConfig,
     /// Actor limits.
@@ -676,6 +684,11 @@ impl ServerConfig {
         if let Some(v) = args.discovery_new_numbers_per_day.or(file.discovery_new_numbers_per_day) {
             contacts.new_numbers_per_day = v;
         }
+        let clock_offset_ms = args.dev_status_clock_offset_ms.or(file.dev_status_clock_offset_ms).unwrap_or(0);
+        if clock_offset_ms > 30 * 86_400_000 {
+            return Err(ConfigError::Invalid("dev_status_clock_offset_ms must be 0 to 2592000000 (30 days)".into()));
+        }
+        let status = crate::status::StatusConfig { clock_offset_ms };
         Ok(Self {
             store,
             http_listen: args.http_listen.or(file.http_listen).unwrap_or(([127, 0, 0, 1], 8080).into()),
@@ -686,6 +699,7 @@ impl ServerConfig {
             code_sender,
             accounts,
             contacts,
+            status,
             connection,
             actors,
             ready_file: args.ready_file.or(file.ready_file),

@@ -1,4 +1,4 @@
-//! Opaque identifiers: users, devices, conversations and media.
+//! Opaque identifiers: users, devices, conversations, media and status posts.
 //!
 //! Each is a UUID underneath (16 raw bytes on the wire, a `uuid` column in PostgreSQL and
 //! ScyllaDB, a `u128` key in redb), but each is its own type, so a device id passed where
@@ -124,6 +124,12 @@ uuid_id!(
     /// A 1:1 or group conversation.
     ConversationId,
     "ConversationId"
+);
+uuid_id!(
+    /// One status post (WhatsApp's "Status"), unique among its poster's posts; chosen by
+    /// the posting device (a retry then stores nothing twice) or by the server.
+    StatusId,
+    "StatusId"
 );
 uuid_id!(
     /// One uploaded file (an encrypted attachment or a public image rendition). It is also

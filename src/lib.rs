@@ -9,6 +9,7 @@
 //! - [`actors`]: the supervision tree: sessions, conversations, the store writer, the router.
 //! - [`transport`]: WebSocket and TCP connections, ending in the same session logic.
 //! - [`accounts`]: registration, tokens, devices.
+//! - [`status`]: Status posts (24 hours, to contacts or a list of them), their viewers.
 //! - [`keys`]: the key directory for end-to-end encryption (uploads, device lists, claims).
 //! - [`media`]: encrypted attachments (tus uploads, downloads, blob store, sweep) and public images.
 //! - [`http`]: the public JSON API and the admin API.
@@ -46,6 +47,7 @@ pub mod profiles;
 pub mod protocol;
 pub mod sdk;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod testkit;
 pub mod to_device;

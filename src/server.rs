@@ -201,6 +201,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let api_state = ApiState {
         accounts: accounts.clone(),
         contacts: crate::contacts::Contacts::new(store.clone(), config.contacts),
+        statuses: crate::status::Statuses::new(store.clone(), config.status),
         node: node.clone(),
         store: store.clone(),
         metrics,

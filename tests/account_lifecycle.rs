@@ -107,7 +107,28 @@ async fn a_deleted_account_leaves_its_groups_and_is_gone() {
     // No resend cooldown: the number signs up again within the test.
     let server = TestServer::start_with(&["--code-cooldown-secs", "0"]);
     let (alice, number) = user_with_number(&server).await;
-    let (bob, _) = user_with_number(&server).await;
+    let (bob, bob_number) = user_with_number(&server).await;
+    // Mutual contacts: Bob sees Alice's Status.
+    http(&server, reqwest::Method::POST, &alice.token, "/v1/contacts/discover", Some(json!({ "phones": [bob_number] }))).await;
+    http(&server, reqwest::Method::POST, &bob.token, "/v1/contacts/discover", Some(json!({ "phones": [number] }))).await;
+    let r = http(&server, reqwest::Method::POST, &alice.token, "/v1/status", Some(json!({ "payload_hex": "c0ffee" }))).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let feed = |server: &TestServer| {
+        let (base, token) = (server.http, bob.token.clone());
+        async move {
+            let page: Value = reqwest::Client::new()
+                .get(format!("http://{base}/v1/status"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("http")
+                .json()
+                .await
+                .expect("json");
+            page["statuses"].as_array().map(Vec::len).unwrap_or(0)
+        }
+    };
+    assert_eq!(feed(&server).await, 1);
     let laptop = server.api().link_device(&alice.token, "laptop").await.expect("link");
     let mut a = online(&server, Kind::Tcp, &alice).await;
     let mut l = online(&server, Kind::Ws, &laptop).await;
@@ -151,6 +172,7 @@ async fn a_deleted_account_leaves_its_groups_and_is_gone() {
     let keys = b.query_devices(&[alice.user_id]).await;
     assert!(keys.map(|k| k.users.iter().all(|u| u.devices.is_empty())).unwrap_or(true), "no device keys left");
     assert_eq!(b.history(direct, 0, 10).await.expect("history").messages.len(), 3);
+    assert_eq!(feed(&server).await, 0, "her Status went with the account");
     // Nobody can open a 1:1 with the deleted account or add it to a group.
     let dave = common::user(&server.api()).await;
     let mut d = online(&server, Kind::Tcp, &dave).await;

@@ -299,6 +299,11 @@ async fn every_frame_and_endpoint_refuses_whoever_may_not_and_changes_nothing() 
         (reqwest::Method::GET, "/v1/blocks".into(), None),
         (reqwest::Method::PUT, format!("/v1/blocks/{}", b.user_id), None),
         (reqwest::Method::DELETE, format!("/v1/blocks/{}", b.user_id), None),
+        (reqwest::Method::POST, "/v1/status".into(), Some(serde_json::json!({ "payload_hex": "00" }))),
+        (reqwest::Method::GET, "/v1/status".into(), None),
+        (reqwest::Method::GET, "/v1/status/mine".into(), None),
+        (reqwest::Method::POST, format!("/v1/status/{}/{}/seen", b.user_id, uuid::Uuid::new_v4()), None),
+        (reqwest::Method::DELETE, format!("/v1/status/mine/{}", uuid::Uuid::new_v4()), None),
     ];
     let call = |method: reqwest::Method, path: &str, body: &Option<serde_json::Value>, token: Option<&str>| {
         let mut req = http.request(method, format!("{base}{path}"));

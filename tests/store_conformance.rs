@@ -15,12 +15,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use switchboard::cores::privacy::{Audience, OnlineAudience};
-use switchboard::ids::{ConversationId, DeviceId, Id, MediaId, UserId};
+use switchboard::cores::status::LIFETIME_MS;
+use switchboard::ids::{ConversationId, DeviceId, Id, MediaId, StatusId, UserId};
 use switchboard::store::{
     ChatState, ChatUpdate, ClaimedKey, CodeCheck, ContentKind, ConversationKind, ConversationRecord, Cursor, DeviceKeys, DeviceRecord, GroupState,
     InboxError, KeysStored, MediaKind, MediaPart, MediaRecord, MemberCursor, OneTimeKey, PairingApproval, PairingClaim, PairingRecord, PendingCode,
-    PrivacySettings, Profile, ProfilePhoto, PushToken, QueueBounds, Record, Section, Store, StoreError, StoreSpec, StoredMessage, Taken,
-    ToDeviceEntry, ToDeviceSend, ToDeviceStored, ToDeviceTarget, UserRecord, WriteOp, WriteOutcome, now_ms,
+    PrivacySettings, Profile, ProfilePhoto, PushToken, QueueBounds, Record, Section, StatusAudience, StatusPost, StatusPut, StatusView, Store,
+    StoreError, StoreSpec, StoredMessage, Taken, ToDeviceEntry, ToDeviceSend, ToDeviceStored, ToDeviceTarget, UserRecord, WriteOp, WriteOutcome,
+    now_ms,
 };
 use switchboard::testkit::PrivatePostgres;
 use uuid::Uuid;
@@ -140,6 +142,7 @@ every_backend!(
     an_expired_message_frees_its_client_id,
     a_delete_for_everyone_blanks_its_edits_and_reactions,
     chat_states_and_the_pin_limit,
+    status_posts_live_24_hours_and_are_purged,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -696,6 +699,8 @@ async fn contacts_and_phone_lookups(f: Fixture) {
     store.remove_contacts(owner, vec![numbers[0].clone(), numbers[1].clone(), "+14155559999".into()]).await.unwrap();
     assert_eq!(sorted(store.known_contacts(owner, numbers[..3].to_vec()).await.unwrap()), vec![numbers[2].clone()]);
     assert_eq!(store.count(Section::Contacts).await.unwrap(), 248);
+    assert_eq!(sorted(store.contacts_of(owner).await.unwrap()), sorted(numbers[2..].to_vec()), "the whole list");
+    assert!(store.contacts_of(other).await.unwrap().is_empty(), "one owner's list only");
     assert!(store.known_contacts(owner, Vec::new()).await.unwrap().is_empty());
     store.add_contacts(owner, Vec::new()).await.unwrap();
 
@@ -951,6 +956,15 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
     uploaded.digest = Some([4; 32]);
     log[3].attachments = vec![uploaded.media_id];
     let token = PushToken { platform: "fcm".into(), token: "tok".into() };
+    // A status post (recent: on ScyllaDB its TTL runs from now) with one view.
+    let status = StatusPost {
+        poster: u.user_id,
+        post_id: uid(),
+        payload: Bytes::from_static(b"sealed status"),
+        audience: StatusAudience::Deny(vec![peer.user_id]),
+        posted_ms: base,
+        expires_ms: base + LIFETIME_MS,
+    };
     let mut records = vec![
         Record::User(u.clone()),
         Record::User(peer.clone()),
@@ -1000,6 +1014,8 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
         Record::Block { user_id: u.user_id, target: peer.user_id, at_ms: 95 },
         Record::Profile { user_id: u.user_id, profile: Profile { name: "Ana".into(), about: "hi".into(), photo: None, updated_ms: 96 } },
         Record::ChatState { user_id: u.user_id, conversation_id: conv, state: ChatState { archived: true, changed_ms: 97, ..Default::default() } },
+        Record::Status(status.clone()),
+        Record::StatusView { poster: u.user_id, post_id: status.post_id, view: StatusView { viewer: peer.user_id, seen_ms: base + 10 } },
     ]);
     store.import(records.clone()).await.unwrap();
     store.import(records).await.unwrap();
@@ -1027,6 +1043,8 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
         (Section::Blocks, 1),
         (Section::Profiles, 1),
         (Section::ChatStates, 1),
+        (Section::Statuses, 1),
+        (Section::StatusViews, 1),
     ];
     assert_eq!(expected.len(), Section::ALL.len(), "every section is checked");
     for (section, n) in expected {
@@ -1071,6 +1089,8 @@ async fn imports_are_idempotent_and_counted(f: Fixture) {
     assert!(!store.privacy(u.user_id).await.unwrap().read_receipts, "privacy settings came along");
     assert_eq!(store.profile(u.user_id).await.unwrap().map(|p| p.name), Some("Ana".to_owned()), "profiles came along");
     assert_eq!(store.blockers_of(peer.user_id).await.unwrap(), vec![u.user_id], "blocks came along, indexed both ways");
+    assert_eq!(store.status_post(u.user_id, status.post_id, base).await.unwrap(), Some(status.clone()), "status posts came along");
+    assert_eq!(store.status_views(u.user_id, status.post_id).await.unwrap(), vec![StatusView { viewer: peer.user_id, seen_ms: base + 10 }]);
     // Expired imported messages are purged like any others (the retention came along);
     // ScyllaDB expires them by TTL instead.
     if f.backend != Backend::Scylla {
@@ -1718,4 +1738,101 @@ async fn a_delete_for_everyone_blanks_its_edits_and_reactions(f: Fixture) {
     for seq in [4, 5, 6] {
         assert!(!log.iter().find(|m| m.seq == seq).unwrap().payload.is_empty(), "seq {seq} kept");
     }
+}
+
+/// Status posts with the clock injected (every read and the purge take the time as an
+/// argument; nothing sleeps): stored once (a retried post finds itself, a clashing one is
+/// refused), live up to the last millisecond of their 24 hours and gone from then on on
+/// every read, views recorded once with their first time, deleted with their views, and
+/// purged oldest first within the limit on the embedded store and PostgreSQL (ScyllaDB:
+/// by TTL; its reads filter on the time just the same).
+async fn status_posts_live_24_hours_and_are_purged(mut f: Fixture) {
+    let store = f.open().await;
+    // Recent times: on ScyllaDB a row's TTL runs from the write on the real clock.
+    let t = now_ms();
+    let (poster, other, viewer, viewer2, late) = (uid(), uid(), uid(), uid(), uid());
+    let post = |poster: UserId, posted_ms: u64, audience: StatusAudience| StatusPost {
+        poster,
+        post_id: uid::<StatusId>(),
+        payload: Bytes::from(format!("sealed at {posted_ms}")),
+        audience,
+        posted_ms,
+        expires_ms: posted_ms + LIFETIME_MS,
+    };
+    let a = post(poster, t, StatusAudience::Contacts);
+    let b = post(poster, t + 1_000, StatusAudience::Allow(vec![viewer, viewer2]));
+    let c = post(other, t + 2_000, StatusAudience::Deny(vec![viewer]));
+    let (old1, old2) = (post(other, t - 2, StatusAudience::Contacts), post(other, t - 1, StatusAudience::Deny(vec![])));
+    for p in [&a, &b, &c, &old1, &old2] {
+        assert_eq!(store.put_status(p.clone(), p.posted_ms).await.unwrap(), StatusPut::Stored);
+    }
+    assert_eq!(store.put_status(a.clone(), t + 5).await.unwrap(), StatusPut::Exists(Box::new(a.clone())), "a retried post is stored once");
+    let clash = StatusPost { payload: Bytes::from_static(b"another"), audience: StatusAudience::Deny(vec![viewer]), ..a.clone() };
+    assert_eq!(store.put_status(clash, t + 5).await.unwrap(), StatusPut::Exists(Box::new(a.clone())), "an id is never reused");
+    let sorted = |mut v: Vec<StatusPost>| {
+        v.sort_by_key(|p| p.posted_ms);
+        v
+    };
+    assert_eq!(store.status_post(poster, a.post_id, t).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.status_post(other, a.post_id, t).await.unwrap(), None, "keyed by poster");
+    assert_eq!(
+        sorted(store.status_posts(vec![poster, other, uid()], t + 3_000).await.unwrap()),
+        vec![old1.clone(), old2.clone(), a.clone(), b.clone(), c.clone()]
+    );
+    assert!(store.status_posts(vec![], t).await.unwrap().is_empty());
+
+    // Views: recorded once, with the first time.
+    assert!(store.mark_status_seen(poster, a.post_id, viewer, t + 10).await.unwrap());
+    assert!(store.mark_status_seen(poster, a.post_id, viewer, t + 20).await.unwrap(), "seen again: still true");
+    assert!(store.mark_status_seen(poster, a.post_id, viewer2, t + 30).await.unwrap());
+    assert!(store.mark_status_seen(poster, b.post_id, viewer, t + 40).await.unwrap());
+    assert!(!store.mark_status_seen(poster, uid(), viewer, t + 40).await.unwrap(), "no such post");
+    let views = |mut v: Vec<StatusView>| {
+        v.sort_by_key(|v| v.seen_ms);
+        v
+    };
+    assert_eq!(
+        views(store.status_views(poster, a.post_id).await.unwrap()),
+        vec![StatusView { viewer, seen_ms: t + 10 }, StatusView { viewer: viewer2, seen_ms: t + 30 }]
+    );
+
+    // Expiry, by the clock given: live at t + 24 h - 1 ms, gone at t + 24 h.
+    let day = LIFETIME_MS;
+    assert_eq!(store.status_post(poster, a.post_id, t + day - 1).await.unwrap(), Some(a.clone()), "live until the last millisecond");
+    assert_eq!(store.status_post(poster, a.post_id, t + day).await.unwrap(), None, "gone at 24 hours");
+    assert_eq!(store.status_posts(vec![poster, other], t + day).await.unwrap().len(), 2, "b and c are younger");
+    assert!(!store.mark_status_seen(poster, a.post_id, late, t + day).await.unwrap(), "an expired post takes no view");
+    assert_eq!(store.status_views(poster, a.post_id).await.unwrap().len(), 2, "and recorded none");
+
+    // Durable across a restart.
+    let store = f.reopen(store).await;
+    assert_eq!(sorted(store.status_posts(vec![poster], t + day - 1).await.unwrap()), vec![a.clone(), b.clone()]);
+
+    // Deleting a post takes its views along.
+    assert!(store.delete_status(poster, b.post_id, t + 3_000).await.unwrap());
+    assert!(!store.delete_status(poster, b.post_id, t + 3_000).await.unwrap(), "deleted once");
+    assert_eq!(store.status_post(poster, b.post_id, t + 3_000).await.unwrap(), None);
+    assert!(store.status_views(poster, b.post_id).await.unwrap().is_empty(), "its views went with it");
+    assert!(!store.mark_status_seen(poster, b.post_id, viewer2, t + 3_000).await.unwrap(), "a deleted post takes no view");
+    assert!(!store.delete_status(other, old1.post_id, t + day).await.unwrap(), "an expired post is reported absent");
+
+    if f.backend == Backend::Scylla {
+        // Rows go by their TTL (an hour past expiry, on the real clock): nothing to purge.
+        assert_eq!(store.purge_expired(t + day, 100).await.unwrap(), 0);
+        return;
+    }
+    // The purge: expired posts (and their views) only, oldest first, at most `limit`.
+    assert_eq!(store.count(Section::Statuses).await.unwrap(), 3, "a, c and old2 are stored (old1 deleted, b deleted)");
+    assert_eq!(store.purge_expired(t + day - 1, 100).await.unwrap(), 0, "status posts are not counted");
+    assert_eq!(store.count(Section::Statuses).await.unwrap(), 2, "old2 expired at t + 24 h - 1 ms");
+    assert_eq!(store.count(Section::StatusViews).await.unwrap(), 2, "a's views");
+    store.put_status(post(other, t - 5, StatusAudience::Contacts), t).await.unwrap();
+    store.purge_expired(t + day, 1).await.unwrap();
+    assert_eq!(store.count(Section::Statuses).await.unwrap(), 2, "one at most, the oldest first: a is still stored");
+    store.purge_expired(t + day, 100).await.unwrap();
+    assert_eq!(store.count(Section::Statuses).await.unwrap(), 1, "only c is left");
+    assert_eq!(store.count(Section::StatusViews).await.unwrap(), 0, "a's views went with it");
+    assert_eq!(store.status_posts(vec![poster, other], t + day).await.unwrap(), vec![c.clone()]);
+    // A purged post's id is free again.
+    assert_eq!(store.put_status(a.clone(), t).await.unwrap(), StatusPut::Stored);
 }

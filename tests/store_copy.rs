@@ -18,11 +18,13 @@ use switchboard::testkit::PrivatePostgres;
 /// conversation's history as the server served it.
 async fn populated_node(
     server: &mut TestServer,
-) -> (Vec<switchboard::accounts::DeviceCredentials>, Vec<(switchboard::ids::ConversationId, serde_json::Value)>, E2eeState) {
+) -> (Vec<switchboard::accounts::DeviceCredentials>, Vec<(switchboard::ids::ConversationId, serde_json::Value)>, KeptState) {
     let api = server.api();
-    let mut users = Vec::new();
+    let (mut users, mut numbers) = (Vec::new(), Vec::new());
     for _ in 0..4 {
-        users.push(user(&api).await);
+        let number = phone();
+        users.push(api.sign_up(&number, "phone").await.expect("sign up"));
+        numbers.push(number);
     }
     let mut a = online(server, Kind::Tcp, &users[0]).await;
     let direct = a.open_direct(users[1].user_id).await.expect("open direct");
@@ -49,6 +51,9 @@ async fn populated_node(
     b.query_devices(&[users[1].user_id]).await.expect("in order: the ack is handled");
     drop(b);
     api.link_device(&users[0].token, "tablet").await.expect("link");
+    // Status: users[0] and users[1] have each other's numbers; users[0] posts, users[1]
+    // sees it.
+    let status = status_posted_and_seen(server, &users, &numbers).await;
     let mut history = Vec::new();
     for (conversation, at_least) in [(direct, 120), (group, 30)] {
         let page = api.history(&users[1].token, conversation, 0, 200).await.expect("history");
@@ -58,15 +63,51 @@ async fn populated_node(
     }
     drop(a);
     assert!(server.terminate().success());
-    (users, history, E2eeState { spent, curve25519: account.curve25519_key().to_bytes() })
+    (users, history, KeptState { spent, curve25519: account.curve25519_key().to_bytes(), status })
 }
 
-/// What the end-to-end part of the copy must keep.
-struct E2eeState {
+/// users[0]'s status post, seen by users[1] (who has users[0]'s number, and the other way
+/// round): users[0]'s list of their statuses, with its viewer.
+async fn status_posted_and_seen(server: &TestServer, users: &[switchboard::accounts::DeviceCredentials], numbers: &[String]) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.http);
+    for (who, other) in [(0, 1), (1, 0)] {
+        let r = http
+            .post(format!("{base}/v1/contacts/discover"))
+            .bearer_auth(&users[who].token)
+            .json(&serde_json::json!({ "phones": [numbers[other]] }))
+            .send()
+            .await
+            .expect("discover");
+        assert!(r.status().is_success());
+    }
+    let posted: serde_json::Value = http
+        .post(format!("{base}/v1/status"))
+        .bearer_auth(&users[0].token)
+        .json(&serde_json::json!({ "payload_hex": "5ea1ed" }))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let post_id = posted["post_id"].as_str().expect("post_id");
+    let r = http.post(format!("{base}/v1/status/{}/{post_id}/seen", users[0].user_id)).bearer_auth(&users[1].token).send().await.expect("seen");
+    assert_eq!(r.status().as_u16(), 204);
+    let mine: serde_json::Value =
+        http.get(format!("{base}/v1/status/mine")).bearer_auth(&users[0].token).send().await.expect("mine").json().await.expect("json");
+    assert_eq!(mine["statuses"][0]["view_count"], 1, "{mine}");
+    mine
+}
+
+/// What the copy must keep besides history: end-to-end state and a status post.
+struct KeptState {
     /// The one-time key claimed before the copy.
     spent: String,
     /// users[1]'s identity key.
     curve25519: [u8; 32],
+    /// users[0]'s list of their statuses (one, seen by users[1]).
+    status: serde_json::Value,
 }
 
 /// The next frame `pick` accepts (buffered ones first).
@@ -109,6 +150,22 @@ async fn copy_to_postgres_then_serve_the_same_history_from_it() {
     let mut b = online(&server, Kind::Ws, &users[1]).await;
     let ack = b.send_and_ack(direct, "after-copy", b"still here".to_vec()).await.expect("send after copy");
     assert_eq!(ack.seq, 121, "the fence was copied: the next seq follows the copied log");
+
+    // The status came along, with its viewer, and still reaches users[1].
+    let http = reqwest::Client::new();
+    let mine: serde_json::Value = http
+        .get(format!("http://{}/v1/status/mine", server.http))
+        .bearer_auth(&users[0].token)
+        .send()
+        .await
+        .expect("mine")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(mine, e2ee.status, "status posts and their viewers were copied");
+    let feed: serde_json::Value =
+        http.get(format!("http://{}/v1/status", server.http)).bearer_auth(&users[1].token).send().await.expect("feed").json().await.expect("json");
+    assert_eq!(feed["statuses"][0]["post_id"], e2ee.status["statuses"][0]["post_id"]);
 
     // End-to-end state came along: the to-device entries not yet read, at their
     // positions, and the device-list notice, reach users[1] at catch-up.
@@ -194,6 +251,42 @@ impl Store for FailingAfter {
         unimplemented!()
     }
     async fn known_contacts(&self, _: switchboard::ids::UserId, _: Vec<String>) -> Result<Vec<String>, StoreError> {
+        unimplemented!()
+    }
+    async fn contacts_of(&self, _: switchboard::ids::UserId) -> Result<Vec<String>, StoreError> {
+        unimplemented!()
+    }
+    async fn put_status(&self, _: switchboard::store::StatusPost, _: u64) -> Result<switchboard::store::StatusPut, StoreError> {
+        unimplemented!()
+    }
+    async fn status_post(
+        &self,
+        _: switchboard::ids::UserId,
+        _: switchboard::ids::StatusId,
+        _: u64,
+    ) -> Result<Option<switchboard::store::StatusPost>, StoreError> {
+        unimplemented!()
+    }
+    async fn status_posts(&self, _: Vec<switchboard::ids::UserId>, _: u64) -> Result<Vec<switchboard::store::StatusPost>, StoreError> {
+        unimplemented!()
+    }
+    async fn delete_status(&self, _: switchboard::ids::UserId, _: switchboard::ids::StatusId, _: u64) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
+    async fn mark_status_seen(
+        &self,
+        _: switchboard::ids::UserId,
+        _: switchboard::ids::StatusId,
+        _: switchboard::ids::UserId,
+        _: u64,
+    ) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
+    async fn status_views(
+        &self,
+        _: switchboard::ids::UserId,
+        _: switchboard::ids::StatusId,
+    ) -> Result<Vec<switchboard::store::StatusView>, StoreError> {
         unimplemented!()
     }
     async fn add_contacts(&self, _: switchboard::ids::UserId, _: Vec<String>) -> Result<(), StoreError> {

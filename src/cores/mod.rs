@@ -19,6 +19,8 @@
 //!   groups, whether read receipts, typing and sends flow between two users.
 //! - [`inbox`]: a user's conversation list: per-user state (mute, archive, pin, clear),
 //!   what changed since a version, its order and pages, unread counts.
+//! - [`status`]: Status posts (24 hours): what a post may hold, who may see it (mutual
+//!   contacts, allow and deny lists, blocks), whose views count, the feed's order and pages.
 //! - [`token_bucket`]: a rate budget kept in the store and shared by every node.
 //! - [`requests`]: what a device asks of a conversation (the sequencer's inputs).
 
@@ -32,5 +34,6 @@ pub mod receipts;
 pub mod recent_ids;
 pub mod requests;
 pub mod sequencer;
+pub mod status;
 pub mod to_device;
 pub mod token_bucket;

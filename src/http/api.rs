@@ -14,8 +14,10 @@ use crate::accounts::{AccountError, Accounts, AuthError, CodeIssued, DeviceCrede
 use crate::actors::node::Node;
 use crate::actors::push::PushRequest;
 use crate::contacts::ContactsError;
+use crate::cores::status::Refusal;
 use crate::history::history_page;
 use crate::protocol::{ErrorCode, RequestError};
+use crate::status::StatusError;
 use crate::store::{ConversationId, DeviceId, DeviceRecord, PushToken, Store};
 use crate::transport::{ConnectionDeps, ws};
 
@@ -26,6 +28,8 @@ pub struct ApiState {
     pub accounts: Accounts,
     /// Contact discovery.
     pub contacts: crate::contacts::Contacts,
+    /// Status posts.
+    pub statuses: crate::status::Statuses,
     /// The actor tree.
     pub node: Node,
     /// Reads for history and health.
@@ -65,6 +69,9 @@ pub enum ApiError {
     /// A refusal of the key directory (the same as its frames get).
     #[error(transparent)]
     Request(#[from] crate::protocol::RequestError),
+    /// From Status.
+    #[error(transparent)]
+    Status(#[from] crate::status::StatusError),
 }
 
 /// The body of every error of the API.
@@ -114,6 +121,15 @@ impl ApiError {
                 RequestError::TooManyPins(_) => "too_many_pins",
                 _ => "bad_request",
             },
+            ApiError::Status(e) => match e {
+                StatusError::Refused(Refusal::PayloadTooLarge { .. }) => "status_too_large",
+                StatusError::Refused(Refusal::TooManyUsers { .. }) => "too_many_users",
+                StatusError::Refused(Refusal::EmptyPayload | Refusal::NobodyAllowed) => "bad_request",
+                StatusError::RateLimited { .. } => "rate_limited",
+                StatusError::Unknown => "unknown_status",
+                StatusError::IdTaken => "status_exists",
+                StatusError::Store(_) => "unavailable",
+            },
         }
     }
 }
@@ -147,13 +163,22 @@ impl ResponseError for ApiError {
                 RequestError::TooManyPins(_) => StatusCode::CONFLICT,
                 _ => StatusCode::BAD_REQUEST,
             },
+            ApiError::Status(e) => match e {
+                StatusError::Refused(Refusal::PayloadTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+                StatusError::Refused(_) => StatusCode::BAD_REQUEST,
+                StatusError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                StatusError::Unknown => StatusCode::NOT_FOUND,
+                StatusError::IdTaken => StatusCode::CONFLICT,
+                StatusError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::Account(AccountError::RateLimited { retry_after_secs } | AccountError::TooOften { retry_after_secs })
-        | ApiError::Contacts(ContactsError::RateLimited { retry_after_secs, .. }) = self
+        | ApiError::Contacts(ContactsError::RateLimited { retry_after_secs, .. })
+        | ApiError::Status(StatusError::RateLimited { retry_after_secs }) = self
         {
             response.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_secs.to_string()));
         }
@@ -232,6 +257,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/v1/profile", &["GET", "PATCH"]).route(web::get().to(super::profiles::mine)).route(web::patch().to(super::profiles::change)),
         )
         .service(resource("/v1/profiles/{user_id}", &["GET"]).route(web::get().to(super::profiles::of_user)))
+        .service(resource("/v1/status", &["GET", "POST"]).route(web::get().to(super::status::feed)).route(web::post().to(super::status::post)))
+        .service(resource("/v1/status/mine", &["GET"]).route(web::get().to(super::status::mine)))
+        .service(resource("/v1/status/mine/{post_id}", &["DELETE"]).route(web::delete().to(super::status::delete)))
+        .service(resource("/v1/status/{user_id}/{post_id}/seen", &["POST"]).route(web::post().to(super::status::seen)))
         .service(resource("/v1/inbox", &["GET"]).route(web::get().to(super::inbox::list)))
         .service(resource("/v1/account/number", &["POST"]).route(web::post().to(super::account::request_number)))
         .service(resource("/v1/account/number/verify", &["POST"]).route(web::post().to(super::account::verify_number)))

@@ -1,5 +1,5 @@
 //! HTTP surfaces: the public API (accounts, devices, contact discovery, privacy and
-//! blocks, history, health, metrics, the WebSocket upgrade, the key directory's mirrors) and the admin API on its own listener behind a token,
+//! blocks, Status, history, health, metrics, the WebSocket upgrade, the key directory's mirrors) and the admin API on its own listener behind a token,
 //! with the SRE console (static files) beside it; the web client at `/app/` (`web_app`).
 
 pub mod account;
@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod pairing;
 pub mod privacy;
 pub mod profiles;
+pub mod status;
 pub mod web_app;
 
 use actix_web::HttpRequest;

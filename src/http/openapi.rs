@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{account, admin, api, contacts, inbox, keys, pairing, privacy, profiles};
+use super::{account, admin, api, contacts, inbox, keys, pairing, privacy, profiles, status};
 use crate::media::http as media;
 use crate::transport::ws;
 
@@ -17,7 +17,7 @@ use crate::transport::ws;
 #[openapi(
     info(
         title = "Switchboard HTTP API",
-        description = "Accounts, devices, contact discovery, history, keys, media (tus 1.0, docs/media.md), health and metrics on the public listener (tag `public`); \
+        description = "Accounts, devices, contact discovery, Status, history, keys, media (tus 1.0, docs/media.md), health and metrics on the public listener (tag `public`); \
                        operations on the admin listener (tag `admin`). The messaging protocol itself runs over \
                        the WebSocket at /v1/ws or raw TCP: see docs/protocol.md.",
         license(name = "Apache-2.0")
@@ -50,6 +50,11 @@ use crate::transport::ws;
         account::verify_number,
         account::delete,
         account::export,
+        status::post,
+        status::feed,
+        status::mine,
+        status::seen,
+        status::delete,
         pairing::start,
         pairing::claim,
         privacy::get_settings,
@@ -146,6 +151,11 @@ mod tests {
             ("/v1/account/number/verify", "post"),
             ("/v1/account/delete", "post"),
             ("/v1/account/export", "get"),
+            ("/v1/status", "post"),
+            ("/v1/status", "get"),
+            ("/v1/status/mine", "get"),
+            ("/v1/status/mine/{post_id}", "delete"),
+            ("/v1/status/{user_id}/{post_id}/seen", "post"),
             ("/v1/pairing", "post"),
             ("/v1/pairing/claim", "post"),
             ("/v1/privacy", "get"),
@@ -172,6 +182,6 @@ mod tests {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not in the document");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 51, "a route is described but not listed here");
+        assert_eq!(paths.values().map(|p| p.as_object().map_or(0, |m| m.len())).sum::<usize>(), 56, "a route is described but not listed here");
     }
 }

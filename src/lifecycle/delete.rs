@@ -1,7 +1,7 @@
 //! Deleting an account (WhatsApp's "Delete my account"): asked by the primary device,
 //! which confirms the account's number. The user leaves every group (an admin is handed
-//! over by the group's own rule when the last admin leaves), lifts their blocks, every
-//! device is revoked (keys, to-device queues and push tokens go with it) and disconnected,
+//! over by the group's own rule when the last admin leaves), lifts their blocks, deletes
+//! their Status posts, every device is revoked (keys, to-device queues and push tokens go with it) and disconnected,
 //! and the account's own data is deleted: contact list, conversation-list states,
 //! profile, privacy settings; the number is released for a new account. Messages the user
 //! sent stay in their conversations, under each conversation's retention (they are
@@ -64,8 +64,12 @@ pub async fn delete(ctx: &NodeContext, caller: &DeviceRecord, confirm_phone: &st
         }
     }
     let groups_left = wait_for_leaves(ctx, user, groups).await?;
-    // Then the account's data (one transaction), and its blocks.
+    // Then the account's data (one transaction), its Status posts with their viewers, and
+    // its blocks.
     store.delete_account_data(user).await?;
+    for post in store.status_posts(vec![user], now_ms()).await? {
+        store.delete_status(user, post.post_id, now_ms()).await?;
+    }
     for target in store.blocks_of(user).await? {
         store.set_blocked(user, target, false, now_ms()).await?;
         crate::privacy::notify(&ctx.router, &[target], user);

@@ -1,6 +1,7 @@
-//! Ids as database columns: a `UserId`, `DeviceId`, `ConversationId` or `MediaId` binds and reads
-//! exactly as the UUID underneath (PostgreSQL `uuid`, CQL `uuid`). Written once here so
-//! that the backends bind typed ids directly instead of unwrapping them at every call.
+//! Ids as database columns: a `UserId`, `DeviceId`, `ConversationId`, `MediaId` or
+//! `StatusId` binds and reads exactly as the UUID underneath (PostgreSQL `uuid`, CQL
+//! `uuid`). Written once here so that the backends bind typed ids directly instead of
+//! unwrapping them at every call.
 
 use bytes::BytesMut;
 use scylla::cluster::metadata::ColumnType;
@@ -12,7 +13,7 @@ use scylla::serialize::writers::{CellWriter, WrittenCellProof};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use uuid::Uuid;
 
-use crate::ids::{ConversationId, DeviceId, MediaId, UserId};
+use crate::ids::{ConversationId, DeviceId, MediaId, StatusId, UserId};
 
 macro_rules! uuid_column {
     ($name:ident) => {
@@ -60,3 +61,4 @@ uuid_column!(UserId);
 uuid_column!(DeviceId);
 uuid_column!(ConversationId);
 uuid_column!(MediaId);
+uuid_column!(StatusId);

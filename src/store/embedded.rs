@@ -441,6 +441,7 @@ impl EmbeddedStore {
             super::embedded_pairing::create_tables(&txn)?;
             super::embedded_profiles::create_tables(&txn)?;
             super::embedded_inbox::create_tables(&txn)?;
+            super::embedded_status::create_tables(&txn)?;
         }
         txn.commit().map_err(be)?;
         // Batches logged since the last checkpoint (a crash): replay them, in order, onto
@@ -1026,6 +1027,10 @@ impl Store for EmbeddedStore {
         self.read(move |db| super::embedded_contacts::known(db, owner, &phones))
     }
 
+    async fn contacts_of(&self, owner: UserId) -> Result<Vec<String>, StoreError> {
+        self.read(move |db| super::embedded_contacts::all(db, owner))
+    }
+
     async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
         self.write(move |db| super::embedded_contacts::change(db, owner, &phones, true)).await
     }
@@ -1059,6 +1064,30 @@ impl Store for EmbeddedStore {
 
     async fn set_profile(&self, user: UserId, profile: super::Profile) -> Result<(), StoreError> {
         self.write(move |db| super::embedded_profiles::set(db, user, &profile)).await
+    }
+
+    async fn put_status(&self, post: super::StatusPost, _now_ms: u64) -> Result<super::StatusPut, StoreError> {
+        self.write(move |db| super::embedded_status::put(db, &post)).await
+    }
+
+    async fn status_post(&self, poster: UserId, post_id: super::StatusId, now_ms: u64) -> Result<Option<super::StatusPost>, StoreError> {
+        self.read(move |db| super::embedded_status::get(db, poster, post_id, now_ms))
+    }
+
+    async fn status_posts(&self, posters: Vec<UserId>, now_ms: u64) -> Result<Vec<super::StatusPost>, StoreError> {
+        self.read(move |db| super::embedded_status::of_posters(db, &posters, now_ms))
+    }
+
+    async fn delete_status(&self, poster: UserId, post_id: super::StatusId, now_ms: u64) -> Result<bool, StoreError> {
+        self.write(move |db| super::embedded_status::delete(db, poster, post_id, now_ms)).await
+    }
+
+    async fn mark_status_seen(&self, poster: UserId, post_id: super::StatusId, viewer: UserId, now_ms: u64) -> Result<bool, StoreError> {
+        self.write(move |db| super::embedded_status::mark_seen(db, poster, post_id, viewer, now_ms)).await
+    }
+
+    async fn status_views(&self, poster: UserId, post_id: super::StatusId) -> Result<Vec<super::StatusView>, StoreError> {
+        self.read(move |db| super::embedded_status::views(db, poster, post_id))
     }
 
     async fn put_pairing(&self, pairing: PairingRecord) -> Result<(), StoreError> {
@@ -1356,6 +1385,7 @@ impl Store for EmbeddedStore {
             }
             super::embedded_to_device::prune_send_ids(&txn, now_ms, limit)?;
             super::embedded_pairing::purge(&txn, now_ms, limit)?;
+            super::embedded_status::purge(&txn, now_ms, limit)?;
             {
                 // Idle rate buckets are full again: forget them.
                 let mut buckets = txn.open_table(RATE_BUCKETS).map_err(be)?;
@@ -1916,6 +1946,7 @@ impl EmbeddedStore {
                 Section::Privacy | Section::Blocks => return super::embedded_privacy::export(db, section, after, limit),
                 Section::Profiles => return super::embedded_profiles::export(db, after, limit),
                 Section::ChatStates => return super::embedded_inbox::export(db, after, limit),
+                Section::Statuses | Section::StatusViews => return super::embedded_status::export(db, section, after, limit),
             }
             Ok((out, last))
         })
@@ -1944,6 +1975,8 @@ impl EmbeddedStore {
         super::embedded_inbox::import(&txn, &chats)?;
         let (privacy, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(super::embedded_privacy::is_privacy);
         super::embedded_privacy::import(&txn, privacy)?;
+        let (statuses, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(super::embedded_status::is_status);
+        super::embedded_status::import(&txn, statuses)?;
         {
             let mut users = txn.open_table(USERS).map_err(be)?;
             let mut phones = txn.open_table(PHONES).map_err(be)?;
@@ -2052,6 +2085,7 @@ impl EmbeddedStore {
             Section::Privacy | Section::Blocks => return super::embedded_privacy::count(db, section),
             Section::Profiles => return super::embedded_profiles::count(db),
             Section::ChatStates => return super::embedded_inbox::count(db),
+            Section::Statuses | Section::StatusViews => return super::embedded_status::count(db, section),
             other => return super::embedded_e2ee_copy::count(&txn, other),
         };
         n.map_err(be)

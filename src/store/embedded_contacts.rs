@@ -79,6 +79,17 @@ pub(super) fn known(db: &Database, owner: UserId, phones: &[String]) -> Result<V
     Ok(out)
 }
 
+/// `Store::contacts_of`: one key range, the owner's.
+pub(super) fn all(db: &Database, owner: UserId) -> Result<Vec<String>, StoreError> {
+    let txn = db.begin_read().map_err(be)?;
+    let table = txn.open_table(CONTACTS).map_err(be)?;
+    let mut out = Vec::new();
+    for entry in table.range((owner.as_u128(), 0)..=(owner.as_u128(), u64::MAX)).map_err(be)? {
+        out.push(phone(entry.map_err(be)?.0.value().1));
+    }
+    Ok(out)
+}
+
 /// `Store::add_contacts` (`add`) and `Store::remove_contacts`, in one write transaction.
 pub(super) fn change(db: &Database, owner: UserId, phones: &[String], add: bool) -> Result<(), StoreError> {
     // Check every number before writing any: all or nothing.

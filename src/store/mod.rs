@@ -15,6 +15,7 @@ mod embedded_inbox;
 mod embedded_pairing;
 mod embedded_privacy;
 mod embedded_profiles;
+mod embedded_status;
 mod embedded_to_device;
 pub mod keys;
 pub mod media;
@@ -22,6 +23,7 @@ pub mod pg_tls;
 pub mod postgres;
 pub mod scylla;
 pub mod spec;
+pub mod status;
 pub mod to_device;
 pub mod transfer;
 pub mod wal;
@@ -37,9 +39,10 @@ pub use spec::StoreSpec;
 pub use transfer::{Record, Section};
 
 pub use crate::cores::token_bucket::{BucketRule, Taken};
-pub use crate::ids::{ConversationId, DeviceId, UserId};
+pub use crate::ids::{ConversationId, DeviceId, StatusId, UserId};
 pub use keys::{ClaimedKey, DeviceKeys, KeysStored, OneTimeKey};
 pub use media::{MediaId, MediaKind, MediaPart, MediaRecord};
+pub use status::{StatusAudience, StatusPost, StatusPut, StatusView};
 pub use to_device::{QueueBounds, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored, ToDeviceTarget};
 
 /// Why a store operation failed.
@@ -502,6 +505,10 @@ pub trait Store: Send + Sync + 'static {
     /// owner's devices submitted to contact discovery, kept so that re-checks are free and
     /// so that "my contacts" privacy settings can be decided).
     async fn known_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<Vec<String>, StoreError>;
+    /// Every number (E.164) in `owner`'s contacts, in no particular order: one owner's
+    /// list (one index range; one partition, paged, on ScyllaDB). A Status feed walks the
+    /// viewer's own address book with it.
+    async fn contacts_of(&self, owner: UserId) -> Result<Vec<String>, StoreError>;
     /// Adds `phones` to `owner`'s contacts; ones already there are left alone.
     async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError>;
     /// Removes `phones` from `owner`'s contacts; ones not there are ignored.
@@ -511,6 +518,34 @@ pub trait Store: Send + Sync + 'static {
     async fn profile(&self, user: UserId) -> Result<Option<Profile>, StoreError>;
     /// Replaces a user's profile.
     async fn set_profile(&self, user: UserId, profile: Profile) -> Result<(), StoreError>;
+
+    /// Stores a status post unless its poster already has one with its id (live, or
+    /// expired and not deleted yet): then nothing is stored and the stored one comes back
+    /// (a retried post, or a clash the caller refuses). `now_ms` is the time of the write
+    /// (ScyllaDB: the row's TTL runs from it to an hour past `expires_ms`; there the check
+    /// is a compare-and-set, `IF NOT EXISTS`).
+    async fn put_status(&self, post: StatusPost, now_ms: u64) -> Result<StatusPut, StoreError>;
+    /// A poster's post, if it is live at `now_ms` (an expired one is never returned, purged
+    /// or not).
+    async fn status_post(&self, poster: UserId, post_id: StatusId, now_ms: u64) -> Result<Option<StatusPost>, StoreError>;
+    /// The posts of each of `posters` that are live at `now_ms`, in no particular order. A
+    /// poster's posts are one key range (ScyllaDB: one partition, read per poster, a chunk
+    /// of posters at a time, concurrently; PostgreSQL: one query for all); the posting
+    /// limit keeps each poster's short.
+    async fn status_posts(&self, posters: Vec<UserId>, now_ms: u64) -> Result<Vec<StatusPost>, StoreError>;
+    /// Deletes a poster's post and every view of it (one transaction; ScyllaDB: the post's
+    /// row, then its views' partition). Returns whether a post live at `now_ms` was
+    /// deleted (an expired one is deleted too but reported absent: no read could see it).
+    async fn delete_status(&self, poster: UserId, post_id: StatusId, now_ms: u64) -> Result<bool, StoreError>;
+    /// Records that `viewer` saw a post at `now_ms`, if the post is live then; the first
+    /// time is kept (marking it again changes nothing). Returns whether the post is live
+    /// (and so the view recorded, now or before). Atomic with the post's deletion on redb
+    /// and PostgreSQL (a view never outlives its post); on ScyllaDB a read of the post and
+    /// of the view, then a write with the post's TTL (two marks racing may keep the later
+    /// of two close times; a mark racing a deletion leaves a view that its TTL removes).
+    async fn mark_status_seen(&self, poster: UserId, post_id: StatusId, viewer: UserId, now_ms: u64) -> Result<bool, StoreError>;
+    /// Every view of a post, in no particular order (callers ask only about live posts).
+    async fn status_views(&self, poster: UserId, post_id: StatusId) -> Result<Vec<StatusView>, StoreError>;
 
     /// Stores a pairing request (replacing one with the same code hash).
     async fn put_pairing(&self, pairing: PairingRecord) -> Result<(), StoreError>;
@@ -605,8 +640,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes messages older than their conversation's retention (events are kept), at
     /// most `limit` of them; returns how many were deleted. Also forgets to-device client
-    /// ids older than `to_device::SEND_IDS_KEPT_MS` and rate buckets idle for
-    /// [`RATE_BUCKET_IDLE_MS`] (neither counted).
+    /// ids older than `to_device::SEND_IDS_KEPT_MS`, rate buckets idle for
+    /// [`RATE_BUCKET_IDLE_MS`], expired pairings, and (at most `limit`) status posts
+    /// expired at `now_ms` with their views (none of these counted).
     async fn purge_expired(&self, now_ms: u64, limit: usize) -> Result<u64, StoreError>;
 
     /// Creates a media record (an upload starts); a record with the same id is left alone.

@@ -34,6 +34,8 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+mod status;
+
 /// Schema migrations, applied in order; the version of each is recorded in
 /// `schema_migrations` so each runs once.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -48,6 +50,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (9, include_str!("../../migrations/postgres/0009_pairings.sql")),
     (10, include_str!("../../migrations/postgres/0010_profiles.sql")),
     (11, include_str!("../../migrations/postgres/0011_chat_states.sql")),
+    (12, include_str!("../../migrations/postgres/0012_status.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations when several nodes start at once.
@@ -833,6 +836,8 @@ impl PostgresStore {
                 )
                 .await?;
             }
+            Record::Status(post) => Self::import_status(tx, &post).await?,
+            Record::StatusView { poster, post_id, view } => Self::import_status_view(tx, poster, post_id, &view).await?,
             Record::Profile { user_id, profile } => {
                 let text = json_text("profiles", &profile)?;
                 Self::run(
@@ -1122,6 +1127,10 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn contacts_of(&self, owner: UserId) -> Result<Vec<String>, StoreError> {
+        self.query("SELECT phone FROM contacts WHERE owner = $1", &[&owner]).await?.iter().map(|r| get(r, "contacts", "phone")).collect()
+    }
+
     async fn add_contacts(&self, owner: UserId, phones: Vec<String>) -> Result<(), StoreError> {
         self.execute("INSERT INTO contacts (owner, phone) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING", &[&owner, &phones]).await.map(drop)
     }
@@ -1199,6 +1208,30 @@ impl Store for PostgresStore {
         )
         .await
         .map(drop)
+    }
+
+    async fn put_status(&self, post: super::StatusPost, _now_ms: u64) -> Result<super::StatusPut, StoreError> {
+        self.put_status_row(&post).await
+    }
+
+    async fn status_post(&self, poster: UserId, post_id: super::StatusId, now_ms: u64) -> Result<Option<super::StatusPost>, StoreError> {
+        self.live_status(poster, post_id, now_ms).await
+    }
+
+    async fn status_posts(&self, posters: Vec<UserId>, now_ms: u64) -> Result<Vec<super::StatusPost>, StoreError> {
+        self.live_statuses(&posters, now_ms).await
+    }
+
+    async fn delete_status(&self, poster: UserId, post_id: super::StatusId, now_ms: u64) -> Result<bool, StoreError> {
+        self.delete_status_row(poster, post_id, now_ms).await
+    }
+
+    async fn mark_status_seen(&self, poster: UserId, post_id: super::StatusId, viewer: UserId, now_ms: u64) -> Result<bool, StoreError> {
+        self.mark_seen(poster, post_id, viewer, now_ms).await
+    }
+
+    async fn status_views(&self, poster: UserId, post_id: super::StatusId) -> Result<Vec<super::StatusView>, StoreError> {
+        self.views_of(poster, post_id).await
     }
 
     async fn put_pairing(&self, p: PairingRecord) -> Result<(), StoreError> {
@@ -1606,6 +1639,7 @@ impl Store for PostgresStore {
             &[&int(now_ms), &int(limit as u64)],
         )
         .await?;
+        self.purge_statuses(now_ms, limit).await?;
         // Idle rate buckets are full again: forget them.
         self.execute(
             "DELETE FROM rate_buckets WHERE ctid IN (SELECT ctid FROM rate_buckets WHERE at_ms < $1 LIMIT $2)",
@@ -2042,6 +2076,8 @@ impl Store for PostgresStore {
             Section::Blocks => "blocks",
             Section::Profiles => "profiles",
             Section::ChatStates => "chat_states",
+            Section::Statuses => "status_posts",
+            Section::StatusViews => "status_views",
         };
         let row = self.query_opt(&format!("SELECT count(*) FROM {table}"), &[]).await?;
         Ok(row.map(|r| get::<i64>(&r, "count", "count")).transpose()?.map(uint).unwrap_or(0))

@@ -36,7 +36,8 @@
 //!
 //! Disappearing messages expire by TTL (set on each row from the conversation's retention
 //! when it is written), so `purge_expired` has nothing to do; as in WhatsApp, turning
-//! retention on applies to messages sent from then on.
+//! retention on applies to messages sent from then on. Status posts and their views
+//! expire by TTL too (`scylla/status.rs`).
 //!
 //! Every multi-row read is paged (`execute_single_page` with a paging state, never
 //! unpaged). Statements are prepared once at connect; each names its whole partition key,
@@ -62,6 +63,7 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 use uuid::Uuid;
 
+mod status;
 mod to_device;
 
 use super::checked_bucket_key;
@@ -105,6 +107,29 @@ const PAGE: i32 = 500;
 /// How long a cached retention setting is trusted before it is read again (another node
 /// may have changed it since; a newer setting reaches this node at the latest after this).
 const RETENTION_CACHE: Duration = Duration::from_secs(10);
+
+/// The schema's migrations, applied in order by [`ScyllaStore::migrate`]; the version of
+/// each is recorded in `schema_migrations` so each runs once.
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/scylla/0001_init.cql")),
+    (2, include_str!("../../migrations/scylla/0002_media.cql")),
+    (3, include_str!("../../migrations/scylla/0003_keys.cql")),
+    (4, include_str!("../../migrations/scylla/0004_to_device.cql")),
+    (5, include_str!("../../migrations/scylla/0005_rate_buckets.cql")),
+    (6, include_str!("../../migrations/scylla/0006_referrers.cql")),
+    (7, include_str!("../../migrations/scylla/0007_contacts.cql")),
+    (8, include_str!("../../migrations/scylla/0008_privacy.cql")),
+    (9, include_str!("../../migrations/scylla/0009_pairings.cql")),
+    (10, include_str!("../../migrations/scylla/0010_profiles.cql")),
+    (11, include_str!("../../migrations/scylla/0011_chat_states.cql")),
+    (12, include_str!("../../migrations/scylla/0012_status.cql")),
+];
+
+/// Whether a migration statement creates the keyspace or the migrations table: the
+/// first files repeat them, the later ones do not; `migrate` runs them once, first.
+fn is_preamble(statement: &str) -> bool {
+    statement.starts_with("CREATE KEYSPACE ") || statement.starts_with("CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations ")
+}
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -352,6 +377,7 @@ struct Statements {
     remove_blocker: PreparedStatement,
     phone_user: PreparedStatement,
     known_contacts: PreparedStatement,
+    contacts_of: PreparedStatement,
     add_contact: PreparedStatement,
     remove_contact: PreparedStatement,
     put_push_token: PreparedStatement,
@@ -665,6 +691,7 @@ impl Statements {
             remove_blocker: prepare(s, "DELETE FROM blockers WHERE target = ? AND user_id = ?", Write).await?,
             phone_user: prepare(s, "SELECT user_id FROM phones WHERE phone = ?", Read).await?,
             known_contacts: prepare(s, "SELECT phone FROM contacts WHERE owner = ? AND phone IN ?", Read).await?,
+            contacts_of: prepare(s, "SELECT phone FROM contacts WHERE owner = ?", Read).await?,
             add_contact: prepare(s, "INSERT INTO contacts (owner, phone) VALUES (?, ?)", Write).await?,
             remove_contact: prepare(s, "DELETE FROM contacts WHERE owner = ? AND phone = ?", Write).await?,
             put_push_token: prepare(s, "INSERT INTO push_tokens (user_id, device_id, platform, token) VALUES (?, ?, ?, ?)", Write).await?,
@@ -753,6 +780,7 @@ pub struct ScyllaStore {
     session: Arc<Session>,
     st: Arc<Statements>,
     td: Arc<to_device::ToDeviceStatements>,
+    ss: Arc<status::StatusStatements>,
     /// Conversation → (retention, when read): the TTL of new rows.
     retention: Arc<Mutex<HashMap<ConversationId, (u32, Instant)>>>,
 }
@@ -783,7 +811,8 @@ impl ScyllaStore {
         let session = Self::session(options, true).await?;
         let st = Statements::prepare_all(&session).await?;
         let td = to_device::ToDeviceStatements::prepare_all(&session).await?;
-        Ok(Self { session: Arc::new(session), st: Arc::new(st), td: Arc::new(td), retention: Arc::new(Mutex::new(HashMap::new())) })
+        let ss = status::StatusStatements::prepare_all(&session).await?;
+        Ok(Self { session: Arc::new(session), st: Arc::new(st), td: Arc::new(td), ss: Arc::new(ss), retention: Arc::new(Mutex::new(HashMap::new())) })
     }
 
     async fn session(options: &ScyllaOptions, use_keyspace: bool) -> Result<Session, StoreError> {
@@ -818,33 +847,19 @@ impl ScyllaStore {
     /// `migrations/scylla/*.cql` not applied yet, waiting for schema agreement after each
     /// statement. Returns the versions applied.
     pub async fn migrate(options: &ScyllaOptions, replication: &str) -> Result<Vec<i32>, StoreError> {
-        const MIGRATIONS: &[(i32, &str)] = &[
-            (1, include_str!("../../migrations/scylla/0001_init.cql")),
-            (2, include_str!("../../migrations/scylla/0002_media.cql")),
-            (3, include_str!("../../migrations/scylla/0003_keys.cql")),
-            (4, include_str!("../../migrations/scylla/0004_to_device.cql")),
-            (5, include_str!("../../migrations/scylla/0005_rate_buckets.cql")),
-            (6, include_str!("../../migrations/scylla/0006_referrers.cql")),
-            (7, include_str!("../../migrations/scylla/0007_contacts.cql")),
-            (8, include_str!("../../migrations/scylla/0008_privacy.cql")),
-            (9, include_str!("../../migrations/scylla/0009_pairings.cql")),
-            (10, include_str!("../../migrations/scylla/0010_profiles.cql")),
-            (11, include_str!("../../migrations/scylla/0011_chat_states.cql")),
-        ];
         if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
             return Err(StoreError::Backend(format!("scylla: invalid keyspace name {:?}", options.keyspace)));
         }
         let session = Self::session(options, false).await?;
         let ks = &options.keyspace;
+        let cql = |s: &str| s.replace("{keyspace}", ks).replace("{replication}", replication);
+        // The keyspace and the migrations table come first; then we know what ran.
+        for statement in split_cql(MIGRATIONS[0].1).iter().filter(|s| is_preamble(s)) {
+            session.query_unpaged(cql(statement), ()).await.map_err(driver)?;
+        }
+        session.await_schema_agreement().await.map_err(driver)?;
         let mut applied = Vec::new();
         for (version, text) in MIGRATIONS {
-            let mut statements = split_cql(text).into_iter().map(|s| s.replace("{keyspace}", ks).replace("{replication}", replication));
-            // The keyspace and the migrations table come first; then we know what ran.
-            let keyspace = statements.next().ok_or_else(|| StoreError::Backend("empty migration".into()))?;
-            session.query_unpaged(keyspace, ()).await.map_err(driver)?;
-            let table = statements.next().ok_or_else(|| StoreError::Backend("migration without schema_migrations".into()))?;
-            session.query_unpaged(table, ()).await.map_err(driver)?;
-            session.await_schema_agreement().await.map_err(driver)?;
             let done = session
                 .query_unpaged(format!("SELECT version FROM {ks}.schema_migrations WHERE version = ?"), (version,))
                 .await
@@ -856,8 +871,8 @@ impl ScyllaStore {
             if done {
                 continue;
             }
-            for statement in statements {
-                session.query_unpaged(statement, ()).await.map_err(driver)?;
+            for statement in split_cql(text).iter().filter(|s| !is_preamble(s)) {
+                session.query_unpaged(cql(statement), ()).await.map_err(driver)?;
                 session.await_schema_agreement().await.map_err(driver)?;
             }
             session
@@ -1504,6 +1519,8 @@ impl ScyllaStore {
             Record::Profile { user_id, profile } => {
                 self.exec(&self.st.put_profile, (user_id, profile_json(&profile)?)).await?;
             }
+            Record::Status(post) => self.import_status(&post).await?,
+            Record::StatusView { poster, post_id, view } => self.import_status_view(poster, post_id, &view).await?,
             Record::ChatState { user_id, conversation_id, state } => {
                 // A copy runs before the cluster serves: no change races it.
                 let text = serde_json::to_string(&state).map_err(|e| StoreError::Backend(format!("chat_states: {e}")))?;
@@ -1988,6 +2005,30 @@ impl Store for ScyllaStore {
         self.exec(&self.st.put_profile, (user, profile_json(&profile)?)).await.map(drop)
     }
 
+    async fn put_status(&self, post: super::StatusPost, now_ms: u64) -> Result<super::StatusPut, StoreError> {
+        self.create_status(&post, now_ms).await
+    }
+
+    async fn status_post(&self, poster: UserId, post_id: super::StatusId, now_ms: u64) -> Result<Option<super::StatusPost>, StoreError> {
+        self.live_status(poster, post_id, now_ms).await
+    }
+
+    async fn status_posts(&self, posters: Vec<UserId>, now_ms: u64) -> Result<Vec<super::StatusPost>, StoreError> {
+        self.live_statuses(&posters, now_ms).await
+    }
+
+    async fn delete_status(&self, poster: UserId, post_id: super::StatusId, now_ms: u64) -> Result<bool, StoreError> {
+        self.delete_status_rows(poster, post_id, now_ms).await
+    }
+
+    async fn mark_status_seen(&self, poster: UserId, post_id: super::StatusId, viewer: UserId, now_ms: u64) -> Result<bool, StoreError> {
+        self.mark_seen(poster, post_id, viewer, now_ms).await
+    }
+
+    async fn status_views(&self, poster: UserId, post_id: super::StatusId) -> Result<Vec<super::StatusView>, StoreError> {
+        self.views_of(poster, post_id).await
+    }
+
     async fn put_pairing(&self, p: PairingRecord) -> Result<(), StoreError> {
         let ttl = pairing_ttl(p.expires_ms);
         let values = (p.code_hash.to_vec(), p.claim_hash.to_vec(), p.device_name.as_str(), int(p.expires_ms), p.approved_by, p.approved_device, ttl);
@@ -2108,6 +2149,16 @@ impl Store for ScyllaStore {
             })
             .await?;
         }
+        Ok(out)
+    }
+
+    async fn contacts_of(&self, owner: UserId) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        self.all_rows(&self.st.contacts_of, (owner,), |(p,): (String,)| {
+            out.push(p);
+            Ok(())
+        })
+        .await?;
         Ok(out)
     }
 
@@ -2432,6 +2483,8 @@ impl Store for ScyllaStore {
             Section::Blocks => "SELECT target FROM blocks",
             Section::Profiles => "SELECT user_id FROM profiles",
             Section::ChatStates => "SELECT user_id FROM chat_states",
+            Section::Statuses => "SELECT post_id FROM status_posts",
+            Section::StatusViews => "SELECT viewer FROM status_views",
         };
         self.count_rows(cql).await
     }
@@ -2439,5 +2492,31 @@ impl Store for ScyllaStore {
     async fn flush(&self) -> Result<(), StoreError> {
         // Every write was acknowledged by a quorum of replicas before it returned.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preamble_is_run_once_and_every_migration_has_a_body() {
+        let first = split_cql(MIGRATIONS[0].1);
+        assert_eq!(first.iter().take(2).filter(|s| is_preamble(s)).count(), 2, "0001 starts with the keyspace and the migrations table");
+        for (version, text) in MIGRATIONS {
+            let body: Vec<String> = split_cql(text).into_iter().filter(|s| !is_preamble(s)).collect();
+            assert!(!body.is_empty(), "migration {version} has nothing but the preamble");
+            assert!(
+                body.iter().all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS {keyspace}.") || s.starts_with("ALTER TABLE {keyspace}.")),
+                "{version}: {body:?}"
+            );
+        }
+        assert_eq!(
+            MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>(),
+            "versions in order, none missing"
+        );
+        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/scylla")).expect("migrations").count();
+        assert_eq!(files, MIGRATIONS.len(), "every file of migrations/scylla is applied");
     }
 }

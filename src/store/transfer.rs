@@ -69,11 +69,16 @@ pub enum Section {
     Profiles,
     /// Users' own state of their conversations (muted, archived, pinned, cleared).
     ChatStates,
+    /// Status posts, as stored (expired ones not purged yet included: on the target they
+    /// are served by no read and purged as they would have been).
+    Statuses,
+    /// Who saw which status post, and when first (after the posts: each needs its post).
+    StatusViews,
 }
 
 impl Section {
     /// Every section, in copy order.
-    pub const ALL: [Section; 23] = [
+    pub const ALL: [Section; 25] = [
         Section::Users,
         Section::Devices,
         Section::Conversations,
@@ -97,6 +102,8 @@ impl Section {
         Section::Blocks,
         Section::Profiles,
         Section::ChatStates,
+        Section::Statuses,
+        Section::StatusViews,
     ];
 
     /// A short name for progress lines and reports.
@@ -125,6 +132,8 @@ impl Section {
             Section::Blocks => "blocks",
             Section::Profiles => "profiles",
             Section::ChatStates => "chat states",
+            Section::Statuses => "status posts",
+            Section::StatusViews => "status views",
         }
     }
 }
@@ -239,6 +248,17 @@ pub enum Record {
         user_id: UserId,
         /// The profile.
         profile: super::Profile,
+    },
+    /// A status post.
+    Status(super::StatusPost),
+    /// A viewer of a status post.
+    StatusView {
+        /// Who posted it.
+        poster: UserId,
+        /// Which post.
+        post_id: super::StatusId,
+        /// Who saw it, and when first.
+        view: super::StatusView,
     },
     /// A number in a user's contacts.
     Contact {

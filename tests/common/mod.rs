@@ -238,6 +238,13 @@ impl TestServer {
         }
     }
 
+    /// Starts again on the same data directory with `extra` flags instead of the ones it
+    /// was started with (new ports, unless the test fixed them).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
     /// Starts again on the same data directory (new ports, unless the test fixed them).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
