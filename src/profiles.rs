@@ -70,7 +70,7 @@ async fn check_photo(store: &dyn Store, owner: UserId, photo: &ProfilePhoto) -> 
 }
 
 /// Which parts of a profile a change touched.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changed {
     /// The name.
     pub name: bool,
@@ -78,6 +78,9 @@ pub struct Changed {
     pub about: bool,
     /// The photo.
     pub photo: bool,
+    /// The renditions of a photo replaced or removed (no longer named by the profile: the
+    /// caller deletes them, `MediaService::delete_public_image`).
+    pub dropped_photo: Vec<crate::store::MediaId>,
 }
 
 /// Applies `patch` to `owner`'s profile and stores it; answers the new profile and what
@@ -111,7 +114,10 @@ pub async fn change(store: &dyn Store, owner: UserId, patch: ProfilePatch) -> Re
     }
     profile.updated_ms = now_ms();
     store.set_profile(owner, profile.clone()).await?;
-    let changed = Changed { name: profile.name != before.name, about: profile.about != before.about, photo: profile.photo != before.photo };
+    let kept: Vec<_> = profile.photo.iter().flat_map(|p| [p.small, p.large]).collect();
+    let dropped_photo = before.photo.iter().flat_map(|p| [p.small, p.large]).filter(|id| !kept.contains(id)).collect();
+    let changed =
+        Changed { name: profile.name != before.name, about: profile.about != before.about, photo: profile.photo != before.photo, dropped_photo };
     Ok((profile, changed))
 }
 

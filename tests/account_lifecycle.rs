@@ -20,6 +20,28 @@ async fn http(server: &TestServer, method: reqwest::Method, token: &str, path: &
     req.send().await.expect("http")
 }
 
+/// A profile photo for `who` (two renditions of a generated image); returns its ids.
+async fn set_photo(server: &TestServer, who: &DeviceCredentials) -> (String, String) {
+    let img = image::RgbImage::from_fn(200, 200, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/media/public", server.http))
+        .bearer_auth(&who.token)
+        .body(png)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.expect("json");
+    let ids: Vec<String> =
+        body["renditions"].as_array().expect("renditions").iter().map(|r| r["media_id"].as_str().expect("id").to_owned()).collect();
+    let (small, large) = (ids[0].clone(), ids[ids.len() - 1].clone());
+    let r = http(server, reqwest::Method::PATCH, &who.token, "/v1/profile", Some(json!({ "photo": { "small": small, "large": large } }))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    (small, large)
+}
+
 async fn user_with_number(server: &TestServer) -> (DeviceCredentials, String) {
     let number = phone();
     (server.api().sign_up(&number, "phone").await.expect("sign up"), number)
@@ -139,6 +161,11 @@ async fn a_deleted_account_leaves_its_groups_and_is_gone() {
     send_all(&mut a, direct, 1..=3, "hi").await;
     let r = http(&server, reqwest::Method::PATCH, &alice.token, "/v1/profile", Some(json!({ "name": "Alice", "about": "reading" }))).await;
     assert_eq!(r.status(), StatusCode::OK);
+    // A photo replaced is no longer served; the one in use until the deletion.
+    let (old_small, _) = set_photo(&server, &alice).await;
+    let (small, large) = set_photo(&server, &alice).await;
+    assert_eq!(http(&server, reqwest::Method::GET, &bob.token, &format!("/v1/media/{old_small}"), None).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(http(&server, reqwest::Method::GET, &bob.token, &format!("/v1/media/{small}"), None).await.status(), StatusCode::OK);
     let r = http(&server, reqwest::Method::PUT, &alice.token, &format!("/v1/blocks/{}", common::user(&server.api()).await.user_id), None).await;
     assert!(r.status().is_success());
 
@@ -173,6 +200,10 @@ async fn a_deleted_account_leaves_its_groups_and_is_gone() {
     assert!(keys.map(|k| k.users.iter().all(|u| u.devices.is_empty())).unwrap_or(true), "no device keys left");
     assert_eq!(b.history(direct, 0, 10).await.expect("history").messages.len(), 3);
     assert_eq!(feed(&server).await, 0, "her Status went with the account");
+    for id in [&small, &large] {
+        let r = http(&server, reqwest::Method::GET, &bob.token, &format!("/v1/media/{id}"), None).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "her photo went with the account");
+    }
     // Nobody can open a 1:1 with the deleted account or add it to a group.
     let dave = common::user(&server.api()).await;
     let mut d = online(&server, Kind::Tcp, &dave).await;

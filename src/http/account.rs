@@ -122,7 +122,7 @@ pub async fn verify_number(req: HttpRequest, state: web::Data<ApiState>, body: w
 ))]
 pub async fn delete(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<NumberBody>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
-    let deleted = crate::lifecycle::delete::delete(&state.node.ctx, &me, &body.phone, body.region.as_deref()).await?;
+    let deleted = crate::lifecycle::delete::delete(&state.node.ctx, &state.media, &me, &body.phone, body.region.as_deref()).await?;
     Ok(HttpResponse::Ok().json(deleted))
 }
 

@@ -36,6 +36,12 @@ pub async fn change(req: HttpRequest, state: web::Data<ApiState>, body: web::Jso
     let me = caller(&req, &state).await?;
     let patch: ProfilePatch = super::from_object(body.into_inner())?;
     let (_, changed) = crate::profiles::change(state.store.as_ref(), me.user_id, patch).await?;
+    // A replaced or removed photo is no longer served.
+    for id in &changed.dropped_photo {
+        if let Err(e) = state.media.delete_public_image(me.user_id, *id).await {
+            tracing::warn!(media = %id, error = %e, "old profile photo not deleted (the sweep does not take public images)");
+        }
+    }
     if let Err(e) = crate::profiles::tell_changed(state.store.as_ref(), &state.node.ctx.router, me.user_id, changed).await {
         // Stored; only the live notice is missed (devices fetch profiles when they show them).
         tracing::warn!(user = %me.user_id, error = %e, "profile change not told");

@@ -36,7 +36,13 @@ pub struct Deleted {
 /// `region`) is its number. Errors: `NotPrimary`, `InvalidPhone`, `WrongNumber`, `Store`
 /// (a group could not be left in time, or the store failed: nothing irreversible was
 /// done before the step that failed, and the same request may be retried).
-pub async fn delete(ctx: &NodeContext, caller: &DeviceRecord, confirm_phone: &str, region: Option<&str>) -> Result<Deleted, AccountError> {
+pub async fn delete(
+    ctx: &NodeContext,
+    media: &crate::media::MediaService,
+    caller: &DeviceRecord,
+    confirm_phone: &str,
+    region: Option<&str>,
+) -> Result<Deleted, AccountError> {
     if !caller.primary {
         return Err(AccountError::NotPrimary);
     }
@@ -64,9 +70,15 @@ pub async fn delete(ctx: &NodeContext, caller: &DeviceRecord, confirm_phone: &st
         }
     }
     let groups_left = wait_for_leaves(ctx, user, groups).await?;
-    // Then the account's data (one transaction), its Status posts with their viewers, and
-    // its blocks.
+    // Then the account's data (one transaction) and its profile photo (no longer served),
+    // its Status posts with their viewers, and its blocks.
+    let photo = store.profile(user).await?.and_then(|p| p.photo);
     store.delete_account_data(user).await?;
+    for id in photo.iter().flat_map(|p| [p.small, p.large]) {
+        if let Err(e) = media.delete_public_image(user, id).await {
+            tracing::warn!(media = %id, error = %e, "account deletion: profile photo not deleted");
+        }
+    }
     for post in store.status_posts(vec![user], now_ms()).await? {
         store.delete_status(user, post.post_id, now_ms()).await?;
     }

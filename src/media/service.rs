@@ -396,6 +396,24 @@ impl MediaService {
         Ok(())
     }
 
+    /// Deletes one of `owner`'s public images (a profile photo's rendition that nothing
+    /// names any more: a photo replaced or removed, an account deleted), record then blob
+    /// (if no other record has its digest), so that it is no longer served. Another
+    /// user's media, or one that is not a public image, is left alone.
+    pub async fn delete_public_image(&self, owner: UserId, id: MediaId) -> Result<(), MediaError> {
+        let _guard = self.lock(id)?;
+        let Some(record) = self.store.media(id).await? else { return Ok(()) };
+        if record.owner != owner || record.kind != MediaKind::PublicImage {
+            return Ok(());
+        }
+        if self.store.delete_media(id, record.version).await?
+            && let Some(d) = record.digest
+        {
+            self.delete_blob_if_unused(&d).await?;
+        }
+        Ok(())
+    }
+
     async fn delete_blob_if_unused(&self, digest: &[u8; 32]) -> Result<bool, MediaError> {
         if self.store.media_with_digest(*digest, 1).await?.is_empty() {
             self.blobs.delete(&BlobStore::blob_key(digest)).await?;
