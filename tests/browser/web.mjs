@@ -8,7 +8,7 @@
 // scrolling up loads the older messages its first catch-up left out, with their ticks.
 // Chat actions: mute and archive made elsewhere arrive live; delete for everyone, edits and
 // reactions reach the other browser; pin (a fourth refused), archive, mute and clear from
-// the chat header.
+// the chat header; adding and removing a group's members after its creation.
 // Run by tests/browser_web.rs, which sets the environment and then checks that the
 // server's stored bytes hold no plaintext canary sent from the browser.
 import { spawn, execFileSync } from 'node:child_process';
@@ -462,6 +462,23 @@ await run('web', async ({ browser, page: alice, problems }) => {
   if (afterClear.length !== 1) throw new Error(`after clearing, alice shows ${JSON.stringify(afterClear)}`);
   await bubbleText(bob, typo, 'a typo here, fixed');
   step('clearing a chat removes its older messages on this device only; new ones still come');
+
+  // Group members after creation: Alice adds Carol to "Extra", then removes Bob; Bob's browser sees both.
+  await chat(bob, extra);
+  await chat(alice, extra);
+  const subtitleIs = (page, text) => page.waitForFunction((t) => document.querySelector('[data-testid=subtitle]')?.textContent === t, text, { timeout: WAIT });
+  await subtitleIs(bob, '2 members');
+  await alice.click('[data-testid=members-toggle]');
+  await alice.fill('#add-member', carol);
+  await alice.click('[data-testid=add-members]');
+  await subtitleIs(bob, '3 members');
+  await bob.waitForFunction(() => [...document.querySelectorAll('[data-testid=messages] .system')].some((e) => e.textContent.endsWith(' added')), null, { timeout: WAIT });
+  await alice.waitForSelector(`[data-testid=group-members] [data-member="${carol}"]`, { timeout: WAIT });
+  await screenshot(alice, 'web', '14-group-members');
+  await alice.click(`[data-member="${bobId}"] [data-testid=remove-member]`);
+  await subtitleIs(bob, 'You are no longer a member');
+  await subtitleIs(alice, '2 members');
+  step('group members changed after creation (add, remove): the other browser sees each change');
   await bobContext.close();
 });
 console.log('web client test passed');

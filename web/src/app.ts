@@ -237,7 +237,18 @@ export class App {
       const e = m.event.kind;
       if (history && e.case !== 'messageDeleted') {
         // An old event: shown, but the conversation's state is newer than it.
-        text = e.case === 'created' ? `Group “${e.value.subject}” created` : e.case === 'subjectChanged' ? `Subject: ${e.value}` : e.case === 'membersAdded' ? 'Members added' : (e.case ?? 'event');
+        text =
+          e.case === 'created'
+            ? `Group “${e.value.subject}” created`
+            : e.case === 'subjectChanged'
+              ? `Subject: ${e.value}`
+              : e.case === 'membersAdded'
+                ? `${e.value.userIds.map((u) => this.name(uuidText(u))).join(', ')} added`
+                : e.case === 'memberRemoved'
+                  ? `${this.name(uuidText(e.value.userId))} removed`
+                  : e.case === 'memberLeft'
+                    ? `${this.name(uuidText(e.value.userId))} left`
+                    : (e.case ?? 'event');
       } else if (e.case === 'created') {
         c.kind = 'group';
         c.title = e.value.subject;
@@ -245,8 +256,15 @@ export class App {
         text = `Group “${e.value.subject}” created`;
       } else if (e.case === 'membersAdded') {
         c.kind = 'group';
-        c.members = [...new Set([...(c.members ?? []), ...e.value.userIds.map(uuidText)])];
-        text = 'Members added';
+        const added = e.value.userIds.map(uuidText);
+        c.members = [...new Set([...(c.members ?? []), ...added])];
+        if (added.includes(this.profile.userId)) c.member = true;
+        text = `${added.map((u) => this.name(u)).join(', ')} added`;
+      } else if (e.case === 'memberRemoved' || e.case === 'memberLeft') {
+        const user = uuidText(e.value.userId);
+        c.members = (c.members ?? []).filter((u) => u !== user);
+        if (user === this.profile.userId) c.member = false;
+        text = `${this.name(user)} ${e.case === 'memberRemoved' ? 'removed' : 'left'}`;
       } else if (e.case === 'subjectChanged') {
         c.title = e.value;
         text = `Subject: ${e.value}`;
@@ -568,6 +586,17 @@ export class App {
     const id = uuidText(answer.value.conversationId);
     await this.chats.ensure(id, { kind: 'group', title: subject, members: [this.profile.userId, ...members] });
     await this.select(id);
+  }
+
+  /** Adds members to a group (GroupChange add_members; admins only); the event updates every member's list. */
+  async addMembers(id: string, users: string[]): Promise<void> {
+    if (!users.length) return;
+    await this.socket.request((requestId) => ({ case: 'groupChange', value: { requestId, conversationId: uuidBytes(id), change: { case: 'addMembers', value: { userIds: users.map(uuidBytes) } } } }));
+  }
+
+  /** Removes a member from a group (GroupChange remove_member; admins only). */
+  async removeMember(id: string, user: string): Promise<void> {
+    await this.socket.request((requestId) => ({ case: 'groupChange', value: { requestId, conversationId: uuidBytes(id), change: { case: 'removeMember', value: uuidBytes(user) } } }));
   }
 
   /** Shows a conversation and marks it read. */

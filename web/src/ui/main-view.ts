@@ -183,10 +183,47 @@ export function mainView(root: HTMLElement, app: App): () => void {
     );
   }
 
+  const addInput = h('input', { id: 'add-member', placeholder: 'User ids to add, comma-separated' });
+  const membersOpen = new Set<string>();
+  function membersPanel(c: Conversation): HTMLElement {
+    const id = c.id;
+    const panel = h(
+      'details',
+      { class: 'members', 'data-testid': 'group-members', open: membersOpen.has(id) ? true : undefined },
+      h('summary', { 'data-testid': 'members-toggle' }, 'Members'),
+      h('div', { class: 'member-panel' }, h(
+        'ul',
+        {},
+        ...(c.members ?? []).map((user) =>
+          h(
+            'li',
+            { 'data-member': user },
+            app.name(user),
+            user === app.profile.userId ? null : h('button', { type: 'button', 'data-testid': 'remove-member', onclick: () => app.removeMember(id, user).catch(fail) }, 'Remove'),
+          ),
+        ),
+      ),
+      h(
+        'form',
+        {
+          onsubmit: (event: Event) => {
+            event.preventDefault();
+            const users = addInput.value.split(',').map((x) => x.trim()).filter(Boolean);
+            app.addMembers(id, users).then(() => (addInput.value = ''), fail);
+          },
+        },
+        addInput,
+        h('button', { type: 'submit', 'data-testid': 'add-members' }, 'Add'),
+      )),
+    );
+    panel.addEventListener('toggle', () => ((panel as HTMLDetailsElement).open ? membersOpen.add(id) : membersOpen.delete(id)));
+    return panel;
+  }
+
   function subtitle(c: Conversation): string {
     const typing = [...(app.typing.get(c.id)?.entries() ?? [])].filter(([, until]) => until > Date.now());
     if (typing.length) return 'typing…';
-    if (c.kind === 'group') return `${c.members?.length ?? '?'} members`;
+    if (c.kind === 'group') return c.member === false ? 'You are no longer a member' : `${c.members?.length ?? '?'} members`;
     const p = c.peer ? app.presence.get(c.peer) : undefined;
     if (!p) return '';
     if (p.online) return 'online';
@@ -224,6 +261,9 @@ export function mainView(root: HTMLElement, app: App): () => void {
         h('button', { type: 'button', 'data-testid': 'clear', onclick: () => confirm('Clear this chat’s messages on your devices?') && chatAction(id, { clear: true }) }, 'Clear'),
       ),
     );
+    // A group's members: add by user id, remove (admins; the server refuses others).
+    const details = c.kind === 'group' && c.member !== false ? membersPanel(c) : null;
+    if (details) header.append(details);
     // Stay at the bottom when there; otherwise keep the view where it was (older messages
     // added above do not move it). Another conversation opens at its bottom.
     const fromBottom = messages.scrollHeight - messages.scrollTop;
