@@ -329,7 +329,7 @@ export class App {
         this.socket.write({ case: 'read', value: { conversationId: m.conversationId, seq: m.seq } });
       } else {
         c.unread++;
-        this.notify(c.title, text ?? '');
+        if ((c.mutedUntil ?? 0) <= Date.now()) this.notify(c.title, text ?? '');
       }
     }
     await this.chats.saveConversation(c);

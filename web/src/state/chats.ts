@@ -221,7 +221,8 @@ export function shown(messages: ChatMessage[]): Shown[] {
   }
   // In seq order (pending ones last): the latest edit and reaction win.
   for (const m of messages) {
-    if (!m.kind || !m.ref || m.problem) continue;
+    // Deleted with their target (the server blanks them), or not readable: nothing to apply.
+    if (!m.kind || !m.ref || m.problem || m.deleted) continue;
     const target = bySeq.get(m.ref);
     if (!target || target.message.deleted || target.message.system) continue;
     if (m.kind === 'edit') {

@@ -2,8 +2,10 @@
  * The signed-in screen: the user's own name, the conversation list (from the server: names,
  * group subjects, unread counts, pinned first; new chat, new group) and the open
  * conversation (messages with ✓ / ✓✓ / blue ✓✓, senders' names in groups, older messages
- * loaded when scrolled to the top, typing, presence, the composer). Re-rendered from the
- * app's state on every change.
+ * loaded when scrolled to the top, typing, presence, the composer), with the chat actions
+ * (pin, mute, archive into an "Archived" section, clear; a group's members), and per
+ * message reactions, edit and delete for everyone. Re-rendered from the app's state on
+ * every change.
  */
 import type { App } from '../app';
 import { shown } from '../state/chats';
