@@ -6,6 +6,9 @@
 // (profiles, live), and a new browser device of Carol: its list comes from the server (a
 // 1:1 nobody wrote in, unread counts, the group subject, order, a pin made elsewhere), and
 // scrolling up loads the older messages its first catch-up left out, with their ticks.
+// Chat actions: mute and archive made elsewhere arrive live; delete for everyone, edits and
+// reactions reach the other browser; pin (a fourth refused), archive, mute and clear from
+// the chat header; adding and removing a group's members after its creation.
 // Run by tests/browser_web.rs, which sets the environment and then checks that the
 // server's stored bytes hold no plaintext canary sent from the browser.
 import { spawn, execFileSync } from 'node:child_process';
@@ -383,7 +386,99 @@ await run('web', async ({ browser, page: alice, problems }) => {
   } finally {
     carolWatch.kill();
   }
+  // Chat changes made elsewhere (over HTTP) arrive live: muted and archived.
+  const changed = await fetch(`${SERVER}/v1/inbox/${group}`, {
+    method: 'PATCH',
+    headers: { authorization: `Bearer ${carolCredentials.token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ muted_until_ms: Date.now() + 3_600_000, archived: true }),
+  });
+  if (changed.status !== 200) throw new Error(`PATCH /v1/inbox: ${changed.status} ${await changed.text()}`);
+  await carolWeb.waitForSelector(`[data-testid=archived] ~ [data-conversation="${group}"][data-muted] [data-testid=muted]`, { timeout: WAIT });
+  step('mute and archive made on another device apply live: muted icon, Archived section');
   await carolContext.close();
+
+  // Delete for everyone, edit, react: Alice and Bob in their 1:1.
+  const chat = async (page, id) => {
+    await page.click(`[data-conversation="${id}"]`);
+    await page.waitForSelector(`.conversation.open[data-conversation="${id}"]`);
+  };
+  const seqOf = (page, text) => page.$$eval('[data-testid=messages] .message', (els, t) => Number(els.find((e) => e.querySelector('.text')?.textContent === t)?.dataset.seq ?? 0), text);
+  await chat(alice, conversation);
+  await chat(bob, conversation);
+  await send(alice, 'a tpyo here');
+  await send(alice, 'oops, wrong chat');
+  await tick(alice, 'oops, wrong chat', 'read');
+  const typo = await seqOf(alice, 'a tpyo here');
+  const wrong = await seqOf(alice, 'oops, wrong chat');
+  alice.once('dialog', (d) => d.accept());
+  await alice.click(`[data-testid=messages] [data-seq="${wrong}"] [data-testid=delete]`);
+  const bubbleText = (page, seq, text) =>
+    page.waitForFunction(([s, t]) => document.querySelector(`[data-testid=messages] [data-seq="${s}"] .text`)?.textContent === t, [seq, text], { timeout: WAIT });
+  await bubbleText(bob, wrong, 'This message was deleted');
+  await bubbleText(alice, wrong, 'This message was deleted');
+  step('delete for everyone: the other browser shows "This message was deleted"');
+  alice.once('dialog', (d) => d.accept('a typo here, fixed'));
+  await alice.click(`[data-testid=messages] [data-seq="${typo}"] [data-testid=edit]`);
+  await bubbleText(bob, typo, 'a typo here, fixed');
+  await bob.waitForSelector(`[data-testid=messages] [data-seq="${typo}"] [data-testid=edited]`);
+  await bob.click(`[data-testid=messages] [data-seq="${typo}"] [data-testid=react][data-emoji="👍"]`);
+  await alice.waitForSelector(`[data-testid=messages] [data-seq="${typo}"] [data-testid=reactions] [data-emoji="👍"]`, { timeout: WAIT });
+  const bubbles = await bob.$$eval('[data-testid=messages] .message', (els) => els.length);
+  const atBob = await bob.$$eval('[data-testid=messages] .message', (els) => els.map((e) => Number(e.dataset.seq)));
+  if (new Set(atBob).size !== atBob.length) throw new Error(`an edit or reaction shown as a message of its own: ${atBob}`);
+  step(`edit (shown edited) and reaction (shown under the message) reach the other browser; ${bubbles} bubbles, none for the edit or reaction`);
+  await screenshot(alice, 'web', '12-edit-react-delete');
+
+  // Pin (at most 3: a fourth is refused, clearly), mute, archive, clear, from the chat header.
+  await alice.fill('#new-group-subject', 'Extra');
+  await alice.fill('#new-group-members', bobId);
+  await alice.click('#create-group');
+  await alice.waitForFunction(() => document.querySelector('[data-testid=chat-title]')?.textContent === 'Extra', null, { timeout: WAIT });
+  const extra = await alice.getAttribute('.conversation.open', 'data-conversation');
+  for (const id of [group, aliceCarol, conversation]) {
+    await chat(alice, id);
+    await alice.click('[data-testid=pin]');
+    await alice.waitForSelector(`[data-conversation="${id}"][data-pinned]`, { timeout: WAIT });
+  }
+  const firstThree = await alice.$$eval('[data-conversation]', (els) => els.slice(0, 3).map((e) => e.dataset.conversation));
+  if (JSON.stringify(firstThree) !== JSON.stringify([conversation, aliceCarol, group])) throw new Error(`pinned order ${firstThree}`);
+  await chat(alice, extra);
+  await alice.click('[data-testid=pin]');
+  await alice.waitForFunction(() => document.querySelector('.side [role=status]')?.textContent.includes('pin up to 3'), null, { timeout: WAIT });
+  step('three chats pinned first (latest first); a fourth pin shows the server\'s refusal');
+  await alice.click('[data-testid=archive]');
+  await alice.waitForSelector(`[data-testid=archived] ~ [data-conversation="${extra}"][data-archived]`, { timeout: WAIT });
+  await chat(alice, conversation);
+  await alice.click('[data-testid=mute]');
+  await alice.waitForSelector(`[data-conversation="${conversation}"] [data-testid=muted]`, { timeout: WAIT });
+  step('archived chats go to the Archived section; a muted chat shows 🔇');
+  await screenshot(alice, 'web', '13-chat-actions');
+  alice.once('dialog', (d) => d.accept());
+  await alice.click('[data-testid=clear]');
+  await alice.waitForFunction(() => document.querySelectorAll('[data-testid=messages] .message').length === 0, null, { timeout: WAIT });
+  await send(bob, 'after the clear');
+  await seen(alice, 'after the clear');
+  const afterClear = await alice.$$eval('[data-testid=messages] .message .text', (els) => els.map((e) => e.textContent));
+  if (afterClear.length !== 1) throw new Error(`after clearing, alice shows ${JSON.stringify(afterClear)}`);
+  await bubbleText(bob, typo, 'a typo here, fixed');
+  step('clearing a chat removes its older messages on this device only; new ones still come');
+
+  // Group members after creation: Alice adds Carol to "Extra", then removes Bob; Bob's browser sees both.
+  await chat(bob, extra);
+  await chat(alice, extra);
+  const subtitleIs = (page, text) => page.waitForFunction((t) => document.querySelector('[data-testid=subtitle]')?.textContent === t, text, { timeout: WAIT });
+  await subtitleIs(bob, '2 members');
+  await alice.click('[data-testid=members-toggle]');
+  await alice.fill('#add-member', carol);
+  await alice.click('[data-testid=add-members]');
+  await subtitleIs(bob, '3 members');
+  await bob.waitForFunction(() => [...document.querySelectorAll('[data-testid=messages] .system')].some((e) => e.textContent.endsWith(' added')), null, { timeout: WAIT });
+  await alice.waitForSelector(`[data-testid=group-members] [data-member="${carol}"]`, { timeout: WAIT });
+  await screenshot(alice, 'web', '14-group-members');
+  await alice.click(`[data-member="${bobId}"] [data-testid=remove-member]`);
+  await subtitleIs(bob, 'You are no longer a member');
+  await subtitleIs(alice, '2 members');
+  step('group members changed after creation (add, remove): the other browser sees each change');
   await bobContext.close();
 });
 console.log('web client test passed');

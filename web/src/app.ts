@@ -4,11 +4,11 @@
  * encrypted sends. The views (`ui/`) render from it and call its actions.
  */
 import type { InboxEntry, Message } from './gen/switchboard_pb';
-import { ReceiptKind } from './gen/switchboard_pb';
+import { ErrorCode, MessageKind, MutedPush, ReceiptKind } from './gen/switchboard_pb';
 import { E2ee } from './crypto/e2ee';
 import { fetchProfile, setName } from './net/api';
 import type { Profile } from './net/api';
-import { Socket } from './net/socket';
+import { Rejected, Socket } from './net/socket';
 import type { LinkState, ServerKind } from './net/socket';
 import { Chats, ahead, ticks } from './state/chats';
 import type { ChatMessage, Conversation, MediaRef } from './state/chats';
@@ -112,7 +112,7 @@ export class App {
     // Sends that never got their SendAck go again, byte for byte (idempotent by client id).
     for (const o of this.chats.outbox.values()) {
       void this.socket
-        .send(o.clientMsgId, { case: 'send', value: { clientMsgId: o.clientMsgId, conversationId: uuidBytes(o.conversation), payload: o.payload, attachments: o.attachments ?? [] } })
+        .send(o.clientMsgId, { case: 'send', value: { clientMsgId: o.clientMsgId, conversationId: uuidBytes(o.conversation), payload: o.payload, attachments: o.attachments ?? [], kind: o.kind ?? 0, referenceSeq: BigInt(o.referenceSeq ?? 0) } })
         .then((answer) => this.onSendAck(answer))
         .catch(() => {});
     }
@@ -210,6 +210,11 @@ export class App {
     // A message ends its sender's typing.
     if (!history) this.typing.get(conversation)?.delete(sender);
     const c = await this.chats.ensure(conversation, mine ? {} : { peer: sender, title: sender.slice(0, 8) });
+    // Cleared on this user's devices: acknowledged, not kept.
+    if (seq <= (c.clearedUpTo ?? 0)) {
+      if (!history) this.socket.write({ case: 'ack', value: { conversationId: m.conversationId, seq: m.seq } });
+      return;
+    }
     // Acknowledge (✓✓ for the sender) even a repeat: its earlier ack may have been lost.
     if (!history) this.socket.write({ case: 'ack', value: { conversationId: m.conversationId, seq: m.seq } });
     const known = this.chats.has(conversation, seq);
@@ -232,7 +237,18 @@ export class App {
       const e = m.event.kind;
       if (history && e.case !== 'messageDeleted') {
         // An old event: shown, but the conversation's state is newer than it.
-        text = e.case === 'created' ? `Group “${e.value.subject}” created` : e.case === 'subjectChanged' ? `Subject: ${e.value}` : e.case === 'membersAdded' ? 'Members added' : (e.case ?? 'event');
+        text =
+          e.case === 'created'
+            ? `Group “${e.value.subject}” created`
+            : e.case === 'subjectChanged'
+              ? `Subject: ${e.value}`
+              : e.case === 'membersAdded'
+                ? `${e.value.userIds.map((u) => this.name(uuidText(u))).join(', ')} added`
+                : e.case === 'memberRemoved'
+                  ? `${this.name(uuidText(e.value.userId))} removed`
+                  : e.case === 'memberLeft'
+                    ? `${this.name(uuidText(e.value.userId))} left`
+                    : (e.case ?? 'event');
       } else if (e.case === 'created') {
         c.kind = 'group';
         c.title = e.value.subject;
@@ -240,8 +256,15 @@ export class App {
         text = `Group “${e.value.subject}” created`;
       } else if (e.case === 'membersAdded') {
         c.kind = 'group';
-        c.members = [...new Set([...(c.members ?? []), ...e.value.userIds.map(uuidText)])];
-        text = 'Members added';
+        const added = e.value.userIds.map(uuidText);
+        c.members = [...new Set([...(c.members ?? []), ...added])];
+        if (added.includes(this.profile.userId)) c.member = true;
+        text = `${added.map((u) => this.name(u)).join(', ')} added`;
+      } else if (e.case === 'memberRemoved' || e.case === 'memberLeft') {
+        const user = uuidText(e.value.userId);
+        c.members = (c.members ?? []).filter((u) => u !== user);
+        if (user === this.profile.userId) c.member = false;
+        text = `${this.name(user)} ${e.case === 'memberRemoved' ? 'removed' : 'left'}`;
       } else if (e.case === 'subjectChanged') {
         c.title = e.value;
         text = `Subject: ${e.value}`;
@@ -250,7 +273,10 @@ export class App {
         if (target) {
           target.text = 'This message was deleted';
           target.problem = undefined;
+          target.deleted = true;
+          target.media = undefined;
           await this.chats.put(target);
+          if (c.lastSeq === target.seq) c.lastText = target.text;
         }
         text = '';
       } else text = e.case ?? 'event';
@@ -258,6 +284,7 @@ export class App {
     } else if (m.deleted) {
       text = 'This message was deleted';
     } else {
+      // Edits and reactions: a text (the new text, or an emoji; empty removes the reaction), like a message.
       const opened = this.e2ee.decrypt(m);
       if (opened.ok) {
         const body = opened.plaintext.body;
@@ -273,6 +300,17 @@ export class App {
       }
     }
     const message: ChatMessage = { conversation, seq, clientMsgId: m.clientMsgId, sender, mine, text, time: Number(m.serverTimeMs), status, problem, system, media };
+    if (m.deleted) message.deleted = true;
+    const ref = m.kind === MessageKind.EDIT ? 'edit' : m.kind === MessageKind.REACTION ? 'reaction' : undefined;
+    if (ref && !system) {
+      message.kind = ref;
+      message.ref = Number(m.referenceSeq);
+      await this.chats.put(message);
+      // Not a message of its own: no unread count, the list's text stays (an edit of the last one shows).
+      const target = this.chats.get(conversation, message.ref);
+      if (ref === 'edit' && target && target.seq === c.lastSeq && target.sender === sender && !problem) c.lastText = text;
+      return this.afterMessage(c.id, seq, m, false, known);
+    }
     await this.chats.put(message);
     await this.afterMessage(c.id, seq, m, !mine && !system && !history, known, text);
   }
@@ -291,7 +329,7 @@ export class App {
         this.socket.write({ case: 'read', value: { conversationId: m.conversationId, seq: m.seq } });
       } else {
         c.unread++;
-        this.notify(c.title, text ?? '');
+        if ((c.mutedUntil ?? 0) <= Date.now()) this.notify(c.title, text ?? '');
       }
     }
     await this.chats.saveConversation(c);
@@ -352,6 +390,16 @@ export class App {
     if (!e.group && e.peerUserId.length === 16) c.peer = uuidText(e.peerUserId);
     c.member = e.member;
     c.archived = e.archived;
+    c.mutedUntil = Number(e.mutedUntilMs);
+    const cleared = Number(e.clearedUpTo);
+    if (cleared > (c.clearedUpTo ?? 0)) {
+      c.clearedUpTo = cleared;
+      await this.chats.clear(id, cleared);
+      if (cleared >= c.lastSeq) {
+        c.lastText = '';
+        c.hasMore = false;
+      }
+    }
     c.pinned = Number(e.pinnedMs);
     const lastTime = Number(e.lastTimeMs);
     if (lastTime) c.updated = isNew ? lastTime : Math.max(c.updated, lastTime);
@@ -362,7 +410,8 @@ export class App {
     if (last) {
       const seq = Number(last.seq);
       const held = this.chats.get(id, seq);
-      if (held && !held.system) c.lastText = held.text;
+      if (seq <= (c.clearedUpTo ?? 0)) c.lastText = '';
+      else if (held && !held.system && !held.kind) c.lastText = held.deleted ? 'This message was deleted' : held.text;
       else if (!c.lastText || seq > c.lastSeq) c.lastText = last.deleted ? 'This message was deleted' : last.event ? '' : 'Message';
       const sender = uuidText(last.senderUserId);
       if (!e.group && !c.peer && sender !== this.profile.userId) c.peer = sender;
@@ -425,7 +474,7 @@ export class App {
     const before = this.chats.oldest(id);
     // Only sends not yet acknowledged: wait for their seqs rather than ask from the newest.
     if (before === 0 && this.chats.list(id).length) return;
-    if (before === 1) {
+    if (before === 1 || (before && before - 1 <= (c.clearedUpTo ?? 0))) {
       c.hasMore = false;
       await this.chats.saveConversation(c);
       return;
@@ -539,6 +588,17 @@ export class App {
     await this.select(id);
   }
 
+  /** Adds members to a group (GroupChange add_members; admins only); the event updates every member's list. */
+  async addMembers(id: string, users: string[]): Promise<void> {
+    if (!users.length) return;
+    await this.socket.request((requestId) => ({ case: 'groupChange', value: { requestId, conversationId: uuidBytes(id), change: { case: 'addMembers', value: { userIds: users.map(uuidBytes) } } } }));
+  }
+
+  /** Removes a member from a group (GroupChange remove_member; admins only). */
+  async removeMember(id: string, user: string): Promise<void> {
+    await this.socket.request((requestId) => ({ case: 'groupChange', value: { requestId, conversationId: uuidBytes(id), change: { case: 'removeMember', value: uuidBytes(user) } } }));
+  }
+
   /** Shows a conversation and marks it read. */
   async select(id: string): Promise<void> {
     this.open = id;
@@ -592,20 +652,22 @@ export class App {
     return URL.createObjectURL(new Blob([plain as BlobPart], { type: media.mime }));
   }
 
-  private async sendBody(body: RoomPlaintext['body'], text: string, media?: MediaRef): Promise<void> {
+  private async sendBody(body: RoomPlaintext['body'], text: string, media?: MediaRef, ref?: { kind: 'edit' | 'reaction'; seq: number }): Promise<void> {
     const id = this.open;
     if (!id) return;
     const clientMsgId = randomId();
     // Typing ends with the send; the next keystroke starts it again at once.
     if (this.typingSent) this.socket.write({ case: 'typing', value: { conversationId: uuidBytes(id), active: false } });
     this.typingSent = 0;
-    const pending: ChatMessage = { conversation: id, seq: 0, clientMsgId, sender: this.profile.userId, mine: true, text, time: Date.now(), status: 'pending', media };
+    const pending: ChatMessage = { conversation: id, seq: 0, clientMsgId, sender: this.profile.userId, mine: true, text, time: Date.now(), status: 'pending', media, kind: ref?.kind, ref: ref?.seq };
     await this.chats.put(pending);
     this.onChange();
     const payload = await this.e2ee.encrypt(this.socket, id, await this.members(id), body);
     const attachments = media ? [uuidBytes(media.id)] : [];
-    await this.chats.queue({ clientMsgId, conversation: id, payload, attachments });
-    const answer = await this.socket.send(clientMsgId, { case: 'send', value: { clientMsgId, conversationId: uuidBytes(id), payload, attachments } });
+    const kind = ref?.kind === 'edit' ? MessageKind.EDIT : ref?.kind === 'reaction' ? MessageKind.REACTION : MessageKind.NORMAL;
+    const referenceSeq = ref?.seq ?? 0;
+    await this.chats.queue({ clientMsgId, conversation: id, payload, attachments, kind, referenceSeq });
+    const answer = await this.socket.send(clientMsgId, { case: 'send', value: { clientMsgId, conversationId: uuidBytes(id), payload, attachments, kind, referenceSeq: BigInt(referenceSeq) } });
     await this.onSendAck(answer, text);
   }
 
@@ -615,7 +677,12 @@ export class App {
     const id = uuidText(a.conversationId);
     const seq = Number(a.seq);
     const pending = this.chats.list(id).find((m) => m.clientMsgId === a.clientMsgId);
+    const o = this.chats.outbox.get(a.clientMsgId);
     const message: ChatMessage = pending ?? { conversation: id, seq, clientMsgId: a.clientMsgId, sender: this.profile.userId, mine: true, text: text ?? '', time: Number(a.serverTimeMs), status: 'sent' };
+    if (!pending && o?.kind) {
+      message.kind = o.kind === MessageKind.EDIT ? 'edit' : 'reaction';
+      message.ref = o.referenceSeq;
+    }
     message.seq = seq;
     message.time = Number(a.serverTimeMs);
     if (message.status === 'pending') message.status = 'sent';
@@ -625,11 +692,55 @@ export class App {
     if (seq > c.lastSeq) {
       c.lastSeq = seq;
       c.readSeq = Math.max(c.readSeq, seq);
-      c.lastText = message.text;
+      if (!message.kind) c.lastText = message.text;
       c.updated = message.time;
       await this.chats.saveConversation(c);
     }
     this.onChange();
+  }
+
+  /** Edits one of this user's messages in the open conversation (Send kind EDIT, encrypted like a message). */
+  async editMessage(seq: number, text: string): Promise<void> {
+    if (!text.trim() || !seq) return;
+    await this.sendBody({ case: 'text', value: text }, text, undefined, { kind: 'edit', seq });
+  }
+
+  /** Reacts to a message of the open conversation with an emoji ('' removes this user's reaction). */
+  async react(seq: number, emoji: string): Promise<void> {
+    if (!seq) return;
+    await this.sendBody({ case: 'text', value: emoji }, emoji, undefined, { kind: 'reaction', seq });
+  }
+
+  /** Deletes one of this user's messages for everyone (DeleteMessage); shown deleted once the server's event comes. */
+  async deleteForEveryone(seq: number): Promise<void> {
+    const id = this.open;
+    if (!id || !seq) return;
+    await this.socket.request((requestId) => ({ case: 'deleteMessage', value: { requestId, conversationId: uuidBytes(id), seq: BigInt(seq) } }));
+  }
+
+  /**
+   * Changes this user's state of a conversation (UpdateChat): mute until (0 unmutes,
+   * \`forever\`), archive, pin (at most 3: the server refuses a fourth), clear up to the
+   * last seq. The answer (InboxChanged) is applied; other devices get it too.
+   */
+  async updateChat(id: string, change: { mutedUntil?: number | 'forever'; archived?: boolean; pinned?: boolean; clear?: boolean }): Promise<void> {
+    const c = this.chats.conversations.get(id);
+    if (!c) return;
+    const value: Record<string, unknown> = { conversationId: uuidBytes(id) };
+    if (change.mutedUntil !== undefined) {
+      value.mutedUntilMs = change.mutedUntil === 'forever' ? 18446744073709551615n : BigInt(change.mutedUntil);
+      if (change.mutedUntil !== 0) value.mutedPush = MutedPush.SILENT;
+    }
+    if (change.archived !== undefined) value.archived = change.archived;
+    if (change.pinned !== undefined) value.pinned = change.pinned;
+    if (change.clear) value.clearedUpTo = BigInt(c.lastSeq);
+    try {
+      const answer = await this.socket.request((requestId) => ({ case: 'updateChat', value: { ...value, requestId } as never }));
+      if (answer.case === 'inboxChanged' && answer.value.entry) await this.applyEntry(answer.value.entry);
+    } catch (error) {
+      if (error instanceof Rejected && error.code === ErrorCode.TOO_MANY_PINS) throw new Error('You can pin up to 3 chats: unpin one first');
+      throw error;
+    }
   }
 
   /** Tells the open conversation we are typing (at most every 3 s). */

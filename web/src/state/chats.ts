@@ -23,6 +23,11 @@ export interface ChatMessage {
   system?: boolean;
   /** An attachment: where it is and how to open it (from the encrypted message). */
   media?: MediaRef;
+  /** Deleted for everyone (its text is the notice). */
+  deleted?: boolean;
+  /** An edit of, or a reaction to, the message at `ref` (not shown as a bubble of its own). */
+  kind?: 'edit' | 'reaction';
+  ref?: number;
 }
 
 /** An encrypted attachment's id and secrets, as its message carried them. */
@@ -59,6 +64,10 @@ export interface Conversation {
   member?: boolean;
   /** Whether the server holds older messages than the oldest shown (unknown: undefined). */
   hasMore?: boolean;
+  /** Muted until (ms since the epoch; 0 or absent: not muted). */
+  mutedUntil?: number;
+  /** Messages up to this seq are cleared on the user's devices. */
+  clearedUpTo?: number;
 }
 
 /** A send waiting for its SendAck: resent as is after a reconnect. */
@@ -67,6 +76,9 @@ export interface Outgoing {
   conversation: string;
   payload: Uint8Array;
   attachments?: Uint8Array[];
+  /** 1 = edit, 2 = reaction (protocol MessageKind), with the target's seq. */
+  kind?: number;
+  referenceSeq?: number;
 }
 
 const pad = (n: number) => String(n).padStart(12, '0');
@@ -139,6 +151,17 @@ export class Chats {
     await db.putAll(entries);
   }
 
+  /** Forgets the messages up to `upTo` (the chat was cleared up to there). */
+  async clear(conversation: string, upTo: number): Promise<void> {
+    const b = this.bucket(conversation);
+    for (const [key, m] of [...b.entries()]) {
+      if (m.seq && m.seq <= upTo) {
+        b.delete(key);
+        await db.del(`msg:${conversation}:${key}`);
+      }
+    }
+  }
+
   /** Queues a send until its SendAck. */
   async queue(o: Outgoing): Promise<void> {
     this.outbox.set(o.clientMsgId, o);
@@ -172,6 +195,55 @@ export class Chats {
   sorted(): Conversation[] {
     return [...this.conversations.values()].sort((a, b) => (b.pinned ?? 0) - (a.pinned ?? 0) || b.updated - a.updated || (a.id < b.id ? -1 : 1));
   }
+}
+
+/** A message as shown: its latest edit by its sender, and each user's latest reaction. */
+export interface Shown {
+  message: ChatMessage;
+  text: string;
+  edited: boolean;
+  /** emoji → how many. */
+  reactions: Map<string, number>;
+  /** This user's own reaction, if any. */
+  mine?: string;
+}
+
+/** The bubbles of a conversation (oldest first): edits and reactions applied to their targets, never shown alone. */
+export function shown(messages: ChatMessage[]): Shown[] {
+  const out: Shown[] = [];
+  const bySeq = new Map<number, Shown>();
+  const byUser = new Map<number, Map<string, string>>();
+  for (const m of messages) {
+    if (m.kind) continue;
+    const s: Shown = { message: m, text: m.text, edited: false, reactions: new Map() };
+    out.push(s);
+    if (m.seq) bySeq.set(m.seq, s);
+  }
+  // In seq order (pending ones last): the latest edit and reaction win.
+  for (const m of messages) {
+    // Deleted with their target (the server blanks them), or not readable: nothing to apply.
+    if (!m.kind || !m.ref || m.problem || m.deleted) continue;
+    const target = bySeq.get(m.ref);
+    if (!target || target.message.deleted || target.message.system) continue;
+    if (m.kind === 'edit') {
+      if (m.sender !== target.message.sender) continue;
+      target.text = m.text;
+      target.edited = true;
+    } else {
+      const users = byUser.get(m.ref) ?? new Map<string, string>();
+      users.set(m.mine ? '' : m.sender, m.text);
+      byUser.set(m.ref, users);
+    }
+  }
+  for (const [seq, users] of byUser) {
+    const target = bySeq.get(seq) as Shown;
+    for (const [user, emoji] of users) {
+      if (!emoji) continue;
+      target.reactions.set(emoji, (target.reactions.get(emoji) ?? 0) + 1);
+      if (user === '') target.mine = emoji;
+    }
+  }
+  return out;
 }
 
 /** Tick state of one of the user's own messages from a stored copy's counts (`others`: the other members, 1 in a 1:1). */

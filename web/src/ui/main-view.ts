@@ -2,12 +2,18 @@
  * The signed-in screen: the user's own name, the conversation list (from the server: names,
  * group subjects, unread counts, pinned first; new chat, new group) and the open
  * conversation (messages with ✓ / ✓✓ / blue ✓✓, senders' names in groups, older messages
- * loaded when scrolled to the top, typing, presence, the composer). Re-rendered from the
- * app's state on every change.
+ * loaded when scrolled to the top, typing, presence, the composer), with the chat actions
+ * (pin, mute, archive into an "Archived" section, clear; a group's members), and per
+ * message reactions, edit and delete for everyone. Re-rendered from the app's state on
+ * every change.
  */
 import type { App } from '../app';
-import type { ChatMessage, Conversation } from '../state/chats';
+import { shown } from '../state/chats';
+import type { ChatMessage, Conversation, Shown } from '../state/chats';
 import { h, replace } from './dom';
+
+/** The quick reactions offered under a message. */
+const REACTIONS = ['👍', '❤️', '😂'];
 
 const TICKS: Record<ChatMessage['status'], string> = { pending: '🕓', sent: '✓', delivered: '✓✓', read: '✓✓' };
 
@@ -100,32 +106,126 @@ export function mainView(root: HTMLElement, app: App): () => void {
     }, fail);
   }
 
+  function muted(c: Conversation): boolean {
+    return (c.mutedUntil ?? 0) > Date.now();
+  }
+
+  /** A chat action (UpdateChat); a refusal (such as a fourth pin) shows in the status line. */
+  function chatAction(id: string, change: Parameters<App['updateChat']>[1]): void {
+    problem.textContent = '';
+    app.updateChat(id, change).catch(fail);
+  }
+
   function row(c: Conversation): HTMLElement {
     return h(
       'li',
-      { class: c.id === app.open ? 'conversation open' : 'conversation', 'data-conversation': c.id, 'data-unread': c.unread, 'data-pinned': c.pinned ? true : undefined, onclick: () => void app.select(c.id) },
-      h('span', { class: 'title' }, c.kind === 'group' ? h('span', { class: 'badge' }, 'group') : null, c.pinned ? h('span', { class: 'badge' }, 'pinned') : null, app.title(c)),
+      {
+        class: c.id === app.open ? 'conversation open' : 'conversation',
+        'data-conversation': c.id,
+        'data-unread': c.unread,
+        'data-pinned': c.pinned ? true : undefined,
+        'data-archived': c.archived ? true : undefined,
+        'data-muted': muted(c) ? true : undefined,
+        onclick: () => void app.select(c.id),
+      },
+      h(
+        'span',
+        { class: 'title' },
+        c.kind === 'group' ? h('span', { class: 'badge' }, 'group') : null,
+        c.pinned ? h('span', { class: 'badge', 'data-testid': 'pinned' }, '📌 pinned') : null,
+        muted(c) ? h('span', { class: 'badge', 'data-testid': 'muted', title: 'Muted' }, '🔇') : null,
+        app.title(c),
+      ),
       h('span', { class: 'last' }, c.lastText),
       c.unread ? h('span', { class: 'unread', 'data-testid': 'unread' }, `${c.unread}${c.unreadMore ? '+' : ''}`) : null,
     );
   }
 
-  function bubble(m: ChatMessage, group: boolean): HTMLElement {
+  function edit(s: Shown): void {
+    const text = prompt('Edit message', s.text);
+    if (text !== null && text.trim() && text !== s.text) app.editMessage(s.message.seq, text).catch(fail);
+  }
+  function remove(m: ChatMessage): void {
+    if (confirm('Delete this message for everyone?')) app.deleteForEveryone(m.seq).catch(fail);
+  }
+
+  function bubble(s: Shown, group: boolean, member: boolean): HTMLElement {
+    const m = s.message;
     if (m.system) return h('li', { class: 'system', 'data-seq': m.seq }, m.text);
+    // Actions on a sent, readable message that is still there.
+    const live = member && m.seq > 0 && !m.deleted && !m.problem;
+    const reactions = [...s.reactions.entries()];
     return h(
       'li',
-      { class: m.mine ? 'message mine' : 'message', 'data-seq': m.seq, 'data-status': m.mine ? m.status : undefined, 'data-problem': m.problem },
+      { class: m.mine ? 'message mine' : 'message', 'data-seq': m.seq, 'data-status': m.mine ? m.status : undefined, 'data-problem': m.problem, 'data-deleted': m.deleted ? true : undefined },
       group && !m.mine ? h('span', { class: 'sender', 'data-testid': 'sender' }, app.name(m.sender)) : null,
-      m.media ? h('button', { class: 'media', type: 'button', 'data-testid': 'open-media', 'data-name': m.media.name, onclick: () => openMedia(m) }, thumb(m) ? h('img', { src: thumb(m), alt: 'preview' }) : h('span', { class: 'badge' }, 'file')) : null,
-      h('span', { class: 'text' }, m.text),
-      h('span', { class: 'meta' }, time(m.time), m.mine ? h('span', { class: `tick ${m.status}`, 'data-testid': 'tick' }, TICKS[m.status]) : null),
+      m.media && !m.deleted ? h('button', { class: 'media', type: 'button', 'data-testid': 'open-media', 'data-name': m.media.name, onclick: () => openMedia(m) }, thumb(m) ? h('img', { src: thumb(m), alt: 'preview' }) : h('span', { class: 'badge' }, 'file')) : null,
+      h('span', { class: 'text' }, s.text),
+      h(
+        'span',
+        { class: 'meta' },
+        s.edited ? h('span', { class: 'edited', 'data-testid': 'edited' }, 'edited ') : null,
+        time(m.time),
+        m.mine ? h('span', { class: `tick ${m.status}`, 'data-testid': 'tick' }, TICKS[m.status]) : null,
+      ),
+      reactions.length
+        ? h('span', { class: 'reactions', 'data-testid': 'reactions' }, ...reactions.map(([emoji, n]) => h('span', { class: emoji === s.mine ? 'reaction mine' : 'reaction', 'data-emoji': emoji }, n > 1 ? `${emoji} ${n}` : emoji)))
+        : null,
+      live
+        ? h(
+            'span',
+            { class: 'actions' },
+            ...REACTIONS.map((emoji) =>
+              h('button', { type: 'button', 'data-testid': 'react', 'data-emoji': emoji, title: s.mine === emoji ? 'Remove reaction' : `React ${emoji}`, onclick: () => app.react(m.seq, s.mine === emoji ? '' : emoji).catch(fail) }, emoji),
+            ),
+            m.mine && !m.media ? h('button', { type: 'button', 'data-testid': 'edit', title: 'Edit', onclick: () => edit(s) }, '✏️') : null,
+            m.mine ? h('button', { type: 'button', 'data-testid': 'delete', title: 'Delete for everyone', onclick: () => remove(m) }, '🗑') : null,
+          )
+        : null,
     );
+  }
+
+  const addInput = h('input', { id: 'add-member', placeholder: 'User ids to add, comma-separated' });
+  const membersOpen = new Set<string>();
+  function membersPanel(c: Conversation): HTMLElement {
+    const id = c.id;
+    const panel = h(
+      'details',
+      { class: 'members', 'data-testid': 'group-members', open: membersOpen.has(id) ? true : undefined },
+      h('summary', { 'data-testid': 'members-toggle' }, 'Members'),
+      h('div', { class: 'member-panel' }, h(
+        'ul',
+        {},
+        ...(c.members ?? []).map((user) =>
+          h(
+            'li',
+            { 'data-member': user },
+            app.name(user),
+            user === app.profile.userId ? null : h('button', { type: 'button', 'data-testid': 'remove-member', onclick: () => app.removeMember(id, user).catch(fail) }, 'Remove'),
+          ),
+        ),
+      ),
+      h(
+        'form',
+        {
+          onsubmit: (event: Event) => {
+            event.preventDefault();
+            const users = addInput.value.split(',').map((x) => x.trim()).filter(Boolean);
+            app.addMembers(id, users).then(() => (addInput.value = ''), fail);
+          },
+        },
+        addInput,
+        h('button', { type: 'submit', 'data-testid': 'add-members' }, 'Add'),
+      )),
+    );
+    panel.addEventListener('toggle', () => ((panel as HTMLDetailsElement).open ? membersOpen.add(id) : membersOpen.delete(id)));
+    return panel;
   }
 
   function subtitle(c: Conversation): string {
     const typing = [...(app.typing.get(c.id)?.entries() ?? [])].filter(([, until]) => until > Date.now());
     if (typing.length) return 'typing…';
-    if (c.kind === 'group') return `${c.members?.length ?? '?'} members`;
+    if (c.kind === 'group') return c.member === false ? 'You are no longer a member' : `${c.members?.length ?? '?'} members`;
     const p = c.peer ? app.presence.get(c.peer) : undefined;
     if (!p) return '';
     if (p.online) return 'online';
@@ -136,18 +236,43 @@ export function mainView(root: HTMLElement, app: App): () => void {
     me.textContent = `Me: ${app.myName ? `${app.myName} (${app.profile.phone})` : app.profile.phone}`;
     link.textContent = app.link === 'online' ? (app.caughtUp ? 'online' : 'syncing…') : app.link;
     link.dataset.state = app.link;
-    replace(list, ...app.chats.sorted().map(row));
+    // Pinned first, then the rest; archived ones in their own section at the end.
+    const all = app.chats.sorted();
+    const archived = all.filter((c) => c.archived);
+    replace(
+      list,
+      ...all.filter((c) => !c.archived).map(row),
+      archived.length ? h('li', { class: 'section', 'data-testid': 'archived' }, `Archived (${archived.length})`) : null,
+      ...archived.map(row),
+    );
     const c = app.open ? app.chats.conversations.get(app.open) : undefined;
     chat.hidden = !c;
     if (!c) return;
-    replace(header, h('h2', { 'data-testid': 'chat-title' }, app.title(c)), h('span', { class: 'subtitle', 'data-testid': 'subtitle' }, subtitle(c)), h('span', { class: 'id' }, c.id));
+    const id = c.id;
+    replace(
+      header,
+      h('h2', { 'data-testid': 'chat-title' }, app.title(c)),
+      h('span', { class: 'subtitle', 'data-testid': 'subtitle' }, subtitle(c)),
+      h('span', { class: 'id' }, c.id),
+      h(
+        'span',
+        { class: 'chat-actions' },
+        h('button', { type: 'button', 'data-testid': 'pin', onclick: () => chatAction(id, { pinned: !c.pinned }) }, c.pinned ? 'Unpin' : 'Pin'),
+        h('button', { type: 'button', 'data-testid': 'mute', onclick: () => chatAction(id, { mutedUntil: muted(c) ? 0 : 'forever' }) }, muted(c) ? 'Unmute' : 'Mute'),
+        h('button', { type: 'button', 'data-testid': 'archive', onclick: () => chatAction(id, { archived: !c.archived }) }, c.archived ? 'Unarchive' : 'Archive'),
+        h('button', { type: 'button', 'data-testid': 'clear', onclick: () => confirm('Clear this chat’s messages on your devices?') && chatAction(id, { clear: true }) }, 'Clear'),
+      ),
+    );
+    // A group's members: add by user id, remove (admins; the server refuses others).
+    const details = c.kind === 'group' && c.member !== false ? membersPanel(c) : null;
+    if (details) header.append(details);
     // Stay at the bottom when there; otherwise keep the view where it was (older messages
     // added above do not move it). Another conversation opens at its bottom.
     const fromBottom = messages.scrollHeight - messages.scrollTop;
     const atBottom = fromBottom - messages.clientHeight < 40;
     const same = messages.dataset.conversation === c.id;
     const loading = app.loadingOlder.has(c.id);
-    replace(messages, c.hasMore === false ? null : h('li', { class: 'system older', 'data-testid': 'older' }, loading ? 'Loading older messages…' : 'Scroll up for older messages'), ...app.chats.list(c.id).map((m) => bubble(m, c.kind === 'group')));
+    replace(messages, c.hasMore === false ? null : h('li', { class: 'system older', 'data-testid': 'older' }, loading ? 'Loading older messages…' : 'Scroll up for older messages'), ...shown(app.chats.list(c.id)).map((s) => bubble(s, c.kind === 'group', c.member !== false)));
     messages.scrollTop = atBottom || !same ? messages.scrollHeight : messages.scrollHeight - fromBottom;
     messages.dataset.conversation = c.id;
     messages.dataset.hasMore = String(c.hasMore !== false);
