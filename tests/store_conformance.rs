@@ -142,6 +142,7 @@ every_backend!(
     an_expired_message_frees_its_client_id,
     a_delete_for_everyone_blanks_its_edits_and_reactions,
     chat_states_and_the_pin_limit,
+    numbers_move_and_deleted_accounts_keep_nothing_of_theirs,
     status_posts_live_24_hours_and_are_purged,
 );
 
@@ -521,6 +522,42 @@ async fn cursors_receipts_and_presence(f: Fixture) {
     // The later time wins, whatever the order of writes (several nodes record it).
     store.apply(vec![WriteOp::LastSeen { user_id: alice, at_ms: 550 }]).await.unwrap();
     assert_eq!(store.last_seen(alice).await.unwrap(), Some(600));
+}
+
+async fn numbers_move_and_deleted_accounts_keep_nothing_of_theirs(f: Fixture) {
+    let store = f.open().await;
+    let (p1, p2, p3) = (format!("+1415{}", rand_digits()), format!("+1416{}", rand_digits()), format!("+1417{}", rand_digits()));
+    let (a, _) = store.get_or_create_user(&p1, user(&p1)).await.unwrap();
+    let (b, _) = store.get_or_create_user(&p2, user(&p2)).await.unwrap();
+    assert!(!store.change_phone(a.user_id, &p2).await.unwrap(), "another account's number stays theirs");
+    assert!(store.change_phone(a.user_id, &p3).await.unwrap());
+    assert!(store.change_phone(a.user_id, &p3).await.unwrap(), "the same number again changes nothing");
+    assert_eq!(store.user(a.user_id).await.unwrap().map(|u| u.phone), Some(p3.clone()));
+    let mut found = store.users_by_phone(vec![p1.clone(), p2.clone(), p3.clone()]).await.unwrap();
+    found.sort();
+    let mut expected = vec![(p2.clone(), b.user_id), (p3.clone(), a.user_id)];
+    expected.sort();
+    assert_eq!(found, expected, "the old number is no one's");
+    let (newcomer, created) = store.get_or_create_user(&p1, user(&p1)).await.unwrap();
+    assert!(created && newcomer.user_id != a.user_id, "the old number signs up anew");
+
+    // Deletion: the number released, the account's own data gone, idempotent.
+    store.add_contacts(a.user_id, vec![p2.clone()]).await.unwrap();
+    store.set_profile(a.user_id, Profile { name: "Ana".into(), ..Default::default() }).await.unwrap();
+    store.set_privacy(a.user_id, PrivacySettings { read_receipts: false, ..Default::default() }).await.unwrap();
+    store.update_chat_state(a.user_id, uid(), ChatUpdate { archived: Some(true), ..Default::default() }, 0, 5).await.unwrap().unwrap();
+    for _ in 0..2 {
+        store.delete_account_data(a.user_id).await.unwrap();
+    }
+    let record = store.user(a.user_id).await.unwrap().expect("the record stays");
+    assert!(record.is_deleted() && record.phone == switchboard::store::deleted_phone(a.user_id));
+    assert!(store.users_by_phone(vec![p3.clone()]).await.unwrap().is_empty());
+    assert!(store.known_contacts(a.user_id, vec![p2.clone()]).await.unwrap().is_empty());
+    assert_eq!(store.profile(a.user_id).await.unwrap(), None);
+    assert_eq!(store.privacy(a.user_id).await.unwrap(), PrivacySettings::default());
+    assert!(store.chat_states(a.user_id).await.unwrap().is_empty());
+    let (again, created) = store.get_or_create_user(&p3, user(&p3)).await.unwrap();
+    assert!(created && again.user_id != a.user_id, "the deleted account's number signs up anew");
 }
 
 async fn chat_states_and_the_pin_limit(f: Fixture) {

@@ -1042,12 +1042,17 @@ impl Store for PostgresStore {
         if current == new_phone {
             return Ok(true);
         }
-        // A number another account holds stays theirs. (A registration of the new number
-        // racing this change makes the update fail on the unique phone: an error, retried.)
+        // A number another account holds stays theirs, also when its registration races
+        // this change (the unique phone refuses the update).
         if !Self::rows(&tx, "SELECT 1 FROM users WHERE phone = $1", &[&new_phone]).await?.is_empty() {
             return Ok(false);
         }
-        Self::run(&tx, "UPDATE users SET phone = $2 WHERE user_id = $1", &[&user, &new_phone]).await?;
+        let statement = tx.prepare_cached("UPDATE users SET phone = $2 WHERE user_id = $1").await.map_err(pg)?;
+        match tx.execute(&statement, &[&user, &new_phone]).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => return Ok(false),
+            Err(e) => return Err(pg(e)),
+        }
         tx.commit().await.map_err(pg)?;
         Ok(true)
     }
