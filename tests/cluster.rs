@@ -1509,3 +1509,32 @@ async fn the_console_shows_every_node_of_a_live_cluster() {
         assert!(shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot {}", shot.display());
     }
 }
+
+/// Privacy holds across nodes: a presence answer that goes through the cluster's
+/// directory (and Redis presence) still obeys the subject's settings — her contact on
+/// another node sees her online, a stranger there sees neither online nor last seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_across_nodes_obeys_privacy_settings() {
+    let cluster = TestCluster::start(2).await;
+    let t = cluster.transports();
+    let api = cluster.api();
+    let (alice_number, bob_number) = (phone(), phone());
+    let alice = api.sign_up(&alice_number, "phone").await.expect("sign up");
+    let bob = api.sign_up(&bob_number, "phone").await.expect("sign up");
+    let stranger = sign_up(&api).await;
+    let http = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+        reqwest::Client::new().request(method, format!("http://{}{path}", cluster.node(0).http)).bearer_auth(&alice.token).json(&body).send()
+    };
+    let r = http(reqwest::Method::PATCH, "/v1/privacy", serde_json::json!({ "last_seen": "contacts", "online": "same_as_last_seen" }))
+        .await
+        .expect("http");
+    assert!(r.status().is_success());
+    let r = http(reqwest::Method::POST, "/v1/contacts/discover", serde_json::json!({ "phones": [bob_number] })).await.expect("http");
+    assert!(r.status().is_success());
+    let _a = online_at(&t[0], &alice).await;
+    let mut b = online_at(&t[1], &bob).await;
+    let mut s = online_at(&t[1], &stranger).await;
+    assert!(presence(&mut b, alice.user_id).await, "her contact, on the other node, sees her online");
+    let seen = presence_of(&mut s, alice.user_id).await;
+    assert!(!seen.online && seen.last_seen_ms == 0, "a stranger on the other node sees nothing: {seen:?}");
+}
