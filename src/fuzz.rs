@@ -189,7 +189,8 @@ pub fn ws_frames(data: &[u8]) {
 /// picks the body.
 pub fn http_json(data: &[u8]) {
     use crate::http::admin::ProvisionBody;
-    use crate::http::api::{HistoryQuery, LinkBody, PushTokenBody, RegisterBody, VerifyBody};
+    use crate::http::api::{LinkBody, PushTokenBody, RegisterBody, VerifyBody};
+    use crate::http::history::HistoryQuery;
     let [which, body @ ..] = data else { return };
     match which % 9 {
         0 => {

@@ -75,14 +75,14 @@ impl TickFlow {
 /// sender's other devices restore ✓ / ✓✓ / blue ✓✓ without one request per message:
 /// seq → (delivered to, read by) other current members who were members when it was
 /// sent, from the member cursors. None for a former member.
-pub async fn ticks(
+pub async fn ticks<'a>(
     store: &dyn Store,
     record: &ConversationRecord,
     user: UserId,
-    messages: &[StoredMessage],
+    messages: impl IntoIterator<Item = &'a StoredMessage>,
     flow: TickFlow,
 ) -> Result<HashMap<u64, (u32, u32)>, StoreError> {
-    let own: Vec<u64> = messages.iter().filter(|m| m.sender_user_id == user && m.event.is_none()).map(|m| m.seq).collect();
+    let own: Vec<u64> = messages.into_iter().filter(|m| m.sender_user_id == user && m.event.is_none()).map(|m| m.seq).collect();
     // A former member learns nothing of the conversation after they left.
     if own.is_empty() || !record.is_member(user) {
         return Ok(HashMap::new());

@@ -6,21 +6,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::api::{ApiError, ApiState, ErrorBody, caller};
+use super::api::{ApiError, ApiState, ErrorBody, RegisterBody, caller};
 use crate::lifecycle::delete::Deleted;
 use crate::lifecycle::export::Export;
-
-/// A phone number as a user writes it (see `POST /v1/accounts/register`).
-#[derive(Deserialize, ToSchema)]
-pub struct NumberBody {
-    /// With its country code, or without it and with `region`.
-    #[schema(example = "+1 415 555 0002", max_length = 64)]
-    pub phone: String,
-    /// ISO 3166-1 alpha-2 country of a number written without its country code.
-    #[serde(default)]
-    #[schema(example = "US")]
-    pub region: Option<String>,
-}
 
 /// The new number and the code sent to it.
 #[derive(Deserialize, ToSchema)]
@@ -61,7 +49,7 @@ pub struct NumberChanged {
 
 /// Sends one-time codes to the number the account moves to and to its current number
 /// (primary device only): both prove the change.
-#[utoipa::path(post, path = "/v1/account/number", tag = "public", request_body = NumberBody, security(("device_token" = [])), responses(
+#[utoipa::path(post, path = "/v1/account/number", tag = "public", request_body = RegisterBody, security(("device_token" = [])), responses(
     (status = 202, description = "Codes issued to the new and the old number", body = NumberCodesIssued),
     (status = 400, description = "invalid_phone, or a malformed body", body = ErrorBody),
     (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
@@ -72,7 +60,7 @@ pub struct NumberChanged {
     (status = 502, description = "code_not_sent", body = ErrorBody),
     (status = 503, description = "unavailable", body = ErrorBody),
 ))]
-pub async fn request_number(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<NumberBody>) -> Result<HttpResponse, ApiError> {
+pub async fn request_number(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     if !me.primary {
         return Err(crate::accounts::AccountError::NotPrimary.into());
@@ -111,7 +99,7 @@ pub async fn verify_number(req: HttpRequest, state: web::Data<ApiState>, body: w
 }
 
 /// Deletes the account (primary device only), confirmed by its number.
-#[utoipa::path(post, path = "/v1/account/delete", tag = "public", request_body = NumberBody, security(("device_token" = [])), responses(
+#[utoipa::path(post, path = "/v1/account/delete", tag = "public", request_body = RegisterBody, security(("device_token" = [])), responses(
     (status = 200, description = "Deleted: every device revoked and disconnected, groups left, data removed", body = Deleted),
     (status = 400, description = "wrong_number (not this account's), invalid_phone, or a malformed body", body = ErrorBody),
     (status = 401, description = "unauthorized or device_revoked", body = ErrorBody),
@@ -120,7 +108,7 @@ pub async fn verify_number(req: HttpRequest, state: web::Data<ApiState>, body: w
     (status = 415, description = "Not JSON", body = ErrorBody),
     (status = 503, description = "unavailable", body = ErrorBody),
 ))]
-pub async fn delete(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<NumberBody>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(req: HttpRequest, state: web::Data<ApiState>, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
     let me = caller(&req, &state).await?;
     let deleted = crate::lifecycle::delete::delete(&state.node.ctx, &state.media, &me, &body.phone, body.region.as_deref()).await?;
     Ok(HttpResponse::Ok().json(deleted))

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod api;
 pub mod console;
 pub mod contacts;
+pub mod history;
 pub mod inbox;
 pub mod keys;
 pub mod openapi;

@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{account, admin, api, contacts, inbox, keys, pairing, privacy, profiles, status};
+use super::{account, admin, api, contacts, history, inbox, keys, pairing, privacy, profiles, status};
 use crate::media::http as media;
 use crate::transport::ws;
 
@@ -34,7 +34,7 @@ use crate::transport::ws;
         api::logout_others,
         api::set_push_token,
         api::delete_push_token,
-        api::history,
+        history::history,
         keys::upload,
         keys::count,
         keys::query,

@@ -70,8 +70,7 @@ pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
             let batch = store.messages_after(id, after, page_size).await.map_err(|e| store_down(state, &e, "catch-up"))?;
             let page = state.core.page(id, &batch, u64::MAX, page_size, now_ms());
             let done = page.done;
-            let sent: Vec<_> = page.send.into_iter().cloned().collect();
-            let frames = with_ticks(state, id, &sent).await?;
+            let frames = with_ticks(state, id, &page.send).await?;
             total += frames.len() as u64;
             for frame in frames {
                 push(state, frame).await?;
@@ -88,15 +87,15 @@ pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
 
 /// The frames of catch-up messages, the user's own (sent from another device) with their
 /// tick state, so that a new device shows ✓ / ✓✓ / blue ✓✓ without asking per message.
-async fn with_ticks(state: &mut SessionState, id: ConversationId, sent: &[crate::store::StoredMessage]) -> Result<Vec<bytes::Bytes>, Stop> {
+async fn with_ticks(state: &mut SessionState, id: ConversationId, sent: &[&crate::store::StoredMessage]) -> Result<Vec<bytes::Bytes>, Stop> {
     let user = state.user;
     let record = match state.core.view(id) {
         Some(v) if sent.iter().any(|m| m.sender_user_id == user && m.event.is_none()) => v.record.clone(),
-        _ => return Ok(sent.iter().map(encoded_message).collect()),
+        _ => return Ok(sent.iter().map(|m| encoded_message(m)).collect()),
     };
     let store = state.ctx.store.clone();
     let ticks = match crate::history::TickFlow::of(&mut state.privacy, store.as_ref(), &record, user).await {
-        Ok(flow) => crate::history::ticks(store.as_ref(), &record, user, sent, flow).await,
+        Ok(flow) => crate::history::ticks(store.as_ref(), &record, user, sent.iter().copied(), flow).await,
         Err(e) => Err(e),
     }
     .map_err(|e| store_down(state, &e, "ticks"))?;
@@ -120,9 +119,12 @@ async fn first_unflooded(state: &SessionState, id: ConversationId, recent: u64, 
     let last = store.last_seq(id).await.map_err(|e| store_down(state, &e, "last seq"))?.min(end);
     let floor = first.saturating_sub(1);
     let mut start = last.saturating_sub(recent).max(floor);
-    // Walk back over what came after the device was created (its own backlog).
+    // Walk back over what came after the device was created (its own backlog): one entry
+    // first (usually older than the device: done), then pages.
+    let mut want = 1;
     while start > floor {
-        let older = store.messages_before(id, start + 1, state.ctx.limits.catch_up_page).await.map_err(|e| store_down(state, &e, "catch-up"))?;
+        let older = store.messages_before(id, start + 1, want).await.map_err(|e| store_down(state, &e, "catch-up"))?;
+        want = state.ctx.limits.catch_up_page;
         let before = start;
         for m in &older {
             if m.server_time_ms < created_ms || m.seq <= floor {
