@@ -340,7 +340,7 @@ async fn conversations_and_group_events(f: Fixture) {
         kind: ConversationKind::Group,
         members: vec![a],
         created_ms: 6,
-        group: Some(GroupState { subject: "team".into(), admins: vec![a], joined: vec![(a, 1)], ..Default::default() }),
+        group: Some(Box::new(GroupState { subject: "team".into(), admins: vec![a], joined: vec![(a, 1)], ..Default::default() })),
         retention_secs: 0,
     };
     store.create_conversation(group.clone()).await.unwrap();

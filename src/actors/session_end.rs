@@ -494,7 +494,7 @@ mod tests {
 
     fn record(kind: ConversationKind, mut members: Vec<UserId>, group: Option<GroupState>) -> ConversationRecord {
         members.sort();
-        ConversationRecord { conversation_id: ConversationId::random(), kind, members, created_ms: 0, group, retention_secs: 0 }
+        ConversationRecord { conversation_id: ConversationId::random(), kind, members, created_ms: 0, group: group.map(Box::new), retention_secs: 0 }
     }
 
     fn message(seq: u64, sender: UserId, event: bool) -> StoredMessage {

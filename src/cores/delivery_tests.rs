@@ -86,7 +86,7 @@ fn a_removed_member_sees_up_to_the_event_that_removed_them() {
     let (admin, me) = (UserId::random(), UserId::random());
     let mut record = direct(admin, me);
     record.kind = ConversationKind::Group;
-    record.group = Some(GroupState { subject: "g".into(), admins: vec![admin], joined: vec![(admin, 1), (me, 3)], ..Default::default() });
+    record.group = Some(Box::new(GroupState { subject: "g".into(), admins: vec![admin], joined: vec![(admin, 1), (me, 3)], ..Default::default() }));
     let id = record.conversation_id;
     let mut core = DeliveryCore::new(me, DeviceId::random());
     core.add_view(record.clone(), Cursor::default());

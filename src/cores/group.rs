@@ -299,7 +299,12 @@ mod tests {
             kind: ConversationKind::Group,
             members: all.clone(),
             created_ms: 0,
-            group: Some(GroupState { subject: "s".into(), admins: vec![admin], joined: all.iter().map(|u| (*u, 1)).collect(), ..Default::default() }),
+            group: Some(Box::new(GroupState {
+                subject: "s".into(),
+                admins: vec![admin],
+                joined: all.iter().map(|u| (*u, 1)).collect(),
+                ..Default::default()
+            })),
             retention_secs: 0,
         }
     }

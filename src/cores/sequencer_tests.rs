@@ -74,7 +74,12 @@ fn group_of(admin: UserId, others: &[UserId]) -> ConversationRecord {
         kind: ConversationKind::Group,
         members: members.clone(),
         created_ms: 1,
-        group: Some(GroupState { subject: "g".into(), admins: vec![admin], joined: members.iter().map(|m| (*m, 1)).collect(), ..Default::default() }),
+        group: Some(Box::new(GroupState {
+            subject: "g".into(),
+            admins: vec![admin],
+            joined: members.iter().map(|m| (*m, 1)).collect(),
+            ..Default::default()
+        })),
         retention_secs: 0,
     }
 }

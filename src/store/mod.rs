@@ -244,8 +244,10 @@ pub struct ConversationRecord {
     pub members: Vec<UserId>,
     /// Creation time, ms since the Unix epoch.
     pub created_ms: u64,
-    /// Roles, settings and membership history of a group (None for 1:1).
-    pub group: Option<GroupState>,
+    /// Roles, settings and membership history of a group (None for 1:1). Boxed: a 1:1
+    /// record is then a third of the size, and every device session keeps one per
+    /// conversation it has seen (the encoding is the same as unboxed).
+    pub group: Option<Box<GroupState>>,
     /// Disappearing messages: messages older than this are deleted (0 = kept).
     pub retention_secs: u32,
 }

@@ -184,7 +184,7 @@ fn conversation_from(row: &Row) -> Result<ConversationRecord, StoreError> {
         kind,
         members: get(row, "conversations", "members")?,
         created_ms: uint(get(row, "conversations", "created_ms")?),
-        group: group.map(|Json(g)| g),
+        group: group.map(|Json(g)| Box::new(g)),
         retention_secs: get::<i32>(row, "conversations", "retention_secs")?.max(0) as u32,
     })
 }

@@ -440,7 +440,12 @@ async fn create_group(state: &mut SessionState, req: pb::CreateGroup) -> Answer 
         kind: ConversationKind::Group,
         members: members.clone(),
         created_ms: now_ms(),
-        group: Some(GroupState { subject, admins: vec![state.user], joined: members.iter().map(|m| (*m, 1)).collect(), ..Default::default() }),
+        group: Some(Box::new(GroupState {
+            subject,
+            admins: vec![state.user],
+            joined: members.iter().map(|m| (*m, 1)).collect(),
+            ..Default::default()
+        })),
         retention_secs: 0,
     };
     state.ctx.store.create_conversation(record).await?;
