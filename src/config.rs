@@ -206,6 +206,10 @@ pub struct ServeArgs {
     /// Seconds between sweeps that delete expired disappearing messages.
     #[arg(long, env = "SWITCHBOARD_PURGE_INTERVAL_SECS")]
     pub purge_interval_secs: Option<u64>,
+    /// Seconds between returns of freed heap memory to the OS (glibc `malloc_trim`;
+    /// default 10, 0: never).
+    #[arg(long, env = "SWITCHBOARD_MALLOC_TRIM_SECS")]
+    pub malloc_trim_secs: Option<u64>,
     /// Where push notifications go: `log` (development) or `webhook:<url>` (POST JSON to a
     /// gateway in front of FCM/APNs).
     #[arg(long, env = "SWITCHBOARD_PUSH_SINK")]
@@ -377,6 +381,7 @@ pub struct FileConfig {
     to_device_queue_per_sender: Option<u64>,
     to_device_window: Option<u64>,
     purge_interval_secs: Option<u64>,
+    malloc_trim_secs: Option<u64>,
     push_sink: Option<String>,
     push_coalesce_ms: Option<u64>,
     push_retry_backoff_ms: Option<u64>,
@@ -514,6 +519,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Interval of the expired-message sweep.
     pub purge_interval: Duration,
+    /// Interval between returns of freed heap memory to the OS (zero: never).
+    pub malloc_trim: Duration,
     /// Push sink.
     pub push_sink: PushSinkSpec,
     /// Push timing.
@@ -714,6 +721,7 @@ impl ServerConfig {
             },
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(10)),
             purge_interval: Duration::from_secs(args.purge_interval_secs.or(file.purge_interval_secs).unwrap_or(30).max(1)),
+            malloc_trim: Duration::from_secs(args.malloc_trim_secs.or(file.malloc_trim_secs).unwrap_or(10)),
             push_sink,
             push,
             cluster,
@@ -767,7 +775,7 @@ impl ServerConfig {
             return Err(ConfigError::Invalid("node_name must be 1 to 64 characters of [A-Za-z0-9-_.]".into()));
         }
         let listen = listen.ok_or_else(|| ConfigError::Invalid("node_name needs cluster_listen".into()))?;
-        if matches!(store, StoreSpec::Embedded(_)) {
+        if matches!(store, StoreSpec::Embedded { .. }) {
             return Err(ConfigError::Invalid("a cluster needs a shared store (postgres:// or scylla://), not embedded".into()));
         }
         let cookie = secret("cookie", (args.cookie.as_ref(), args.cookie_file.as_ref()), (file.cookie.as_ref(), file.cookie_file.as_ref()))?

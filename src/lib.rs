@@ -39,6 +39,7 @@ pub mod lifecycle;
 pub mod loadgen;
 pub mod media;
 pub mod media_client;
+pub mod memory_trim;
 pub mod pairing;
 pub mod pem;
 pub mod phone;

@@ -17,6 +17,10 @@ use switchboard::sdk::{Body, E2ee, E2eeConfig, Event, Received, StoreKey};
 use switchboard::testkit::cluster::LocalClusterConfig;
 use uuid::Uuid;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "switchboard", version, about = "A WhatsApp-class messaging server")]
 struct Cli {
@@ -533,7 +537,7 @@ async fn store_command(command: StoreCommand) -> Result<()> {
             let spec = parse(&store)?;
             let shown = spec.to_string();
             match spec {
-                spec @ StoreSpec::Embedded(_) => {
+                spec @ StoreSpec::Embedded { .. } => {
                     spec.open().await.with_context(|| format!("opening {shown}"))?;
                     println!("{shown}: every table exists");
                 }
@@ -560,9 +564,11 @@ async fn store_command(command: StoreCommand) -> Result<()> {
             }
         }
         StoreCommand::Copy { from, to, chunk, checkpoint, media_from, media_to } => {
-            let StoreSpec::Embedded(dir) = parse(&from)? else { bail!("--from must be embedded:<dir> (the copy moves a single node's data)") };
+            let StoreSpec::Embedded { dir, options } = parse(&from)? else {
+                bail!("--from must be embedded:<dir> (the copy moves a single node's data)")
+            };
             let target_spec = parse(&to)?;
-            let source = EmbeddedStore::open(&dir).with_context(|| format!("opening {from} (is a node still running on it?)"))?;
+            let source = EmbeddedStore::open_with(&dir, &options).with_context(|| format!("opening {from} (is a node still running on it?)"))?;
             let target = target_spec.open().await.with_context(|| format!("opening {target_spec}"))?;
             let checkpoint = checkpoint.unwrap_or_else(|| dir.join("copy-checkpoint.json"));
             let progress = CopyBar::default();

@@ -267,6 +267,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tokio::spawn(purge_expired(store.clone(), config.purge_interval, accepting.clone()));
     tokio::spawn(sweep_media(media.clone(), accepting.clone()));
     tokio::spawn(probe_store(store.clone(), Duration::from_secs(5), accepting.clone()));
+    tokio::spawn(crate::memory_trim::run(config.malloc_trim, accepting.clone()));
 
     let tcp_listener = tokio::net::TcpListener::from_std(tcp_listener)?;
     let acceptor = match &tls {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::server::{BenchStore, ServerProcess, provision_bulk};
+use super::server::{BenchStore, ServerProcess, StoreChoice, provision_bulk};
 use super::traffic::{self, Plan, TrafficReport, TrafficSpec};
 use super::{LoadError, Measured, RelayProcess, relay};
 use crate::client::Transport;
@@ -21,6 +21,14 @@ pub struct BenchArgs {
     /// The store of the benchmarked server.
     #[arg(long, global = true, value_enum, default_value_t = BenchStore::Embedded)]
     pub store: BenchStore,
+    /// The embedded store's page cache, MiB (`embedded:<dir>?cache_mb=N`; default: the
+    /// server's default).
+    #[arg(long, global = true)]
+    pub embedded_cache_mb: Option<usize>,
+    /// One more argument for the benchmarked server's `serve` (repeatable), e.g.
+    /// `--server-arg=--conversation-idle-secs=30`.
+    #[arg(long = "server-arg", global = true, allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
     /// The `switchboard` binary to benchmark (default: this one). Compare two builds in one
     /// run by naming each in turn.
     #[arg(long, global = true)]
@@ -93,6 +101,10 @@ pub enum Scenario {
         /// Also measure this, with the same load, in the same run.
         #[arg(long, value_enum)]
         baseline: Option<Baseline>,
+        /// After the run, every client disconnects and the server's RSS is read again this
+        /// many seconds later (memory that comes back), next to its RSS before the load.
+        #[arg(long, default_value_t = 0)]
+        linger: u64,
     },
     /// N devices drop and reconnect at once, each having missed K messages.
     Reconnect {
@@ -213,12 +225,14 @@ fn server_args() -> Vec<String> {
 
 /// Runs `switchboard bench …` and returns its JSON result line.
 pub async fn run(args: BenchArgs) -> Result<String, LoadError> {
-    let BenchArgs { websocket, store, server_binary, scenario } = args;
+    let BenchArgs { websocket, store, embedded_cache_mb, server_args: more_server_args, server_binary, scenario } = args;
+    let store = StoreChoice { kind: store, embedded_cache_mb };
     let binary = match server_binary {
         Some(b) => b,
         None => std::env::current_exe()?,
     };
-    let extra = server_args();
+    let mut extra = server_args();
+    extra.extend(more_server_args);
     let line = match scenario {
         Scenario::Relay { tokens, ready_file } => {
             relay::serve(&tokens, &ready_file).await?;
@@ -321,7 +335,7 @@ pub async fn run(args: BenchArgs) -> Result<String, LoadError> {
             let report = group(&server, groups, members, spec).await?;
             to_json(&report)
         }
-        Scenario::Direct { users, contacts, rate, duration, payload, no_acks, max, baseline } => {
+        Scenario::Direct { users, contacts, rate, duration, payload, no_acks, max, baseline, linger } => {
             let spec = |rate| TrafficSpec {
                 rate,
                 duration: Duration::from_secs(duration),
@@ -338,7 +352,7 @@ pub async fn run(args: BenchArgs) -> Result<String, LoadError> {
                     };
                     // Each measurement on a fresh server: no step inherits another's backlog.
                     let server = start(&binary, &extra, store, websocket)?;
-                    let report = direct(&server, users, contacts, spec(rate)).await?;
+                    let report = direct(&server, users, contacts, spec(rate), Duration::from_secs(linger)).await?;
                     Ok::<_, LoadError>((relay, report))
                 }
             };
@@ -348,7 +362,7 @@ pub async fn run(args: BenchArgs) -> Result<String, LoadError> {
                 let mut step_rate = rate;
                 loop {
                     let (relay, report) = run_once(step_rate).await?;
-                    let passed = report.passed;
+                    let passed = report.traffic.passed;
                     if passed {
                         best = Some(step_rate);
                     }
@@ -372,7 +386,7 @@ fn to_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|e| json!({ "error": e.to_string() }).to_string())
 }
 
-fn start(binary: &std::path::Path, extra: &[String], store: BenchStore, websocket: bool) -> Result<ServerProcess, LoadError> {
+fn start(binary: &std::path::Path, extra: &[String], store: StoreChoice, websocket: bool) -> Result<ServerProcess, LoadError> {
     let mut server = ServerProcess::start_on(binary, extra, store)?;
     server.use_websocket = websocket;
     Ok(server)
@@ -385,9 +399,28 @@ async fn provision(server: &ServerProcess, users: usize) -> Result<Vec<crate::ac
     Ok(credentials)
 }
 
+/// A 1:1 run's report with what the server said about itself after it.
+#[derive(serde::Serialize)]
+struct DirectReport {
+    #[serde(flatten)]
+    traffic: TrafficReport,
+    /// Server RSS with the users provisioned, before any client connected, bytes.
+    server_rss_before_load_bytes: u64,
+    /// `--linger`: seconds waited after every client left.
+    linger_s: u64,
+    /// Server RSS `linger_s` after every client left, bytes (with `--linger`).
+    server_rss_after_linger_bytes: Option<u64>,
+    /// The embedded store's checkpoints during the run (durable redb commits that stall
+    /// the writer), seconds; absent on other stores.
+    checkpoints: Option<super::server_metrics::SummaryReading>,
+    /// The store writer's batches (ops per batch).
+    writer_batch_ops: Option<super::server_metrics::SummaryReading>,
+}
+
 /// 1:1 traffic against the server.
-async fn direct(server: &ServerProcess, users: usize, contacts: usize, spec: TrafficSpec) -> Result<TrafficReport, LoadError> {
+async fn direct(server: &ServerProcess, users: usize, contacts: usize, spec: TrafficSpec, linger: Duration) -> Result<DirectReport, LoadError> {
     let credentials = provision(server, users).await?;
+    let server_rss_before_load_bytes = server.rss_bytes().unwrap_or(0);
     let bar = spinner("connecting and opening conversations");
     let mut conns = traffic::connect_all(&[server.transport()], &credentials, 256).await?;
     let plan = Plan::direct(&credentials, contacts);
@@ -398,8 +431,24 @@ async fn direct(server: &ServerProcess, users: usize, contacts: usize, spec: Tra
         b.set_message(format!("switchboard: sent {sent}, delivered {delivered}"));
     })
     .await?;
+    let metrics = super::server_metrics::fetch(server.http).await.unwrap_or_default();
+    // The run's connections are closed when it returns.
+    let server_rss_after_linger_bytes = if linger.is_zero() {
+        None
+    } else {
+        bar.set_message(format!("every client left; waiting {} s", linger.as_secs()));
+        tokio::time::sleep(linger).await;
+        Some(server.rss_bytes().unwrap_or(0))
+    };
     bar.finish_and_clear();
-    Ok(report)
+    Ok(DirectReport {
+        traffic: report,
+        server_rss_before_load_bytes,
+        linger_s: linger.as_secs(),
+        server_rss_after_linger_bytes,
+        checkpoints: super::server_metrics::summary(&metrics, "switchboard_store_checkpoint_seconds"),
+        writer_batch_ops: super::server_metrics::summary(&metrics, "switchboard_store_batch_ops"),
+    })
 }
 
 /// The same 1:1 traffic against the bare relay.

@@ -17,6 +17,7 @@ pub mod reinstall;
 pub mod relay;
 pub mod rotation;
 pub mod server;
+pub mod server_metrics;
 pub mod sessions;
 pub mod traffic;
 

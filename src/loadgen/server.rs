@@ -23,6 +23,15 @@ pub enum BenchStore {
     Postgres,
 }
 
+/// The store of a benchmark server with its settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreChoice {
+    /// Which store.
+    pub kind: BenchStore,
+    /// The embedded store's page cache, MiB (`None`: the server's default).
+    pub embedded_cache_mb: Option<usize>,
+}
+
 /// A `switchboard serve` child process on a temporary data directory.
 pub struct ServerProcess {
     child: Child,
@@ -53,14 +62,17 @@ impl ServerProcess {
     /// Starts `binary serve` on loopback with development codes and generous rate limits,
     /// on the embedded store.
     pub fn start(binary: &std::path::Path, extra: &[String]) -> Result<Self, LoadError> {
-        Self::start_on(binary, extra, BenchStore::Embedded)
+        Self::start_on(binary, extra, StoreChoice::default())
     }
 
     /// Starts `binary serve` on the given store.
-    pub fn start_on(binary: &std::path::Path, extra: &[String], store: BenchStore) -> Result<Self, LoadError> {
+    pub fn start_on(binary: &std::path::Path, extra: &[String], store: StoreChoice) -> Result<Self, LoadError> {
         let dir = tempfile::tempdir()?;
-        let (postgres, store) = match store {
-            BenchStore::Embedded => (None, format!("embedded:{}", dir.path().join("data").display())),
+        let (postgres, store) = match store.kind {
+            BenchStore::Embedded => {
+                let cache = store.embedded_cache_mb.map(|mb| format!("?cache_mb={mb}")).unwrap_or_default();
+                (None, format!("embedded:{}{cache}", dir.path().join("data").display()))
+            }
             BenchStore::Postgres => {
                 let pg = crate::testkit::PrivatePostgres::start().map_err(|e| LoadError::Server(e.to_string()))?;
                 let url = format!("{}?pool_size=8", pg.url("postgres"));

@@ -399,12 +399,39 @@ fn decode_message(bytes: &[u8]) -> Result<StoredMessage, StoreError> {
     }
 }
 
+/// Settings of the embedded store beyond its directory (`embedded:<dir>?cache_mb=N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// redb's page cache, bytes: pages read and pages written since the last checkpoint
+    /// share it; past it, written pages go to the file early (not fsynced) and read pages
+    /// are evicted. The process's memory grows up to it under load and keeps it.
+    pub cache_bytes: usize,
+}
+
+impl EmbeddedOptions {
+    /// The default cache, MiB.
+    pub const DEFAULT_CACHE_MB: usize = 1024;
+    /// The smallest cache accepted, MiB.
+    pub const MIN_CACHE_MB: usize = 4;
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self { cache_bytes: Self::DEFAULT_CACHE_MB << 20 }
+    }
+}
+
 impl EmbeddedStore {
+    /// Opens (or creates) the database in `dir/switchboard.redb` with default options.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &EmbeddedOptions::default())
+    }
+
     /// Opens (or creates) the database in `dir/switchboard.redb` and makes sure every table
     /// exists, so readers never meet a missing table.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open_with(dir: &Path, options: &EmbeddedOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(be)?;
-        let db = Database::create(dir.join("switchboard.redb")).map_err(be)?;
+        let db = Database::builder().set_cache_size(options.cache_bytes).create(dir.join("switchboard.redb")).map_err(be)?;
         let txn = db.begin_write().map_err(be)?;
         {
             txn.open_table(USERS).map_err(be)?;

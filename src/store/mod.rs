@@ -32,7 +32,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use scylla::{ScyllaOptions, ScyllaStore};
 pub use spec::StoreSpec;

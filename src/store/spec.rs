@@ -1,6 +1,7 @@
 //! Choosing a store from one string, as operators write it on the command line, in the
 //! environment or in the config file:
-//! - `embedded:<dir>`: the redb file in `<dir>` (single node);
+//! - `embedded:<dir>[?cache_mb=N]`: the redb file in `<dir>` (single node), with a page
+//!   cache of N MiB (default [`EmbeddedOptions::DEFAULT_CACHE_MB`]);
 //! - `postgres://user:pass@host:port/db[?pool_size=N&sslmode=…&sslrootcert=…&...]`: a shared
 //!   PostgreSQL database (TLS as libpq: see `pg_tls`);
 //! - `scylla://[user:pass@]host1[:port],host2/keyspace`: a ScyllaDB (or Cassandra) cluster.
@@ -8,13 +9,18 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{EmbeddedStore, PostgresOptions, PostgresStore, ScyllaOptions, ScyllaStore, Store, StoreError};
+use super::{EmbeddedOptions, EmbeddedStore, PostgresOptions, PostgresStore, ScyllaOptions, ScyllaStore, Store, StoreError};
 
 /// Where durable state lives.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     /// redb file in a directory.
-    Embedded(PathBuf),
+    Embedded {
+        /// The data directory.
+        dir: PathBuf,
+        /// Cache size and the like.
+        options: EmbeddedOptions,
+    },
     /// A PostgreSQL database.
     Postgres {
         /// Connection URL as tokio-postgres understands it (our own parameters removed).
@@ -47,7 +53,8 @@ impl std::fmt::Debug for StoreSpec {
 impl std::fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreSpec::Embedded(dir) => write!(f, "embedded:{}", dir.display()),
+            StoreSpec::Embedded { dir, options } if *options == EmbeddedOptions::default() => write!(f, "embedded:{}", dir.display()),
+            StoreSpec::Embedded { dir, options } => write!(f, "embedded:{}?cache_mb={}", dir.display(), options.cache_bytes >> 20),
             StoreSpec::Postgres { url, .. } => f.write_str(&redact(url)),
             StoreSpec::Scylla { options } => {
                 let user = options.credentials.as_ref().map(|(u, _)| format!("{u}:***@")).unwrap_or_default();
@@ -72,13 +79,29 @@ fn redact(url: &str) -> String {
 }
 
 impl StoreSpec {
-    /// Parses `embedded:<dir>` or a `postgres://` / `postgresql://` URL.
+    /// Parses `embedded:<dir>[?cache_mb=N]`, a `postgres://` / `postgresql://` URL or a
+    /// `scylla://` one.
     pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(dir) = s.strip_prefix("embedded:") {
+        if let Some(rest) = s.strip_prefix("embedded:") {
+            let (dir, query) = rest.split_once('?').map_or((rest, None), |(d, q)| (d, Some(q)));
             if dir.is_empty() {
                 return Err("embedded:<dir> needs a directory".into());
             }
-            return Ok(StoreSpec::Embedded(PathBuf::from(dir)));
+            let mut options = EmbeddedOptions::default();
+            for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("cache_mb", n)) => {
+                        let mb: usize = n
+                            .parse()
+                            .ok()
+                            .filter(|n| (EmbeddedOptions::MIN_CACHE_MB..=1 << 20).contains(n))
+                            .ok_or_else(|| format!("cache_mb {n:?}: expected {} to 1048576 (MiB)", EmbeddedOptions::MIN_CACHE_MB))?;
+                        options.cache_bytes = mb << 20;
+                    }
+                    _ => return Err(format!("embedded store: unknown parameter {pair:?} (expected cache_mb=N)")),
+                }
+            }
+            return Ok(StoreSpec::Embedded { dir: PathBuf::from(dir), options });
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             let (base, query) = s.split_once('?').map_or((s, None), |(b, q)| (b, Some(q)));
@@ -123,7 +146,7 @@ impl StoreSpec {
     /// store's directory, else `./switchboard-data`.
     pub fn local_dir(&self) -> PathBuf {
         match self {
-            StoreSpec::Embedded(dir) => dir.clone(),
+            StoreSpec::Embedded { dir, .. } => dir.clone(),
             StoreSpec::Postgres { .. } | StoreSpec::Scylla { .. } => PathBuf::from("./switchboard-data"),
         }
     }
@@ -134,7 +157,7 @@ impl StoreSpec {
     /// the store connects and prepares its statements, which fails if the schema is missing.
     pub async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
-            StoreSpec::Embedded(dir) => Arc::new(EmbeddedStore::open(dir)?),
+            StoreSpec::Embedded { dir, options } => Arc::new(EmbeddedStore::open_with(dir, options)?),
             StoreSpec::Postgres { url, pool_size } => {
                 let store = PostgresStore::connect(url, PostgresOptions { pool_size: *pool_size, ..Default::default() }).await?;
                 store.migrate().await?;
@@ -155,7 +178,14 @@ mod tests {
 
     #[test]
     fn parses_each_kind_and_keeps_secrets_out_of_messages() {
-        assert_eq!(StoreSpec::parse("embedded:/tmp/x").unwrap(), StoreSpec::Embedded("/tmp/x".into()));
+        let default = StoreSpec::parse("embedded:/tmp/x").unwrap();
+        assert_eq!(default, StoreSpec::Embedded { dir: "/tmp/x".into(), options: EmbeddedOptions::default() });
+        assert_eq!(default.to_string(), "embedded:/tmp/x");
+        let small = StoreSpec::parse("embedded:/tmp/x?cache_mb=32").unwrap();
+        assert_eq!(small, StoreSpec::Embedded { dir: "/tmp/x".into(), options: EmbeddedOptions { cache_bytes: 32 << 20 } });
+        assert_eq!(small.to_string(), "embedded:/tmp/x?cache_mb=32");
+        assert!(StoreSpec::parse("embedded:/tmp/x?cache_mb=0").is_err());
+        assert!(StoreSpec::parse("embedded:/tmp/x?cache=32").is_err());
         let spec = StoreSpec::parse("postgres://sb:hunter2@db:5432/switchboard?pool_size=4&sslmode=disable").unwrap();
         assert_eq!(spec, StoreSpec::Postgres { url: "postgres://sb:hunter2@db:5432/switchboard?sslmode=disable".into(), pool_size: 4 });
         assert_eq!(spec.to_string(), "postgres://sb:***@db:5432/switchboard?sslmode=disable");
