@@ -680,10 +680,12 @@ await run('web', async ({ browser, context: aliceContext, page: alice, problems 
   // The revoked link no longer works: the refusal shows.
   await alice.click('[data-testid=revoke-invite]');
   await alice.waitForFunction(() => !document.querySelector('[data-testid=invite-link]') && !document.querySelector('[data-testid=revoke-invite]'), null, { timeout: WAIT });
-  await bob.fill('#join-link', inviteLink);
+  // (Opened as a link this time: the app fills the join form in from it.)
+  await bob.goto(inviteLink);
+  await bob.waitForFunction((l) => document.querySelector('#join-link')?.value === l, inviteLink, { timeout: WAIT });
   await bob.click('#join-group');
   await bob.waitForFunction(() => document.querySelector('.side [role=status]')?.textContent.includes('INVALID_INVITE'), null, { timeout: WAIT });
-  step(`a revoked invite link is refused: ${await bob.textContent('.side [role=status]')}`);
+  step(`a revoked invite link, opened as a link (the join form fills in), is refused: ${await bob.textContent('.side [role=status]')}`);
   await bobContext.close();
 });
 console.log('web client test passed');

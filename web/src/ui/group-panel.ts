@@ -122,8 +122,11 @@ export function groupPanel(app: App): (c: Conversation) => HTMLElement {
 export function joinForm(app: App, fail: (error: unknown) => void): HTMLElement {
   const input = h('input', { id: 'join-link', placeholder: 'Invite link or token', autocomplete: 'off' });
   // Opened from an invite link (/app/#join=<token>): the form is filled in, for the user to confirm.
-  const hash = location.hash.match(/^#join=([0-9a-f]{32})$/i);
-  if (hash) input.value = location.href;
+  const fromLink = () => {
+    if (/^#join=[0-9a-f]{32}$/i.test(location.hash)) input.value = location.href;
+  };
+  fromLink();
+  window.addEventListener('hashchange', fromLink);
   return h(
     'form',
     {
