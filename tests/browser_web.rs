@@ -4,7 +4,9 @@
 //! a Rust CLI client (`switchboard client`), encrypted both ways, and checks the three
 //! ticks, typing, and a reconnection without gaps or duplicates; then profile names, and a
 //! new browser device whose conversation list comes from the server and whose chat loads
-//! older messages when scrolled up. Afterwards every byte the
+//! older messages when scrolled up; chat actions, notifications while the tab is hidden,
+//! mute durations, and group management (invite links, admins, subject, leaving, the
+//! server's refusals shown). Afterwards every byte the
 //! server stored is searched for a canary the browser sent: it must not be there.
 //! Screenshots of the main screens land in `target/browser-artifacts/web-*.png`.
 //!
@@ -63,7 +65,7 @@ async fn browsers_and_the_cli_chat_encrypted_with_ticks_typing_groups_and_catch_
         .env("SWITCHBOARD_CANARY", &canary)
         .spawn()
         .expect("run node");
-    let (status, report) = run_to_end(child, Duration::from_secs(240)).await;
+    let (status, report) = run_to_end(child, Duration::from_secs(360)).await;
     assert!(
         status.success(),
         "the web client test failed ({status}); screenshots in {}:\n{report}\n--- server log\n{}",
@@ -84,6 +86,9 @@ async fn browsers_and_the_cli_chat_encrypted_with_ticks_typing_groups_and_catch_
         "9-names",
         "10-new-device-list",
         "11-history-on-scroll",
+        "12b-muted",
+        "15-group-admin",
+        "16-left-group",
     ] {
         let shot = artifacts.join(format!("web-{screen}.png"));
         assert!(shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot {}", shot.display());

@@ -7,8 +7,14 @@
 // 1:1 nobody wrote in, unread counts, the group subject, order, a pin made elsewhere), and
 // scrolling up loads the older messages its first catch-up left out, with their ticks.
 // Chat actions: mute and archive made elsewhere arrive live; delete for everyone, edits and
-// reactions reach the other browser; pin (a fourth refused), archive, mute and clear from
-// the chat header; adding and removing a group's members after its creation.
+// reactions reach the other browser; pin (a fourth refused), archive, mute (8 hours, a
+// week, always; silent or no push; the 🔇 goes when the mute ends) and clear from the chat
+// header. Browser notifications while the tab is hidden (a message, a reaction; a click
+// opens the chat), none for a muted chat or the open chat while visible. Group
+// management: adding and removing members, invite links (create, join by pasting, revoke),
+// promote and demote (admin badges), renaming (live for every member), leaving (the chat
+// becomes read-only), and the server's refusals (NOT_ADMIN, INVALID_ARGUMENT,
+// INVALID_INVITE) shown in the UI.
 // Run by tests/browser_web.rs, which sets the environment and then checks that the
 // server's stored bytes hold no plaintext canary sent from the browser.
 import { spawn, execFileSync } from 'node:child_process';
@@ -93,12 +99,68 @@ async function tick(page, text, status) {
   );
 }
 
+// Records every Notification the app constructs (title, body, tag, and the object itself,
+// for a simulated click) in window.__notifications, still calling the real constructor;
+// window.__setHidden(true | false) makes the page hidden or visible as far as the app can
+// tell (document.visibilityState, document.hidden, a 'visibilitychange' event).
+const NOTIFICATION_SPY = () => {
+  const Real = window.Notification;
+  window.__notifications = [];
+  if (Real) {
+    const Spy = function Notification(title, options = {}) {
+      let n;
+      try {
+        n = new Real(title, options);
+      } catch (_) {
+        n = new EventTarget();
+        n.close = () => {};
+      }
+      window.__notifications.push({ title, body: options.body ?? '', tag: options.tag ?? '', n });
+      return n;
+    };
+    Object.defineProperty(Spy, 'permission', { get: () => Real.permission });
+    Spy.requestPermission = (...args) => Real.requestPermission(...args);
+    Spy.prototype = Real.prototype;
+    window.Notification = Spy;
+  }
+  window.__setHidden = (hidden) => {
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (hidden ? 'hidden' : 'visible') });
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
+    document.dispatchEvent(new Event('visibilitychange'));
+  };
+};
+
+/** The notifications a page has shown so far (title, body, tag). */
+function notifications(page) {
+  return page.evaluate(() => window.__notifications.map(({ title, body, tag }) => ({ title, body, tag })));
+}
+
+/** A browser user's credentials, from the app's IndexedDB. */
+function credentials(page) {
+  return page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        const r = indexedDB.open('switchboard', 1);
+        r.onerror = () => reject(r.error);
+        r.onsuccess = () => {
+          const get = r.result.transaction('kv').objectStore('kv').get('profile');
+          get.onsuccess = () => (r.result.close(), resolve(get.result));
+          get.onerror = () => reject(get.error);
+        };
+      }),
+  );
+}
+
 async function openConversation(page, id) {
   await page.click(`[data-conversation="${id}"]`);
   await page.waitForSelector('[data-testid=chat]:not([hidden])');
 }
 
-await run('web', async ({ browser, page: alice, problems }) => {
+await run('web', async ({ browser, context: aliceContext, page: alice, problems }) => {
+  // Alice allows notifications; her app's are recorded.
+  await aliceContext.grantPermissions(['notifications']);
+  await aliceContext.addInitScript(NOTIFICATION_SPY);
+
   // Carol: the Rust CLI client.
   const carolProfile = join(WORK, 'carol.json');
   const carolPhone = phone();
@@ -114,6 +176,11 @@ await run('web', async ({ browser, page: alice, problems }) => {
 
   const aliceId = await signUp(alice, 'alice');
   const bobId = await signUp(bob, 'bob');
+  // Permission is asked from a button, never on load: shown while the browser would ask.
+  if (!(await alice.isHidden('[data-testid=notifications-banner]'))) throw new Error('the notifications banner shows although they are allowed');
+  const bobPermission = await bob.evaluate(() => Notification.permission);
+  if ((await bob.isVisible('[data-testid=enable-notifications]')) !== (bobPermission === 'default')) throw new Error(`the notifications banner does not follow the permission (${bobPermission})`);
+  step(`the "Enable notifications" banner shows only while the browser would ask (bob: ${bobPermission}, alice: granted)`);
 
   // 1:1 while Bob is offline: ✓ only.
   await bobContext.setOffline(true);
@@ -429,6 +496,73 @@ await run('web', async ({ browser, page: alice, problems }) => {
   step(`edit (shown edited) and reaction (shown under the message) reach the other browser; ${bubbles} bubbles, none for the edit or reaction`);
   await screenshot(alice, 'web', '12-edit-react-delete');
 
+  // Notifications while Alice's tab is hidden: Bob's message and his reaction to hers, one
+  // tag for the conversation (they collapse); a click opens that chat.
+  const expectNotifications = async (expected, what) => {
+    await alice.waitForFunction((n) => window.__notifications.length >= n, expected.length, { timeout: WAIT }).catch(() => {});
+    const got = await notifications(alice);
+    if (JSON.stringify(got) !== JSON.stringify(expected)) throw new Error(`${what}: notifications ${JSON.stringify(got)}, expected ${JSON.stringify(expected)}`);
+  };
+  const lastText = (page, id, text) => page.waitForFunction(([i, t]) => document.querySelector(`[data-conversation="${i}"] .last`)?.textContent === t, [id, text], { timeout: WAIT });
+  await send(alice, 'react to this');
+  await tick(alice, 'react to this', 'read');
+  const reactTarget = await seqOf(alice, 'react to this');
+  await alice.evaluate(() => window.__setHidden(true));
+  await chat(alice, aliceCarol);
+  await send(bob, 'are you there?');
+  await bob.click(`[data-testid=messages] [data-seq="${reactTarget}"] [data-testid=react][data-emoji="❤️"]`);
+  const expected = [
+    { title: 'Bob Builder', body: 'are you there?', tag: conversation },
+    { title: 'Bob Builder', body: 'Reacted ❤️ to “react to this”', tag: conversation },
+  ];
+  await expectNotifications(expected, 'a message and a reaction while hidden');
+  await alice.evaluate(() => window.__notifications.at(-1).n.dispatchEvent(new Event('click')));
+  await alice.waitForSelector(`.conversation.open[data-conversation="${conversation}"]`, { timeout: WAIT });
+  step('hidden tab: a notification for a message and one for a reaction (sender\'s name, text, one tag per chat); a click opens the chat');
+
+  // Muted for 8 hours, no push: no notification, and the list says so until when.
+  await alice.selectOption('[data-testid=mute-push]', 'off');
+  await alice.selectOption('[data-testid=mute]', '8h');
+  await alice.waitForSelector(`[data-conversation="${conversation}"][data-muted-push=off] [data-testid=muted]`, { timeout: WAIT });
+  const label = await alice.getAttribute(`[data-conversation="${conversation}"] [data-testid=muted]`, 'title');
+  const until = await alice.textContent('[data-testid=muted-until]');
+  if (!label.startsWith('Muted until') || !label.endsWith('no push') || !until.includes('no push')) throw new Error(`muted for 8 hours shows "${label}" / "${until}"`);
+  await send(bob, 'muted ping');
+  await lastText(alice, conversation, 'muted ping');
+  await expectNotifications(expected, 'a muted chat');
+  step(`muted for 8 hours with no push (${label}): no notification`);
+  await screenshot(alice, 'web', '12b-muted');
+  await alice.click('[data-testid=unmute]');
+  await alice.waitForSelector(`[data-conversation="${conversation}"]:not([data-muted])`, { timeout: WAIT });
+  await alice.selectOption('[data-testid=mute]', '1w');
+  await alice.waitForSelector(`[data-conversation="${conversation}"][data-muted-push=silent] [data-testid=muted]`, { timeout: WAIT });
+  const weekLabel = await alice.getAttribute(`[data-conversation="${conversation}"] [data-testid=muted]`, 'title');
+  const inAWeek = await alice.evaluate(() => new Date(Date.now() + 7 * 86_400_000).toLocaleDateString([], { dateStyle: 'short' }));
+  if (!weekLabel.includes(inAWeek) || !weekLabel.endsWith('silent push')) throw new Error(`muted for a week shows "${weekLabel}" (expected ${inAWeek}, silent push)`);
+  await alice.click('[data-testid=unmute]');
+  await alice.waitForSelector(`[data-conversation="${conversation}"]:not([data-muted])`, { timeout: WAIT });
+  step(`muted for a week with silent push (${weekLabel}), then unmuted`);
+
+  // A mute that ends (set elsewhere, over HTTP, for 3 s): the 🔇 shows, then goes by itself.
+  const aliceCredentials = await credentials(alice);
+  const shortMute = await fetch(`${SERVER}/v1/inbox/${conversation}`, {
+    method: 'PATCH',
+    headers: { authorization: `Bearer ${aliceCredentials.token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ muted_until_ms: Date.now() + 3000 }),
+  });
+  if (shortMute.status !== 200) throw new Error(`PATCH /v1/inbox: ${shortMute.status} ${await shortMute.text()}`);
+  await alice.waitForSelector(`[data-conversation="${conversation}"] [data-testid=muted]`, { timeout: WAIT });
+  await alice.waitForSelector(`[data-conversation="${conversation}"]:not([data-muted])`, { timeout: WAIT });
+  step('a mute that ends: 🔇 until then, gone after');
+
+  // Visible with the chat open: no notification (the message is read at once).
+  await alice.evaluate(() => window.__setHidden(false));
+  await send(bob, 'visible ping');
+  await seen(alice, 'visible ping');
+  await tick(bob, 'visible ping', 'read');
+  await expectNotifications(expected, 'the open chat while visible');
+  step('no notification for the chat open in a visible tab');
+
   // Pin (at most 3: a fourth is refused, clearly), mute, archive, clear, from the chat header.
   await alice.fill('#new-group-subject', 'Extra');
   await alice.fill('#new-group-members', bobId);
@@ -449,9 +583,9 @@ await run('web', async ({ browser, page: alice, problems }) => {
   await alice.click('[data-testid=archive]');
   await alice.waitForSelector(`[data-testid=archived] ~ [data-conversation="${extra}"][data-archived]`, { timeout: WAIT });
   await chat(alice, conversation);
-  await alice.click('[data-testid=mute]');
-  await alice.waitForSelector(`[data-conversation="${conversation}"] [data-testid=muted]`, { timeout: WAIT });
-  step('archived chats go to the Archived section; a muted chat shows 🔇');
+  await alice.selectOption('[data-testid=mute]', 'always');
+  await alice.waitForSelector(`[data-conversation="${conversation}"] [data-testid=muted][title="Muted always, silent push"]`, { timeout: WAIT });
+  step('archived chats go to the Archived section; a chat muted always shows 🔇');
   await screenshot(alice, 'web', '13-chat-actions');
   alice.once('dialog', (d) => d.accept());
   await alice.click('[data-testid=clear]');
@@ -479,6 +613,79 @@ await run('web', async ({ browser, page: alice, problems }) => {
   await subtitleIs(bob, 'You are no longer a member');
   await subtitleIs(alice, '2 members');
   step('group members changed after creation (add, remove): the other browser sees each change');
+  await bob.waitForSelector('#composer:disabled', { timeout: WAIT });
+  if (await bob.$('[data-testid=group-members]')) throw new Error('a removed member still has the group panel');
+  step('removed: the chat says so and its composer is disabled');
+
+  // An invite link: Alice (admin) creates it, Bob pastes it and is back in.
+  const systemLine = (page, text) => page.waitForFunction((t) => [...document.querySelectorAll('[data-testid=messages] .system')].some((e) => e.textContent === t), text, { timeout: WAIT });
+  const groupProblem = (page, code) => page.waitForFunction((c) => document.querySelector('[data-testid=group-problem]')?.textContent.includes(c), code, { timeout: WAIT });
+  const badge = (page, user, on) => page.waitForFunction(([u, b]) => !!document.querySelector(`[data-testid=group-members] [data-member="${u}"] [data-testid=admin-badge]`) === b, [user, on], { timeout: WAIT });
+  await alice.click('[data-testid=create-invite]');
+  await alice.waitForSelector('[data-testid=invite-link]', { timeout: WAIT });
+  const inviteLink = await alice.inputValue('[data-testid=invite-link]');
+  if (!/\/app\/#join=[0-9a-f]{32}$/.test(inviteLink)) throw new Error(`invite link ${inviteLink}`);
+  await bob.fill('#join-link', inviteLink);
+  await bob.click('#join-group');
+  await bob.waitForSelector(`.conversation.open[data-conversation="${extra}"]`, { timeout: WAIT });
+  await subtitleIs(bob, '3 members');
+  await bob.waitForSelector('#composer:enabled', { timeout: WAIT });
+  await systemLine(alice, 'Bob Builder joined with an invite link');
+  step('an invite link made by the admin; pasted by a former member, who is back in (3 members, composer enabled)');
+
+  // Bob is no admin: no admin controls, and the server refuses what he tries.
+  await bob.click('[data-testid=members-toggle]');
+  await badge(bob, aliceId, true);
+  if (await bob.$('[data-testid=promote], [data-testid=create-invite]')) throw new Error('a member who is not an admin sees admin controls');
+  await bob.fill('#add-member', aliceId);
+  await bob.click('[data-testid=add-members]');
+  await groupProblem(bob, 'NOT_ADMIN');
+  step(`a member's admin-only change shows the server's refusal: ${await bob.textContent('[data-testid=group-problem]')}`);
+
+  // Promote: the badge on both sides, and Bob gets the admin controls; he renames the group
+  // and every member's title follows.
+  await alice.click(`[data-member="${bobId}"] [data-testid=promote]`);
+  await badge(alice, bobId, true);
+  await badge(bob, bobId, true);
+  await bob.waitForSelector(`[data-member="${carol}"] [data-testid=promote]`, { timeout: WAIT });
+  await systemLine(bob, 'Bob Builder is now an admin');
+  await bob.fill('#group-subject', 'Extra renamed');
+  await bob.click('[data-testid=set-subject]');
+  for (const page of [alice, bob]) {
+    await page.waitForFunction(() => document.querySelector('[data-testid=chat-title]')?.textContent === 'Extra renamed', null, { timeout: WAIT });
+    await page.waitForFunction((g) => document.querySelector(`[data-conversation="${g}"] .title`)?.textContent.endsWith('Extra renamed'), extra, { timeout: WAIT });
+  }
+  await systemLine(alice, 'Subject: Extra renamed');
+  step('promoted: "admin" badge in both browsers; the new admin renames the group, live for every member');
+  await screenshot(bob, 'web', '15-group-admin');
+
+  // Demote Bob; then Alice, the last admin, cannot demote herself.
+  await alice.click(`[data-member="${bobId}"] [data-testid=demote]`);
+  await badge(bob, bobId, false);
+  await badge(alice, bobId, false);
+  await alice.click(`[data-member="${aliceId}"] [data-testid=demote]`);
+  await groupProblem(alice, 'INVALID_ARGUMENT');
+  step(`demoted: the badge goes; the last admin's own demotion is refused: ${await alice.textContent('[data-testid=group-problem]')}`);
+
+  // Bob leaves (after confirming): read-only for him, one member fewer for Alice.
+  bob.once('dialog', (d) => d.accept());
+  await bob.click('[data-testid=leave-group]');
+  await subtitleIs(bob, 'You are no longer a member');
+  await bob.waitForSelector('#composer:disabled', { timeout: WAIT });
+  await subtitleIs(alice, '2 members');
+  await systemLine(alice, 'Bob Builder left');
+  step('left the group: "no longer a member", composer disabled; the others see him leave');
+  await screenshot(bob, 'web', '16-left-group');
+
+  // The revoked link no longer works: the refusal shows.
+  await alice.click('[data-testid=revoke-invite]');
+  await alice.waitForFunction(() => !document.querySelector('[data-testid=invite-link]') && !document.querySelector('[data-testid=revoke-invite]'), null, { timeout: WAIT });
+  // (Opened as a link this time: the app fills the join form in from it.)
+  await bob.goto(inviteLink);
+  await bob.waitForFunction((l) => document.querySelector('#join-link')?.value === l, inviteLink, { timeout: WAIT });
+  await bob.click('#join-group');
+  await bob.waitForFunction(() => document.querySelector('.side [role=status]')?.textContent.includes('INVALID_INVITE'), null, { timeout: WAIT });
+  step(`a revoked invite link, opened as a link (the join form fills in), is refused: ${await bob.textContent('.side [role=status]')}`);
   await bobContext.close();
 });
 console.log('web client test passed');

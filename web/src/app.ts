@@ -10,7 +10,7 @@ import { fetchProfile, setName } from './net/api';
 import type { Profile } from './net/api';
 import { Rejected, Socket } from './net/socket';
 import type { LinkState, ServerKind } from './net/socket';
-import { Chats, ahead, ticks } from './state/chats';
+import { Chats, ahead, shown, ticks } from './state/chats';
 import type { ChatMessage, Conversation, MediaRef } from './state/chats';
 import * as db from './state/db';
 import type { RoomPlaintext } from './gen/e2ee_pb';
@@ -19,6 +19,8 @@ import { create } from '@bufbuild/protobuf';
 import { open as openSealed, seal, thumbnail } from './media/attachment';
 import { download, upload } from './net/media';
 import { concat, randomId, uuidBytes, uuidText } from './util/bytes';
+import { Groups, apply as applyGroupEvent, describe as describeEvent } from './groups';
+import { Notifier, mediaLabel } from './notifications';
 
 /** The namespace of 1:1 conversation ids (protocol §2). */
 const DIRECT_NAMESPACE = uuidBytes('6c1f7a57-0b2e-4e8e-9a41-535742434844');
@@ -44,6 +46,10 @@ async function directId(a: string, b: string): Promise<string> {
 /** The signed-in client. */
 export class App {
   readonly chats = new Chats();
+  /** Group actions (GroupChange, JoinGroup, GroupInfoRequest). */
+  readonly groups = new Groups(this);
+  /** Browser notifications while the user is away; a click opens the chat. */
+  readonly notifier = new Notifier((id) => void this.select(id));
   socket!: Socket;
   e2ee!: E2ee;
   link: LinkState = 'connecting';
@@ -235,40 +241,8 @@ export class App {
     if (m.event) {
       system = true;
       const e = m.event.kind;
-      if (history && e.case !== 'messageDeleted') {
-        // An old event: shown, but the conversation's state is newer than it.
-        text =
-          e.case === 'created'
-            ? `Group “${e.value.subject}” created`
-            : e.case === 'subjectChanged'
-              ? `Subject: ${e.value}`
-              : e.case === 'membersAdded'
-                ? `${e.value.userIds.map((u) => this.name(uuidText(u))).join(', ')} added`
-                : e.case === 'memberRemoved'
-                  ? `${this.name(uuidText(e.value.userId))} removed`
-                  : e.case === 'memberLeft'
-                    ? `${this.name(uuidText(e.value.userId))} left`
-                    : (e.case ?? 'event');
-      } else if (e.case === 'created') {
-        c.kind = 'group';
-        c.title = e.value.subject;
-        c.members = e.value.memberUserIds.map(uuidText);
-        text = `Group “${e.value.subject}” created`;
-      } else if (e.case === 'membersAdded') {
-        c.kind = 'group';
-        const added = e.value.userIds.map(uuidText);
-        c.members = [...new Set([...(c.members ?? []), ...added])];
-        if (added.includes(this.profile.userId)) c.member = true;
-        text = `${added.map((u) => this.name(u)).join(', ')} added`;
-      } else if (e.case === 'memberRemoved' || e.case === 'memberLeft') {
-        const user = uuidText(e.value.userId);
-        c.members = (c.members ?? []).filter((u) => u !== user);
-        if (user === this.profile.userId) c.member = false;
-        text = `${this.name(user)} ${e.case === 'memberRemoved' ? 'removed' : 'left'}`;
-      } else if (e.case === 'subjectChanged') {
-        c.title = e.value;
-        text = `Subject: ${e.value}`;
-      } else if (e.case === 'messageDeleted') {
+      // An old event (history) is only shown: the conversation's state is newer than it.
+      if (e.case === 'messageDeleted') {
         const target = this.chats.get(conversation, Number(e.value));
         if (target) {
           target.text = 'This message was deleted';
@@ -278,8 +252,8 @@ export class App {
           await this.chats.put(target);
           if (c.lastSeq === target.seq) c.lastText = target.text;
         }
-        text = '';
-      } else text = e.case ?? 'event';
+      } else if (!history && applyGroupEvent(c, e, this.profile.userId)) void this.groups.info(conversation);
+      text = describeEvent(e, (u) => this.name(u));
       if (!text) return this.afterMessage(c.id, seq, m, false, known);
     } else if (m.deleted) {
       text = 'This message was deleted';
@@ -309,14 +283,20 @@ export class App {
       // Not a message of its own: no unread count, the list's text stays (an edit of the last one shows).
       const target = this.chats.get(conversation, message.ref);
       if (ref === 'edit' && target && target.seq === c.lastSeq && target.sender === sender && !problem) c.lastText = text;
+      // A reaction to one of this user's messages is notified (not its removal, not an edit).
+      if (ref === 'reaction' && text && !problem && !mine && !history && !known && target?.mine) {
+        const current = shown(this.chats.list(conversation)).find((s) => s.message.seq === target.seq)?.text ?? target.text;
+        this.notify(c, sender, `Reacted ${text} to “${current}”`);
+      }
       return this.afterMessage(c.id, seq, m, false, known);
     }
     await this.chats.put(message);
-    await this.afterMessage(c.id, seq, m, !mine && !system && !history, known, text);
+    const notice = media ? mediaLabel(media.mime) : problem ? 'New message' : text;
+    await this.afterMessage(c.id, seq, m, !mine && !system && !history, known, text, notice);
   }
 
   /** List bookkeeping of a stored message; `known` when it was stored before (a retried decryption). */
-  private async afterMessage(conversation: string, seq: number, m: Message, incoming: boolean, known: boolean, text?: string): Promise<void> {
+  private async afterMessage(conversation: string, seq: number, m: Message, incoming: boolean, known: boolean, text?: string, notice?: string): Promise<void> {
     const c = await this.chats.ensure(conversation);
     if (seq >= c.lastSeq) {
       c.lastSeq = seq;
@@ -329,15 +309,17 @@ export class App {
         this.socket.write({ case: 'read', value: { conversationId: m.conversationId, seq: m.seq } });
       } else {
         c.unread++;
-        if ((c.mutedUntil ?? 0) <= Date.now()) this.notify(c.title, text ?? '');
+        this.notify(c, uuidText(m.senderUserId), notice ?? text ?? '');
       }
     }
     await this.chats.saveConversation(c);
   }
 
-  private notify(title: string, body: string): void {
-    if (!document.hidden || typeof Notification === 'undefined' || Notification.permission !== 'granted') return;
-    new Notification(title, { body });
+  /** A browser notification of another user's message or reaction, unless the chat is muted (shown only while the user is away). */
+  private notify(c: Conversation, sender: string, body: string): void {
+    if ((c.mutedUntil ?? 0) > Date.now()) return;
+    const title = c.kind === 'group' ? `${this.name(sender)} @ ${this.title(c)}` : this.name(sender);
+    this.notifier.show(c.id, title, body);
   }
 
   private async retryWaiting(): Promise<void> {
@@ -391,6 +373,7 @@ export class App {
     c.member = e.member;
     c.archived = e.archived;
     c.mutedUntil = Number(e.mutedUntilMs);
+    c.mutedPush = e.mutedPush === MutedPush.OFF ? 'off' : 'silent';
     const cleared = Number(e.clearedUpTo);
     if (cleared > (c.clearedUpTo ?? 0)) {
       c.clearedUpTo = cleared;
@@ -418,25 +401,9 @@ export class App {
     }
     c.lastSeq = Math.max(c.lastSeq, Number(e.lastSeq));
     await this.chats.saveConversation(c);
-    if (e.group && e.member && !c.members) void this.groupInfo(id);
+    if (e.group && e.member && (!c.members || !c.admins)) void this.groups.info(id);
     if (this.open === id && !document.hidden && c.unread) await this.markRead(id);
     this.onChange();
-  }
-
-  /** A group's subject and members, from the server. */
-  private async groupInfo(id: string): Promise<void> {
-    try {
-      const answer = await this.socket.request((requestId) => ({ case: 'groupInfo', value: { requestId, conversationId: uuidBytes(id) } }));
-      if (answer.case !== 'groupInfo') return;
-      const c = await this.chats.ensure(id);
-      c.title = answer.value.subject || c.title;
-      c.members = answer.value.memberUserIds.map(uuidText);
-      await this.chats.saveConversation(c);
-      await this.resolvePeers();
-      this.onChange();
-    } catch {
-      // asked again at the next sync
-    }
   }
 
   /**
@@ -444,7 +411,7 @@ export class App {
    * wrote in, on a device that has no message of it): the users this device knows whose
    * direct id with this user is the conversation's.
    */
-  private async resolvePeers(): Promise<void> {
+  async resolvePeers(): Promise<void> {
     const open = [...this.chats.conversations.values()].filter((c) => c.kind === 'direct' && !c.peer);
     if (!open.length || !crypto.subtle) return;
     const known = new Set<string>([this.profile.userId, ...this.names.keys()]);
@@ -588,20 +555,10 @@ export class App {
     await this.select(id);
   }
 
-  /** Adds members to a group (GroupChange add_members; admins only); the event updates every member's list. */
-  async addMembers(id: string, users: string[]): Promise<void> {
-    if (!users.length) return;
-    await this.socket.request((requestId) => ({ case: 'groupChange', value: { requestId, conversationId: uuidBytes(id), change: { case: 'addMembers', value: { userIds: users.map(uuidBytes) } } } }));
-  }
-
-  /** Removes a member from a group (GroupChange remove_member; admins only). */
-  async removeMember(id: string, user: string): Promise<void> {
-    await this.socket.request((requestId) => ({ case: 'groupChange', value: { requestId, conversationId: uuidBytes(id), change: { case: 'removeMember', value: uuidBytes(user) } } }));
-  }
-
   /** Shows a conversation and marks it read. */
   async select(id: string): Promise<void> {
     this.open = id;
+    this.notifier.dismiss(id);
     await this.markRead(id);
     this.onChange();
   }
@@ -720,16 +677,17 @@ export class App {
 
   /**
    * Changes this user's state of a conversation (UpdateChat): mute until (0 unmutes,
-   * \`forever\`), archive, pin (at most 3: the server refuses a fourth), clear up to the
-   * last seq. The answer (InboxChanged) is applied; other devices get it too.
+   * \`forever\`) with silent pushes or none while muted, archive, pin (at most 3: the
+   * server refuses a fourth), clear up to the last seq. The answer (InboxChanged) is
+   * applied; other devices get it too.
    */
-  async updateChat(id: string, change: { mutedUntil?: number | 'forever'; archived?: boolean; pinned?: boolean; clear?: boolean }): Promise<void> {
+  async updateChat(id: string, change: { mutedUntil?: number | 'forever'; mutedPush?: 'silent' | 'off'; archived?: boolean; pinned?: boolean; clear?: boolean }): Promise<void> {
     const c = this.chats.conversations.get(id);
     if (!c) return;
     const value: Record<string, unknown> = { conversationId: uuidBytes(id) };
     if (change.mutedUntil !== undefined) {
       value.mutedUntilMs = change.mutedUntil === 'forever' ? 18446744073709551615n : BigInt(change.mutedUntil);
-      if (change.mutedUntil !== 0) value.mutedPush = MutedPush.SILENT;
+      if (change.mutedUntil !== 0) value.mutedPush = change.mutedPush === 'off' ? MutedPush.OFF : MutedPush.SILENT;
     }
     if (change.archived !== undefined) value.archived = change.archived;
     if (change.pinned !== undefined) value.pinned = change.pinned;

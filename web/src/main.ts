@@ -29,7 +29,6 @@ async function boot(): Promise<void> {
   };
   await app.start();
   render();
-  if (typeof Notification !== 'undefined' && Notification.permission === 'default') document.addEventListener('click', () => void Notification.requestPermission(), { once: true });
 }
 
 boot().catch((error: unknown) => {

@@ -64,8 +64,14 @@ export interface Conversation {
   member?: boolean;
   /** Whether the server holds older messages than the oldest shown (unknown: undefined). */
   hasMore?: boolean;
-  /** Muted until (ms since the epoch; 0 or absent: not muted). */
+  /** Muted until (ms since the epoch; 0 or absent: not muted; about 1.8e19: always). */
   mutedUntil?: number;
+  /** What the server pushes while muted: silent pushes (the default) or none. */
+  mutedPush?: 'silent' | 'off';
+  /** A group's admins (user ids), from its events and GroupInfo. */
+  admins?: string[];
+  /** Whether the group has an invite link (its token is only known to the admin who made it). */
+  inviteActive?: boolean;
   /** Messages up to this seq are cleared on the user's devices. */
   clearedUpTo?: number;
 }

@@ -2,15 +2,18 @@
  * The signed-in screen: the user's own name, the conversation list (from the server: names,
  * group subjects, unread counts, pinned first; new chat, new group) and the open
  * conversation (messages with ✓ / ✓✓ / blue ✓✓, senders' names in groups, older messages
- * loaded when scrolled to the top, typing, presence, the composer), with the chat actions
- * (pin, mute, archive into an "Archived" section, clear; a group's members), and per
- * message reactions, edit and delete for everyone. Re-rendered from the app's state on
- * every change.
+ * loaded when scrolled to the top, typing, presence, the composer, disabled once the user
+ * left a group), with the chat actions (pin, mute (`mute.ts`), archive into an "Archived"
+ * section, clear; a group's panel, `group-panel.ts`), and per message reactions, edit and
+ * delete for everyone; the "Enable notifications" banner and the join-by-invite form.
+ * Re-rendered from the app's state on every change.
  */
 import type { App } from '../app';
 import { shown } from '../state/chats';
 import type { ChatMessage, Conversation, Shown } from '../state/chats';
 import { h, replace } from './dom';
+import { groupPanel, joinForm, refusal } from './group-panel';
+import { muteControl, muted, mutedLabel, nextUnmute } from './mute';
 
 /** The quick reactions offered under a message. */
 const REACTIONS = ['👍', '❤️', '😂'];
@@ -39,6 +42,13 @@ export function mainView(root: HTMLElement, app: App): () => void {
   const viewer = h('div', { class: 'viewer', hidden: true, 'data-testid': 'viewer', onclick: () => (viewer.hidden = true) });
   const chat = h('section', { class: 'chat', 'data-testid': 'chat' }, header, messages, form);
   const problem = h('p', { class: 'status', role: 'status' });
+  // Permission is asked from this button only (a user gesture), never on load.
+  const notifyBanner = h(
+    'div',
+    { class: 'banner', 'data-testid': 'notifications-banner', hidden: true },
+    'Get notified of new messages while this tab is in the background.',
+    h('button', { type: 'button', 'data-testid': 'enable-notifications', onclick: () => app.notifier.enable().then(() => app.onChange(), fail) }, 'Enable notifications'),
+  );
   const side = h(
     'aside',
     { class: 'side' },
@@ -46,6 +56,8 @@ export function mainView(root: HTMLElement, app: App): () => void {
     nameForm,
     h('form', { class: 'new-chat', onsubmit: newChat }, peerInput, h('button', { id: 'start-chat', type: 'submit' }, 'Chat')),
     h('form', { class: 'new-group', onsubmit: newGroup }, groupSubject, groupMembers, h('button', { id: 'create-group', type: 'submit' }, 'New group')),
+    joinForm(app, fail),
+    notifyBanner,
     problem,
     list,
   );
@@ -106,14 +118,20 @@ export function mainView(root: HTMLElement, app: App): () => void {
     }, fail);
   }
 
-  function muted(c: Conversation): boolean {
-    return (c.mutedUntil ?? 0) > Date.now();
-  }
-
   /** A chat action (UpdateChat); a refusal (such as a fourth pin) shows in the status line. */
   function chatAction(id: string, change: Parameters<App['updateChat']>[1]): void {
     problem.textContent = '';
-    app.updateChat(id, change).catch(fail);
+    app.updateChat(id, change).catch((error: unknown) => fail(refusal(error)));
+  }
+  // A mute that ends drops its 🔇 then (the list re-renders at the next end).
+  let unmuteTimer: ReturnType<typeof setTimeout> | null = null;
+  let unmuteAt = 0;
+  function scheduleUnmute(): void {
+    const next = nextUnmute(app.chats.conversations.values());
+    if (next === unmuteAt) return;
+    if (unmuteTimer) clearTimeout(unmuteTimer);
+    unmuteAt = next;
+    unmuteTimer = next ? setTimeout(() => ((unmuteAt = 0), app.onChange()), Math.min(next - Date.now() + 50, 2 ** 31 - 1)) : null;
   }
 
   function row(c: Conversation): HTMLElement {
@@ -126,6 +144,7 @@ export function mainView(root: HTMLElement, app: App): () => void {
         'data-pinned': c.pinned ? true : undefined,
         'data-archived': c.archived ? true : undefined,
         'data-muted': muted(c) ? true : undefined,
+        'data-muted-push': muted(c) ? (c.mutedPush ?? 'silent') : undefined,
         onclick: () => void app.select(c.id),
       },
       h(
@@ -133,7 +152,7 @@ export function mainView(root: HTMLElement, app: App): () => void {
         { class: 'title' },
         c.kind === 'group' ? h('span', { class: 'badge' }, 'group') : null,
         c.pinned ? h('span', { class: 'badge', 'data-testid': 'pinned' }, '📌 pinned') : null,
-        muted(c) ? h('span', { class: 'badge', 'data-testid': 'muted', title: 'Muted' }, '🔇') : null,
+        muted(c) ? h('span', { class: 'badge', 'data-testid': 'muted', title: mutedLabel(c) }, '🔇') : null,
         app.title(c),
       ),
       h('span', { class: 'last' }, c.lastText),
@@ -185,42 +204,7 @@ export function mainView(root: HTMLElement, app: App): () => void {
     );
   }
 
-  const addInput = h('input', { id: 'add-member', placeholder: 'User ids to add, comma-separated' });
-  const membersOpen = new Set<string>();
-  function membersPanel(c: Conversation): HTMLElement {
-    const id = c.id;
-    const panel = h(
-      'details',
-      { class: 'members', 'data-testid': 'group-members', open: membersOpen.has(id) ? true : undefined },
-      h('summary', { 'data-testid': 'members-toggle' }, 'Members'),
-      h('div', { class: 'member-panel' }, h(
-        'ul',
-        {},
-        ...(c.members ?? []).map((user) =>
-          h(
-            'li',
-            { 'data-member': user },
-            app.name(user),
-            user === app.profile.userId ? null : h('button', { type: 'button', 'data-testid': 'remove-member', onclick: () => app.removeMember(id, user).catch(fail) }, 'Remove'),
-          ),
-        ),
-      ),
-      h(
-        'form',
-        {
-          onsubmit: (event: Event) => {
-            event.preventDefault();
-            const users = addInput.value.split(',').map((x) => x.trim()).filter(Boolean);
-            app.addMembers(id, users).then(() => (addInput.value = ''), fail);
-          },
-        },
-        addInput,
-        h('button', { type: 'submit', 'data-testid': 'add-members' }, 'Add'),
-      )),
-    );
-    panel.addEventListener('toggle', () => ((panel as HTMLDetailsElement).open ? membersOpen.add(id) : membersOpen.delete(id)));
-    return panel;
-  }
+  const panel = groupPanel(app);
 
   function subtitle(c: Conversation): string {
     const typing = [...(app.typing.get(c.id)?.entries() ?? [])].filter(([, until]) => until > Date.now());
@@ -236,6 +220,8 @@ export function mainView(root: HTMLElement, app: App): () => void {
     me.textContent = `Me: ${app.myName ? `${app.myName} (${app.profile.phone})` : app.profile.phone}`;
     link.textContent = app.link === 'online' ? (app.caughtUp ? 'online' : 'syncing…') : app.link;
     link.dataset.state = app.link;
+    notifyBanner.hidden = app.notifier.permission() !== 'default';
+    scheduleUnmute();
     // Pinned first, then the rest; archived ones in their own section at the end.
     const all = app.chats.sorted();
     const archived = all.filter((c) => c.archived);
@@ -258,14 +244,17 @@ export function mainView(root: HTMLElement, app: App): () => void {
         'span',
         { class: 'chat-actions' },
         h('button', { type: 'button', 'data-testid': 'pin', onclick: () => chatAction(id, { pinned: !c.pinned }) }, c.pinned ? 'Unpin' : 'Pin'),
-        h('button', { type: 'button', 'data-testid': 'mute', onclick: () => chatAction(id, { mutedUntil: muted(c) ? 0 : 'forever' }) }, muted(c) ? 'Unmute' : 'Mute'),
+        muteControl(c, (change) => chatAction(id, change)),
         h('button', { type: 'button', 'data-testid': 'archive', onclick: () => chatAction(id, { archived: !c.archived }) }, c.archived ? 'Unarchive' : 'Archive'),
         h('button', { type: 'button', 'data-testid': 'clear', onclick: () => confirm('Clear this chat’s messages on your devices?') && chatAction(id, { clear: true }) }, 'Clear'),
       ),
     );
-    // A group's members: add by user id, remove (admins; the server refuses others).
-    const details = c.kind === 'group' && c.member !== false ? membersPanel(c) : null;
-    if (details) header.append(details);
+    // A group's panel (members, admins, subject, invite, leave) while the user is a member.
+    if (c.kind === 'group' && c.member !== false) header.append(panel(c));
+    // A group the user left or was removed from: read-only.
+    const gone = c.kind === 'group' && c.member === false;
+    for (const input of [composer, attach, form.querySelector('#send') as HTMLButtonElement]) input.disabled = gone;
+    composer.placeholder = gone ? 'You are no longer a member of this group' : 'Message';
     // Stay at the bottom when there; otherwise keep the view where it was (older messages
     // added above do not move it). Another conversation opens at its bottom.
     const fromBottom = messages.scrollHeight - messages.scrollTop;
