@@ -39,7 +39,7 @@ interface OutboundRecord {
 }
 
 /** What decrypting a conversation message gave. */
-export type Decrypted = { ok: true; plaintext: RoomPlaintext } | { ok: false; retryable: boolean; reason: string };
+export type Decrypted = { ok: true; plaintext: RoomPlaintext } | { ok: false; retryable: boolean; reason: string; session?: string };
 
 const MAX_MESSAGES = 100;
 const MAX_AGE_MS = 7 * 24 * 3600 * 1000;
@@ -214,8 +214,9 @@ export class E2ee {
     return this.devices.get(user)?.get(device);
   }
 
-  private async saveOlm(curve: string): Promise<void> {
-    await db.put(`olm:${curve}`, (this.olm.get(curve) ?? []).map((s) => s.pickle(this.pickleKey)));
+  /** Queues the Olm sessions with a peer key for the next commit (pickled then). */
+  private saveOlm(curve: string): void {
+    db.later(`olm:${curve}`, () => (this.olm.get(curve) ?? []).map((s) => s.pickle(this.pickleKey)));
   }
 
   private pushSession(curve: string, session: Olm.Session): void {
@@ -246,7 +247,7 @@ export class E2ee {
       const session = new Olm.Session();
       session.create_outbound(this.account, b64(keys.curve), b64(c.key.key));
       this.pushSession(b64(keys.curve), session);
-      await this.saveOlm(b64(keys.curve));
+      this.saveOlm(b64(keys.curve));
     }
   }
 
@@ -270,7 +271,7 @@ export class E2ee {
         content: { case: 'roomKey', value: key },
       });
       const message = olmEncrypt(session, toBinary(OlmPlaintextSchema, plaintext));
-      await this.saveOlm(b64(keys.curve));
+      this.saveOlm(b64(keys.curve));
       const envelope = create(EnvelopeSchema, {
         version: 1,
         algorithm: Algorithm.OLM_V1,
@@ -282,6 +283,8 @@ export class E2ee {
       wire.push({ userId: uuidBytes(user), deviceId: uuidBytes(device), payload: toBinary(EnvelopeSchema, envelope) });
       sent.push(`${user}/${device}`);
     }
+    // The sessions' new state is stored before anything they encrypted leaves.
+    await db.settled();
     for (let i = 0; i < wire.length; i += 1024) {
       const clientId = randomId();
       await socket.sendToDevice(clientId, { case: 'sendToDevice', value: { clientId, targets: wire.slice(i, i + 1024) } });
@@ -289,11 +292,15 @@ export class E2ee {
     return sent;
   }
 
-  private async saveInbound(name: string): Promise<void> {
-    const entry = this.inbound.get(name);
-    if (!entry) return;
-    entry.record.pickle = entry.session.pickle(this.pickleKey);
-    await db.put(`megolm-in:${name}`, entry.record);
+  /** Queues an inbound session for the next commit (pickled then). */
+  private saveInbound(name: string): Promise<void> {
+    db.later(`megolm-in:${name}`, () => {
+      const entry = this.inbound.get(name);
+      if (!entry) return undefined;
+      entry.record.pickle = entry.session.pickle(this.pickleKey);
+      return entry.record;
+    });
+    return db.settled();
   }
 
   /**
@@ -358,7 +365,7 @@ export class E2ee {
     if (envelope.algorithm !== Algorithm.MEGOLM_V1 || !envelope.sessionId || envelope.senderKey.length !== 32) return { ok: false, retryable: false, reason: 'not a megolm envelope' };
     const name = `${b64(envelope.senderKey)}|${envelope.sessionId}`;
     const entry = this.inbound.get(name);
-    if (!entry) return { ok: false, retryable: true, reason: 'the key has not arrived yet' };
+    if (!entry) return { ok: false, retryable: true, reason: 'the key has not arrived yet', session: name };
     const conversation = uuidText(m.conversationId);
     if (entry.record.user !== uuidText(m.senderUserId) || entry.record.device !== uuidText(m.senderDeviceId) || entry.record.conversation !== conversation) {
       return { ok: false, retryable: false, reason: 'forged: the session belongs to another device or conversation' };
@@ -368,7 +375,7 @@ export class E2ee {
       opened = megolmDecrypt(entry.session, b64(envelope.ciphertext));
     } catch (error) {
       const reason = String(error);
-      return { ok: false, retryable: reason.includes('UNKNOWN_MESSAGE_INDEX'), reason };
+      return { ok: false, retryable: reason.includes('UNKNOWN_MESSAGE_INDEX'), reason, session: name };
     }
     const where = `${conversation}:${m.seq}`;
     const seen = this.seenIndices.get(`${name}#${opened.index}`);
@@ -386,15 +393,15 @@ export class E2ee {
 
   /**
    * A to-device message: room keys over Olm, every check of sender and recipient. Returns
-   * whether a new room key arrived (the caller retries the messages waiting for keys).
-   * Acknowledged once handled (or found unusable).
+   * the inbound sessions (`senderKey|sessionId`) it added (the caller retries the messages
+   * waiting for them). Acknowledged once handled (or found unusable) and stored.
    */
-  async onToDevice(socket: Socket, td: ToDeviceMessage): Promise<boolean> {
+  async onToDevice(socket: Socket, td: ToDeviceMessage): Promise<string[]> {
     if (td.position <= this.position) {
       this.ack(socket, td.position);
-      return false;
+      return [];
     }
-    let added = false;
+    let added: string[] = [];
     try {
       added = await this.openToDevice(socket, td);
     } catch (error) {
@@ -402,21 +409,30 @@ export class E2ee {
       console.warn(`to-device message ${td.position} not used: ${error.message}`);
     }
     this.position = td.position;
-    await db.put('e2ee:to-device-position', td.position.toString());
+    db.later('e2ee:to-device-position', () => this.position.toString());
     this.ack(socket, td.position);
     return added;
   }
 
-  /** Acknowledges to-device entries up to `position`: one frame per burst (acks are cumulative). */
+  /**
+   * Acknowledges to-device entries up to `position`: one frame per burst (acks are
+   * cumulative), once what they changed is stored.
+   */
   private ack(socket: Socket, position: bigint): void {
     if (position > this.acked) this.acked = position;
     this.ackTimer ??= setTimeout(() => {
-      this.ackTimer = null;
-      socket.write({ case: 'ackToDevice', value: { upTo: this.acked } });
+      const upTo = this.acked;
+      db.settled()
+        .then(() => socket.write({ case: 'ackToDevice', value: { upTo } }))
+        .catch((error: unknown) => console.warn('to-device state not stored: not acknowledged', error))
+        .finally(() => {
+          this.ackTimer = null;
+          if (this.acked > upTo) this.ack(socket, this.acked);
+        });
     }, 50);
   }
 
-  private async openToDevice(socket: Socket, td: ToDeviceMessage): Promise<boolean> {
+  private async openToDevice(socket: Socket, td: ToDeviceMessage): Promise<string[]> {
     const user = uuidText(td.senderUserId);
     const device = uuidText(td.senderDeviceId);
     let envelope;
@@ -455,10 +471,10 @@ export class E2ee {
       }
       this.account.remove_one_time_keys(session);
       this.pushSession(curve, session);
-      await db.put('e2ee:account', this.account.pickle(this.pickleKey));
+      db.later('e2ee:account', () => this.account.pickle(this.pickleKey));
     }
     if (!plain) throw new Unusable('no olm session decrypts it');
-    await this.saveOlm(curve);
+    this.saveOlm(curve);
     let p: OlmPlaintext;
     try {
       p = fromBinary(OlmPlaintextSchema, plain);
@@ -487,16 +503,16 @@ export class E2ee {
       // A key from an earlier index is kept; a later one never replaces it.
       if (existing && existing.session.first_known_index() <= session.first_known_index()) {
         session.free();
-        return false;
+        return [];
       }
       existing?.session.free();
       this.inbound.set(name, { session, record: { pickle: '', conversation: uuidText(key.conversationId), user, device } });
-      await this.saveInbound(name);
-      return true;
+      void this.saveInbound(name);
+      return [name];
     }
     if (p.content.case === 'forwardedRoomKeys') {
       if (user !== this.user) throw new Unusable('forwarded room keys from another user refused');
-      let any = false;
+      const added: string[] = [];
       for (const k of p.content.value.keys) {
         const session = new Olm.InboundGroupSession();
         try {
@@ -515,10 +531,10 @@ export class E2ee {
           continue;
         }
         this.inbound.set(name, { session, record: { pickle: '', conversation: uuidText(k.conversationId), user: uuidText(k.originUserId), device: uuidText(k.originDeviceId) } });
-        await this.saveInbound(name);
-        any = true;
+        void this.saveInbound(name);
+        added.push(name);
       }
-      return any;
+      return added;
     }
     throw new Unusable('empty to-device content');
   }
