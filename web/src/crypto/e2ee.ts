@@ -8,8 +8,8 @@
  * before anything that depends on it leaves the device.
  */
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
-import { Algorithm, EnvelopeSchema, OlmPlaintextSchema, RoomPlaintextSchema } from '../gen/e2ee_pb';
-import type { OlmPlaintext, RoomKey, RoomPlaintext } from '../gen/e2ee_pb';
+import { Algorithm, EnvelopeSchema, ForwardedRoomKeySchema, ForwardedRoomKeysSchema, OlmPlaintextSchema, RoomPlaintextSchema } from '../gen/e2ee_pb';
+import type { ForwardedRoomKey, OlmPlaintext, RoomKey, RoomPlaintext } from '../gen/e2ee_pb';
 import type { KeysLow, Message, ToDeviceMessage } from '../gen/switchboard_pb';
 import { ErrorCode } from '../gen/switchboard_pb';
 import { Rejected } from '../net/socket';
@@ -44,6 +44,8 @@ export type Decrypted = { ok: true; plaintext: RoomPlaintext } | { ok: false; re
 const MAX_MESSAGES = 100;
 const MAX_AGE_MS = 7 * 24 * 3600 * 1000;
 const MAX_SESSIONS_PER_PEER = 8;
+/** Forwarded keys per Olm message (each to-device payload is at most 16 KiB), as the Rust SDK. */
+const FORWARDED_PER_MESSAGE = 40;
 
 function json<T>(text: string): T {
   return JSON.parse(text) as T;
@@ -252,7 +254,12 @@ export class E2ee {
   }
 
   /** Sends a room key to each target over Olm; the targets it went to. */
-  private async shareKey(socket: Socket, targets: Array<[string, string]>, key: RoomKey): Promise<string[]> {
+  private shareKey(socket: Socket, targets: Array<[string, string]>, key: RoomKey): Promise<string[]> {
+    return this.sendOlm(socket, targets, { case: 'roomKey', value: key });
+  }
+
+  /** Sends one Olm-encrypted content to each target (opening sessions first); the targets it went to. */
+  private async sendOlm(socket: Socket, targets: Array<[string, string]>, content: OlmPlaintext['content']): Promise<string[]> {
     await this.ensureOlm(socket, targets);
     const me = this.identity();
     const wire: Array<{ userId: Uint8Array; deviceId: Uint8Array; payload: Uint8Array }> = [];
@@ -268,7 +275,7 @@ export class E2ee {
         recipientUserId: uuidBytes(user),
         recipientDeviceId: uuidBytes(device),
         recipientEd25519: keys.ed,
-        content: { case: 'roomKey', value: key },
+        content,
       });
       const message = olmEncrypt(session, toBinary(OlmPlaintextSchema, plaintext));
       this.saveOlm(b64(keys.curve));
@@ -290,6 +297,44 @@ export class E2ee {
       await socket.sendToDevice(clientId, { case: 'sendToDevice', value: { clientId, targets: wire.slice(i, i + 1024) } });
     }
     return sent;
+  }
+
+  /**
+   * Every inbound Megolm session this device holds, exported at its first known index, as
+   * forwarded keys (what the Rust SDK's `export_all` gives), ordered by session id.
+   */
+  exportAll(): ForwardedRoomKey[] {
+    const out: ForwardedRoomKey[] = [];
+    for (const [name, { session, record }] of this.inbound) {
+      const sessionId = name.slice(name.indexOf('|') + 1);
+      out.push(
+        create(ForwardedRoomKeySchema, {
+          conversationId: uuidBytes(record.conversation),
+          originUserId: uuidBytes(record.user),
+          originDeviceId: uuidBytes(record.device),
+          originSenderKey: unb64(name.slice(0, name.indexOf('|'))),
+          sessionId,
+          exportedSessionKey: unb64(session.export_session(session.first_known_index())),
+        }),
+      );
+    }
+    return out.sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : 0));
+  }
+
+  /**
+   * Sends every inbound session this device holds to some of this user's own devices
+   * (never another user's: those are filtered out), FORWARDED_PER_MESSAGE keys per Olm
+   * message, so a device linked later reads the history it was sent before it existed.
+   * Returns how many keys went out.
+   */
+  async forwardSessions(socket: Socket, devices: string[]): Promise<number> {
+    const targets: Array<[string, string]> = devices.filter((d) => d !== this.device && this.devices.get(this.user)?.has(d)).map((d) => [this.user, d]);
+    const keys = this.exportAll();
+    if (!targets.length || !keys.length) return 0;
+    for (let i = 0; i < keys.length; i += FORWARDED_PER_MESSAGE) {
+      await this.sendOlm(socket, targets, { case: 'forwardedRoomKeys', value: create(ForwardedRoomKeysSchema, { keys: keys.slice(i, i + FORWARDED_PER_MESSAGE) }) });
+    }
+    return keys.length;
   }
 
   /** Queues an inbound session for the next commit (pickled then). */
@@ -539,10 +584,22 @@ export class E2ee {
     throw new Unusable('empty to-device content');
   }
 
-  /** Device lists changed: list the users again and acknowledge the notice. */
+  /**
+   * Device lists changed: list the users again and acknowledge the notice. When our own
+   * user has a device we did not list before (one just linked), it gets every Megolm
+   * session this device holds, as the Rust SDK does.
+   */
   async onDeviceListsChanged(socket: Socket, users: Uint8Array[]): Promise<void> {
-    await this.refresh(socket, users.map(uuidText));
+    const texts = users.map(uuidText);
+    const before = new Set(this.devices.get(this.user)?.keys() ?? []);
+    await this.refresh(socket, texts);
     socket.write({ case: 'ackDeviceLists', value: { userIds: users } });
+    if (!texts.includes(this.user) || before.size === 0) return;
+    const fresh = [...(this.devices.get(this.user)?.keys() ?? [])].filter((d) => !before.has(d) && d !== this.device);
+    if (fresh.length) {
+      const count = await this.forwardSessions(socket, fresh);
+      console.info(`forwarded ${count} room keys to ${fresh.length} new device(s) of this user`);
+    }
   }
 }
 
