@@ -62,6 +62,18 @@ impl Dev {
     }
 }
 
+/// The script's process, killed if the test fails before it ends (no orphaned browser).
+struct Script(Option<std::process::Child>);
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Waits for a line of the script (the lines before it go to the report).
 async fn line(lines: &mut UnboundedReceiver<String>, report: &mut String, want: &str) {
     loop {
@@ -98,6 +110,7 @@ async fn room_keys_are_forwarded_from_and_to_the_browser() {
         .spawn()
         .expect("run node");
     let stdout = child.stdout.take().expect("stdout");
+    let mut child = Script(Some(child));
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -156,7 +169,7 @@ async fn room_keys_are_forwarded_from_and_to_the_browser() {
         assert!(Instant::now() < deadline, "the linked browser never showed the forwarded message:\n{report}");
     }
 
-    let (status, child) = wait_bounded(child, Duration::from_secs(60)).await;
+    let (status, child) = wait_bounded(child.0.take().expect("the script"), Duration::from_secs(60)).await;
     while let Ok(l) = lines.try_recv() {
         report.push_str(&l);
         report.push('\n');
