@@ -27,7 +27,7 @@ cargo nextest run --locked --no-fail-fast "$@"
 # (the cluster tests always run on PostgreSQL: a cluster needs a shared store).
 echo "== integration suite against PostgreSQL =="
 SWITCHBOARD_TEST_STORE=postgres cargo nextest run --locked --no-fail-fast \
-  -E 'kind(test) and not binary(store_conformance) and not binary(protocol_props) and not binary(scylla_errors) and not binary(cluster) and not binary(tls) and not binary(openapi) and not binary(nemesis) and not binary(fuzz_regressions) and not binary(browser_console) and not binary(browser_web) and not binary(browser_web_load) and not binary(dashboard)' "$@"
+  -E 'kind(test) and not binary(store_conformance) and not binary(protocol_props) and not binary(scylla_errors) and not binary(cluster) and not binary(tls) and not binary(openapi) and not binary(nemesis) and not binary(fuzz_regressions) and not binary(browser_console) and not binary(browser_web) and not binary(browser_web_load) and not binary(browser_web_keys) and not binary(dashboard)' "$@"
 # Benches are built (not run) so they cannot rot: in the dev profile, reusing the build
 # above (an optimised build of everything would double CI time for the same check).
 cargo build --benches --profile dev --locked

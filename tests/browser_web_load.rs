@@ -3,12 +3,21 @@
 //! user's SDK device, opens the app in headless Chromium (`tests/browser/web-load.mjs`).
 //! The script reports, from the start of navigation to every conversation listed with its
 //! decrypted last message, the time after being away (catch-up: 200 room keys over Olm and
-//! 200 Megolm messages) and after a reload (from IndexedDB). Prints both; asserts only
-//! that they finish within the script's bounds.
+//! 200 Megolm messages) and after a reload (from IndexedDB), with the frames and IndexedDB
+//! transactions it took. Prints both; asserts only that they finish within the script's
+//! bounds.
+//!
+//! To compare builds side by side on one server: `SWITCHBOARD_WEB_LOAD_BASELINE=<dir>` (a
+//! built `web/dist`, say of an older commit) runs the same scenario first with the app's
+//! files from there, with accounts of its own, then with this checkout's `web/dist`
+//! (both served by the script).
+//! `SWITCHBOARD_CPU_PROFILE_DIR=<dir>` saves a CPU profile of each catch-up load there
+//! (`baseline.cpuprofile`, `current.cpuprofile`) and prints its hottest functions.
 
 mod common;
 
 use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::browser::{require_tools, script, wait_bounded};
@@ -23,6 +32,17 @@ const CONVERSATIONS: usize = 200;
 async fn the_app_lists_200_encrypted_conversations() {
     let (chromium, node) = require_tools();
     let server = TestServer::start();
+    if let Ok(baseline) = std::env::var("SWITCHBOARD_WEB_LOAD_BASELINE") {
+        // Both builds served the same way (by the script, from files), one after the other.
+        load(&server, &chromium, &node, "baseline", Some(PathBuf::from(baseline))).await;
+        load(&server, &chromium, &node, "current", Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist"))).await;
+    } else {
+        load(&server, &chromium, &node, "current", None).await;
+    }
+}
+
+/// One run of the scenario with fresh accounts: the app's files from `dist`, or the server's.
+async fn load(server: &TestServer, chromium: &str, node: &str, label: &str, dist: Option<PathBuf>) {
     let work = tempfile::tempdir().expect("work dir");
     let mut accounts = server.provision(CONVERSATIONS + 1).await;
     let me = accounts.remove(0);
@@ -30,13 +50,22 @@ async fn the_app_lists_200_encrypted_conversations() {
         serde_json::json!({"phone": "+1 provisioned", "userId": me.user_id.to_string(), "deviceId": me.device_id.to_string(), "token": me.token});
     let go = work.path().join("go");
 
-    let mut child = script(&node, &chromium, "web-load.mjs")
+    let mut command = script(node, chromium, "web-load.mjs");
+    command
         .env("SWITCHBOARD_APP_URL", format!("http://{}/app/", server.http))
         .env("SWITCHBOARD_PROFILE_JSON", profile.to_string())
         .env("SWITCHBOARD_GO_FILE", &go)
         .env("SWITCHBOARD_CONVERSATIONS", CONVERSATIONS.to_string())
-        .spawn()
-        .expect("run node");
+        .env("SWITCHBOARD_LOAD_LABEL", label)
+        .env_remove("SWITCHBOARD_WEB_DIST")
+        .env_remove("SWITCHBOARD_CPU_PROFILE");
+    if let Some(dist) = &dist {
+        command.env("SWITCHBOARD_WEB_DIST", dist);
+    }
+    if let Ok(dir) = std::env::var("SWITCHBOARD_CPU_PROFILE_DIR") {
+        command.env("SWITCHBOARD_CPU_PROFILE", Path::new(&dir).join(format!("{label}.cpuprofile")));
+    }
+    let mut child = command.spawn().expect("run node");
     let stdout = child.stdout.take().expect("stdout");
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
@@ -48,7 +77,11 @@ async fn the_app_lists_200_encrypted_conversations() {
     });
     let mut report = String::new();
     loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.recv()).await.expect("the page never got ready").expect("node ended early");
+        let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(60), lines.recv()).await else {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("node output");
+            panic!("the page never got ready ({label}):\n{report}--- stderr\n{}", String::from_utf8_lossy(&output.stderr));
+        };
         report.push_str(&line);
         report.push('\n');
         if line == "ready" {
@@ -74,7 +107,7 @@ async fn the_app_lists_200_encrypted_conversations() {
         }
         sdk.send_direct(&mut conn, me.user_id, &Body::Text(format!("hello from sender {i}"))).await.expect("send");
     }
-    println!("{CONVERSATIONS} encrypted messages sent in {:?}", started.elapsed());
+    println!("{label}: {CONVERSATIONS} encrypted messages sent in {:?}", started.elapsed());
     std::fs::write(&go, b"go").expect("go file");
 
     let (status, child) = wait_bounded(child, Duration::from_secs(300)).await;
@@ -83,8 +116,8 @@ async fn the_app_lists_200_encrypted_conversations() {
         report.push('\n');
     }
     let output = child.wait_with_output().expect("node output");
-    let report = format!("--- stdout\n{report}--- stderr\n{}", String::from_utf8_lossy(&output.stderr));
+    let report = format!("--- {label} stdout\n{report}--- {label} stderr\n{}", String::from_utf8_lossy(&output.stderr));
     println!("{report}");
-    assert!(status.success(), "the load test failed ({status}):\n{report}");
-    assert!(report.contains("web load test passed"), "the script did not finish:\n{report}");
+    assert!(status.success(), "the load test ({label}) failed ({status}):\n{report}");
+    assert!(report.contains("web load test passed"), "the script ({label}) did not finish:\n{report}");
 }

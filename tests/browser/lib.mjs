@@ -29,10 +29,10 @@ export function step(message) {
 }
 
 /**
- * Starts headless Chromium with a fresh context. Fails loudly (never skips) when the
- * browser or playwright-core is missing.
+ * Starts headless Chromium with a fresh context (`args`: more command-line switches).
+ * Fails loudly (never skips) when the browser or playwright-core is missing.
  */
-export async function launch() {
+export async function launch(args = []) {
   if (!existsSync(CHROMIUM)) {
     fail(`Chromium not found at ${CHROMIUM}: run scripts/install-deps.sh (installs the distribution's chromium package), or set SWITCHBOARD_CHROMIUM`);
   }
@@ -46,7 +46,7 @@ export async function launch() {
     executablePath: CHROMIUM,
     headless: true,
     // /dev/shm is small in containers; Chromium then uses /tmp.
-    args: ['--disable-dev-shm-usage'],
+    args: ['--disable-dev-shm-usage', ...args],
   });
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();

@@ -22,6 +22,11 @@ import { concat, randomId, uuidBytes, uuidText } from './util/bytes';
 import { Groups, apply as applyGroupEvent, describe as describeEvent } from './groups';
 import { Notifier, mediaLabel } from './notifications';
 
+/** Lets a queued IndexedDB write finish on its own (a failure is reported, not thrown). */
+function keep(write: Promise<void>): void {
+  write.catch((error: unknown) => console.warn('IndexedDB write failed', error));
+}
+
 /** The namespace of 1:1 conversation ids (protocol §2). */
 const DIRECT_NAMESPACE = uuidBytes('6c1f7a57-0b2e-4e8e-9a41-535742434844');
 
@@ -64,8 +69,11 @@ export class App {
   myName = '';
   /** Conversations whose older messages are being fetched. */
   readonly loadingOlder = new Set<string>();
-  /** Messages waiting for their room key (and whether they came from history). */
-  private waiting: Array<{ m: Message; history: boolean }> = [];
+  /** Messages waiting for their room key, by the session they need (`senderKey|sessionId`), and whether they came from history. */
+  private waiting = new Map<string, Array<{ m: Message; history: boolean }>>();
+  /** Acknowledgements to send once the messages are stored: conversation → its id and highest seq. */
+  private acks = new Map<string, { conversationId: Uint8Array; seq: bigint }>();
+  private ackTimer: ReturnType<typeof setTimeout> | null = null;
   private askedNames = new Set<string>();
   /** Names to fetch, a few at a time. */
   private nameQueue: string[] = [];
@@ -131,7 +139,7 @@ export class App {
         await this.onMessage(kind.value);
         break;
       case 'toDevice':
-        if (await this.e2ee.onToDevice(this.socket, kind.value)) await this.retryWaiting();
+        await this.retryWaiting(await this.e2ee.onToDevice(this.socket, kind.value));
         break;
       case 'deviceListsChanged':
         await this.e2ee.onDeviceListsChanged(this.socket, kind.value.userIds);
@@ -141,7 +149,7 @@ export class App {
         break;
       case 'catchUpComplete':
         this.caughtUp = true;
-        for (const c of this.chats.conversations.values()) if (c.kind === 'direct' && c.peer) this.queryPresence(c.peer);
+        this.queryPresence([...this.chats.conversations.values()].flatMap((c) => (c.kind === 'direct' && c.peer ? [c.peer] : [])));
         void this.syncInbox();
         // Names may have changed while this device was away (ProfileChanged is not replayed).
         for (const user of this.names.keys()) {
@@ -206,9 +214,12 @@ export class App {
   /**
    * Stores a message from catch-up, live delivery or (`history`) a `HistoryPage`: decrypted,
    * once per seq. History messages are not acknowledged, counted unread or notified, and
-   * their events do not change the conversation's current state.
+   * their events do not change the conversation's current state. `retry`: a message kept
+   * undecrypted, now that its key came (acknowledged already). The writes are queued, not
+   * awaited: a burst of messages is stored in one IndexedDB transaction, and acknowledged
+   * once it is committed.
    */
-  private async onMessage(m: Message, history = false): Promise<void> {
+  private async onMessage(m: Message, history = false, retry = false): Promise<void> {
     const conversation = uuidText(m.conversationId);
     const seq = Number(m.seq);
     const sender = uuidText(m.senderUserId);
@@ -218,11 +229,11 @@ export class App {
     const c = await this.chats.ensure(conversation, mine ? {} : { peer: sender, title: sender.slice(0, 8) });
     // Cleared on this user's devices: acknowledged, not kept.
     if (seq <= (c.clearedUpTo ?? 0)) {
-      if (!history) this.socket.write({ case: 'ack', value: { conversationId: m.conversationId, seq: m.seq } });
+      if (!history && !retry) this.ack(conversation, m);
       return;
     }
     // Acknowledge (✓✓ for the sender) even a repeat: its earlier ack may have been lost.
-    if (!history) this.socket.write({ case: 'ack', value: { conversationId: m.conversationId, seq: m.seq } });
+    if (!history && !retry) this.ack(conversation, m);
     const known = this.chats.has(conversation, seq);
     // The stored copy of an own message carries its ticks (history, catch-up).
     const status = mine ? ticks(m.deliveredTo, m.readBy, c.kind === 'group' ? (c.members?.length ?? 2) - 1 : 1) : 'read';
@@ -230,7 +241,7 @@ export class App {
     if (existing && !existing.problem) {
       if (mine && ahead(status, existing.status)) {
         existing.status = status;
-        await this.chats.put(existing);
+        keep(this.chats.put(existing));
       }
       return;
     }
@@ -249,7 +260,7 @@ export class App {
           target.problem = undefined;
           target.deleted = true;
           target.media = undefined;
-          await this.chats.put(target);
+          keep(this.chats.put(target));
           if (c.lastSeq === target.seq) c.lastText = target.text;
         }
       } else if (!history && applyGroupEvent(c, e, this.profile.userId)) void this.groups.info(conversation);
@@ -270,7 +281,11 @@ export class App {
       } else {
         problem = opened.reason;
         text = opened.retryable ? 'Waiting for this message’s key…' : `Cannot decrypt: ${opened.reason}`;
-        if (opened.retryable) this.waiting.push({ m, history });
+        if (opened.retryable && opened.session) {
+          const list = this.waiting.get(opened.session) ?? [];
+          list.push({ m, history });
+          this.waiting.set(opened.session, list);
+        }
       }
     }
     const message: ChatMessage = { conversation, seq, clientMsgId: m.clientMsgId, sender, mine, text, time: Number(m.serverTimeMs), status, problem, system, media };
@@ -279,7 +294,7 @@ export class App {
     if (ref && !system) {
       message.kind = ref;
       message.ref = Number(m.referenceSeq);
-      await this.chats.put(message);
+      keep(this.chats.put(message));
       // Not a message of its own: no unread count, the list's text stays (an edit of the last one shows).
       const target = this.chats.get(conversation, message.ref);
       if (ref === 'edit' && target && target.seq === c.lastSeq && target.sender === sender && !problem) c.lastText = text;
@@ -290,7 +305,7 @@ export class App {
       }
       return this.afterMessage(c.id, seq, m, false, known);
     }
-    await this.chats.put(message);
+    keep(this.chats.put(message));
     const notice = media ? mediaLabel(media.mime) : problem ? 'New message' : text;
     await this.afterMessage(c.id, seq, m, !mine && !system && !history, known, text, notice);
   }
@@ -312,7 +327,33 @@ export class App {
         this.notify(c, uuidText(m.senderUserId), notice ?? text ?? '');
       }
     }
-    await this.chats.saveConversation(c);
+    keep(this.chats.saveConversation(c));
+  }
+
+  /**
+   * Acknowledges a message (cumulative per conversation): one Ack per conversation per
+   * burst, sent once the messages are stored.
+   */
+  private ack(conversation: string, m: Message): void {
+    const held = this.acks.get(conversation);
+    if (!held || m.seq > held.seq) this.acks.set(conversation, { conversationId: m.conversationId, seq: m.seq });
+    this.scheduleAcks();
+  }
+
+  private scheduleAcks(): void {
+    this.ackTimer ??= setTimeout(() => {
+      const acks = [...this.acks.values()];
+      this.acks.clear();
+      db.settled()
+        .then(() => {
+          for (const a of acks) this.socket.write({ case: 'ack', value: a });
+        })
+        .catch((error: unknown) => console.warn('messages not stored: not acknowledged', error))
+        .finally(() => {
+          this.ackTimer = null;
+          if (this.acks.size) this.scheduleAcks();
+        });
+    }, 50);
   }
 
   /** A browser notification of another user's message or reaction, unless the chat is muted (shown only while the user is away). */
@@ -322,10 +363,14 @@ export class App {
     this.notifier.show(c.id, title, body);
   }
 
-  private async retryWaiting(): Promise<void> {
-    const waiting = this.waiting;
-    this.waiting = [];
-    for (const w of waiting) await this.onMessage(w.m, w.history);
+  /** Decrypts again the messages that waited for these sessions (and only those). */
+  private async retryWaiting(sessions: string[]): Promise<void> {
+    for (const session of sessions) {
+      const waiting = this.waiting.get(session);
+      if (!waiting) continue;
+      this.waiting.delete(session);
+      for (const w of waiting) await this.onMessage(w.m, w.history, true);
+    }
   }
 
   /**
@@ -400,7 +445,7 @@ export class App {
       if (!e.group && !c.peer && sender !== this.profile.userId) c.peer = sender;
     }
     c.lastSeq = Math.max(c.lastSeq, Number(e.lastSeq));
-    await this.chats.saveConversation(c);
+    keep(this.chats.saveConversation(c));
     if (e.group && e.member && (!c.members || !c.admins)) void this.groups.info(id);
     if (this.open === id && !document.hidden && c.unread) await this.markRead(id);
     this.onChange();
@@ -520,16 +565,23 @@ export class App {
     this.onChange();
   }
 
-  private queryPresence(user: string): void {
-    this.socket
-      .request((requestId) => ({ case: 'presenceQuery', value: { requestId, userIds: [uuidBytes(user)] } }))
-      .then((answer) => {
-        if (answer.case === 'presence') {
-          this.presence.set(user, { online: answer.value.online, lastSeen: Number(answer.value.lastSeenMs) });
-          this.onChange();
-        }
-      })
-      .catch(() => {});
+  /**
+   * Asks for users' presence, 256 per query: the first answer resolves the request, the
+   * others (one `Presence` per user, same request id) come as frames.
+   */
+  private queryPresence(users: string | string[]): void {
+    const list = typeof users === 'string' ? [users] : users;
+    for (let i = 0; i < list.length; i += 256) {
+      this.socket
+        .request((requestId) => ({ case: 'presenceQuery', value: { requestId, userIds: list.slice(i, i + 256).map(uuidBytes) } }))
+        .then((answer) => {
+          if (answer.case === 'presence') {
+            this.presence.set(uuidText(answer.value.userId), { online: answer.value.online, lastSeen: Number(answer.value.lastSeenMs) });
+            this.onChange();
+          }
+        })
+        .catch(() => {});
+    }
   }
 
   /** Opens (creating if needed) the 1:1 with a user. */

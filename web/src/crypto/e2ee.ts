@@ -8,8 +8,8 @@
  * before anything that depends on it leaves the device.
  */
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
-import { Algorithm, EnvelopeSchema, OlmPlaintextSchema, RoomPlaintextSchema } from '../gen/e2ee_pb';
-import type { OlmPlaintext, RoomKey, RoomPlaintext } from '../gen/e2ee_pb';
+import { Algorithm, EnvelopeSchema, ForwardedRoomKeySchema, ForwardedRoomKeysSchema, OlmPlaintextSchema, RoomPlaintextSchema } from '../gen/e2ee_pb';
+import type { ForwardedRoomKey, OlmPlaintext, RoomKey, RoomPlaintext } from '../gen/e2ee_pb';
 import type { KeysLow, Message, ToDeviceMessage } from '../gen/switchboard_pb';
 import { ErrorCode } from '../gen/switchboard_pb';
 import { Rejected } from '../net/socket';
@@ -39,11 +39,13 @@ interface OutboundRecord {
 }
 
 /** What decrypting a conversation message gave. */
-export type Decrypted = { ok: true; plaintext: RoomPlaintext } | { ok: false; retryable: boolean; reason: string };
+export type Decrypted = { ok: true; plaintext: RoomPlaintext } | { ok: false; retryable: boolean; reason: string; session?: string };
 
 const MAX_MESSAGES = 100;
 const MAX_AGE_MS = 7 * 24 * 3600 * 1000;
 const MAX_SESSIONS_PER_PEER = 8;
+/** Forwarded keys per Olm message (each to-device payload is at most 16 KiB), as the Rust SDK. */
+const FORWARDED_PER_MESSAGE = 40;
 
 function json<T>(text: string): T {
   return JSON.parse(text) as T;
@@ -214,8 +216,9 @@ export class E2ee {
     return this.devices.get(user)?.get(device);
   }
 
-  private async saveOlm(curve: string): Promise<void> {
-    await db.put(`olm:${curve}`, (this.olm.get(curve) ?? []).map((s) => s.pickle(this.pickleKey)));
+  /** Queues the Olm sessions with a peer key for the next commit (pickled then). */
+  private saveOlm(curve: string): void {
+    db.later(`olm:${curve}`, () => (this.olm.get(curve) ?? []).map((s) => s.pickle(this.pickleKey)));
   }
 
   private pushSession(curve: string, session: Olm.Session): void {
@@ -246,12 +249,17 @@ export class E2ee {
       const session = new Olm.Session();
       session.create_outbound(this.account, b64(keys.curve), b64(c.key.key));
       this.pushSession(b64(keys.curve), session);
-      await this.saveOlm(b64(keys.curve));
+      this.saveOlm(b64(keys.curve));
     }
   }
 
   /** Sends a room key to each target over Olm; the targets it went to. */
-  private async shareKey(socket: Socket, targets: Array<[string, string]>, key: RoomKey): Promise<string[]> {
+  private shareKey(socket: Socket, targets: Array<[string, string]>, key: RoomKey): Promise<string[]> {
+    return this.sendOlm(socket, targets, { case: 'roomKey', value: key });
+  }
+
+  /** Sends one Olm-encrypted content to each target (opening sessions first); the targets it went to. */
+  private async sendOlm(socket: Socket, targets: Array<[string, string]>, content: OlmPlaintext['content']): Promise<string[]> {
     await this.ensureOlm(socket, targets);
     const me = this.identity();
     const wire: Array<{ userId: Uint8Array; deviceId: Uint8Array; payload: Uint8Array }> = [];
@@ -267,10 +275,10 @@ export class E2ee {
         recipientUserId: uuidBytes(user),
         recipientDeviceId: uuidBytes(device),
         recipientEd25519: keys.ed,
-        content: { case: 'roomKey', value: key },
+        content,
       });
       const message = olmEncrypt(session, toBinary(OlmPlaintextSchema, plaintext));
-      await this.saveOlm(b64(keys.curve));
+      this.saveOlm(b64(keys.curve));
       const envelope = create(EnvelopeSchema, {
         version: 1,
         algorithm: Algorithm.OLM_V1,
@@ -282,6 +290,8 @@ export class E2ee {
       wire.push({ userId: uuidBytes(user), deviceId: uuidBytes(device), payload: toBinary(EnvelopeSchema, envelope) });
       sent.push(`${user}/${device}`);
     }
+    // The sessions' new state is stored before anything they encrypted leaves.
+    await db.settled();
     for (let i = 0; i < wire.length; i += 1024) {
       const clientId = randomId();
       await socket.sendToDevice(clientId, { case: 'sendToDevice', value: { clientId, targets: wire.slice(i, i + 1024) } });
@@ -289,11 +299,53 @@ export class E2ee {
     return sent;
   }
 
-  private async saveInbound(name: string): Promise<void> {
-    const entry = this.inbound.get(name);
-    if (!entry) return;
-    entry.record.pickle = entry.session.pickle(this.pickleKey);
-    await db.put(`megolm-in:${name}`, entry.record);
+  /**
+   * Every inbound Megolm session this device holds, exported at its first known index, as
+   * forwarded keys (what the Rust SDK's `export_all` gives), ordered by session id.
+   */
+  exportAll(): ForwardedRoomKey[] {
+    const out: ForwardedRoomKey[] = [];
+    for (const [name, { session, record }] of this.inbound) {
+      const sessionId = name.slice(name.indexOf('|') + 1);
+      out.push(
+        create(ForwardedRoomKeySchema, {
+          conversationId: uuidBytes(record.conversation),
+          originUserId: uuidBytes(record.user),
+          originDeviceId: uuidBytes(record.device),
+          originSenderKey: unb64(name.slice(0, name.indexOf('|'))),
+          sessionId,
+          exportedSessionKey: unb64(session.export_session(session.first_known_index())),
+        }),
+      );
+    }
+    return out.sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : 0));
+  }
+
+  /**
+   * Sends every inbound session this device holds to some of this user's own devices
+   * (never another user's: those are filtered out), FORWARDED_PER_MESSAGE keys per Olm
+   * message, so a device linked later reads the history it was sent before it existed.
+   * Returns how many keys went out.
+   */
+  async forwardSessions(socket: Socket, devices: string[]): Promise<number> {
+    const targets: Array<[string, string]> = devices.filter((d) => d !== this.device && this.devices.get(this.user)?.has(d)).map((d) => [this.user, d]);
+    const keys = this.exportAll();
+    if (!targets.length || !keys.length) return 0;
+    for (let i = 0; i < keys.length; i += FORWARDED_PER_MESSAGE) {
+      await this.sendOlm(socket, targets, { case: 'forwardedRoomKeys', value: create(ForwardedRoomKeysSchema, { keys: keys.slice(i, i + FORWARDED_PER_MESSAGE) }) });
+    }
+    return keys.length;
+  }
+
+  /** Queues an inbound session for the next commit (pickled then). */
+  private saveInbound(name: string): Promise<void> {
+    db.later(`megolm-in:${name}`, () => {
+      const entry = this.inbound.get(name);
+      if (!entry) return undefined;
+      entry.record.pickle = entry.session.pickle(this.pickleKey);
+      return entry.record;
+    });
+    return db.settled();
   }
 
   /**
@@ -358,7 +410,7 @@ export class E2ee {
     if (envelope.algorithm !== Algorithm.MEGOLM_V1 || !envelope.sessionId || envelope.senderKey.length !== 32) return { ok: false, retryable: false, reason: 'not a megolm envelope' };
     const name = `${b64(envelope.senderKey)}|${envelope.sessionId}`;
     const entry = this.inbound.get(name);
-    if (!entry) return { ok: false, retryable: true, reason: 'the key has not arrived yet' };
+    if (!entry) return { ok: false, retryable: true, reason: 'the key has not arrived yet', session: name };
     const conversation = uuidText(m.conversationId);
     if (entry.record.user !== uuidText(m.senderUserId) || entry.record.device !== uuidText(m.senderDeviceId) || entry.record.conversation !== conversation) {
       return { ok: false, retryable: false, reason: 'forged: the session belongs to another device or conversation' };
@@ -368,7 +420,7 @@ export class E2ee {
       opened = megolmDecrypt(entry.session, b64(envelope.ciphertext));
     } catch (error) {
       const reason = String(error);
-      return { ok: false, retryable: reason.includes('UNKNOWN_MESSAGE_INDEX'), reason };
+      return { ok: false, retryable: reason.includes('UNKNOWN_MESSAGE_INDEX'), reason, session: name };
     }
     const where = `${conversation}:${m.seq}`;
     const seen = this.seenIndices.get(`${name}#${opened.index}`);
@@ -386,15 +438,15 @@ export class E2ee {
 
   /**
    * A to-device message: room keys over Olm, every check of sender and recipient. Returns
-   * whether a new room key arrived (the caller retries the messages waiting for keys).
-   * Acknowledged once handled (or found unusable).
+   * the inbound sessions (`senderKey|sessionId`) it added (the caller retries the messages
+   * waiting for them). Acknowledged once handled (or found unusable) and stored.
    */
-  async onToDevice(socket: Socket, td: ToDeviceMessage): Promise<boolean> {
+  async onToDevice(socket: Socket, td: ToDeviceMessage): Promise<string[]> {
     if (td.position <= this.position) {
       this.ack(socket, td.position);
-      return false;
+      return [];
     }
-    let added = false;
+    let added: string[] = [];
     try {
       added = await this.openToDevice(socket, td);
     } catch (error) {
@@ -402,21 +454,30 @@ export class E2ee {
       console.warn(`to-device message ${td.position} not used: ${error.message}`);
     }
     this.position = td.position;
-    await db.put('e2ee:to-device-position', td.position.toString());
+    db.later('e2ee:to-device-position', () => this.position.toString());
     this.ack(socket, td.position);
     return added;
   }
 
-  /** Acknowledges to-device entries up to `position`: one frame per burst (acks are cumulative). */
+  /**
+   * Acknowledges to-device entries up to `position`: one frame per burst (acks are
+   * cumulative), once what they changed is stored.
+   */
   private ack(socket: Socket, position: bigint): void {
     if (position > this.acked) this.acked = position;
     this.ackTimer ??= setTimeout(() => {
-      this.ackTimer = null;
-      socket.write({ case: 'ackToDevice', value: { upTo: this.acked } });
+      const upTo = this.acked;
+      db.settled()
+        .then(() => socket.write({ case: 'ackToDevice', value: { upTo } }))
+        .catch((error: unknown) => console.warn('to-device state not stored: not acknowledged', error))
+        .finally(() => {
+          this.ackTimer = null;
+          if (this.acked > upTo) this.ack(socket, this.acked);
+        });
     }, 50);
   }
 
-  private async openToDevice(socket: Socket, td: ToDeviceMessage): Promise<boolean> {
+  private async openToDevice(socket: Socket, td: ToDeviceMessage): Promise<string[]> {
     const user = uuidText(td.senderUserId);
     const device = uuidText(td.senderDeviceId);
     let envelope;
@@ -455,10 +516,10 @@ export class E2ee {
       }
       this.account.remove_one_time_keys(session);
       this.pushSession(curve, session);
-      await db.put('e2ee:account', this.account.pickle(this.pickleKey));
+      db.later('e2ee:account', () => this.account.pickle(this.pickleKey));
     }
     if (!plain) throw new Unusable('no olm session decrypts it');
-    await this.saveOlm(curve);
+    this.saveOlm(curve);
     let p: OlmPlaintext;
     try {
       p = fromBinary(OlmPlaintextSchema, plain);
@@ -487,16 +548,16 @@ export class E2ee {
       // A key from an earlier index is kept; a later one never replaces it.
       if (existing && existing.session.first_known_index() <= session.first_known_index()) {
         session.free();
-        return false;
+        return [];
       }
       existing?.session.free();
       this.inbound.set(name, { session, record: { pickle: '', conversation: uuidText(key.conversationId), user, device } });
-      await this.saveInbound(name);
-      return true;
+      void this.saveInbound(name);
+      return [name];
     }
     if (p.content.case === 'forwardedRoomKeys') {
       if (user !== this.user) throw new Unusable('forwarded room keys from another user refused');
-      let any = false;
+      const added: string[] = [];
       for (const k of p.content.value.keys) {
         const session = new Olm.InboundGroupSession();
         try {
@@ -515,18 +576,30 @@ export class E2ee {
           continue;
         }
         this.inbound.set(name, { session, record: { pickle: '', conversation: uuidText(k.conversationId), user: uuidText(k.originUserId), device: uuidText(k.originDeviceId) } });
-        await this.saveInbound(name);
-        any = true;
+        void this.saveInbound(name);
+        added.push(name);
       }
-      return any;
+      return added;
     }
     throw new Unusable('empty to-device content');
   }
 
-  /** Device lists changed: list the users again and acknowledge the notice. */
+  /**
+   * Device lists changed: list the users again and acknowledge the notice. When our own
+   * user has a device we did not list before (one just linked), it gets every Megolm
+   * session this device holds, as the Rust SDK does.
+   */
   async onDeviceListsChanged(socket: Socket, users: Uint8Array[]): Promise<void> {
-    await this.refresh(socket, users.map(uuidText));
+    const texts = users.map(uuidText);
+    const before = new Set(this.devices.get(this.user)?.keys() ?? []);
+    await this.refresh(socket, texts);
     socket.write({ case: 'ackDeviceLists', value: { userIds: users } });
+    if (!texts.includes(this.user) || before.size === 0) return;
+    const fresh = [...(this.devices.get(this.user)?.keys() ?? [])].filter((d) => !before.has(d) && d !== this.device);
+    if (fresh.length) {
+      const count = await this.forwardSessions(socket, fresh);
+      console.info(`forwarded ${count} room keys to ${fresh.length} new device(s) of this user`);
+    }
   }
 }
 

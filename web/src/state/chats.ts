@@ -121,13 +121,14 @@ export class Chats {
     if (!c) {
       c = { id, kind: 'direct', title: id.slice(0, 8), lastText: '', updated: Date.now(), lastSeq: 0, readSeq: 0, unread: 0, ...init };
       this.conversations.set(id, c);
-      await this.saveConversation(c);
+      this.saveConversation(c).catch((error: unknown) => console.warn('IndexedDB write failed', error));
     }
     return c;
   }
 
-  async saveConversation(c: Conversation): Promise<void> {
-    await db.put(`conv:${c.id}`, c);
+  /** Stores a conversation (its state when the queued writes commit; resolves then). */
+  saveConversation(c: Conversation): Promise<void> {
+    return db.put(`conv:${c.id}`, c);
   }
 
   /** Messages of a conversation, oldest first. */
@@ -143,18 +144,18 @@ export class Chats {
     return this.bucket(conversation).get(`s${pad(seq)}`);
   }
 
-  /** Stores a message (replacing its pending form once it has a seq). */
-  async put(m: ChatMessage): Promise<void> {
+  /** Stores a message (replacing its pending form once it has a seq); resolves once committed. */
+  put(m: ChatMessage): Promise<void> {
     const b = this.bucket(m.conversation);
     const pendingKey = `p${m.clientMsgId}`;
-    const entries: Array<[string, unknown]> = [];
+    const writes: Array<Promise<void>> = [];
     if (m.seq && b.has(pendingKey)) {
       b.delete(pendingKey);
-      await db.del(`msg:${m.conversation}:${pendingKey}`);
+      writes.push(db.del(`msg:${m.conversation}:${pendingKey}`));
     }
     b.set(this.key(m), m);
-    entries.push([`msg:${m.conversation}:${this.key(m)}`, m]);
-    await db.putAll(entries);
+    writes.push(db.put(`msg:${m.conversation}:${this.key(m)}`, m));
+    return Promise.all(writes).then(() => {});
   }
 
   /** Forgets the messages up to `upTo` (the chat was cleared up to there). */
