@@ -48,6 +48,10 @@ pub fn mpsc_unbounded<T>() -> (MpscUnboundedSender<T>, MpscUnboundedReceiver<T>)
     tokio::sync::mpsc::unbounded_channel()
 }
 
+// Switchboard patch: the supervision port's queue (see the module).
+mod rare_queue;
+pub use rare_queue::{rare_unbounded, RareReceiver, RareSendError, RareSender, RareTryRecvError};
+
 /// Oneshot channel
 pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
     tokio::sync::oneshot::channel()

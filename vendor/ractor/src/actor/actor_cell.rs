@@ -68,7 +68,7 @@ pub(crate) struct ActorPortSet {
     /// The inner stop port
     pub(crate) stop_rx: OneshotReceiver<StopMessage>,
     /// The inner supervisor port
-    pub(crate) supervisor_rx: InputPortReceiver<Box<SupervisionEvent>>,
+    pub(crate) supervisor_rx: crate::concurrency::RareReceiver<Box<SupervisionEvent>>,
     /// The inner message port
     pub(crate) message_rx: InputPortReceiver<MuxedMessage>,
 }

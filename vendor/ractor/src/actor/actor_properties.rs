@@ -62,10 +62,11 @@ pub(crate) struct ActorProperties {
     pub(crate) wait_handler: mpsc::Notify,
     pub(crate) signal: Mutex<Option<OneshotInputPort<Signal>>>,
     pub(crate) stop: Mutex<Option<OneshotInputPort<StopMessage>>>,
-    // Switchboard patch: supervision events travel boxed. They are rare, and an unboxed
-    // event made the port's first block (32 slots, allocated with the channel) about
-    // 2.5 KB for every actor, most of which never receive one.
-    pub(crate) supervision: InputPort<Box<SupervisionEvent>>,
+    // Switchboard patch: supervision events travel boxed, in a queue that allocates
+    // nothing until used (`concurrency::rare_queue`). They are rare: an unboxed event made
+    // a tokio channel's first block (32 slots, allocated with the channel) about 2.5 KB
+    // for every actor, and the channel's own shared state was another ~0.8 KB.
+    pub(crate) supervision: mpsc::RareSender<Box<SupervisionEvent>>,
     pub(crate) message: InputPort<MuxedMessage>,
     pub(crate) message_admission: AtomicUsize,
     pub(crate) tree: SupervisionTree,
@@ -93,7 +94,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        InputPortReceiver<Box<SupervisionEvent>>,
+        mpsc::RareReceiver<Box<SupervisionEvent>>,
         InputPortReceiver<MuxedMessage>,
     )
     where
@@ -109,7 +110,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        InputPortReceiver<Box<SupervisionEvent>>,
+        mpsc::RareReceiver<Box<SupervisionEvent>>,
         InputPortReceiver<MuxedMessage>,
     )
     where
@@ -117,7 +118,7 @@ impl ActorProperties {
     {
         let (tx_signal, rx_signal) = mpsc::oneshot();
         let (tx_stop, rx_stop) = mpsc::oneshot();
-        let (tx_supervision, rx_supervision) = mpsc::mpsc_unbounded();
+        let (tx_supervision, rx_supervision) = mpsc::rare_unbounded();
         let (tx_message, rx_message) = mpsc::mpsc_unbounded();
         (
             Self {

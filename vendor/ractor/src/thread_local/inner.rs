@@ -89,7 +89,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        mpsc::MpscUnboundedReceiver<Box<SupervisionEvent>>,
+        mpsc::RareReceiver<Box<SupervisionEvent>>,
         mpsc::MpscUnboundedReceiver<MuxedMessage>,
     )
     where
@@ -98,7 +98,7 @@ impl ActorProperties {
         let id = crate::actor::actor_id::get_new_local_id();
         let (tx_signal, rx_signal) = mpsc::oneshot();
         let (tx_stop, rx_stop) = mpsc::oneshot();
-        let (tx_supervision, rx_supervision) = mpsc::mpsc_unbounded();
+        let (tx_supervision, rx_supervision) = mpsc::rare_unbounded();
         let (tx_message, rx_message) = mpsc::mpsc_unbounded();
         (
             Self {
