@@ -30,6 +30,8 @@ pub struct StoreChoice {
     pub kind: BenchStore,
     /// The embedded store's page cache, MiB (`None`: the server's default).
     pub embedded_cache_mb: Option<usize>,
+    /// The embedded store's checkpoint interval, seconds (`None`: the server's default).
+    pub embedded_checkpoint_secs: Option<u64>,
 }
 
 /// A `switchboard serve` child process on a temporary data directory.
@@ -70,8 +72,15 @@ impl ServerProcess {
         let dir = tempfile::tempdir()?;
         let (postgres, store) = match store.kind {
             BenchStore::Embedded => {
-                let cache = store.embedded_cache_mb.map(|mb| format!("?cache_mb={mb}")).unwrap_or_default();
-                (None, format!("embedded:{}{cache}", dir.path().join("data").display()))
+                let params: Vec<String> = [
+                    store.embedded_cache_mb.map(|mb| format!("cache_mb={mb}")),
+                    store.embedded_checkpoint_secs.map(|s| format!("checkpoint_secs={s}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let query = if params.is_empty() { String::new() } else { format!("?{}", params.join("&")) };
+                (None, format!("embedded:{}{query}", dir.path().join("data").display()))
             }
             BenchStore::Postgres => {
                 let pg = crate::testkit::PrivatePostgres::start().map_err(|e| LoadError::Server(e.to_string()))?;

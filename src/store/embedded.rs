@@ -98,9 +98,8 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
 }
 
-/// A checkpoint is taken at least this often while the log holds anything.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// ... and whenever the log grows past this.
+/// A checkpoint is taken whenever the log grows past this (and at least every
+/// [`EmbeddedOptions::checkpoint_interval`] while it holds anything).
 const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
@@ -181,7 +180,7 @@ impl Drop for WriterThread {
 /// The writer thread's loop: jobs in arrival order, consecutive logged writes committed as
 /// one group (one log record, one fsync); a checkpoint when the log is a second old,
 /// large, or the store is closed.
-fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>) {
+fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>, checkpoint_interval: Duration) {
     // Once a group was logged but its transaction did not commit, the database and the
     // log disagree until a restart replays the log: refuse everything until then.
     let mut poisoned: Option<String> = None;
@@ -191,7 +190,7 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>)
         let job = match next.take() {
             Some(job) => Ok(job),
             None => match logged_since {
-                Some(t) => jobs.recv_timeout(CHECKPOINT_INTERVAL.saturating_sub(t.elapsed())),
+                Some(t) => jobs.recv_timeout(checkpoint_interval.saturating_sub(t.elapsed())),
                 None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
             },
         };
@@ -406,6 +405,11 @@ pub struct EmbeddedOptions {
     /// share it; past it, written pages go to the file early (not fsynced) and read pages
     /// are evicted. The process's memory grows up to it under load and keeps it.
     pub cache_bytes: usize,
+    /// How long logged writes may wait for a checkpoint (a durable redb commit that
+    /// writes every page dirtied since the last one, stalling the writer meanwhile).
+    /// Longer: fewer stalls and fewer page rewrites, but more log to replay after a crash.
+    /// A checkpoint also runs whenever the log passes 64 MiB.
+    pub checkpoint_interval: Duration,
 }
 
 impl EmbeddedOptions {
@@ -413,11 +417,13 @@ impl EmbeddedOptions {
     pub const DEFAULT_CACHE_MB: usize = 1024;
     /// The smallest cache accepted, MiB.
     pub const MIN_CACHE_MB: usize = 4;
+    /// The default checkpoint interval, seconds.
+    pub const DEFAULT_CHECKPOINT_SECS: u64 = 1;
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { cache_bytes: Self::DEFAULT_CACHE_MB << 20 }
+        Self { cache_bytes: Self::DEFAULT_CACHE_MB << 20, checkpoint_interval: Duration::from_secs(Self::DEFAULT_CHECKPOINT_SECS) }
     }
 }
 
@@ -493,7 +499,11 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (jobs, rx) = std::sync::mpsc::channel();
         let thread_db = db.clone();
-        let thread = std::thread::Builder::new().name("store-redb-writer".into()).spawn(move || writer_loop(thread_db, wal, rx)).map_err(be)?;
+        let checkpoint_interval = options.checkpoint_interval;
+        let thread = std::thread::Builder::new()
+            .name("store-redb-writer".into())
+            .spawn(move || writer_loop(thread_db, wal, rx, checkpoint_interval))
+            .map_err(be)?;
         let writer = Arc::new(WriterThread { jobs: Mutex::new(Some(jobs)), thread: Mutex::new(Some(thread)) });
         Ok(Self { writer, db })
     }

@@ -1,7 +1,9 @@
 //! Choosing a store from one string, as operators write it on the command line, in the
 //! environment or in the config file:
-//! - `embedded:<dir>[?cache_mb=N]`: the redb file in `<dir>` (single node), with a page
-//!   cache of N MiB (default [`EmbeddedOptions::DEFAULT_CACHE_MB`]);
+//! - `embedded:<dir>[?cache_mb=N&checkpoint_secs=S]`: the redb file in `<dir>` (single
+//!   node), with a page cache of N MiB (default [`EmbeddedOptions::DEFAULT_CACHE_MB`]) and
+//!   a checkpoint at least every S seconds (default
+//!   [`EmbeddedOptions::DEFAULT_CHECKPOINT_SECS`]);
 //! - `postgres://user:pass@host:port/db[?pool_size=N&sslmode=…&sslrootcert=…&...]`: a shared
 //!   PostgreSQL database (TLS as libpq: see `pg_tls`);
 //! - `scylla://[user:pass@]host1[:port],host2/keyspace`: a ScyllaDB (or Cassandra) cluster.
@@ -54,7 +56,13 @@ impl std::fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreSpec::Embedded { dir, options } if *options == EmbeddedOptions::default() => write!(f, "embedded:{}", dir.display()),
-            StoreSpec::Embedded { dir, options } => write!(f, "embedded:{}?cache_mb={}", dir.display(), options.cache_bytes >> 20),
+            StoreSpec::Embedded { dir, options } => write!(
+                f,
+                "embedded:{}?cache_mb={}&checkpoint_secs={}",
+                dir.display(),
+                options.cache_bytes >> 20,
+                options.checkpoint_interval.as_secs()
+            ),
             StoreSpec::Postgres { url, .. } => f.write_str(&redact(url)),
             StoreSpec::Scylla { options } => {
                 let user = options.credentials.as_ref().map(|(u, _)| format!("{u}:***@")).unwrap_or_default();
@@ -98,7 +106,12 @@ impl StoreSpec {
                             .ok_or_else(|| format!("cache_mb {n:?}: expected {} to 1048576 (MiB)", EmbeddedOptions::MIN_CACHE_MB))?;
                         options.cache_bytes = mb << 20;
                     }
-                    _ => return Err(format!("embedded store: unknown parameter {pair:?} (expected cache_mb=N)")),
+                    Some(("checkpoint_secs", n)) => {
+                        let secs: u64 =
+                            n.parse().ok().filter(|n| (1..=3600).contains(n)).ok_or_else(|| format!("checkpoint_secs {n:?}: expected 1 to 3600"))?;
+                        options.checkpoint_interval = std::time::Duration::from_secs(secs);
+                    }
+                    _ => return Err(format!("embedded store: unknown parameter {pair:?} (expected cache_mb=N or checkpoint_secs=N)")),
                 }
             }
             return Ok(StoreSpec::Embedded { dir: PathBuf::from(dir), options });
@@ -181,9 +194,12 @@ mod tests {
         let default = StoreSpec::parse("embedded:/tmp/x").unwrap();
         assert_eq!(default, StoreSpec::Embedded { dir: "/tmp/x".into(), options: EmbeddedOptions::default() });
         assert_eq!(default.to_string(), "embedded:/tmp/x");
-        let small = StoreSpec::parse("embedded:/tmp/x?cache_mb=32").unwrap();
-        assert_eq!(small, StoreSpec::Embedded { dir: "/tmp/x".into(), options: EmbeddedOptions { cache_bytes: 32 << 20 } });
-        assert_eq!(small.to_string(), "embedded:/tmp/x?cache_mb=32");
+        let small = StoreSpec::parse("embedded:/tmp/x?cache_mb=32&checkpoint_secs=5").unwrap();
+        let options = EmbeddedOptions { cache_bytes: 32 << 20, checkpoint_interval: std::time::Duration::from_secs(5) };
+        assert_eq!(small, StoreSpec::Embedded { dir: "/tmp/x".into(), options });
+        assert_eq!(small.to_string(), "embedded:/tmp/x?cache_mb=32&checkpoint_secs=5");
+        assert_eq!(StoreSpec::parse(&small.to_string()).unwrap(), small);
+        assert!(StoreSpec::parse("embedded:/tmp/x?checkpoint_secs=0").is_err());
         assert!(StoreSpec::parse("embedded:/tmp/x?cache_mb=0").is_err());
         assert!(StoreSpec::parse("embedded:/tmp/x?cache=32").is_err());
         let spec = StoreSpec::parse("postgres://sb:hunter2@db:5432/switchboard?pool_size=4&sslmode=disable").unwrap();
