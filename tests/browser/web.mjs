@@ -6,8 +6,9 @@
 // no image shows by name and the CLI downloads the same bytes; a group of the three (✓
 // until every member's device has a message, then ✓✓, then blue ✓✓; the CLI sends in it
 // too, `client send --group`), the peer's "online" and "last seen …" in the chat header,
-// and Bob's browser goes offline and back and catches up without gaps or duplicates; its
-// reconnection attempts while the server refuses it come with a doubling delay. Then names
+// and Bob's browser goes offline and back and catches up without gaps or duplicates; a
+// browser's reconnection attempts while its sockets are refused come with a doubling
+// delay. Then names
 // (profiles, live), and a new browser device of Carol: its list comes from the server (a
 // 1:1 nobody wrote in, unread counts, the group subject, order, a pin made elsewhere), and
 // scrolling up loads the older messages its first catch-up left out, with their ticks.
@@ -400,34 +401,36 @@ await run('web', async ({ browser, context: aliceContext, page: alice, problems 
   await alice.waitForFunction(() => document.querySelector('[data-testid=subtitle]')?.textContent === 'online', null, { timeout: WAIT });
   step('presence: "online" again once the peer reconnects');
 
-  // Reconnection backoff: every WebSocket Bob's page opens is refused (closed at once by
-  // the test) while the jitter is pinned to its top (Math.random ≈ 1 for this page load):
-  // the attempts come about 0.5, 1 and 2 s apart (the delay doubles).
-  await bobContext.addInitScript(() => {
+  // Reconnection backoff, in a browser of its own (Dave, signed up for it; closed after):
+  // every WebSocket its page opens is refused (closed at once by the test) while the
+  // jitter is pinned to its top (Math.random ≈ 1 for that page load): the attempts come
+  // about 0.5, 1 and 2 s apart (the delay doubles).
+  const probeContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const probe = await probeContext.newPage();
+  probe.on('pageerror', (error) => problems.push(`dave page error: ${error.message}`));
+  await signUp(probe, 'dave');
+  await probeContext.addInitScript(() => {
     if (sessionStorage.getItem('pin-jitter')) Math.random = () => 0.999;
   });
   const attempts = [];
-  let refuse = true;
-  await bob.routeWebSocket(/\/v1\/ws$/, (ws) => {
-    if (!refuse) return ws.connectToServer();
+  await probe.routeWebSocket(/\/v1\/ws$/, (ws) => {
     attempts.push(Date.now());
     ws.close();
   });
-  await bob.evaluate(() => sessionStorage.setItem('pin-jitter', '1'));
-  await bob.reload();
+  await probe.evaluate(() => sessionStorage.setItem('pin-jitter', '1'));
+  await probe.reload();
   const backoffDeadline = Date.now() + 8000;
   while (attempts.length < 4) {
     if (Date.now() > backoffDeadline) throw new Error(`only ${attempts.length} connection attempts in 8 s`);
-    await bob.waitForTimeout(100);
+    await probe.waitForTimeout(100);
   }
-  refuse = false;
-  await bob.evaluate(() => sessionStorage.removeItem('pin-jitter'));
   const gaps = attempts.slice(1, 4).map((t, i) => t - attempts[i]);
   const expectedGaps = [500, 1000, 2000];
   gaps.forEach((gap, i) => {
     if (gap < expectedGaps[i] * 0.9 || gap > expectedGaps[i] + 800) throw new Error(`reconnect attempts ${gaps.join(', ')} ms apart, expected about ${expectedGaps.join(', ')}`);
   });
-  if (await bob.getAttribute('[data-testid=link]', 'data-state') === 'online') throw new Error('online although every connection was refused');
+  if (await probe.getAttribute('[data-testid=link]', 'data-state') === 'online') throw new Error('online although every connection was refused');
+  await probeContext.close();
   step(`reconnect backoff while the server is unreachable: attempts ${gaps.join(', ')} ms apart (doubling)`);
 
   // A reload keeps everything (IndexedDB) and shows the list.
