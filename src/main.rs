@@ -280,13 +280,17 @@ enum ClientCommand {
         #[command(flatten)]
         profile: ProfileArg,
     },
-    /// Send a text message to another user (1:1).
+    /// Send a text message to another user (1:1), or to a group (`--group`).
     Send {
         #[command(flatten)]
         profile: ProfileArg,
         /// Recipient user id.
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        to: Option<UserId>,
+        /// A group conversation id (this user a member) instead of `--to`: encrypted with
+        /// the group's Megolm session for every member's devices.
         #[arg(long)]
-        to: UserId,
+        group: Option<ConversationId>,
         /// The text (encrypted end to end for every device of both users).
         text: String,
         /// Use raw TCP at this address instead of WebSocket.
@@ -846,20 +850,28 @@ async fn client(command: ClientCommand) -> Result<()> {
             let p = Profile::load(&profile)?;
             println!("user {} device {} on {}", p.credentials.user_id, p.credentials.device_id, p.server);
         }
-        ClientCommand::Send { profile, to, text, tcp, plaintext: true } => {
+        ClientCommand::Send { profile, to, group, text, tcp, plaintext: true } => {
             let p = Profile::load(&profile)?;
             let (mut conn, _) = Connection::open(&p.transport(tcp), &p.credentials.token).await?;
-            let conversation = conn.open_direct(to).await?;
+            let conversation = match (group, to) {
+                (Some(group), _) => group,
+                (None, Some(to)) => conn.open_direct(to).await?,
+                (None, None) => bail!("--to or --group"),
+            };
             let ack = conn.send_and_ack(conversation, &Uuid::new_v4().to_string(), text.into_bytes()).await?;
             println!("✓ sent unencrypted: conversation {conversation} seq {} at {}", ack.seq, ack.server_time_ms);
             conn.bye().await?;
         }
-        ClientCommand::Send { profile, to, text, tcp, plaintext: false } => {
+        ClientCommand::Send { profile, to, group, text, tcp, plaintext: false } => {
             let p = Profile::load(&profile)?;
             let mut sdk = p.e2ee(&profile)?;
             let (mut conn, events, _) = connect_e2ee(&p, &mut sdk, tcp).await?;
             print_warnings(&events);
-            let ack = sdk.send_direct(&mut conn, to, &Body::Text(text)).await?;
+            let ack = match (group, to) {
+                (Some(group), _) => sdk.send_group(&mut conn, group, &Body::Text(text)).await?,
+                (None, Some(to)) => sdk.send_direct(&mut conn, to, &Body::Text(text)).await?,
+                (None, None) => bail!("--to or --group"),
+            };
             println!("✓ sent encrypted: seq {} at {}", ack.seq, ack.server_time_ms);
             conn.bye().await?;
         }

@@ -1,14 +1,17 @@
 //! The web client end to end in headless Chromium: a private server (which serves the app
 //! at `/app/` from the binary), then `node tests/browser/web.mjs` (playwright-core driving
 //! the distribution's Chromium) signs up two browser users, chats 1:1 and in a group with
-//! a Rust CLI client (`switchboard client`), encrypted both ways, and checks the three
-//! ticks, typing, and a reconnection without gaps or duplicates; then profile names, and a
+//! a Rust CLI client (`switchboard client`), encrypted both ways (the CLI also sends in
+//! the group), and checks the three ticks (in the group too), typing, thumbnails, a file
+//! downloaded by the CLI byte for byte, online / last seen, the reconnection backoff, and a
+//! reconnection without gaps or duplicates; then profile names, and a
 //! new browser device whose conversation list comes from the server and whose chat loads
 //! older messages when scrolled up; chat actions, notifications while the tab is hidden,
 //! mute durations, and group management (invite links, admins, subject, leaving, the
 //! server's refusals shown). Afterwards every byte the
 //! server stored is searched for a canary the browser sent: it must not be there.
-//! Screenshots of the main screens land in `target/browser-artifacts/web-*.png`.
+//! Screenshots of the main screens land in `target/browser-artifacts/web-*.png` (this run's:
+//! the earlier ones are removed first).
 //!
 //! Chromium (Debian's `chromium`) and the script's npm dependencies come from
 //! `scripts/install-deps.sh`; without them this test fails and says so (it never skips).
@@ -19,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::TestServer;
-use common::browser::{artifacts_dir, require_tools, run_to_end, script};
+use common::browser::{fresh_artifacts, require_tools, run_to_end, script};
 
 /// Every file under `dir` whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
@@ -39,6 +42,25 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     found
 }
 
+/// The screenshots the script must save (`web-<screen>.png`).
+const SCREENS: [&str; 15] = [
+    "1-signup",
+    "2-sent-tick",
+    "3-conversation-list-unread",
+    "4-typing",
+    "5-chat-with-cli",
+    "5b-image-from-cli",
+    "6-group-chat",
+    "7-caught-up",
+    "8-conversation-list",
+    "9-names",
+    "10-new-device-list",
+    "11-history-on-scroll",
+    "12b-muted",
+    "15-group-admin",
+    "16-left-group",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_and_the_cli_chat_encrypted_with_ticks_typing_groups_and_catch_up() {
     let (chromium, node) = require_tools();
@@ -56,7 +78,8 @@ async fn browsers_and_the_cli_chat_encrypted_with_ticks_typing_groups_and_catch_
     let js = reqwest::get(format!("http://{}/app/{page_script}", server.http)).await.expect("GET script");
     assert_eq!(js.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/javascript; charset=utf-8"));
 
-    let artifacts = artifacts_dir();
+    // This run's screenshots only: earlier runs' are removed first.
+    let artifacts = fresh_artifacts("web", &SCREENS);
     let child = script(&node, &chromium, "web.mjs")
         .env("SWITCHBOARD_APP_URL", format!("http://{}/app/", server.http))
         .env("SWITCHBOARD_SERVER", format!("http://{}", server.http))
@@ -73,23 +96,7 @@ async fn browsers_and_the_cli_chat_encrypted_with_ticks_typing_groups_and_catch_
         server.log()
     );
     assert!(report.contains("web client test passed"), "the script did not finish:\n{report}");
-    for screen in [
-        "1-signup",
-        "2-sent-tick",
-        "3-conversation-list-unread",
-        "4-typing",
-        "5-chat-with-cli",
-        "5b-image-from-cli",
-        "6-group-chat",
-        "7-caught-up",
-        "8-conversation-list",
-        "9-names",
-        "10-new-device-list",
-        "11-history-on-scroll",
-        "12b-muted",
-        "15-group-admin",
-        "16-left-group",
-    ] {
+    for screen in SCREENS {
         let shot = artifacts.join(format!("web-{screen}.png"));
         assert!(shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot {}", shot.display());
     }

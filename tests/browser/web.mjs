@@ -1,8 +1,14 @@
 // The web client end to end: two browser contexts (Alice, Bob) sign up in the app served
 // at /app/, chat 1:1 encrypted (✓ sent while Bob is offline, ✓✓ when he comes back, blue
 // ✓✓ when he reads, typing both ways), a Rust CLI client (Carol, `switchboard client`)
-// and a browser exchange encrypted messages both ways, a group of the three, and Bob's
-// browser goes offline and back and catches up without gaps or duplicates. Then names
+// and a browser exchange encrypted messages both ways (the CLI shows the browser typing;
+// it has no command to send typing), images show as thumbnails in the chat, a file that is
+// no image shows by name and the CLI downloads the same bytes; a group of the three (✓
+// until every member's device has a message, then ✓✓, then blue ✓✓; the CLI sends in it
+// too, `client send --group`), the peer's "online" and "last seen …" in the chat header,
+// and Bob's browser goes offline and back and catches up without gaps or duplicates; a
+// browser's reconnection attempts while its sockets are refused come with a doubling
+// delay. Then names
 // (profiles, live), and a new browser device of Carol: its list comes from the server (a
 // 1:1 nobody wrote in, unread counts, the group subject, order, a pin made elsewhere), and
 // scrolling up loads the older messages its first catch-up left out, with their ticks.
@@ -34,10 +40,14 @@ function cli(...args) {
   return execFileSync(BIN, ['client', ...args], { encoding: 'utf8', timeout: 60_000 });
 }
 
-/** Starts `client watch`; resolves when a line matching `pattern` appears, then stops it. */
-function watchFor(profile, pattern, what) {
+/**
+ * Starts `client watch` (`extra`: more arguments, e.g. `--no-read`); resolves when a line
+ * matching `pattern` appears, then stops it. `onConnected` runs once the CLI is connected.
+ */
+function watchFor(profile, pattern, what, { extra = [], onConnected } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['client', 'watch', '--profile', profile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(BIN, ['client', 'watch', ...extra, '--profile', profile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let connected = false;
     let out = '';
     const timer = setTimeout(() => {
       child.kill();
@@ -45,6 +55,10 @@ function watchFor(profile, pattern, what) {
     }, WAIT);
     const check = (chunk) => {
       out += chunk;
+      if (!connected && out.includes('connected as user')) {
+        connected = true;
+        onConnected?.();
+      }
       if (pattern.test(out)) {
         clearTimeout(timer);
         // Give the read receipt a moment to leave before stopping.
@@ -233,6 +247,16 @@ await run('web', async ({ browser, context: aliceContext, page: alice, problems 
   step(`the CLI decrypted the browser's message: ${watched.trim().split('\n').find((l) => l.includes('hello carol'))}`);
   await tick(alice, toCarol, 'read');
   step('the CLI read it: blue ✓✓ in the browser');
+  // Typing from the browser shows in the CLI's watch (the CLI has no command to send typing).
+  let typingTimer = null;
+  await watchFor(carolProfile, new RegExp(`user ${aliceId} is typing…`), 'the browser typing', {
+    onConnected: () => {
+      // A keystroke every 0.5 s (the app sends at most one Typing per 3 s).
+      typingTimer = setInterval(() => alice.type('#composer', 'z').catch(() => {}), 500);
+    },
+  }).finally(() => clearInterval(typingTimer));
+  await alice.fill('#composer', '');
+  step('the CLI showed the browser typing');
   cli('send', '--profile', carolProfile, '--to', aliceId, 'hello from the CLI');
   await seen(alice, 'hello from the CLI');
   step('the browser decrypted the CLI\'s message');
@@ -259,12 +283,33 @@ await run('web', async ({ browser, context: aliceContext, page: alice, problems 
   const got = readFileSync(join(outDir, 'browser-photo.png'));
   if (!got.equals(png)) throw new Error(`the CLI's download differs from the browser's image (${got.length} vs ${png.length} bytes): ${downloaded}`);
   step(`the CLI downloaded and decrypted the browser's image: ${downloaded.trim()}`);
+  // The chat shows the image's thumbnail (a small JPEG carried in the message), not the
+  // full image, before any viewer is opened: loaded, 160x100 scaled down, same shape.
+  const thumbOf = (page, name) =>
+    page.waitForFunction(
+      (n) => {
+        const img = document.querySelector(`[data-testid=messages] [data-testid=open-media][data-name="${n}"] img`);
+        return img && img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:') ? [img.naturalWidth, img.naturalHeight] : null;
+      },
+      name,
+      { timeout: WAIT },
+    ).then((h) => h.jsonValue());
+  const checkThumb = ([w, h], who) => {
+    if (!(w < 160 && w >= 16 && Math.abs(w / h - 1.6) < 0.15)) throw new Error(`the thumbnail of ${who} image is ${w}x${h} (expected a 160x100 image scaled down)`);
+  };
+  if (await alice.$('[data-testid=viewer-image]')) throw new Error('a viewer is open before any click');
+  const ownThumb = await thumbOf(alice, 'browser-photo.png');
+  checkThumb(ownThumb, "the browser's own");
+  step(`the browser's image shows as a ${ownThumb.join('x')} thumbnail in the chat`);
 
   // And an image from the CLI opens in the browser.
   const cliImage = join(WORK, 'cli-photo.png');
   writeFileSync(cliImage, png);
   cli('send-file', '--profile', carolProfile, '--to', aliceId, cliImage);
   await seen(alice, 'cli-photo.png');
+  const cliThumb = await thumbOf(alice, 'cli-photo.png');
+  checkThumb(cliThumb, "the CLI's");
+  step(`the CLI's image shows as a ${cliThumb.join('x')} thumbnail in the chat, before the viewer opens`);
   await alice.click('[data-testid=open-media][data-name="cli-photo.png"]');
   await alice.waitForFunction(() => {
     const img = document.querySelector('[data-testid=viewer-image]');
@@ -274,12 +319,39 @@ await run('web', async ({ browser, context: aliceContext, page: alice, problems 
   await screenshot(alice, 'web', '5b-image-from-cli');
   await alice.click('[data-testid=viewer]');
 
+  // A file that is no image, from the browser: shown with its name (and no thumbnail); the
+  // CLI downloads the same bytes.
+  const notes = Buffer.concat([Buffer.from(`notes ${CANARY.slice(-8)}\n`), Buffer.from(Array.from({ length: 3000 }, (_, i) => (i * 7) % 256))]);
+  await alice.setInputFiles('#attach', { name: 'notes.bin', mimeType: 'application/octet-stream', buffer: notes });
+  await tick(alice, 'notes.bin', 'sent');
+  const fileBubble = '[data-testid=messages] [data-testid=open-media][data-name="notes.bin"]';
+  if (await alice.$(`${fileBubble} img`)) throw new Error('a file that is no image shows a thumbnail');
+  if ((await alice.textContent(`${fileBubble} .badge`)) !== 'file') throw new Error('a file that is no image shows without its "file" badge');
+  const notesSeq = await alice.$$eval('[data-testid=messages] .message.mine', (els) => els.find((e) => e.querySelector('.text')?.textContent === 'notes.bin')?.dataset.seq);
+  const fileOut = cli('download', '--profile', carolProfile, '--with', aliceId, '--seq', notesSeq, '--out', outDir);
+  const gotNotes = readFileSync(join(outDir, 'notes.bin'));
+  if (!gotNotes.equals(notes)) throw new Error(`the CLI's download of notes.bin differs (${gotNotes.length} vs ${notes.length} bytes): ${fileOut}`);
+  step(`a file that is no image shows by name with a "file" badge; the CLI downloaded the same ${notes.length} bytes: ${fileOut.trim()}`);
+
   // A group of the three.
   await alice.fill('#new-group-subject', 'Team');
   await alice.fill('#new-group-members', `${bobId}, ${carol}`);
   await alice.click('#create-group');
   await alice.waitForFunction(() => document.querySelector('[data-testid=chat-title]')?.textContent === 'Team', null, { timeout: WAIT });
   const group = await alice.getAttribute('.conversation.open', 'data-conversation');
+  // ✓ while one member (the CLI, not connected) has not received it although the other
+  // (Bob's browser) has; ✓✓ once every member's device has it (the CLI acknowledges
+  // without reading).
+  const firstInGroup = 'group roll call';
+  await send(alice, firstInGroup);
+  await tick(alice, firstInGroup, 'sent');
+  await bob.waitForFunction((g) => document.querySelector(`[data-conversation="${g}"] .last`)?.textContent.includes('group roll call'), group, { timeout: WAIT });
+  await alice.waitForTimeout(500);
+  const early = await alice.$$eval('[data-testid=messages] .message.mine', (els, t) => els.find((e) => e.querySelector('.text')?.textContent === t)?.dataset.status, firstInGroup);
+  if (early !== 'sent') throw new Error(`a group message received by one member of two shows "${early}", expected "sent"`);
+  await watchFor(carolProfile, new RegExp(`from ${aliceId}[^:\n]*: ${firstInGroup}`), 'the first group message', { extra: ['--no-read'] });
+  await tick(alice, firstInGroup, 'delivered');
+  step('group: ✓ while one member\'s device has not received it, ✓✓ delivered once every member\'s has (none read yet)');
   const toGroup = `group hello ${CANARY}`;
   await send(alice, toGroup);
   await tick(alice, toGroup, 'sent');
@@ -291,13 +363,27 @@ await run('web', async ({ browser, context: aliceContext, page: alice, problems 
   step('group: both members decrypted it (browser and CLI); blue ✓✓ once all read');
   await send(bob, 'group reply from bob');
   await seen(alice, 'group reply from bob');
+  const fromCli = `group hello from the CLI ${Date.now()}`;
+  const sentByCli = cli('send', '--profile', carolProfile, '--group', group, fromCli);
+  await seen(alice, fromCli);
+  await seen(bob, fromCli);
+  step(`group: the CLI's message (${sentByCli.trim()}) decrypted in both browsers`);
   await screenshot(alice, 'web', '6-group-chat');
 
-  // Offline and back: everything once, in order.
+  // Offline and back: everything once, in order. Alice's chat header shows Bob online
+  // while his browser is connected, "last seen" (today) once it is not (privacy defaults:
+  // everyone sees both).
+  const subtitle = (page) => page.textContent('[data-testid=subtitle]');
   await openConversation(bob, conversation);
+  await openConversation(alice, conversation);
+  await alice.waitForFunction(() => document.querySelector('[data-testid=subtitle]')?.textContent === 'online', null, { timeout: WAIT });
   await bobContext.setOffline(true);
   await bob.waitForSelector('[data-testid=link][data-state=offline]', { timeout: WAIT });
-  await openConversation(alice, conversation);
+  await alice.waitForFunction(() => document.querySelector('[data-testid=subtitle]')?.textContent.startsWith('last seen '), null, { timeout: WAIT });
+  const lastSeen = await subtitle(alice);
+  const today = await alice.evaluate(() => new Date().toLocaleDateString());
+  if (!lastSeen.includes(today)) throw new Error(`"${lastSeen}" is not today (${today})`);
+  step(`presence: "online" while the peer is connected, "${lastSeen}" after it disconnects`);
   for (let i = 1; i <= 5; i++) {
     await send(alice, `while you were away ${i}`);
     await tick(alice, `while you were away ${i}`, 'sent');
@@ -312,6 +398,40 @@ await run('web', async ({ browser, context: aliceContext, page: alice, problems 
   for (let i = 1; i <= 5; i++) if (!seqs.some(([, t]) => t === `while you were away ${i}`)) throw new Error(`message ${i} missing after the reconnect`);
   step(`after the reconnect bob has seqs ${numbers.join(',')}: no gap, no duplicate`);
   await screenshot(bob, 'web', '7-caught-up');
+  await alice.waitForFunction(() => document.querySelector('[data-testid=subtitle]')?.textContent === 'online', null, { timeout: WAIT });
+  step('presence: "online" again once the peer reconnects');
+
+  // Reconnection backoff, in a browser of its own (Dave, signed up for it; closed after):
+  // every WebSocket its page opens is refused (closed at once by the test) while the
+  // jitter is pinned to its top (Math.random ≈ 1 for that page load): the attempts come
+  // about 0.5, 1 and 2 s apart (the delay doubles).
+  const probeContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const probe = await probeContext.newPage();
+  probe.on('pageerror', (error) => problems.push(`dave page error: ${error.message}`));
+  await signUp(probe, 'dave');
+  await probeContext.addInitScript(() => {
+    if (sessionStorage.getItem('pin-jitter')) Math.random = () => 0.999;
+  });
+  const attempts = [];
+  await probe.routeWebSocket(/\/v1\/ws$/, (ws) => {
+    attempts.push(Date.now());
+    ws.close();
+  });
+  await probe.evaluate(() => sessionStorage.setItem('pin-jitter', '1'));
+  await probe.reload();
+  const backoffDeadline = Date.now() + 8000;
+  while (attempts.length < 4) {
+    if (Date.now() > backoffDeadline) throw new Error(`only ${attempts.length} connection attempts in 8 s`);
+    await probe.waitForTimeout(100);
+  }
+  const gaps = attempts.slice(1, 4).map((t, i) => t - attempts[i]);
+  const expectedGaps = [500, 1000, 2000];
+  gaps.forEach((gap, i) => {
+    if (gap < expectedGaps[i] * 0.9 || gap > expectedGaps[i] + 800) throw new Error(`reconnect attempts ${gaps.join(', ')} ms apart, expected about ${expectedGaps.join(', ')}`);
+  });
+  if (await probe.getAttribute('[data-testid=link]', 'data-state') === 'online') throw new Error('online although every connection was refused');
+  await probeContext.close();
+  step(`reconnect backoff while the server is unreachable: attempts ${gaps.join(', ')} ms apart (doubling)`);
 
   // A reload keeps everything (IndexedDB) and shows the list.
   await bob.reload();

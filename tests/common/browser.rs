@@ -18,6 +18,26 @@ pub fn artifacts_dir() -> PathBuf {
     dir
 }
 
+/// The artifacts folder with this test's screenshots of earlier runs removed (`<prefix>-<screen>.png`
+/// for each screen, and `<prefix>-failure*.png`), so that the screenshots found after the
+/// run are this run's. Only the named files go: other browser tests share the folder.
+pub fn fresh_artifacts(prefix: &str, screens: &[&str]) -> PathBuf {
+    let dir = artifacts_dir();
+    for screen in screens {
+        let _ = std::fs::remove_file(dir.join(format!("{prefix}-{screen}.png")));
+    }
+    for entry in std::fs::read_dir(&dir).expect("artifacts dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{prefix}-failure")) && name.ends_with(".png") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    for screen in screens {
+        assert!(!dir.join(format!("{prefix}-{screen}.png")).exists(), "could not remove an earlier {prefix}-{screen}.png");
+    }
+    dir
+}
+
 /// Chromium and node (with playwright-core installed), or a failure that says how to get
 /// them.
 pub fn require_tools() -> (String, String) {

@@ -184,7 +184,8 @@ export class App {
       }
       case 'receiptSummary': {
         const s = kind.value;
-        const others = Math.max(0, s.members - 1);
+        // `members` already counts the members other than the sender (protocol: M).
+        const others = s.members;
         const conversation = uuidText(s.conversationId);
         if (others > 0 && s.read >= others) await this.chats.mark(conversation, Number(s.seq), 'read');
         else if (others > 0 && s.delivered >= others) await this.chats.mark(conversation, Number(s.seq), 'delivered');
