@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::browser::{require_tools, script, wait_bounded};
+use common::browser::{require_tools, script, stdout_lines, wait_bounded};
 use common::{Kind, TestServer};
 use switchboard::accounts::DeviceCredentials;
 use switchboard::client::Connection;
@@ -109,16 +108,8 @@ async fn room_keys_are_forwarded_from_and_to_the_browser() {
         .env("SWITCHBOARD_PROFILE_A", profile(&a).to_string())
         .spawn()
         .expect("run node");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = stdout_lines(&mut child);
     let mut child = Script(Some(child));
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
     let mut report = String::new();
 
     // A: the peer writes to the browser, which answers.

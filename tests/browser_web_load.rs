@@ -16,11 +16,10 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::browser::{require_tools, script, wait_bounded};
+use common::browser::{require_tools, script, stdout_lines, wait_bounded};
 use common::{Kind, TestServer};
 use switchboard::client::Connection;
 use switchboard::protocol::server_frame;
@@ -66,15 +65,7 @@ async fn load(server: &TestServer, chromium: &str, node: &str, label: &str, dist
         command.env("SWITCHBOARD_CPU_PROFILE", Path::new(&dir).join(format!("{label}.cpuprofile")));
     }
     let mut child = command.spawn().expect("run node");
-    let stdout = child.stdout.take().expect("stdout");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut lines = stdout_lines(&mut child);
     let mut report = String::new();
     loop {
         let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(60), lines.recv()).await else {

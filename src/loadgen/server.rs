@@ -72,15 +72,15 @@ impl ServerProcess {
         let dir = tempfile::tempdir()?;
         let (postgres, store) = match store.kind {
             BenchStore::Embedded => {
-                let params: Vec<String> = [
-                    store.embedded_cache_mb.map(|mb| format!("cache_mb={mb}")),
-                    store.embedded_checkpoint_secs.map(|s| format!("checkpoint_secs={s}")),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                let query = if params.is_empty() { String::new() } else { format!("?{}", params.join("&")) };
-                (None, format!("embedded:{}{query}", dir.path().join("data").display()))
+                // Rendered by the store spec itself, so the bench and `serve` agree.
+                let mut options = crate::store::EmbeddedOptions::default();
+                if let Some(mb) = store.embedded_cache_mb {
+                    options.cache_bytes = mb << 20;
+                }
+                if let Some(secs) = store.embedded_checkpoint_secs {
+                    options.checkpoint_interval = Duration::from_secs(secs);
+                }
+                (None, crate::store::StoreSpec::Embedded { dir: dir.path().join("data"), options }.to_string())
             }
             BenchStore::Postgres => {
                 let pg = crate::testkit::PrivatePostgres::start().map_err(|e| LoadError::Server(e.to_string()))?;

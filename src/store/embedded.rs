@@ -178,8 +178,8 @@ impl Drop for WriterThread {
 }
 
 /// The writer thread's loop: jobs in arrival order, consecutive logged writes committed as
-/// one group (one log record, one fsync); a checkpoint when the log is a second old,
-/// large, or the store is closed.
+/// one group (one log record, one fsync); a checkpoint when the log is `checkpoint_interval`
+/// old, large, or the store is closed.
 fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>, checkpoint_interval: Duration) {
     // Once a group was logged but its transaction did not commit, the database and the
     // log disagree until a restart replays the log: refuse everything until then.
@@ -398,7 +398,8 @@ fn decode_message(bytes: &[u8]) -> Result<StoredMessage, StoreError> {
     }
 }
 
-/// Settings of the embedded store beyond its directory (`embedded:<dir>?cache_mb=N`).
+/// Settings of the embedded store beyond its directory
+/// (`embedded:<dir>?cache_mb=N&checkpoint_secs=S`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbeddedOptions {
     /// redb's page cache, bytes: pages read and pages written since the last checkpoint

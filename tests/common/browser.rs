@@ -100,3 +100,19 @@ pub async fn run_to_end(child: Child, limit: Duration) -> (ExitStatus, String) {
     println!("{report}");
     (status, report)
 }
+
+/// The lines a spawned script prints, as they come (read on a thread of their own, so a
+/// test can wait for each with a timeout); the stream ends when the script closes stdout.
+pub fn stdout_lines(child: &mut Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("the script's stdout is piped");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

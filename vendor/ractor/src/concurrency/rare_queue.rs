@@ -46,6 +46,18 @@ pub struct RareReceiver<T> {
     shared: Arc<Shared<T>>,
 }
 
+impl<T> std::fmt::Debug for RareSender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RareSender").finish_non_exhaustive()
+    }
+}
+
+impl<T> std::fmt::Debug for RareReceiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RareReceiver").finish_non_exhaustive()
+    }
+}
+
 /// A send to a closed queue: the message is handed back.
 #[derive(Debug)]
 pub struct RareSendError<T>(pub T);
