@@ -48,9 +48,9 @@ pub fn mpsc_unbounded<T>() -> (MpscUnboundedSender<T>, MpscUnboundedReceiver<T>)
     tokio::sync::mpsc::unbounded_channel()
 }
 
-// Switchboard patch: the supervision port's queue (see the module).
-mod rare_queue;
-pub use rare_queue::{rare_unbounded, RareReceiver, RareSendError, RareSender, RareTryRecvError};
+// Switchboard patch: the queue of the supervision and message ports (see the module).
+mod lazy_queue;
+pub use lazy_queue::{lazy_unbounded, LazyReceiver, LazySendError, LazySender, LazyTryRecvError};
 
 /// Oneshot channel
 pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {

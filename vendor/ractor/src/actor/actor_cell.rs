@@ -21,7 +21,9 @@ use super::messages::StopMessage;
 use super::SupervisionEvent;
 use crate::actor::actor_properties::ActorProperties;
 use crate::concurrency::JoinHandle;
-use crate::concurrency::MpscUnboundedReceiver as InputPortReceiver;
+// Switchboard patch: the message port is a queue that allocates nothing until used
+// (`concurrency::lazy_queue`) instead of a tokio unbounded channel.
+use crate::concurrency::LazyReceiver as InputPortReceiver;
 use crate::concurrency::OneshotReceiver;
 use crate::errors::MessagingErr;
 #[cfg(feature = "cluster")]
@@ -68,7 +70,7 @@ pub(crate) struct ActorPortSet {
     /// The inner stop port
     pub(crate) stop_rx: OneshotReceiver<StopMessage>,
     /// The inner supervisor port
-    pub(crate) supervisor_rx: crate::concurrency::RareReceiver<Box<SupervisionEvent>>,
+    pub(crate) supervisor_rx: crate::concurrency::LazyReceiver<Box<SupervisionEvent>>,
     /// The inner message port
     pub(crate) message_rx: InputPortReceiver<MuxedMessage>,
 }

@@ -11,8 +11,10 @@ use std::sync::Mutex;
 use crate::actor::messages::StopMessage;
 use crate::actor::supervision::SupervisionTree;
 use crate::concurrency as mpsc;
-use crate::concurrency::MpscUnboundedReceiver as InputPortReceiver;
-use crate::concurrency::MpscUnboundedSender as InputPort;
+// Switchboard patch: the message port is a queue that allocates nothing until used
+// (`concurrency::lazy_queue`) instead of a tokio unbounded channel.
+use crate::concurrency::LazyReceiver as InputPortReceiver;
+use crate::concurrency::LazySender as InputPort;
 use crate::concurrency::OneshotReceiver;
 use crate::concurrency::OneshotSender as OneshotInputPort;
 use crate::message::BoxedMessage;
@@ -63,10 +65,10 @@ pub(crate) struct ActorProperties {
     pub(crate) signal: Mutex<Option<OneshotInputPort<Signal>>>,
     pub(crate) stop: Mutex<Option<OneshotInputPort<StopMessage>>>,
     // Switchboard patch: supervision events travel boxed, in a queue that allocates
-    // nothing until used (`concurrency::rare_queue`). They are rare: an unboxed event made
+    // nothing until used (`concurrency::lazy_queue`). They are rare: an unboxed event made
     // a tokio channel's first block (32 slots, allocated with the channel) about 2.5 KB
     // for every actor, and the channel's own shared state was another ~0.8 KB.
-    pub(crate) supervision: mpsc::RareSender<Box<SupervisionEvent>>,
+    pub(crate) supervision: mpsc::LazySender<Box<SupervisionEvent>>,
     pub(crate) message: InputPort<MuxedMessage>,
     pub(crate) message_admission: AtomicUsize,
     pub(crate) tree: SupervisionTree,
@@ -94,7 +96,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        mpsc::RareReceiver<Box<SupervisionEvent>>,
+        mpsc::LazyReceiver<Box<SupervisionEvent>>,
         InputPortReceiver<MuxedMessage>,
     )
     where
@@ -110,7 +112,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        mpsc::RareReceiver<Box<SupervisionEvent>>,
+        mpsc::LazyReceiver<Box<SupervisionEvent>>,
         InputPortReceiver<MuxedMessage>,
     )
     where
@@ -118,8 +120,8 @@ impl ActorProperties {
     {
         let (tx_signal, rx_signal) = mpsc::oneshot();
         let (tx_stop, rx_stop) = mpsc::oneshot();
-        let (tx_supervision, rx_supervision) = mpsc::rare_unbounded();
-        let (tx_message, rx_message) = mpsc::mpsc_unbounded();
+        let (tx_supervision, rx_supervision) = mpsc::lazy_unbounded();
+        let (tx_message, rx_message) = mpsc::lazy_unbounded();
         (
             Self {
                 id,
