@@ -126,6 +126,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Most frames handed to the session in one message.
 const MAX_READ_BATCH: usize = 256;
 
+/// The writer keeps room for this many frames between batches; a larger batch's room is
+/// freed once written.
+const KEPT_WRITE_ROOM: usize = 64;
+
 /// Runs one connection to its end. `inbound` yields whole frames (or framing errors);
 /// `pending` is its place among its address's handshakes, given back once the Hello is
 /// answered.
@@ -139,7 +143,10 @@ where
     let writer = tokio::spawn(write_loop(sink, outbox.clone()));
     metrics::gauge!("switchboard_connections").increment(1.0);
 
-    let handshaken = handshake(&mut inbound, &outbox, &deps, pending).await;
+    // Boxed: the handshake's state machine (the token check, the session's start: ~1.7
+    // KB) would otherwise stay part of every connection's task for the connection's whole
+    // life (memory per idle device).
+    let handshaken = Box::pin(handshake(&mut inbound, &outbox, &deps, pending)).await;
     if let Some((session, (user, device), budgets)) = handshaken {
         read_loop(&mut inbound, &outbox, &session, &config, &deps.shutdown, &budgets).await;
         // Ordered after every frame the reader forwarded: the session handles them all
@@ -416,36 +423,19 @@ async fn write_loop<W: FrameSink>(mut sink: W, outbox: Outbox) {
     let mut frames = Vec::new();
     loop {
         let taken = outbox.take(&mut frames).await;
-        let last = match &taken {
+        let last = match taken {
             Taken::Frames => None,
-            Taken::Closing(last) => Some(last.clone()),
+            Taken::Closing(last) => Some(last),
         };
-        let write = async {
-            for frame in frames.drain(..) {
-                // A server-decided close stops the batch: its final frame goes next.
-                if outbox.is_preempted() {
-                    break;
-                }
-                sink.send(frame).await?;
-            }
-            if let Some(Some(last)) = &last
-                && !last.is_empty()
-            {
-                sink.send(last.clone()).await?;
-            }
-            sink.flush().await
-        };
-        // A device that stopped reading cannot hold a closing connection open: once the
-        // outbox is closed, the writes get CLOSE_GRACE.
-        let grace = async {
-            outbox.closed().await;
-            tokio::time::sleep(CLOSE_GRACE).await;
-        };
-        let ok = tokio::select! {
-            r = write => r.is_ok(),
-            _ = grace => false,
-        };
+        // Boxed, once per batch: the writes' and the grace timer's state machines are
+        // twice the size of the wait for the next batch, where an idle connection spends
+        // its life (memory per idle device).
+        let ok = Box::pin(write_batch(&mut sink, &outbox, &mut frames, last.as_ref())).await;
         frames.clear();
+        if frames.capacity() > KEPT_WRITE_ROOM {
+            // A burst (a catch-up) is over: an idle connection keeps no room for it.
+            frames = Vec::new();
+        }
         if !ok {
             outbox.writer_gone();
             break;
@@ -454,7 +444,37 @@ async fn write_loop<W: FrameSink>(mut sink: W, outbox: Outbox) {
             break;
         }
     }
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+    let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, sink.close())).await;
+}
+
+/// Writes one batch taken from the outbox (and, when the connection is closing, its final
+/// frame), then flushes; false once the socket failed or the close grace ran out.
+async fn write_batch<W: FrameSink>(sink: &mut W, outbox: &Outbox, frames: &mut Vec<Bytes>, last: Option<&Option<Bytes>>) -> bool {
+    let write = async {
+        for frame in frames.drain(..) {
+            // A server-decided close stops the batch: its final frame goes next.
+            if outbox.is_preempted() {
+                break;
+            }
+            sink.send(frame).await?;
+        }
+        if let Some(Some(last)) = last
+            && !last.is_empty()
+        {
+            sink.send(last.clone()).await?;
+        }
+        sink.flush().await
+    };
+    // A device that stopped reading cannot hold a closing connection open: once the
+    // outbox is closed, the writes get CLOSE_GRACE.
+    let grace = async {
+        outbox.closed().await;
+        tokio::time::sleep(CLOSE_GRACE).await;
+    };
+    tokio::select! {
+        r = write => r.is_ok(),
+        _ = grace => false,
+    }
 }
 
 fn logins() -> &'static metrics::Counter {

@@ -87,14 +87,20 @@ pub async fn serve(listener: TcpListener, deps: ConnectionDeps, tls: Option<TlsA
                     let (read, write) = socket.into_split();
                     run(read, write, deps, pending).await;
                 }
-                Some(acceptor) => {
-                    if let Some(stream) = handshake(&acceptor, socket, deps.config.hello_timeout).await {
-                        let (read, write) = tokio::io::split(stream);
-                        run(read, write, deps, pending).await;
-                    }
-                }
+                // Boxed: the TLS handshake and a TLS connection's state machines are
+                // larger than a plain one's, and every plain connection's task would
+                // otherwise be sized for them (memory per idle device).
+                Some(acceptor) => Box::pin(run_tls(acceptor, socket, deps, pending)).await,
             }
         });
+    }
+}
+
+/// One TLS connection: its handshake (bounded by the Hello timeout), then [`run`].
+async fn run_tls(acceptor: TlsAcceptor, socket: TcpStream, deps: ConnectionDeps, pending: Option<PendingHandshake>) {
+    if let Some(stream) = handshake(&acceptor, socket, deps.config.hello_timeout).await {
+        let (read, write) = tokio::io::split(stream);
+        run(read, write, deps, pending).await;
     }
 }
 

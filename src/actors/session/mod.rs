@@ -148,43 +148,7 @@ impl Actor for DeviceSession {
     }
 
     async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        let mailbox = Mailbox::new(myself.clone(), state.gauge.clone());
-        let registration = state.ctx.router.register_session(state.user, state.device, mailbox, state.outbox.clone());
-        if let Some(old) = registration.replaced {
-            // The same device connected again: close the old connection, and let its
-            // session finish what it had queued (acks) before we read cursors.
-            old.control(SessionControl::Close { code: ErrorCode::Replaced, reason: "this device connected again".into(), reconnect_after_ms: 0 });
-            let _ = old.actor().get_cell().wait(Some(std::time::Duration::from_secs(5))).await;
-        }
-        if registration.recent_writes {
-            // Cursor writes of an earlier connection of this device may still be in the
-            // writer's queue: wait for them, or catch-up would resend what was acked.
-            state.ctx.writer.barrier().await;
-        }
-        // Before anything reaches another user: the rules of what may (presence, receipts,
-        // typing, sends). Unreadable, the session does not start (it would fail open).
-        match crate::privacy::PrivacyCache::load(state.ctx.store.as_ref(), state.user).await {
-            Ok(cache) => state.privacy = cache,
-            Err(e) => {
-                tracing::warn!(user = %state.user, error = %e, "privacy settings unreadable; session not started");
-                state.stopping = true;
-                state.outbox.close(protocol::encode_server(&protocol::closing_frame(ErrorCode::Unavailable, "store unavailable", 1000)));
-                myself.stop(Some("privacy settings unreadable".into()));
-                return Ok(());
-            }
-        }
-        let started = Instant::now();
-        if let Err(stop) = Box::pin(delivery::catch_up(state)).await {
-            return stop_for(&myself, state, stop);
-        }
-        metrics::histogram!("switchboard_catch_up_seconds").record(started.elapsed().as_secs_f64());
-        if let Err(stop) = keys::notice_if_low(state).await {
-            return stop_for(&myself, state, stop);
-        }
-        if registration.first_device {
-            presence::broadcast_online(state).await;
-        }
-        Ok(())
+        Box::pin(start(myself, state)).await
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
@@ -208,11 +172,12 @@ impl Actor for DeviceSession {
         // the session takes nothing from its mailbox, which is what an operator looks for.
         let started = Instant::now();
         let result = match msg {
-            // Boxed: the handlers' state machines are large and would otherwise be part of
-            // every idle session's resident future (memory per session).
+            // Boxed: the handlers' state machines are large (a full outbox's wait holds a
+            // timer) and would otherwise be part of every idle session's resident future
+            // (memory per session), for one small allocation per mailbox message.
             SessionMsg::Request(SessionRequest::Frames(frames)) => Box::pin(requests::handle_frames(&myself, state, frames)).await,
             SessionMsg::Request(SessionRequest::Conversation(batch)) => Box::pin(delivery::live(state, &batch)).await,
-            SessionMsg::Request(SessionRequest::Push(frame)) => push(state, frame).await,
+            SessionMsg::Request(SessionRequest::Push(frame)) => Box::pin(push(state, frame)).await,
             SessionMsg::Request(SessionRequest::ToDevice { position, frame }) => Box::pin(to_device::live(state, position, frame)).await,
             SessionMsg::Request(SessionRequest::PrivacyChanged(user)) => Box::pin(presence::privacy_changed(state, user)).await,
             SessionMsg::Control(SessionControl::Close { code, reason, reconnect_after_ms }) => {
@@ -241,6 +206,49 @@ impl Actor for DeviceSession {
             Err(stop) => stop_for(&myself, state, stop),
         }
     }
+}
+
+/// A session's start: registration, privacy rules, catch-up, presence. Runs once, so it is
+/// boxed by `post_start`: inline, its state machine (~0.8 KB) would stay part of every
+/// session's task for the session's whole life (memory per session).
+async fn start(myself: ActorRef<SessionMsg>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    let mailbox = Mailbox::new(myself.clone(), state.gauge.clone());
+    let registration = state.ctx.router.register_session(state.user, state.device, mailbox, state.outbox.clone());
+    if let Some(old) = registration.replaced {
+        // The same device connected again: close the old connection, and let its
+        // session finish what it had queued (acks) before we read cursors.
+        old.control(SessionControl::Close { code: ErrorCode::Replaced, reason: "this device connected again".into(), reconnect_after_ms: 0 });
+        let _ = old.actor().get_cell().wait(Some(std::time::Duration::from_secs(5))).await;
+    }
+    if registration.recent_writes {
+        // Cursor writes of an earlier connection of this device may still be in the
+        // writer's queue: wait for them, or catch-up would resend what was acked.
+        state.ctx.writer.barrier().await;
+    }
+    // Before anything reaches another user: the rules of what may (presence, receipts,
+    // typing, sends). Unreadable, the session does not start (it would fail open).
+    match crate::privacy::PrivacyCache::load(state.ctx.store.as_ref(), state.user).await {
+        Ok(cache) => state.privacy = cache,
+        Err(e) => {
+            tracing::warn!(user = %state.user, error = %e, "privacy settings unreadable; session not started");
+            state.stopping = true;
+            state.outbox.close(protocol::encode_server(&protocol::closing_frame(ErrorCode::Unavailable, "store unavailable", 1000)));
+            myself.stop(Some("privacy settings unreadable".into()));
+            return Ok(());
+        }
+    }
+    let started = Instant::now();
+    if let Err(stop) = Box::pin(delivery::catch_up(state)).await {
+        return stop_for(&myself, state, stop);
+    }
+    metrics::histogram!("switchboard_catch_up_seconds").record(started.elapsed().as_secs_f64());
+    if let Err(stop) = keys::notice_if_low(state).await {
+        return stop_for(&myself, state, stop);
+    }
+    if registration.first_device {
+        presence::broadcast_online(state).await;
+    }
+    Ok(())
 }
 
 fn stop_for(myself: &ActorRef<SessionMsg>, state: &mut SessionState, stop: Stop) -> Result<(), ActorProcessingErr> {
