@@ -74,6 +74,17 @@ pub struct SessionsReport {
     pub routed: u64,
 }
 
+/// Waits until `n` frames were taken from `outbox` (then forgets them).
+async fn take_frames(outbox: &mut crate::actors::outbox::Outbox, taken: &mut Vec<bytes::Bytes>, n: usize) -> Result<(), LoadError> {
+    while taken.len() < n {
+        if let crate::actors::outbox::Taken::Closing(_) = outbox.take(taken).await {
+            return Err(LoadError::Server("session closed".into()));
+        }
+    }
+    taken.clear();
+    Ok(())
+}
+
 /// Holds `count` idle device session actors in this process (no sockets) and routes one
 /// frame to each of them through the router.
 pub async fn sessions(count: usize, progress: impl Fn(usize)) -> Result<SessionsReport, LoadError> {
@@ -92,6 +103,14 @@ pub async fn sessions(count: usize, progress: impl Fn(usize)) -> Result<Sessions
         }
     }
     let spawn_time = started.elapsed();
+    // Every session settled before anything is measured: spawning returns once the actor
+    // started, while its registration in the router and its catch-up (ending with
+    // CatchUpComplete) run afterwards. A frame routed to a user whose session is not yet
+    // registered would be dropped, and an RSS read now would miss the catch-ups' memory.
+    let mut taken = Vec::new();
+    for (_, outbox) in held.iter_mut() {
+        take_frames(outbox, &mut taken, 1).await?;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = own_rss()?;
     // Routing: one frame to every user through the router's directory.
@@ -100,15 +119,8 @@ pub async fn sessions(count: usize, progress: impl Fn(usize)) -> Result<Sessions
     for user in &users {
         node.node.ctx.router.deliver_to_user(*user, None, || crate::actors::messages::SessionRequest::Push(frame.clone()));
     }
-    let mut taken = Vec::new();
     for (_, outbox) in held.iter_mut() {
-        // Catch-up's CatchUpComplete, then the routed frame.
-        while taken.len() < 2 {
-            if let crate::actors::outbox::Taken::Closing(_) = outbox.take(&mut taken).await {
-                return Err(LoadError::Server("session closed".into()));
-            }
-        }
-        taken.clear();
+        take_frames(outbox, &mut taken, 1).await?;
     }
     let routed_time = routed_started.elapsed();
     Ok(SessionsReport {
