@@ -223,6 +223,12 @@ pub struct ServeArgs {
     /// Largest group, in members.
     #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
+    /// Most ops the store writer commits in one transaction (16 to 65536; default 2048).
+    /// Larger batches cost less per op under load (a B-tree page dirtied by several ops is
+    /// copied and checksummed once) and make each commit, and so each wait behind one,
+    /// longer.
+    #[arg(long, env = "SWITCHBOARD_MAX_WRITE_BATCH")]
+    pub max_write_batch: Option<usize>,
     /// Of a conversation a device never acknowledged anything of (a new or reinstalled
     /// device), catch-up starts at the newest this many log entries (0 to 100000; default
     /// 20), or earlier to include all sent since the device was created; older ones are
@@ -375,6 +381,7 @@ pub struct FileConfig {
     user_rate_burst: Option<u32>,
     conversation_idle_secs: Option<u64>,
     max_group_members: Option<usize>,
+    max_write_batch: Option<usize>,
     catch_up_recent: Option<usize>,
     inbox_version_margin_ms: Option<u64>,
     to_device_queue: Option<u64>,
@@ -611,6 +618,12 @@ impl ServerConfig {
                 return Err(ConfigError::Invalid("max_group_members must be 2 to 100000".into()));
             }
             actors.max_group_members = v;
+        }
+        if let Some(v) = args.max_write_batch.or(file.max_write_batch) {
+            if !(16..=65_536).contains(&v) {
+                return Err(ConfigError::Invalid("max_write_batch must be 16 to 65536".into()));
+            }
+            actors.max_write_batch = v;
         }
         if let Some(v) = args.catch_up_recent.or(file.catch_up_recent) {
             if v > 100_000 {
@@ -919,6 +932,23 @@ mod tests {
         let tls = ServerConfig::resolve(args).expect("valid").tls.expect("tls on");
         assert_eq!((tls.cert.to_str(), tls.key.to_str(), tls.poll), (Some("/etc/sb/cert.pem"), Some("/etc/sb/key.pem"), Duration::from_secs(3)));
         assert!(ServerConfig::resolve(ServeArgs::default()).expect("defaults").tls.is_none());
+    }
+
+    #[test]
+    fn the_write_batch_is_a_bounded_setting_from_a_flag_or_the_file() {
+        let default = ServerConfig::resolve(ServeArgs::default()).expect("defaults");
+        assert_eq!(default.actors.max_write_batch, 2048);
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "max_write_batch = 8192\n").expect("write");
+        let from_file = ServerConfig::resolve(with_file(path.to_str().expect("utf-8"))).expect("valid");
+        assert_eq!(from_file.actors.max_write_batch, 8192);
+        let flag = ServeArgs { max_write_batch: Some(512), ..with_file(path.to_str().expect("utf-8")) };
+        assert_eq!(ServerConfig::resolve(flag).expect("valid").actors.max_write_batch, 512, "the flag wins over the file");
+        for bad in [0, 15, 65_537] {
+            let e = ServerConfig::resolve(ServeArgs { max_write_batch: Some(bad), ..Default::default() }).expect_err("out of range");
+            assert!(e.to_string().contains("max_write_batch must be 16 to 65536"), "{e}");
+        }
     }
 
     #[test]
