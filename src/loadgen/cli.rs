@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// The embedded store's checkpoint interval, seconds (`checkpoint_secs=N`).
     #[arg(long, global = true)]
     pub embedded_checkpoint_secs: Option<u64>,
+    /// The embedded store's group commit linger, microseconds (`commit_linger_us=N`).
+    #[arg(long, global = true)]
+    pub embedded_commit_linger_us: Option<u64>,
     /// One more argument for the benchmarked server's `serve` (repeatable), e.g.
     /// `--server-arg=--conversation-idle-secs=30`.
     #[arg(long = "server-arg", global = true, allow_hyphen_values = true)]
@@ -228,8 +231,17 @@ fn server_args() -> Vec<String> {
 
 /// Runs `switchboard bench …` and returns its JSON result line.
 pub async fn run(args: BenchArgs) -> Result<String, LoadError> {
-    let BenchArgs { websocket, store, embedded_cache_mb, embedded_checkpoint_secs, server_args: more_server_args, server_binary, scenario } = args;
-    let store = StoreChoice { kind: store, embedded_cache_mb, embedded_checkpoint_secs };
+    let BenchArgs {
+        websocket,
+        store,
+        embedded_cache_mb,
+        embedded_checkpoint_secs,
+        embedded_commit_linger_us,
+        server_args: more_server_args,
+        server_binary,
+        scenario,
+    } = args;
+    let store = StoreChoice { kind: store, embedded_cache_mb, embedded_checkpoint_secs, embedded_commit_linger_us };
     let binary = match server_binary {
         Some(b) => b,
         None => std::env::current_exe()?,

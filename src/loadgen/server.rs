@@ -32,6 +32,8 @@ pub struct StoreChoice {
     pub embedded_cache_mb: Option<usize>,
     /// The embedded store's checkpoint interval, seconds (`None`: the server's default).
     pub embedded_checkpoint_secs: Option<u64>,
+    /// The embedded store's group commit linger, microseconds (`None`: the server's default).
+    pub embedded_commit_linger_us: Option<u64>,
 }
 
 /// A `switchboard serve` child process on a temporary data directory.
@@ -79,6 +81,9 @@ impl ServerProcess {
                 }
                 if let Some(secs) = store.embedded_checkpoint_secs {
                     options.checkpoint_interval = Duration::from_secs(secs);
+                }
+                if let Some(us) = store.embedded_commit_linger_us {
+                    options.commit_linger = Duration::from_micros(us);
                 }
                 (None, crate::store::StoreSpec::Embedded { dir: dir.path().join("data"), options }.to_string())
             }

@@ -1,9 +1,10 @@
 //! Choosing a store from one string, as operators write it on the command line, in the
 //! environment or in the config file:
-//! - `embedded:<dir>[?cache_mb=N&checkpoint_secs=S]`: the redb file in `<dir>` (single
-//!   node), with a page cache of N MiB (default [`EmbeddedOptions::DEFAULT_CACHE_MB`]) and
-//!   a checkpoint at least every S seconds (default
-//!   [`EmbeddedOptions::DEFAULT_CHECKPOINT_SECS`]);
+//! - `embedded:<dir>[?cache_mb=N&checkpoint_secs=S&commit_linger_us=U]`: the redb file in
+//!   `<dir>` (single node), with a page cache of N MiB (default
+//!   [`EmbeddedOptions::DEFAULT_CACHE_MB`]), a checkpoint at least every S seconds (default
+//!   [`EmbeddedOptions::DEFAULT_CHECKPOINT_SECS`]) and a group commit that waits up to U
+//!   µs for more writes (default 0, see [`EmbeddedOptions::commit_linger`]);
 //! - `postgres://user:pass@host:port/db[?pool_size=N&sslmode=…&sslrootcert=…&...]`: a shared
 //!   PostgreSQL database (TLS as libpq: see `pg_tls`);
 //! - `scylla://[user:pass@]host1[:port],host2/keyspace`: a ScyllaDB (or Cassandra) cluster.
@@ -58,10 +59,11 @@ impl std::fmt::Display for StoreSpec {
             StoreSpec::Embedded { dir, options } if *options == EmbeddedOptions::default() => write!(f, "embedded:{}", dir.display()),
             StoreSpec::Embedded { dir, options } => write!(
                 f,
-                "embedded:{}?cache_mb={}&checkpoint_secs={}",
+                "embedded:{}?cache_mb={}&checkpoint_secs={}&commit_linger_us={}",
                 dir.display(),
                 options.cache_bytes >> 20,
-                options.checkpoint_interval.as_secs()
+                options.checkpoint_interval.as_secs(),
+                options.commit_linger.as_micros()
             ),
             StoreSpec::Postgres { url, .. } => f.write_str(&redact(url)),
             StoreSpec::Scylla { options } => {
@@ -87,7 +89,7 @@ fn redact(url: &str) -> String {
 }
 
 impl StoreSpec {
-    /// Parses `embedded:<dir>[?cache_mb=N]`, a `postgres://` / `postgresql://` URL or a
+    /// Parses `embedded:<dir>[?cache_mb=N&checkpoint_secs=S&commit_linger_us=U]`, a `postgres://` / `postgresql://` URL or a
     /// `scylla://` one.
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("embedded:") {
@@ -111,7 +113,16 @@ impl StoreSpec {
                             n.parse().ok().filter(|n| (1..=3600).contains(n)).ok_or_else(|| format!("checkpoint_secs {n:?}: expected 1 to 3600"))?;
                         options.checkpoint_interval = std::time::Duration::from_secs(secs);
                     }
-                    _ => return Err(format!("embedded store: unknown parameter {pair:?} (expected cache_mb=N or checkpoint_secs=N)")),
+                    Some(("commit_linger_us", n)) => {
+                        let max = EmbeddedOptions::MAX_COMMIT_LINGER_US;
+                        let us: u64 = n.parse().ok().filter(|n| *n <= max).ok_or_else(|| format!("commit_linger_us {n:?}: expected 0 to {max}"))?;
+                        options.commit_linger = std::time::Duration::from_micros(us);
+                    }
+                    _ => {
+                        return Err(format!(
+                            "embedded store: unknown parameter {pair:?} (expected cache_mb=N, checkpoint_secs=N or commit_linger_us=N)"
+                        ));
+                    }
                 }
             }
             return Ok(StoreSpec::Embedded { dir: PathBuf::from(dir), options });
@@ -194,12 +205,17 @@ mod tests {
         let default = StoreSpec::parse("embedded:/tmp/x").unwrap();
         assert_eq!(default, StoreSpec::Embedded { dir: "/tmp/x".into(), options: EmbeddedOptions::default() });
         assert_eq!(default.to_string(), "embedded:/tmp/x");
-        let small = StoreSpec::parse("embedded:/tmp/x?cache_mb=32&checkpoint_secs=5").unwrap();
-        let options = EmbeddedOptions { cache_bytes: 32 << 20, checkpoint_interval: std::time::Duration::from_secs(5) };
+        let small = StoreSpec::parse("embedded:/tmp/x?cache_mb=32&checkpoint_secs=5&commit_linger_us=500").unwrap();
+        let options = EmbeddedOptions {
+            cache_bytes: 32 << 20,
+            checkpoint_interval: std::time::Duration::from_secs(5),
+            commit_linger: std::time::Duration::from_micros(500),
+        };
         assert_eq!(small, StoreSpec::Embedded { dir: "/tmp/x".into(), options });
-        assert_eq!(small.to_string(), "embedded:/tmp/x?cache_mb=32&checkpoint_secs=5");
+        assert_eq!(small.to_string(), "embedded:/tmp/x?cache_mb=32&checkpoint_secs=5&commit_linger_us=500");
         assert_eq!(StoreSpec::parse(&small.to_string()).unwrap(), small);
         assert!(StoreSpec::parse("embedded:/tmp/x?checkpoint_secs=0").is_err());
+        assert!(StoreSpec::parse("embedded:/tmp/x?commit_linger_us=100001").is_err());
         assert!(StoreSpec::parse("embedded:/tmp/x?cache_mb=0").is_err());
         assert!(StoreSpec::parse("embedded:/tmp/x?cache=32").is_err());
         let spec = StoreSpec::parse("postgres://sb:hunter2@db:5432/switchboard?pool_size=4&sslmode=disable").unwrap();
