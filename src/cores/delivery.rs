@@ -17,14 +17,17 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use crate::ids::{ConversationId, DeviceId, UserId};
 use crate::store::{ConversationRecord, Cursor, StoredMessage};
 
 /// What the session knows of one conversation.
 #[derive(Debug, Clone)]
 pub struct ConvView {
-    /// The conversation as of the latest event this session saw.
-    pub record: ConversationRecord,
+    /// The conversation as of the latest event this session saw. Shared: every session of
+    /// a group holds the same record (a 1,000-member group's is ~48 KB), not a copy each.
+    pub record: Arc<ConversationRecord>,
     /// The seqs this user may see (from joining a group to leaving it).
     pub range: (u64, u64),
     /// Highest seq put in the outbox (or covered by the delivered cursor).
@@ -38,7 +41,7 @@ pub struct ConvView {
 impl ConvView {
     /// A view of `record` for `user`, resuming after `cursor` (None if the user may see
     /// nothing of it).
-    pub fn new(record: ConversationRecord, user: UserId, cursor: Cursor) -> Option<Self> {
+    pub fn new(record: Arc<ConversationRecord>, user: UserId, cursor: Cursor) -> Option<Self> {
         let range = record.visible_range(user)?;
         // Nothing before joining: start at the joining event at the earliest.
         let pushed = cursor.delivered.max(range.0.saturating_sub(1));
@@ -118,7 +121,7 @@ impl DeliveryCore {
 
     /// Adds (or replaces) the view of a conversation from its record and the device's
     /// stored cursor. Returns false if the user may see nothing of it.
-    pub fn add_view(&mut self, record: ConversationRecord, cursor: Cursor) -> bool {
+    pub fn add_view(&mut self, record: Arc<ConversationRecord>, cursor: Cursor) -> bool {
         let id = record.conversation_id;
         match ConvView::new(record, self.user, cursor) {
             Some(view) => {
@@ -202,7 +205,7 @@ impl DeliveryCore {
 
     /// An event of `id` changed the record (membership, settings): the visible range
     /// follows it.
-    pub fn record_changed(&mut self, record: ConversationRecord, event_seq: u64) {
+    pub fn record_changed(&mut self, record: Arc<ConversationRecord>, event_seq: u64) {
         let user = self.user;
         if let Some(view) = self.views.get_mut(&record.conversation_id) {
             view.range = record.visible_range(user).unwrap_or((view.range.0, event_seq));

@@ -2,6 +2,8 @@
 //! which catch-up pages and live messages (late, duplicated, with gaps) interleave at
 //! random while the device must see every message it may see, in order, once.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use proptest::prelude::*;
 
@@ -37,7 +39,7 @@ fn live_messages_follow_the_watermark() {
     let id = record.conversation_id;
     let mut core = DeliveryCore::new(me, my_device);
     assert_eq!(core.live(id, 1, peer_device, false), Verdict::Unknown);
-    assert!(core.add_view(record, Cursor { delivered: 3, read: 2 }));
+    assert!(core.add_view(Arc::new(record), Cursor { delivered: 3, read: 2 }));
     assert_eq!(core.live(id, 3, peer_device, false), Verdict::Skip, "covered by the cursor");
     assert_eq!(core.live(id, 4, peer_device, false), Verdict::Push);
     core.pushed(id, 4);
@@ -53,7 +55,7 @@ fn catch_up_can_start_at_the_newest_messages() {
     let record = direct(me, peer);
     let id = record.conversation_id;
     let mut core = DeliveryCore::new(me, DeviceId::random());
-    core.add_view(record, Cursor::default());
+    core.add_view(Arc::new(record), Cursor::default());
     core.start_after(id, 7);
     let stored: Vec<StoredMessage> = (1..=10).map(|s| message(id, s, (peer, peer_device), false)).collect();
     let page = core.page(id, &stored, u64::MAX, 256, 0);
@@ -72,7 +74,7 @@ fn cursors_only_grow_and_never_pass_what_was_sent() {
     let record = direct(me, peer);
     let id = record.conversation_id;
     let mut core = DeliveryCore::new(me, DeviceId::random());
-    core.add_view(record, Cursor::default());
+    core.add_view(Arc::new(record), Cursor::default());
     core.pushed(id, 1);
     core.pushed(id, 2);
     assert_eq!(core.cursor(id, 10, false), Some(CursorAdvance { delivered: 2, read: 0 }));
@@ -89,7 +91,7 @@ fn a_removed_member_sees_up_to_the_event_that_removed_them() {
     record.group = Some(Box::new(GroupState { subject: "g".into(), admins: vec![admin], joined: vec![(admin, 1), (me, 3)], ..Default::default() }));
     let id = record.conversation_id;
     let mut core = DeliveryCore::new(me, DeviceId::random());
-    core.add_view(record.clone(), Cursor::default());
+    core.add_view(Arc::new(record.clone()), Cursor::default());
     let stored: Vec<StoredMessage> = (1..=6).map(|s| message(id, s, (admin, DeviceId::random()), s == 3 || s == 5)).collect();
     let page = core.page(id, &stored, u64::MAX, 100, 0);
     assert_eq!(page.send.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4, 5, 6], "nothing before joining");
@@ -100,7 +102,7 @@ fn a_removed_member_sees_up_to_the_event_that_removed_them() {
         g.joined.retain(|(u, _)| *u != me);
         g.former.push((me, 3, 5));
     }
-    core.record_changed(after, 5);
+    core.record_changed(Arc::new(after), 5);
     assert_eq!(core.live(id, 7, DeviceId::random(), false), Verdict::Skip);
 }
 
@@ -153,7 +155,7 @@ proptest! {
             .collect();
         let cursor = cursor.min(log.len() as u64);
         let mut core = DeliveryCore::new(me, my_device);
-        core.add_view(record, Cursor { delivered: cursor, read: 0 });
+        core.add_view(Arc::new(record), Cursor { delivered: cursor, read: 0 });
         let mut sent: Vec<u64> = Vec::new();
         let mut next_live = 0usize;
         let page_from_store = |core: &mut DeliveryCore, after: u64, up_to: u64, size: usize, sent: &mut Vec<u64>| {

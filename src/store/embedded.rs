@@ -96,6 +96,7 @@ const RATE_BUCKETS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("ra
 pub struct EmbeddedStore {
     writer: Arc<WriterThread>,
     db: Arc<Database>,
+    records: Arc<super::shared_records::SharedRecords>,
 }
 
 /// A checkpoint is taken whenever the log grows past this (and at least every
@@ -528,7 +529,7 @@ impl EmbeddedStore {
             .spawn(move || writer_loop(thread_db, wal, rx, checkpoint_interval, commit_linger))
             .map_err(be)?;
         let writer = Arc::new(WriterThread { jobs: Mutex::new(Some(jobs)), thread: Mutex::new(Some(thread)) });
-        Ok(Self { writer, db })
+        Ok(Self { writer, db, records: Arc::default() })
     }
 
     /// Runs a short read on the calling task. redb reads of cached pages take microseconds;
@@ -1298,6 +1299,16 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().map_err(be)?;
             let table = txn.open_table(CONVERSATIONS).map_err(be)?;
             table.get(id.as_u128()).map_err(be)?.map(|g| decode("conversations", g.value())).transpose()
+        })
+    }
+
+    async fn conversation_shared(&self, id: ConversationId) -> Result<Option<Arc<ConversationRecord>>, StoreError> {
+        let records = self.records.clone();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(CONVERSATIONS).map_err(be)?;
+            let Some(guard) = table.get(id.as_u128()).map_err(be)? else { return Ok(None) };
+            records.get_or_decode(id, guard.value()).map(Some)
         })
     }
 

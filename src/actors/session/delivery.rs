@@ -42,7 +42,7 @@ pub async fn catch_up(state: &mut SessionState) -> Result<(), Stop> {
     let mut visible = Vec::with_capacity(ids.len());
     for id in ids {
         let cursor = cursors.get(&id).copied();
-        if let Some(record) = store.conversation(id).await.map_err(|e| store_down(state, &e, "conversation"))?
+        if let Some(record) = store.conversation_shared(id).await.map_err(|e| store_down(state, &e, "conversation"))?
             && state.core.add_view(record, cursor.unwrap_or_default())
         {
             visible.push(id);
@@ -158,9 +158,9 @@ pub async fn live(state: &mut SessionState, batch: &ConversationBatch) -> Result
             // Membership and settings follow the log: a re-added member sees again, a
             // removed one stops at the event that removed them.
             if state.core.view(id).is_some() {
-                state.core.record_changed(record.as_ref().clone(), d.seq);
+                state.core.record_changed(record.clone(), d.seq);
             } else {
-                state.core.add_view(record.as_ref().clone(), Cursor::default());
+                state.core.add_view(record.clone(), Cursor::default());
             }
         }
         loop {
@@ -178,7 +178,7 @@ pub async fn live(state: &mut SessionState, batch: &ConversationBatch) -> Result
                 Verdict::Gap { after, up_to } => fill_gap(state, id, after, up_to).await?,
                 Verdict::Unknown => {
                     // A conversation that began (or that this user joined) after catch-up.
-                    match state.ctx.store.conversation(id).await {
+                    match state.ctx.store.conversation_shared(id).await {
                         Ok(Some(record)) => {
                             if !state.core.add_view(record, Cursor::default()) {
                                 break;

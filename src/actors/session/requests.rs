@@ -302,7 +302,7 @@ async fn request(state: &mut SessionState, kind: client_frame::Kind) -> Result<(
 /// The view of a conversation this user is or was a member of, loading it if needed.
 async fn view(state: &mut SessionState, id: ConversationId) -> Result<&crate::cores::delivery::ConvView, RequestError> {
     if state.core.view(id).is_none() {
-        let record = state.ctx.store.conversation(id).await?.ok_or(RequestError::UnknownConversation)?;
+        let record = state.ctx.store.conversation_shared(id).await?.ok_or(RequestError::UnknownConversation)?;
         let cursor = Cursor::default();
         if !state.core.add_view(record, cursor) {
             return Err(RequestError::NotAMember);
@@ -334,7 +334,7 @@ async fn open_direct(state: &mut SessionState, req: pb::OpenDirect) -> Answer {
             return Err(RequestError::UnknownUser(peer.to_string()));
         }
         let record = state.ctx.store.create_conversation(ConversationRecord::direct(state.user, peer, now_ms())).await?;
-        state.core.add_view(record, Cursor::default());
+        state.core.add_view(std::sync::Arc::new(record), Cursor::default());
     }
     Ok(Some(protocol::server(server_frame::Kind::DirectOpened(pb::DirectOpened { request_id: req.request_id, conversation_id: id_bytes(id) }))))
 }
