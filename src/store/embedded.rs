@@ -189,6 +189,13 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>,
     let mut logged_since: Option<Instant> = None;
     let mut next: Option<Job> = None;
     loop {
+        // Due even if jobs never stop coming (then `recv_timeout` below never times out).
+        if poisoned.is_none()
+            && let Some(t) = logged_since
+            && t.elapsed() >= checkpoint_interval
+        {
+            checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
+        }
         let job = match next.take() {
             Some(job) => Ok(job),
             None => match logged_since {
@@ -243,7 +250,7 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>,
                 }
                 logged_since.get_or_insert_with(Instant::now);
                 if wal.len() >= CHECKPOINT_BYTES && poisoned.is_none() {
-                    checkpoint_logged(&db, &mut wal, &mut logged_since);
+                    checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
                 }
             }
             Ok(Job::RunLight(f)) => f(&db),
@@ -253,12 +260,21 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>,
                 // from the state the log was written against (a send refused as QUEUE_FULL
                 // and logged must not find room when replayed after later writes).
                 if poisoned.is_none() {
-                    checkpoint_logged(&db, &mut wal, &mut logged_since);
+                    checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
                 }
                 f(&db)
             }
             Ok(Job::Checkpoint(reply)) => {
-                let result = if poisoned.is_some() { Err(be("store needs a restart")) } else { checkpoint(&db, &mut wal) };
+                let result = match &poisoned {
+                    Some(why) => Err(StoreError::Backend(format!("store needs a restart: {why}"))),
+                    None => checkpoint(&db, &mut wal).map_err(|(e, poison)| {
+                        if poison {
+                            tracing::error!(error = %e, "the write-ahead log could not be emptied; refusing writes until a restart");
+                            poisoned = Some(e.to_string());
+                        }
+                        e
+                    }),
+                };
                 if result.is_ok() {
                     logged_since = None;
                 }
@@ -266,12 +282,12 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>,
             }
             Err(RecvTimeoutError::Timeout) => {
                 if poisoned.is_none() {
-                    checkpoint_logged(&db, &mut wal, &mut logged_since);
+                    checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
                 }
             }
             Err(RecvTimeoutError::Disconnected) => {
                 if poisoned.is_none() {
-                    checkpoint_logged(&db, &mut wal, &mut logged_since);
+                    checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
                 }
                 return;
             }
@@ -279,26 +295,33 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>,
     }
 }
 
-fn checkpoint_logged(db: &Database, wal: &mut super::wal::Wal, logged_since: &mut Option<Instant>) {
+fn checkpoint_logged(db: &Database, wal: &mut super::wal::Wal, logged_since: &mut Option<Instant>, poisoned: &mut Option<String>) {
     match checkpoint(db, wal) {
         Ok(()) => *logged_since = None,
+        Err((e, true)) => {
+            tracing::error!(error = %e, "the write-ahead log could not be emptied; refusing writes until a restart");
+            *poisoned = Some(e.to_string());
+        }
         // The log keeps everything; the next checkpoint tries again.
-        Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+        Err((e, false)) => tracing::warn!(error = %e, "checkpoint failed"),
     }
 }
 
 /// A durable (fsynced) redb commit makes every earlier non-durable commit durable; then
 /// the log is emptied. A crash between the two replays ops the database already holds,
-/// which changes nothing.
-fn checkpoint(db: &Database, wal: &mut super::wal::Wal) -> Result<(), StoreError> {
+/// which changes nothing. The error says whether the store must be poisoned: the log
+/// could not be emptied after the commit, so its header on disk may already name a
+/// generation the writer is not writing (a restart reads whichever it is: the old one
+/// replays what the database holds, the new one nothing).
+fn checkpoint(db: &Database, wal: &mut super::wal::Wal) -> Result<(), (StoreError, bool)> {
     if wal.is_empty() {
         return Ok(());
     }
     let started = Instant::now();
-    let txn = db.begin_write().map_err(be)?;
-    txn.commit().map_err(be)?;
+    let txn = db.begin_write().map_err(|e| (be(e), false))?;
+    txn.commit().map_err(|e| (be(e), false))?;
     let bytes = wal.len();
-    wal.reset().map_err(be)?;
+    wal.reset().map_err(|e| (be(e), true))?;
     metrics::histogram!("switchboard_store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
     tracing::trace!(log_bytes = bytes, "checkpoint");
     Ok(())
@@ -425,7 +448,9 @@ pub struct EmbeddedOptions {
     /// more to join the group before it commits it (zero: it commits whatever is queued at
     /// once). Each group costs one log append, one `fdatasync`, one redb commit and a sleep
     /// and wake-up of the writer, whatever its size; waiting makes fewer, larger groups:
-    /// less CPU per message, and that much more latency (as PostgreSQL's `commit_delay`).
+    /// less CPU per message, and that much more latency. Like PostgreSQL's `commit_delay`,
+    /// except that it waits whenever set, even with no other writer about (a lone
+    /// write pays the whole linger).
     pub commit_linger: Duration,
 }
 
@@ -2209,14 +2234,14 @@ mod tests {
         }
         let cursor = WriteOp::AdvanceCursor { user_id: b, device_id: DeviceId::random(), conversation_id: id, delivered: 50, read: 40, at_ms: 99 };
         store.apply(vec![cursor]).await.expect("cursor");
-        let log_len = std::fs::metadata(live.path().join("switchboard.wal")).expect("log").len();
-        assert!(log_len > 0, "the batches are in the log, not yet checkpointed");
         let crashed = tempfile::tempdir().expect("tempdir");
         for file in ["switchboard.redb", "switchboard.wal"] {
             std::fs::copy(live.path().join(file), crashed.path().join(file)).expect("copy");
         }
+        let (_, logged) = super::super::wal::Wal::open(&crashed.path().join("switchboard.wal")).expect("log");
+        assert_eq!(logged.len(), 7, "the creation, five batches and the cursor are in the log, not yet checkpointed");
         // The same image twice: replaying onto a database that already holds some of the
-        // log (a crash between a checkpoint and the log's truncation) changes nothing.
+        // log (a crash between a checkpoint and the log's emptying) changes nothing.
         let twice = tempfile::tempdir().expect("tempdir");
         std::fs::copy(live.path().join("switchboard.wal"), twice.path().join("switchboard.wal")).expect("copy");
         drop(store);

@@ -8,11 +8,13 @@
 //! *generation* instead of truncating. Why: an append that grows a file changes its size,
 //! so its `fdatasync` also writes the inode, a second I/O; a profile of the store writer at
 //! 1,000 msg/s had 16 % of its CPU in that inode write and 19 % in the virtual disk's
-//! notifications, one per I/O. The log is therefore preallocated with written zeros (an
-//! `fallocate`d range would still change metadata on its first write) and reused.
+//! notifications, one per I/O. The log therefore grows by 4 MiB of written zeros at a
+//! time (an `fallocate`d range would still change metadata on its first write) and is
+//! reused: only an append that needs more room changes the file's size.
 //!
 //! Layout (little endian):
-//! - header, at offset 0: [`MAGIC`], `generation: u64`, `xxh3_64(magic ‖ generation): u64`;
+//! - header, at offset 0: [`MAGIC`], `generation: u64` (random, new at every emptying),
+//!   `xxh3_64(magic ‖ generation): u64`;
 //! - records, from offset [`HEADER`]: `len: u32`, `xxh3_64_with_seed(payload, generation):
 //!   u64`, `payload: [u8; len]`.
 //!
@@ -27,7 +29,7 @@
 //! the old one), so an upgrade after a crash still replays it.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -58,24 +60,46 @@ pub struct Wal {
 
 impl Wal {
     /// Opens (or creates) the log at `path` and returns it with every complete record of
-    /// its current generation, in order. The next append goes right after the last of them.
+    /// its current generation, in order (read as a stream: the reused tail past them is
+    /// not read). The next append goes right after the last of them.
     pub fn open(path: &Path) -> std::io::Result<(Self, Vec<Vec<u8>>)> {
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        if !bytes.is_empty() && !bytes.starts_with(&MAGIC) {
-            return Self::upgrade(path, &bytes);
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let allocated = file.metadata()?.len();
+        let mut head = [0u8; HEADER as usize];
+        let got = read_at_most(&file, &mut head)?;
+        let prefix = got.min(MAGIC.len());
+        if got > 0 && head[..prefix] != MAGIC[..prefix] {
+            drop(file);
+            return Self::upgrade(path, &std::fs::read(path)?);
         }
-        let Some(generation) = read_header(&bytes) else {
+        let mut wal = Self { file, generation: 0, len: 0, allocated, buf: Vec::new() };
+        let Some(generation) = read_header(&head[..got]) else {
             // A new file, or a torn header (everything was durable elsewhere): start over.
-            let generation = if bytes.is_empty() { 1 } else { rand::random() };
-            tracing::info!(generation, "write-ahead log starts a new generation");
-            let mut wal = Self { file, generation, len: 0, allocated: bytes.len() as u64, buf: Vec::new() };
-            wal.write_header()?;
+            wal.write_header(new_generation(0))?;
+            tracing::info!(generation = wal.generation, "write-ahead log starts a new generation");
             return Ok((wal, Vec::new()));
         };
-        let (records, end) = read_records(&bytes[HEADER as usize..], |payload| xxhash_rust::xxh3::xxh3_64_with_seed(payload, generation));
-        let wal = Self { file, generation, len: end as u64, allocated: bytes.len() as u64, buf: Vec::new() };
+        wal.generation = generation;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, &wal.file);
+        reader.seek(SeekFrom::Start(HEADER))?;
+        let mut records = Vec::new();
+        let mut at = HEADER;
+        while at + RECORD_HEADER as u64 <= allocated {
+            let mut record_header = [0u8; RECORD_HEADER];
+            reader.read_exact(&mut record_header)?;
+            let (len, sum) = parse_record_header(&record_header);
+            if len == 0 || len > MAX_RECORD || at + (RECORD_HEADER as u64) + u64::from(len) > allocated {
+                break;
+            }
+            let mut payload = vec![0u8; len as usize];
+            reader.read_exact(&mut payload)?;
+            if xxhash_rust::xxh3::xxh3_64_with_seed(&payload, generation) != sum {
+                break;
+            }
+            records.push(payload);
+            at += RECORD_HEADER as u64 + u64::from(len);
+        }
+        wal.len = at - HEADER;
         Ok((wal, records))
     }
 
@@ -86,8 +110,9 @@ impl Wal {
         let (records, end) = read_records(bytes, xxhash_rust::xxh3::xxh3_64);
         tracing::info!(records = records.len(), dropped = bytes.len() - end, "write-ahead log rewritten with generations");
         let fresh = path.with_extension("wal-upgrade");
-        let _ = std::fs::remove_file(&fresh);
-        let (mut wal, _) = Self::open(&fresh)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&fresh)?;
+        let mut wal = Self { file, generation: 0, len: 0, allocated: 0, buf: Vec::new() };
+        wal.write_header(new_generation(0))?;
         for record in &records {
             wal.write_record(record)?;
         }
@@ -144,19 +169,23 @@ impl Wal {
         Ok(())
     }
 
-    /// Writes the header of the current generation and makes it durable.
-    fn write_header(&mut self) -> std::io::Result<()> {
-        let header = header_bytes(self.generation);
-        self.file.write_all_at(&header, 0)?;
+    /// Writes the header of `generation` and makes it durable; only then is it the
+    /// generation appends are sealed with (on an error the log is unchanged in memory, and
+    /// the caller must not append: the header on disk may be either).
+    fn write_header(&mut self, generation: u64) -> std::io::Result<()> {
+        self.file.write_all_at(&header_bytes(generation), 0)?;
         self.allocated = self.allocated.max(HEADER);
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.generation = generation;
+        Ok(())
     }
 
     /// Empties the log (everything in it is durable elsewhere): a new generation, whose
-    /// header is durable before this returns. The file keeps its length.
+    /// header is durable before this returns. The file keeps its length. On an error the
+    /// header on disk may name the old generation or the new one: the caller must stop
+    /// appending until a restart reads which.
     pub fn reset(&mut self) -> std::io::Result<()> {
-        self.generation = self.generation.wrapping_add(1);
-        self.write_header()?;
+        self.write_header(new_generation(self.generation))?;
         self.len = 0;
         Ok(())
     }
@@ -170,6 +199,36 @@ impl Wal {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// A random generation other than `current`. Random rather than counted: the seed of the
+/// records' checksums is then unknown to whoever chose the bytes of a message payload, so a
+/// payload cannot carry a record that checks under a future generation.
+fn new_generation(current: u64) -> u64 {
+    loop {
+        let generation: u64 = rand::random();
+        if generation != current {
+            return generation;
+        }
+    }
+}
+
+/// Reads from the start of `file` until `buf` is full or the file ends; returns the bytes read.
+fn read_at_most(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+fn parse_record_header(header: &[u8; RECORD_HEADER]) -> (u32, u64) {
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let sum = u64::from_le_bytes([header[4], header[5], header[6], header[7], header[8], header[9], header[10], header[11]]);
+    (len, sum)
 }
 
 fn header_bytes(generation: u64) -> [u8; HEADER as usize] {
@@ -188,14 +247,15 @@ fn read_header(bytes: &[u8]) -> Option<u64> {
     (header_bytes(generation) == header).then_some(generation)
 }
 
-/// The records at the start of `bytes` up to the first that is incomplete, empty or fails
-/// `checksum`; and where they end.
+/// The records at the start of `bytes` (a log of the layout without generations) up to the
+/// first that is incomplete, empty or fails `checksum`; and where they end.
 fn read_records(bytes: &[u8], checksum: impl Fn(&[u8]) -> u64) -> (Vec<Vec<u8>>, usize) {
     let mut records = Vec::new();
     let mut at = 0usize;
     while bytes.len() - at >= RECORD_HEADER {
-        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-        let sum = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap_or([0; 8]));
+        let mut header = [0u8; RECORD_HEADER];
+        header.copy_from_slice(&bytes[at..at + RECORD_HEADER]);
+        let (len, sum) = parse_record_header(&header);
         if len == 0 || len > MAX_RECORD || bytes.len() - at - RECORD_HEADER < len as usize {
             break;
         }
