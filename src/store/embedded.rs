@@ -1320,11 +1320,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(CONVERSATIONS).map_err(be)?;
-            table.get(id.as_u128()).map_err(be)?.map(|g| decode("conversations", g.value())).transpose()
-        })
+        // One read path: a large record is cloned from the shared one instead of decoded.
+        Ok(self.conversation_shared(id).await?.map(Arc::unwrap_or_clone))
     }
 
     async fn conversation_shared(&self, id: ConversationId) -> Result<Option<Arc<ConversationRecord>>, StoreError> {
@@ -2210,15 +2207,8 @@ mod tests {
         }
     }
 
-    /// A crash image: the files as they are on disk between two batches, before any
-    /// checkpoint. Opening it replays the log: every acknowledged batch is there.
-    #[tokio::test]
-    async fn batches_logged_before_a_crash_are_replayed_and_replay_is_idempotent() {
-        let live = tempfile::tempdir().expect("tempdir");
-        // No time-based checkpoint during the test (a slow machine must not empty the log
-        // before it is copied); dropping the store still checkpoints.
-        let options = EmbeddedOptions { checkpoint_interval: Duration::from_secs(3600), ..EmbeddedOptions::default() };
-        let store = EmbeddedStore::open_with(live.path(), &options).expect("open");
+    /// Creates a conversation of two new users: (a, b, its id).
+    async fn direct_conversation(store: &EmbeddedStore) -> (UserId, UserId, ConversationId) {
         let (a, b) = (UserId::random(), UserId::random());
         let id = ConversationId::random();
         let record = ConversationRecord {
@@ -2230,6 +2220,19 @@ mod tests {
             retention_secs: 0,
         };
         store.create_conversation(record).await.expect("conversation");
+        (a, b, id)
+    }
+
+    /// A crash image: the files as they are on disk between two batches, before any
+    /// checkpoint. Opening it replays the log: every acknowledged batch is there.
+    #[tokio::test]
+    async fn batches_logged_before_a_crash_are_replayed_and_replay_is_idempotent() {
+        let live = tempfile::tempdir().expect("tempdir");
+        // No time-based checkpoint during the test (a slow machine must not empty the log
+        // before it is copied); dropping the store still checkpoints.
+        let options = EmbeddedOptions { checkpoint_interval: Duration::from_secs(3600), ..EmbeddedOptions::default() };
+        let store = EmbeddedStore::open_with(live.path(), &options).expect("open");
+        let (a, b, id) = direct_conversation(&store).await;
         for batch in 0..5u64 {
             let ops = (1..=10).map(|i| WriteOp::Append(message(id, batch * 10 + i, a))).collect();
             let outcomes = store.apply(ops).await.expect("apply");
@@ -2269,17 +2272,7 @@ mod tests {
         let options =
             EmbeddedOptions { commit_linger: Duration::from_secs(1), checkpoint_interval: Duration::from_secs(3600), ..EmbeddedOptions::default() };
         let store = EmbeddedStore::open_with(dir.path(), &options).expect("open");
-        let (a, b) = (UserId::random(), UserId::random());
-        let id = ConversationId::random();
-        let record = ConversationRecord {
-            conversation_id: id,
-            kind: ConversationKind::Direct,
-            members: vec![a, b],
-            created_ms: 1,
-            group: None,
-            retention_secs: 0,
-        };
-        store.create_conversation(record).await.expect("conversation");
+        let (a, b, id) = direct_conversation(&store).await;
         let first = store.apply(vec![WriteOp::Append(message(id, 1, a))]);
         let second = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
