@@ -27,6 +27,7 @@
 //! device, on this node or another — ends nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -197,7 +198,7 @@ pub fn disconnected<'a>(
     user: UserId,
     device: DeviceId,
     session: ActorId,
-    convs: impl Iterator<Item = (&'a ConversationRecord, u64, u64)>,
+    convs: impl Iterator<Item = (&'a Arc<ConversationRecord>, u64, u64)>,
 ) {
     ctx.router.unregister_session(user, device, session);
     let ended = Ended { ending: Ending::Disconnected, devices: vec![(user, device)], last_seen_ms: now_ms(), push_duty: true };
@@ -210,9 +211,10 @@ pub fn disconnected<'a>(
     // itself: told apart in the store, and only if it stays away).
     let mut gaps = Vec::new();
     for (record, delivered, pushed) in convs {
-        records.push(record);
+        records.push(&**record);
         if pushed > delivered {
-            gaps.push((record.clone(), delivered));
+            // The session's shared record (a group's is tens of KB): not a copy of it.
+            gaps.push((Arc::clone(record), delivered));
         }
     }
     let peers = direct_peers(user, records);
@@ -368,7 +370,12 @@ async fn tell_offline(ctx: &NodeContext, user: UserId, peers: &[UserId], at_ms: 
 /// a push token and is still not connected. `gaps` narrows the conversations to look at
 /// (record and delivered cursor, from its session); None = every conversation of the user,
 /// with the cursors from the store. Returns how many notifications were queued.
-async fn push_unacked(ctx: &NodeContext, user: UserId, device: DeviceId, gaps: Option<Vec<(ConversationRecord, u64)>>) -> Result<usize, StoreError> {
+async fn push_unacked(
+    ctx: &NodeContext,
+    user: UserId,
+    device: DeviceId,
+    gaps: Option<Vec<(Arc<ConversationRecord>, u64)>>,
+) -> Result<usize, StoreError> {
     if ctx.router.is_device_online(user, device) {
         return Ok(0);
     }
@@ -381,7 +388,7 @@ async fn push_unacked(ctx: &NodeContext, user: UserId, device: DeviceId, gaps: O
             for id in ctx.store.conversations_of(user).await? {
                 let delivered = cursors.get(&id).copied().unwrap_or(0);
                 if ctx.store.last_seq(id).await? > delivered
-                    && let Some(record) = ctx.store.conversation(id).await?
+                    && let Some(record) = ctx.store.conversation_shared(id).await?
                 {
                     gaps.push((record, delivered));
                 }

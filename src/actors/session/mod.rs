@@ -90,7 +90,7 @@ impl SessionState {
             self.user,
             self.device,
             self.id,
-            self.core.views().map(|v| (&*v.record, v.delivered, v.pushed)),
+            self.core.views().map(|v| (&v.record, v.delivered, v.pushed)),
         );
     }
 }
