@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::server::ServerProcess;
@@ -33,18 +32,15 @@ pub async fn idle(server: &ServerProcess, credentials: &[DeviceCredentials], par
     let rss_before = server.rss_bytes()?;
     let transport = server.transport();
     let started = Instant::now();
-    let conns: Vec<Result<Connection, ClientError>> = futures_util::stream::iter(credentials.iter().cloned())
-        .map(|c| {
-            let transport = transport.clone();
-            async move {
-                let (mut conn, _) = Connection::open(&transport, &c.token).await?;
-                conn.wait_for(Duration::from_secs(30), true, |k| matches!(k, server_frame::Kind::CatchUpComplete(_)).then_some(())).await?;
-                Ok(conn)
-            }
-        })
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
+    let conns: Vec<Result<Connection, ClientError>> = super::each_on_tasks(credentials.iter().cloned(), parallel, |c| {
+        let transport = transport.clone();
+        async move {
+            let (mut conn, _) = Connection::open(&transport, &c.token).await?;
+            conn.wait_for(Duration::from_secs(30), true, |k| matches!(k, server_frame::Kind::CatchUpComplete(_)).then_some(())).await?;
+            Ok(conn)
+        }
+    })
+    .await?;
     let elapsed = started.elapsed();
     let conns = conns.into_iter().collect::<Result<Vec<_>, _>>()?;
     // Let allocator caches settle before reading RSS.

@@ -21,7 +21,10 @@ pub mod server_metrics;
 pub mod sessions;
 pub mod traffic;
 
+use std::future::Future;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 pub use cross_node::{CrossNodeReport, cross_node};
 pub use idle::{IdleReport, idle};
@@ -45,6 +48,23 @@ pub enum LoadError {
     /// Reading /proc or a file failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Runs `work` on every item, at most `parallel` at once, each on a task of its own;
+/// results come in completion order. Why tasks: futures polled by one task (a plain
+/// `buffer_unordered`) all run on one thread, which held the login scenarios to one core
+/// of the generator and measured the generator, not the server. Errors: `Server` if a
+/// task panicked.
+pub(crate) async fn each_on_tasks<I, F, Fut, T, E>(items: I, parallel: usize, work: F) -> Result<Vec<Result<T, E>>, LoadError>
+where
+    I: IntoIterator,
+    F: Fn(I::Item) -> Fut,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let joined: Vec<_> = futures_util::stream::iter(items).map(|item| tokio::spawn(work(item))).buffer_unordered(parallel.max(1)).collect().await;
+    joined.into_iter().map(|r| r.map_err(|e| LoadError::Server(format!("a load task failed: {e}")))).collect()
 }
 
 /// A process whose cost a benchmark reports (the server, the relay).

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -51,19 +50,16 @@ pub async fn reconnect(
     }
     // Every member connects once and acknowledges the creation event, so what it misses
     // later is exactly the `missed` messages.
-    let settle: Vec<Result<(), ClientError>> = futures_util::stream::iter(members.iter().cloned())
-        .map(|c| {
-            let transport = transport.clone();
-            async move {
-                let (mut conn, _) = Connection::open(&transport, &c.token).await?;
-                let m = conn.next_message(Duration::from_secs(30)).await?;
-                conn.ack(protocol::parse_id("conversation_id", &m.conversation_id).unwrap_or_default(), m.seq).await?;
-                conn.bye().await
-            }
-        })
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
+    let settle: Vec<Result<(), ClientError>> = super::each_on_tasks(members.iter().cloned(), parallel, |c| {
+        let transport = transport.clone();
+        async move {
+            let (mut conn, _) = Connection::open(&transport, &c.token).await?;
+            let m = conn.next_message(Duration::from_secs(30)).await?;
+            conn.ack(protocol::parse_id("conversation_id", &m.conversation_id).unwrap_or_default(), m.seq).await?;
+            conn.bye().await
+        }
+    })
+    .await?;
     settle.into_iter().collect::<Result<Vec<_>, _>>()?;
     for group in &groups {
         for k in 0..missed {
@@ -71,24 +67,21 @@ pub async fn reconnect(
         }
     }
     let started = Instant::now();
-    let results: Vec<Result<(bool, Duration), ClientError>> = futures_util::stream::iter(members.iter().cloned())
-        .map(|c| {
-            let transport = transport.clone();
-            async move {
-                let (mut conn, _) = Connection::open(&transport, &c.token).await?;
-                let got = conn
-                    .wait_for(Duration::from_secs(60), true, |k| match k {
-                        server_frame::Kind::CatchUpComplete(done) => Some(done.messages),
-                        _ => None,
-                    })
-                    .await?;
-                let at = started.elapsed();
-                Ok((got == missed, at))
-            }
-        })
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
+    let results: Vec<Result<(bool, Duration), ClientError>> = super::each_on_tasks(members.iter().cloned(), parallel, |c| {
+        let transport = transport.clone();
+        async move {
+            let (mut conn, _) = Connection::open(&transport, &c.token).await?;
+            let got = conn
+                .wait_for(Duration::from_secs(60), true, |k| match k {
+                    server_frame::Kind::CatchUpComplete(done) => Some(done.messages),
+                    _ => None,
+                })
+                .await?;
+            let at = started.elapsed();
+            Ok((got == missed, at))
+        }
+    })
+    .await?;
     let total = started.elapsed();
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| LoadError::Server(e.to_string()))?;
     let mut caught_up = 0;

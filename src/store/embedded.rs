@@ -30,6 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::checked_bucket_key;
+use super::embedded_snapshot::{Snapshot, Snapshots};
 use super::transfer::{Position, Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId, MediaRecord,
@@ -97,6 +98,8 @@ pub struct EmbeddedStore {
     writer: Arc<WriterThread>,
     db: Arc<Database>,
     records: Arc<super::shared_records::SharedRecords>,
+    /// The read snapshot shared by reads until the next commit.
+    snapshots: Arc<Snapshots>,
 }
 
 /// A checkpoint is taken whenever the log grows past this (and at least every
@@ -182,7 +185,14 @@ impl Drop for WriterThread {
 /// one group (one log record, one fsync; the group waits up to `commit_linger` after its
 /// first write for more); a checkpoint when the log is `checkpoint_interval` old, large, or
 /// the store is closed.
-fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>, checkpoint_interval: Duration, commit_linger: Duration) {
+fn writer_loop(
+    db: Arc<Database>,
+    mut wal: super::wal::Wal,
+    jobs: Receiver<Job>,
+    snapshots: &Snapshots,
+    checkpoint_interval: Duration,
+    commit_linger: Duration,
+) {
     // Once a group was logged but its transaction did not commit, the database and the
     // log disagree until a restart replays the log: refuse everything until then.
     let mut poisoned: Option<String> = None;
@@ -236,6 +246,8 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>,
                         e
                     }),
                 };
+                // Before any answer: a read that follows an answer must see this commit.
+                snapshots.invalidate();
                 match result {
                     Ok(outcomes) => {
                         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -253,6 +265,8 @@ fn writer_loop(db: Arc<Database>, mut wal: super::wal::Wal, jobs: Receiver<Job>,
                     checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
                 }
             }
+            // (These jobs' closures invalidate the read snapshot themselves, between their
+            // commit and their answer: `on_writer`.)
             Ok(Job::RunLight(f)) => f(&db),
             Ok(Job::Run(f)) => {
                 // Such a write commits durably, which makes the database ahead of the log's
@@ -547,14 +561,16 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (jobs, rx) = std::sync::mpsc::channel();
         let thread_db = db.clone();
+        let snapshots = Arc::new(Snapshots::new());
+        let thread_snapshots = snapshots.clone();
         let checkpoint_interval = options.checkpoint_interval;
         let commit_linger = options.commit_linger;
         let thread = std::thread::Builder::new()
             .name("store-redb-writer".into())
-            .spawn(move || writer_loop(thread_db, wal, rx, checkpoint_interval, commit_linger))
+            .spawn(move || writer_loop(thread_db, wal, rx, &thread_snapshots, checkpoint_interval, commit_linger))
             .map_err(be)?;
         let writer = Arc::new(WriterThread { jobs: Mutex::new(Some(jobs)), thread: Mutex::new(Some(thread)) });
-        Ok(Self { writer, db, records: Arc::default() })
+        Ok(Self { writer, db, records: Arc::default(), snapshots })
     }
 
     /// Runs a short read on the calling task. redb reads of cached pages take microseconds;
@@ -563,6 +579,12 @@ impl EmbeddedStore {
     /// to the blocking pool.
     fn read<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
         f(&self.db)
+    }
+
+    /// Runs a short read on the calling task against the shared read snapshot (the state
+    /// as of the last commit; see [`super::embedded_snapshot`]).
+    fn snap_read<T>(&self, f: impl FnOnce(&Snapshot) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        f(&*self.snapshots.current(&self.db)?)
     }
 
     /// A long read (exports, counts) on tokio's blocking pool.
@@ -607,8 +629,12 @@ impl EmbeddedStore {
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let snapshots = self.snapshots.clone();
         self.writer.send(kind(Box::new(move |db| {
-            let _ = tx.send(f(db));
+            let result = f(db);
+            // Before the answer: a read that follows it must see this write.
+            snapshots.invalidate();
+            let _ = tx.send(result);
         })))?;
         rx.await.map_err(|_| be("store writer thread dropped the write"))?
     }
@@ -934,9 +960,8 @@ impl Store for EmbeddedStore {
 
     async fn pending_code(&self, phone: &str) -> Result<Option<PendingCode>, StoreError> {
         let phone = phone.to_owned();
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(CODES).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(CODES)?;
             table.get(phone.as_str()).map_err(be)?.map(|g| decode("pending_codes", g.value())).transpose()
         })
     }
@@ -1098,9 +1123,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn user(&self, user_id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(USERS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(USERS)?;
             table.get(user_id.as_u128()).map_err(be)?.map(|g| decode("users", g.value())).transpose()
         })
     }
@@ -1126,11 +1150,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn chat_states(&self, user: UserId) -> Result<Vec<(ConversationId, super::ChatState)>, StoreError> {
-        self.read(move |db| super::embedded_inbox::all(db, user))
+        self.snap_read(move |snap| super::embedded_inbox::all(snap, user))
     }
 
     async fn chat_state(&self, user: UserId, conversation: ConversationId) -> Result<super::ChatState, StoreError> {
-        self.read(move |db| super::embedded_inbox::get(db, user, conversation))
+        self.snap_read(move |snap| super::embedded_inbox::get(snap, user, conversation))
     }
 
     async fn update_chat_state(
@@ -1189,7 +1213,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn privacy(&self, user: UserId) -> Result<PrivacySettings, StoreError> {
-        self.read(move |db| super::embedded_privacy::privacy(db, user))
+        self.snap_read(move |snap| super::embedded_privacy::privacy(snap, user))
     }
 
     async fn set_privacy(&self, user: UserId, settings: PrivacySettings) -> Result<(), StoreError> {
@@ -1197,15 +1221,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn is_blocked(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
-        self.read(move |db| super::embedded_privacy::is_blocked(db, user, target))
+        self.snap_read(move |snap| super::embedded_privacy::is_blocked(snap, user, target))
     }
 
     async fn blocks_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
-        self.read(move |db| super::embedded_privacy::blocks_of(db, user))
+        self.snap_read(move |snap| super::embedded_privacy::blocks_of(snap, user))
     }
 
     async fn blockers_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
-        self.read(move |db| super::embedded_privacy::blockers_of(db, user))
+        self.snap_read(move |snap| super::embedded_privacy::blockers_of(snap, user))
     }
 
     async fn set_blocked(&self, user: UserId, target: UserId, blocked: bool, at_ms: u64) -> Result<bool, StoreError> {
@@ -1248,30 +1272,27 @@ impl Store for EmbeddedStore {
     }
 
     async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<DeviceRecord>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let tokens = txn.open_table(TOKENS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let tokens = snap.table(TOKENS)?;
             let Some(id) = tokens.get(&token_hash[..]).map_err(be)?.map(|g| g.value()) else {
                 return Ok(None);
             };
-            let devices = txn.open_table(DEVICES).map_err(be)?;
+            let devices = snap.table(DEVICES)?;
             devices.get(id).map_err(be)?.map(|g| decode("devices", g.value())).transpose()
         })
     }
 
     async fn device(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let devices = txn.open_table(DEVICES).map_err(be)?;
+        self.snap_read(move |snap| {
+            let devices = snap.table(DEVICES)?;
             devices.get(device_id.as_u128()).map_err(be)?.map(|g| decode("devices", g.value())).transpose()
         })
     }
 
     async fn devices_of(&self, user_id: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let user_devices = txn.open_table(USER_DEVICES).map_err(be)?;
-            let devices = txn.open_table(DEVICES).map_err(be)?;
+        self.snap_read(move |snap| {
+            let user_devices = snap.table(USER_DEVICES)?;
+            let devices = snap.table(DEVICES)?;
             let user = user_id.as_u128();
             let mut out = Vec::new();
             for entry in user_devices.range((user, 0)..=(user, u128::MAX)).map_err(be)? {
@@ -1326,26 +1347,23 @@ impl Store for EmbeddedStore {
 
     async fn conversation_shared(&self, id: ConversationId) -> Result<Option<Arc<ConversationRecord>>, StoreError> {
         let records = self.records.clone();
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(CONVERSATIONS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(CONVERSATIONS)?;
             let Some(guard) = table.get(id.as_u128()).map_err(be)? else { return Ok(None) };
             records.get_or_decode(id, guard.value()).map(Some)
         })
     }
 
     async fn conversation_by_invite(&self, hash: [u8; 32]) -> Result<Option<ConversationId>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(INVITES).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(INVITES)?;
             Ok(table.get(&hash[..]).map_err(be)?.map(|g| ConversationId::from_u128(g.value())))
         })
     }
 
     async fn conversations_of(&self, user_id: UserId) -> Result<Vec<ConversationId>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(USER_CONVERSATIONS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(USER_CONVERSATIONS)?;
             let user = user_id.as_u128();
             let mut out = Vec::new();
             for entry in table.range((user, 0)..=(user, u128::MAX)).map_err(be)? {
@@ -1364,26 +1382,23 @@ impl Store for EmbeddedStore {
     }
 
     async fn last_seq(&self, id: ConversationId) -> Result<u64, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(LAST_SEQS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(LAST_SEQS)?;
             Ok(table.get(id.as_u128()).map_err(be)?.map(|g| g.value()).unwrap_or(0))
         })
     }
 
     async fn member_cursor(&self, id: ConversationId, user: UserId) -> Result<MemberCursor, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(MEMBER_CURSORS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(MEMBER_CURSORS)?;
             let (delivered, read) = table.get((id.as_u128(), user.as_u128())).map_err(be)?.map(|g| g.value()).unwrap_or((0, 0));
             Ok(MemberCursor { delivered, read })
         })
     }
 
     async fn member_cursors(&self, id: ConversationId) -> Result<Vec<(UserId, MemberCursor)>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(MEMBER_CURSORS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(MEMBER_CURSORS)?;
             let conv = id.as_u128();
             let mut out = Vec::new();
             for entry in table.range((conv, 0)..=(conv, u128::MAX)).map_err(be)? {
@@ -1396,9 +1411,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn receipt_times(&self, id: ConversationId, user: UserId, seq: u64) -> Result<(Option<u64>, Option<u64>), StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(RECEIPT_LOG).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(RECEIPT_LOG)?;
             let (conv, u) = (id.as_u128(), user.as_u128());
             let first = |kind: u8| -> Result<Option<u64>, StoreError> {
                 match table.range((conv, u, kind, seq)..=(conv, u, kind, u64::MAX)).map_err(be)?.next() {
@@ -1431,9 +1445,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn push_tokens_of(&self, user_id: UserId) -> Result<Vec<(DeviceId, PushToken)>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(PUSH_TOKENS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(PUSH_TOKENS)?;
             let user = user_id.as_u128();
             let mut out = Vec::new();
             for entry in table.range((user, 0)..=(user, u128::MAX)).map_err(be)? {
@@ -1505,17 +1518,15 @@ impl Store for EmbeddedStore {
 
     async fn find_by_client_id(&self, id: ConversationId, sender: UserId, client_msg_id: &str) -> Result<Option<(u64, u64)>, StoreError> {
         let client_msg_id = client_msg_id.to_owned();
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(DEDUP).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(DEDUP)?;
             Ok(table.get((id.as_u128(), sender.as_u128(), client_msg_id.as_str())).map_err(be)?.map(|g| g.value()))
         })
     }
 
     async fn messages_after(&self, id: ConversationId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(MESSAGES).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(MESSAGES)?;
             let conv = id.as_u128();
             let mut out = Vec::with_capacity(limit.min(256));
             if after == u64::MAX {
@@ -1530,9 +1541,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn messages_before(&self, id: ConversationId, before: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(MESSAGES).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(MESSAGES)?;
             let conv = id.as_u128();
             let mut out = Vec::with_capacity(limit.min(256));
             let upper = if before == 0 { u64::MAX } else { before - 1 };
@@ -1564,9 +1574,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn media(&self, id: MediaId) -> Result<Option<MediaRecord>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(MEDIA).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(MEDIA)?;
             table.get(id.as_u128()).map_err(be)?.map(|g| decode("media", g.value())).transpose()
         })
     }
@@ -1619,9 +1628,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn media_refs(&self, id: MediaId, limit: usize) -> Result<Vec<(ConversationId, u64)>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(MEDIA_REFS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(MEDIA_REFS)?;
             let m = id.as_u128();
             let mut out = Vec::new();
             for entry in table.range((m, 0, 0)..=(m, u128::MAX, u64::MAX)).map_err(be)?.take(limit) {
@@ -1634,9 +1642,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn media_usage(&self, owner: UserId) -> Result<u64, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(MEDIA_BY_OWNER).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(MEDIA_BY_OWNER)?;
             let o = owner.as_u128();
             let mut total = 0u64;
             for entry in table.range((o, 0)..=(o, u128::MAX)).map_err(be)? {
@@ -1680,9 +1687,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn media_page(&self, after: Option<MediaId>, limit: usize) -> Result<Vec<MediaRecord>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(MEDIA).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(MEDIA)?;
             let mut out = Vec::new();
             for entry in table.range(after_bounds(after.map(|a| a.as_u128()))).map_err(be)?.take(limit) {
                 let (_, v) = entry.map_err(be)?;
@@ -1693,9 +1699,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn media_with_digest(&self, digest: [u8; 32], limit: usize) -> Result<Vec<MediaId>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(MEDIA_BY_DIGEST).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(MEDIA_BY_DIGEST)?;
             let mut out = Vec::new();
             for entry in table.range((digest, 0)..=(digest, u128::MAX)).map_err(be)?.take(limit) {
                 let (key, _) = entry.map_err(be)?;
@@ -1739,10 +1744,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn device_keys_of(&self, user_id: UserId) -> Result<Vec<DeviceKeys>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let user_devices = txn.open_table(USER_DEVICES).map_err(be)?;
-            let keys = txn.open_table(DEVICE_KEYS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let user_devices = snap.table(USER_DEVICES)?;
+            let keys = snap.table(DEVICE_KEYS)?;
             let user = user_id.as_u128();
             let mut out = Vec::new();
             for entry in user_devices.range((user, 0)..=(user, u128::MAX)).map_err(be)? {
@@ -1780,10 +1784,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn one_time_key_count(&self, device_id: DeviceId) -> Result<u64, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            count_unclaimed(&txn.open_table(ONE_TIME_KEYS).map_err(be)?, device_id)
-        })
+        self.snap_read(move |snap| count_unclaimed(&*snap.table(ONE_TIME_KEYS)?, device_id))
     }
 
     async fn claim_one_time_key(&self, device_id: DeviceId, at_ms: u64) -> Result<Option<ClaimedKey>, StoreError> {
@@ -1831,7 +1832,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn to_device_after(&self, device_id: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError> {
-        self.read(move |db| super::embedded_to_device::after(db, device_id, after, limit))
+        self.snap_read(move |snap| super::embedded_to_device::after(snap, device_id, after, limit))
     }
 
     async fn ack_to_device(&self, device_id: DeviceId, up_to: u64) -> Result<(), StoreError> {
@@ -1846,7 +1847,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn device_list_changes(&self, device_id: DeviceId) -> Result<Vec<UserId>, StoreError> {
-        self.read(move |db| super::embedded_to_device::changes(db, device_id))
+        self.snap_read(move |snap| super::embedded_to_device::changes(snap, device_id))
     }
 
     async fn ack_device_list_changes(&self, device_id: DeviceId, users: Vec<UserId>) -> Result<(), StoreError> {
@@ -1854,9 +1855,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn cursors_of(&self, device_id: DeviceId) -> Result<Vec<(ConversationId, Cursor)>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(CURSORS).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(CURSORS)?;
             let dev = device_id.as_u128();
             let mut out = Vec::new();
             for entry in table.range((dev, 0)..=(dev, u128::MAX)).map_err(be)? {
@@ -1869,9 +1869,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn last_seen(&self, user_id: UserId) -> Result<Option<u64>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(be)?;
-            let table = txn.open_table(LAST_SEEN).map_err(be)?;
+        self.snap_read(move |snap| {
+            let table = snap.table(LAST_SEEN)?;
             Ok(table.get(user_id.as_u128()).map_err(be)?.map(|g| g.value()))
         })
     }

@@ -3,6 +3,7 @@
 //! an older one during a rolling upgrade). Updates run on the writer thread in one write
 //! transaction, so the pin limit holds however a user's devices race; reads on the caller.
 
+use super::embedded_snapshot::Snapshot;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use super::embedded::be;
@@ -31,9 +32,8 @@ fn user_range(user: UserId) -> std::ops::RangeInclusive<(u128, u128)> {
 }
 
 /// `Store::chat_states`.
-pub(super) fn all(db: &Database, user: UserId) -> Result<Vec<(ConversationId, ChatState)>, StoreError> {
-    let txn = db.begin_read().map_err(be)?;
-    let table = txn.open_table(CHAT_STATES).map_err(be)?;
+pub(super) fn all(snap: &Snapshot, user: UserId) -> Result<Vec<(ConversationId, ChatState)>, StoreError> {
+    let table = snap.table(CHAT_STATES)?;
     let mut out = Vec::new();
     for entry in table.range(user_range(user)).map_err(be)? {
         let (k, v) = entry.map_err(be)?;
@@ -43,9 +43,8 @@ pub(super) fn all(db: &Database, user: UserId) -> Result<Vec<(ConversationId, Ch
 }
 
 /// `Store::chat_state`.
-pub(super) fn get(db: &Database, user: UserId, conversation: ConversationId) -> Result<ChatState, StoreError> {
-    let txn = db.begin_read().map_err(be)?;
-    let table = txn.open_table(CHAT_STATES).map_err(be)?;
+pub(super) fn get(snap: &Snapshot, user: UserId, conversation: ConversationId) -> Result<ChatState, StoreError> {
+    let table = snap.table(CHAT_STATES)?;
     Ok(table.get((user.as_u128(), conversation.as_u128())).map_err(be)?.map(|g| decode(g.value())).transpose()?.unwrap_or_default())
 }
 

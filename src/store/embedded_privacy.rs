@@ -8,6 +8,7 @@
 //! - `blocks`: (user, target) → ms of the block; `blockers`: (target, user) → (), the same
 //!   facts indexed by the blocked user, written in the same transaction.
 
+use super::embedded_snapshot::Snapshot;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use super::embedded::be;
@@ -35,9 +36,8 @@ fn encode(settings: &PrivacySettings) -> Result<Vec<u8>, StoreError> {
 }
 
 /// `Store::privacy`.
-pub(super) fn privacy(db: &Database, user: UserId) -> Result<PrivacySettings, StoreError> {
-    let txn = db.begin_read().map_err(be)?;
-    let table = txn.open_table(PRIVACY).map_err(be)?;
+pub(super) fn privacy(snap: &Snapshot, user: UserId) -> Result<PrivacySettings, StoreError> {
+    let table = snap.table(PRIVACY)?;
     table.get(user.as_u128()).map_err(be)?.map(|g| decode(g.value())).transpose().map(Option::unwrap_or_default)
 }
 
@@ -57,15 +57,17 @@ pub(super) fn delete_settings(txn: &WriteTransaction, user: UserId) -> Result<()
 }
 
 /// `Store::is_blocked`.
-pub(super) fn is_blocked(db: &Database, user: UserId, target: UserId) -> Result<bool, StoreError> {
-    let txn = db.begin_read().map_err(be)?;
-    Ok(txn.open_table(BLOCKS).map_err(be)?.get((user.as_u128(), target.as_u128())).map_err(be)?.is_some())
+pub(super) fn is_blocked(snap: &Snapshot, user: UserId, target: UserId) -> Result<bool, StoreError> {
+    Ok(snap.table(BLOCKS)?.get((user.as_u128(), target.as_u128())).map_err(be)?.is_some())
 }
 
 /// The second halves of the keys of `table` whose first half is `user`.
-fn partners<V: redb::Value + 'static>(db: &Database, table: TableDefinition<(u128, u128), V>, user: UserId) -> Result<Vec<UserId>, StoreError> {
-    let txn = db.begin_read().map_err(be)?;
-    let table = txn.open_table(table).map_err(be)?;
+fn partners<V: redb::Value + Send + Sync + 'static>(
+    snap: &Snapshot,
+    table: TableDefinition<(u128, u128), V>,
+    user: UserId,
+) -> Result<Vec<UserId>, StoreError> {
+    let table = snap.table(table)?;
     let u = user.as_u128();
     let mut out = Vec::new();
     for entry in table.range((u, 0)..=(u, u128::MAX)).map_err(be)? {
@@ -75,13 +77,13 @@ fn partners<V: redb::Value + 'static>(db: &Database, table: TableDefinition<(u12
 }
 
 /// `Store::blocks_of`.
-pub(super) fn blocks_of(db: &Database, user: UserId) -> Result<Vec<UserId>, StoreError> {
-    partners(db, BLOCKS, user)
+pub(super) fn blocks_of(snap: &Snapshot, user: UserId) -> Result<Vec<UserId>, StoreError> {
+    partners(snap, BLOCKS, user)
 }
 
 /// `Store::blockers_of`.
-pub(super) fn blockers_of(db: &Database, user: UserId) -> Result<Vec<UserId>, StoreError> {
-    partners(db, BLOCKERS, user)
+pub(super) fn blockers_of(snap: &Snapshot, user: UserId) -> Result<Vec<UserId>, StoreError> {
+    partners(snap, BLOCKERS, user)
 }
 
 /// `Store::set_blocked`.

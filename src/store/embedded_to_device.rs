@@ -13,7 +13,8 @@
 //!   (sent_ms, sending device, client id) to prune ids older than a day;
 //! - `device_list_notices`: (device, changed user) → ms of the newest change.
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use super::embedded_snapshot::Snapshot;
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::embedded::{be, decode, encode};
 use super::to_device::{QueueBounds, SEND_IDS_KEPT_MS, ToDeviceEntry, ToDeviceQueue, ToDeviceSend, ToDeviceStored};
@@ -108,11 +109,10 @@ fn entries_from(entries: &impl ReadableTable<(u128, u64), &'static [u8]>, device
 }
 
 /// `Store::to_device_after`.
-pub(super) fn after(db: &Database, device: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError> {
-    let txn = db.begin_read().map_err(be)?;
+pub(super) fn after(snap: &Snapshot, device: DeviceId, after: u64, limit: usize) -> Result<ToDeviceQueue, StoreError> {
     let dev = device.as_u128();
-    let acked = txn.open_table(QUEUES).map_err(be)?.get(dev).map_err(be)?.map(|g| g.value().1).unwrap_or(0);
-    let table = txn.open_table(TO_DEVICE).map_err(be)?;
+    let acked = snap.table(QUEUES)?.get(dev).map_err(be)?.map(|g| g.value().1).unwrap_or(0);
+    let table = snap.table(TO_DEVICE)?;
     let mut entries = Vec::new();
     for entry in table.range((dev, after.saturating_add(1))..=(dev, u64::MAX)).map_err(be)?.take(limit) {
         let (_, value) = entry.map_err(be)?;
@@ -195,10 +195,9 @@ pub(super) fn note_change(db: &Database, changed: UserId, devices: Vec<DeviceId>
 }
 
 /// `Store::device_list_changes`.
-pub(super) fn changes(db: &Database, device: DeviceId) -> Result<Vec<UserId>, StoreError> {
-    let txn = db.begin_read().map_err(be)?;
+pub(super) fn changes(snap: &Snapshot, device: DeviceId) -> Result<Vec<UserId>, StoreError> {
     let dev = device.as_u128();
-    let notices = txn.open_table(NOTICES).map_err(be)?;
+    let notices = snap.table(NOTICES)?;
     notices.range((dev, 0)..=(dev, u128::MAX)).map_err(be)?.map(|e| e.map(|(k, _)| UserId::from_u128(k.value().1)).map_err(be)).collect()
 }
 

@@ -15,6 +15,7 @@ mod embedded_inbox;
 mod embedded_pairing;
 mod embedded_privacy;
 mod embedded_profiles;
+mod embedded_snapshot;
 mod embedded_status;
 mod embedded_to_device;
 pub mod keys;
