@@ -118,7 +118,6 @@ impl Snapshots {
 
 #[cfg(test)]
 mod tests {
-    use redb::ReadableTable;
 
     use super::*;
 
