@@ -95,11 +95,12 @@ const RATE_BUCKETS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("ra
 /// The redb-backed store. Cloning shares the database and its writer thread.
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    /// The read snapshot shared by reads until the next commit. (Declared before `db`:
+    /// fields drop in order, and the database closes with no read transaction left.)
+    snapshots: Arc<Snapshots>,
     writer: Arc<WriterThread>,
     db: Arc<Database>,
     records: Arc<super::shared_records::SharedRecords>,
-    /// The read snapshot shared by reads until the next commit.
-    snapshots: Arc<Snapshots>,
 }
 
 /// A checkpoint is taken whenever the log grows past this (and at least every
