@@ -87,12 +87,20 @@ impl Outbox {
 
     /// Queues a frame without waiting.
     pub fn try_push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.offer(frame).map_err(|(why, _)| why)
+    }
+
+    /// Queues a frame without waiting; a refused frame comes back, for the caller to offer
+    /// again once there is room. Why not `try_push(frame.clone())` in a loop: cloning a
+    /// frame that is not shared yet (a catch-up's, encoded for this device alone)
+    /// allocates its shared header, once per frame.
+    pub fn offer(&self, frame: Bytes) -> Result<(), (PushError, Bytes)> {
         if self.shared.closed.load(Ordering::Acquire) {
-            return Err(PushError::Closed);
+            return Err((PushError::Closed, frame));
         }
         let mut q = self.lock();
         if q.frames.len() >= self.shared.capacity {
-            return Err(PushError::Full);
+            return Err((PushError::Full, frame));
         }
         let was_empty = q.frames.is_empty();
         q.frames.push_back(frame);

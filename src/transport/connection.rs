@@ -97,6 +97,9 @@ pub struct ConnectionDeps {
 
 /// The writing half of a transport.
 pub trait FrameSink: Send + 'static {
+    /// Makes room for `frames`, about to be sent (a batch), so that a buffering sink grows
+    /// once per batch rather than frame by frame.
+    fn reserve_for(&mut self, _frames: &[Bytes]) {}
     /// Writes one frame (may buffer).
     fn send(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Pushes buffered frames to the socket.
@@ -451,6 +454,7 @@ async fn write_loop<W: FrameSink>(mut sink: W, outbox: Outbox) {
 /// frame), then flushes; false once the socket failed or the close grace ran out.
 async fn write_batch<W: FrameSink>(sink: &mut W, outbox: &Outbox, frames: &mut Vec<Bytes>, last: Option<&Option<Bytes>>) -> bool {
     let write = async {
+        sink.reserve_for(frames);
         for frame in frames.drain(..) {
             // A server-decided close stops the batch: its final frame goes next.
             if outbox.is_preempted() {

@@ -26,6 +26,12 @@ struct TcpSink<W> {
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
 impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for TcpSink<W> {
+    fn reserve_for(&mut self, frames: &[Bytes]) {
+        // Each frame and its length prefix; past the high-water mark `send` writes out.
+        let bytes: usize = frames.iter().map(|f| 4 + f.len()).sum();
+        self.buffer.reserve(bytes.min(WRITE_HIGH_WATER));
+    }
+
     async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
         self.buffer.reserve(4 + frame.len());
         self.buffer.put_u32(frame.len() as u32);

@@ -272,22 +272,23 @@ fn stop_for(myself: &ActorRef<SessionMsg>, state: &mut SessionState, stop: Stop)
 /// Queues a frame for the device. A full queue is given the slow-consumer grace to drain
 /// (the delivery core decides): bursts pass, a device that stopped reading does not.
 /// Meanwhile new work waits in this session's bounded mailbox, never anywhere else.
-pub async fn push(state: &mut SessionState, frame: Bytes) -> Result<(), Stop> {
+pub async fn push(state: &mut SessionState, mut frame: Bytes) -> Result<(), Stop> {
     loop {
-        match state.outbox.try_push(frame.clone()) {
+        match state.outbox.offer(frame) {
             Ok(()) => {
                 state.backpressure.drained();
                 frames_out().increment(1);
                 return Ok(());
             }
-            Err(PushError::Closed) => return Err(Stop::Gone),
-            Err(PushError::Full) => match state.backpressure.full(now_ms()) {
+            Err((PushError::Closed, _)) => return Err(Stop::Gone),
+            Err((PushError::Full, refused)) => match state.backpressure.full(now_ms()) {
                 Pressure::Disconnect => return Err(Stop::Slow),
                 Pressure::Wait(ms) => {
                     tracing::debug!(user = %state.user, device = %state.device, "outbox full; waiting for the device to read");
                     if !state.outbox.wait_room(std::time::Duration::from_millis(ms)).await && state.outbox.is_closed() {
                         return Err(Stop::Gone);
                     }
+                    frame = refused;
                 }
             },
         }
