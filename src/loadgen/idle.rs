@@ -25,12 +25,17 @@ pub struct IdleReport {
     pub bytes_per_device: u64,
     /// Connections + Hello + catch-up per second.
     pub logins_per_sec: f64,
+    /// Server CPU (user + system) per login while the devices connected, µs.
+    pub server_cpu_us_per_login: f64,
+    /// The load generator's own CPU per login meanwhile, µs (it shares the machine).
+    pub generator_cpu_us_per_login: f64,
 }
 
 /// Connects `credentials` (TCP) and measures server memory per connected idle device.
 pub async fn idle(server: &ServerProcess, credentials: &[DeviceCredentials], parallel: usize) -> Result<(IdleReport, Vec<Connection>), LoadError> {
     let rss_before = server.rss_bytes()?;
     let transport = server.transport();
+    let (server_cpu, own_cpu) = (server.cpu_time()?, super::own_cpu_time()?);
     let started = Instant::now();
     let conns: Vec<Result<Connection, ClientError>> = super::each_on_tasks(credentials.iter().cloned(), parallel, |c| {
         let transport = transport.clone();
@@ -42,6 +47,7 @@ pub async fn idle(server: &ServerProcess, credentials: &[DeviceCredentials], par
     })
     .await?;
     let elapsed = started.elapsed();
+    let (server_cpu, own_cpu) = (server.cpu_time()?.saturating_sub(server_cpu), super::own_cpu_time()?.saturating_sub(own_cpu));
     let conns = conns.into_iter().collect::<Result<Vec<_>, _>>()?;
     // Let allocator caches settle before reading RSS.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -55,6 +61,8 @@ pub async fn idle(server: &ServerProcess, credentials: &[DeviceCredentials], par
             rss_after,
             bytes_per_device: rss_after.saturating_sub(rss_before) / devices.max(1) as u64,
             logins_per_sec: devices as f64 / elapsed.as_secs_f64(),
+            server_cpu_us_per_login: server_cpu.as_secs_f64() * 1e6 / devices.max(1) as f64,
+            generator_cpu_us_per_login: own_cpu.as_secs_f64() * 1e6 / devices.max(1) as f64,
         },
         conns,
     ))

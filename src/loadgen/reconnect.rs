@@ -61,13 +61,18 @@ pub async fn reconnect(
     })
     .await?;
     settle.into_iter().collect::<Result<Vec<_>, _>>()?;
+    // The server ends those sessions after the clients left; the storm starts once it has
+    // (else it would measure the end of 10,000 sessions as well).
+    sessions_down_to(server, 1).await?;
     for group in &groups {
         for k in 0..missed {
             s.send_and_ack(*group, &format!("missed-{k}"), &b"you were away"[..]).await?;
         }
     }
     let started = Instant::now();
-    let results: Vec<Result<(bool, Duration), ClientError>> = super::each_on_tasks(members.iter().cloned(), parallel, |c| {
+    // Each device stays connected until every one has caught up: a storm of reconnections,
+    // not of reconnections and disconnections.
+    let results: Vec<Result<(bool, Duration, Connection), ClientError>> = super::each_on_tasks(members.iter().cloned(), parallel, |c| {
         let transport = transport.clone();
         async move {
             let (mut conn, _) = Connection::open(&transport, &c.token).await?;
@@ -78,18 +83,21 @@ pub async fn reconnect(
                 })
                 .await?;
             let at = started.elapsed();
-            Ok((got == missed, at))
+            Ok((got == missed, at, conn))
         }
     })
     .await?;
     let total = started.elapsed();
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| LoadError::Server(e.to_string()))?;
     let mut caught_up = 0;
+    let mut connections = Vec::with_capacity(results.len());
     for r in results {
-        let (exact, at) = r?;
+        let (exact, at, conn) = r?;
         caught_up += usize::from(exact);
         let _ = histogram.record((at.as_micros() as u64).max(1));
+        connections.push(conn);
     }
+    drop(connections);
     Ok(ReconnectReport {
         scenario: "reconnect",
         devices: members.len(),
@@ -99,4 +107,17 @@ pub async fn reconnect(
         catch_up_ms_p50: histogram.value_at_quantile(0.5) as f64 / 1000.0,
         catch_up_ms_p99: histogram.value_at_quantile(0.99) as f64 / 1000.0,
     })
+}
+
+/// Waits (up to 30 s) until the server counts at most `n` sessions.
+async fn sessions_down_to(server: &ServerProcess, n: u64) -> Result<(), LoadError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = super::server_metrics::fetch(server.http).await?;
+        match super::server_metrics::gauge(&text, "switchboard_sessions") {
+            Some(count) if count <= n as f64 => return Ok(()),
+            _ if Instant::now() >= deadline => return Err(LoadError::Server("the server's sessions did not end within 30 s".into())),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }

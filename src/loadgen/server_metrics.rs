@@ -43,6 +43,12 @@ pub fn summary(text: &str, name: &str) -> Option<SummaryReading> {
     seen.then_some(reading)
 }
 
+/// Reads the gauge (or counter) `name` without labels out of Prometheus text; `None` if
+/// the server never set it.
+pub fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// Fetches the server's `/metrics` text from its HTTP address.
 pub async fn fetch(http: std::net::SocketAddr) -> Result<String, super::LoadError> {
     let api = crate::client::HttpApi::new(format!("http://{http}"));
@@ -53,6 +59,13 @@ pub async fn fetch(http: std::net::SocketAddr) -> Result<String, super::LoadErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_gauge_by_its_exact_name() {
+        let text = "switchboard_sessions_started_total 12\nswitchboard_sessions 3\n";
+        assert_eq!(gauge(text, "switchboard_sessions"), Some(3.0));
+        assert_eq!(gauge(text, "switchboard_absent"), None);
+    }
 
     #[test]
     fn reads_a_summary_and_ignores_other_metrics() {
