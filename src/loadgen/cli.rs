@@ -114,7 +114,8 @@ pub enum Scenario {
     },
     /// N devices drop and reconnect at once, each having missed K messages.
     Reconnect {
-        /// Devices.
+        /// Devices (stay below ~19,000: all stay connected until every one has caught up,
+        /// and one process may hold 20,000 files).
         #[arg(long, default_value_t = 10_000)]
         devices: usize,
         /// Messages each device missed.

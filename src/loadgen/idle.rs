@@ -25,7 +25,8 @@ pub struct IdleReport {
     pub bytes_per_device: u64,
     /// Connections + Hello + catch-up per second.
     pub logins_per_sec: f64,
-    /// Server CPU (user + system) per login while the devices connected, µs.
+    /// Server CPU (user + system) per login from the first connection to the last
+    /// CatchUpComplete, µs (work the server does after that is not counted).
     pub server_cpu_us_per_login: f64,
     /// The load generator's own CPU per login meanwhile, µs (it shares the machine).
     pub generator_cpu_us_per_login: f64,

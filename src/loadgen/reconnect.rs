@@ -62,7 +62,8 @@ pub async fn reconnect(
     .await?;
     settle.into_iter().collect::<Result<Vec<_>, _>>()?;
     // The server ends those sessions after the clients left; the storm starts once it has
-    // (else it would measure the end of 10,000 sessions as well).
+    // (else it would measure the end of 10,000 sessions as well). One stays: the sender's.
+    // (Their detached last-seen writes may still be in the writer's queue.)
     sessions_down_to(server, 1).await?;
     for group in &groups {
         for k in 0..missed {

@@ -239,7 +239,7 @@ fn writer_loop(
                 let (writes, replies): (Vec<Logged>, Vec<Reply<LoggedOutcome>>) = group.into_iter().unzip();
                 let result = match &poisoned {
                     Some(why) => Err(StoreError::Backend(format!("store needs a restart: {why}"))),
-                    None => commit_logged(&db, &mut wal, &writes).map_err(|(e, poison)| {
+                    None => commit_logged(&db, &mut wal, snapshots, &writes).map_err(|(e, poison)| {
                         if poison {
                             tracing::error!(error = %e, "a logged group did not commit; refusing writes until a restart replays the log");
                             poisoned = Some(e.to_string());
@@ -248,7 +248,7 @@ fn writer_loop(
                     }),
                 };
                 // Before any answer: a read that follows an answer must see this commit.
-                snapshots.invalidate();
+                let stale = snapshots.invalidate();
                 match result {
                     Ok(outcomes) => {
                         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -261,6 +261,7 @@ fn writer_loop(
                         }
                     }
                 }
+                drop(stale);
                 logged_since.get_or_insert_with(Instant::now);
                 if wal.len() >= CHECKPOINT_BYTES && poisoned.is_none() {
                     checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
@@ -345,14 +346,22 @@ fn checkpoint(db: &Database, wal: &mut super::wal::Wal) -> Result<(), (StoreErro
 /// Applies a group of logged writes in one transaction, logs them (one record, one
 /// fsync), then commits. The error says whether the store must be poisoned (logged but
 /// not committed).
-fn commit_logged(db: &Database, wal: &mut super::wal::Wal, writes: &[Logged]) -> Result<Vec<LoggedOutcome>, (StoreError, bool)> {
+fn commit_logged(
+    db: &Database,
+    wal: &mut super::wal::Wal,
+    snapshots: &Snapshots,
+    writes: &[Logged],
+) -> Result<Vec<LoggedOutcome>, (StoreError, bool)> {
     let mut txn = db.begin_write().map_err(|e| (be(e), false))?;
     txn.set_durability(Durability::None).map_err(|e| (be(e), false))?;
     let outcomes = writes.iter().map(|w| apply_logged(&txn, w)).collect::<Result<Vec<_>, _>>().map_err(|e| (e, false))?;
     let payload = encode(&writes).map_err(|e| (e, false))?;
     // On a failed append the transaction is dropped (aborted): nothing happened.
     wal.append(&payload).map_err(|e| (be(e), false))?;
+    // (The writer loop ends the commit's window with `invalidate`, whatever the outcome.)
+    let stale = snapshots.begin_commit();
     txn.commit().map_err(|e| (be(e), true))?;
+    drop(stale);
     Ok(outcomes)
 }
 
@@ -632,12 +641,32 @@ impl EmbeddedStore {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let snapshots = self.snapshots.clone();
         self.writer.send(kind(Box::new(move |db| {
+            // `f` commits somewhere inside: its whole run is the commit's window. The guard
+            // ends it before the answer (a read that follows the answer must see this
+            // write), and also if `f` panics.
+            let guard = CommitWindow::open(&snapshots);
             let result = f(db);
-            // Before the answer: a read that follows it must see this write.
-            snapshots.invalidate();
+            drop(guard);
             let _ = tx.send(result);
         })))?;
         rx.await.map_err(|_| be("store writer thread dropped the write"))?
+    }
+}
+
+/// A commit's window on the read snapshot (`Snapshots::begin_commit` … `invalidate`),
+/// closed when dropped: so a write that panics does not leave reads uncached for good.
+struct CommitWindow<'a>(&'a Snapshots);
+
+impl<'a> CommitWindow<'a> {
+    fn open(snapshots: &'a Snapshots) -> Self {
+        drop(snapshots.begin_commit());
+        Self(snapshots)
+    }
+}
+
+impl Drop for CommitWindow<'_> {
+    fn drop(&mut self) {
+        drop(self.0.invalidate());
     }
 }
 

@@ -10,10 +10,13 @@
 //! table opened once in it, serve every read until the writer commits again.
 //!
 //! Consistency: a read must see every write whose commit returned before the read began
-//! (a sender's ack, then its own read; a catch-up after a cursor write). The writer calls
-//! [`Snapshots::invalidate`] after each commit and before it answers the writes of that
-//! commit; a snapshot is only cached if no commit happened while it was being taken, so a
-//! read that starts after an answer never gets a snapshot from before that commit.
+//! (a sender's ack, then its own read; a catch-up after a cursor write), and reads one
+//! after another must never go back in time (a last seq, then the messages up to it). The
+//! writer calls [`Snapshots::begin_commit`] right before each commit and
+//! [`Snapshots::invalidate`] after it, before it answers the commit's writes. Nothing is
+//! cached in between, and a snapshot is cached only if neither happened while it was
+//! being taken: so a cached snapshot is always the latest committed state, and a read that
+//! starts after an answer never gets a snapshot from before that commit.
 //!
 //! Memory: an unused snapshot is dropped by the next commit's invalidation, so a live
 //! snapshot pins at most the pages of one committed state, and only while reads use it.
@@ -35,6 +38,11 @@ pub(super) struct Snapshot {
 }
 
 impl Snapshot {
+    /// A new read transaction.
+    fn begin(db: &Database) -> Result<Self, StoreError> {
+        Ok(Self { txn: db.begin_read().map_err(be)?, tables: Mutex::new(HashMap::new()) })
+    }
+
     /// The table `definition` in this snapshot, opened on first use.
     ///
     /// Errors: `Backend` if the table does not exist or its stored types differ from the
@@ -63,15 +71,17 @@ pub(super) struct Snapshots {
 }
 
 struct State {
-    /// Commits so far (bumped by [`Snapshots::invalidate`]).
+    /// Bumped at the start and at the end of every commit.
     commits: u64,
+    /// Between [`Snapshots::begin_commit`] and [`Snapshots::invalidate`].
+    committing: bool,
     current: Option<Arc<Snapshot>>,
 }
 
 impl Snapshots {
     /// No snapshot yet.
     pub(super) fn new() -> Self {
-        Self { state: Mutex::new(State { commits: 0, current: None }) }
+        Self { state: Mutex::new(State { commits: 0, committing: false, current: None }) }
     }
 
     /// The snapshot to read from: the cached one, or a new read transaction (cached if no
@@ -83,7 +93,7 @@ impl Snapshots {
             Ok(snapshot) => return Ok(snapshot),
             Err(commits) => commits,
         };
-        let snapshot = Arc::new(Snapshot { txn: db.begin_read().map_err(be)?, tables: Mutex::new(HashMap::new()) });
+        let snapshot = Arc::new(Snapshot::begin(db)?);
         self.offer(&snapshot, commits);
         Ok(snapshot)
     }
@@ -94,25 +104,34 @@ impl Snapshots {
         state.current.as_ref().map(Arc::clone).ok_or(state.commits)
     }
 
-    /// Caches `snapshot`, begun when `commits` commits had happened, unless one happened
-    /// since: it may miss that commit, so it serves only the read that began before it.
+    /// Caches `snapshot`, begun when the counter read `commits`, unless a commit began or
+    /// ended since, or is under way: it may miss that commit, so it serves only the read
+    /// that began before it.
     fn offer(&self, snapshot: &Arc<Snapshot>, commits: u64) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.commits == commits && state.current.is_none() {
+        if state.commits == commits && !state.committing && state.current.is_none() {
             state.current = Some(Arc::clone(snapshot));
         }
     }
 
-    /// A commit happened: reads from now on take a new snapshot. The writer calls it after
-    /// each commit and before answering the commit's writes.
-    pub(super) fn invalidate(&self) {
-        let stale = {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.commits += 1;
-            state.current.take()
-        };
-        // Dropped outside the lock (ending a read transaction takes redb's own lock).
-        drop(stale);
+    /// A commit is about to be made: until [`Self::invalidate`], every read takes a
+    /// transaction of its own. The writer calls it right before committing.
+    pub(super) fn begin_commit(&self) -> Option<Arc<Snapshot>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.commits += 1;
+        state.committing = true;
+        state.current.take()
+    }
+
+    /// A commit was made (or failed): reads from now on take a new snapshot. The writer
+    /// calls it after each commit and before answering the commit's writes. Returns the
+    /// stale snapshot, for the caller to drop after its answers (ending a read transaction
+    /// takes redb's tracker lock).
+    pub(super) fn invalidate(&self) -> Option<Arc<Snapshot>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.commits += 1;
+        state.committing = false;
+        state.current.take()
     }
 }
 
@@ -157,6 +176,26 @@ mod tests {
     }
 
     #[test]
+    fn nothing_is_cached_while_a_commit_is_under_way() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = db_with(dir.path(), 1);
+        let snapshots = Snapshots::new();
+        let _ = snapshots.current(&db).expect("snapshot");
+        // A read that began before the commit became visible must not be kept for the
+        // reads after it, which would go back from what a fresh read already showed.
+        let _ = snapshots.begin_commit();
+        assert!(snapshots.cached().is_err(), "the commit dropped the cached snapshot");
+        let before = snapshots.current(&db).expect("snapshot");
+        assert!(snapshots.cached().is_err(), "a snapshot taken during a commit was cached");
+        put(&db, 2);
+        assert_eq!(read(&snapshots, &db), 2, "a fresh read sees the commit");
+        let _ = snapshots.invalidate();
+        drop(before);
+        assert_eq!(read(&snapshots, &db), 2);
+        assert!(snapshots.cached().is_ok(), "after the commit, snapshots are shared again");
+    }
+
+    #[test]
     fn a_snapshot_begun_across_a_commit_is_not_kept() {
         let dir = tempfile::tempdir().expect("dir");
         let db = db_with(dir.path(), 1);
@@ -164,7 +203,7 @@ mod tests {
         // A read looks for a snapshot, finds none, and begins one; meanwhile a write
         // commits and is answered.
         let Err(commits) = snapshots.cached() else { panic!("nothing cached yet") };
-        let stale = Arc::new(Snapshot { txn: db.begin_read().expect("read"), tables: Mutex::new(HashMap::new()) });
+        let stale = Arc::new(Snapshot::begin(&db).expect("read"));
         put(&db, 2);
         snapshots.invalidate();
         snapshots.offer(&stale, commits);
