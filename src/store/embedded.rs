@@ -14,16 +14,16 @@
 //! commits after the log's fsync).
 //!
 //! Every write runs on one dedicated thread (redb has one writer at a time anyway): no
-//! pile of blocked threads when many writes arrive at once. Reads run on the caller.
+//! pile of blocked threads when many writes arrive at once ([`super::embedded_writer`]).
+//! Reads run on the caller, most against a shared snapshot ([`super::embedded_snapshot`]).
 //!
 //! Tables mirror the Scylla model (partition key first in every composite key), so each
 //! backend is a translation of the same layout.
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::Serialize;
@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 
 use super::checked_bucket_key;
 use super::embedded_snapshot::{Snapshot, Snapshots};
+use super::embedded_writer::{CommitWindow, Job, WriterFn, WriterThread};
 use super::transfer::{Position, Record, Section};
 use super::{
     ClaimedKey, CodeCheck, ConversationId, ConversationRecord, Cursor, DeviceId, DeviceKeys, DeviceRecord, KeysStored, MediaId, MediaRecord,
@@ -103,18 +104,12 @@ pub struct EmbeddedStore {
     records: Arc<super::shared_records::SharedRecords>,
 }
 
-/// A checkpoint is taken whenever the log grows past this (and at least every
-/// [`EmbeddedOptions::checkpoint_interval`] while it holds anything).
-const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
-
-type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
-
 /// A write that goes through the log: the message path's batches, conversation creations
 /// (an `OpenDirect` storm must not cost an fsync per conversation), and to-device sends
 /// and acknowledgements (a group's key rotation is one send and an acknowledgement from
 /// every device).
 #[derive(Debug, Serialize, serde::Deserialize)]
-enum Logged {
+pub(super) enum Logged {
     /// A store-writer batch (`Store::apply`).
     Batch(Vec<WriteOp>),
     /// `Store::create_conversation`.
@@ -130,242 +125,15 @@ enum Logged {
 }
 
 /// What a logged write answers.
-enum LoggedOutcome {
+pub(super) enum LoggedOutcome {
     Batch(Vec<WriteOutcome>),
     Conversation(ConversationRecord),
     ToDevice(ToDeviceStored),
     Done,
 }
 
-/// Work for the writer thread.
-/// A write run on the writer thread.
-type WriterFn = Box<dyn FnOnce(&Database) + Send>;
-
-enum Job {
-    /// A logged write: group-committed with the logged writes queued behind it.
-    /// (Boxed: a write is far larger than the other jobs, and every slot of the queue is
-    /// sized by the largest.)
-    Logged(Box<Logged>, Reply<LoggedOutcome>),
-    /// Any other write: its own durable transaction.
-    Run(WriterFn),
-    /// A write that commits without durability of its own (`Durability::None`): made
-    /// durable by the next checkpoint, so it needs none first (rate buckets: losing the
-    /// last takes in a crash refills a bucket a little early, nothing worse).
-    RunLight(WriterFn),
-    /// Make everything durable in the database and empty the log.
-    Checkpoint(Reply<()>),
-}
-
-/// Logged writes committed together, at most.
-const MAX_GROUP: usize = 256;
-
-/// The thread every write runs on; dropping the last handle checkpoints and joins it, so
-/// the database file is released when the store is.
-struct WriterThread {
-    jobs: Mutex<Option<Sender<Job>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl WriterThread {
-    fn send(&self, job: Job) -> Result<(), StoreError> {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.as_ref().ok_or_else(|| be("store closed"))?.send(job).map_err(|_| be("store writer thread stopped"))
-    }
-}
-
-impl Drop for WriterThread {
-    fn drop(&mut self) {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The writer thread's loop: jobs in arrival order, consecutive logged writes committed as
-/// one group (one log record, one fsync; the group waits up to `commit_linger` after its
-/// first write for more); a checkpoint when the log is `checkpoint_interval` old, large, or
-/// the store is closed.
-fn writer_loop(
-    db: Arc<Database>,
-    mut wal: super::wal::Wal,
-    jobs: Receiver<Job>,
-    snapshots: &Snapshots,
-    checkpoint_interval: Duration,
-    commit_linger: Duration,
-) {
-    // Once a group was logged but its transaction did not commit, the database and the
-    // log disagree until a restart replays the log: refuse everything until then.
-    let mut poisoned: Option<String> = None;
-    let mut logged_since: Option<Instant> = None;
-    let mut next: Option<Job> = None;
-    loop {
-        // Due even if jobs never stop coming (then `recv_timeout` below never times out).
-        if poisoned.is_none()
-            && let Some(t) = logged_since
-            && t.elapsed() >= checkpoint_interval
-        {
-            checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
-        }
-        let job = match next.take() {
-            Some(job) => Ok(job),
-            None => match logged_since {
-                Some(t) => jobs.recv_timeout(checkpoint_interval.saturating_sub(t.elapsed())),
-                None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            },
-        };
-        match job {
-            Ok(Job::Logged(first, reply)) => {
-                // Whatever logged writes are queued right behind it join the group.
-                let mut group = vec![(*first, reply)];
-                let until = Instant::now() + commit_linger;
-                while group.len() < MAX_GROUP {
-                    let queued = match jobs.try_recv() {
-                        Err(std::sync::mpsc::TryRecvError::Empty) if !commit_linger.is_zero() => match until.checked_duration_since(Instant::now()) {
-                            Some(left) if !left.is_zero() => jobs.recv_timeout(left).ok(),
-                            _ => None,
-                        },
-                        other => other.ok(),
-                    };
-                    match queued {
-                        Some(Job::Logged(w, r)) => group.push((*w, r)),
-                        Some(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                let (writes, replies): (Vec<Logged>, Vec<Reply<LoggedOutcome>>) = group.into_iter().unzip();
-                let result = match &poisoned {
-                    Some(why) => Err(StoreError::Backend(format!("store needs a restart: {why}"))),
-                    None => commit_logged(&db, &mut wal, snapshots, &writes).map_err(|(e, poison)| {
-                        if poison {
-                            tracing::error!(error = %e, "a logged group did not commit; refusing writes until a restart replays the log");
-                            poisoned = Some(e.to_string());
-                        }
-                        e
-                    }),
-                };
-                // Before any answer: a read that follows an answer must see this commit.
-                let stale = snapshots.invalidate();
-                match result {
-                    Ok(outcomes) => {
-                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                            let _ = reply.send(Ok(outcome));
-                        }
-                    }
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(StoreError::Backend(e.to_string())));
-                        }
-                    }
-                }
-                drop(stale);
-                logged_since.get_or_insert_with(Instant::now);
-                if wal.len() >= CHECKPOINT_BYTES && poisoned.is_none() {
-                    checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
-                }
-            }
-            // (These jobs' closures invalidate the read snapshot themselves, between their
-            // commit and their answer: `on_writer`.)
-            Ok(Job::RunLight(f)) => f(&db),
-            Ok(Job::Run(f)) => {
-                // Such a write commits durably, which makes the database ahead of the log's
-                // records: checkpoint first, so that a replay after a crash always starts
-                // from the state the log was written against (a send refused as QUEUE_FULL
-                // and logged must not find room when replayed after later writes).
-                if poisoned.is_none() {
-                    checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
-                }
-                f(&db)
-            }
-            Ok(Job::Checkpoint(reply)) => {
-                let result = match &poisoned {
-                    Some(why) => Err(StoreError::Backend(format!("store needs a restart: {why}"))),
-                    None => checkpoint(&db, &mut wal).map_err(|(e, poison)| {
-                        if poison {
-                            tracing::error!(error = %e, "the write-ahead log could not be emptied; refusing writes until a restart");
-                            poisoned = Some(e.to_string());
-                        }
-                        e
-                    }),
-                };
-                if result.is_ok() {
-                    logged_since = None;
-                }
-                let _ = reply.send(result);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if poisoned.is_none() {
-                    checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                if poisoned.is_none() {
-                    checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
-                }
-                return;
-            }
-        }
-    }
-}
-
-fn checkpoint_logged(db: &Database, wal: &mut super::wal::Wal, logged_since: &mut Option<Instant>, poisoned: &mut Option<String>) {
-    match checkpoint(db, wal) {
-        Ok(()) => *logged_since = None,
-        Err((e, true)) => {
-            tracing::error!(error = %e, "the write-ahead log could not be emptied; refusing writes until a restart");
-            *poisoned = Some(e.to_string());
-        }
-        // The log keeps everything; the next checkpoint tries again.
-        Err((e, false)) => tracing::warn!(error = %e, "checkpoint failed"),
-    }
-}
-
-/// A durable (fsynced) redb commit makes every earlier non-durable commit durable; then
-/// the log is emptied. A crash between the two replays ops the database already holds,
-/// which changes nothing. The error says whether the store must be poisoned: the log
-/// could not be emptied after the commit, so its header on disk may already name a
-/// generation the writer is not writing (a restart reads whichever it is: the old one
-/// replays what the database holds, the new one nothing).
-fn checkpoint(db: &Database, wal: &mut super::wal::Wal) -> Result<(), (StoreError, bool)> {
-    if wal.is_empty() {
-        return Ok(());
-    }
-    let started = Instant::now();
-    let txn = db.begin_write().map_err(|e| (be(e), false))?;
-    txn.commit().map_err(|e| (be(e), false))?;
-    let bytes = wal.len();
-    wal.reset().map_err(|e| (be(e), true))?;
-    metrics::histogram!("switchboard_store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
-    tracing::trace!(log_bytes = bytes, "checkpoint");
-    Ok(())
-}
-
-/// Applies a group of logged writes in one transaction, logs them (one record, one
-/// fsync), then commits. The error says whether the store must be poisoned (logged but
-/// not committed).
-fn commit_logged(
-    db: &Database,
-    wal: &mut super::wal::Wal,
-    snapshots: &Snapshots,
-    writes: &[Logged],
-) -> Result<Vec<LoggedOutcome>, (StoreError, bool)> {
-    let mut txn = db.begin_write().map_err(|e| (be(e), false))?;
-    txn.set_durability(Durability::None).map_err(|e| (be(e), false))?;
-    let outcomes = writes.iter().map(|w| apply_logged(&txn, w)).collect::<Result<Vec<_>, _>>().map_err(|e| (e, false))?;
-    let payload = encode(&writes).map_err(|e| (e, false))?;
-    // On a failed append the transaction is dropped (aborted): nothing happened.
-    wal.append(&payload).map_err(|e| (be(e), false))?;
-    // (The writer loop ends the commit's window with `invalidate`, whatever the outcome.)
-    let stale = snapshots.begin_commit();
-    txn.commit().map_err(|e| (be(e), true))?;
-    drop(stale);
-    Ok(outcomes)
-}
-
-fn apply_logged(txn: &WriteTransaction, write: &Logged) -> Result<LoggedOutcome, StoreError> {
+/// Applies one logged write in the writer's transaction (live, or replaying the log).
+pub(super) fn apply_logged(txn: &WriteTransaction, write: &Logged) -> Result<LoggedOutcome, StoreError> {
     match write {
         Logged::Batch(ops) => apply_in(txn, ops).map(LoggedOutcome::Batch),
         Logged::CreateConversation(record) => create_in(txn, record).map(LoggedOutcome::Conversation),
@@ -569,17 +337,8 @@ impl EmbeddedStore {
         txn.commit().map_err(be)?;
         wal.reset().map_err(be)?;
         let db = Arc::new(db);
-        let (jobs, rx) = std::sync::mpsc::channel();
-        let thread_db = db.clone();
         let snapshots = Arc::new(Snapshots::new());
-        let thread_snapshots = snapshots.clone();
-        let checkpoint_interval = options.checkpoint_interval;
-        let commit_linger = options.commit_linger;
-        let thread = std::thread::Builder::new()
-            .name("store-redb-writer".into())
-            .spawn(move || writer_loop(thread_db, wal, rx, &thread_snapshots, checkpoint_interval, commit_linger))
-            .map_err(be)?;
-        let writer = Arc::new(WriterThread { jobs: Mutex::new(Some(jobs)), thread: Mutex::new(Some(thread)) });
+        let writer = Arc::new(WriterThread::spawn(db.clone(), wal, snapshots.clone(), options.checkpoint_interval, options.commit_linger)?);
         Ok(Self { writer, db, records: Arc::default(), snapshots })
     }
 
@@ -650,23 +409,6 @@ impl EmbeddedStore {
             let _ = tx.send(result);
         })))?;
         rx.await.map_err(|_| be("store writer thread dropped the write"))?
-    }
-}
-
-/// A commit's window on the read snapshot (`Snapshots::begin_commit` … `invalidate`),
-/// closed when dropped: so a write that panics does not leave reads uncached for good.
-struct CommitWindow<'a>(&'a Snapshots);
-
-impl<'a> CommitWindow<'a> {
-    fn open(snapshots: &'a Snapshots) -> Self {
-        drop(snapshots.begin_commit());
-        Self(snapshots)
-    }
-}
-
-impl Drop for CommitWindow<'_> {
-    fn drop(&mut self) {
-        drop(self.0.invalidate());
     }
 }
 

@@ -18,6 +18,7 @@ mod embedded_profiles;
 mod embedded_snapshot;
 mod embedded_status;
 mod embedded_to_device;
+mod embedded_writer;
 pub mod keys;
 pub mod media;
 pub mod pg_tls;
