@@ -12,6 +12,7 @@ pub mod embedded;
 mod embedded_contacts;
 mod embedded_e2ee_copy;
 mod embedded_inbox;
+mod embedded_messages;
 mod embedded_pairing;
 mod embedded_privacy;
 mod embedded_profiles;
