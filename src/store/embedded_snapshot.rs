@@ -116,22 +116,26 @@ impl Snapshots {
 
     /// A commit is about to be made: until [`Self::invalidate`], every read takes a
     /// transaction of its own. The writer calls it right before committing.
-    pub(super) fn begin_commit(&self) -> Option<Arc<Snapshot>> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.commits += 1;
-        state.committing = true;
-        state.current.take()
+    pub(super) fn begin_commit(&self) {
+        self.set_committing(true);
     }
 
     /// A commit was made (or failed): reads from now on take a new snapshot. The writer
-    /// calls it after each commit and before answering the commit's writes. Returns the
-    /// stale snapshot, for the caller to drop after its answers (ending a read transaction
-    /// takes redb's tracker lock).
-    pub(super) fn invalidate(&self) -> Option<Arc<Snapshot>> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.commits += 1;
-        state.committing = false;
-        state.current.take()
+    /// calls it after each commit and before answering the commit's writes.
+    pub(super) fn invalidate(&self) {
+        self.set_committing(false);
+    }
+
+    /// Either end of a commit: counts it, and drops the cached snapshot.
+    fn set_committing(&self, committing: bool) {
+        let stale = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.commits += 1;
+            state.committing = committing;
+            state.current.take()
+        };
+        // Dropped outside the lock (ending a read transaction takes redb's own lock).
+        drop(stale);
     }
 }
 
@@ -183,13 +187,13 @@ mod tests {
         let _ = snapshots.current(&db).expect("snapshot");
         // A read that began before the commit became visible must not be kept for the
         // reads after it, which would go back from what a fresh read already showed.
-        let _ = snapshots.begin_commit();
+        snapshots.begin_commit();
         assert!(snapshots.cached().is_err(), "the commit dropped the cached snapshot");
         let before = snapshots.current(&db).expect("snapshot");
         assert!(snapshots.cached().is_err(), "a snapshot taken during a commit was cached");
         put(&db, 2);
         assert_eq!(read(&snapshots, &db), 2, "a fresh read sees the commit");
-        let _ = snapshots.invalidate();
+        snapshots.invalidate();
         drop(before);
         assert_eq!(read(&snapshots, &db), 2);
         assert!(snapshots.cached().is_ok(), "after the commit, snapshots are shared again");

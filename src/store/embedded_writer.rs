@@ -145,8 +145,8 @@ fn writer_loop(db: Arc<Database>, mut wal: Wal, jobs: Receiver<Job>, snapshots: 
                         e
                     }),
                 };
-                // Before any answer: a read that follows an answer must see this commit.
-                let stale = snapshots.invalidate();
+                // (`commit_logged` closed the commit's window on the read snapshot before it
+                // returned: a read that follows an answer sees this commit.)
                 match result {
                     Ok(outcomes) => {
                         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -159,14 +159,13 @@ fn writer_loop(db: Arc<Database>, mut wal: Wal, jobs: Receiver<Job>, snapshots: 
                         }
                     }
                 }
-                drop(stale);
                 logged_since.get_or_insert_with(Instant::now);
                 if wal.len() >= CHECKPOINT_BYTES && poisoned.is_none() {
                     checkpoint_logged(&db, &mut wal, &mut logged_since, &mut poisoned);
                 }
             }
-            // (These jobs' closures invalidate the read snapshot themselves, between their
-            // commit and their answer: `on_writer`.)
+            // (These jobs' closures open and close their commit's window on the read
+            // snapshot themselves, before their answer: `on_writer`.)
             Ok(Job::RunLight(f)) => f(&db),
             Ok(Job::Run(f)) => {
                 // Such a write commits durably, which makes the database ahead of the log's
@@ -251,26 +250,26 @@ fn commit_logged(db: &Database, wal: &mut Wal, snapshots: &Snapshots, writes: &[
     let payload = encode(&writes).map_err(|e| (e, false))?;
     // On a failed append the transaction is dropped (aborted): nothing happened.
     wal.append(&payload).map_err(|e| (be(e), false))?;
-    // (The writer loop ends the commit's window with `invalidate`, whatever the outcome.)
-    let stale = snapshots.begin_commit();
+    // Closed when this returns, whatever the outcome, before the writer answers.
+    let _window = CommitWindow::open(snapshots);
     txn.commit().map_err(|e| (be(e), true))?;
-    drop(stale);
     Ok(outcomes)
 }
 
 /// A commit's window on the read snapshot (`Snapshots::begin_commit` … `invalidate`),
-/// closed when dropped: so a write that panics does not leave reads uncached for good.
+/// the one way every write of this thread opens and closes it: closed when dropped, so a
+/// write that fails or panics does not leave reads uncached for good.
 pub(super) struct CommitWindow<'a>(&'a Snapshots);
 
 impl<'a> CommitWindow<'a> {
     pub(super) fn open(snapshots: &'a Snapshots) -> Self {
-        drop(snapshots.begin_commit());
+        snapshots.begin_commit();
         Self(snapshots)
     }
 }
 
 impl Drop for CommitWindow<'_> {
     fn drop(&mut self) {
-        drop(self.0.invalidate());
+        self.0.invalidate();
     }
 }
