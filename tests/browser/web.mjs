@@ -214,6 +214,9 @@ await run('web', async ({ browser, context: aliceContext, page: alice, problems 
   await tick(alice, first, 'delivered');
   step('✓✓ delivered after the recipient reconnected');
   const conversation = await alice.getAttribute('.conversation.open', 'data-conversation');
+  // Clicking "Chat" opens the new conversation once the server answers: wait for it, or
+  // what is typed next goes to the chat still open.
+  const opened = (page, before) => page.waitForFunction((b) => (document.querySelector('.conversation.open')?.dataset.conversation ?? b) !== b, before, { timeout: WAIT });
   await bob.waitForSelector(`[data-conversation="${conversation}"] [data-testid=unread]`, { timeout: WAIT });
   await screenshot(bob, 'web', '3-conversation-list-unread');
   step('the conversation list shows the unread count');
@@ -240,6 +243,7 @@ await run('web', async ({ browser, context: aliceContext, page: alice, problems 
   // Browser ⇄ CLI, encrypted both ways.
   await alice.fill('#new-chat-user', carol);
   await alice.click('#start-chat');
+  await opened(alice, conversation);
   const toCarol = `hello carol ${CANARY}`;
   await send(alice, toCarol);
   await tick(alice, toCarol, 'sent');
@@ -463,7 +467,6 @@ await run('web', async ({ browser, context: aliceContext, page: alice, problems 
   // so that a new device's first catch-up (the newest 20) leaves the first ones out.
   await bob.fill('#new-chat-user', carol);
   await bob.click('#start-chat');
-  const opened = (page, before) => page.waitForFunction((b) => (document.querySelector('.conversation.open')?.dataset.conversation ?? b) !== b, before, { timeout: WAIT });
   await opened(bob, group);
   const bobCarol = await bob.getAttribute('.conversation.open', 'data-conversation');
   await alice.fill('#new-chat-user', carol);
