@@ -350,3 +350,28 @@ async fn shutdown_acknowledges_everything_it_stored() {
         assert!(acked.contains(id), "{id} was stored but its ack never reached the sender ({} stored, {} acked)", stored.len(), acked.len());
     }
 }
+
+/// A device that leaves without Bye (the socket just closes) frees its connection: the
+/// server closes its end and forgets it, for TCP and WebSocket alike. (The connection's
+/// writer once waited for frames that would never come: the socket stayed open on the
+/// server, in CLOSE_WAIT, with its tasks and buffers, until something was written to it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_leaves_without_bye_frees_its_connection() {
+    let server = TestServer::start();
+    let api = server.api();
+    let connections = || async {
+        let text = server.api().get("/metrics", None).await.expect("metrics").text().await.expect("text");
+        text.lines().find_map(|l| l.strip_prefix("switchboard_connections ").map(|v| v.trim().parse::<f64>().expect("gauge value"))).unwrap_or(0.0)
+    };
+    for kind in [Kind::Tcp, Kind::Ws] {
+        let alice = user(&api).await;
+        let conn = online(&server, kind, &alice).await;
+        assert_eq!(connections().await, 1.0, "{kind:?}: the connection is counted");
+        drop(conn);
+        let deadline = std::time::Instant::now() + WAIT;
+        while connections().await != 0.0 {
+            assert!(std::time::Instant::now() < deadline, "{kind:?}: the server kept the connection of a device that left");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -83,6 +83,12 @@ impl SessionState {
             return;
         }
         self.gauge.close();
+        // The connection ends with its session. A device that left without Bye (its
+        // socket closed) leaves nothing else to close the outbox: the writer would wait
+        // for frames forever, and the socket, its tasks and buffers would stay. Frames
+        // queued before are still written; no final frame (the first close's wins, so a
+        // session closed for a reason keeps its Closing frame).
+        self.outbox.close(bytes::Bytes::new());
         self.ctx.stats.deregister(self.id);
         metrics::gauge!("switchboard_sessions").decrement(1.0);
         crate::actors::session_end::disconnected(
