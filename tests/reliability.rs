@@ -352,9 +352,10 @@ async fn shutdown_acknowledges_everything_it_stored() {
 }
 
 /// A device that leaves without Bye (the socket just closes) frees its connection: the
-/// server closes its end and forgets it, for TCP and WebSocket alike. (The connection's
-/// writer once waited for frames that would never come: the socket stayed open on the
-/// server, in CLOSE_WAIT, with its tasks and buffers, until something was written to it.)
+/// server closes its end and forgets it, for TCP and WebSocket alike, and so does a peer
+/// that leaves before its Hello. (The connection's writer once waited for frames that
+/// would never come: the socket stayed open on the server, in CLOSE_WAIT, with its tasks
+/// and buffers, until something was written to it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_leaves_without_bye_frees_its_connection() {
     let server = TestServer::start();
@@ -371,6 +372,18 @@ async fn a_device_that_leaves_without_bye_frees_its_connection() {
         let deadline = std::time::Instant::now() + WAIT;
         while connections().await != 0.0 {
             assert!(std::time::Instant::now() < deadline, "{kind:?}: the server kept the connection of a device that left");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Connected, then gone before its Hello.
+        let silent = Connection::connect(&server.transport(kind)).await.expect("connect");
+        let deadline = std::time::Instant::now() + WAIT;
+        while connections().await != 1.0 {
+            assert!(std::time::Instant::now() < deadline, "{kind:?}: the connection before Hello is counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(silent);
+        while connections().await != 0.0 {
+            assert!(std::time::Instant::now() < deadline, "{kind:?}: the server kept a connection that left before its Hello");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

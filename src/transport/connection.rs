@@ -153,11 +153,17 @@ where
     if let Some((session, (user, device), budgets)) = handshaken {
         read_loop(&mut inbound, &outbox, &session, &config, &deps.shutdown, &budgets).await;
         // Ordered after every frame the reader forwarded: the session handles them all
-        // (acks included) before it stops.
+        // (acks included) before it stops, then closes the outbox (its end closes the
+        // connection, whatever ended it).
         session.control(SessionControl::ConnectionClosed);
         drop(budgets);
         deps.budgets.release(device, Instant::now());
         deps.user_budgets.release(user, Instant::now());
+    } else {
+        // No session: a refusal closed the outbox with its reason; a peer that left
+        // before its Hello (a load balancer's health check, a client giving up) did not,
+        // and the writer would wait for frames forever. (The first close's frame wins.)
+        outbox.close(Bytes::new());
     }
     let _ = writer.await;
     metrics::gauge!("switchboard_connections").decrement(1.0);
