@@ -88,7 +88,7 @@ impl SessionState {
         // for frames forever, and the socket, its tasks and buffers would stay. Frames
         // queued before are still written; no final frame (the first close's wins, so a
         // session closed for a reason keeps its Closing frame).
-        self.outbox.close(bytes::Bytes::new());
+        self.outbox.close(Bytes::new());
         self.ctx.stats.deregister(self.id);
         metrics::gauge!("switchboard_sessions").decrement(1.0);
         crate::actors::session_end::disconnected(
