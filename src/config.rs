@@ -229,6 +229,14 @@ pub struct ServeArgs {
     /// longer.
     #[arg(long, env = "SWITCHBOARD_MAX_WRITE_BATCH")]
     pub max_write_batch: Option<usize>,
+    /// Milliseconds a write nobody waits for (a device's cursor moves, a user's last-seen
+    /// time) may wait to ride in another write's commit before it is committed alone (0
+    /// to 1000; default 10; 0: at once). Each commit has a fixed cost (on the embedded
+    /// store an fsync), and at low rates these writes were half the commits. Reads that
+    /// need them (a reconnecting device's catch-up, message info, history's ticks, the
+    /// conversation list) wait for them first.
+    #[arg(long, env = "SWITCHBOARD_WRITE_DEFER_MS")]
+    pub write_defer_ms: Option<u64>,
     /// Of a conversation a device never acknowledged anything of (a new or reinstalled
     /// device), catch-up starts at the newest this many log entries (0 to 100000; default
     /// 20), or earlier to include all sent since the device was created; older ones are
@@ -382,6 +390,7 @@ pub struct FileConfig {
     conversation_idle_secs: Option<u64>,
     max_group_members: Option<usize>,
     max_write_batch: Option<usize>,
+    write_defer_ms: Option<u64>,
     catch_up_recent: Option<usize>,
     inbox_version_margin_ms: Option<u64>,
     to_device_queue: Option<u64>,
@@ -624,6 +633,12 @@ impl ServerConfig {
                 return Err(ConfigError::Invalid("max_write_batch must be 16 to 65536".into()));
             }
             actors.max_write_batch = v;
+        }
+        if let Some(v) = args.write_defer_ms.or(file.write_defer_ms) {
+            if v > 1000 {
+                return Err(ConfigError::Invalid("write_defer_ms must be 0 to 1000".into()));
+            }
+            actors.write_defer = Duration::from_millis(v);
         }
         if let Some(v) = args.catch_up_recent.or(file.catch_up_recent) {
             if v > 100_000 {
@@ -949,6 +964,16 @@ mod tests {
             let e = ServerConfig::resolve(ServeArgs { max_write_batch: Some(bad), ..Default::default() }).expect_err("out of range");
             assert!(e.to_string().contains("max_write_batch must be 16 to 65536"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_write_defer_is_a_bounded_setting() {
+        let default = ServerConfig::resolve(ServeArgs::default()).expect("defaults");
+        assert_eq!(default.actors.write_defer, Duration::from_millis(10));
+        let off = ServerConfig::resolve(ServeArgs { write_defer_ms: Some(0), ..Default::default() }).expect("valid");
+        assert_eq!(off.actors.write_defer, Duration::ZERO);
+        let e = ServerConfig::resolve(ServeArgs { write_defer_ms: Some(1001), ..Default::default() }).expect_err("out of range");
+        assert!(e.to_string().contains("write_defer_ms must be 0 to 1000"), "{e}");
     }
 
     #[test]

@@ -225,3 +225,61 @@ async fn typing_and_presence_reach_the_peer(kind: Kind) {
     assert!(!q.online);
     assert!(q.last_seen_ms >= p.last_seen_ms.saturating_sub(1000));
 }
+
+/// Cursor moves are writes nobody waits for: the store writer lets them ride in the next
+/// commit, or commits them alone after `--write-defer-ms` (here the longest, 1 s). Every
+/// read that shows them still sees them at once: message info, history's ticks and the
+/// conversation list, over the socket and HTTP, and a reconnecting device's catch-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_cursor_moves_are_read_back_at_once() {
+    let server = TestServer::start_with(&["--write-defer-ms=1000"]);
+    let api = server.api();
+    let Pair { alice, bob, mut a, conversation } = pair(&server, Kind::Tcp).await;
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    let sent = a.send_and_ack(conversation, "d-1", &b"deferred"[..]).await.unwrap();
+    assert_eq!(b.next_message(WAIT).await.unwrap().seq, sent.seq);
+    b.ack(conversation, sent.seq).await.unwrap();
+    b.read(conversation, sent.seq).await.unwrap();
+    receipt(&mut a, pb::ReceiptKind::Read, bob.device_id, sent.seq).await;
+
+    // The sender, right after the receipt: delivered and read times, and the ticks.
+    let info = a.message_info(conversation, sent.seq).await.unwrap();
+    assert_eq!(info.members.len(), 1);
+    assert!(info.members[0].delivered_at_ms > 0 && info.members[0].read_at_ms > 0, "{info:?}");
+    let page = a.history(conversation, 0, 10).await.unwrap();
+    let m = page.messages.iter().find(|m| m.seq == sent.seq).expect("in history");
+    assert_eq!((m.delivered_to, m.read_by), (1, 1));
+    let page = api.history(&alice.token, conversation, 0, 10).await.unwrap();
+    assert_eq!(page["messages"][0]["read_by"], 1, "{page}");
+
+    // The reader's conversation list, both ways: read up to the message, nothing unread.
+    let inbox = b.inbox(0, "", 10).await.unwrap();
+    let entry = inbox.entries.iter().find(|e| e.conversation_id == id_bytes(conversation)).expect("listed");
+    assert_eq!((entry.read_seq, entry.unread_count), (sent.seq, 0));
+    let over_http: serde_json::Value = api.get("/v1/inbox", Some(&bob.token)).await.unwrap().json().await.unwrap();
+    assert_eq!(over_http["entries"][0]["read_seq"], sent.seq, "{over_http}");
+
+    // A reconnection of the reader is not sent what it acknowledged.
+    b.bye().await.unwrap();
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    assert!(matches!(b.recv_timeout(Duration::from_millis(300)).await, Err(switchboard::client::ClientError::Timeout)));
+}
+
+/// A deferred cursor move that no read asks for is still committed, once it has waited
+/// `--write-defer-ms`: after a `kill -9` a second later, the device is not sent again what
+/// it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_cursor_move_is_committed_on_its_own() {
+    let mut server = TestServer::start_with(&["--write-defer-ms=200"]);
+    let Pair { bob, mut a, conversation, .. } = pair(&server, Kind::Tcp).await;
+    let mut b = online(&server, Kind::Tcp, &bob).await;
+    let sent = a.send_and_ack(conversation, "d-1", &b"deferred"[..]).await.unwrap();
+    assert_eq!(b.next_message(WAIT).await.unwrap().seq, sent.seq);
+    b.ack(conversation, sent.seq).await.unwrap();
+    receipt(&mut a, pb::ReceiptKind::Delivered, bob.device_id, sent.seq).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.kill9();
+    server.restart();
+    let (mut b, _) = Connection::open(&server.transport(Kind::Tcp), &bob.token).await.unwrap();
+    assert_eq!(caught_up(&mut b).await, 0, "the acknowledged message was sent again");
+}

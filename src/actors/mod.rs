@@ -64,6 +64,9 @@ pub struct ActorLimits {
     pub max_group_members: usize,
     /// Largest batch the store writer commits at once.
     pub max_write_batch: usize,
+    /// How long a write nobody waits for (a device's cursor moves, a user's last-seen
+    /// time) may wait to ride in another batch before it is committed alone (zero: never).
+    pub write_defer: Duration,
     /// Conversation restarts allowed within `restart_window` before a failing conversation
     /// is left passive (reactivated by the next request) instead of restarted at once.
     pub max_restarts: u32,
@@ -88,6 +91,7 @@ impl Default for ActorLimits {
             slow_consumer_timeout: Duration::from_secs(5),
             max_group_members: 1024,
             max_write_batch: 2048,
+            write_defer: Duration::from_millis(10),
             max_restarts: 5,
             restart_window: Duration::from_secs(10),
             keys: crate::cores::keys::KeyLimits::default(),

@@ -87,7 +87,7 @@ pub async fn start(store: Arc<dyn Store>, limits: ActorLimits, push_sink: Arc<dy
     let (failed_tx, failed_rx) = watch::channel(false);
     let (root, _) = Actor::spawn(None, NodeSupervisor, NodeArgs { failed: failed_tx }).await?;
     let stats = Arc::new(ActorStats::default());
-    let writer_config = StoreWriterConfig { max_batch: limits.max_write_batch };
+    let writer_config = StoreWriterConfig { max_batch: limits.max_write_batch, defer: limits.write_defer };
     let (writer, _) = Actor::spawn_linked(Some("store-writer".into()), StoreWriter, (store.clone(), writer_config), root.get_cell()).await?;
     let router = Router::new();
     let push_args = PushArgs { store: store.clone(), router: router.clone(), sink: push_sink, config: push, stats: stats.clone() };

@@ -4,9 +4,11 @@
 //! whole wake-up of sends, a session's cursor moves) with one callback. While one batch is
 //! being committed (an fsync on the embedded store), new units pile up; when the commit
 //! returns, everything that piled up goes out as the next batch, units whole. Under load
-//! one fsync carries hundreds of messages; when idle a lone write is committed at once.
-//! Every unit's callback runs only after its batch is durable (or failed): nothing is
-//! acknowledged before then.
+//! one fsync carries hundreds of messages; when idle a lone write is committed at once,
+//! unless nobody waits for it (cursor moves, last seen): such a write rides in the next
+//! batch or goes alone after the writer's `defer`. The decisions are a pure core,
+//! `cores::write_batch`. Every unit's callback runs only after its batch is durable (or
+//! failed): nothing is acknowledged before then.
 //!
 //! A backend that answers a batch with a number of outcomes other than its number of ops
 //! breaks the store contract: the outcomes cannot be matched to their units, so every
@@ -14,10 +16,11 @@
 //! some callers without an answer.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::cores::write_batch::{Action, Event, WriteBatcher};
 use crate::store::{Store, StoreError, WriteOp, WriteOutcome};
 
 /// Why a unit was not committed.
@@ -52,10 +55,15 @@ pub type UnitCallback = Box<dyn FnOnce(Result<Vec<WriteOutcome>, WriteError>) + 
 pub enum StoreWriterMsg {
     /// Commit these ops (one unit: never split across batches) and then call back.
     Write(Vec<WriteOp>, UnitCallback),
+    /// Like `Write`, but nobody waits for it: it may wait (at most the writer's
+    /// `defer`) to ride in a batch that starts anyway (`cores::write_batch`).
+    WriteDeferred(Vec<WriteOp>, UnitCallback),
     /// Call back once every unit sent before this one is committed (a barrier).
     Barrier(Box<dyn FnOnce() + Send>),
     /// A batch finished (sent by the writer to itself).
     Committed(Box<CommittedBatch>),
+    /// A deferred unit comes due (sent by the writer to itself).
+    Tick,
 }
 
 /// The result of one batch, with the callbacks to run.
@@ -73,16 +81,19 @@ pub struct StoreWriter;
 pub struct StoreWriterConfig {
     /// Ops in one transaction, at most (a larger unit is committed alone).
     pub max_batch: usize,
+    /// How long a write nobody waits for (cursor moves, last seen) may wait for a batch to
+    /// ride in before it starts one of its own (zero: never waits).
+    pub defer: Duration,
 }
 
-/// State: units waiting for the next batch, and whether a batch is in flight.
+type Unit = (Vec<WriteOp>, UnitCallback);
+type BarrierFn = Box<dyn FnOnce() + Send>;
+
+/// State: the batching decisions (a pure core) and the store they commit to.
 pub struct StoreWriterState {
     store: Arc<dyn Store>,
-    config: StoreWriterConfig,
-    pending_ops: Vec<WriteOp>,
-    pending_units: Vec<(usize, UnitCallback)>,
-    pending_barriers: Vec<Box<dyn FnOnce() + Send>>,
-    in_flight: bool,
+    batcher: WriteBatcher<Unit, BarrierFn>,
+    actions: Vec<Action<Unit, BarrierFn>>,
 }
 
 impl Actor for StoreWriter {
@@ -91,56 +102,44 @@ impl Actor for StoreWriter {
     type Arguments = (Arc<dyn Store>, StoreWriterConfig);
 
     async fn pre_start(&self, _myself: ActorRef<Self::Msg>, (store, config): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        Ok(StoreWriterState { store, config, pending_ops: Vec::new(), pending_units: Vec::new(), pending_barriers: Vec::new(), in_flight: false })
+        Ok(StoreWriterState { store, batcher: WriteBatcher::new(config.max_batch, config.defer), actions: Vec::new() })
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        match msg {
-            StoreWriterMsg::Write(ops, callback) => {
-                state.pending_units.push((ops.len(), callback));
-                state.pending_ops.extend(ops);
+        let event = match msg {
+            StoreWriterMsg::Write(ops, callback) => Event::Write { ops: ops.len(), unit: (ops, callback), deferred: false },
+            StoreWriterMsg::WriteDeferred(ops, callback) => Event::Write { ops: ops.len(), unit: (ops, callback), deferred: true },
+            StoreWriterMsg::Barrier(callback) => Event::Barrier(callback),
+            StoreWriterMsg::Committed(batch) => {
+                finish_batch(*batch);
+                Event::Committed
             }
-            StoreWriterMsg::Barrier(callback) => {
-                if state.in_flight || !state.pending_units.is_empty() {
-                    state.pending_barriers.push(callback);
-                } else {
-                    callback();
+            StoreWriterMsg::Tick => Event::Tick,
+        };
+        let mut actions = std::mem::take(&mut state.actions);
+        let now = Instant::now();
+        state.batcher.handle(event, now, &mut actions);
+        for action in actions.drain(..) {
+            match action {
+                Action::Start { units, barriers } => start_batch(&myself, state.store.clone(), units, barriers),
+                Action::RunBarriers(barriers) => barriers.into_iter().for_each(|b| b()),
+                Action::WakeAt(at) => {
+                    myself.send_after(at.saturating_duration_since(now), || StoreWriterMsg::Tick);
                 }
             }
-            StoreWriterMsg::Committed(batch) => {
-                state.in_flight = false;
-                finish_batch(*batch);
-            }
         }
-        if !state.in_flight && !state.pending_units.is_empty() {
-            start_batch(&myself, state);
-        } else if !state.in_flight {
-            for barrier in state.pending_barriers.drain(..) {
-                barrier();
-            }
-        }
+        state.actions = actions;
         Ok(())
     }
 }
 
-fn start_batch(myself: &ActorRef<StoreWriterMsg>, state: &mut StoreWriterState) {
-    // Whole units, up to max_batch ops (at least one unit).
-    let mut take_units = 0;
-    let mut take_ops = 0;
-    for (n, _) in &state.pending_units {
-        if take_units > 0 && take_ops + n > state.config.max_batch {
-            break;
-        }
-        take_units += 1;
-        take_ops += n;
+fn start_batch(myself: &ActorRef<StoreWriterMsg>, store: Arc<dyn Store>, batch: Vec<(usize, Unit)>, barriers: Vec<BarrierFn>) {
+    let mut ops: Vec<WriteOp> = Vec::with_capacity(batch.iter().map(|(n, _)| n).sum());
+    let mut units: Vec<(usize, UnitCallback)> = Vec::with_capacity(batch.len());
+    for (n, (unit_ops, callback)) in batch {
+        ops.extend(unit_ops);
+        units.push((n, callback));
     }
-    let ops: Vec<WriteOp> = state.pending_ops.drain(..take_ops).collect();
-    let units: Vec<(usize, UnitCallback)> = state.pending_units.drain(..take_units).collect();
-    // Barriers wait for everything sent before them; if the batch is cut by max_batch they
-    // ride on a later batch, which is conservative and still correct.
-    let barriers = if state.pending_units.is_empty() { std::mem::take(&mut state.pending_barriers) } else { Vec::new() };
-    state.in_flight = true;
-    let store = state.store.clone();
     let me = myself.clone();
     tokio::spawn(async move {
         let started = Instant::now();
@@ -212,17 +211,20 @@ impl StoreWriterHandle {
         }
     }
 
-    /// Queues ops whose outcome nobody waits for (cursor moves, last seen): a failure is
-    /// logged and counted.
+    /// Queues ops whose outcome nobody waits for (cursor moves, last seen): they may wait
+    /// up to the writer's `defer` to ride in another batch; a failure is logged. A
+    /// [`barrier`](Self::barrier) covers them like any other write.
     pub fn write_detached(&self, ops: Vec<WriteOp>, what: &'static str) {
-        self.write(
-            ops,
-            Box::new(move |r| {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, what, "detached write failed");
-                }
-            }),
-        );
+        let callback: UnitCallback = Box::new(move |r| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, what, "detached write failed");
+            }
+        });
+        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::WriteDeferred(_, callback))) =
+            self.actor.cast(StoreWriterMsg::WriteDeferred(ops, callback))
+        {
+            callback(Err(WriteError::Stopped));
+        }
     }
 
     /// Queues one op and waits for its outcome.

@@ -23,6 +23,8 @@
 //!   contacts, allow and deny lists, blocks), whose views count, the feed's order and pages.
 //! - [`token_bucket`]: a rate budget kept in the store and shared by every node.
 //! - [`requests`]: what a device asks of a conversation (the sequencer's inputs).
+//! - [`write_batch`]: the store writer's group commit: which queued writes form the next
+//!   batch, and how long a write nobody waits for may wait to ride in one.
 
 pub mod delivery;
 pub mod group;
@@ -37,3 +39,4 @@ pub mod sequencer;
 pub mod status;
 pub mod to_device;
 pub mod token_bucket;
+pub mod write_batch;

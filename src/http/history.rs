@@ -128,6 +128,8 @@ pub async fn history(
     // The same membership range as over the socket: from joining to leaving.
     let range = record.visible_range(me.user_id).ok_or(ApiError::NotAMember)?;
     let store = state.store.as_ref();
+    // Cursor moves (read times, ✓✓) may still be deferred at the writer: read after them.
+    state.node.ctx.writer.barrier().await;
     let range = crate::history::without_cleared(store, me.user_id, &record, range).await.map_err(|_| ApiError::Unavailable)?;
     let (messages, has_more) =
         history_page(store, &record, range, query.before, query.limit, crate::store::now_ms()).await.map_err(|_| ApiError::Unavailable)?;

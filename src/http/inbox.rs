@@ -60,6 +60,8 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>, query: web::Quer
         now_ms: crate::store::now_ms(),
         margin_ms: state.node.ctx.limits.inbox_version_margin_ms,
     };
+    // Read cursors (unread counts, read times) may still be deferred at the writer.
+    state.node.ctx.writer.barrier().await;
     let page = crate::inbox::page(state.store.as_ref(), me.user_id, asked).await?;
     Ok(no_store(&page))
 }

@@ -17,6 +17,8 @@ pub async fn page(state: &mut SessionState, req: pb::InboxRequest) -> Answer {
         now_ms: now_ms(),
         margin_ms: state.ctx.limits.inbox_version_margin_ms,
     };
+    // Read cursors (unread counts, read times) may still be deferred at the writer.
+    state.ctx.writer.barrier().await;
     let page = crate::inbox::page(state.ctx.store.as_ref(), state.user, asked).await?;
     Ok(Some(protocol::server(server_frame::Kind::Inbox(pb::InboxPage {
         request_id: req.request_id,

@@ -106,6 +106,7 @@ async fn flush(state: &mut SessionState, out: &mut Outgoing) -> Result<(), Stop>
         return Ok(());
     }
     let mut ops = Vec::with_capacity(out.cursors.len());
+    let mut moved = Vec::with_capacity(out.cursors.len());
     let at_ms = now_ms();
     for (id, (acked, read)) in std::mem::take(&mut out.cursors) {
         let Some(before) = state.core.view(id).map(|v| (v.delivered, v.read)) else { continue };
@@ -119,8 +120,15 @@ async fn flush(state: &mut SessionState, out: &mut Outgoing) -> Result<(), Stop>
             continue;
         }
         ops.push(WriteOp::AdvanceCursor { user_id: state.user, device_id: state.device, conversation_id: id, delivered, read, at_ms });
-        let group = view.record.group.is_some();
-        let members = view.record.members.clone();
+        moved.push((id, before, delivered, read, view.record.group.is_some(), view.record.members.clone()));
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    // Queued at the writer before any receipt leaves: whoever sees a receipt and then
+    // reads receipt times (message info) waits for this write with a barrier.
+    state.ctx.writer.write_detached(ops, "cursor moves");
+    for (id, before, delivered, read, group, members) in moved {
         let moves = [
             (read > before.1).then_some((pb::ReceiptKind::Read, read)),
             (delivered > before.0 && delivered > read).then_some((pb::ReceiptKind::Delivered, delivered)),
@@ -160,9 +168,6 @@ async fn flush(state: &mut SessionState, out: &mut Outgoing) -> Result<(), Stop>
                 }
             }
         }
-    }
-    if !ops.is_empty() {
-        state.ctx.writer.write_detached(ops, "cursor moves");
     }
     Ok(())
 }
@@ -365,6 +370,8 @@ async fn history(state: &mut SessionState, req: pb::HistoryRequest) -> Answer {
     let v = view(state, id).await?;
     let (range, record) = (v.range, v.record.clone());
     let store = state.ctx.store.clone();
+    // Cursor moves (read times, ✓✓) may still be deferred at the writer: read after them.
+    state.ctx.writer.barrier().await;
     let range = crate::history::without_cleared(store.as_ref(), state.user, &record, range).await?;
     let (messages, has_more) = crate::history::history_page(store.as_ref(), &record, range, req.before_seq, req.limit as usize, now_ms()).await?;
     let flow = crate::history::TickFlow::of(&mut state.privacy, store.as_ref(), &record, state.user).await?;
@@ -565,6 +572,8 @@ async fn message_info(state: &mut SessionState, req: pb::MessageInfo) -> Answer 
     if req.seq == 0 || !visible {
         return Err(RequestError::invalid("no such message"));
     }
+    // Cursor moves (read times, ✓✓) may still be deferred at the writer: read after them.
+    state.ctx.writer.barrier().await;
     let message = state.ctx.store.messages_after(id, req.seq - 1, 1).await?.into_iter().find(|m| m.seq == req.seq);
     match message {
         Some(m) if m.event.is_none() && record.expired(m.server_time_ms, now_ms()) => return Err(RequestError::invalid("no such message (expired)")),
