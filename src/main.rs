@@ -21,6 +21,13 @@ use uuid::Uuid;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
+compile_error!("the features mimalloc and jemalloc each set the global allocator: pick one");
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "switchboard", version, about = "A WhatsApp-class messaging server")]
 struct Cli {
