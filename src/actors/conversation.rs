@@ -167,6 +167,13 @@ impl Actor for Conversation {
         }
         let result = carry_out(&myself, state, &mut out);
         out.clear();
+        if state.core.is_idle() {
+            // Most conversations sit idle between rare messages (a 1:1 chat) and stay
+            // active for `conversation_idle`: they keep no room for a pipeline that is empty
+            // (a few hundred bytes each; reallocated by the next send).
+            state.core.shrink_idle();
+            out = Vec::new();
+        }
         state.actions = out;
         state.gauge.add_busy(started);
         result

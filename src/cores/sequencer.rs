@@ -364,6 +364,21 @@ impl Sequencer {
         self.unsent.is_empty() && self.in_flight.is_empty() && self.parked.is_empty() && self.awaiting_target.is_none()
     }
 
+    /// With nothing pending ([`Self::is_idle`]), gives back the room of the pipeline's
+    /// queues (in flight, pending client ids, parked), which keep their capacity after a
+    /// burst. Kept: the state a later request needs (recent ids, targets).
+    pub fn shrink_idle(&mut self) {
+        if !self.is_idle() {
+            return;
+        }
+        self.unsent = Vec::new();
+        self.in_flight = VecDeque::new();
+        self.parked = VecDeque::new();
+        if self.pending_ids.is_empty() {
+            self.pending_ids = HashMap::new();
+        }
+    }
+
     /// Entries sequenced and not yet handed to the writer.
     pub fn unsent(&self) -> usize {
         self.unsent.len()

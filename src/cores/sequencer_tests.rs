@@ -213,6 +213,32 @@ fn a_retry_is_answered_from_the_window_or_waits_for_the_first_copy() {
 }
 
 #[test]
+fn an_idle_sequencer_keeps_no_room_for_its_pipeline_and_still_answers_retries() {
+    let (a, b, d) = (UserId::random(), UserId::random(), DeviceId::random());
+    let mut s = Sequencer::new(direct(a, b), 0, Vec::new(), true, Vec::new(), SequencerLimits::default());
+    let mut store = ModelStore::default();
+    let mut out = Vec::new();
+    for i in 0..5 {
+        s.send(send(a, d, &format!("m{i}")), 10 + i, &mut out);
+    }
+    s.flush(&mut out);
+    s.shrink_idle();
+    assert!(s.in_flight.capacity() > 0, "not idle: nothing is given back");
+    commit_all(&mut s, &mut store, out);
+    assert!(s.is_idle());
+    s.shrink_idle();
+    assert_eq!((s.unsent.capacity(), s.in_flight.capacity(), s.parked.capacity(), s.pending_ids.capacity()), (0, 0, 0, 0));
+    // What a later request needs is kept: a retry is still answered from the window.
+    let mut out = Vec::new();
+    s.send(send(a, d, "m3"), 20, &mut out);
+    assert_eq!(acks(&out), vec![Ack { user: a, device: d, client_msg_id: "m3".into(), seq: 4, time_ms: 13, duplicate: true }]);
+    s.send(send(a, d, "m5"), 21, &mut out);
+    s.flush(&mut out);
+    let seen = commit_all(&mut s, &mut store, out);
+    assert_eq!(acks(&seen).last().map(|a| a.seq), Some(6));
+}
+
+#[test]
 fn a_window_miss_is_answered_by_the_store_and_what_followed_is_renumbered() {
     let (a, b, da, db) = (UserId::random(), UserId::random(), DeviceId::random(), DeviceId::random());
     let mut store = ModelStore::default();
@@ -619,6 +645,8 @@ impl World {
         if self.take(out) {
             self.restart(2);
         }
+        // As the actor does after every wake-up: an idle pipeline gives back its room.
+        self.seq.shrink_idle();
         self.store.check_shape();
     }
 
