@@ -97,7 +97,6 @@ impl Actor for Conversation {
         let members_in_label = record.members.len();
         let gauge = ctx.stats.register(myself.get_id(), label(&record), ctx.limits.conversation_mailbox);
         let core = Sequencer::new(record, last_seq, tail, complete, cursors, limits);
-        schedule_tick(&myself, ctx.limits.conversation_idle);
         tracing::debug!(conversation = %id, last_seq, "conversation activated");
         metrics::gauge!("switchboard_conversations_active").increment(1.0);
         Ok(ConversationState { ctx, id, core, gauge, last_activity: Instant::now(), members_in_label, actions: Vec::new() })
@@ -150,12 +149,11 @@ impl Actor for Conversation {
                 ConversationInternal::Target(seq, Err(e)) => state.core.target_failed(seq, e.to_string(), &mut out),
                 ConversationInternal::FlushReceipts => state.core.flush_receipts(&mut out),
                 ConversationInternal::Tick => {
+                    // Sent by the supervisor's sweep, every half idle time.
                     let idle = state.ctx.limits.conversation_idle;
                     if state.core.is_idle() && state.last_activity.elapsed() >= idle && state.gauge.try_close_idle() {
                         tracing::debug!(conversation = %state.id, "conversation passivated");
                         myself.stop(Some("idle".into()));
-                    } else {
-                        schedule_tick(&myself, idle);
                     }
                 }
             },
@@ -382,11 +380,6 @@ fn label(record: &ConversationRecord) -> Label {
         Some(_) => Label::Group(record.conversation_id, record.members.len()),
         None => Label::Conversation(record.conversation_id),
     }
-}
-
-fn schedule_tick(myself: &ActorRef<ConversationMsg>, idle: Duration) {
-    // Tick at a fraction of the idle time so passivation happens within 1.5 × idle.
-    myself.send_after(idle / 2, || ConversationMsg::Internal(ConversationInternal::Tick));
 }
 
 /// Counters bumped per message, resolved once (the `counter!` macro's registry lookup

@@ -10,6 +10,9 @@
 //! reads the store), and the supervisor only records the result. Requests for a
 //! conversation being activated wait for that one activation; an activation storm is not
 //! serialised through this actor.
+//!
+//! It also asks every live conversation, every half idle time, whether it has been idle
+//! long enough to passivate (one timer for all of them).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, Spa
 use super::NodeContext;
 use super::conversation::{ActivationError, Conversation, ConversationArgs};
 use super::mailbox::Mailbox;
-use super::messages::{ActivateError, ConversationMsg, ConversationSupervisorMsg};
+use super::messages::{ActivateError, ConversationInternal, ConversationMsg, ConversationSupervisorMsg};
 use crate::ids::ConversationId;
 
 /// The supervisor actor.
@@ -47,8 +50,13 @@ impl Actor for ConversationSupervisor {
     type State = ConversationSupervisorState;
     type Arguments = NodeContext;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, ctx: NodeContext) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: NodeContext) -> Result<Self::State, ActorProcessingErr> {
         let restarts = ctx.stats.restarts(NAME);
+        // Half the idle time, so that a conversation passivates within 1.5 × idle. One
+        // timer for every conversation: a timer each was a task each (~300 B apiece).
+        // (Never zero: an interval of zero would panic.)
+        let sweep = (ctx.limits.conversation_idle / 2).max(std::time::Duration::from_millis(10));
+        myself.send_interval(sweep, || ConversationSupervisorMsg::IdleSweep);
         Ok(ConversationSupervisorState {
             ctx,
             live: HashMap::new(),
@@ -77,6 +85,11 @@ impl Actor for ConversationSupervisor {
                 }
             }
             ConversationSupervisorMsg::Activated(id, result) => activated(state, id, result),
+            ConversationSupervisorMsg::IdleSweep => {
+                for mailbox in state.live.values() {
+                    mailbox.control(ConversationMsg::Internal(ConversationInternal::Tick));
+                }
+            }
         }
         Ok(())
     }

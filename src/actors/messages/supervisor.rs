@@ -23,6 +23,9 @@ pub enum ConversationSupervisorMsg {
     Activate(ConversationId, RpcReplyPort<Result<Mailbox<ConversationMsg>, ActivateError>>),
     /// An activation started in the background finished (its own follow-up).
     Activated(ConversationId, Result<ractor::ActorRef<ConversationMsg>, ActivateError>),
+    /// Every half idle time: ask each live conversation whether it has been idle long
+    /// enough to passivate (its own follow-up; one timer for all, not one per conversation).
+    IdleSweep,
 }
 
 // Local only: never sent to another node (the cluster feature asks every message type to say so).
