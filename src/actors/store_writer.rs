@@ -206,7 +206,14 @@ impl StoreWriterHandle {
     /// Queues a unit of ops; `callback` runs once they are durable or failed, with one
     /// outcome per op in order.
     pub fn write(&self, ops: Vec<WriteOp>, callback: UnitCallback) {
-        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::Write(_, callback))) = self.actor.cast(StoreWriterMsg::Write(ops, callback)) {
+        self.queue(StoreWriterMsg::Write(ops, callback));
+    }
+
+    /// Sends a `Write` or `WriteDeferred`; if the writer has stopped, answers it `Stopped`.
+    fn queue(&self, unit: StoreWriterMsg) {
+        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::Write(_, callback) | StoreWriterMsg::WriteDeferred(_, callback))) =
+            self.actor.cast(unit)
+        {
             callback(Err(WriteError::Stopped));
         }
     }
@@ -220,11 +227,7 @@ impl StoreWriterHandle {
                 tracing::warn!(error = %e, what, "detached write failed");
             }
         });
-        if let Err(ractor::MessagingErr::SendErr(StoreWriterMsg::WriteDeferred(_, callback))) =
-            self.actor.cast(StoreWriterMsg::WriteDeferred(ops, callback))
-        {
-            callback(Err(WriteError::Stopped));
-        }
+        self.queue(StoreWriterMsg::WriteDeferred(ops, callback));
     }
 
     /// Queues one op and waits for its outcome.
